@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs everything Yunhan needs on a Debian machine (as root): system packages
+# for the data plane and tests, and a virtualenv with the package and its pinned
+# dependencies. Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+top=$(pwd)
+
+need_apt=()
+for bin in ip:iproute2 nft:nftables iperf3:iperf3 ping:iputils-ping gcc:gcc unshare:util-linux nsenter:util-linux; do
+  command -v "${bin%%:*}" >/dev/null 2>&1 || need_apt+=("${bin##*:}")
+done
+[ -e /usr/lib/x86_64-linux-gnu/libnftables.so.1 ] || [ -e /usr/lib/aarch64-linux-gnu/libnftables.so.1 ] || need_apt+=(libnftables1)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+py=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$py" -m venv .venv
+fi
+if ! .venv/bin/python -c 'import yunhan, fastapi, pyroute2, pytest' >/dev/null 2>&1 \
+   || [ pyproject.toml -nt .venv/.installed ]; then
+  .venv/bin/pip install -q --disable-pip-version-check -e ".[dev]" 2>&1 | grep -v "WARNING: Location" || true
+  touch .venv/.installed
+fi
+ln -sf "$top/.venv/bin/yunhan" /usr/local/bin/yunhan

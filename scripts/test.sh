@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Runs the whole test suite (unit, integration, e2e) as root. Installs first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/install.sh
+.venv/bin/ruff check yunhan tests bench
+exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

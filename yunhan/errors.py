@@ -1,0 +1,76 @@
+"""One exception tree for all of Yunhan.
+
+    YunhanError                 base; carries a message a person can act on
+    ├── ValidationError         bad input; nothing was changed            (HTTP 400)
+    ├── NotFound                no such resource in this project          (HTTP 404)
+    ├── Conflict                name taken, address in use, still in use  (HTTP 409)
+    ├── Unauthorized            no or bad token                           (HTTP 401)
+    ├── Forbidden               token valid, action not allowed           (HTTP 403)
+    ├── TimedOut                a wait did not converge in time           (HTTP 504)
+    ├── DriverError             the kernel (netlink, nftables) refused; keeps errno
+    └── HotpatchError           the loader refused or failed; target left as it was
+
+The API turns each into one JSON shape: {"error": {"code", "message", "details"}}.
+Drivers translate errno and library errors into these with `raise X(...) from exc`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class YunhanError(Exception):
+    code = "internal"
+    http_status = 500
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "details": self.details}
+
+
+class ValidationError(YunhanError):
+    code = "invalid"
+    http_status = 400
+
+
+class NotFound(YunhanError):
+    code = "not_found"
+    http_status = 404
+
+
+class Conflict(YunhanError):
+    code = "conflict"
+    http_status = 409
+
+
+class Unauthorized(YunhanError):
+    code = "unauthorized"
+    http_status = 401
+
+
+class Forbidden(YunhanError):
+    code = "forbidden"
+    http_status = 403
+
+
+class TimedOut(YunhanError):
+    code = "timeout"
+    http_status = 504
+
+
+class DriverError(YunhanError):
+    code = "driver"
+    http_status = 500
+
+    def __init__(self, message: str, *, errno: int | None = None, **details: Any) -> None:
+        super().__init__(message, errno=errno, **details)
+        self.errno = errno
+
+
+class HotpatchError(YunhanError):
+    code = "hotpatch"
+    http_status = 500

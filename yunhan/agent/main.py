@@ -1,0 +1,214 @@
+"""The host agent: makes its host carry what the controller says, and says what it carries.
+
+It speaks to the control plane over HTTP only (ARCHITECTURE §5). The loop is push + pull:
+a long-poll on the host's desired document delivers changes as they happen, and a periodic
+full resync re-applies the last document so that drift (a route deleted by hand, a port
+that vanished) is repaired even when nothing changed upstream. The data plane is kernel
+state: when this process dies, or the control plane is unreachable, packets keep flowing;
+a restarted agent observes what exists and changes only the difference.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from yunhan.agent.dataplane import ApplyReport, DataPlane
+from yunhan.net.desired import HostDesired
+from yunhan.net.naming import Naming
+
+log = logging.getLogger("yunhan.agent")
+
+HEARTBEAT_INTERVAL = 5.0
+LONG_POLL_TIMEOUT = 20.0
+
+
+@dataclass
+class AgentConfig:
+    api_url: str
+    token: str
+    host_name: str
+    zone: str
+    underlay_ip: str
+    mtu: int
+    host_netns: str | None
+    prefix: str
+    driver: str = "linux"
+    state_dir: Path = field(default_factory=lambda: Path("/var/lib/yunhan/agent"))
+    resync_interval: float = 30.0
+
+
+class Agent:
+    """One host's agent. `run()` blocks until `stop()` (or SIGTERM/SIGINT through `run`)."""
+
+    def __init__(self, config: AgentConfig, dataplane: DataPlane | None = None) -> None:
+        self.config = config
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._client = httpx.Client(
+            base_url=config.api_url.rstrip("/"),
+            headers={"Authorization": f"Bearer {config.token}"},
+            timeout=httpx.Timeout(10.0, read=LONG_POLL_TIMEOUT + 10.0),
+        )
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.dataplane = dataplane or DataPlane(
+            naming=Naming(config.prefix),
+            host_netns=config.host_netns,
+            driver=config.driver,
+            state_dir=config.state_dir,
+        )
+        self.desired: HostDesired | None = None
+        self.report: ApplyReport | None = None
+        self.applied_revision = 0
+
+    # -- control-plane calls -------------------------------------------------------------
+
+    def _path(self, tail: str) -> str:
+        return f"/v1/agent/hosts/{self.config.host_name}{tail}"
+
+    def register(self) -> None:
+        """Register (or re-register) this host; retries until the control plane answers."""
+        body = {
+            "zone": self.config.zone,
+            "underlay_ip": self.config.underlay_ip,
+            "mtu": self.config.mtu,
+        }
+        delay = 0.2
+        while not self._stop.is_set():
+            try:
+                r = self._client.put(self._path(""), json=body)
+                if r.status_code < 300:
+                    log.info("registered as %s", self.config.host_name)
+                    return
+                log.error("registration refused: %s %s", r.status_code, r.text)
+            except httpx.HTTPError as exc:
+                log.warning("control plane unreachable (%s); retrying", exc)
+            self._stop.wait(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _fetch_desired(self, after: int, wait: float) -> HostDesired | None:
+        r = self._client.get(self._path("/desired"), params={"after": after, "timeout": wait})
+        if r.status_code == 204:
+            return None
+        r.raise_for_status()
+        return HostDesired.model_validate(r.json())
+
+    def _status_body(self) -> dict[str, Any]:
+        with self._lock:
+            report = self.report
+            body: dict[str, Any] = {
+                "applied_revision": self.applied_revision,
+                "error": "; ".join(report.errors) if report and report.errors else None,
+                "instances": {},
+            }
+            if report:
+                body["instances"] = {
+                    iid: {
+                        "phase": ir.phase,
+                        "message": ir.message,
+                        "netns": ir.netns,
+                        "uts": ir.uts,
+                    }
+                    for iid, ir in report.instances.items()
+                }
+        return body
+
+    def send_status(self) -> None:
+        try:
+            self._client.post(self._path("/status"), json=self._status_body())
+        except httpx.HTTPError as exc:
+            log.warning("status report failed: %s", exc)
+
+    # -- the loops -----------------------------------------------------------------------
+
+    def apply(self, desired: HostDesired) -> ApplyReport:
+        report = self.dataplane.apply(desired)
+        with self._lock:
+            self.desired = desired
+            self.report = report
+            self.applied_revision = desired.revision
+        if report.changes or report.errors:
+            log.info(
+                "applied revision %d: %d changes, %d errors %s",
+                desired.revision,
+                report.changes,
+                len(report.errors),
+                report.errors[:3],
+            )
+        return report
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stop.wait(HEARTBEAT_INTERVAL):
+            self.send_status()
+
+    def _watch_loop(self) -> None:
+        # Every apply is a full diff of desired against observed, so any apply is also a
+        # resync; the timer only forces one when nothing arrived for a while.
+        last_apply = time.monotonic()
+        backoff = 0.2
+        while not self._stop.is_set():
+            failing = bool(self.report and self.report.errors)
+            wait = 1.0 if failing else min(LONG_POLL_TIMEOUT, self.config.resync_interval)
+            try:
+                doc = self._fetch_desired(self.applied_revision, wait)
+                backoff = 0.2
+            except (httpx.HTTPError, ValueError) as exc:
+                # Headless: the data plane keeps forwarding what it has; we only wait.
+                log.warning("watch failed (%s); data plane left as is", exc)
+                if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == 404:
+                    self.register()
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            if doc is None:
+                due = time.monotonic() - last_apply >= self.config.resync_interval
+                if self.desired is None or not (due or failing):
+                    continue
+                doc = self.desired
+            try:
+                self.apply(doc)
+            except Exception as exc:  # one bad pass must not end the loop
+                log.exception("apply of revision %d failed", doc.revision)
+                with self._lock:
+                    self.desired = doc
+                    self.report = ApplyReport(changes=0, errors=[str(exc)], instances={})
+                self._stop.wait(1.0)
+            last_apply = time.monotonic()
+            self.send_status()
+
+    def run(self) -> None:
+        self.register()
+        hb = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        hb.start()
+        try:
+            self._watch_loop()
+        finally:
+            self._stop.set()
+            hb.join(timeout=HEARTBEAT_INTERVAL + 1)
+            self._client.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def run(config: AgentConfig) -> None:
+    """Run an agent until SIGTERM or SIGINT. Stopping leaves the data plane as it is."""
+    logging.basicConfig(
+        level=logging.INFO,
+        format=f"%(asctime)s agent[{config.host_name}] %(levelname)s %(message)s",
+    )
+    agent = Agent(config)
+
+    def _on_signal(signum: int, frame: object) -> None:
+        agent.stop()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    agent.run()

@@ -44,8 +44,23 @@ def veth_pair(prefix: str, mtu: int) -> Iterator[tuple[str, str]]:
     try:
         sh("ip", "netns", "add", a)
         sh("ip", "netns", "add", b)
-        sh("ip", "-n", a, "link", "add", "eth0", "mtu", str(mtu), "type", "veth", "peer",
-           "name", "eth0", "netns", b)  # fmt: skip
+        sh(
+            "ip",
+            "-n",
+            a,
+            "link",
+            "add",
+            "eth0",
+            "mtu",
+            str(mtu),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            b,
+        )
         for ns, ip in ((a, "198.18.255.1/30"), (b, "198.18.255.2/30")):
             sh("ip", "-n", ns, "addr", "add", ip, "dev", "eth0")
             sh("ip", "-n", ns, "link", "set", "eth0", "mtu", str(mtu), "up")
@@ -58,8 +73,11 @@ def veth_pair(prefix: str, mtu: int) -> Iterator[tuple[str, str]]:
 
 def iperf(server: list[str], client: list[str], server_ip: str, seconds: int) -> float:
     """Gbit/s received, for one iperf3 run; `server`/`client` are command prefixes."""
-    srv = subprocess.Popen([*server, "iperf3", "-s", "-1", "-p", "5201"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    srv = subprocess.Popen(
+        [*server, "iperf3", "-s", "-1", "-p", "5201"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 10
         while True:
@@ -116,14 +134,16 @@ def main() -> int:
     inst_mtu = args.mtu - 50
     results: dict[str, list[float]] = {"veth": [], "cross_zone": [], "same_host": []}
     try:
-        region.cli("up", "--detach", "--zones", "2", "--hosts-per-zone", "1",
-                   "--mtu", str(args.mtu))  # fmt: skip
+        region.cli(
+            "up", "--detach", "--zones", "2", "--hosts-per-zone", "1", "--mtu", str(args.mtu)
+        )
         region.cli("vpc", "create", "bench", "--cidr", "10.77.0.0/16")
         region.cli("subnet", "create", "bench-a", "--vpc", "bench", "--cidr", "10.77.1.0/24")
         ips: dict[str, str] = {}
         for name, zone in (("az1-a", "az1"), ("az1-b", "az1"), ("az2-a", "az2")):
-            inst = region.json("instance", "create", name, "--subnet", "bench-a", "--zone",
-                               zone, "--wait")  # fmt: skip
+            inst = region.json(
+                "instance", "create", name, "--subnet", "bench-a", "--zone", zone, "--wait"
+            )
             assert isinstance(inst, dict)
             ips[name] = str(inst["ip"])
         hosts = {i["name"]: i["host"] for i in region.json("instance", "list")}  # type: ignore[union-attr]
@@ -137,7 +157,7 @@ def main() -> int:
                         ["ip", "netns", "exec", va],
                         "198.18.255.2",
                         args.seconds,
-                    )  # fmt: skip
+                    )
                 )
                 results["cross_zone"].append(
                     iperf(
@@ -145,7 +165,7 @@ def main() -> int:
                         region.exec_prefix("az1-a"),
                         ips["az2-a"],
                         args.seconds,
-                    )  # fmt: skip
+                    )
                 )
                 results["same_host"].append(
                     iperf(
@@ -153,7 +173,7 @@ def main() -> int:
                         region.exec_prefix("az1-a"),
                         ips["az1-b"],
                         args.seconds,
-                    )  # fmt: skip
+                    )
                 )
                 print(
                     f"round {r + 1}: " + "  ".join(f"{k}={v[-1]:.2f}" for k, v in results.items())

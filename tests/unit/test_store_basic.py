@@ -1,0 +1,171 @@
+"""The revisioned store: revisions, atomicity, watch, migrations, restart."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, inspect, text
+
+from yunhan.errors import Conflict
+from yunhan.store import Store
+from yunhan.store import schema as s
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    st = Store.open(tmp_path, poll_interval=0.05)
+    yield st
+    st.close()
+
+
+def test_every_transaction_bumps_one_revision(store: Store) -> None:
+    assert store.revision() == 0
+    with store.transaction() as tx:
+        a = tx.create("vpc", "vpc-00000001", "p1", "a", {"cidrs": ["10.0.0.0/16"]})
+        b = tx.create("vpc", "vpc-00000002", "p1", "b", {"cidrs": ["10.1.0.0/16"]})
+    assert store.revision() == 1
+    assert a.revision == b.revision == 1
+    with store.transaction() as tx:
+        a2 = tx.update(a, status={"vni": 1})
+    assert a2.revision == 2 and store.revision() == 2
+    with store.read() as r:
+        assert r.get("vpc", a.id) == a2
+        assert r.get("vpc", b.id).revision == 1
+
+
+def test_unchanged_update_writes_nothing(store: Store) -> None:
+    with store.transaction() as tx:
+        a = tx.create("vpc", "vpc-00000001", "p1", "a", {"k": [1, 2]}, {"s": 1})
+    with store.transaction() as tx:
+        same = tx.update(a, spec={"k": [1, 2]}, status={"s": 1})
+    assert same.revision == 1 and store.revision() == 1
+
+
+def test_failed_transaction_changes_nothing(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.create("vpc", "vpc-00000001", "p1", "a", {})
+    with pytest.raises(RuntimeError), store.transaction() as tx:
+        tx.create("vpc", "vpc-00000002", "p1", "b", {})
+        tx.create("subnet", "subnet-00000002", "p1", "s", {})
+        raise RuntimeError("rejected")
+    assert store.revision() == 1
+    with store.read() as r:
+        assert [x.name for x in r.list("vpc")] == ["a"]
+        assert r.list("subnet") == []
+
+
+def test_names_unique_per_project_and_kind(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.create("vpc", "vpc-00000001", "p1", "a", {})
+        tx.create("vpc", "vpc-00000002", "p2", "a", {})
+        tx.create("subnet", "subnet-00000001", "p1", "a", {})
+    with pytest.raises(Conflict, match="already exists"), store.transaction() as tx:
+        tx.create("vpc", "vpc-00000003", "p1", "a", {})
+    assert store.revision() == 1
+
+
+def test_delete_bumps_revision(store: Store) -> None:
+    with store.transaction() as tx:
+        a = tx.create("vpc", "vpc-00000001", "p1", "a", {})
+    with store.transaction() as tx:
+        tx.delete(a)
+    assert store.revision() == 2
+    with store.read() as r:
+        assert r.get("vpc", a.id) is None
+
+
+def test_restart_keeps_data_and_revision(tmp_path: Path) -> None:
+    st = Store.open(tmp_path)
+    with st.transaction() as tx:
+        tx.create("vpc", "vpc-00000001", "p1", "a", {"cidrs": ["10.0.0.0/16"]})
+    with st.transaction() as tx:
+        tx.add_token("h" * 64, "p1")
+    st.close()
+    st2 = Store.open(tmp_path)
+    try:
+        assert st2.revision() == 1
+        with st2.read() as r:
+            assert r.get("vpc", "vpc-00000001").spec == {"cidrs": ["10.0.0.0/16"]}
+            assert r.token_project("h" * 64) == "p1"
+        with st2.transaction() as tx:
+            tx.create("vpc", "vpc-00000002", "p1", "b", {})
+        assert st2.revision() == 2
+    finally:
+        st2.close()
+
+
+def test_wal_mode(store: Store) -> None:
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+def test_migrations_from_empty(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'empty.db'}")
+    with engine.begin() as conn:
+        assert s.current_version(conn) == 0
+        assert s.migrate(conn) == s.LATEST
+    with engine.begin() as conn:
+        assert s.current_version(conn) == s.LATEST
+        assert s.migrate(conn) == s.LATEST  # idempotent
+        names = set(inspect(conn).get_table_names())
+        assert {"schema_version", "meta", "resources", "tokens", "liveness"} <= names
+        assert conn.execute(text("SELECT value FROM meta WHERE key='revision'")).scalar() == 0
+    engine.dispose()
+
+
+def test_refuses_newer_schema(tmp_path: Path) -> None:
+    Store.open(tmp_path).close()
+    engine = create_engine(f"sqlite:///{tmp_path / 'yunhan.db'}")
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE schema_version SET version = 999"))
+    engine.dispose()
+    with pytest.raises(RuntimeError, match="newer"):
+        Store.open(tmp_path)
+
+
+def test_watch_wakes_thread_on_commit(store: Store) -> None:
+    got: list[int | None] = []
+    t = threading.Thread(target=lambda: got.append(store.wait_revision(0, 30)))
+    t.start()
+    with store.transaction() as tx:
+        tx.create("vpc", "vpc-00000001", "p1", "a", {})
+    t.join(30)
+    assert got == [1]
+
+
+def test_watch_times_out_without_change(store: Store) -> None:
+    assert store.wait_revision(0, 0.05) is None
+
+
+def test_watch_async_wakes_on_commit_from_thread(store: Store) -> None:
+    async def main() -> int | None:
+        waiter = asyncio.create_task(store.wait_revision_async(0, 30))
+        await asyncio.to_thread(_write, store)
+        return await waiter
+
+    assert asyncio.run(main()) == 1
+
+
+def test_watch_sees_writes_of_another_process(tmp_path: Path) -> None:
+    # Two Store objects on one file stand for two processes: no in-process notification
+    # crosses between them, only the poll fallback.
+    a = Store.open(tmp_path, poll_interval=0.02)
+    b = Store.open(tmp_path, poll_interval=0.02)
+    try:
+        got: list[int | None] = []
+        t = threading.Thread(target=lambda: got.append(a.wait_revision(0, 30)))
+        t.start()
+        _write(b)
+        t.join(30)
+        assert got == [1]
+    finally:
+        a.close()
+        b.close()
+
+
+def _write(st: Store) -> None:
+    with st.transaction() as tx:
+        tx.create("vpc", "vpc-00000001", "p1", "a", {})

@@ -1,0 +1,121 @@
+"""Tables of the store and the ordered migrations that build them.
+
+The schema is SQLAlchemy Core so that PostgreSQL can follow SQLite (ARCHITECTURE §6).
+`MIGRATIONS[i]` takes the database from version i to i+1; `migrate` runs the missing ones
+in order, each in its own transaction, and records the version reached in `schema_version`.
+A migration step must describe the tables as they were at its version: once released, a
+step is never edited, a new step is appended.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import (
+    Column,
+    Connection,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    insert,
+    select,
+    update,
+)
+
+metadata = MetaData()
+
+schema_version = Table("schema_version", metadata, Column("version", Integer, nullable=False))
+
+# Counters: "revision" (the global store revision) and "compiled_revision" (how far the
+# controller has compiled; bookkeeping, so writing it does not move the revision).
+meta = Table(
+    "meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Integer, nullable=False),
+)
+
+resources = Table(
+    "resources",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("kind", String(32), nullable=False),
+    Column("project", String(64), nullable=False),
+    Column("name", String(255), nullable=False),
+    Column("spec", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("revision", Integer, nullable=False),
+    Column("created_at", String(32), nullable=False),
+    UniqueConstraint("kind", "project", "name", name="uq_resources_kind_project_name"),
+    Index("ix_resources_kind_project", "kind", "project"),
+)
+
+# Only a hash of every token is kept: a leaked database file grants nothing.
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("hash", String(64), primary_key=True),
+    Column("project", String(64), nullable=False),
+    Column("created_at", String(32), nullable=False),
+)
+
+# What agents report every few seconds. Not revisioned: a heartbeat is not a change of the
+# model, and bumping the revision on each one would wake every watcher for nothing.
+liveness = Table(
+    "liveness",
+    metadata,
+    Column("host", String(64), primary_key=True),
+    Column("applied_revision", Integer, nullable=False),
+    Column("heartbeat_at", Float, nullable=False),
+    Column("error", Text, nullable=True),
+)
+
+# Revisions at which each host's desired document changed; `converged` needs the first
+# document of a host written after a given revision. Pruned to the most recent few.
+doc_history = Table(
+    "doc_history",
+    metadata,
+    Column("host", String(64), nullable=False),
+    Column("revision", Integer, nullable=False),
+    PrimaryKeyConstraint("host", "revision"),
+)
+
+
+def _v1(conn: Connection) -> None:
+    for table in (meta, resources, tokens, liveness, doc_history):
+        table.create(conn)
+    conn.execute(insert(meta), [{"key": "revision", "value": 0}])
+    conn.execute(insert(meta), [{"key": "compiled_revision", "value": 0}])
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1]
+LATEST = len(MIGRATIONS)
+
+
+def current_version(conn: Connection) -> int:
+    if not conn.dialect.has_table(conn, "schema_version"):
+        return 0
+    return int(conn.execute(select(schema_version.c.version)).scalar_one_or_none() or 0)
+
+
+def migrate(conn: Connection, target: int = LATEST) -> int:
+    """Bring the schema to `target` (within the caller's transaction); returns the version."""
+    if not conn.dialect.has_table(conn, "schema_version"):
+        schema_version.create(conn)
+        conn.execute(insert(schema_version).values(version=0))
+    version = current_version(conn)
+    if version > LATEST:
+        raise RuntimeError(
+            f"database schema version {version} is newer than this Yunhan ({LATEST}); upgrade"
+        )
+    while version < target:
+        MIGRATIONS[version](conn)
+        version += 1
+        conn.execute(update(schema_version).values(version=version))
+    return version

@@ -1,0 +1,151 @@
+"""The FastAPI application: auth, the error shape, and the routers of docs/api.md.
+
+`create_app(store, admin_token=...)` builds an app around an open store; it does not run
+the controller (tests drive `Controller.reconcile_once` themselves, `serve` runs the loop).
+Every endpoint but the OpenAPI document needs a token; the OpenAPI document describes the
+API and holds no tenant data.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from yunhan.api.auth import ADMIN_PROJECT, Caller, authenticate, token_hash
+from yunhan.errors import Forbidden, YunhanError
+from yunhan.model import new_id
+from yunhan.store import Store
+
+log = logging.getLogger("yunhan.api")
+
+MAX_LONG_POLL = 300.0
+
+
+@dataclass
+class AppState:
+    store: Store
+    admin_hash: str
+    admin_project_id: str
+    clock: Callable[[], float]
+    max_long_poll: float = MAX_LONG_POLL
+
+
+def state_of(request: Request) -> AppState:
+    st: AppState = request.app.state.yunhan
+    return st
+
+
+def caller(request: Request) -> Caller:
+    """FastAPI dependency: the authenticated caller (401 otherwise)."""
+    st = state_of(request)
+    with st.store.read() as r:
+        return authenticate(
+            r, request.headers.get("authorization"), st.admin_hash, st.admin_project_id
+        )
+
+
+CallerDep = Annotated[Caller, Depends(caller)]
+
+
+def admin(c: CallerDep) -> Caller:
+    """FastAPI dependency: the caller, who must hold the admin token (403 otherwise)."""
+    if not c.admin:
+        raise Forbidden("this needs the admin token")
+    return c
+
+
+AdminDep = Annotated[Caller, Depends(admin)]
+
+
+def bootstrap(store: Store) -> str:
+    """Ensure the admin project exists; returns its id. Writes only on first start."""
+    with store.read() as r:
+        existing = r.by_name("project", "", ADMIN_PROJECT)
+    if existing is not None:
+        return existing.id
+    with store.transaction() as tx:
+        existing = tx.by_name("project", "", ADMIN_PROJECT)
+        if existing is not None:
+            return existing.id
+        return tx.create("project", new_id("project"), "", ADMIN_PROJECT, {}).id
+
+
+def _error(
+    status: int, code: str, message: str, details: dict[str, Any] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        status_code=status,
+        content={"error": {"code": code, "message": message, "details": details or {}}},
+    )
+
+
+_HTTP_CODES = {
+    400: "invalid",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    409: "conflict",
+}
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(YunhanError)
+    async def _yunhan(_req: Request, exc: YunhanError) -> JSONResponse:
+        return _error(exc.http_status, exc.code, exc.message, exc.details)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_req: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for err in exc.errors():
+            loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
+            parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
+        message = "invalid request: " + "; ".join(parts)
+        return _error(400, "invalid", message, {"errors": parts})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "invalid" if exc.status_code < 500 else "internal")
+        return _error(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _internal(_req: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error", exc_info=exc)
+        return _error(500, "internal", f"internal error: {type(exc).__name__}: {exc}")
+
+
+def create_app(
+    store: Store,
+    *,
+    admin_token: str,
+    clock: Callable[[], float] = time.time,
+    max_long_poll: float = MAX_LONG_POLL,
+) -> FastAPI:
+    """The API over `store`. `admin_token` grants the admin project; it is never stored."""
+    from yunhan.api.routes import agent, infra, instances, network, projects, watch
+
+    app = FastAPI(
+        title="Yunhan API",
+        version="1",
+        description="Yunhan control plane (docs/api.md)",
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.yunhan = AppState(
+        store=store,
+        admin_hash=token_hash(admin_token),
+        admin_project_id=bootstrap(store),
+        clock=clock,
+        max_long_poll=max_long_poll,
+    )
+    _install_error_handlers(app)
+    for module in (projects, infra, network, instances, agent, watch):
+        app.include_router(module.router)
+    return app

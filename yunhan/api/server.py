@@ -1,0 +1,76 @@
+"""`serve`: the API and the controller in one process, under one TaskGroup.
+
+uvicorn's own signal handling is replaced by ours: SIGTERM/SIGINT set one stop event that
+ends both the server (graceful shutdown of open requests) and the controller loop, and the
+function returns normally (uvicorn would re-raise the signal after shutdown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Generator
+from contextlib import contextmanager
+from pathlib import Path
+
+import uvicorn
+
+from yunhan.api.app import create_app
+from yunhan.controller import Controller
+from yunhan.store import Store
+
+log = logging.getLogger("yunhan.server")
+
+
+class _Server(uvicorn.Server):
+    @contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield  # signals are handled by `_main`
+
+
+async def _main(store: Store, host: str, port: int, admin_token: str) -> None:
+    app = create_app(store, admin_token=admin_token)
+    config = uvicorn.Config(app, host=host, port=port, log_level="info", lifespan="off")
+    server = _Server(config)
+    controller = Controller(store)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def _stop_server() -> None:
+        await stop.wait()
+        server.should_exit = True
+
+    async def _serve() -> None:
+        try:
+            await server.serve()
+        finally:
+            stop.set()  # the server ended (e.g. port in use): take the controller down too
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(_serve())
+            tg.create_task(_stop_server())
+            tg.create_task(controller.run(stop))
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    if server.started is False and not server.should_exit:
+        raise SystemExit(f"the API server could not start on {host}:{port}")
+
+
+def serve(state_dir: Path, host: str, port: int, admin_token: str) -> None:
+    """Run the API and the controller until SIGTERM or SIGINT (blocking).
+
+    The store is state_dir/yunhan.db (created and migrated if needed); the admin project is
+    created on first start and `admin_token` is its token for as long as this process runs.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    store = Store.open(Path(state_dir))
+    try:
+        asyncio.run(_main(store, host, port, admin_token))
+    finally:
+        store.close()
+    log.info("stopped")

@@ -1,0 +1,78 @@
+"""How stored resources are shown, and the lookups the routers share."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from yunhan.controller.loop import host_healthy
+from yunhan.errors import NotFound
+from yunhan.model import looks_like_id
+from yunhan.store import Liveness, Reader, Resource
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def resolve(r: Reader, kind: str, project: str, ref: str) -> Resource:
+    """The `kind` named `ref` (an id or a name) in `project`; another project's is NotFound."""
+    res = r.get(kind, ref) if looks_like_id(kind, ref) else None
+    if res is None or res.project != project:
+        res = r.by_name(kind, project, ref)
+    if res is None:
+        raise NotFound(f"no {kind} {ref!r} in this project", kind=kind, ref=ref)
+    return res
+
+
+def project_view(p: Resource) -> dict[str, Any]:
+    env = p.envelope()
+    env["project"] = p.id
+    return env
+
+
+def host_view(h: Resource, doc: Resource | None, lv: Liveness | None, now: float) -> dict[str, Any]:
+    """A host with what its agent last said merged into status (heartbeats are not
+    revisioned, see `store.schema.liveness`)."""
+    env = h.envelope()
+    env["status"] = {
+        "vtep_index": h.status.get("vtep_index"),
+        "desired_revision": doc.revision if doc else None,
+        "applied_revision": lv.applied_revision if lv else None,
+        "heartbeat_at": iso(lv.heartbeat_at) if lv else None,
+        "healthy": host_healthy(lv, now),
+        "error": lv.error if lv else None,
+    }
+    return env
+
+
+def convergence(r: Reader, revision: int, now: float) -> dict[str, Any]:
+    """Is write `revision` applied everywhere it matters?
+
+    It is when the controller has compiled through it and every host whose document
+    changed at or after it has applied at least the first such document (the one that
+    included the write). A host whose agent is unhealthy stays in `pending`: it is never
+    skipped. Extra fields beyond docs/api.md: `controller_revision`, `unhealthy`.
+    """
+    compiled = r.compiled_revision
+    pending: list[str] = []
+    unhealthy: list[str] = []
+    if compiled >= revision:
+        live = r.liveness()
+        for doc in r.list("hostdesired"):
+            target = r.first_doc_after(doc.name, revision - 1)
+            if target is None:
+                continue  # this host's document did not change since the write
+            lv = live.get(doc.name)
+            if lv is None or lv.applied_revision < target:
+                pending.append(doc.name)
+                if not host_healthy(lv, now):
+                    unhealthy.append(doc.name)
+    converged = compiled >= revision and not pending
+    return {
+        "revision": revision,
+        "converged": converged,
+        "pending": sorted(pending),
+        "unhealthy": sorted(unhealthy),
+        "controller_revision": compiled,
+    }

@@ -1,0 +1,281 @@
+"""Finding and removing everything a lab region owns, by prefix (STYLE §7, Mininet's clean.py).
+
+A region owns: every network namespace named "<prefix>-…" (its core, internet and host
+namespaces, and the agents' VPC and instance namespaces below "<host netns>-"); every
+process running in one of those namespaces (instance commands); every process started for
+the region (server, agents), which carry YUNHAN_REGION=<prefix> in their environment; the
+bind mounts under /run/yunhan whose path names the prefix (instances' UTS namespaces); and
+any root-namespace link named "<prefix>-…" (there should be none, but a
+crashed half-built veth would be one).
+
+Every function here is idempotent: removing what is already gone is success.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from yunhan.errors import DriverError
+
+REGION_ENV = "YUNHAN_REGION"
+RUN_DIR = Path("/run/yunhan")
+NETNS_DIR = Path("/run/netns")
+_MNT_DETACH = 2
+
+
+@dataclass
+class Removed:
+    """What a cleanup removed; printed by `yunhan down` / `yunhan sweep`."""
+
+    namespaces: list[str] = field(default_factory=list)
+    processes: list[int] = field(default_factory=list)
+    mounts: list[str] = field(default_factory=list)
+    links: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.namespaces or self.processes or self.mounts or self.links)
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.namespaces)} namespaces, {len(self.processes)} processes, "
+            f"{len(self.mounts)} mounts, {len(self.links)} links"
+        )
+
+
+def run(argv: list[str], *, input: str | None = None, check: bool = True) -> str:
+    """Run a command; a failure becomes DriverError with the command and its stderr."""
+    try:
+        p = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise DriverError(f"{' '.join(argv)}: {exc}") from exc
+    if check and p.returncode != 0:
+        raise DriverError(
+            f"{' '.join(argv)} failed: {p.stderr.strip() or p.stdout.strip()}",
+            errno=None,
+            returncode=p.returncode,
+        )
+    return p.stdout
+
+
+def owned(name: str, prefix: str) -> bool:
+    """True when `name` belongs to the region `prefix` ("<prefix>-…")."""
+    return name.startswith(f"{prefix}-")
+
+
+def list_netns() -> list[str]:
+    """Names of all named network namespaces (the files in /run/netns)."""
+    try:
+        return sorted(p.name for p in NETNS_DIR.iterdir())
+    except FileNotFoundError:
+        return []
+
+
+def root_links() -> list[str]:
+    """Names of the links in the root namespace."""
+    out = run(["ip", "-o", "link", "show"])
+    names = []
+    for line in out.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) >= 2:
+            names.append(parts[1].strip().split("@", 1)[0])
+    return names
+
+
+def _proc_pids() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def _alive(pid: int) -> bool:
+    """Alive and not a zombie (a zombie holds no namespace and cannot be killed further)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks, to tell a pid from a reused one."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def same_process(pid: int, started: int | None) -> bool:
+    """True if `pid` is alive and is still the process that started at `started`."""
+    return _alive(pid) and (started is None or start_time(pid) == started)
+
+
+def pids_in_netns(names: Iterable[str]) -> list[int]:
+    """Processes whose network namespace is one of the named ones."""
+    inodes = set()
+    for name in names:
+        try:
+            st = os.stat(NETNS_DIR / name)
+        except OSError:
+            continue
+        inodes.add((st.st_dev, st.st_ino))
+    if not inodes:
+        return []
+    found = []
+    me = os.getpid()
+    for pid in _proc_pids():
+        if pid == me:
+            continue
+        try:
+            st = os.stat(f"/proc/{pid}/ns/net")
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in inodes:
+            found.append(pid)
+    return found
+
+
+def region_of(pid: int) -> str | None:
+    """The region a lab process was started for (its YUNHAN_REGION), or None."""
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return None
+    key = REGION_ENV.encode() + b"="
+    for item in env.split(b"\0"):
+        if item.startswith(key):
+            return item[len(key) :].decode(errors="replace")
+    return None
+
+
+def marked_pids(match: Callable[[str], bool]) -> dict[int, str]:
+    """Lab processes (server, agents) whose YUNHAN_REGION satisfies `match`: pid -> region."""
+    me = os.getpid()
+    found = {}
+    for pid in _proc_pids():
+        if pid == me:
+            continue
+        region = region_of(pid)
+        if region is not None and match(region):
+            found[pid] = region
+    return found
+
+
+def kill(pids: Iterable[int], grace: float = 5.0) -> list[int]:
+    """SIGTERM, then SIGKILL after `grace` seconds; returns once every pid is gone."""
+    pids = [p for p in set(pids) if p != os.getpid() and _alive(p)]
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+            _reap(pids)
+            time.sleep(0.05)  # polling /proc: there is no portable wait for a non-child
+        if not any(_alive(p) for p in pids):
+            break
+    left = [p for p in pids if _alive(p)]
+    if left:
+        raise DriverError(f"processes {left} survived SIGKILL", pids=left)
+    return pids
+
+
+def _reap(pids: list[int]) -> None:
+    # Our own children (the server and agents of a foreground region) turn into zombies
+    # when killed; reap those (and only those) so that they stop counting as alive.
+    for pid in pids:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+
+
+def _mount_points() -> list[str]:
+    points = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split(" ")
+        if len(fields) > 4:
+            points.append(_unescape(fields[4]))
+    return points
+
+
+def _unescape(path: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as \ooo
+    return path.encode().decode("unicode_escape") if "\\" in path else path
+
+
+def _names_prefix(path: Path, prefix: str) -> bool:
+    parts = path.relative_to(RUN_DIR).parts
+    return any(p == prefix or owned(p, prefix) or p.startswith(f"{prefix}.") for p in parts)
+
+
+def unmount_run_dir(prefix: str) -> list[str]:
+    """Detach the bind mounts under /run/yunhan that name the prefix, and remove the files."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    done = []
+    for point in sorted(set(_mount_points()), key=len, reverse=True):
+        path = Path(point)
+        if RUN_DIR not in path.parents or not _names_prefix(path, prefix):
+            continue
+        if libc.umount2(str(path).encode(), _MNT_DETACH) != 0:
+            err = ctypes.get_errno()
+            if err not in (errno.EINVAL, errno.ENOENT):
+                raise DriverError(f"umount {path}: {os.strerror(err)}", errno=err)
+        done.append(point)
+    if RUN_DIR.is_dir():
+        for path in sorted(RUN_DIR.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            if not _names_prefix(path, prefix):
+                continue
+            try:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise DriverError(f"cannot remove {path}: {exc}", errno=exc.errno) from exc
+    return done
+
+
+def delete_netns(names: list[str]) -> None:
+    """Delete named namespaces; already gone is fine."""
+    if not names:
+        return
+    # -force keeps the batch going past a namespace that vanished meanwhile.
+    run(
+        ["ip", "-force", "-batch", "-"],
+        input="".join(f"netns del {n}\n" for n in names),
+        check=False,
+    )
+    left = [n for n in names if (NETNS_DIR / n).exists()]
+    if left:
+        raise DriverError(f"namespaces {left} could not be deleted", namespaces=left)
+
+
+def remove_prefix(prefix: str) -> Removed:
+    """Remove every namespace, process, mount and root link owned by `prefix`.
+
+    Order matters: lab processes first (an agent still running would recreate what we
+    delete), then whatever runs inside our namespaces (a live process keeps its namespace
+    alive after `ip netns del`), then mounts, then the namespaces (which takes their links).
+    """
+    removed = Removed()
+    removed.processes += kill(marked_pids(lambda r: r == prefix))
+    namespaces = [n for n in list_netns() if owned(n, prefix)]
+    removed.processes += kill(pids_in_netns(namespaces))
+    removed.mounts = unmount_run_dir(prefix)
+    delete_netns(namespaces)
+    removed.namespaces = namespaces
+    links = [link for link in root_links() if owned(link, prefix)]
+    for link in links:
+        run(["ip", "link", "del", link], check=False)
+    removed.links = links
+    return removed

@@ -1,0 +1,128 @@
+"""Realising a `RegionSpec` as network namespaces (the "build second" half of the lab).
+
+Shape, for 2 zones x 2 hosts:
+
+    <p>-az1-h1 eth0 ─┐                        ┌─ eth0 <p>-az2-h1
+                     ├ br-az1 ── <p>-core ── br-az2 ┤
+    <p>-az1-h2 eth0 ─┘  198.18.1.1   │   198.18.2.1 └─ eth0 <p>-az2-h2
+                                  br-inet 198.19.0.1
+                                     │
+                          eth0 198.19.0.2 <p>-internet
+
+Each zone is one L2 segment: a Linux bridge inside the core namespace, holding the zone's
+gateway address; hosts of a zone reach each other over the bridge, and hosts of different
+zones through the core's IP forwarding, so cross-AZ overlay traffic really crosses an L3
+hop (TTL decrement, a route lookup) without the cost of a namespace per zone router. A
+single core namespace also keeps the path short: one forwarding hop between any two zones.
+
+Every veth is created with both ends directly inside lab namespaces (`ip -n A link add …
+peer … netns B`), so no lab link or address ever exists in the root namespace and nothing
+routes there from the root namespace. GRO/GSO/TSO stay at their defaults (offloads are what
+makes veth and VXLAN fast). The underlay MTU is set on every link of the underlay.
+
+Operations are ensure-style (STYLE §4): running `realise` twice changes nothing the
+second time; `teardown` removes everything of the prefix and is safe to repeat.
+"""
+
+from __future__ import annotations
+
+from yunhan.lab import cleanup
+from yunhan.lab.cleanup import Removed, run
+from yunhan.lab.spec import (
+    CORE_INTERNET_BRIDGE,
+    CORE_INTERNET_PORT,
+    HOST_UNDERLAY_IFNAME,
+    INTERNET_IFNAME,
+    RegionSpec,
+)
+
+
+def _ip(ns: str, *args: str) -> None:
+    run(["ip", "-n", ns, *args])
+
+
+def _batch(ns: str, lines: list[str]) -> None:
+    """Several idempotent `ip` commands in one process (replace/set only, never add)."""
+    run(["ip", "-n", ns, "-batch", "-"], input="".join(f"{line}\n" for line in lines))
+
+
+def _links(ns: str) -> set[str]:
+    out = run(["ip", "-n", ns, "-o", "link", "show"])
+    return {line.split(":", 2)[1].strip().split("@", 1)[0] for line in out.splitlines()}
+
+
+def _ensure_netns(names: list[str]) -> None:
+    existing = set(cleanup.list_netns())
+    for name in names:
+        if name not in existing:
+            run(["ip", "netns", "add", name])
+
+
+def _ensure_veth(ns_a: str, name_a: str, ns_b: str, name_b: str, mtu: int) -> None:
+    """A veth pair with one end in each namespace, created in place (never in the root ns)."""
+    if name_a in _links(ns_a):
+        return
+    if name_b in _links(ns_b):
+        # Half of a pair whose peer vanished (or a stray link): replace it.
+        _ip(ns_b, "link", "del", name_b)
+    _ip(ns_a, "link", "add", name_a, "mtu", str(mtu), "type", "veth",
+        "peer", "name", name_b, "mtu", str(mtu), "netns", ns_b)  # fmt: skip
+
+
+def _ensure_bridge(ns: str, name: str, mtu: int, address: str) -> None:
+    if name not in _links(ns):
+        # STP off (the default) lets a port forward at once; a lab zone has no loops.
+        _ip(ns, "link", "add", name, "mtu", str(mtu), "type", "bridge")
+    _batch(ns, [f"link set {name} mtu {mtu} up", f"addr replace {address} dev {name}"])
+
+
+def _sysctl(ns: str, key: str, value: str) -> None:
+    # /proc/sys/net is per network namespace: write it from inside the namespace.
+    run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", f"{key}={value}"])
+
+
+def realise(spec: RegionSpec) -> None:
+    """Create (or complete) the region's namespaces, bridges, veths, addresses and routes.
+
+    Raises DriverError naming the command the kernel refused; what was built stays, and
+    `teardown(spec.prefix)` removes it.
+    """
+    spec.validate()
+    _ensure_netns(list(spec.namespaces))
+    core, mtu = spec.core_netns, spec.mtu
+    for ns in spec.namespaces:
+        _ip(ns, "link", "set", "lo", "up")
+    _sysctl(core, "net.ipv4.ip_forward", "1")
+
+    for zone in spec.zones:
+        plen = zone.cidr.split("/")[1]
+        _ensure_bridge(core, zone.bridge, mtu, f"{zone.gateway}/{plen}")
+        for host in zone.hosts:
+            _ensure_veth(core, host.core_port, host.netns, HOST_UNDERLAY_IFNAME, mtu)
+            _batch(core, [f"link set {host.core_port} master {zone.bridge} mtu {mtu} up"])
+            _batch(
+                host.netns,
+                [
+                    f"link set {HOST_UNDERLAY_IFNAME} mtu {mtu} up",
+                    f"addr replace {host.underlay_ip}/{host.prefixlen} dev {HOST_UNDERLAY_IFNAME}",
+                    f"route replace default via {host.gateway} dev {HOST_UNDERLAY_IFNAME}",
+                ],
+            )
+
+    inet_plen = spec.internet_cidr.split("/")[1]
+    _ensure_bridge(core, CORE_INTERNET_BRIDGE, mtu, f"{spec.internet_gateway}/{inet_plen}")
+    _ensure_veth(core, CORE_INTERNET_PORT, spec.internet_netns, INTERNET_IFNAME, mtu)
+    _batch(core, [f"link set {CORE_INTERNET_PORT} master {CORE_INTERNET_BRIDGE} mtu {mtu} up"])
+    _batch(
+        spec.internet_netns,
+        [
+            f"link set {INTERNET_IFNAME} mtu {mtu} up",
+            f"addr replace {spec.internet_ip}/{inet_plen} dev {INTERNET_IFNAME}",
+            f"route replace default via {spec.internet_gateway} dev {INTERNET_IFNAME}",
+        ],
+    )
+
+
+def teardown(prefix: str) -> Removed:
+    """Remove every namespace (agents' included), process, mount and link of `prefix`."""
+    return cleanup.remove_prefix(prefix)

@@ -1,0 +1,244 @@
+"""Borrow one thread of a running process to make syscalls and call functions in it.
+
+Only the borrowed thread stops; the others keep running, so a lock dlopen needs is never
+held by a thread we stopped. The thread is chosen so that it holds no libc lock itself:
+it is blocked in a restartable syscall, or executing outside libc and the dynamic linker.
+Its registers and whole XSAVE state are saved first and restored at the end; a syscall it
+was blocked in is restarted by the kernel as if it had only seen a stop.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import time
+from pathlib import Path
+
+from yunhan.errors import HotpatchError
+from yunhan.hotpatch import procfs, ptrace
+from yunhan.hotpatch.ptrace import Regs
+
+SYS_CLOSE = 3
+SYS_MMAP = 9
+SYS_MUNMAP = 11
+SYS_MEMFD_CREATE = 319
+PROT_READ, PROT_EXEC = 1, 4
+MAP_PRIVATE, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE = 0x02, 0x20, 0x100000
+MFD_CLOEXEC, MFD_EXEC = 0x1, 0x10
+RED_ZONE = 128
+# -ERESTARTSYS, -ERESTARTNOINTR, -ERESTARTNOHAND, -ERESTART_RESTARTBLOCK
+RESTART_CODES = {-512, -513, -514, -516}
+# Blocking syscalls glibc enters without holding an internal lock that dlopen could need,
+# and that the kernel restarts after a ptrace stop. epoll_wait is absent on purpose: a
+# stop makes it return EINTR, which we would rather not cause in a thread we only borrow.
+_SAFE_BLOCKING = {
+    0, 1, 7, 17, 19, 20, 23, 34, 35, 42, 43, 44, 45, 46, 47, 61, 128, 130, 202, 230, 247,
+    270, 271, 288,
+}  # fmt: skip
+_LIBC_LIKE = ("libc.so", "ld-linux", "libpthread.so", "libdl.so")
+
+
+def _signed(v: int) -> int:
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def _in_libc(maps: list[procfs.Mapping], pc: int) -> bool:
+    for m in maps:
+        if m.contains(pc):
+            return Path(m.path).name.startswith(_LIBC_LIKE)
+    return True  # unknown code (JIT, vdso...): do not borrow the thread there
+
+
+class Hijack:
+    """One borrowed thread; use as a context manager so it is always given back."""
+
+    def __init__(self, pid: int, mem: procfs.Memory, *, timeout: float = 10.0) -> None:
+        self.pid = pid
+        self.mem = mem
+        self.timeout = timeout
+        self.deferred: list[int] = []
+        self.trap_addr: int | None = None  # an int3 byte that called functions return to
+        maps = procfs.read_maps(pid)
+        self._syscall_insn = self._find_syscall_insn(maps)
+        self.tid, self.saved = self._borrow(maps)
+        try:
+            self.saved_xstate = ptrace.get_xstate(self.tid)
+        except HotpatchError:
+            self._give_back_plain()
+            raise
+
+    # -- choosing and stopping a thread ---------------------------------------------------
+
+    def _borrow(self, maps: list[procfs.Mapping]) -> tuple[int, Regs]:
+        deadline = time.monotonic() + self.timeout
+        attempt = 0
+        while True:
+            tids = procfs.threads(self.pid)
+            blocked = [t for t in tids if procfs.blocked_syscall(self.pid, t) in _SAFE_BLOCKING]
+            others = [t for t in tids if t not in blocked]
+            for tid in blocked + others:
+                regs = self._stop_one(tid, deadline)
+                if regs is None:
+                    continue
+                nr = _signed(regs.orig_rax)
+                in_safe_syscall = nr in _SAFE_BLOCKING and _signed(regs.rax) in RESTART_CODES
+                if in_safe_syscall or not _in_libc(maps, regs.rip):
+                    return tid, regs
+                self._release(tid)
+            attempt += 1
+            if time.monotonic() > deadline:
+                raise HotpatchError(
+                    f"no thread of process {self.pid} could be borrowed safely "
+                    "(all were inside libc, possibly holding its locks)",
+                    pid=self.pid,
+                )
+            time.sleep(min(0.001 * 2**attempt, 0.05))
+            maps = procfs.read_maps(self.pid)
+
+    def _stop_one(self, tid: int, deadline: float) -> Regs | None:
+        try:
+            ptrace.seize(tid)
+            ptrace.interrupt(tid)
+        except HotpatchError as exc:
+            if exc.errno == errno.ESRCH:
+                return None
+            raise
+        while True:
+            st = ptrace.wait(tid, deadline)
+            if st.exited:
+                return None
+            if st.event == ptrace.PTRACE_EVENT_STOP:
+                return ptrace.get_regs(tid)
+            if st.is_signal_delivery:
+                self.deferred.append(st.sig)
+            ptrace.cont(tid, 0)
+
+    def _release(self, tid: int) -> None:
+        try:
+            ptrace.detach(tid)
+        except HotpatchError as exc:
+            if exc.errno != errno.ESRCH:
+                raise
+        for sig in self.deferred:
+            ptrace.tgkill(self.pid, tid, sig)
+        self.deferred.clear()
+
+    def _find_syscall_insn(self, maps: list[procfs.Mapping]) -> int:
+        libc = [m for m in maps if m.executable and Path(m.path).name.startswith("libc.so")]
+        for m in libc or [m for m in maps if m.executable and m.path.startswith("/")]:
+            chunk = 1 << 16
+            for addr in range(m.start, m.end, chunk):
+                data = self.mem.read(addr, min(chunk, m.end - addr))
+                i = data.find(b"\x0f\x05")
+                if i >= 0:
+                    return addr + i
+        raise HotpatchError(f"no syscall instruction found in process {self.pid}")
+
+    # -- running code in the borrowed thread ----------------------------------------------
+
+    def _run_until_trap(self, step: bool, expect_pc: int) -> Regs:
+        deadline = time.monotonic() + self.timeout
+        resume = ptrace.singlestep if step else ptrace.cont
+        resume(self.tid, 0)
+        while True:
+            st = ptrace.wait(self.tid, deadline)
+            if st.exited:
+                raise HotpatchError(f"thread {self.tid} exited while borrowed", tid=self.tid)
+            if st.is_signal_delivery and st.sig == signal.SIGTRAP:
+                regs = ptrace.get_regs(self.tid)
+                if regs.rip == expect_pc:
+                    return regs
+                raise HotpatchError(
+                    f"unexpected trap at {regs.rip:#x} in borrowed thread {self.tid}",
+                    tid=self.tid,
+                )
+            if st.is_signal_delivery:
+                self.deferred.append(st.sig)  # delivered once the thread is given back
+            resume(self.tid, 0)
+
+    def _base_regs(self) -> Regs:
+        regs = self.saved.copy()
+        # Not a syscall any more: keeps the kernel from "restarting" into our code.
+        regs.orig_rax = (1 << 64) - 1
+        regs.eflags &= ~0x400  # DF clear, as the ABI promises at a call
+        return regs
+
+    def syscall(self, nr: int, *args: int) -> int:
+        """Run one syscall in the borrowed thread; returns its raw result (-errno on error)."""
+        regs = self._base_regs()
+        regs.rax = nr
+        for name, value in zip(("rdi", "rsi", "rdx", "r10", "r8", "r9"), args, strict=False):
+            setattr(regs, name, value & ((1 << 64) - 1))
+        regs.rip = self._syscall_insn
+        ptrace.set_regs(self.tid, regs)
+        out = self._run_until_trap(step=True, expect_pc=self._syscall_insn + 2)
+        return _signed(out.rax)
+
+    def call(self, func: int, *args: int) -> int:
+        """Call `func(*args)` (integer/pointer args) in the borrowed thread; returns %rax.
+
+        The frame starts below the interrupted code's red zone, 16-byte aligned before the
+        return address is pushed (so %rsp+8 is aligned at entry, as the ABI requires);
+        the return address is `trap_addr`, an int3 we own.
+        """
+        if self.trap_addr is None:
+            raise HotpatchError("internal: no trap address for a call")
+        regs = self._base_regs()
+        sp = (self.saved.rsp - RED_ZONE - 64) & ~0xF
+        sp -= 8
+        self.mem.write(sp, self.trap_addr.to_bytes(8, "little"))
+        regs.rsp = sp
+        regs.rip = func
+        regs.rax = 0  # no vector registers used by this call
+        for name, value in zip(("rdi", "rsi", "rdx", "rcx", "r8", "r9"), args, strict=False):
+            setattr(regs, name, value & ((1 << 64) - 1))
+        ptrace.set_regs(self.tid, regs)
+        out = self._run_until_trap(step=False, expect_pc=self.trap_addr + 1)
+        return out.rax
+
+    def _give_back_plain(self) -> None:
+        try:
+            ptrace.set_regs(self.tid, self.saved)
+        finally:
+            self._release(self.tid)
+
+    def close(self) -> None:
+        """Restore registers and XSAVE state exactly, then let the thread go."""
+        try:
+            ptrace.set_xstate(self.tid, self.saved_xstate)
+        finally:
+            self._give_back_plain()
+
+    def __enter__(self) -> Hijack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_cstring(mem: procfs.Memory, addr: int, limit: int = 1024) -> str:
+    out = b""
+    while len(out) < limit:
+        chunk = mem.read(addr + len(out), 64)
+        nul = chunk.find(b"\0")
+        if nul >= 0:
+            return (out + chunk[:nul]).decode(errors="replace")
+        out += chunk
+    return out.decode(errors="replace")
+
+
+def write_memfd(pid: int, fd: int, data: bytes) -> None:
+    """Fill the target's memfd from outside, through /proc/PID/fd (any mount namespace)."""
+    try:
+        wfd = os.open(f"/proc/{pid}/fd/{fd}", os.O_WRONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise HotpatchError(
+            f"cannot open the patch memfd of process {pid}: {exc.strerror}", errno=exc.errno
+        ) from exc
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(wfd, view) :]
+    finally:
+        os.close(wfd)

@@ -1,0 +1,592 @@
+"""apply / rollback / list: the shell around the pure planning core.
+
+apply, in order (nothing is written into the target before the load step, nothing into
+its code before the switch):
+  1. preflight   process alive and not a zombie, x86_64, ptrace allowed, no other tracer,
+                 target object mapped with the manifest's build-id, symbols resolve,
+                 functions long enough, bytes in memory equal the ELF file's (or the jump
+                 of the patch we stack on), no conflict with applied patches;
+  2. load        borrow one thread (the others run), map a trampoline page near the
+                 target, hand the patch over as a memfd, call the target's dlopen;
+  3. journal     record every byte to be written and replaced, fsync;
+  4. switch      stop all threads, refuse while any replaced function is active (retry
+                 with backoff up to a bound), write the jumps, resume.
+A refusal or failure after step 2 unloads the patch again, so the target is left as it was.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from yunhan.errors import Conflict, HotpatchError, NotFound
+from yunhan.hotpatch import elf, inject, journal, plan, procfs
+from yunhan.hotpatch.journal import PatchRecord, Site
+from yunhan.hotpatch.manifest import Manifest, read_manifest
+from yunhan.hotpatch.world import World
+
+PAGE = 4096
+RTLD_NOW = 2
+_SLOTS_AT = 16  # page layout: int3 at 0, trampoline slots from 16, strings from 3072
+_STRINGS_AT = 3072
+_MAX_SLOTS = (_STRINGS_AT - _SLOTS_AT) // plan.SLOT_LEN
+
+
+@dataclass(frozen=True)
+class Retry:
+    """How long the switch waits for replaced functions to become inactive."""
+
+    attempts: int = 30
+    first_backoff: float = 0.002
+    max_backoff: float = 0.2
+
+
+@dataclass
+class Outcome:
+    """What an apply or rollback did, for the CLI and the benchmark."""
+
+    pid: int
+    patch_id: str
+    action: str
+    pause_ms: float
+    attempts: int
+    sites: list[Site] = field(default_factory=list)
+
+
+# -- preflight ----------------------------------------------------------------------------
+
+
+def preflight(pid: int) -> procfs.ProcState:
+    """Refuse early, with a message a person can act on, if we cannot touch `pid`."""
+    if pid == os.getpid():
+        raise HotpatchError("refusing to patch the loader's own process", pid=pid)
+    st = procfs.proc_state(pid)
+    if st.state in ("Z", "X"):
+        raise HotpatchError(f"process {pid} is a zombie (exited, not yet reaped)", pid=pid)
+    if platform.machine() != "x86_64":
+        raise HotpatchError(f"the loader supports x86_64 only, not {platform.machine()}")
+    try:
+        with open(f"/proc/{pid}/exe", "rb") as f:
+            head = f.read(20)
+    except OSError as exc:
+        raise HotpatchError(
+            f"cannot read the executable of process {pid}: {exc.strerror}", pid=pid
+        ) from exc
+    if head[:4] != b"\x7fELF" or head[4] != 2 or int.from_bytes(head[18:20], "little") != 62:
+        raise HotpatchError(f"process {pid} is not an x86_64 ELF process", pid=pid)
+    try:
+        scope = int(Path("/proc/sys/kernel/yama/ptrace_scope").read_text())
+    except (OSError, ValueError):
+        scope = 0
+    if scope >= 3:
+        raise HotpatchError("ptrace is disabled on this host (kernel.yama.ptrace_scope=3)")
+    if scope >= 1 and os.geteuid() != 0:
+        raise HotpatchError(
+            f"kernel.yama.ptrace_scope={scope}: attaching to process {pid} needs root "
+            "(CAP_SYS_PTRACE)",
+            pid=pid,
+        )
+    for tid in procfs.threads(pid):
+        tracer = procfs.tracer_of(pid, tid)
+        if tracer:
+            raise HotpatchError(
+                f"thread {tid} of process {pid} is already traced by process {tracer} "
+                "(a debugger?); detach it first",
+                pid=pid,
+                tracer=tracer,
+            )
+    return st
+
+
+@dataclass(frozen=True)
+class _Object:
+    info: elf.ElfInfo
+    base: int
+    mapping: procfs.Mapping
+
+
+def _object_base(info: elf.ElfInfo, first: procfs.Mapping) -> int:
+    return first.start - (info.first_load_vaddr & ~(PAGE - 1))
+
+
+def _mapped_objects(pid: int, maps: list[procfs.Mapping]) -> dict[str, procfs.Mapping]:
+    """File path -> its mapping at file offset 0 (where the ELF header is)."""
+    out: dict[str, procfs.Mapping] = {}
+    for m in maps:
+        if m.path.startswith("/") and m.offset == 0 and m.inode and m.path not in out:
+            out[m.path] = m
+    return out
+
+
+def locate(pid: int, maps: list[procfs.Mapping], manifest: Manifest) -> _Object:
+    """The mapped object with the manifest's build-id (found by content, not by path)."""
+    objects = _mapped_objects(pid, maps)
+    name = manifest.target_name
+    ordered = sorted(objects.items(), key=lambda kv: Path(kv[0]).name != name)
+    seen = []
+    for path, m in ordered:
+        try:
+            info = elf.load(procfs.mapped_file(pid, m))
+        except HotpatchError:
+            continue
+        if info.build_id == manifest.build_id:
+            return _Object(info, _object_base(info, m), m)
+        if Path(path).name == name or info.soname == name:
+            seen.append(f"{path} has build-id {info.build_id}")
+    detail = "; ".join(seen) if seen else f"{name} is not mapped"
+    raise HotpatchError(
+        f"build-id mismatch: patch {manifest.patch_id} is for {name} build-id "
+        f"{manifest.build_id}, process {pid}: {detail}",
+        pid=pid,
+        build_id=manifest.build_id,
+    )
+
+
+def _libc_function(pid: int, maps: list[procfs.Mapping], name: str) -> int:
+    for path, m in _mapped_objects(pid, maps).items():
+        if Path(path).name.startswith("libc.so"):
+            info = elf.load(procfs.mapped_file(pid, m))
+            sym = info.function(name)
+            if sym is not None and sym.value >= 0:
+                return _object_base(info, m) + sym.value
+    raise HotpatchError(
+        f"process {pid} has no glibc {name}() (static binary, or glibc < 2.34 without "
+        "libdl loaded)",
+        pid=pid,
+    )
+
+
+# -- the resolved, verified plan ----------------------------------------------------------
+
+
+@dataclass
+class _Target:
+    symbol: str
+    new_symbol: str
+    start: int
+    size: int
+    file_bytes: bytes
+    write_addr: int
+    old_ranges: list[tuple[int, int]]
+    old_sites: frozenset[int]
+
+
+def _resolve(
+    mem: procfs.Memory, obj: _Object, manifest: Manifest, jr: journal.Journal
+) -> list[_Target]:
+    out = []
+    for r in manifest.replacements:
+        sym = obj.info.function(r.old)
+        if sym is None or sym.value < 0:
+            raise HotpatchError(f"{r.old} does not resolve in {obj.mapping.path}", symbol=r.old)
+        if (sym.value, sym.size) != (r.old_value, r.old_size):
+            raise HotpatchError(f"{r.old}: symbol differs from the manifest", symbol=r.old)
+        start = obj.base + sym.value
+        code = obj.info.read(sym.value, sym.size)
+        ranges = [(start, start + sym.size)]
+        sites = set(elf.return_sites(code, start))
+        for cold in obj.info.cold_parts(r.old):
+            cstart = obj.base + cold.value
+            ranges.append((cstart, cstart + cold.size))
+            sites |= elf.return_sites(obj.info.read(cold.value, cold.size), cstart)
+        write_addr = start + 4 if code.startswith(elf.ENDBR64) else start
+        # Too short even for the 5-byte form: refuse before loading anything.
+        plan.plan_jump(r.old, start, sym.size, code, start, None)
+        expected = bytearray(code)
+        below = jr.top_site_at(write_addr)
+        if below is not None:
+            new = bytes.fromhex(below.new)
+            expected[write_addr - start : write_addr - start + len(new)] = new
+        actual = mem.read(start, sym.size)
+        if actual != bytes(expected):
+            raise HotpatchError(
+                f"{r.old} at {start:#x} is not what {Path(obj.mapping.path).name} contains"
+                f"{' under the patch below' if below else ''}: it was modified "
+                "(hooked by another tool?); refusing to overwrite it",
+                symbol=r.old,
+                addr=start,
+            )
+        out.append(_Target(r.old, r.new, start, sym.size, code, write_addr, ranges, sites))
+    return out
+
+
+def _near_page(maps: list[procfs.Mapping], lo_addr: int, hi_addr: int) -> list[int]:
+    """Free page addresses from which a rel32 reaches all of [lo_addr, hi_addr), nearest first.
+
+    Gaps just above [heap] or below [stack] are skipped so the page never blocks their
+    growth.
+    """
+    reach_lo = max(hi_addr - 2**31 + 2 * PAGE, 0x10000)
+    reach_hi = lo_addr + 2**31 - 2 * PAGE
+    spans = sorted(maps, key=lambda m: m.start)
+    candidates = []
+    for below, above in itertools.pairwise(spans):
+        gap_lo, gap_hi = below.end + PAGE, above.start - 2 * PAGE  # one guard page each side
+        if below.path == "[heap]" or above.path.startswith("[stack"):
+            continue
+        lo, hi = max(gap_lo, reach_lo), min(gap_hi, reach_hi)
+        if lo > hi:
+            continue
+        # The page closest to the target inside this gap.
+        pick = hi if hi < lo_addr else lo
+        candidates.append(pick & ~(PAGE - 1))
+    gap_lo = 0x10000
+    if spans and spans[0].start - 2 * PAGE >= max(gap_lo, reach_lo):
+        candidates.append((spans[0].start - 2 * PAGE) & ~(PAGE - 1))
+    return sorted(candidates, key=lambda a: abs(a - lo_addr))[:8]
+
+
+def _map_page(hj: inject.Hijack, maps: list[procfs.Mapping], lo: int, hi: int) -> int:
+    prot = inject.PROT_READ | inject.PROT_EXEC
+    flags = inject.MAP_PRIVATE | inject.MAP_ANONYMOUS
+    for hint in _near_page(maps, lo, hi):
+        noreplace = flags | inject.MAP_FIXED_NOREPLACE
+        got = hj.syscall(inject.SYS_MMAP, hint, PAGE, prot, noreplace, -1, 0)
+        if got == hint:
+            return got
+        if got >= 0:  # an old kernel took the hint as a hint only
+            hj.syscall(inject.SYS_MUNMAP, got, PAGE)
+    got = hj.syscall(inject.SYS_MMAP, 0, PAGE, prot, flags, -1, 0)
+    if got < 0:
+        raise HotpatchError(f"mmap in the target failed: {os.strerror(-got)}", errno=-got)
+    return got
+
+
+@dataclass
+class _Loaded:
+    handle: int
+    base: int
+    page: int
+
+
+def _load(
+    pid: int,
+    mem: procfs.Memory,
+    maps: list[procfs.Mapping],
+    yhp: bytes,
+    manifest: Manifest,
+    targets: list[_Target],
+    timeout: float,
+) -> _Loaded:
+    dlopen = _libc_function(pid, maps, "dlopen")
+    dlerror = _libc_function(pid, maps, "dlerror")
+    lo = min(t.start for t in targets)
+    hi = max(t.start + t.size for t in targets)
+    with inject.Hijack(pid, mem, timeout=timeout) as hj:
+        page = _map_page(hj, maps, lo, hi)
+        fd = -1
+        try:
+            name = f"yunhan-hotpatch:{manifest.patch_id}".encode()[:200] + b"\0"
+            mem.write(page, b"\xcc")
+            mem.write(page + _STRINGS_AT, name)
+            hj.trap_addr = page
+            fd = hj.syscall(
+                inject.SYS_MEMFD_CREATE, page + _STRINGS_AT, inject.MFD_CLOEXEC | inject.MFD_EXEC
+            )
+            if fd == -errno.EINVAL:  # kernel older than 6.3: no MFD_EXEC, memfds are exec
+                fd = hj.syscall(inject.SYS_MEMFD_CREATE, page + _STRINGS_AT, inject.MFD_CLOEXEC)
+            if fd < 0:
+                raise HotpatchError(f"memfd_create in the target failed: {os.strerror(-fd)}")
+            inject.write_memfd(pid, fd, yhp)
+            # /proc/self/fd/N names the memfd inside the target's own namespaces.
+            path = f"/proc/self/fd/{fd}".encode() + b"\0"
+            mem.write(page + _STRINGS_AT + 256, path)
+            handle = hj.call(dlopen, page + _STRINGS_AT + 256, RTLD_NOW)
+            if handle == 0:
+                msg = inject.read_cstring(mem, hj.call(dlerror)) or "unknown error"
+                raise HotpatchError(f"dlopen of the patch in process {pid} failed: {msg}")
+            hj.syscall(inject.SYS_CLOSE, fd)
+            fd = -1
+            base = int.from_bytes(mem.read(handle, 8), "little")  # link_map.l_addr
+            return _Loaded(handle, base, page)
+        except BaseException:
+            if fd >= 0:
+                hj.syscall(inject.SYS_CLOSE, fd)
+            hj.syscall(inject.SYS_MUNMAP, page, PAGE)
+            raise
+
+
+def _unload(pid: int, mem: procfs.Memory, loaded: _Loaded, timeout: float) -> None:
+    """Undo `_load` when the switch never happened: nothing can be running the patch."""
+    maps = procfs.read_maps(pid)
+    dlclose = _libc_function(pid, maps, "dlclose")
+    with inject.Hijack(pid, mem, timeout=timeout) as hj:
+        hj.trap_addr = loaded.page
+        hj.call(dlclose, loaded.handle)
+        hj.syscall(inject.SYS_MUNMAP, loaded.page, PAGE)
+
+
+# -- the switch ---------------------------------------------------------------------------
+
+
+def _switch(
+    pid: int,
+    mem: procfs.Memory,
+    maps: list[procfs.Mapping],
+    guards: list[plan.Guard],
+    writes: list[tuple[int, bytes, bytes]],
+    retry: Retry,
+    sleep: Callable[[float], None] = time.sleep,
+) -> tuple[float, int]:
+    """Stop the world, check activeness, write (addr, expected, new) triples, resume.
+
+    Returns (pause seconds of the successful attempt, attempts). The bytes at each address
+    are compared with `expected` while stopped, so a concurrent writer is caught; a failure
+    halfway puts back what was already written before anyone runs again.
+    """
+    backoff = retry.first_backoff
+    reasons: list[str] = []
+    for attempt in range(1, retry.attempts + 1):
+        world = World(pid, mem, maps)
+        with world:
+            world.stop()
+            reasons = plan.find_active(world.views(), guards)
+            if not reasons:
+                done: list[tuple[int, bytes]] = []
+                try:
+                    for addr, expected, new in writes:
+                        if expected != new and mem.read(addr, len(expected)) != expected:
+                            raise HotpatchError(
+                                f"bytes at {addr:#x} changed under us; refusing to write",
+                                addr=addr,
+                            )
+                    for addr, expected, new in writes:
+                        mem.write(addr, new)
+                        done.append((addr, expected))
+                except BaseException:
+                    for addr, expected in reversed(done):
+                        mem.write(addr, expected)
+                    raise
+                return world.resume(), attempt
+        if attempt < retry.attempts:
+            sleep(backoff)
+            backoff = min(backoff * 2, retry.max_backoff)
+    raise HotpatchError(
+        f"process {pid}: patched functions stayed active after {retry.attempts} attempts: "
+        + "; ".join(sorted(set(reasons))[:5]),
+        pid=pid,
+        reasons=reasons,
+    )
+
+
+# -- public operations --------------------------------------------------------------------
+
+
+def apply(
+    pid: int,
+    patch_file: str | os.PathLike[str],
+    *,
+    journal_dir: Path | None = None,
+    retry: Retry = Retry(),
+    timeout: float = 10.0,
+) -> Outcome:
+    """Apply a .yhp to a running process; HotpatchError/Conflict leave it as it was."""
+    root = journal_dir or journal.default_dir()
+    patch_file = str(patch_file)
+    manifest = read_manifest(patch_file)
+    patch_info = elf.load(patch_file)
+    if patch_info.machine != "EM_X86_64":
+        raise HotpatchError(f"{patch_file} is not an x86_64 patch")
+    with open(patch_file, "rb") as f:
+        yhp = f.read()
+    st = preflight(pid)
+    if len(manifest.replacements) > _MAX_SLOTS:
+        raise HotpatchError(f"a patch may replace at most {_MAX_SLOTS} functions")
+    with journal.locked(root, pid), procfs.Memory(pid) as mem:
+        jr = journal.load(root, pid, st.start_time)
+        for p in jr.stack:
+            if p.state != "applied":
+                raise Conflict(
+                    f"an operation on patch {p.patch_id} was interrupted ({p.state}): "
+                    f"run `yunhan hotpatch rollback {pid} {p.patch_id}` first",
+                    patch=p.patch_id,
+                )
+        maps = procfs.read_maps(pid)
+        obj = locate(pid, maps, manifest)
+        targets = _resolve(mem, obj, manifest, jr)
+        provisional = [
+            Site(t.symbol, t.start, t.write_addr, "", "00" * plan.REL32_LEN, "", 0, [], [], [], [])
+            for t in targets
+        ]
+        jr.check_new(manifest.patch_id, provisional)
+
+        loaded = _load(pid, mem, maps, yhp, manifest, targets, timeout)
+        try:
+            sites = _plan_sites(mem, loaded, patch_info, targets, jr)
+            jr.check_new(manifest.patch_id, sites)
+            record = PatchRecord(
+                patch_id=manifest.patch_id,
+                digest=manifest.digest,
+                source=os.path.abspath(patch_file),
+                target=obj.mapping.path,
+                build_id=manifest.build_id,
+                state="switching",
+                handle=loaded.handle,
+                base=loaded.base,
+                page=loaded.page,
+                sites=sites,
+            )
+            jr.patches.append(record)
+            jr.save()
+            guards = _guards(sites, jr)
+            writes = [
+                (s.write_addr, bytes.fromhex(s.original), bytes.fromhex(s.new)) for s in sites
+            ]
+            maps = procfs.read_maps(pid)
+            try:
+                pause, attempts = _switch(pid, mem, maps, guards, writes, retry)
+            except BaseException:
+                record.state = "failed"
+                jr.save()
+                raise
+        except BaseException:
+            _unload(pid, mem, loaded, timeout)
+            raise
+        record.state = "applied"
+        record.applied_at = journal.now()
+        record.pause_ms = pause * 1000
+        record.attempts = attempts
+        jr.save()
+        return Outcome(pid, manifest.patch_id, "applied", pause * 1000, attempts, sites)
+
+
+def _plan_sites(
+    mem: procfs.Memory,
+    loaded: _Loaded,
+    patch_info: elf.ElfInfo,
+    targets: list[_Target],
+    jr: journal.Journal,
+) -> list[Site]:
+    sites = []
+    for i, t in enumerate(targets):
+        sym = patch_info.function(t.new_symbol)
+        if sym is None:
+            raise HotpatchError(f"{t.new_symbol} is not in the patch", symbol=t.new_symbol)
+        new_addr = loaded.base + sym.value
+        slot = loaded.page + _SLOTS_AT + i * plan.SLOT_LEN
+        jump = plan.plan_jump(t.symbol, t.start, t.size, t.file_bytes, new_addr, slot)
+        if jump.via_trampoline:
+            mem.write(slot, plan.trampoline_slot(new_addr))
+        original = mem.read(jump.write_addr, len(jump.code)).hex()
+        new_code = patch_info.read(sym.value, sym.size)
+        sites.append(
+            Site(
+                symbol=t.symbol,
+                func_addr=t.start,
+                write_addr=jump.write_addr,
+                original=original,
+                new=jump.code.hex(),
+                checksum=journal.checksum(original),
+                new_func=new_addr,
+                old_ranges=t.old_ranges,
+                old_sites=sorted(t.old_sites),
+                new_ranges=[(new_addr, new_addr + sym.size)],
+                new_sites=sorted(elf.return_sites(new_code, new_addr)),
+            )
+        )
+    return sites
+
+
+def _guards(sites: list[Site], jr: journal.Journal) -> list[plan.Guard]:
+    """For applying: the old function, and the code now running in its place (the new
+    function of the patch below, when stacking)."""
+    guards = []
+    for s in sites:
+        ranges = list(s.old_ranges)
+        rets = set(s.old_sites)
+        below = jr.top_site_at(s.write_addr)
+        if below is not None and below is not s:
+            ranges += below.new_ranges
+            rets |= set(below.new_sites)
+        guards.append(plan.Guard(s.symbol, tuple(map(tuple, ranges)), frozenset(rets)))  # type: ignore[arg-type]
+    return guards
+
+
+def rollback(
+    pid: int,
+    patch_id: str | None = None,
+    *,
+    journal_dir: Path | None = None,
+    retry: Retry = Retry(),
+) -> Outcome:
+    """Remove the top patch (or `patch_id`, which must be on top of its functions).
+
+    Same rules as apply: all threads stopped, neither the old nor the new function active.
+    Also finishes or undoes an apply/rollback that a dead tool left halfway.
+    """
+    root = journal_dir or journal.default_dir()
+    st = preflight(pid)
+    with journal.locked(root, pid), procfs.Memory(pid) as mem:
+        jr = journal.load(root, pid, st.start_time)
+        stack = jr.stack
+        if not stack:
+            raise NotFound(f"process {pid} has no applied patch", pid=pid)
+        record = stack[-1] if patch_id is None else jr.find(patch_id)
+        if record is None:
+            raise NotFound(f"patch {patch_id} is not applied to process {pid}", pid=pid)
+        jr.check_top(record)
+        writes = []
+        for s in record.sites:
+            new, original = bytes.fromhex(s.new), bytes.fromhex(s.original)
+            current = mem.read(s.write_addr, len(new))
+            if current == original:
+                continue  # never written (the tool died before the switch)
+            if current != new:
+                raise HotpatchError(
+                    f"{s.symbol} at {s.write_addr:#x} holds neither patch {record.patch_id} "
+                    "nor the original bytes: modified by someone else; not touching it",
+                    symbol=s.symbol,
+                )
+            writes.append((s.write_addr, new, original))
+        record.state = "rolling-back"
+        jr.save()
+        guards = [
+            plan.Guard(
+                s.symbol,
+                tuple(tuple(r) for r in s.old_ranges + s.new_ranges),  # type: ignore[misc]
+                frozenset(s.old_sites) | frozenset(s.new_sites),
+            )
+            for s in record.sites
+        ]
+        pause, attempts = 0.0, 0
+        if writes:
+            try:
+                pause, attempts = _switch(pid, mem, procfs.read_maps(pid), guards, writes, retry)
+            except BaseException:
+                record.state = "applied"
+                jr.save()
+                raise
+        record.state = "rolled-back"
+        jr.save()
+        return Outcome(pid, record.patch_id, "rolled-back", pause * 1000, attempts, record.sites)
+
+
+@dataclass(frozen=True)
+class ProcessPatches:
+    pid: int
+    alive: bool
+    patches: list[PatchRecord]
+
+
+def list_patches(
+    pid: int | None = None, *, journal_dir: Path | None = None
+) -> list[ProcessPatches]:
+    """Patches recorded per process; a journal whose process is gone shows alive=False."""
+    root = journal_dir or journal.default_dir()
+    out = []
+    for jpid, start, _ in journal.all_journals(root):
+        if pid is not None and jpid != pid:
+            continue
+        try:
+            alive = procfs.proc_state(jpid).start_time == start
+        except NotFound:
+            alive = False
+        jr = journal.load(root, jpid, start)
+        out.append(ProcessPatches(jpid, alive, jr.patches))
+    return out

@@ -1,0 +1,130 @@
+"""Stop every thread of a process, look at them, resume them: the switch's critical section.
+
+Threads are attached with PTRACE_SEIZE + PTRACE_O_TRACECLONE and stopped with
+PTRACE_INTERRUPT. A thread created while we are stopping the others is either attached
+automatically (its parent was already ours) or shows up when /proc/PID/task is listed
+again once every known thread has stopped; the loop ends when a listing finds no one new.
+Resuming is PTRACE_DETACH, which also re-injects a signal that arrived during the stop.
+"""
+
+from __future__ import annotations
+
+import bisect
+import errno
+import os
+import time
+
+from yunhan.errors import HotpatchError
+from yunhan.hotpatch import procfs, ptrace
+from yunhan.hotpatch.plan import ThreadView
+
+_STACK_READ_LIMIT = 8 << 20
+
+
+class World:
+    """One stop of a whole process. Always call `resume()` (use it as a context manager)."""
+
+    def __init__(self, pid: int, mem: procfs.Memory, maps: list[procfs.Mapping]) -> None:
+        self.pid = pid
+        self.mem = mem
+        self._set_maps(maps)
+        self.stopped: dict[int, int] = {}  # tid -> signal to deliver on resume
+        self._known: set[int] = set()
+        self.stopped_at = 0.0
+
+    def _set_maps(self, maps: list[procfs.Mapping]) -> None:
+        self._maps = sorted(maps, key=lambda m: m.start)
+        self._starts = [m.start for m in self._maps]
+
+    def stop(self, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        me = os.getpid()
+        pending: set[int] = set()
+        first = True
+        while True:
+            fresh = [t for t in procfs.threads(self.pid) if t not in self._known]
+            for tid in fresh:
+                self._known.add(tid)
+                try:
+                    ptrace.seize(tid, ptrace.PTRACE_O_TRACECLONE)
+                except HotpatchError as exc:
+                    if exc.errno == errno.ESRCH:
+                        continue
+                    if exc.errno == errno.EPERM and procfs.tracer_of(self.pid, tid) == me:
+                        pending.add(tid)  # a clone attached to us automatically
+                        continue
+                    raise
+                if first:
+                    self.stopped_at = time.perf_counter()
+                    first = False
+                ptrace.interrupt(tid)
+                pending.add(tid)
+            if not pending:
+                return
+            while pending:
+                tid = pending.pop()
+                st = ptrace.wait(tid, deadline)
+                if st.exited:
+                    self.stopped.pop(tid, None)
+                    continue
+                if st.event == ptrace.PTRACE_EVENT_CLONE:
+                    child = ptrace.get_event_msg(tid)
+                    if child not in self._known:
+                        self._known.add(child)
+                        pending.add(child)
+                self.stopped[tid] = st.sig if st.is_signal_delivery else 0
+
+    def views(self) -> list[ThreadView]:
+        """Registers and live stack of every stopped thread, for the activeness check."""
+        out = []
+        for tid in self.stopped:
+            regs = ptrace.get_regs(tid)
+            out.append(ThreadView(tid, regs.rip, self._stack(regs.rsp)))
+        return out
+
+    def _stack(self, rsp: int) -> bytes:
+        m = self._mapping(rsp)
+        if m is None:
+            self._set_maps(procfs.read_maps(self.pid))  # a stack made after we looked
+            m = self._mapping(rsp)
+        if m is None:
+            raise HotpatchError(f"stack pointer {rsp:#x} is in no mapping", pid=self.pid)
+        return self.mem.read(rsp, min(m.end - rsp, _STACK_READ_LIMIT))
+
+    def _mapping(self, addr: int) -> procfs.Mapping | None:
+        i = bisect.bisect_right(self._starts, addr) - 1
+        if i >= 0 and self._maps[i].contains(addr):
+            return self._maps[i]
+        return None
+
+    def resume(self) -> float:
+        """Let every thread go; returns how long the process was stopped (seconds)."""
+        errors = []
+        for tid, sig in self.stopped.items():
+            try:
+                ptrace.detach(tid, sig)
+            except HotpatchError as exc:
+                if exc.errno != errno.ESRCH:
+                    errors.append(exc)
+        # Threads seized but never reported (their wait failed) are still ours: detach them
+        # too, ignoring the ones that are running (ESRCH).
+        for tid in self._known - set(self.stopped):
+            try:
+                ptrace.interrupt(tid)
+                ptrace.wait(tid, time.monotonic() + 1.0)
+                ptrace.detach(tid)
+            except HotpatchError:
+                pass
+        paused = time.perf_counter() - self.stopped_at if self.stopped_at else 0.0
+        self.stopped.clear()
+        self._known.clear()
+        if errors:
+            raise errors[0]
+        return paused
+
+    def __enter__(self) -> World:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._known:
+            self.resume()

@@ -1,0 +1,170 @@
+"""Agent endpoints (register, desired long poll, status) and `converged`."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from cp_fixtures import ADMIN, Cloud
+
+from yunhan.net.desired import HostDesired
+
+DEADLINE = 20.0
+
+
+pytest_plugins = ["cp_fixtures"]
+
+
+def _in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    out: list[Any] = []
+    t = threading.Thread(target=lambda: out.append(fn()))
+    t.start()
+    return t, out
+
+
+def _desired(cloud: Cloud, host: str, after: int, timeout: float = 0) -> Any:
+    return cloud.client.get(
+        f"/v1/agent/hosts/{host}/desired",
+        params={"after": after, "timeout": timeout},
+        headers=ADMIN,
+    )
+
+
+def test_register_assigns_vtep_index_once(cloud: Cloud) -> None:
+    cloud.zone("az1", "198.18.1.0/24")
+    h1 = cloud.host("h1", "az1", "198.18.1.11")
+    h2 = cloud.host("h2", "az1", "198.18.1.12")
+    assert (h1["status"]["vtep_index"], h2["status"]["vtep_index"]) == (1, 2)
+    again = cloud.call(
+        "PUT",
+        "/v1/agent/hosts/h1",
+        json={"zone": h1["spec"]["zone"], "underlay_ip": "198.18.1.21", "mtu": 9000},
+    )
+    assert again["id"] == h1["id"] and again["status"]["vtep_index"] == 1
+    assert again["spec"]["underlay_ip"] == "198.18.1.21" and again["spec"]["mtu"] == 9000
+    before = cloud.revision()
+    cloud.call(
+        "PUT", "/v1/agent/hosts/h1", json={"zone": "az1", "underlay_ip": "198.18.1.21", "mtu": 9000}
+    )
+    assert cloud.revision() == before  # an unchanged re-registration writes nothing
+
+
+def test_desired_document_and_long_poll(cloud: Cloud, net: dict[str, Any]) -> None:
+    cloud.rejected("GET", "/v1/agent/hosts/nope/desired", 404, "not registered")
+    assert _desired(cloud, "h1", 0).status_code == 204  # not compiled yet
+    cloud.reconcile()
+    r = _desired(cloud, "h1", 0)
+    assert r.status_code == 200
+    doc = HostDesired.model_validate(r.json())
+    assert doc.host == "h1" and doc.vpcs == () and doc.vtep_index == 1
+    assert _desired(cloud, "h1", doc.revision).status_code == 204
+
+    t, out = _in_thread(lambda: _desired(cloud, "h1", doc.revision, timeout=DEADLINE))
+    inst = cloud.call(
+        "POST", "/v1/instances", net["t"], json={"name": "a", "subnet": "web", "zone": "az1"}
+    )
+    cloud.reconcile()
+    t.join(DEADLINE + 5)
+    assert out and out[0].status_code == 200
+    new = HostDesired.model_validate(out[0].json())
+    assert new.revision > inst["revision"]
+    assert [i.id for i in new.instances] == [inst["id"]]
+    # An agent that remembers a revision beyond this store's gets the document at once.
+    assert _desired(cloud, "h1", 10_000).status_code == 200
+
+
+def test_status_reflects_into_instance_and_host(cloud: Cloud, net: dict[str, Any]) -> None:
+    inst = cloud.call(
+        "POST", "/v1/instances", net["t"], json={"name": "a", "subnet": "web", "zone": "az1"}
+    )
+    cloud.reconcile()
+    doc_rev = _desired(cloud, "h1", 0).json()["revision"]
+    report = {
+        inst["id"]: {
+            "phase": "running",
+            "message": None,
+            "netns": "/run/netns/x",
+            "uts": "/run/uts/x",
+        }
+    }
+    cloud.heartbeat("h1", doc_rev, report)
+    got = cloud.call("GET", "/v1/instances/a", net["t"])["status"]
+    assert (got["phase"], got["netns"], got["uts"]) == ("running", "/run/netns/x", "/run/uts/x")
+    assert got["ip"] == inst["status"]["ip"]
+    host = cloud.call("GET", "/v1/hosts/h1")["status"]
+    assert host["applied_revision"] == doc_rev and host["desired_revision"] == doc_rev
+    assert host["healthy"] is True and host["heartbeat_at"].endswith("Z")
+    # Heartbeats and unchanged reports do not move the revision.
+    before = cloud.revision()
+    cloud.heartbeat("h1", doc_rev, report)
+    cloud.heartbeat("h1", doc_rev)
+    assert cloud.revision() == before
+    # A host cannot report for an instance placed elsewhere.
+    cloud.heartbeat("h2", 0, {inst["id"]: {"phase": "failed", "message": "no"}})
+    assert cloud.call("GET", "/v1/instances/a", net["t"])["status"]["phase"] == "running"
+    cloud.clock.advance(16)
+    assert cloud.call("GET", "/v1/hosts/h1")["status"]["healthy"] is False
+    cloud.rejected(
+        "POST", "/v1/agent/hosts/nope/status", 404, "not registered", json={"applied_revision": 1}
+    )
+
+
+def _converged(
+    cloud: Cloud, revision: int, timeout: float = 0, headers: dict[str, str] | None = None
+) -> Any:
+    return cloud.call(
+        "GET", "/v1/converged", headers, params={"revision": revision, "timeout": timeout}
+    )
+
+
+def test_converged(cloud: Cloud, net: dict[str, Any]) -> None:
+    t = net["t"]
+    cloud.reconcile()
+    for h in ("h1", "h2"):
+        cloud.heartbeat(h, _desired(cloud, h, 0).json()["revision"])
+    a = cloud.call("POST", "/v1/instances", t, json={"name": "a", "subnet": "web", "zone": "az1"})
+    r = a["revision"]
+    first = _converged(cloud, r, headers=t)
+    assert first["converged"] is False and first["controller_revision"] < r
+    cloud.reconcile()
+    # Only h1's document changed: h2 is not affected.
+    assert _converged(cloud, r) == {
+        "revision": r,
+        "converged": False,
+        "pending": ["h1"],
+        "unhealthy": [],
+        "controller_revision": cloud.revision(),
+    }
+    doc1 = _desired(cloud, "h1", 0).json()["revision"]
+    waiter, out = _in_thread(lambda: _converged(cloud, r, timeout=DEADLINE, headers=t))
+    cloud.heartbeat("h1", doc1)
+    waiter.join(DEADLINE + 5)
+    assert out and out[0]["converged"] is True and out[0]["pending"] == []
+
+    # An instance on h2 in the same VPC changes both documents (port, peer, routes).
+    # h2's agent went silent: it stays pending and is reported unhealthy, not skipped.
+    b = cloud.call("POST", "/v1/instances", t, json={"name": "b", "subnet": "web", "zone": "az2"})
+    cloud.reconcile()
+    cloud.clock.advance(20)
+    doc1 = _desired(cloud, "h1", 0).json()["revision"]
+    cloud.heartbeat("h1", doc1)
+    state = _converged(cloud, b["revision"], timeout=0.1)
+    assert state["converged"] is False
+    assert state["pending"] == ["h2"] and state["unhealthy"] == ["h2"]
+    cloud.heartbeat("h2", _desired(cloud, "h2", 0).json()["revision"])
+    assert _converged(cloud, b["revision"])["converged"] is True
+    # Default revision: the current one.
+    got = cloud.call("GET", "/v1/converged")
+    assert got["revision"] == cloud.call("GET", "/v1/revision")["revision"]
+
+
+def test_controller_pass_without_change_does_not_churn(cloud: Cloud, net: dict[str, Any]) -> None:
+    cloud.call(
+        "POST", "/v1/instances", net["t"], json={"name": "a", "subnet": "web", "zone": "az1"}
+    )
+    cloud.reconcile()
+    before = cloud.revision()
+    assert cloud.reconcile() == before
+    assert cloud.reconcile() == before
+    assert cloud.revision() == before

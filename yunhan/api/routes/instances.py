@@ -33,7 +33,7 @@ def create_instance(body: InstanceCreate, request: Request, c: CallerDep) -> dic
             if i.spec["subnet"] == sub.id and i.status.get("ip")
         }
         ip = allocate_ip(sub.name, sub.spec["cidr"], used, body.ip)
-        mac = allocate_mac({i.status.get("mac") for i in everyone})
+        mac = allocate_mac({str(i.status.get("mac")) for i in everyone})
         inst = tx.create(
             "instance",
             new_id("instance"),

@@ -21,7 +21,7 @@ from yunhan.model import (
     validate_vpc_blocks,
 )
 from yunhan.model.schemas import SubnetCreate, VpcCidrAdd, VpcCreate
-from yunhan.store import Reader, Resource
+from yunhan.store import Reader, Resource, Tx
 
 router = APIRouter(prefix="/v1", tags=["network"])
 
@@ -150,7 +150,7 @@ def delete_subnet(ref: str, request: Request, c: CallerDep) -> dict[str, Any]:
     return sub.envelope()
 
 
-def refresh_available(tx: Any, sub: Resource) -> Resource:
+def refresh_available(tx: Tx, sub: Resource) -> Resource:
     """Recount a subnet's free addresses (called in the transaction that changed them)."""
     used = sum(1 for i in tx.list("instance", sub.project) if i.spec["subnet"] == sub.id)
     return tx.update(sub, status={**sub.status, "available": available(sub.spec["cidr"], used)})

@@ -1,0 +1,141 @@
+"""The controller loop and `serve`: reconcile on change, stop cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+from cp_fixtures import ADMIN, ADMIN_TOKEN
+from fastapi.testclient import TestClient
+
+from yunhan.api.app import create_app
+from yunhan.controller import Controller
+from yunhan.store import Store
+
+DEADLINE = 20.0
+
+
+def _register(store: Store) -> None:
+    # What PUT /v1/agent/hosts does, minus HTTP.
+    with store.transaction() as tx:
+        z = tx.create(
+            "zone", "zone-00000001", "proj-00000000", "az1", {"underlay_cidr": "198.18.1.0/24"}
+        )
+        tx.create(
+            "host",
+            "host-00000001",
+            "proj-00000000",
+            "h1",
+            {"zone": z.id, "underlay_ip": "198.18.1.11", "mtu": 1500},
+            {"vtep_index": 1},
+        )
+
+
+def test_loop_reconciles_on_change_and_stops(tmp_path: Path) -> None:
+    store = Store.open(tmp_path, poll_interval=0.05)
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        task = asyncio.create_task(Controller(store).run(stop))
+        await asyncio.to_thread(_register, store)
+        found = await store.wait_for_async(lambda: _doc_revision(store), DEADLINE)
+        assert found is not None
+        # The loop also sees its own write and compiles through it without writing again.
+        settled = await store.wait_for_async(_settled(store), DEADLINE)
+        assert settled == store.revision()
+        stop.set()
+        await asyncio.wait_for(task, DEADLINE)
+        return found
+
+    try:
+        assert asyncio.run(main()) > 0
+    finally:
+        store.close()
+
+
+def _settled(store: Store) -> Callable[[], int | None]:
+    def check() -> int | None:
+        with store.read() as r:
+            return r.revision if r.compiled_revision == r.revision else None
+
+    return check
+
+
+def _doc_revision(store: Store) -> int | None:
+    with store.read() as r:
+        doc = r.by_name("hostdesired", "proj-00000000", "h1")
+        return doc.revision if doc else None
+
+
+def test_app_restart_keeps_projects_tokens_and_revision(tmp_path: Path) -> None:
+    store = Store.open(tmp_path)
+    with TestClient(create_app(store, admin_token=ADMIN_TOKEN)) as c:
+        token = c.post("/v1/projects", json={"name": "alpha"}, headers=ADMIN).json()["token"]
+        rev = c.get("/v1/revision", headers=ADMIN).json()["revision"]
+    store.close()
+    store = Store.open(tmp_path)
+    try:
+        # Restarted with another admin token: the old one is revoked, projects remain.
+        with TestClient(create_app(store, admin_token="yh_new-admin")) as c:
+            assert c.get("/v1/revision", headers={"Authorization": f"Bearer {token}"}).json() == {
+                "revision": rev
+            }
+            assert c.get("/v1/whoami", headers=ADMIN).status_code == 401
+            new = {"Authorization": "Bearer yh_new-admin"}
+            assert [p["name"] for p in c.get("/v1/projects", headers=new).json()] == [
+                "admin",
+                "alpha",
+            ]
+    finally:
+        store.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_serve_runs_api_and_controller_and_stops_on_sigterm(tmp_path: Path) -> None:
+    port = _free_port()
+    code = (
+        "from pathlib import Path; from yunhan.api.server import serve; "
+        f"serve(Path({str(tmp_path)!r}), '127.0.0.1', {port}, {ADMIN_TOKEN!r})"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=ADMIN, timeout=30) as c:
+            deadline = time.monotonic() + DEADLINE
+            while True:
+                try:
+                    assert c.get("/v1/whoami").json()["admin"] is True
+                    break
+                except httpx.TransportError:
+                    assert time.monotonic() < deadline, "server did not come up"
+                    assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                    time.sleep(0.05)
+            assert c.get("/openapi.json").json()["info"]["title"] == "Yunhan API"
+            c.post("/v1/zones", json={"name": "az1", "underlay_cidr": "198.18.1.0/24"})
+            c.put("/v1/agent/hosts/h1", json={"zone": "az1", "underlay_ip": "198.18.1.11"})
+            # The controller in the same process publishes the document (long poll).
+            r = c.get("/v1/agent/hosts/h1/desired", params={"after": 0, "timeout": DEADLINE})
+            assert r.status_code == 200 and r.json()["host"] == "h1"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(DEADLINE) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -363,13 +363,14 @@ class Store:
                 tx = Tx(conn, self._now_iso())
                 yield tx
                 tx._finish()
+            except IntegrityError as exc:
+                # The checks in `create` come first; this is the database's last word.
+                trans.rollback()
+                raise Conflict(f"conflicting write: {exc.orig}") from exc
             except BaseException:
                 trans.rollback()
                 raise
-            try:
-                trans.commit()
-            except IntegrityError as exc:
-                raise Conflict(f"conflicting write: {exc.orig}") from exc
+            trans.commit()
         if tx.wrote or tx._p.touched:
             self._notify()
 

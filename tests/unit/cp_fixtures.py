@@ -7,7 +7,7 @@ sys.path under pytest's default import mode).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ class Cloud:
     store: Store
     controller: Controller
     clock: FakeClock
+    admin: dict[str, str] = field(default_factory=lambda: dict(ADMIN))
 
     def revision(self) -> int:
         return self.store.revision()

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
-
-from cp_fixtures import ADMIN, Cloud
+from typing import TYPE_CHECKING, Any
 
 from yunhan.net.desired import HostDesired
 
 DEADLINE = 20.0
 
+
+if TYPE_CHECKING:
+    from cp_fixtures import Cloud
 
 pytest_plugins = ["cp_fixtures"]
 
@@ -27,7 +28,7 @@ def _desired(cloud: Cloud, host: str, after: int, timeout: float = 0) -> Any:
     return cloud.client.get(
         f"/v1/agent/hosts/{host}/desired",
         params={"after": after, "timeout": timeout},
-        headers=ADMIN,
+        headers=cloud.admin,
     )
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cp_fixtures import Cloud
+if TYPE_CHECKING:
+    from cp_fixtures import Cloud
 
 pytest_plugins = ["cp_fixtures"]
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from cp_fixtures import Cloud
 
 VPCS = "/v1/vpcs"
 
+
+if TYPE_CHECKING:
+    from cp_fixtures import Cloud
 
 pytest_plugins = ["cp_fixtures"]
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import random
-from typing import Any
-
-from cp_fixtures import ADMIN, Cloud
+from typing import TYPE_CHECKING, Any
 
 from yunhan.controller.netcompile import HostIn, InstanceIn, SubnetIn, VpcIn, compile_hosts
 from yunhan.net.desired import HostDesired, Peer, Port, Route, vtep_mac, vtep_nexthop
+
+if TYPE_CHECKING:
+    from cp_fixtures import Cloud
 
 pytest_plugins = ["cp_fixtures"]
 
@@ -128,7 +129,7 @@ def test_documents_round_trip_through_json() -> None:
 def _docs(cloud: Cloud) -> dict[str, dict[str, Any]]:
     out = {}
     for h in ("h1", "h2", "h3"):
-        r = cloud.client.get(f"/v1/agent/hosts/{h}/desired", headers=ADMIN)
+        r = cloud.client.get(f"/v1/agent/hosts/{h}/desired", headers=cloud.admin)
         out[h] = r.json()
     return out
 

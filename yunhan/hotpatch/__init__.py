@@ -1,0 +1,30 @@
+"""Application hot patching: replace functions of a running x86_64 Linux process.
+
+Public face:
+  build(source, target, output)          compile a patch source into a .yhp (build.py)
+  apply(pid, patch_file)                 load and switch a patch in a live process (loader.py)
+  rollback(pid, patch_id=None)           restore the bytes below the top patch (loader.py)
+  list_patches(pid=None)                 what the journal says was done (loader.py)
+  read_manifest(patch_file)              the description embedded in a .yhp (manifest.py)
+
+Modules: elf (ELF facts), procfs (/proc), ptrace (ctypes), inject (borrowed thread),
+world (stop-the-world), plan (pure: jumps and activeness), journal (on-disk record).
+"""
+
+from yunhan.hotpatch import journal
+from yunhan.hotpatch.build import build, include_dir
+from yunhan.hotpatch.loader import Outcome, Retry, apply, list_patches, rollback
+from yunhan.hotpatch.manifest import Manifest, read_manifest
+
+__all__ = [
+    "Manifest",
+    "Outcome",
+    "Retry",
+    "apply",
+    "build",
+    "include_dir",
+    "journal",
+    "list_patches",
+    "read_manifest",
+    "rollback",
+]

@@ -68,6 +68,7 @@ class PatchRecord:
     handle: int = 0
     base: int = 0
     page: int = 0
+    memfd: int = -1
     sites: list[Site] = field(default_factory=list)
     applied_at: float = 0.0
     pause_ms: float = 0.0

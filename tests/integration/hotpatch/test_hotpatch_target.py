@@ -101,15 +101,22 @@ def test_static_function_of_pie_with_cold_part(
 
 
 def test_blocked_read_completes_normally_after_patch(
-    built: Built, target: Proc, make_patch: MakePatch, journal_dir: Path
+    built: Built, spawn: Callable[..., Proc], make_patch: MakePatch, journal_dir: Path
 ) -> None:
+    target = spawn(built.target, "single")
+    assert target.readline() == "ready"
+    assert procfs.threads(target.pid) == [target.pid]
+    target.wait_blocked_in(SYS_READ)
     yhp = make_patch("fix_compute", FIX_COMPUTE, built.target)
     hotpatch.apply(target.pid, yhp, journal_dir=journal_dir)
-    # The main thread was blocked in read(2) on its stdin pipe throughout; the same read
-    # now completes with our data (an EINTR would print "ERR ...").
+    # The only thread was blocked in read(2) on its stdin pipe, was borrowed for dlopen and
+    # stopped for the switch; the same read is restarted and now completes with our data
+    # (an EINTR would print "ERR ...").
     assert procfs.blocked_syscall(target.pid, target.pid) == SYS_READ
     assert target.ask("c 7") == "700"
     assert target.ask("c 8") == "800"
+    hotpatch.rollback(target.pid, journal_dir=journal_dir)
+    assert target.ask("c 7") == "15"
 
 
 def test_function_of_a_test_library(

@@ -1,7 +1,7 @@
 /* A multi-threaded service for hot patching under load.
  *
- * NWORKERS threads (argv[2], default 8) call price() in a loop and publish the result for
- * input 7; the main thread is a TCP server on 127.0.0.1:argv[1] (0 = any port, printed on
+ * NWORKERS threads (argv[2], default 8) call price() in a loop, sleeping argv[3] us
+ * (default 200) between calls, and publish the result for input 7; the main thread is a TCP server on 127.0.0.1:argv[1] (0 = any port, printed on
  * stdout) answering one request per connection:
  *   "p N\n" -> price(N)
  *   "w\n"   -> the last value every worker computed, space-separated
@@ -18,6 +18,7 @@
 #define MAXW 256
 static volatile int last[MAXW];
 static volatile int bias;
+static int nap_us = 200;
 
 __attribute__((noipa)) int price(int x) {
     int r = x * 10;
@@ -29,7 +30,7 @@ static void *worker(void *arg) {
     long id = (long)arg;
     for (;;) {
         last[id] = price(7);
-        usleep(200);
+        usleep(nap_us);
     }
     return NULL;
 }
@@ -38,6 +39,7 @@ int main(int argc, char **argv) {
     int port = argc > 1 ? atoi(argv[1]) : 0;
     int nworkers = argc > 2 ? atoi(argv[2]) : 8;
     if (nworkers > MAXW) nworkers = MAXW;
+    if (argc > 3) nap_us = atoi(argv[3]);
     setvbuf(stdout, NULL, _IOLBF, 0);
     int s = socket(AF_INET, SOCK_STREAM, 0);
     int one = 1;

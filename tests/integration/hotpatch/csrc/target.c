@@ -8,6 +8,9 @@
  *   t     tiny()                  shorter than a jump
  *   h     hold() calls so far     hold() never returns: a thread sleeps inside it
  *
+ * With argument "single" there is no holder thread: the main thread is the only one, so it
+ * is the one the loader borrows while it is blocked in read(2).
+ *
  * stdin is read with raw read(2) so that the main thread sits blocked in a syscall; an
  * interrupted read would print "ERR" instead of being silently retried.
  */
@@ -62,11 +65,11 @@ static void *holder(void *arg) {
     return NULL;
 }
 
-int main(void) {
+int main(int argc, char **argv) {
     char buf[256];
     pthread_t th;
     setvbuf(stdout, NULL, _IOLBF, 0);
-    pthread_create(&th, NULL, holder, NULL);
+    if (argc < 2 || strcmp(argv[1], "single") != 0) pthread_create(&th, NULL, holder, NULL);
     printf("ready\n");
     for (;;) {
         ssize_t n = read(0, buf, sizeof buf - 1);

@@ -1,0 +1,153 @@
+"""The agent's face on the host data plane: apply a `HostDesired`, report what is true.
+
+`apply` is level-triggered (STYLE §4): observe what exists, plan the difference, execute,
+and repeat until a pass plans nothing (at most a few passes: a re-created port takes its
+dependants with it, and the next pass puts them back). A fresh `DataPlane` on a host that
+already carries the state (an agent restarted after SIGKILL) observes it and plans zero
+ops; nothing is removed and re-added. Failures are per object: a port that cannot be
+built is reported and the rest of the document is still applied.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from yunhan.net.desired import HostDesired
+from yunhan.net.driver import Driver, execute
+from yunhan.net.naming import Naming
+from yunhan.net.state import Key, Obj, Op, State, compile_state, owner_keys, plan
+
+if TYPE_CHECKING:
+    from yunhan.net.fake import FakeFabric
+
+MAX_PASSES = 4
+
+
+@dataclass
+class InstanceReport:
+    phase: str  # "running" | "failed"
+    message: str
+    netns: str
+    uts: str
+
+
+@dataclass
+class ApplyReport:
+    changes: int
+    errors: list[str]
+    instances: dict[str, InstanceReport] = field(default_factory=dict)
+
+
+class DataPlane:
+    """One host's data plane. `driver` is "linux" (the kernel) or "fake" (in memory)."""
+
+    def __init__(
+        self,
+        *,
+        naming: Naming,
+        host_netns: str | None,
+        driver: str = "linux",
+        state_dir: pathlib.Path,
+        fabric: FakeFabric | None = None,
+    ) -> None:
+        self.naming = naming
+        self.host_netns = host_netns
+        self.state_dir = state_dir
+        self.driver: Driver
+        if driver == "linux":
+            from yunhan.net.linux import LinuxDriver
+
+            self.driver = LinuxDriver(naming=naming, host_netns=host_netns, state_dir=state_dir)
+        elif driver == "fake":
+            from yunhan.net.fake import FakeDriver, FakeFabric
+
+            self.driver = FakeDriver(naming=naming, host_netns=host_netns)
+            (fabric or FakeFabric()).attach(self.driver)
+        else:
+            raise ValueError(f"unknown data-plane driver {driver!r}")
+
+    def observe(self) -> State:
+        return self.driver.observe()
+
+    def plan(self, desired: HostDesired) -> list[Op]:
+        """What `apply(desired)` would do now (no change made)."""
+        try:
+            return plan(compile_state(desired, self.naming), self.driver.observe())
+        finally:
+            self.driver.close()
+
+    def apply(self, desired: HostDesired) -> ApplyReport:
+        """Make the host carry `desired`; idempotent. Returns changes made and errors."""
+        want = compile_state(desired, self.naming)
+        changes = 0
+        errors: dict[Key, str] = {}
+        try:
+            have = self.driver.observe()
+            for _ in range(MAX_PASSES):
+                ops = plan(want, have)
+                if not ops:
+                    break
+                res = execute(self.driver, ops)
+                changes += len(res.done)
+                for op, exc in res.failed:
+                    errors[op.obj.key] = f"{op}: {exc.message}"
+                have = self.driver.observe()
+                if res.failed:
+                    break  # a refusal will not change by retrying at once
+            return self._report(desired, want, have, changes, errors)
+        finally:
+            self.driver.close()
+
+    def _report(
+        self,
+        desired: HostDesired,
+        want: State,
+        have: State,
+        changes: int,
+        errors: dict[Key, str],
+    ) -> ApplyReport:
+        missing: dict[tuple[str, str | None], list[Obj]] = {}
+        for k, o in want.items():
+            if have.get(k) != o:
+                missing.setdefault(owner_keys(o), []).append(o)
+        err_by_owner: dict[tuple[str, str | None], list[str]] = {}
+        for k, msg in errors.items():
+            o = want.get(k)
+            if o is not None:
+                err_by_owner.setdefault(owner_keys(o), []).append(msg)
+        vni_ns = {v.id: self.naming.vpc_netns(v.vni) for v in desired.vpcs}
+        instances: dict[str, InstanceReport] = {}
+        for inst in desired.instances:
+            ns = self.naming.instance_netns(inst.id)
+            vpc_ns = vni_ns.get(inst.vpc_id, self.naming.vpc_netns(inst.vni))
+            owners = [(ns, None), (ns, "lo"), (ns, "eth0"), (vpc_ns, inst.port)]
+            msgs = [m for ow in owners for m in err_by_owner.get(ow, [])]
+            lacking = [o for ow in owners for o in missing.get(ow, [])]
+            if not any(p.ifname == inst.port for v in desired.vpcs for p in v.ports):
+                msgs.append(f"port {inst.port} is not in the document")
+            if msgs or lacking:
+                detail = msgs or [f"not yet realised: {lacking[0]}"]
+                instances[inst.id] = InstanceReport("failed", "; ".join(detail), ns, str(_uts(ns)))
+            else:
+                instances[inst.id] = InstanceReport("running", "", ns, str(_uts(ns)))
+        return ApplyReport(changes=changes, errors=list(errors.values()), instances=instances)
+
+    def teardown(self) -> None:
+        """Remove everything of this host's prefix (namespaces, UTS files, processes)."""
+        try:
+            have = self.driver.observe()
+            ops = plan({}, have)
+            res = execute(self.driver, ops)
+            if res.failed:
+                _op, exc = res.failed[0]
+                raise exc
+        finally:
+            self.driver.close()
+
+
+def _uts(netns: str) -> pathlib.Path:
+    from yunhan.net.nsutil import UTS_DIR
+
+    return UTS_DIR / netns

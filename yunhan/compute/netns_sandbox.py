@@ -1,0 +1,164 @@
+"""The instance sandbox: a network namespace plus a persistent UTS namespace, and its process.
+
+An instance is, for now, a pair of namespaces: its network namespace
+(`Naming.instance_netns(id)`, a normal named netns under /run/netns) and a UTS namespace
+whose hostname is the instance name, kept alive by a bind mount at
+/run/yunhan/uts/<netns name> (that directory is a private mount, like /run/netns). An
+optional long-lived command runs inside both, started detached in its own session; its
+pid and start time are recorded under the agent's state dir so that a restarted agent
+adopts it (the start time guards against pid reuse) instead of starting a second copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from yunhan.errors import DriverError
+from yunhan.net import nsutil
+
+
+def uts_path(netns: str) -> Path:
+    return nsutil.UTS_DIR / netns
+
+
+def ensure_uts(netns: str, hostname: str) -> None:
+    """The UTS namespace of `netns` exists and carries `hostname`."""
+    path = uts_path(netns)
+    try:
+        if nsutil.is_mountpoint(path):
+            if nsutil.get_hostname(path) != hostname:
+                nsutil.set_hostname(path, hostname)
+        else:
+            nsutil.create_uts(path, hostname)
+    except OSError as exc:
+        raise DriverError(f"uts {netns}: {exc}", errno=exc.errno, netns=netns) from exc
+
+
+def remove_uts(netns: str) -> None:
+    try:
+        nsutil.remove_ns_file(uts_path(netns))
+    except OSError as exc:
+        raise DriverError(f"uts {netns}: {exc}", errno=exc.errno, netns=netns) from exc
+
+
+def list_uts(prefix: str) -> dict[str, str]:
+    """netns name -> hostname of every persistent UTS namespace of ours."""
+    out: dict[str, str] = {}
+    if not nsutil.UTS_DIR.is_dir():
+        return out
+    for p in nsutil.UTS_DIR.iterdir():
+        if not p.name.startswith(prefix):
+            continue
+        if not nsutil.is_mountpoint(p):
+            out[p.name] = ""  # a stale file: reported so that it gets removed
+            continue
+        try:
+            out[p.name] = nsutil.get_hostname(p)
+        except OSError:
+            out[p.name] = ""
+    return out
+
+
+def exec_argv(netns: str, uts: str | Path, argv: Sequence[str]) -> list[str]:
+    """The command line that runs `argv` inside the instance's network and UTS namespaces."""
+    return ["nsenter", f"--net={nsutil.netns_path(netns)}", f"--uts={uts}", "--", *argv]
+
+
+def exec(
+    netns: str, uts: str | Path, argv: Sequence[str], *, timeout: float = 30.0
+) -> subprocess.CompletedProcess[str]:
+    """Run `argv` to completion inside the sandbox; returns the completed process."""
+    return subprocess.run(
+        exec_argv(netns, uts, argv), capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+@dataclass(frozen=True)
+class ProcRecord:
+    pid: int
+    start: int  # /proc/<pid>/stat field 22, in clock ticks since boot
+    argv: tuple[str, ...]
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] == "Z":
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # our own child that exited: reap it
+        return None
+    return int(fields[19])
+
+
+def _record_path(state_dir: Path, netns: str) -> Path:
+    return state_dir / "proc" / f"{netns}.json"
+
+
+def running(state_dir: Path, prefix: str) -> dict[str, ProcRecord]:
+    """netns -> its live recorded process; a record whose process is gone is dropped."""
+    out: dict[str, ProcRecord] = {}
+    d = state_dir / "proc"
+    if not d.is_dir():
+        return out
+    for f in d.glob(f"{prefix}*.json"):
+        try:
+            raw = json.loads(f.read_text())
+            rec = ProcRecord(int(raw["pid"]), int(raw["start"]), tuple(raw["argv"]))
+        except (OSError, ValueError, KeyError):
+            continue
+        if _start_time(rec.pid) == rec.start:
+            out[f.name.removesuffix(".json")] = rec
+    return out
+
+
+def start(state_dir: Path, netns: str, argv: Sequence[str]) -> ProcRecord:
+    """Start `argv` detached inside the sandbox (own session) and record it."""
+    log = state_dir / "proc" / f"{netns}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(log, "ab") as out:
+            # nsenter without --fork execs the command itself (network and UTS namespaces
+            # apply at once), so the pid we record is the command's own.
+            p = subprocess.Popen(
+                exec_argv(netns, uts_path(netns), argv),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+    except OSError as exc:
+        raise DriverError(f"start in {netns}: {exc}", errno=exc.errno, netns=netns) from exc
+    st = _start_time(p.pid)
+    rec = ProcRecord(p.pid, st or 0, tuple(argv))
+    _record_path(state_dir, netns).write_text(
+        json.dumps({"pid": rec.pid, "start": rec.start, "argv": list(rec.argv)})
+    )
+    return rec
+
+
+def stop(state_dir: Path, netns: str, *, grace: float = 3.0) -> None:
+    """Stop the recorded process group of `netns` (TERM, then KILL after `grace` seconds)."""
+    rec = running(state_dir, netns).get(netns)
+    if rec is not None:
+        try:
+            os.killpg(rec.pid, signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            while _start_time(rec.pid) == rec.start and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if _start_time(rec.pid) == rec.start:
+                os.killpg(rec.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    _record_path(state_dir, netns).unlink(missing_ok=True)

@@ -1,0 +1,181 @@
+"""Run a bit of code inside another namespace without forking.
+
+`setns(2)` and `unshare(2)` act on the calling *thread* for network and UTS namespaces, so
+the agent (which lives in the root namespace and stays there) runs each in-namespace step
+on a short-lived thread that enters the namespace, does its work and exits. The namespace
+never leaks into a pooled thread, and the main thread never moves. Python 3.11 has no
+`os.setns`, so the calls go through libc with ctypes.
+
+Things that must be done from inside a namespace: /proc/sys/net (per network namespace of
+the *reading task*), libnftables (its netlink socket is opened in the caller's namespace),
+reading or setting a hostname (per UTS namespace).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno as _errno
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWNET = 0x40000000
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MNT_DETACH = 2
+
+NETNS_DIR = Path("/run/netns")
+UTS_DIR = Path("/run/yunhan/uts")
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+T = TypeVar("T")
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def setns(path: str | Path, nstype: int) -> None:
+    fd = os.open(str(path), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _check(_libc.setns(fd, nstype), f"setns {path}")
+    finally:
+        os.close(fd)
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(flags), "unshare")
+
+
+def mount(src: str, target: str, flags: int, fstype: str | None = None) -> None:
+    _check(
+        _libc.mount(
+            src.encode(), target.encode(), fstype.encode() if fstype else None, flags, None
+        ),
+        f"mount {src} {target}",
+    )
+
+
+def umount(target: str) -> None:
+    rc = _libc.umount2(target.encode(), MNT_DETACH)
+    if rc != 0 and ctypes.get_errno() not in (_errno.EINVAL, _errno.ENOENT):
+        _check(rc, f"umount {target}")
+
+
+def is_mountpoint(path: Path) -> bool:
+    """True when `path` is the target of a mount (a namespace bind mount for our files)."""
+    target = str(path)
+    try:
+        with open("/proc/self/mountinfo") as f:
+            return any(line.split()[4] == target for line in f)
+    except OSError:
+        return False
+
+
+def netns_path(name: str) -> Path:
+    return NETNS_DIR / name
+
+
+def run_in(fn: Callable[[], T], *, net: str | None = None, uts: str | Path | None = None) -> T:
+    """Call `fn` on a fresh thread that has first entered the given namespaces.
+
+    `net` is a netns name under /run/netns (None: stay in the agent's own), `uts` a path
+    to a persistent UTS namespace file. Exceptions propagate to the caller.
+    """
+    box: dict[str, object] = {}
+
+    def body() -> None:
+        try:
+            if net is not None:
+                setns(netns_path(net), CLONE_NEWNET)
+            if uts is not None:
+                setns(uts, CLONE_NEWUTS)
+            box["value"] = fn()
+        except BaseException as exc:  # handed to the caller's thread
+            box["error"] = exc
+
+    t = threading.Thread(target=body, name=f"ns:{net or ''}:{uts or ''}", daemon=True)
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box["value"]  # type: ignore[return-value]
+
+
+def ensure_private_dir(path: Path) -> None:
+    """Make `path` a private mount of itself, as `ip netns` does for /run/netns.
+
+    Namespace files are kept alive by bind mounts; on a private mount they neither
+    propagate into other mount namespaces (which would pin them forever) nor receive
+    mounts from elsewhere.
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    if not is_mountpoint(path):
+        mount(str(path), str(path), MS_BIND | MS_REC)
+    mount("none", str(path), MS_PRIVATE | MS_REC)
+
+
+def create_uts(path: Path, hostname: str) -> None:
+    """Create a persistent UTS namespace at `path` whose hostname is `hostname`."""
+    ensure_private_dir(path.parent)
+    if not path.exists():
+        path.touch()
+
+    def body() -> None:
+        unshare(CLONE_NEWUTS)
+        _set_hostname(hostname)
+        # /proc/thread-self: the namespace belongs to this thread, not the whole process.
+        mount("/proc/thread-self/ns/uts", str(path), MS_BIND)
+
+    run_in(body)
+
+
+def _set_hostname(name: str) -> None:
+    raw = name.encode()
+    _check(_libc.sethostname(raw, len(raw)), "sethostname")
+
+
+def set_hostname(path: Path, hostname: str) -> None:
+    run_in(lambda: _set_hostname(hostname), uts=path)
+
+
+def get_hostname(path: Path) -> str:
+    return run_in(lambda: os.uname().nodename, uts=path)
+
+
+def remove_ns_file(path: Path) -> None:
+    """Unmount and remove a persistent namespace file; a missing one is already gone."""
+    umount(str(path))
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def read_sysctls(net: str, paths: list[str]) -> dict[str, str | None]:
+    """Read /proc/sys files inside netns `net`; a missing file reads as None."""
+
+    def body() -> dict[str, str | None]:
+        out: dict[str, str | None] = {}
+        for p in paths:
+            try:
+                out[p] = Path("/proc/sys", p).read_text().strip()
+            except OSError:
+                out[p] = None
+        return out
+
+    return run_in(body, net=net)
+
+
+def write_sysctls(net: str, values: dict[str, str]) -> None:
+    def body() -> None:
+        for p, v in values.items():
+            Path("/proc/sys", p).write_text(v)
+
+    run_in(body, net=net)

@@ -1,0 +1,437 @@
+"""The host data plane as a flat set of kernel objects, and the pure planner over it.
+
+Both sides of a reconcile are expressed in the same vocabulary: `compile_state(desired)`
+turns a `HostDesired` into the objects that must exist; a driver's `observe()` reads the
+objects that do exist (only ours: namespaces of our prefix, routes of our rtnetlink
+protocol, permanent neighbours, our nft chains). `plan(want, have)` diffs the two maps by
+key and returns ordered ops. Nothing here touches the kernel (STYLE §1), which is what lets
+the same plan drive the linux driver and the in-memory fake, and lets tests check
+"plan after apply is empty" and "apply then revert returns to the same state".
+
+Every object is a frozen dataclass with a `key` (its identity in the kernel: a route is
+(netns, table, dst, metric), a neighbour (netns, dev, ip)...). Same key, different fields
+means "replace"; the driver decides how (sysctl write, link set, delete + add).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal, TypeAlias
+
+from yunhan.net.desired import VXLAN_PORT, HostDesired, vtep_mac
+from yunhan.net.naming import INSTANCE_IFNAME, VXLAN_IFNAME, Naming
+
+# rtnetlink protocol number stamped on every route we install ("Y" = 89, unassigned in
+# /etc/iproute2/rt_protos). Observation lists only these, so routes added by a person or
+# another daemon are never diffed, adopted or removed by us.
+RTPROT_YUNHAN = 89
+
+Key: TypeAlias = tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Netns:
+    name: str
+    role: Literal["vpc", "instance"]
+
+    @property
+    def key(self) -> Key:
+        return ("netns", self.name)
+
+
+@dataclass(frozen=True)
+class Sysctl:
+    """A /proc/sys/net value inside `netns`; `dev` names the device for per-device keys."""
+
+    netns: str
+    path: str  # relative to /proc/sys, e.g. "net/ipv4/ip_forward"
+    value: str
+    dev: str | None = None
+
+    @property
+    def key(self) -> Key:
+        return ("sysctl", self.netns, self.path)
+
+
+@dataclass(frozen=True)
+class Vxlan:
+    netns: str
+    ifname: str
+    vni: int
+    local: str
+    mac: str
+    mtu: int
+    port: int = VXLAN_PORT
+
+    @property
+    def key(self) -> Key:
+        return ("link", self.netns, self.ifname)
+
+
+@dataclass(frozen=True)
+class Veth:
+    """An instance port: host side `ifname` in `netns`, peer `peer_ifname` in `peer_netns`."""
+
+    netns: str
+    ifname: str
+    peer_netns: str | None
+    peer_mac: str
+    mtu: int
+    peer_ifname: str = INSTANCE_IFNAME
+
+    @property
+    def key(self) -> Key:
+        return ("link", self.netns, self.ifname)
+
+
+@dataclass(frozen=True)
+class LinkUp:
+    netns: str
+    ifname: str
+
+    @property
+    def key(self) -> Key:
+        return ("up", self.netns, self.ifname)
+
+
+@dataclass(frozen=True)
+class Address:
+    netns: str
+    ifname: str
+    cidr: str  # "10.0.1.1/32"
+
+    @property
+    def key(self) -> Key:
+        return ("addr", self.netns, self.ifname, self.cidr)
+
+
+@dataclass(frozen=True)
+class Neigh:
+    """A permanent neighbour (ARP) entry."""
+
+    netns: str
+    ifname: str
+    ip: str
+    mac: str
+
+    @property
+    def key(self) -> Key:
+        return ("neigh", self.netns, self.ifname, self.ip)
+
+
+@dataclass(frozen=True)
+class Fdb:
+    """A permanent VXLAN FDB entry: frames to `mac` are sent to underlay `dst`."""
+
+    netns: str
+    ifname: str
+    mac: str
+    dst: str
+
+    @property
+    def key(self) -> Key:
+        return ("fdb", self.netns, self.ifname, self.mac)
+
+
+RouteKind = Literal["local", "remote", "unreachable", "blackhole", "gateway"]
+
+
+@dataclass(frozen=True)
+class KRoute:
+    """A kernel route of ours. local: dev; remote: via onlink dev vxlan0; gateway: via dev."""
+
+    netns: str
+    dst: str
+    kind: RouteKind
+    dev: str | None = None
+    via: str | None = None
+    table: int = 254
+    metric: int = 0
+
+    @property
+    def key(self) -> Key:
+        return ("route", self.netns, str(self.table), self.dst, str(self.metric))
+
+
+@dataclass(frozen=True)
+class Filter:
+    """The anti-spoofing chain of one port (nftables, netdev ingress of the host side)."""
+
+    netns: str
+    ifname: str
+    mac: str
+    ips: tuple[str, ...]  # sorted: the port's ip and its allowed_ips
+
+    @property
+    def key(self) -> Key:
+        return ("filter", self.netns, self.ifname)
+
+
+@dataclass(frozen=True)
+class Uts:
+    """The persistent UTS namespace of an instance (bind-mounted file), with its hostname."""
+
+    netns: str  # the instance netns it belongs to (also the file name)
+    hostname: str
+
+    @property
+    def key(self) -> Key:
+        return ("uts", self.netns)
+
+
+@dataclass(frozen=True)
+class Process:
+    """The long-lived command of an instance, running inside its namespaces."""
+
+    netns: str
+    argv: tuple[str, ...]
+
+    @property
+    def key(self) -> Key:
+        return ("proc", self.netns)
+
+
+Obj: TypeAlias = (
+    Netns | Sysctl | Vxlan | Veth | LinkUp | Address | Neigh | Fdb | KRoute | Filter | Uts | Process
+)
+State: TypeAlias = dict[Key, Obj]
+
+
+def as_state(objs: Iterable[Obj]) -> State:
+    return {o.key: o for o in objs}
+
+
+# -- compiling the desired document ------------------------------------------------------
+
+VPC_SYSCTLS: Mapping[str, str] = {
+    "net/ipv4/ip_forward": "1",
+    "net/ipv4/conf/all/forwarding": "1",
+    # rp_filter is max(all, dev): both must be 0. Traffic between ports of one VPC is
+    # asymmetric by design (ARP via proxy, packets via /32 routes), and strict rp_filter
+    # would drop a VIP's packets arriving on a port other than its route's.
+    "net/ipv4/conf/all/rp_filter": "0",
+    "net/ipv4/conf/default/rp_filter": "0",
+    # The gateway routes between ports of one subnet (all on-link for the instances):
+    # without this the kernel would send ICMP redirects telling instances to talk directly,
+    # which they cannot (there is no L2 between ports).
+    "net/ipv4/conf/all/send_redirects": "0",
+    "net/ipv4/conf/default/send_redirects": "0",
+    # The data plane is IPv4 only; IPv6 link-local chatter would only hit the port filters.
+    "net/ipv6/conf/all/disable_ipv6": "1",
+    "net/ipv6/conf/default/disable_ipv6": "1",
+}
+
+INSTANCE_SYSCTLS: Mapping[str, str] = {
+    "net/ipv6/conf/all/disable_ipv6": "1",
+    "net/ipv6/conf/default/disable_ipv6": "1",
+}
+
+
+def port_sysctls(netns: str, ifname: str) -> list[Sysctl]:
+    return [
+        # The host side answers ARP for every address it can route elsewhere (other ports,
+        # remote hosts): the whole VPC is routed, and a subnet spans hosts freely.
+        Sysctl(netns, f"net/ipv4/conf/{ifname}/proxy_arp", "1", ifname),
+        # Proxy ARP replies are by default delayed by a random 0..proxy_delay (80 jiffies)
+        # and parked in a 64-entry proxy queue (pneigh_enqueue); under a burst of ARP the
+        # queue overflows and requests are dropped, and every first packet waits. With 0
+        # arp_process() answers at once.
+        Sysctl(netns, f"net/ipv4/neigh/{ifname}/proxy_delay", "0", ifname),
+        Sysctl(netns, f"net/ipv4/conf/{ifname}/rp_filter", "0", ifname),
+        Sysctl(netns, f"net/ipv4/conf/{ifname}/send_redirects", "0", ifname),
+    ]
+
+
+def uts_name(naming: Naming, instance_id: str) -> str:
+    """The UTS namespace file name of an instance (same as its netns name)."""
+    return naming.instance_netns(instance_id)
+
+
+def compile_state(desired: HostDesired, naming: Naming) -> State:
+    """Every kernel object `desired` calls for on this host (pure)."""
+    objs: list[Obj] = []
+    mtu = desired.instance_mtu
+    inst_ns_of_port: dict[tuple[int, str], str] = {}
+    for inst in desired.instances:
+        ns = naming.instance_netns(inst.id)
+        inst_ns_of_port[(inst.vni, inst.port)] = ns
+        objs.append(Netns(ns, "instance"))
+        objs.append(LinkUp(ns, "lo"))
+        objs.extend(Sysctl(ns, p, v) for p, v in INSTANCE_SYSCTLS.items())
+        objs.append(Uts(ns, inst.name))
+        if inst.command:
+            objs.append(Process(ns, tuple(inst.command)))
+
+    for vpc in desired.vpcs:
+        ns = naming.vpc_netns(vpc.vni)
+        objs.append(Netns(ns, "vpc"))
+        objs.extend(Sysctl(ns, p, v) for p, v in VPC_SYSCTLS.items())
+        objs.append(LinkUp(ns, "lo"))
+        for gw in vpc.gateways:
+            ip = gw.split("/", 1)[0]
+            objs.append(Address(ns, "lo", f"{ip}/32"))
+        objs.append(
+            Vxlan(ns, VXLAN_IFNAME, vpc.vni, desired.underlay_ip, vtep_mac(desired.vtep_index), mtu)
+        )
+        objs.append(LinkUp(ns, VXLAN_IFNAME))
+        peers = {p.host: p for p in vpc.peers}
+        for p in vpc.peers:
+            objs.append(Neigh(ns, VXLAN_IFNAME, p.nexthop, p.mac))
+            objs.append(Fdb(ns, VXLAN_IFNAME, p.mac, p.underlay_ip))
+        for port in vpc.ports:
+            peer_ns = inst_ns_of_port.get((vpc.vni, port.ifname))
+            objs.append(Veth(ns, port.ifname, peer_ns, port.mac, mtu))
+            objs.extend(port_sysctls(ns, port.ifname))
+            objs.append(LinkUp(ns, port.ifname))
+            objs.append(Neigh(ns, port.ifname, port.ip, port.mac))
+            ips = tuple(sorted({port.ip, *port.allowed_ips}, key=ipaddress.IPv4Address))
+            objs.append(Filter(ns, port.ifname, port.mac, ips))
+            if peer_ns is not None:
+                objs.append(LinkUp(peer_ns, INSTANCE_IFNAME))
+                objs.append(Address(peer_ns, INSTANCE_IFNAME, f"{port.ip}/{port.prefixlen}"))
+                objs.append(KRoute(peer_ns, "0.0.0.0/0", "gateway", INSTANCE_IFNAME, port.gateway))
+        for r in vpc.routes:
+            dst = str(ipaddress.IPv4Network(r.dst))
+            if r.kind == "local":
+                objs.append(KRoute(ns, dst, "local", r.port, None, r.table, r.metric))
+            elif r.kind == "remote":
+                peer = peers.get(r.peer or "")
+                if peer is None:
+                    continue  # a route to a host we have no tunnel to cannot be realised
+                objs.append(
+                    KRoute(ns, dst, "remote", VXLAN_IFNAME, peer.nexthop, r.table, r.metric)
+                )
+            else:
+                objs.append(KRoute(ns, dst, r.kind, None, None, r.table, r.metric))
+    return as_state(objs)
+
+
+# -- planning ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Op:
+    """One step: create `new`, delete `old`, or replace `old` by `new` (same key)."""
+
+    action: Literal["create", "delete", "replace"]
+    old: Obj | None = None
+    new: Obj | None = None
+
+    @property
+    def obj(self) -> Obj:
+        o = self.new if self.new is not None else self.old
+        assert o is not None
+        return o
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.obj}"
+
+
+def _rank(o: Obj) -> int:
+    """Creation order: a thing comes after what it lives in or refers to."""
+    match o:
+        case Netns():
+            return 0
+        case Sysctl(dev=None) | Uts():
+            return 1
+        case Vxlan() | Veth():
+            return 2
+        case Sysctl():
+            return 3
+        case Address():
+            return 4
+        # The port filter is in place before the port comes up, so an instance never sends
+        # a frame that was not checked.
+        case Filter():
+            return 5
+        case LinkUp():
+            return 6
+        case Neigh() | Fdb():
+            return 7
+        case KRoute():
+            return 8
+        case Process():
+            return 9
+    raise TypeError(o)
+
+
+def _ns_of(o: Obj) -> str:
+    return o.name if isinstance(o, Netns) else o.netns
+
+
+def _dev_of(o: Obj) -> str | None:
+    match o:
+        case Sysctl():
+            return o.dev
+        case LinkUp() | Address() | Neigh() | Fdb() | Filter():
+            return o.ifname
+        case KRoute():
+            return o.dev
+    return None
+
+
+@dataclass
+class _Doomed:
+    netns: set[str] = field(default_factory=set)
+    links: set[tuple[str, str]] = field(default_factory=set)
+
+    def covers(self, o: Obj) -> bool:
+        # Namespace files and processes outlive a network namespace: never implied.
+        if isinstance(o, Netns | Uts | Process):
+            return False
+        if _ns_of(o) in self.netns:
+            return True
+        dev = _dev_of(o)
+        return dev is not None and (_ns_of(o), dev) in self.links
+
+
+def plan(want: Mapping[Key, Obj], have: Mapping[Key, Obj]) -> list[Op]:
+    """The ops that turn `have` into `want`, in an order the kernel accepts.
+
+    Deletes come first (reverse creation order), then creates and replaces. A delete whose
+    object disappears with something else being deleted (a route on a removed port, a
+    link in a removed namespace) is left out: the kernel removes it, and deleting it
+    first would only cost a syscall. Sysctls are attributes, never deleted. A replaced
+    link that must be re-created takes its dependants with it; the caller re-observes
+    and plans again, which puts them back (incremental equals full).
+    """
+    doomed = _Doomed()
+    for k, o in have.items():
+        if k in want:
+            continue
+        if isinstance(o, Netns):
+            doomed.netns.add(o.name)
+        elif isinstance(o, Vxlan | Veth):
+            doomed.links.add((o.netns, o.ifname))
+            if isinstance(o, Veth) and o.peer_netns:
+                doomed.links.add((o.peer_netns, o.peer_ifname))
+    deletes = [
+        Op("delete", old=o)
+        for k, o in have.items()
+        if k not in want and not isinstance(o, Sysctl) and not doomed.covers(o)
+    ]
+    changes: list[Op] = []
+    for k, o in want.items():
+        cur = have.get(k)
+        if cur is None:
+            changes.append(Op("create", new=o))
+        elif cur != o:
+            changes.append(Op("replace", old=cur, new=o))
+    # A re-created port loses the binding of its ingress hook on older kernels: rewrite its
+    # filter with it, so the port is never up without its chain.
+    relinked = {(op.obj.netns, op.obj.ifname) for op in changes if isinstance(op.obj, Veth)}
+    for k, o in want.items():
+        if isinstance(o, Filter) and (o.netns, o.ifname) in relinked and have.get(k) == o:
+            changes.append(Op("replace", old=o, new=o))
+    deletes.sort(key=lambda op: (-_rank(op.obj), op.obj.key))
+    changes.sort(key=lambda op: (_rank(op.obj), op.obj.key))
+    return deletes + changes
+
+
+def owner_keys(o: Obj) -> tuple[str, str | None]:
+    """(netns, device) that an error on `o` is attributed to, for per-instance reports."""
+    if isinstance(o, Veth):
+        return (o.netns, o.ifname)
+    return (_ns_of(o), _dev_of(o))

@@ -128,14 +128,15 @@ def test_converged(cloud: Cloud, net: dict[str, Any]) -> None:
     r = a["revision"]
     first = _converged(cloud, r, headers=t)
     assert first["converged"] is False and first["controller_revision"] < r
-    cloud.reconcile()
+    compiled = cloud.reconcile()
+    assert compiled == r  # compiled from the state at r; documents written at r + 1
     # Only h1's document changed: h2 is not affected.
     assert _converged(cloud, r) == {
         "revision": r,
         "converged": False,
         "pending": ["h1"],
         "unhealthy": [],
-        "controller_revision": cloud.revision(),
+        "controller_revision": r,
     }
     doc1 = _desired(cloud, "h1", 0).json()["revision"]
     waiter, out = _in_thread(lambda: _converged(cloud, r, timeout=DEADLINE, headers=t))
@@ -169,3 +170,33 @@ def test_controller_pass_without_change_does_not_churn(cloud: Cloud, net: dict[s
     assert cloud.reconcile() == before
     assert cloud.reconcile() == before
     assert cloud.revision() == before
+
+
+def test_a_document_compiled_before_a_write_does_not_converge_it(
+    cloud: Cloud, net: dict[str, Any]
+) -> None:
+    from yunhan.controller.loop import plan, publish
+
+    def create(name: str) -> dict[str, Any]:
+        body = {"name": name, "subnet": "web", "zone": "az1"}
+        return cloud.call("POST", "/v1/instances", net["t"], json=body)
+
+    cloud.reconcile()
+    b = create("b")
+    with cloud.store.read() as r:
+        stale = plan(r)  # the controller read the model with b ...
+    a = create("a")
+    with cloud.store.transaction() as tx:  # ... and publishes after a landed
+        publish(tx, stale)
+    doc = _desired(cloud, "h1", 0).json()
+    assert doc["revision"] > a["revision"]  # written after a, yet without it
+    assert [i["id"] for i in doc["instances"]] == [b["id"]]
+    cloud.heartbeat("h1", doc["revision"])
+    state = _converged(cloud, a["revision"])
+    assert state["converged"] is False and state["controller_revision"] < a["revision"]
+    cloud.reconcile()
+    assert _converged(cloud, a["revision"])["pending"] == ["h1"]
+    new = _desired(cloud, "h1", 0).json()
+    assert sorted(i["id"] for i in new["instances"]) == sorted([a["id"], b["id"]])
+    cloud.heartbeat("h1", new["revision"])
+    assert _converged(cloud, a["revision"])["converged"] is True

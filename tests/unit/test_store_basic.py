@@ -169,3 +169,15 @@ def test_watch_sees_writes_of_another_process(tmp_path: Path) -> None:
 def _write(st: Store) -> None:
     with st.transaction() as tx:
         tx.create("vpc", "vpc-00000001", "p1", "a", {})
+
+
+def test_migration_v1_to_v2_keeps_document_history(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    with engine.begin() as conn:
+        assert s.migrate(conn, target=1) == 1
+        conn.execute(text("INSERT INTO doc_history (host, revision) VALUES ('h1', 7)"))
+    with engine.begin() as conn:
+        assert s.migrate(conn) == s.LATEST
+        row = conn.execute(text("SELECT revision, input_revision FROM doc_history")).one()
+        assert tuple(row) == (7, 6)  # v1 compiled and wrote in one transaction
+    engine.dispose()

@@ -50,8 +50,8 @@ def convergence(r: Reader, revision: int, now: float) -> dict[str, Any]:
     """Is write `revision` applied everywhere it matters?
 
     It is when the controller has compiled through it and every host whose document
-    changed at or after it has applied at least the first such document (the one that
-    included the write). A host whose agent is unhealthy stays in `pending`: it is never
+    changed since has applied at least the first document compiled from a store state
+    that included the write. A host whose agent is unhealthy stays in `pending`: it is never
     skipped. Extra fields beyond docs/api.md: `controller_revision`, `unhealthy`.
     """
     compiled = r.compiled_revision
@@ -59,10 +59,10 @@ def convergence(r: Reader, revision: int, now: float) -> dict[str, Any]:
     unhealthy: list[str] = []
     if compiled >= revision:
         live = r.liveness()
-        for doc in r.list("hostdesired"):
-            target = r.first_doc_after(doc.name, revision - 1)
+        for doc in r.list("hostdesired", spec=False):
+            target = r.first_doc_including(doc.name, revision)
             if target is None:
-                continue  # this host's document did not change since the write
+                continue  # no document of this host changed since the write
             lv = live.get(doc.name)
             if lv is None or lv.applied_revision < target:
                 pending.append(doc.name)

@@ -1,24 +1,31 @@
 """The controller: a thin level-triggered loop around the pure reconcilers.
 
-Each pass re-reads the whole model inside ONE write transaction (so it compiles a
-consistent snapshot and nobody writes in between), places unplaced instances, compiles
-every host's desired document and publishes only the documents whose content changed.
-A pass that finds nothing to do writes no resource, so the revision does not move; it only
-records how far it has compiled (`compiled_revision`, bookkeeping that `converged` reads).
+A pass (1) places instances that have no host yet (a short write transaction, only when
+there are any), (2) reads a consistent snapshot of the model at revision B and compiles
+every host's desired document from it, outside any write lock so that API writes are not
+held up, and (3) publishes, in one write transaction, only the documents whose content
+changed, each recorded as "compiled from B". A pass that finds nothing to do writes no
+resource, so the revision does not move; it only records how far it has compiled
+(`compiled_revision` = B, bookkeeping that `converged` reads).
+
+Documents are compared by a hash of their JSON, kept in the document's status, so that a
+pass never decodes the (large) published documents.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import hashlib
 import logging
 import time
 from collections.abc import Callable
 from contextlib import suppress
+from dataclasses import dataclass
 from typing import Any
 
 from yunhan.controller.netcompile import HostIn, InstanceIn, SubnetIn, VpcIn, compile_hosts
 from yunhan.controller.scheduler import Candidate, schedule
+from yunhan.net.desired import HostDesired
 from yunhan.net.naming import short_id
 from yunhan.store import Liveness, Reader, Resource, Store, Tx
 
@@ -88,47 +95,83 @@ def _compile_inputs(
     return hosts, vpcs, subnets, instances
 
 
-def _dump(d: Any) -> str:
-    return json.dumps(d, sort_keys=True, separators=(",", ":"))
+def _digest(doc: HostDesired) -> str:
+    return hashlib.sha256(doc.model_dump_json().encode()).hexdigest()
 
 
-def reconcile(tx: Tx, now: float) -> None:
-    """One full pass: schedule, compile, publish changed documents. Idempotent."""
-    # 1. Place instances that have no host yet (their zone had none when created).
+def schedule_pending(tx: Tx, now: float) -> int:
+    """Place instances that have no host (their zone had none when they were created).
+
+    Returns how many were placed. Instances whose zone still has no host stay pending.
+    """
+    pending = [i for i in tx.list("instance") if not i.status.get("host")]
+    if not pending:
+        return 0
     zones = {z.id: z.name for z in tx.list("zone")}
     cands = candidates(tx, now)
-    for inst in tx.list("instance"):
-        if inst.status.get("host"):
-            continue
+    placed = 0
+    for inst in pending:
         zone = inst.spec["zone"]
         if not any(c.zone == zone for c in cands):
             continue
         name = schedule(zone, zones.get(zone, zone), cands)
         tx.update(inst, status={**inst.status, "host": name, "phase": "scheduled"})
+        placed += 1
         cands = [
             Candidate(c.name, c.zone, c.healthy, c.instances + (c.name == name)) for c in cands
         ]
+    return placed
 
-    # 2. Compile every host's document; publish only those whose content changed.
-    docs = compile_hosts(*_compile_inputs(tx))
-    hosts = {h.name: h for h in tx.list("host")}
-    existing = {d.name: d for d in tx.list("hostdesired")}
+
+@dataclass(frozen=True)
+class Plan:
+    """What one compile pass wants written: documents that changed, documents to drop."""
+
+    input_revision: int
+    changed: dict[str, tuple[Resource, Resource | None, HostDesired, str]]
+    stale: tuple[Resource, ...]
+
+
+def plan(r: Reader) -> Plan:
+    """Compile every host's document from the snapshot `r`; keep those that changed."""
+    docs = compile_hosts(*_compile_inputs(r))
+    hosts = {h.name: h for h in r.list("host")}
+    existing = {d.name: d for d in r.list("hostdesired", spec=False)}
+    changed: dict[str, tuple[Resource, Resource | None, HostDesired, str]] = {}
     for name, doc in docs.items():
-        spec = doc.model_dump(mode="json")
+        digest = _digest(doc)
         old = existing.get(name)
-        if old is None:
-            host = hosts[name]
-            tx.create("hostdesired", doc_id(host), host.project, name, spec)
-            tx.record_doc(name)
-        elif _dump(old.spec) != _dump(spec):
-            tx.update(old, spec=spec)
-            tx.record_doc(name)
-    for name, old in existing.items():
-        if name not in docs:
-            tx.delete(old)
+        if old is None or old.status.get("sha256") != digest:
+            changed[name] = (hosts[name], old, doc, digest)
+    stale = tuple(d for name, d in existing.items() if name not in docs)
+    return Plan(r.revision, changed, stale)
 
-    # 3. Bookkeeping: this pass saw everything up to the revision it is about to commit.
-    tx.set_compiled_revision(tx.next_revision if tx.wrote else tx.revision)
+
+def publish(tx: Tx, p: Plan) -> None:
+    """Write a plan's documents; record how far the controller has compiled."""
+    for name, (host, old, doc, digest) in sorted(p.changed.items()):
+        spec = doc.model_dump(mode="json")
+        status = {"sha256": digest, "input_revision": p.input_revision}
+        current = tx.get("hostdesired", old.id) if old else None
+        if current is None:
+            if tx.get("host", host.id) is None:
+                continue  # the host went away since the snapshot
+            tx.create("hostdesired", doc_id(host), host.project, name, spec, status)
+        else:
+            tx.update(current, spec=spec, status=status)
+        tx.record_doc(name, p.input_revision)
+    for old in p.stale:
+        if tx.get("hostdesired", old.id) is not None:
+            tx.delete(old)
+    tx.set_compiled_revision(max(tx.compiled_revision, p.input_revision))
+
+
+def reconcile(tx: Tx, now: float) -> None:
+    """One full pass inside one transaction (schedule, compile, publish). Idempotent."""
+    schedule_pending(tx, now)
+    p = plan(tx)
+    # Inside one transaction the snapshot includes this pass's own scheduling writes.
+    publish(tx, Plan(tx.next_revision if tx.wrote else tx.revision, p.changed, p.stale))
 
 
 class Controller:
@@ -140,10 +183,17 @@ class Controller:
 
     def reconcile_once(self) -> int:
         """One pass; returns the revision compiled through."""
-        with self.store.transaction() as tx:
-            reconcile(tx, self.clock())
         with self.store.read() as r:
-            return r.compiled_revision
+            unplaced = any(not i.status.get("host") for i in r.list("instance", spec=False))
+        if unplaced:
+            with self.store.transaction() as tx:
+                schedule_pending(tx, self.clock())
+        with self.store.read() as r:
+            p = plan(r)
+        with self.store.transaction() as tx:
+            publish(tx, p)
+            compiled = max(tx.compiled_revision, p.input_revision)
+        return compiled
 
     async def run(self, stop: asyncio.Event, *, retry_delay: float = 1.0) -> None:
         """Reconcile on every change until `stop` is set. A failing pass is retried."""

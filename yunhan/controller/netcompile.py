@@ -74,8 +74,57 @@ def _net_key(cidr: str) -> tuple[int, int]:
     return (int(n.network_address), n.prefixlen)
 
 
-def _route_key(r: Route) -> tuple[int, int, str, str]:
-    return (*_net_key(r.dst), r.kind, r.port or r.peer or "")
+@dataclass
+class _VpcPlan:
+    """What every host carrying one VPC shares; built once per VPC, not once per host.
+
+    Route, Port and Peer objects are immutable, so one object serves every document that
+    contains it: a remote route to instance i is the same on every host but i's own.
+    """
+
+    vpc: VpcIn
+    gateways: tuple[str, ...]
+    # Route order of docs: by (address, prefixlen). Each entry is a block route (same on
+    # every host) or an instance (local on its host, remote elsewhere).
+    entries: list[tuple[tuple[int, int], Route | InstanceIn]]
+    hosts: dict[str, list[tuple[InstanceIn, SubnetIn]]]
+    local: dict[str, Route]
+    remote: dict[str, Route]
+    ports: dict[str, Port]
+
+
+def _plan_vpc(
+    vpc: VpcIn, subnets: list[SubnetIn], hosts: dict[str, list[tuple[InstanceIn, SubnetIn]]]
+) -> _VpcPlan:
+    entries: list[tuple[tuple[int, int], Route | InstanceIn]] = [
+        (_net_key(c), Route(dst=c, kind="unreachable")) for c in vpc.cidrs
+    ]
+    local: dict[str, Route] = {}
+    remote: dict[str, Route] = {}
+    ports: dict[str, Port] = {}
+    for host_name, placed in hosts.items():
+        for inst, sub in placed:
+            assert inst.ip is not None and inst.mac is not None
+            net = ipaddress.IPv4Network(sub.cidr)
+            ifname = port_ifname(inst.id)
+            ports[inst.id] = Port(
+                instance_id=inst.id,
+                ifname=ifname,
+                ip=inst.ip,
+                prefixlen=net.prefixlen,
+                gateway=str(net.network_address + 1),
+                mac=inst.mac,
+            )
+            local[inst.id] = Route(dst=f"{inst.ip}/32", kind="local", port=ifname)
+            remote[inst.id] = Route(dst=f"{inst.ip}/32", kind="remote", peer=host_name)
+            entries.append(((int(ipaddress.IPv4Address(inst.ip)), 32), inst))
+    entries.sort(key=lambda e: (e[0], e[1].id if isinstance(e[1], InstanceIn) else ""))
+    gateways = tuple(
+        f"{ipaddress.IPv4Network(s.cidr).network_address + 1}/"
+        f"{ipaddress.IPv4Network(s.cidr).prefixlen}"
+        for s in sorted(subnets, key=lambda s: _net_key(s.cidr))
+    )
+    return _VpcPlan(vpc, gateways, entries, hosts, local, remote, ports)
 
 
 def compile_hosts(
@@ -96,90 +145,69 @@ def compile_hosts(
     for s in subnet_by_id.values():
         subnets_of_vpc[s.vpc].append(s)
 
-    placed: list[tuple[InstanceIn, SubnetIn]] = []
-    for inst in instances:
-        sub = subnet_by_id.get(inst.subnet)
-        if inst.ip and inst.mac and inst.host in host_by_name and sub is not None:
-            placed.append((inst, sub))
-    placed.sort(key=lambda p: p[0].id)
-
-    # vpc id -> host name -> its instances in that VPC
+    # vpc id -> host name -> its instances in that VPC (by instance id)
     carried: dict[str, dict[str, list[tuple[InstanceIn, SubnetIn]]]] = defaultdict(
         lambda: defaultdict(list)
     )
-    for inst, sub in placed:
-        assert inst.host is not None
-        carried[sub.vpc][inst.host].append((inst, sub))
+    for inst in sorted(instances, key=lambda i: i.id):
+        sub = subnet_by_id.get(inst.subnet)
+        if inst.ip and inst.mac and inst.host in host_by_name and sub is not None:
+            carried[sub.vpc][inst.host].append((inst, sub))
+
+    plans = {
+        vpc_id: _plan_vpc(vpc_by_id[vpc_id], subnets_of_vpc[vpc_id], carried[vpc_id])
+        for vpc_id in sorted(carried)
+    }
+    peer_of = {
+        h.name: Peer(
+            host=h.name,
+            vtep_index=h.vtep_index,
+            underlay_ip=h.underlay_ip,
+            mac=vtep_mac(h.vtep_index),
+            nexthop=vtep_nexthop(h.vtep_index),
+        )
+        for h in host_by_name.values()
+    }
+    vpcs_of_host: dict[str, list[_VpcPlan]] = defaultdict(list)
+    for plan in plans.values():  # sorted by VPC id
+        for host_name in plan.hosts:
+            vpcs_of_host[host_name].append(plan)
 
     docs: dict[str, HostDesired] = {}
     for host in sorted(host_by_name.values(), key=lambda h: h.name):
         vpc_docs: list[VpcDesired] = []
         inst_docs: list[InstanceDesired] = []
-        for vpc_id in sorted(carried):
-            on_hosts = carried[vpc_id]
-            if host.name not in on_hosts:
-                continue
-            vpc = vpc_by_id[vpc_id]
-            ports: list[Port] = []
-            routes: list[Route] = []
-            for inst, sub in on_hosts[host.name]:
-                assert inst.ip is not None and inst.mac is not None
-                net = ipaddress.IPv4Network(sub.cidr)
-                ifname = port_ifname(inst.id)
-                ports.append(
-                    Port(
-                        instance_id=inst.id,
-                        ifname=ifname,
-                        ip=inst.ip,
-                        prefixlen=net.prefixlen,
-                        gateway=str(net.network_address + 1),
-                        mac=inst.mac,
-                    )
-                )
-                routes.append(Route(dst=f"{inst.ip}/32", kind="local", port=ifname))
-                inst_docs.append(
-                    InstanceDesired(
-                        id=inst.id,
-                        name=inst.name,
-                        vpc_id=vpc.id,
-                        vni=vpc.vni,
-                        port=ifname,
-                        command=inst.command,
-                    )
-                )
-            peers: list[Peer] = []
-            for other_name in sorted(on_hosts):
-                if other_name == host.name:
-                    continue
-                other = host_by_name[other_name]
-                peers.append(
-                    Peer(
-                        host=other.name,
-                        vtep_index=other.vtep_index,
-                        underlay_ip=other.underlay_ip,
-                        mac=vtep_mac(other.vtep_index),
-                        nexthop=vtep_nexthop(other.vtep_index),
-                    )
-                )
-                for inst, _sub in on_hosts[other_name]:
-                    routes.append(Route(dst=f"{inst.ip}/32", kind="remote", peer=other.name))
-            for cidr in vpc.cidrs:
-                routes.append(Route(dst=cidr, kind="unreachable"))
-            gateways = [
-                f"{ipaddress.IPv4Network(s.cidr).network_address + 1}/"
-                f"{ipaddress.IPv4Network(s.cidr).prefixlen}"
-                for s in sorted(subnets_of_vpc[vpc_id], key=lambda s: _net_key(s.cidr))
-            ]
+        for plan in vpcs_of_host.get(host.name, ()):
+            mine = plan.hosts[host.name]
+            routes = tuple(
+                what
+                if isinstance(what, Route)
+                else (plan.local if what.host == host.name else plan.remote)[what.id]
+                for _key, what in plan.entries
+            )
             vpc_docs.append(
                 VpcDesired(
-                    id=vpc.id,
-                    vni=vpc.vni,
-                    cidrs=tuple(sorted(vpc.cidrs, key=_net_key)),
-                    gateways=tuple(gateways),
-                    ports=tuple(sorted(ports, key=lambda p: p.ifname)),
-                    peers=tuple(peers),
-                    routes=tuple(sorted(routes, key=_route_key)),
+                    id=plan.vpc.id,
+                    vni=plan.vpc.vni,
+                    cidrs=tuple(sorted(plan.vpc.cidrs, key=_net_key)),
+                    gateways=plan.gateways,
+                    ports=tuple(
+                        sorted((plan.ports[i.id] for i, _s in mine), key=lambda p: p.ifname)
+                    ),
+                    peers=tuple(peer_of[h] for h in sorted(plan.hosts) if h != host.name),
+                    routes=routes,
                 )
+            )
+            inst_docs.extend(
+                InstanceDesired(
+                    id=inst.id,
+                    name=inst.name,
+                    vpc_id=plan.vpc.id,
+                    vni=plan.vpc.vni,
+                    port=port_ifname(inst.id),
+                    command=inst.command,
+                )
+                for inst, _s in mine
             )
         docs[host.name] = HostDesired(
             host=host.name,

@@ -2,9 +2,11 @@
 
 The schema is SQLAlchemy Core so that PostgreSQL can follow SQLite (ARCHITECTURE §6).
 `MIGRATIONS[i]` takes the database from version i to i+1; `migrate` runs the missing ones
-in order, each in its own transaction, and records the version reached in `schema_version`.
-A migration step must describe the tables as they were at its version: once released, a
-step is never edited, a new step is appended.
+in order inside the caller's transaction (all or none) and records the version reached in
+`schema_version`. The tables below are the CURRENT shape, used by queries; a migration step
+spells out the shape of its own version (`_v1` has its own table definitions), so that it
+still builds that version after the tables have moved on. A step is never edited once
+released; a new step is appended.
 """
 
 from __future__ import annotations
@@ -78,23 +80,63 @@ liveness = Table(
 
 # Revisions at which each host's desired document changed; `converged` needs the first
 # document of a host written after a given revision. Pruned to the most recent few.
+# `input_revision` is the store revision the controller had read when it compiled that
+# document: the document reflects every write up to it, and none after.
 doc_history = Table(
     "doc_history",
     metadata,
     Column("host", String(64), nullable=False),
     Column("revision", Integer, nullable=False),
+    Column("input_revision", Integer, nullable=False, server_default="0"),
     PrimaryKeyConstraint("host", "revision"),
 )
 
 
 def _v1(conn: Connection) -> None:
-    for table in (meta, resources, tokens, liveness, doc_history):
+    m = MetaData()
+    tables = [
+        Table("meta", m, Column("key", String(64), primary_key=True),
+              Column("value", Integer, nullable=False)),
+        Table("resources", m,
+              Column("id", String(64), primary_key=True),
+              Column("kind", String(32), nullable=False),
+              Column("project", String(64), nullable=False),
+              Column("name", String(255), nullable=False),
+              Column("spec", Text, nullable=False),
+              Column("status", Text, nullable=False),
+              Column("revision", Integer, nullable=False),
+              Column("created_at", String(32), nullable=False),
+              UniqueConstraint("kind", "project", "name", name="uq_resources_kind_project_name"),
+              Index("ix_resources_kind_project", "kind", "project")),
+        Table("tokens", m,
+              Column("hash", String(64), primary_key=True),
+              Column("project", String(64), nullable=False),
+              Column("created_at", String(32), nullable=False)),
+        Table("liveness", m,
+              Column("host", String(64), primary_key=True),
+              Column("applied_revision", Integer, nullable=False),
+              Column("heartbeat_at", Float, nullable=False),
+              Column("error", Text, nullable=True)),
+        Table("doc_history", m,
+              Column("host", String(64), nullable=False),
+              Column("revision", Integer, nullable=False),
+              PrimaryKeyConstraint("host", "revision")),
+    ]  # fmt: skip
+    for table in tables:
         table.create(conn)
     conn.execute(insert(meta), [{"key": "revision", "value": 0}])
     conn.execute(insert(meta), [{"key": "compiled_revision", "value": 0}])
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1]
+def _v2(conn: Connection) -> None:
+    # v1 controllers compiled and wrote in one transaction: input was revision - 1.
+    conn.exec_driver_sql(
+        "ALTER TABLE doc_history ADD COLUMN input_revision INTEGER NOT NULL DEFAULT 0"
+    )
+    conn.execute(update(doc_history).values(input_revision=doc_history.c.revision - 1))
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2]
 LATEST = len(MIGRATIONS)
 
 

@@ -79,7 +79,7 @@ def _row_to_resource(row: Any) -> Resource:
         id=row.id,
         project=row.project,
         name=row.name,
-        spec=json.loads(row.spec),
+        spec=json.loads(row.spec) if "spec" in row._fields else {},
         status=json.loads(row.status),
         revision=row.revision,
         created_at=row.created_at,
@@ -135,9 +135,14 @@ class Reader:
         ).first()
         return _row_to_resource(row) if row else None
 
-    def list(self, kind: str, project: str | None = None) -> list[Resource]:
-        """Resources of `kind` (of one project if given), ordered by name."""
-        q = select(s.resources).where(s.resources.c.kind == kind)
+    def list(self, kind: str, project: str | None = None, *, spec: bool = True) -> list[Resource]:
+        """Resources of `kind` (of one project if given), ordered by name.
+
+        `spec=False` leaves every spec empty ({}): decoding large specs (host documents) is
+        the expensive part when only their status is needed.
+        """
+        cols = list(s.resources.c) if spec else [c for c in s.resources.c if c.name != "spec"]
+        q = select(*cols).where(s.resources.c.kind == kind)
         if project is not None:
             q = q.where(s.resources.c.project == project)
         rows = self._conn.execute(q.order_by(s.resources.c.name, s.resources.c.id))
@@ -152,11 +157,12 @@ class Reader:
         rows = self._conn.execute(select(s.liveness))
         return {r.host: Liveness(r.host, r.applied_revision, r.heartbeat_at, r.error) for r in rows}
 
-    def first_doc_after(self, host: str, revision: int) -> int | None:
-        """The revision of the first desired document of `host` written after `revision`."""
+    def first_doc_including(self, host: str, revision: int) -> int | None:
+        """The revision of `host`'s first desired document compiled from a store state that
+        includes write `revision`, or None if none was written since."""
         return self._conn.execute(
             select(s.doc_history.c.revision)
-            .where(s.doc_history.c.host == host, s.doc_history.c.revision > revision)
+            .where(s.doc_history.c.host == host, s.doc_history.c.input_revision >= revision)
             .order_by(s.doc_history.c.revision)
             .limit(1)
         ).scalar_one_or_none()
@@ -252,9 +258,14 @@ class Tx(Reader):
         )
         self._p.touched = True
 
-    def record_doc(self, host: str) -> None:
-        """Note that `host`'s desired document changes at this transaction's revision."""
-        self._conn.execute(insert(s.doc_history).values(host=host, revision=self.next_revision))
+    def record_doc(self, host: str, input_revision: int) -> None:
+        """Note that `host`'s desired document changes at this transaction's revision, as
+        compiled from the store at `input_revision`. Keeps the last few per host."""
+        self._conn.execute(
+            insert(s.doc_history).values(
+                host=host, revision=self.next_revision, input_revision=input_revision
+            )
+        )
         old = (
             select(s.doc_history.c.revision)
             .where(s.doc_history.c.host == host)

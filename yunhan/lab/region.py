@@ -49,6 +49,7 @@ DEFAULT_STATE_DIR = Path("/var/lib/yunhan")
 RECORD = "region.json"
 REGISTRY = RUN_DIR / "regions"
 STARTUP_TIMEOUT = 90.0
+STOP_GRACE = 3.0
 
 
 class LabError(YunhanError):
@@ -191,6 +192,13 @@ def _shape(spec: RegionSpec) -> tuple[int, tuple[int, ...], int]:
     return len(spec.zones), tuple(len(z.hosts) for z in spec.zones), spec.mtu
 
 
+def _whole(record: RegionRecord) -> bool:
+    # Every process a finished `up` starts is there and alive (not a half-started region).
+    running = {(p.role, p.name) for p in record.processes if p.alive()}
+    wanted = {("server", "server")} | {("agent", h.name) for h in record.region_spec.hosts}
+    return wanted <= running
+
+
 def _free_port() -> int:
     # Bind to port 0 and let the kernel choose; the tiny window before the server binds it
     # again is acceptable on a lab machine (the server's failure would say "address in use").
@@ -262,7 +270,12 @@ def up(
         old = RegionRecord.load(state_dir)
         if old is not None:
             if old.live():
-                if detach and old.detached and _shape(old.region_spec) == _shape(spec):
+                if (
+                    detach
+                    and old.detached
+                    and _shape(old.region_spec) == _shape(spec)
+                    and _whole(old)
+                ):
                     # `up --detach` is idempotent (setup.sh may run twice): same shape, same
                     # region, nothing to do.
                     token = old.token_file.read_text().strip()
@@ -398,12 +411,13 @@ def down(state_dir: Path | None = None, *, keep_logs: bool = False) -> Removed:
 def _teardown(prefix: str, record: RegionRecord | None, *, keep_logs: bool = False) -> Removed:
     removed = Removed()
     if record is not None:
-        # Agents first (a live agent would rebuild what we delete), then the server. A
-        # foreground `up` supervising the region is left alone: it notices that its record
-        # is gone and exits by itself (killing it could deadlock on the state-dir lock).
-        for role in ("agent", "server"):
-            alive = [p.pid for p in record.processes if p.role == role and p.alive()]
-            removed.processes += cleanup.kill(alive)
+        # Server and agents together, with a short grace: a server drains its agents' long
+        # polls (up to 20 s) before it exits, and what either would save on a graceful stop
+        # is deleted below anyway. All are gone before any namespace is touched, so no agent
+        # rebuilds what we delete. A foreground `up` supervising the region is left alone:
+        # it notices that its record is gone and exits (killing it could deadlock on the lock).
+        alive = [p.pid for p in record.processes if p.role in ("agent", "server") and p.alive()]
+        removed.processes += cleanup.kill(alive, grace=STOP_GRACE)
     rest = topology.teardown(prefix)
     removed.processes += rest.processes
     removed.namespaces, removed.mounts, removed.links = rest.namespaces, rest.mounts, rest.links

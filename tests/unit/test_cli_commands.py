@@ -85,6 +85,8 @@ class FakeApi:
                                              "converged": ok, "pending": self.pending})  # fmt: skip
         if parts == ["hosts"]:
             return httpx.Response(200, json=self.hosts)
+        if parts[0] == "projects" and m == "POST" and len(parts) == 3:
+            return httpx.Response(200, json={"token": "another-for-" + parts[1]})
         if parts == ["projects"] and m == "POST":
             p = {"id": "proj-00000002", "name": body["name"], "spec": {}, "status": {}}
             return httpx.Response(201, json={"project": p, "token": "tok-of-" + body["name"]})
@@ -235,6 +237,7 @@ def test_project_create_prints_the_token(api: FakeApi) -> None:
     r = cli("project", "create", "team-a")
     assert r.exit_code == 0 and r.stdout.splitlines()[-1] == "tok-of-team-a"
     assert ok_json("project", "create", "team-b")["token"] == "tok-of-team-b"
+    assert cli("project", "token", "team-b").stdout.strip() == "another-for-team-b"
 
 
 def test_unreachable_endpoint_is_a_hint_not_a_traceback(

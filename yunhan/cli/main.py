@@ -447,6 +447,14 @@ def project_create(name: str, as_json: JsonOpt = False) -> None:
         typer.echo(row["token"])
 
 
+@project_app.command("token")
+@handled
+def project_token(project: str) -> None:
+    """Issue another token for a project (admin only); the old ones stay valid."""
+    with client() as c:
+        typer.echo(c.post(f"/v1/projects/{project}/tokens")["token"])
+
+
 @project_app.command("list")
 @handled
 def project_list(as_json: JsonOpt = False) -> None:

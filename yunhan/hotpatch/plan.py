@@ -7,7 +7,6 @@ registers and stacks), these functions decide, and the loader writes what they r
 from __future__ import annotations
 
 import struct
-from array import array
 from dataclasses import dataclass
 
 from yunhan.errors import HotpatchError
@@ -106,17 +105,25 @@ def find_active(threads: list[ThreadView], guards: list[Guard]) -> list[str]:
     `.cold` parts included) or will return into it (a return site on a thread's stack).
     When none is, nobody can be at or jump into the middle of the bytes we overwrite.
     """
-    sites: dict[int, str] = {}
+    # This runs while the whole process is stopped: each return site is searched with
+    # bytes.find (C speed) instead of decoding every stack word. The needle drops the
+    # address's zero high bytes: stacks are full of zeros, and a needle ending in zero
+    # defeats the search's skip table (ten times slower in practice).
+    needles = {}
     for g in guards:
-        for s in g.return_sites:
-            sites[s] = g.name
+        for site in g.return_sites:
+            full = struct.pack("<Q", site)
+            needles[full.rstrip(b"\0") or full] = (full, site, g.name)
     reasons = []
     for t in threads:
         for g in guards:
             if any(lo <= t.pc < hi for lo, hi in g.ranges):
                 reasons.append(f"thread {t.tid} is executing {g.name} (pc {t.pc:#x})")
-        usable = len(t.stack) - len(t.stack) % 8
-        words = array("Q", t.stack[:usable])
-        for w in sites.keys() & set(words):
-            reasons.append(f"thread {t.tid} will return into {sites[w]} (at {w:#x})")
+        for needle, (full, site, name) in needles.items():
+            i = t.stack.find(needle)
+            # Only a whole, 8-byte aligned slot holds a return address.
+            while i >= 0 and (i % 8 or t.stack[i : i + 8] != full):
+                i = t.stack.find(needle, i + 1)
+            if i >= 0:
+                reasons.append(f"thread {t.tid} will return into {name} (at {site:#x})")
     return reasons

@@ -31,36 +31,50 @@ class World:
         self.stopped: dict[int, int] = {}  # tid -> signal to deliver on resume
         self._known: set[int] = set()
         self.stopped_at = 0.0
+        self._rt = False
+        self._saved_sched: tuple[int, os.sched_param] = (os.SCHED_OTHER, os.sched_param(0))
 
     def _set_maps(self, maps: list[procfs.Mapping]) -> None:
         self._maps = sorted(maps, key=lambda m: m.start)
         self._starts = [m.start for m in self._maps]
 
+    def _seize(self, tids: list[int], me: int, pending: set[int]) -> list[int]:
+        """Attach without stopping; returns the tids that still need an interrupt."""
+        seized = []
+        for tid in tids:
+            self._known.add(tid)
+            try:
+                ptrace.seize(tid, ptrace.PTRACE_O_TRACECLONE)
+            except HotpatchError as exc:
+                if exc.errno == errno.ESRCH:
+                    continue
+                if exc.errno == errno.EPERM and procfs.tracer_of(self.pid, tid) == me:
+                    pending.add(tid)  # a clone attached to us automatically
+                    continue
+                raise
+            seized.append(tid)
+        return seized
+
     def stop(self, timeout: float = 5.0) -> None:
+        """Stop every thread, including threads created while we do it.
+
+        All threads are attached first (that does not stop them), then interrupted in one
+        quick loop so they stop in parallel; the pause starts at the first interrupt.
+        """
         deadline = time.monotonic() + timeout
         me = os.getpid()
         pending: set[int] = set()
-        first = True
+        to_stop = self._seize(procfs.threads(self.pid), me, pending)
+        self.stopped_at = time.perf_counter()
         while True:
-            fresh = [t for t in procfs.threads(self.pid) if t not in self._known]
-            for tid in fresh:
-                self._known.add(tid)
+            for tid in to_stop:
                 try:
-                    ptrace.seize(tid, ptrace.PTRACE_O_TRACECLONE)
+                    ptrace.interrupt(tid)
                 except HotpatchError as exc:
-                    if exc.errno == errno.ESRCH:
-                        continue
-                    if exc.errno == errno.EPERM and procfs.tracer_of(self.pid, tid) == me:
-                        pending.add(tid)  # a clone attached to us automatically
-                        continue
-                    raise
-                if first:
-                    self.stopped_at = time.perf_counter()
-                    first = False
-                ptrace.interrupt(tid)
+                    if exc.errno != errno.ESRCH:
+                        raise
+                    continue
                 pending.add(tid)
-            if not pending:
-                return
             while pending:
                 tid = pending.pop()
                 st = ptrace.wait(tid, deadline)
@@ -73,6 +87,29 @@ class World:
                         self._known.add(child)
                         pending.add(child)
                 self.stopped[tid] = st.sig if st.is_signal_delivery else 0
+            fresh = [t for t in procfs.threads(self.pid) if t not in self._known]
+            if not fresh:
+                break
+            to_stop = self._seize(fresh, me, pending)
+        self._realtime(True)
+
+    def _realtime(self, on: bool) -> None:
+        # While every thread is stopped nothing of the target can run anyway. At SCHED_FIFO
+        # the threads we detach first cannot preempt the loop that resumes the others, which
+        # shortens the pause's tail several times on a small machine. Not while waiting for
+        # threads to stop: a real-time poller could starve them on one CPU. Best effort.
+        if on == self._rt:
+            return
+        try:
+            if on:
+                self._saved_sched = (os.sched_getscheduler(0), os.sched_getparam(0))
+                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+            else:
+                policy, param = self._saved_sched
+                os.sched_setscheduler(0, policy, param)
+        except OSError:
+            return
+        self._rt = on
 
     def views(self) -> list[ThreadView]:
         """Registers and live stack of every stopped thread, for the activeness check."""
@@ -116,6 +153,7 @@ class World:
             except HotpatchError:
                 pass
         paused = time.perf_counter() - self.stopped_at if self.stopped_at else 0.0
+        self._realtime(False)
         self.stopped.clear()
         self._known.clear()
         if errors:

@@ -61,10 +61,10 @@ class DataPlane:
 
             self.driver = LinuxDriver(naming=naming, host_netns=host_netns, state_dir=state_dir)
         elif driver == "fake":
-            from yunhan.net.fake import FakeDriver, FakeFabric
+            from yunhan.net.fake import FakeFabric
 
-            self.driver = FakeDriver(naming=naming, host_netns=host_netns)
-            (fabric or FakeFabric()).attach(self.driver)
+            self.fabric = fabric or FakeFabric()
+            self.driver = self.fabric.host(naming, host_netns)
         else:
             raise ValueError(f"unknown data-plane driver {driver!r}")
 

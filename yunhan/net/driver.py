@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from yunhan.errors import DriverError
-from yunhan.net.state import Key, Op, State
+from yunhan.net.state import Key, Op, State, Veth
 
 
 class Driver(Protocol):
@@ -62,4 +62,6 @@ def execute(driver: Driver, ops: list[Op]) -> ExecResult:
                     broken_ns.add(ns)
                 elif key[0] == "link" and ns is not None and dev is not None:
                     broken_links.add((ns, dev))
+                    if isinstance(o, Veth) and o.peer_netns is not None:
+                        broken_links.add((o.peer_netns, o.peer_ifname))
     return res

@@ -383,6 +383,8 @@ class _Doomed:
             return False
         if _ns_of(o) in self.netns:
             return True
+        if isinstance(o, Filter):
+            return False  # a netdev chain outlives its device (it re-binds by name)
         dev = _dev_of(o)
         return dev is not None and (_ns_of(o), dev) in self.links
 

@@ -1,0 +1,423 @@
+"""The in-memory data plane: the same objects and ops as the kernel, and packets that move.
+
+`FakeDriver` keeps one host's namespaces, links, addresses, neighbours, FDB entries,
+routes and filters and applies the same `Op`s the linux driver does, with the kernel's
+rules where they matter to the planner: a link lives in a namespace (ENOENT without it),
+an address, route or neighbour on a device needs the device (ENODEV), a gateway route
+needs its gateway on-link (ENETUNREACH), deleting a namespace or a veth takes everything
+on it along (both ends for a veth), deletes of missing things are no-ops for the caller.
+`refuse()` makes it fail chosen ops with an errno, to test partial failure.
+
+`FakeFabric` joins the fake hosts of a simulation as if by an underlay and answers "where
+does a packet from instance X to address Y go?" by walking those objects the way the
+kernel would: instance routing and ARP (proxy ARP on ports, gateways on `lo`), the port's
+anti-spoof filter, longest-prefix match in the VPC namespace, the neighbour and FDB entry
+of a remote next hop, the receiving VTEP's MAC and VNI, and the delivery port.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from yunhan.errors import DriverError
+from yunhan.net.naming import INSTANCE_IFNAME, VXLAN_IFNAME, Naming
+from yunhan.net.state import (
+    Address,
+    Fdb,
+    Filter,
+    KRoute,
+    LinkUp,
+    Neigh,
+    Netns,
+    Obj,
+    Op,
+    Process,
+    State,
+    Sysctl,
+    Uts,
+    Veth,
+    Vxlan,
+)
+
+
+def _fail(msg: str, code: int, ns: str | None = None) -> DriverError:
+    return DriverError(msg, errno=code, netns=ns)
+
+
+class FakeDriver:
+    """One host's data plane in memory (see the module docstring)."""
+
+    def __init__(self, *, naming: Naming, host_netns: str | None = None) -> None:
+        self.naming = naming
+        self.host_netns = host_netns
+        self.objs: State = {}
+        self._refusals: list[tuple[Callable[[Op], bool], int]] = []
+
+    # -- the Driver interface ---------------------------------------------------------------
+
+    def observe(self) -> State:
+        return dict(self.objs)
+
+    def close(self) -> None:
+        pass
+
+    def refuse(self, match: Callable[[Op], bool], code: int = errno.EPERM) -> None:
+        """Fail every later op for which `match(op)` is true with errno `code`."""
+        self._refusals.append((match, code))
+
+    def apply(self, op: Op) -> None:
+        for match, code in self._refusals:
+            if match(op):
+                raise _fail(f"refused: {op}", code)
+        if op.action == "delete":
+            assert op.old is not None
+            self._delete(op.old)
+            return
+        assert op.new is not None
+        if op.action == "replace" and isinstance(op.new, Vxlan | Veth):
+            old = self.objs.get(op.new.key)
+            if old is not None and not self._set_in_place(old, op.new):
+                self._delete(old)
+        self._create(op.new)
+
+    # -- kernel rules ------------------------------------------------------------------------
+
+    def _has_ns(self, ns: str | None) -> bool:
+        return ns is not None and ("netns", ns) in self.objs
+
+    def _link(self, ns: str, ifname: str) -> Vxlan | Veth | None:
+        o = self.objs.get(("link", ns, ifname))
+        if isinstance(o, Vxlan | Veth):
+            return o
+        return self._peer_end(ns, ifname)
+
+    def _peer_end(self, ns: str, ifname: str) -> Veth | None:
+        for o in self.objs.values():
+            if isinstance(o, Veth) and o.peer_netns == ns and o.peer_ifname == ifname:
+                return o
+        return None
+
+    def _has_dev(self, ns: str, ifname: str) -> bool:
+        return self._has_ns(ns) and (ifname == "lo" or self._link(ns, ifname) is not None)
+
+    def _need_dev(self, ns: str, ifname: str) -> None:
+        if not self._has_ns(ns):
+            raise _fail(f"no namespace {ns}", errno.ENOENT, ns)
+        if not self._has_dev(ns, ifname):
+            raise _fail(f"no device {ifname} in {ns}", errno.ENODEV, ns)
+
+    def _set_in_place(self, old: Obj, new: Obj) -> bool:
+        if isinstance(old, Vxlan) and isinstance(new, Vxlan):
+            return (old.vni, old.local, old.port) == (new.vni, new.local, new.port)
+        if isinstance(old, Veth) and isinstance(new, Veth):
+            return old.peer_netns is not None and old.peer_netns == new.peer_netns
+        return False
+
+    def _create(self, o: Obj) -> None:
+        match o:
+            case Netns():
+                pass
+            case Uts():
+                pass
+            case Sysctl():
+                if o.dev is not None:
+                    self._need_dev(o.netns, o.dev)
+                elif not self._has_ns(o.netns):
+                    raise _fail(f"no namespace {o.netns}", errno.ENOENT, o.netns)
+            case Vxlan():
+                if not self._has_ns(o.netns):
+                    raise _fail(f"no namespace {o.netns}", errno.ENOENT, o.netns)
+                for other in self.objs.values():
+                    if (
+                        isinstance(other, Vxlan)
+                        and other.key != o.key
+                        and (other.vni, other.local, other.port) == (o.vni, o.local, o.port)
+                    ):
+                        raise _fail("a VXLAN device with this VNI exists", errno.EEXIST, o.netns)
+            case Veth():
+                if not self._has_ns(o.netns) or not self._has_ns(o.peer_netns):
+                    raise _fail(f"port {o.ifname}: namespace missing", errno.ENOENT, o.netns)
+                assert o.peer_netns is not None
+                cur = self.objs.get(o.key)
+                end = self._peer_end(o.peer_netns, o.peer_ifname)
+                if end is not None and end.key != o.key:
+                    self._delete(end)  # a stale pair holding the instance-side name
+                if isinstance(cur, Veth) and cur != o and not self._set_in_place(cur, o):
+                    self._delete(cur)
+            case LinkUp() | Address() | Neigh() | Fdb() | Filter():
+                self._need_dev(o.netns, o.ifname)
+            case KRoute():
+                if not self._has_ns(o.netns):
+                    raise _fail(f"no namespace {o.netns}", errno.ENOENT, o.netns)
+                if o.dev is not None:
+                    self._need_dev(o.netns, o.dev)
+                if o.kind == "gateway" and not self._on_link(o.netns, o.dev, o.via):
+                    raise _fail(f"gateway {o.via} not on-link", errno.ENETUNREACH, o.netns)
+            case Process():
+                if not self._has_ns(o.netns) or ("uts", o.netns) not in self.objs:
+                    raise _fail(f"no sandbox {o.netns}", errno.ENOENT, o.netns)
+        self.objs[o.key] = o
+
+    def _on_link(self, ns: str, dev: str | None, ip: str | None) -> bool:
+        if ip is None or dev is None:
+            return False
+        addr = ipaddress.IPv4Address(ip)
+        return any(
+            isinstance(a, Address)
+            and a.netns == ns
+            and a.ifname == dev
+            and addr in ipaddress.IPv4Interface(a.cidr).network
+            for a in self.objs.values()
+        )
+
+    def _delete(self, o: Obj) -> None:
+        if o.key not in self.objs:
+            return  # ENOENT: already what the caller wants
+        del self.objs[o.key]
+        if isinstance(o, Netns):
+            # Everything in the namespace goes with it, and a veth pair dies as a whole.
+            for x in list(self.objs.values()):
+                if isinstance(x, Uts | Process | Netns):
+                    continue
+                if x.netns == o.name or (isinstance(x, Veth) and x.peer_netns == o.name):
+                    self._delete(x)
+        elif isinstance(o, Vxlan | Veth):
+            ends = {(o.netns, o.ifname)}
+            if isinstance(o, Veth) and o.peer_netns:
+                ends.add((o.peer_netns, o.peer_ifname))
+            for k, x in list(self.objs.items()):
+                dev = getattr(x, "ifname", None) if not isinstance(x, KRoute | Sysctl) else x.dev
+                if isinstance(x, Filter):
+                    continue  # a netdev chain outlives its device and re-binds by name
+                if not isinstance(x, Vxlan | Veth) and (getattr(x, "netns", None), dev) in ends:
+                    del self.objs[k]
+
+
+# -- the fabric ----------------------------------------------------------------------------
+
+
+@dataclass
+class Trace:
+    """The fate of one packet: verdict, the hops it took, and where it ended."""
+
+    verdict: str  # "delivered" | "unreachable" | "dropped-by-antispoof" | "dropped"
+    hops: list[str] = field(default_factory=list)
+    reason: str = ""
+    to_netns: str | None = None
+
+    @property
+    def delivered(self) -> bool:
+        return self.verdict == "delivered"
+
+
+MAX_HOPS = 16
+
+
+class FakeFabric:
+    """The underlay joining fake hosts, and a packet tracer over their objects."""
+
+    def __init__(self) -> None:
+        self.drivers: list[FakeDriver] = []
+
+    def attach(self, driver: FakeDriver) -> None:
+        self.drivers.append(driver)
+
+    def host(self, naming: Naming, host_netns: str | None) -> FakeDriver:
+        """The fake kernel of the host with this prefix, created on first use.
+
+        Kernel state outlives an agent: a second DataPlane for the same host (an agent
+        restart) gets the same objects back, which is what adoption is tested against.
+        """
+        for d in self.drivers:
+            if d.naming == naming and d.host_netns == host_netns:
+                return d
+        d = FakeDriver(naming=naming, host_netns=host_netns)
+        self.attach(d)
+        return d
+
+    def _find_instance(self, instance_id: str) -> tuple[FakeDriver, str]:
+        for d in self.drivers:
+            ns = d.naming.instance_netns(instance_id)
+            if ("netns", ns) in d.objs:
+                return d, ns
+        raise KeyError(f"no instance {instance_id} on any host")
+
+    def trace(
+        self,
+        src_instance_id: str,
+        dst_ip: str,
+        *,
+        src_ip: str | None = None,
+        src_mac: str | None = None,
+    ) -> Trace:
+        """Follow an IPv4 packet from an instance to `dst_ip` (optionally with a forged
+        source IP or MAC, as a spoofing instance would send)."""
+        d, ns = self._find_instance(src_instance_id)
+        t = Trace("dropped", [f"{d.naming.prefix}:{ns}"])
+        port = d._peer_end(ns, INSTANCE_IFNAME)
+        if port is None:
+            return _end(t, "dropped", "instance has no port")
+        addrs = [
+            ipaddress.IPv4Interface(a.cidr)
+            for a in d.objs.values()
+            if isinstance(a, Address) and a.netns == ns and a.ifname == INSTANCE_IFNAME
+        ]
+        if not addrs:
+            return _end(t, "dropped", "instance has no address")
+        own = addrs[0]
+        sip = src_ip or str(own.ip)
+        smac = src_mac or port.peer_mac
+        if ("up", ns, INSTANCE_IFNAME) not in d.objs or ("up", port.netns, port.ifname) not in (
+            d.objs
+        ):
+            return _end(t, "dropped", "port down")
+        dst = ipaddress.IPv4Address(dst_ip)
+        # The instance's own routing: its subnet is on-link (ARP for dst itself), anything
+        # else goes to its default gateway (ARP for the gateway).
+        if dst in own.network:
+            arp_for = dst_ip
+        else:
+            gw = [
+                r
+                for r in d.objs.values()
+                if isinstance(r, KRoute) and r.netns == ns and r.dst == "0.0.0.0/0"
+            ]
+            if not gw or gw[0].via is None:
+                return _end(t, "unreachable", "instance has no route")
+            arp_for = gw[0].via
+        # ARP request leaves through the port filter, then the VPC namespace answers it.
+        verdict = _filter_verdict(d, port, smac, sip, arp=True)
+        if verdict:
+            return _end(t, "dropped-by-antispoof", f"ARP: {verdict}")
+        if not _answers_arp(d, port, arp_for):
+            return _end(t, "unreachable", f"no ARP reply for {arp_for}")
+        t.hops.append(f"{d.naming.prefix}:{port.netns}:{port.ifname}")
+        verdict = _filter_verdict(d, port, smac, sip, arp=False)
+        if verdict:
+            return _end(t, "dropped-by-antispoof", verdict)
+        return self._route(t, d, port.netns, dst)
+
+    def _route(self, t: Trace, d: FakeDriver, ns: str, dst: ipaddress.IPv4Address) -> Trace:
+        for _ in range(MAX_HOPS):
+            if _is_local(d, ns, dst):
+                t.to_netns = ns
+                return _end(t, "delivered", "local address (gateway)")
+            r = _lookup(d, ns, dst)
+            if r is None:
+                return _end(t, "unreachable", f"no route to {dst} in {ns}")
+            if r.kind in ("unreachable", "blackhole"):
+                return _end(t, "unreachable", f"{r.kind} route {r.dst} in {ns}")
+            if r.kind == "local":
+                assert r.dev is not None
+                port = d.objs.get(("link", ns, r.dev))
+                if not isinstance(port, Veth) or port.peer_netns is None:
+                    return _end(t, "dropped", f"route {r.dst} to missing port {r.dev}")
+                if ("up", ns, r.dev) not in d.objs or (
+                    "up",
+                    port.peer_netns,
+                    INSTANCE_IFNAME,
+                ) not in d.objs:
+                    return _end(t, "dropped", f"port {r.dev} down")
+                n = d.objs.get(("neigh", ns, r.dev, str(dst)))
+                if isinstance(n, Neigh) and n.mac != port.peer_mac:
+                    return _end(t, "dropped", f"neighbour of {dst} has a wrong MAC")
+                has = any(
+                    isinstance(a, Address)
+                    and a.netns == port.peer_netns
+                    and a.ifname == INSTANCE_IFNAME
+                    and ipaddress.IPv4Interface(a.cidr).ip == dst
+                    for a in d.objs.values()
+                )
+                t.hops.append(f"{d.naming.prefix}:{ns}:{r.dev}")
+                if not has:
+                    return _end(t, "dropped", f"{dst} not configured behind {r.dev}")
+                t.to_netns = port.peer_netns
+                t.hops.append(f"{d.naming.prefix}:{port.peer_netns}")
+                return _end(t, "delivered", "")
+            if r.kind in ("remote", "gateway"):
+                vx = d.objs.get(("link", ns, VXLAN_IFNAME))
+                if r.dev != VXLAN_IFNAME or not isinstance(vx, Vxlan):
+                    return _end(t, "dropped", f"route {r.dst} via a device we do not model")
+                if ("up", ns, VXLAN_IFNAME) not in d.objs:
+                    return _end(t, "dropped", "vxlan0 down")
+                n = d.objs.get(("neigh", ns, VXLAN_IFNAME, str(r.via)))
+                if not isinstance(n, Neigh):
+                    return _end(t, "unreachable", f"no neighbour for next hop {r.via}")
+                f = d.objs.get(("fdb", ns, VXLAN_IFNAME, n.mac))
+                if not isinstance(f, Fdb):
+                    return _end(t, "dropped", f"no FDB entry for {n.mac} (no flooding)")
+                t.hops.append(f"{d.naming.prefix}:{ns}:vxlan0->{f.dst}")
+                nxt = self._vtep(f.dst, vx.vni, vx.port)
+                if nxt is None:
+                    return _end(t, "dropped", f"no VTEP {f.dst} vni {vx.vni}")
+                d2, vx2 = nxt
+                if vx2.mac != n.mac:
+                    return _end(t, "dropped", f"VTEP {f.dst} has MAC {vx2.mac}, not {n.mac}")
+                if ("up", vx2.netns, VXLAN_IFNAME) not in d2.objs:
+                    return _end(t, "dropped", f"vxlan0 down at {f.dst}")
+                d, ns = d2, vx2.netns
+                continue
+        return _end(t, "dropped", "TTL exceeded")
+
+    def _vtep(self, underlay: str, vni: int, port: int) -> tuple[FakeDriver, Vxlan] | None:
+        for d in self.drivers:
+            for o in d.objs.values():
+                if isinstance(o, Vxlan) and o.local == underlay and o.vni == vni and o.port == port:
+                    return d, o
+        return None
+
+
+def _end(t: Trace, verdict: str, reason: str) -> Trace:
+    return replace(t, verdict=verdict, reason=reason)
+
+
+def _filter_verdict(d: FakeDriver, port: Veth, smac: str, sip: str, *, arp: bool) -> str:
+    f = d.objs.get(("filter", port.netns, port.ifname))
+    if not isinstance(f, Filter):
+        return ""  # no chain: the port is unfiltered (the planner never brings it up so)
+    if smac.lower() != f.mac.lower():
+        return f"source MAC {smac} is not the port's"
+    allowed = set(f.ips) | ({"0.0.0.0"} if arp else set())
+    if sip not in allowed:
+        return f"source IP {sip} is not allowed on the port"
+    return ""
+
+
+def _is_local(d: FakeDriver, ns: str, ip: ipaddress.IPv4Address) -> bool:
+    return any(
+        isinstance(a, Address) and a.netns == ns and ipaddress.IPv4Interface(a.cidr).ip == ip
+        for a in d.objs.values()
+    )
+
+
+def _lookup(d: FakeDriver, ns: str, ip: ipaddress.IPv4Address) -> KRoute | None:
+    best: KRoute | None = None
+    best_key = (-1, 0)
+    for r in d.objs.values():
+        if isinstance(r, KRoute) and r.netns == ns and r.table == 254:
+            net = ipaddress.IPv4Network(r.dst)
+            key = (net.prefixlen, -r.metric)
+            if ip in net and key > best_key:
+                best, best_key = r, key
+    return best
+
+
+def _answers_arp(d: FakeDriver, port: Veth, target: str) -> bool:
+    """Does the VPC namespace answer, on `port`, an ARP request for `target`?
+
+    A local address (a gateway on `lo`) is answered on any interface (arp_ignore=0). Any
+    other address only by proxy ARP: when proxy_arp is on for the port and the route to
+    the target is a unicast route leaving by another device; an unreachable route, no
+    route, or a route back out of the same port gets no answer.
+    """
+    ip = ipaddress.IPv4Address(target)
+    if _is_local(d, port.netns, ip):
+        return True
+    s = d.objs.get(("sysctl", port.netns, f"net/ipv4/conf/{port.ifname}/proxy_arp"))
+    if not isinstance(s, Sysctl) or s.value != "1":
+        return False
+    r = _lookup(d, port.netns, ip)
+    return r is not None and r.kind in ("local", "remote", "gateway") and r.dev != port.ifname

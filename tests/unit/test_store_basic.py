@@ -181,3 +181,41 @@ def test_migration_v1_to_v2_keeps_document_history(tmp_path: Path) -> None:
         row = conn.execute(text("SELECT revision, input_revision FROM doc_history")).one()
         assert tuple(row) == (7, 6)  # v1 compiled and wrote in one transaction
     engine.dispose()
+
+
+def test_bookkeeping_writes_wake_only_the_any_channel(store: Store) -> None:
+    from yunhan.store import Liveness
+
+    calls: list[int] = []
+
+    first_call = threading.Event()
+
+    def revision_moved() -> int | None:
+        calls.append(1)
+        r = store.revision()
+        first_call.set()
+        return r if r > 0 else None
+
+    got: list[int | None] = []
+    t = threading.Thread(target=lambda: got.append(store.wait_for(revision_moved, 30)))
+    t.start()
+    assert first_call.wait(30)
+    for n in range(5):  # heartbeats: no revision, must not re-run the predicate
+        with store.transaction() as tx:
+            tx.set_liveness(Liveness("h1", n, float(n), None))
+    assert store.revision() == 0
+    _write(store)
+    t.join(30)
+    assert got == [1] and len(calls) == 2  # once at first, once for the real write
+
+    def heartbeat_seen() -> float | None:
+        with store.read() as r:
+            lv = r.liveness().get("h2")
+            return lv.heartbeat_at if lv else None
+
+    t = threading.Thread(target=lambda: got.append(store.wait_for(heartbeat_seen, 30, on="any")))
+    t.start()
+    with store.transaction() as tx:
+        tx.set_liveness(Liveness("h2", 0, 42.0, None))
+    t.join(30)
+    assert got[-1] == 42.0

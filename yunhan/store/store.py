@@ -24,7 +24,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from sqlalchemy import (
     Connection,
@@ -42,6 +42,7 @@ from yunhan.errors import Conflict, NotFound
 from yunhan.store import schema as s
 
 T = TypeVar("T")
+Channel = Literal["revision", "any"]
 DB_NAME = "yunhan.db"
 DOC_HISTORY_KEEP = 64
 
@@ -314,8 +315,11 @@ class Store:
         self.poll_interval = poll_interval
         self._write_lock = threading.Lock()
         self._cond = threading.Condition()
-        self._seq = 0  # bumped on every commit of this process
-        self._async_waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+        self._seq: dict[Channel, int] = {"revision": 0, "any": 0}  # commits of this process
+        self._async_waiters: dict[Channel, set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]]
+        self._async_waiters = {"revision": set(), "any": set()}
+        self._known_revision = 0  # the highest revision this process has seen committed
+        self._last_poll = 0.0
         with self._connect(immediate=True) as conn, conn.begin():
             s.migrate(conn)
 
@@ -382,62 +386,110 @@ class Store:
                 trans.rollback()
                 raise
             trans.commit()
+        if tx.wrote:
+            with self._cond:
+                self._known_revision = max(self._known_revision, tx.next_revision)
         if tx.wrote or tx._p.touched:
-            self._notify()
+            self._notify(tx.wrote)
 
     def revision(self) -> int:
         with self.read() as r:
             return r.revision
 
     # -- watch --------------------------------------------------------------------------
+    #
+    # Two channels: "revision" wakes on commits that moved the revision (what long polls on
+    # documents and the controller wait for); "any" also wakes on bookkeeping writes such
+    # as heartbeats (what `converged` waits for). Keeping them apart matters at scale: a
+    # thousand agents heartbeating must not wake a thousand document long polls.
 
-    def _notify(self) -> None:
+    def _notify(self, wrote: bool) -> None:
+        channels: tuple[Channel, ...] = ("any", "revision") if wrote else ("any",)
         with self._cond:
-            self._seq += 1
+            for ch in channels:
+                self._seq[ch] += 1
             self._cond.notify_all()
-            waiters = list(self._async_waiters)
+            waiters = [w for ch in channels for w in self._async_waiters[ch]]
         for loop, ev in waiters:
             with suppress(RuntimeError):  # loop closed: its waiter is gone
                 loop.call_soon_threadsafe(ev.set)
 
-    def wait_for(self, predicate: Callable[[], T | None], timeout: float) -> T | None:
-        """Block until predicate() returns non-None (returned) or `timeout` s pass (None)."""
+    def _poll_external(self) -> None:
+        """Did another process write? Asked at most once per poll interval, for everyone."""
+        now = time.monotonic()
+        with self._cond:
+            if now - self._last_poll < self.poll_interval:
+                return
+            self._last_poll = now
+        rev = self.revision()
+        with self._cond:
+            moved = rev > self._known_revision
+            self._known_revision = max(self._known_revision, rev)
+        if moved:
+            self._notify(wrote=True)
+
+    def wait_for(
+        self, predicate: Callable[[], T | None], timeout: float, on: Channel = "revision"
+    ) -> T | None:
+        """Block until predicate() returns non-None (returned) or `timeout` s pass (None).
+
+        The predicate runs once at first, then whenever channel `on` signals a change.
+        """
         deadline = time.monotonic() + timeout
+        seen: int | None = None
         while True:
             with self._cond:
-                seq = self._seq
-            result = predicate()
-            if result is not None:
-                return result
+                current = self._seq[on]
+            if current != seen:
+                seen = current
+                result = predicate()
+                if result is not None:
+                    return result
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
             with self._cond:
-                if self._seq == seq:
+                if self._seq[on] == seen:
                     self._cond.wait(min(remaining, self.poll_interval))
+                woken = self._seq[on] != seen
+            if not woken:
+                self._poll_external()
+                if on == "any":
+                    seen = None  # bookkeeping of other processes has no signal: re-check
 
-    async def wait_for_async(self, predicate: Callable[[], T | None], timeout: float) -> T | None:
+    async def wait_for_async(
+        self, predicate: Callable[[], T | None], timeout: float, on: Channel = "revision"
+    ) -> T | None:
         """`wait_for` for coroutines: waits without holding a thread."""
         loop = asyncio.get_running_loop()
         ev = asyncio.Event()
         key = (loop, ev)
         with self._cond:
-            self._async_waiters.add(key)
+            self._async_waiters[on].add(key)
         try:
             deadline = loop.time() + timeout
+            seen: int | None = None
             while True:
-                ev.clear()
-                result = predicate()
-                if result is not None:
-                    return result
+                with self._cond:
+                    current = self._seq[on]
+                if current != seen:
+                    seen = current
+                    ev.clear()
+                    result = predicate()
+                    if result is not None:
+                        return result
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     return None
                 with suppress(TimeoutError):
                     await asyncio.wait_for(ev.wait(), min(remaining, self.poll_interval))
+                if not ev.is_set():
+                    self._poll_external()
+                    if on == "any":
+                        seen = None
         finally:
             with self._cond:
-                self._async_waiters.discard(key)
+                self._async_waiters[on].discard(key)
 
     def wait_revision(self, after: int, timeout: float) -> int | None:
         """Wait until the store revision exceeds `after`; returns it, or None on timeout."""

@@ -38,5 +38,6 @@ async def converged(
             last = convergence(r, revision, st.clock())
         return last if last["converged"] else None
 
-    await st.store.wait_for_async(check, min(max(timeout, 0.0), st.max_long_poll))
+    # "any": agents' reports (not revisioned) are what moves convergence.
+    await st.store.wait_for_async(check, min(max(timeout, 0.0), st.max_long_poll), on="any")
     return last

@@ -260,3 +260,21 @@ def test_exec_refuses_what_does_not_run_here(api: FakeApi, tmp_path: Path) -> No
     inst["status"].update(phase="running", netns=str(tmp_path / "missing"))
     r = cli("instance", "exec", "a", "--", "true")
     assert r.exit_code == 1 and "not on this machine" in r.stderr
+
+
+def test_exec_runs_the_command_after_the_separator(
+    api: FakeApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cli("vpc", "create", "prod", "--cidr", "10.0.0.0/16")
+    cli("subnet", "create", "web", "--vpc", "prod", "--cidr", "10.0.1.0/24")
+    cli("instance", "create", "a", "--subnet", "web", "--zone", "az1")
+    (tmp_path / "ns").touch()
+    api.ref("instances", "a")["status"].update(phase="running", netns=str(tmp_path / "ns"))
+    ran: list[list[str]] = []
+
+    def fake_exec(file: str, argv: list[str]) -> None:
+        ran.append(argv)
+
+    monkeypatch.setattr("os.execvp", fake_exec)
+    assert cli("instance", "exec", "a", "--", "ping", "-c", "1", "10.0.1.3").exit_code == 0
+    assert ran == [["nsenter", f"--net={tmp_path / 'ns'}", "--", "ping", "-c", "1", "10.0.1.3"]]

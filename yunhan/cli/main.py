@@ -266,6 +266,7 @@ def subnet_delete(
 instance_app = typer.Typer(help="Instances: sandboxes with a VPC address", no_args_is_help=True)
 app.add_typer(instance_app, name="instance")
 SETTLED = ("running", "failed")
+NETNS_DIR = "/run/netns"
 
 
 @instance_app.command("create")
@@ -359,6 +360,8 @@ def instance_delete(
 def exec_argv(res: dict[str, Any], command: list[str]) -> list[str]:
     """The nsenter command line that runs `command` inside the instance, on this machine.
 
+    `status.netns` is a named network namespace (or a path), `status.uts` a path to the
+    instance's UTS namespace (its hostname).
     Raises a YunhanError a person can act on when the instance does not run here.
     """
     st = res.get("status") or {}
@@ -373,6 +376,8 @@ def exec_argv(res: dict[str, Any], command: list[str]) -> list[str]:
     netns = st.get("netns")
     if not netns:
         raise ValidationError(f"instance {name} has no network namespace reported yet")
+    if not os.path.isabs(netns):
+        netns = os.path.join(NETNS_DIR, netns)  # agents report a named netns (ip netns)
     if not os.path.exists(netns):
         raise ValidationError(
             f"instance {name} runs on host {st.get('host')}, not on this machine "
@@ -398,9 +403,13 @@ def instance_exec(
 
     stdin, stdout, stderr and the exit code are the command's own.
     """
+    argv_in = list(command or [])
+    if argv_in[:1] == ["--"]:
+        # click hands over the "--" separator itself when interspersed args are off
+        argv_in = argv_in[1:]
     with client() as c:
         res = c.get(f"/v1/instances/{instance}")
-    argv = exec_argv(res, list(command or []))
+    argv = exec_argv(res, argv_in)
     try:
         os.execvp(argv[0], argv)
     except OSError as exc:

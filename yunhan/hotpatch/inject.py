@@ -88,7 +88,9 @@ class Hijack:
                     continue
                 nr = _signed(regs.orig_rax)
                 in_safe_syscall = nr in _SAFE_BLOCKING and _signed(regs.rax) in RESTART_CODES
-                if in_safe_syscall or not _in_libc(maps, regs.rip):
+                if (in_safe_syscall or not _in_libc(maps, regs.rip)) and not self._in_loader(
+                    maps, regs.rsp
+                ):
                     return tid, regs
                 self._release(tid)
             attempt += 1
@@ -105,7 +107,7 @@ class Hijack:
         try:
             ptrace.seize(tid)
             ptrace.interrupt(tid)
-        except HotpatchError as exc:
+        except ptrace.PtraceError as exc:
             if exc.errno == errno.ESRCH:
                 return None
             raise
@@ -119,10 +121,25 @@ class Hijack:
                 self.deferred.append(st.sig)
             ptrace.cont(tid, 0)
 
+    def _in_loader(self, maps: list[procfs.Mapping], rsp: int) -> bool:
+        """Does the stack hold an address in the dynamic linker's code?
+
+        A thread inside dlopen, dlclose or lazy binding (say, waiting for a lock there)
+        holds the loader's recursive lock; a nested dlopen in it would corrupt the
+        loader's state. Conservative: any such word, even stale, rules the thread out.
+        """
+        ld = [(m.start, m.end) for m in maps if m.executable and "ld-linux" in m.path]
+        stack = next((m for m in maps if m.contains(rsp)), None)
+        if not ld or stack is None:
+            return False
+        data = self.mem.read(rsp, min(stack.end - rsp, 1 << 16))
+        words = memoryview(data[: len(data) - len(data) % 8]).cast("Q")
+        return any(lo <= w < hi for w in words for lo, hi in ld)
+
     def _release(self, tid: int) -> None:
         try:
             ptrace.detach(tid)
-        except HotpatchError as exc:
+        except ptrace.PtraceError as exc:
             if exc.errno != errno.ESRCH:
                 raise
         for sig in self.deferred:

@@ -53,6 +53,16 @@ class Regs(ctypes.Structure):
         return Regs.from_buffer_copy(self)
 
 
+class PtraceError(HotpatchError):
+    """A ptrace request failed; `errno` and `tid` say which way (ESRCH: thread gone or
+    running, EPERM: not allowed or already traced)."""
+
+    def __init__(self, message: str, *, errno: int, tid: int) -> None:
+        super().__init__(message, errno=errno, tid=tid)
+        self.errno = errno
+        self.tid = tid
+
+
 class _Iovec(ctypes.Structure):
     _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
 
@@ -67,7 +77,7 @@ def _call(request: int, tid: int, addr: int | None, data: int | ctypes.c_void_p 
                 errno.EPERM: "operation not permitted (another tracer, or ptrace restricted)",
                 errno.ESRCH: "no such thread, or it is not stopped",
             }.get(err, os.strerror(err))
-            raise HotpatchError(
+            raise PtraceError(
                 f"ptrace request {request:#x} on thread {tid} failed: {what}",
                 errno=err,
                 tid=tid,

@@ -45,7 +45,7 @@ class World:
             self._known.add(tid)
             try:
                 ptrace.seize(tid, ptrace.PTRACE_O_TRACECLONE)
-            except HotpatchError as exc:
+            except ptrace.PtraceError as exc:
                 if exc.errno == errno.ESRCH:
                     continue
                 if exc.errno == errno.EPERM and procfs.tracer_of(self.pid, tid) == me:
@@ -70,7 +70,7 @@ class World:
             for tid in to_stop:
                 try:
                     ptrace.interrupt(tid)
-                except HotpatchError as exc:
+                except ptrace.PtraceError as exc:
                     if exc.errno != errno.ESRCH:
                         raise
                     continue
@@ -140,7 +140,7 @@ class World:
         for tid, sig in self.stopped.items():
             try:
                 ptrace.detach(tid, sig)
-            except HotpatchError as exc:
+            except ptrace.PtraceError as exc:
                 if exc.errno != errno.ESRCH:
                     errors.append(exc)
         # Threads seized but never reported (their wait failed) are still ours: detach them

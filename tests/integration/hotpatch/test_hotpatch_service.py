@@ -13,6 +13,7 @@ import pytest
 from hotpatch_support import Built, Proc
 
 from yunhan import hotpatch
+from yunhan.hotpatch import procfs
 
 pytestmark = pytest.mark.root
 
@@ -122,3 +123,36 @@ def test_service_under_load_patch_and_rollback_without_failures(
     assert load.answered(done_before=applying) == {str(OLD)}
     assert load.answered(issued_after=applied, done_before=rolling_back) == {str(NEW)}
     assert load.answered(issued_after=rolled_back) == {str(OLD)}
+
+
+def test_threads_created_during_the_stop_are_caught(
+    built: Built,
+    spawn: Callable[..., Proc],
+    make_patch: Callable[[str, str, Path], Path],
+    journal_dir: Path,
+) -> None:
+    svc = spawn(built.service, "0", "2", "1000", "churn")
+    port = int(svc.readline().split()[1])
+    yhp = make_patch("fix_price", FIX_PRICE, built.service)
+    for _ in range(5):
+        hotpatch.apply(svc.pid, yhp, journal_dir=journal_dir)
+        created = int(request(port, "c").split()[0])
+        wait_churn(port, created, NEW)
+        hotpatch.rollback(svc.pid, journal_dir=journal_dir)
+        created = int(request(port, "c").split()[0])
+        wait_churn(port, created, OLD)
+    # Every thread, the short-lived ones included, was let go: none traced, none stopped.
+    for tid in procfs.threads(svc.pid):
+        assert procfs.tracer_of(svc.pid, tid) == 0
+    assert request(port, "p 7") == str(OLD)
+
+
+def wait_churn(port: int, after: int, want: int, timeout: float = 10.0) -> None:
+    """Poll until a thread created after `after` threads has reported `want`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        n, value = (int(x) for x in request(port, "c").split())
+        if n > after + 1 and value == want:
+            return
+        assert time.monotonic() < deadline, f"new threads still compute {value}"
+        time.sleep(0.002)

@@ -298,3 +298,28 @@ def test_cli_build_apply_list_rollback(built: Built, target: Proc, tmp_path: Pat
     }
     cli("rollback", str(target.pid), "fix", *jd)
     assert target.ask("c 2") == "5"
+
+
+def test_target_in_another_mount_namespace(
+    built: Built,
+    spawn: Callable[..., Proc],
+    make_patch: MakePatch,
+    journal_dir: Path,
+    tmp_path: Path,
+) -> None:
+    # The binary lives on a tmpfs only the target's mount namespace sees; we read it
+    # through /proc/PID/map_files and hand the patch over as a memfd.
+    private = tmp_path / "private"
+    private.mkdir()
+    script = (
+        f"mount -t tmpfs yh {private} && "
+        f"cp {built.target} {private}/target && exec {private}/target single"
+    )
+    target = spawn("unshare", "--mount", "--propagation", "private", "sh", "-c", script)
+    assert target.readline() == "ready"
+    assert not (private / "target").exists()
+    yhp = make_patch("fix_compute", FIX_COMPUTE, built.target)
+    hotpatch.apply(target.pid, yhp, journal_dir=journal_dir)
+    assert target.ask("c 4") == "400"
+    hotpatch.rollback(target.pid, journal_dir=journal_dir)
+    assert target.ask("c 4") == "9"

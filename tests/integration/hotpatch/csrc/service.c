@@ -5,6 +5,9 @@
  * stdout) answering one request per connection:
  *   "p N\n" -> price(N)
  *   "w\n"   -> the last value every worker computed, space-separated
+ *   "c\n"   -> "<threads created so far> <price(7) in the newest one>"
+ * With argv[4] = "churn", one more thread creates short-lived threads that call price()
+ * back to back, so that threads appear while the loader is stopping the others.
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -19,6 +22,28 @@
 static volatile int last[MAXW];
 static volatile int bias;
 static int nap_us = 200;
+static volatile long churned;
+static volatile int churn_last;
+
+int price(int x);
+
+static void *short_lived(void *arg) {
+    (void)arg;
+    churn_last = price(7);
+    return NULL;
+}
+
+static void *spawner(void *arg) {
+    (void)arg;
+    for (;;) {
+        pthread_t t;
+        if (pthread_create(&t, NULL, short_lived, NULL) == 0) {
+            pthread_join(t, NULL);
+            churned++;
+        }
+    }
+    return NULL;
+}
 
 __attribute__((noipa)) int price(int x) {
     int r = x * 10;
@@ -56,6 +81,10 @@ int main(int argc, char **argv) {
         pthread_t t;
         pthread_create(&t, NULL, worker, (void *)i);
     }
+    if (argc > 4 && strcmp(argv[4], "churn") == 0) {
+        pthread_t t;
+        pthread_create(&t, NULL, spawner, NULL);
+    }
     printf("port %d\n", ntohs(a.sin_port));
     for (;;) {
         int c = accept(s, NULL, NULL);
@@ -71,6 +100,8 @@ int main(int argc, char **argv) {
             buf[n] = 0;
             if (buf[0] == 'p') {
                 o = snprintf(out, sizeof out, "%d\n", price(atoi(buf + 2)));
+            } else if (buf[0] == 'c') {
+                o = snprintf(out, sizeof out, "%ld %d\n", churned, churn_last);
             } else {
                 for (int i = 0; i < nworkers; i++)
                     o += snprintf(out + o, sizeof out - o, "%d ", last[i]);

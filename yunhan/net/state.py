@@ -409,10 +409,17 @@ def plan(want: Mapping[Key, Obj], have: Mapping[Key, Obj]) -> list[Op]:
             doomed.links.add((o.netns, o.ifname))
             if isinstance(o, Veth) and o.peer_netns:
                 doomed.links.add((o.peer_netns, o.peer_ifname))
+    # Inside an instance the tenant may add addresses of its own (a VIP taken over by
+    # keepalived): we ensure the instance's address, and never remove one we did not ask
+    # for (the port filter decides what may leave the instance anyway).
+    tenant_ns = {o.name for o in have.values() if isinstance(o, Netns) and o.role == "instance"}
     deletes = [
         Op("delete", old=o)
         for k, o in have.items()
-        if k not in want and not isinstance(o, Sysctl) and not doomed.covers(o)
+        if k not in want
+        and not isinstance(o, Sysctl)
+        and not (isinstance(o, Address) and o.netns in tenant_ns)
+        and not doomed.covers(o)
     ]
     changes: list[Op] = []
     for k, o in want.items():

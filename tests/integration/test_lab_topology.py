@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -89,6 +90,9 @@ def test_sweep_removes_orphans_with_their_processes_and_mounts(prefix: str) -> N
     subprocess.run(["ip", "netns", "add", f"{host.agent_prefix}v7"], check=True)
     inner = subprocess.Popen(["ip", "netns", "exec", f"{host.agent_prefix}v7", "sleep", "300"])
     marked = subprocess.Popen(["sleep", "300"], env={**os.environ, "YUNHAN_REGION": prefix})
+    # An agent restarted by hand: no YUNHAN_REGION, but it names a namespace of ours.
+    agent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)",
+                              "agent", "--host-netns", host.netns])  # fmt: skip
     uts = cleanup.RUN_DIR / "test-uts" / f"{host.agent_prefix}i-0000"
     uts.parent.mkdir(parents=True, exist_ok=True)
     uts.touch()
@@ -96,12 +100,12 @@ def test_sweep_removes_orphans_with_their_processes_and_mounts(prefix: str) -> N
     try:
         removed = region.sweep(prefixes=[prefix])[prefix]
         assert f"{host.agent_prefix}v7" in removed.namespaces
-        assert {inner.pid, marked.pid} <= set(removed.processes)
+        assert {inner.pid, marked.pid, agent.pid} <= set(removed.processes)
         assert str(uts) in removed.mounts and not uts.exists()
         assert leftovers(prefix) == []
         assert inner.wait(timeout=5) is not None and marked.wait(timeout=5) is not None
     finally:
-        for p in (inner, marked):
+        for p in (inner, marked, agent):
             p.kill()
             p.wait()
         subprocess.run(["umount", "-l", str(uts)], capture_output=True)

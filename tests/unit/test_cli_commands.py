@@ -198,6 +198,10 @@ def test_subnet_and_instances_with_wait(api: FakeApi) -> None:
     assert {"id", "name", "zone", "ip", "host", "phase", "subnet", "vpc"} <= set(rows["a"])
     assert [s["name"] for s in ok_json("subnet", "list", "--vpc", "prod")] == ["web"]
     assert [z["name"] for z in ok_json("zone", "list")] == ["az1", "az2"]
+    assert ok_json("revision") == {"revision": api.revision}
+    hosts = ok_json("host", "list")
+    assert hosts[0]["name"] == "az1-h1" and hosts[0]["zone"] == "az1" and hosts[0]["healthy"]
+    assert hosts[0]["netns"] is None  # not the lab region of this machine
 
 
 def test_api_errors_are_one_line_and_exit_1(api: FakeApi) -> None:

@@ -9,6 +9,7 @@ affects has applied it (`GET /v1/converged`).
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shlex
 import time
@@ -439,7 +440,34 @@ def zone_list(as_json: JsonOpt = False) -> None:
 def host_list(as_json: JsonOpt = False) -> None:
     """List hosts: zone, underlay address, agent health, desired vs applied revision."""
     with client() as c:
-        _list("host", c, c.get("/v1/hosts"), as_json)
+        names = views.Names(c)
+        rows = [views.host_row(h, names) for h in c.get("/v1/hosts")]
+        netns = _lab_host_netns(c.endpoint)
+        for row in rows:
+            row["netns"] = netns.get(row["name"])
+        views.print_list("host", rows, as_json)
+
+
+def _lab_host_netns(endpoint: str) -> dict[str, str]:
+    """host name -> its namespace, when the endpoint is the lab region of this machine."""
+    from yunhan.lab.region import RegionRecord, default_state_dir
+
+    try:
+        record = RegionRecord.load(default_state_dir())
+        if record is None or record.endpoint.rstrip("/") != endpoint:
+            return {}
+        return {h.name: h.netns for h in record.region_spec.hosts}
+    except (YunhanError, OSError, KeyError, TypeError):
+        return {}
+
+
+@app.command("revision")
+@handled
+def revision(as_json: JsonOpt = False) -> None:
+    """Show the store's current revision (every write moves it)."""
+    with client() as c:
+        ans = c.get("/v1/revision")
+    typer.echo(json.dumps(ans) if as_json else str(ans["revision"]))
 
 
 @project_app.command("create")

@@ -3,10 +3,10 @@
 A region owns: every network namespace named "<prefix>-…" (its core, internet and host
 namespaces, and the agents' VPC and instance namespaces below "<host netns>-"); every
 process running in one of those namespaces (instance commands); every process started for
-the region (server, agents), which carry YUNHAN_REGION=<prefix> in their environment; the
-bind mounts under /run/yunhan whose path names the prefix (instances' UTS namespaces); and
-any root-namespace link named "<prefix>-…" (there should be none, but a
-crashed half-built veth would be one).
+the region (server, agents), which carry YUNHAN_REGION=<prefix> in their environment, and
+any `yunhan agent --host-netns <prefix>-…` however it was started; the bind mounts under
+/run/yunhan whose path names the prefix (instances' UTS namespaces); and any root-namespace
+link named "<prefix>-…" (there should be none, but a crashed half-built veth would be one).
 
 Every function here is idempotent: removing what is already gone is success.
 """
@@ -157,6 +157,18 @@ def region_of(pid: int) -> str | None:
     return None
 
 
+def agent_netns_of(pid: int) -> str | None:
+    """The --host-netns of a `yunhan agent` process (lab agents program one namespace)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    if b"agent" not in argv or b"--host-netns" not in argv:
+        return None
+    i = argv.index(b"--host-netns")
+    return argv[i + 1].decode(errors="replace") if i + 1 < len(argv) else None
+
+
 def marked_pids(match: Callable[[str], bool]) -> dict[int, str]:
     """Lab processes (server, agents) whose YUNHAN_REGION satisfies `match`: pid -> region."""
     me = os.getpid()
@@ -167,6 +179,18 @@ def marked_pids(match: Callable[[str], bool]) -> dict[int, str]:
         region = region_of(pid)
         if region is not None and match(region):
             found[pid] = region
+    return found
+
+
+def agent_pids(prefix: str) -> list[int]:
+    """`yunhan agent` processes programming a namespace of `prefix`, however they were
+    started (an agent restarted by hand carries no YUNHAN_REGION but names its netns)."""
+    me = os.getpid()
+    found = []
+    for pid in _proc_pids():
+        netns = agent_netns_of(pid) if pid != me else None
+        if netns is not None and owned(netns, prefix):
+            found.append(pid)
     return found
 
 
@@ -268,7 +292,7 @@ def remove_prefix(prefix: str) -> Removed:
     alive after `ip netns del`), then mounts, then the namespaces (which takes their links).
     """
     removed = Removed()
-    removed.processes += kill(marked_pids(lambda r: r == prefix))
+    removed.processes += kill([*marked_pids(lambda r: r == prefix), *agent_pids(prefix)])
     namespaces = [n for n in list_netns() if owned(n, prefix)]
     removed.processes += kill(pids_in_netns(namespaces))
     removed.mounts = unmount_run_dir(prefix)

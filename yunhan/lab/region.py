@@ -225,7 +225,7 @@ def _spawn(
         # A new session: Ctrl-C on the terminal reaches only `yunhan up`, which then stops
         # agents before the server, in order; a detached region outlives its `up`.
         popen = subprocess.Popen(
-            [sys.executable, "-m", "yunhan.cli", *args],
+            [*_yunhan_argv(), *args],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -236,6 +236,15 @@ def _spawn(
     record.processes.append(proc)
     record.save()
     return proc, popen
+
+
+def _yunhan_argv() -> list[str]:
+    # The `yunhan` console script next to this interpreter, so that `ps` and `pgrep -f
+    # "yunhan agent"` show what runs; `python -m yunhan.cli` when it is not installed.
+    script = Path(sys.executable).with_name("yunhan")
+    if script.exists():
+        return [sys.executable, str(script)]
+    return [sys.executable, "-m", "yunhan.cli"]
 
 
 def _exited(proc: ProcessRecord, popen: subprocess.Popen[bytes]) -> LabError | None:
@@ -475,6 +484,10 @@ def sweep(prefixes: list[str] | None = None, state_dir: Path | None = None) -> d
             if REGION_PREFIX_RE.match(head):
                 found.add(head)
         found.update(cleanup.marked_pids(lambda r: bool(REGION_PREFIX_RE.match(r))).values())
+        for pid in os.listdir("/proc"):
+            netns = cleanup.agent_netns_of(int(pid)) if pid.isdigit() else None
+            if netns and REGION_PREFIX_RE.match(netns.split("-", 1)[0]):
+                found.add(netns.split("-", 1)[0])
         for link in cleanup.root_links():
             head = link.split("-", 1)[0]
             if REGION_PREFIX_RE.match(head) and link != head:

@@ -8,9 +8,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 from cp_fixtures import ADMIN, ADMIN_TOKEN
@@ -110,10 +112,11 @@ def test_serve_runs_api_and_controller_and_stops_on_sigterm(tmp_path: Path) -> N
         "from pathlib import Path; from yunhan.api.server import serve; "
         f"serve(Path({str(tmp_path)!r}), '127.0.0.1', {port}, {ADMIN_TOKEN!r})"
     )
+    log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 (closed in finally)
     proc = subprocess.Popen(
         [sys.executable, "-c", code],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
     )
     try:
@@ -125,7 +128,7 @@ def test_serve_runs_api_and_controller_and_stops_on_sigterm(tmp_path: Path) -> N
                     break
                 except httpx.TransportError:
                     assert time.monotonic() < deadline, "server did not come up"
-                    assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                    assert proc.poll() is None, (tmp_path / "server.log").read_text()
                     time.sleep(0.05)
             assert c.get("/openapi.json").json()["info"]["title"] == "Yunhan API"
             c.post("/v1/zones", json={"name": "az1", "underlay_cidr": "198.18.1.0/24"})
@@ -139,3 +142,52 @@ def test_serve_runs_api_and_controller_and_stops_on_sigterm(tmp_path: Path) -> N
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        log.close()
+
+
+def _in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    out: list[Any] = []
+    t = threading.Thread(target=lambda: out.append(fn()))
+    t.start()
+    return t, out
+
+
+def test_interrupted_long_poll_answers_at_once(tmp_path: Path) -> None:
+    """What `serve` does on SIGTERM: open long polls answer (204) instead of holding the
+    shutdown for their whole timeout."""
+    store = Store.open(tmp_path, poll_interval=0.05)
+    try:
+        with TestClient(create_app(store, admin_token=ADMIN_TOKEN)) as c:
+            c.post(
+                "/v1/zones", json={"name": "az1", "underlay_cidr": "198.18.1.0/24"}, headers=ADMIN
+            )
+            c.put(
+                "/v1/agent/hosts/h1",
+                json={"zone": "az1", "underlay_ip": "198.18.1.1"},
+                headers=ADMIN,
+            )
+            Controller(store).reconcile_once()
+            after = c.get("/v1/agent/hosts/h1/desired", headers=ADMIN).json()["revision"]
+            poll, out = _in_thread(
+                lambda: c.get(
+                    "/v1/agent/hosts/h1/desired",
+                    params={"after": after, "timeout": 600},
+                    headers=ADMIN,
+                )
+            )
+            # Wait (with a deadline) until the poll is parked in the store's watch.
+            assert _until(lambda: bool(store._async_waiters["revision"]))
+            store.interrupt_waits()
+            poll.join(DEADLINE)
+            assert out and out[0].status_code == 204
+    finally:
+        store.close()
+
+
+def _until(cond: Callable[[], bool]) -> bool:
+    deadline = time.monotonic() + DEADLINE
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)  # poll interval
+    return True

@@ -31,13 +31,26 @@ class _Server(uvicorn.Server):
 
 async def _main(store: Store, host: str, port: int, admin_token: str) -> None:
     app = create_app(store, admin_token=admin_token)
-    config = uvicorn.Config(app, host=host, port=port, log_level="info", lifespan="off")
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="info",
+        lifespan="off",
+        # Long polls are ended by `interrupt_waits`; this bounds anything else in flight.
+        timeout_graceful_shutdown=5,
+    )
     server = _Server(config)
     controller = Controller(store)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def _on_signal() -> None:
+        stop.set()
+        store.interrupt_waits()  # open long polls answer now (204 / not yet converged)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, _on_signal)
 
     async def _stop_server() -> None:
         await stop.wait()
@@ -48,6 +61,7 @@ async def _main(store: Store, host: str, port: int, admin_token: str) -> None:
             await server.serve()
         finally:
             stop.set()  # the server ended (e.g. port in use): take the controller down too
+            store.interrupt_waits()
 
     try:
         async with asyncio.TaskGroup() as tg:

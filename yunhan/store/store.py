@@ -320,6 +320,7 @@ class Store:
         self._async_waiters = {"revision": set(), "any": set()}
         self._known_revision = 0  # the highest revision this process has seen committed
         self._last_poll = 0.0
+        self._interrupted = False
         with self._connect(immediate=True) as conn, conn.begin():
             s.migrate(conn)
 
@@ -414,6 +415,13 @@ class Store:
             with suppress(RuntimeError):  # loop closed: its waiter is gone
                 loop.call_soon_threadsafe(ev.set)
 
+    def interrupt_waits(self) -> None:
+        """End every wait now and from now on (as if timed out): the process is stopping,
+        and a long poll must not hold the shutdown for its whole timeout."""
+        with self._cond:
+            self._interrupted = True
+        self._notify(wrote=True)
+
     def _poll_external(self) -> None:
         """Did another process write? Asked at most once per poll interval, for everyone."""
         now = time.monotonic()
@@ -446,7 +454,7 @@ class Store:
                 if result is not None:
                     return result
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or self._interrupted:
                 return None
             with self._cond:
                 if self._seq[on] == seen:
@@ -479,7 +487,7 @@ class Store:
                     if result is not None:
                         return result
                 remaining = deadline - loop.time()
-                if remaining <= 0:
+                if remaining <= 0 or self._interrupted:
                     return None
                 with suppress(TimeoutError):
                     await asyncio.wait_for(ev.wait(), min(remaining, self.poll_interval))

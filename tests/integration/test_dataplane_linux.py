@@ -220,6 +220,7 @@ def test_restarted_agent_plans_nothing_and_traffic_never_stops(world: World) -> 
         for h, d in world.docs().items():
             assert world.dataplane(h).plan(d) == []
         return
+    pids = {h: netns_sandbox.running(world.state / h, world.prefix) for h in world.dps}
     ping = subprocess.Popen(
         ["ip", "netns", "exec", world.inst_ns("inst-0000a001"),
          "ping", "-n", "-i", "0.01", "10.1.2.10"],
@@ -238,6 +239,9 @@ def test_restarted_agent_plans_nothing_and_traffic_never_stops(world: World) -> 
     finally:
         ping.send_signal(signal.SIGINT)
         out, _ = ping.communicate(timeout=10)
+    # The instances' processes were adopted, not restarted.
+    assert {h: netns_sandbox.running(world.state / h, world.prefix) for h in world.dps} == pids
+    assert sum(len(p) for p in pids.values()) == len(INSTS)
     stats = next(line for line in out.splitlines() if "packets transmitted" in line)
     sent, received = (int(stats.split()[i]) for i in (0, 3))
     assert sent > 3 and received == sent, stats

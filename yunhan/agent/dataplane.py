@@ -14,6 +14,7 @@ import pathlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from yunhan.errors import DriverError
 from yunhan.net.desired import HostDesired
 from yunhan.net.driver import Driver, execute
 from yunhan.net.naming import Naming
@@ -97,6 +98,11 @@ class DataPlane:
                 if res.failed:
                     break  # a refusal will not change by retrying at once
             return self._report(desired, want, have, changes, errors)
+        except DriverError as exc:
+            # Observation itself failed (a namespace vanished mid-read, netlink refused):
+            # report it; the next pass starts from a fresh observation.
+            errors[("observe",)] = f"observe: {exc.message}"
+            return ApplyReport(changes=changes, errors=list(errors.values()), instances={})
         finally:
             self.driver.close()
 
@@ -114,9 +120,9 @@ class DataPlane:
                 missing.setdefault(owner_keys(o), []).append(o)
         err_by_owner: dict[tuple[str, str | None], list[str]] = {}
         for k, msg in errors.items():
-            o = want.get(k)
-            if o is not None:
-                err_by_owner.setdefault(owner_keys(o), []).append(msg)
+            w = want.get(k) or have.get(k)
+            if w is not None:
+                err_by_owner.setdefault(owner_keys(w), []).append(msg)
         vni_ns = {v.id: self.naming.vpc_netns(v.vni) for v in desired.vpcs}
         instances: dict[str, InstanceReport] = {}
         for inst in desired.instances:

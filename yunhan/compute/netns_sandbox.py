@@ -54,10 +54,11 @@ def list_uts(prefix: str) -> dict[str, str]:
     out: dict[str, str] = {}
     if not nsutil.UTS_DIR.is_dir():
         return out
+    mounted = nsutil.mount_targets()
     for p in nsutil.UTS_DIR.iterdir():
         if not p.name.startswith(prefix):
             continue
-        if not nsutil.is_mountpoint(p):
+        if str(p) not in mounted:
             out[p.name] = ""  # a stale file: reported so that it gets removed
             continue
         try:

@@ -217,14 +217,17 @@ class LinuxDriver:
                 objs.append(self._route_of(ns, r, names))
             if role == "vpc":
                 for n in ipr.get_neighbours(family=socket.AF_INET):
-                    dev = names.get(int(n["ifindex"]))
-                    if int(n["state"]) & NUD_PERMANENT and dev in managed:
-                        objs.append(Neigh(ns, dev, n.get_attr("NDA_DST"), n.get_attr("NDA_LLADDR")))
+                    ndev = names.get(int(n["ifindex"]))
+                    if ndev is not None and ndev in managed and int(n["state"]) & NUD_PERMANENT:
+                        objs.append(
+                            Neigh(ns, ndev, n.get_attr("NDA_DST"), n.get_attr("NDA_LLADDR"))
+                        )
                 for n in ipr.get_neighbours(family=socket.AF_BRIDGE):
-                    dev = names.get(int(n["ifindex"]))
+                    # Only entries with a remote destination: the vxlan device also lists
+                    # its own MAC and the kernel's local entries.
                     dst = n.get_attr("NDA_DST")
-                    if dev == VXLAN_IFNAME and dst:
-                        objs.append(Fdb(ns, dev, n.get_attr("NDA_LLADDR"), dst))
+                    if names.get(int(n["ifindex"])) == VXLAN_IFNAME and dst:
+                        objs.append(Fdb(ns, VXLAN_IFNAME, n.get_attr("NDA_LLADDR"), dst))
         if role == "vpc":
             paths = list(VPC_SYSCTLS)
             ports = [p[0] for p in veths.get(ns, [])]
@@ -506,6 +509,7 @@ class LinuxDriver:
                 raise
             # One end exists without being a pair of ours: remove both names, then add.
             _gone_ok(lambda: ipr.link("del", index=self._index(o.netns, o.ifname)))
-            peer = self._ipr(o.peer_netns)
-            _gone_ok(lambda: peer.link("del", index=self._index(o.peer_netns, o.peer_ifname)))
+            pns = o.peer_netns
+            peer = self._ipr(pns)
+            _gone_ok(lambda: peer.link("del", index=self._index(pns, o.peer_ifname)))
             ipr.link("add", **args)

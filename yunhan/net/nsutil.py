@@ -70,14 +70,18 @@ def umount(target: str) -> None:
         _check(rc, f"umount {target}")
 
 
-def is_mountpoint(path: Path) -> bool:
-    """True when `path` is the target of a mount (a namespace bind mount for our files)."""
-    target = str(path)
+def mount_targets() -> set[str]:
+    """Every mount point of the agent's mount namespace."""
     try:
         with open("/proc/self/mountinfo") as f:
-            return any(line.split()[4] == target for line in f)
+            return {line.split()[4] for line in f}
     except OSError:
-        return False
+        return set()
+
+
+def is_mountpoint(path: Path) -> bool:
+    """True when `path` is the target of a mount (a namespace bind mount for our files)."""
+    return str(path) in mount_targets()
 
 
 def netns_path(name: str) -> Path:

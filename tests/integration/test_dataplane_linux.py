@@ -416,3 +416,26 @@ def test_arp_claiming_another_instances_ip_is_dropped(linux: World) -> None:
 
     netlab.wait_for(lambda: learnt("10.1.2.100", a4.port), what="the VIP announcement")
     assert not learnt(a4.ip, a1.port)
+
+
+def test_instance_netns_deleted_by_hand_is_rebuilt_with_its_process(linux: World) -> None:
+    w = linux
+    ns = w.inst_ns("inst-0000a003")
+    old = netns_sandbox.running(w.state / "h3", ns)[ns]
+    # `ip netns del` only unlinks the name: the running server keeps the old namespace
+    # (and the port's instance end) alive, still serving but out of the agent's reach.
+    netlab.sh("ip", "netns", "del", ns)
+    assert ns not in netlab.list_netns()
+    r = w.dps["h3"].apply(w.docs()["h3"])
+    assert r.errors == [] and r.instances["inst-0000a003"].phase == "running"
+    new = netns_sandbox.running(w.state / "h3", ns)[ns]
+    assert new.pid != old.pid
+    netlab.wait_for(lambda: _gone(old.pid), what="the stale process to exit")
+    netlab.wait_for(
+        lambda: w.answer("inst-0000a001", "10.1.2.10") == "inst-0000a003",
+        what="the rebuilt instance to answer",
+    )
+
+
+def _gone(pid: int) -> bool:
+    return not pathlib.Path(f"/proc/{pid}").exists() or _zombie(pid)

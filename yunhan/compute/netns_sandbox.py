@@ -124,6 +124,19 @@ def running(state_dir: Path, prefix: str) -> dict[str, ProcRecord]:
     return out
 
 
+def in_sandbox(netns: str, rec: ProcRecord) -> bool:
+    """Is the recorded process still inside the namespace now named `netns`?
+
+    A namespace deleted by hand and re-created under the same name is a new namespace;
+    the old process lives on in the old one (it keeps it alive) and must be replaced.
+    """
+    try:
+        mine = os.stat(f"/proc/{rec.pid}/ns/net").st_ino
+        return mine == os.stat(nsutil.netns_path(netns)).st_ino
+    except OSError:
+        return False
+
+
 def start(state_dir: Path, netns: str, argv: Sequence[str]) -> ProcRecord:
     """Start `argv` detached inside the sandbox (own session) and record it."""
     log = state_dir / "proc" / f"{netns}.log"
@@ -163,3 +176,4 @@ def stop(state_dir: Path, netns: str, *, grace: float = 3.0) -> None:
         except ProcessLookupError:
             pass
     _record_path(state_dir, netns).unlink(missing_ok=True)
+    (state_dir / "proc" / f"{netns}.log").unlink(missing_ok=True)

@@ -157,7 +157,10 @@ class LinuxDriver:
         for ns, host in sandbox.list_uts(self.naming.prefix).items():
             objs.append(Uts(ns, host))
         for ns, rec in sandbox.running(self.state_dir, self.naming.prefix).items():
-            objs.append(Process(ns, rec.argv))
+            # A process left in a namespace that was since replaced reads as a different
+            # command, so that the plan replaces it (stop the old, start in the new).
+            argv = rec.argv if sandbox.in_sandbox(ns, rec) else ("<stale netns>", *rec.argv)
+            objs.append(Process(ns, argv))
         return as_state(objs)
 
     def _observe_ns(

@@ -1,0 +1,67 @@
+"""Port filter rendering and reading back (pure; the kernel round trip is in integration)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from yunhan.net import nft
+
+MAC = "02:aa:0a:01:01:0a"
+
+
+def _listing(ifname: str, mac: str, ips: tuple[str, ...]) -> dict[str, Any]:
+    """What `nft -j list table netdev yunhan` prints for a chain we wrote.
+
+    The kernel drops the `meta protocol ip` dependency in front of `ip saddr` (it is
+    implied), so the listing has one match fewer than what we sent; parsing must not care.
+    """
+    rules = nft.chain_rules(ifname, mac, ips)
+    rules[1] = {**rules[1], "expr": rules[1]["expr"][1:]}
+    items: list[dict[str, Any]] = [
+        {"metainfo": {"version": "1.0.6"}},
+        {"table": {"family": "netdev", "name": "yunhan", "handle": 1}},
+        {"chain": {"family": "netdev", "table": "yunhan", "name": ifname, "handle": 1}},
+    ]
+    items += [{"rule": {**r, "handle": i + 2}} for i, r in enumerate(rules)]
+    return {"nftables": items}
+
+
+def test_round_trip_single_and_set() -> None:
+    assert nft.parse_table(_listing("p-1", MAC, ("10.1.1.10",))) == {"p-1": (MAC, ("10.1.1.10",))}
+    ips = ("10.1.1.10", "10.1.1.100", "10.1.1.9")
+    got = nft.parse_table(_listing("p-2", MAC, ips))
+    assert got == {"p-2": (MAC, ("10.1.1.9", "10.1.1.10", "10.1.1.100"))}
+
+
+def test_rules_cover_mac_ip_arp_and_other_ethertypes() -> None:
+    rules = nft.chain_rules("p-1", MAC, ("10.1.1.10",))
+    assert [r["comment"] for r in rules] == ["mac", "ip", "arp-mac", "arp-ip", "proto"]
+    assert all(r["expr"][-1] == {"drop": None} for r in rules)
+    arp_ip = rules[3]["expr"][1]["match"]
+    # ARP probes (sender 0.0.0.0) are allowed; any other sender IP must be the port's.
+    assert arp_ip["right"] == {"set": ["0.0.0.0", "10.1.1.10"]}
+    assert rules[4]["expr"][0]["match"]["right"] == {"set": ["ip", "arp"]}
+
+
+def test_batch_is_atomic_replace() -> None:
+    b = nft.chain_batch("p-1", MAC, ("10.1.1.10",), exists=True)["nftables"]
+    assert list(b[0]) == ["add"] and "table" in b[0]["add"]
+    assert "delete" in b[1] and b[2]["add"]["chain"]["hook"] == "ingress"
+    assert b[2]["add"]["chain"]["dev"] == "p-1"
+    assert len(b) == 3 + 5
+
+
+def test_hand_edited_chain_reads_as_broken() -> None:
+    listing = _listing("p-1", MAC, ("10.1.1.10",))
+    missing = copy.deepcopy(listing)
+    missing["nftables"] = [
+        i for i in missing["nftables"] if i.get("rule", {}).get("comment") != "arp-ip"
+    ]
+    assert nft.parse_table(missing)["p-1"][1] == nft.BROKEN
+    accepting = copy.deepcopy(listing)
+    accepting["nftables"][3]["rule"]["expr"][0]["match"]["op"] = "=="
+    assert nft.parse_table(accepting)["p-1"][1] == nft.BROKEN
+    extra = copy.deepcopy(listing)
+    extra["nftables"].append({"rule": {"chain": "p-1", "expr": [{"accept": None}]}})
+    assert nft.parse_table(extra)["p-1"][1] == nft.BROKEN

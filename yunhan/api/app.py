@@ -111,9 +111,15 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(400, "invalid", message, {"errors": parts})
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(req: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "invalid" if exc.status_code < 500 else "internal")
-        return _error(exc.status_code, code, str(exc.detail))
+        message = str(exc.detail)
+        if exc.status_code in (404, 405):
+            message = (
+                f"{message}: no endpoint {req.method} {req.url.path} "
+                "(the endpoints are listed in /openapi.json)"
+            )
+        return _error(exc.status_code, code, message)
 
     @app.exception_handler(Exception)
     async def _internal(_req: Request, exc: Exception) -> JSONResponse:

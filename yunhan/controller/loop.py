@@ -193,6 +193,15 @@ class Controller:
         with self.store.transaction() as tx:
             publish(tx, p)
             compiled = max(tx.compiled_revision, p.input_revision)
+            written = tx.next_revision if tx.wrote else None
+        if written is not None:
+            log.info(
+                "published %d host document(s) at revision %d (compiled from %d): %s",
+                len(p.changed),
+                written,
+                p.input_revision,
+                ", ".join(sorted(p.changed)[:10]) + (" …" if len(p.changed) > 10 else ""),
+            )
         return compiled
 
     async def run(self, stop: asyncio.Event, *, retry_delay: float = 1.0) -> None:

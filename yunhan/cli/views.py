@@ -152,7 +152,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 
 
 def _cell(value: Any) -> str:
-    if value is None:
+    if value is None or value == "":
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"

@@ -303,13 +303,18 @@ def up(
             endpoint=f"http://127.0.0.1:{port}",
             detached=detach,
         )
-        if not detach:
-            me = os.getpid()
-            record.processes.append(ProcessRecord("supervisor", "up", me, cleanup.start_time(me)))
+        # The `up` itself counts as the region's process while it starts (so that a sweep
+        # never takes a starting region for an orphan) and, in the foreground, for good.
+        me = os.getpid()
+        record.processes.append(ProcessRecord("supervisor", "up", me, cleanup.start_time(me)))
         record.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         record.save()
         try:
-            return _start(record, spec, port, timeout)
+            handle = _start(record, spec, port, timeout)
+            if detach:
+                record.processes = [p for p in record.processes if p.role != "supervisor"]
+                record.save()
+            return handle
         except BaseException:
             # KeyboardInterrupt included: a Ctrl-C during start-up must not leave a half region.
             _teardown(record.prefix, record, keep_logs=True)
@@ -496,14 +501,16 @@ def sweep(prefixes: list[str] | None = None, state_dir: Path | None = None) -> d
     result = {}
     for prefix in prefixes:
         record = registered.get(prefix)
-        if record is not None and record.live():
+        if record is None:
+            result[prefix] = _teardown(prefix, None)
             continue
-        if record is not None:
-            with _locked(Path(record.state_dir)):
-                removed = _teardown(prefix, record)
-        else:
-            removed = _teardown(prefix, None)
-        result[prefix] = removed
+        with _locked(Path(record.state_dir)):
+            # Read again under the lock: an `up` may have finished (or started) meanwhile.
+            record = RegionRecord.load(Path(record.state_dir))
+            if record is not None and record.prefix != prefix:
+                record = None
+            if record is None or not record.live():
+                result[prefix] = _teardown(prefix, record)
     return result
 
 

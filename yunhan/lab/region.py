@@ -339,7 +339,10 @@ def _start(record: RegionRecord, spec: RegionSpec, port: int, timeout: float) ->
     ) as api:
         _wait_api(api, server, popen, deadline)
         for zone in spec.zones:
-            r = api.post("/v1/zones", json={"name": zone.name, "underlay_cidr": zone.cidr})
+            try:
+                r = api.post("/v1/zones", json={"name": zone.name, "underlay_cidr": zone.cidr})
+            except httpx.HTTPError as exc:
+                raise LabError(f"creating zone {zone.name} failed: {exc}") from exc
             if r.status_code not in (200, 201, 409):
                 raise LabError(f"creating zone {zone.name} failed: HTTP {r.status_code} {r.text}")
         agents = {}
@@ -353,7 +356,7 @@ def _start(record: RegionRecord, spec: RegionSpec, port: int, timeout: float) ->
             ])  # fmt: skip
             handle.popens[host.name] = popen
             agents[host.name] = (proc, popen)
-        _wait_agents(api, agents, deadline)
+        _wait_agents(api, (server, handle.popens["server"]), agents, deadline)
     return handle
 
 
@@ -381,16 +384,20 @@ def _wait_api(
 
 def _wait_agents(
     api: httpx.Client,
+    server: tuple[ProcessRecord, subprocess.Popen[bytes]],
     agents: dict[str, tuple[ProcessRecord, subprocess.Popen[bytes]]],
     deadline: float,
 ) -> None:
     pending = sorted(agents)
     while True:
-        for proc, popen in agents.values():
+        for proc, popen in (server, *agents.values()):
             if err := _exited(proc, popen):
                 raise err
-        r = api.get("/v1/hosts")
-        if r.status_code == 200:
+        try:
+            r = api.get("/v1/hosts")
+        except httpx.TransportError:
+            r = None  # the server's own exit is reported above on the next pass
+        if r is not None and r.status_code == 200:
             healthy = {h["name"] for h in r.json() if (h.get("status") or {}).get("healthy")}
             pending = sorted(set(agents) - healthy)
             if not pending:

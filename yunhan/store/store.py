@@ -331,6 +331,10 @@ class Store:
         engine = create_engine(
             f"sqlite:///{state_dir / DB_NAME}",
             connect_args={"check_same_thread": False, "timeout": 30},
+            # One connection per API worker thread plus the long polls' reads on the event
+            # loop: the default 5 + 10 would make requests queue for a connection.
+            pool_size=16,
+            max_overflow=48,
         )
 
         @event.listens_for(engine, "connect")

@@ -1,7 +1,6 @@
-"""`up` that fails part-way leaves nothing but its logs; `down` after it is a no-op (root).
-
-The full `up`/`down` with healthy agents is an e2e test; this one needs only the server to
-be slow to answer, which a 0.05 s start-up deadline guarantees.
+"""A lab region's processes from Python (root): a failed `up` leaves nothing but its logs;
+a real 1x1 region (server + agent) comes up healthy, is visible to `status`, refuses a
+second `up`, is spared by `sweep`, and leaves nothing once taken down.
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from yunhan.errors import TimedOut
+from yunhan.errors import Conflict, TimedOut
 from yunhan.lab import cleanup, region
 from yunhan.lab.spec import RegionSpec
 
@@ -32,5 +31,32 @@ def test_failed_up_removes_everything_but_logs(uniq: Callable[[str], str], tmp_p
         assert not (region.REGISTRY / f"{prefix}.json").exists()
         assert not region.down(tmp_path)
         assert region.status(tmp_path) is None
+    finally:
+        region.sweep(prefixes=[prefix])
+
+
+def test_up_status_down_with_real_processes(uniq: Callable[[str], str], tmp_path: Path) -> None:
+    prefix = uniq("up")
+    spec = RegionSpec.build(prefix=prefix, zones=1, hosts_per_zone=1)
+    try:
+        with region.up(spec, tmp_path, detach=False, timeout=60) as handle:
+            st = region.status(tmp_path)
+            assert st is not None and st.api_error is None
+            assert [z["name"] for z in st.zones] == ["az1"]
+            assert [(h["name"], h["status"]["healthy"]) for h in st.hosts] == [("az1-h1", True)]
+            assert all(alive for _, alive in st.processes)
+            agent = next(p for p, _ in st.processes if p.role == "agent")
+            cmdline = Path(f"/proc/{agent.pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            assert (
+                b"yunhan agent " in cmdline and f"--host-netns {prefix}-az1-h1".encode() in cmdline
+            )
+            with pytest.raises(Conflict, match="already up"):
+                region.up(spec, tmp_path, detach=False)
+            assert region.sweep(prefixes=[prefix]) == {}  # live: never swept
+        # leaving the block took it down
+        assert [n for n in cleanup.list_netns() if cleanup.owned(n, prefix)] == []
+        assert cleanup.marked_pids(lambda r: r == prefix) == {}
+        assert not (tmp_path / region.RECORD).exists() and not (tmp_path / prefix).exists()
+        assert handle.dead() == [p for p in handle.record.processes if p.role != "supervisor"]
     finally:
         region.sweep(prefixes=[prefix])

@@ -76,7 +76,8 @@ def documents(
         idocs: list[InstanceDesired] = []
         for vpc in vpc_by_id.values():
             members = [i for i in insts if i.vpc == vpc.id]
-            if not any(i.host == h.name for i in members):
+            carriers = {i.host for i in members}
+            if h.name not in carriers:
                 continue
             subnets = [ipaddress.IPv4Network(s) for s in vpc.subnets]
             ports: list[Port] = []
@@ -117,7 +118,7 @@ def documents(
                     nexthop=vtep_nexthop(o.vtep_index),
                 )
                 for o in hosts
-                if o.name != h.name and any(i.host == o.name for i in members)
+                if o.name != h.name and o.name in carriers
             ]
             routes.extend(Route(dst=c, kind="unreachable") for c in vpc.cidrs)
             vdocs.append(

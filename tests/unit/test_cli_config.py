@@ -97,3 +97,6 @@ def test_exec_argv_enters_the_instance_namespaces(tmp_path: Path) -> None:
     ]  # fmt: skip
     with pytest.raises(ValidationError, match="no command"):
         exec_argv(inst, [])
+    named = {"name": "a", "status": {"phase": "running", "netns": "no-such-ns", "uts": None}}
+    with pytest.raises(ValidationError, match="/run/netns/no-such-ns is missing"):
+        exec_argv(named, ["true"])

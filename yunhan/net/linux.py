@@ -1,8 +1,7 @@
 """The real data plane: netlink through pyroute2, nftables through libnftables.
 
 The agent stays in the root namespace and programs every namespace of its host through a
-netlink socket opened inside that namespace (`IPRoute(netns=...)`, flags=0 so that a
-missing namespace is an error and never silently created). What counts as ours:
+netlink socket opened inside that namespace (see `_ipr`). What counts as ours:
 
 * namespaces named `<prefix>v<vni>` (VPC) and `<prefix>i-<id>` (instance);
 * inside them: vxlan0, the veth ports, `lo`/`eth0` state, every IPv4 address except
@@ -63,6 +62,10 @@ _RTN_OF_KIND = {"unreachable": RTN_UNREACHABLE, "blackhole": RTN_BLACKHOLE}
 _GONE = {errno.ENOENT, errno.ENODEV, errno.ESRCH, errno.EADDRNOTAVAIL}
 
 
+def _netlink_fd() -> int:
+    return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, socket.NETLINK_ROUTE).detach()
+
+
 @contextmanager
 def _errors(what: str, **details: Any) -> Iterator[None]:
     try:
@@ -101,8 +104,12 @@ class LinuxDriver:
     def _ipr(self, ns: str | None) -> IPRoute:
         s = self._socks.get(ns)
         if s is None:
+            # A netlink socket belongs to the namespace it was created in. Opening it on a
+            # thread that entered `ns` costs a thread, where pyroute2's own
+            # IPRoute(netns=...) forks a helper process (4x slower, and a fork of a
+            # threaded agent); a missing namespace fails with ENOENT, never creates one.
             with _errors(f"netlink socket in {ns or 'root'}", netns=ns):
-                s = IPRoute(netns=ns, flags=0) if ns else IPRoute()
+                s = IPRoute() if ns is None else IPRoute(fileno=nsutil.run_in(_netlink_fd, net=ns))
             self._socks[ns] = s
         return s
 

@@ -276,6 +276,7 @@ def test_removing_an_instance_removes_port_sandbox_and_process(world: World) -> 
     fewer = [i for i in INSTS if i.id != "inst-0000a003"]
     ns = world.inst_ns("inst-0000a003")
     procs = netns_sandbox.running(world.state / "h3", ns) if world.driver == "linux" else {}
+    before = {h: dp.observe() for h, dp in world.dps.items()}
     world.apply_all(fewer)
     try:
         assert world.answer("inst-0000a001", "10.1.2.10") is None
@@ -289,6 +290,8 @@ def test_removing_an_instance_removes_port_sandbox_and_process(world: World) -> 
             assert not pathlib.Path(f"/proc/{pid}").exists() or _zombie(pid)
     finally:
         world.apply_all()
+    # Differential oracle: remove then restore gives back the same observed state.
+    assert {h: dp.observe() for h, dp in world.dps.items()} == before
     assert world.answer("inst-0000a001", "10.1.2.10") == "inst-0000a003"
 
 
@@ -437,7 +440,8 @@ def test_instance_netns_deleted_by_hand_is_rebuilt_with_its_process(linux: World
     netlab.sh("ip", "netns", "del", ns)
     assert ns not in netlab.list_netns()
     r = w.dps["h3"].apply(w.docs()["h3"])
-    assert r.errors == [] and r.instances["inst-0000a003"].phase == "running"
+    assert r.errors == [], r.errors
+    assert r.instances["inst-0000a003"].phase == "running"
     new = netns_sandbox.running(w.state / "h3", ns)[ns]
     assert new.pid != old.pid
     netlab.wait_for(lambda: _gone(old.pid), what="the stale process to exit")

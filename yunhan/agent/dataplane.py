@@ -70,7 +70,11 @@ class DataPlane:
             raise ValueError(f"unknown data-plane driver {driver!r}")
 
     def observe(self) -> State:
-        return self.driver.observe()
+        """Every object of ours that exists now (for tests, tools and the oracles)."""
+        try:
+            return self.driver.observe()
+        finally:
+            self.driver.close()
 
     def plan(self, desired: HostDesired) -> list[Op]:
         """What `apply(desired)` would do now (no change made)."""

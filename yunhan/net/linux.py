@@ -299,6 +299,9 @@ class LinuxDriver:
     def _create(self, o: Obj) -> None:
         match o:
             case Netns():
+                # A socket cached under this name belongs to a namespace that was deleted
+                # by hand: the new one is another namespace.
+                self._drop_sock(o.name)
                 try:
                     netns.create(o.name)
                 except OSError as exc:

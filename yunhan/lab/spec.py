@@ -7,7 +7,7 @@ record, compared, and only then realised by `yunhan.lab.topology`.
 Address plan (all inside the benchmarking range 198.18.0.0/15, never routed from the root
 namespace):
 
-    zone z (1-based)     198.18.z.0/24, gateway 198.18.z.1 on the zone's bridge in the core
+    zone z (1-based)     198.18.z.0/24, gateway 198.18.z.1 in the core (see topology)
     host h of zone z     198.18.z.(10+h); .2-.10 stay free for zone services (NAT, LB …)
     internet link        198.19.0.0/24: core 198.19.0.1, "internet" namespace 198.19.0.2
 
@@ -37,6 +37,8 @@ MAX_MTU = 9000
 HOST_UNDERLAY_IFNAME = "eth0"
 INTERNET_IFNAME = "eth0"
 CORE_INTERNET_BRIDGE = "br-inet"
+CORE_INTERNET_GW = "gw-inet"
+CORE_INTERNET_GW_PORT = "gwp-inet"
 CORE_INTERNET_PORT = "inet"
 
 # A region prefix: "yh" + 4 hex digits by default; tests pass their own run prefix
@@ -78,7 +80,9 @@ class ZoneSpec:
     index: int
     cidr: str
     gateway: str
-    bridge: str
+    bridge: str  # the zone's L2 segment
+    gateway_if: str  # the core's routed interface on it (a veth, not the bridge device)
+    gateway_port: str  # that veth's peer, a port of the bridge
     hosts: tuple[HostSpec, ...]
 
 
@@ -131,6 +135,8 @@ class RegionSpec:
                     cidr=str(net),
                     gateway=gw,
                     bridge=f"br-{zname}",
+                    gateway_if=f"gw-{zname}",
+                    gateway_port=f"gwp-{zname}",
                     hosts=hosts,
                 )
             )
@@ -186,8 +192,9 @@ class RegionSpec:
                 if net.overlaps(other):
                     raise ValidationError(f"zone {z.name} cidr {net} overlaps {other}")
             cidrs.append(net)
-            if len(z.bridge) > 15:
-                raise ValidationError(f"bridge name {z.bridge!r} is longer than 15 characters")
+            for ifname in (z.bridge, z.gateway_if, z.gateway_port):
+                if len(ifname) > 15:
+                    raise ValidationError(f"interface name {ifname!r} is over 15 characters")
             for h in z.hosts:
                 ip = ipaddress.IPv4Address(h.underlay_ip)
                 if ip not in net or ip in (net.network_address, net.broadcast_address):
@@ -224,10 +231,13 @@ class RegionSpec:
             f"  core      netns {self.core_netns} (routes between zones, ip_forward on)",
             f"  internet  netns {self.internet_netns} {self.internet_ip}/"
             f"{ipaddress.IPv4Network(self.internet_cidr).prefixlen} "
-            f"via {self.internet_gateway} ({CORE_INTERNET_BRIDGE} in core)",
+            f"via {self.internet_gateway} ({CORE_INTERNET_GW} in core)",
         ]
         for z in self.zones:
-            lines.append(f"  zone {z.name:<5} {z.cidr:<16} gateway {z.gateway} on {z.bridge}")
+            lines.append(
+                f"  zone {z.name:<5} {z.cidr:<16} gateway {z.gateway} on {z.gateway_if} "
+                f"(bridge {z.bridge})"
+            )
             for h in z.hosts:
                 lines.append(f"    host {h.name:<10} {h.underlay_ip:<14} netns {h.netns}")
         return "\n".join(lines)

@@ -72,6 +72,12 @@ def test_hosts_reach_each_other_through_the_core_and_root_sees_nothing(prefix: s
     link = subprocess.run(["ip", "-n", a.netns, "-o", "link", "show", "eth0"],
                           capture_output=True, text=True, check=True).stdout  # fmt: skip
     assert "mtu 1400" in link
+    # The gateway is a veth, never the bridge device: routed through a bridge device, VXLAN
+    # super-frames lose tunnel GSO (the bridge has no hw_enc_features).
+    core, zone = spec.core_netns, spec.zones[0]
+    assert _lines("ip", "-n", core, "-4", "-o", "addr", "show", "dev", zone.bridge) == []
+    gw = " ".join(_lines("ip", "-n", core, "-d", "-o", "link", "show", zone.gateway_if))
+    assert " veth " in gw and "mtu 1400" in gw
     assert root_lab_routes_and_addresses() == []
     assert not any(cleanup.owned(n, prefix) for n in cleanup.root_links())
 

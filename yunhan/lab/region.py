@@ -446,6 +446,8 @@ def _teardown(prefix: str, record: RegionRecord | None, *, keep_logs: bool = Fal
         shutil.rmtree(record.data_dir, ignore_errors=True)
         if not keep_logs:
             shutil.rmtree(record.log_dir, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                record.log_dir.parent.rmdir()  # "logs/", when no other region's logs are left
         rec = Path(record.state_dir) / RECORD
         with contextlib.suppress(FileNotFoundError):
             if json.loads(rec.read_text()).get("prefix") == prefix:

@@ -71,12 +71,19 @@ def veth_pair(prefix: str, mtu: int) -> Iterator[tuple[str, str]]:
             sh("ip", "netns", "del", ns, check=False)
 
 
-def iperf(server: list[str], client: list[str], server_ip: str, seconds: int) -> float:
+def iperf(
+    server: list[str],
+    client: list[str],
+    server_ip: str,
+    seconds: int,
+    env: dict[str, str] | None = None,
+) -> float:
     """Gbit/s received, for one iperf3 run; `server`/`client` are command prefixes."""
     srv = subprocess.Popen(
         [*server, "iperf3", "-s", "-1", "-p", "5201"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env=env,
     )
     try:
         deadline = time.monotonic() + 10
@@ -86,14 +93,19 @@ def iperf(server: list[str], client: list[str], server_ip: str, seconds: int) ->
                 capture_output=True,
                 text=True,
                 timeout=seconds + 30,
+                env=env,
             )
-            if p.returncode == 0:
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"iperf3 client failed: {p.stdout[-400:]} {p.stderr[-400:]}")
-            time.sleep(0.2)  # the server is still starting; nothing to poll but a retry
-        data = json.loads(p.stdout)
-        return float(data["end"]["sum_received"]["bits_per_second"]) / 1e9
+            try:
+                data = json.loads(p.stdout)
+                return float(data["end"]["sum_received"]["bits_per_second"]) / 1e9
+            except (ValueError, KeyError):
+                # iperf3 -J reports "connection refused" in JSON, sometimes with exit 0:
+                # the server is still starting. Nothing to poll but a retry.
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"iperf3 failed: {p.stdout[-400:]} {p.stderr[-400:]}"
+                    ) from None
+                time.sleep(0.2)
     finally:
         srv.kill()
         srv.wait()
@@ -165,6 +177,7 @@ def main() -> int:
                         region.exec_prefix("az1-a"),
                         ips["az2-a"],
                         args.seconds,
+                        region.env,
                     )
                 )
                 results["same_host"].append(
@@ -173,6 +186,7 @@ def main() -> int:
                         region.exec_prefix("az1-a"),
                         ips["az1-b"],
                         args.seconds,
+                        region.env,
                     )
                 )
                 print(

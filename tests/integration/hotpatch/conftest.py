@@ -22,7 +22,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
         f"-L{d}", "-ldemo", f"-Wl,-rpath,{d}")  # fmt: skip
     service = d / "service"
     cc(*CFLAGS, "-pthread", CSRC / "service.c", "-o", service)
-    return Built(d, target, lib, service)
+    regs = d / "regs"
+    cc(*CFLAGS, CSRC / "regs.c", "-o", regs)
+    return Built(d, target, lib, service, regs)
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ class Built:
     target: Path
     libdemo: Path
     service: Path
+    regs: Path
 
 
 class Proc:

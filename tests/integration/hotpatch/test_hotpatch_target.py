@@ -119,6 +119,23 @@ def test_blocked_read_completes_normally_after_patch(
     assert target.ask("c 7") == "15"
 
 
+def test_borrowed_thread_gets_every_register_back(
+    built: Built, spawn: Callable[..., Proc], make_patch: MakePatch, journal_dir: Path
+) -> None:
+    # The only thread holds known values in %xmm0-15 and %r12-15 across a raw read(2); it
+    # runs our dlopen (SSE/AVX-heavy) and is stopped for the switch, then its read resumes.
+    target = spawn(built.regs)
+    assert target.readline() == "ready"
+    target.wait_blocked_in(SYS_READ)
+    fix = "#include <yunhan/hotpatch.h>\nint probe_v2(int x) { return x * 100; }\n"
+    yhp = make_patch("fix_probe", fix + "YUNHAN_PATCH(probe, probe_v2);\n", built.regs)
+    hotpatch.apply(target.pid, yhp, journal_dir=journal_dir)
+    assert target.ask("abc") == "ok 4 400"
+    target.wait_blocked_in(SYS_READ)
+    hotpatch.rollback(target.pid, journal_dir=journal_dir)
+    assert target.ask("abc") == "ok 4 5"
+
+
 def test_function_of_a_test_library(
     built: Built, target: Proc, make_patch: MakePatch, journal_dir: Path
 ) -> None:

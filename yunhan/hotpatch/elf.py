@@ -14,7 +14,9 @@ from dataclasses import dataclass
 import capstone
 from elftools.common.exceptions import ELFError
 from elftools.elf.constants import SH_FLAGS
+from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import NoteSection, SymbolTableSection
 
 from yunhan.errors import HotpatchError
 
@@ -89,25 +91,25 @@ def _parse(path: str) -> ElfInfo:
             elf = ELFFile(f)
             build_id = None
             for sec in elf.iter_sections():
-                if sec["sh_type"] != "SHT_NOTE":
+                if not isinstance(sec, NoteSection):
                     continue
                 for note in sec.iter_notes():
                     if note["n_type"] == "NT_GNU_BUILD_ID":
                         build_id = note["n_desc"]
             soname = None
             dyn = elf.get_section_by_name(".dynamic")
-            if dyn is not None:
+            if isinstance(dyn, DynamicSection):
                 for tag in dyn.iter_tags():
                     if tag.entry.d_tag == "DT_SONAME":
-                        soname = tag.soname
+                        soname = str(getattr(tag, "soname", "")) or None
             functions: dict[str, FuncSymbol] = {}
             # .symtab last: it also holds static functions and wins for duplicate names,
             # since both tables agree on exported ones.
             for table in (".dynsym", ".symtab"):
-                sec = elf.get_section_by_name(table)
-                if sec is None:
+                symtab = elf.get_section_by_name(table)
+                if not isinstance(symtab, SymbolTableSection):
                     continue
-                for sym in sec.iter_symbols():
+                for sym in symtab.iter_symbols():
                     if (
                         sym["st_info"]["type"] in ("STT_FUNC", "STT_GNU_IFUNC")
                         and sym["st_shndx"] != "SHN_UNDEF"

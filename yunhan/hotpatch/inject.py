@@ -217,7 +217,7 @@ class Hijack:
             setattr(regs, name, value & ((1 << 64) - 1))
         ptrace.set_regs(self.tid, regs)
         out = self._run_until_trap(step=False, expect_pc=self.trap_addr + 1)
-        return out.rax
+        return int(out.rax)
 
     def _give_back_plain(self) -> None:
         try:

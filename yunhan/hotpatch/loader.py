@@ -213,7 +213,9 @@ def _resolve(
                 symbol=r.old,
                 addr=start,
             )
-        out.append(_Target(r.old, r.new, start, sym.size, code, write_addr, ranges, sites))
+        out.append(
+            _Target(r.old, r.new, start, sym.size, code, write_addr, ranges, frozenset(sites))
+        )
     return out
 
 
@@ -517,7 +519,8 @@ def _guards(sites: list[Site], jr: journal.Journal) -> list[plan.Guard]:
         if below is not None and below is not s:
             ranges += below.new_ranges
             rets |= set(below.new_sites)
-        guards.append(plan.Guard(s.symbol, tuple(map(tuple, ranges)), frozenset(rets)))  # type: ignore[arg-type]
+        spans = tuple((lo, hi) for lo, hi in ranges)
+        guards.append(plan.Guard(s.symbol, spans, frozenset(rets)))
     return guards
 
 
@@ -562,7 +565,7 @@ def rollback(
         guards = [
             plan.Guard(
                 s.symbol,
-                tuple(tuple(r) for r in s.old_ranges + s.new_ranges),  # type: ignore[misc]
+                tuple((lo, hi) for lo, hi in s.old_ranges + s.new_ranges),
                 frozenset(s.old_sites) | frozenset(s.new_sites),
             )
             for s in record.sites

@@ -82,7 +82,7 @@ def _call(request: int, tid: int, addr: int | None, data: int | ctypes.c_void_p 
                 errno=err,
                 tid=tid,
             )
-    return res
+    return int(res)
 
 
 def seize(tid: int, options: int = 0) -> None:

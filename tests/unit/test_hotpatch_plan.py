@@ -12,6 +12,7 @@ from yunhan.hotpatch.elf import ENDBR64, return_sites
 from yunhan.hotpatch.plan import (
     ABS_LEN,
     REL32_LEN,
+    SIGFRAME_RIP,
     Guard,
     ThreadView,
     find_active,
@@ -98,3 +99,13 @@ def _stack(*words: int) -> bytes:
 def test_activeness(pc: int, stack: bytes, active: bool) -> None:
     reasons = find_active([ThreadView(11, pc, stack + b"\x01\x02")], [GUARD])
     assert bool(reasons) is active
+
+
+def test_pc_saved_in_a_signal_frame_counts_as_active() -> None:
+    restorer = 0x7F00_0000_3C050
+    frame = bytearray(_stack(restorer) + b"\0" * 200)
+    frame[SIGFRAME_RIP : SIGFRAME_RIP + 8] = struct.pack("<Q", 0x4002)
+    view = ThreadView(12, 0x7F00_0001_0000, _stack(0, 0) + bytes(frame))
+    (reason,) = find_active([view], [GUARD], restorer)
+    assert "signal handler that interrupted f" in reason
+    assert find_active([view], [GUARD], None) == []

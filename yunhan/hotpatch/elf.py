@@ -144,6 +144,31 @@ def _parse(path: str) -> ElfInfo:
         raise HotpatchError(f"{path}: not a readable ELF file ({exc})", path=path) from exc
 
 
+_RT_SIGRETURN = bytes.fromhex("48c7c00f0000000f05")  # mov $15, %rax; syscall
+_restorers: dict[str, int | None] = {}
+
+
+def signal_restorer(info: ElfInfo) -> int | None:
+    """Link-time address of libc's signal-return trampoline (`__restore_rt`), or None.
+
+    It is what a signal handler returns to, so finding it on a stack marks a signal frame,
+    and in that frame the PC the signal interrupted. The symbol is local to libc (absent
+    from .dynsym), so it is found by its two instructions, once per libc build.
+    """
+    key = info.build_id or info.path
+    if key not in _restorers:
+        with open(info.path, "rb") as f:
+            data = f.read()
+        at = data.find(_RT_SIGRETURN)
+        found = None
+        if at >= 0 and data.find(_RT_SIGRETURN, at + 1) < 0:
+            for vaddr, offset, filesz in info.segments:
+                if offset <= at < offset + filesz:
+                    found = vaddr + at - offset
+        _restorers[key] = found
+    return _restorers[key]
+
+
 _md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
 _md.detail = True
 

@@ -163,6 +163,15 @@ def _libc_function(pid: int, maps: list[procfs.Mapping], name: str) -> int:
     )
 
 
+def _libc_restorer(pid: int, maps: list[procfs.Mapping]) -> int | None:
+    for path, m in _mapped_objects(pid, maps).items():
+        if Path(path).name.startswith("libc.so"):
+            info = elf.load(procfs.mapped_file(pid, m))
+            at = elf.signal_restorer(info)
+            return None if at is None else _object_base(info, m) + at
+    return None
+
+
 # -- the resolved, verified plan ----------------------------------------------------------
 
 
@@ -356,11 +365,12 @@ def _switch(
     """
     backoff = retry.first_backoff
     reasons: list[str] = []
+    restorer = _libc_restorer(pid, maps)
     for attempt in range(1, retry.attempts + 1):
         world = World(pid, mem, maps)
         with world:
             world.stop()
-            reasons = plan.find_active(world.views(), guards)
+            reasons = plan.find_active(world.views(), guards, restorer)
             if not reasons:
                 done: list[tuple[int, bytes]] = []
                 try:

@@ -98,12 +98,22 @@ class ThreadView:
     stack: bytes  # from %rsp up to the top of its stack mapping
 
 
-def find_active(threads: list[ThreadView], guards: list[Guard]) -> list[str]:
+# In an x86_64 rt_sigframe the handler's return address (the restorer) comes first; the
+# interrupted %rip sits in uc_mcontext: 8 (pretcode) + 8 (uc_flags) + 8 (uc_link)
+# + 24 (uc_stack) + 16 * 8 (r8..rsp) bytes further.
+SIGFRAME_RIP = 176
+
+
+def find_active(
+    threads: list[ThreadView], guards: list[Guard], restorer: int | None = None
+) -> list[str]:
     """Reasons why the switch must wait; empty means safe.
 
     A function is active when a thread executes in it (PC inside any of its ranges,
-    `.cold` parts included) or will return into it (a return site on a thread's stack).
-    When none is, nobody can be at or jump into the middle of the bytes we overwrite.
+    `.cold` parts included), will return into it (a return site on a thread's stack), or
+    was interrupted inside it by a signal whose handler is running (the PC saved in the
+    signal frame, found after `restorer`). When none is, nobody can be at or jump into the
+    middle of the bytes we overwrite.
     """
     # This runs while the whole process is stopped: each return site is searched with
     # bytes.find (C speed) instead of decoding every stack word. The needle drops the
@@ -126,4 +136,24 @@ def find_active(threads: list[ThreadView], guards: list[Guard]) -> list[str]:
                 i = t.stack.find(needle, i + 1)
             if i >= 0:
                 reasons.append(f"thread {t.tid} will return into {name} (at {site:#x})")
+        if restorer is not None:
+            reasons += _signal_frames(t, guards, restorer)
+    return reasons
+
+
+def _signal_frames(t: ThreadView, guards: list[Guard], restorer: int) -> list[str]:
+    reasons = []
+    full = struct.pack("<Q", restorer)
+    i = t.stack.find(full)
+    while i >= 0:
+        at = i + SIGFRAME_RIP
+        if i % 8 == 0 and at + 8 <= len(t.stack):
+            pc = struct.unpack_from("<Q", t.stack, at)[0]
+            for g in guards:
+                if any(lo <= pc < hi for lo, hi in g.ranges):
+                    reasons.append(
+                        f"thread {t.tid} is in a signal handler that interrupted {g.name} "
+                        f"(pc {pc:#x})"
+                    )
+        i = t.stack.find(full, i + 1)
     return reasons

@@ -18,7 +18,7 @@ from yunhan.hotpatch import journal, procfs
 
 pytestmark = pytest.mark.root
 
-SYS_READ, SYS_CLOCK_NANOSLEEP = 0, 230
+SYS_READ, SYS_PAUSE, SYS_CLOCK_NANOSLEEP = 0, 34, 230
 
 FIX_COMPUTE = """
 #include <yunhan/hotpatch.h>
@@ -216,6 +216,22 @@ def test_always_active_function_is_refused_and_target_untouched(
     assert target.ask("c 5") == "11"
     (proc,) = hotpatch.list_patches(target.pid, journal_dir=journal_dir)
     assert [r.state for r in proc.patches] == ["failed"]
+
+
+def test_function_interrupted_by_a_signal_handler_is_active(
+    built: Built, target: Proc, make_patch: MakePatch, journal_dir: Path
+) -> None:
+    before_threads = set(procfs.threads(target.pid))
+    assert target.ask("s") == "ok"
+    (victim,) = set(procfs.threads(target.pid)) - before_threads
+    target.wait_blocked_in(SYS_PAUSE, tid=victim)  # in the handler, victim() interrupted
+    ranges = _untouched_ranges(built, target.pid, "victim")
+    before = snapshot(target.pid, ranges)
+    fix = "#include <yunhan/hotpatch.h>\nstatic void victim_v2(void) {}\n"
+    yhp = make_patch("fix_victim", fix + "YUNHAN_PATCH(victim, victim_v2);\n", built.target)
+    with pytest.raises(HotpatchError, match="signal handler that interrupted victim"):
+        hotpatch.apply(target.pid, yhp, journal_dir=journal_dir, retry=hotpatch.Retry(attempts=2))
+    assert snapshot(target.pid, ranges) == before
 
 
 def test_modified_function_is_refused(

@@ -7,6 +7,8 @@
  *   v N   vsum(3, ...)            a variadic function called with doubles
  *   t     tiny()                  shorter than a jump
  *   h     hold() calls so far     hold() never returns: a thread sleeps inside it
+ *   s     start a thread spinning in victim(), then interrupt it with a signal whose
+ *         handler never returns: victim() is active only through the signal frame
  *
  * With argument "single" there is no holder thread: the main thread is the only one, so it
  * is the one the loader borrows while it is blocked in read(2).
@@ -17,6 +19,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -59,6 +62,23 @@ __attribute__((noipa)) static void hold(void) {
     }
 }
 
+static volatile int victim_go;
+
+__attribute__((noipa)) static void victim(void) {
+    while (!victim_go) __asm__ volatile("pause");
+}
+
+static void on_usr1(int sig) {
+    (void)sig;
+    for (;;) pause();
+}
+
+static void *victim_thread(void *arg) {
+    (void)arg;
+    victim();
+    return NULL;
+}
+
 static void *holder(void *arg) {
     (void)arg;
     hold();
@@ -88,6 +108,15 @@ int main(int argc, char **argv) {
         case 'v': printf("%.3f\n", vsum(3, 1.5, 2.25, (double)atoi(buf + 2))); break;
         case 't': printf("%d\n", tiny()); break;
         case 'h': printf("%ld\n", hold_loops); break;
+        case 's': {
+            pthread_t v;
+            signal(SIGUSR1, on_usr1);
+            pthread_create(&v, NULL, victim_thread, NULL);
+            usleep(20000); /* let it spin inside victim() */
+            pthread_kill(v, SIGUSR1);
+            printf("ok\n");
+            break;
+        }
         default: printf("?\n");
         }
     }

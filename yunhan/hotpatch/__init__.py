@@ -8,13 +8,15 @@ Public face:
   read_manifest(patch_file)              the description embedded in a .yhp (manifest.py)
 
 Modules: elf (ELF facts), procfs (/proc), ptrace (ctypes), inject (borrowed thread),
-world (stop-the-world), plan (pure: jumps and activeness), journal (on-disk record).
+world (stop-the-world), switch (retry/write/undo), plan (pure: jumps and activeness),
+journal (on-disk record).
 """
 
 from yunhan.hotpatch import journal
 from yunhan.hotpatch.build import build, include_dir
-from yunhan.hotpatch.loader import Outcome, Retry, apply, list_patches, rollback
+from yunhan.hotpatch.loader import Outcome, apply, list_patches, rollback
 from yunhan.hotpatch.manifest import Manifest, read_manifest
+from yunhan.hotpatch.switch import Retry
 
 __all__ = [
     "Manifest",

@@ -21,8 +21,6 @@ import itertools
 import os
 import platform
 import secrets
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +28,7 @@ from yunhan.errors import Conflict, HotpatchError, NotFound
 from yunhan.hotpatch import elf, inject, journal, plan, procfs
 from yunhan.hotpatch.journal import PatchRecord, Site
 from yunhan.hotpatch.manifest import Manifest, read_manifest
+from yunhan.hotpatch.switch import Retry, switch
 from yunhan.hotpatch.world import World
 
 PAGE = 4096
@@ -37,15 +36,7 @@ RTLD_NOW = 2
 _SLOTS_AT = 16  # page layout: int3 at 0, trampoline slots from 16, strings from 3072
 _STRINGS_AT = 3072
 _MAX_SLOTS = (_STRINGS_AT - _SLOTS_AT) // plan.SLOT_LEN
-
-
-@dataclass(frozen=True)
-class Retry:
-    """How long the switch waits for replaced functions to become inactive."""
-
-    attempts: int = 30
-    first_backoff: float = 0.002
-    max_backoff: float = 0.2
+DEFAULT_RETRY = Retry()
 
 
 @dataclass
@@ -355,48 +346,18 @@ def _switch(
     guards: list[plan.Guard],
     writes: list[tuple[int, bytes, bytes]],
     retry: Retry,
-    sleep: Callable[[float], None] = time.sleep,
 ) -> tuple[float, int]:
-    """Stop the world, check activeness, write (addr, expected, new) triples, resume.
-
-    Returns (pause seconds of the successful attempt, attempts). The bytes at each address
-    are compared with `expected` while stopped, so a concurrent writer is caught; a failure
-    halfway puts back what was already written before anyone runs again.
-    """
-    backoff = retry.first_backoff
-    reasons: list[str] = []
-    restorer = _libc_restorer(pid, maps)
-    for attempt in range(1, retry.attempts + 1):
-        world = World(pid, mem, maps)
-        with world:
-            world.stop()
-            reasons = plan.find_active(world.views(), guards, restorer)
-            if not reasons:
-                done: list[tuple[int, bytes]] = []
-                try:
-                    for addr, expected, new in writes:
-                        if expected != new and mem.read(addr, len(expected)) != expected:
-                            raise HotpatchError(
-                                f"bytes at {addr:#x} changed under us; refusing to write",
-                                addr=addr,
-                            )
-                    for addr, expected, new in writes:
-                        mem.write(addr, new)
-                        done.append((addr, expected))
-                except BaseException:
-                    for addr, expected in reversed(done):
-                        mem.write(addr, expected)
-                    raise
-                return world.resume(), attempt
-        if attempt < retry.attempts:
-            sleep(backoff)
-            backoff = min(backoff * 2, retry.max_backoff)
-    raise HotpatchError(
-        f"process {pid}: patched functions stayed active after {retry.attempts} attempts: "
-        + "; ".join(sorted(set(reasons))[:5]),
-        pid=pid,
-        reasons=reasons,
-    )
+    try:
+        return switch(
+            lambda: World(pid, mem, maps),
+            mem,
+            guards,
+            writes,
+            retry,
+            restorer=_libc_restorer(pid, maps),
+        )
+    except HotpatchError as exc:
+        raise HotpatchError(f"process {pid}: {exc.message}", pid=pid, **exc.details) from exc
 
 
 # -- public operations --------------------------------------------------------------------
@@ -407,7 +368,7 @@ def apply(
     patch_file: str | os.PathLike[str],
     *,
     journal_dir: Path | None = None,
-    retry: Retry = Retry(),
+    retry: Retry = DEFAULT_RETRY,
     timeout: float = 10.0,
 ) -> Outcome:
     """Apply a .yhp to a running process; HotpatchError/Conflict leave it as it was."""
@@ -539,7 +500,7 @@ def rollback(
     patch_id: str | None = None,
     *,
     journal_dir: Path | None = None,
-    retry: Retry = Retry(),
+    retry: Retry = DEFAULT_RETRY,
 ) -> Outcome:
     """Remove the top patch (or `patch_id`, which must be on top of its functions).
 

@@ -1,0 +1,91 @@
+"""The switch: stop the world, check activeness, write, resume; retry with backoff.
+
+It talks to the process only through two small interfaces, so that the retry and undo
+logic is tested against a fake process (tests/unit/test_hotpatch_switch.py) as well as the
+real one (World over ptrace, Memory over /proc/PID/mem; tests/integration/hotpatch).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from yunhan.errors import HotpatchError
+from yunhan.hotpatch import plan
+
+
+class Halt(Protocol):
+    """One stop of every thread of a process (the real one is world.World)."""
+
+    def stop(self, timeout: float = 5.0) -> None: ...
+    def views(self) -> list[plan.ThreadView]: ...
+    def resume(self) -> float: ...
+    def __enter__(self) -> Halt: ...
+    def __exit__(self, *exc: object) -> None: ...
+
+
+class Mem(Protocol):
+    """Read and write the target's memory (the real one is procfs.Memory)."""
+
+    def read(self, addr: int, size: int) -> bytes: ...
+    def write(self, addr: int, data: bytes) -> None: ...
+
+
+@dataclass(frozen=True)
+class Retry:
+    """How long the switch waits for replaced functions to become inactive."""
+
+    attempts: int = 30
+    first_backoff: float = 0.002
+    max_backoff: float = 0.2
+
+
+def switch(
+    halt: Callable[[], Halt],
+    mem: Mem,
+    guards: list[plan.Guard],
+    writes: list[tuple[int, bytes, bytes]],
+    retry: Retry,
+    *,
+    restorer: int | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> tuple[float, int]:
+    """Write (addr, expected, new) triples while no guarded function is active.
+
+    Returns (pause seconds of the successful attempt, attempts). While stopped, the bytes
+    at each address are first compared with `expected` (a concurrent writer is caught and
+    nothing is written); a failure halfway puts back what was already written before any
+    thread runs again. Between attempts the process runs for a growing backoff.
+    """
+    backoff = retry.first_backoff
+    reasons: list[str] = []
+    for attempt in range(1, retry.attempts + 1):
+        with halt() as world:
+            world.stop()
+            reasons = plan.find_active(world.views(), guards, restorer)
+            if not reasons:
+                for addr, expected, _ in writes:
+                    if mem.read(addr, len(expected)) != expected:
+                        raise HotpatchError(
+                            f"bytes at {addr:#x} changed under us; refusing to write", addr=addr
+                        )
+                done: list[tuple[int, bytes]] = []
+                try:
+                    for addr, expected, new in writes:
+                        mem.write(addr, new)
+                        done.append((addr, expected))
+                except BaseException:
+                    for addr, expected in reversed(done):
+                        mem.write(addr, expected)
+                    raise
+                return world.resume(), attempt
+        if attempt < retry.attempts:
+            sleep(backoff)
+            backoff = min(backoff * 2, retry.max_backoff)
+    raise HotpatchError(
+        f"patched functions stayed active after {retry.attempts} attempts: "
+        + "; ".join(sorted(set(reasons))[:5]),
+        reasons=reasons,
+    )

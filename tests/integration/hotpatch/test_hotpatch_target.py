@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 from hotpatch_support import CFLAGS, CSRC, Built, Proc, cc, function_range, load_base, snapshot
 
 from yunhan import hotpatch
-from yunhan.errors import Conflict, HotpatchError, ValidationError
+from yunhan.errors import Conflict, HotpatchError, NotFound, ValidationError
 from yunhan.hotpatch import journal, procfs
 
 pytestmark = pytest.mark.root
@@ -356,3 +357,39 @@ def test_target_in_another_mount_namespace(
     assert target.ask("c 4") == "400"
     hotpatch.rollback(target.pid, journal_dir=journal_dir)
     assert target.ask("c 4") == "9"
+
+
+def test_preflight_refuses_missing_zombie_and_traced_processes(
+    built: Built,
+    target: Proc,
+    spawn: Callable[..., Proc],
+    make_patch: MakePatch,
+    journal_dir: Path,
+) -> None:
+    yhp = make_patch("fix_compute", FIX_COMPUTE, built.target)
+    with pytest.raises(NotFound, match="does not exist"):
+        hotpatch.apply(2**22 + 7, yhp, journal_dir=journal_dir)
+
+    zombie = subprocess.Popen(["true"])  # exits at once; not reaped until we wait
+    try:
+        deadline = time.monotonic() + 10
+        while procfs.proc_state(zombie.pid).state != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.002)
+        with pytest.raises(HotpatchError, match="zombie"):
+            hotpatch.apply(zombie.pid, yhp, journal_dir=journal_dir)
+    finally:
+        zombie.wait()
+
+    tracer = spawn(
+        sys.executable,
+        "-c",
+        "import sys; from yunhan.hotpatch import ptrace; ptrace.seize(int(sys.argv[1])); "
+        "print('attached', flush=True); sys.stdin.read()",
+        str(target.pid),
+    )
+    assert tracer.readline() == "attached"
+    with pytest.raises(HotpatchError, match=f"already traced by process {tracer.pid}"):
+        hotpatch.apply(target.pid, yhp, journal_dir=journal_dir)
+    tracer.kill()
+    assert target.ask("c 5") == "11"

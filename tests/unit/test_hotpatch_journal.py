@@ -87,3 +87,15 @@ def test_manifest_round_trip_and_records() -> None:
     m = Manifest("fix", "/usr/bin/t", "t", "ab12", (Replacement("f", "f2", 0x1130, 23),), "d")
     assert Manifest.from_json(m.to_json()) == m
     assert parse_records(b"f\0f2\0g\0g2\0") == [("f", "f2"), ("g", "g2")]
+
+
+def test_stacking_guards_cover_the_patch_below(tmp_path: Path) -> None:
+    jr = journal.load(tmp_path, 1, 1)
+    v2 = site("f", 0x1000)
+    jr.patches = [record("v2", v2)]
+    (guard,) = jr.apply_guards([site("f", 0x1000)])
+    assert set(guard.ranges) == {(0x1000, 0x1020), *v2.new_ranges}
+    (fresh,) = jr.apply_guards([site("g", 0x3000)])
+    assert fresh.ranges == ((0x3000, 0x3020),)
+    back = v2.rollback_guard()
+    assert set(back.ranges) == {(0x1000, 0x1020), *v2.new_ranges}

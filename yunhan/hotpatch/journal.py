@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from yunhan.errors import Conflict, HotpatchError
+from yunhan.hotpatch.plan import Guard
 
 LIVE_STATES = ("switching", "applied", "rolling-back")
 
@@ -50,6 +51,14 @@ class Site:
     old_sites: list[int]
     new_ranges: list[tuple[int, int]]
     new_sites: list[int]
+
+    def rollback_guard(self) -> Guard:
+        """Rolling back replaces the new function by the old: neither may be active."""
+        return Guard(
+            self.symbol,
+            tuple((lo, hi) for lo, hi in self.old_ranges + self.new_ranges),
+            frozenset(self.old_sites) | frozenset(self.new_sites),
+        )
 
     def overlaps(self, other: Site) -> bool:
         a = (self.write_addr, self.write_addr + len(self.new) // 2)
@@ -102,6 +111,21 @@ class Journal:
                 if s.write_addr == write_addr:
                     return s
         return None
+
+    def apply_guards(self, sites: list[Site]) -> list[Guard]:
+        """What must be inactive to write `sites`: each old function, and the code running
+        in its place now (the new function of the patch below, when stacking)."""
+        guards = []
+        for s in sites:
+            ranges = list(s.old_ranges)
+            rets = set(s.old_sites)
+            below = self.top_site_at(s.write_addr)
+            if below is not None:
+                ranges += below.new_ranges
+                rets |= set(below.new_sites)
+            spans = tuple((lo, hi) for lo, hi in ranges)
+            guards.append(Guard(s.symbol, spans, frozenset(rets)))
+        return guards
 
     def check_new(self, patch_id: str, sites: list[Site]) -> None:
         """Conflict if `patch_id` is already applied or a site overlaps another's bytes.

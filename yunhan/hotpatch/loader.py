@@ -140,27 +140,27 @@ def locate(pid: int, maps: list[procfs.Mapping], manifest: Manifest) -> _Object:
     )
 
 
-def _libc_function(pid: int, maps: list[procfs.Mapping], name: str) -> int:
+def _libc(pid: int, maps: list[procfs.Mapping]) -> tuple[elf.ElfInfo, int]:
+    """The target's libc (which, since glibc 2.34, holds dlopen) and its load base."""
     for path, m in _mapped_objects(pid, maps).items():
         if Path(path).name.startswith("libc.so"):
             info = elf.load(procfs.mapped_file(pid, m))
-            sym = info.function(name)
-            if sym is not None and sym.value >= 0:
-                return _object_base(info, m) + sym.value
-    raise HotpatchError(
-        f"process {pid} has no glibc {name}() (static binary, or glibc < 2.34 without "
-        "libdl loaded)",
-        pid=pid,
-    )
+            return info, _object_base(info, m)
+    raise HotpatchError(f"process {pid} has no glibc mapped (a static binary?)", pid=pid)
+
+
+def _libc_function(pid: int, maps: list[procfs.Mapping], name: str) -> int:
+    info, base = _libc(pid, maps)
+    sym = info.function(name)
+    if sym is None or sym.value < 0:
+        raise HotpatchError(f"the libc of process {pid} has no {name}() (glibc < 2.34?)")
+    return base + sym.value
 
 
 def _libc_restorer(pid: int, maps: list[procfs.Mapping]) -> int | None:
-    for path, m in _mapped_objects(pid, maps).items():
-        if Path(path).name.startswith("libc.so"):
-            info = elf.load(procfs.mapped_file(pid, m))
-            at = elf.signal_restorer(info)
-            return None if at is None else _object_base(info, m) + at
-    return None
+    info, base = _libc(pid, maps)
+    at = elf.signal_restorer(info)
+    return None if at is None else base + at
 
 
 # -- the resolved, verified plan ----------------------------------------------------------
@@ -418,9 +418,9 @@ def apply(
                 memfd=loaded.memfd,
                 sites=sites,
             )
+            guards = jr.apply_guards(sites)  # before the record joins the stack
             jr.patches.append(record)
             jr.save()
-            guards = _guards(sites, jr)
             writes = [
                 (s.write_addr, bytes.fromhex(s.original), bytes.fromhex(s.new)) for s in sites
             ]
@@ -479,22 +479,6 @@ def _plan_sites(
     return sites
 
 
-def _guards(sites: list[Site], jr: journal.Journal) -> list[plan.Guard]:
-    """For applying: the old function, and the code now running in its place (the new
-    function of the patch below, when stacking)."""
-    guards = []
-    for s in sites:
-        ranges = list(s.old_ranges)
-        rets = set(s.old_sites)
-        below = jr.top_site_at(s.write_addr)
-        if below is not None and below is not s:
-            ranges += below.new_ranges
-            rets |= set(below.new_sites)
-        spans = tuple((lo, hi) for lo, hi in ranges)
-        guards.append(plan.Guard(s.symbol, spans, frozenset(rets)))
-    return guards
-
-
 def rollback(
     pid: int,
     patch_id: str | None = None,
@@ -531,22 +515,16 @@ def rollback(
                     symbol=s.symbol,
                 )
             writes.append((s.write_addr, new, original))
+        prior = record.state
         record.state = "rolling-back"
         jr.save()
-        guards = [
-            plan.Guard(
-                s.symbol,
-                tuple((lo, hi) for lo, hi in s.old_ranges + s.new_ranges),
-                frozenset(s.old_sites) | frozenset(s.new_sites),
-            )
-            for s in record.sites
-        ]
+        guards = [s.rollback_guard() for s in record.sites]
         pause, attempts = 0.0, 0
         if writes:
             try:
                 pause, attempts = _switch(pid, mem, procfs.read_maps(pid), guards, writes, retry)
             except BaseException:
-                record.state = "applied"
+                record.state = prior
                 jr.save()
                 raise
         record.state = "rolled-back"

@@ -121,6 +121,8 @@ class Agent:
         return body
 
     def send_status(self) -> None:
+        if self._stop.is_set():
+            return
         try:
             self._client.post(self._path("/status"), json=self._status_body())
         except httpx.HTTPError as exc:
@@ -167,6 +169,8 @@ class Agent:
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
+            if self._stop.is_set():
+                break
             if doc is None:
                 due = time.monotonic() - last_apply >= self.config.resync_interval
                 if self.desired is None or not (due or failing):
@@ -184,15 +188,28 @@ class Agent:
             self.send_status()
 
     def run(self) -> None:
+        """Run until `stop()`. Returns promptly even while a long poll is in flight.
+
+        The watch loop runs in a daemon thread: a blocking HTTP read cannot be interrupted
+        portably, and waiting out a 20 s long poll would make every stop (and `yunhan down`)
+        slow. The loop checks the stop flag before it applies anything, so an abandoned
+        poll that returns later does nothing.
+        """
         self.register()
-        hb = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
-        hb.start()
+        threads = [
+            threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True),
+            threading.Thread(target=self._watch_loop, name="watch", daemon=True),
+        ]
+        for t in threads:
+            t.start()
         try:
-            self._watch_loop()
+            self._stop.wait()
         finally:
             self._stop.set()
-            hb.join(timeout=HEARTBEAT_INTERVAL + 1)
-            self._client.close()
+            for t in threads:
+                t.join(timeout=2.0)
+            if not any(t.is_alive() for t in threads):
+                self._client.close()
 
     def stop(self) -> None:
         self._stop.set()

@@ -115,3 +115,11 @@ def test_same_cidr_in_two_projects_allocates_independently(
     )
     assert a["status"]["ip"] == b["status"]["ip"] == "10.0.1.2"
     assert a["status"]["vpc"] != b["status"]["vpc"]
+
+
+def test_delete_carries_the_revision_of_the_delete(cloud: Cloud, net: dict[str, Any]) -> None:
+    # A client waits for a delete to converge by its revision: it must be the delete's own.
+    a = _create(cloud, net, "a")
+    gone = cloud.call("DELETE", "/v1/instances/a", net["t"])
+    assert gone["id"] == a["id"]
+    assert gone["revision"] == cloud.revision() > a["revision"]

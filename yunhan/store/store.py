@@ -243,9 +243,12 @@ class Tx(Reader):
         self._p.wrote = True
         return replace(current, spec=new_spec, status=new_status, revision=self.next_revision)
 
-    def delete(self, res: Resource) -> None:
+    def delete(self, res: Resource) -> Resource:
+        """Delete `res`; returns it as of the deletion (its revision is the delete's, so a
+        client can wait for the delete to converge)."""
         self._conn.execute(delete(s.resources).where(s.resources.c.id == res.id))
         self._p.wrote = True
+        return replace(res, revision=self.next_revision)
 
     def add_token(self, token_hash: str, project: str) -> None:
         self._conn.execute(

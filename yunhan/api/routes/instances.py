@@ -71,8 +71,8 @@ def get_instance(ref: str, request: Request, c: CallerDep) -> dict[str, Any]:
 def delete_instance(ref: str, request: Request, c: CallerDep) -> dict[str, Any]:
     with state_of(request).store.transaction() as tx:
         inst = resolve(tx, "instance", c.project.id, ref)
-        tx.delete(inst)
+        gone = tx.delete(inst)
         sub = tx.get("subnet", inst.spec["subnet"])
         if sub is not None:
             refresh_available(tx, sub)
-    return inst.envelope()
+    return gone.envelope()

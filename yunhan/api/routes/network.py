@@ -73,8 +73,8 @@ def delete_vpc(ref: str, request: Request, c: CallerDep) -> dict[str, Any]:
                 f"VPC {vpc.name} still has subnet(s) {', '.join(subnets)}; delete them first",
                 subnets=subnets,
             )
-        tx.delete(vpc)
-    return vpc.envelope()
+        gone = tx.delete(vpc)
+    return gone.envelope()
 
 
 @router.post("/vpcs/{ref}/cidrs")
@@ -146,8 +146,8 @@ def delete_subnet(ref: str, request: Request, c: CallerDep) -> dict[str, Any]:
                 f"subnet {sub.name} still has instance(s) {', '.join(users)}; delete them first",
                 instances=users,
             )
-        tx.delete(sub)
-    return sub.envelope()
+        gone = tx.delete(sub)
+    return gone.envelope()
 
 
 def refresh_available(tx: Tx, sub: Resource) -> Resource:

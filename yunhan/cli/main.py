@@ -94,11 +94,9 @@ def _wait(c: Client, revision: int | None, wait: bool, timeout: float) -> None:
         c.wait_converged(int(revision), timeout)
 
 
-def _after_delete(c: Client, wait: bool, timeout: float) -> None:
-    # A delete answers with the resource as it was (its last write's revision); the delete
-    # itself is the store's current revision right after it.
-    if wait:
-        _wait(c, None, wait, timeout)
+def _after_delete(c: Client, res: dict[str, Any] | None, wait: bool, timeout: float) -> None:
+    # A delete answers with the resource carrying the delete's own revision.
+    _wait(c, (res or {}).get("revision"), wait, timeout)
 
 
 def _show(kind: str, c: Client, res: dict[str, Any], as_json: bool) -> None:
@@ -158,7 +156,7 @@ def vpc_delete(
     """Delete a VPC (refused while it has subnets)."""
     with client() as c:
         res = c.delete(f"/v1/vpcs/{vpc}")
-        _after_delete(c, wait, timeout)
+        _after_delete(c, res, wait, timeout)
         _deleted("vpc", c, res, as_json)
 
 
@@ -258,7 +256,7 @@ def subnet_delete(
     """Delete a subnet (refused while it has instances)."""
     with client() as c:
         res = c.delete(f"/v1/subnets/{subnet}")
-        _after_delete(c, wait, timeout)
+        _after_delete(c, res, wait, timeout)
         _deleted("subnet", c, res, as_json)
 
 
@@ -354,7 +352,7 @@ def instance_delete(
     """Delete an instance (its process is stopped and its address freed)."""
     with client() as c:
         res = c.delete(f"/v1/instances/{instance}")
-        _after_delete(c, wait, timeout)
+        _after_delete(c, res, wait, timeout)
         _deleted("instance", c, res, as_json)
 
 

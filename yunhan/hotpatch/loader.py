@@ -485,6 +485,7 @@ def rollback(
     *,
     journal_dir: Path | None = None,
     retry: Retry = DEFAULT_RETRY,
+    timeout: float = 10.0,
 ) -> Outcome:
     """Remove the top patch (or `patch_id`, which must be on top of its functions).
 
@@ -527,6 +528,11 @@ def rollback(
                 record.state = prior
                 jr.save()
                 raise
+        elif prior == "switching" and record.handle:
+            # The tool died before writing any jump: no thread can have run the patch, so
+            # it is unloaded as a refused apply would have done.
+            loaded = _Loaded(record.handle, record.base, record.page, record.memfd)
+            _unload(pid, mem, loaded, timeout)
         record.state = "rolled-back"
         jr.save()
         return Outcome(pid, record.patch_id, "rolled-back", pause * 1000, attempts, record.sites)

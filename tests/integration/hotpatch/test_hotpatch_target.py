@@ -393,3 +393,36 @@ def test_preflight_refuses_missing_zombie_and_traced_processes(
         hotpatch.apply(target.pid, yhp, journal_dir=journal_dir)
     tracer.kill()
     assert target.ask("c 5") == "11"
+
+
+def test_tool_killed_during_the_switch(
+    built: Built,
+    target: Proc,
+    spawn: Callable[..., Proc],
+    make_patch: MakePatch,
+    journal_dir: Path,
+) -> None:
+    """SIGKILL the CLI while it retries an always-active switch: the kernel lets every
+    thread go, the journal says "switching", and rollback unloads the patch."""
+    holder = max(procfs.threads(target.pid))
+    target.wait_blocked_in(SYS_CLOCK_NANOSLEEP, tid=holder)
+    ranges = _untouched_ranges(built, target.pid, "hold")
+    before = snapshot(target.pid, ranges)
+    yhp = make_patch("fix_hold", FIX_HOLD, built.target)
+    tool = spawn(
+        sys.executable, "-m", "yunhan.cli.hotpatch", "apply", str(target.pid), str(yhp),
+        "--attempts", "100000", "--journal-dir", str(journal_dir),
+    )  # fmt: skip
+    start = procfs.proc_state(target.pid).start_time
+    deadline = time.monotonic() + 20
+    while not journal.load(journal_dir, target.pid, start).stack:
+        assert time.monotonic() < deadline, "the tool never reached the switch"
+        time.sleep(0.005)
+    tool.kill()
+    (record,) = journal.load(journal_dir, target.pid, start).stack
+    assert record.state == "switching"
+    with pytest.raises(Conflict, match="interrupted"):
+        hotpatch.apply(target.pid, yhp, journal_dir=journal_dir)
+    hotpatch.rollback(target.pid, journal_dir=journal_dir)
+    assert snapshot(target.pid, ranges) == before  # unloaded, untraced, running
+    assert target.ask("c 5") == "11"

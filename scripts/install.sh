@@ -23,7 +23,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if ! .venv/bin/python -c 'import yunhan, fastapi, pyroute2, pytest' >/dev/null 2>&1 \
    || [ pyproject.toml -nt .venv/.installed ]; then
-  .venv/bin/pip install -q --disable-pip-version-check -e ".[dev]" 2>&1 | grep -v "WARNING: Location" || true
+  if ! .venv/bin/pip install -q --disable-pip-version-check -e ".[dev]" >.venv/pip.log 2>&1; then
+    grep -v "WARNING: Location" .venv/pip.log >&2
+    echo "install.sh: pip install failed (log: .venv/pip.log)" >&2
+    exit 1
+  fi
   touch .venv/.installed
 fi
 ln -sf "$top/.venv/bin/yunhan" /usr/local/bin/yunhan

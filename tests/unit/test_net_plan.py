@@ -6,6 +6,7 @@ import errno
 import pathlib
 
 from yunhan.agent.dataplane import DataPlane
+from yunhan.controller.world import WHost, WInstance, WVpc, documents
 from yunhan.net.desired import HostDesired
 from yunhan.net.fake import FakeFabric
 from yunhan.net.naming import Naming
@@ -20,7 +21,6 @@ from yunhan.net.state import (
     compile_state,
     plan,
 )
-from yunhan.net.world import WHost, WInstance, WVpc, documents
 
 HOSTS = [
     WHost("h1", "198.18.1.11", 1),

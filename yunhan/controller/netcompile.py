@@ -67,6 +67,7 @@ class InstanceIn:
     mac: str | None
     host: str | None  # host name
     command: tuple[str, ...] | None = None
+    allowed_ips: tuple[str, ...] = ()  # extra source addresses its port accepts (VIPs)
 
 
 def _net_key(cidr: str) -> tuple[int, int]:
@@ -114,6 +115,7 @@ def _plan_vpc(
                 prefixlen=net.prefixlen,
                 gateway=str(net.network_address + 1),
                 mac=inst.mac,
+                allowed_ips=inst.allowed_ips,
             )
             local[inst.id] = Route(dst=f"{inst.ip}/32", kind="local", port=ifname)
             remote[inst.id] = Route(dst=f"{inst.ip}/32", kind="remote", peer=host_name)

@@ -1,0 +1,93 @@
+"""Hand-written worlds for tests and simulations: a few hosts, VPCs and instances -> documents.
+
+Data-plane tests state their world in a few lines (hosts, VPCs with their subnets, instances
+placed on hosts) and get one `HostDesired` per host from the controller's own compiler, so
+what they exercise is exactly the shape the controller publishes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from yunhan.controller.netcompile import HostIn, InstanceIn, SubnetIn, VpcIn, compile_hosts
+from yunhan.net.desired import HostDesired
+from yunhan.net.naming import port_ifname, short_id
+
+
+@dataclass(frozen=True)
+class WHost:
+    name: str
+    underlay_ip: str
+    vtep_index: int
+    mtu: int = 1500
+
+
+@dataclass(frozen=True)
+class WVpc:
+    id: str
+    vni: int
+    cidrs: tuple[str, ...]
+    subnets: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class WInstance:
+    id: str  # "inst-<hex>"
+    host: str
+    vpc: str
+    ip: str
+    mac: str | None = None
+    allowed_ips: tuple[str, ...] = ()
+    command: tuple[str, ...] | None = None
+
+    @property
+    def port(self) -> str:
+        return port_ifname(self.id)
+
+    def mac_or_default(self) -> str:
+        if self.mac:
+            return self.mac
+        b = ipaddress.IPv4Address(self.ip).packed
+        return "02:aa:" + ":".join(f"{x:02x}" for x in b)
+
+
+def documents(
+    hosts: Iterable[WHost], vpcs: Iterable[WVpc], instances: Iterable[WInstance]
+) -> dict[str, HostDesired]:
+    """One document per host (an empty one for a host that carries nothing).
+
+    Instance names (and so hostnames) are "vm-<hex of the id>"; an instance's subnet is the
+    one of its VPC that holds its address.
+    """
+    vpcs = list(vpcs)
+    subnets = [
+        SubnetIn(id=f"{v.id}/{cidr}", vpc=v.id, cidr=cidr) for v in vpcs for cidr in v.subnets
+    ]
+
+    def subnet_of(i: WInstance) -> str:
+        addr = ipaddress.IPv4Address(i.ip)
+        for s in subnets:
+            if s.vpc == i.vpc and addr in ipaddress.IPv4Network(s.cidr):
+                return s.id
+        raise ValueError(f"{i.id}: {i.ip} is in no subnet of {i.vpc}")
+
+    return compile_hosts(
+        [HostIn(h.name, h.vtep_index, h.underlay_ip, h.mtu) for h in hosts],
+        [VpcIn(v.id, v.vni, v.cidrs) for v in vpcs],
+        subnets,
+        [
+            InstanceIn(
+                id=i.id,
+                name=f"vm-{short_id(i.id)}",
+                subnet=subnet_of(i),
+                ip=i.ip,
+                mac=i.mac_or_default(),
+                host=i.host,
+                command=i.command,
+                allowed_ips=i.allowed_ips,
+            )
+            for i in instances
+        ],
+    )

@@ -106,11 +106,17 @@ class Hijack:
     def _stop_one(self, tid: int, deadline: float) -> Regs | None:
         try:
             ptrace.seize(tid)
-            ptrace.interrupt(tid)
         except ptrace.PtraceError as exc:
-            if exc.errno == errno.ESRCH:
+            if exc.errno == errno.ESRCH or procfs.task_state(self.pid, tid) in "ZX":
                 return None
             raise
+        try:
+            ptrace.interrupt(tid)
+        except ptrace.PtraceError as exc:
+            if exc.errno != errno.ESRCH:
+                raise
+            ptrace.wait(tid, deadline)  # it exited after we attached: reap it
+            return None
         while True:
             st = ptrace.wait(tid, deadline)
             if st.exited:

@@ -66,6 +66,16 @@ def proc_state(pid: int) -> ProcState:
     return ProcState(state=fields[0], start_time=int(fields[19]))
 
 
+def task_state(pid: int, tid: int) -> str:
+    """One thread's state letter (R, S, D, T, t, Z, X), or "X" if it is gone."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/stat") as f:
+            stat = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return "X"
+    return stat[stat.rindex(")") + 2]
+
+
 def threads(pid: int) -> list[int]:
     try:
         return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
@@ -79,7 +89,7 @@ def tracer_of(pid: int, tid: int) -> int:
             for line in f:
                 if line.startswith("TracerPid:"):
                     return int(line.split()[1])
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # the thread exited meanwhile
         return 0
     return 0
 

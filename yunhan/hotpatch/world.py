@@ -10,8 +10,10 @@ Resuming is PTRACE_DETACH, which also re-injects a signal that arrived during th
 from __future__ import annotations
 
 import bisect
+import contextlib
 import errno
 import os
+import threading
 import time
 
 from yunhan.errors import HotpatchError
@@ -51,6 +53,8 @@ class World:
                 if exc.errno == errno.EPERM and procfs.tracer_of(self.pid, tid) == me:
                     pending.add(tid)  # a clone attached to us automatically
                     continue
+                if exc.errno == errno.EPERM and procfs.task_state(self.pid, tid) in "ZX":
+                    continue  # exiting: attaching is refused, and it runs no code any more
                 raise
             seized.append(tid)
         return seized
@@ -62,7 +66,7 @@ class World:
         quick loop so they stop in parallel; the pause starts at the first interrupt.
         """
         deadline = time.monotonic() + timeout
-        me = os.getpid()
+        me = threading.get_native_id()  # TracerPid names the tracing thread
         pending: set[int] = set()
         to_stop = self._seize(procfs.threads(self.pid), me, pending)
         self.stopped_at = time.perf_counter()
@@ -73,7 +77,8 @@ class World:
                 except ptrace.PtraceError as exc:
                     if exc.errno != errno.ESRCH:
                         raise
-                    continue
+                    # Exited after we attached: still ours to reap (wait reports the exit),
+                    # or its zombie would keep the whole process from being reaped.
                 pending.add(tid)
             while pending:
                 tid = pending.pop()
@@ -143,15 +148,19 @@ class World:
             except ptrace.PtraceError as exc:
                 if exc.errno != errno.ESRCH:
                     errors.append(exc)
-        # Threads seized but never reported (their wait failed) are still ours: detach them
-        # too, ignoring the ones that are running (ESRCH).
+        # Threads attached but never reported (an error cut stop() short) are still ours:
+        # stop and detach the live ones, reap the ones that exited (a traced zombie thread
+        # must be reaped by its tracer, or the process itself can never be reaped).
         for tid in self._known - set(self.stopped):
-            try:
+            with contextlib.suppress(HotpatchError):
                 ptrace.interrupt(tid)
-                ptrace.wait(tid, time.monotonic() + 1.0)
-                ptrace.detach(tid)
+            try:
+                st = ptrace.wait(tid, time.monotonic() + 0.5)
             except HotpatchError:
-                pass
+                continue
+            if not st.exited:
+                with contextlib.suppress(HotpatchError):
+                    ptrace.detach(tid, st.sig if st.is_signal_delivery else 0)
         paused = time.perf_counter() - self.stopped_at if self.stopped_at else 0.0
         self._realtime(False)
         self.stopped.clear()

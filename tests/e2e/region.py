@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -76,17 +75,6 @@ class Region:
     def instance(self, name: str) -> dict[str, Any]:
         data: dict[str, Any] = self.json("instance", "show", name)
         return data
-
-
-def wait_for(cond: Any, timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def netns_names() -> set[str]:

@@ -16,7 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from region import CliError, Region, netns_names, wait_for
+from region import CliError, Region, netns_names
+
+from tests.polling import wait_for
 
 pytestmark = pytest.mark.root
 

@@ -11,8 +11,7 @@ created with both ends directly in our namespaces: nothing touches the root name
 from __future__ import annotations
 
 import subprocess
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 UNDERLAY_MTU = 1500
@@ -38,19 +37,6 @@ def nsexec(ns: str, *argv: str, check: bool = False) -> subprocess.CompletedProc
 def list_netns() -> list[str]:
     out = sh("ip", "netns", "list")
     return [line.split()[0] for line in out.splitlines() if line.strip()]
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    """Poll `cond` until true or fail after `timeout` seconds (no fixed sleeps)."""
-    deadline = time.monotonic() + timeout
-    delay = 0.01
-    while True:
-        if cond():
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.2)
 
 
 @dataclass

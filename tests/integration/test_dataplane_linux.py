@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from tests.integration import netlab
+from tests.polling import wait_for
 from yunhan.agent.dataplane import DataPlane
 from yunhan.compute import netns_sandbox
 from yunhan.controller.world import WHost, WInstance, WVpc, documents
@@ -434,7 +435,7 @@ def test_arp_claiming_another_instances_ip_is_dropped(linux: World) -> None:
     def learnt(ip: str, dev: str) -> bool:
         return bool(netlab.ip(vpc, "neigh", "show", ip, "dev", dev).strip())
 
-    netlab.wait_for(lambda: learnt("10.1.2.100", a4.port), what="the VIP announcement")
+    wait_for(lambda: learnt("10.1.2.100", a4.port), what="the VIP announcement")
     assert not learnt(a4.ip, a1.port)
 
 
@@ -452,8 +453,8 @@ def test_instance_netns_deleted_by_hand_is_rebuilt_with_its_process(linux: World
     assert r.instances["inst-0000a003"].phase == "running"
     new = netns_sandbox.running(w.state / "h3", ns)[ns]
     assert new.pid != old.pid
-    netlab.wait_for(lambda: _gone(old.pid), what="the stale process to exit")
-    netlab.wait_for(
+    wait_for(lambda: _gone(old.pid), what="the stale process to exit")
+    wait_for(
         lambda: w.answer("inst-0000a001", "10.1.2.10") == "inst-0000a003",
         what="the rebuilt instance to answer",
     )

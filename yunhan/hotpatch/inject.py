@@ -13,7 +13,6 @@ import errno
 import os
 import signal
 import time
-from pathlib import Path
 
 from yunhan.errors import HotpatchError
 from yunhan.hotpatch import procfs, ptrace
@@ -49,7 +48,7 @@ def _signed(v: int) -> int:
 def _in_libc(maps: list[procfs.Mapping], pc: int) -> bool:
     for m in maps:
         if m.contains(pc):
-            return Path(m.path).name.startswith(_LIBC_LIKE)
+            return os.path.basename(m.path).startswith(_LIBC_LIKE)
     return True  # unknown code (JIT, vdso...): do not borrow the thread there
 
 
@@ -153,7 +152,7 @@ class Hijack:
         self.deferred.clear()
 
     def _find_syscall_insn(self, maps: list[procfs.Mapping]) -> int:
-        libc = [m for m in maps if m.executable and Path(m.path).name.startswith("libc.so")]
+        libc = [m for m in maps if m.executable and os.path.basename(m.path).startswith("libc.so")]
         for m in libc or [m for m in maps if m.executable and m.path.startswith("/")]:
             chunk = 1 << 16
             for addr in range(m.start, m.end, chunk):

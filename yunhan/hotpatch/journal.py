@@ -27,6 +27,7 @@ from yunhan.errors import Conflict, HotpatchError
 from yunhan.hotpatch.plan import Guard
 
 LIVE_STATES = ("switching", "applied", "rolling-back")
+HISTORY = 32
 
 
 def default_dir() -> Path:
@@ -159,6 +160,12 @@ class Journal:
                     )
 
     def save(self) -> None:
+        """Write atomically and durably. History (rolled-back, failed) is trimmed to the
+        newest HISTORY records so the file stays small however often a process is patched."""
+        done = [p for p in self.patches if p.state not in LIVE_STATES]
+        if len(done) > HISTORY:
+            drop = {id(p) for p in done[: len(done) - HISTORY]}
+            self.patches = [p for p in self.patches if id(p) not in drop]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = {
             "pid": self.pid,
@@ -167,7 +174,7 @@ class Journal:
         }
         tmp = self.path.with_suffix(".tmp")
         with open(tmp, "w") as f:
-            json.dump(data, f, indent=1)
+            json.dump(data, f)  # no indent: the C encoder, several times faster
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)

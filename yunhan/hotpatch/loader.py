@@ -143,7 +143,7 @@ def locate(pid: int, maps: list[procfs.Mapping], manifest: Manifest) -> _Object:
 def _libc(pid: int, maps: list[procfs.Mapping]) -> tuple[elf.ElfInfo, int]:
     """The target's libc (which, since glibc 2.34, holds dlopen) and its load base."""
     for path, m in _mapped_objects(pid, maps).items():
-        if Path(path).name.startswith("libc.so"):
+        if os.path.basename(path).startswith("libc.so"):
             info = elf.load(procfs.mapped_file(pid, m))
             return info, _object_base(info, m)
     raise HotpatchError(f"process {pid} has no glibc mapped (a static binary?)", pid=pid)

@@ -9,6 +9,7 @@ was blocked in is restarted by the kernel as if it had only seen a stop.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -35,6 +36,11 @@ _SAFE_BLOCKING = {
     0, 1, 7, 17, 19, 20, 23, 34, 35, 42, 43, 44, 45, 46, 47, 61, 128, 130, 202, 230, 247,
     270, 271, 288,
 }  # fmt: skip
+# epoll_wait, epoll_pwait, epoll_pwait2: lock-free in libc too, but a stop makes them return
+# EINTR. Such a thread is borrowed only when nothing better exists; by then our probe has
+# interrupted it anyway, and any stop-the-world would as well.
+_EINTR_ONLY = {232, 281, 441}
+EINTR = -4
 # Among blocked threads, borrow an idle sleeper first: a thread blocked in accept or read
 # is likely serving someone, and the dlopen we run in it would delay that request.
 _SLEEPS = {34, 35, 61, 130, 202, 230, 247}
@@ -82,25 +88,46 @@ class Hijack:
             blocked = [t for t in tids if nrs[t] in _SAFE_BLOCKING and t not in sleepers]
             others = [t for t in tids if t not in sleepers and t not in blocked]
             for tid in sleepers + blocked + others:
-                regs = self._stop_one(tid, deadline)
-                if regs is None:
-                    continue
-                nr = _signed(regs.orig_rax)
-                in_safe_syscall = nr in _SAFE_BLOCKING and _signed(regs.rax) in RESTART_CODES
-                if (in_safe_syscall or not _in_libc(maps, regs.rip)) and not self._in_loader(
-                    maps, regs.rsp
-                ):
-                    return tid, regs
-                self._release(tid)
+                try:
+                    regs = self._stop_one(tid, time.monotonic() + min(2.0, self.timeout))
+                    if regs is not None and self._borrowable(maps, regs):
+                        return tid, regs
+                except BaseException:
+                    self._abandon(tid)
+                    raise
+                if regs is not None:
+                    self._release(tid)
             attempt += 1
             if time.monotonic() > deadline:
                 raise HotpatchError(
-                    f"no thread of process {self.pid} could be borrowed safely "
-                    "(all were inside libc, possibly holding its locks)",
+                    f"no thread of process {self.pid} could be borrowed safely within "
+                    f"{self.timeout:g}s (all were inside libc or the dynamic linker, "
+                    "possibly holding their locks)",
                     pid=self.pid,
                 )
             time.sleep(min(0.001 * 2**attempt, 0.05))
             maps = procfs.read_maps(self.pid)
+
+    def _borrowable(self, maps: list[procfs.Mapping], regs: Regs) -> bool:
+        nr, rax = _signed(regs.orig_rax), _signed(regs.rax)
+        in_safe_syscall = (nr in _SAFE_BLOCKING and rax in RESTART_CODES) or (
+            nr in _EINTR_ONLY and rax == EINTR
+        )
+        outside_libc = not _in_libc(maps, regs.rip)
+        return (in_safe_syscall or outside_libc) and not self._in_loader(maps, regs.rsp)
+
+    def _abandon(self, tid: int) -> None:
+        """Let `tid` go whatever state an error left it in (attached, interrupted...)."""
+        try:
+            ptrace.detach(tid)
+            return
+        except HotpatchError:
+            pass
+        with contextlib.suppress(HotpatchError):
+            ptrace.interrupt(tid)
+            st = ptrace.wait(tid, time.monotonic() + 0.5)
+            if not st.exited:
+                ptrace.detach(tid)
 
     def _stop_one(self, tid: int, deadline: float) -> Regs | None:
         try:

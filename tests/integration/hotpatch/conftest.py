@@ -24,7 +24,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     cc(*CFLAGS, "-pthread", CSRC / "service.c", "-o", service)
     regs = d / "regs"
     cc(*CFLAGS, CSRC / "regs.c", "-o", regs)
-    return Built(d, target, lib, service, regs)
+    evloop = d / "evloop"
+    cc(*CFLAGS, CSRC / "evloop.c", "-o", evloop)
+    return Built(d, target, lib, service, regs, evloop)
 
 
 @pytest.fixture

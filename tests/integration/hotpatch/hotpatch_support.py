@@ -28,6 +28,7 @@ class Built:
     libdemo: Path
     service: Path
     regs: Path
+    evloop: Path
 
 
 class Proc:

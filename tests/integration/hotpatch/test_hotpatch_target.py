@@ -19,7 +19,7 @@ from yunhan.hotpatch import journal, procfs
 
 pytestmark = pytest.mark.root
 
-SYS_READ, SYS_PAUSE, SYS_CLOCK_NANOSLEEP = 0, 34, 230
+SYS_READ, SYS_PAUSE, SYS_CLOCK_NANOSLEEP, SYS_EPOLL_WAIT = 0, 34, 230, 232
 
 FIX_COMPUTE = """
 #include <yunhan/hotpatch.h>
@@ -135,6 +135,21 @@ def test_borrowed_thread_gets_every_register_back(
     target.wait_blocked_in(SYS_READ)
     hotpatch.rollback(target.pid, journal_dir=journal_dir)
     assert target.ask("abc") == "ok 4 5"
+
+
+def test_event_loop_blocked_in_epoll_wait(
+    built: Built, spawn: Callable[..., Proc], make_patch: MakePatch, journal_dir: Path
+) -> None:
+    # The only thread is in epoll_wait, which a stop interrupts with EINTR; it can still be
+    # borrowed, and the loop (which retries on EINTR, as event loops do) carries on.
+    target = spawn(built.evloop)
+    assert target.readline() == "ready"
+    target.wait_blocked_in(SYS_EPOLL_WAIT)
+    fix = "#include <yunhan/hotpatch.h>\nint probe_v2(int x) { return x * 100; }\n"
+    yhp = make_patch("fix_probe", fix + "YUNHAN_PATCH(probe, probe_v2);\n", built.evloop)
+    hotpatch.apply(target.pid, yhp, journal_dir=journal_dir)
+    value, eintr = target.ask("3").split()
+    assert value == "300" and int(eintr) >= 1
 
 
 def test_function_of_a_test_library(

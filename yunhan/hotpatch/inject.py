@@ -67,6 +67,7 @@ class Hijack:
         self.timeout = timeout
         self.deferred: list[int] = []
         self.trap_addr: int | None = None  # an int3 byte that called functions return to
+        self._running = False  # resumed by us and not seen stopping since
         maps = procfs.read_maps(pid)
         self._syscall_insn = self._find_syscall_insn(maps)
         self.tid, self.saved = self._borrow(maps)
@@ -195,10 +196,20 @@ class Hijack:
         deadline = time.monotonic() + self.timeout
         resume = ptrace.singlestep if step else ptrace.cont
         resume(self.tid, 0)
+        self._running = True
         while True:
-            st = ptrace.wait(self.tid, deadline)
+            try:
+                st = ptrace.wait(self.tid, deadline)
+            except HotpatchError as exc:
+                raise HotpatchError(
+                    f"code run in borrowed thread {self.tid} did not finish within "
+                    f"{self.timeout:g}s (a patch constructor that blocks? a lock never "
+                    "released?); the thread was given its own state back",
+                    tid=self.tid,
+                ) from exc
             if st.exited:
                 raise HotpatchError(f"thread {self.tid} exited while borrowed", tid=self.tid)
+            self._running = False
             if st.is_signal_delivery and st.sig == signal.SIGTRAP:
                 regs = ptrace.get_regs(self.tid)
                 if regs.rip == expect_pc:
@@ -210,6 +221,15 @@ class Hijack:
             if st.is_signal_delivery:
                 self.deferred.append(st.sig)  # delivered once the thread is given back
             resume(self.tid, 0)
+            self._running = True
+
+    def _ensure_stopped(self) -> None:
+        """After a call that timed out the thread still runs our code: stop it again."""
+        if self._running:
+            with contextlib.suppress(HotpatchError):
+                ptrace.interrupt(self.tid)
+                ptrace.wait(self.tid, time.monotonic() + 2.0)
+            self._running = False
 
     def _base_regs(self) -> Regs:
         regs = self.saved.copy()
@@ -220,6 +240,7 @@ class Hijack:
 
     def syscall(self, nr: int, *args: int) -> int:
         """Run one syscall in the borrowed thread; returns its raw result (-errno on error)."""
+        self._ensure_stopped()
         regs = self._base_regs()
         regs.rax = nr
         for name, value in zip(("rdi", "rsi", "rdx", "r10", "r8", "r9"), args, strict=False):
@@ -238,6 +259,7 @@ class Hijack:
         """
         if self.trap_addr is None:
             raise HotpatchError("internal: no trap address for a call")
+        self._ensure_stopped()
         regs = self._base_regs()
         sp = (self.saved.rsp - RED_ZONE - 64) & ~0xF
         sp -= 8
@@ -258,7 +280,13 @@ class Hijack:
             self._release(self.tid)
 
     def close(self) -> None:
-        """Restore registers and XSAVE state exactly, then let the thread go."""
+        """Restore registers and XSAVE state exactly, then let the thread go.
+
+        If a call timed out (a dlopen that never returns), the thread is stopped first and
+        given its own state back: detached while still in our call, it would later return
+        to our int3 with no tracer and die of SIGTRAP, taking the process with it.
+        """
+        self._ensure_stopped()
         try:
             ptrace.set_xstate(self.tid, self.saved_xstate)
         finally:

@@ -24,7 +24,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from yunhan.errors import Conflict, HotpatchError, NotFound
+from yunhan.errors import Conflict, HotpatchError, NotFound, YunhanError
 from yunhan.hotpatch import elf, inject, journal, plan, procfs
 from yunhan.hotpatch.journal import PatchRecord, Site
 from yunhan.hotpatch.manifest import Manifest, read_manifest
@@ -431,8 +431,11 @@ def apply(
                 record.state = "failed"
                 jr.save()
                 raise
-        except BaseException:
-            _unload(pid, mem, loaded, timeout)
+        except BaseException as exc:
+            try:
+                _unload(pid, mem, loaded, timeout)
+            except YunhanError as undo:  # keep the first error; say what is left behind
+                exc.add_note(f"unloading the patch again failed too: {undo.message}")
             raise
         record.state = "applied"
         record.applied_at = journal.now()

@@ -22,6 +22,7 @@ from yunhan.hotpatch.ptrace import Regs
 SYS_CLOSE = 3
 SYS_MMAP = 9
 SYS_MUNMAP = 11
+SYS_FUTEX = 202
 SYS_MEMFD_CREATE = 319
 PROT_READ, PROT_EXEC = 1, 4
 MAP_PRIVATE, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE = 0x02, 0x20, 0x100000
@@ -115,7 +116,7 @@ class Hijack:
             nr in _EINTR_ONLY and rax == EINTR
         )
         outside_libc = not _in_libc(maps, regs.rip)
-        return (in_safe_syscall or outside_libc) and not self._in_loader(maps, regs.rsp)
+        return (in_safe_syscall or outside_libc) and not self._in_loader(maps, regs)
 
     def _abandon(self, tid: int) -> None:
         """Let `tid` go whatever state an error left it in (attached, interrupted...)."""
@@ -154,20 +155,20 @@ class Hijack:
                 self.deferred.append(st.sig)
             ptrace.cont(tid, 0)
 
-    def _in_loader(self, maps: list[procfs.Mapping], rsp: int) -> bool:
-        """Does the stack hold an address in the dynamic linker's code?
+    @staticmethod
+    def _in_loader(maps: list[procfs.Mapping], regs: Regs) -> bool:
+        """Is the thread in the dynamic linker, or waiting for one of its locks?
 
-        A thread inside dlopen, dlclose or lazy binding (say, waiting for a lock there)
-        holds the loader's recursive lock; a nested dlopen in it would corrupt the
-        loader's state. Conservative: any such word, even stale, rules the thread out.
+        glibc's loader locks (dl_load_lock, dl_load_write_lock) live in ld.so's data, so
+        a futex wait on an address there means the thread is inside dlopen, dlclose or
+        dl_iterate_phdr; a nested dlopen in it could corrupt the loader's state. (Scanning
+        the stack for ld.so addresses instead was tried: stale words left by start-up in
+        uninitialised buffers made whole processes unborrowable.)
         """
-        ld = [(m.start, m.end) for m in maps if m.executable and "ld-linux" in m.path]
-        stack = next((m for m in maps if m.contains(rsp)), None)
-        if not ld or stack is None:
-            return False
-        data = self.mem.read(rsp, min(stack.end - rsp, 1 << 16))
-        words = memoryview(data[: len(data) - len(data) % 8]).cast("Q")
-        return any(lo <= w < hi for w in words for lo, hi in ld)
+        ld = [m for m in maps if "ld-linux" in m.path]
+        if any(m.contains(regs.rip) for m in ld):
+            return True
+        return _signed(regs.orig_rax) == SYS_FUTEX and any(m.contains(regs.rdi) for m in ld)
 
     def _release(self, tid: int) -> None:
         try:

@@ -156,3 +156,21 @@ def wait_churn(port: int, after: int, want: int, timeout: float = 10.0) -> None:
             return
         assert time.monotonic() < deadline, f"new threads still compute {value}"
         time.sleep(0.002)
+
+
+def test_single_threaded_server_blocked_in_accept(
+    built: Built,
+    spawn: Callable[..., Proc],
+    make_patch: Callable[[str, str, Path], Path],
+    journal_dir: Path,
+) -> None:
+    # Its only thread is borrowed while blocked in accept(2); its stack holds large
+    # uninitialised buffers full of stale start-up words, which must not scare the loader.
+    svc = spawn(built.service, "0", "0")
+    port = int(svc.readline().split()[1])
+    assert procfs.threads(svc.pid) == [svc.pid]
+    yhp = make_patch("fix_price", FIX_PRICE, built.service)
+    hotpatch.apply(svc.pid, yhp, journal_dir=journal_dir)
+    assert request(port, "p 7") == str(NEW)
+    hotpatch.rollback(svc.pid, journal_dir=journal_dir)
+    assert request(port, "p 7") == str(OLD)

@@ -5,6 +5,7 @@ Public face:
   apply(pid, patch_file)                 load and switch a patch in a live process (loader.py)
   rollback(pid, patch_id=None)           restore the bytes below the top patch (loader.py)
   list_patches(pid=None)                 what the journal says was done (loader.py)
+  matching_processes(manifest)           pids mapping the patch's target build (loader.py)
   read_manifest(patch_file)              the description embedded in a .yhp (manifest.py)
 
 Modules: elf (ELF facts), procfs (/proc), ptrace (ctypes), inject (borrowed thread),
@@ -14,7 +15,7 @@ journal (on-disk record).
 
 from yunhan.hotpatch import journal
 from yunhan.hotpatch.build import build, include_dir
-from yunhan.hotpatch.loader import Outcome, apply, list_patches, rollback
+from yunhan.hotpatch.loader import Outcome, apply, list_patches, matching_processes, rollback
 from yunhan.hotpatch.manifest import Manifest, read_manifest
 from yunhan.hotpatch.switch import Retry
 
@@ -27,6 +28,7 @@ __all__ = [
     "include_dir",
     "journal",
     "list_patches",
+    "matching_processes",
     "read_manifest",
     "rollback",
 ]

@@ -116,13 +116,21 @@ def _mapped_objects(pid: int, maps: list[procfs.Mapping]) -> dict[str, procfs.Ma
     return out
 
 
-def locate(pid: int, maps: list[procfs.Mapping], manifest: Manifest) -> _Object:
-    """The mapped object with the manifest's build-id (found by content, not by path)."""
+def locate(
+    pid: int, maps: list[procfs.Mapping], manifest: Manifest, *, by_name_only: bool = False
+) -> _Object:
+    """The mapped object with the manifest's build-id (found by content, not by path).
+
+    Objects named like the target are tried first; `by_name_only` tries only those (a
+    quick scan of many processes), else every mapped file is checked (a renamed copy).
+    """
     objects = _mapped_objects(pid, maps)
     name = manifest.target_name
     ordered = sorted(objects.items(), key=lambda kv: Path(kv[0]).name != name)
     seen = []
     for path, m in ordered:
+        if by_name_only and Path(path).name != name:
+            break
         try:
             info = elf.load(procfs.mapped_file(pid, m))
         except HotpatchError:
@@ -138,6 +146,23 @@ def locate(pid: int, maps: list[procfs.Mapping], manifest: Manifest) -> _Object:
         pid=pid,
         build_id=manifest.build_id,
     )
+
+
+def matching_processes(manifest: Manifest) -> list[int]:
+    """Pids of the processes that map the manifest's target build: what an agent applies a
+    patch to. Unreadable or vanishing processes are skipped."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        pid = int(entry)
+        try:
+            maps = procfs.read_maps(pid)
+            locate(pid, maps, manifest, by_name_only=True)
+        except (HotpatchError, NotFound, OSError):
+            continue
+        out.append(pid)
+    return out
 
 
 def _libc(pid: int, maps: list[procfs.Mapping]) -> tuple[elf.ElfInfo, int]:

@@ -101,6 +101,16 @@ def test_static_function_of_pie_with_cold_part(
     assert target.ask("c 5") == "11"
 
 
+def test_matching_processes_finds_targets_by_build_id(
+    built: Built, target: Proc, spawn: Callable[..., Proc], make_patch: MakePatch
+) -> None:
+    other = spawn(built.regs)
+    assert other.readline() == "ready"
+    yhp = make_patch("fix_compute", FIX_COMPUTE, built.target)
+    found = hotpatch.matching_processes(hotpatch.read_manifest(yhp))
+    assert target.pid in found and other.pid not in found
+
+
 def test_blocked_read_completes_normally_after_patch(
     built: Built, spawn: Callable[..., Proc], make_patch: MakePatch, journal_dir: Path
 ) -> None:

@@ -110,11 +110,18 @@ def rollback(
     patch_id: Annotated[str | None, typer.Argument(help="Patch id (default: the top).")] = None,
     journal_dir: JournalOpt = None,
     attempts: Annotated[int, typer.Option(help="Switch attempts while functions are active.")] = 30,
+    unload: Annotated[
+        bool, typer.Option(help="Also unload the patch code (unsafe if it registered callbacks).")
+    ] = False,
 ) -> None:
     """Roll back the top patch of PID (or PATCH_ID, if nothing is stacked on it)."""
     try:
         out = hotpatch.rollback(
-            pid, patch_id, journal_dir=journal_dir, retry=hotpatch.Retry(attempts=attempts)
+            pid,
+            patch_id,
+            journal_dir=journal_dir,
+            retry=hotpatch.Retry(attempts=attempts),
+            unload=unload,
         )
     except YunhanError as exc:
         raise _fail(exc) from exc

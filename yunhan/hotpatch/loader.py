@@ -514,11 +514,13 @@ def rollback(
     journal_dir: Path | None = None,
     retry: Retry = DEFAULT_RETRY,
     timeout: float = 10.0,
+    unload: bool = False,
 ) -> Outcome:
     """Remove the top patch (or `patch_id`, which must be on top of its functions).
 
     Same rules as apply: all threads stopped, neither the old nor the new function active.
-    Also finishes or undoes an apply/rollback that a dead tool left halfway.
+    Also finishes or undoes an apply/rollback that a dead tool left halfway. With
+    `unload`, the patch's code, memfd and trampoline page are released afterwards.
     """
     root = journal_dir or journal.default_dir()
     st = preflight(pid)
@@ -548,6 +550,10 @@ def rollback(
         record.state = "rolling-back"
         jr.save()
         guards = [s.rollback_guard() for s in record.sites]
+        if record.page:
+            # A thread caught on a trampoline jump is on its way into the new function.
+            page = plan.Guard("trampoline", ((record.page, record.page + PAGE),), frozenset())
+            guards.append(page)
         pause, attempts = 0.0, 0
         if writes:
             try:
@@ -556,11 +562,14 @@ def rollback(
                 record.state = prior
                 jr.save()
                 raise
-        elif prior == "switching" and record.handle:
-            # The tool died before writing any jump: no thread can have run the patch, so
-            # it is unloaded as a refused apply would have done.
+        # Unloading is safe when no jump was ever written (the tool died before the switch)
+        # or on request: the switch just proved no thread is in, or will return into, the
+        # new code, and no entry leads there any more. Only a patch that handed out
+        # pointers to its own code (callbacks, atexit) would make it unsafe.
+        if record.handle and ((prior == "switching" and not writes) or unload):
             loaded = _Loaded(record.handle, record.base, record.page, record.memfd)
             _unload(pid, mem, loaded, timeout)
+            record.handle = 0
         record.state = "rolled-back"
         jr.save()
         return Outcome(pid, record.patch_id, "rolled-back", pause * 1000, attempts, record.sites)

@@ -162,6 +162,21 @@ def test_event_loop_blocked_in_epoll_wait(
     assert value == "300" and int(eintr) >= 1
 
 
+def test_rollback_with_unload_returns_the_mappings_too(
+    built: Built, target: Proc, make_patch: MakePatch, journal_dir: Path
+) -> None:
+    ranges = _untouched_ranges(built, target.pid, "compute")
+    before = snapshot(target.pid, ranges)
+    yhp = make_patch("fix_compute", FIX_COMPUTE, built.target)
+    hotpatch.apply(target.pid, yhp, journal_dir=journal_dir)
+    assert target.ask("c 5") == "500"
+    hotpatch.rollback(target.pid, journal_dir=journal_dir, unload=True)
+    assert target.ask("c 5") == "11"
+    assert snapshot(target.pid, ranges) == before  # no patch object, no trampoline page
+    hotpatch.apply(target.pid, yhp, journal_dir=journal_dir)  # and it loads again
+    assert target.ask("c 5") == "500"
+
+
 def test_function_of_a_test_library(
     built: Built, target: Proc, make_patch: MakePatch, journal_dir: Path
 ) -> None:

@@ -15,7 +15,7 @@ from hotpatch_support import CFLAGS, CSRC, Built, Proc, cc, function_range, load
 
 from yunhan import hotpatch
 from yunhan.errors import Conflict, HotpatchError, NotFound, ValidationError
-from yunhan.hotpatch import journal, procfs
+from yunhan.hotpatch import journal, loader, procfs
 
 pytestmark = pytest.mark.root
 
@@ -109,6 +109,24 @@ def test_matching_processes_finds_targets_by_build_id(
     yhp = make_patch("fix_compute", FIX_COMPUTE, built.target)
     found = hotpatch.matching_processes(hotpatch.read_manifest(yhp))
     assert target.pid in found and other.pid not in found
+
+
+def test_absolute_jump_when_no_page_can_be_mapped_near(
+    built: Built,
+    target: Proc,
+    make_patch: MakePatch,
+    journal_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # No free page within 2 GiB of the PIE (simulated): the trampoline page lands near the
+    # libraries, out of rel32 reach, and the entry gets `jmp [rip+0]; .quad new` in place.
+    monkeypatch.setattr(loader, "_near_page", lambda *_: [])
+    yhp = make_patch("fix_compute", FIX_COMPUTE, built.target)
+    (site,) = hotpatch.apply(target.pid, yhp, journal_dir=journal_dir).sites
+    assert site.new.startswith("ff2500000000") and len(site.new) == 2 * 14
+    assert target.ask("c 5") == "500"
+    hotpatch.rollback(target.pid, journal_dir=journal_dir)
+    assert target.ask("c 5") == "11"
 
 
 def test_blocked_read_completes_normally_after_patch(

@@ -13,10 +13,11 @@ import contextlib
 import errno
 import os
 import signal
+import struct
 import time
 
 from yunhan.errors import HotpatchError
-from yunhan.hotpatch import procfs, ptrace
+from yunhan.hotpatch import plan, procfs, ptrace
 from yunhan.hotpatch.ptrace import Regs
 
 SYS_CLOSE = 3
@@ -62,8 +63,18 @@ def _in_libc(maps: list[procfs.Mapping], pc: int) -> bool:
 class Hijack:
     """One borrowed thread; use as a context manager so it is always given back."""
 
-    def __init__(self, pid: int, mem: procfs.Memory, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        pid: int,
+        mem: procfs.Memory,
+        *,
+        timeout: float = 10.0,
+        restorer: int | None = None,
+    ) -> None:
+        """Borrow a thread of `pid`. `restorer` is the address of libc's signal-return
+        trampoline in the target, used to leave threads running a signal handler alone."""
         self.pid = pid
+        self.restorer = restorer
         self.mem = mem
         self.timeout = timeout
         self.deferred: list[int] = []
@@ -116,7 +127,36 @@ class Hijack:
             nr in _EINTR_ONLY and rax == EINTR
         )
         outside_libc = not _in_libc(maps, regs.rip)
-        return (in_safe_syscall or outside_libc) and not self._in_loader(maps, regs)
+        return (
+            (in_safe_syscall or outside_libc)
+            and not self._in_loader(maps, regs)
+            and not self._in_signal_handler(maps, regs.rsp)
+        )
+
+    def _in_signal_handler(self, maps: list[procfs.Mapping], rsp: int) -> bool:
+        """Is a signal frame live on this thread's stack?
+
+        A handler may have interrupted libc while it held a lock (malloc's, say); dlopen
+        run from there could deadlock on it. A frame is recognised by the restorer address
+        with a plausible saved context after it (stack pointer above the frame, PC in
+        code), so that a stale copy of the address in some buffer is not taken for one.
+        """
+        stack = next((m for m in maps if m.contains(rsp)), None)
+        if self.restorer is None or stack is None:
+            return False
+        data = self.mem.read(rsp, min(stack.end - rsp, 1 << 16))
+        needle = struct.pack("<Q", self.restorer)
+        i = data.find(needle)
+        while i >= 0:
+            if (rsp + i) % 8 == 0 and i + plan.SIGFRAME_RIP + 8 <= len(data):
+                saved_sp = struct.unpack_from("<Q", data, i + plan.SIGFRAME_RSP)[0]
+                saved_pc = struct.unpack_from("<Q", data, i + plan.SIGFRAME_RIP)[0]
+                if rsp + i < saved_sp <= stack.end and any(
+                    m.executable and m.contains(saved_pc) for m in maps
+                ):
+                    return True
+            i = data.find(needle, i + 1)
+        return False
 
     def _abandon(self, tid: int) -> None:
         """Let `tid` go whatever state an error left it in (attached, interrupted...)."""

@@ -308,7 +308,8 @@ def _load(
     dlclose = _libc_function(pid, maps, "dlclose")
     lo = min(t.start for t in targets)
     hi = max(t.start + t.size for t in targets)
-    with inject.Hijack(pid, mem, timeout=timeout) as hj:
+    restorer = _libc_restorer(pid, maps)
+    with inject.Hijack(pid, mem, timeout=timeout, restorer=restorer) as hj:
         page = _map_page(hj, maps, lo, hi)
         fd = -1
         try:
@@ -354,7 +355,8 @@ def _unload(pid: int, mem: procfs.Memory, loaded: _Loaded, timeout: float) -> No
     """Undo `_load` when the switch never happened: nothing can be running the patch."""
     maps = procfs.read_maps(pid)
     dlclose = _libc_function(pid, maps, "dlclose")
-    with inject.Hijack(pid, mem, timeout=timeout) as hj:
+    restorer = _libc_restorer(pid, maps)
+    with inject.Hijack(pid, mem, timeout=timeout, restorer=restorer) as hj:
         hj.trap_addr = loaded.page
         hj.call(dlclose, loaded.handle)
         hj.syscall(inject.SYS_CLOSE, loaded.memfd)

@@ -102,6 +102,7 @@ class ThreadView:
 # interrupted %rip sits in uc_mcontext: 8 (pretcode) + 8 (uc_flags) + 8 (uc_link)
 # + 24 (uc_stack) + 16 * 8 (r8..rsp) bytes further.
 SIGFRAME_RIP = 176
+SIGFRAME_RSP = 168
 
 
 def find_active(

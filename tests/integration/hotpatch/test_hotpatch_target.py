@@ -15,7 +15,7 @@ from hotpatch_support import CFLAGS, CSRC, Built, Proc, cc, function_range, load
 
 from yunhan import hotpatch
 from yunhan.errors import Conflict, HotpatchError, NotFound, ValidationError
-from yunhan.hotpatch import journal, loader, procfs
+from yunhan.hotpatch import inject, journal, loader, procfs
 
 pytestmark = pytest.mark.root
 
@@ -291,6 +291,25 @@ def test_function_interrupted_by_a_signal_handler_is_active(
     with pytest.raises(HotpatchError, match="signal handler that interrupted victim"):
         hotpatch.apply(target.pid, yhp, journal_dir=journal_dir, retry=hotpatch.Retry(attempts=2))
     assert snapshot(target.pid, ranges) == before
+
+
+def test_a_thread_running_a_signal_handler_is_not_borrowed(
+    built: Built, spawn: Callable[..., Proc]
+) -> None:
+    # The victim thread is the only idle sleeper (first choice), but it sits in a signal
+    # handler, where dlopen could deadlock on a lock the interrupted code holds.
+    target = spawn(built.target, "single")
+    assert target.readline() == "ready"
+    assert target.ask("s") == "ok"
+    (victim,) = set(procfs.threads(target.pid)) - {target.pid}
+    target.wait_blocked_in(SYS_PAUSE, tid=victim)
+    target.wait_blocked_in(SYS_READ)
+    maps = procfs.read_maps(target.pid)
+    with procfs.Memory(target.pid) as mem:
+        restorer = loader._libc_restorer(target.pid, maps)
+        with inject.Hijack(target.pid, mem, restorer=restorer) as hj:
+            assert hj.tid == target.pid
+    assert target.ask("c 1") == "3"
 
 
 def test_modified_function_is_refused(

@@ -65,14 +65,24 @@ FIX_HOLD = """
 static void hold_v2(void) { for (;;) pause(); }
 YUNHAN_PATCH(hold, hold_v2);
 """
+FIX_PROBE = """
+#include <yunhan/hotpatch.h>
+int probe_v2(int x) { return x * 100; }
+YUNHAN_PATCH(probe, probe_v2);
+"""
 
 MakePatch = Callable[[str, str, Path], Path]
 
 
+def started(spawn: Callable[..., Proc], *argv: str | Path) -> Proc:
+    p = spawn(*argv)
+    assert p.readline() == "ready"
+    return p
+
+
 @pytest.fixture
 def target(built: Built, spawn: Callable[..., Proc]) -> Proc:
-    p = spawn(built.target)
-    assert p.readline() == "ready"
+    p = started(spawn, built.target)
     assert p.ask("c 5") == "11"
     p.wait_blocked_in(SYS_READ)
     return p
@@ -104,8 +114,7 @@ def test_static_function_of_pie_with_cold_part(
 def test_matching_processes_finds_targets_by_build_id(
     built: Built, target: Proc, spawn: Callable[..., Proc], make_patch: MakePatch
 ) -> None:
-    other = spawn(built.regs)
-    assert other.readline() == "ready"
+    other = started(spawn, built.regs)
     yhp = make_patch("fix_compute", FIX_COMPUTE, built.target)
     found = hotpatch.matching_processes(hotpatch.read_manifest(yhp))
     assert target.pid in found and other.pid not in found
@@ -132,8 +141,7 @@ def test_absolute_jump_when_no_page_can_be_mapped_near(
 def test_blocked_read_completes_normally_after_patch(
     built: Built, spawn: Callable[..., Proc], make_patch: MakePatch, journal_dir: Path
 ) -> None:
-    target = spawn(built.target, "single")
-    assert target.readline() == "ready"
+    target = started(spawn, built.target, "single")
     assert procfs.threads(target.pid) == [target.pid]
     target.wait_blocked_in(SYS_READ)
     yhp = make_patch("fix_compute", FIX_COMPUTE, built.target)
@@ -153,11 +161,9 @@ def test_borrowed_thread_gets_every_register_back(
 ) -> None:
     # The only thread holds known values in %xmm0-15 and %r12-15 across a raw read(2); it
     # runs our dlopen (SSE/AVX-heavy) and is stopped for the switch, then its read resumes.
-    target = spawn(built.regs)
-    assert target.readline() == "ready"
+    target = started(spawn, built.regs)
     target.wait_blocked_in(SYS_READ)
-    fix = "#include <yunhan/hotpatch.h>\nint probe_v2(int x) { return x * 100; }\n"
-    yhp = make_patch("fix_probe", fix + "YUNHAN_PATCH(probe, probe_v2);\n", built.regs)
+    yhp = make_patch("fix_probe", FIX_PROBE, built.regs)
     hotpatch.apply(target.pid, yhp, journal_dir=journal_dir)
     assert target.ask("abc") == "ok 4 400"
     target.wait_blocked_in(SYS_READ)
@@ -170,11 +176,9 @@ def test_event_loop_blocked_in_epoll_wait(
 ) -> None:
     # The only thread is in epoll_wait, which a stop interrupts with EINTR; it can still be
     # borrowed, and the loop (which retries on EINTR, as event loops do) carries on.
-    target = spawn(built.evloop)
-    assert target.readline() == "ready"
+    target = started(spawn, built.evloop)
     target.wait_blocked_in(SYS_EPOLL_WAIT)
-    fix = "#include <yunhan/hotpatch.h>\nint probe_v2(int x) { return x * 100; }\n"
-    yhp = make_patch("fix_probe", fix + "YUNHAN_PATCH(probe, probe_v2);\n", built.evloop)
+    yhp = make_patch("fix_probe", FIX_PROBE, built.evloop)
     hotpatch.apply(target.pid, yhp, journal_dir=journal_dir)
     value, eintr = target.ask("3").split()
     assert value == "300" and int(eintr) >= 1
@@ -298,8 +302,7 @@ def test_a_thread_running_a_signal_handler_is_not_borrowed(
 ) -> None:
     # The victim thread is the only idle sleeper (first choice), but it sits in a signal
     # handler, where dlopen could deadlock on a lock the interrupted code holds.
-    target = spawn(built.target, "single")
-    assert target.readline() == "ready"
+    target = started(spawn, built.target, "single")
     assert target.ask("s") == "ok"
     (victim,) = set(procfs.threads(target.pid)) - {target.pid}
     target.wait_blocked_in(SYS_PAUSE, tid=victim)
@@ -426,8 +429,7 @@ def test_target_in_another_mount_namespace(
         f"mount -t tmpfs yh {private} && "
         f"cp {built.target} {private}/target && exec {private}/target single"
     )
-    target = spawn("unshare", "--mount", "--propagation", "private", "sh", "-c", script)
-    assert target.readline() == "ready"
+    target = started(spawn, "unshare", "--mount", "--propagation", "private", "sh", "-c", script)
     assert not (private / "target").exists()
     yhp = make_patch("fix_compute", FIX_COMPUTE, built.target)
     hotpatch.apply(target.pid, yhp, journal_dir=journal_dir)

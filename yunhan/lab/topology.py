@@ -1,27 +1,23 @@
 """Realising a `RegionSpec` as network namespaces (the "build second" half of the lab).
 
-Shape, for 2 zones x 1 host ("║" a veth pair, "─" a bridge port):
+Shape, for 2 zones x 2 hosts ("║" a veth pair):
 
-    <p>-az1-h1    eth0 198.18.1.11/24, default via 198.18.1.1
-                   ║
-    <p>-core      az1-h1 ─ br-az1  ─ gwp-az1  ║ gw-az1  198.18.1.1/24  ┐
-                  az2-h1 ─ br-az2  ─ gwp-az2  ║ gw-az2  198.18.2.1/24  ├ ip_forward
-                  inet   ─ br-inet ─ gwp-inet ║ gw-inet 198.19.0.1/24  ┘
-                   ║ (az2-h1)        ║ (inet)
-    <p>-az2-h1    eth0 198.18.2.11/24, default via 198.18.2.1
-    <p>-internet  eth0 198.19.0.2/24, default via 198.19.0.1
+    <p>-az1-h1  eth0 198.18.1.11/32 ║ az1-h1 198.18.1.1/32 ┐
+    <p>-az1-h2  eth0 198.18.1.12/32 ║ az1-h2 198.18.1.1/32 │  <p>-core
+    <p>-az2-h1  eth0 198.18.2.11/32 ║ az2-h1 198.18.2.1/32 ├  ip_forward, one /32
+    <p>-az2-h2  eth0 198.18.2.12/32 ║ az2-h2 198.18.2.1/32 │  route per host
+    <p>-internet eth0 198.19.0.2/24 ║ inet   198.19.0.1/24 ┘
 
-Each zone is one L2 segment, a Linux bridge inside the core namespace: hosts of a zone
-reach each other over the bridge, hosts of different zones through the core's IP
-forwarding, so cross-AZ overlay traffic really crosses an L3 hop (TTL decrement, a route
-lookup) without the cost of a namespace per zone router.
+Routed access, as in an L3 leaf-spine fabric: every host has one point-to-point link into
+the core, its address as a /32 and a default route via its zone's gateway (`onlink`); the
+core-side end of every link of a zone carries that zone's gateway address, and the core
+routes each host's /32 to its link. Every host-to-host packet, and so all cross-AZ overlay
+traffic, crosses exactly one L3 hop (a TTL decrement and a route lookup in the core).
 
-The zone's gateway address sits on a veth whose peer is a bridge port, not on the bridge
-device itself. That is for throughput: the bridge device has no `hw_enc_features`, so an
-encapsulated GSO packet (a VXLAN super-frame) routed out through it is segmented in
-software, ~45 small packets that then also reach the far host one by one (measured: VXLAN
-across zones at about half the speed). A veth keeps tunnel GSO end to end, and the bridge
-only ever forwards port to port, which keeps the super-frame whole.
+Why not a bridge per zone: a Linux bridge costs a traversal each way for every frame, and
+one that routes (an address on the bridge device) has no `hw_enc_features`, so every
+VXLAN GSO super-frame leaving through it is segmented in software (measured: cross-zone
+throughput halved). Routed veths keep tunnel GSO end to end and cost two fewer hops.
 
 Every veth is created with both ends directly inside lab namespaces (`ip -n A link add …
 peer … netns B`), so no lab link or address ever exists in the root namespace and nothing
@@ -37,9 +33,6 @@ from __future__ import annotations
 from yunhan.lab import cleanup
 from yunhan.lab.cleanup import Removed, run
 from yunhan.lab.spec import (
-    CORE_INTERNET_BRIDGE,
-    CORE_INTERNET_GW,
-    CORE_INTERNET_GW_PORT,
     CORE_INTERNET_PORT,
     HOST_UNDERLAY_IFNAME,
     INTERNET_IFNAME,
@@ -79,23 +72,6 @@ def _ensure_veth(ns_a: str, name_a: str, ns_b: str, name_b: str, mtu: int) -> No
         "peer", "name", name_b, "mtu", str(mtu), "netns", ns_b)  # fmt: skip
 
 
-def _ensure_segment(ns: str, bridge: str, gw_if: str, gw_port: str, mtu: int, addr: str) -> None:
-    """A bridge (an L2 segment) with the core's routed interface `gw_if` plugged into it."""
-    if bridge not in _links(ns):
-        # STP off (the default) lets a port forward at once; a lab zone has no loops.
-        _ip(ns, "link", "add", bridge, "mtu", str(mtu), "type", "bridge")
-    _ensure_veth(ns, gw_if, ns, gw_port, mtu)
-    _batch(
-        ns,
-        [
-            f"link set {bridge} mtu {mtu} up",
-            f"link set {gw_port} master {bridge} mtu {mtu} up",
-            f"link set {gw_if} mtu {mtu} up",
-            f"addr replace {addr} dev {gw_if}",
-        ],
-    )
-
-
 def _sysctl(ns: str, key: str, value: str) -> None:
     # /proc/sys/net is per network namespace: write it from inside the namespace (with sh,
     # not sysctl(8), which a minimal Debian lacks).
@@ -104,7 +80,7 @@ def _sysctl(ns: str, key: str, value: str) -> None:
 
 
 def realise(spec: RegionSpec) -> None:
-    """Create (or complete) the region's namespaces, bridges, veths, addresses and routes.
+    """Create (or complete) the region's namespaces, veths, addresses and routes.
 
     Raises DriverError naming the command the kernel refused; what was built stays, and
     `teardown(spec.prefix)` removes it.
@@ -117,29 +93,34 @@ def realise(spec: RegionSpec) -> None:
     _sysctl(core, "net.ipv4.ip_forward", "1")
 
     for zone in spec.zones:
-        plen = zone.cidr.split("/")[1]
-        _ensure_segment(
-            core, zone.bridge, zone.gateway_if, zone.gateway_port, mtu, f"{zone.gateway}/{plen}"
-        )
         for host in zone.hosts:
             _ensure_veth(core, host.core_port, host.netns, HOST_UNDERLAY_IFNAME, mtu)
-            _batch(core, [f"link set {host.core_port} master {zone.bridge} mtu {mtu} up"])
+            _batch(
+                core,
+                [
+                    f"link set {host.core_port} mtu {mtu} up",
+                    f"addr replace {zone.gateway}/32 dev {host.core_port}",
+                    f"route replace {host.underlay_ip}/32 dev {host.core_port}",
+                ],
+            )
             _batch(
                 host.netns,
                 [
                     f"link set {HOST_UNDERLAY_IFNAME} mtu {mtu} up",
-                    f"addr replace {host.underlay_ip}/{host.prefixlen} dev {HOST_UNDERLAY_IFNAME}",
-                    f"route replace default via {host.gateway} dev {HOST_UNDERLAY_IFNAME}",
+                    f"addr replace {host.underlay_ip}/32 dev {HOST_UNDERLAY_IFNAME}",
+                    f"route replace default via {host.gateway} dev {HOST_UNDERLAY_IFNAME} onlink",
                 ],
             )
 
     inet_plen = spec.internet_cidr.split("/")[1]
-    inet_gw = f"{spec.internet_gateway}/{inet_plen}"
-    _ensure_segment(
-        core, CORE_INTERNET_BRIDGE, CORE_INTERNET_GW, CORE_INTERNET_GW_PORT, mtu, inet_gw
-    )
     _ensure_veth(core, CORE_INTERNET_PORT, spec.internet_netns, INTERNET_IFNAME, mtu)
-    _batch(core, [f"link set {CORE_INTERNET_PORT} master {CORE_INTERNET_BRIDGE} mtu {mtu} up"])
+    _batch(
+        core,
+        [
+            f"link set {CORE_INTERNET_PORT} mtu {mtu} up",
+            f"addr replace {spec.internet_gateway}/{inet_plen} dev {CORE_INTERNET_PORT}",
+        ],
+    )
     _batch(
         spec.internet_netns,
         [

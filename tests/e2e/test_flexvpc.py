@@ -7,7 +7,9 @@ name the problem, and nothing of the region left after `yunhan down`.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -47,17 +49,21 @@ def tcp_hello(region: Region, src: str, dst_ip: str) -> str | None:
 def region() -> Iterator[Region]:
     home = Path(tempfile.mkdtemp(prefix="yunhan-e2e-"))
     r = Region(home)
-    before = netns_names()
+    prefix = ""
     try:
         r.run("up", "--detach", "--zones", "2", "--hosts-per-zone", "2", timeout=300)
+        prefix = json.loads((r.state / "region.json").read_text())["prefix"]
         yield r
     finally:
         r.run("down", check=False, timeout=300)
-        created = netns_names() - before
-        leftovers = {n for n in created if n.startswith("yh")}
-        assert not leftovers, f"yunhan down left namespaces behind: {leftovers}"
-        procs = processes_mentioning(str(r.state))
-        assert not procs, f"yunhan down left processes behind: {procs}"
+        try:
+            # Only this region's names: a concurrent run may have a region of its own up.
+            leftovers = {n for n in netns_names() if prefix and n.startswith(f"{prefix}-")}
+            assert not leftovers, f"yunhan down left namespaces behind: {leftovers}"
+            procs = processes_mentioning(str(r.state))
+            assert not procs, f"yunhan down left processes behind: {procs}"
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -185,8 +191,9 @@ def test_bad_input_is_refused_and_changes_nothing(
         assert revision() == rev, f"{argv} changed the store"
 
 
-def _agent_pid(host: str) -> int:
-    out = subprocess.run(["pgrep", "-f", f"yunhan agent .*--host {host}( |$)"],
+def _agent_pid(region: Region, host: str) -> int:
+    # Only this region's agent: other regions (a concurrent run) have hosts of that name too.
+    out = subprocess.run(["pgrep", "-f", f"yunhan agent .*--host {host} .*{region.state}/"],
                          capture_output=True, text=True).stdout.split()  # fmt: skip
     assert len(out) == 1, f"expected one agent for {host}, found {out}"
     return int(out[0])
@@ -206,7 +213,7 @@ def test_agent_sigkill_keeps_traffic_and_restart_changes_nothing(
     region: Region, net: dict[str, dict[str, str]]
 ) -> None:
     host = net["w1"]["host"]
-    pid = _agent_pid(host)
+    pid = _agent_pid(region, host)
     argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
     # Restart it as the lab started it (its environment marks it as the region's own).
     environ = Path(f"/proc/{pid}/environ").read_bytes().rstrip(b"\0").split(b"\0")

@@ -277,3 +277,17 @@ def region_host(region: Region, host: str) -> dict[str, object]:
         if h["name"] == host:
             return dict(h)
     raise AssertionError(f"host {host} not listed")
+
+
+def test_instance_mtu_leaves_room_for_vxlan(region: Region, net: dict[str, dict[str, str]]) -> None:
+    # Underlay 1500 - 50 bytes of VXLAN: a full-size, don't-fragment packet crosses zones.
+    link = region.exec("w1", "ip", "-o", "link", "show", "eth0").stdout
+    assert " mtu 1450 " in link
+    full = region.exec(
+        "w1", "ping", "-c", "1", "-W", "2", "-M", "do", "-s", "1422", net["w2"]["ip"]
+    )
+    assert full.returncode == 0, full.stdout + full.stderr
+    over = region.exec(
+        "w1", "ping", "-c", "1", "-W", "2", "-M", "do", "-s", "1423", net["w2"]["ip"]
+    )
+    assert over.returncode != 0

@@ -136,3 +136,31 @@ def test_sweep_spares_a_live_region_and_down_removes_it(prefix: str, tmp_path: P
     assert not (tmp_path / region.RECORD).exists() and not record.data_dir.exists()
     assert not (region.REGISTRY / f"{prefix}.json").exists()
     assert not region.down(tmp_path)  # idempotent
+
+
+def test_sweep_and_down_spare_a_live_region_whose_prefix_extends_theirs(
+    prefix: str, tmp_path: Path
+) -> None:
+    # "<p>" and "<p>-b" are both valid region prefixes; every name of "<p>-b" also starts
+    # with "<p>-". Taking "<p>" down must not touch the live "<p>-b".
+    other = f"{prefix}-b"
+    live = RegionSpec.build(prefix=other, zones=1, hosts_per_zone=1)
+    record = region.RegionRecord(prefix=other, state_dir=str(tmp_path), spec=live.to_dict())
+    me = os.getpid()
+    record.processes.append(region.ProcessRecord("supervisor", "up", me, cleanup.start_time(me)))
+    record.data_dir.mkdir()
+    record.save()
+    try:
+        topology.realise(live)
+        topology.realise(RegionSpec.build(prefix=prefix, zones=1, hosts_per_zone=1))
+        agent_ns = f"{live.hosts[0].agent_prefix}v7"
+        subprocess.run(["ip", "netns", "add", agent_ns], check=True)
+        removed = region.sweep(prefixes=[prefix])[prefix]
+        assert not any(cleanup.owned(n, other) for n in removed.namespaces), removed
+        assert all(ns in cleanup.list_netns() for ns in (*live.namespaces, agent_ns))
+        assert (region.REGISTRY / f"{other}.json").exists()
+        assert [n for n in cleanup.list_netns() if n.startswith(f"{prefix}-")
+                and not n.startswith(f"{other}-")] == []  # fmt: skip
+    finally:
+        region.down(tmp_path)
+        assert leftovers(other) == []

@@ -73,6 +73,15 @@ def owned(name: str, prefix: str) -> bool:
     return name.startswith(f"{prefix}-")
 
 
+def owned_by(name: str, prefix: str, spare: Iterable[str] = ()) -> bool:
+    """`owned(name, prefix)`, unless `name` belongs to a region in `spare`.
+
+    Region prefixes may contain dashes: every name of a region "a-b" also starts with
+    "a-". `spare` lists such other regions (the live ones), whose names are never ours.
+    """
+    return owned(name, prefix) and not any(n == name or owned(name, n) for n in spare)
+
+
 def list_netns() -> list[str]:
     """Names of all named network namespaces (the files in /run/netns)."""
     try:
@@ -182,14 +191,14 @@ def marked_pids(match: Callable[[str], bool]) -> dict[int, str]:
     return found
 
 
-def agent_pids(prefix: str) -> list[int]:
+def agent_pids(prefix: str, spare: Iterable[str] = ()) -> list[int]:
     """`yunhan agent` processes programming a namespace of `prefix`, however they were
     started (an agent restarted by hand carries no YUNHAN_REGION but names its netns)."""
     me = os.getpid()
     found = []
     for pid in _proc_pids():
         netns = agent_netns_of(pid) if pid != me else None
-        if netns is not None and owned(netns, prefix):
+        if netns is not None and owned_by(netns, prefix, spare):
             found.append(pid)
     return found
 
@@ -235,18 +244,21 @@ def _unescape(path: str) -> str:
     return path.encode().decode("unicode_escape") if "\\" in path else path
 
 
-def _names_prefix(path: Path, prefix: str) -> bool:
+def _names_prefix(path: Path, prefix: str, spare: Iterable[str] = ()) -> bool:
+    def names(p: str, pre: str) -> bool:
+        return p == pre or owned(p, pre) or p.startswith(f"{pre}.")
+
     parts = path.relative_to(RUN_DIR).parts
-    return any(p == prefix or owned(p, prefix) or p.startswith(f"{prefix}.") for p in parts)
+    return any(names(p, prefix) and not any(names(p, s) for s in spare) for p in parts)
 
 
-def unmount_run_dir(prefix: str) -> list[str]:
+def unmount_run_dir(prefix: str, spare: Iterable[str] = ()) -> list[str]:
     """Detach the bind mounts under /run/yunhan that name the prefix, and remove the files."""
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     done = []
     for point in sorted(set(_mount_points()), key=len, reverse=True):
         path = Path(point)
-        if RUN_DIR not in path.parents or not _names_prefix(path, prefix):
+        if RUN_DIR not in path.parents or not _names_prefix(path, prefix, spare):
             continue
         if libc.umount2(str(path).encode(), _MNT_DETACH) != 0:
             err = ctypes.get_errno()
@@ -255,7 +267,7 @@ def unmount_run_dir(prefix: str) -> list[str]:
         done.append(point)
     if RUN_DIR.is_dir():
         for path in sorted(RUN_DIR.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-            if not _names_prefix(path, prefix):
+            if not _names_prefix(path, prefix, spare):
                 continue
             try:
                 if path.is_dir() and not path.is_symlink():
@@ -284,21 +296,25 @@ def delete_netns(names: list[str]) -> None:
         raise DriverError(f"namespaces {left} could not be deleted", namespaces=left)
 
 
-def remove_prefix(prefix: str) -> Removed:
+def remove_prefix(prefix: str, spare: Iterable[str] = ()) -> Removed:
     """Remove every namespace, process, mount and root link owned by `prefix`.
+
+    Nothing of the regions named in `spare` (other regions whose prefix extends this one,
+    "<prefix>-…") is touched.
 
     Order matters: lab processes first (an agent still running would recreate what we
     delete), then whatever runs inside our namespaces (a live process keeps its namespace
     alive after `ip netns del`), then mounts, then the namespaces (which takes their links).
     """
     removed = Removed()
-    removed.processes += kill([*marked_pids(lambda r: r == prefix), *agent_pids(prefix)])
-    namespaces = [n for n in list_netns() if owned(n, prefix)]
+    spare = [s for s in spare if s != prefix]
+    removed.processes += kill([*marked_pids(lambda r: r == prefix), *agent_pids(prefix, spare)])
+    namespaces = [n for n in list_netns() if owned_by(n, prefix, spare)]
     removed.processes += kill(pids_in_netns(namespaces))
-    removed.mounts = unmount_run_dir(prefix)
+    removed.mounts = unmount_run_dir(prefix, spare)
     delete_netns(namespaces)
     removed.namespaces = namespaces
-    links = [link for link in root_links() if owned(link, prefix)]
+    links = [link for link in root_links() if owned_by(link, prefix, spare)]
     for link in links:
         run(["ip", "link", "del", link], check=False)
     removed.links = links

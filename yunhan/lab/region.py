@@ -439,7 +439,10 @@ def _teardown(prefix: str, record: RegionRecord | None, *, keep_logs: bool = Fal
         # it notices that its record is gone and exits (killing it could deadlock on the lock).
         alive = [p.pid for p in record.processes if p.role in ("agent", "server") and p.alive()]
         removed.processes += cleanup.kill(alive, grace=STOP_GRACE)
-    rest = topology.teardown(prefix)
+    # Another registered region whose prefix extends ours ("<prefix>-b") shares every
+    # name pattern of ours: its names are never ours to remove.
+    spare = [p for p in _registered() if p != prefix and cleanup.owned(p, prefix)]
+    rest = topology.teardown(prefix, spare)
     removed.processes += rest.processes
     removed.namespaces, removed.mounts, removed.links = rest.namespaces, rest.mounts, rest.links
     if record is not None:

@@ -30,6 +30,8 @@ second time; `teardown` removes everything of the prefix and is safe to repeat.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from yunhan.lab import cleanup
 from yunhan.lab.cleanup import Removed, run
 from yunhan.lab.spec import (
@@ -131,6 +133,7 @@ def realise(spec: RegionSpec) -> None:
     )
 
 
-def teardown(prefix: str) -> Removed:
-    """Remove every namespace (agents' included), process, mount and link of `prefix`."""
-    return cleanup.remove_prefix(prefix)
+def teardown(prefix: str, spare: Iterable[str] = ()) -> Removed:
+    """Remove every namespace (agents' included), process, mount and link of `prefix`,
+    sparing the regions named in `spare` (see `cleanup.remove_prefix`)."""
+    return cleanup.remove_prefix(prefix, spare)

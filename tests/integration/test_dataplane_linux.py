@@ -462,3 +462,23 @@ def test_instance_netns_deleted_by_hand_is_rebuilt_with_its_process(linux: World
 
 def _gone(pid: int) -> bool:
     return not pathlib.Path(f"/proc/{pid}").exists() or _zombie(pid)
+
+
+@LINUX_ONLY
+def test_port_rule_turned_to_accept_by_hand_is_repaired(linux: World) -> None:
+    import json
+
+    w = linux
+    vpc = w.naming("h1").vpc_netns(100)
+    listing = json.loads(netlab.nsexec(vpc, "nft", "-j", "list", "chain", "netdev", "yunhan",
+                                       "p-0000a001", check=True).stdout)  # fmt: skip
+    rule = next(i["rule"] for i in listing["nftables"] if i.get("rule", {}).get("comment") == "mac")
+    mac = rule["expr"][0]["match"]["right"]
+    netlab.nsexec(vpc, "nft", "replace", "rule", "netdev", "yunhan", "p-0000a001", "handle",
+                  str(rule["handle"]), "ether", "saddr", "!=", mac, "accept", "comment", "mac",
+                  check=True)  # fmt: skip
+    r = w.dps["h1"].apply(w.docs()["h1"])
+    assert (r.changes, r.errors) == (1, [])
+    text = netlab.nsexec(vpc, "nft", "list", "chain", "netdev", "yunhan", "p-0000a001").stdout
+    assert "accept comment" not in text and text.count("drop") == 5
+    assert w.dataplane("h1").plan(w.docs()["h1"]) == []

@@ -65,3 +65,46 @@ def test_hand_edited_chain_reads_as_broken() -> None:
     extra = copy.deepcopy(listing)
     extra["nftables"].append({"rule": {"chain": "p-1", "expr": [{"accept": None}]}})
     assert nft.parse_table(extra)["p-1"][1] == nft.BROKEN
+
+
+def test_hand_edited_verdict_or_protocol_set_reads_as_broken() -> None:
+    # The MAC and IPs read back the same, but the rule no longer drops what it must: the
+    # port would pass spoofed frames (or IPv6) while observation saw no drift.
+    listing = _listing("p-1", MAC, ("10.1.1.10",))
+    rule_of = {i["rule"]["comment"]: i["rule"] for i in listing["nftables"] if "rule" in i}
+    for tag in ("mac", "ip", "arp-mac", "arp-ip", "proto"):
+        accepting = copy.deepcopy(listing)
+        r = next(
+            i["rule"] for i in accepting["nftables"] if i.get("rule", {}).get("comment") == tag
+        )
+        r["expr"][-1] = {"accept": None}
+        assert nft.parse_table(accepting)["p-1"][1] == nft.BROKEN, tag
+    ipv6 = copy.deepcopy(listing)
+    r = next(i["rule"] for i in ipv6["nftables"] if i.get("rule", {}).get("comment") == "proto")
+    r["expr"][-2]["match"]["right"] = {"set": ["ip", "arp", "ip6"]}
+    assert nft.parse_table(ipv6)["p-1"][1] == nft.BROKEN
+    assert rule_of["proto"]["expr"][-1] == {"drop": None}
+
+
+def test_kernel_listing_without_protocol_dependencies_reads_back() -> None:
+    # What nft 1.0.6 really lists: every implied `meta protocol` match is left out.
+    rules = nft.chain_rules("p-1", MAC, ("10.1.1.9", "10.1.1.10"))
+    items: list[dict[str, Any]] = [
+        {"chain": {"family": "netdev", "table": "yunhan", "name": "p-1", "handle": 1}}
+    ]
+    for r in rules:
+        expr = r["expr"] if r["comment"] in ("mac", "proto") else r["expr"][1:]
+        items.append({"rule": {**r, "expr": expr}})
+    got = nft.parse_table({"nftables": items})
+    assert got == {"p-1": (MAC, ("10.1.1.9", "10.1.1.10"))}
+
+
+def test_a_protocol_match_that_is_not_a_payload_dependency_is_drift() -> None:
+    listing = _listing("p-1", MAC, ("10.1.1.10",))
+    narrowed = copy.deepcopy(listing)
+    r = next(i["rule"] for i in narrowed["nftables"] if i.get("rule", {}).get("comment") == "mac")
+    # Only IPv6 frames would have their source MAC checked: ARP could spoof it.
+    r["expr"].insert(
+        0, {"match": {"op": "==", "left": {"meta": {"key": "protocol"}}, "right": "ip6"}}
+    )
+    assert nft.parse_table(narrowed)["p-1"][1] == nft.BROKEN

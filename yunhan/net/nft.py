@@ -202,9 +202,32 @@ def parse_table(listing: dict[str, Any]) -> dict[str, tuple[str, tuple[str, ...]
             arp_ips = _as_list(_right(tagged["arp-ip"], "saddr ip"))
             if arp_mac != mac or set(arp_ips) != {_ARP_PROBE_SRC, *ips}:
                 raise ValueError
-            out[name] = (str(mac), tuple(sorted(ips, key=_ip_key)))
+            ips = sorted(ips, key=_ip_key)
+            # The whole rule, verdict included, must be ours: a `drop` turned into
+            # `accept`, or IPv6 added to the protocol set, reads the same MAC and IPs.
+            for want in chain_rules(name, str(mac), tuple(ips)):
+                if _norm(tagged[want["comment"]]) != _norm(want["expr"]):
+                    raise ValueError
+            out[name] = (str(mac), tuple(ips))
         except (KeyError, ValueError, TypeError):
             out[name] = ("", BROKEN)
+    return out
+
+
+def _norm(expr: list[dict[str, Any]]) -> list[Any]:
+    """A rule's expressions, comparable between what we send and what nft lists: the
+    implied `meta protocol ==` dependencies dropped, set elements sorted."""
+    out: list[Any] = []
+    for i, e in enumerate(expr):
+        m = e.get("match") if isinstance(e, dict) else None
+        if m is not None and m.get("left") == {"meta": {"key": "protocol"}} and m["op"] == "==":
+            nxt = expr[i + 1].get("match") if i + 1 < len(expr) else None
+            left = nxt.get("left") if isinstance(nxt, dict) else None
+            if isinstance(left, dict) and left.get("payload", {}).get("protocol") == m["right"]:
+                continue  # implied by the payload match that follows
+        if m is not None and isinstance(m.get("right"), dict) and "set" in m["right"]:
+            e = {"match": {**m, "right": {"set": sorted(str(x) for x in m["right"]["set"])}}}
+        out.append(e)
     return out
 
 

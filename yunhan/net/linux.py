@@ -161,9 +161,13 @@ class LinuxDriver:
                 else:
                     pns, mac, pmtu = found
                     objs.append(Veth(ns, ifname, pns, mac, mtu if pmtu == mtu else -1))
+        # Listed by prefix, kept by exact name: "<p>i-…" of a longer prefix is not ours.
         for ns, host in sandbox.list_uts(self.naming.prefix).items():
-            objs.append(Uts(ns, host))
+            if self._inst_re.match(ns):
+                objs.append(Uts(ns, host))
         for ns, rec in sandbox.running(self.state_dir, self.naming.prefix).items():
+            if not self._inst_re.match(ns):
+                continue
             # A process left in a namespace that was since replaced reads as a different
             # command, so that the plan replaces it (stop the old, start in the new).
             argv = rec.argv if sandbox.in_sandbox(ns, rec) else ("<stale netns>", *rec.argv)

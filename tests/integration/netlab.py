@@ -93,9 +93,14 @@ def build(prefix: str, zones: Sequence[Sequence[str]] = (("h1", "h2"), ("h3",)))
     return u
 
 
+def owned(name: str, prefix: str) -> bool:
+    """`name` is `prefix` or "<prefix>-…" (never "<prefix>0-…", another run's)."""
+    return name == prefix or name.startswith(f"{prefix}-")
+
+
 def teardown(prefix: str) -> list[str]:
-    """Delete every namespace whose name starts with `prefix`; returns what was removed."""
-    gone = [n for n in list_netns() if n.startswith(prefix)]
+    """Delete every namespace of `prefix` (see `owned`); returns what was removed."""
+    gone = [n for n in list_netns() if owned(n, prefix)]
     for n in gone:
         sh("ip", "netns", "del", n, check=False)
     return gone

@@ -126,9 +126,9 @@ def _hostname(inst_id: str) -> str:
 
 
 def _leftovers(prefix: str) -> list[str]:
-    left = [f"netns {n}" for n in netlab.list_netns() if n.startswith(prefix)]
+    left = [f"netns {n}" for n in netlab.list_netns() if netlab.owned(n, prefix)]
     if nsutil.UTS_DIR.is_dir():
-        left += [f"uts {p.name}" for p in nsutil.UTS_DIR.iterdir() if p.name.startswith(prefix)]
+        left += [f"uts {p.name}" for p in nsutil.UTS_DIR.iterdir() if netlab.owned(p.name, prefix)]
     return left
 
 
@@ -140,7 +140,7 @@ def _sweep(prefix: str, state: pathlib.Path) -> None:
     netlab.teardown(prefix)
     if nsutil.UTS_DIR.is_dir():
         for p in nsutil.UTS_DIR.iterdir():
-            if p.name.startswith(prefix):
+            if netlab.owned(p.name, prefix):
                 nsutil.remove_ns_file(p)
 
 

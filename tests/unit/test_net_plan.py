@@ -206,3 +206,26 @@ def test_instance_state_is_complete() -> None:
     assert want[("addr", ns, "eth0", "10.1.2.10/24")] == Address(ns, "eth0", "10.1.2.10/24")
     gw = want[("route", ns, "254", "0.0.0.0/0", "0")]
     assert isinstance(gw, KRoute) and gw.via == "10.1.2.1"
+
+
+def test_a_failure_elsewhere_does_not_leave_a_recreated_port_down() -> None:
+    # Port a001 must be re-created (its instance end was lost), which takes its link state,
+    # neighbour and routes with it: the next pass puts them back. A refusal on another
+    # instance's route in the same apply must not stop that second pass.
+    fabric = FakeFabric()
+    dp = fake_dp(fabric)
+    d = docs()["h1"]
+    assert dp.apply(d).errors == []
+    drv = dp.driver
+    vpc_a = NAMING.vpc_netns(100)
+    port = drv.objs[("link", vpc_a, "p-0000a001")]  # type: ignore[attr-defined]
+    assert isinstance(port, Veth)
+    drv.objs[port.key] = Veth(port.netns, port.ifname, None, "", port.mtu)  # type: ignore[attr-defined]
+    b001 = ("route", NAMING.vpc_netns(200), "254", "10.1.1.10/32", "0")
+    del drv.objs[b001]  # type: ignore[attr-defined]
+    drv.refuse(lambda op: op.obj.key == b001)  # type: ignore[attr-defined]
+    r = dp.apply(d)
+    assert len(r.errors) == 1 and "10.1.1.10/32" in r.errors[0]
+    assert r.instances["inst-0000a001"].phase == "running", r.instances["inst-0000a001"]
+    assert r.instances["inst-0000b001"].phase == "failed"
+    assert [op.obj.key for op in dp.plan(d)] == [b001]

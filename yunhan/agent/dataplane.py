@@ -18,7 +18,18 @@ from yunhan.errors import DriverError
 from yunhan.net.desired import HostDesired
 from yunhan.net.driver import Driver, execute
 from yunhan.net.naming import Naming
-from yunhan.net.state import Key, Obj, Op, State, compile_state, owner_keys, plan
+from yunhan.net.state import (
+    Key,
+    Netns,
+    Obj,
+    Op,
+    State,
+    Veth,
+    Vxlan,
+    compile_state,
+    owner_keys,
+    plan,
+)
 
 if TYPE_CHECKING:
     from yunhan.net.fake import FakeFabric
@@ -88,19 +99,38 @@ class DataPlane:
         want = compile_state(desired, self.naming)
         changes = 0
         errors: dict[Key, str] = {}
+        # A refusal will not change by retrying at once: what failed (or was skipped
+        # because what it lives in failed) is left out of the later passes, which still
+        # run for everything else (a re-created port needs the next pass to come back up).
+        blocked: set[Key] = set()
+        broken: set[tuple[str, str | None]] = set()
+
+        def held(op: Op) -> bool:
+            if op.obj.key in blocked:
+                return True
+            ns, dev = owner_keys(op.obj)
+            return op.action != "delete" and ((ns, None) in broken or (ns, dev) in broken)
+
         try:
             have = self.driver.observe()
             for _ in range(MAX_PASSES):
-                ops = plan(want, have)
+                ops = [op for op in plan(want, have) if not held(op)]
                 if not ops:
                     break
                 res = execute(self.driver, ops)
                 changes += len(res.done)
                 for op, exc in res.failed:
                     errors[op.obj.key] = f"{op}: {exc.message}"
+                    blocked.add(op.obj.key)
+                    o = op.obj
+                    if isinstance(o, Netns):
+                        broken.add((o.name, None))
+                    elif isinstance(o, Vxlan | Veth) and op.action != "delete":
+                        broken.add((o.netns, o.ifname))
+                        if isinstance(o, Veth) and o.peer_netns is not None:
+                            broken.add((o.peer_netns, o.peer_ifname))
+                blocked.update(op.obj.key for op in res.skipped)
                 have = self.driver.observe()
-                if res.failed:
-                    break  # a refusal will not change by retrying at once
             return self._report(desired, want, have, changes, errors)
         except DriverError as exc:
             # Observation itself failed (a namespace vanished mid-read, netlink refused):

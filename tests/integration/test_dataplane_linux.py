@@ -482,3 +482,28 @@ def test_port_rule_turned_to_accept_by_hand_is_repaired(linux: World) -> None:
     text = netlab.nsexec(vpc, "nft", "list", "chain", "netdev", "yunhan", "p-0000a001").stdout
     assert "accept comment" not in text and text.count("drop") == 5
     assert w.dataplane("h1").plan(w.docs()["h1"]) == []
+
+
+@LINUX_ONLY
+def test_a_stale_namespace_file_does_not_stop_the_host(linux: World) -> None:
+    # A crash between creating /run/netns/<name> and bind-mounting it leaves a plain file
+    # there. It must neither block the rest of the document nor stay stale forever.
+    w = linux
+    h1 = w.naming("h1")
+    stale = nsutil.netns_path(h1.vpc_netns(999))  # not in the document: removed
+    wanted = h1.vpc_netns(200)  # in the document: rebuilt
+    vpc_a = h1.vpc_netns(100)
+    try:
+        netlab.sh("ip", "netns", "del", wanted)
+        stale.touch()
+        nsutil.netns_path(wanted).touch()
+        netlab.ip(vpc_a, "route", "del", "10.1.1.11/32")
+        r = w.dps["h1"].apply(w.docs()["h1"])
+        assert r.errors == [], r.errors
+        assert {i.phase for i in r.instances.values()} == {"running"}
+        assert not stale.exists()
+        assert w.answer("inst-0000a001", "10.1.1.11") == "inst-0000a002"
+        assert w.answer("inst-0000b001", "10.1.1.11") == "inst-0000b002"
+        assert w.dataplane("h1").plan(w.docs()["h1"]) == []
+    finally:
+        stale.unlink(missing_ok=True)

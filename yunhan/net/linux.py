@@ -147,12 +147,17 @@ class LinuxDriver:
         veths: dict[str, list[tuple[str, int, int, int]]] = {}  # vpc ns -> (name, idx, peer, mtu)
         eth0s: dict[tuple[int, int], tuple[str, str, int]] = {}  # (idx, peer) -> ns, mac, mtu
         for name, role in sorted(nss.items()):
-            objs.append(Netns(name, role))  # type: ignore[arg-type]
             try:
-                objs.extend(self._observe_ns(name, role, veths, eth0s))
+                inner = self._observe_ns(name, role, veths, eth0s)
             except DriverError as exc:
+                if exc.errno == errno.EINVAL:  # setns: the file is not a namespace
+                    objs.append(Netns(name, "stale"))
+                    continue
                 if exc.errno not in _GONE:
                     raise
+                inner = []
+            objs.append(Netns(name, role))  # type: ignore[arg-type]
+            objs.extend(inner)
         for ns, ports in veths.items():
             for ifname, idx, peer, mtu in ports:
                 found = eth0s.get((peer, idx))
@@ -393,7 +398,11 @@ class LinuxDriver:
                 sandbox.stop(self.state_dir, new.netns)
                 self._create(new)
             case Netns():
-                pass  # a role is only our reading of the name
+                assert isinstance(old, Netns)
+                if old.role == "stale":  # a file that is no namespace: make a real one
+                    self._delete(old)
+                    self._create(new)
+                # otherwise a role is only our reading of the name
             case _:
                 # Sysctl, neighbours, FDB, routes: set / replace in place; the rest have
                 # no attribute outside their key.

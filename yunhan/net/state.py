@@ -34,7 +34,9 @@ Key: TypeAlias = tuple[str, ...]
 @dataclass(frozen=True)
 class Netns:
     name: str
-    role: Literal["vpc", "instance"]
+    # "stale": observed only, a file of ours under /run/netns that is not a namespace (a
+    # crash between creating and bind-mounting it); never equal to a wanted one.
+    role: Literal["vpc", "instance", "stale"]
 
     @property
     def key(self) -> Key:

@@ -507,3 +507,18 @@ def test_a_stale_namespace_file_does_not_stop_the_host(linux: World) -> None:
         assert w.dataplane("h1").plan(w.docs()["h1"]) == []
     finally:
         stale.unlink(missing_ok=True)
+
+
+def test_repeated_apply_grows_no_fds_or_threads(world: World) -> None:
+    # The agent applies its document every 30 s for as long as it runs.
+    import threading
+
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    w = world
+    assert w.apply_all() == 0
+    before = (fds(), threading.active_count())
+    for _ in range(10):
+        assert w.apply_all() == 0
+    assert (fds(), threading.active_count()) == before

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from yunhan.errors import Conflict
 from yunhan.lab import cleanup, region, topology
 from yunhan.lab.spec import RegionSpec
 
@@ -164,3 +165,27 @@ def test_sweep_and_down_spare_a_live_region_whose_prefix_extends_theirs(
     finally:
         region.down(tmp_path)
         assert leftovers(other) == []
+
+
+def test_up_refuses_a_prefix_that_extends_or_is_extended_by_a_live_region(
+    prefix: str, tmp_path: Path
+) -> None:
+    # Agents match their namespaces by name: a region "<p>-az1-h1-i" would have its core
+    # "<p>-az1-h1-i-core" taken by host az1-h1 of region "<p>" for an instance namespace
+    # of its own (and removed). Two live regions never nest their prefixes.
+    live = RegionSpec.build(prefix=prefix, zones=1, hosts_per_zone=1)
+    record = region.RegionRecord(prefix=prefix, state_dir=str(tmp_path / "a"), spec=live.to_dict())
+    me = os.getpid()
+    record.processes.append(region.ProcessRecord("supervisor", "up", me, cleanup.start_time(me)))
+    record.data_dir.mkdir(parents=True)
+    record.save()
+    try:
+        for other in (f"{prefix}-az1-h1-i", prefix.rsplit("-", 1)[0]):
+            spec = RegionSpec.build(prefix=other, zones=1, hosts_per_zone=1)
+            with pytest.raises(Conflict, match=prefix):
+                region.up(spec, tmp_path / other, detach=True, timeout=5)
+            assert not (tmp_path / other / region.RECORD).exists()
+            assert not any(cleanup.owned(n, other) for n in cleanup.list_netns())
+    finally:
+        region.down(tmp_path / "a")
+        region.sweep(prefixes=[f"{prefix}-az1-h1-i", prefix.rsplit("-", 1)[0]])

@@ -179,3 +179,31 @@ def test_bad_zone_and_host(cloud: Cloud, net: dict[str, Any]) -> None:
 
 def test_unknown_route_uses_error_shape(cloud: Cloud) -> None:
     cloud.rejected("GET", "/v1/nothing-here", 404, "Not Found")
+
+
+@pytest.mark.parametrize(
+    ("path", "params"),
+    [
+        ("/v1/converged", {"timeout": "nan"}),
+        ("/v1/converged", {"revision": -(10**30)}),
+        ("/v1/converged", {"revision": -1}),
+        ("/v1/agent/hosts/h1/desired", {"after": 0, "timeout": "nan"}),
+        ("/v1/agent/hosts/h1/desired", {"after": -1}),
+    ],
+)
+def test_bad_long_poll_parameters(
+    cloud: Cloud, net: dict[str, Any], path: str, params: dict[str, Any]
+) -> None:
+    # A NaN timeout used to hold the request forever; an out-of-range revision was a 500.
+    cloud.reconcile()
+    cloud.rejected("GET", path, 400, "invalid request", params=params)
+
+
+def test_status_report_with_out_of_range_revision(cloud: Cloud, net: dict[str, Any]) -> None:
+    cloud.rejected(
+        "POST",
+        "/v1/agent/hosts/h1/status",
+        400,
+        "applied_revision",
+        json={"applied_revision": 2**63},
+    )

@@ -27,6 +27,8 @@ from yunhan.store import Store
 log = logging.getLogger("yunhan.api")
 
 MAX_LONG_POLL = 300.0
+# Revisions are SQLite INTEGERs: a larger one in a request is a mistake (400), not a 500.
+MAX_REVISION = 2**63 - 1
 
 
 @dataclass

@@ -60,6 +60,6 @@ class InstanceReport(_Body):
 
 
 class HostStatusReport(_Body):
-    applied_revision: int = Field(ge=0)
+    applied_revision: int = Field(ge=0, le=2**63 - 1)  # a SQLite INTEGER
     error: str | None = None
     instances: dict[str, InstanceReport] = Field(default_factory=dict)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from yunhan.api.app import AdminDep, state_of
+from yunhan.api.app import MAX_REVISION, AdminDep, state_of
 from yunhan.api.views import host_view, resolve
 from yunhan.controller.status import reflect
 from yunhan.errors import Conflict, NotFound
@@ -54,8 +54,8 @@ async def get_desired(
     name: str,
     request: Request,
     _: AdminDep,
-    after: int = 0,
-    timeout: float = 0.0,
+    after: int = Query(0, ge=0, le=MAX_REVISION),
+    timeout: float = Query(0.0, allow_inf_nan=False),
 ) -> Response:
     """The host's `HostDesired` once its revision exceeds `after`; 204 after `timeout` s.
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 
-from yunhan.api.app import CallerDep, state_of
+from yunhan.api.app import MAX_REVISION, CallerDep, state_of
 from yunhan.api.views import convergence
 
 router = APIRouter(prefix="/v1", tags=["watch"])
@@ -21,8 +21,8 @@ def get_revision(request: Request, _: CallerDep) -> dict[str, Any]:
 async def converged(
     request: Request,
     _: CallerDep,
-    revision: int | None = None,
-    timeout: float = 0.0,
+    revision: int | None = Query(None, ge=0, le=MAX_REVISION),
+    timeout: float = Query(0.0, allow_inf_nan=False),
 ) -> dict[str, Any]:
     """Wait up to `timeout` s until write `revision` (default: the current one) is applied
     by every host it affects; answers with `converged` false and the `pending` hosts if not.

@@ -229,3 +229,19 @@ def test_a_failure_elsewhere_does_not_leave_a_recreated_port_down() -> None:
     assert r.instances["inst-0000a001"].phase == "running", r.instances["inst-0000a001"]
     assert r.instances["inst-0000b001"].phase == "failed"
     assert [op.obj.key for op in dp.plan(d)] == [b001]
+
+
+def test_a_port_whose_filter_failed_is_never_brought_up() -> None:
+    # Anti-spoofing fails closed: a port without its chain stays down.
+    dp = fake_dp(FakeFabric())
+    dp.driver.refuse(  # type: ignore[attr-defined]
+        lambda op: isinstance(op.obj, Filter) and op.obj.ifname == "p-0000a004"
+    )
+    r = dp.apply(docs()["h1"])
+    have = dp.observe()
+    vpc_a = NAMING.vpc_netns(100)
+    assert ("link", vpc_a, "p-0000a004") in have
+    assert ("up", vpc_a, "p-0000a004") not in have
+    assert len(r.errors) == 1 and "Filter" in r.errors[0]
+    assert r.instances["inst-0000a004"].phase == "failed"
+    assert r.instances["inst-0000a001"].phase == "running"

@@ -19,6 +19,7 @@ from yunhan.net.desired import HostDesired
 from yunhan.net.driver import Driver, execute
 from yunhan.net.naming import Naming
 from yunhan.net.state import (
+    Filter,
     Key,
     Netns,
     Obj,
@@ -125,7 +126,7 @@ class DataPlane:
                     o = op.obj
                     if isinstance(o, Netns):
                         broken.add((o.name, None))
-                    elif isinstance(o, Vxlan | Veth) and op.action != "delete":
+                    elif isinstance(o, Vxlan | Veth | Filter) and op.action != "delete":
                         broken.add((o.netns, o.ifname))
                         if isinstance(o, Veth) and o.peer_netns is not None:
                             broken.add((o.peer_netns, o.peer_ifname))

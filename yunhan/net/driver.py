@@ -37,7 +37,8 @@ def execute(driver: Driver, ops: list[Op]) -> ExecResult:
     """Apply `ops` in order; a failure is recorded and does not stop unrelated ops.
 
     An op whose namespace could not be created, or whose link could not be created, is
-    skipped (it would only fail with ENOENT and hide the first error).
+    skipped (it would only fail with ENOENT and hide the first error); so is every later op
+    on a port whose anti-spoofing chain could not be written (bringing it up above all).
     """
     res = ExecResult()
     broken_ns: set[str] = set()
@@ -64,4 +65,6 @@ def execute(driver: Driver, ops: list[Op]) -> ExecResult:
                     broken_links.add((ns, dev))
                     if isinstance(o, Veth) and o.peer_netns is not None:
                         broken_links.add((o.peer_netns, o.peer_ifname))
+                elif key[0] == "filter" and ns is not None and dev is not None:
+                    broken_links.add((ns, dev))  # fail closed: no port up without its chain
     return res

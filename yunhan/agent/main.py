@@ -28,6 +28,7 @@ log = logging.getLogger("yunhan.agent")
 
 HEARTBEAT_INTERVAL = 5.0
 LONG_POLL_TIMEOUT = 20.0
+STORE_HEADER = "X-Yunhan-Store"  # yunhan.api.routes.agent (agents speak HTTP only)
 
 
 @dataclass
@@ -67,6 +68,7 @@ class Agent:
         self.desired: HostDesired | None = None
         self.report: ApplyReport | None = None
         self.applied_revision = 0
+        self._store: str | None = None  # the store that `desired` and its revision come from
 
     # -- control-plane calls -------------------------------------------------------------
 
@@ -95,6 +97,20 @@ class Agent:
 
     def _fetch_desired(self, after: int, wait: float) -> HostDesired | None:
         r = self._client.get(self._path("/desired"), params={"after": after, "timeout": wait})
+        store = r.headers.get(STORE_HEADER)
+        if r.status_code < 300 and store and store != self._store:
+            with self._lock:
+                if self._store is not None:
+                    # A new database: our revision means nothing there (its documents may
+                    # have lower ones), and the old document must not be re-applied by a
+                    # resync. The data plane stays as it is until the new document comes.
+                    log.warning(
+                        "the control plane answers from another store; forgetting revision %d",
+                        self.applied_revision,
+                    )
+                    self.applied_revision = 0
+                    self.desired = None
+                self._store = store
         if r.status_code == 204:
             return None
         r.raise_for_status()

@@ -17,6 +17,11 @@ from yunhan.store import Liveness, Resource
 
 router = APIRouter(prefix="/v1/agent", tags=["agent"])
 
+# Names the store that answers a desired-document poll (the admin project's id, random per
+# database): revisions of one store mean nothing to another, so an agent that sees this
+# change forgets the revision it applied and takes the new store's document.
+STORE_HEADER = "X-Yunhan-Store"
+
 
 @router.put("/hosts/{name}")
 def register_host(name: str, body: HostRegister, request: Request, _: AdminDep) -> dict[str, Any]:
@@ -74,9 +79,10 @@ async def get_desired(
             return None
 
     doc = await st.store.wait_for_async(ready, min(max(timeout, 0.0), st.max_long_poll))
+    headers = {STORE_HEADER: st.admin_project_id}
     if doc is None:
-        return Response(status_code=204)
-    return JSONResponse({**doc.spec, "revision": doc.revision})
+        return Response(status_code=204, headers=headers)
+    return JSONResponse({**doc.spec, "revision": doc.revision}, headers=headers)
 
 
 @router.post("/hosts/{name}/status", status_code=204)

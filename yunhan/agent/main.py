@@ -53,6 +53,7 @@ class Agent:
         self.config = config
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
         self._client = httpx.Client(
             base_url=config.api_url.rstrip("/"),
             headers={"Authorization": f"Bearer {config.token}"},
@@ -139,10 +140,17 @@ class Agent:
     def send_status(self) -> None:
         if self._stop.is_set():
             return
-        try:
-            self._client.post(self._path("/status"), json=self._status_body())
-        except httpx.HTTPError as exc:
-            log.warning("status report failed: %s", exc)
+        # Heartbeat and watch threads both report: one at a time, each body built when its
+        # turn comes, so an older report never lands after a newer one (the control plane
+        # keeps the last it hears).
+        with self._send_lock:
+            try:
+                r = self._client.post(self._path("/status"), json=self._status_body())
+            except httpx.HTTPError as exc:
+                log.warning("status report failed: %s", exc)
+                return
+        if r.status_code >= 300:
+            log.warning("status report refused: %s %s", r.status_code, r.text[:500])
 
     # -- the loops -----------------------------------------------------------------------
 

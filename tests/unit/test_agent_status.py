@@ -1,0 +1,76 @@
+"""The agent's status reports: what the control plane last hears is what the agent knows
+now, and a report the control plane refuses is said, not dropped in silence."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.polling import wait_for
+from yunhan.agent.dataplane import ApplyReport, DataPlane
+from yunhan.agent.main import Agent, AgentConfig
+from yunhan.net.naming import Naming
+
+
+def _agent(tmp_path: Path, handler: httpx.MockTransport) -> Agent:
+    cfg = AgentConfig(
+        api_url="http://cp",
+        token="yh_x",
+        host_name="h1",
+        zone="az1",
+        underlay_ip="198.18.1.11",
+        mtu=1500,
+        host_netns=None,
+        prefix="h1-",
+        driver="fake",
+        state_dir=tmp_path,
+    )
+    dp = DataPlane(naming=Naming("h1-"), host_netns=None, driver="fake", state_dir=tmp_path)
+    agent = Agent(cfg, dataplane=dp)
+    agent._client = httpx.Client(base_url="http://cp", transport=handler)
+    return agent
+
+
+def test_an_older_report_never_lands_after_a_newer_one(tmp_path: Path) -> None:
+    first_in, second_in, release = threading.Event(), threading.Event(), threading.Event()
+    landed: list[int] = []
+    lock = threading.Lock()
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        applied = json.loads(request.content)["applied_revision"]
+        if not first_in.is_set():
+            first_in.set()
+            release.wait(5)  # the first report is slow on the wire
+        else:
+            second_in.set()
+        with lock:
+            landed.append(applied)
+        return httpx.Response(204)
+
+    agent = _agent(tmp_path, httpx.MockTransport(handle))
+    heartbeat = threading.Thread(target=agent.send_status)  # reports revision 0
+    heartbeat.start()
+    assert first_in.wait(5)
+    with agent._lock:  # the watch loop applies revision 7 meanwhile ...
+        agent.applied_revision = 7
+        agent.report = ApplyReport(changes=1, errors=[], instances={})
+    watch = threading.Thread(target=agent.send_status)  # ... and reports it
+    watch.start()
+    second_in.wait(0.5)  # it would overtake the slow one here if reports were not ordered
+    release.set()
+    heartbeat.join(5)
+    watch.join(5)
+    assert landed[-1] == 7, landed
+
+
+def test_a_refused_report_is_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    body = {"error": {"code": "invalid", "message": "invalid request: bad", "details": {}}}
+    agent = _agent(tmp_path, httpx.MockTransport(lambda _r: httpx.Response(400, json=body)))
+    with caplog.at_level(logging.WARNING, logger="yunhan.agent"):
+        agent.send_status()
+    wait_for(lambda: "invalid request: bad" in caplog.text, 1, "a warning naming the refusal")

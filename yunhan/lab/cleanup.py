@@ -137,6 +137,11 @@ def pids_in_netns(names: Iterable[str]) -> list[int]:
         except OSError:
             continue
         inodes.add((st.st_dev, st.st_ino))
+    # A name bound to the root namespace (or ours) is no lab namespace: never kill through it.
+    for own in ("/proc/self/ns/net", "/proc/1/ns/net"):
+        with contextlib.suppress(OSError):
+            st = os.stat(own)
+            inodes.discard((st.st_dev, st.st_ino))
     if not inodes:
         return []
     found = []

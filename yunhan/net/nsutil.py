@@ -88,6 +88,19 @@ def netns_path(name: str) -> Path:
     return NETNS_DIR / name
 
 
+def _refuse_own_netns(net: str) -> None:
+    """A name under /run/netns that is bound to our own network namespace (the root one, on
+    a lab machine) must never be entered as if it were one of ours: whatever is done there
+    would be done to the machine. Raises EINVAL, as setns does for a file that is no netns."""
+    try:
+        target = os.stat(netns_path(net))
+        own = os.stat("/proc/self/ns/net")
+    except OSError:
+        return  # setns reports a missing name
+    if (target.st_dev, target.st_ino) == (own.st_dev, own.st_ino):
+        raise OSError(_errno.EINVAL, f"{netns_path(net)} is the agent's own network namespace")
+
+
 def run_in(fn: Callable[[], T], *, net: str | None = None, uts: str | Path | None = None) -> T:
     """Call `fn` on a fresh thread that has first entered the given namespaces.
 
@@ -95,6 +108,8 @@ def run_in(fn: Callable[[], T], *, net: str | None = None, uts: str | Path | Non
     to a persistent UTS namespace file. Exceptions propagate to the caller.
     """
     box: dict[str, object] = {}
+    if net is not None:
+        _refuse_own_netns(net)
 
     def body() -> None:
         try:

@@ -138,3 +138,12 @@ def test_admin_token_is_not_persisted(cloud: Cloud) -> None:
     admin = cloud.admin["Authorization"].split()[1]
     digest = hashlib.sha256(admin.encode()).hexdigest()
     assert not any(v in (admin, digest) for row in _stored_tokens(cloud) for v in row)
+
+
+def test_no_stored_token_for_the_admin_project(cloud: Cloud) -> None:
+    # A stored admin token would outlive the rotation of the admin token (a restart with
+    # another one), which is the only way the admin token is revoked.
+    cloud.rejected("POST", "/v1/projects/admin/tokens", 400, "restart the server", cloud.admin)
+    admin_id = cloud.call("GET", "/v1/whoami")["project"]["id"]
+    cloud.rejected("POST", f"/v1/projects/{admin_id}/tokens", 400, "restart the server")
+    assert _stored_tokens(cloud) == []

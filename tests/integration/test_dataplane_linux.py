@@ -522,3 +522,32 @@ def test_repeated_apply_grows_no_fds_or_threads(world: World) -> None:
     for _ in range(10):
         assert w.apply_all() == 0
     assert (fds(), threading.active_count()) == before
+
+
+@LINUX_ONLY
+def test_a_namespace_that_cannot_be_observed_does_not_stop_the_others(
+    linux: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from yunhan.errors import DriverError
+    from yunhan.net import nft
+
+    w = linux
+    h1 = w.naming("h1")
+    vpc_a, vpc_b = h1.vpc_netns(100), h1.vpc_netns(200)
+    real = nft.run
+
+    def refusing(netns: str, cmd: object) -> object:
+        if netns == vpc_b:
+            raise DriverError(f"nft in {netns}: Error: unknown expression", netns=netns)
+        return real(netns, cmd)  # type: ignore[arg-type]
+
+    netlab.ip(vpc_a, "route", "del", "10.1.1.11/32")
+    monkeypatch.setattr(nft, "run", refusing)
+    r = w.dps["h1"].apply(w.docs()["h1"])
+    assert len(r.errors) == 1 and vpc_b in r.errors[0], r.errors
+    assert r.instances["inst-0000a001"].phase == "running"
+    assert r.instances["inst-0000b001"].phase == "failed"
+    assert w.answer("inst-0000a001", "10.1.1.11") == "inst-0000a002"
+    assert w.answer("inst-0000b001", "10.1.1.11") == "inst-0000b002"  # left as it was
+    monkeypatch.setattr(nft, "run", real)
+    assert w.dataplane("h1").plan(w.docs()["h1"]) == []

@@ -112,8 +112,24 @@ class DataPlane:
             ns, dev = owner_keys(op.obj)
             return op.action != "delete" and ((ns, None) in broken or (ns, dev) in broken)
 
-        try:
+        def observe() -> State:
+            # A namespace that could not be read is left as it is (its objects out of both
+            # sides: creating into it blind would re-create links that exist); the others
+            # are applied. It can still be removed when the document drops it.
             have = self.driver.observe()
+            frozen = set(self.driver.unobserved)
+            for ns, exc in self.driver.unobserved.items():
+                errors[("netns", ns)] = f"observe {ns}: {exc.message}"
+            if not frozen:
+                return have
+            for side in (want, have):
+                for k in [k for k, o in side.items() if _touches(o, frozen)]:
+                    want.pop(k, None)
+                    have.pop(k, None)
+            return have
+
+        try:
+            have = observe()
             for _ in range(MAX_PASSES):
                 ops = [op for op in plan(want, have) if not held(op)]
                 if not ops:
@@ -131,7 +147,7 @@ class DataPlane:
                         if isinstance(o, Veth) and o.peer_netns is not None:
                             broken.add((o.peer_netns, o.peer_ifname))
                 blocked.update(op.obj.key for op in res.skipped)
-                have = self.driver.observe()
+                have = observe()
             return self._report(desired, want, have, changes, errors)
         except DriverError as exc:
             # Observation itself failed (a namespace vanished mid-read, netlink refused):
@@ -163,7 +179,7 @@ class DataPlane:
         for inst in desired.instances:
             ns = self.naming.instance_netns(inst.id)
             vpc_ns = vni_ns.get(inst.vpc_id, self.naming.vpc_netns(inst.vni))
-            owners = [(ns, None), (ns, "lo"), (ns, "eth0"), (vpc_ns, inst.port)]
+            owners = [(ns, None), (ns, "lo"), (ns, "eth0"), (vpc_ns, None), (vpc_ns, inst.port)]
             msgs = [m for ow in owners for m in err_by_owner.get(ow, [])]
             lacking = [o for ow in owners for o in missing.get(ow, [])]
             if not any(p.ifname == inst.port for v in desired.vpcs for p in v.ports):
@@ -186,6 +202,13 @@ class DataPlane:
                 raise exc
         finally:
             self.driver.close()
+
+
+def _touches(o: Obj, namespaces: set[str]) -> bool:
+    """Does `o` live in (or, for a port, reach into) one of `namespaces`? Netns never does."""
+    if isinstance(o, Netns):
+        return False
+    return o.netns in namespaces or (isinstance(o, Veth) and o.peer_netns in namespaces)
 
 
 def _uts(netns: str) -> pathlib.Path:

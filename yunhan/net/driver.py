@@ -15,6 +15,10 @@ from yunhan.net.state import Key, Op, State, Veth
 
 
 class Driver(Protocol):
+    # Namespaces the last `observe()` could not read (name -> why); they are listed as
+    # Netns only, without their content.
+    unobserved: dict[str, DriverError]
+
     def observe(self) -> State:
         """Every object of ours that exists now (see `state` for what counts as ours)."""
         ...

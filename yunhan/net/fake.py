@@ -55,6 +55,7 @@ class FakeDriver:
         self.host_netns = host_netns
         self.objs: State = {}
         self._refusals: list[tuple[Callable[[Op], bool], int]] = []
+        self.unobserved: dict[str, DriverError] = {}  # a memory never fails to be read
 
     # -- the Driver interface ---------------------------------------------------------------
 

@@ -98,6 +98,7 @@ class LinuxDriver:
         self._vpc_re = re.compile(re.escape(naming.prefix) + r"v\d+$")
         self._inst_re = re.compile(re.escape(naming.prefix) + r"i-[A-Za-z0-9]+$")
         self._socks: dict[str | None, IPRoute] = {}
+        self.unobserved: dict[str, DriverError] = {}
 
     # -- sockets ---------------------------------------------------------------------------
 
@@ -143,6 +144,7 @@ class LinuxDriver:
 
     def observe(self) -> State:
         objs: list[Obj] = []
+        self.unobserved = {}
         nss = self.namespaces()
         veths: dict[str, list[tuple[str, int, int, int]]] = {}  # vpc ns -> (name, idx, peer, mtu)
         eth0s: dict[tuple[int, int], tuple[str, str, int]] = {}  # (idx, peer) -> ns, mac, mtu
@@ -154,7 +156,8 @@ class LinuxDriver:
                     objs.append(Netns(name, "stale"))
                     continue
                 if exc.errno not in _GONE:
-                    raise
+                    # Not fatal for the others: the caller leaves this one as it is.
+                    self.unobserved[name] = exc
                 inner = []
             objs.append(Netns(name, role))  # type: ignore[arg-type]
             objs.extend(inner)

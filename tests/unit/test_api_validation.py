@@ -207,3 +207,20 @@ def test_status_report_with_out_of_range_revision(cloud: Cloud, net: dict[str, A
         "applied_revision",
         json={"applied_revision": 2**63},
     )
+
+
+def test_internal_error_keeps_its_details_in_the_log(
+    cloud: Cloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fastapi.testclient import TestClient
+
+    def boom() -> int:
+        raise RuntimeError("(sqlite3.OperationalError) SELECT value FROM meta [parameters: x]")
+
+    monkeypatch.setattr(cloud.store, "revision", boom)
+    client = TestClient(cloud.client.app, raise_server_exceptions=False)
+    r = client.get("/v1/revision", headers=cloud.admin)
+    assert r.status_code == 500
+    err = r.json()["error"]
+    assert err["code"] == "internal" and "server log" in err["message"]
+    assert "SELECT" not in r.text and "sqlite3" not in r.text

@@ -124,9 +124,14 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(exc.status_code, code, message)
 
     @app.exception_handler(Exception)
-    async def _internal(_req: Request, exc: Exception) -> JSONResponse:
-        log.exception("internal error", exc_info=exc)
-        return _error(500, "internal", f"internal error: {type(exc).__name__}: {exc}")
+    async def _internal(req: Request, exc: Exception) -> JSONResponse:
+        # The exception's text can hold SQL and its parameters: it goes to the log only.
+        log.exception("internal error in %s %s", req.method, req.url.path, exc_info=exc)
+        return _error(
+            500,
+            "internal",
+            f"internal error ({type(exc).__name__}); the server log has the details",
+        )
 
 
 def create_app(

@@ -284,3 +284,13 @@ def test_exec_runs_the_command_after_the_separator(
     monkeypatch.setattr("os.execvp", fake_exec)
     assert cli("instance", "exec", "a", "--", "ping", "-c", "1", "10.0.1.3").exit_code == 0
     assert ran == [["nsenter", f"--net={tmp_path / 'ns'}", "--", "ping", "-c", "1", "10.0.1.3"]]
+
+
+def test_unbalanced_quotes_in_command_are_a_one_line_error(api: FakeApi) -> None:
+    cli("vpc", "create", "prod", "--cidr", "10.0.0.0/16")
+    cli("subnet", "create", "web", "--vpc", "prod", "--cidr", "10.0.1.0/24")
+    r = cli("instance", "create", "a", "--subnet", "web", "--zone", "az1",
+            "--command", "sh -c 'echo hi")  # fmt: skip
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    assert "--command" in r.stderr and "quotation" in r.stderr
+    assert api.items["instances"] == {}  # nothing was created

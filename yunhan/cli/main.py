@@ -292,7 +292,13 @@ def instance_create(
     if ip is not None:
         body["ip"] = ip
     if command is not None:
-        argv = shlex.split(command)
+        try:
+            argv = shlex.split(command)
+        except ValueError as exc:  # unbalanced quotes, a trailing backslash
+            raise ValidationError(
+                f"--command {command!r} cannot be split into words: {exc}; "
+                "quote it as a shell would"
+            ) from exc
         if not argv:
             raise ValidationError("--command is empty")
         body["command"] = argv

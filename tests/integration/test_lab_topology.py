@@ -180,7 +180,7 @@ def test_up_refuses_a_prefix_that_extends_or_is_extended_by_a_live_region(
     record.data_dir.mkdir(parents=True)
     record.save()
     try:
-        for other in (f"{prefix}-az1-h1-i", prefix.rsplit("-", 1)[0]):
+        for other in (prefix, f"{prefix}-az1-h1-i", prefix.rsplit("-", 1)[0]):
             spec = RegionSpec.build(prefix=other, zones=1, hosts_per_zone=1)
             with pytest.raises(Conflict, match=prefix):
                 region.up(spec, tmp_path / other, detach=True, timeout=5)
@@ -188,4 +188,4 @@ def test_up_refuses_a_prefix_that_extends_or_is_extended_by_a_live_region(
             assert not any(cleanup.owned(n, other) for n in cleanup.list_netns())
     finally:
         region.down(tmp_path / "a")
-        region.sweep(prefixes=[f"{prefix}-az1-h1-i", prefix.rsplit("-", 1)[0]])
+        region.sweep(prefixes=[prefix, f"{prefix}-az1-h1-i", prefix.rsplit("-", 1)[0]])

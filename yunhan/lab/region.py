@@ -295,14 +295,19 @@ def up(
                 )
             _teardown(old.prefix, old)
         # Agents and cleanup find their namespaces by name under the prefix: a region whose
-        # prefix nests in a live one's ("a" / "a-az1-h1-i") would have its namespaces taken
-        # for the other's (and removed).
+        # prefix is (or nests in) a live one's ("a" / "a-az1-h1-i"), in any state dir, would
+        # have its namespaces taken for the other's (and removed).
         for other, rec in _registered().items():
-            nested = cleanup.owned(other, spec.prefix) or cleanup.owned(spec.prefix, other)
+            nested = (
+                other == spec.prefix
+                or cleanup.owned(other, spec.prefix)
+                or cleanup.owned(spec.prefix, other)
+            )
             if nested and rec is not None and rec.live():
                 raise Conflict(
                     f"region {other} is up (state dir {rec.state_dir}): a region prefix must "
-                    f"not extend another's with '-'; choose another than {spec.prefix!r}"
+                    f"neither equal nor extend another's with '-'; choose another than "
+                    f"{spec.prefix!r}"
                 )
         _prune_logs(state_dir)
         port = _free_port()

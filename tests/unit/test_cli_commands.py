@@ -294,3 +294,13 @@ def test_unbalanced_quotes_in_command_are_a_one_line_error(api: FakeApi) -> None
     assert r.exit_code == 1 and "Traceback" not in r.output, r.output
     assert "--command" in r.stderr and "quotation" in r.stderr
     assert api.items["instances"] == {}  # nothing was created
+
+
+def test_an_endpoint_that_is_not_the_api_is_a_hint_not_a_traceback(
+    api: FakeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    page = httpx.MockTransport(lambda _r: httpx.Response(200, text="<html>hello</html>"))
+    monkeypatch.setattr(client_mod, "default_transport", page)
+    r = cli("vpc", "list")
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    assert "http://yunhan.test" in r.stderr and "not JSON" in r.stderr

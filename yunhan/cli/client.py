@@ -118,7 +118,14 @@ class Client:
             raise error_from_response(r)
         if r.status_code == 204 or not r.content:
             return None
-        return r.json()
+        try:
+            return r.json()
+        except ValueError as exc:
+            raise YunhanError(
+                f"{self.endpoint} answered {method} {path} with something that is not JSON "
+                f"(HTTP {r.status_code}, {r.headers.get('content-type') or 'no content type'}); "
+                "is it the Yunhan API? (--endpoint, $YUNHAN_ENDPOINT)"
+            ) from exc
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})

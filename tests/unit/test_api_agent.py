@@ -200,3 +200,24 @@ def test_a_document_compiled_before_a_write_does_not_converge_it(
     assert sorted(i["id"] for i in new["instances"]) == sorted([a["id"], b["id"]])
     cloud.heartbeat("h1", new["revision"])
     assert _converged(cloud, a["revision"])["converged"] is True
+
+
+def test_a_host_with_instances_cannot_change_zone(cloud: Cloud, net: dict[str, Any]) -> None:
+    cloud.call(
+        "POST", "/v1/instances", net["t"], json={"name": "a", "subnet": "web", "zone": "az1"}
+    )
+    # The instance asked for az1; its host may not move to az2 underneath it.
+    cloud.rejected(
+        "PUT",
+        "/v1/agent/hosts/h1",
+        409,
+        "carries instance(s) a",
+        json={"zone": "az2", "underlay_ip": "198.18.1.11", "mtu": 1500},
+    )
+    # Other changes of a host with instances are fine; so is moving an empty host.
+    cloud.call(
+        "PUT", "/v1/agent/hosts/h1", json={"zone": "az1", "underlay_ip": "198.18.1.11", "mtu": 9000}
+    )
+    cloud.call(
+        "PUT", "/v1/agent/hosts/h2", json={"zone": "az1", "underlay_ip": "198.18.2.11", "mtu": 1500}
+    )

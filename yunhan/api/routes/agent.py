@@ -48,6 +48,17 @@ def register_host(name: str, body: HostRegister, request: Request, _: AdminDep) 
                 "host", new_id("host"), st.admin_project_id, name, spec, {"vtep_index": vtep}
             )
         else:
+            if host.spec.get("zone") != zone.id:
+                # Its instances asked for the zone it was in when they were placed.
+                carried = sorted(
+                    i.name for i in tx.list("instance", spec=False) if i.status.get("host") == name
+                )
+                if carried:
+                    raise Conflict(
+                        f"host {name} carries instance(s) {', '.join(carried)} of its zone; "
+                        f"delete them before moving the host to zone {zone.name}",
+                        instances=carried,
+                    )
             host = tx.update(host, spec=spec)
     with st.store.read() as r:
         doc = r.by_name("hostdesired", st.admin_project_id, name)

@@ -4,6 +4,7 @@ bind mount of our own /proc/<pid>/ns/net, which adds nothing to the root namespa
 
 from __future__ import annotations
 
+import errno
 import os
 import pathlib
 from collections.abc import Callable, Iterator
@@ -11,6 +12,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from yunhan.agent.dataplane import DataPlane
+from yunhan.compute import netns_sandbox
 from yunhan.lab import cleanup
 from yunhan.net import nsutil
 from yunhan.net.desired import HostDesired, VpcDesired
@@ -59,3 +61,25 @@ def test_the_agent_never_programs_the_root_namespace_through_a_name(
     finally:
         dp.teardown()
     assert not nsutil.netns_path(alias).exists()
+
+
+def test_a_uts_file_bound_to_the_machines_uts_namespace_is_never_entered(
+    uniq: Callable[[str], str],
+) -> None:
+    name = f"{uniq('ru')}-i-0000a001"
+    path = netns_sandbox.uts_path(name)
+    nsutil.ensure_private_dir(path.parent)
+    path.touch()
+    before = os.uname().nodename
+    try:
+        nsutil.mount(f"/proc/{os.getpid()}/ns/uts", str(path), nsutil.MS_BIND)
+        # Checked first, and read-only: entering it to set a hostname would rename the machine.
+        with pytest.raises(OSError) as exc:
+            nsutil.get_hostname(path)
+        assert exc.value.errno == errno.EINVAL
+        netns_sandbox.ensure_uts(name, "vm-0000a001")  # replaced by a namespace of its own
+        assert nsutil.get_hostname(path) == "vm-0000a001"
+        assert os.uname().nodename == before
+    finally:
+        nsutil.remove_ns_file(path)
+    assert os.uname().nodename == before

@@ -12,6 +12,7 @@ adopts it (the start time guards against pid reuse) instead of starting a second
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -34,7 +35,16 @@ def ensure_uts(netns: str, hostname: str) -> None:
     path = uts_path(netns)
     try:
         if nsutil.is_mountpoint(path):
-            if nsutil.get_hostname(path) != hostname:
+            try:
+                current: str | None = nsutil.get_hostname(path)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                current = None  # not a UTS namespace of its own: replace the file
+                nsutil.remove_ns_file(path)
+            if current is None:
+                nsutil.create_uts(path, hostname)
+            elif current != hostname:
                 nsutil.set_hostname(path, hostname)
         else:
             nsutil.create_uts(path, hostname)

@@ -88,17 +88,18 @@ def netns_path(name: str) -> Path:
     return NETNS_DIR / name
 
 
-def _refuse_own_netns(net: str) -> None:
-    """A name under /run/netns that is bound to our own network namespace (the root one, on
-    a lab machine) must never be entered as if it were one of ours: whatever is done there
-    would be done to the machine. Raises EINVAL, as setns does for a file that is no netns."""
+def _refuse_own_ns(path: str | Path, kind: str) -> None:
+    """A file of ours (/run/netns/<name>, a UTS file) that is bound to our own namespace
+    (the root one, on a lab machine) must never be entered as if it were one of ours:
+    whatever is done there (addresses, sysctls, a hostname) would be done to the machine.
+    Raises EINVAL, as setns does for a file that is no namespace of that type."""
     try:
-        target = os.stat(netns_path(net))
-        own = os.stat("/proc/self/ns/net")
+        target = os.stat(path)
+        own = os.stat(f"/proc/self/ns/{kind}")
     except OSError:
-        return  # setns reports a missing name
+        return  # setns reports a missing file
     if (target.st_dev, target.st_ino) == (own.st_dev, own.st_ino):
-        raise OSError(_errno.EINVAL, f"{netns_path(net)} is the agent's own network namespace")
+        raise OSError(_errno.EINVAL, f"{path} is the agent's own {kind} namespace")
 
 
 def run_in(fn: Callable[[], T], *, net: str | None = None, uts: str | Path | None = None) -> T:
@@ -109,7 +110,9 @@ def run_in(fn: Callable[[], T], *, net: str | None = None, uts: str | Path | Non
     """
     box: dict[str, object] = {}
     if net is not None:
-        _refuse_own_netns(net)
+        _refuse_own_ns(netns_path(net), "net")
+    if uts is not None:
+        _refuse_own_ns(uts, "uts")
 
     def body() -> None:
         try:

@@ -100,3 +100,18 @@ def test_exec_argv_enters_the_instance_namespaces(tmp_path: Path) -> None:
     named = {"name": "a", "status": {"phase": "running", "netns": "no-such-ns", "uts": None}}
     with pytest.raises(ValidationError, match="/run/netns/no-such-ns is missing"):
         exec_argv(named, ["true"])
+
+
+def test_a_broken_config_file_does_not_block_flags_or_environment(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = home / ".config" / "yunhan" / "config.json"
+    path.parent.mkdir(parents=True)
+    path.write_text("{broken")
+    got = config.resolve("http://flag:1", "flag-token")
+    assert got == config.Credentials("http://flag:1", "flag-token")
+    monkeypatch.setenv(config.ENDPOINT_ENV, "http://env:2")
+    monkeypatch.setenv(config.TOKEN_ENV, "env-token")
+    assert config.resolve() == config.Credentials("http://env:2", "env-token")
+    with pytest.raises(ValidationError, match="not valid JSON"):
+        config.resolve("http://flag:1")  # the token has to come from the file

@@ -71,9 +71,12 @@ def forget_endpoint(endpoint: str, path: Path | None = None) -> bool:
 
 def resolve(endpoint: str | None = None, token: str | None = None) -> Credentials:
     """Endpoint and token from flags, environment, then the config file."""
-    file = load_file()
-    ep = endpoint or os.environ.get(ENDPOINT_ENV) or file.get("endpoint")
-    tok = token or os.environ.get(TOKEN_ENV) or file.get("token")
+    ep = endpoint or os.environ.get(ENDPOINT_ENV)
+    tok = token or os.environ.get(TOKEN_ENV)
+    if not (ep and tok):  # the file only when it is needed: a broken one must not block flags
+        file = load_file()
+        ep = ep or file.get("endpoint")
+        tok = tok or file.get("token")
     if not ep:
         raise ValidationError(
             "no Yunhan endpoint configured: run `yunhan up`, or set "

@@ -113,5 +113,6 @@ def test_a_broken_config_file_does_not_block_flags_or_environment(
     monkeypatch.setenv(config.ENDPOINT_ENV, "http://env:2")
     monkeypatch.setenv(config.TOKEN_ENV, "env-token")
     assert config.resolve() == config.Credentials("http://env:2", "env-token")
+    monkeypatch.delenv(config.TOKEN_ENV)
     with pytest.raises(ValidationError, match="not valid JSON"):
         config.resolve("http://flag:1")  # the token has to come from the file

@@ -551,3 +551,18 @@ def test_a_namespace_that_cannot_be_observed_does_not_stop_the_others(
     assert w.answer("inst-0000b001", "10.1.1.11") == "inst-0000b002"  # left as it was
     monkeypatch.setattr(nft, "run", real)
     assert w.dataplane("h1").plan(w.docs()["h1"]) == []
+
+
+@LINUX_ONLY
+def test_vxlan_learning_turned_on_by_hand_is_repaired(linux: World) -> None:
+    # No learning: what the controller did not say does not exist (docs/flexvpc.md).
+    w = linux
+    vpc = w.naming("h1").vpc_netns(100)
+    netlab.ip(vpc, "link", "set", "vxlan0", "type", "vxlan", "learning")
+    assert "nolearning" not in netlab.ip(vpc, "-d", "link", "show", "vxlan0")
+    r = w.dps["h1"].apply(w.docs()["h1"])
+    # The device is set in place (its neighbours, flushed by the kernel, come back in the
+    # next pass of the same apply).
+    assert r.errors == [] and r.changes >= 1
+    assert "nolearning" in netlab.ip(vpc, "-d", "link", "show", "vxlan0")
+    assert w.dataplane("h1").plan(w.docs()["h1"]) == []

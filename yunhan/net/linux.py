@@ -214,6 +214,7 @@ class LinuxDriver:
                             mac,
                             mtu,
                             int(data.get_attr("IFLA_VXLAN_PORT")),
+                            bool(data.get_attr("IFLA_VXLAN_LEARNING")),
                         )
                     )
                     managed.add(ifname)
@@ -378,6 +379,11 @@ class LinuxDriver:
                         "set", index=self._index(new.netns, new.ifname), mtu=new.mtu,
                         address=new.mac,
                     )  # fmt: skip
+                    if old.learning != new.learning:
+                        self._ipr(new.netns).link(
+                            "set", index=self._index(new.netns, new.ifname), kind="vxlan",
+                            vxlan_learning=int(new.learning),
+                        )  # fmt: skip
                 else:
                     self._delete(old)
                     self._create(new)
@@ -497,7 +503,7 @@ class LinuxDriver:
             vxlan_id=o.vni,
             vxlan_port=o.port,
             vxlan_local=o.local,
-            vxlan_learning=0,
+            vxlan_learning=int(o.learning),
             address=o.mac,
             mtu=o.mtu,
             net_ns_fd=o.netns,

@@ -66,6 +66,7 @@ class Vxlan:
     mac: str
     mtu: int
     port: int = VXLAN_PORT
+    learning: bool = False  # never wanted: no flooding, no learning; observed as drift
 
     @property
     def key(self) -> Key:

@@ -122,7 +122,7 @@ def test_deletes_refused_while_in_use(cloud: Cloud, net: dict[str, Any]) -> None
             400,
             "not an IPv4 address",
         ),
-        ({"name": "i", "subnet": "web", "zone": "az9"}, 404, "no zone 'az9'"),
+        ({"name": "i", "subnet": "web", "zone": "az9"}, 404, "no zone 'az9' in this region"),
         ({"name": "i", "subnet": "nope", "zone": "az1"}, 404, "no subnet 'nope'"),
         ({"name": "I", "subnet": "web", "zone": "az1"}, 400, "instance name 'I' is invalid"),
         ({"subnet": "web", "zone": "az1"}, 400, "name"),

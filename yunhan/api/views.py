@@ -15,12 +15,21 @@ def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+_REGION_WIDE = ("zone", "host")
+
+
 def resolve(r: Reader, kind: str, project: str, ref: str) -> Resource:
     """The `kind` named `ref` (an id or a name) in `project`; another project's is NotFound."""
     res = r.get(kind, ref) if looks_like_id(kind, ref) else None
     if res is None or res.project != project:
         res = r.by_name(kind, project, ref)
     if res is None:
+        if kind in _REGION_WIDE:
+            # Zones and hosts are the region's, not the caller's: name the ones there are.
+            known = ", ".join(x.name for x in r.list(kind, project, spec=False)) or "none yet"
+            raise NotFound(
+                f"no {kind} {ref!r} in this region ({kind}s: {known})", kind=kind, ref=ref
+            )
         raise NotFound(f"no {kind} {ref!r} in this project", kind=kind, ref=ref)
     return res
 

@@ -74,3 +74,26 @@ def test_a_refused_report_is_logged(tmp_path: Path, caplog: pytest.LogCaptureFix
     with caplog.at_level(logging.WARNING, logger="yunhan.agent"):
         agent.send_status()
     wait_for(lambda: "invalid request: bad" in caplog.text, 1, "a warning naming the refusal")
+
+
+@pytest.mark.parametrize("interval", [0.0, -1.0, float("nan")])
+def test_a_resync_interval_that_would_spin_is_refused(tmp_path: Path, interval: float) -> None:
+    # 0 read as "no periodic resync" made the watch loop poll with timeout 0 and re-apply
+    # the whole document without pause.
+    from yunhan.errors import ValidationError
+
+    cfg = AgentConfig(
+        api_url="http://cp",
+        token="yh_x",
+        host_name="h1",
+        zone="az1",
+        underlay_ip="198.18.1.11",
+        mtu=1500,
+        host_netns=None,
+        prefix="h1-",
+        driver="fake",
+        state_dir=tmp_path,
+        resync_interval=interval,
+    )
+    with pytest.raises(ValidationError, match="resync interval"):
+        Agent(cfg)

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 
 from yunhan.agent.dataplane import ApplyReport, DataPlane
+from yunhan.errors import ValidationError
 from yunhan.net.desired import HostDesired
 from yunhan.net.naming import Naming
 
@@ -50,6 +51,11 @@ class Agent:
     """One host's agent. `run()` blocks until `stop()` (or SIGTERM/SIGINT through `run`)."""
 
     def __init__(self, config: AgentConfig, dataplane: DataPlane | None = None) -> None:
+        if not config.resync_interval > 0:  # also NaN
+            # It bounds the long poll: 0 would poll and re-apply without pause.
+            raise ValidationError(
+                f"resync interval {config.resync_interval} must be a positive number of seconds"
+            )
         self.config = config
         self._stop = threading.Event()
         self._lock = threading.Lock()

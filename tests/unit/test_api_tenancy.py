@@ -147,3 +147,17 @@ def test_no_stored_token_for_the_admin_project(cloud: Cloud) -> None:
     admin_id = cloud.call("GET", "/v1/whoami")["project"]["id"]
     cloud.rejected("POST", f"/v1/projects/{admin_id}/tokens", 400, "restart the server")
     assert _stored_tokens(cloud) == []
+
+
+def test_host_errors_are_not_shown_to_tenants(cloud: Cloud, net: dict[str, Any]) -> None:
+    # An agent's error names what it failed on: other projects' addresses and instances.
+    secret = "add route 10.0.1.5/32 in yh-vpc-2 (inst-0badc0de): File exists"
+    cloud.call("POST", "/v1/agent/hosts/h1/status", json={"applied_revision": 1, "error": secret})
+    assert cloud.call("GET", "/v1/hosts/h1")["status"]["error"] == secret  # the admin's
+    for got in (
+        cloud.call("GET", "/v1/hosts/h1", net["t"]),
+        cloud.call("GET", "/v1/hosts", net["t"])[0],
+    ):
+        assert got["name"] == "h1"
+        assert got["status"]["error"] and "10.0.1.5" not in got["status"]["error"]
+        assert "inst-" not in str(got)

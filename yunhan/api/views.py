@@ -40,9 +40,18 @@ def project_view(p: Resource) -> dict[str, Any]:
     return env
 
 
-def host_view(h: Resource, doc: Resource | None, lv: Liveness | None, now: float) -> dict[str, Any]:
+HIDDEN_ERROR = (
+    "the agent reports an error (its text, which may name other projects' resources, "
+    "is shown to the admin only)"
+)
+
+
+def host_view(
+    h: Resource, doc: Resource | None, lv: Liveness | None, now: float, *, admin: bool = True
+) -> dict[str, Any]:
     """A host with what its agent last said merged into status (heartbeats are not
-    revisioned, see `store.schema.liveness`)."""
+    revisioned, see `store.schema.liveness`). Hosts serve every project, so an agent's
+    error text (addresses, instance ids) is the admin's: others see only that there is one."""
     env = h.envelope()
     env["status"] = {
         "vtep_index": h.status.get("vtep_index"),
@@ -50,7 +59,7 @@ def host_view(h: Resource, doc: Resource | None, lv: Liveness | None, now: float
         "applied_revision": lv.applied_revision if lv else None,
         "heartbeat_at": iso(lv.heartbeat_at) if lv else None,
         "healthy": host_healthy(lv, now),
-        "error": lv.error if lv else None,
+        "error": (lv.error if admin else HIDDEN_ERROR) if lv and lv.error else None,
     }
     return env
 

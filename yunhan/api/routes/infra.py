@@ -39,25 +39,26 @@ def get_zone(ref: str, request: Request, _: CallerDep) -> dict[str, Any]:
         return resolve(r, "zone", st.admin_project_id, ref).envelope()
 
 
-def hosts_view(r: Reader, admin_project: str, now: float) -> list[dict[str, Any]]:
+def hosts_view(r: Reader, admin_project: str, now: float, admin: bool) -> list[dict[str, Any]]:
     docs = {d.name: d for d in r.list("hostdesired", admin_project)}
     live = r.liveness()
     return [
-        host_view(h, docs.get(h.name), live.get(h.name), now) for h in r.list("host", admin_project)
+        host_view(h, docs.get(h.name), live.get(h.name), now, admin=admin)
+        for h in r.list("host", admin_project)
     ]
 
 
 @router.get("/hosts")
-def list_hosts(request: Request, _: CallerDep) -> list[dict[str, Any]]:
+def list_hosts(request: Request, c: CallerDep) -> list[dict[str, Any]]:
     st = state_of(request)
     with st.store.read() as r:
-        return hosts_view(r, st.admin_project_id, st.clock())
+        return hosts_view(r, st.admin_project_id, st.clock(), c.admin)
 
 
 @router.get("/hosts/{ref}")
-def get_host(ref: str, request: Request, _: CallerDep) -> dict[str, Any]:
+def get_host(ref: str, request: Request, c: CallerDep) -> dict[str, Any]:
     st = state_of(request)
     with st.store.read() as r:
         h = resolve(r, "host", st.admin_project_id, ref)
         doc = r.by_name("hostdesired", st.admin_project_id, h.name)
-        return host_view(h, doc, r.liveness().get(h.name), st.clock())
+        return host_view(h, doc, r.liveness().get(h.name), st.clock(), admin=c.admin)

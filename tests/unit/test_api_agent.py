@@ -136,6 +136,7 @@ def test_converged(cloud: Cloud, net: dict[str, Any]) -> None:
         "converged": False,
         "pending": ["h1"],
         "unhealthy": [],
+        "failed": [],
         "controller_revision": r,
     }
     doc1 = _desired(cloud, "h1", 0).json()["revision"]
@@ -159,6 +160,25 @@ def test_converged(cloud: Cloud, net: dict[str, Any]) -> None:
     # Default revision: the current one.
     got = cloud.call("GET", "/v1/converged")
     assert got["revision"] == cloud.call("GET", "/v1/revision")["revision"]
+
+
+def test_converged_names_hosts_that_applied_with_errors(cloud: Cloud, net: dict[str, Any]) -> None:
+    # "Converged" means applied; a host that applied the write but reports errors is named,
+    # so that `--wait` can say so instead of pretending all is well.
+    t = net["t"]
+    cloud.reconcile()
+    a = cloud.call("POST", "/v1/instances", t, json={"name": "a", "subnet": "web", "zone": "az1"})
+    cloud.reconcile()
+    doc = _desired(cloud, "h1", 0).json()["revision"]
+    cloud.call(
+        "POST",
+        "/v1/agent/hosts/h1/status",
+        json={"applied_revision": doc, "error": "port p-x: EPERM", "instances": {}},
+    )
+    state = _converged(cloud, a["revision"], headers=t)
+    assert state["converged"] is True and state["failed"] == ["h1"]
+    cloud.heartbeat("h1", doc)  # the error is gone
+    assert _converged(cloud, a["revision"])["failed"] == []
 
 
 def test_controller_pass_without_change_does_not_churn(cloud: Cloud, net: dict[str, Any]) -> None:

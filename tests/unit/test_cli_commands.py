@@ -29,6 +29,7 @@ class FakeApi:
     def __init__(self) -> None:
         self.revision = 1
         self.waited_for = 0
+        self.failed: list[str] = []
         self.items: dict[str, dict[str, dict[str, Any]]] = {k: {} for k in KIND}
         self.pending: list[str] = []  # hosts that never converge, when set
         self.seen: list[str] = []
@@ -84,7 +85,8 @@ class FakeApi:
                 for inst in self.items["instances"].values():
                     inst["status"]["phase"] = "running"
             return httpx.Response(200, json={"revision": int(q["revision"]),
-                                             "converged": ok, "pending": self.pending})  # fmt: skip
+                                             "converged": ok, "pending": self.pending,
+                                             "failed": self.failed})  # fmt: skip
         if parts == ["hosts"]:
             return httpx.Response(200, json=self.hosts)
         if parts[0] == "projects" and m == "POST" and len(parts) == 3:
@@ -222,6 +224,13 @@ def test_wait_names_pending_hosts_on_timeout(api: FakeApi) -> None:
     r = cli("vpc", "create", "prod", "--cidr", "10.0.0.0/16", "--wait", "--timeout", "0.3")
     assert r.exit_code == 1
     assert "still pending: az2-h1" in r.stderr
+
+
+def test_wait_warns_about_hosts_that_applied_with_errors(api: FakeApi) -> None:
+    api.failed = ["az1-h1"]
+    r = cli("vpc", "create", "prod", "--cidr", "10.0.0.0/16", "--wait")
+    assert r.exit_code == 0
+    assert "warning" in r.stderr and "az1-h1" in r.stderr
 
 
 def test_delete_waits_for_the_revision_of_the_delete(api: FakeApi) -> None:

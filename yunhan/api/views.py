@@ -70,11 +70,14 @@ def convergence(r: Reader, revision: int, now: float) -> dict[str, Any]:
     It is when the controller has compiled through it and every host whose document
     changed since has applied at least the first document compiled from a store state
     that included the write. A host whose agent is unhealthy stays in `pending`: it is never
-    skipped. Extra fields beyond docs/api.md: `controller_revision`, `unhealthy`.
+    skipped. `failed` lists affected hosts that applied it but report errors (convergence
+    means "applied"; what failed is for the user to see, not to wait on forever).
+    Extra fields beyond docs/api.md: `controller_revision`, `unhealthy`.
     """
     compiled = r.compiled_revision
     pending: list[str] = []
     unhealthy: list[str] = []
+    failed: list[str] = []
     if compiled >= revision:
         live = r.liveness()
         for doc in r.list("hostdesired", spec=False):
@@ -86,11 +89,14 @@ def convergence(r: Reader, revision: int, now: float) -> dict[str, Any]:
                 pending.append(doc.name)
                 if not host_healthy(lv, now):
                     unhealthy.append(doc.name)
+            elif lv.error:
+                failed.append(doc.name)
     converged = compiled >= revision and not pending
     return {
         "revision": revision,
         "converged": converged,
         "pending": sorted(pending),
         "unhealthy": sorted(unhealthy),
+        "failed": sorted(failed),
         "controller_revision": compiled,
     }

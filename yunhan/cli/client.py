@@ -8,6 +8,7 @@ transport is injectable (httpx.MockTransport in unit tests).
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
@@ -151,6 +152,14 @@ class Client:
             asked = time.monotonic()
             ans = self.get("/v1/converged", revision=revision, timeout=round(min(left, 20.0), 1))
             if ans.get("converged"):
+                failed = [str(h) for h in ans.get("failed") or []]
+                if failed:
+                    # Applied everywhere, but these hosts report errors: say so, without
+                    # failing a write that may not be the cause.
+                    sys.stderr.write(
+                        f"warning: revision {revision} is applied, but host(s) "
+                        f"{', '.join(failed)} report errors (`yunhan host list`)\n"
+                    )
                 return
             pending = [str(h) for h in ans.get("pending") or []]
             if time.monotonic() - asked < 0.1:

@@ -140,26 +140,6 @@ def vpc_list(as_json: JsonOpt = False) -> None:
         _list("vpc", c, c.get("/v1/vpcs"), as_json)
 
 
-@vpc_app.command("show")
-@handled
-def vpc_show(vpc: str, as_json: JsonOpt = False) -> None:
-    """Show one VPC."""
-    with client() as c:
-        _show("vpc", c, c.get(f"/v1/vpcs/{vpc}"), as_json)
-
-
-@vpc_app.command("delete")
-@handled
-def vpc_delete(
-    vpc: str, wait: WaitOpt = False, timeout: TimeoutOpt = DEFAULT_WAIT, as_json: JsonOpt = False
-) -> None:
-    """Delete a VPC (refused while it has subnets)."""
-    with client() as c:
-        res = c.delete(f"/v1/vpcs/{vpc}")
-        _after_delete(c, res, wait, timeout)
-        _deleted("vpc", c, res, as_json)
-
-
 @vpc_app.command("add-cidr")
 @handled
 def vpc_add_cidr(
@@ -201,12 +181,46 @@ def _deleted(kind: str, c: Client, res: dict[str, Any] | None, as_json: bool) ->
         typer.echo(f"deleted {kind} {res.get('name')} ({res.get('id')})")
 
 
+# Module level: annotations are strings (PEP 563) that typer evaluates in module globals.
+RefArg = Annotated[str, typer.Argument(metavar="NAME|ID", help="its name or id")]
+
+
+def _show_and_delete(sub: typer.Typer, kind: str, collection: str, delete_help: str) -> None:
+    """Register `show` and `delete` for one resource kind: the same two commands for all."""
+
+    @sub.command("show", help=f"Show one {'VPC' if kind == 'vpc' else kind}.")
+    @handled
+    def show(
+        ref: RefArg,
+        as_json: JsonOpt = False,
+    ) -> None:
+        with client() as c:
+            _show(kind, c, c.get(f"/v1/{collection}/{ref}"), as_json)
+
+    @sub.command("delete", help=delete_help)
+    @handled
+    def delete(
+        ref: RefArg,
+        wait: WaitOpt = False,
+        timeout: TimeoutOpt = DEFAULT_WAIT,
+        as_json: JsonOpt = False,
+    ) -> None:
+        with client() as c:
+            res = c.delete(f"/v1/{collection}/{ref}")
+            _after_delete(c, res, wait, timeout)
+            _deleted(kind, c, res, as_json)
+
+
 # -- subnet -----------------------------------------------------------------------------------
 
 subnet_app = typer.Typer(
     help="Subnets: CIDRs inside a VPC, spanning all zones", no_args_is_help=True
 )
 app.add_typer(subnet_app, name="subnet")
+_show_and_delete(vpc_app, "vpc", "vpcs", "Delete a VPC (refused while it has subnets).")
+_show_and_delete(
+    subnet_app, "subnet", "subnets", "Delete a subnet (refused while it has instances)."
+)
 
 
 @subnet_app.command("create")
@@ -237,33 +251,16 @@ def subnet_list(
         _list("subnet", c, c.get("/v1/subnets", vpc=vpc), as_json)
 
 
-@subnet_app.command("show")
-@handled
-def subnet_show(subnet: str, as_json: JsonOpt = False) -> None:
-    """Show one subnet."""
-    with client() as c:
-        _show("subnet", c, c.get(f"/v1/subnets/{subnet}"), as_json)
-
-
-@subnet_app.command("delete")
-@handled
-def subnet_delete(
-    subnet: str,
-    wait: WaitOpt = False,
-    timeout: TimeoutOpt = DEFAULT_WAIT,
-    as_json: JsonOpt = False,
-) -> None:
-    """Delete a subnet (refused while it has instances)."""
-    with client() as c:
-        res = c.delete(f"/v1/subnets/{subnet}")
-        _after_delete(c, res, wait, timeout)
-        _deleted("subnet", c, res, as_json)
-
-
 # -- instance ---------------------------------------------------------------------------------
 
 instance_app = typer.Typer(help="Instances: sandboxes with a VPC address", no_args_is_help=True)
 app.add_typer(instance_app, name="instance")
+_show_and_delete(
+    instance_app,
+    "instance",
+    "instances",
+    "Delete an instance (its process is stopped and its address freed).",
+)
 SETTLED = ("running", "failed")
 NETNS_DIR = "/run/netns"
 
@@ -337,29 +334,6 @@ def instance_list(as_json: JsonOpt = False) -> None:
     """List the project's instances."""
     with client() as c:
         _list("instance", c, c.get("/v1/instances"), as_json)
-
-
-@instance_app.command("show")
-@handled
-def instance_show(instance: str, as_json: JsonOpt = False) -> None:
-    """Show one instance."""
-    with client() as c:
-        _show("instance", c, c.get(f"/v1/instances/{instance}"), as_json)
-
-
-@instance_app.command("delete")
-@handled
-def instance_delete(
-    instance: str,
-    wait: WaitOpt = False,
-    timeout: TimeoutOpt = DEFAULT_WAIT,
-    as_json: JsonOpt = False,
-) -> None:
-    """Delete an instance (its process is stopped and its address freed)."""
-    with client() as c:
-        res = c.delete(f"/v1/instances/{instance}")
-        _after_delete(c, res, wait, timeout)
-        _deleted("instance", c, res, as_json)
 
 
 def exec_argv(res: dict[str, Any], command: list[str]) -> list[str]:

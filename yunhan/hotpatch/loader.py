@@ -509,6 +509,18 @@ def _plan_sites(
     return sites
 
 
+def _patch_code_guard(
+    mem: procfs.Memory, maps: list[procfs.Mapping], record: PatchRecord
+) -> plan.Guard:
+    """Every executable mapping of the patch's memfd, with every call's return site."""
+    paths = {m.path for m in maps for s in record.sites if m.contains(s.new_func)}
+    ranges = [(m.start, m.end) for m in maps if m.executable and m.path in paths]
+    sites: set[int] = set()
+    for lo, hi in ranges:
+        sites |= elf.return_sites(mem.read(lo, hi - lo), lo)
+    return plan.Guard(f"patch {record.patch_id}", tuple(ranges), frozenset(sites))
+
+
 def rollback(
     pid: int,
     patch_id: str | None = None,
@@ -556,10 +568,15 @@ def rollback(
             # A thread caught on a trampoline jump is on its way into the new function.
             page = plan.Guard("trampoline", ((record.page, record.page + PAGE),), frozenset())
             guards.append(page)
+        maps = procfs.read_maps(pid)
+        if unload and record.handle:
+            # Unloading also needs no thread in any other code of the patch: a helper the
+            # new function tail-called has no return address into the new function.
+            guards.append(_patch_code_guard(mem, maps, record))
         pause, attempts = 0.0, 0
         if writes:
             try:
-                pause, attempts = _switch(pid, mem, procfs.read_maps(pid), guards, writes, retry)
+                pause, attempts = _switch(pid, mem, maps, guards, writes, retry)
             except BaseException:
                 record.state = prior
                 jr.save()

@@ -199,6 +199,38 @@ def test_rollback_with_unload_returns_the_mappings_too(
     assert target.ask("c 5") == "500"
 
 
+FIX_COMPUTE_TAIL = """
+#include <unistd.h>
+#include <yunhan/hotpatch.h>
+__attribute__((noipa)) static int slow(int x) {
+    for (int i = 0; i < 100; i++) usleep(10000);
+    return x * 100;
+}
+static int compute_v2(int x) { return slow(x); } /* a tail call: jmp slow */
+YUNHAN_PATCH(compute, compute_v2);
+"""
+
+
+def test_rollback_with_unload_waits_for_a_thread_in_other_code_of_the_patch(
+    built: Built, target: Proc, make_patch: MakePatch, journal_dir: Path
+) -> None:
+    # compute_v2 tail-calls a helper of the patch: a thread in that helper has no return
+    # address into compute_v2, yet unloading the patch would pull its code from under it.
+    yhp = make_patch("compute-tail", FIX_COMPUTE_TAIL, built.target)
+    hotpatch.apply(target.pid, yhp, journal_dir=journal_dir)
+    assert target.p.stdin is not None
+    target.p.stdin.write(b"c 5\n")
+    target.p.stdin.flush()
+    target.wait_blocked_in(SYS_CLOCK_NANOSLEEP)  # main thread inside slow()
+    retry = hotpatch.Retry(attempts=3, first_backoff=0.001)
+    with pytest.raises(HotpatchError, match="stayed active"):
+        hotpatch.rollback(target.pid, journal_dir=journal_dir, unload=True, retry=retry)
+    assert target.readline() == "500"  # the helper was still there to finish
+    target.wait_blocked_in(SYS_READ)
+    hotpatch.rollback(target.pid, journal_dir=journal_dir, unload=True)
+    assert target.ask("c 5") == "11"
+
+
 def test_function_of_a_test_library(
     built: Built, target: Proc, make_patch: MakePatch, journal_dir: Path
 ) -> None:

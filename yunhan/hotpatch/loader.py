@@ -198,6 +198,7 @@ class _Target:
     start: int
     size: int
     file_bytes: bytes
+    expected: bytes  # what memory must hold: the file's code, or the jump of the patch below
     write_addr: int
     old_ranges: list[tuple[int, int]]
     old_sites: frozenset[int]
@@ -239,7 +240,17 @@ def _resolve(
                 addr=start,
             )
         out.append(
-            _Target(r.old, r.new, start, sym.size, code, write_addr, ranges, frozenset(sites))
+            _Target(
+                r.old,
+                r.new,
+                start,
+                sym.size,
+                code,
+                bytes(expected),
+                write_addr,
+                ranges,
+                frozenset(sites),
+            )
         )
     return out
 
@@ -489,7 +500,10 @@ def _plan_sites(
         jump = plan.plan_jump(t.symbol, t.start, t.size, t.file_bytes, new_addr, slot)
         if jump.via_trampoline:
             mem.write(slot, plan.trampoline_slot(new_addr))
-        original = mem.read(jump.write_addr, len(jump.code)).hex()
+        # The bytes preflight verified, not a fresh read: a hook another tool installed
+        # while the patch loaded must make the switch refuse, not be overwritten.
+        at = jump.write_addr - t.start
+        original = t.expected[at : at + len(jump.code)].hex()
         new_code = patch_info.read(sym.value, sym.size)
         sites.append(
             Site(

@@ -362,6 +362,37 @@ def test_modified_function_is_refused(
             mem.write(rng[0], original)
 
 
+def test_function_modified_while_the_patch_loads_is_refused(
+    built: Built,
+    target: Proc,
+    make_patch: MakePatch,
+    journal_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Another tool hooks compute after our preflight compared it with the file, while the
+    # patch is being loaded: the switch must not overwrite (and later "restore") its hook.
+    (rng,) = _untouched_ranges(built, target.pid, "compute")
+    real_load = loader._load
+
+    def load_then_hook(*args: object, **kwargs: object) -> object:
+        out = real_load(*args, **kwargs)  # type: ignore[arg-type]
+        with procfs.Memory(target.pid) as m:
+            m.write(rng[0] + 4, b"\x90")
+        return out
+
+    monkeypatch.setattr(loader, "_load", load_then_hook)
+    with procfs.Memory(target.pid) as mem:
+        original = mem.read(rng[0], 8)
+        try:
+            yhp = make_patch("fix_compute", FIX_COMPUTE, built.target)
+            with pytest.raises(HotpatchError, match="changed under us"):
+                hotpatch.apply(target.pid, yhp, journal_dir=journal_dir)
+            assert mem.read(rng[0], 8) == original[:4] + b"\x90" + original[5:]
+        finally:
+            mem.write(rng[0], original)
+    assert target.ask("c 5") == "11"
+
+
 def test_stacking_and_rollback_of_the_top(
     built: Built, target: Proc, make_patch: MakePatch, journal_dir: Path
 ) -> None:

@@ -16,11 +16,13 @@ A refusal or failure after step 2 unloads the patch again, so the target is left
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import os
 import platform
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -401,6 +403,18 @@ def _switch(
 # -- public operations --------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _opened(pid: int) -> Iterator[tuple[procfs.ProcState, procfs.Memory]]:
+    """Preflight and open the memory of `pid`, under the journal lock: a concurrent
+    invocation tracing the threads is waited for, not taken for a debugger, and a process
+    that died while we waited cannot hand its journal to a new one with the same pid."""
+    st = preflight(pid)
+    with procfs.Memory(pid) as mem:
+        if procfs.proc_state(pid).start_time != st.start_time:
+            raise NotFound(f"process {pid} exited (its pid now names another)", pid=pid)
+        yield st, mem
+
+
 def apply(
     pid: int,
     patch_file: str | os.PathLike[str],
@@ -418,10 +432,9 @@ def apply(
         raise HotpatchError(f"{patch_file} is not an x86_64 patch")
     with open(patch_file, "rb") as f:
         yhp = f.read()
-    st = preflight(pid)
     if len(manifest.replacements) > _MAX_SLOTS:
         raise HotpatchError(f"a patch may replace at most {_MAX_SLOTS} functions")
-    with journal.locked(root, pid), procfs.Memory(pid) as mem:
+    with journal.locked(root, pid), _opened(pid) as (st, mem):
         jr = journal.load(root, pid, st.start_time)
         for p in jr.stack:
             if p.state != "applied":
@@ -551,8 +564,7 @@ def rollback(
     `unload`, the patch's code, memfd and trampoline page are released afterwards.
     """
     root = journal_dir or journal.default_dir()
-    st = preflight(pid)
-    with journal.locked(root, pid), procfs.Memory(pid) as mem:
+    with journal.locked(root, pid), _opened(pid) as (st, mem):
         jr = journal.load(root, pid, st.start_time)
         stack = jr.stack
         if not stack:

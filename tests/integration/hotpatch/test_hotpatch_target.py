@@ -4,8 +4,10 @@ that leave the process exactly as it was, stacking, the journal and the CLI."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -535,6 +537,48 @@ def test_preflight_refuses_missing_zombie_and_traced_processes(
         hotpatch.apply(target.pid, yhp, journal_dir=journal_dir)
     tracer.kill()
     assert target.ask("c 5") == "11"
+
+
+def test_a_second_invocation_waits_for_the_first(
+    built: Built,
+    target: Proc,
+    spawn: Callable[..., Proc],
+    make_patch: MakePatch,
+    journal_dir: Path,
+) -> None:
+    """While another `yunhan hotpatch` holds the process (its lock, its threads traced), a
+    second one waits for it instead of taking it for a debugger."""
+    holder = spawn(
+        sys.executable,
+        "-c",
+        "import sys; from pathlib import Path; from yunhan.hotpatch import journal, ptrace\n"
+        "with journal.locked(Path(sys.argv[2]), int(sys.argv[1])):\n"
+        "    ptrace.seize(int(sys.argv[1])); print('holding', flush=True); sys.stdin.read()",
+        str(target.pid),
+        str(journal_dir),
+    )
+    assert holder.readline() == "holding"
+    yhp = make_patch("fix_compute", FIX_COMPUTE, built.target)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            hotpatch.apply(target.pid, yhp, journal_dir=journal_dir)
+        except BaseException as exc:
+            errors.append(exc)
+
+    second = threading.Thread(target=run)
+    second.start()
+    assert second.native_id is not None
+    deadline = time.monotonic() + 10
+    while second.is_alive() and procfs.blocked_syscall(os.getpid(), second.native_id) != 73:
+        assert time.monotonic() < deadline, "the second invocation neither waited nor ended"
+        time.sleep(0.002)  # 73: flock
+    holder.kill()
+    second.join(timeout=30)
+    assert not second.is_alive()
+    assert errors == []
+    assert target.ask("c 5") == "500"
 
 
 def test_tool_killed_during_the_switch(

@@ -22,7 +22,12 @@ ORIGINAL, JUMP = bytes.fromhex("554889e541"), bytes.fromhex("e9fbef0000")
 class FakeProcess:
     """Memory at 0x1000.., and threads whose PC follows a script, one step per stop."""
 
-    def __init__(self, scripts: list[list[int]], fail_write_at: int | None = None) -> None:
+    def __init__(
+        self,
+        scripts: list[list[int]],
+        fail_write_at: int | None = None,
+        short_write_at: int | None = None,
+    ) -> None:
         self.memory = bytearray(0x100)
         self.memory[0:5] = ORIGINAL
         self.memory[0x40:0x45] = ORIGINAL
@@ -30,6 +35,7 @@ class FakeProcess:
         self.stops = 0
         self.running = True
         self.fail_write_at = fail_write_at
+        self.short_write_at = short_write_at
 
     # Halt
     def __call__(self) -> FakeProcess:
@@ -66,6 +72,10 @@ class FakeProcess:
         assert not self.running, "code written while threads run"
         if addr == self.fail_write_at:
             raise HotpatchError("write failed")
+        if addr == self.short_write_at:  # a jump across a page whose second half failed
+            self.short_write_at = None
+            self.memory[addr - 0x1000 : addr - 0x1000 + 2] = data[:2]
+            raise HotpatchError("short write")
         self.memory[addr - 0x1000 : addr - 0x1000 + len(data)] = data
 
 
@@ -102,6 +112,14 @@ def test_bytes_changed_under_us_are_not_overwritten() -> None:
 def test_a_failure_halfway_is_undone_before_threads_run() -> None:
     proc = FakeProcess([[0x9000]], fail_write_at=0x1040)
     with pytest.raises(HotpatchError, match="write failed"):
+        switch(proc, proc, [F], WRITES, Retry(), sleep=lambda _: None)
+    assert proc.read(0x1000, 5) == ORIGINAL and proc.read(0x1040, 5) == ORIGINAL
+    assert proc.running
+
+
+def test_a_write_that_fails_partway_through_is_undone_too() -> None:
+    proc = FakeProcess([[0x9000]], short_write_at=0x1040)
+    with pytest.raises(HotpatchError, match="short write"):
         switch(proc, proc, [F], WRITES, Retry(), sleep=lambda _: None)
     assert proc.read(0x1000, 5) == ORIGINAL and proc.read(0x1040, 5) == ORIGINAL
     assert proc.running

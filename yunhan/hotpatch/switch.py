@@ -7,6 +7,7 @@ real one (World over ptrace, Memory over /proc/PID/mem; tests/integration/hotpat
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -74,11 +75,16 @@ def switch(
                 done: list[tuple[int, bytes]] = []
                 try:
                     for addr, expected, new in writes:
-                        mem.write(addr, new)
+                        # Recorded first: a write that fails may have changed some bytes
+                        # (a jump across a page boundary is written page by page).
                         done.append((addr, expected))
+                        mem.write(addr, new)
                 except BaseException:
                     for addr, expected in reversed(done):
-                        mem.write(addr, expected)
+                        # Best effort per site: one that cannot be restored must not keep
+                        # the others from being restored.
+                        with contextlib.suppress(HotpatchError):
+                            mem.write(addr, expected)
                     raise
                 return world.resume(), attempt
         if attempt < retry.attempts:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     Connection,
     Float,
@@ -25,6 +26,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    delete,
     insert,
     select,
     update,
@@ -34,13 +36,13 @@ metadata = MetaData()
 
 schema_version = Table("schema_version", metadata, Column("version", Integer, nullable=False))
 
-# Counters: "revision" (the global store revision) and "compiled_revision" (how far the
-# controller has compiled; bookkeeping, so writing it does not move the revision).
+# Counters: "revision" (the global store revision), "leader_epoch" (the controller's
+# fencing token) and "log_horizon" (the oldest revision the events table still holds).
 meta = Table(
     "meta",
     metadata,
     Column("key", String(64), primary_key=True),
-    Column("value", Integer, nullable=False),
+    Column("value", BigInteger, nullable=False),
 )
 
 resources = Table(
@@ -52,7 +54,7 @@ resources = Table(
     Column("name", String(255), nullable=False),
     Column("spec", Text, nullable=False),
     Column("status", Text, nullable=False),
-    Column("revision", Integer, nullable=False),
+    Column("revision", BigInteger, nullable=False),
     Column("created_at", String(32), nullable=False),
     UniqueConstraint("kind", "project", "name", name="uq_resources_kind_project_name"),
     Index("ix_resources_kind_project", "kind", "project"),
@@ -73,22 +75,26 @@ liveness = Table(
     "liveness",
     metadata,
     Column("host", String(64), primary_key=True),
-    Column("applied_revision", Integer, nullable=False),
+    Column("applied_revision", BigInteger, nullable=False),
     Column("heartbeat_at", Float, nullable=False),
     Column("error", Text, nullable=True),
 )
 
-# Revisions at which each host's desired document changed; `converged` needs the first
-# document of a host written after a given revision. Pruned to the most recent few.
-# `input_revision` is the store revision the controller had read when it compiled that
-# document: the document reflects every write up to it, and none after.
-doc_history = Table(
-    "doc_history",
+# The change log (ARCHITECTURE §6): every committed write of a resource, in order. Each
+# API process keeps the model in memory and follows this log (after a NOTIFY on PostgreSQL,
+# or by polling), so any replica answers from memory at a known revision. `obj` is the
+# object as written (for a delete: as it was last). Pruned to a window; a replica that fell
+# behind the window reloads `resources` instead.
+events = Table(
+    "events",
     metadata,
-    Column("host", String(64), nullable=False),
-    Column("revision", Integer, nullable=False),
-    Column("input_revision", Integer, nullable=False, server_default="0"),
-    PrimaryKeyConstraint("host", "revision"),
+    Column("revision", BigInteger, nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("id", String(64), nullable=False),
+    Column("op", String(8), nullable=False),
+    Column("obj", Text, nullable=False),
+    PrimaryKeyConstraint("revision", "seq"),
 )
 
 
@@ -136,7 +142,32 @@ def _v2(conn: Connection) -> None:
     conn.execute(update(doc_history).values(input_revision=doc_history.c.revision - 1))
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2]
+def _v3(conn: Connection) -> None:
+    # Documents are no longer stored: every API process compiles them from the change log.
+    m = MetaData()
+    Table("events", m,
+          Column("revision", BigInteger, nullable=False),
+          Column("seq", Integer, nullable=False),
+          Column("kind", String(32), nullable=False),
+          Column("id", String(64), nullable=False),
+          Column("op", String(8), nullable=False),
+          Column("obj", Text, nullable=False),
+          PrimaryKeyConstraint("revision", "seq")).create(conn)  # fmt: skip
+    if conn.dialect.name == "postgresql":
+        # Revisions are 64-bit (SQLite's INTEGER already is).
+        for table, col in (("meta", "value"), ("resources", "revision"),
+                           ("liveness", "applied_revision")):
+            conn.exec_driver_sql(f"ALTER TABLE {table} ALTER COLUMN {col} TYPE BIGINT")  # fmt: skip
+    conn.exec_driver_sql("DROP TABLE doc_history")
+    conn.exec_driver_sql("DELETE FROM resources WHERE kind = 'hostdesired'")
+    conn.execute(delete(meta).where(meta.c.key == "compiled_revision"))
+    # Fencing for the controller (store/leader.py): bumped by every new leader.
+    conn.execute(insert(meta), [{"key": "leader_epoch", "value": 0}])
+    # Events older than this are pruned: a reader behind it reloads `resources`.
+    conn.execute(insert(meta), [{"key": "log_horizon", "value": 0}])
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3]
 LATEST = len(MIGRATIONS)
 
 

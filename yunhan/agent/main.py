@@ -23,6 +23,7 @@ import httpx
 from yunhan.agent.dataplane import ApplyReport, DataPlane
 from yunhan.errors import ValidationError
 from yunhan.net.desired import HostDesired
+from yunhan.net.docentries import Delta, assemble, digest
 from yunhan.net.naming import Naming
 
 log = logging.getLogger("yunhan.agent")
@@ -76,6 +77,10 @@ class Agent:
         self.report: ApplyReport | None = None
         self.applied_revision = 0
         self._store: str | None = None  # the store that `desired` and its revision come from
+        # The document as keyed entries (docs/api.md): deltas apply to it; its digest lets
+        # the server notice a copy that drifted from its own and send it whole.
+        self._entries: dict[str, dict[str, Any]] = {}
+        self._digest: str | None = None
 
     # -- control-plane calls -------------------------------------------------------------
 
@@ -103,7 +108,10 @@ class Agent:
             delay = min(delay * 2, 5.0)
 
     def _fetch_desired(self, after: int, wait: float) -> HostDesired | None:
-        r = self._client.get(self._path("/desired"), params={"after": after, "timeout": wait})
+        params: dict[str, Any] = {"after": after, "timeout": wait}
+        if after and self._digest:
+            params["digest"] = self._digest
+        r = self._client.get(self._path("/desired"), params=params)
         store = r.headers.get(STORE_HEADER)
         if r.status_code < 300 and store and store != self._store:
             with self._lock:
@@ -117,11 +125,25 @@ class Agent:
                     )
                     self.applied_revision = 0
                     self.desired = None
+                    self._entries, self._digest = {}, None
+                    self._store = store
+                    return None  # ask again, from revision 0: the new store's whole document
                 self._store = store
         if r.status_code == 204:
             return None
         r.raise_for_status()
-        return HostDesired.model_validate(r.json())
+        delta = Delta.from_json(r.json())
+        if not delta.snapshot and not self._entries:
+            # Nothing to apply a delta to (we never held this store's document): ask whole.
+            return self._fetch_desired(0, 0.0)
+        # A delta carries the current value of every key changed since `after`, so it also
+        # applies to a copy newer than `after` (an apply that failed midway).
+        entries = delta.applied_to(self._entries)
+        doc = assemble(entries, self.config.host_name).model_copy(
+            update={"revision": delta.revision}
+        )
+        self._entries, self._digest = entries, digest(entries)
+        return doc
 
     def _status_body(self) -> dict[str, Any]:
         with self._lock:

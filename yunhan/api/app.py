@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from yunhan.api.auth import ADMIN_PROJECT, Caller, authenticate, token_hash
+from yunhan.api.fleet import Fleet
 from yunhan.errors import Forbidden, YunhanError
 from yunhan.model import new_id
 from yunhan.store import Store
@@ -37,6 +38,7 @@ class AppState:
     admin_hash: str
     admin_project_id: str
     clock: Callable[[], float]
+    fleet: Fleet
     max_long_poll: float = MAX_LONG_POLL
 
 
@@ -140,6 +142,7 @@ def create_app(
     admin_token: str,
     clock: Callable[[], float] = time.time,
     max_long_poll: float = MAX_LONG_POLL,
+    fleet: Fleet | None = None,
 ) -> FastAPI:
     """The API over `store`. `admin_token` grants the admin project; it is never stored."""
     from yunhan.api.routes import agent, infra, instances, network, projects, watch
@@ -156,6 +159,7 @@ def create_app(
         admin_hash=token_hash(admin_token),
         admin_project_id=bootstrap(store),
         clock=clock,
+        fleet=fleet or Fleet(store, clock),
         max_long_poll=max_long_poll,
     )
     _install_error_handlers(app)

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Generator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import uvicorn
@@ -21,6 +21,8 @@ from yunhan.controller import Controller
 from yunhan.store import Store
 
 log = logging.getLogger("yunhan.server")
+
+LEASE_PERSIST_INTERVAL = 2.0
 
 
 class _Server(uvicorn.Server):
@@ -36,18 +38,25 @@ async def _main(store: Store, host: str, port: int, admin_token: str) -> None:
         host=host,
         port=port,
         log_level="info",
+        # One line per request would cost more than the request at a thousand agents.
+        access_log=False,
         lifespan="off",
         # Long polls are ended by `interrupt_waits`; this bounds anything else in flight.
         timeout_graceful_shutdown=5,
     )
     server = _Server(config)
-    controller = Controller(store)
+    fleet = app.state.yunhan.fleet
+    controller = Controller(store, leases=lambda: fleet.leases)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
+    def _interrupt() -> None:
+        store.interrupt_waits()  # open long polls answer now (204 / not yet converged)
+        fleet.interrupt()
+
     def _on_signal() -> None:
         stop.set()
-        store.interrupt_waits()  # open long polls answer now (204 / not yet converged)
+        _interrupt()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _on_signal)
@@ -61,13 +70,36 @@ async def _main(store: Store, host: str, port: int, admin_token: str) -> None:
             await server.serve()
         finally:
             stop.set()  # the server ended (e.g. port in use): take the controller down too
-            store.interrupt_waits()
+            _interrupt()
+
+    async def _persist_leases() -> None:
+        # Heartbeats are leases in memory; they reach the database in one batch a tick.
+        while not stop.is_set():
+            with suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), LEASE_PERSIST_INTERVAL)
+            try:
+                await asyncio.to_thread(fleet.persist_leases)
+            except Exception:
+                log.exception("could not persist agent leases; retrying")
+
+    async def _follow_log() -> None:
+        # Writes of other replicas (PostgreSQL): followed on NOTIFY, or by a poll.
+        while not stop.is_set():
+            with suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), store.poll_interval)
+            try:
+                await asyncio.to_thread(store.refresh)
+            except Exception:
+                log.exception("could not follow the change log; retrying")
 
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(_serve())
             tg.create_task(_stop_server())
             tg.create_task(controller.run(stop))
+            tg.create_task(_persist_leases())
+            if store.dialect != "sqlite":
+                tg.create_task(_follow_log())
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
@@ -75,14 +107,17 @@ async def _main(store: Store, host: str, port: int, admin_token: str) -> None:
         raise SystemExit(f"the API server could not start on {host}:{port}")
 
 
-def serve(state_dir: Path, host: str, port: int, admin_token: str) -> None:
+def serve(
+    state_dir: Path, host: str, port: int, admin_token: str, *, database: str | None = None
+) -> None:
     """Run the API and the controller until SIGTERM or SIGINT (blocking).
 
-    The store is state_dir/yunhan.db (created and migrated if needed); the admin project is
-    created on first start and `admin_token` is its token for as long as this process runs.
+    The store is `database` (an SQLAlchemy URL) or state_dir/yunhan.db (created and migrated
+    if needed); the admin project is created on first start and `admin_token` is its token
+    for as long as this process runs.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    store = Store.open(Path(state_dir))
+    store = Store.connect(database) if database else Store.open(Path(state_dir))
     try:
         asyncio.run(_main(store, host, port, admin_token))
     finally:

@@ -139,7 +139,7 @@ def _v2(conn: Connection) -> None:
     conn.exec_driver_sql(
         "ALTER TABLE doc_history ADD COLUMN input_revision INTEGER NOT NULL DEFAULT 0"
     )
-    conn.execute(update(doc_history).values(input_revision=doc_history.c.revision - 1))
+    conn.exec_driver_sql("UPDATE doc_history SET input_revision = revision - 1")
 
 
 def _v3(conn: Connection) -> None:
@@ -155,8 +155,11 @@ def _v3(conn: Connection) -> None:
           PrimaryKeyConstraint("revision", "seq")).create(conn)  # fmt: skip
     if conn.dialect.name == "postgresql":
         # Revisions are 64-bit (SQLite's INTEGER already is).
-        for table, col in (("meta", "value"), ("resources", "revision"),
-                           ("liveness", "applied_revision")):
+        for table, col in (
+            ("meta", "value"),
+            ("resources", "revision"),
+            ("liveness", "applied_revision"),
+        ):
             conn.exec_driver_sql(f"ALTER TABLE {table} ALTER COLUMN {col} TYPE BIGINT")  # fmt: skip
     conn.exec_driver_sql("DROP TABLE doc_history")
     conn.exec_driver_sql("DELETE FROM resources WHERE kind = 'hostdesired'")

@@ -119,7 +119,8 @@ class Leader:
     def try_acquire(self) -> int | None:
         """Become the leader if nobody is; returns the new epoch, or None if another
         candidate leads. Does not wait for the lock. Already leading: the same epoch, if
-        `check()` still holds."""
+        `check()` still holds. A database that cannot be reached raises (SQLAlchemy's
+        DBAPIError): that is not the same answer as "another candidate leads"."""
         with self._mutex:
             if self._epoch is not None:
                 return self._epoch if self._check_locked() else None

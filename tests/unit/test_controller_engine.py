@@ -256,7 +256,7 @@ def _seeded() -> list[tuple[list[Resource], list[tuple[str, str]]]]:
     ]
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seeded=st.booleans(), script=writes(), window=st.sampled_from([50_000, 3, 1]))
 def test_incremental_engine_equals_full_recompute_after_any_writes(
     seeded: bool, script: list[tuple[list[Resource], list[tuple[str, str]]]], window: int

@@ -72,7 +72,14 @@ class Fleet:
 
     def _on_events(self, revision: int, events: list[Event]) -> None:
         t0 = time.perf_counter()
-        hosts = self.engine.apply(revision, events)
+        try:
+            hosts = self.engine.apply(revision, events)
+        except Exception:
+            # A write the engine cannot take incrementally: the full path, from the model
+            # (which already holds this write). Every host's long poll is woken.
+            log.exception("document engine refused revision %d; recompiling in full", revision)
+            self.engine.load(revision, list(self.store.model.objs.values()))
+            hosts = self.engine.hosts()
         self.compile_seconds += time.perf_counter() - t0
         self.compiles += 1
         loop = self._loop

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import socket
 from collections.abc import Generator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -19,10 +21,13 @@ import uvicorn
 from yunhan.api.app import create_app
 from yunhan.controller import Controller
 from yunhan.store import Store
+from yunhan.store.leader import Leader
 
 log = logging.getLogger("yunhan.server")
 
 LEASE_PERSIST_INTERVAL = 2.0
+LEADER_RETRY = 1.0  # a standby asks for the lock this often
+LEADER_CHECK = 1.0  # a leader checks it still holds the lock this often
 
 
 class _Server(uvicorn.Server):
@@ -72,6 +77,28 @@ async def _main(store: Store, host: str, port: int, admin_token: str) -> None:
             stop.set()  # the server ended (e.g. port in use): take the controller down too
             _interrupt()
 
+    async def _lead() -> None:
+        # Every replica runs this; one at a time holds the lock and runs the controller,
+        # its writes fenced by its epoch. A lost lock stops it; it then stands by again.
+        leader = Leader(store.engine, name=f"{socket.gethostname()}:{port} pid={os.getpid()}")
+        try:
+            while not stop.is_set():
+                try:
+                    epoch = await asyncio.to_thread(leader.try_acquire)
+                except Exception:
+                    log.exception("leader election failed; retrying")
+                    epoch = None
+                if epoch is None:
+                    with suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), LEADER_RETRY)
+                    continue
+                log.info("leading the controller (epoch %d)", epoch)
+                controller.epoch = epoch
+                if await _run_while_leading(controller, leader, stop):
+                    log.warning("lost the controller's leadership (epoch %d); standing by", epoch)
+        finally:
+            await asyncio.to_thread(leader.release)
+
     async def _persist_leases() -> None:
         # Heartbeats are leases in memory; they reach the database in one batch a tick.
         while not stop.is_set():
@@ -96,7 +123,7 @@ async def _main(store: Store, host: str, port: int, admin_token: str) -> None:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(_serve())
             tg.create_task(_stop_server())
-            tg.create_task(controller.run(stop))
+            tg.create_task(_lead())
             tg.create_task(_persist_leases())
             if store.dialect != "sqlite":
                 tg.create_task(_follow_log())
@@ -105,6 +132,27 @@ async def _main(store: Store, host: str, port: int, admin_token: str) -> None:
             loop.remove_signal_handler(sig)
     if server.started is False and not server.should_exit:
         raise SystemExit(f"the API server could not start on {host}:{port}")
+
+
+async def _run_while_leading(controller: Controller, leader: Leader, stop: asyncio.Event) -> bool:
+    """Run the controller until `stop` or until leadership is lost (returns True then)."""
+    ended = asyncio.Event()
+
+    async def watch() -> bool:
+        lost = asyncio.create_task(leader.wait_lost(LEADER_CHECK))
+        stopping = asyncio.create_task(stop.wait())
+        done, pending = await asyncio.wait({lost, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        for t in pending:
+            t.cancel()
+            with suppress(asyncio.CancelledError):
+                await t
+        ended.set()
+        return lost in done
+
+    async with asyncio.TaskGroup() as tg:
+        watcher = tg.create_task(watch())
+        tg.create_task(controller.run(ended))
+    return watcher.result()
 
 
 def serve(

@@ -73,6 +73,7 @@ class Controller:
         self.store = store
         self.clock = clock
         self.leases = leases
+        self.epoch: int | None = None  # the leader epoch that fences our writes
 
     def reconcile_once(self) -> int:
         """One pass; returns the revision it saw."""
@@ -80,7 +81,7 @@ class Controller:
             unplaced = r.count_of("instance", "unplaced", "yes")
             seen = r.revision
         if unplaced:
-            with self.store.transaction() as tx:
+            with self.store.transaction(fence=self.epoch) as tx:
                 placed = schedule_pending(tx, self.leases(), self.clock())
                 seen = tx.next_revision if tx.wrote else tx.revision
             if placed:

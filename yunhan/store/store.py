@@ -644,15 +644,22 @@ class Store:
         return self._batch
 
     @contextmanager
-    def transaction(self) -> Iterator[Tx]:
+    def transaction(self, *, fence: int | None = None) -> Iterator[Tx]:
         """All-or-nothing write. Raising inside rolls back; the revision does not move.
 
         Returns (leaves the block) once the write is durable; the model already shows it.
+        `fence`: the controller's leader epoch; the transaction is refused (`Fenced`) when
+        another leader has taken over since (the epoch row stays locked until the commit,
+        so a new leader cannot come in between).
         """
         with self._write_lock:
             batch = self._open_batch()
-            tx = Tx(batch.view, batch.next_revision, self._now_iso())
             try:
+                if fence is not None:
+                    from yunhan.store.leader import fence as check_fence
+
+                    check_fence(batch.conn, fence)
+                tx = Tx(batch.view, batch.next_revision, self._now_iso())
                 with self._mlock:
                     yield tx
                     w = tx._w

@@ -61,8 +61,13 @@ class Agent:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
+        # Several endpoints (comma-separated) are replicas of one control plane: the agent
+        # talks to one and moves to the next when it cannot be reached.
+        self._endpoints = [u.strip().rstrip("/") for u in config.api_url.split(",") if u.strip()]
+        if not self._endpoints:
+            raise ValidationError("the agent needs at least one API endpoint")
+        self._endpoint = 0
         self._client = httpx.Client(
-            base_url=config.api_url.rstrip("/"),
             headers={"Authorization": f"Bearer {config.token}"},
             timeout=httpx.Timeout(10.0, read=LONG_POLL_TIMEOUT + 10.0),
         )
@@ -85,7 +90,14 @@ class Agent:
     # -- control-plane calls -------------------------------------------------------------
 
     def _path(self, tail: str) -> str:
-        return f"/v1/agent/hosts/{self.config.host_name}{tail}"
+        return f"{self._endpoints[self._endpoint]}/v1/agent/hosts/{self.config.host_name}{tail}"
+
+    def _failover(self, exc: Exception) -> None:
+        """The endpoint could not be reached: use the next replica for the next call."""
+        if isinstance(exc, httpx.TransportError) and len(self._endpoints) > 1:
+            with self._lock:
+                self._endpoint = (self._endpoint + 1) % len(self._endpoints)
+            log.warning("moving to API endpoint %s", self._endpoints[self._endpoint])
 
     def register(self) -> None:
         """Register (or re-register) this host; retries until the control plane answers."""
@@ -104,6 +116,7 @@ class Agent:
                 log.error("registration refused: %s %s", r.status_code, r.text)
             except httpx.HTTPError as exc:
                 log.warning("control plane unreachable (%s); retrying", exc)
+                self._failover(exc)
             self._stop.wait(delay)
             delay = min(delay * 2, 5.0)
 
@@ -176,6 +189,7 @@ class Agent:
                 r = self._client.post(self._path("/status"), json=self._status_body())
             except httpx.HTTPError as exc:
                 log.warning("status report failed: %s", exc)
+                self._failover(exc)
                 return
         if r.status_code >= 300:
             log.warning("status report refused: %s %s", r.status_code, r.text[:500])
@@ -216,6 +230,7 @@ class Agent:
             except (httpx.HTTPError, ValueError) as exc:
                 # Headless: the data plane keeps forwarding what it has; we only wait.
                 log.warning("watch failed (%s); data plane left as is", exc)
+                self._failover(exc)
                 if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == 404:
                     self.register()
                 self._stop.wait(backoff)

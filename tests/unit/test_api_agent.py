@@ -240,3 +240,30 @@ def test_a_host_with_instances_cannot_change_zone(cloud: Cloud, net: dict[str, A
     cloud.call(
         "PUT", "/v1/agent/hosts/h2", json={"zone": "az1", "underlay_ip": "198.18.2.11", "mtu": 1500}
     )
+
+
+def test_metrics_show_the_control_plane_and_apply_lag_for_the_admin(
+    cloud: Cloud, net: dict[str, Any]
+) -> None:
+    inst = cloud.call(
+        "POST", "/v1/instances", net["t"], json={"name": "a", "subnet": "web", "zone": "az1"}
+    )
+    _doc(cloud, "h1")
+    admin = cloud.client.get("/metrics", headers=cloud.admin)
+    assert admin.status_code == 200 and admin.headers["content-type"].startswith("text/plain")
+    lines = dict(
+        line.rsplit(" ", 1) for line in admin.text.splitlines() if not line.startswith("#")
+    )
+    assert int(lines["yunhan_store_revision"]) == inst["revision"]
+    assert int(lines["yunhan_documents_sent_total"]) >= 1
+    assert float(lines["yunhan_compiles_total"]) >= 1
+    # h1 has not acknowledged the create yet: it lags by the revisions in between.
+    lag = int(lines['yunhan_host_apply_lag_revisions{host="h1"}'])
+    assert lag == inst["revision"]
+    cloud.heartbeat("h1", inst["revision"])
+    again = cloud.client.get("/metrics", headers=cloud.admin).text
+    assert 'yunhan_host_apply_lag_revisions{host="h1"} 0' in again
+    # A tenant sees the totals, never the region's hosts.
+    tenant = cloud.client.get("/metrics", headers=net["t"]).text
+    assert "yunhan_store_revision" in tenant and "host=" not in tenant
+    assert cloud.client.get("/metrics").status_code == 401

@@ -145,7 +145,7 @@ def create_app(
     fleet: Fleet | None = None,
 ) -> FastAPI:
     """The API over `store`. `admin_token` grants the admin project; it is never stored."""
-    from yunhan.api.routes import agent, infra, instances, network, projects, watch
+    from yunhan.api.routes import agent, infra, instances, metrics, network, projects, watch
 
     app = FastAPI(
         title="Yunhan API",
@@ -163,6 +163,6 @@ def create_app(
         max_long_poll=max_long_poll,
     )
     _install_error_handlers(app)
-    for module in (projects, infra, network, instances, agent, watch):
+    for module in (projects, infra, network, instances, agent, watch, metrics):
         app.include_router(module.router)
     return app

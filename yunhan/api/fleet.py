@@ -57,6 +57,8 @@ class Fleet:
         self._rev_waiters: set[_ConvWaiter] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._interrupted = False
+        # Called with every acknowledgement received here (replicas publish them).
+        self.on_ack: Callable[[str, int, float, str | None], None] | None = None
         # metrics
         self.documents_sent = 0
         self.bytes_sent = 0
@@ -193,9 +195,36 @@ class Fleet:
             lease.heartbeat_at = now
             lease.error = error
             lease.dirty = True
+        self._wake_acked(host, applied)
+        if self.on_ack is not None:
+            self.on_ack(host, applied, now, error)
+
+    def _wake_acked(self, host: str, applied: int) -> None:
         for w in list(self._conv_waiters.get(host, ())):
             if applied >= w.revision:
                 w.wake.set()
+
+    def remote_ack(self, host: str, applied: int, at: float, has_error: bool) -> None:
+        """An acknowledgement another replica received (any thread)."""
+        loop = self._loop
+        if loop is None:
+            self._fold_remote(host, applied, at, has_error)
+        else:
+            with suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._fold_remote, host, applied, at, has_error)
+
+    def _fold_remote(self, host: str, applied: int, at: float, has_error: bool) -> None:
+        lease = self.leases.get(host)
+        if lease is not None and lease.heartbeat_at > at:
+            return  # we heard from the agent more recently ourselves
+        error = "the agent reports an error (to another replica)" if has_error else None
+        if lease is None:
+            self.leases[host] = Lease(host, applied, at, error, dirty=False)
+        else:
+            if lease.error and has_error:
+                error = lease.error
+            lease.applied_revision, lease.heartbeat_at, lease.error = applied, at, error
+        self._wake_acked(host, applied)
 
     def forget(self, host: str) -> None:
         self.leases.pop(host, None)

@@ -19,6 +19,7 @@ from pathlib import Path
 import uvicorn
 
 from yunhan.api.app import create_app
+from yunhan.api.replicas import ReplicaBridge
 from yunhan.controller import Controller
 from yunhan.store import Store
 from yunhan.store.leader import Leader
@@ -99,6 +100,10 @@ async def _main(store: Store, host: str, port: int, admin_token: str) -> None:
         finally:
             await asyncio.to_thread(leader.release)
 
+    async def _stop_bridge(bridge: ReplicaBridge) -> None:
+        await stop.wait()
+        await asyncio.to_thread(bridge.stop)
+
     async def _persist_leases() -> None:
         # Heartbeats are leases in memory; they reach the database in one batch a tick.
         while not stop.is_set():
@@ -110,7 +115,8 @@ async def _main(store: Store, host: str, port: int, admin_token: str) -> None:
                 log.exception("could not persist agent leases; retrying")
 
     async def _follow_log() -> None:
-        # Writes of other replicas (PostgreSQL): followed on NOTIFY, or by a poll.
+        # Writes of other replicas (PostgreSQL) are followed on NOTIFY (ReplicaBridge); this
+        # poll is the fallback for a lost notification.
         while not stop.is_set():
             with suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), store.poll_interval)
@@ -127,6 +133,9 @@ async def _main(store: Store, host: str, port: int, admin_token: str) -> None:
             tg.create_task(_persist_leases())
             if store.dialect != "sqlite":
                 tg.create_task(_follow_log())
+                bridge = ReplicaBridge(store, fleet)
+                bridge.start()
+                tg.create_task(_stop_bridge(bridge))
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from yunhan.api.auth import ADMIN_PROJECT, Caller, authenticate, token_hash
 from yunhan.api.fleet import Fleet
-from yunhan.errors import Forbidden, YunhanError
+from yunhan.errors import Forbidden, Unauthorized, YunhanError
 from yunhan.model import new_id
 from yunhan.store import Store
 
@@ -50,10 +50,17 @@ def state_of(request: Request) -> AppState:
 def caller(request: Request) -> Caller:
     """FastAPI dependency: the authenticated caller (401 otherwise)."""
     st = state_of(request)
+    header = request.headers.get("authorization")
+    try:
+        with st.store.read() as r:
+            return authenticate(r, header, st.admin_hash, st.admin_project_id)
+    except Unauthorized:
+        if st.store.dialect == "sqlite":
+            raise
+    # A token made through another replica a moment ago: follow the log, then look again.
+    st.store.refresh()
     with st.store.read() as r:
-        return authenticate(
-            r, request.headers.get("authorization"), st.admin_hash, st.admin_project_id
-        )
+        return authenticate(r, header, st.admin_hash, st.admin_project_id)
 
 
 CallerDep = Annotated[Caller, Depends(caller)]

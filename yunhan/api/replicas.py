@@ -120,17 +120,13 @@ class ReplicaBridge:
             # Writes committed before LISTEN took effect: follow the log once now.
             self.store.refresh()
             while not self._stop.is_set():
-                moved = False
-                for n in pg.notifies(timeout=0.5, stop_after=1000):
+                # One at a time: a write must be followed as soon as its NOTIFY arrives.
+                for n in pg.notifies(timeout=0.5, stop_after=1):
                     if n.channel == NOTIFY_CHANNEL:
-                        moved = True
+                        self.notified += 1
+                        self.store.refresh()
                     elif n.channel == ACK_CHANNEL:
                         self._fold(n.payload)
-                    if self._stop.is_set():
-                        break
-                if moved:
-                    self.notified += 1
-                    self.store.refresh()
         finally:
             with suppress(Exception):
                 raw.close()

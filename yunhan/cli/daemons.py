@@ -68,7 +68,10 @@ def register(app: typer.Typer) -> None:
     @app.command("agent", hidden=True)
     @handled
     def agent(
-        api: Annotated[str, typer.Option("--api", help="the API endpoint")],
+        api: Annotated[
+            str,
+            typer.Option("--api", help="the API endpoint; several (comma-separated) are replicas"),
+        ],
         token_file: Annotated[Path, typer.Option("--token-file", help="file holding a token")],
         host: Annotated[str, typer.Option("--host", help="this host's name")],
         zone: Annotated[str, typer.Option("--zone", help="this host's zone (name or id)")],

@@ -24,8 +24,12 @@ log = logging.getLogger("yunhan.controller")
 Leases = Callable[[], Mapping[str, Heartbeat]]
 
 
-def candidates(r: Reader, leases: Mapping[str, Heartbeat], now: float) -> list[Candidate]:
-    """Hosts as the scheduler sees them (health from leases, load from the host index)."""
+def candidates(
+    r: Reader, leases: Mapping[str, Heartbeat], now: float, zone: str | None = None
+) -> list[Candidate]:
+    """Hosts (of `zone`, if given) as the scheduler sees them: health from leases, load
+    from the instance-by-host index, so the cost is the zone's hosts, not the region."""
+    hosts = r.find("host", "zone", zone) if zone is not None else r.list("host")
     return [
         Candidate(
             name=h.name,
@@ -33,7 +37,7 @@ def candidates(r: Reader, leases: Mapping[str, Heartbeat], now: float) -> list[C
             healthy=host_healthy(leases.get(h.name), now),
             instances=r.count_of("instance", "host", h.name),
         )
-        for h in r.list("host")
+        for h in hosts
     ]
 
 

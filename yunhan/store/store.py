@@ -29,7 +29,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -63,6 +63,7 @@ INDEXES: dict[tuple[str, str], IndexFn] = {
     ("instance", "unplaced"): lambda r: None if r.status.get("host") else "yes",
     ("subnet", "vpc"): lambda r: r.spec.get("vpc"),
     ("host", "underlay_ip"): lambda r: r.spec.get("underlay_ip"),
+    ("host", "zone"): lambda r: r.spec.get("zone"),
     ("vpc", "vni"): lambda r: str(r.status["vni"]) if r.status.get("vni") else None,
 }
 
@@ -198,7 +199,7 @@ class Model:
     def of_kind(self, kind: str) -> Iterable[Resource]:
         return self.by_kind.get(kind, {}).values()
 
-    def filed(self, key: tuple[str, str], value: str) -> Iterable[str]:
+    def filed(self, key: tuple[str, str], value: str) -> Collection[str]:
         return self.index[key].get(value, ())
 
     def token(self, token_hash: str) -> str | None:
@@ -216,6 +217,9 @@ class _Overlay:
         self.mine: dict[str, Resource | None] = {}  # id -> written object, None = deleted
         self.mine_names: dict[tuple[str, str, str], str | None] = {}
         self.new_tokens: dict[str, str] = {}
+        # Index changes made here, in order: (index, value) -> [(id, filed or unfiled)].
+        # A lookup that no write here touched costs what it costs on the model.
+        self.moves: dict[tuple[tuple[str, str], str], list[tuple[str, bool]]] = {}
 
     @property
     def revision(self) -> int:
@@ -245,15 +249,24 @@ class _Overlay:
         out.extend(o for o in written.values() if o is not None and o.kind == kind)
         return out
 
-    def filed(self, key: tuple[str, str], value: str) -> Iterable[str]:
-        kind, _fld = key
-        fn = INDEXES[key]
-        written = self.written()
-        ids = {i for i in self.root().filed(key, value) if i not in written}
-        ids.update(
-            id for id, o in written.items() if o is not None and o.kind == kind and fn(o) == value
-        )
-        return ids
+    def chain(self) -> list[_Overlay]:
+        """The overlays from the model up to this one (base first)."""
+        below = self.base.chain() if isinstance(self.base, _Overlay) else []
+        return [*below, self]
+
+    def filed(self, key: tuple[str, str], value: str) -> Collection[str]:
+        levels = [ov.moves[(key, value)] for ov in self.chain() if (key, value) in ov.moves]
+        ids = self.root().filed(key, value)
+        if not levels:
+            return ids
+        out = set(ids)
+        for moves in levels:
+            for id, filed in moves:
+                if filed:
+                    out.add(id)
+                else:
+                    out.discard(id)
+        return out
 
     def token(self, token_hash: str) -> str | None:
         if token_hash in self.new_tokens:
@@ -263,15 +276,24 @@ class _Overlay:
     def write(self, o: Resource | None, id: str, old: Resource | None) -> None:
         if old is not None:
             self.mine_names[(old.kind, old.project, old.name)] = None
+            self._move(old, False)
         self.mine[id] = o
         if o is not None:
             self.mine_names[(o.kind, o.project, o.name)] = o.id
+            self._move(o, True)
+
+    def _move(self, o: Resource, filed: bool) -> None:
+        for key, fn in INDEXES.items():
+            if key[0] == o.kind and (value := fn(o)) is not None:
+                self.moves.setdefault((key, value), []).append((o.id, filed))
 
     def merge_into_base(self) -> None:
         assert isinstance(self.base, _Overlay)
         self.base.mine.update(self.mine)
         self.base.mine_names.update(self.mine_names)
         self.base.new_tokens.update(self.new_tokens)
+        for k, moves in self.moves.items():
+            self.base.moves.setdefault(k, []).extend(moves)
 
 
 View = Model | _Overlay
@@ -302,7 +324,7 @@ class Reader:
         return sorted((o for o in found if o is not None), key=lambda o: (o.name, o.id))
 
     def count_of(self, kind: str, field: str, key: str) -> int:
-        return sum(1 for _ in self._v.filed((kind, field), key))
+        return len(self._v.filed((kind, field), key))
 
     def list(self, kind: str, project: str | None = None, *, spec: bool = True) -> list[Resource]:
         """Resources of `kind` (of one project if given), ordered by name then id.

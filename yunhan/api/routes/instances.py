@@ -26,7 +26,9 @@ def create_instance(body: InstanceCreate, request: Request, c: CallerDep) -> dic
     with st.store.transaction() as tx:
         sub = resolve(tx, "subnet", c.project.id, body.subnet)
         zone = resolve(tx, "zone", st.admin_project_id, body.zone)
-        host = schedule(zone.id, zone.name, candidates(tx, st.fleet.leases, st.clock()))
+        host = schedule(
+            zone.id, zone.name, candidates(tx, st.fleet.leases, st.clock(), zone=zone.id)
+        )
         used = {
             i.status["ip"]: i.name
             for i in tx.find("instance", "subnet", sub.id)

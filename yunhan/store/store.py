@@ -47,6 +47,7 @@ T = TypeVar("T")
 Channel = Literal["revision", "any"]
 DB_NAME = "yunhan.db"
 LOG_KEEP = 200_000  # events kept in the database; a replica further behind reloads
+PRUNE_EVERY = 1000  # commits of one process between two prunes of the log
 NOTIFY_CHANNEL = "yunhan_events"
 
 log = logging.getLogger("yunhan.store")
@@ -583,18 +584,25 @@ class Store:
 
     def _catch_up(self, conn: Connection) -> None:
         """Bring the model up to the database (inside the caller's transaction)."""
+        base = self.model.revision
         rev = self._meta(conn, "revision")
-        if rev <= self.model.revision:
+        if rev <= base:
             return
         horizon = self._meta(conn, "log_horizon")
-        if self.model.revision < horizon:
+        if base < horizon:
             raise _Behind()
         rows = conn.execute(
             select(s.events)
-            .where(s.events.c.revision > self.model.revision, s.events.c.revision <= rev)
+            .where(s.events.c.revision > base, s.events.c.revision <= rev)
             .order_by(s.events.c.revision, s.events.c.seq)
         )
-        self._advance([_event_from_row(r) for r in rows])
+        events = [_event_from_row(r) for r in rows]
+        # Every revision has events. On PostgreSQL each statement reads its own snapshot
+        # (READ COMMITTED): a prune committed after the horizon was read may have taken
+        # the start of this range, and applying the rest would skip writes for good.
+        if not events or events[0].revision != base + 1:
+            raise _Behind()
+        self._advance(events)
         # Token writes are not in the log: re-read them when another process wrote.
         tokens = {r.hash: r.project for r in conn.execute(select(s.tokens))}
         with self._mlock:
@@ -724,7 +732,7 @@ class Store:
                 top = batch.writes[-1][0]
                 conn.execute(update(s.meta).where(s.meta.c.key == "revision").values(value=top))
                 self._commits += 1
-                if self._commits % 1000 == 0:
+                if self._commits % PRUNE_EVERY == 0:
                     self._prune(conn, top)
                 if self.dialect == "postgresql":
                     conn.exec_driver_sql(f"NOTIFY {NOTIFY_CHANNEL}, '{top}'")

@@ -603,16 +603,22 @@ class Store:
         if not events or events[0].revision != base + 1:
             raise _Behind()
         self._advance(events)
-        # Token writes are not in the log: re-read them when another process wrote.
+        self._read_tokens(conn)  # not in the log: another process may have added some
+
+    def _read_tokens(self, conn: Connection) -> None:
         tokens = {r.hash: r.project for r in conn.execute(select(s.tokens))}
         with self._mlock:
-            self.model.tokens = tokens
+            # Merged, not replaced: tokens are never deleted, and this read may predate a
+            # token that a batch of ours committed (and put in the model) meanwhile.
+            self.model.tokens.update(tokens)
 
     def refresh(self) -> None:
         """Follow writes of other processes now (the poll fallback, or after a NOTIFY)."""
         try:
             with self.engine.connect() as conn:
                 self._catch_up(conn)
+                # A token added alone (a new token for a project) moves no revision.
+                self._read_tokens(conn)
                 conn.rollback()
         except _Behind:
             self._reload()

@@ -47,6 +47,7 @@ T = TypeVar("T")
 Channel = Literal["revision", "any"]
 DB_NAME = "yunhan.db"
 LOG_KEEP = 200_000  # events kept in the database; a replica further behind reloads
+PRUNE_EVERY = 1000  # commits of one process between two prunes of the log
 NOTIFY_CHANNEL = "yunhan_events"
 
 log = logging.getLogger("yunhan.store")
@@ -605,28 +606,41 @@ class Store:
 
     def _catch_up(self, conn: Connection) -> None:
         """Bring the model up to the database (inside the caller's transaction)."""
+        base = self.model.revision
         rev = self._meta(conn, "revision")
-        if rev <= self.model.revision:
+        if rev <= base:
             return
         horizon = self._meta(conn, "log_horizon")
-        if self.model.revision < horizon:
+        if base < horizon:
             raise _Behind()
         rows = conn.execute(
             select(s.events)
-            .where(s.events.c.revision > self.model.revision, s.events.c.revision <= rev)
+            .where(s.events.c.revision > base, s.events.c.revision <= rev)
             .order_by(s.events.c.revision, s.events.c.seq)
         )
-        self._advance([_event_from_row(r) for r in rows])
-        # Token writes are not in the log: re-read them when another process wrote.
+        events = [_event_from_row(r) for r in rows]
+        # Every revision has events. On PostgreSQL each statement reads its own snapshot
+        # (READ COMMITTED): a prune committed after the horizon was read may have taken
+        # the start of this range, and applying the rest would skip writes for good.
+        if not events or events[0].revision != base + 1:
+            raise _Behind()
+        self._advance(events)
+        self._read_tokens(conn)  # not in the log: another process may have added some
+
+    def _read_tokens(self, conn: Connection) -> None:
         tokens = {r.hash: r.project for r in conn.execute(select(s.tokens))}
         with self._mlock:
-            self.model.tokens = tokens
+            # Merged, not replaced: tokens are never deleted, and this read may predate a
+            # token that a batch of ours committed (and put in the model) meanwhile.
+            self.model.tokens.update(tokens)
 
     def refresh(self) -> None:
         """Follow writes of other processes now (the poll fallback, or after a NOTIFY)."""
         try:
             with self.engine.connect() as conn:
                 self._catch_up(conn)
+                # A token added alone (a new token for a project) moves no revision.
+                self._read_tokens(conn)
                 conn.rollback()
         except _Behind:
             self._reload()
@@ -746,7 +760,7 @@ class Store:
                 top = batch.writes[-1][0]
                 conn.execute(update(s.meta).where(s.meta.c.key == "revision").values(value=top))
                 self._commits += 1
-                if self._commits % 1000 == 0:
+                if self._commits % PRUNE_EVERY == 0:
                     self._prune(conn, top)
                 if self.dialect == "postgresql":
                     conn.exec_driver_sql(f"NOTIFY {NOTIFY_CHANNEL}, '{top}'")

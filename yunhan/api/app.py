@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from yunhan.api.auth import ADMIN_PROJECT, Caller, authenticate, token_hash
 from yunhan.api.fleet import Fleet
+from yunhan.controller.ipam import AddressHints
 from yunhan.errors import Forbidden, Unauthorized, YunhanError
 from yunhan.model import new_id
 from yunhan.store import Store
@@ -40,6 +41,7 @@ class AppState:
     clock: Callable[[], float]
     fleet: Fleet
     max_long_poll: float = MAX_LONG_POLL
+    ipam: AddressHints = field(default_factory=AddressHints)
 
 
 def state_of(request: Request) -> AppState:

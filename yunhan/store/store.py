@@ -36,7 +36,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, delete, event, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
 from yunhan.errors import Conflict, NotFound
@@ -61,6 +71,9 @@ INDEXES: dict[tuple[str, str], IndexFn] = {
     ("instance", "host"): lambda r: r.status.get("host"),
     ("instance", "mac"): lambda r: r.status.get("mac"),
     ("instance", "zone"): lambda r: r.spec.get("zone"),
+    ("instance", "addr"): lambda r: (
+        f"{r.spec.get('subnet')}|{r.status['ip']}" if r.status.get("ip") else None
+    ),
     ("instance", "unplaced"): lambda r: None if r.status.get("host") else "yes",
     ("subnet", "vpc"): lambda r: r.spec.get("vpc"),
     ("host", "underlay_ip"): lambda r: r.spec.get("underlay_ip"),
@@ -696,15 +709,18 @@ class Store:
 
                     check_fence(batch.conn, fence)
                 tx = Tx(batch.view, batch.next_revision, self._now_iso())
-                with self._mlock:
-                    yield tx
-                    w = tx._w
-                    if w.ops:
-                        tx._ov.merge_into_base()
-                        batch.writes.append((tx.next_revision, w))
-                    elif w.tokens or w.liveness:
-                        tx._ov.merge_into_base()
-                        batch.side.append(w)
+                # No model lock around the body: readers (the event loop among them) must not
+                # wait for it. The model cannot move under the body: the batch holds the
+                # database's write lock and has caught up, so anything `_advance` applies
+                # meanwhile is already in it (and skipped).
+                yield tx
+                w = tx._w
+                if w.ops:
+                    tx._ov.merge_into_base()
+                    batch.writes.append((tx.next_revision, w))
+                elif w.tokens or w.liveness:
+                    tx._ov.merge_into_base()
+                    batch.side.append(w)
             except BaseException:
                 failed = True
                 raise
@@ -741,6 +757,7 @@ class Store:
                 conn.rollback()
                 return
             rows: list[dict[str, Any]] = []
+            final: dict[str, tuple[Op, Resource]] = {}  # the last write of each object
             for rev, w in batch.writes:
                 for seq, (op, obj) in enumerate(w.ops):
                     events.append(Event(rev, obj.kind, obj.id, op, obj))
@@ -754,7 +771,8 @@ class Store:
                             "obj": _obj_json(obj),
                         }
                     )
-                    self._write_row(conn, op, obj)
+                    final[obj.id] = (op, obj)
+            self._write_rows(conn, final)
             if rows:
                 conn.execute(insert(s.events), rows)
                 top = batch.writes[-1][0]
@@ -791,22 +809,35 @@ class Store:
             if not events and batch.side:
                 self._notify(wrote=False)
 
-    @staticmethod
-    def _write_row(conn: Connection, op: Op, obj: Resource) -> None:
-        conn.execute(delete(s.resources).where(s.resources.c.id == obj.id))
-        if op == "put":
-            conn.execute(
-                insert(s.resources).values(
-                    id=obj.id,
-                    kind=obj.kind,
-                    project=obj.project,
-                    name=obj.name,
-                    spec=_dump(obj.spec),
-                    status=_dump(obj.status),
-                    revision=obj.revision,
-                    created_at=obj.created_at,
-                )
-            )
+    def _write_rows(self, conn: Connection, final: dict[str, tuple[Op, Resource]]) -> None:
+        """Bring `resources` to the batch's final state: one statement per kind of change.
+
+        Deleted objects go first, so that a name freed and taken again in one batch (a
+        delete, then a create of that name) never meets the unique constraint twice.
+        """
+        gone = [{"id": id} for id, (op, _o) in final.items() if op == "delete"]
+        put = [
+            {
+                "id": o.id,
+                "kind": o.kind,
+                "project": o.project,
+                "name": o.name,
+                "spec": _dump(o.spec),
+                "status": _dump(o.status),
+                "revision": o.revision,
+                "created_at": o.created_at,
+            }
+            for op, o in final.values()
+            if op == "put"
+        ]
+        if gone or put:
+            # Objects that change (not created) leave their old row first, for the same
+            # reason; then every put is a plain insert.
+            ids = [{"id": r["id"]} for r in put] + gone
+            conn.execute(delete(s.resources).where(s.resources.c.id == bindparam("gid")),
+                         [{"gid": r["id"]} for r in ids])  # fmt: skip
+        if put:
+            conn.execute(insert(s.resources), put)
 
     @staticmethod
     def _write_liveness(conn: Connection, lv: Liveness) -> None:
@@ -836,8 +867,7 @@ class Store:
         return {r.host: Liveness(r.host, r.applied_revision, r.heartbeat_at, r.error) for r in rows}
 
     def revision(self) -> int:
-        with self._mlock:
-            return self.model.revision
+        return self.model.revision  # one attribute read: no lock needed
 
     # -- watch --------------------------------------------------------------------------
     #

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -29,12 +30,9 @@ def create_instance(body: InstanceCreate, request: Request, c: CallerDep) -> dic
         host = schedule(
             zone.id, zone.name, candidates(tx, st.fleet.leases, st.clock(), zone=zone.id)
         )
-        used = {
-            i.status["ip"]: i.name
-            for i in tx.find("instance", "subnet", sub.id)
-            if i.status.get("ip")
-        }
-        ip = allocate_ip(sub.name, sub.spec["cidr"], used, body.ip)
+        ip = allocate_ip(
+            sub.name, sub.spec["cidr"], _AddressesInUse(tx, sub.id), body.ip, st.ipam.start(sub.id)
+        )
         mac = allocate_mac(_MacsInUse(tx))
         inst = tx.create(
             "instance",
@@ -54,7 +52,29 @@ def create_instance(body: InstanceCreate, request: Request, c: CallerDep) -> dic
             },
         )
         refresh_available(tx, sub)
+    if body.ip is None:  # the lowest free one was taken; a fixed one says nothing of it
+        st.ipam.taken(sub.id, ip)
     return inst.envelope()
+
+
+class _AddressesInUse(Mapping[str, str]):
+    """A subnet's addresses in use (address -> instance name), through the store's index."""
+
+    def __init__(self, r: Reader, subnet_id: str) -> None:
+        self._r = r
+        self._subnet = subnet_id
+
+    def __getitem__(self, ip: str) -> str:
+        found = self._r.find("instance", "addr", f"{self._subnet}|{ip}")
+        if not found:
+            raise KeyError(ip)
+        return found[0].name
+
+    def __iter__(self) -> Iterator[str]:
+        return (i.status["ip"] for i in self._r.find("instance", "subnet", self._subnet))
+
+    def __len__(self) -> int:
+        return self._r.count_of("instance", "subnet", self._subnet)
 
 
 class _MacsInUse:
@@ -87,4 +107,6 @@ def delete_instance(ref: str, request: Request, c: CallerDep) -> dict[str, Any]:
         sub = tx.get("subnet", inst.spec["subnet"])
         if sub is not None:
             refresh_available(tx, sub)
+    if inst.status.get("ip"):
+        state_of(request).ipam.freed(inst.spec["subnet"], inst.status["ip"])
     return gone.envelope()

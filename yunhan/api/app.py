@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from yunhan.api.auth import ADMIN_PROJECT, Caller, authenticate, token_hash
 from yunhan.api.fleet import Fleet
 from yunhan.controller.ipam import AddressHints
+from yunhan.controller.loads import HostLoads
 from yunhan.errors import Forbidden, Unauthorized, YunhanError
 from yunhan.model import new_id
 from yunhan.store import Store
@@ -42,6 +43,7 @@ class AppState:
     fleet: Fleet
     max_long_poll: float = MAX_LONG_POLL
     ipam: AddressHints = field(default_factory=AddressHints)
+    loads: HostLoads = field(default_factory=HostLoads)
 
 
 def state_of(request: Request) -> AppState:
@@ -171,6 +173,8 @@ def create_app(
         fleet=fleet or Fleet(store, clock),
         max_long_poll=max_long_poll,
     )
+    state: AppState = app.state.yunhan
+    store.subscribe(state.loads.apply, load=state.loads.load)
     _install_error_handlers(app)
     for module in (projects, infra, network, instances, agent, watch, metrics):
         app.include_router(module.router)

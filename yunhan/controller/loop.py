@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from contextlib import suppress
 from typing import Any
 
+from yunhan.controller.loads import HostLoads
 from yunhan.controller.scheduler import Candidate, Heartbeat, host_healthy, schedule
 from yunhan.store import Reader, Store, Tx
 
@@ -25,10 +26,29 @@ Leases = Callable[[], Mapping[str, Heartbeat]]
 
 
 def candidates(
-    r: Reader, leases: Mapping[str, Heartbeat], now: float, zone: str | None = None
+    r: Reader,
+    leases: Mapping[str, Heartbeat],
+    now: float,
+    zone: str | None = None,
+    loads: HostLoads | None = None,
 ) -> list[Candidate]:
     """Hosts (of `zone`, if given) as the scheduler sees them: health from leases, load
-    from the instance-by-host index, so the cost is the zone's hosts, not the region."""
+    from the instance-by-host index (which sees the transaction's own writes).
+
+    With `loads` (and a zone), only the few lightest hosts of the zone are looked at, so a
+    placement costs the same in a zone of 5 hosts or of 500.
+    """
+    if zone is not None and loads is not None:
+        names = loads.lightest(zone, lambda h: host_healthy(leases.get(h), now))
+        return [
+            Candidate(
+                name=n,
+                zone=zone,
+                healthy=host_healthy(leases.get(n), now),
+                instances=r.count_of("instance", "host", n),
+            )
+            for n in names
+        ]
     hosts = r.find("host", "zone", zone) if zone is not None else r.list("host")
     return [
         Candidate(

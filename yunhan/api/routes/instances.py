@@ -28,7 +28,9 @@ def create_instance(body: InstanceCreate, request: Request, c: CallerDep) -> dic
         sub = resolve(tx, "subnet", c.project.id, body.subnet)
         zone = resolve(tx, "zone", st.admin_project_id, body.zone)
         host = schedule(
-            zone.id, zone.name, candidates(tx, st.fleet.leases, st.clock(), zone=zone.id)
+            zone.id,
+            zone.name,
+            candidates(tx, st.fleet.leases, st.clock(), zone=zone.id, loads=st.loads),
         )
         ip = allocate_ip(
             sub.name, sub.spec["cidr"], _AddressesInUse(tx, sub.id), body.ip, st.ipam.start(sub.id)

@@ -10,7 +10,9 @@ built is reported and the rest of the document is still applied.
 
 from __future__ import annotations
 
+import logging
 import pathlib
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -36,6 +38,8 @@ if TYPE_CHECKING:
     from yunhan.net.fake import FakeFabric
 
 MAX_PASSES = 4
+
+log = logging.getLogger("yunhan.agent.dataplane")
 
 
 @dataclass
@@ -97,6 +101,8 @@ class DataPlane:
 
     def apply(self, desired: HostDesired) -> ApplyReport:
         """Make the host carry `desired`; idempotent. Returns changes made and errors."""
+        t_start = time.monotonic()
+        timing = {"observe": 0.0, "execute": 0.0}
         want = compile_state(desired, self.naming)
         changes = 0
         errors: dict[Key, str] = {}
@@ -116,7 +122,9 @@ class DataPlane:
             # A namespace that could not be read is left as it is (its objects out of both
             # sides: creating into it blind would re-create links that exist); the others
             # are applied. It can still be removed when the document drops it.
+            t = time.monotonic()
             have = self.driver.observe()
+            timing["observe"] += time.monotonic() - t
             frozen = set(self.driver.unobserved)
             for ns, exc in self.driver.unobserved.items():
                 errors[("netns", ns)] = f"observe {ns}: {exc.message}"
@@ -128,13 +136,17 @@ class DataPlane:
                     have.pop(k, None)
             return have
 
+        passes = 0
         try:
             have = observe()
             for _ in range(MAX_PASSES):
                 ops = [op for op in plan(want, have) if not held(op)]
                 if not ops:
                     break
+                t = time.monotonic()
                 res = execute(self.driver, ops)
+                timing["execute"] += time.monotonic() - t
+                passes += 1
                 changes += len(res.done)
                 for op, exc in res.failed:
                     errors[op.obj.key] = f"{op}: {exc.message}"
@@ -148,7 +160,20 @@ class DataPlane:
                             broken.add((o.peer_netns, o.peer_ifname))
                 blocked.update(op.obj.key for op in res.skipped)
                 have = observe()
-            return self._report(desired, want, have, changes, errors)
+            report = self._report(desired, want, have, changes, errors)
+            if changes or errors:
+                # The split of one apply, for bench/reachable.py and for a person reading
+                # why a change took long to reach the kernel.
+                log.info(
+                    "apply %d took %.1f ms: observe %.1f ms, execute %.1f ms, %d ops in %d passes",
+                    desired.revision,
+                    (time.monotonic() - t_start) * 1e3,
+                    timing["observe"] * 1e3,
+                    timing["execute"] * 1e3,
+                    changes,
+                    passes,
+                )
+            return report
         except DriverError as exc:
             # Observation itself failed (a namespace vanished mid-read, netlink refused):
             # report it; the next pass starts from a fresh observation.

@@ -15,9 +15,12 @@ Every netlink or OS error leaves as DriverError(errno=...) `from` the original.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import logging
 import re
 import socket
+import struct
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -60,6 +63,9 @@ RTNH_F_ONLINK = 0x4
 RTN_UNICAST, RTN_BLACKHOLE, RTN_UNREACHABLE = 1, 6, 7
 _RTN_OF_KIND = {"unreachable": RTN_UNREACHABLE, "blackhole": RTN_BLACKHOLE}
 _GONE = {errno.ENOENT, errno.ENODEV, errno.ESRCH, errno.EADDRNOTAVAIL}
+ETH_P_ARP = 0x0806
+
+log = logging.getLogger("yunhan.net.linux")
 
 
 def _netlink_fd() -> int:
@@ -88,6 +94,14 @@ def _gone_ok(fn: Callable[[], object]) -> None:
             raise
 
 
+def garp_frame(mac: str, ip: str) -> bytes:
+    """A broadcast gratuitous ARP request: `ip` is at `mac` (sender and target IP both `ip`)."""
+    hw = bytes.fromhex(mac.replace(":", ""))
+    addr = socket.inet_aton(ip)
+    arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, hw, addr, bytes(6), addr)
+    return b"\xff" * 6 + hw + struct.pack("!H", ETH_P_ARP) + arp
+
+
 class LinuxDriver:
     """Observe and program this host's namespaces; see the module docstring."""
 
@@ -98,6 +112,12 @@ class LinuxDriver:
         self._vpc_re = re.compile(re.escape(naming.prefix) + r"v\d+$")
         self._inst_re = re.compile(re.escape(naming.prefix) + r"i-[A-Za-z0-9]+$")
         self._socks: dict[str | None, IPRoute] = {}
+        # ns -> ifname -> (index, mac, kind): filled by observation, or by one dump on a
+        # miss, and dropped whenever we add or remove a link there. Without it every op on
+        # a device would dump and decode all the namespace's links (pyroute2's
+        # link_lookup), the largest CPU cost of an apply.
+        self._links: dict[str | None, dict[str, tuple[int, str, str | None]]] = {}
+        self._packet: dict[str, socket.socket] = {}
         self.unobserved: dict[str, DriverError] = {}
 
     # -- sockets ---------------------------------------------------------------------------
@@ -118,17 +138,48 @@ class LinuxDriver:
         s = self._socks.pop(ns, None)
         if s is not None:
             s.close()
+        p = self._packet.pop(ns, None)
+        if p is not None:
+            p.close()
+        self._links.pop(ns, None)
 
     def close(self) -> None:
         for s in self._socks.values():
             s.close()
         self._socks.clear()
+        for p in self._packet.values():
+            p.close()
+        self._packet.clear()
+        self._links.clear()
+
+    def _remember_links(self, ns: str | None, links: Any) -> dict[str, tuple[int, str, str | None]]:
+        table: dict[str, tuple[int, str, str | None]] = {}
+        for link in links:
+            info = link.get_attr("IFLA_LINKINFO")
+            kind = info.get_attr("IFLA_INFO_KIND") if info else None
+            table[link.get_attr("IFLA_IFNAME")] = (
+                int(link["index"]),
+                str(link.get_attr("IFLA_ADDRESS") or ""),
+                kind,
+            )
+        self._links[ns] = table
+        return table
+
+    def _link(self, ns: str, ifname: str) -> tuple[int, str, str | None]:
+        table = self._links.get(ns)
+        if table is None or ifname not in table:
+            table = self._remember_links(ns, self._ipr(ns).get_links())
+        found = table.get(ifname)
+        if found is None:
+            raise DriverError(f"no {ifname} in {ns}", errno=errno.ENODEV, netns=ns)
+        return found
 
     def _index(self, ns: str, ifname: str) -> int:
-        idx = self._ipr(ns).link_lookup(ifname=ifname)
-        if not idx:
-            raise DriverError(f"no {ifname} in {ns}", errno=errno.ENODEV, netns=ns)
-        return int(idx[0])
+        return self._link(ns, ifname)[0]
+
+    def _forget_links(self, *namespaces: str | None) -> None:
+        for ns in namespaces:
+            self._links.pop(ns, None)
 
     # -- observation -----------------------------------------------------------------------
 
@@ -195,6 +246,7 @@ class LinuxDriver:
         managed: set[str] = {"lo"}
         with _errors(f"observe {ns}", netns=ns):
             links = ipr.get_links()
+            self._remember_links(ns, links)
             for link in links:
                 idx = int(link["index"])
                 ifname = link.get_attr("IFLA_IFNAME")
@@ -298,16 +350,20 @@ class LinuxDriver:
 
     def apply(self, op: Op) -> None:
         o = op.obj
-        with _errors(str(op), netns=getattr(o, "netns", getattr(o, "name", None))):
-            if op.action == "delete":
-                assert op.old is not None
-                self._delete(op.old)
-            elif op.action == "replace":
-                assert op.old is not None and op.new is not None
-                self._replace(op.old, op.new)
-            else:
-                assert op.new is not None
-                self._create(op.new)
+        try:
+            with _errors(str(op), netns=getattr(o, "netns", getattr(o, "name", None))):
+                if op.action == "delete":
+                    assert op.old is not None
+                    self._delete(op.old)
+                elif op.action == "replace":
+                    assert op.old is not None and op.new is not None
+                    self._replace(op.old, op.new)
+                else:
+                    assert op.new is not None
+                    self._create(op.new)
+        finally:
+            if isinstance(o, Vxlan | Veth):
+                self._forget_links(o.netns, o.peer_netns if isinstance(o, Veth) else None)
 
     def _create(self, o: Obj) -> None:
         match o:
@@ -358,6 +414,8 @@ class LinuxDriver:
                 # "replace" is add-or-update on the route's key (table, dst, metric): the
                 # ensure semantics in one call.
                 self._ipr(o.netns).route("replace", **self._route_args(o))
+                if o.kind in ("local", "remote") and o.dst.endswith("/32"):
+                    self._announce(o.netns, o.dst.split("/", 1)[0], o.dev)
             case Filter():
                 try:
                     nft.run(o.netns, nft.chain_batch(o.ifname, o.mac, o.ips, exists=False))
@@ -465,6 +523,38 @@ class LinuxDriver:
                 sandbox.remove_uts(o.netns)
             case Process():
                 sandbox.stop(self.state_dir, o.netns)
+
+    def _announce(self, ns: str, ip: str, route_dev: str | None) -> None:
+        """Tell the instances of `ns` that `ip` is now reachable (gratuitous ARP, best effort).
+
+        An instance that sent to `ip` before it existed holds an INCOMPLETE or FAILED
+        neighbour entry, and the kernel asks again only once a second (retrans_time): the
+        new instance would stay unreachable for up to a second after its route is in place.
+        A gratuitous ARP request from each port, sender `ip` with the port's own MAC (what
+        proxy ARP answers with), updates such an entry at once (arp_process updates an
+        existing entry from any ARP it receives) and creates none where there is none. A
+        frame that cannot be sent changes nothing: the kernel's own retry still comes.
+        """
+        try:
+            table = self._links.get(ns) or self._remember_links(ns, self._ipr(ns).get_links())
+            ports = [
+                (name, mac)
+                for name, (_idx, mac, kind) in table.items()
+                if kind == "veth" and name != route_dev and mac
+            ]
+            if not ports:
+                return
+            sock = self._packet.get(ns)
+            if sock is None:
+                sock = nsutil.run_in(
+                    lambda: socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0), net=ns
+                )
+                self._packet[ns] = sock
+            for name, mac in ports:
+                with contextlib.suppress(OSError):  # a port that is down: nobody to tell
+                    sock.sendto(garp_frame(mac, ip), (name, ETH_P_ARP))
+        except (OSError, NetlinkError, DriverError) as exc:
+            log.debug("announcing %s in %s failed: %s", ip, ns, exc)
 
     def _route_args(self, o: KRoute) -> dict[str, Any]:
         dst, plen = o.dst.split("/")

@@ -8,6 +8,7 @@ import pathlib
 from yunhan.agent.dataplane import DataPlane
 from yunhan.controller.world import WHost, WInstance, WVpc, documents
 from yunhan.net.desired import HostDesired
+from yunhan.net.driver import execute
 from yunhan.net.fake import FakeFabric
 from yunhan.net.naming import Naming
 from yunhan.net.state import (
@@ -18,6 +19,7 @@ from yunhan.net.state import (
     Process,
     Uts,
     Veth,
+    after,
     compile_state,
     plan,
 )
@@ -245,3 +247,60 @@ def test_a_port_whose_filter_failed_is_never_brought_up() -> None:
     assert len(r.errors) == 1 and "Filter" in r.errors[0]
     assert r.instances["inst-0000a004"].phase == "failed"
     assert r.instances["inst-0000a001"].phase == "running"
+
+
+def _transitions() -> list[tuple[str, list[WInstance], list[WInstance]]]:
+    without = [i for i in INSTS if i.id not in ("inst-0000a004", "inst-0000b001")]
+    vip = [
+        WInstance(i.id, i.host, i.vpc, i.ip, i.mac, ("10.1.2.100", "10.1.2.101"), i.command)
+        if i.id == "inst-0000a004"
+        else i
+        for i in INSTS
+    ]
+    new_mac = [
+        WInstance(i.id, i.host, i.vpc, i.ip, "02:00:00:00:aa:01") if i.id == "inst-0000a001" else i
+        for i in INSTS
+    ]
+    return [
+        ("from nothing", [], INSTS),
+        ("instances removed", INSTS, without),
+        ("instances added", without, INSTS),
+        ("a VPC leaves the host", INSTS, [i for i in INSTS if i.vpc != "vpc-b"]),
+        ("everything removed", INSTS, []),
+        ("allowed ips changed", INSTS, vip),
+        ("a port's MAC changed", INSTS, new_mac),
+    ]
+
+
+def test_predicted_state_after_a_pass_is_what_observation_finds() -> None:
+    # The apply skips observing again after a clean pass: the prediction must equal what
+    # the (fake) kernel then holds, or decline (None) so that the caller observes.
+    declined = 0
+    for what, before, now in _transitions():
+        for host in ("h1", "h3"):
+            dp = fake_dp(FakeFabric(), host)
+            assert dp.apply(docs(before)[host]).errors == []
+            drv = dp.driver
+            have = drv.observe()
+            want = compile_state(docs(now)[host], Naming(f"u-{host}-"))
+            res = execute(drv, plan(want, have))
+            assert res.failed == [], what
+            predicted = after(have, res.done)
+            if predicted is None:
+                declined += 1
+                continue
+            assert predicted == drv.observe(), (what, host)
+            assert plan(want, predicted) == [], (what, host)
+    assert declined >= 1  # the replaced port
+
+
+def test_drift_is_still_repaired_by_an_apply_that_predicts() -> None:
+    fabric = FakeFabric()
+    dp = fake_dp(fabric)
+    d = docs()["h1"]
+    assert dp.apply(d).errors == []
+    route = ("route", NAMING.vpc_netns(100), "254", "10.1.1.11/32", "0")
+    del dp.driver.objs[route]  # type: ignore[attr-defined]
+    r = dp.apply(d)
+    assert (r.changes, r.errors) == (1, [])
+    assert dp.plan(d) == []

@@ -29,6 +29,7 @@ from yunhan.net.state import (
     State,
     Veth,
     Vxlan,
+    after,
     compile_state,
     owner_keys,
     plan,
@@ -159,7 +160,11 @@ class DataPlane:
                         if isinstance(o, Veth) and o.peer_netns is not None:
                             broken.add((o.peer_netns, o.peer_ifname))
                 blocked.update(op.obj.key for op in res.skipped)
-                have = observe()
+                # After a clean pass the kernel holds what the ops said; observing the host
+                # again would only confirm it. A failure, or an op that may have taken more
+                # with it, is read back from the kernel.
+                predicted = None if res.failed else after(have, res.done)
+                have = observe() if predicted is None else predicted
             report = self._report(desired, want, have, changes, errors)
             if changes or errors:
                 # The split of one apply, for bench/reachable.py and for a person reading

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import re
 import socket
 import struct
@@ -198,7 +199,8 @@ class LinuxDriver:
         self.unobserved = {}
         nss = self.namespaces()
         veths: dict[str, list[tuple[str, int, int, int]]] = {}  # vpc ns -> (name, idx, peer, mtu)
-        eth0s: dict[tuple[int, int], tuple[str, str, int]] = {}  # (idx, peer) -> ns, mac, mtu
+        # (idx, peer idx) -> every instance eth0 with those: (ns, mac, mtu, link netnsid)
+        eth0s: dict[tuple[int, int], list[tuple[str, str, int, int | None]]] = {}
         for name, role in sorted(nss.items()):
             try:
                 inner = self._observe_ns(name, role, veths, eth0s)
@@ -214,7 +216,7 @@ class LinuxDriver:
             objs.extend(inner)
         for ns, ports in veths.items():
             for ifname, idx, peer, mtu in ports:
-                found = eth0s.get((peer, idx))
+                found = self._peer_end(ns, eth0s.get((peer, idx), []))
                 if found is None:
                     objs.append(Veth(ns, ifname, None, "", mtu))
                 else:
@@ -233,12 +235,42 @@ class LinuxDriver:
             objs.append(Process(ns, argv))
         return as_state(objs)
 
+    def _peer_end(
+        self, vpc_ns: str, candidates: list[tuple[str, str, int, int | None]]
+    ) -> tuple[str, str, int] | None:
+        """The instance end of a port of `vpc_ns`, among the eth0s with matching indices.
+
+        Interface indices are per namespace: eth0 (index 2) of two instances can both
+        point to index 3, each in another VPC namespace. The eth0 whose peer namespace
+        (its IFLA_LINK_NETNSID) is `vpc_ns` is the one; a kernel that does not say keeps
+        the match by indices alone.
+        """
+        for pns, mac, mtu, netnsid in candidates:
+            if netnsid is None or self._nsid_of(pns, vpc_ns) in (netnsid, None):
+                return pns, mac, mtu
+        return None
+
+    def _nsid_of(self, ns: str, other: str) -> int | None:
+        """The id namespace `ns` knows `other` by (RTM_GETNSID); None if it cannot say."""
+        try:
+            fd = os.open(nsutil.netns_path(other), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            got = self._ipr(ns).get_netnsid(fd=fd)
+            nsid = got.get("nsid") if got else None
+            return None if nsid is None else int(nsid)
+        except (NetlinkError, OSError, DriverError):
+            return None
+        finally:
+            os.close(fd)
+
     def _observe_ns(
         self,
         ns: str,
         role: str,
         veths: dict[str, list[tuple[str, int, int, int]]],
-        eth0s: dict[tuple[int, int], tuple[str, str, int]],
+        eth0s: dict[tuple[int, int], list[tuple[str, str, int, int | None]]],
     ) -> list[Obj]:
         ipr = self._ipr(ns)
         objs: list[Obj] = []
@@ -276,7 +308,10 @@ class LinuxDriver:
                     managed.add(ifname)
                 elif role == "instance" and ifname == INSTANCE_IFNAME and kind == "veth":
                     peer = int(link.get_attr("IFLA_LINK") or 0)
-                    eth0s[(idx, peer)] = (ns, mac, mtu)
+                    netnsid = link.get_attr("IFLA_LINK_NETNSID")
+                    eth0s.setdefault((idx, peer), []).append(
+                        (ns, mac, mtu, None if netnsid is None else int(netnsid))
+                    )
                     managed.add(ifname)
                 if ifname in managed and int(link["flags"]) & IFF_UP:
                     objs.append(LinkUp(ns, ifname))

@@ -407,7 +407,7 @@ class LinuxDriver:
                 # by hand: the new one is another namespace.
                 self._drop_sock(o.name)
                 try:
-                    netns.create(o.name)
+                    nsutil.create_netns(o.name)
                 except OSError as exc:
                     if exc.errno != errno.EEXIST:
                         raise

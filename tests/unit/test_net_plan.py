@@ -16,6 +16,7 @@ from yunhan.net.state import (
     Filter,
     KRoute,
     Netns,
+    Op,
     Process,
     Uts,
     Veth,
@@ -304,3 +305,79 @@ def test_drift_is_still_repaired_by_an_apply_that_predicts() -> None:
     r = dp.apply(d)
     assert (r.changes, r.errors) == (1, [])
     assert dp.plan(d) == []
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _remembering_dp(fabric: FakeFabric, clock: _Clock, host: str = "h1") -> DataPlane:
+    return DataPlane(
+        naming=Naming(f"u-{host}-"),
+        host_netns=None,
+        driver="fake",
+        state_dir=pathlib.Path("/nonexistent"),
+        fabric=fabric,
+        full_every=30.0,
+        clock=clock,
+    )
+
+
+EXTRA = WInstance("inst-0000a0ff", "h1", "vpc-a", "10.1.1.77")
+DRIFT = ("route", NAMING.vpc_netns(100), "254", "10.1.1.11/32", "0")
+
+
+def test_a_changed_document_planned_from_memory_equals_a_full_apply() -> None:
+    clock = _Clock()
+    inc = _remembering_dp(FakeFabric(), clock)
+    assert inc.apply(docs()["h1"]).errors == []
+    for step in ([*INSTS, EXTRA], INSTS[:2], INSTS):
+        clock.now += 1
+        r = inc.apply(docs(step)["h1"])
+        assert r.errors == [] and {i.phase for i in r.instances.values()} == {"running"}
+        full = fake_dp(FakeFabric())
+        full.apply(docs(step)["h1"])
+        assert inc.observe() == full.observe()
+
+
+def test_drift_is_repaired_when_the_same_document_is_applied_again() -> None:
+    clock = _Clock()
+    dp = _remembering_dp(FakeFabric(), clock)
+    dp.apply(docs()["h1"])
+    del dp.driver.objs[DRIFT]  # type: ignore[attr-defined]
+    clock.now += 1
+    changed = docs([*INSTS, EXTRA])["h1"]
+    assert dp.apply(changed).errors == []
+    # The resync the agent does when nothing new arrives reads the kernel in full.
+    r = dp.apply(changed)
+    assert (r.changes, r.errors) == (1, [])
+    assert dp.plan(changed) == []
+
+
+def test_a_host_whose_document_keeps_changing_is_still_read_in_full() -> None:
+    clock = _Clock()
+    dp = _remembering_dp(FakeFabric(), clock)
+    dp.apply(docs()["h1"])
+    del dp.driver.objs[DRIFT]  # type: ignore[attr-defined]
+    for step, t in (([*INSTS, EXTRA], 10.0), (INSTS, 31.0)):
+        clock.now = t
+        assert dp.apply(docs(step)["h1"]).errors == []
+    assert dp.plan(docs()["h1"]) == []  # the apply at 31 s read the host: repaired
+
+
+def test_an_op_planned_from_memory_that_fails_starts_again_from_observation() -> None:
+    clock = _Clock()
+    dp = _remembering_dp(FakeFabric(), clock)
+    dp.apply(docs()["h1"])
+    # The VPC namespace was deleted by hand: a route planned into it from memory fails.
+    dp.driver.apply(Op("delete", old=Netns(NAMING.vpc_netns(100), "vpc")))
+    clock.now += 1
+    changed = docs([*INSTS, EXTRA])["h1"]
+    r = dp.apply(changed)
+    assert r.errors == [], r.errors
+    assert {i.phase for i in r.instances.values()} == {"running"}
+    assert dp.plan(changed) == []

@@ -11,8 +11,10 @@ built is reported and the rest of the document is still applied.
 from __future__ import annotations
 
 import logging
+import math
 import pathlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -39,6 +41,9 @@ if TYPE_CHECKING:
     from yunhan.net.fake import FakeFabric
 
 MAX_PASSES = 4
+# How old the last full observation may be before an apply reads the whole host again,
+# whatever the document (the agent's resync interval, 30 s, is the default).
+FULL_OBSERVE_EVERY = 30.0
 
 log = logging.getLogger("yunhan.agent.dataplane")
 
@@ -69,8 +74,17 @@ class DataPlane:
         driver: str = "linux",
         state_dir: pathlib.Path,
         fabric: FakeFabric | None = None,
+        full_every: float = FULL_OBSERVE_EVERY,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.naming = naming
+        self.full_every = full_every
+        self._clock = clock
+        # What the host held at the end of the last apply, when that apply ended clean:
+        # the next changed document is planned against it without reading the kernel.
+        self._have: State | None = None
+        self._desired: HostDesired | None = None
+        self._full_at = -math.inf  # clock() of the last full observation
         self.host_netns = host_netns
         self.state_dir = state_dir
         self.driver: Driver
@@ -101,7 +115,32 @@ class DataPlane:
             self.driver.close()
 
     def apply(self, desired: HostDesired) -> ApplyReport:
-        """Make the host carry `desired`; idempotent. Returns changes made and errors."""
+        """Make the host carry `desired`; idempotent. Returns changes made and errors.
+
+        A document that differs from the last one applied is planned against what the
+        last clean apply left (no observation: most of an apply's time, most of a new
+        instance's wait). The kernel is read in full, and drift repaired, when the same
+        document is applied again (the agent's periodic resync), when the last full
+        read is older than `full_every` seconds (so that a host that never stops
+        receiving changes is still checked), after any error, and whenever an op
+        planned from memory is refused: then the whole apply starts again from a full
+        observation.
+        """
+        full = (
+            self._have is None
+            or desired == self._desired
+            or self._clock() - self._full_at >= self.full_every
+        )
+        report = self._apply(desired, None if full else self._have)
+        if not full and report.errors:
+            again = self._apply(desired, None)
+            again.changes += report.changes
+            report = again
+        return report
+
+    def _apply(self, desired: HostDesired, remembered: State | None) -> ApplyReport:
+        self._have = None  # set again only by an apply that ends clean
+        self._desired = desired
         t_start = time.monotonic()
         timing = {"observe": 0.0, "execute": 0.0}
         want = compile_state(desired, self.naming)
@@ -124,6 +163,7 @@ class DataPlane:
             # sides: creating into it blind would re-create links that exist); the others
             # are applied. It can still be removed when the document drops it.
             t = time.monotonic()
+            self._full_at = self._clock()
             have = self.driver.observe()
             timing["observe"] += time.monotonic() - t
             frozen = set(self.driver.unobserved)
@@ -139,7 +179,7 @@ class DataPlane:
 
         passes = 0
         try:
-            have = observe()
+            have = observe() if remembered is None else dict(remembered)
             for _ in range(MAX_PASSES):
                 ops = [op for op in plan(want, have) if not held(op)]
                 if not ops:
@@ -166,14 +206,18 @@ class DataPlane:
                 predicted = None if res.failed else after(have, res.done)
                 have = observe() if predicted is None else predicted
             report = self._report(desired, want, have, changes, errors)
+            if not errors:
+                self._have = have
             if changes or errors:
                 # The split of one apply, for bench/reachable.py and for a person reading
                 # why a change took long to reach the kernel.
                 log.info(
-                    "apply %d took %.1f ms: observe %.1f ms, execute %.1f ms, %d ops in %d passes",
+                    "apply %d took %.1f ms: observe %.1f ms%s, execute %.1f ms, "
+                    "%d ops in %d passes",
                     desired.revision,
                     (time.monotonic() - t_start) * 1e3,
                     timing["observe"] * 1e3,
+                    "" if remembered is None else " (planned from memory)",
                     timing["execute"] * 1e3,
                     changes,
                     passes,
@@ -223,6 +267,7 @@ class DataPlane:
 
     def teardown(self) -> None:
         """Remove everything of this host's prefix (namespaces, UTS files, processes)."""
+        self._have = self._desired = None
         try:
             have = self.driver.observe()
             ops = plan({}, have)

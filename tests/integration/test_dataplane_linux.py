@@ -537,10 +537,10 @@ def test_a_namespace_that_cannot_be_observed_does_not_stop_the_others(
     vpc_a, vpc_b = h1.vpc_netns(100), h1.vpc_netns(200)
     real = nft.run
 
-    def refusing(netns: str, cmd: object) -> object:
+    def refusing(netns: str, cmd: object, *rest: object) -> object:
         if netns == vpc_b:
             raise DriverError(f"nft in {netns}: Error: unknown expression", netns=netns)
-        return real(netns, cmd)  # type: ignore[arg-type]
+        return real(netns, cmd, *rest)  # type: ignore[arg-type]
 
     netlab.ip(vpc_a, "route", "del", "10.1.1.11/32")
     monkeypatch.setattr(nft, "run", refusing)

@@ -119,6 +119,7 @@ class LinuxDriver:
         # link_lookup), the largest CPU cost of an apply.
         self._links: dict[str | None, dict[str, tuple[int, str, str | None]]] = {}
         self._packet: dict[str, socket.socket] = {}
+        self._workers: dict[str, nsutil.NsWorker] = {}
         self.unobserved: dict[str, DriverError] = {}
 
     # -- sockets ---------------------------------------------------------------------------
@@ -131,11 +132,26 @@ class LinuxDriver:
             # IPRoute(netns=...) forks a helper process (4x slower, and a fork of a
             # threaded agent); a missing namespace fails with ENOENT, never creates one.
             with _errors(f"netlink socket in {ns or 'root'}", netns=ns):
-                s = IPRoute() if ns is None else IPRoute(fileno=nsutil.run_in(_netlink_fd, net=ns))
+                s = IPRoute() if ns is None else IPRoute(fileno=self._runner(ns)(_netlink_fd))
             self._socks[ns] = s
         return s
 
+    def _runner(self, ns: str) -> Callable[[Callable[[], Any]], Any]:
+        """Run a function inside `ns` on this apply's worker thread there (made on first use)."""
+
+        def run(fn: Callable[[], Any]) -> Any:
+            w = self._workers.get(ns)
+            if w is None:
+                w = nsutil.NsWorker(ns)
+                self._workers[ns] = w
+            return w.call(fn)
+
+        return run
+
     def _drop_sock(self, ns: str) -> None:
+        w = self._workers.pop(ns, None)
+        if w is not None:
+            w.close()
         s = self._socks.pop(ns, None)
         if s is not None:
             s.close()
@@ -145,6 +161,9 @@ class LinuxDriver:
         self._links.pop(ns, None)
 
     def close(self) -> None:
+        for w in self._workers.values():
+            w.close()
+        self._workers.clear()
         for s in self._socks.values():
             s.close()
         self._socks.clear()
@@ -342,14 +361,14 @@ class LinuxDriver:
             paths = list(VPC_SYSCTLS)
             ports = [p[0] for p in veths.get(ns, [])]
             devsys = [s for p in ports for s in port_sysctls(ns, p)]
-            values = nsutil.read_sysctls(ns, paths + [s.path for s in devsys])
+            values = nsutil.read_sysctls(ns, paths + [s.path for s in devsys], self._runner(ns))
             objs.extend(Sysctl(ns, p, v) for p in paths if (v := values[p]) is not None)
             objs.extend(
                 Sysctl(ns, s.path, v, s.dev) for s in devsys if (v := values[s.path]) is not None
             )
             objs.extend(self._observe_filters(ns))
         else:
-            values = nsutil.read_sysctls(ns, list(INSTANCE_SYSCTLS))
+            values = nsutil.read_sysctls(ns, list(INSTANCE_SYSCTLS), self._runner(ns))
             objs.extend(Sysctl(ns, p, v) for p, v in values.items() if v is not None)
         return objs
 
@@ -374,7 +393,7 @@ class LinuxDriver:
 
     def _observe_filters(self, ns: str) -> list[Obj]:
         try:
-            listing = nft.run(ns, f"list table {nft.FAMILY} {nft.TABLE}")
+            listing = nft.run(ns, f"list table {nft.FAMILY} {nft.TABLE}", self._runner(ns))
         except DriverError as exc:
             if exc.errno == errno.ENOENT:
                 return []
@@ -412,7 +431,7 @@ class LinuxDriver:
                     if exc.errno != errno.EEXIST:
                         raise
             case Sysctl():
-                nsutil.write_sysctls(o.netns, {o.path: o.value})
+                nsutil.write_sysctls(o.netns, {o.path: o.value}, self._runner(o.netns))
             case Vxlan():
                 self._create_vxlan(o)
             case Veth():
@@ -453,11 +472,19 @@ class LinuxDriver:
                     self._announce(o.netns, o.dst.split("/", 1)[0], o.dev)
             case Filter():
                 try:
-                    nft.run(o.netns, nft.chain_batch(o.ifname, o.mac, o.ips, exists=False))
+                    nft.run(
+                        o.netns,
+                        nft.chain_batch(o.ifname, o.mac, o.ips, exists=False),
+                        self._runner(o.netns),
+                    )
                 except DriverError as exc:
                     if "File exists" not in exc.message:
                         raise
-                    nft.run(o.netns, nft.chain_batch(o.ifname, o.mac, o.ips, exists=True))
+                    nft.run(
+                        o.netns,
+                        nft.chain_batch(o.ifname, o.mac, o.ips, exists=True),
+                        self._runner(o.netns),
+                    )
             case Uts():
                 sandbox.ensure_uts(o.netns, o.hostname)
             case Process():
@@ -495,7 +522,11 @@ class LinuxDriver:
                     self._delete(old)
                     self._create(new)
             case Filter():
-                nft.run(new.netns, nft.chain_batch(new.ifname, new.mac, new.ips, exists=True))
+                nft.run(
+                    new.netns,
+                    nft.chain_batch(new.ifname, new.mac, new.ips, exists=True),
+                    self._runner(new.netns),
+                )
             case Process():
                 sandbox.stop(self.state_dir, new.netns)
                 self._create(new)
@@ -553,7 +584,9 @@ class LinuxDriver:
             case KRoute():
                 _gone_ok(lambda: self._ipr(o.netns).route("del", **self._route_args(o)))
             case Filter():
-                _gone_ok(lambda: nft.run(o.netns, nft.delete_chain_cmd(o.ifname)))
+                _gone_ok(
+                    lambda: nft.run(o.netns, nft.delete_chain_cmd(o.ifname), self._runner(o.netns))
+                )
             case Uts():
                 sandbox.remove_uts(o.netns)
             case Process():
@@ -581,9 +614,7 @@ class LinuxDriver:
                 return
             sock = self._packet.get(ns)
             if sock is None:
-                sock = nsutil.run_in(
-                    lambda: socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0), net=ns
-                )
+                sock = self._runner(ns)(lambda: socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0))
                 self._packet[ns] = sock
             for name, mac in ports:
                 with contextlib.suppress(OSError):  # a port that is down: nobody to tell

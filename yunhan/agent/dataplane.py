@@ -5,7 +5,9 @@ and repeat until a pass plans nothing (at most a few passes: a re-created port t
 dependants with it, and the next pass puts them back). A fresh `DataPlane` on a host that
 already carries the state (an agent restarted after SIGKILL) observes it and plans zero
 ops; nothing is removed and re-added. Failures are per object: a port that cannot be
-built is reported and the rest of the document is still applied.
+built is reported and the rest of the document is still applied. A changed document is
+planned against what the last clean apply left, and the kernel is read in full on resync
+(see `apply`): reading every namespace was most of the time a new instance waited for.
 """
 
 from __future__ import annotations

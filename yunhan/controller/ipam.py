@@ -68,8 +68,11 @@ class AddressHints:
         return self._next.get(subnet_id)
 
     def taken(self, subnet_id: str, ip: str) -> None:
+        """`ip` was the lowest free address from the hint on (call it under the writers'
+        lock, where allocations are serialised)."""
         n = int(ipaddress.IPv4Address(ip))
-        if self._next.get(subnet_id) in (None, n):
+        current = self._next.get(subnet_id)
+        if current is None or n >= current:
             self._next[subnet_id] = n + 1
 
     def freed(self, subnet_id: str, ip: str) -> None:

@@ -7,7 +7,8 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from yunhan.api.app import CallerDep, state_of
+from yunhan.api.app import AppState, CallerDep, state_of
+from yunhan.api.auth import Caller
 from yunhan.api.routes.network import refresh_available
 from yunhan.api.views import resolve
 from yunhan.controller.ipam import allocate_ip, allocate_mac
@@ -15,7 +16,7 @@ from yunhan.controller.loop import candidates
 from yunhan.controller.scheduler import schedule
 from yunhan.model import new_id, validate_name
 from yunhan.model.schemas import InstanceCreate
-from yunhan.store import Reader
+from yunhan.store import Reader, Resource
 
 router = APIRouter(prefix="/v1", tags=["instances"])
 
@@ -24,6 +25,19 @@ router = APIRouter(prefix="/v1", tags=["instances"])
 def create_instance(body: InstanceCreate, request: Request, c: CallerDep) -> dict[str, Any]:
     st = state_of(request)
     name = validate_name("instance", body.name)
+    hinted: list[tuple[str, str]] = []  # (subnet, address) the IPAM hint moved past
+    try:
+        inst = _create(st, body, name, c, hinted)
+    except BaseException:
+        for sub_id, ip in hinted:  # its batch failed to commit: not taken after all
+            st.ipam.freed(sub_id, ip)
+        raise
+    return inst.envelope()
+
+
+def _create(
+    st: AppState, body: InstanceCreate, name: str, c: Caller, hinted: list[tuple[str, str]]
+) -> Resource:
     with st.store.transaction() as tx:
         sub = resolve(tx, "subnet", c.project.id, body.subnet)
         zone = resolve(tx, "zone", st.admin_project_id, body.zone)
@@ -54,9 +68,10 @@ def create_instance(body: InstanceCreate, request: Request, c: CallerDep) -> dic
             },
         )
         refresh_available(tx, sub)
-    if body.ip is None:  # the lowest free one was taken; a fixed one says nothing of it
-        st.ipam.taken(sub.id, ip)
-    return inst.envelope()
+        if body.ip is None:  # the lowest free one was taken; a fixed one says nothing of it
+            st.ipam.taken(sub.id, ip)
+            hinted.append((sub.id, ip))
+    return inst
 
 
 class _AddressesInUse(Mapping[str, str]):

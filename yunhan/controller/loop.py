@@ -99,6 +99,10 @@ class Controller:
         self.leases = leases
         self.epoch: int | None = None  # the leader epoch that fences our writes
 
+    def _idle(self) -> bool:
+        with self.store.read() as r:
+            return r.count_of("instance", "unplaced", "yes") == 0
+
     def reconcile_once(self) -> int:
         """One pass; returns the revision it saw."""
         with self.store.read() as r:
@@ -118,7 +122,10 @@ class Controller:
         try:
             while not stop.is_set():
                 try:
-                    seen = await asyncio.to_thread(self.reconcile_once)
+                    if self._idle():
+                        seen = self.store.revision()  # nothing to place: no thread hop
+                    else:
+                        seen = await asyncio.to_thread(self.reconcile_once)
                 except Exception:
                     log.exception("controller pass failed; retrying")
                     seen = -1

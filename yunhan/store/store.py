@@ -782,11 +782,13 @@ class Store:
                     self._prune(conn, top)
                 if self.dialect == "postgresql":
                     conn.exec_driver_sql(f"NOTIFY {NOTIFY_CHANNEL}, '{top}'")
+            leases: dict[str, Liveness] = {}
             for w in [*(w for _r, w in batch.writes), *batch.side]:
                 for h, p, at in w.tokens:
                     conn.execute(insert(s.tokens).values(hash=h, project=p, created_at=at))
-                for lv in w.liveness:
-                    self._write_liveness(conn, lv)
+                leases.update((lv.host, lv) for lv in w.liveness)
+            if leases:
+                self._write_leases(conn, list(leases.values()))
             conn.commit()
         except IntegrityError as exc:
             batch.error = Conflict(f"conflicting write: {exc.orig}")
@@ -840,15 +842,23 @@ class Store:
             conn.execute(insert(s.resources), put)
 
     @staticmethod
-    def _write_liveness(conn: Connection, lv: Liveness) -> None:
-        conn.execute(delete(s.liveness).where(s.liveness.c.host == lv.host))
+    def _write_leases(conn: Connection, leases: list[Liveness]) -> None:
+        # A thousand agents' leases every few seconds: two statements, not two thousand.
         conn.execute(
-            insert(s.liveness).values(
-                host=lv.host,
-                applied_revision=lv.applied_revision,
-                heartbeat_at=lv.heartbeat_at,
-                error=lv.error,
-            )
+            delete(s.liveness).where(s.liveness.c.host == bindparam("h")),
+            [{"h": lv.host} for lv in leases],
+        )
+        conn.execute(
+            insert(s.liveness),
+            [
+                {
+                    "host": lv.host,
+                    "applied_revision": lv.applied_revision,
+                    "heartbeat_at": lv.heartbeat_at,
+                    "error": lv.error,
+                }
+                for lv in leases
+            ],
         )
 
     @staticmethod

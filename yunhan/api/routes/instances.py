@@ -10,8 +10,7 @@ from yunhan.api.deps import CallerDep, state_of
 from yunhan.api.routes.network import refresh_available
 from yunhan.api.views import resolve
 from yunhan.controller.ipam import allocate_ip, allocate_mac
-from yunhan.controller.loop import candidates
-from yunhan.controller.scheduler import schedule
+from yunhan.controller.placement import place
 from yunhan.model import new_id, validate_name
 from yunhan.model.schemas import InstanceCreate
 from yunhan.store import Reader
@@ -26,9 +25,6 @@ def create_instance(body: InstanceCreate, request: Request, c: CallerDep) -> dic
     with st.store.transaction() as tx:
         sub = resolve(tx, "subnet", c.project.id, body.subnet)
         zone = resolve(tx, "zone", st.admin_project_id, body.zone)
-        host = schedule(
-            zone.id, zone.name, candidates(tx, st.fleet.leases, st.clock(), zone=zone.id)
-        )
         used = {
             i.status["ip"]: i.name
             for i in tx.find("instance", "subnet", sub.id)
@@ -46,13 +42,16 @@ def create_instance(body: InstanceCreate, request: Request, c: CallerDep) -> dic
                 "ip": ip,
                 "mac": mac,
                 "vpc": sub.spec["vpc"],
-                "host": host,
-                "phase": "scheduled",
+                "host": None,
+                "phase": "pending",
                 "message": None,
                 "netns": None,
                 "uts": None,
             },
         )
+        # Placed in the same transaction: nobody sees it without a host, and a zone
+        # without hosts refuses the create (Conflict) instead of leaving it pending.
+        inst = place(tx, inst, st.fleet.leases, st.clock())
         refresh_available(tx, sub)
     return inst.envelope()
 

@@ -1,7 +1,7 @@
 """The data plane on real namespaces: three hosts in two zones, two VPCs with the same CIDR.
 
 One topology per module (the machine is shared): an underlay from `netlab`, documents
-from `yunhan.controller.world`, one `DataPlane` per host. The reachability matrix runs against
+from `tests.worlds`, one `DataPlane` per host. The reachability matrix runs against
 both drivers, "linux" (answers come from TCP servers running inside the instance
 sandboxes, which reply with their hostname) and "fake" (answers come from the fabric's
 packet trace), so the fake is held to what the kernel does. Everything of the run prefix
@@ -22,9 +22,9 @@ import pytest
 
 from tests.integration import netlab
 from tests.polling import wait_for
+from tests.worlds import WHost, WInstance, WVpc, documents
 from yunhan.agent.dataplane import DataPlane
 from yunhan.compute import netns_sandbox
-from yunhan.controller.world import WHost, WInstance, WVpc, documents
 from yunhan.net import nsutil
 from yunhan.net.desired import HostDesired
 from yunhan.net.fake import FakeFabric

@@ -23,6 +23,7 @@ import pytest
 from tests.integration import netlab
 from tests.polling import wait_for
 from tests.worlds import WHost, WInstance, WVpc, documents
+from yunhan import nsexec, procstat
 from yunhan.agent.dataplane import DataPlane
 from yunhan.compute import netns_sandbox
 from yunhan.net import nsutil
@@ -301,10 +302,8 @@ def test_removing_an_instance_removes_port_sandbox_and_process(world: World) -> 
 
 
 def _zombie(pid: int) -> bool:
-    try:
-        return pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
+    st = procstat.read(pid)
+    return st is None or st.state == "Z"
 
 
 # -- anti-spoofing (linux only: these forge frames the fake cannot be sent) ---------------
@@ -490,13 +489,13 @@ def test_a_stale_namespace_file_does_not_stop_the_host(linux: World) -> None:
     # there. It must neither block the rest of the document nor stay stale forever.
     w = linux
     h1 = w.naming("h1")
-    stale = nsutil.netns_path(h1.vpc_netns(999))  # not in the document: removed
+    stale = nsexec.netns_path(h1.vpc_netns(999))  # not in the document: removed
     wanted = h1.vpc_netns(200)  # in the document: rebuilt
     vpc_a = h1.vpc_netns(100)
     try:
         netlab.sh("ip", "netns", "del", wanted)
         stale.touch()
-        nsutil.netns_path(wanted).touch()
+        nsexec.netns_path(wanted).touch()
         netlab.ip(vpc_a, "route", "del", "10.1.1.11/32")
         r = w.dps["h1"].apply(w.docs()["h1"])
         assert r.errors == [], r.errors

@@ -23,6 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from yunhan.nsexec import netns_path
+
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWNET = 0x40000000
 MS_BIND = 4096
@@ -30,7 +32,6 @@ MS_REC = 16384
 MS_PRIVATE = 1 << 18
 MNT_DETACH = 2
 
-NETNS_DIR = Path("/run/netns")
 UTS_DIR = Path("/run/yunhan/uts")
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -82,10 +83,6 @@ def mount_targets() -> set[str]:
 def is_mountpoint(path: Path) -> bool:
     """True when `path` is the target of a mount (a namespace bind mount for our files)."""
     return str(path) in mount_targets()
-
-
-def netns_path(name: str) -> Path:
-    return NETNS_DIR / name
 
 
 def _refuse_own_ns(path: str | Path, kind: str) -> None:

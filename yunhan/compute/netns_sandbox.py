@@ -182,3 +182,32 @@ def stop(state_dir: Path, netns: str, *, grace: float = 3.0) -> None:
             pass
     _record_path(state_dir, netns).unlink(missing_ok=True)
     (state_dir / "proc" / f"{netns}.log").unlink(missing_ok=True)
+
+
+class NetnsSandbox:
+    """This module's functions over one agent's state dir: the `net.driver.Sandbox` the
+    linux driver realises instances' `Uts` and `Process` objects through."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+
+    def list_uts(self, prefix: str) -> dict[str, str]:
+        return list_uts(prefix)
+
+    def ensure_uts(self, netns: str, hostname: str) -> None:
+        ensure_uts(netns, hostname)
+
+    def remove_uts(self, netns: str) -> None:
+        remove_uts(netns)
+
+    def running(self, prefix: str) -> dict[str, tuple[str, ...]]:
+        return {
+            ns: rec.argv if in_sandbox(ns, rec) else ("<stale netns>", *rec.argv)
+            for ns, rec in running(self.state_dir, prefix).items()
+        }
+
+    def start(self, netns: str, argv: Sequence[str]) -> None:
+        start(self.state_dir, netns, argv)
+
+    def stop(self, netns: str) -> None:
+        stop(self.state_dir, netns)

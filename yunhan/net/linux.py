@@ -20,15 +20,14 @@ import re
 import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
-from yunhan.compute import netns_sandbox as sandbox
 from yunhan.errors import DriverError
 from yunhan.net import nft, nsutil
+from yunhan.net.driver import Sandbox
 from yunhan.net.naming import INSTANCE_IFNAME, VXLAN_IFNAME, Naming
 from yunhan.net.state import (
     INSTANCE_SYSCTLS,
@@ -91,10 +90,10 @@ def _gone_ok(fn: Callable[[], object]) -> None:
 class LinuxDriver:
     """Observe and program this host's namespaces; see the module docstring."""
 
-    def __init__(self, *, naming: Naming, host_netns: str | None, state_dir: Path) -> None:
+    def __init__(self, *, naming: Naming, host_netns: str | None, sandbox: Sandbox) -> None:
         self.naming = naming
         self.host_netns = host_netns
-        self.state_dir = state_dir
+        self.sandbox = sandbox  # instances' UTS namespaces and processes
         self._vpc_re = re.compile(re.escape(naming.prefix) + r"v\d+$")
         self._inst_re = re.compile(re.escape(naming.prefix) + r"i-[A-Za-z0-9]+$")
         self._socks: dict[str | None, IPRoute] = {}
@@ -170,16 +169,12 @@ class LinuxDriver:
                     pns, mac, pmtu = found
                     objs.append(Veth(ns, ifname, pns, mac, mtu if pmtu == mtu else -1))
         # Listed by prefix, kept by exact name: "<p>i-…" of a longer prefix is not ours.
-        for ns, host in sandbox.list_uts(self.naming.prefix).items():
+        for ns, host in self.sandbox.list_uts(self.naming.prefix).items():
             if self._inst_re.match(ns):
                 objs.append(Uts(ns, host))
-        for ns, rec in sandbox.running(self.state_dir, self.naming.prefix).items():
-            if not self._inst_re.match(ns):
-                continue
-            # A process left in a namespace that was since replaced reads as a different
-            # command, so that the plan replaces it (stop the old, start in the new).
-            argv = rec.argv if sandbox.in_sandbox(ns, rec) else ("<stale netns>", *rec.argv)
-            objs.append(Process(ns, argv))
+        for ns, argv in self.sandbox.running(self.naming.prefix).items():
+            if self._inst_re.match(ns):
+                objs.append(Process(ns, argv))
         return as_state(objs)
 
     def _observe_ns(
@@ -366,9 +361,9 @@ class LinuxDriver:
                         raise
                     nft.run(o.netns, nft.chain_batch(o.ifname, o.mac, o.ips, exists=True))
             case Uts():
-                sandbox.ensure_uts(o.netns, o.hostname)
+                self.sandbox.ensure_uts(o.netns, o.hostname)
             case Process():
-                sandbox.start(self.state_dir, o.netns, o.argv)
+                self.sandbox.start(o.netns, o.argv)
 
     def _replace(self, old: Obj, new: Obj) -> None:
         match new:
@@ -404,7 +399,7 @@ class LinuxDriver:
             case Filter():
                 nft.run(new.netns, nft.chain_batch(new.ifname, new.mac, new.ips, exists=True))
             case Process():
-                sandbox.stop(self.state_dir, new.netns)
+                self.sandbox.stop(new.netns)
                 self._create(new)
             case Netns():
                 assert isinstance(old, Netns)
@@ -462,9 +457,9 @@ class LinuxDriver:
             case Filter():
                 _gone_ok(lambda: nft.run(o.netns, nft.delete_chain_cmd(o.ifname)))
             case Uts():
-                sandbox.remove_uts(o.netns)
+                self.sandbox.remove_uts(o.netns)
             case Process():
-                sandbox.stop(self.state_dir, o.netns)
+                self.sandbox.stop(o.netns)
 
     def _route_args(self, o: KRoute) -> dict[str, Any]:
         dst, plen = o.dst.split("/")

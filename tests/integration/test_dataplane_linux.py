@@ -1,7 +1,7 @@
 """The data plane on real namespaces: three hosts in two zones, two VPCs with the same CIDR.
 
 One topology per module (the machine is shared): an underlay from `netlab`, documents
-from `yunhan.controller.world`, one `DataPlane` per host. The reachability matrix runs against
+from `tests.worlds`, one `DataPlane` per host. The reachability matrix runs against
 both drivers, "linux" (answers come from TCP servers running inside the instance
 sandboxes, which reply with their hostname) and "fake" (answers come from the fabric's
 packet trace), so the fake is held to what the kernel does. Everything of the run prefix
@@ -23,9 +23,10 @@ import pytest
 
 from tests.integration import netlab
 from tests.polling import wait_for
+from tests.worlds import WHost, WInstance, WVpc, documents
+from yunhan import nsexec, procstat
 from yunhan.agent.dataplane import DataPlane
 from yunhan.compute import netns_sandbox
-from yunhan.controller.world import WHost, WInstance, WVpc, documents
 from yunhan.net import nsutil
 from yunhan.net.desired import HostDesired
 from yunhan.net.fake import FakeFabric
@@ -302,10 +303,8 @@ def test_removing_an_instance_removes_port_sandbox_and_process(world: World) -> 
 
 
 def _zombie(pid: int) -> bool:
-    try:
-        return pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
+    st = procstat.read(pid)
+    return st is None or st.state == "Z"
 
 
 # -- anti-spoofing (linux only: these forge frames the fake cannot be sent) ---------------
@@ -491,13 +490,13 @@ def test_a_stale_namespace_file_does_not_stop_the_host(linux: World) -> None:
     # there. It must neither block the rest of the document nor stay stale forever.
     w = linux
     h1 = w.naming("h1")
-    stale = nsutil.netns_path(h1.vpc_netns(999))  # not in the document: removed
+    stale = nsexec.netns_path(h1.vpc_netns(999))  # not in the document: removed
     wanted = h1.vpc_netns(200)  # in the document: rebuilt
     vpc_a = h1.vpc_netns(100)
     try:
         netlab.sh("ip", "netns", "del", wanted)
         stale.touch()
-        nsutil.netns_path(wanted).touch()
+        nsexec.netns_path(wanted).touch()
         netlab.ip(vpc_a, "route", "del", "10.1.1.11/32")
         r = w.dps["h1"].apply(w.docs()["h1"])
         assert r.errors == [], r.errors

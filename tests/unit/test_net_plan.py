@@ -5,8 +5,8 @@ from __future__ import annotations
 import errno
 import pathlib
 
+from tests.worlds import WHost, WInstance, WVpc, documents
 from yunhan.agent.dataplane import DataPlane
-from yunhan.controller.world import WHost, WInstance, WVpc, documents
 from yunhan.net.desired import HostDesired
 from yunhan.net.driver import execute
 from yunhan.net.fake import FakeFabric

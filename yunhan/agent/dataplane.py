@@ -91,9 +91,12 @@ class DataPlane:
         self.state_dir = state_dir
         self.driver: Driver
         if driver == "linux":
+            from yunhan.compute.netns_sandbox import NetnsSandbox
             from yunhan.net.linux import LinuxDriver
 
-            self.driver = LinuxDriver(naming=naming, host_netns=host_netns, state_dir=state_dir)
+            self.driver = LinuxDriver(
+                naming=naming, host_netns=host_netns, sandbox=NetnsSandbox(state_dir)
+            )
         elif driver == "fake":
             from yunhan.net.fake import FakeFabric
 

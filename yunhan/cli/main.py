@@ -262,7 +262,6 @@ _show_and_delete(
     "Delete an instance (its process is stopped and its address freed).",
 )
 SETTLED = ("running", "failed")
-NETNS_DIR = "/run/netns"
 
 
 @instance_app.command("create")
@@ -352,21 +351,18 @@ def exec_argv(res: dict[str, Any], command: list[str]) -> list[str]:
             f"instance {name} is {st.get('phase') or 'unknown'}, not running"
             + (f": {st['message']}" if st.get("message") else "")
         )
-    netns = st.get("netns")
-    if not netns:
+    from yunhan.nsexec import netns_path, nsenter_argv
+
+    if not st.get("netns"):
         raise ValidationError(f"instance {name} has no network namespace reported yet")
-    if not os.path.isabs(netns):
-        netns = os.path.join(NETNS_DIR, netns)  # agents report a named netns (ip netns)
-    if not os.path.exists(netns):
+    netns = netns_path(st["netns"])  # agents report a named netns (ip netns)
+    if not netns.exists():
         raise ValidationError(
             f"instance {name} runs on host {st.get('host')}, not on this machine "
             f"({netns} is missing)"
         )
-    argv = ["nsenter", f"--net={netns}"]
     uts = st.get("uts")
-    if uts and os.path.exists(uts):
-        argv.append(f"--uts={uts}")
-    return [*argv, "--", *command]
+    return nsenter_argv(command, net=netns, uts=uts if uts and os.path.exists(uts) else None)
 
 
 @instance_app.command(

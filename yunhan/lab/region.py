@@ -44,6 +44,7 @@ from yunhan.errors import Conflict, TimedOut, YunhanError
 from yunhan.lab import cleanup, topology
 from yunhan.lab.cleanup import REGION_ENV, RUN_DIR, Removed
 from yunhan.lab.spec import REGION_PREFIX_RE, RegionSpec
+from yunhan.polling import poll_until
 
 DEFAULT_STATE_DIR = Path("/var/lib/yunhan")
 RECORD = "region.json"
@@ -379,22 +380,25 @@ def _wait_api(
     api: httpx.Client, proc: ProcessRecord, popen: subprocess.Popen[bytes], deadline: float
 ) -> None:
     last = "no answer yet"
-    while True:
+
+    def answers() -> bool:
+        nonlocal last
         if err := _exited(proc, popen):
             raise err
         try:
             r = api.get("/v1/revision")
             if r.status_code == 200:
-                return
+                return True
             last = f"HTTP {r.status_code} {r.text[:200]}"
         except httpx.TransportError as exc:
             last = str(exc) or type(exc).__name__
-        if time.monotonic() > deadline:
-            raise TimedOut(
-                f"the API server did not answer at {api.base_url} in time ({last}); "
-                f"last lines of {proc.log}:\n{_tail(proc.log)}"
-            )
-        time.sleep(0.1)  # poll interval while the server starts
+        return False
+
+    if not poll_until(answers, deadline - time.monotonic(), interval=0.1, max_interval=0.1):
+        raise TimedOut(
+            f"the API server did not answer at {api.base_url} in time ({last}); "
+            f"last lines of {proc.log}:\n{_tail(proc.log)}"
+        )
 
 
 def _wait_agents(
@@ -404,27 +408,24 @@ def _wait_agents(
     deadline: float,
 ) -> None:
     pending = sorted(agents)
-    while True:
+
+    def registered() -> bool:
+        nonlocal pending
         for proc, popen in (server, *agents.values()):
             if err := _exited(proc, popen):
                 raise err
         try:
             r = api.get("/v1/hosts")
         except httpx.TransportError:
-            r = None  # the server's own exit is reported above on the next pass
-        if r is not None and r.status_code == 200:
+            return False  # the server's own exit is reported above on the next pass
+        if r.status_code == 200:
             healthy = {h["name"] for h in r.json() if (h.get("status") or {}).get("healthy")}
             pending = sorted(set(agents) - healthy)
-            if not pending:
-                return
-        if time.monotonic() > deadline:
-            logs = "\n".join(
-                f"  {agents[n][0].log}:\n{_tail(agents[n][0].log, 5)}" for n in pending
-            )
-            raise TimedOut(
-                f"agents not registered and healthy in time: {', '.join(pending)}\n{logs}"
-            )
-        time.sleep(0.2)  # poll interval while agents register
+        return not pending
+
+    if not poll_until(registered, deadline - time.monotonic(), interval=0.2, max_interval=0.2):
+        logs = "\n".join(f"  {agents[n][0].log}:\n{_tail(agents[n][0].log, 5)}" for n in pending)
+        raise TimedOut(f"agents not registered and healthy in time: {', '.join(pending)}\n{logs}")
 
 
 # -- down / sweep ----------------------------------------------------------------------------

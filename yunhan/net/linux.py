@@ -24,15 +24,14 @@ import socket
 import struct
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
-from yunhan.compute import netns_sandbox as sandbox
 from yunhan.errors import DriverError
 from yunhan.net import nft, nsutil
+from yunhan.net.driver import Sandbox
 from yunhan.net.naming import INSTANCE_IFNAME, VXLAN_IFNAME, Naming
 from yunhan.net.state import (
     INSTANCE_SYSCTLS,
@@ -106,10 +105,10 @@ def garp_frame(mac: str, ip: str) -> bytes:
 class LinuxDriver:
     """Observe and program this host's namespaces; see the module docstring."""
 
-    def __init__(self, *, naming: Naming, host_netns: str | None, state_dir: Path) -> None:
+    def __init__(self, *, naming: Naming, host_netns: str | None, sandbox: Sandbox) -> None:
         self.naming = naming
         self.host_netns = host_netns
-        self.state_dir = state_dir
+        self.sandbox = sandbox  # instances' UTS namespaces and processes
         self._vpc_re = re.compile(re.escape(naming.prefix) + r"v\d+$")
         self._inst_re = re.compile(re.escape(naming.prefix) + r"i-[A-Za-z0-9]+$")
         self._socks: dict[str | None, IPRoute] = {}
@@ -242,16 +241,12 @@ class LinuxDriver:
                     pns, mac, pmtu = found
                     objs.append(Veth(ns, ifname, pns, mac, mtu if pmtu == mtu else -1))
         # Listed by prefix, kept by exact name: "<p>i-…" of a longer prefix is not ours.
-        for ns, host in sandbox.list_uts(self.naming.prefix).items():
+        for ns, host in self.sandbox.list_uts(self.naming.prefix).items():
             if self._inst_re.match(ns):
                 objs.append(Uts(ns, host))
-        for ns, rec in sandbox.running(self.state_dir, self.naming.prefix).items():
-            if not self._inst_re.match(ns):
-                continue
-            # A process left in a namespace that was since replaced reads as a different
-            # command, so that the plan replaces it (stop the old, start in the new).
-            argv = rec.argv if sandbox.in_sandbox(ns, rec) else ("<stale netns>", *rec.argv)
-            objs.append(Process(ns, argv))
+        for ns, argv in self.sandbox.running(self.naming.prefix).items():
+            if self._inst_re.match(ns):
+                objs.append(Process(ns, argv))
         return as_state(objs)
 
     def _peer_end(
@@ -486,9 +481,9 @@ class LinuxDriver:
                         self._runner(o.netns),
                     )
             case Uts():
-                sandbox.ensure_uts(o.netns, o.hostname)
+                self.sandbox.ensure_uts(o.netns, o.hostname)
             case Process():
-                sandbox.start(self.state_dir, o.netns, o.argv)
+                self.sandbox.start(o.netns, o.argv)
 
     def _replace(self, old: Obj, new: Obj) -> None:
         match new:
@@ -528,7 +523,7 @@ class LinuxDriver:
                     self._runner(new.netns),
                 )
             case Process():
-                sandbox.stop(self.state_dir, new.netns)
+                self.sandbox.stop(new.netns)
                 self._create(new)
             case Netns():
                 assert isinstance(old, Netns)
@@ -588,9 +583,9 @@ class LinuxDriver:
                     lambda: nft.run(o.netns, nft.delete_chain_cmd(o.ifname), self._runner(o.netns))
                 )
             case Uts():
-                sandbox.remove_uts(o.netns)
+                self.sandbox.remove_uts(o.netns)
             case Process():
-                sandbox.stop(self.state_dir, o.netns)
+                self.sandbox.stop(o.netns)
 
     def _announce(self, ns: str, ip: str, route_dev: str | None) -> None:
         """Tell the instances of `ns` that `ip` is now reachable (gratuitous ARP, best effort).

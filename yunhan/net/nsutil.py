@@ -24,6 +24,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from yunhan.nsexec import NETNS_DIR, netns_path
+
+__all__ = ["NETNS_DIR", "netns_path"]
+
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWNET = 0x40000000
 MS_BIND = 4096
@@ -32,7 +36,6 @@ MS_PRIVATE = 1 << 18
 MS_SHARED = 1 << 20
 MNT_DETACH = 2
 
-NETNS_DIR = Path("/run/netns")
 UTS_DIR = Path("/run/yunhan/uts")
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -84,10 +87,6 @@ def mount_targets() -> set[str]:
 def is_mountpoint(path: Path) -> bool:
     """True when `path` is the target of a mount (a namespace bind mount for our files)."""
     return str(path) in mount_targets()
-
-
-def netns_path(name: str) -> Path:
-    return NETNS_DIR / name
 
 
 def _refuse_own_ns(path: str | Path, kind: str) -> None:

@@ -7,13 +7,12 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from yunhan.api.app import AppState, CallerDep, state_of
 from yunhan.api.auth import Caller
+from yunhan.api.deps import AppState, CallerDep, state_of
 from yunhan.api.routes.network import refresh_available
 from yunhan.api.views import resolve
 from yunhan.controller.ipam import allocate_ip, allocate_mac
-from yunhan.controller.loop import candidates
-from yunhan.controller.scheduler import schedule
+from yunhan.controller.placement import choose
 from yunhan.model import new_id, validate_name
 from yunhan.model.schemas import InstanceCreate
 from yunhan.store import Reader, Resource
@@ -41,11 +40,9 @@ def _create(
     with st.store.transaction() as tx:
         sub = resolve(tx, "subnet", c.project.id, body.subnet)
         zone = resolve(tx, "zone", st.admin_project_id, body.zone)
-        host = schedule(
-            zone.id,
-            zone.name,
-            candidates(tx, st.fleet.leases, st.clock(), zone=zone.id, loads=st.loads),
-        )
+        # The one placement decision (`placement.choose`), taken in the create transaction:
+        # the instance is written once, with its host; a zone without hosts refuses it.
+        host = choose(tx, zone.id, st.fleet.leases, st.clock(), st.loads)
         ip = allocate_ip(
             sub.name, sub.spec["cidr"], _AddressesInUse(tx, sub.id), body.ip, st.ipam.start(sub.id)
         )

@@ -3,14 +3,13 @@ None), in block style.
 
 Why not PyYAML: it is not otherwise a dependency, and the rows need none of its generality.
 A string is written plain only when a YAML 1.1 or 1.2 reader cannot take it for anything
-else (a number, a boolean, null, a date, an indicator); otherwise it is double-quoted with
-JSON escapes, which YAML's double-quoted style accepts. tests/unit/test_cli_output.py reads
+else (a number, a boolean, null, a date, an indicator); otherwise it is double-quoted, in
+ASCII with YAML's escapes. tests/unit/test_cli_output.py reads
 the output back with PyYAML (a dev dependency) and compares.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -31,15 +30,36 @@ def _scalar(value: Any) -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
-        return (
-            json.dumps(value)
-            if value == value and abs(value) != float("inf")
-            else (".nan" if value != value else (".inf" if value > 0 else "-.inf"))
-        )
+        if value != value:
+            return ".nan"
+        if value in (float("inf"), float("-inf")):
+            return ".inf" if value > 0 else "-.inf"
+        text = repr(value)
+        # YAML 1.1 readers take "1e+16" for a string: a float needs its dot.
+        return text.replace("e", ".0e", 1) if "e" in text and "." not in text else text
     text = str(value)
     if _PLAIN.fullmatch(text) and text not in _RESERVED and not text.startswith("_"):
         return text
-    return json.dumps(text)
+    return _quoted(text)
+
+
+def _quoted(text: str) -> str:
+    # ASCII only: YAML's \x, \u and \U escapes (JSON would split astral characters into
+    # surrogate pairs, which YAML reads as two characters).
+    out = []
+    for ch in text:
+        o = ord(ch)
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif 0x20 <= o < 0x7F:
+            out.append(ch)
+        elif o <= 0xFF:
+            out.append(f"\\x{o:02x}")
+        elif o <= 0xFFFF:
+            out.append(f"\\u{o:04x}")
+        else:
+            out.append(f"\\U{o:08x}")
+    return '"' + "".join(out) + '"'
 
 
 def _lines(value: Any, indent: str) -> list[str]:

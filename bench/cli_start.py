@@ -11,7 +11,8 @@ counted: it is still running), the wall time is from spawn to exit. Medians are 
 the last line is `RESULT help_ms=… list_ms=… python_ms=…` (CPU medians).
 
 The CLI is run as the console script runs it (`from yunhan.cli.main import app; app()`),
-with the interpreter running this file; PYTHONPATH decides which tree is measured.
+with the interpreter running this file, in the temporary directory: PYTHONPATH decides
+which tree is measured.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def cpu_children() -> float:
 def measure(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
     """(cpu ms, wall ms) of one run; fails loudly if the command fails."""
     before, t0 = cpu_children(), time.perf_counter()
-    p = subprocess.run(argv, env=env, capture_output=True)
+    # cwd: `python -c` puts the current directory first on sys.path, before PYTHONPATH.
+    p = subprocess.run(argv, env=env, capture_output=True, cwd=env["HOME"])
     wall = time.perf_counter() - t0
     if p.returncode != 0:
         raise SystemExit(f"{argv[3:]} failed ({p.returncode}): {p.stderr.decode()}")
@@ -63,7 +65,7 @@ def start_server(tmp: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes
         [sys.executable, "-c", CLI, "server", "--state-dir", str(tmp / "state"),
          "--listen", endpoint.removeprefix("http://"),
          "--admin-token-file", str(tmp / "admin.token")],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
+        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp,
     )  # fmt: skip
     deadline = time.monotonic() + 60
     while True:

@@ -135,6 +135,4 @@ def test_no_import_cycles() -> None:
     # A package's __init__ re-exporting its modules is not a cycle of design: leave the
     # package -> module edges out.
     graph = {m: {d for d in deps if not _under(d, m)} for m, deps in _graph().items()}
-    # cli main <-> its subcommand modules is being undone on its own branch (issue 7).
-    cycles = [c for c in _cycles(graph) if not all(_under(m, "yunhan.cli") for m in c)]
-    assert cycles == []
+    assert _cycles(graph) == []

@@ -36,15 +36,16 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from yunhan.errors import Conflict, TimedOut, YunhanError
 from yunhan.lab import cleanup, topology
 from yunhan.lab.cleanup import REGION_ENV, RUN_DIR, Removed
 from yunhan.lab.spec import REGION_PREFIX_RE, RegionSpec
 from yunhan.polling import poll_until
+
+if TYPE_CHECKING:
+    import httpx  # imported where used: `yunhan host list` reads the region record only
 
 DEFAULT_STATE_DIR = Path("/var/lib/yunhan")
 RECORD = "region.json"
@@ -338,6 +339,8 @@ def up(
 
 
 def _start(record: RegionRecord, spec: RegionSpec, port: int, timeout: float) -> RegionHandle:
+    import httpx
+
     deadline = time.monotonic() + timeout
     topology.realise(spec)
     token = secrets.token_urlsafe(32)
@@ -379,6 +382,8 @@ def _start(record: RegionRecord, spec: RegionSpec, port: int, timeout: float) ->
 def _wait_api(
     api: httpx.Client, proc: ProcessRecord, popen: subprocess.Popen[bytes], deadline: float
 ) -> None:
+    import httpx
+
     last = "no answer yet"
 
     def answers() -> bool:
@@ -407,6 +412,8 @@ def _wait_agents(
     agents: dict[str, tuple[ProcessRecord, subprocess.Popen[bytes]]],
     deadline: float,
 ) -> None:
+    import httpx
+
     pending = sorted(agents)
 
     def registered() -> bool:
@@ -558,6 +565,8 @@ class RegionStatus:
 
 def status(state_dir: Path | None = None) -> RegionStatus | None:
     """The region of `state_dir` and its health, or None when no region is recorded there."""
+    import httpx
+
     state_dir = Path(state_dir or default_state_dir()).absolute()
     record = RegionRecord.load(state_dir)
     if record is None:

@@ -92,6 +92,8 @@ def test_agents_keep_forwarding_and_converge_after_server_restart(
         a, b = _instance(api, "a", "az1"), _instance(api, "b", "az2")
         assert a["status"]["host"] != b["status"]["host"]
 
+        assert server.epochs() == [1]
+
         pinger = Pinger(_netns(a), _ip(b), PING_COUNT)
         try:
             wait_for(lambda: pinger.replies() >= 20, 30, "the ping to get going")
@@ -107,6 +109,9 @@ def test_agents_keep_forwarding_and_converge_after_server_restart(
         finally:
             pinger.stop()
 
+        # The controller is back (the lock died with the process), fencing out the old one.
+        wait_for(server.epochs, 10, "the restarted server to lead")
+        assert server.epochs() == [2]
         # The agents talk to the new process: a new write reaches both hosts and is acked.
         c = _instance(api, "c", "az2")
         _answers(a, c)
@@ -201,6 +206,15 @@ def test_leader_failover_on_postgresql(
         wait_for(lambda: api2.find(f"/v1/instances/{pending}"), 10, "u at replica-2")
         assert api1.get(f"/v1/instances/{pending}")["status"]["host"] is None
 
+        # Either replica answers any client: a write through the standby converges there
+        # although the agents acknowledge to the leader (the leases reach it through the
+        # database), and the standby sees them healthy.
+        s = api2.post("/v1/instances", {"name": "s", "subnet": "web", "zone": "az1"})
+        api2.wait_converged(int(s["revision"]), timeout=20)
+        assert api2.healthy() == {az1.name, az2.name}
+        s = api2.wait_running(s["id"])
+        _answers(s, b)
+
         [epoch] = first.epochs()
         assert second.epochs() == []
         [session] = _leader_sessions(pg_url)
@@ -249,4 +263,4 @@ def test_leader_failover_on_postgresql(
     placements = [h for prev, h in zip(before, hosts_of_u, strict=True) if h != prev]
     assert placements == [az3.name], hosts_of_u
     names = [obj["name"] for _r, _s, kind, _i, obj in events if kind == "instance"]
-    assert sorted(set(names)) == ["a", "b", "c", "u"]
+    assert sorted(set(names)) == ["a", "b", "c", "s", "u"]

@@ -8,6 +8,8 @@
   move to it, a write through it converges and answers, an instance that was waiting for a
   host is placed exactly once by the new leader, and the change log has no lost or shared
   revision.
+* A leader whose database session ends while its process lives is deposed: it says so and
+  stands by, exactly one replica leads with the next epoch, and the controller still works.
 
 Servers and agents are real `yunhan server` / `yunhan agent` processes (linux driver) on
 the lab's routed underlay (tests/integration/cplane.py).
@@ -102,7 +104,9 @@ def test_agents_keep_forwarding_and_converge_after_server_restart(
             down_at = pinger.replies()
             # Down for at least 3 s of ping (60 replies): agents' polls fail meanwhile.
             wait_for(lambda: pinger.replies() >= down_at + 60, 30, "ping while the server is down")
+            restarting = time.monotonic()
             server = lab.start_server("server-restarted", port=server.port)
+            print(f"restarted server answered after {time.monotonic() - restarting:.2f}s")
             api = lab.api(server.endpoint)
             back_at = pinger.replies()
             assert back_at < PING_COUNT - 20, "the restart took the whole ping; raise PING_COUNT"
@@ -114,7 +118,9 @@ def test_agents_keep_forwarding_and_converge_after_server_restart(
         wait_for(server.epochs, 10, "the restarted server to lead")
         assert server.epochs() == [2]
         # The agents talk to the new process: a new write reaches both hosts and is acked.
+        creating = time.monotonic()
         c = _instance(api, "c", "az2")
+        print(f"c converged and running {time.monotonic() - creating:.2f}s after its create")
         _answers(a, c)
         _answers(c, a)
         _answers(b, a)
@@ -272,3 +278,48 @@ def test_leader_failover_on_postgresql(
     assert placements == [az3.name], hosts_of_u
     names = [obj["name"] for _r, _s, kind, _i, obj in events if kind == "instance"]
     assert sorted(set(names)) == ["a", "b", "c", "s", "u"]
+
+
+def test_a_leader_whose_session_ends_is_deposed_and_one_leader_remains(
+    pg_url: str, uniq: Callable[[str], str], tmp_path: Path
+) -> None:
+    # The leader process lives on but loses its database session (a restarted PostgreSQL,
+    # a terminated backend): it must notice, stop its controller, and stand by; one replica
+    # leads with the next epoch, and the controller still does its work.
+    spec = RegionSpec.build(prefix=uniq("dp"), zones=1, hosts_per_zone=1)
+    with ControlPlaneLab(spec, tmp_path, pg_url) as lab:
+        first = lab.start_server("replica-1")
+        wait_for(first.epochs, 30, "replica-1 to lead")
+        second = lab.start_server("replica-2")
+        [epoch] = first.epochs()
+        engine = create_engine(pg_url)
+        try:
+            with engine.connect() as conn:
+                ended = conn.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = current_database() "
+                        "AND application_name LIKE 'yunhan-leader %'"
+                    )
+                ).all()
+            assert ended == [(True,)]
+        finally:
+            engine.dispose()
+        wait_for(lambda: max(first.epochs() + second.epochs()) > epoch, 15, "a new leader")
+        epochs = sorted(first.epochs() + second.epochs())
+        assert epochs == [epoch, epoch + 1], (first.proc.tail(), second.proc.tail())
+        assert f"lost the controller's leadership (epoch {epoch})" in first.proc.text()
+        session = wait_for(lambda: _one_leader(pg_url), 10, "one leader session")
+        assert f"epoch={epoch + 1}" in session, session
+
+        # Whichever leads places an instance that waits for a host once one comes.
+        api = lab.api(second.endpoint)
+        _zones(api, spec)
+        subnet = _network(api)
+        pending = _write_unplaced(pg_url, subnet, api.get("/v1/zones/az1")["id"], "10.0.1.200")
+        lab.start_agent(spec.hosts[0], [second.endpoint])
+        u = api.wait_running(pending)
+        assert u["status"]["host"] == spec.hosts[0].name
+        events = _events(pg_url)
+    hosts_of_u = [obj["status"].get("host") for _r, _s, _k, iid, obj in events if iid == pending]
+    assert [h for h in hosts_of_u if h] and hosts_of_u.count(None) == 1, hosts_of_u

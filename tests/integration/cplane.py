@@ -222,12 +222,13 @@ class Api:
             raise AssertionError(f"{exc}: {last}") from None
 
     def wait_running(self, ref: str, timeout: float = 60.0) -> dict[str, Any]:
-        inst: dict[str, Any] = wait_for(
-            lambda: (i := self.get(f"/v1/instances/{ref}"))["status"]["phase"] == "running" and i,
-            timeout,
-            f"instance {ref} running",
-        )
-        return inst
+        """The instance once it runs (a write of another process may not be here yet)."""
+
+        def running() -> dict[str, Any] | None:
+            inst: dict[str, Any] | None = self.find(f"/v1/instances/{ref}")
+            return inst if inst and inst["status"]["phase"] == "running" else None
+
+        return wait_for(running, timeout, f"instance {ref} running")
 
 
 def ping(netns: str, ip: str, count: int = 3) -> subprocess.CompletedProcess[str]:

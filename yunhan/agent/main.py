@@ -99,11 +99,24 @@ class Agent:
         return f"{self._endpoints[self._endpoint]}/v1/agent/hosts/{self.config.host_name}{tail}"
 
     def _failover(self, exc: Exception) -> None:
-        """The endpoint could not be reached: use the next replica for the next call."""
-        if isinstance(exc, httpx.TransportError) and len(self._endpoints) > 1:
-            with self._lock:
-                self._endpoint = (self._endpoint + 1) % len(self._endpoints)
-            log.warning("moving to API endpoint %s", self._endpoints[self._endpoint])
+        """The endpoint could not be reached: use the next replica for the next call.
+
+        Only when the failed call went to the current endpoint: the watch and heartbeat
+        threads fail together on a dead replica, and a second move would lead back to it.
+        """
+        if not isinstance(exc, httpx.TransportError) or len(self._endpoints) <= 1:
+            return
+        try:
+            failed: str | None = str(exc.request.url)
+        except RuntimeError:  # no request attached: nothing to compare, move on
+            failed = None
+        with self._lock:
+            # Both sides normalised by httpx, as the request URL was built from _path.
+            current = str(httpx.URL(self._path("")))
+            if failed is not None and not failed.startswith(current):
+                return  # another call failed there first and moved on already
+            self._endpoint = (self._endpoint + 1) % len(self._endpoints)
+        log.warning("moving to API endpoint %s", self._endpoints[self._endpoint])
 
     def register(self) -> None:
         """Register (or re-register) this host; retries until the control plane answers."""

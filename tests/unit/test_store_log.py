@@ -72,7 +72,7 @@ def _snapshot(st: Store) -> dict[str, Any]:
             "revision": m.revision,
             "objs": dict(m.objs),
             "names": dict(m.names),
-            "tokens": dict(m.tokens),
+            "tokens": {h: t.project for h, t in m.tokens.items()},
             "index": {k: {v: set(ids) for v, ids in b.items()} for k, b in m.index.items()},
         }
 

@@ -1,7 +1,8 @@
 """The revisioned object store: resources, one global revision, transactions, watch."""
 
+from yunhan.store.audit import AuditEntry
 from yunhan.store.resource import Event, Resource
-from yunhan.store.store import DB_NAME, AuditEntry, Liveness, Notice, Reader, Store, TokenInfo, Tx
+from yunhan.store.store import DB_NAME, Liveness, Notice, Reader, Store, TokenInfo, Tx
 
 __all__ = [
     "DB_NAME",

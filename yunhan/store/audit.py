@@ -16,14 +16,11 @@ import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import Connection, insert, select
 
 from yunhan.store import schema as s
-
-if TYPE_CHECKING:
-    from yunhan.store.store import AuditEntry
 
 GENESIS = "0" * 64
 FIELDS = (
@@ -39,6 +36,22 @@ FIELDS = (
     "status",
     "prev_hash",
 )
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One audit record before the store chains it (its seq and hashes are given at flush,
+    under the database's write lock, from the last record stored: `append`)."""
+
+    at: float
+    project: str | None
+    token_id: str | None
+    request_id: str
+    method: str
+    path: str
+    resource: str | None
+    result: str
+    status: int
 
 
 def record_hash(record: dict[str, Any]) -> str:

@@ -54,6 +54,7 @@ from sqlalchemy.exc import IntegrityError
 from yunhan.errors import Conflict, NotFound
 from yunhan.store import audit as audit_chain
 from yunhan.store import schema as s
+from yunhan.store.audit import AuditEntry
 from yunhan.store.resource import Event, Op, Resource
 
 T = TypeVar("T")
@@ -197,22 +198,6 @@ def _token_from_row(row: Any) -> TokenInfo:
         expires_at=row.expires_at,
         revoked_at=row.revoked_at,
     )
-
-
-@dataclass(frozen=True)
-class AuditEntry:
-    """One audit record before the store chains it (its seq and hashes are given at flush,
-    under the database's write lock, from the last record stored: see yunhan.store.audit)."""
-
-    at: float
-    project: str | None
-    token_id: str | None
-    request_id: str
-    method: str
-    path: str
-    resource: str | None
-    result: str
-    status: int
 
 
 @dataclass(frozen=True)

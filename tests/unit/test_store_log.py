@@ -460,6 +460,21 @@ def test_a_token_created_on_one_replica_is_known_to_the_other(open_store: OpenSt
         assert r.token_project("2" * 64) == "project-00000001"
 
 
+def test_a_revocation_reaches_another_replica_when_it_follows_the_log(
+    open_store: OpenStore,
+) -> None:
+    a, b = open_store(), open_store()
+    with a.transaction() as tx:
+        info = tx.add_token("1" * 64, "p1")
+    b.refresh()
+    with a.transaction() as tx:
+        tx.revoke_token(info, 5.0)
+    b.refresh()  # what a NOTIFY (or the poll) makes a replica do
+    with b.read() as r:
+        t = r.token("1" * 64)
+        assert t is not None and t.revoked_at == 5.0 and not t.valid_at(6.0)
+
+
 # -- restart and pruning --------------------------------------------------------------------
 
 

@@ -1059,11 +1059,14 @@ class Store:
         horizon = max(n.at for n in notices) - NOTICE_KEEP
         conn.execute(delete(t).where(t.c.last_at < horizon))
 
-    def notices(self, project: str | None = None, obj: str | None = None) -> list[dict[str, Any]]:
+    def notices(
+        self, project: str | None = None, obj: str | None = None, *, now: float | None = None
+    ) -> list[dict[str, Any]]:
         """Notices kept (of one project, about one object), most recent first. Read from
         the database: notices are not part of the model."""
         t = s.notices
-        q = select(t).where(t.c.last_at >= self.clock() - NOTICE_KEEP)
+        now = self.clock() if now is None else now
+        q = select(t).where(t.c.last_at >= now - NOTICE_KEEP)
         if project is not None:
             q = q.where(t.c.project == project)
         if obj is not None:

@@ -36,7 +36,7 @@ def list_events(
     st = state_of(request)
     st.journal.flush()
     project = None if c.admin else c.project.id
-    notices = st.store.notices(project)
+    notices = st.store.notices(project, now=st.clock())
     if for_:
         with st.store.read() as r:
             ids = _object_ids(r, for_, [c.project.id, st.admin_project_id])

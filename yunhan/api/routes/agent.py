@@ -8,7 +8,9 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Request, Response
 
+from yunhan.api.conventions import errors
 from yunhan.api.deps import MAX_REVISION, AdminDep, state_of
+from yunhan.api.models import Host
 from yunhan.api.views import host_view, resolve
 from yunhan.controller.status import reflect
 from yunhan.errors import Conflict, NotFound
@@ -23,7 +25,7 @@ router = APIRouter(prefix="/v1/agent", tags=["agent"])
 STORE_HEADER = "X-Yunhan-Store"
 
 
-@router.put("/hosts/{name}")
+@router.put("/hosts/{name}", response_model=Host, responses=errors(403, 404, 409, 422))
 def register_host(name: str, body: HostRegister, request: Request, _: AdminDep) -> dict[str, Any]:
     """Register or update a host. Its `vtep_index` is assigned on first registration and
     kept forever after: peers' neighbour and FDB entries are derived from it."""
@@ -61,7 +63,15 @@ def register_host(name: str, body: HostRegister, request: Request, _: AdminDep) 
     return host_view(host, st.fleet.doc_revision(name), st.fleet.leases.get(name), st.clock())
 
 
-@router.get("/hosts/{name}/desired", response_model=None)
+@router.get(
+    "/hosts/{name}/desired",
+    response_model=None,
+    responses={
+        200: {"description": "a delta or a snapshot of the host's document (docs/api.md)"},
+        204: {"description": "the document did not change within `timeout`"},
+        **errors(403, 404),
+    },
+)
 async def get_desired(
     name: str,
     request: Request,
@@ -88,7 +98,9 @@ async def get_desired(
     return Response(content=body, media_type="application/json", headers=headers)
 
 
-@router.post("/hosts/{name}/status", status_code=204)
+@router.post(
+    "/hosts/{name}/status", status_code=204, responses=errors(403, 404), response_model=None
+)
 async def report_status(
     name: str, body: HostStatusReport, request: Request, _: AdminDep
 ) -> Response:

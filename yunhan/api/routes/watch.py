@@ -6,17 +6,19 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Request
 
+from yunhan.api.conventions import errors
 from yunhan.api.deps import MAX_REVISION, CallerDep, state_of
+from yunhan.api.models import Converged, Revision
 
 router = APIRouter(prefix="/v1", tags=["watch"])
 
 
-@router.get("/revision")
+@router.get("/revision", response_model=Revision, responses=errors())
 def get_revision(request: Request, _: CallerDep) -> dict[str, Any]:
     return {"revision": state_of(request).store.revision()}
 
 
-@router.get("/converged")
+@router.get("/converged", response_model=Converged, responses=errors())
 async def converged(
     request: Request,
     _: CallerDep,

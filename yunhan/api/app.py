@@ -79,8 +79,20 @@ _HTTP_CODES = {
     401: "unauthorized",
     403: "forbidden",
     404: "not_found",
+    405: "method_not_allowed",
     409: "conflict",
 }
+
+
+def _allowed(req: Request) -> str:
+    """Every method of every route of this path (Starlette's 405 names only the first
+    route that matched the path, and one path may have several)."""
+    methods: set[str] = set()
+    for route in req.app.router.routes:
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and regex.match(req.url.path):
+            methods |= set(getattr(route, "methods", None) or ())
+    return ", ".join(sorted(methods))
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -104,8 +116,10 @@ def _install_error_handlers(app: FastAPI) -> None:
                 f"{message}: no endpoint {req.method} {req.url.path} "
                 "(the endpoints are listed in /openapi.json)"
             )
-        # 405 carries Allow: the methods the path has.
-        return _error(exc.status_code, code, message, headers=dict(exc.headers or {}))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = _allowed(req)  # the methods the path has
+        return _error(exc.status_code, code, message, headers=headers)
 
     @app.exception_handler(Exception)
     async def _internal(req: Request, exc: Exception) -> JSONResponse:

@@ -18,12 +18,17 @@ from fastapi import Depends, Header, Query, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.responses import JSONResponse
 from pydantic import StringConstraints
+from pydantic.json_schema import SkipJsonSchema
 
 from yunhan.api.auth import Caller
 from yunhan.api.models import ErrorBody
 from yunhan.errors import BadRequest, IdempotencyKeyReused, PreconditionFailed, ValidationError
 from yunhan.model.schemas import MAX_LABELS, SELECTOR_PATTERN, Patch
 from yunhan.store import Answer, Resource, Tx
+
+# An optional query parameter or header: absent, or a string (never `null`, which a query
+# string or a header cannot carry).
+Optional = SkipJsonSchema[None]
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -88,7 +93,7 @@ def _decode_cursor(cursor: str) -> tuple[str, str]:
             return name, id
     except (binascii.Error, ValueError, TypeError):
         pass
-    raise BadRequest(
+    raise ValidationError(
         "the cursor is not one this API gave out; start again without `cursor`", cursor=cursor
     )
 
@@ -107,8 +112,8 @@ def page_params(
         int, Query(ge=1, le=MAX_LIMIT, description=f"items per page (max {MAX_LIMIT})")
     ] = DEFAULT_LIMIT,
     cursor: Annotated[
-        str | None,
-        Query(max_length=2048, description="the `next` of the previous page (opaque)"),
+        Annotated[str, StringConstraints(max_length=2048)] | Optional,
+        Query(description="the `next` of the previous page (opaque)"),
     ] = None,
     label: Annotated[
         list[Annotated[str, StringConstraints(pattern=SELECTOR_PATTERN)]],
@@ -159,11 +164,12 @@ def paginate(
 
 # -- If-Match --------------------------------------------------------------------------
 
+# An empty header is the same as none (RFC 9110 allows empty field values).
+IF_MATCH_PATTERN = r'^(\*|(W/)?"?[0-9]{1,19}"?)?$'
 IfMatch = Annotated[
-    str | None,
+    Annotated[str, StringConstraints(pattern=IF_MATCH_PATTERN)] | Optional,
     Header(
         alias="If-Match",
-        pattern=r'^(\*|(W/)?"?[0-9]{1,19}"?)$',
         description="the revision the change is meant for: 412 if the resource has moved on",
     ),
 ]
@@ -172,7 +178,7 @@ IfMatch = Annotated[
 def check_if_match(res: Resource, if_match: str | None) -> None:
     """Refuse (412) a write meant for another revision of `res`. Called in the write
     transaction, before anything is written."""
-    if if_match is None or if_match.strip() == "*":
+    if if_match is None or if_match.strip() in ("", "*"):
         return
     digits = re.sub(r'^W/|"', "", if_match.strip())
     if not digits.isdigit():
@@ -187,7 +193,7 @@ def check_if_match(res: Resource, if_match: str | None) -> None:
 
 # -- Idempotency-Key -------------------------------------------------------------------
 
-KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
+KEY_PATTERN = r"^[\x21-\x7e]{0,255}$"  # visible ASCII; empty is the same as none
 REPLAYED = "Idempotent-Replayed"
 
 
@@ -199,6 +205,7 @@ class Idempotency:
     method: str
     path: str
     body_sha256: str
+    now: float  # the API clock when the request came
 
     def replay(self, tx: Tx, c: Caller) -> JSONResponse | None:
         """The first answer to this key, when there is one (call first in the write
@@ -206,7 +213,7 @@ class Idempotency:
         the first to commit and then finds its answer)."""
         if self.key is None:
             return None
-        found = tx.answer(c.project.id, self.key)
+        found = tx.answer(c.project.id, self.key, self.now)
         if found is None:
             return None
         if (found.method, found.path, found.body_sha256) != (
@@ -237,7 +244,7 @@ class Idempotency:
                     self.body_sha256,
                     status,
                     json.dumps(body, separators=(",", ":")),
-                    tx.clock,
+                    self.now,
                 )
             )
         return body
@@ -246,10 +253,9 @@ class Idempotency:
 async def idempotency(
     request: Request,
     key: Annotated[
-        str | None,
+        Annotated[str, StringConstraints(pattern=KEY_PATTERN)] | Optional,
         Header(
             alias="Idempotency-Key",
-            pattern=KEY_PATTERN,
             description="retry-safe POST: a retry with this key and the same body within 24 h "
             "gets the first answer without a second write; another body gets 422",
         ),
@@ -260,7 +266,13 @@ async def idempotency(
         canonical = json.dumps(json.loads(raw), sort_keys=True, separators=(",", ":")).encode()
     except ValueError:
         canonical = raw
-    return Idempotency(key, request.method, request.url.path, hashlib.sha256(canonical).hexdigest())
+    return Idempotency(
+        key or None,
+        request.method,
+        request.url.path,
+        hashlib.sha256(canonical).hexdigest(),
+        request.app.state.yunhan.clock(),
+    )
 
 
 IdempotencyDep = Annotated[Idempotency, Depends(idempotency)]

@@ -19,6 +19,7 @@ from pathlib import Path
 import uvicorn
 
 from yunhan.api.app import create_app
+from yunhan.api.deps import MAX_LONG_POLL
 from yunhan.api.replicas import ReplicaBridge
 from yunhan.controller import Controller
 from yunhan.store import Store
@@ -37,8 +38,10 @@ class _Server(uvicorn.Server):
         yield  # signals are handled by `_main`
 
 
-async def _main(store: Store, host: str, port: int, admin_token: str) -> None:
-    app = create_app(store, admin_token=admin_token)
+async def _main(
+    store: Store, host: str, port: int, admin_token: str, max_long_poll: float = MAX_LONG_POLL
+) -> None:
+    app = create_app(store, admin_token=admin_token, max_long_poll=max_long_poll)
     config = uvicorn.Config(
         app,
         host=host,
@@ -165,18 +168,24 @@ async def _run_while_leading(controller: Controller, leader: Leader, stop: async
 
 
 def serve(
-    state_dir: Path, host: str, port: int, admin_token: str, *, database: str | None = None
+    state_dir: Path,
+    host: str,
+    port: int,
+    admin_token: str,
+    *,
+    database: str | None = None,
+    max_long_poll: float = MAX_LONG_POLL,
 ) -> None:
     """Run the API and the controller until SIGTERM or SIGINT (blocking).
 
     The store is `database` (an SQLAlchemy URL) or state_dir/yunhan.db (created and migrated
     if needed); the admin project is created on first start and `admin_token` is its token
-    for as long as this process runs.
+    for as long as this process runs. `max_long_poll` caps every long poll (seconds).
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     store = Store.connect(database) if database else Store.open(Path(state_dir))
     try:
-        asyncio.run(_main(store, host, port, admin_token))
+        asyncio.run(_main(store, host, port, admin_token, max_long_poll))
     finally:
         store.close()
     log.info("stopped")

@@ -38,7 +38,14 @@ def server(ctx: Ctx) -> None:
     state_dir: Path = ctx["state_dir"]
     state_dir.mkdir(parents=True, exist_ok=True)
     database = ctx["database"] or os.environ.get("YUNHAN_DATABASE") or None
-    serve(state_dir, host, port, _read_token(ctx["admin_token_file"]), database=database)
+    serve(
+        state_dir,
+        host,
+        port,
+        _read_token(ctx["admin_token_file"]),
+        database=database,
+        max_long_poll=ctx["max_long_poll"],
+    )
 
 
 def agent(ctx: Ctx) -> None:
@@ -83,6 +90,14 @@ COMMANDS = (
                 "database",
                 "SQLAlchemy URL of a shared store, e.g. postgresql+psycopg://host/yunhan "
                 "(env YUNHAN_DATABASE; default: SQLite in --state-dir)",
+            ),
+            Opt(
+                ("--max-long-poll",),
+                "max_long_poll",
+                "seconds a long poll (desired documents, converged) waits at most; lower it "
+                "behind proxies with short idle timeouts",
+                float,
+                300.0,
             ),
         ),
         hidden=True,

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
-from pydantic.json_schema import SkipJsonSchema, WithJsonSchema
+from pydantic.json_schema import WithJsonSchema
 
 # Names: 1-63 characters [a-z0-9-], starting and ending alphanumeric (yunhan.model.names).
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
@@ -120,7 +120,7 @@ class InstanceReport(_Body):
 
 
 class HostStatusReport(_Body):
-    applied_revision: int = Field(ge=0, le=2**63 - 1)  # a SQLite INTEGER
+    applied_revision: int = Field(ge=0, le=2**53 - 1)  # exact in JSON (api.deps.MAX_REVISION)
     error: str | None = None
     instances: dict[str, InstanceReport] = Field(default_factory=dict)
 
@@ -145,10 +145,10 @@ class VpcSpecPatch(BaseModel):
 
     # The whole new list of blocks: added ones are checked as `POST .../cidrs` checks them,
     # removed ones as `DELETE .../cidrs` does (no subnet may lie in them).
-    cidrs: Annotated[list[str], Field(min_length=1)] | SkipJsonSchema[None] = None
+    cidrs: Annotated[list[str], Field(min_length=1)] = Field(default_factory=list)  # [] = absent
 
 
 class VpcPatch(Patch):
     """The PATCH of a VPC: its labels and its CIDR blocks."""
 
-    spec: VpcSpecPatch | SkipJsonSchema[None] = None
+    spec: VpcSpecPatch = Field(default_factory=VpcSpecPatch)

@@ -399,14 +399,12 @@ class Tx(Reader):
         next_revision: int,
         now: str,
         *,
-        clock: float = 0.0,
         stored_answer: Callable[[str, str], Answer | None] = lambda _p, _k: None,
     ) -> None:
         self._ov = _Overlay(view)
         super().__init__(self._ov)
         self.next_revision = next_revision
         self._now = now
-        self.clock = clock  # the store clock when the transaction began (unix time)
         self._stored_answer = stored_answer
         self._w = _Write()
 
@@ -504,15 +502,16 @@ class Tx(Reader):
         """Persist what an agent last said (bookkeeping: the revision does not move)."""
         self._w.liveness.append(lv)
 
-    def answer(self, project: str, key: str) -> Answer | None:
-        """The answer kept for `key` of `project` (younger than `IDEMPOTENCY_TTL`), from
+    def answer(self, project: str, key: str, now: float) -> Answer | None:
+        """The answer kept for `key` of `project` (younger than `IDEMPOTENCY_TTL` at
+        `now`), from
         this batch or the database. Asked inside the transaction, which holds the
         database's write lock: two requests with one key cannot both miss it."""
         for ov in reversed(self._ov.chain()):
             if (found := ov.new_answers.get((project, key))) is not None:
                 return found
         found = self._stored_answer(project, key)
-        if found is None or self.clock - found.created_at > IDEMPOTENCY_TTL:
+        if found is None or now - found.created_at > IDEMPOTENCY_TTL:
             return None
         return found
 
@@ -781,7 +780,6 @@ class Store:
                     batch.view,
                     batch.next_revision,
                     self._now_iso(),
-                    clock=self.clock(),
                     stored_answer=lambda p, k: _read_answer(batch.conn, p, k),
                 )
                 # No model lock around the body: readers (the event loop among them) must not

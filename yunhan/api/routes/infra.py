@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Request
 from yunhan.api.conventions import (
     IdempotencyDep,
     IfMatch,
+    Optional,
     PageDep,
     check_if_match,
     errors,
@@ -25,7 +26,7 @@ from yunhan.store import Resource
 
 router = APIRouter(prefix="/v1", tags=["infrastructure"])
 
-NameFilter = Annotated[str | None, Query(description="only the one with this name")]
+NameFilter = Annotated[str | Optional, Query(description="only the one with this name")]
 
 
 @router.post("/zones", status_code=201, response_model=Zone, responses=errors(403, 409, 422))
@@ -47,7 +48,7 @@ def create_zone(body: ZoneCreate, request: Request, c: AdminDep, idem: Idempoten
         return idem.keep(tx, c, 201, z.envelope())
 
 
-@router.get("/zones", response_model=ZoneList, responses=errors())
+@router.get("/zones", response_model=ZoneList, responses=errors(422))
 def list_zones(request: Request, _: CallerDep, page: PageDep, name: NameFilter = None) -> Any:
     st = state_of(request)
     with st.store.read() as r:
@@ -87,12 +88,12 @@ def _host(st: AppState, h: Resource, admin: bool, now: float) -> dict[str, Any]:
     )
 
 
-@router.get("/hosts", response_model=HostList, responses=errors(404))
+@router.get("/hosts", response_model=HostList, responses=errors(404, 422))
 def list_hosts(
     request: Request,
     c: CallerDep,
     page: PageDep,
-    zone: Annotated[str | None, Query(description="only this zone's (name or id)")] = None,
+    zone: Annotated[str | Optional, Query(description="only this zone's (name or id)")] = None,
     name: NameFilter = None,
 ) -> Any:
     st = state_of(request)

@@ -11,6 +11,7 @@ from yunhan.api.auth import Caller
 from yunhan.api.conventions import (
     IdempotencyDep,
     IfMatch,
+    Optional,
     PageDep,
     check_if_match,
     errors,
@@ -126,17 +127,17 @@ class _MacsInUse:
 Phase = Literal["pending", "scheduled", "running", "failed"]
 
 
-@router.get("/instances", response_model=InstanceList, responses=errors(404))
+@router.get("/instances", response_model=InstanceList, responses=errors(404, 422))
 def list_instances(
     request: Request,
     c: CallerDep,
     page: PageDep,
-    vpc: Annotated[str | None, Query(description="only this VPC's (name or id)")] = None,
-    subnet: Annotated[str | None, Query(description="only this subnet's (name or id)")] = None,
-    zone: Annotated[str | None, Query(description="only this zone's (name or id)")] = None,
-    host: Annotated[str | None, Query(description="only those on this host (name)")] = None,
-    name: Annotated[str | None, Query(description="only the one with this name")] = None,
-    phase: Annotated[Phase | None, Query(description="only those in this phase")] = None,
+    vpc: Annotated[str | Optional, Query(description="only this VPC's (name or id)")] = None,
+    subnet: Annotated[str | Optional, Query(description="only this subnet's (name or id)")] = None,
+    zone: Annotated[str | Optional, Query(description="only this zone's (name or id)")] = None,
+    host: Annotated[str | Optional, Query(description="only those on this host (name)")] = None,
+    name: Annotated[str | Optional, Query(description="only the one with this name")] = None,
+    phase: Annotated[Phase | Optional, Query(description="only those in this phase")] = None,
 ) -> Any:
     st = state_of(request)
     with st.store.read() as r:

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Request
 from yunhan.api.conventions import (
     IdempotencyDep,
     IfMatch,
+    Optional,
     PageDep,
     check_if_match,
     errors,
@@ -51,7 +52,7 @@ def _subnets_of(r: Reader, vpc: Resource) -> list[Resource]:
     return r.find("subnet", "vpc", vpc.id)
 
 
-NameFilter = Annotated[str | None, Query(description="only the one with this name")]
+NameFilter = Annotated[str | Optional, Query(description="only the one with this name")]
 
 
 @router.post("/vpcs", status_code=201, response_model=Vpc, responses=errors(409, 422))
@@ -73,7 +74,7 @@ def create_vpc(body: VpcCreate, request: Request, c: CallerDep, idem: Idempotenc
         return idem.keep(tx, c, 201, vpc.envelope())
 
 
-@router.get("/vpcs", response_model=VpcList, responses=errors())
+@router.get("/vpcs", response_model=VpcList, responses=errors(422))
 def list_vpcs(request: Request, c: CallerDep, page: PageDep, name: NameFilter = None) -> Any:
     with state_of(request).store.read() as r:
         objs = r.list("vpc", c.project.id)
@@ -104,7 +105,7 @@ def patch_vpc(
         vpc = resolve(tx, "vpc", c.project.id, ref)
         check_if_match(vpc, if_match)
         spec = vpc.spec
-        if body.spec is not None and body.spec.cidrs is not None:
+        if body.spec.cidrs:
             spec = {**vpc.spec, "cidrs": _replace_blocks(tx, vpc, body.spec.cidrs)}
         return tx.update(vpc, spec=spec, labels=patched_labels(vpc, body)).envelope()
 
@@ -184,12 +185,12 @@ def create_subnet(body: SubnetCreate, request: Request, c: CallerDep, idem: Idem
         return idem.keep(tx, c, 201, sub.envelope())
 
 
-@router.get("/subnets", response_model=SubnetList, responses=errors(404))
+@router.get("/subnets", response_model=SubnetList, responses=errors(404, 422))
 def list_subnets(
     request: Request,
     c: CallerDep,
     page: PageDep,
-    vpc: Annotated[str | None, Query(description="only this VPC's (name or id)")] = None,
+    vpc: Annotated[str | Optional, Query(description="only this VPC's (name or id)")] = None,
     name: NameFilter = None,
 ) -> Any:
     with state_of(request).store.read() as r:

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from yunhan.api.auth import new_token, token_hash
 from yunhan.api.conventions import (
     IfMatch,
+    Optional,
     PageDep,
     check_if_match,
     errors,
@@ -43,8 +44,8 @@ def create_project(body: ProjectCreate, request: Request, _: AdminDep) -> dict[s
     return {"project": project_view(p), "token": token}
 
 
-@router.get("/projects", response_model=ProjectList, responses=errors(403))
-def list_projects(request: Request, _: AdminDep, page: PageDep, name: str | None = None) -> Any:
+@router.get("/projects", response_model=ProjectList, responses=errors(403, 422))
+def list_projects(request: Request, _: AdminDep, page: PageDep, name: str | Optional = None) -> Any:
     with state_of(request).store.read() as r:
         objs = r.list("project", "")
         return paginate(objs, page, r.revision, project_view, lambda o: name in (None, o.name))

@@ -67,7 +67,8 @@ SELECTOR_PATTERN = rf"^({LABEL_PREFIX})?{LABEL_NAME}=({LABEL_NAME})?$"
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # Strict: `true` is not a revision and "1500" is not an MTU (the schema says integer).
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class _Create(_Body):
@@ -131,7 +132,7 @@ class HostStatusReport(_Body):
 
 
 class Patch(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     labels: LabelsMerge = None
 
@@ -141,7 +142,7 @@ class LabelsPatch(Patch):
 
 
 class VpcSpecPatch(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     # The whole new list of blocks: added ones are checked as `POST .../cidrs` checks them,
     # removed ones as `DELETE .../cidrs` does (no subnet may lie in them).

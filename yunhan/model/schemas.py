@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 from pydantic.json_schema import WithJsonSchema
 
 # Names: 1-63 characters [a-z0-9-], starting and ending alphanumeric (yunhan.model.names).
@@ -66,9 +66,19 @@ LabelsMerge = Annotated[
 SELECTOR_PATTERN = rf"^({LABEL_PREFIX})?{LABEL_NAME}=({LABEL_NAME})?$"
 
 
+def _json_integer(v: object) -> object:
+    # JSON Schema's integer: 1500 and 1500.0, but not `true` nor "1500" (which pydantic's
+    # lax mode would take, and its strict mode would refuse 1500.0).
+    if isinstance(v, bool | str):
+        raise ValueError("must be an integer")
+    return v
+
+
+Int = Annotated[int, BeforeValidator(_json_integer)]
+
+
 class _Body(BaseModel):
-    # Strict: `true` is not a revision and "1500" is not an MTU (the schema says integer).
-    model_config = ConfigDict(extra="ignore", strict=True)
+    model_config = ConfigDict(extra="ignore")
 
 
 class _Create(_Body):
@@ -110,7 +120,7 @@ class InstanceCreate(_Create):
 class HostRegister(_Body):
     zone: str
     underlay_ip: str
-    mtu: int = 1500
+    mtu: Int = 1500
 
 
 class InstanceReport(_Body):
@@ -121,7 +131,7 @@ class InstanceReport(_Body):
 
 
 class HostStatusReport(_Body):
-    applied_revision: int = Field(ge=0, le=2**53 - 1)  # exact in JSON (api.deps.MAX_REVISION)
+    applied_revision: Int = Field(ge=0, le=2**53 - 1)  # exact in JSON (api.deps.MAX_REVISION)
     error: str | None = None
     instances: dict[str, InstanceReport] = Field(default_factory=dict)
 
@@ -132,7 +142,7 @@ class HostStatusReport(_Body):
 
 
 class Patch(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid")
 
     labels: LabelsMerge = None
 
@@ -142,7 +152,7 @@ class LabelsPatch(Patch):
 
 
 class VpcSpecPatch(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid")
 
     # The whole new list of blocks: added ones are checked as `POST .../cidrs` checks them,
     # removed ones as `DELETE .../cidrs` does (no subnet may lie in them).

@@ -11,7 +11,7 @@ from pydantic import Field
 from pydantic.json_schema import SkipJsonSchema
 
 from yunhan.api.conventions import errors
-from yunhan.api.deps import MAX_LONG_POLL, MAX_REVISION, AdminDep, state_of
+from yunhan.api.deps import MAX_REVISION, AdminDep, state_of
 from yunhan.api.models import Host
 from yunhan.api.views import host_view, resolve
 from yunhan.controller.status import reflect
@@ -79,7 +79,7 @@ async def get_desired(
     request: Request,
     _: AdminDep,
     after: int = Query(0, ge=0, le=MAX_REVISION),
-    timeout: float = Query(0.0, ge=0, le=MAX_LONG_POLL, allow_inf_nan=False),
+    timeout: float = Query(0.0, allow_inf_nan=False),
     digest: Annotated[Annotated[str, Field(max_length=64)] | SkipJsonSchema[None], Query()] = None,
 ) -> Response:
     """The changes of the host's document since revision `after` (docs/api.md): a delta, or

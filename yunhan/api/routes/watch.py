@@ -9,7 +9,7 @@ from pydantic import Field
 from pydantic.json_schema import SkipJsonSchema
 
 from yunhan.api.conventions import errors
-from yunhan.api.deps import MAX_LONG_POLL, MAX_REVISION, CallerDep, state_of
+from yunhan.api.deps import MAX_REVISION, CallerDep, state_of
 from yunhan.api.models import Converged, Revision
 
 router = APIRouter(prefix="/v1", tags=["watch"])
@@ -27,7 +27,7 @@ async def converged(
     revision: Annotated[
         Annotated[int, Field(ge=0, le=MAX_REVISION)] | SkipJsonSchema[None], Query()
     ] = None,
-    timeout: float = Query(0.0, ge=0, le=MAX_LONG_POLL, allow_inf_nan=False),
+    timeout: float = Query(0.0, allow_inf_nan=False),
 ) -> dict[str, Any]:
     """Wait up to `timeout` s until write `revision` (default: the current one) is applied
     by every host whose document it changed; answers with `converged` false and the

@@ -365,3 +365,29 @@ def test_concurrent_retries_write_once(cloud: Cloud, net: dict[str, Any]) -> Non
     for th in threads:
         th.join()
     assert len(set(answers)) == 1 and answers[0][0] == 201
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("TRACE", "/v1/vpcs", "GET, HEAD, POST"),
+        ("PUT", "/v1/vpcs/prod", "DELETE, GET, HEAD, PATCH"),
+        ("OPTIONS", "/v1/vpcs/prod/cidrs", "DELETE, POST"),
+    ],
+)
+def test_method_not_allowed_names_the_methods(
+    cloud: Cloud, method: str, path: str, allow: str
+) -> None:
+    r = cloud.client.request(method, path, headers=cloud.admin)
+    assert r.status_code == 405 and r.headers["Allow"] == allow
+    assert r.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_openapi_declares_bearer_auth_and_no_default_422(cloud: Cloud) -> None:
+    doc = cloud.client.get("/openapi.json").json()
+    assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert doc["security"] == [{"bearer": []}]
+    assert "HTTPValidationError" not in doc["components"]["schemas"]
+    get_vpc = doc["paths"]["/v1/vpcs/{ref}"]["get"]["responses"]
+    assert set(get_vpc) == {"200", "400", "401", "404"}
+    assert get_vpc["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/Vpc")

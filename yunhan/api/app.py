@@ -9,6 +9,7 @@ API and holds no tenant data.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -85,13 +86,16 @@ _HTTP_CODES = {
 
 
 def _allowed(req: Request) -> str:
-    """Every method of every route of this path (Starlette's 405 names only the first
-    route that matched the path, and one path may have several)."""
+    """The methods /openapi.json declares for this path (Starlette's 405 names only those
+    of the first route that matched it, and one path may have several routes), with HEAD
+    wherever GET is (Starlette answers it)."""
     methods: set[str] = set()
-    for route in req.app.router.routes:
-        regex = getattr(route, "path_regex", None)
-        if regex is not None and regex.match(req.url.path):
-            methods |= set(getattr(route, "methods", None) or ())
+    for template, ops in req.app.openapi().get("paths", {}).items():
+        pattern = re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template))
+        if re.fullmatch(pattern, req.url.path):
+            methods |= {m.upper() for m in ops}
+    if "GET" in methods:
+        methods.add("HEAD")
     return ", ".join(sorted(methods))
 
 

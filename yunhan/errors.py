@@ -1,10 +1,13 @@
 """One exception tree for all of Yunhan.
 
     YunhanError                 base; carries a message a person can act on
-    ├── ValidationError         bad input; nothing was changed            (HTTP 400)
+    ├── ValidationError         refused input; nothing was changed        (HTTP 422)
+    │   ├── BadRequest          the request does not match the schema     (HTTP 400)
+    │   └── IdempotencyKeyReused  a key already used for another request  (HTTP 422)
     ├── NotFound                no such resource in this project          (HTTP 404)
     ├── Conflict                name taken, address in use, still in use  (HTTP 409)
     │   └── Fenced              a deposed controller's write, refused       (HTTP 409)
+    ├── PreconditionFailed      If-Match names a revision that is not current (HTTP 412)
     ├── Unauthorized            no or bad token                           (HTTP 401)
     ├── Forbidden               token valid, action not allowed           (HTTP 403)
     ├── TimedOut                a wait did not converge in time           (HTTP 504)
@@ -35,8 +38,23 @@ class YunhanError(Exception):
 
 
 class ValidationError(YunhanError):
+    """Well-formed input that a rule refuses (a CIDR outside the private ranges, an address
+    in use by nobody but reserved): 422, as the schema cannot state these rules."""
+
     code = "invalid"
+    http_status = 422
+
+
+class BadRequest(ValidationError):
+    """The request does not match its operation's schema (body, query, header)."""
+
+    code = "bad_request"
     http_status = 400
+
+
+class IdempotencyKeyReused(ValidationError):
+    code = "idempotency_key_reused"
+    http_status = 422
 
 
 class NotFound(YunhanError):
@@ -54,6 +72,11 @@ class Fenced(Conflict):
     controller has taken over since, and this one must stop writing."""
 
     code = "fenced"
+
+
+class PreconditionFailed(YunhanError):
+    code = "precondition_failed"
+    http_status = 412
 
 
 class Unauthorized(YunhanError):

@@ -153,8 +153,8 @@ def _region(cp: ControlPlane, hosts: Hosts, resync: float = 30.0) -> None:
     cp.post("/v1/zones", {"name": "az2", "underlay_cidr": "198.18.2.0/24"})
     hosts.start("az1-h1", "az1", "198.18.1.11", resync)
     hosts.start("az2-h1", "az2", "198.18.2.11", resync)
-    wait_for(lambda: all(h["status"].get("healthy") for h in cp.get("/v1/hosts"))
-             and len(cp.get("/v1/hosts")) == 2, 20, "hosts healthy")  # fmt: skip
+    wait_for(lambda: all(h["status"].get("healthy") for h in cp.get("/v1/hosts")["items"])
+             and len(cp.get("/v1/hosts")["items"]) == 2, 20, "hosts healthy")  # fmt: skip
 
 
 def _vpc_with_two_instances(cp: ControlPlane) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -63,7 +63,7 @@ def test_admin_only_endpoints(cloud: Cloud) -> None:
 
 def test_projects_and_extra_tokens(cloud: Cloud) -> None:
     cloud.project("alpha")
-    names = [p["name"] for p in cloud.call("GET", "/v1/projects")]
+    names = [p["name"] for p in cloud.call("GET", "/v1/projects")["items"]]
     assert names == ["admin", "alpha"]
     cloud.rejected("POST", "/v1/projects", 409, "already exists", json={"name": "alpha"})
     token = cloud.call("POST", "/v1/projects/alpha/tokens")["token"]
@@ -92,7 +92,7 @@ def test_a_project_sees_only_its_own(cloud: Cloud, net: dict[str, Any]) -> None:
     # Same names are fine in another project, and identical CIDRs too.
     mine = cloud.call("POST", "/v1/vpcs", other, json={"name": "prod", "cidrs": ["10.0.0.0/16"]})
     assert mine["id"] != vpc_id
-    assert [v["id"] for v in cloud.call("GET", "/v1/vpcs", other)] == [mine["id"]]
+    assert [v["id"] for v in cloud.call("GET", "/v1/vpcs", other)["items"]] == [mine["id"]]
     # Another project's id answers 404, for every verb.
     cloud.rejected("GET", f"/v1/vpcs/{vpc_id}", 404, "no vpc", other)
     cloud.rejected("DELETE", f"/v1/vpcs/{vpc_id}", 404, "no vpc", other)
@@ -121,17 +121,17 @@ def test_a_project_sees_only_its_own(cloud: Cloud, net: dict[str, Any]) -> None:
     )
     cloud.rejected("GET", f"/v1/instances/{inst['id']}", 404, "no instance", other)
     cloud.rejected("DELETE", f"/v1/instances/{inst['id']}", 404, "no instance", other)
-    assert cloud.call("GET", "/v1/instances", other) == []
-    assert cloud.call("GET", "/v1/subnets", other) == []
+    assert cloud.call("GET", "/v1/instances", other)["items"] == []
+    assert cloud.call("GET", "/v1/subnets", other)["items"] == []
     # The owner still sees everything, by id and by name.
     assert cloud.call("GET", f"/v1/vpcs/{vpc_id}", net["t"])["name"] == "prod"
     assert cloud.call("GET", "/v1/instances/a", net["t"])["id"] == inst["id"]
 
 
 def test_zones_and_hosts_readable_by_tenants(cloud: Cloud, net: dict[str, Any]) -> None:
-    assert [z["name"] for z in cloud.call("GET", "/v1/zones", net["t"])] == ["az1", "az2"]
+    assert [z["name"] for z in cloud.call("GET", "/v1/zones", net["t"])["items"]] == ["az1", "az2"]
     assert cloud.call("GET", "/v1/zones/az1", net["t"])["spec"]["underlay_cidr"] == "198.18.1.0/24"
-    assert [h["name"] for h in cloud.call("GET", "/v1/hosts", net["t"])] == ["h1", "h2"]
+    assert [h["name"] for h in cloud.call("GET", "/v1/hosts", net["t"])["items"]] == ["h1", "h2"]
 
 
 def test_admin_token_is_not_persisted(cloud: Cloud) -> None:
@@ -143,9 +143,9 @@ def test_admin_token_is_not_persisted(cloud: Cloud) -> None:
 def test_no_stored_token_for_the_admin_project(cloud: Cloud) -> None:
     # A stored admin token would outlive the rotation of the admin token (a restart with
     # another one), which is the only way the admin token is revoked.
-    cloud.rejected("POST", "/v1/projects/admin/tokens", 400, "restart the server", cloud.admin)
+    cloud.rejected("POST", "/v1/projects/admin/tokens", 422, "restart the server", cloud.admin)
     admin_id = cloud.call("GET", "/v1/whoami")["project"]["id"]
-    cloud.rejected("POST", f"/v1/projects/{admin_id}/tokens", 400, "restart the server")
+    cloud.rejected("POST", f"/v1/projects/{admin_id}/tokens", 422, "restart the server")
     assert _stored_tokens(cloud) == []
 
 
@@ -156,7 +156,7 @@ def test_host_errors_are_not_shown_to_tenants(cloud: Cloud, net: dict[str, Any])
     assert cloud.call("GET", "/v1/hosts/h1")["status"]["error"] == secret  # the admin's
     for got in (
         cloud.call("GET", "/v1/hosts/h1", net["t"]),
-        cloud.call("GET", "/v1/hosts", net["t"])[0],
+        cloud.call("GET", "/v1/hosts", net["t"])["items"][0],
     ):
         assert got["name"] == "h1"
         assert got["status"]["error"] and "10.0.1.5" not in got["status"]["error"]

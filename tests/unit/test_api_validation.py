@@ -18,13 +18,13 @@ pytest_plugins = ["cp_fixtures"]
 @pytest.mark.parametrize(
     ("body", "status", "message"),
     [
-        ({"name": "x", "cidrs": ["8.8.8.0/24"]}, 400, "not inside a private range"),
-        ({"name": "x", "cidrs": ["10.0.0.0/30"]}, 400, "too small"),
-        ({"name": "x", "cidrs": ["10.0.0.1/16"]}, 400, "did you mean 10.0.0.0/16"),
-        ({"name": "x", "cidrs": ["10.0.0.0/16", "10.0.3.0/24"]}, 400, "overlaps block"),
+        ({"name": "x", "cidrs": ["8.8.8.0/24"]}, 422, "not inside a private range"),
+        ({"name": "x", "cidrs": ["10.0.0.0/30"]}, 422, "too small"),
+        ({"name": "x", "cidrs": ["10.0.0.1/16"]}, 422, "did you mean 10.0.0.0/16"),
+        ({"name": "x", "cidrs": ["10.0.0.0/16", "10.0.3.0/24"]}, 422, "overlaps block"),
         ({"name": "x", "cidrs": []}, 400, "cidrs"),
         ({"name": "x"}, 400, "cidrs"),
-        ({"name": "Bad_Name", "cidrs": ["10.0.0.0/16"]}, 400, "name 'Bad_Name' is invalid"),
+        ({"name": "Bad_Name", "cidrs": ["10.0.0.0/16"]}, 400, "name: 'Bad_Name' does not match"),
         ({"name": "prod", "cidrs": ["10.9.0.0/16"]}, 409, "already exists"),
     ],
 )
@@ -39,7 +39,7 @@ def test_bad_json_body(cloud: Cloud, net: dict[str, Any]) -> None:
     r = cloud.client.post(
         VPCS, content=b"{not json", headers={**net["t"], "Content-Type": "application/json"}
     )
-    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid"
+    assert r.status_code == 400 and r.json()["error"]["code"] == "bad_request"
     assert cloud.revision() == before
 
 
@@ -48,12 +48,12 @@ def test_bad_json_body(cloud: Cloud, net: dict[str, Any]) -> None:
     [
         (
             {"name": "s", "vpc": "prod", "cidr": "10.1.5.0/24"},
-            400,
+            422,
             "10.1.5.0/24 is not inside any block of VPC prod (10.0.0.0/16)",
         ),
-        ({"name": "s", "vpc": "prod", "cidr": "10.0.2.0/30"}, 400, "too small"),
+        ({"name": "s", "vpc": "prod", "cidr": "10.0.2.0/30"}, 422, "too small"),
         ({"name": "s", "vpc": "prod", "cidr": "10.0.1.128/25"}, 409, "overlaps subnet web"),
-        ({"name": "s", "vpc": "prod", "cidr": "10.0.2.1/24"}, 400, "host bits"),
+        ({"name": "s", "vpc": "prod", "cidr": "10.0.2.1/24"}, 422, "host bits"),
         ({"name": "web", "vpc": "prod", "cidr": "10.0.2.0/24"}, 409, "already exists"),
         ({"name": "s", "vpc": "nope", "cidr": "10.0.2.0/24"}, 404, "no vpc 'nope'"),
     ],
@@ -69,13 +69,13 @@ def test_vpc_blocks_add_and_remove(cloud: Cloud, net: dict[str, Any]) -> None:
     vpc = cloud.call("POST", "/v1/vpcs/prod/cidrs", t, json={"cidr": "10.1.0.0/16"})
     assert vpc["spec"]["cidrs"] == ["10.0.0.0/16", "10.1.0.0/16"]
     cloud.rejected(
-        "POST", "/v1/vpcs/prod/cidrs", 400, "overlaps block", t, json={"cidr": "10.1.2.0/24"}
+        "POST", "/v1/vpcs/prod/cidrs", 422, "overlaps block", t, json={"cidr": "10.1.2.0/24"}
     )
     cloud.rejected(
         "POST", "/v1/vpcs/prod/cidrs", 409, "already a block", t, json={"cidr": "10.1.0.0/16"}
     )
     cloud.rejected(
-        "POST", "/v1/vpcs/prod/cidrs", 400, "private range", t, json={"cidr": "11.0.0.0/16"}
+        "POST", "/v1/vpcs/prod/cidrs", 422, "private range", t, json={"cidr": "11.0.0.0/16"}
     )
     cloud.call("POST", "/v1/subnets", t, json={"name": "db", "vpc": "prod", "cidr": "10.1.1.0/24"})
     cloud.rejected(
@@ -90,7 +90,7 @@ def test_vpc_blocks_add_and_remove(cloud: Cloud, net: dict[str, Any]) -> None:
     vpc = cloud.call("DELETE", "/v1/vpcs/prod/cidrs", t, params={"cidr": "10.1.0.0/16"})
     assert vpc["spec"]["cidrs"] == ["10.0.0.0/16"]
     cloud.rejected(
-        "DELETE", "/v1/vpcs/prod/cidrs", 400, "not a block", t, params={"cidr": "10.7.0.0/16"}
+        "DELETE", "/v1/vpcs/prod/cidrs", 422, "not a block", t, params={"cidr": "10.7.0.0/16"}
     )
 
 
@@ -109,22 +109,22 @@ def test_deletes_refused_while_in_use(cloud: Cloud, net: dict[str, Any]) -> None
 @pytest.mark.parametrize(
     ("body", "status", "message"),
     [
-        ({"name": "i", "subnet": "web", "zone": "az1", "ip": "10.0.1.0"}, 400, "reserved"),
-        ({"name": "i", "subnet": "web", "zone": "az1", "ip": "10.0.1.1"}, 400, "reserved"),
-        ({"name": "i", "subnet": "web", "zone": "az1", "ip": "10.0.1.255"}, 400, "reserved"),
+        ({"name": "i", "subnet": "web", "zone": "az1", "ip": "10.0.1.0"}, 422, "reserved"),
+        ({"name": "i", "subnet": "web", "zone": "az1", "ip": "10.0.1.1"}, 422, "reserved"),
+        ({"name": "i", "subnet": "web", "zone": "az1", "ip": "10.0.1.255"}, 422, "reserved"),
         (
             {"name": "i", "subnet": "web", "zone": "az1", "ip": "10.0.2.9"},
-            400,
+            422,
             "not inside subnet web",
         ),
         (
             {"name": "i", "subnet": "web", "zone": "az1", "ip": "10.0.1.x"},
-            400,
+            422,
             "not an IPv4 address",
         ),
         ({"name": "i", "subnet": "web", "zone": "az9"}, 404, "no zone 'az9' in this region"),
         ({"name": "i", "subnet": "nope", "zone": "az1"}, 404, "no subnet 'nope'"),
-        ({"name": "I", "subnet": "web", "zone": "az1"}, 400, "instance name 'I' is invalid"),
+        ({"name": "I", "subnet": "web", "zone": "az1"}, 400, "name: 'I' does not match"),
         ({"subnet": "web", "zone": "az1"}, 400, "name"),
     ],
 )
@@ -148,7 +148,7 @@ def test_instance_in_zone_without_host(cloud: Cloud, net: dict[str, Any]) -> Non
 
 def test_bad_zone_and_host(cloud: Cloud, net: dict[str, Any]) -> None:
     cloud.rejected(
-        "POST", "/v1/zones", 400, "underlay CIDR", json={"name": "z", "underlay_cidr": "x"}
+        "POST", "/v1/zones", 422, "underlay CIDR", json={"name": "z", "underlay_cidr": "x"}
     )
     cloud.rejected(
         "POST",
@@ -162,19 +162,19 @@ def test_bad_zone_and_host(cloud: Cloud, net: dict[str, Any]) -> None:
     cloud.rejected(
         "PUT",
         "/v1/agent/hosts/h9",
-        400,
+        422,
         "not an IPv4 address",
         json={**body, "underlay_ip": "nope"},
     )
     cloud.rejected(
         "PUT",
         "/v1/agent/hosts/h9",
-        400,
+        422,
         "mtu",
         json={**body, "underlay_ip": "198.18.1.12", "mtu": 100},
     )
     cloud.rejected("PUT", "/v1/agent/hosts/h9", 404, "no zone 'az7'", json={**body, "zone": "az7"})
-    cloud.rejected("PUT", "/v1/agent/hosts/H_9", 400, "host name", json=body)
+    cloud.rejected("PUT", "/v1/agent/hosts/H_9", 422, "host name", json=body)
 
 
 def test_unknown_route_uses_error_shape(cloud: Cloud) -> None:

@@ -271,3 +271,20 @@ def test_an_endpoint_that_is_not_the_api_is_a_hint(tmp_path: Path) -> None:
     finally:
         srv.shutdown()
         t.join()
+
+
+def test_labels_at_create_and_selected_by_list(region: Region) -> None:
+    region.ok("vpc", "create", "a", "--cidr", "10.0.0.0/16", "--label", "env=prod",
+              "--label", "team=net")  # fmt: skip
+    region.ok("vpc", "create", "b", "--cidr", "10.1.0.0/16", "--label", "env=dev")
+    region.ok("vpc", "create", "c", "--cidr", "10.2.0.0/16")
+    assert [v["name"] for v in region.cli("vpc", "list", "-l", "env=prod", "--json").json()] == [
+        "a"
+    ]
+    both = region.cli("vpc", "list", "-l", "env=prod", "-l", "team=net", "--json").json()
+    assert [v["name"] for v in both] == ["a"]
+    assert len(region.cli("vpc", "list", "--json").json()) == 3
+    region.ok("subnet", "create", "s", "--vpc", "b", "--cidr", "10.1.1.0/24", "--label", "x=y")
+    assert [s["name"] for s in region.cli("subnet", "list", "-l", "x=y", "--json").json()] == ["s"]
+    bad = region.cli("vpc", "create", "d", "--cidr", "10.3.0.0/16", "--label", "Bad.Com/x=1")
+    assert bad.code == 1 and "labels" in bad.stderr

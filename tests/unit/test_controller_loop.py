@@ -101,7 +101,7 @@ def test_app_restart_keeps_projects_tokens_and_revision(tmp_path: Path) -> None:
             }
             assert c.get("/v1/whoami", headers=ADMIN).status_code == 401
             new = {"Authorization": "Bearer yh_new-admin"}
-            assert [p["name"] for p in c.get("/v1/projects", headers=new).json()] == [
+            assert [p["name"] for p in c.get("/v1/projects", headers=new).json()["items"]] == [
                 "admin",
                 "alpha",
             ]

@@ -153,6 +153,7 @@ def test_every_committed_write_is_an_event_in_order(store: Store) -> None:
         "status": {},
         "revision": 1,
         "created_at": a.created_at,
+        "labels": {},
     }
     assert log[2][5]["status"] == {"vni": 7} and log[2][5]["revision"] == 2
     # A delete logs the object as it was last, with the delete's revision.

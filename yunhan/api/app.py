@@ -9,16 +9,19 @@ API and holds no tenant data.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from yunhan.api.auth import ADMIN_PROJECT, token_hash
+from yunhan.api.conventions import reject_unknown_query
 from yunhan.api.deps import MAX_LONG_POLL, AppState
 from yunhan.api.fleet import Fleet
 from yunhan.api.journal import CALLER, SCHEDULING_REFUSED, AuditMiddleware, Journal
@@ -56,21 +59,57 @@ def bootstrap(store: Store) -> str:
 
 
 def _error(
-    status: int, code: str, message: str, details: dict[str, Any] | None = None
+    status: int,
+    code: str,
+    message: str,
+    details: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     return JSONResponse(
         status_code=status,
         content={"error": {"code": code, "message": message, "details": details or {}}},
+        headers=headers,
     )
 
 
+def _problem(err: Any) -> str:
+    """One validation error of pydantic as a phrase naming the field and the input."""
+    loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
+    kind = err.get("type")
+    if kind == "extra_forbidden":
+        # Only PATCH bodies forbid extra fields: name what cannot change and why.
+        return (
+            f"{loc} cannot be changed by PATCH (only the fields of its body schema can: "
+            "labels everywhere, spec.cidrs of a VPC; docs/api.md)"
+        )
+    if kind == "string_pattern_mismatch":
+        pattern = (err.get("ctx") or {}).get("pattern")
+        return f"{loc}: {err.get('input')!r} does not match {pattern}"
+    return f"{loc}: {err.get('msg')}" if loc else str(err.get("msg"))
+
+
 _HTTP_CODES = {
-    400: "invalid",
+    400: "bad_request",
     401: "unauthorized",
     403: "forbidden",
     404: "not_found",
+    405: "method_not_allowed",
     409: "conflict",
 }
+
+
+def _allowed(req: Request) -> str:
+    """The methods /openapi.json declares for this path (Starlette's 405 names only those
+    of the first route that matched it, and one path may have several routes), with HEAD
+    wherever GET is (Starlette answers it)."""
+    methods: set[str] = set()
+    for template, ops in req.app.openapi().get("paths", {}).items():
+        pattern = re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template))
+        if re.fullmatch(pattern, req.url.path):
+            methods |= {m.upper() for m in ops}
+    if "GET" in methods:
+        methods.add("HEAD")
+    return ", ".join(sorted(methods))
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -82,12 +121,10 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_req: Request, exc: RequestValidationError) -> JSONResponse:
-        parts = []
-        for err in exc.errors():
-            loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
-            parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
+        # Requests that do not match the schema: 400 (docs/api.md, "Errors").
+        parts = [_problem(err) for err in exc.errors()]
         message = "invalid request: " + "; ".join(parts)
-        return _error(400, "invalid", message, {"errors": parts})
+        return _error(400, "bad_request", message, {"errors": parts})
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(req: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -98,7 +135,10 @@ def _install_error_handlers(app: FastAPI) -> None:
                 f"{message}: no endpoint {req.method} {req.url.path} "
                 "(the endpoints are listed in /openapi.json)"
             )
-        return _error(exc.status_code, code, message)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = _allowed(req)  # the methods the path has
+        return _error(exc.status_code, code, message, headers=headers)
 
     @app.exception_handler(Exception)
     async def _internal(req: Request, exc: Exception) -> JSONResponse:
@@ -149,6 +189,7 @@ def create_app(
         description="Yunhan control plane (docs/api.md)",
         docs_url=None,
         redoc_url=None,
+        dependencies=[Depends(reject_unknown_query)],
     )
     app.state.yunhan = AppState(
         store=store,
@@ -166,4 +207,43 @@ def create_app(
     for module in (projects, tokens, audit, events, infra, network, instances, agent, watch):
         app.include_router(module.router)
     app.include_router(metrics.router)
+    _exact_openapi(app)
     return app
+
+
+def _exact_openapi(app: FastAPI) -> None:
+    """/openapi.json as the server behaves: bearer auth on every operation, and no
+    FastAPI default 422 "HTTPValidationError" (requests that break the schema get our 400
+    error body, declared on each operation by `conventions.errors`)."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        doc = get_openapi(
+            title=app.title,
+            version=app.version,
+            description=app.description,
+            routes=app.routes,
+        )
+        for path in doc.get("paths", {}).values():
+            for op in path.values():
+                responses = op.get("responses", {})
+                r422 = responses.get("422", {})
+                ref = str(r422.get("content", {}).get("application/json", {}).get("schema"))
+                if "HTTPValidationError" in ref:
+                    del responses["422"]
+        schemas = doc.get("components", {}).get("schemas", {})
+        for name in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(name, None)
+        doc.setdefault("components", {})["securitySchemes"] = {
+            "bearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "a project's token (yh_…) or the admin token",
+            }
+        }
+        doc["security"] = [{"bearer": []}]
+        app.openapi_schema = doc
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -23,8 +23,9 @@ from yunhan.errors import Forbidden, Unauthorized
 from yunhan.store import Store
 
 MAX_LONG_POLL = 300.0
-# Revisions are SQLite INTEGERs: a larger one in a request is a mistake (400), not a 500.
-MAX_REVISION = 2**63 - 1
+# Revisions a request may name: JSON numbers are exact to 2^53 (JavaScript's, and the
+# float arithmetic of schema validators); a larger one is a mistake (400), not a 500.
+MAX_REVISION = 2**53 - 1
 
 
 @dataclass

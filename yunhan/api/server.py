@@ -19,6 +19,7 @@ from pathlib import Path
 import uvicorn
 
 from yunhan.api.app import create_app
+from yunhan.api.deps import MAX_LONG_POLL
 from yunhan.api.journal import FLUSH_INTERVAL
 from yunhan.api.replicas import ReplicaBridge
 from yunhan.controller import Controller
@@ -39,9 +40,19 @@ class _Server(uvicorn.Server):
 
 
 async def _main(
-    store: Store, host: str, port: int, admin_token: str | None, admin_token_hash: str | None
+    store: Store,
+    host: str,
+    port: int,
+    admin_token: str | None,
+    admin_token_hash: str | None,
+    max_long_poll: float = MAX_LONG_POLL,
 ) -> None:
-    app = create_app(store, admin_token=admin_token, admin_token_hash=admin_token_hash)
+    app = create_app(
+        store,
+        admin_token=admin_token,
+        admin_token_hash=admin_token_hash,
+        max_long_poll=max_long_poll,
+    )
     config = uvicorn.Config(
         app,
         host=host,
@@ -192,17 +203,19 @@ def serve(
     *,
     admin_token_hash: str | None = None,
     database: str | None = None,
+    max_long_poll: float = MAX_LONG_POLL,
 ) -> None:
     """Run the API and the controller until SIGTERM or SIGINT (blocking).
 
     The store is `database` (an SQLAlchemy URL) or state_dir/yunhan.db (created and migrated
     if needed); the admin project is created on first start and `admin_token` is its token
     for as long as this process runs (or the token whose sha256 is `admin_token_hash`).
+    `max_long_poll` caps every long poll (seconds).
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     store = Store.connect(database) if database else Store.open(Path(state_dir))
     try:
-        asyncio.run(_main(store, host, port, admin_token, admin_token_hash))
+        asyncio.run(_main(store, host, port, admin_token, admin_token_hash, max_long_poll))
     finally:
         store.close()
     log.info("stopped")

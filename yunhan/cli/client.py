@@ -30,6 +30,9 @@ from yunhan.errors import (
 
 _BY_CODE: dict[str, type[YunhanError]] = {
     "invalid": ValidationError,
+    "bad_request": ValidationError,
+    "idempotency_key_reused": ValidationError,
+    "precondition_failed": Conflict,
     "not_found": NotFound,
     "conflict": Conflict,
     "unauthorized": Unauthorized,
@@ -42,6 +45,7 @@ _BY_STATUS: dict[int, type[YunhanError]] = {
     403: Forbidden,
     404: NotFound,
     409: Conflict,
+    412: Conflict,
     422: ValidationError,
     504: TimedOut,
 }

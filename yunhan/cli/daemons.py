@@ -48,9 +48,23 @@ def server(ctx: Ctx) -> None:
                 f"{ctx['admin_token_hash_file']} must hold the sha256 (64 hex digits) of the "
                 "admin token"
             )
-        serve(state_dir, host, port, admin_token_hash=digest, database=database)
+        serve(
+            state_dir,
+            host,
+            port,
+            admin_token_hash=digest,
+            database=database,
+            max_long_poll=ctx["max_long_poll"],
+        )
         return
-    serve(state_dir, host, port, _read_token(ctx["admin_token_file"]), database=database)
+    serve(
+        state_dir,
+        host,
+        port,
+        _read_token(ctx["admin_token_file"]),
+        database=database,
+        max_long_poll=ctx["max_long_poll"],
+    )
 
 
 def agent(ctx: Ctx) -> None:
@@ -110,6 +124,14 @@ COMMANDS = (
                 "database",
                 "SQLAlchemy URL of a shared store, e.g. postgresql+psycopg://host/yunhan "
                 "(env YUNHAN_DATABASE; default: SQLite in --state-dir)",
+            ),
+            Opt(
+                ("--max-long-poll",),
+                "max_long_poll",
+                "seconds a long poll (desired documents, converged) waits at most; lower it "
+                "behind proxies with short idle timeouts",
+                float,
+                300.0,
             ),
         ),
         hidden=True,

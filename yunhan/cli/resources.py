@@ -25,7 +25,12 @@ OUTPUT = Opt(("-o", "--output"), "output", "output format", choices=views.FORMAT
 JSON = Opt(("--json",), "as_json", "print JSON for scripts (same as -o json)", kind=bool)
 WAIT = Opt(("--wait",), "wait", "return once every affected host has applied the change", bool)
 TIMEOUT = Opt(("--timeout",), "timeout", "seconds --wait waits at most", float, DEFAULT_WAIT)
+SELECT = Opt(("-l", "--selector"), "selector", "only those labelled KEY=VALUE (repeatable: all)",
+             many=True, metavar="KEY=VALUE")  # fmt: skip
+LABEL = Opt(("--label",), "label", "a label KEY=VALUE (repeatable)", many=True,
+            metavar="KEY=VALUE")  # fmt: skip
 SHOWN = (OUTPUT, JSON)
+LISTED = (SELECT, OUTPUT, JSON)
 WRITE = (WAIT, TIMEOUT, OUTPUT, JSON)
 COLLECTION = {"vpc": "vpcs", "subnet": "subnets", "instance": "instances", "zone": "zones",
               "host": "hosts", "project": "projects"}  # fmt: skip
@@ -71,8 +76,21 @@ def _after_write(ctx: Ctx, kind: str, c: Client, res: dict[str, Any]) -> None:
     show(kind, c, res, fmt(ctx))
 
 
+def labels(ctx: Ctx) -> dict[str, str]:
+    """--label KEY=VALUE options as a map (the API checks keys and values)."""
+    out: dict[str, str] = {}
+    for term in ctx["label"] or []:
+        key, eq, value = term.partition("=")
+        if not eq:
+            raise ValidationError(f"--label wants KEY=VALUE, not {term!r}")
+        out[key] = value
+    return out
+
+
 def _list(kind: str, ctx: Ctx, **params: Any) -> None:
     c = ctx.client()
+    if ctx["selector"]:
+        params["label"] = list(ctx["selector"])
     items = c.items(f"/v1/{COLLECTION[kind]}", **params)
     names = views.Names(c)
     views.print_list(kind, [views.ROWS[kind](i, names) for i in items], fmt(ctx))
@@ -110,7 +128,7 @@ def _delete(kind: str, help_: str) -> Cmd:
 
 def vpc_create(ctx: Ctx) -> None:
     c = ctx.client()
-    res = c.post("/v1/vpcs", {"name": ctx["name"], "cidrs": ctx["cidr"]})
+    res = c.post("/v1/vpcs", {"name": ctx["name"], "cidrs": ctx["cidr"], "labels": labels(ctx)})
     _after_write(ctx, "vpc", c, res)
 
 
@@ -137,10 +155,11 @@ VPC = Group(
             (
                 Arg("name", "its name"),
                 Opt(("--cidr",), "cidr", "a CIDR block (repeatable)", required=True, many=True),
+                LABEL,
                 *WRITE,
             ),
         ),
-        Cmd("list", "List the project's VPCs.", lambda ctx: _list("vpc", ctx), SHOWN),
+        Cmd("list", "List the project's VPCs.", lambda ctx: _list("vpc", ctx), LISTED),
         _show("vpc"),
         Cmd(
             "add-cidr",
@@ -163,7 +182,8 @@ VPC = Group(
 
 def subnet_create(ctx: Ctx) -> None:
     c = ctx.client()
-    res = c.post("/v1/subnets", {"name": ctx["name"], "vpc": ctx["vpc"], "cidr": ctx["cidr"]})
+    body = {"name": ctx["name"], "vpc": ctx["vpc"], "cidr": ctx["cidr"], "labels": labels(ctx)}
+    res = c.post("/v1/subnets", body)
     _after_write(ctx, "subnet", c, res)
 
 
@@ -179,6 +199,7 @@ SUBNET = Group(
                 Arg("name", "its name"),
                 Opt(("--vpc",), "vpc", "the VPC (name or id)", required=True, complete="vpc"),
                 Opt(("--cidr",), "cidr", "inside one of the VPC's blocks", required=True),
+                LABEL,
                 *WRITE,
             ),
         ),
@@ -186,7 +207,7 @@ SUBNET = Group(
             "list",
             "List the project's subnets.",
             lambda ctx: _list("subnet", ctx, vpc=ctx["vpc"]),
-            (Opt(("--vpc",), "vpc", "only this VPC's", complete="vpc"), *SHOWN),
+            (Opt(("--vpc",), "vpc", "only this VPC's", complete="vpc"), *LISTED),
         ),
         _show("subnet"),
         _delete("subnet", "Delete a subnet (refused while it has instances)."),
@@ -210,7 +231,8 @@ def command_argv(command: str) -> list[str]:
 
 
 def instance_create(ctx: Ctx) -> None:
-    body: dict[str, Any] = {"name": ctx["name"], "subnet": ctx["subnet"], "zone": ctx["zone"]}
+    body: dict[str, Any] = {"name": ctx["name"], "subnet": ctx["subnet"], "zone": ctx["zone"],
+                            "labels": labels(ctx)}  # fmt: skip
     if ctx["ip"] is not None:
         body["ip"] = ctx["ip"]
     if ctx["command"] is not None:
@@ -321,10 +343,11 @@ INSTANCE = Group(
                     "a long-lived command, split into words like a shell would but run "
                     'without one, e.g. "sleep infinity"; use "sh -c \'…\'" for pipes',
                 ),
+                LABEL,
                 *WRITE,
             ),
         ),
-        Cmd("list", "List the project's instances.", lambda ctx: _list("instance", ctx), SHOWN),
+        Cmd("list", "List the project's instances.", lambda ctx: _list("instance", ctx), LISTED),
         _show("instance"),
         _delete("instance", "Delete an instance (its process is stopped and its address freed)."),
         Cmd(
@@ -344,7 +367,8 @@ INSTANCE = Group(
 def host_list(ctx: Ctx) -> None:
     c = ctx.client()
     names = views.Names(c)
-    rows = [views.host_row(h, names) for h in c.items("/v1/hosts")]
+    params = {"label": list(ctx["selector"])} if ctx["selector"] else {}
+    rows = [views.host_row(h, names) for h in c.items("/v1/hosts", **params)]
     netns = _lab_host_netns(c.endpoint)
     for row in rows:
         row["netns"] = netns.get(row["name"])
@@ -392,7 +416,7 @@ ZONE = Group(
     "zone",
     "Availability zones",
     (
-        Cmd("list", "List the zones.", lambda ctx: _list("zone", ctx), SHOWN),
+        Cmd("list", "List the zones.", lambda ctx: _list("zone", ctx), LISTED),
         _show("zone"),
     ),
 )
@@ -404,7 +428,7 @@ HOST = Group(
             "list",
             "List hosts: zone, underlay address, agent health, desired vs applied revision.",
             host_list,
-            SHOWN,
+            LISTED,
         ),
         _show("host"),
     ),
@@ -425,7 +449,7 @@ PROJECT = Group(
             project_token,
             (ref("project"),),
         ),
-        Cmd("list", "List projects (admin only).", lambda ctx: _list("project", ctx), SHOWN),
+        Cmd("list", "List projects (admin only).", lambda ctx: _list("project", ctx), LISTED),
     ),
 )
 REVISION = Cmd(

@@ -452,7 +452,8 @@ def _wait_agents(
         except httpx.TransportError:
             return False  # the server's own exit is reported above on the next pass
         if r.status_code == 200:
-            healthy = {h["name"] for h in r.json() if (h.get("status") or {}).get("healthy")}
+            hosts = r.json()["items"]  # a lab has far fewer hosts than a page holds
+            healthy = {h["name"] for h in hosts if (h.get("status") or {}).get("healthy")}
             pending = sorted(set(agents) - healthy)
         return not pending
 
@@ -609,9 +610,9 @@ def status(state_dir: Path | None = None, token: str | None = None) -> RegionSta
             base_url=record.endpoint, headers={"Authorization": f"Bearer {token}"}, timeout=5.0
         ) as api:
             for path, attr in (("/v1/zones", "zones"), ("/v1/hosts", "hosts")):
-                r = api.get(path)
+                r = api.get(path, params={"limit": 1000})
                 r.raise_for_status()
-                setattr(st, attr, r.json())
+                setattr(st, attr, r.json()["items"])
     except (OSError, httpx.HTTPError, ValueError) as exc:
         st.api_error = str(exc) or type(exc).__name__
     return st

@@ -1,30 +1,101 @@
 """Request bodies of the HTTP API (docs/api.md), as pydantic models.
 
-They check shapes and types only; the rules that need neighbours (overlaps, addresses in
-use) live in `yunhan.model.network` and run inside the store transaction.
-Unknown fields are ignored so that newer clients keep working against this server.
+They check shapes, types and the patterns a schema can state (names, label keys and
+values), so that /openapi.json says exactly which bodies are well formed: a body that
+breaks them is answered 400. The rules that need the values' meaning or neighbours (private
+ranges, overlaps, addresses in use) live in `yunhan.model.network` and run inside the store
+transaction (422, or 409 for a conflict with what exists).
+Unknown fields of a create are ignored so that newer clients keep working against this
+server; a PATCH names every field it may change and refuses the others (400 naming them).
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic.json_schema import WithJsonSchema
+
+# Names: 1-63 characters [a-z0-9-], starting and ending alphanumeric (yunhan.model.names).
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+
+# Labels as Kubernetes has them: a key is an optional DNS-subdomain prefix and "/", then a
+# name of at most 63 characters [A-Za-z0-9-_.] starting and ending alphanumeric; a value is
+# empty or such a name. The whole key is at most 253 characters (Kubernetes allows a
+# 253-character prefix on top of the name; one bound that a schema can state is ours).
+LABEL_NAME = r"[A-Za-z0-9]([-_.A-Za-z0-9]{0,61}[A-Za-z0-9])?"
+LABEL_PREFIX = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/"
+LABEL_KEY_PATTERN = rf"^({LABEL_PREFIX})?{LABEL_NAME}$"
+LABEL_VALUE_PATTERN = rf"^({LABEL_NAME})?$"
+MAX_LABELS = 64
+LabelKey = Annotated[str, StringConstraints(pattern=LABEL_KEY_PATTERN, max_length=253)]
+LabelValue = Annotated[str, StringConstraints(pattern=LABEL_VALUE_PATTERN, max_length=63)]
+_VALUE_SCHEMA = {"type": "string", "pattern": LABEL_VALUE_PATTERN, "maxLength": 63}
+
+
+def _labels_schema(value: dict[str, Any]) -> dict[str, Any]:
+    # Spelt out: pydantic's own schema of a constrained key lists the keys that match
+    # (patternProperties) without saying that no other key is allowed.
+    return {
+        "type": "object",
+        "maxProperties": MAX_LABELS,
+        "propertyNames": {"pattern": LABEL_KEY_PATTERN, "maxLength": 253},
+        "additionalProperties": value,
+    }
+
+
+Labels = Annotated[
+    dict[LabelKey, LabelValue],
+    Field(max_length=MAX_LABELS),
+    WithJsonSchema(_labels_schema(_VALUE_SCHEMA)),
+]
+# A merge patch of labels: null removes one; the whole member null removes them all.
+LabelsMerge = Annotated[
+    Annotated[dict[LabelKey, LabelValue | None], Field(max_length=MAX_LABELS)] | None,
+    WithJsonSchema(
+        {
+            "anyOf": [
+                _labels_schema({"anyOf": [_VALUE_SCHEMA, {"type": "null"}]}),
+                {"type": "null"},
+            ]
+        }
+    ),
+]
+# A label selector term of a list: `key=value`.
+SELECTOR_PATTERN = rf"^({LABEL_PREFIX})?{LABEL_NAME}=({LABEL_NAME})?$"
+
+
+def _json_integer(v: object) -> object:
+    # JSON Schema's integer: 1500 and 1500.0, but not `true` nor "1500" (which pydantic's
+    # lax mode would take, and its strict mode would refuse 1500.0).
+    if isinstance(v, bool | str):
+        raise ValueError("must be an integer")
+    return v
+
+
+Int = Annotated[int, BeforeValidator(_json_integer)]
 
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
-class ProjectCreate(_Body):
-    name: str
+class _Create(_Body):
+    labels: Labels = Field(default_factory=dict)
 
 
-class ZoneCreate(_Body):
-    name: str
+class ProjectCreate(_Create):
+    name: Name
+
+
+class ZoneCreate(_Create):
+    name: Name
     underlay_cidr: str
 
 
-class VpcCreate(_Body):
-    name: str
+class VpcCreate(_Create):
+    name: Name
     cidrs: list[str] = Field(min_length=1)
 
 
@@ -32,14 +103,14 @@ class VpcCidrAdd(_Body):
     cidr: str
 
 
-class SubnetCreate(_Body):
-    name: str
+class SubnetCreate(_Create):
+    name: Name
     vpc: str
     cidr: str
 
 
-class InstanceCreate(_Body):
-    name: str
+class InstanceCreate(_Create):
+    name: Name
     subnet: str
     zone: str
     ip: str | None = None
@@ -49,7 +120,7 @@ class InstanceCreate(_Body):
 class HostRegister(_Body):
     zone: str
     underlay_ip: str
-    mtu: int = 1500
+    mtu: Int = 1500
 
 
 class InstanceReport(_Body):
@@ -60,6 +131,35 @@ class InstanceReport(_Body):
 
 
 class HostStatusReport(_Body):
-    applied_revision: int = Field(ge=0, le=2**63 - 1)  # a SQLite INTEGER
+    applied_revision: Int = Field(ge=0, le=2**53 - 1)  # exact in JSON (api.deps.MAX_REVISION)
     error: str | None = None
     instances: dict[str, InstanceReport] = Field(default_factory=dict)
+
+
+# -- PATCH (JSON merge patch, RFC 7396) -------------------------------------------------
+# A member absent leaves the field as it is; a label set to null removes that label;
+# "labels": null removes them all. What is not named here cannot change (400 naming it).
+
+
+class Patch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    labels: LabelsMerge = None
+
+
+class LabelsPatch(Patch):
+    """The PATCH of a zone, host, subnet, instance or project: only its labels change."""
+
+
+class VpcSpecPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # The whole new list of blocks: added ones are checked as `POST .../cidrs` checks them,
+    # removed ones as `DELETE .../cidrs` does (no subnet may lie in them).
+    cidrs: Annotated[list[str], Field(min_length=1)] = Field(default_factory=list)  # [] = absent
+
+
+class VpcPatch(Patch):
+    """The PATCH of a VPC: its labels and its CIDR blocks."""
+
+    spec: VpcSpecPatch = Field(default_factory=VpcSpecPatch)

@@ -2,10 +2,22 @@
 
 from yunhan.store.audit import AuditEntry
 from yunhan.store.resource import Event, Resource
-from yunhan.store.store import DB_NAME, Liveness, Notice, Reader, Store, TokenInfo, Tx
+from yunhan.store.store import (
+    DB_NAME,
+    IDEMPOTENCY_TTL,
+    Answer,
+    Liveness,
+    Notice,
+    Reader,
+    Store,
+    TokenInfo,
+    Tx,
+)
 
 __all__ = [
     "DB_NAME",
+    "IDEMPOTENCY_TTL",
+    "Answer",
     "AuditEntry",
     "Event",
     "Liveness",

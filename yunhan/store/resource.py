@@ -6,7 +6,7 @@ cache and the store itself share one definition.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Op = Literal["put", "delete"]
@@ -24,6 +24,9 @@ class Resource:
     status: dict[str, Any]
     revision: int
     created_at: str
+    # Key -> value, validated like Kubernetes labels by the API. The engine ignores them:
+    # they select resources for people and tools, they never change a host's network.
+    labels: dict[str, str] = field(default_factory=dict)
 
     def envelope(self) -> dict[str, Any]:
         """The JSON shape of docs/api.md."""
@@ -34,6 +37,7 @@ class Resource:
             "project": self.project,
             "revision": self.revision,
             "created_at": self.created_at,
+            "labels": self.labels,
             "spec": self.spec,
             "status": self.status,
         }

@@ -96,6 +96,7 @@ def _row_to_resource(row: Any) -> Resource:
         status=json.loads(row.status),
         revision=row.revision,
         created_at=row.created_at,
+        labels=json.loads(row.labels or "{}"),
     )
 
 
@@ -127,6 +128,7 @@ def _obj_json(r: Resource) -> str:
             "status": r.status,
             "revision": r.revision,
             "created_at": r.created_at,
+            "labels": r.labels,
         },
         sort_keys=True,
         separators=(",", ":"),
@@ -144,8 +146,30 @@ def _event_from_row(row: Any) -> Event:
         o["status"],
         o["revision"],
         o["created_at"],
+        o.get("labels") or {},  # events written before v4 carry none
     )
     return Event(int(row.revision), row.kind, row.id, row.op, obj)
+
+
+IDEMPOTENCY_TTL = 24 * 3600.0  # seconds an Idempotency-Key's answer is kept
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The first answer to a POST that carried an Idempotency-Key (kept `IDEMPOTENCY_TTL`).
+
+    Written in the transaction of the write it answers, so that the write and its answer
+    are committed together or not at all, on every replica (it is in the database).
+    """
+
+    project: str
+    key: str
+    method: str
+    path: str
+    body_sha256: str
+    status: int
+    response: str  # the answer's JSON text
+    created_at: float
 
 
 @dataclass(frozen=True)
@@ -319,6 +343,7 @@ class _Overlay:
         self.mine: dict[str, Resource | None] = {}  # id -> written object, None = deleted
         self.mine_names: dict[tuple[str, str, str], str | None] = {}
         self.new_tokens: dict[str, TokenInfo] = {}  # added or revoked here
+        self.new_answers: dict[tuple[str, str], Answer] = {}
         # Index changes made here, in order: (index, value) -> [(id, filed or unfiled)].
         # A lookup that no write here touched costs what it costs on the model.
         self.moves: dict[tuple[tuple[str, str], str], list[tuple[str, bool]]] = {}
@@ -397,6 +422,7 @@ class _Overlay:
         self.base.mine.update(self.mine)
         self.base.mine_names.update(self.mine_names)
         self.base.new_tokens.update(self.new_tokens)
+        self.base.new_answers.update(self.new_answers)
         for k, moves in self.moves.items():
             self.base.moves.setdefault(k, []).extend(moves)
 
@@ -475,21 +501,37 @@ class _Write:
     liveness: list[Liveness] = field(default_factory=list)
     audit: list[AuditEntry] = field(default_factory=list)
     notices: list[Notice] = field(default_factory=list)
+    answers: list[Answer] = field(default_factory=list)
 
     @property
     def side(self) -> bool:
-        """Bookkeeping that moves no revision (tokens, leases, audit, notices)."""
-        return bool(self.tokens or self.revoked or self.liveness or self.audit or self.notices)
+        """Bookkeeping that moves no revision (tokens, leases, audit, notices, answers)."""
+        return bool(
+            self.tokens
+            or self.revoked
+            or self.liveness
+            or self.audit
+            or self.notices
+            or self.answers
+        )
 
 
 class Tx(Reader):
     """A write transaction. Objects written in it get revision `self.next_revision`."""
 
-    def __init__(self, view: _Overlay, next_revision: int, now: str) -> None:
+    def __init__(
+        self,
+        view: _Overlay,
+        next_revision: int,
+        now: str,
+        *,
+        stored_answer: Callable[[str, str], Answer | None] = lambda _p, _k: None,
+    ) -> None:
         self._ov = _Overlay(view)
         super().__init__(self._ov)
         self.next_revision = next_revision
         self._now = now
+        self._stored_answer = stored_answer
         self._w = _Write()
 
     @property
@@ -509,6 +551,7 @@ class Tx(Reader):
         name: str,
         spec: dict[str, Any],
         status: dict[str, Any] | None = None,
+        labels: dict[str, str] | None = None,
     ) -> Resource:
         """Insert a resource; a name taken in the project (per kind) is a Conflict."""
         if self.by_name(kind, project, name) is not None:
@@ -525,6 +568,7 @@ class Tx(Reader):
             json.loads(_dump(status or {})),
             self.next_revision,
             self._now,
+            dict(labels or {}),
         )
         self._ov.write(res, id, None)
         self._w.ops.append(("put", res))
@@ -536,16 +580,29 @@ class Tx(Reader):
         *,
         spec: dict[str, Any] | None = None,
         status: dict[str, Any] | None = None,
+        labels: dict[str, str] | None = None,
     ) -> Resource:
-        """Replace spec and/or status; writes nothing (same revision) when both are equal."""
+        """Replace spec, status and/or labels; writes nothing (same revision) when all are
+        equal."""
         current = self.get(res.kind, res.id)
         if current is None:
             raise NotFound(f"{res.kind} {res.name} ({res.id}) no longer exists", id=res.id)
         new_spec = current.spec if spec is None else json.loads(_dump(spec))
         new_status = current.status if status is None else json.loads(_dump(status))
-        if _dump(new_spec) == _dump(current.spec) and _dump(new_status) == _dump(current.status):
+        new_labels = current.labels if labels is None else dict(labels)
+        if (
+            _dump(new_spec) == _dump(current.spec)
+            and _dump(new_status) == _dump(current.status)
+            and new_labels == current.labels
+        ):
             return current
-        new = replace(current, spec=new_spec, status=new_status, revision=self.next_revision)
+        new = replace(
+            current,
+            spec=new_spec,
+            status=new_status,
+            labels=new_labels,
+            revision=self.next_revision,
+        )
         self._ov.write(new, new.id, current)
         self._w.ops.append(("put", new))
         return new
@@ -611,6 +668,24 @@ class Tx(Reader):
     def set_liveness(self, lv: Liveness) -> None:
         """Persist what an agent last said (bookkeeping: the revision does not move)."""
         self._w.liveness.append(lv)
+
+    def answer(self, project: str, key: str, now: float) -> Answer | None:
+        """The answer kept for `key` of `project` (younger than `IDEMPOTENCY_TTL` at
+        `now`), from
+        this batch or the database. Asked inside the transaction, which holds the
+        database's write lock: two requests with one key cannot both miss it."""
+        for ov in reversed(self._ov.chain()):
+            if (found := ov.new_answers.get((project, key))) is not None:
+                return found
+        found = self._stored_answer(project, key)
+        if found is None or now - found.created_at > IDEMPOTENCY_TTL:
+            return None
+        return found
+
+    def remember(self, answer: Answer) -> None:
+        """Keep `answer` with this transaction's writes (replacing an expired one)."""
+        self._ov.new_answers[(answer.project, answer.key)] = answer
+        self._w.answers.append(answer)
 
 
 @dataclass
@@ -873,7 +948,12 @@ class Store:
                     from yunhan.store.leader import fence as check_fence
 
                     check_fence(batch.conn, fence)
-                tx = Tx(batch.view, batch.next_revision, self._now_iso())
+                tx = Tx(
+                    batch.view,
+                    batch.next_revision,
+                    self._now_iso(),
+                    stored_answer=lambda p, k: _read_answer(batch.conn, p, k),
+                )
                 # No model lock around the body: readers (the event loop among them) must not
                 # wait for it. The model cannot move under the body: the batch holds the
                 # database's write lock and has caught up, so anything `_advance` applies
@@ -945,6 +1025,11 @@ class Store:
                 self._commits += 1
                 if self._commits % PRUNE_EVERY == 0:
                     self._prune(conn, top)
+                    conn.execute(
+                        delete(s.idempotency).where(
+                            s.idempotency.c.created_at < self.clock() - IDEMPOTENCY_TTL
+                        )
+                    )
                 if self.dialect == "postgresql":
                     conn.exec_driver_sql(f"NOTIFY {NOTIFY_CHANNEL}, '{top}'")
             leases: dict[str, Liveness] = {}
@@ -964,6 +1049,8 @@ class Store:
                 leases.update((lv.host, lv) for lv in w.liveness)
                 audit.extend(w.audit)
                 notices.extend(w.notices)
+                for a in w.answers:
+                    _write_answer(conn, a)
             if leases:
                 self._write_leases(conn, list(leases.values()))
             if audit:
@@ -1015,6 +1102,7 @@ class Store:
                 "status": _dump(o.status),
                 "revision": o.revision,
                 "created_at": o.created_at,
+                "labels": _dump(o.labels),
             }
             for op, o in final.values()
             if op == "put"
@@ -1253,6 +1341,41 @@ class Store:
         return await self.wait_for_async(
             lambda: r if (r := self.revision()) > after else None, timeout
         )
+
+
+def _read_answer(conn: Connection, project: str, key: str) -> Answer | None:
+    t = s.idempotency
+    row = conn.execute(select(t).where(t.c.project == project, t.c.key == key)).first()
+    if row is None:
+        return None
+    return Answer(
+        row.project,
+        row.key,
+        row.method,
+        row.path,
+        row.body_sha256,
+        row.status,
+        row.response,
+        row.created_at,
+    )
+
+
+def _write_answer(conn: Connection, a: Answer) -> None:
+    t = s.idempotency
+    # An expired answer of the same key may still be there (pruned lazily): replace it.
+    conn.execute(delete(t).where(t.c.project == a.project, t.c.key == a.key))
+    conn.execute(
+        insert(t).values(
+            project=a.project,
+            key=a.key,
+            method=a.method,
+            path=a.path,
+            body_sha256=a.body_sha256,
+            status=a.status,
+            response=a.response,
+            created_at=a.created_at,
+        )
+    )
 
 
 class _Behind(Exception):

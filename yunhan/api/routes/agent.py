@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
+from pydantic import Field
+from pydantic.json_schema import SkipJsonSchema
 
+from yunhan.api.conventions import errors
 from yunhan.api.deps import MAX_REVISION, AgentDep, state_of
 from yunhan.api.journal import APPLY_ERROR, INSTANCE_FAILED
+from yunhan.api.models import Host
 from yunhan.api.views import host_view, resolve
 from yunhan.controller.status import reflect
 from yunhan.errors import Conflict, NotFound
@@ -25,7 +29,7 @@ router = APIRouter(prefix="/v1/agent", tags=["agent"])
 STORE_HEADER = "X-Yunhan-Store"
 
 
-@router.put("/hosts/{name}")
+@router.put("/hosts/{name}", response_model=Host, responses=errors(403, 404, 409, 422))
 def register_host(name: str, body: HostRegister, request: Request, _: AgentDep) -> dict[str, Any]:
     """Register or update a host. Its `vtep_index` is assigned on first registration and
     kept forever after: peers' neighbour and FDB entries are derived from it."""
@@ -63,14 +67,22 @@ def register_host(name: str, body: HostRegister, request: Request, _: AgentDep) 
     return host_view(host, st.fleet.doc_revision(name), st.fleet.leases.get(name), st.clock())
 
 
-@router.get("/hosts/{name}/desired", response_model=None)
+@router.get(
+    "/hosts/{name}/desired",
+    response_model=None,
+    responses={
+        200: {"description": "a delta or a snapshot of the host's document (docs/api.md)"},
+        204: {"description": "the document did not change within `timeout`"},
+        **errors(403, 404),
+    },
+)
 async def get_desired(
     name: str,
     request: Request,
     _: AgentDep,
     after: int = Query(0, ge=0, le=MAX_REVISION),
     timeout: float = Query(0.0, allow_inf_nan=False),
-    digest: str | None = Query(None, max_length=64),
+    digest: Annotated[Annotated[str, Field(max_length=64)] | SkipJsonSchema[None], Query()] = None,
 ) -> Response:
     """The changes of the host's document since revision `after` (docs/api.md): a delta, or
     the whole document (`snapshot`) when `after` is 0, unknown to this store, or the
@@ -90,7 +102,9 @@ async def get_desired(
     return Response(content=body, media_type="application/json", headers=headers)
 
 
-@router.post("/hosts/{name}/status", status_code=204)
+@router.post(
+    "/hosts/{name}/status", status_code=204, responses=errors(403, 404), response_model=None
+)
 async def report_status(
     name: str, body: HostStatusReport, request: Request, _: AgentDep
 ) -> Response:

@@ -3,41 +3,63 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 
 from yunhan.api.auth import Caller
+from yunhan.api.conventions import (
+    IdempotencyDep,
+    IfMatch,
+    Optional,
+    PageDep,
+    check_if_match,
+    errors,
+    paginate,
+    patch_body,
+    patched_labels,
+)
 from yunhan.api.deps import AppState, CallerDep, state_of
+from yunhan.api.models import Instance, InstanceList
 from yunhan.api.routes.network import refresh_available
 from yunhan.api.views import resolve
 from yunhan.controller.ipam import allocate_ip, allocate_mac
 from yunhan.controller.placement import choose
 from yunhan.model import new_id, validate_name
-from yunhan.model.schemas import InstanceCreate
+from yunhan.model.schemas import InstanceCreate, LabelsPatch
 from yunhan.store import Reader, Resource
 
 router = APIRouter(prefix="/v1", tags=["instances"])
 
 
-@router.post("/instances", status_code=201)
-def create_instance(body: InstanceCreate, request: Request, c: CallerDep) -> dict[str, Any]:
+@router.post(
+    "/instances", status_code=201, response_model=Instance, responses=errors(404, 409, 422)
+)
+def create_instance(
+    body: InstanceCreate, request: Request, c: CallerDep, idem: IdempotencyDep
+) -> Any:
     st = state_of(request)
     name = validate_name("instance", body.name)
     hinted: list[tuple[str, str]] = []  # (subnet, address) the IPAM hint moved past
     try:
-        inst = _create(st, body, name, c, hinted)
+        return _create(st, body, name, c, hinted, idem)
     except BaseException:
         for sub_id, ip in hinted:  # its batch failed to commit: not taken after all
             st.ipam.freed(sub_id, ip)
         raise
-    return inst.envelope()
 
 
 def _create(
-    st: AppState, body: InstanceCreate, name: str, c: Caller, hinted: list[tuple[str, str]]
-) -> Resource:
+    st: AppState,
+    body: InstanceCreate,
+    name: str,
+    c: Caller,
+    hinted: list[tuple[str, str]],
+    idem: IdempotencyDep,
+) -> Any:
     with st.store.transaction() as tx:
+        if (replay := idem.replay(tx, c)) is not None:
+            return replay
         sub = resolve(tx, "subnet", c.project.id, body.subnet)
         zone = resolve(tx, "zone", st.admin_project_id, body.zone)
         # The one placement decision (`placement.choose`), taken in the create transaction:
@@ -63,12 +85,13 @@ def _create(
                 "netns": None,
                 "uts": None,
             },
+            labels=body.labels,
         )
         refresh_available(tx, sub)
         if body.ip is None:  # the lowest free one was taken; a fixed one says nothing of it
             st.ipam.taken(sub.id, ip)
             hinted.append((sub.id, ip))
-    return inst
+        return idem.keep(tx, c, 201, inst.envelope())
 
 
 class _AddressesInUse(Mapping[str, str]):
@@ -101,22 +124,84 @@ class _MacsInUse:
         return isinstance(mac, str) and self._r.count_of("instance", "mac", mac) > 0
 
 
-@router.get("/instances")
-def list_instances(request: Request, c: CallerDep) -> list[dict[str, Any]]:
-    with state_of(request).store.read() as r:
-        return [i.envelope() for i in r.list("instance", c.project.id)]
+Phase = Literal["pending", "scheduled", "running", "failed"]
 
 
-@router.get("/instances/{ref}")
-def get_instance(ref: str, request: Request, c: CallerDep) -> dict[str, Any]:
+@router.get("/instances", response_model=InstanceList, responses=errors(404, 422))
+def list_instances(
+    request: Request,
+    c: CallerDep,
+    page: PageDep,
+    vpc: Annotated[str | Optional, Query(description="only this VPC's (name or id)")] = None,
+    subnet: Annotated[str | Optional, Query(description="only this subnet's (name or id)")] = None,
+    zone: Annotated[str | Optional, Query(description="only this zone's (name or id)")] = None,
+    host: Annotated[str | Optional, Query(description="only those on this host (name)")] = None,
+    name: Annotated[str | Optional, Query(description="only the one with this name")] = None,
+    phase: Annotated[Phase | Optional, Query(description="only those in this phase")] = None,
+) -> Any:
+    st = state_of(request)
+    with st.store.read() as r:
+        want: dict[str, str] = {}
+        if vpc is not None:
+            want["vpc"] = resolve(r, "vpc", c.project.id, vpc).id
+        if subnet is not None:
+            want["subnet"] = resolve(r, "subnet", c.project.id, subnet).id
+        if zone is not None:
+            want["zone"] = resolve(r, "zone", st.admin_project_id, zone).id
+        if host is not None:
+            want["host"] = resolve(r, "host", st.admin_project_id, host).name
+        # Start from the narrowest index there is; the rest is checked per instance.
+        if "subnet" in want:
+            objs = r.find("instance", "subnet", want["subnet"])
+        elif "host" in want:
+            objs = r.find("instance", "host", want["host"])
+        elif "zone" in want:
+            objs = r.find("instance", "zone", want["zone"])
+        else:
+            objs = r.list("instance", c.project.id)
+
+        def keep(o: Resource) -> bool:
+            return (
+                o.project == c.project.id
+                and (name is None or o.name == name)
+                and (phase is None or o.status.get("phase") == phase)
+                and all(
+                    (o.status if k in ("vpc", "host") else o.spec).get(k) == v
+                    for k, v in want.items()
+                )
+            )
+
+        return paginate(objs, page, r.revision, Resource.envelope, keep)
+
+
+@router.get("/instances/{ref}", response_model=Instance, responses=errors(404))
+def get_instance(ref: str, request: Request, c: CallerDep) -> Any:
     with state_of(request).store.read() as r:
         return resolve(r, "instance", c.project.id, ref).envelope()
 
 
-@router.delete("/instances/{ref}")
-def delete_instance(ref: str, request: Request, c: CallerDep) -> dict[str, Any]:
+@router.patch(
+    "/instances/{ref}",
+    response_model=Instance,
+    responses=errors(404, 412, 422),
+    openapi_extra=patch_body(LabelsPatch),
+)
+def patch_instance(
+    ref: str, body: LabelsPatch, request: Request, c: CallerDep, if_match: IfMatch = None
+) -> Any:
+    """JSON merge patch of an instance's labels. Its subnet, zone, address and command are
+    fixed at create (the agent starts the process once): delete and create it again."""
     with state_of(request).store.transaction() as tx:
         inst = resolve(tx, "instance", c.project.id, ref)
+        check_if_match(inst, if_match)
+        return tx.update(inst, labels=patched_labels(inst, body)).envelope()
+
+
+@router.delete("/instances/{ref}", response_model=Instance, responses=errors(404, 412))
+def delete_instance(ref: str, request: Request, c: CallerDep, if_match: IfMatch = None) -> Any:
+    with state_of(request).store.transaction() as tx:
+        inst = resolve(tx, "instance", c.project.id, ref)
+        check_if_match(inst, if_match)
         gone = tx.delete(inst)
         sub = tx.get("subnet", inst.spec["subnet"])
         if sub is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
+from yunhan.api.conventions import errors
 from yunhan.api.deps import CallerDep, state_of
 
 router = APIRouter(tags=["metrics"])
@@ -27,7 +28,14 @@ def _escape(v: str) -> str:
     return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-@router.get("/metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {"content": {CONTENT_TYPE: {"schema": {"type": "string"}}}, "description": "OK"},
+        **errors(),
+    },
+)
 def metrics(request: Request, c: CallerDep) -> Response:
     """Events, compile time, documents and bytes sent, long polls, store commit time, and
     (admin) apply lag per host."""

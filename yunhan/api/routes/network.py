@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 
+from yunhan.api.conventions import (
+    IdempotencyDep,
+    IfMatch,
+    Optional,
+    PageDep,
+    check_if_match,
+    errors,
+    paginate,
+    patch_body,
+    patched_labels,
+)
 from yunhan.api.deps import CallerDep, state_of
+from yunhan.api.models import Subnet, SubnetList, Vpc, VpcList
 from yunhan.api.views import resolve
 from yunhan.controller.ipam import available
 from yunhan.errors import Conflict
@@ -20,7 +32,7 @@ from yunhan.model import (
     validate_vpc_block,
     validate_vpc_blocks,
 )
-from yunhan.model.schemas import SubnetCreate, VpcCidrAdd, VpcCreate
+from yunhan.model.schemas import LabelsPatch, SubnetCreate, VpcCidrAdd, VpcCreate, VpcPatch
 from yunhan.store import Reader, Resource, Tx
 
 router = APIRouter(prefix="/v1", tags=["network"])
@@ -40,33 +52,78 @@ def _subnets_of(r: Reader, vpc: Resource) -> list[Resource]:
     return r.find("subnet", "vpc", vpc.id)
 
 
-@router.post("/vpcs", status_code=201)
-def create_vpc(body: VpcCreate, request: Request, c: CallerDep) -> dict[str, Any]:
+NameFilter = Annotated[str | Optional, Query(description="only the one with this name")]
+
+
+@router.post("/vpcs", status_code=201, response_model=Vpc, responses=errors(409, 422))
+def create_vpc(body: VpcCreate, request: Request, c: CallerDep, idem: IdempotencyDep) -> Any:
     name = validate_name("vpc", body.name)
     cidrs = validate_vpc_blocks(name, body.cidrs)
     with state_of(request).store.transaction() as tx:
+        if (replay := idem.replay(tx, c)) is not None:
+            return replay
         vpc = tx.create(
-            "vpc", new_id("vpc"), c.project.id, name, {"cidrs": list(cidrs)}, {"vni": _next_vni(tx)}
+            "vpc",
+            new_id("vpc"),
+            c.project.id,
+            name,
+            {"cidrs": list(cidrs)},
+            {"vni": _next_vni(tx)},
+            labels=body.labels,
         )
-    return vpc.envelope()
+        return idem.keep(tx, c, 201, vpc.envelope())
 
 
-@router.get("/vpcs")
-def list_vpcs(request: Request, c: CallerDep) -> list[dict[str, Any]]:
+@router.get("/vpcs", response_model=VpcList, responses=errors(422))
+def list_vpcs(request: Request, c: CallerDep, page: PageDep, name: NameFilter = None) -> Any:
     with state_of(request).store.read() as r:
-        return [v.envelope() for v in r.list("vpc", c.project.id)]
+        objs = r.list("vpc", c.project.id)
+        return paginate(
+            objs, page, r.revision, Resource.envelope, lambda o: name is None or o.name == name
+        )
 
 
-@router.get("/vpcs/{ref}")
-def get_vpc(ref: str, request: Request, c: CallerDep) -> dict[str, Any]:
+@router.get("/vpcs/{ref}", response_model=Vpc, responses=errors(404))
+def get_vpc(ref: str, request: Request, c: CallerDep) -> Any:
     with state_of(request).store.read() as r:
         return resolve(r, "vpc", c.project.id, ref).envelope()
 
 
-@router.delete("/vpcs/{ref}")
-def delete_vpc(ref: str, request: Request, c: CallerDep) -> dict[str, Any]:
+@router.patch(
+    "/vpcs/{ref}",
+    response_model=Vpc,
+    responses=errors(404, 412, 422),
+    openapi_extra=patch_body(VpcPatch),
+)
+def patch_vpc(
+    ref: str, body: VpcPatch, request: Request, c: CallerDep, if_match: IfMatch = None
+) -> Any:
+    """JSON merge patch (RFC 7396; application/merge-patch+json or application/json):
+    labels, and the whole list of CIDR blocks (blocks added are checked like `POST
+    .../cidrs`, blocks removed like `DELETE .../cidrs`)."""
     with state_of(request).store.transaction() as tx:
         vpc = resolve(tx, "vpc", c.project.id, ref)
+        check_if_match(vpc, if_match)
+        spec = vpc.spec
+        if body.spec.cidrs:
+            spec = {**vpc.spec, "cidrs": _replace_blocks(tx, vpc, body.spec.cidrs)}
+        return tx.update(vpc, spec=spec, labels=patched_labels(vpc, body)).envelope()
+
+
+def _replace_blocks(tx: Tx, vpc: Resource, wanted: list[str]) -> list[str]:
+    blocks = [str(validate_vpc_block(b)) for b in wanted]
+    subnets = {s.name: s.spec["cidr"] for s in _subnets_of(tx, vpc)}
+    rest = list(vpc.spec["cidrs"])
+    for gone in [b for b in rest if b not in blocks]:
+        rest = list(check_block_removal(vpc.name, rest, gone, subnets))
+    return list(validate_vpc_blocks(vpc.name, [*rest, *(b for b in blocks if b not in rest)]))
+
+
+@router.delete("/vpcs/{ref}", response_model=Vpc, responses=errors(404, 409, 412))
+def delete_vpc(ref: str, request: Request, c: CallerDep, if_match: IfMatch = None) -> Any:
+    with state_of(request).store.transaction() as tx:
+        vpc = resolve(tx, "vpc", c.project.id, ref)
+        check_if_match(vpc, if_match)
         subnets = sorted(s.name for s in _subnets_of(tx, vpc))
         if subnets:
             raise Conflict(
@@ -77,32 +134,41 @@ def delete_vpc(ref: str, request: Request, c: CallerDep) -> dict[str, Any]:
     return gone.envelope()
 
 
-@router.post("/vpcs/{ref}/cidrs")
-def add_vpc_cidr(ref: str, body: VpcCidrAdd, request: Request, c: CallerDep) -> dict[str, Any]:
+@router.post("/vpcs/{ref}/cidrs", response_model=Vpc, responses=errors(404, 409, 422))
+def add_vpc_cidr(
+    ref: str, body: VpcCidrAdd, request: Request, c: CallerDep, idem: IdempotencyDep
+) -> Any:
     block = str(validate_vpc_block(body.cidr))
     with state_of(request).store.transaction() as tx:
+        if (replay := idem.replay(tx, c)) is not None:
+            return replay
         vpc = resolve(tx, "vpc", c.project.id, ref)
         if block in vpc.spec["cidrs"]:
             raise Conflict(f"{block} is already a block of VPC {vpc.name}")
         cidrs = validate_vpc_blocks(vpc.name, [*vpc.spec["cidrs"], block])
         vpc = tx.update(vpc, spec={**vpc.spec, "cidrs": list(cidrs)})
-    return vpc.envelope()
+        return idem.keep(tx, c, 200, vpc.envelope())
 
 
-@router.delete("/vpcs/{ref}/cidrs")
-def remove_vpc_cidr(ref: str, cidr: str, request: Request, c: CallerDep) -> dict[str, Any]:
+@router.delete("/vpcs/{ref}/cidrs", response_model=Vpc, responses=errors(404, 412, 422))
+def remove_vpc_cidr(
+    ref: str, cidr: str, request: Request, c: CallerDep, if_match: IfMatch = None
+) -> Any:
     with state_of(request).store.transaction() as tx:
         vpc = resolve(tx, "vpc", c.project.id, ref)
+        check_if_match(vpc, if_match)
         subnets = {s.name: s.spec["cidr"] for s in _subnets_of(tx, vpc)}
         rest = check_block_removal(vpc.name, vpc.spec["cidrs"], cidr, subnets)
         vpc = tx.update(vpc, spec={**vpc.spec, "cidrs": list(rest)})
     return vpc.envelope()
 
 
-@router.post("/subnets", status_code=201)
-def create_subnet(body: SubnetCreate, request: Request, c: CallerDep) -> dict[str, Any]:
+@router.post("/subnets", status_code=201, response_model=Subnet, responses=errors(404, 409, 422))
+def create_subnet(body: SubnetCreate, request: Request, c: CallerDep, idem: IdempotencyDep) -> Any:
     name = validate_name("subnet", body.name)
     with state_of(request).store.transaction() as tx:
+        if (replay := idem.replay(tx, c)) is not None:
+            return replay
         vpc = resolve(tx, "vpc", c.project.id, body.vpc)
         others = {s.name: s.spec["cidr"] for s in _subnets_of(tx, vpc)}
         net = validate_subnet(vpc.name, vpc.spec["cidrs"], body.cidr, others)
@@ -114,30 +180,56 @@ def create_subnet(body: SubnetCreate, request: Request, c: CallerDep) -> dict[st
             name,
             {"vpc": vpc.id, "cidr": cidr},
             {"gateway": gateway(cidr), "available": capacity(cidr)},
+            labels=body.labels,
         )
-    return sub.envelope()
+        return idem.keep(tx, c, 201, sub.envelope())
 
 
-@router.get("/subnets")
-def list_subnets(request: Request, c: CallerDep, vpc: str | None = None) -> list[dict[str, Any]]:
+@router.get("/subnets", response_model=SubnetList, responses=errors(404, 422))
+def list_subnets(
+    request: Request,
+    c: CallerDep,
+    page: PageDep,
+    vpc: Annotated[str | Optional, Query(description="only this VPC's (name or id)")] = None,
+    name: NameFilter = None,
+) -> Any:
     with state_of(request).store.read() as r:
         if vpc is not None:
             subnets = _subnets_of(r, resolve(r, "vpc", c.project.id, vpc))
         else:
             subnets = r.list("subnet", c.project.id)
-        return [s.envelope() for s in subnets]
+        return paginate(
+            subnets, page, r.revision, Resource.envelope, lambda o: name is None or o.name == name
+        )
 
 
-@router.get("/subnets/{ref}")
-def get_subnet(ref: str, request: Request, c: CallerDep) -> dict[str, Any]:
+@router.get("/subnets/{ref}", response_model=Subnet, responses=errors(404))
+def get_subnet(ref: str, request: Request, c: CallerDep) -> Any:
     with state_of(request).store.read() as r:
         return resolve(r, "subnet", c.project.id, ref).envelope()
 
 
-@router.delete("/subnets/{ref}")
-def delete_subnet(ref: str, request: Request, c: CallerDep) -> dict[str, Any]:
+@router.patch(
+    "/subnets/{ref}",
+    response_model=Subnet,
+    responses=errors(404, 412),
+    openapi_extra=patch_body(LabelsPatch),
+)
+def patch_subnet(
+    ref: str, body: LabelsPatch, request: Request, c: CallerDep, if_match: IfMatch = None
+) -> Any:
+    """JSON merge patch of a subnet's labels (its VPC and CIDR never change)."""
     with state_of(request).store.transaction() as tx:
         sub = resolve(tx, "subnet", c.project.id, ref)
+        check_if_match(sub, if_match)
+        return tx.update(sub, labels=patched_labels(sub, body)).envelope()
+
+
+@router.delete("/subnets/{ref}", response_model=Subnet, responses=errors(404, 409, 412))
+def delete_subnet(ref: str, request: Request, c: CallerDep, if_match: IfMatch = None) -> Any:
+    with state_of(request).store.transaction() as tx:
+        sub = resolve(tx, "subnet", c.project.id, ref)
+        check_if_match(sub, if_match)
         users = sorted(i.name for i in tx.find("instance", "subnet", sub.id))
         if users:
             raise Conflict(

@@ -2,25 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
+from pydantic import Field
+from pydantic.json_schema import SkipJsonSchema
 
+from yunhan.api.conventions import errors
 from yunhan.api.deps import MAX_REVISION, CallerDep, state_of
+from yunhan.api.models import Converged, Revision
 
 router = APIRouter(prefix="/v1", tags=["watch"])
 
 
-@router.get("/revision")
+@router.get("/revision", response_model=Revision, responses=errors())
 def get_revision(request: Request, _: CallerDep) -> dict[str, Any]:
     return {"revision": state_of(request).store.revision()}
 
 
-@router.get("/converged")
+@router.get("/converged", response_model=Converged, responses=errors())
 async def converged(
     request: Request,
     _: CallerDep,
-    revision: int | None = Query(None, ge=0, le=MAX_REVISION),
+    revision: Annotated[
+        Annotated[int, Field(ge=0, le=MAX_REVISION)] | SkipJsonSchema[None], Query()
+    ] = None,
     timeout: float = Query(0.0, allow_inf_nan=False),
 ) -> dict[str, Any]:
     """Wait up to `timeout` s until write `revision` (default: the current one) is applied

@@ -1,0 +1,194 @@
+"""Response shapes of the HTTP API (docs/api.md), as pydantic models.
+
+They are what /openapi.json publishes (generated clients get types), and FastAPI checks
+every answer against them: an answer that strays from its schema is a server error caught
+in tests, never a silent surprise for a client.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from yunhan.model.schemas import Labels
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class ErrorDetail(_Out):
+    code: str = Field(description="invalid, bad_request, not_found, conflict, unauthorized, …")
+    message: str = Field(description="a sentence a person can act on")
+    details: dict[str, Any]
+
+
+class ErrorBody(_Out):
+    """Every error answer."""
+
+    error: ErrorDetail
+
+
+class _Envelope(_Out):
+    id: str
+    name: str
+    project: str
+    revision: int = Field(description="the store revision of the resource's last write")
+    created_at: str
+    labels: Labels
+
+
+class Empty(_Out):
+    pass
+
+
+class ZoneSpec(_Out):
+    underlay_cidr: str
+
+
+class Zone(_Envelope):
+    kind: Literal["zone"]
+    spec: ZoneSpec
+    status: Empty
+
+
+class HostSpec(_Out):
+    zone: str
+    underlay_ip: str
+    mtu: int
+
+
+class HostStatus(_Out):
+    vtep_index: int | None
+    desired_revision: int | None
+    applied_revision: int | None
+    heartbeat_at: str | None
+    healthy: bool
+    error: str | None
+
+
+class Host(_Envelope):
+    kind: Literal["host"]
+    spec: HostSpec
+    status: HostStatus
+
+
+class VpcSpec(_Out):
+    cidrs: list[str]
+
+
+class VpcStatus(_Out):
+    vni: int
+
+
+class Vpc(_Envelope):
+    kind: Literal["vpc"]
+    spec: VpcSpec
+    status: VpcStatus
+
+
+class SubnetSpec(_Out):
+    vpc: str
+    cidr: str
+
+
+class SubnetStatus(_Out):
+    gateway: str
+    available: int
+
+
+class Subnet(_Envelope):
+    kind: Literal["subnet"]
+    spec: SubnetSpec
+    status: SubnetStatus
+
+
+class InstanceSpec(_Out):
+    subnet: str
+    zone: str
+    ip: str | None
+    command: list[str] | None
+
+
+class InstanceStatus(_Out):
+    ip: str
+    mac: str
+    vpc: str
+    host: str | None
+    phase: Literal["pending", "scheduled", "running", "failed"]
+    message: str | None = None
+    netns: str | None = None
+    uts: str | None = None
+
+
+class Instance(_Envelope):
+    kind: Literal["instance"]
+    spec: InstanceSpec
+    status: InstanceStatus
+
+
+class Project(_Envelope):
+    kind: Literal["project"]
+    spec: Empty
+    status: Empty
+
+
+class _Page(_Out):
+    next: str | None = Field(
+        description="opaque cursor of the next page (`?cursor=`), null on the last page"
+    )
+    revision: int = Field(description="the store revision the page was read at")
+
+
+class ZoneList(_Page):
+    items: list[Zone]
+
+
+class HostList(_Page):
+    items: list[Host]
+
+
+class VpcList(_Page):
+    items: list[Vpc]
+
+
+class SubnetList(_Page):
+    items: list[Subnet]
+
+
+class InstanceList(_Page):
+    items: list[Instance]
+
+
+class ProjectList(_Page):
+    items: list[Project]
+
+
+class Whoami(_Out):
+    project: Project
+    admin: bool
+
+
+class ProjectCreated(_Out):
+    project: Project
+    token: str
+
+
+class TokenCreated(_Out):
+    token: str
+
+
+class Revision(_Out):
+    revision: int
+
+
+class Converged(_Out):
+    model_config = ConfigDict(extra="allow")
+
+    revision: int
+    converged: bool
+    pending: list[str]
+    unhealthy: list[str]
+    failed: list[str]
+    controller_revision: int

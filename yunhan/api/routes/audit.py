@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Request
 
+from yunhan.api.conventions import errors
 from yunhan.api.deps import AdminDep, CallerDep, state_of
 from yunhan.api.views import iso, resolve
 from yunhan.errors import Forbidden, ValidationError
@@ -34,7 +35,7 @@ def _view(rec: dict[str, Any]) -> dict[str, Any]:
     return {**rec, "time": iso(float(rec["at"]))}
 
 
-@router.get("/audit")
+@router.get("/audit", responses=errors(403, 404, 409, 422))
 def list_audit(
     request: Request,
     c: CallerDep,
@@ -56,7 +57,7 @@ def list_audit(
     return {"items": [_view(x) for x in records], "next": None, "revision": st.store.revision()}
 
 
-@router.get("/audit/verify")
+@router.get("/audit/verify", responses=errors(403, 404, 409, 422))
 def verify_audit(request: Request, _: AdminDep) -> dict[str, Any]:
     """Check the whole chain: `ok`, or the first broken record and why."""
     st = state_of(request)

@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Request
 
+from yunhan.api.conventions import errors
 from yunhan.api.deps import CallerDep, state_of
 from yunhan.api.views import iso
 from yunhan.store import Reader
@@ -26,7 +27,7 @@ def _object_ids(r: Reader, ref: str, projects: list[str]) -> set[str]:
     return ids
 
 
-@router.get("/events")
+@router.get("/events", responses=errors(403, 404, 409, 422))
 def list_events(
     request: Request,
     c: CallerDep,

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from yunhan.api.auth import new_token, token_hash
+from yunhan.api.conventions import errors
 from yunhan.api.deps import AdminDep, BootstrapDep, state_of
 from yunhan.api.views import resolve
 from yunhan.errors import NotFound, Unauthorized, ValidationError
@@ -45,7 +46,7 @@ def _listing(items: list[TokenInfo], revision: int) -> dict[str, Any]:
     return {"items": [t.public() for t in items], "next": None, "revision": revision}
 
 
-@router.post("/projects/{ref}/tokens", status_code=201)
+@router.post("/projects/{ref}/tokens", status_code=201, responses=errors(403, 404, 409, 422))
 def create_token(
     ref: str, request: Request, _: AdminDep, body: TokenCreate | None = None
 ) -> dict[str, Any]:
@@ -69,7 +70,7 @@ def create_token(
     return {"token": token, **info.public()}
 
 
-@router.get("/projects/{ref}/tokens")
+@router.get("/projects/{ref}/tokens", responses=errors(403, 404, 409, 422))
 def list_project_tokens(ref: str, request: Request, _: AdminDep) -> dict[str, Any]:
     """A project's tokens: metadata only (never the token, never its hash)."""
     with state_of(request).store.read() as r:
@@ -77,7 +78,7 @@ def list_project_tokens(ref: str, request: Request, _: AdminDep) -> dict[str, An
         return _listing(r.tokens(p.id), r.revision)
 
 
-@router.get("/tokens")
+@router.get("/tokens", responses=errors(403, 404, 409, 422))
 def list_tokens(
     request: Request,
     _: AdminDep,
@@ -92,7 +93,7 @@ def list_tokens(
         return _listing(items, r.revision)
 
 
-@router.delete("/tokens/{token_id}")
+@router.delete("/tokens/{token_id}", responses=errors(403, 404, 409, 422))
 def revoke_token(token_id: str, request: Request, _: AdminDep) -> dict[str, Any]:
     """Revoke a token: refused from the next request on, on every replica."""
     st = state_of(request)
@@ -104,7 +105,9 @@ def revoke_token(token_id: str, request: Request, _: AdminDep) -> dict[str, Any]
     return gone.public()
 
 
-@router.post("/hosts/{name}/bootstrap-tokens", status_code=201)
+@router.post(
+    "/hosts/{name}/bootstrap-tokens", status_code=201, responses=errors(403, 404, 409, 422)
+)
 def create_bootstrap_token(
     name: str, request: Request, _: AdminDep, body: BootstrapCreate | None = None
 ) -> dict[str, Any]:
@@ -126,7 +129,7 @@ def create_bootstrap_token(
     return {"token": token, **info.public()}
 
 
-@router.post("/agent/hosts/{name}/token", status_code=201)
+@router.post("/agent/hosts/{name}/token", status_code=201, responses=errors(403, 404, 409, 422))
 def exchange_bootstrap_token(name: str, request: Request, c: BootstrapDep) -> dict[str, Any]:
     """Exchange host `name`'s bootstrap token for its host token. The bootstrap token is
     consumed, and host tokens issued to `name` before are revoked: one credential per host."""

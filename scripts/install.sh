@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything Yunhan needs on a Debian machine (as root): system packages
-# for the data plane and tests, and a virtualenv with the package and its pinned
+# for the data plane, PostgreSQL and tests, and a virtualenv with the package and its pinned
 # dependencies. Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +11,15 @@ for bin in ip:iproute2 nft:nftables iperf3:iperf3 ping:iputils-ping gcc:gcc unsh
   command -v "${bin%%:*}" >/dev/null 2>&1 || need_apt+=("${bin##*:}")
 done
 [ -e /usr/lib/x86_64-linux-gnu/libnftables.so.1 ] || [ -e /usr/lib/aarch64-linux-gnu/libnftables.so.1 ] || need_apt+=(libnftables1)
+# PostgreSQL server (tests and the multi-replica control plane start throwaway clusters with
+# yunhan.store.pgserver). Debian keeps initdb and pg_ctl off PATH, under
+# /usr/lib/postgresql/<version>/bin; the package also creates the `postgres` user.
+have_pg=no
+for d in /usr/lib/postgresql/*/bin; do
+  [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ] && have_pg=yes
+done
+getent passwd postgres >/dev/null 2>&1 || have_pg=no
+[ "$have_pg" = yes ] || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq

@@ -14,8 +14,11 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from tests.pgfixture import pg_admin_url, pg_url, store_url
+
 RUN_PREFIX = os.environ.get("YUNHAN_TEST_PREFIX") or f"t{secrets.token_hex(2)}"
 _counter = itertools.count(1)
+__all__ = ["pg_admin_url", "pg_url", "store_url"]  # fixtures, re-exported for pytest
 
 
 @pytest.fixture(scope="session")

@@ -4,11 +4,13 @@
     ├── ValidationError         bad input; nothing was changed            (HTTP 400)
     ├── NotFound                no such resource in this project          (HTTP 404)
     ├── Conflict                name taken, address in use, still in use  (HTTP 409)
+    │   └── Fenced              a deposed controller's write, refused       (HTTP 409)
     ├── Unauthorized            no or bad token                           (HTTP 401)
     ├── Forbidden               token valid, action not allowed           (HTTP 403)
     ├── TimedOut                a wait did not converge in time           (HTTP 504)
     ├── DriverError             the kernel (netlink, nftables) refused; keeps errno
-    └── HotpatchError           the loader refused or failed; target left as it was
+    ├── HotpatchError           the loader refused or failed; target left as it was
+    └── PgServerError           a throwaway PostgreSQL cluster would not start or stop
 
 The API turns each into one JSON shape: {"error": {"code", "message", "details"}}.
 Drivers translate errno and library errors into these with `raise X(...) from exc`.
@@ -47,6 +49,13 @@ class Conflict(YunhanError):
     http_status = 409
 
 
+class Fenced(Conflict):
+    """The write carried a leader epoch that is no longer current (store/leader.py): another
+    controller has taken over since, and this one must stop writing."""
+
+    code = "fenced"
+
+
 class Unauthorized(YunhanError):
     code = "unauthorized"
     http_status = 401
@@ -73,4 +82,9 @@ class DriverError(YunhanError):
 
 class HotpatchError(YunhanError):
     code = "hotpatch"
+    http_status = 500
+
+
+class PgServerError(YunhanError):
+    code = "pgserver"
     http_status = 500

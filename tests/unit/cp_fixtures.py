@@ -1,4 +1,4 @@
-"""Fixtures for control-plane tests: a store on a tmp SQLite file, the app, a client.
+"""Fixtures for control-plane tests: a store (SQLite and PostgreSQL), the app, a client.
 
 Import the fixtures into a test module with `from cp_fixtures import *` (tests/unit is on
 sys.path under pytest's default import mode).
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -100,9 +99,11 @@ class Cloud:
 
 
 @pytest.fixture
-def cloud(tmp_path: Path) -> Iterator[Cloud]:
+def cloud(store_url: str) -> Iterator[Cloud]:
+    """A control plane on each backend (SQLite, then PostgreSQL): the API suites run on
+    both, as the store's own suite does."""
     clock = FakeClock()
-    store = Store.open(tmp_path, poll_interval=0.05)
+    store = Store.connect(store_url, poll_interval=0.05)
     app = create_app(store, admin_token=ADMIN_TOKEN, clock=clock, max_long_poll=30)
     with TestClient(app) as client:
         yield Cloud(client, store, Controller(store, clock=clock), clock)

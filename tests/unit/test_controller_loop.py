@@ -28,7 +28,7 @@ DEADLINE = 20.0
 def _register(store: Store) -> None:
     # What PUT /v1/agent/hosts does, minus HTTP.
     with store.transaction() as tx:
-        z = tx.create(
+        z = tx.get("zone", "zone-00000001") or tx.create(
             "zone", "zone-00000001", "proj-00000000", "az1", {"underlay_cidr": "198.18.1.0/24"}
         )
         tx.create(
@@ -41,40 +41,49 @@ def _register(store: Store) -> None:
         )
 
 
-def test_loop_reconciles_on_change_and_stops(tmp_path: Path) -> None:
+def _unplaced_instance(store: Store) -> None:
+    # An instance created while its zone had no host: it waits, unplaced.
+    with store.transaction() as tx:
+        tx.create(
+            "zone", "zone-00000001", "proj-00000000", "az1", {"underlay_cidr": "198.18.1.0/24"}
+        )
+        tx.create(
+            "instance",
+            "inst-00000001",
+            "proj-00000001",
+            "a",
+            {"subnet": "subnet-00000001", "zone": "zone-00000001"},
+            {"phase": "pending"},
+        )
+
+
+def test_loop_places_pending_instances_on_change_and_stops(tmp_path: Path) -> None:
     store = Store.open(tmp_path, poll_interval=0.05)
 
-    async def main() -> int:
+    def placed() -> str | None:
+        with store.read() as r:
+            inst = r.get("instance", "inst-00000001")
+            return inst.status.get("host") if inst else None
+
+    async def main() -> str | None:
         stop = asyncio.Event()
         task = asyncio.create_task(Controller(store).run(stop))
+        await asyncio.to_thread(_unplaced_instance, store)
+        await asyncio.sleep(0)
+        assert placed() is None  # no host in its zone yet: it stays pending
         await asyncio.to_thread(_register, store)
-        found = await store.wait_for_async(lambda: _doc_revision(store), DEADLINE)
-        assert found is not None
-        # The loop also sees its own write and compiles through it without writing again.
-        settled = await store.wait_for_async(_settled(store), DEADLINE, on="any")
-        assert settled == store.revision()
+        host = await store.wait_for_async(placed, DEADLINE)
+        # A pass that finds nothing to do writes nothing.
+        before = store.revision()
+        assert Controller(store).reconcile_once() == before and store.revision() == before
         stop.set()
         await asyncio.wait_for(task, DEADLINE)
-        return found
+        return host
 
     try:
-        assert asyncio.run(main()) > 0
+        assert asyncio.run(main()) == "h1"
     finally:
         store.close()
-
-
-def _settled(store: Store) -> Callable[[], int | None]:
-    def check() -> int | None:
-        with store.read() as r:
-            return r.revision if r.compiled_revision == r.revision else None
-
-    return check
-
-
-def _doc_revision(store: Store) -> int | None:
-    with store.read() as r:
-        doc = r.by_name("hostdesired", "proj-00000000", "h1")
-        return doc.revision if doc else None
 
 
 def test_app_restart_keeps_projects_tokens_and_revision(tmp_path: Path) -> None:
@@ -133,7 +142,7 @@ def test_serve_runs_api_and_controller_and_stops_on_sigterm(tmp_path: Path) -> N
             assert c.get("/openapi.json").json()["info"]["title"] == "Yunhan API"
             c.post("/v1/zones", json={"name": "az1", "underlay_cidr": "198.18.1.0/24"})
             c.put("/v1/agent/hosts/h1", json={"zone": "az1", "underlay_ip": "198.18.1.11"})
-            # The controller in the same process publishes the document (long poll).
+            # The process compiles the host's document as it registers (long poll).
             r = c.get("/v1/agent/hosts/h1/desired", params={"after": 0, "timeout": DEADLINE})
             assert r.status_code == 200 and r.json()["host"] == "h1"
         proc.send_signal(signal.SIGTERM)
@@ -157,7 +166,9 @@ def test_interrupted_long_poll_answers_at_once(tmp_path: Path) -> None:
     shutdown for their whole timeout."""
     store = Store.open(tmp_path, poll_interval=0.05)
     try:
-        with TestClient(create_app(store, admin_token=ADMIN_TOKEN)) as c:
+        app = create_app(store, admin_token=ADMIN_TOKEN)
+        fleet = app.state.yunhan.fleet
+        with TestClient(app) as c:
             c.post(
                 "/v1/zones", json={"name": "az1", "underlay_cidr": "198.18.1.0/24"}, headers=ADMIN
             )
@@ -166,7 +177,6 @@ def test_interrupted_long_poll_answers_at_once(tmp_path: Path) -> None:
                 json={"zone": "az1", "underlay_ip": "198.18.1.1"},
                 headers=ADMIN,
             )
-            Controller(store).reconcile_once()
             after = c.get("/v1/agent/hosts/h1/desired", headers=ADMIN).json()["revision"]
             poll, out = _in_thread(
                 lambda: c.get(
@@ -175,9 +185,9 @@ def test_interrupted_long_poll_answers_at_once(tmp_path: Path) -> None:
                     headers=ADMIN,
                 )
             )
-            # Wait (with a deadline) until the poll is parked in the store's watch.
-            assert _until(lambda: bool(store._async_waiters["revision"]))
-            store.interrupt_waits()
+            # Wait (with a deadline) until the poll is parked.
+            assert _until(lambda: fleet.long_polls == 1)
+            fleet.interrupt()
             poll.join(DEADLINE)
             assert out and out[0].status_code == 204
     finally:

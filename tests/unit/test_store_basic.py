@@ -177,9 +177,14 @@ def test_migration_v1_to_v2_keeps_document_history(tmp_path: Path) -> None:
         assert s.migrate(conn, target=1) == 1
         conn.execute(text("INSERT INTO doc_history (host, revision) VALUES ('h1', 7)"))
     with engine.begin() as conn:
-        assert s.migrate(conn) == s.LATEST
+        assert s.migrate(conn, target=2) == 2
         row = conn.execute(text("SELECT revision, input_revision FROM doc_history")).one()
         assert tuple(row) == (7, 6)  # v1 compiled and wrote in one transaction
+    with engine.begin() as conn:
+        # v3: documents are compiled in memory from the change log, no longer stored.
+        assert s.migrate(conn) == s.LATEST
+        names = set(inspect(conn).get_table_names())
+        assert "doc_history" not in names and "events" in names
     engine.dispose()
 
 
@@ -209,9 +214,8 @@ def test_bookkeeping_writes_wake_only_the_any_channel(store: Store) -> None:
     assert got == [1] and len(calls) == 2  # once at first, once for the real write
 
     def heartbeat_seen() -> float | None:
-        with store.read() as r:
-            lv = r.liveness().get("h2")
-            return lv.heartbeat_at if lv else None
+        lv = store.liveness().get("h2")
+        return lv.heartbeat_at if lv else None
 
     t = threading.Thread(target=lambda: got.append(store.wait_for(heartbeat_seen, 30, on="any")))
     t.start()

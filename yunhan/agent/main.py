@@ -23,6 +23,7 @@ import httpx
 from yunhan.agent.dataplane import ApplyReport, DataPlane
 from yunhan.errors import ValidationError
 from yunhan.net.desired import HostDesired
+from yunhan.net.docentries import Delta, assemble, digest
 from yunhan.net.naming import Naming
 
 log = logging.getLogger("yunhan.agent")
@@ -60,8 +61,13 @@ class Agent:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
+        # Several endpoints (comma-separated) are replicas of one control plane: the agent
+        # talks to one and moves to the next when it cannot be reached.
+        self._endpoints = [u.strip().rstrip("/") for u in config.api_url.split(",") if u.strip()]
+        if not self._endpoints:
+            raise ValidationError("the agent needs at least one API endpoint")
+        self._endpoint = 0
         self._client = httpx.Client(
-            base_url=config.api_url.rstrip("/"),
             headers={"Authorization": f"Bearer {config.token}"},
             timeout=httpx.Timeout(10.0, read=LONG_POLL_TIMEOUT + 10.0),
         )
@@ -76,11 +82,22 @@ class Agent:
         self.report: ApplyReport | None = None
         self.applied_revision = 0
         self._store: str | None = None  # the store that `desired` and its revision come from
+        # The document as keyed entries (docs/api.md): deltas apply to it; its digest lets
+        # the server notice a copy that drifted from its own and send it whole.
+        self._entries: dict[str, dict[str, Any]] = {}
+        self._digest: str | None = None
 
     # -- control-plane calls -------------------------------------------------------------
 
     def _path(self, tail: str) -> str:
-        return f"/v1/agent/hosts/{self.config.host_name}{tail}"
+        return f"{self._endpoints[self._endpoint]}/v1/agent/hosts/{self.config.host_name}{tail}"
+
+    def _failover(self, exc: Exception) -> None:
+        """The endpoint could not be reached: use the next replica for the next call."""
+        if isinstance(exc, httpx.TransportError) and len(self._endpoints) > 1:
+            with self._lock:
+                self._endpoint = (self._endpoint + 1) % len(self._endpoints)
+            log.warning("moving to API endpoint %s", self._endpoints[self._endpoint])
 
     def register(self) -> None:
         """Register (or re-register) this host; retries until the control plane answers."""
@@ -99,11 +116,15 @@ class Agent:
                 log.error("registration refused: %s %s", r.status_code, r.text)
             except httpx.HTTPError as exc:
                 log.warning("control plane unreachable (%s); retrying", exc)
+                self._failover(exc)
             self._stop.wait(delay)
             delay = min(delay * 2, 5.0)
 
     def _fetch_desired(self, after: int, wait: float) -> HostDesired | None:
-        r = self._client.get(self._path("/desired"), params={"after": after, "timeout": wait})
+        params: dict[str, Any] = {"after": after, "timeout": wait}
+        if after and self._digest:
+            params["digest"] = self._digest
+        r = self._client.get(self._path("/desired"), params=params)
         store = r.headers.get(STORE_HEADER)
         if r.status_code < 300 and store and store != self._store:
             with self._lock:
@@ -117,11 +138,25 @@ class Agent:
                     )
                     self.applied_revision = 0
                     self.desired = None
+                    self._entries, self._digest = {}, None
+                    self._store = store
+                    return None  # ask again, from revision 0: the new store's whole document
                 self._store = store
         if r.status_code == 204:
             return None
         r.raise_for_status()
-        return HostDesired.model_validate(r.json())
+        delta = Delta.from_json(r.json())
+        if not delta.snapshot and not self._entries:
+            # Nothing to apply a delta to (we never held this store's document): ask whole.
+            return self._fetch_desired(0, 0.0)
+        # A delta carries the current value of every key changed since `after`, so it also
+        # applies to a copy newer than `after` (an apply that failed midway).
+        entries = delta.applied_to(self._entries)
+        doc = assemble(entries, self.config.host_name).model_copy(
+            update={"revision": delta.revision}
+        )
+        self._entries, self._digest = entries, digest(entries)
+        return doc
 
     def _status_body(self) -> dict[str, Any]:
         with self._lock:
@@ -154,6 +189,7 @@ class Agent:
                 r = self._client.post(self._path("/status"), json=self._status_body())
             except httpx.HTTPError as exc:
                 log.warning("status report failed: %s", exc)
+                self._failover(exc)
                 return
         if r.status_code >= 300:
             log.warning("status report refused: %s %s", r.status_code, r.text[:500])
@@ -194,6 +230,7 @@ class Agent:
             except (httpx.HTTPError, ValueError) as exc:
                 # Headless: the data plane keeps forwarding what it has; we only wait.
                 log.warning("watch failed (%s); data plane left as is", exc)
+                self._failover(exc)
                 if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == 404:
                     self.register()
                 self._stop.wait(backoff)

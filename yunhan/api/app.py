@@ -20,7 +20,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from yunhan.api.auth import ADMIN_PROJECT, Caller, authenticate, token_hash
-from yunhan.errors import Forbidden, YunhanError
+from yunhan.api.fleet import Fleet
+from yunhan.errors import Forbidden, Unauthorized, YunhanError
 from yunhan.model import new_id
 from yunhan.store import Store
 
@@ -37,6 +38,7 @@ class AppState:
     admin_hash: str
     admin_project_id: str
     clock: Callable[[], float]
+    fleet: Fleet
     max_long_poll: float = MAX_LONG_POLL
 
 
@@ -48,10 +50,17 @@ def state_of(request: Request) -> AppState:
 def caller(request: Request) -> Caller:
     """FastAPI dependency: the authenticated caller (401 otherwise)."""
     st = state_of(request)
+    header = request.headers.get("authorization")
+    try:
+        with st.store.read() as r:
+            return authenticate(r, header, st.admin_hash, st.admin_project_id)
+    except Unauthorized:
+        if st.store.dialect == "sqlite":
+            raise
+    # A token made through another replica a moment ago: follow the log, then look again.
+    st.store.refresh()
     with st.store.read() as r:
-        return authenticate(
-            r, request.headers.get("authorization"), st.admin_hash, st.admin_project_id
-        )
+        return authenticate(r, header, st.admin_hash, st.admin_project_id)
 
 
 CallerDep = Annotated[Caller, Depends(caller)]
@@ -140,9 +149,10 @@ def create_app(
     admin_token: str,
     clock: Callable[[], float] = time.time,
     max_long_poll: float = MAX_LONG_POLL,
+    fleet: Fleet | None = None,
 ) -> FastAPI:
     """The API over `store`. `admin_token` grants the admin project; it is never stored."""
-    from yunhan.api.routes import agent, infra, instances, network, projects, watch
+    from yunhan.api.routes import agent, infra, instances, metrics, network, projects, watch
 
     app = FastAPI(
         title="Yunhan API",
@@ -156,9 +166,10 @@ def create_app(
         admin_hash=token_hash(admin_token),
         admin_project_id=bootstrap(store),
         clock=clock,
+        fleet=fleet or Fleet(store, clock),
         max_long_poll=max_long_poll,
     )
     _install_error_handlers(app)
-    for module in (projects, infra, network, instances, agent, watch):
+    for module in (projects, infra, network, instances, agent, watch, metrics):
         app.include_router(module.router)
     return app

@@ -9,18 +9,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import socket
 from collections.abc import Generator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import uvicorn
 
 from yunhan.api.app import create_app
+from yunhan.api.replicas import ReplicaBridge
 from yunhan.controller import Controller
 from yunhan.store import Store
+from yunhan.store.leader import Leader
 
 log = logging.getLogger("yunhan.server")
+
+LEASE_PERSIST_INTERVAL = 2.0
+LEADER_RETRY = 1.0  # a standby asks for the lock this often
+LEADER_CHECK = 1.0  # a leader checks it still holds the lock this often
 
 
 class _Server(uvicorn.Server):
@@ -36,18 +44,25 @@ async def _main(store: Store, host: str, port: int, admin_token: str) -> None:
         host=host,
         port=port,
         log_level="info",
+        # One line per request would cost more than the request at a thousand agents.
+        access_log=False,
         lifespan="off",
         # Long polls are ended by `interrupt_waits`; this bounds anything else in flight.
         timeout_graceful_shutdown=5,
     )
     server = _Server(config)
-    controller = Controller(store)
+    fleet = app.state.yunhan.fleet
+    controller = Controller(store, leases=lambda: fleet.leases)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
+    def _interrupt() -> None:
+        store.interrupt_waits()  # open long polls answer now (204 / not yet converged)
+        fleet.interrupt()
+
     def _on_signal() -> None:
         stop.set()
-        store.interrupt_waits()  # open long polls answer now (204 / not yet converged)
+        _interrupt()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _on_signal)
@@ -61,13 +76,66 @@ async def _main(store: Store, host: str, port: int, admin_token: str) -> None:
             await server.serve()
         finally:
             stop.set()  # the server ended (e.g. port in use): take the controller down too
-            store.interrupt_waits()
+            _interrupt()
+
+    async def _lead() -> None:
+        # Every replica runs this; one at a time holds the lock and runs the controller,
+        # its writes fenced by its epoch. A lost lock stops it; it then stands by again.
+        leader = Leader(store.engine, name=f"{socket.gethostname()}:{port} pid={os.getpid()}")
+        try:
+            while not stop.is_set():
+                try:
+                    epoch = await asyncio.to_thread(leader.try_acquire)
+                except Exception:
+                    log.exception("leader election failed; retrying")
+                    epoch = None
+                if epoch is None:
+                    with suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), LEADER_RETRY)
+                    continue
+                log.info("leading the controller (epoch %d)", epoch)
+                controller.epoch = epoch
+                if await _run_while_leading(controller, leader, stop):
+                    log.warning("lost the controller's leadership (epoch %d); standing by", epoch)
+        finally:
+            await asyncio.to_thread(leader.release)
+
+    async def _stop_bridge(bridge: ReplicaBridge) -> None:
+        await stop.wait()
+        await asyncio.to_thread(bridge.stop)
+
+    async def _persist_leases() -> None:
+        # Heartbeats are leases in memory; they reach the database in one batch a tick.
+        while not stop.is_set():
+            with suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), LEASE_PERSIST_INTERVAL)
+            try:
+                await asyncio.to_thread(fleet.persist_leases)
+            except Exception:
+                log.exception("could not persist agent leases; retrying")
+
+    async def _follow_log() -> None:
+        # Writes of other replicas (PostgreSQL) are followed on NOTIFY (ReplicaBridge); this
+        # poll is the fallback for a lost notification.
+        while not stop.is_set():
+            with suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), store.poll_interval)
+            try:
+                await asyncio.to_thread(store.refresh)
+            except Exception:
+                log.exception("could not follow the change log; retrying")
 
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(_serve())
             tg.create_task(_stop_server())
-            tg.create_task(controller.run(stop))
+            tg.create_task(_lead())
+            tg.create_task(_persist_leases())
+            if store.dialect != "sqlite":
+                tg.create_task(_follow_log())
+                bridge = ReplicaBridge(store, fleet)
+                bridge.start()
+                tg.create_task(_stop_bridge(bridge))
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
@@ -75,14 +143,38 @@ async def _main(store: Store, host: str, port: int, admin_token: str) -> None:
         raise SystemExit(f"the API server could not start on {host}:{port}")
 
 
-def serve(state_dir: Path, host: str, port: int, admin_token: str) -> None:
+async def _run_while_leading(controller: Controller, leader: Leader, stop: asyncio.Event) -> bool:
+    """Run the controller until `stop` or until leadership is lost (returns True then)."""
+    ended = asyncio.Event()
+
+    async def watch() -> bool:
+        lost = asyncio.create_task(leader.wait_lost(LEADER_CHECK))
+        stopping = asyncio.create_task(stop.wait())
+        done, pending = await asyncio.wait({lost, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        for t in pending:
+            t.cancel()
+            with suppress(asyncio.CancelledError):
+                await t
+        ended.set()
+        return lost in done
+
+    async with asyncio.TaskGroup() as tg:
+        watcher = tg.create_task(watch())
+        tg.create_task(controller.run(ended))
+    return watcher.result()
+
+
+def serve(
+    state_dir: Path, host: str, port: int, admin_token: str, *, database: str | None = None
+) -> None:
     """Run the API and the controller until SIGTERM or SIGINT (blocking).
 
-    The store is state_dir/yunhan.db (created and migrated if needed); the admin project is
-    created on first start and `admin_token` is its token for as long as this process runs.
+    The store is `database` (an SQLAlchemy URL) or state_dir/yunhan.db (created and migrated
+    if needed); the admin project is created on first start and `admin_token` is its token
+    for as long as this process runs.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    store = Store.open(Path(state_dir))
+    store = Store.connect(database) if database else Store.open(Path(state_dir))
     try:
         asyncio.run(_main(store, host, port, admin_token))
     finally:

@@ -44,18 +44,34 @@ def register(app: typer.Typer) -> None:
         admin_token_file: Annotated[
             Path, typer.Option("--admin-token-file", help="file holding the admin token")
         ] = Path("admin.token"),
+        database: Annotated[
+            str | None,
+            typer.Option(
+                "--database",
+                envvar="YUNHAN_DATABASE",
+                help="SQLAlchemy URL of a shared store, e.g. postgresql+psycopg://host/yunhan "
+                "(default: SQLite in --state-dir)",
+            ),
+        ] = None,
     ) -> None:
-        """Run the API server and the controller (one process) until SIGTERM/SIGINT."""
+        """Run the API server and the controller (one process) until SIGTERM/SIGINT.
+
+        Several servers given the same PostgreSQL --database are replicas: any of them
+        serves any client or agent, and one at a time runs the controller.
+        """
         from yunhan.api.server import serve
 
         host, port = _split_listen(listen)
         state_dir.mkdir(parents=True, exist_ok=True)
-        serve(state_dir, host, port, _read_token(admin_token_file))
+        serve(state_dir, host, port, _read_token(admin_token_file), database=database)
 
     @app.command("agent", hidden=True)
     @handled
     def agent(
-        api: Annotated[str, typer.Option("--api", help="the API endpoint")],
+        api: Annotated[
+            str,
+            typer.Option("--api", help="the API endpoint; several (comma-separated) are replicas"),
+        ],
         token_file: Annotated[Path, typer.Option("--token-file", help="file holding a token")],
         host: Annotated[str, typer.Option("--host", help="this host's name")],
         zone: Annotated[str, typer.Option("--zone", help="this host's zone (name or id)")],

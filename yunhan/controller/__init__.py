@@ -1,6 +1,6 @@
-"""Reconcilers (pure) and the controller loop that runs them on every store change."""
+"""Reconcilers (pure), the document engine, and the controller loop."""
 
-from yunhan.controller.loop import Controller, reconcile
+from yunhan.controller.loop import Controller
 from yunhan.controller.netcompile import compile_hosts
 
-__all__ = ["Controller", "compile_hosts", "reconcile"]
+__all__ = ["Controller", "compile_hosts"]

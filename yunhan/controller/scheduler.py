@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from yunhan.errors import Conflict
 
@@ -34,3 +35,16 @@ def schedule(zone: str, zone_name: str, hosts: Iterable[Candidate]) -> str:
         )
     best = min(in_zone, key=lambda h: (not h.healthy, h.instances, h.name))
     return best.name
+
+
+HEALTHY_WITHIN = 15.0  # seconds since the last heartbeat (docs/api.md)
+
+
+class Heartbeat(Protocol):
+    @property
+    def heartbeat_at(self) -> float: ...
+
+
+def host_healthy(lease: Heartbeat | None, now: float) -> bool:
+    """A host is healthy while its agent's last heartbeat is recent."""
+    return lease is not None and now - lease.heartbeat_at < HEALTHY_WITHIN

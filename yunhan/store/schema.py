@@ -27,6 +27,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     delete,
+    func,
     insert,
     select,
     update,
@@ -139,7 +140,7 @@ def _v2(conn: Connection) -> None:
     conn.exec_driver_sql(
         "ALTER TABLE doc_history ADD COLUMN input_revision INTEGER NOT NULL DEFAULT 0"
     )
-    conn.execute(update(doc_history).values(input_revision=doc_history.c.revision - 1))
+    conn.exec_driver_sql("UPDATE doc_history SET input_revision = revision - 1")
 
 
 def _v3(conn: Connection) -> None:
@@ -155,8 +156,11 @@ def _v3(conn: Connection) -> None:
           PrimaryKeyConstraint("revision", "seq")).create(conn)  # fmt: skip
     if conn.dialect.name == "postgresql":
         # Revisions are 64-bit (SQLite's INTEGER already is).
-        for table, col in (("meta", "value"), ("resources", "revision"),
-                           ("liveness", "applied_revision")):
+        for table, col in (
+            ("meta", "value"),
+            ("resources", "revision"),
+            ("liveness", "applied_revision"),
+        ):
             conn.exec_driver_sql(f"ALTER TABLE {table} ALTER COLUMN {col} TYPE BIGINT")  # fmt: skip
     conn.exec_driver_sql("DROP TABLE doc_history")
     conn.exec_driver_sql("DELETE FROM resources WHERE kind = 'hostdesired'")
@@ -169,6 +173,8 @@ def _v3(conn: Connection) -> None:
 
 MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3]
 LATEST = len(MIGRATIONS)
+# PostgreSQL advisory lock keys are one 64-bit space per database: ours are "YH" + a tag.
+MIGRATE_LOCK_KEY = 0x5948_0000_0000_0001
 
 
 def current_version(conn: Connection) -> int:
@@ -178,7 +184,13 @@ def current_version(conn: Connection) -> int:
 
 
 def migrate(conn: Connection, target: int = LATEST) -> int:
-    """Bring the schema to `target` (within the caller's transaction); returns the version."""
+    """Bring the schema to `target` (within the caller's transaction); returns the version.
+
+    On PostgreSQL, replicas starting at once take turns (a transaction-level advisory lock):
+    otherwise two could both see no schema_version table and both try to create it.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(select(func.pg_advisory_xact_lock(MIGRATE_LOCK_KEY)))
     if not conn.dialect.has_table(conn, "schema_version"):
         schema_version.create(conn)
         conn.execute(insert(schema_version).values(version=0))

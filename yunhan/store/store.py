@@ -1,14 +1,23 @@
-"""A revisioned object store on SQLite (SQLAlchemy Core), with transactions and a watch.
+"""A revisioned object store: the model in memory, a change log in the database.
 
 * Every resource has kind, id, project, name, spec, status and the revision of its last
   write. Each committed transaction that writes anything moves ONE global revision by one,
   and every object it wrote carries that revision: a multi-object change is one revision.
+* Every committed write is also an ordered event (`Event`) in the `events` table. Each
+  process keeps the whole model in memory (`Model`), advanced by those events: its own
+  writes as they commit, other processes' (replicas on PostgreSQL) after a NOTIFY or a
+  poll. Reads (`read()`) are answered from memory at a known revision; they never touch the
+  database. Subscribers (the document engine) see every event once, in order.
 * `transaction()` is all or nothing: raise inside it and nothing is written, the revision
-  does not move. Writers are serialised (a process lock plus `BEGIN IMMEDIATE`), so a
-  check-then-write inside one transaction (name free? address free?) cannot race.
-* Watch: `wait_for(predicate, timeout)` re-evaluates a predicate whenever this process
-  commits (in-process notification, threads and asyncio alike) and at least every
-  `poll_interval` seconds, so writes by another process are seen too.
+  does not move. Writers are serialised across processes by the database (`BEGIN
+  IMMEDIATE` on SQLite, a row lock on the revision counter on PostgreSQL); before a writer
+  reads, the model is caught up to the database under that lock, so a check-then-write
+  (name free? address free?) cannot race, on one process or many.
+* Group commit: transactions that arrive while another batch commits run one after the
+  other against the in-memory model (plus the writes of their batch) and are committed to
+  the database together, in one database transaction; each still gets its own revision,
+  and each caller returns only once its batch is durable. A failed batch commit fails every
+  transaction in it and leaves the model as it was.
 * `update` writes nothing when spec and status are unchanged, so idempotent reconcilers do
   not churn revisions.
 """
@@ -17,61 +26,46 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from sqlalchemy import (
-    Connection,
-    Engine,
-    create_engine,
-    delete,
-    event,
-    insert,
-    select,
-    update,
-)
+from sqlalchemy import Connection, Engine, create_engine, delete, event, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from yunhan.errors import Conflict, NotFound
 from yunhan.store import schema as s
+from yunhan.store.resource import Event, Op, Resource
 
 T = TypeVar("T")
 Channel = Literal["revision", "any"]
 DB_NAME = "yunhan.db"
-DOC_HISTORY_KEEP = 64
+LOG_KEEP = 200_000  # events kept in the database; a replica further behind reloads
+NOTIFY_CHANNEL = "yunhan_events"
 
+log = logging.getLogger("yunhan.store")
 
-@dataclass(frozen=True)
-class Resource:
-    """One stored object. Immutable: `Tx.update` returns the new version."""
-
-    kind: str
-    id: str
-    project: str
-    name: str
-    spec: dict[str, Any]
-    status: dict[str, Any]
-    revision: int
-    created_at: str
-
-    def envelope(self) -> dict[str, Any]:
-        """The JSON shape of docs/api.md."""
-        return {
-            "id": self.id,
-            "kind": self.kind,
-            "name": self.name,
-            "project": self.project,
-            "revision": self.revision,
-            "created_at": self.created_at,
-            "spec": self.spec,
-            "status": self.status,
-        }
+# Secondary indexes of the model: (kind, field) -> the key an object is filed under. They
+# are what makes "instances of subnet S", "instances on host H" and "is this MAC taken"
+# cost the size of the answer instead of the size of the region.
+IndexFn = Callable[[Resource], str | None]
+INDEXES: dict[tuple[str, str], IndexFn] = {
+    ("instance", "subnet"): lambda r: r.spec.get("subnet"),
+    ("instance", "host"): lambda r: r.status.get("host"),
+    ("instance", "mac"): lambda r: r.status.get("mac"),
+    ("instance", "zone"): lambda r: r.spec.get("zone"),
+    ("instance", "unplaced"): lambda r: None if r.status.get("host") else "yes",
+    ("subnet", "vpc"): lambda r: r.spec.get("vpc"),
+    ("host", "underlay_ip"): lambda r: r.spec.get("underlay_ip"),
+    ("host", "zone"): lambda r: r.spec.get("zone"),
+    ("vpc", "vni"): lambda r: str(r.status["vni"]) if r.status.get("vni") else None,
+}
 
 
 def _row_to_resource(row: Any) -> Resource:
@@ -80,7 +74,7 @@ def _row_to_resource(row: Any) -> Resource:
         id=row.id,
         project=row.project,
         name=row.name,
-        spec=json.loads(row.spec) if "spec" in row._fields else {},
+        spec=json.loads(row.spec),
         status=json.loads(row.status),
         revision=row.revision,
         created_at=row.created_at,
@@ -92,103 +86,287 @@ def _dump(d: dict[str, Any]) -> str:
     return json.dumps(d, sort_keys=True, separators=(",", ":"))
 
 
+def _obj_json(r: Resource) -> str:
+    return json.dumps(
+        {
+            "project": r.project,
+            "name": r.name,
+            "spec": r.spec,
+            "status": r.status,
+            "revision": r.revision,
+            "created_at": r.created_at,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+
+
+def _event_from_row(row: Any) -> Event:
+    o = json.loads(row.obj)
+    obj = Resource(
+        row.kind,
+        row.id,
+        o["project"],
+        o["name"],
+        o["spec"],
+        o["status"],
+        o["revision"],
+        o["created_at"],
+    )
+    return Event(int(row.revision), row.kind, row.id, row.op, obj)
+
+
 @dataclass(frozen=True)
 class Liveness:
+    """What an agent last said: persisted in batches, never one write per heartbeat."""
+
     host: str
     applied_revision: int
     heartbeat_at: float
     error: str | None
 
 
-class Reader:
-    """Read access inside one database transaction (a consistent snapshot)."""
+class Model:
+    """Every resource in memory, at `revision`, with the indexes the API and controller use.
 
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
+    Mutated only through `apply` and `load`, under the store's model lock.
+    """
+
+    def __init__(self) -> None:
+        self.revision = 0
+        self.objs: dict[str, Resource] = {}
+        self.by_kind: dict[str, dict[str, Resource]] = {}
+        self.names: dict[tuple[str, str, str], str] = {}
+        self.index: dict[tuple[str, str], dict[str, set[str]]] = {k: {} for k in INDEXES}
+        self.tokens: dict[str, str] = {}  # token hash -> project id
+
+    def load(self, revision: int, objs: Iterable[Resource], tokens: dict[str, str]) -> None:
+        self.objs, self.by_kind, self.names = {}, {}, {}
+        self.index = {k: {} for k in INDEXES}
+        for o in objs:
+            self._put(o)
+        self.revision = revision
+        self.tokens = dict(tokens)
+
+    def _file(self, o: Resource, add: bool) -> None:
+        for (kind, fld), fn in INDEXES.items():
+            if kind != o.kind:
+                continue
+            key = fn(o)
+            if key is None:
+                continue
+            bucket = self.index[(kind, fld)]
+            if add:
+                bucket.setdefault(key, set()).add(o.id)
+            else:
+                ids = bucket.get(key)
+                if ids is not None:
+                    ids.discard(o.id)
+                    if not ids:
+                        del bucket[key]
+
+    def _put(self, o: Resource) -> None:
+        old = self.objs.get(o.id)
+        if old is not None:
+            self._drop(old)
+        self.objs[o.id] = o
+        self.by_kind.setdefault(o.kind, {})[o.id] = o
+        self.names[(o.kind, o.project, o.name)] = o.id
+        self._file(o, True)
+
+    def _drop(self, o: Resource) -> None:
+        self.objs.pop(o.id, None)
+        self.by_kind.get(o.kind, {}).pop(o.id, None)
+        if self.names.get((o.kind, o.project, o.name)) == o.id:
+            del self.names[(o.kind, o.project, o.name)]
+        self._file(o, False)
+
+    def apply(self, ev: Event) -> None:
+        if ev.op == "delete":
+            old = self.objs.get(ev.id)
+            if old is not None:
+                self._drop(old)
+        else:
+            self._put(ev.obj)
+
+    # The view that readers use (an _Overlay offers the same) ---------------------------
+    def lookup(self, id: str) -> Resource | None:
+        return self.objs.get(id)
+
+    def name_id(self, key: tuple[str, str, str]) -> str | None:
+        return self.names.get(key)
+
+    def of_kind(self, kind: str) -> Iterable[Resource]:
+        return self.by_kind.get(kind, {}).values()
+
+    def filed(self, key: tuple[str, str], value: str) -> Collection[str]:
+        return self.index[key].get(value, ())
+
+    def token(self, token_hash: str) -> str | None:
+        return self.tokens.get(token_hash)
+
+
+class _Overlay:
+    """A model seen through uncommitted writes: a batch's, then a transaction's.
+
+    Reads fall through to `base` for what was not written here; writes land here only.
+    """
+
+    def __init__(self, base: Model | _Overlay) -> None:
+        self.base = base
+        self.mine: dict[str, Resource | None] = {}  # id -> written object, None = deleted
+        self.mine_names: dict[tuple[str, str, str], str | None] = {}
+        self.new_tokens: dict[str, str] = {}
+        # Index changes made here, in order: (index, value) -> [(id, filed or unfiled)].
+        # A lookup that no write here touched costs what it costs on the model.
+        self.moves: dict[tuple[tuple[str, str], str], list[tuple[str, bool]]] = {}
 
     @property
     def revision(self) -> int:
-        """The revision committed before this transaction began."""
-        return self._meta("revision")
+        return self.base.revision
+
+    def lookup(self, id: str) -> Resource | None:
+        if id in self.mine:
+            return self.mine[id]
+        return self.base.lookup(id)
+
+    def name_id(self, key: tuple[str, str, str]) -> str | None:
+        if key in self.mine_names:
+            return self.mine_names[key]
+        return self.base.name_id(key)
+
+    def written(self) -> dict[str, Resource | None]:
+        out = self.base.written() if isinstance(self.base, _Overlay) else {}
+        out.update(self.mine)
+        return out
+
+    def root(self) -> Model:
+        return self.base.root() if isinstance(self.base, _Overlay) else self.base
+
+    def of_kind(self, kind: str) -> Iterable[Resource]:
+        written = self.written()
+        out = [o for o in self.root().of_kind(kind) if o.id not in written]
+        out.extend(o for o in written.values() if o is not None and o.kind == kind)
+        return out
+
+    def chain(self) -> list[_Overlay]:
+        """The overlays from the model up to this one (base first)."""
+        below = self.base.chain() if isinstance(self.base, _Overlay) else []
+        return [*below, self]
+
+    def filed(self, key: tuple[str, str], value: str) -> Collection[str]:
+        levels = [ov.moves[(key, value)] for ov in self.chain() if (key, value) in ov.moves]
+        ids = self.root().filed(key, value)
+        if not levels:
+            return ids
+        out = set(ids)
+        for moves in levels:
+            for id, filed in moves:
+                if filed:
+                    out.add(id)
+                else:
+                    out.discard(id)
+        return out
+
+    def token(self, token_hash: str) -> str | None:
+        if token_hash in self.new_tokens:
+            return self.new_tokens[token_hash]
+        return self.base.token(token_hash)
+
+    def write(self, o: Resource | None, id: str, old: Resource | None) -> None:
+        if old is not None:
+            self.mine_names[(old.kind, old.project, old.name)] = None
+            self._move(old, False)
+        self.mine[id] = o
+        if o is not None:
+            self.mine_names[(o.kind, o.project, o.name)] = o.id
+            self._move(o, True)
+
+    def _move(self, o: Resource, filed: bool) -> None:
+        for key, fn in INDEXES.items():
+            if key[0] == o.kind and (value := fn(o)) is not None:
+                self.moves.setdefault((key, value), []).append((o.id, filed))
+
+    def merge_into_base(self) -> None:
+        assert isinstance(self.base, _Overlay)
+        self.base.mine.update(self.mine)
+        self.base.mine_names.update(self.mine_names)
+        self.base.new_tokens.update(self.new_tokens)
+        for k, moves in self.moves.items():
+            self.base.moves.setdefault(k, []).extend(moves)
+
+
+View = Model | _Overlay
+
+
+class Reader:
+    """Read access to one consistent state: the model, plus (in a `Tx`) its own writes."""
+
+    def __init__(self, view: View) -> None:
+        self._v = view
 
     @property
-    def compiled_revision(self) -> int:
-        return self._meta("compiled_revision")
-
-    def _meta(self, key: str) -> int:
-        return int(
-            self._conn.execute(select(s.meta.c.value).where(s.meta.c.key == key)).scalar_one()
-        )
+    def revision(self) -> int:
+        """The revision this reader sees."""
+        return self._v.revision
 
     def get(self, kind: str, id: str) -> Resource | None:
-        row = self._conn.execute(
-            select(s.resources).where(s.resources.c.id == id, s.resources.c.kind == kind)
-        ).first()
-        return _row_to_resource(row) if row else None
+        o = self._v.lookup(id)
+        return o if o is not None and o.kind == kind else None
 
     def by_name(self, kind: str, project: str, name: str) -> Resource | None:
-        row = self._conn.execute(
-            select(s.resources).where(
-                s.resources.c.kind == kind,
-                s.resources.c.project == project,
-                s.resources.c.name == name,
-            )
-        ).first()
-        return _row_to_resource(row) if row else None
+        id = self._v.name_id((kind, project, name))
+        return self._v.lookup(id) if id is not None else None
+
+    def find(self, kind: str, field: str, key: str) -> list[Resource]:
+        """Objects of `kind` filed under `key` by the index `field` (see INDEXES)."""
+        found = (self._v.lookup(i) for i in self._v.filed((kind, field), key))
+        return sorted((o for o in found if o is not None), key=lambda o: (o.name, o.id))
+
+    def count_of(self, kind: str, field: str, key: str) -> int:
+        return len(self._v.filed((kind, field), key))
 
     def list(self, kind: str, project: str | None = None, *, spec: bool = True) -> list[Resource]:
-        """Resources of `kind` (of one project if given), ordered by name.
+        """Resources of `kind` (of one project if given), ordered by name then id.
 
-        `spec=False` leaves every spec empty ({}): decoding large specs (host documents) is
-        the expensive part when only their status is needed.
+        (`spec` is kept for callers of the database store; nothing is decoded here.)
         """
-        cols = list(s.resources.c) if spec else [c for c in s.resources.c if c.name != "spec"]
-        q = select(*cols).where(s.resources.c.kind == kind)
+        objs = self._v.of_kind(kind)
         if project is not None:
-            q = q.where(s.resources.c.project == project)
-        rows = self._conn.execute(q.order_by(s.resources.c.name, s.resources.c.id))
-        return [_row_to_resource(r) for r in rows]
+            objs = [o for o in objs if o.project == project]
+        return sorted(objs, key=lambda o: (o.name, o.id))
 
     def token_project(self, token_hash: str) -> str | None:
-        return self._conn.execute(
-            select(s.tokens.c.project).where(s.tokens.c.hash == token_hash)
-        ).scalar_one_or_none()
-
-    def liveness(self) -> dict[str, Liveness]:
-        rows = self._conn.execute(select(s.liveness))
-        return {r.host: Liveness(r.host, r.applied_revision, r.heartbeat_at, r.error) for r in rows}
-
-    def first_doc_including(self, host: str, revision: int) -> int | None:
-        """The revision of `host`'s first desired document compiled from a store state that
-        includes write `revision`, or None if none was written since."""
-        return self._conn.execute(
-            select(s.doc_history.c.revision)
-            .where(s.doc_history.c.host == host, s.doc_history.c.input_revision >= revision)
-            .order_by(s.doc_history.c.revision)
-            .limit(1)
-        ).scalar_one_or_none()
+        return self._v.token(token_hash)
 
 
 @dataclass
-class _Pending:
-    wrote: bool = False
-    touched: bool = False  # a non-revisioned write (liveness, tokens, counters)
-    created: set[str] = field(default_factory=set)
+class _Write:
+    """What one transaction wrote, in order (its revision is the batch's to give)."""
+
+    ops: list[tuple[Op, Resource]] = field(default_factory=list)
+    tokens: list[tuple[str, str, str]] = field(default_factory=list)  # hash, project, at
+    liveness: list[Liveness] = field(default_factory=list)
 
 
 class Tx(Reader):
     """A write transaction. Objects written in it get revision `self.next_revision`."""
 
-    def __init__(self, conn: Connection, now: str) -> None:
-        super().__init__(conn)
-        self._base = self.revision
-        self.next_revision = self._base + 1
+    def __init__(self, view: _Overlay, next_revision: int, now: str) -> None:
+        self._ov = _Overlay(view)
+        super().__init__(self._ov)
+        self.next_revision = next_revision
         self._now = now
-        self._p = _Pending()
+        self._w = _Write()
+
+    @property
+    def revision(self) -> int:
+        """The revision committed (or batched) before this transaction."""
+        return self.next_revision - 1
 
     @property
     def wrote(self) -> bool:
-        return self._p.wrote
+        return bool(self._w.ops)
 
     def create(
         self,
@@ -202,22 +380,21 @@ class Tx(Reader):
         """Insert a resource; a name taken in the project (per kind) is a Conflict."""
         if self.by_name(kind, project, name) is not None:
             raise Conflict(f"a {kind} named {name!r} already exists", kind=kind, name=name)
-        if self._conn.execute(select(s.resources.c.id).where(s.resources.c.id == id)).first():
+        if self._ov.lookup(id) is not None:
             raise Conflict(f"id {id} is already taken", id=id)
-        res = Resource(kind, id, project, name, spec, status or {}, self.next_revision, self._now)
-        self._conn.execute(
-            insert(s.resources).values(
-                id=id,
-                kind=kind,
-                project=project,
-                name=name,
-                spec=_dump(res.spec),
-                status=_dump(res.status),
-                revision=res.revision,
-                created_at=res.created_at,
-            )
+        # JSON round trip: the stored object never shares mutable state with the caller.
+        res = Resource(
+            kind,
+            id,
+            project,
+            name,
+            json.loads(_dump(spec)),
+            json.loads(_dump(status or {})),
+            self.next_revision,
+            self._now,
         )
-        self._p.wrote = True
+        self._ov.write(res, id, None)
+        self._w.ops.append(("put", res))
         return res
 
     def update(
@@ -231,80 +408,61 @@ class Tx(Reader):
         current = self.get(res.kind, res.id)
         if current is None:
             raise NotFound(f"{res.kind} {res.name} ({res.id}) no longer exists", id=res.id)
-        new_spec = current.spec if spec is None else spec
-        new_status = current.status if status is None else status
+        new_spec = current.spec if spec is None else json.loads(_dump(spec))
+        new_status = current.status if status is None else json.loads(_dump(status))
         if _dump(new_spec) == _dump(current.spec) and _dump(new_status) == _dump(current.status):
             return current
-        self._conn.execute(
-            update(s.resources)
-            .where(s.resources.c.id == res.id)
-            .values(spec=_dump(new_spec), status=_dump(new_status), revision=self.next_revision)
-        )
-        self._p.wrote = True
-        return replace(current, spec=new_spec, status=new_status, revision=self.next_revision)
+        new = replace(current, spec=new_spec, status=new_status, revision=self.next_revision)
+        self._ov.write(new, new.id, current)
+        self._w.ops.append(("put", new))
+        return new
 
     def delete(self, res: Resource) -> Resource:
         """Delete `res`; returns it as of the deletion (its revision is the delete's, so a
         client can wait for the delete to converge)."""
-        self._conn.execute(delete(s.resources).where(s.resources.c.id == res.id))
-        self._p.wrote = True
-        return replace(res, revision=self.next_revision)
+        current = self.get(res.kind, res.id)
+        if current is None:
+            raise NotFound(f"{res.kind} {res.name} ({res.id}) no longer exists", id=res.id)
+        gone = replace(current, revision=self.next_revision)
+        self._ov.write(None, res.id, current)
+        self._w.ops.append(("delete", gone))
+        return gone
 
     def add_token(self, token_hash: str, project: str) -> None:
-        self._conn.execute(
-            insert(s.tokens).values(hash=token_hash, project=project, created_at=self._now)
-        )
-        self._p.touched = True
-
-    def set_compiled_revision(self, revision: int) -> None:
-        self._conn.execute(
-            update(s.meta).where(s.meta.c.key == "compiled_revision").values(value=revision)
-        )
-        self._p.touched = True
-
-    def record_doc(self, host: str, input_revision: int) -> None:
-        """Note that `host`'s desired document changes at this transaction's revision, as
-        compiled from the store at `input_revision`. Keeps the last few per host."""
-        self._conn.execute(
-            insert(s.doc_history).values(
-                host=host, revision=self.next_revision, input_revision=input_revision
-            )
-        )
-        old = (
-            select(s.doc_history.c.revision)
-            .where(s.doc_history.c.host == host)
-            .order_by(s.doc_history.c.revision.desc())
-            .offset(DOC_HISTORY_KEEP)
-        )
-        self._conn.execute(
-            delete(s.doc_history).where(
-                s.doc_history.c.host == host, s.doc_history.c.revision.in_(old)
-            )
-        )
+        if self.token_project(token_hash) is not None:
+            raise Conflict("that token is already registered")
+        self._ov.new_tokens[token_hash] = project
+        self._w.tokens.append((token_hash, project, self._now))
 
     def set_liveness(self, lv: Liveness) -> None:
-        self._conn.execute(delete(s.liveness).where(s.liveness.c.host == lv.host))
-        self._conn.execute(
-            insert(s.liveness).values(
-                host=lv.host,
-                applied_revision=lv.applied_revision,
-                heartbeat_at=lv.heartbeat_at,
-                error=lv.error,
-            )
-        )
-        self._p.touched = True
+        """Persist what an agent last said (bookkeeping: the revision does not move)."""
+        self._w.liveness.append(lv)
 
-    def _finish(self) -> int:
-        if self._p.wrote:
-            self._conn.execute(
-                update(s.meta).where(s.meta.c.key == "revision").values(value=self.next_revision)
-            )
-            return self.next_revision
-        return self._base
+
+@dataclass
+class _Batch:
+    """Transactions committed together. `view` holds their writes for later members."""
+
+    view: _Overlay
+    conn: Connection
+    base: int
+    writes: list[tuple[int, _Write]] = field(default_factory=list)
+    side: list[_Write] = field(default_factory=list)
+    done: bool = False
+    error: BaseException | None = None
+
+    @property
+    def next_revision(self) -> int:
+        return self.base + sum(1 for _r, w in self.writes if w.ops) + 1
+
+
+Subscriber = Callable[[int, list[Event]], None]
+Loader = Callable[[int, list[Resource]], None]
 
 
 class Store:
-    """The store. Open with `Store.open(state_dir)`; thread-safe; close with `close()`."""
+    """The store. Open with `Store.open(state_dir)` (SQLite) or `Store.connect(url)`;
+    thread-safe; close with `close()`."""
 
     def __init__(
         self,
@@ -316,102 +474,366 @@ class Store:
         self.engine = engine
         self.clock = clock
         self.poll_interval = poll_interval
+        self.dialect = engine.dialect.name
         self._write_lock = threading.Lock()
+        self._commit_lock = threading.Lock()
+        self._mlock = threading.RLock()  # guards the model
         self._cond = threading.Condition()
-        self._seq: dict[Channel, int] = {"revision": 0, "any": 0}  # commits of this process
+        self._seq: dict[Channel, int] = {"revision": 0, "any": 0}
         self._async_waiters: dict[Channel, set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]]
         self._async_waiters = {"revision": set(), "any": set()}
-        self._known_revision = 0  # the highest revision this process has seen committed
         self._last_poll = 0.0
         self._interrupted = False
-        with self._connect(immediate=True) as conn, conn.begin():
+        self._batch: _Batch | None = None
+        self._subscribers: list[tuple[Subscriber, Loader]] = []
+        self._commits = 0
+        self.commit_seconds = 0.0  # total time spent committing batches (metrics)
+        self.batches = 0
+        self.transactions = 0
+        self.events_applied = 0
+        self.model = Model()
+        conn: Connection
+        with (
+            self.engine.connect().execution_options(yunhan_immediate=True) as conn,
+            conn.begin(),
+        ):
+            if self.dialect == "postgresql":
+                # Two replicas starting at once must not both migrate.
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(59487)")
             s.migrate(conn)
+        self._reload()
 
     @classmethod
     def open(cls, state_dir: Path, **kw: Any) -> Store:
         """Open (creating and migrating if needed) state_dir/yunhan.db in WAL mode."""
         state_dir.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(
-            f"sqlite:///{state_dir / DB_NAME}",
-            connect_args={"check_same_thread": False, "timeout": 30},
-            # One connection per API worker thread plus the long polls' reads on the event
-            # loop: the default 5 + 10 would make requests queue for a connection.
-            pool_size=16,
-            max_overflow=48,
-        )
+        return cls.connect(f"sqlite:///{state_dir / DB_NAME}", **kw)
 
-        @event.listens_for(engine, "connect")
-        def _on_connect(dbapi_conn: Any, _rec: Any) -> None:
-            # Take transaction control from the sqlite3 module so that BEGIN is ours.
-            dbapi_conn.isolation_level = None
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            # WAL + NORMAL: a power cut may lose the last commits, never consistency; the
-            # control plane's truth is re-derived by reconcilers and re-reported by agents.
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.close()
+    @classmethod
+    def connect(cls, url: str, **kw: Any) -> Store:
+        """Open the store at an SQLAlchemy URL: sqlite:///… or postgresql+psycopg://…"""
+        if url.startswith("sqlite"):
+            engine = create_engine(
+                url,
+                connect_args={"check_same_thread": False, "timeout": 30},
+                pool_size=4,
+                max_overflow=8,
+            )
 
-        @event.listens_for(engine, "begin")
-        def _on_begin(conn: Connection) -> None:
-            # IMMEDIATE takes the write lock up front: read-check-write cannot interleave.
-            immediate = conn.get_execution_options().get("yunhan_immediate", False)
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+            @event.listens_for(engine, "connect")
+            def _on_connect(dbapi_conn: Any, _rec: Any) -> None:
+                # Take transaction control from the sqlite3 module so that BEGIN is ours.
+                dbapi_conn.isolation_level = None
+                cur = dbapi_conn.cursor()
+                cur.execute("PRAGMA journal_mode=WAL")
+                # WAL + NORMAL: a power cut may lose the last commits, never consistency;
+                # agents re-report, and reconcilers re-derive the rest.
+                cur.execute("PRAGMA synchronous=NORMAL")
+                cur.execute("PRAGMA busy_timeout=30000")
+                cur.close()
 
+            @event.listens_for(engine, "begin")
+            def _on_begin(conn: Connection) -> None:
+                # IMMEDIATE takes the write lock up front: read-check-write cannot
+                # interleave with another process's writer. Readers begin DEFERRED.
+                immediate = conn.get_execution_options().get("yunhan_immediate", False)
+                conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        else:
+            engine = create_engine(url, pool_size=4, max_overflow=8, pool_pre_ping=True)
         return cls(engine, **kw)
 
     def close(self) -> None:
         self.engine.dispose()
 
-    @contextmanager
-    def _connect(self, immediate: bool) -> Iterator[Connection]:
-        with self.engine.connect() as conn:
-            yield conn.execution_options(yunhan_immediate=immediate)
+    def subscribe(self, fn: Subscriber, *, load: Loader) -> None:
+        """Call `load(revision, every object)` now (and whenever the model is reloaded),
+        then `fn(revision, events)` for every later committed write, in order, exactly once
+        each (under the model lock: keep it quick, and never call the store from it)."""
+        with self._mlock:
+            load(self.model.revision, list(self.model.objs.values()))
+            self._subscribers.append((fn, load))
 
     def _now_iso(self) -> str:
         return datetime.fromtimestamp(self.clock(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    # -- loading and following the log -------------------------------------------------
+
+    def _reload(self) -> None:
+        """Load the whole model from the `resources` table (at start, or when the log
+        window has moved past us)."""
+        with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                # Writers hold this row FOR UPDATE: sharing it pins one consistent state.
+                rev = int(
+                    conn.exec_driver_sql(
+                        "SELECT value FROM meta WHERE key = 'revision' FOR SHARE"
+                    ).scalar_one()
+                )
+            else:
+                rev = self._meta(conn, "revision")
+            objs = [_row_to_resource(r) for r in conn.execute(select(s.resources))]
+            tokens = {r.hash: r.project for r in conn.execute(select(s.tokens))}
+        with self._mlock:
+            self.model.load(rev, objs, tokens)
+            for _fn, load in self._subscribers:
+                log.warning("model reloaded at revision %d: subscribers rebuild", rev)
+                load(rev, objs)
+
+    @staticmethod
+    def _meta(conn: Connection, key: str) -> int:
+        return int(conn.execute(select(s.meta.c.value).where(s.meta.c.key == key)).scalar_one())
+
+    def _advance(self, events: list[Event]) -> None:
+        """Apply committed events (in revision order) to the model and the subscribers;
+        events at or below the model's revision were applied already and are skipped."""
+        if not events:
+            return
+        with self._mlock:
+            by_rev: dict[int, list[Event]] = {}
+            for ev in events:
+                if ev.revision > self.model.revision:
+                    by_rev.setdefault(ev.revision, []).append(ev)
+            for rev in sorted(by_rev):
+                evs = by_rev[rev]
+                for ev in evs:
+                    self.model.apply(ev)
+                self.model.revision = rev
+                self.events_applied += len(evs)
+                for fn, _load in self._subscribers:
+                    fn(rev, evs)
+        self._notify(wrote=True)
+
+    def _catch_up(self, conn: Connection) -> None:
+        """Bring the model up to the database (inside the caller's transaction)."""
+        rev = self._meta(conn, "revision")
+        if rev <= self.model.revision:
+            return
+        horizon = self._meta(conn, "log_horizon")
+        if self.model.revision < horizon:
+            raise _Behind()
+        rows = conn.execute(
+            select(s.events)
+            .where(s.events.c.revision > self.model.revision, s.events.c.revision <= rev)
+            .order_by(s.events.c.revision, s.events.c.seq)
+        )
+        self._advance([_event_from_row(r) for r in rows])
+        # Token writes are not in the log: re-read them when another process wrote.
+        tokens = {r.hash: r.project for r in conn.execute(select(s.tokens))}
+        with self._mlock:
+            self.model.tokens = tokens
+
+    def refresh(self) -> None:
+        """Follow writes of other processes now (the poll fallback, or after a NOTIFY)."""
+        try:
+            with self.engine.connect() as conn:
+                self._catch_up(conn)
+                conn.rollback()
+        except _Behind:
+            self._reload()
+            self._notify(wrote=True)
 
     # -- transactions -------------------------------------------------------------------
 
     @contextmanager
     def read(self) -> Iterator[Reader]:
-        """A consistent read-only snapshot."""
-        with self._connect(immediate=False) as conn, conn.begin():
-            yield Reader(conn)
+        """A consistent read-only view of the model (in memory)."""
+        with self._mlock:
+            yield Reader(self.model)
+
+    def _open_batch(self) -> _Batch:
+        if self._batch is not None:
+            return self._batch
+        conn = self.engine.connect().execution_options(yunhan_immediate=True)
+        try:
+            conn.begin()
+            if self.dialect == "postgresql":
+                conn.exec_driver_sql("SELECT value FROM meta WHERE key = 'revision' FOR UPDATE")
+            try:
+                self._catch_up(conn)
+            except _Behind:
+                conn.rollback()
+                self._reload()
+                conn.begin()
+                if self.dialect == "postgresql":
+                    conn.exec_driver_sql("SELECT value FROM meta WHERE key = 'revision' FOR UPDATE")
+                self._catch_up(conn)
+        except BaseException:
+            conn.close()
+            raise
+        with self._mlock:
+            view = _Overlay(self.model)
+            self._batch = _Batch(view=view, conn=conn, base=self.model.revision)
+        return self._batch
 
     @contextmanager
-    def transaction(self) -> Iterator[Tx]:
-        """All-or-nothing write. Raising inside rolls back; the revision does not move."""
-        with self._write_lock, self._connect(immediate=True) as conn:
-            trans = conn.begin()
+    def transaction(self, *, fence: int | None = None) -> Iterator[Tx]:
+        """All-or-nothing write. Raising inside rolls back; the revision does not move.
+
+        Returns (leaves the block) once the write is durable; the model already shows it.
+        `fence`: the controller's leader epoch; the transaction is refused (`Fenced`) when
+        another leader has taken over since (the epoch row stays locked until the commit,
+        so a new leader cannot come in between).
+        """
+        with self._write_lock:
+            batch = self._open_batch()
             try:
-                tx = Tx(conn, self._now_iso())
-                yield tx
-                tx._finish()
-            except IntegrityError as exc:
-                # The checks in `create` come first; this is the database's last word.
-                trans.rollback()
-                raise Conflict(f"conflicting write: {exc.orig}") from exc
+                if fence is not None:
+                    from yunhan.store.leader import fence as check_fence
+
+                    check_fence(batch.conn, fence)
+                tx = Tx(batch.view, batch.next_revision, self._now_iso())
+                with self._mlock:
+                    yield tx
+                    w = tx._w
+                    if w.ops:
+                        tx._ov.merge_into_base()
+                        batch.writes.append((tx.next_revision, w))
+                    elif w.tokens or w.liveness:
+                        tx._ov.merge_into_base()
+                        batch.side.append(w)
             except BaseException:
-                trans.rollback()
+                failed = True
                 raise
-            trans.commit()
-        if tx.wrote:
-            with self._cond:
-                self._known_revision = max(self._known_revision, tx.next_revision)
-        if tx.wrote or tx._p.touched:
-            self._notify(tx.wrote)
+            else:
+                failed = False
+            finally:
+                if failed and batch.writes == [] and batch.side == []:
+                    # Nobody else is in this batch: release the database lock now.
+                    self._batch = None
+                    batch.done = True
+                    with suppress(Exception):
+                        batch.conn.rollback()
+                    batch.conn.close()
+        self.transactions += 1
+        self._commit(batch)
+
+    def _commit(self, batch: _Batch) -> None:
+        """Commit `batch` unless a companion did already (group commit)."""
+        with self._commit_lock:
+            if not batch.done:
+                with self._write_lock:
+                    if self._batch is batch:
+                        self._batch = None  # sealed: later writers open the next one
+                self._flush(batch)
+        if batch.error is not None:
+            raise batch.error
+
+    def _flush(self, batch: _Batch) -> None:
+        t0 = time.monotonic()
+        conn = batch.conn
+        events: list[Event] = []
+        try:
+            if not batch.writes and not batch.side:
+                conn.rollback()
+                return
+            rows: list[dict[str, Any]] = []
+            for rev, w in batch.writes:
+                for seq, (op, obj) in enumerate(w.ops):
+                    events.append(Event(rev, obj.kind, obj.id, op, obj))
+                    rows.append(
+                        {
+                            "revision": rev,
+                            "seq": seq,
+                            "kind": obj.kind,
+                            "id": obj.id,
+                            "op": op,
+                            "obj": _obj_json(obj),
+                        }
+                    )
+                    self._write_row(conn, op, obj)
+            if rows:
+                conn.execute(insert(s.events), rows)
+                top = batch.writes[-1][0]
+                conn.execute(update(s.meta).where(s.meta.c.key == "revision").values(value=top))
+                self._commits += 1
+                if self._commits % 1000 == 0:
+                    self._prune(conn, top)
+                if self.dialect == "postgresql":
+                    conn.exec_driver_sql(f"NOTIFY {NOTIFY_CHANNEL}, '{top}'")
+            for w in [*(w for _r, w in batch.writes), *batch.side]:
+                for h, p, at in w.tokens:
+                    conn.execute(insert(s.tokens).values(hash=h, project=p, created_at=at))
+                for lv in w.liveness:
+                    self._write_liveness(conn, lv)
+            conn.commit()
+        except IntegrityError as exc:
+            batch.error = Conflict(f"conflicting write: {exc.orig}")
+            with suppress(Exception):
+                conn.rollback()
+        except BaseException as exc:
+            batch.error = exc
+            with suppress(Exception):
+                conn.rollback()
+        finally:
+            batch.done = True
+            conn.close()
+            self.batches += 1
+            self.commit_seconds += time.monotonic() - t0
+        if batch.error is None:
+            with self._mlock:
+                for w in [*(w for _r, w in batch.writes), *batch.side]:
+                    self.model.tokens.update({h: p for h, p, _at in w.tokens})
+            self._advance(events)
+            if not events and batch.side:
+                self._notify(wrote=False)
+
+    @staticmethod
+    def _write_row(conn: Connection, op: Op, obj: Resource) -> None:
+        conn.execute(delete(s.resources).where(s.resources.c.id == obj.id))
+        if op == "put":
+            conn.execute(
+                insert(s.resources).values(
+                    id=obj.id,
+                    kind=obj.kind,
+                    project=obj.project,
+                    name=obj.name,
+                    spec=_dump(obj.spec),
+                    status=_dump(obj.status),
+                    revision=obj.revision,
+                    created_at=obj.created_at,
+                )
+            )
+
+    @staticmethod
+    def _write_liveness(conn: Connection, lv: Liveness) -> None:
+        conn.execute(delete(s.liveness).where(s.liveness.c.host == lv.host))
+        conn.execute(
+            insert(s.liveness).values(
+                host=lv.host,
+                applied_revision=lv.applied_revision,
+                heartbeat_at=lv.heartbeat_at,
+                error=lv.error,
+            )
+        )
+
+    @staticmethod
+    def _prune(conn: Connection, top: int) -> None:
+        horizon = top - LOG_KEEP
+        if horizon <= 0:
+            return
+        conn.execute(delete(s.events).where(s.events.c.revision <= horizon))
+        conn.execute(update(s.meta).where(s.meta.c.key == "log_horizon").values(value=horizon))
+
+    def liveness(self) -> dict[str, Liveness]:
+        """The leases persisted last (read from the database: for restarts and tools)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(s.liveness)).all()
+            conn.rollback()
+        return {r.host: Liveness(r.host, r.applied_revision, r.heartbeat_at, r.error) for r in rows}
 
     def revision(self) -> int:
-        with self.read() as r:
-            return r.revision
+        with self._mlock:
+            return self.model.revision
 
     # -- watch --------------------------------------------------------------------------
     #
-    # Two channels: "revision" wakes on commits that moved the revision (what long polls on
-    # documents and the controller wait for); "any" also wakes on bookkeeping writes such
-    # as heartbeats (what `converged` waits for). Keeping them apart matters at scale: a
-    # thousand agents heartbeating must not wake a thousand document long polls.
+    # Two channels: "revision" wakes on commits that moved the revision; "any" also wakes
+    # on bookkeeping (`touch()`, e.g. an agent's acknowledgement). Long polls on documents
+    # do not use these: the document engine wakes exactly the hosts a write changed.
+
+    def touch(self) -> None:
+        """Wake the "any" channel: bookkeeping that is not a revision changed."""
+        self._notify(wrote=False)
 
     def _notify(self, wrote: bool) -> None:
         channels: tuple[Channel, ...] = ("any", "revision") if wrote else ("any",)
@@ -431,6 +853,10 @@ class Store:
             self._interrupted = True
         self._notify(wrote=True)
 
+    @property
+    def interrupted(self) -> bool:
+        return self._interrupted
+
     def _poll_external(self) -> None:
         """Did another process write? Asked at most once per poll interval, for everyone."""
         now = time.monotonic()
@@ -438,12 +864,10 @@ class Store:
             if now - self._last_poll < self.poll_interval:
                 return
             self._last_poll = now
-        rev = self.revision()
-        with self._cond:
-            moved = rev > self._known_revision
-            self._known_revision = max(self._known_revision, rev)
-        if moved:
-            self._notify(wrote=True)
+        try:
+            self.refresh()
+        except Exception:
+            log.exception("could not follow the change log; retrying")
 
     def wait_for(
         self, predicate: Callable[[], T | None], timeout: float, on: Channel = "revision"
@@ -471,8 +895,6 @@ class Store:
                 woken = self._seq[on] != seen
             if not woken:
                 self._poll_external()
-                if on == "any":
-                    seen = None  # bookkeeping of other processes has no signal: re-check
 
     async def wait_for_async(
         self, predicate: Callable[[], T | None], timeout: float, on: Channel = "revision"
@@ -501,9 +923,7 @@ class Store:
                 with suppress(TimeoutError):
                     await asyncio.wait_for(ev.wait(), min(remaining, self.poll_interval))
                 if not ev.is_set():
-                    self._poll_external()
-                    if on == "any":
-                        seen = None
+                    await asyncio.to_thread(self._poll_external)
         finally:
             with self._cond:
                 self._async_waiters[on].discard(key)
@@ -516,3 +936,7 @@ class Store:
         return await self.wait_for_async(
             lambda: r if (r := self.revision()) > after else None, timeout
         )
+
+
+class _Behind(Exception):
+    """The change log no longer holds what this process needs: reload the model."""

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Any
 
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import JSONResponse
 
 from yunhan.api.app import MAX_REVISION, AdminDep, state_of
 from yunhan.api.views import host_view, resolve
@@ -13,13 +14,12 @@ from yunhan.controller.status import reflect
 from yunhan.errors import Conflict, NotFound
 from yunhan.model import new_id, parse_ip, validate_mtu, validate_name
 from yunhan.model.schemas import HostRegister, HostStatusReport
-from yunhan.store import Liveness, Resource
 
 router = APIRouter(prefix="/v1/agent", tags=["agent"])
 
 # Names the store that answers a desired-document poll (the admin project's id, random per
 # database): revisions of one store mean nothing to another, so an agent that sees this
-# change forgets the revision it applied and takes the new store's document.
+# change forgets the revision it applied and asks for the new store's document whole.
 STORE_HEADER = "X-Yunhan-Store"
 
 
@@ -33,9 +33,8 @@ def register_host(name: str, body: HostRegister, request: Request, _: AdminDep) 
     mtu = validate_mtu(body.mtu)
     with st.store.transaction() as tx:
         zone = resolve(tx, "zone", st.admin_project_id, body.zone)
-        hosts = tx.list("host", st.admin_project_id)
-        for other in hosts:
-            if other.name != name and other.spec.get("underlay_ip") == underlay_ip:
+        for other in tx.find("host", "underlay_ip", underlay_ip):
+            if other.name != name:
                 raise Conflict(
                     f"underlay IP {underlay_ip} is already registered by host {other.name}",
                     host=other.name,
@@ -43,6 +42,7 @@ def register_host(name: str, body: HostRegister, request: Request, _: AdminDep) 
         spec = {"zone": zone.id, "underlay_ip": underlay_ip, "mtu": mtu}
         host = tx.by_name("host", st.admin_project_id, name)
         if host is None:
+            hosts = tx.list("host", st.admin_project_id)
             vtep = max((int(h.status.get("vtep_index") or 0) for h in hosts), default=0) + 1
             host = tx.create(
                 "host", new_id("host"), st.admin_project_id, name, spec, {"vtep_index": vtep}
@@ -50,9 +50,7 @@ def register_host(name: str, body: HostRegister, request: Request, _: AdminDep) 
         else:
             if host.spec.get("zone") != zone.id:
                 # Its instances asked for the zone it was in when they were placed.
-                carried = sorted(
-                    i.name for i in tx.list("instance", spec=False) if i.status.get("host") == name
-                )
+                carried = sorted(i.name for i in tx.find("instance", "host", name))
                 if carried:
                     raise Conflict(
                         f"host {name} carries instance(s) {', '.join(carried)} of its zone; "
@@ -60,9 +58,7 @@ def register_host(name: str, body: HostRegister, request: Request, _: AdminDep) 
                         instances=carried,
                     )
             host = tx.update(host, spec=spec)
-    with st.store.read() as r:
-        doc = r.by_name("hostdesired", st.admin_project_id, name)
-        return host_view(host, doc, r.liveness().get(name), st.clock())
+    return host_view(host, st.fleet.doc_revision(name), st.fleet.leases.get(name), st.clock())
 
 
 @router.get("/hosts/{name}/desired", response_model=None)
@@ -72,41 +68,62 @@ async def get_desired(
     _: AdminDep,
     after: int = Query(0, ge=0, le=MAX_REVISION),
     timeout: float = Query(0.0, allow_inf_nan=False),
+    digest: str | None = Query(None, max_length=64),
 ) -> Response:
-    """The host's `HostDesired` once its revision exceeds `after`; 204 after `timeout` s.
-
-    An `after` beyond the store's revision (an agent that outlived its control plane's
-    database) gets the current document at once.
-    """
+    """The changes of the host's document since revision `after` (docs/api.md): a delta, or
+    the whole document (`snapshot`) when `after` is 0, unknown to this store, or the
+    agent's `digest` of its copy disagrees. 204 when nothing changed within `timeout` s."""
     st = state_of(request)
-
-    def ready() -> Resource | None:
-        with st.store.read() as r:
-            if r.by_name("host", st.admin_project_id, name) is None:
-                raise NotFound(f"host {name} is not registered; PUT /v1/agent/hosts/{name} first")
-            doc = r.by_name("hostdesired", st.admin_project_id, name)
-            if doc is not None and (doc.revision > after or after > r.revision):
-                return doc
-            return None
-
-    doc = await st.store.wait_for_async(ready, min(max(timeout, 0.0), st.max_long_poll))
+    with st.store.read() as r:
+        if r.by_name("host", st.admin_project_id, name) is None:
+            raise NotFound(f"host {name} is not registered; PUT /v1/agent/hosts/{name} first")
+    delta = await st.fleet.desired(
+        name, after, min(max(timeout, 0.0), st.max_long_poll), digest=digest
+    )
     headers = {STORE_HEADER: st.admin_project_id}
-    if doc is None:
+    if delta is None:
         return Response(status_code=204, headers=headers)
-    return JSONResponse({**doc.spec, "revision": doc.revision}, headers=headers)
+    body = json.dumps(delta.to_json(), separators=(",", ":")).encode()
+    st.fleet.bytes_sent += len(body)
+    return Response(content=body, media_type="application/json", headers=headers)
 
 
 @router.post("/hosts/{name}/status", status_code=204)
-def report_status(name: str, body: HostStatusReport, request: Request, _: AdminDep) -> Response:
-    """Heartbeat + applied revision + per-instance facts, reflected into instance status."""
+async def report_status(
+    name: str, body: HostStatusReport, request: Request, _: AdminDep
+) -> Response:
+    """Heartbeat + applied revision (a lease, in memory) + per-instance facts, reflected
+    into instance status only when they change what is stored."""
     st = state_of(request)
-    with st.store.transaction() as tx:
-        if tx.by_name("host", st.admin_project_id, name) is None:
+    changes: list[tuple[str, dict[str, Any]]] = []
+    with st.store.read() as r:
+        if r.by_name("host", st.admin_project_id, name) is None:
             raise NotFound(f"host {name} is not registered; PUT /v1/agent/hosts/{name} first")
-        tx.set_liveness(Liveness(name, body.applied_revision, st.clock(), body.error))
-        for inst in tx.list("instance"):
-            report = body.instances.get(inst.id)
-            if report is None or inst.status.get("host") != name:
+        for iid, report in body.instances.items():
+            inst = r.get("instance", iid)
+            if inst is None or inst.status.get("host") != name:
                 continue
-            tx.update(inst, status=reflect(inst.status, report.model_dump(exclude_unset=True)))
+            new = reflect(inst.status, report.model_dump(exclude_unset=True))
+            if new != inst.status:
+                changes.append((iid, new))
+    st.fleet.ack(name, body.applied_revision, body.error)
+    if changes:
+        await _write_phases(request, name, changes)
     return Response(status_code=204)
+
+
+async def _write_phases(request: Request, host: str, changes: list[tuple[str, Any]]) -> None:
+    st = state_of(request)
+
+    def write() -> None:
+        with st.store.transaction() as tx:
+            for iid, status in changes:
+                inst = tx.get("instance", iid)
+                if inst is not None and inst.status.get("host") == host:
+                    tx.update(inst, status={**inst.status, **_agent_fields(status)})
+
+    await asyncio.to_thread(write)
+
+
+def _agent_fields(status: dict[str, Any]) -> dict[str, Any]:
+    return {k: status.get(k) for k in ("phase", "message", "netns", "uts") if k in status}

@@ -10,7 +10,6 @@ from yunhan.api.app import AdminDep, CallerDep, state_of
 from yunhan.api.views import host_view, resolve
 from yunhan.model import new_id, validate_name, validate_underlay_cidr
 from yunhan.model.schemas import ZoneCreate
-from yunhan.store import Reader
 
 router = APIRouter(prefix="/v1", tags=["infrastructure"])
 
@@ -39,20 +38,22 @@ def get_zone(ref: str, request: Request, _: CallerDep) -> dict[str, Any]:
         return resolve(r, "zone", st.admin_project_id, ref).envelope()
 
 
-def hosts_view(r: Reader, admin_project: str, now: float, admin: bool) -> list[dict[str, Any]]:
-    docs = {d.name: d for d in r.list("hostdesired", admin_project)}
-    live = r.liveness()
-    return [
-        host_view(h, docs.get(h.name), live.get(h.name), now, admin=admin)
-        for h in r.list("host", admin_project)
-    ]
-
-
 @router.get("/hosts")
 def list_hosts(request: Request, c: CallerDep) -> list[dict[str, Any]]:
     st = state_of(request)
     with st.store.read() as r:
-        return hosts_view(r, st.admin_project_id, st.clock(), c.admin)
+        hosts = r.list("host", st.admin_project_id)
+        now = st.clock()
+        return [
+            host_view(
+                h,
+                st.fleet.engine.doc_revision(h.name),
+                st.fleet.leases.get(h.name),
+                now,
+                admin=c.admin,
+            )
+            for h in hosts
+        ]
 
 
 @router.get("/hosts/{ref}")
@@ -60,5 +61,10 @@ def get_host(ref: str, request: Request, c: CallerDep) -> dict[str, Any]:
     st = state_of(request)
     with st.store.read() as r:
         h = resolve(r, "host", st.admin_project_id, ref)
-        doc = r.by_name("hostdesired", st.admin_project_id, h.name)
-        return host_view(h, doc, r.liveness().get(h.name), st.clock(), admin=c.admin)
+        return host_view(
+            h,
+            st.fleet.engine.doc_revision(h.name),
+            st.fleet.leases.get(h.name),
+            st.clock(),
+            admin=c.admin,
+        )

@@ -14,6 +14,7 @@ from yunhan.controller.loop import candidates
 from yunhan.controller.scheduler import schedule
 from yunhan.model import new_id, validate_name
 from yunhan.model.schemas import InstanceCreate
+from yunhan.store import Reader
 
 router = APIRouter(prefix="/v1", tags=["instances"])
 
@@ -25,15 +26,16 @@ def create_instance(body: InstanceCreate, request: Request, c: CallerDep) -> dic
     with st.store.transaction() as tx:
         sub = resolve(tx, "subnet", c.project.id, body.subnet)
         zone = resolve(tx, "zone", st.admin_project_id, body.zone)
-        host = schedule(zone.id, zone.name, candidates(tx, st.clock()))
-        everyone = tx.list("instance")
+        host = schedule(
+            zone.id, zone.name, candidates(tx, st.fleet.leases, st.clock(), zone=zone.id)
+        )
         used = {
             i.status["ip"]: i.name
-            for i in everyone
-            if i.spec["subnet"] == sub.id and i.status.get("ip")
+            for i in tx.find("instance", "subnet", sub.id)
+            if i.status.get("ip")
         }
         ip = allocate_ip(sub.name, sub.spec["cidr"], used, body.ip)
-        mac = allocate_mac({str(i.status.get("mac")) for i in everyone})
+        mac = allocate_mac(_MacsInUse(tx))
         inst = tx.create(
             "instance",
             new_id("instance"),
@@ -53,6 +55,16 @@ def create_instance(body: InstanceCreate, request: Request, c: CallerDep) -> dic
         )
         refresh_available(tx, sub)
     return inst.envelope()
+
+
+class _MacsInUse:
+    """`mac in used` through the store's MAC index (no walk over every instance)."""
+
+    def __init__(self, r: Reader) -> None:
+        self._r = r
+
+    def __contains__(self, mac: object) -> bool:
+        return isinstance(mac, str) and self._r.count_of("instance", "mac", mac) > 0
 
 
 @router.get("/instances")

@@ -37,7 +37,7 @@ def _next_vni(r: Reader) -> int:
 
 
 def _subnets_of(r: Reader, vpc: Resource) -> list[Resource]:
-    return [s for s in r.list("subnet", vpc.project) if s.spec["vpc"] == vpc.id]
+    return r.find("subnet", "vpc", vpc.id)
 
 
 @router.post("/vpcs", status_code=201)
@@ -121,10 +121,10 @@ def create_subnet(body: SubnetCreate, request: Request, c: CallerDep) -> dict[st
 @router.get("/subnets")
 def list_subnets(request: Request, c: CallerDep, vpc: str | None = None) -> list[dict[str, Any]]:
     with state_of(request).store.read() as r:
-        subnets = r.list("subnet", c.project.id)
         if vpc is not None:
-            vpc_id = resolve(r, "vpc", c.project.id, vpc).id
-            subnets = [s for s in subnets if s.spec["vpc"] == vpc_id]
+            subnets = _subnets_of(r, resolve(r, "vpc", c.project.id, vpc))
+        else:
+            subnets = r.list("subnet", c.project.id)
         return [s.envelope() for s in subnets]
 
 
@@ -138,9 +138,7 @@ def get_subnet(ref: str, request: Request, c: CallerDep) -> dict[str, Any]:
 def delete_subnet(ref: str, request: Request, c: CallerDep) -> dict[str, Any]:
     with state_of(request).store.transaction() as tx:
         sub = resolve(tx, "subnet", c.project.id, ref)
-        users = sorted(
-            i.name for i in tx.list("instance", c.project.id) if i.spec["subnet"] == sub.id
-        )
+        users = sorted(i.name for i in tx.find("instance", "subnet", sub.id))
         if users:
             raise Conflict(
                 f"subnet {sub.name} still has instance(s) {', '.join(users)}; delete them first",
@@ -152,5 +150,5 @@ def delete_subnet(ref: str, request: Request, c: CallerDep) -> dict[str, Any]:
 
 def refresh_available(tx: Tx, sub: Resource) -> Resource:
     """Recount a subnet's free addresses (called in the transaction that changed them)."""
-    used = sum(1 for i in tx.list("instance", sub.project) if i.spec["subnet"] == sub.id)
+    used = tx.count_of("instance", "subnet", sub.id)
     return tx.update(sub, status={**sub.status, "available": available(sub.spec["cidr"], used)})

@@ -7,7 +7,6 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 
 from yunhan.api.app import MAX_REVISION, CallerDep, state_of
-from yunhan.api.views import convergence
 
 router = APIRouter(prefix="/v1", tags=["watch"])
 
@@ -25,19 +24,10 @@ async def converged(
     timeout: float = Query(0.0, allow_inf_nan=False),
 ) -> dict[str, Any]:
     """Wait up to `timeout` s until write `revision` (default: the current one) is applied
-    by every host it affects; answers with `converged` false and the `pending` hosts if not.
+    by every host whose document it changed; answers with `converged` false and the
+    `pending` hosts if not. Answered from memory (leases), woken by acknowledgements.
     """
     st = state_of(request)
     if revision is None:
         revision = st.store.revision()
-    last: dict[str, Any] = {}
-
-    def check() -> dict[str, Any] | None:
-        nonlocal last
-        with st.store.read() as r:
-            last = convergence(r, revision, st.clock())
-        return last if last["converged"] else None
-
-    # "any": agents' reports (not revisioned) are what moves convergence.
-    await st.store.wait_for_async(check, min(max(timeout, 0.0), st.max_long_poll), on="any")
-    return last
+    return await st.fleet.wait_converged(revision, min(max(timeout, 0.0), st.max_long_poll))

@@ -1,0 +1,445 @@
+"""The incremental engine against the full-recompute reference, and deltas against snapshots.
+
+Differential oracles (STYLE §5, §11): after any sequence of writes, every host's document
+assembled from the engine's entries equals `compile_hosts` of the same model; a fresh engine
+loaded from the final model has the same entries (incremental == full); an agent that
+applies the engine's delta on top of what it held gets the engine's snapshot.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from yunhan.controller.engine import Engine
+from yunhan.controller.netcompile import HostIn, InstanceIn, SubnetIn, VpcIn, compile_hosts
+from yunhan.net.desired import HostDesired
+from yunhan.net.docentries import (
+    Delta,
+    Entries,
+    assemble,
+    digest,
+)
+from yunhan.store.resource import Event, Resource
+
+# -- a tiny store: resources by (kind, id), written one revision at a time ------------------
+
+
+def res(kind: str, rid: str, name: str, spec: dict[str, Any], status: dict[str, Any]) -> Resource:
+    return Resource(kind, rid, "p", name, spec, status, 0, "2026-01-01T00:00:00Z")
+
+
+def host(i: int, *, name: str | None = None, vtep: int | None = -1, ip: str = "", mtu: int = 1500):
+    vtep = i + 1 if vtep == -1 else vtep
+    status = {"vtep_index": vtep} if vtep else {}
+    spec = {"zone": "az1", "underlay_ip": ip or f"198.18.0.{i + 1}", "mtu": mtu}
+    return res("host", f"host-{i}", name or f"h{i}", spec, status)
+
+
+def vpc(i: int, vni: int | None, cidrs: list[str]) -> Resource:
+    return res("vpc", f"vpc-{i}", f"v{i}", {"cidrs": cidrs}, {"vni": vni} if vni else {})
+
+
+def subnet(i: int, vpc_i: int, cidr: str) -> Resource:
+    return res("subnet", f"subnet-{i}", f"s{i}", {"vpc": f"vpc-{vpc_i}", "cidr": cidr}, {})
+
+
+def inst(
+    i: int,
+    subnet_i: int,
+    ip: str | None,
+    mac: str | None,
+    host_name: str | None,
+    command: list[str] | None = None,
+) -> Resource:
+    status = {"ip": ip, "mac": mac, "host": host_name, "phase": "running"}
+    spec = {"subnet": f"subnet-{subnet_i}", "command": command, "zone": "az1"}
+    return res("instance", f"inst-{i:08x}", f"i{i}", spec, status)
+
+
+def reference(model: dict[tuple[str, str], Resource]) -> dict[str, HostDesired]:
+    """compile_hosts of the model, its inputs read as the controller loop reads them."""
+    of = {k: [r for (kk, _), r in model.items() if kk == k] for k in ("host", "vpc", "subnet")}
+    return compile_hosts(
+        [
+            HostIn(h.name, int(h.status["vtep_index"]), h.spec["underlay_ip"], int(h.spec["mtu"]))
+            for h in of["host"]
+            if h.status.get("vtep_index")
+        ],
+        [
+            VpcIn(v.id, int(v.status["vni"]), tuple(v.spec["cidrs"]))
+            for v in of["vpc"]
+            if v.status.get("vni")
+        ],
+        [SubnetIn(s.id, s.spec["vpc"], s.spec["cidr"]) for s in of["subnet"]],
+        [
+            InstanceIn(
+                i.id,
+                i.name,
+                i.spec["subnet"],
+                i.status.get("ip"),
+                i.status.get("mac"),
+                i.status.get("host"),
+                tuple(i.spec["command"]) if i.spec.get("command") else None,
+            )
+            for (k, _), i in model.items()
+            if k == "instance"
+        ],
+    )
+
+
+@dataclass
+class Region:
+    """The store's model plus an engine fed by its writes, checked after every write."""
+
+    engine: Engine
+    model: dict[tuple[str, str], Resource] = field(default_factory=dict)
+    revision: int = 0
+    # host -> [(revision, its entries as of then)], for deltas from any earlier revision
+    history: dict[str, list[tuple[int, Entries]]] = field(default_factory=dict)
+    doc_rev: dict[str, int] = field(default_factory=dict)
+    # agents that follow along: host -> (revision held, entries held)
+    agents: dict[str, tuple[int, Entries]] = field(default_factory=dict)
+
+    def write(self, puts: list[Resource], deletes: list[tuple[str, str]] = ()) -> frozenset[str]:  # type: ignore[assignment]
+        self.revision += 1
+        events = []
+        for r in puts:
+            self.model[(r.kind, r.id)] = r
+            events.append(Event(self.revision, r.kind, r.id, "put", r))
+        for kind, rid in deletes:
+            gone = self.model.pop((kind, rid), None)
+            if gone is not None:
+                events.append(Event(self.revision, kind, rid, "delete", gone))
+        before = {h: self.engine.snapshot(h) for h in self.engine.hosts()}
+        got = self.engine.apply(self.revision, events)
+        self.check(before, got)
+        return got
+
+    def check(self, before: dict[str, Entries], got: frozenset[str]) -> None:
+        e, rev = self.engine, self.revision
+        want = reference(self.model)
+        assert e.hosts() == set(want)
+        now = {h: e.snapshot(h) for h in e.hosts()}
+        for h, doc in want.items():
+            assert assemble(now[h], h) == doc, h
+            assert e.digest(h) == digest(now[h])
+        changed = {h for h in set(before) | set(now) if before.get(h) != now.get(h)}
+        assert got == changed
+        assert e.affected(rev) == changed
+        for h in changed:
+            self.doc_rev[h] = rev
+        for h in set(self.doc_rev) - set(now):
+            del self.doc_rev[h]
+        assert {h: e.doc_revision(h) for h in now} == self.doc_rev
+        for h in set(before) - set(now):
+            assert e.doc_revision(h) is None
+        for h, entries in now.items():
+            self.history.setdefault(h, []).append((rev, entries))
+            held_rev, held = self.agents.get(h, (0, {}))
+            d = e.delta(h, held_rev)
+            assert d.revision == self.doc_rev[h]
+            self.agents[h] = (d.revision, d.applied_to(held))
+            assert self.agents[h][1] == entries
+
+    def check_deltas_from_every_earlier_revision(self) -> None:
+        e = self.engine
+        for h in e.hosts():
+            snap = e.snapshot(h)
+            for h2, hist in self.history.items():
+                # An agent of any host name, at any revision it saw (a recreated host's agent
+                # holds an older document of the same name).
+                if h2 != h:
+                    continue
+                for r, held in hist:
+                    d = Delta.from_json(e.delta(h, r).to_json())
+                    assert d.applied_to(held) == snap, (h, r)
+                    assert digest(d.applied_to(held)) == e.digest(h)
+                    if r >= e.doc_revision(h):  # type: ignore[operator]
+                        assert not d.snapshot and not d.removed and not d.entries
+            assert e.delta(h, 0).snapshot and e.delta(h, e.revision + 1).snapshot
+            assert e.delta(h, 0).entries == snap
+
+    def check_full_recompute_agrees(self) -> None:
+        fresh = Engine()
+        fresh.load(self.revision, list(self.model.values()))
+        assert fresh.hosts() == self.engine.hosts()
+        for h in fresh.hosts():
+            assert fresh.snapshot(h) == self.engine.snapshot(h)
+            assert fresh.digest(h) == self.engine.digest(h)
+            assert fresh.doc_revision(h) == self.revision == fresh.base
+            assert fresh.delta(h, self.revision - 1).snapshot or self.revision <= 1
+
+
+# -- the property: any sequence of writes ---------------------------------------------------
+
+CIDRS = ["10.0.0.0/16", "10.1.0.0/16", "10.0.0.0/8", "10.0.1.5/32"]
+SUBNET_CIDRS = ["10.0.1.0/24", "10.0.2.0/24", "10.1.0.0/24", "10.0.1.0/28"]
+IPS = ["10.0.1.5", "10.0.1.6", "10.0.2.7", "10.1.0.8"]
+HOST_NAMES = ["h0", "h1", "h2", "h0b", "h-unknown"]
+
+
+def _op(draw: st.DrawFn) -> tuple[list[Resource], list[tuple[str, str]]]:
+    kind = draw(st.sampled_from(["host", "vpc", "subnet", "inst", "inst", "inst", "project"]))
+    deleting = draw(st.integers(0, 5)) == 0
+    if kind == "host":
+        i = draw(st.integers(0, 2))
+        if deleting:
+            return [], [("host", f"host-{i}")]
+        name = f"h{i}b" if i == 0 and draw(st.booleans()) else None  # a rename of host-0
+        vtep = draw(st.sampled_from([-1, -1, -1, 0, 40 + i]))
+        ip = draw(st.sampled_from(["", "198.18.9.9"]))
+        return [host(i, name=name, vtep=vtep, ip=ip, mtu=draw(st.sampled_from([1500, 9000])))], []
+    if kind == "vpc":
+        i = draw(st.integers(0, 2))
+        if deleting:
+            return [], [("vpc", f"vpc-{i}")]
+        vni = draw(st.sampled_from([i + 1, i + 1, i + 1, None, 100 + i]))
+        cidrs = draw(st.lists(st.sampled_from(CIDRS), min_size=0, max_size=3))
+        return [vpc(i, vni, cidrs)], []
+    if kind == "subnet":
+        i = draw(st.integers(0, 3))
+        if deleting:
+            return [], [("subnet", f"subnet-{i}")]
+        return [subnet(i, draw(st.integers(0, 3)), draw(st.sampled_from(SUBNET_CIDRS)))], []
+    if kind == "inst":
+        i = draw(st.integers(0, 7))
+        if deleting:
+            return [], [("instance", f"inst-{i:08x}")]
+        return [
+            inst(
+                i,
+                draw(st.integers(0, 4)),  # subnet-4 never exists
+                draw(st.sampled_from([*IPS, None])),
+                draw(st.sampled_from([f"fa:16:3e:00:00:0{i}", None])),
+                draw(st.sampled_from([*HOST_NAMES, None])),
+                draw(st.sampled_from([None, [], ["sleep", "1d"]])),
+            )
+        ], []
+    return [res("project", "proj-1", "p", {"n": draw(st.integers())}, {})], []
+
+
+@st.composite
+def writes(draw: st.DrawFn) -> list[tuple[list[Resource], list[tuple[str, str]]]]:
+    out = []
+    for _ in range(draw(st.integers(1, 30))):
+        puts: list[Resource] = []
+        deletes: list[tuple[str, str]] = []
+        for _ in range(draw(st.integers(1, 3))):
+            p, d = _op(draw)
+            puts += p
+            deletes += d
+        out.append((puts, deletes))
+    return out
+
+
+def _seeded() -> list[tuple[list[Resource], list[tuple[str, str]]]]:
+    """A region that already has members, so random writes change real documents."""
+    return [
+        ([host(0), host(1), host(2)], []),
+        ([vpc(0, 1, ["10.0.0.0/16"]), vpc(1, 2, ["10.0.0.0/16", "10.1.0.0/16"])], []),
+        ([subnet(0, 0, "10.0.1.0/24"), subnet(1, 1, "10.0.1.0/24"), subnet(2, 0, CIDRS[1])], []),
+        (
+            [
+                inst(0, 0, "10.0.1.5", "fa:16:3e:00:00:00", "h0"),
+                inst(1, 0, "10.0.1.6", "fa:16:3e:00:00:01", "h1"),
+                inst(2, 1, "10.0.1.5", "fa:16:3e:00:00:02", "h1", ["sleep", "1d"]),
+                inst(3, 1, "10.0.1.7", "fa:16:3e:00:00:03", "h2"),
+            ],
+            [],
+        ),
+    ]
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seeded=st.booleans(), script=writes(), window=st.sampled_from([50_000, 3, 1]))
+def test_incremental_engine_equals_full_recompute_after_any_writes(
+    seeded: bool, script: list[tuple[list[Resource], list[tuple[str, str]]]], window: int
+) -> None:
+    region = Region(Engine(window=window))
+    for puts, deletes in (_seeded() if seeded else []) + script:
+        region.write(puts, deletes)
+    region.check_deltas_from_every_earlier_revision()
+    region.check_full_recompute_agrees()
+    e = region.engine
+    for r in range(max(1, e.revision - window + 1), e.revision + 1):
+        assert e.affected(r) is not None  # the window is kept
+    if window < e.revision:
+        assert e.affected(1) is None  # and what is older is forgotten
+
+
+@settings(max_examples=40, deadline=None)
+@given(script=writes())
+def test_engine_continues_incrementally_after_a_load(
+    script: list[tuple[list[Resource], list[tuple[str, str]]]],
+) -> None:
+    first, rest = _seeded() + script[:3], script[3:]
+    region = Region(Engine())
+    for puts, deletes in first:
+        region.write(puts, deletes)
+    # Swap in an engine loaded from the model: agents' older revisions get snapshots, then
+    # it follows the writes incrementally like the first.
+    loaded = Engine()
+    loaded.load(region.revision, list(region.model.values()))
+    region.engine = loaded
+    region.history.clear()
+    region.doc_rev = {h: region.revision for h in loaded.hosts()}
+    for puts, deletes in rest:
+        region.write(puts, deletes)
+    region.check_deltas_from_every_earlier_revision()
+    region.check_full_recompute_agrees()
+
+
+# -- particular cases, spelled out -----------------------------------------------------------
+
+
+def _three_hosts() -> Region:
+    region = Region(Engine())
+    for puts, deletes in _seeded():
+        region.write(puts, deletes)
+    return region
+
+
+def test_entries_have_the_protocol_shapes() -> None:
+    e = _three_hosts().engine
+    snap = e.snapshot("h0")
+    assert sorted(snap) == [
+        "host",
+        "vpc/vpc-0",
+        "vpc/vpc-0/m/inst-00000000",
+        "vpc/vpc-0/m/inst-00000001",
+    ]
+    assert snap["host"] == {
+        "host": "h0",
+        "underlay_ip": "198.18.0.1",
+        "vtep_index": 1,
+        "underlay_mtu": 1500,
+    }
+    assert snap["vpc/vpc-0"] == {
+        "id": "vpc-0",
+        "vni": 1,
+        "cidrs": ["10.0.0.0/16"],
+        "gateways": ["10.0.1.1/24", "10.1.0.1/16"],
+    }
+    assert snap["vpc/vpc-0/m/inst-00000001"] == {
+        "id": "inst-00000001",
+        "name": "i1",
+        "ip": "10.0.1.6",
+        "mac": "fa:16:3e:00:00:01",
+        "prefixlen": 24,
+        "gateway": "10.0.1.1",
+        "host": "h1",
+        "vtep_index": 2,
+        "underlay_ip": "198.18.0.2",
+        "command": None,
+        "allowed_ips": [],
+    }
+
+
+def test_vpc_entries_are_shared_not_copied_per_host() -> None:
+    e = _three_hosts().engine
+    a, b = e.snapshot("h1"), e.snapshot("h2")
+    assert a["vpc/vpc-1"] is b["vpc/vpc-1"]
+    assert a["vpc/vpc-1/m/inst-00000003"] is b["vpc/vpc-1/m/inst-00000003"]
+
+
+def test_reregistering_with_a_new_underlay_ip_changes_only_its_own_members() -> None:
+    region = _three_hosts()
+    e = region.engine
+    before = e.revision
+    assert region.write([host(2, ip="198.18.7.7")]) == {"h1", "h2"}
+    d = e.delta("h1", before)
+    assert (d.removed, sorted(d.entries)) == ((), ["vpc/vpc-1/m/inst-00000003"])
+    assert d.entries["vpc/vpc-1/m/inst-00000003"]["underlay_ip"] == "198.18.7.7"
+    assert sorted(e.delta("h2", before).entries) == ["host", "vpc/vpc-1/m/inst-00000003"]
+    # Only the MTU: the host's own entry, nobody else.
+    assert region.write([host(2, ip="198.18.7.7", mtu=9000)]) == {"h2"}
+
+
+def test_losing_the_last_member_removes_the_vpc_with_one_key() -> None:
+    region = _three_hosts()
+    before = region.revision
+    assert region.write([], [("instance", "inst-00000003")]) == {"h1", "h2"}
+    d = region.engine.delta("h2", before)
+    assert (d.removed, d.entries) == (("vpc/vpc-1",), {})
+    d = region.engine.delta("h1", before)
+    assert (d.removed, d.entries) == (("vpc/vpc-1/m/inst-00000003",), {})
+
+
+def test_an_instance_becomes_a_member_when_its_host_registers() -> None:
+    region = _three_hosts()
+    assert region.write([inst(5, 0, "10.0.1.9", "fa:16:3e:00:00:05", "h9")]) == frozenset()
+    before = region.revision
+    got = region.write(
+        [res("host", "host-9", "h9", {"underlay_ip": "198.18.0.9", "mtu": 1500}, {"vtep_index": 9})]
+    )
+    assert got == {"h0", "h1", "h9"}
+    d = region.engine.delta("h0", before)
+    assert (d.removed, list(d.entries)) == ((), ["vpc/vpc-0/m/inst-00000005"])
+    assert region.engine.delta("h9", before).snapshot  # its document did not exist then
+
+
+def test_a_write_that_changes_nothing_wakes_nobody() -> None:
+    region = _three_hosts()
+    d = region.engine.doc_revision("h0")
+    # The phase of an instance is not in any document.
+    i0 = inst(0, 0, "10.0.1.5", "fa:16:3e:00:00:00", "h0")
+    again = res("instance", i0.id, i0.name, i0.spec, {**i0.status, "phase": "failed"})
+    assert region.write([again]) == frozenset()
+    assert region.engine.doc_revision("h0") == d
+    assert region.engine.delta("h0", d).entries == {}  # type: ignore[arg-type]
+
+
+def test_a_host_rename_takes_the_full_path_and_stays_exact() -> None:
+    region = _three_hosts()
+    got = region.write([host(1, name="h1b")])
+    assert got == {"h0", "h1", "h1b", "h2"}  # h1 vanished, h1b appeared, peers changed
+
+
+def test_deltas_from_before_the_window_are_snapshots() -> None:
+    region = Region(Engine(window=4))
+    for puts, deletes in _seeded():
+        region.write(puts, deletes)
+    for n in range(10):
+        region.write([inst(6, 0, f"10.0.1.{20 + n}", "fa:16:3e:00:00:06", "h2")])
+    e = region.engine
+    assert e.delta("h0", 2).snapshot and not e.delta("h0", e.revision - 1).snapshot
+    assert e.affected(2) is None and e.affected(e.revision) == {"h0", "h1", "h2"}
+    region.check_deltas_from_every_earlier_revision()
+
+
+def test_a_long_vpc_log_is_compacted_and_still_answers_every_delta() -> None:
+    region = _three_hosts()
+    rng = random.Random(3)
+    for n in range(400):  # well past the compaction threshold of one VPC's log
+        i = rng.randint(4, 9)
+        region.write(
+            [inst(i, 0, f"10.0.1.{20 + n % 7}", "fa:16:3e:00:00:07", rng.choice(HOST_NAMES))]
+        )
+    log = region.engine._vpc_log["vpc-0"]  # a white-box look, read only: it stayed small
+    assert len(log) < 300
+    region.check_deltas_from_every_earlier_revision()
+
+
+def test_a_bad_write_is_rejected_whole() -> None:
+    region = _three_hosts()
+    e = region.engine
+    snap = e.snapshot("h0")
+    bad = res("subnet", "subnet-9", "s9", {"cidr": "10.0.9.0/24"}, {})  # no vpc
+    good = inst(0, 0, "10.0.1.99", "fa:16:3e:00:00:00", "h0")
+    with pytest.raises(KeyError):
+        e.apply(
+            e.revision + 1,
+            [
+                Event(e.revision + 1, "instance", good.id, "put", good),
+                Event(e.revision + 1, "subnet", bad.id, "put", bad),
+            ],
+        )
+    assert e.snapshot("h0") == snap
+    with pytest.raises(ValueError, match="not after"):
+        e.apply(e.revision, [])

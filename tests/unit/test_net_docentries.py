@@ -1,0 +1,73 @@
+"""Document entries: assemble/entries_of round trip, delta application, digest, wire form."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from yunhan.controller.netcompile import HostIn, InstanceIn, SubnetIn, VpcIn, compile_hosts
+from yunhan.net.docentries import Delta, Entries, apply_delta, assemble, digest, entries_of
+
+
+def _region(rng: random.Random) -> tuple[list[Any], ...]:
+    hosts = [
+        HostIn(f"h{n}", n + 1, f"198.18.0.{n + 1}", rng.choice([1500, 9000]))
+        for n in range(rng.randint(1, 5))
+    ]
+    vpcs, subnets, insts = [], [], []
+    for v in range(rng.randint(1, 3)):
+        blocks = tuple(rng.sample(["10.0.0.0/16", "10.1.0.0/16", "10.0.0.0/8"], rng.randint(0, 3)))
+        vpcs.append(VpcIn(f"vpc-{v:08x}", v + 1, blocks))
+        for s in range(rng.randint(1, 3)):
+            sid = f"subnet-{v:04x}{s:04x}"
+            subnets.append(SubnetIn(sid, f"vpc-{v:08x}", f"10.0.{s}.0/24"))
+            for n in range(rng.randint(0, 5)):  # one address per member: IPAM's rule
+                insts.append(
+                    InstanceIn(
+                        f"inst-{v:02x}{s:02x}{n:04x}",
+                        f"i{v}{s}{n}",
+                        sid,
+                        f"10.0.{s}.{n + 2}",
+                        f"fa:16:3e:{v:02x}:{s:02x}:{n:02x}",
+                        rng.choice([*(h.name for h in hosts), None]),
+                        rng.choice([None, ("sleep", "1d")]),
+                        rng.choice([(), ("10.0.9.9",)]),
+                    )
+                )
+    return hosts, vpcs, subnets, insts
+
+
+def test_entries_of_and_assemble_round_trip_on_compiled_documents() -> None:
+    rng = random.Random(6)
+    for _ in range(150):
+        for name, doc in compile_hosts(*_region(rng)).items():
+            assert assemble(entries_of(doc), name) == doc
+
+
+def test_apply_delta_removes_a_key_and_everything_under_it() -> None:
+    entries: Entries = {
+        "host": {"host": "h"},
+        "vpc/a": {"id": "a"},
+        "vpc/a/m/i1": {"id": "i1"},
+        "vpc/ab": {"id": "ab"},
+        "vpc/ab/m/i2": {"id": "i2"},
+    }
+    got = apply_delta(entries, ["vpc/a"], {"vpc/ab/m/i3": {"id": "i3"}})
+    assert sorted(got) == ["host", "vpc/ab", "vpc/ab/m/i2", "vpc/ab/m/i3"]
+    assert len(entries) == 5  # the input is left alone
+
+
+def test_digest_does_not_depend_on_insertion_order() -> None:
+    a = {"host": {"host": "h", "x": 1}, "vpc/a": {"id": "a"}}
+    b = {"vpc/a": {"id": "a"}, "host": {"x": 1, "host": "h"}}
+    assert digest(a) == digest(b) != digest({**a, "vpc/a": {"id": "b"}})
+
+
+def test_delta_round_trips_through_json_and_rejects_other_shapes() -> None:
+    d = Delta("h1", 7, False, ("vpc/a",), {"host": {"host": "h1"}})
+    assert Delta.from_json(d.to_json()) == d
+    for bad in ({}, {**d.to_json(), "revision": "7"}, {**d.to_json(), "entries": []}):
+        with pytest.raises(ValueError):
+            Delta.from_json(bad)

@@ -1,0 +1,622 @@
+"""The incremental compiler of host documents, fed by the store's change log (issue 6).
+
+Every API process keeps one `Engine` in memory. `load` builds it from a snapshot of the
+model; `apply` takes the events of each committed write, in order, and updates only what
+they touch. It answers, for any host: its document as keyed entries (`yunhan.net.docentries`),
+the revision at which that document last changed, and the entries changed since a revision
+an agent holds (a `Delta`). It does no I/O.
+
+The rules are those of `controller.netcompile.compile_hosts` (the full-recompute reference,
+held to this engine by tests): a member is an instance with an ip, a mac, a registered host
+that has a vtep_index and a subnet of a VPC that has a vni; a host carries a VPC iff one of
+its instances is a member; every host with a vtep_index has a document.
+
+How the cost stays proportional to the change (OVN northd's incremental engine is the model):
+
+* VPC-level entries ("vpc/<id>" and its members) exist once, shared by every host carrying
+  the VPC; a host's document is its "host" entry plus references to the VPCs it carries.
+* Indexes from each input to what it feeds: subnet -> VPC, VPC -> subnets, subnet ->
+  instances, host -> instances, instance -> member, VPC -> carrying hosts with member counts,
+  host -> VPCs carried.
+* An event marks dirty only what it can change; at the end of a revision the dirty members,
+  VPC and host entries are recomputed and compared with what they were before the revision,
+  so a change that comes back to the same value changes nothing and wakes nobody.
+* Changes are logged per VPC as (revision, key) (a removed key is found absent: the log entry
+  is its tombstone) and per host as (revision, VPC, gained?). A delta for an agent at R walks
+  only the logs of the VPCs its host carries or carried, from R on, found by bisection.
+* Logs keep a bounded window of revisions (older deltas become snapshots) and are compacted
+  (a key changed many times keeps its last change only).
+
+A change that the incremental rules do not cover (today: a host renamed under the same id)
+falls back to the full path: every derived value is recomputed from the engine's own model
+and compared, so deltas and `affected` stay exact, only slower.
+
+Not thread-safe: one task feeds and reads it (the API's event loop).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from yunhan.net.docentries import (
+    HOST_KEY,
+    Delta,
+    Entries,
+    JsonObj,
+    digest,
+    host_entry,
+    member_entry,
+    member_key,
+    parse_key,
+    vpc_entry,
+    vpc_key,
+)
+from yunhan.store.resource import Event, Resource
+
+DEFAULT_WINDOW = 50_000  # revisions of change logs kept (older deltas are snapshots)
+
+_KINDS = frozenset({"host", "vpc", "subnet", "instance"})
+
+
+@dataclass(frozen=True, slots=True)
+class _Host:
+    id: str
+    name: str
+    vtep_index: int | None  # None: not usable yet, the host has no document
+    underlay_ip: str
+    mtu: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Vpc:
+    id: str
+    vni: int | None  # None: not usable yet, the VPC carries nothing
+    cidrs: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Subnet:
+    id: str
+    vpc: str
+    cidr: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Instance:
+    id: str
+    name: str
+    subnet: str
+    ip: str | None
+    mac: str | None
+    host: str | None
+    command: tuple[str, ...] | None
+
+
+# Parsing follows the reference inputs of the controller loop (`_compile_inputs`).
+def _host(r: Resource) -> _Host:
+    vtep = r.status.get("vtep_index")
+    return _Host(
+        r.id,
+        r.name,
+        int(vtep) if vtep else None,
+        str(r.spec.get("underlay_ip", "")),
+        int(r.spec.get("mtu", 1500)),
+    )
+
+
+def _vpc(r: Resource) -> _Vpc:
+    vni = r.status.get("vni")
+    return _Vpc(r.id, int(vni) if vni else None, tuple(r.spec.get("cidrs", ())))
+
+
+def _subnet(r: Resource) -> _Subnet:
+    return _Subnet(r.id, r.spec["vpc"], r.spec["cidr"])
+
+
+def _instance(r: Resource) -> _Instance:
+    cmd = r.spec.get("command")
+    return _Instance(
+        r.id,
+        r.name,
+        r.spec["subnet"],
+        r.status.get("ip"),
+        r.status.get("mac"),
+        r.status.get("host"),
+        tuple(cmd) if cmd else None,
+    )
+
+
+def _parse(r: Resource) -> _Host | _Vpc | _Subnet | _Instance:
+    if r.kind == "host":
+        return _host(r)
+    if r.kind == "vpc":
+        return _vpc(r)
+    if r.kind == "subnet":
+        return _subnet(r)
+    return _instance(r)
+
+
+@dataclass
+class _Dirty:
+    hosts: set[str] = field(default_factory=set)  # host names
+    vpcs: set[str] = field(default_factory=set)
+    instances: set[str] = field(default_factory=set)
+    everything: bool = False
+
+
+def _add(index: dict[str, set[str]], key: str, value: str) -> None:
+    index.setdefault(key, set()).add(value)
+
+
+def _discard(index: dict[str, set[str]], key: str, value: str) -> None:
+    s = index.get(key)
+    if s is not None:
+        s.discard(value)
+        if not s:
+            del index[key]
+
+
+class Engine:
+    """Host documents as keyed entries, kept up to date from the store's events.
+
+    `window` bounds the change logs in revisions: a delta from further back is a snapshot.
+    """
+
+    def __init__(self, window: int = DEFAULT_WINDOW) -> None:
+        if window < 1:
+            raise ValueError("window must be at least 1 revision")
+        self._window = window
+        self._reset(0)
+
+    def _reset(self, revision: int) -> None:
+        self._revision = revision
+        self._base = revision
+        self._floor = revision  # deltas from an earlier revision are snapshots
+        self._next_sweep = revision + self._sweep_every()
+        # the model
+        self._hosts: dict[str, _Host] = {}  # by id
+        self._host_by_name: dict[str, _Host] = {}
+        self._vpcs: dict[str, _Vpc] = {}
+        self._subnets: dict[str, _Subnet] = {}
+        self._instances: dict[str, _Instance] = {}
+        self._subnets_of_vpc: dict[str, set[str]] = {}  # even of VPCs not (yet) known
+        self._insts_of_subnet: dict[str, set[str]] = {}  # even of subnets not (yet) known
+        self._insts_of_host: dict[str, set[str]] = {}  # by host name, even unknown hosts
+        # derived: entries
+        self._host_entry: dict[str, JsonObj] = {}
+        self._host_rev: dict[str, int] = {}
+        self._vpc_entry: dict[str, JsonObj] = {}  # VPCs with a vni
+        self._members: dict[str, dict[str, JsonObj]] = {}  # vpc id -> member key -> value
+        self._member_of: dict[str, tuple[str, str]] = {}  # instance id -> (vpc id, key)
+        self._carriers: dict[str, dict[str, int]] = {}  # vpc id -> host -> members on it
+        self._vpcs_of_host: dict[str, set[str]] = {}
+        # derived: history
+        self._doc_rev: dict[str, int] = {}
+        self._host_floor: dict[str, int] = {}  # the host's document exists since
+        self._host_log: dict[str, list[tuple[int, str, bool]]] = {}  # (rev, vpc, gained)
+        self._vpc_floor: dict[str, int] = {}  # the VPC's entries exist since
+        self._vpc_log: dict[str, list[tuple[int, str]]] = {}  # (rev, key changed)
+        self._vpc_log_limit: dict[str, int] = {}  # compact when longer
+        self._affected: dict[int, frozenset[str]] = {}  # only revisions that changed docs
+        self._digests: dict[str, tuple[int, str]] = {}
+
+    def _sweep_every(self) -> int:
+        return max(1, self._window // 4)
+
+    # -- feeding ----------------------------------------------------------------------
+
+    @property
+    def revision(self) -> int:
+        """The revision of the last write applied (or loaded)."""
+        return self._revision
+
+    @property
+    def base(self) -> int:
+        """The revision of the last `load`: deltas from before it are snapshots."""
+        return self._base
+
+    def load(self, revision: int, resources: Iterable[Resource]) -> None:
+        """Rebuild everything from the model as of `revision` (the full path).
+
+        Forgets all history: documents get revision `revision`, and a delta from an
+        earlier revision is a snapshot.
+        """
+        self._reset(revision)
+        for r in resources:
+            if r.kind in _KINDS:
+                self._absorb(r.kind, r.id, _parse(r), _Dirty())
+        self._settle(revision, self._everything(), record=False)
+
+    def apply(self, revision: int, events: Sequence[Event]) -> frozenset[str]:
+        """Apply all events of one committed write (revision `revision`), together.
+
+        Returns the hosts whose document changed at this revision (appeared, vanished or
+        differs): the long polls to wake, the hosts `converged` waits for. Events of kinds
+        that feed no document are ignored. ValueError if `revision` does not follow the
+        last one applied or an event is not of this revision.
+        """
+        if revision <= self._revision:
+            raise ValueError(f"revision {revision} is not after {self._revision}")
+        # Parse the whole write before touching the model: a bad event rejects it whole.
+        parsed: list[tuple[str, str, _Host | _Vpc | _Subnet | _Instance | None]] = []
+        for ev in events:
+            if ev.revision != revision:
+                raise ValueError(f"event of revision {ev.revision} in write {revision}")
+            if ev.kind not in _KINDS:
+                continue
+            if ev.op not in ("put", "delete"):
+                raise ValueError(f"unknown event op {ev.op!r}")
+            parsed.append((ev.kind, ev.id, _parse(ev.obj) if ev.op == "put" else None))
+        dirty = _Dirty()
+        for kind, rid, new in parsed:
+            self._absorb(kind, rid, new, dirty)
+        if dirty.everything:
+            dirty = self._everything()
+        affected = self._settle(revision, dirty)
+        self._revision = revision
+        if affected:
+            self._affected[revision] = affected
+        if revision >= self._next_sweep:
+            self._sweep()
+        return affected
+
+    def _absorb(
+        self, kind: str, rid: str, new: _Host | _Vpc | _Subnet | _Instance | None, dirty: _Dirty
+    ) -> None:
+        """Update the model with one object (None: deleted); mark what it can change."""
+        if kind == "host":
+            assert new is None or isinstance(new, _Host)
+            self._absorb_host(rid, new, dirty)
+        elif kind == "vpc":
+            assert new is None or isinstance(new, _Vpc)
+            self._absorb_vpc(rid, new, dirty)
+        elif kind == "subnet":
+            assert new is None or isinstance(new, _Subnet)
+            self._absorb_subnet(rid, new, dirty)
+        else:
+            assert new is None or isinstance(new, _Instance)
+            self._absorb_instance(rid, new, dirty)
+
+    def _absorb_host(self, hid: str, new: _Host | None, dirty: _Dirty) -> None:
+        old = self._hosts.pop(hid, None)
+        if old is not None:
+            if self._host_by_name.get(old.name) is old:
+                del self._host_by_name[old.name]
+            dirty.hosts.add(old.name)
+        if new is not None:
+            self._hosts[hid] = new
+            self._host_by_name[new.name] = new
+            dirty.hosts.add(new.name)
+        if old is not None and new is not None and old.name != new.name:
+            # Members name their host; a rename is rare enough to take the full path.
+            dirty.everything = True
+            return
+        before = (old.vtep_index, old.underlay_ip) if old else None
+        after = (new.vtep_index, new.underlay_ip) if new else None
+        if before != after:
+            for name in {h.name for h in (old, new) if h is not None}:
+                dirty.instances |= self._insts_of_host.get(name, set())
+
+    def _absorb_vpc(self, vid: str, new: _Vpc | None, dirty: _Dirty) -> None:
+        old = self._vpcs.pop(vid, None)
+        if new is not None:
+            self._vpcs[vid] = new
+        dirty.vpcs.add(vid)
+        if bool(old and old.vni) != bool(new and new.vni):
+            for sid in self._subnets_of_vpc.get(vid, ()):
+                dirty.instances |= self._insts_of_subnet.get(sid, set())
+
+    def _absorb_subnet(self, sid: str, new: _Subnet | None, dirty: _Dirty) -> None:
+        old = self._subnets.pop(sid, None)
+        if old is not None:
+            _discard(self._subnets_of_vpc, old.vpc, sid)
+            dirty.vpcs.add(old.vpc)
+        if new is not None:
+            self._subnets[sid] = new
+            _add(self._subnets_of_vpc, new.vpc, sid)
+            dirty.vpcs.add(new.vpc)
+        if old != new:
+            dirty.instances |= self._insts_of_subnet.get(sid, set())
+
+    def _absorb_instance(self, iid: str, new: _Instance | None, dirty: _Dirty) -> None:
+        old = self._instances.pop(iid, None)
+        if old is not None:
+            _discard(self._insts_of_subnet, old.subnet, iid)
+            if old.host:
+                _discard(self._insts_of_host, old.host, iid)
+        if new is not None:
+            self._instances[iid] = new
+            _add(self._insts_of_subnet, new.subnet, iid)
+            if new.host:
+                _add(self._insts_of_host, new.host, iid)
+        dirty.instances.add(iid)
+
+    def _everything(self) -> _Dirty:
+        return _Dirty(
+            hosts=set(self._host_by_name) | set(self._host_entry),
+            vpcs=set(self._vpcs) | set(self._vpc_entry),
+            instances=set(self._instances) | set(self._member_of),
+        )
+
+    # -- recomputing what is dirty ------------------------------------------------------
+
+    def _member(self, iid: str) -> tuple[str, JsonObj] | None:
+        i = self._instances.get(iid)
+        if i is None or not i.ip or not i.mac or not i.host:
+            return None
+        s = self._subnets.get(i.subnet)
+        v = self._vpcs.get(s.vpc) if s is not None else None
+        h = self._host_by_name.get(i.host)
+        if s is None or v is None or not v.vni or h is None or not h.vtep_index:
+            return None
+        return v.id, member_entry(
+            id=i.id,
+            name=i.name,
+            ip=i.ip,
+            mac=i.mac,
+            subnet_cidr=s.cidr,
+            host=h.name,
+            vtep_index=h.vtep_index,
+            underlay_ip=h.underlay_ip,
+            command=i.command,
+        )
+
+    def _settle(self, rev: int, dirty: _Dirty, record: bool = True) -> frozenset[str]:
+        """Recompute the dirty entries, log real changes at `rev`; the hosts affected.
+
+        `record=False` (load) keeps no history: everything is as of `rev`.
+        """
+        changed_hosts: set[str] = set()
+        for name in dirty.hosts:
+            h = self._host_by_name.get(name)
+            new = (
+                host_entry(h.name, h.underlay_ip, h.vtep_index, h.mtu)
+                if h is not None and h.vtep_index
+                else None
+            )
+            old = self._host_entry.get(name)
+            if new == old:
+                continue
+            changed_hosts.add(name)
+            if new is None:
+                del self._host_entry[name]  # the rest goes once its members are gone
+                continue
+            self._host_entry[name] = new
+            self._host_rev[name] = rev
+            if old is None:
+                self._vpcs_of_host[name] = set()
+                self._host_log[name] = []
+                self._host_floor[name] = rev
+
+        changed_keys: dict[str, set[str]] = {}
+        for vid in dirty.vpcs:
+            v = self._vpcs.get(vid)
+            vnew = (
+                vpc_entry(
+                    vid,
+                    v.vni,
+                    v.cidrs,
+                    (self._subnets[s].cidr for s in self._subnets_of_vpc.get(vid, ())),
+                )
+                if v is not None and v.vni
+                else None
+            )
+            vold = self._vpc_entry.get(vid)
+            if vnew == vold:
+                continue
+            changed_keys.setdefault(vid, set()).add(vpc_key(vid))
+            if vnew is None:
+                del self._vpc_entry[vid]  # the rest goes once its members are gone
+                continue
+            self._vpc_entry[vid] = vnew
+            if vold is None:
+                self._members[vid] = {}
+                self._carriers[vid] = {}
+                self._vpc_log[vid] = []
+                self._vpc_log_limit[vid] = 256
+                self._vpc_floor[vid] = rev
+
+        carried_before: dict[tuple[str, str], bool] = {}
+
+        def count(vid: str, host: str, step: int) -> None:
+            c = self._carriers[vid]
+            n = c.get(host, 0)
+            carried_before.setdefault((host, vid), n > 0)
+            if n + step:
+                c[host] = n + step
+            else:
+                del c[host]
+
+        for iid in dirty.instances:
+            new_m = self._member(iid)
+            where = self._member_of.get(iid)
+            if where is not None:
+                old_vid, old_key = where
+                old_val = self._members[old_vid][old_key]
+                if new_m is not None and new_m[0] == old_vid and new_m[1] == old_val:
+                    continue
+                del self._members[old_vid][old_key]
+                del self._member_of[iid]
+                count(old_vid, old_val["host"], -1)
+                changed_keys.setdefault(old_vid, set()).add(old_key)
+            if new_m is not None:
+                vid, val = new_m
+                key = member_key(vid, iid)
+                self._members[vid][key] = val
+                self._member_of[iid] = (vid, key)
+                count(vid, val["host"], +1)
+                changed_keys.setdefault(vid, set()).add(key)
+
+        carriage_changed: set[str] = set()
+        for (host, vid), before in carried_before.items():
+            after = self._carriers.get(vid, {}).get(host, 0) > 0
+            if before == after:
+                continue
+            carriage_changed.add(host)
+            if after:
+                self._vpcs_of_host[host].add(vid)
+            else:
+                self._vpcs_of_host[host].discard(vid)
+            if record:
+                self._host_log[host].append((rev, vid, after))
+
+        affected = changed_hosts | carriage_changed
+        for vid, keys in changed_keys.items():
+            if vid not in self._vpc_entry:  # the VPC is gone (its members went with it)
+                self._members.pop(vid, None)
+                self._carriers.pop(vid, None)
+                self._vpc_log.pop(vid, None)
+                self._vpc_log_limit.pop(vid, None)
+                self._vpc_floor.pop(vid, None)
+                continue
+            if record:
+                log = self._vpc_log[vid]
+                log.extend((rev, k) for k in sorted(keys))
+                if len(log) > self._vpc_log_limit[vid]:
+                    self._compact(vid)
+            affected |= self._carriers[vid].keys()
+
+        for name in changed_hosts:
+            if name not in self._host_entry:  # the host went away: forget its history
+                self._vpcs_of_host.pop(name, None)
+                self._host_log.pop(name, None)
+                self._host_floor.pop(name, None)
+                self._host_rev.pop(name, None)
+                self._doc_rev.pop(name, None)
+                self._digests.pop(name, None)
+        for name in affected:
+            if name in self._host_entry:
+                self._doc_rev[name] = rev
+        return frozenset(affected)
+
+    def _compact(self, vid: str) -> None:
+        """Keep the last change of each key only (a delta needs no more)."""
+        log = self._vpc_log[vid]
+        seen: set[str] = set()
+        kept: list[tuple[int, str]] = []
+        for rev, key in reversed(log):
+            if key not in seen:
+                seen.add(key)
+                kept.append((rev, key))
+        kept.reverse()
+        self._vpc_log[vid] = kept
+        self._vpc_log_limit[vid] = 2 * len(kept) + 256
+
+    def _sweep(self) -> None:
+        """Drop history older than the window: deltas from before it become snapshots."""
+        horizon = self._revision - self._window
+        self._next_sweep = self._revision + self._sweep_every()
+        if horizon <= self._floor:
+            return
+        self._floor = horizon
+        for vid, log in self._vpc_log.items():
+            if log and log[0][0] <= horizon:
+                del log[: bisect.bisect_right(log, horizon, key=lambda e: e[0])]
+                self._vpc_log_limit[vid] = 2 * len(log) + 256
+        for hlog in self._host_log.values():
+            if hlog and hlog[0][0] <= horizon:
+                del hlog[: bisect.bisect_right(hlog, horizon, key=lambda e: e[0])]
+        for rev in [r for r in self._affected if r <= horizon]:
+            del self._affected[rev]
+
+    # -- reading ------------------------------------------------------------------------
+
+    def hosts(self) -> frozenset[str]:
+        """Every host that has a document (registered, with a vtep_index)."""
+        return frozenset(self._host_entry)
+
+    def doc_revision(self, host: str) -> int | None:
+        """The revision of the last change of `host`'s document (None: it has none)."""
+        return self._doc_rev.get(host)
+
+    def affected(self, revision: int) -> frozenset[str] | None:
+        """The hosts whose document changed at `revision`; None when that revision is not
+        in the kept window (before the last load, pruned, or not applied yet)."""
+        if not self._floor < revision <= self._revision:
+            return None
+        return self._affected.get(revision, frozenset())
+
+    def snapshot(self, host: str) -> Entries:
+        """All entries of `host`'s document (a new dict; the values are shared: read only).
+
+        KeyError when the host has no document.
+        """
+        out: Entries = {HOST_KEY: self._host_entry[host]}
+        for vid in sorted(self._vpcs_of_host[host]):
+            out[vpc_key(vid)] = self._vpc_entry[vid]
+            out.update(self._members[vid])
+        return out
+
+    def digest(self, host: str) -> str:
+        """`docentries.digest` of the host's document, cached per document revision."""
+        d = self._doc_rev[host]
+        cached = self._digests.get(host)
+        if cached is None or cached[0] != d:
+            cached = (d, digest(self.snapshot(host)))
+            self._digests[host] = cached
+        return cached[1]
+
+    def delta(self, host: str, after: int) -> Delta:
+        """What an agent holding `host`'s document as of revision `after` needs.
+
+        A snapshot when after <= 0 or after > `revision`; empty when the document has not
+        changed since `after` (after >= its revision, however old); a snapshot when `after`
+        is older than the logs answer (before the last load, the window, or the host's
+        document); otherwise the keys changed since `after` (removals first, each covering
+        the keys under it, then the entries to write).
+        KeyError when the host has no document.
+        """
+        d = self._doc_rev[host]
+        if after <= 0 or after > self._revision:
+            return Delta(host, d, True, (), self.snapshot(host))
+        if after >= d:  # unchanged since: true however old `after` is
+            return Delta(host, d, False)
+        if after < max(self._floor, self._host_floor[host]):
+            return Delta(host, d, True, (), self.snapshot(host))
+        removed: set[str] = set()
+        put: Entries = {}
+        if self._host_rev[host] > after:
+            put[HOST_KEY] = self._host_entry[host]
+
+        # Carriage changes since `after`: the first one of a VPC says whether it was carried.
+        hlog = self._host_log[host]
+        carried_then: dict[str, bool] = {}
+        for _rev, vid, gained in hlog[bisect.bisect_right(hlog, after, key=lambda e: e[0]) :]:
+            carried_then.setdefault(vid, not gained)
+        now = self._vpcs_of_host[host]
+        for vid, was in carried_then.items():
+            if vid not in now:
+                if was:
+                    removed.add(vpc_key(vid))
+            elif was:
+                self._vpc_changes(vid, after, removed, put)
+            else:
+                self._whole_vpc(vid, put)
+        for vid in now:
+            if vid not in carried_then:
+                self._vpc_changes(vid, after, removed, put)
+        return Delta(host, d, False, tuple(sorted(removed)), put)
+
+    def _whole_vpc(self, vid: str, put: Entries) -> None:
+        put[vpc_key(vid)] = self._vpc_entry[vid]
+        put.update(self._members[vid])
+
+    def _vpc_changes(self, vid: str, after: int, removed: set[str], put: Entries) -> None:
+        """Entries of a VPC carried at `after` and now that changed since `after`."""
+        if after < self._vpc_floor[vid]:  # the VPC was recreated since: start it over
+            removed.add(vpc_key(vid))
+            self._whole_vpc(vid, put)
+            return
+        log = self._vpc_log[vid]
+        members = self._members[vid]
+        for _rev, key in log[bisect.bisect_right(log, after, key=lambda e: e[0]) :]:
+            if key in put or key in removed:
+                continue
+            _vid, inst = parse_key(key)
+            value = self._vpc_entry.get(vid) if inst is None else members.get(key)
+            if value is None:
+                removed.add(key)
+            else:
+                put[key] = value

@@ -60,6 +60,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from yunhan.net import docentries
+
 LOOPBACK = "127.0.0.1"
 LONG_POLL = 20.0  # the real agent's LONG_POLL_TIMEOUT
 HEARTBEAT = 5.0  # the real agent's HEARTBEAT_INTERVAL
@@ -309,22 +311,48 @@ def proc_rss_mb(pid: int) -> float:
     return 0.0
 
 
-@contextlib.contextmanager
-def postgres_cluster(tmp: Path) -> Iterator[list[str]]:
-    """A throwaway PostgreSQL cluster for `--backend postgresql`; yields the extra argv of
-    `yunhan server` that points it there.
+@dataclass
+class Postgres:
+    """The throwaway cluster of `--backend postgresql` and the servers' --database URL."""
 
-    HOOK(issue 6, PostgreSQL): `yunhan/store/pgserver.py` (branch wip-pg) starts such a
-    cluster; this is filled in when main has it and `yunhan server` takes its URL.
-    """
-    try:
-        from yunhan.store import pgserver  # type: ignore[attr-defined]  # noqa: F401
-    except ImportError:
-        raise SystemExit(
-            "--backend postgresql needs yunhan/store/pgserver.py, which this branch lacks"
-        ) from None
-    raise SystemExit("--backend postgresql: pgserver exists but is not wired in yet")
-    yield []  # pragma: no cover
+    url: str
+    data_dir: Path
+
+    def cpu_seconds(self) -> float:
+        """CPU of the cluster: the postmaster, its live children, and the exited children it
+        reaped (cutime/cstime), so backends that came and went are counted too."""
+        try:
+            pid = int((self.data_dir / "postmaster.pid").read_text().split()[0])
+            with open(f"/proc/{pid}/stat") as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+        except (OSError, ValueError, IndexError):
+            return 0.0
+        ticks = sum(int(x) for x in rest[11:15])
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                child = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if child[1] == str(pid):
+                ticks += int(child[11]) + int(child[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+
+PG_PREFIX = "yhconv"
+
+
+@contextlib.contextmanager
+def postgres_cluster(fsync: bool) -> Iterator[Postgres]:
+    """A PostgreSQL cluster of this run (yunhan.store.pgserver: unix socket only, prefixed,
+    removed on exit; clusters of killed runs of this bench are swept first)."""
+    from yunhan.store import pgserver
+
+    pgserver.sweep(PG_PREFIX)
+    prefix = f"{PG_PREFIX}{secrets.token_hex(3)}"
+    directory = Path(tempfile.mkdtemp(prefix=f"{prefix}-pg-"))
+    directory.rmdir()  # PgServer makes it, owned by the server's user
+    with pgserver.PgServer(directory, prefix=prefix, fsync=fsync) as pg:
+        yield Postgres(pg.create_database(f"{prefix}_store"), pg.data_dir)
 
 
 def start_servers(tmp: Path, replicas: int, token_file: Path, extra: list[str]) -> list[ServerProc]:
@@ -441,6 +469,7 @@ class SimAgent:
         counters: Counters,
         on_ack: Callable[[SimAgent, float], None],
         heartbeat_phase: float,
+        send_digest: bool,
     ) -> None:
         self.name = name
         self.zone = zone
@@ -450,6 +479,8 @@ class SimAgent:
         self._c = counters
         self._on_ack = on_ack
         self._phase = heartbeat_phase
+        self._send_digest = send_digest
+        self.digest: str | None = None  # of the entries held, sent with every poll
         self._lock = asyncio.Lock()
         self.base = f"/v1/agent/hosts/{name}"
         self.entries: dict[str, Any] = {}
@@ -509,6 +540,8 @@ class SimAgent:
         backoff = 0.2
         while True:
             path = f"{self.base}/desired?after={self.revision}&timeout={LONG_POLL:g}"
+            if self.revision and self.digest:
+                path += f"&digest={self.digest}"
             self._c.requests += 1
             try:
                 r = await self._poll.request("GET", path, timeout=LONG_POLL + 10)
@@ -525,6 +558,7 @@ class SimAgent:
                     self._c.anomaly("store changed", f"{self.name}: {self.store} -> {store}")
                     self.revision = 0
                     self.entries = {}
+                    self.digest = None
                 self.store = store
             if r.status == 204:
                 self._c.empty_polls += 1
@@ -559,6 +593,9 @@ class SimAgent:
                 self._c.anomaly("delta without base", f"{self.name} at revision {rev}")
             apply_delta(self.entries, list(doc.get("removed", [])), doc.get("entries", {}))
         self.revision = rev
+        if self._send_digest:
+            # As the real agent: once per document applied, sent with every poll after.
+            self.digest = docentries.digest(self.entries)
         self.received.append(Received(rev, t, nbytes, snapshot))
 
     def first_ack_at_least(self, revision: int, since: float) -> float | None:
@@ -673,6 +710,7 @@ class ChangeResult:
     docs: int
     body_bytes: int
     cpu_s: float
+    pg_cpu_s: float
 
 
 @dataclass
@@ -686,9 +724,16 @@ class Change:
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, servers: list[ServerProc], token: str) -> None:
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        servers: list[ServerProc],
+        token: str,
+        pg: Postgres | None,
+    ) -> None:
         self.args = args
         self.servers = servers
+        self.pg = pg
         self.counters = Counters()
         self.dialer = Dialer(args.client, [s.port for s in servers], token)
         self.api = Api(self.dialer, FILL_CONNECTIONS)
@@ -704,6 +749,7 @@ class Bench:
                 self.counters,
                 self._acked,
                 rng.uniform(0, HEARTBEAT),
+                args.digest,
             )
             for i in range(args.hosts)
         ]
@@ -727,6 +773,9 @@ class Bench:
 
     def server_cpu(self) -> float:
         return sum(proc_cpu_seconds(s.proc.pid) for s in self.servers)
+
+    def pg_cpu(self) -> float:
+        return self.pg.cpu_seconds() if self.pg else 0.0
 
     def server_rss_mb(self) -> float:
         return sum(proc_rss_mb(s.proc.pid) for s in self.servers)
@@ -782,7 +831,7 @@ class Bench:
         total = sum(len(r) for r in plan)
         done = 0
         last_revision = 0
-        cpu0 = self.server_cpu()
+        cpu0, pg0 = self.server_cpu(), self.pg_cpu()
         t_start = time.monotonic()
 
         async def ticker() -> None:
@@ -825,11 +874,12 @@ class Bench:
                         workers.create_task(worker(queue))
             tick.cancel()
         t_end = time.monotonic()
-        cpu = self.server_cpu() - cpu0
+        cpu, pg_cpu = self.server_cpu() - cpu0, self.pg_cpu() - pg0
         rate = total / (t_end - t_start)
         print(
             f"fill: {total} instances in {t_end - t_start:.2f}s = {rate:.1f} creates/s over "
             f"{FILL_CONNECTIONS} connections; server CPU {cpu / total * 1000:.1f} ms per create"
+            + (f", PostgreSQL {pg_cpu / total * 1000:.1f} ms" if self.pg else "")
         )
 
         instances = await self.api.call("GET", "/v1/instances", timeout=120)
@@ -888,17 +938,19 @@ class Bench:
             f"{sum(sizes) / len(sizes):.0f}"
         )
 
-    async def idle_cpu(self, seconds: float) -> float:
-        """Server CPU ms per second with nothing changing (heartbeats and long polls)."""
-        c0, t0 = self.server_cpu(), time.monotonic()
+    async def idle_cpu(self, seconds: float) -> tuple[float, float]:
+        """Server and PostgreSQL CPU, ms per second, with nothing changing (heartbeats and
+        long polls only)."""
+        c0, p0, t0 = self.server_cpu(), self.pg_cpu(), time.monotonic()
         await asyncio.sleep(seconds)
-        return (self.server_cpu() - c0) / (time.monotonic() - t0) * 1000
+        dt = time.monotonic() - t0
+        return (self.server_cpu() - c0) / dt * 1000, (self.pg_cpu() - p0) / dt * 1000
 
     async def measure(self, change: Change) -> ChangeResult:
         expected = change.expected(None)
         marks = [len(a.received) for a in self.agents]
         docs0, bytes0 = self.counters.docs, self.counters.body_bytes
-        cpu0 = self.server_cpu()
+        cpu0, pg0 = self.server_cpu(), self.pg_cpu()
         t0 = time.monotonic()
         res = await change.write()
         t_write = time.monotonic()
@@ -952,6 +1004,7 @@ class Bench:
             docs=self.counters.docs - docs0,
             body_bytes=self.counters.body_bytes - bytes0,
             cpu_s=self.server_cpu() - cpu0,
+            pg_cpu_s=self.pg_cpu() - pg0,
         )
 
     def holders(self, key: str) -> set[str]:
@@ -1033,11 +1086,12 @@ def pct(values: list[float], q: float) -> float:
     return s[max(0, min(len(s) - 1, math.ceil(q * len(s)) - 1))]
 
 
-def table(results: list[ChangeResult]) -> list[str]:
+def table(results: list[ChangeResult], pg: bool) -> list[str]:
     kinds = [*dict.fromkeys(r.kind for r in results), "all"]
     head = (
         f"{'kind':<7}{'n':>4}{'p50':>8}{'p95':>8}{'p99':>8}{'max':>8}  |{'srv p50':>8}"
         f"{'srv p99':>8}{'write':>7}  |{'affected':>9}{'docs':>7}{'kB':>8}{'cpu ms':>8}"
+        + (f"{'pg ms':>8}" if pg else "")
     )
     lines = [
         "convergence per change, ms from just before the write: the last affected agent's ack;"
@@ -1060,21 +1114,28 @@ def table(results: list[ChangeResult]) -> list[str]:
             f"{sum(r.affected for r in rs) / n:>9.1f}{sum(r.docs for r in rs) / n:>7.1f}"
             f"{sum(r.body_bytes for r in rs) / n / 1024:>8.1f}"
             f"{sum(r.cpu_s for r in rs) / n * 1000:>8.1f}"
+            + (f"{sum(r.pg_cpu_s for r in rs) / n * 1000:>8.1f}" if pg else "")
         )
     return lines
 
 
-async def run(args: argparse.Namespace, servers: list[ServerProc], token: str) -> str:
+async def run(
+    args: argparse.Namespace, servers: list[ServerProc], token: str, pg: Postgres | None
+) -> str:
     await wait_ready(servers, token)
-    bench = Bench(args, servers, token)
+    bench = Bench(args, servers, token, pg)
     cpu_bench0 = time.process_time()
     try:
         async with asyncio.TaskGroup() as tg:
             agent_tasks = await bench.start_agents(tg)
             try:
                 creates_per_s, _ = await bench.fill()
-                idle = await bench.idle_cpu(args.idle_seconds)
-                print(f"idle: server CPU {idle:.1f} ms/s (heartbeats every {HEARTBEAT:g}s)")
+                idle, idle_pg = await bench.idle_cpu(args.idle_seconds)
+                print(
+                    f"idle: server CPU {idle:.1f} ms/s"
+                    + (f", PostgreSQL {idle_pg:.1f} ms/s" if bench.pg else "")
+                    + f" ({args.hosts} agents heartbeating every {HEARTBEAT:g}s, polling)"
+                )
                 results: list[ChangeResult] = []
                 for make in bench.change_kinds():
                     for n in range(args.changes):
@@ -1087,7 +1148,7 @@ async def run(args: argparse.Namespace, servers: list[ServerProc], token: str) -
     finally:
         await bench.close()
     c = bench.counters
-    for line in table(results):
+    for line in table(results, bench.pg is not None):
         print(line)
     unconv = [r for r in results if r.agents_ms is None]
     srv_no = [r for r in results if not r.server_converged]
@@ -1098,7 +1159,12 @@ async def run(args: argparse.Namespace, servers: list[ServerProc], token: str) -
         f"agents differed from the expected ones (missing {sum(r.missing for r in results)},"
         f" extra {sum(r.extra for r in results)})"
     )
-    print(f"delta check: {ok}/{len(bench.agents)} agents hold exactly a fresh snapshot")
+    resnaps = sum(max(0, sum(r.snapshot for r in a.received) - 1) for a in bench.agents)
+    print(
+        f"delta check: {ok}/{len(bench.agents)} agents hold exactly a fresh snapshot; "
+        f"{resnaps} snapshots beyond each agent's first (digest "
+        f"{'sent' if args.digest else 'not sent'} with each poll)"
+    )
     for line in bad[:5]:
         print(f"  {line}")
     print(
@@ -1131,6 +1197,15 @@ def main() -> int:
     ap.add_argument("--hosts", type=int, required=True, help=f"simulated agents (<= {MAX_HOSTS})")
     ap.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite")
     ap.add_argument("--replicas", type=int, default=1, help="API servers (postgresql only)")
+    ap.add_argument(
+        "--fsync", action="store_true", help="PostgreSQL with fsync (default off: throwaway)"
+    )
+    ap.add_argument(
+        "--no-digest",
+        dest="digest",
+        action="store_false",
+        help="agents do not send their digest with each poll (the real agent does)",
+    )
     ap.add_argument("--zones", type=int, default=3)
     ap.add_argument("--vpcs-per-host", type=int, default=3)
     ap.add_argument("--changes", type=int, default=CHANGES_PER_KIND, help="per kind")
@@ -1156,13 +1231,17 @@ def main() -> int:
     failed = True
     try:
         with contextlib.ExitStack() as stack:
-            extra = stack.enter_context(postgres_cluster(tmp)) if args.backend != "sqlite" else []
+            pg = None
+            extra: list[str] = []
+            if args.backend == "postgresql":
+                pg = stack.enter_context(postgres_cluster(args.fsync))
+                extra = ["--database", pg.url]
             try:
                 servers = start_servers(tmp, args.replicas, token_file, extra)
 
                 async def bounded() -> str:
                     async with asyncio.timeout(args.max_seconds):
-                        return await run(args, servers, token)
+                        return await run(args, servers, token, pg)
 
                 result = asyncio.run(bounded())
             finally:

@@ -1007,6 +1007,23 @@ class Bench:
             pg_cpu_s=self.pg_cpu() - pg0,
         )
 
+    async def metrics(self) -> dict[str, float]:
+        """GET /metrics of every replica, unlabelled samples summed over replicas."""
+        out: dict[str, float] = {}
+        for i in range(len(self.servers)):
+            conn = self.dialer.conn(i)
+            try:
+                r = await conn.request("GET", "/metrics")
+            finally:
+                await conn.close()
+            if r.status != 200:
+                return {}
+            for line in r.body.decode().splitlines():
+                name, _, value = line.rpartition(" ")
+                if name and not line.startswith("#") and "{" not in name:
+                    out[name] = out.get(name, 0.0) + float(value)
+        return out
+
     def holders(self, key: str) -> set[str]:
         return {a.name for a in self.agents if key in a.entries}
 
@@ -1137,9 +1154,11 @@ async def run(
                     + f" ({args.hosts} agents heartbeating every {HEARTBEAT:g}s, polling)"
                 )
                 results: list[ChangeResult] = []
+                m0, agent0 = await bench.metrics(), (bench.counters.docs, bench.counters.body_bytes)
                 for make in bench.change_kinds():
                     for n in range(args.changes):
                         results.append(await bench.measure(make(n)))
+                m1, agent1 = await bench.metrics(), (bench.counters.docs, bench.counters.body_bytes)
                 rss = bench.server_rss_mb()
                 ok, bad = await bench.check_snapshots()
             finally:
@@ -1177,6 +1196,21 @@ async def run(
         for e in c.examples:
             print(f"  {e}")
     print(f"server: RSS {rss:.1f} MB over {len(servers)} process(es)")
+    if m0 and m1:
+
+        def d(name: str) -> float:
+            return m1.get(name, 0.0) - m0.get(name, 0.0)
+
+        compiles, commits = d("yunhan_compiles_total"), d("yunhan_store_commits_total")
+        print(
+            f"server /metrics over the {len(results)} changes (all replicas): documents sent "
+            f"{d('yunhan_documents_sent_total'):.0f} (agents received {agent1[0] - agent0[0]}), "
+            f"bytes {d('yunhan_document_bytes_sent_total'):.0f} ({agent1[1] - agent0[1]}); "
+            f"{d('yunhan_store_transactions_total'):.0f} transactions in {commits:.0f} commits "
+            f"({d('yunhan_store_commit_seconds_total') / max(commits, 1) * 1000:.2f} ms each); "
+            f"{compiles:.0f} compiles "
+            f"({d('yunhan_compile_seconds_total') / max(compiles, 1) * 1000:.2f} ms each)"
+        )
     all_ok = [r.agents_ms for r in results if r.agents_ms is not None]
     cpu_ms = sum(r.cpu_s for r in results) / len(results) * 1000
     return (

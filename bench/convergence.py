@@ -1140,6 +1140,8 @@ async def run(
     args: argparse.Namespace, servers: list[ServerProc], token: str, pg: Postgres | None
 ) -> str:
     await wait_ready(servers, token)
+    load0 = os.getloadavg()[0]
+    print(f"machine: {os.cpu_count()} CPUs, load average {load0:.2f} at the start")
     bench = Bench(args, servers, token, pg)
     cpu_bench0 = time.process_time()
     try:
@@ -1195,7 +1197,10 @@ async def run(
         print(f"anomalies: {c.anomalies}")
         for e in c.examples:
             print(f"  {e}")
-    print(f"server: RSS {rss:.1f} MB over {len(servers)} process(es)")
+    print(
+        f"server: RSS {rss:.1f} MB over {len(servers)} process(es); load average "
+        f"{os.getloadavg()[0]:.2f} at the end ({load0:.2f} at the start)"
+    )
     if m0 and m1:
 
         def d(name: str) -> float:

@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from yunhan import hotpatch  # noqa: E402
+from yunhan.polling import poll_until  # noqa: E402
 
 SERVICE_C = ROOT / "tests/integration/hotpatch/csrc/service.c"
 FIX = """
@@ -55,10 +56,9 @@ def service(binary: Path, threads: int) -> Iterator[tuple[int, int]]:
     try:
         assert p.stdout is not None
         port = int(p.stdout.readline().split()[1])
-        deadline = time.monotonic() + 10
-        while len(list(Path(f"/proc/{p.pid}/task").iterdir())) < threads:
-            assert time.monotonic() < deadline, "service threads did not start"
-            time.sleep(0.01)
+        assert poll_until(
+            lambda: len(list(Path(f"/proc/{p.pid}/task").iterdir())) >= threads, 10
+        ), "service threads did not start"
         yield p.pid, port
     finally:
         p.kill()

@@ -14,11 +14,16 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.pgfixture import pg_admin_url, pg_url, store_url
+from tests.pgfixture import _pg_shared_url, pg_admin_url, pg_url, store_url
 
 RUN_PREFIX = os.environ.get("YUNHAN_TEST_PREFIX") or f"t{secrets.token_hex(2)}"
 _counter = itertools.count(1)
-__all__ = ["pg_admin_url", "pg_url", "store_url"]  # fixtures, re-exported for pytest
+__all__ = [
+    "_pg_shared_url",
+    "pg_admin_url",
+    "pg_url",
+    "store_url",
+]  # fixtures, re-exported for pytest
 
 
 @pytest.fixture(scope="session")

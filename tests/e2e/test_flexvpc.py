@@ -21,6 +21,7 @@ import pytest
 from region import CliError, Region, netns_names
 
 from tests.polling import wait_for
+from yunhan import procstat
 
 pytestmark = pytest.mark.root
 
@@ -266,10 +267,8 @@ def processes_mentioning(text: str) -> list[str]:
 
 
 def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
-    except FileNotFoundError:
-        return True
+    st = procstat.read(pid)
+    return st is None or st.state == "Z"
 
 
 def region_host(region: Region, host: str) -> dict[str, object]:

@@ -1,7 +1,7 @@
 """The data plane on real namespaces: three hosts in two zones, two VPCs with the same CIDR.
 
 One topology per module (the machine is shared): an underlay from `netlab`, documents
-from `yunhan.controller.world`, one `DataPlane` per host. The reachability matrix runs against
+from `tests.worlds`, one `DataPlane` per host. The reachability matrix runs against
 both drivers, "linux" (answers come from TCP servers running inside the instance
 sandboxes, which reply with their hostname) and "fake" (answers come from the fabric's
 packet trace), so the fake is held to what the kernel does. Everything of the run prefix
@@ -10,6 +10,7 @@ is removed at the end, even on failure, and the test asserts so.
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import shutil
@@ -22,9 +23,10 @@ import pytest
 
 from tests.integration import netlab
 from tests.polling import wait_for
+from tests.worlds import WHost, WInstance, WVpc, documents
+from yunhan import nsexec, procstat
 from yunhan.agent.dataplane import DataPlane
 from yunhan.compute import netns_sandbox
-from yunhan.controller.world import WHost, WInstance, WVpc, documents
 from yunhan.net import nsutil
 from yunhan.net.desired import HostDesired
 from yunhan.net.fake import FakeFabric
@@ -301,10 +303,8 @@ def test_removing_an_instance_removes_port_sandbox_and_process(world: World) -> 
 
 
 def _zombie(pid: int) -> bool:
-    try:
-        return pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
+    st = procstat.read(pid)
+    return st is None or st.state == "Z"
 
 
 # -- anti-spoofing (linux only: these forge frames the fake cannot be sent) ---------------
@@ -490,13 +490,13 @@ def test_a_stale_namespace_file_does_not_stop_the_host(linux: World) -> None:
     # there. It must neither block the rest of the document nor stay stale forever.
     w = linux
     h1 = w.naming("h1")
-    stale = nsutil.netns_path(h1.vpc_netns(999))  # not in the document: removed
+    stale = nsexec.netns_path(h1.vpc_netns(999))  # not in the document: removed
     wanted = h1.vpc_netns(200)  # in the document: rebuilt
     vpc_a = h1.vpc_netns(100)
     try:
         netlab.sh("ip", "netns", "del", wanted)
         stale.touch()
-        nsutil.netns_path(wanted).touch()
+        nsexec.netns_path(wanted).touch()
         netlab.ip(vpc_a, "route", "del", "10.1.1.11/32")
         r = w.dps["h1"].apply(w.docs()["h1"])
         assert r.errors == [], r.errors
@@ -536,10 +536,10 @@ def test_a_namespace_that_cannot_be_observed_does_not_stop_the_others(
     vpc_a, vpc_b = h1.vpc_netns(100), h1.vpc_netns(200)
     real = nft.run
 
-    def refusing(netns: str, cmd: object) -> object:
+    def refusing(netns: str, cmd: object, *rest: object) -> object:
         if netns == vpc_b:
             raise DriverError(f"nft in {netns}: Error: unknown expression", netns=netns)
-        return real(netns, cmd)  # type: ignore[arg-type]
+        return real(netns, cmd, *rest)  # type: ignore[arg-type]
 
     netlab.ip(vpc_a, "route", "del", "10.1.1.11/32")
     monkeypatch.setattr(nft, "run", refusing)
@@ -566,3 +566,37 @@ def test_vxlan_learning_turned_on_by_hand_is_repaired(linux: World) -> None:
     assert r.errors == [] and r.changes >= 1
     assert "nolearning" in netlab.ip(vpc, "-d", "link", "show", "vxlan0")
     assert w.dataplane("h1").plan(w.docs()["h1"]) == []
+
+
+@LINUX_ONLY
+def test_a_new_instance_is_announced_to_an_instance_that_asked_for_it_before(
+    linux: World,
+) -> None:
+    w = linux
+    a1 = w.inst_ns("inst-0000a001")
+    new = WInstance("inst-0000a0ff", "h2", "vpc-a", "10.1.1.77")
+    vpc = w.naming("h1").vpc_netns(100)
+    port_mac = json.loads(netlab.ip(vpc, "-j", "link", "show", "dev", "p-0000a001"))[0]["address"]
+
+    def neigh() -> str:
+        return netlab.ip(a1, "neigh", "show", "10.1.1.77", "dev", "eth0").strip()
+
+    # a1 asks for the address before any instance has it: its neighbour entry stays
+    # INCOMPLETE until the kernel asks again (every retrans_time: 1 s by default, made
+    # long here so that only the announcement can resolve it within the test).
+    knob = "net.ipv4.neigh.eth0.retrans_time_ms"
+    netlab.nsexec(a1, "sysctl", "-qw", f"{knob}=30000", check=True)
+    try:
+        netlab.nsexec(a1, "ping", "-c1", "-W0.2", "10.1.1.77")
+        assert "INCOMPLETE" in neigh() or "FAILED" in neigh()
+        for h, d in w.docs([*INSTS, new]).items():
+            r = w.dps[h].apply(d)
+            assert r.errors == [], r.errors
+        # The route to the new instance was announced out of a1's port with the MAC that
+        # proxy ARP answers with: a1 can send at once.
+        wait_for(lambda: port_mac in neigh(), timeout=2.0, what="a1 to learn 10.1.1.77")
+        assert netlab.nsexec(a1, "ping", "-c1", "-W1", "10.1.1.77").returncode == 0
+    finally:
+        netlab.nsexec(a1, "sysctl", "-qw", f"{knob}=1000", check=True)
+        netlab.ip(a1, "neigh", "flush", "dev", "eth0")
+        assert w.apply_all() >= 0

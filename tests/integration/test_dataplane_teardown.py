@@ -9,9 +9,9 @@ from collections.abc import Callable
 import pytest
 
 from tests.integration import netlab
+from tests.worlds import WHost, WInstance, WVpc, documents
 from yunhan.agent.dataplane import DataPlane
 from yunhan.compute import netns_sandbox
-from yunhan.controller.world import WHost, WInstance, WVpc, documents
 from yunhan.net import nsutil
 from yunhan.net.naming import Naming
 

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from yunhan import nsexec
 from yunhan.agent.dataplane import DataPlane
 from yunhan.compute import netns_sandbox
 from yunhan.lab import cleanup
@@ -26,8 +27,8 @@ pytestmark = pytest.mark.root
 def alias(uniq: Callable[[str], str]) -> Iterator[str]:
     prefix = uniq("ra")
     name = f"{prefix}-v7"
-    path = nsutil.netns_path(name)
-    nsutil.NETNS_DIR.mkdir(exist_ok=True)
+    path = nsexec.netns_path(name)
+    nsexec.NETNS_DIR.mkdir(exist_ok=True)
     path.touch()
     try:
         nsutil.mount(f"/proc/{os.getpid()}/ns/net", str(path), nsutil.MS_BIND)
@@ -57,10 +58,10 @@ def test_the_agent_never_programs_the_root_namespace_through_a_name(
         assert [(op.action, op.old) for op in netns_ops] == [("replace", Netns(alias, "stale"))]
         r = dp.apply(doc)
         assert r.errors == []
-        assert os.stat(nsutil.netns_path(alias)).st_ino != os.stat("/proc/self/ns/net").st_ino
+        assert os.stat(nsexec.netns_path(alias)).st_ino != os.stat("/proc/self/ns/net").st_ino
     finally:
         dp.teardown()
-    assert not nsutil.netns_path(alias).exists()
+    assert not nsexec.netns_path(alias).exists()
 
 
 def test_a_uts_file_bound_to_the_machines_uts_namespace_is_never_entered(

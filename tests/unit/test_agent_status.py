@@ -17,8 +17,8 @@ from yunhan.agent.main import Agent, AgentConfig
 from yunhan.net.naming import Naming
 
 
-def _agent(tmp_path: Path, handler: httpx.MockTransport) -> Agent:
-    cfg = AgentConfig(
+def _config(tmp_path: Path, resync_interval: float = 30.0) -> AgentConfig:
+    return AgentConfig(
         api_url="http://cp",
         token="yh_x",
         host_name="h1",
@@ -29,11 +29,16 @@ def _agent(tmp_path: Path, handler: httpx.MockTransport) -> Agent:
         prefix="h1-",
         driver="fake",
         state_dir=tmp_path,
+        resync_interval=resync_interval,
     )
-    dp = DataPlane(naming=Naming("h1-"), host_netns=None, driver="fake", state_dir=tmp_path)
-    agent = Agent(cfg, dataplane=dp)
-    agent._client = httpx.Client(base_url="http://cp", transport=handler)
-    return agent
+
+
+def _dataplane(tmp_path: Path) -> DataPlane:
+    return DataPlane(naming=Naming("h1-"), host_netns=None, driver="fake", state_dir=tmp_path)
+
+
+def _agent(tmp_path: Path, handler: httpx.MockTransport) -> Agent:
+    return Agent(_config(tmp_path), _dataplane(tmp_path), transport=handler)
 
 
 def test_an_older_report_never_lands_after_a_newer_one(tmp_path: Path) -> None:
@@ -82,18 +87,5 @@ def test_a_resync_interval_that_would_spin_is_refused(tmp_path: Path, interval: 
     # the whole document without pause.
     from yunhan.errors import ValidationError
 
-    cfg = AgentConfig(
-        api_url="http://cp",
-        token="yh_x",
-        host_name="h1",
-        zone="az1",
-        underlay_ip="198.18.1.11",
-        mtu=1500,
-        host_netns=None,
-        prefix="h1-",
-        driver="fake",
-        state_dir=tmp_path,
-        resync_interval=interval,
-    )
     with pytest.raises(ValidationError, match="resync interval"):
-        Agent(cfg)
+        Agent(_config(tmp_path, interval), _dataplane(tmp_path))

@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import httpx
 from fastapi.testclient import TestClient
 
 from tests.polling import wait_for
@@ -30,7 +31,19 @@ ADMIN_TOKEN = "yh_test-admin-token"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
-def _agent(tmp_path: Path) -> Agent:
+class _Via(httpx.BaseTransport):
+    """Carries the agent's requests to the app behind `client` (a TestClient); pointing
+    it at another app is the control plane coming back on a new database."""
+
+    def __init__(self, client: httpx.Client) -> None:
+        self.client = client
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        r = self.client.send(request)
+        return httpx.Response(r.status_code, headers=r.headers, content=r.content)
+
+
+def _agent(tmp_path: Path, transport: httpx.BaseTransport) -> Agent:
     cfg = AgentConfig(
         api_url="http://testserver",
         token=ADMIN_TOKEN,
@@ -46,7 +59,7 @@ def _agent(tmp_path: Path) -> Agent:
     )
     cfg.state_dir.mkdir(parents=True)
     dp = DataPlane(naming=Naming("h1-"), host_netns=None, driver="fake", state_dir=cfg.state_dir)
-    return Agent(cfg, dataplane=dp)
+    return Agent(cfg, dp, transport=transport)
 
 
 def test_agent_adopts_a_new_stores_document_with_a_lower_revision(
@@ -56,8 +69,8 @@ def test_agent_adopts_a_new_stores_document_with_a_lower_revision(
         "POST", "/v1/instances", net["t"], json={"name": "a", "subnet": "web", "zone": "az1"}
     )
     cloud.reconcile()
-    agent = _agent(tmp_path)
-    agent._client = TestClient(cloud.client.app, headers=ADMIN)
+    via = _Via(TestClient(cloud.client.app))
+    agent = _agent(tmp_path, via)
     runner = threading.Thread(target=agent.run, daemon=True)
     runner.start()
     try:
@@ -86,7 +99,7 @@ def test_agent_adopts_a_new_stores_document_with_a_lower_revision(
         while store.revision() <= old_applied:
             n += 1
             assert new.post("/v1/projects", json={"name": f"p{n}"}).status_code == 201
-        agent._client = new
+        via.client = new
 
         wait_for(
             lambda: (

@@ -1,315 +1,273 @@
-"""The CLI against a small in-memory API behind httpx.MockTransport (no root, no server).
-
-The fake behaves (STYLE §3): it keeps resources, resolves names or ids, answers errors in
-the docs/api.md shape and reports convergence, so the tests assert on what a user sees.
-"""
+"""The CLI against the real API app and store (cli_fixtures.Region): what a user sees."""
 
 from __future__ import annotations
 
-import json
-import secrets
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
-from typer.testing import CliRunner
+import yaml
+from cli_fixtures import Region, region
 
-from yunhan.cli import client as client_mod
-from yunhan.cli.main import app
+from yunhan.cli.client import Client, HttpTransport
+from yunhan.errors import YunhanError
 
-runner = CliRunner()
-KIND = {"vpcs": "vpc", "subnets": "subnet", "instances": "inst", "zones": "zone"}
-
-
-class FakeApi:
-    """Just enough of docs/api.md for the CLI: one project plus the admin."""
-
-    def __init__(self) -> None:
-        self.revision = 1
-        self.waited_for = 0
-        self.failed: list[str] = []
-        self.items: dict[str, dict[str, dict[str, Any]]] = {k: {} for k in KIND}
-        self.pending: list[str] = []  # hosts that never converge, when set
-        self.seen: list[str] = []
-        self.add("zones", "az1", {"underlay_cidr": "198.18.1.0/24"}, {})
-        self.add("zones", "az2", {"underlay_cidr": "198.18.2.0/24"}, {})
-        self.hosts = [
-            {"id": "host-00000001", "name": "az1-h1", "revision": 3,
-             "spec": {"zone": self.ref("zones", "az1")["id"], "underlay_ip": "198.18.1.11",
-                      "mtu": 1500},
-             "status": {"healthy": True, "desired_revision": 7, "applied_revision": 6,
-                        "vtep_index": 1, "error": None}},
-        ]  # fmt: skip
-
-    def add(self, coll: str, name: str, spec: dict[str, Any], status: dict[str, Any]) -> Any:
-        self.revision += 1
-        res = {
-            "id": f"{KIND[coll]}-{secrets.token_hex(4)}",
-            "kind": KIND[coll],
-            "name": name,
-            "project": "proj-00000001",
-            "revision": self.revision,
-            "spec": spec,
-            "status": status,
-        }
-        self.items[coll][res["id"]] = res
-        return res
-
-    def ref(self, coll: str, ref: str) -> dict[str, Any]:
-        for res in self.items[coll].values():
-            if ref in (res["id"], res["name"]):
-                return res
-        raise LookupError(f"no {KIND[coll]} {ref!r} in this project")
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.seen.append(f"{request.method} {request.url.path}")
-        if request.headers.get("authorization") != "Bearer tok":
-            return _err(401, "unauthorized", "the token is not valid")
-        try:
-            return self.route(request)
-        except LookupError as exc:
-            return _err(404, "not_found", str(exc).strip("'\""))
-
-    def route(self, request: httpx.Request) -> httpx.Response:
-        parts = request.url.path.strip("/").split("/")[1:]
-        body = json.loads(request.content) if request.content else {}
-        m, q = request.method, request.url.params
-        if parts == ["revision"]:
-            return httpx.Response(200, json={"revision": self.revision})
-        if parts == ["converged"]:
-            self.waited_for = int(q["revision"])
-            ok = not self.pending
-            if ok:
-                for inst in self.items["instances"].values():
-                    inst["status"]["phase"] = "running"
-            return httpx.Response(200, json={"revision": int(q["revision"]),
-                                             "converged": ok, "pending": self.pending,
-                                             "failed": self.failed})  # fmt: skip
-        if parts == ["hosts"]:
-            return httpx.Response(200, json=self.hosts)
-        if parts[0] == "projects" and m == "POST" and len(parts) == 3:
-            return httpx.Response(200, json={"token": "another-for-" + parts[1]})
-        if parts == ["projects"] and m == "POST":
-            p = {"id": "proj-00000002", "name": body["name"], "spec": {}, "status": {}}
-            return httpx.Response(201, json={"project": p, "token": "tok-of-" + body["name"]})
-        coll = parts[0]
-        if m == "GET" and len(parts) == 1:
-            items = list(self.items[coll].values())
-            if q.get("vpc"):
-                items = [i for i in items if i["spec"]["vpc"] == self.ref("vpcs", q["vpc"])["id"]]
-            return httpx.Response(200, json=items)
-        if m == "GET":
-            return httpx.Response(200, json=self.ref(coll, parts[1]))
-        if m == "DELETE" and len(parts) == 2:
-            res = self.ref(coll, parts[1])
-            if coll == "vpcs" and any(
-                s["spec"]["vpc"] == res["id"] for s in self.items["subnets"].values()
-            ):
-                return _err(409, "conflict", f"vpc {res['name']} still has subnets")
-            del self.items[coll][res["id"]]
-            self.revision += 1
-            return httpx.Response(200, json=dict(res, revision=self.revision))
-        if coll == "vpcs" and len(parts) == 1:
-            return httpx.Response(201, json=self.add(coll, body["name"], {"cidrs": body["cidrs"]},
-                                                     {"vni": 4097}))  # fmt: skip
-        if coll == "vpcs":  # add a block
-            res = self.ref(coll, parts[1])
-            res["spec"]["cidrs"].append(body["cidr"])
-            self.revision += 1
-            res["revision"] = self.revision
-            return httpx.Response(200, json=res)
-        if coll == "subnets":
-            vpc = self.ref("vpcs", body["vpc"])
-            status = {"gateway": body["cidr"].replace("0/24", "1"), "available": 253}
-            res = self.add(coll, body["name"], {"vpc": vpc["id"], "cidr": body["cidr"]}, status)
-            return httpx.Response(201, json=res)
-        sub = self.ref("subnets", body["subnet"])
-        zone = self.ref("zones", body["zone"])
-        spec = {"subnet": sub["id"], "zone": zone["id"], "ip": body.get("ip"),
-                "command": body.get("command")}  # fmt: skip
-        n = len(self.items["instances"]) + 2
-        status = {"ip": body.get("ip") or f"10.0.1.{n}", "mac": "02:00:00:00:00:01",
-                  "vpc": sub["spec"]["vpc"], "host": f"{zone['name']}-h1", "phase": "scheduled",
-                  "netns": None, "uts": None, "message": None}  # fmt: skip
-        return httpx.Response(201, json=self.add("instances", body["name"], spec, status))
+__all__ = ["region"]  # the fixture, re-exported for pytest
 
 
-def _err(status: int, code: str, message: str) -> httpx.Response:
-    return httpx.Response(status, json={"error": {"code": code, "message": message, "details": {}}})
-
-
-@pytest.fixture
-def api(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeApi]:
-    fake = FakeApi()
-    monkeypatch.setattr(client_mod, "default_transport", httpx.MockTransport(fake))
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setenv("YUNHAN_ENDPOINT", "http://yunhan.test")
-    monkeypatch.setenv("YUNHAN_TOKEN", "tok")
-    yield fake
-
-
-def cli(*args: str) -> Any:
-    return runner.invoke(app, list(args))
-
-
-def ok_json(*args: str) -> Any:
-    r = cli(*args, "--json")
-    assert r.exit_code == 0, r.output
-    return json.loads(r.stdout)
-
-
-def test_vpc_create_list_show_json(api: FakeApi) -> None:
-    created = ok_json("vpc", "create", "prod", "--cidr", "10.0.0.0/16", "--cidr", "10.1.0.0/16")
+def test_vpc_create_list_show_json(region: Region) -> None:
+    created = region.cli(
+        "vpc", "create", "prod", "--cidr", "10.0.0.0/16", "--cidr", "10.1.0.0/16", "--json"
+    ).json()
     assert created["name"] == "prod" and created["cidrs"] == ["10.0.0.0/16", "10.1.0.0/16"]
-    assert created["id"].startswith("vpc-")
-    listed = ok_json("vpc", "list")
+    assert created["id"].startswith("vpc-") and created["vni"]
+    listed = region.cli("vpc", "list", "--json").json()
     assert [(v["id"], v["name"]) for v in listed] == [(created["id"], "prod")]
-    assert ok_json("vpc", "show", created["id"])["name"] == "prod"  # ids work as well as names
-    added = ok_json("vpc", "add-cidr", "prod", "10.2.0.0/16")
+    assert region.cli("vpc", "show", created["id"], "-o", "json").json()["name"] == "prod"
+    added = region.cli("vpc", "add-cidr", "prod", "10.2.0.0/16", "--json").json()
     assert "10.2.0.0/16" in added["cidrs"]
+    removed = region.cli("vpc", "remove-cidr", "prod", "10.2.0.0/16", "--json").json()
+    assert "10.2.0.0/16" not in removed["cidrs"]
 
 
-def test_tables_for_people(api: FakeApi) -> None:
-    cli("vpc", "create", "prod", "--cidr", "10.0.0.0/16")
-    r = cli("vpc", "list")
-    assert r.exit_code == 0
-    header, row = r.stdout.splitlines()[:2]
+def test_tables_for_people(region: Region) -> None:
+    region.ok("vpc", "create", "prod", "--cidr", "10.0.0.0/16")
+    out = region.ok("vpc", "list").stdout
+    header, row = out.splitlines()
     assert header.split() == ["NAME", "ID", "CIDRS", "VNI"]
     assert row.split()[0] == "prod" and "10.0.0.0/16" in row
-    r = cli("host", "list")
-    assert "DESIRED" in r.stdout and "APPLIED" in r.stdout
-    assert "az1-h1" in r.stdout and "az1" in r.stdout and "yes" in r.stdout
-    assert cli("subnet", "list").stdout.strip() == "no subnets"
+    assert "\x1b[" not in out  # no escape codes when stdout is not a terminal
+    hosts = region.ok("host", "list").stdout.splitlines()
+    assert hosts[0].split() == ["NAME", "ZONE", "IP", "HEALTHY", "DESIRED", "APPLIED", "ERROR"]
+    assert hosts[1].split()[:4] == ["az1-h1", "az1", "198.18.1.11", "yes"]
+    assert region.ok("subnet", "list").stdout == "no subnets\n"
+    assert region.ok("subnet", "list", "--json").stdout == "[]\n"
 
 
-def test_subnet_and_instances_with_wait(api: FakeApi) -> None:
-    cli("vpc", "create", "prod", "--cidr", "10.0.0.0/16")
-    sub = ok_json("subnet", "create", "web", "--vpc", "prod", "--cidr", "10.0.1.0/24", "--wait")
-    assert (
-        sub["vpc"] == "prod" and sub["cidr"] == "10.0.1.0/24" and sub["vpc_id"].startswith("vpc-")
-    )
-    a = ok_json("instance", "create", "a", "--subnet", "web", "--zone", "az1", "--wait",
-                "--command", "sleep infinity")  # fmt: skip
+def test_wide_shows_ids_revisions_and_times(region: Region) -> None:
+    region.ok("vpc", "create", "prod", "--cidr", "10.0.0.0/16")
+    region.ok("subnet", "create", "web", "--vpc", "prod", "--cidr", "10.0.1.0/24")
+    sub = region.cli("subnet", "show", "web", "--json").json()
+    header, row = region.ok("subnet", "list", "-o", "wide").stdout.splitlines()
+    assert header.split() == [
+        "NAME", "ID", "VPC", "VPC_ID", "CIDR", "GATEWAY", "AVAILABLE", "REVISION", "CREATED_AT",
+    ]  # fmt: skip
+    assert row.split() == [
+        "web", sub["id"], "prod", sub["vpc_id"], "10.0.1.0/24", "10.0.1.1",
+        str(sub["available"]), str(sub["revision"]), sub["created_at"],
+    ]  # fmt: skip
+    narrow = region.ok("subnet", "list").stdout.splitlines()[0].split()
+    assert "REVISION" not in narrow and "VPC_ID" not in narrow
+
+
+def test_yaml_is_the_json_rows(region: Region) -> None:
+    region.ok("vpc", "create", "prod", "--cidr", "10.0.0.0/16")
+    region.ok("subnet", "create", "web", "--vpc", "prod", "--cidr", "10.0.1.0/24")
+    for args in (("vpc", "list"), ("subnet", "list"), ("subnet", "show", "web"),
+                 ("zone", "list"), ("host", "list")):  # fmt: skip
+        as_json = region.cli(*args, "--json").json()
+        for host in as_json if isinstance(as_json, list) else []:
+            host.pop("heartbeat_at", None)  # moves between the two calls
+        as_yaml = yaml.safe_load(region.ok(*args, "-o", "yaml").stdout)
+        for host in as_yaml if isinstance(as_yaml, list) else []:
+            host.pop("heartbeat_at", None)
+        assert as_yaml == as_json, args
+    r = region.cli("vpc", "list", "--json", "-o", "yaml")
+    assert r.code == 1 and r.stderr == "error: --json and -o yaml disagree; give one of them\n"
+
+
+def test_subnet_and_instances_with_wait(region: Region) -> None:
+    region.ok("vpc", "create", "prod", "--cidr", "10.0.0.0/16", "--wait")
+    sub = region.cli(
+        "subnet", "create", "web", "--vpc", "prod", "--cidr", "10.0.1.0/24", "--wait", "--json"
+    ).json()
+    assert sub["vpc"] == "prod" and sub["cidr"] == "10.0.1.0/24"
+    assert sub["vpc_id"].startswith("vpc-")
+    a = region.cli("instance", "create", "a", "--subnet", "web", "--zone", "az1", "--wait",
+                   "--command", "sleep infinity", "--json").json()  # fmt: skip
     assert a["phase"] == "running"  # --wait returned only once the agent reported it running
-    assert a["zone"] == "az1" and a["host"] == "az1-h1" and a["ip"] == "10.0.1.2"
+    assert a["zone"] == "az1" and a["host"] == "az1-h1" and a["ip"].startswith("10.0.1.")
     assert a["command"] == ["sleep", "infinity"]
-    ok_json("instance", "create", "b", "--subnet", "web", "--zone", "az2", "--ip", "10.0.1.9")
-    rows = {i["name"]: i for i in ok_json("instance", "list")}
+    region.ok("instance", "create", "b", "--subnet", "web", "--zone", "az2", "--ip", "10.0.1.9")
+    rows = {i["name"]: i for i in region.cli("instance", "list", "--json").json()}
     assert rows["b"]["ip"] == "10.0.1.9" and rows["b"]["zone"] == "az2"
     assert rows["b"]["subnet"] == "web" and rows["b"]["vpc"] == "prod"
     assert {"id", "name", "zone", "ip", "host", "phase", "subnet", "vpc"} <= set(rows["a"])
-    assert [s["name"] for s in ok_json("subnet", "list", "--vpc", "prod")] == ["web"]
-    assert [z["name"] for z in ok_json("zone", "list")] == ["az1", "az2"]
-    assert ok_json("revision") == {"revision": api.revision}
-    hosts = ok_json("host", "list")
+    assert [s["name"] for s in region.cli("subnet", "list", "--vpc", "prod", "--json").json()] == [
+        "web"
+    ]
+    assert [z["name"] for z in region.cli("zone", "list", "--json").json()] == ["az1", "az2"]
+    rev = region.api("GET", "/v1/revision")
+    assert region.cli("revision", "--json").json() == rev
+    assert region.ok("revision").stdout == f"{rev['revision']}\n"
+    hosts = region.cli("host", "list", "--json").json()
     assert hosts[0]["name"] == "az1-h1" and hosts[0]["zone"] == "az1" and hosts[0]["healthy"]
     assert hosts[0]["netns"] is None  # not the lab region of this machine
 
 
-def test_api_errors_are_one_line_and_exit_1(api: FakeApi) -> None:
-    r = cli("vpc", "show", "nope")
-    assert r.exit_code == 1
-    assert r.stderr.strip() == "error: no vpc 'nope' in this project"
-    assert "Traceback" not in r.output
-    cli("vpc", "create", "prod", "--cidr", "10.0.0.0/16")
-    cli("subnet", "create", "web", "--vpc", "prod", "--cidr", "10.0.1.0/24")
-    r = cli("vpc", "delete", "prod")
-    assert r.exit_code == 1 and "still has subnets" in r.stderr
+def test_api_errors_are_one_line_and_exit_1(region: Region) -> None:
+    r = region.cli("vpc", "show", "nope")
+    assert r.code == 1 and r.stdout == ""
+    assert r.stderr == "error: no vpc 'nope' in this project\n"
+    region.ok("vpc", "create", "prod", "--cidr", "10.0.0.0/16")
+    region.ok("subnet", "create", "web", "--vpc", "prod", "--cidr", "10.0.1.0/24")
+    r = region.cli("vpc", "delete", "prod")
+    assert r.code == 1 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1
+    assert "subnet" in r.stderr
+    r = region.cli("subnet", "create", "db", "--vpc", "prod", "--cidr", "10.9.0.0/24")
+    assert r.code == 1 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1
 
 
-def test_wait_names_pending_hosts_on_timeout(api: FakeApi) -> None:
-    api.pending = ["az2-h1"]
-    r = cli("vpc", "create", "prod", "--cidr", "10.0.0.0/16", "--wait", "--timeout", "0.3")
-    assert r.exit_code == 1
-    assert "still pending: az2-h1" in r.stderr
+def test_usage_errors_exit_2_and_name_the_problem(region: Region) -> None:
+    r = region.cli("vpc", "create", "prod")
+    assert r.code == 2 and "--cidr" in r.stderr
+    r = region.cli("vpc", "frobnicate")
+    assert r.code == 2 and "no command 'frobnicate'" in r.stderr and "create" in r.stderr
+    r = region.cli("vpc")
+    assert r.code == 2 and "create" in r.stdout and "list" in r.stdout
+    r = region.cli("--help")
+    commands = [line.split()[0] for line in r.stdout.split("commands:\n")[1].splitlines() if line]
+    assert r.code == 0 and "vpc" in commands and "server" not in commands  # hidden daemons
 
 
-def test_wait_warns_about_hosts_that_applied_with_errors(api: FakeApi) -> None:
-    api.failed = ["az1-h1"]
-    r = cli("vpc", "create", "prod", "--cidr", "10.0.0.0/16", "--wait")
-    assert r.exit_code == 0
-    assert "warning" in r.stderr and "az1-h1" in r.stderr
+def test_wait_names_pending_hosts_on_timeout(region: Region) -> None:
+    region.ok("vpc", "create", "prod", "--cidr", "10.0.0.0/16")
+    region.ok("subnet", "create", "web", "--vpc", "prod", "--cidr", "10.0.1.0/24")
+    region.silent.add("az2-h1")
+    r = region.cli("instance", "create", "b", "--subnet", "web", "--zone", "az2",
+                   "--wait", "--timeout", "0.5")  # fmt: skip
+    assert r.code == 1
+    assert "still pending: az2-h1" in r.stderr and r.stderr.count("\n") == 1
+    assert r.stdout == ""
 
 
-def test_delete_waits_for_the_revision_of_the_delete(api: FakeApi) -> None:
-    cli("vpc", "create", "prod", "--cidr", "10.0.0.0/16")
-    r = cli("vpc", "delete", "prod", "--wait")
-    assert r.exit_code == 0 and r.stdout.startswith("deleted vpc prod (vpc-")
-    assert api.waited_for == api.revision  # the delete's own revision
+def test_wait_warns_about_hosts_that_applied_with_errors(region: Region) -> None:
+    region.failing.add("az1-h1")
+    region.play_agents()
+    region.ok("vpc", "create", "prod", "--cidr", "10.0.0.0/16")
+    region.ok("subnet", "create", "web", "--vpc", "prod", "--cidr", "10.0.1.0/24")
+    r = region.cli("instance", "create", "a", "--subnet", "web", "--zone", "az1", "--wait")
+    assert r.code == 0, r.stderr
+    assert r.stderr.startswith("warning: revision ") and "az1-h1" in r.stderr
+    assert "running" in r.stdout
 
 
-def test_bad_token_and_no_config(api: FakeApi, monkeypatch: pytest.MonkeyPatch) -> None:
-    r = cli("--token", "wrong", "vpc", "list")
-    assert r.exit_code == 1 and r.stderr.strip() == "error: the token is not valid"
+def test_delete_waits_and_says_what_it_deleted(region: Region) -> None:
+    region.ok("vpc", "create", "prod", "--cidr", "10.0.0.0/16")
+    vpc_id = region.cli("vpc", "show", "prod", "--json").json()["id"]
+    r = region.ok("vpc", "delete", "prod", "--wait")
+    assert r.stdout == f"deleted vpc prod ({vpc_id})\n"
+    assert region.ok("vpc", "list").stdout == "no vpcs\n"
+
+
+def test_bad_token_and_no_config(region: Region, monkeypatch: pytest.MonkeyPatch) -> None:
+    r = region.cli("--token", "wrong", "vpc", "list")
+    assert r.code == 1 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1
     monkeypatch.delenv("YUNHAN_ENDPOINT")
-    r = cli("vpc", "list")
-    assert r.exit_code == 1 and "no Yunhan endpoint configured" in r.stderr
+    r = region.cli("vpc", "list")
+    assert r.code == 1 and "no Yunhan endpoint configured" in r.stderr
 
 
-def test_project_create_prints_the_token(api: FakeApi) -> None:
-    r = cli("project", "create", "team-a")
-    assert r.exit_code == 0 and r.stdout.splitlines()[-1] == "tok-of-team-a"
-    assert ok_json("project", "create", "team-b")["token"] == "tok-of-team-b"
-    assert cli("project", "token", "team-b").stdout.strip() == "another-for-team-b"
+def test_flags_beat_environment(region: Region, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("YUNHAN_TOKEN", "wrong")
+    assert region.cli("vpc", "list").code == 1
+    r = region.cli("--token", "yh_cli-test-admin", "vpc", "list")
+    assert r.code == 0 and r.stdout == "no vpcs\n"
+
+
+def test_project_create_prints_the_token_that_works(region: Region) -> None:
+    r = region.ok("project", "create", "team-a")
+    token = r.stdout.splitlines()[-1]
+    assert r.stdout.startswith("created project team-a (")
+    tenant = region.cli("--token", token, "vpc", "create", "mine", "--cidr", "10.0.0.0/16")
+    assert tenant.code == 0
+    assert region.cli("--token", token, "project", "list").code == 1  # admin only
+    b = region.cli("project", "create", "team-b", "--json").json()
+    other = region.ok("project", "token", "team-b").stdout.strip()
+    assert other and other != b["token"]
+    names = [p["name"] for p in region.cli("project", "list", "--json").json()]
+    assert {"team-a", "team-b"} <= set(names)
 
 
 def test_unreachable_endpoint_is_a_hint_not_a_traceback(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from yunhan.cli.main import main
+
     monkeypatch.setenv("HOME", str(tmp_path))
-    r = cli("--endpoint", "http://127.0.0.1:1", "--token", "t", "vpc", "list")
-    assert r.exit_code == 1
-    assert "cannot reach the Yunhan API at http://127.0.0.1:1" in r.stderr
-    assert "Traceback" not in r.output
+    assert main(["--endpoint", "http://127.0.0.1:1", "--token", "t", "vpc", "list"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot reach the Yunhan API at http://127.0.0.1:1")
+    assert "Traceback" not in err
 
 
-def test_exec_refuses_what_does_not_run_here(api: FakeApi, tmp_path: Path) -> None:
-    cli("vpc", "create", "prod", "--cidr", "10.0.0.0/16")
-    cli("subnet", "create", "web", "--vpc", "prod", "--cidr", "10.0.1.0/24")
-    cli("instance", "create", "a", "--subnet", "web", "--zone", "az1")
-    r = cli("instance", "exec", "a", "--", "true")
-    assert r.exit_code == 1 and "instance a is scheduled, not running" in r.stderr
-    inst = api.ref("instances", "a")
-    inst["status"].update(phase="running", netns=str(tmp_path / "missing"))
-    r = cli("instance", "exec", "a", "--", "true")
-    assert r.exit_code == 1 and "not on this machine" in r.stderr
+def test_exec_refuses_what_does_not_run_here(region: Region) -> None:
+    region.ok("vpc", "create", "prod", "--cidr", "10.0.0.0/16")
+    region.ok("subnet", "create", "web", "--vpc", "prod", "--cidr", "10.0.1.0/24")
+    region.silent.add("az1-h1")
+    region.ok("instance", "create", "a", "--subnet", "web", "--zone", "az1")
+    r = region.cli("instance", "exec", "a", "--", "true")
+    assert r.code == 1 and "instance a is" in r.stderr and "not running" in r.stderr
+    region.silent.clear()
+    region.play_agents()  # running now, but its namespace is on no machine of ours
+    r = region.cli("instance", "exec", "a", "--", "true")
+    assert r.code == 1 and r.stderr.startswith("error: instance a has no network namespace")
 
 
 def test_exec_runs_the_command_after_the_separator(
-    api: FakeApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    region: Region, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cli("vpc", "create", "prod", "--cidr", "10.0.0.0/16")
-    cli("subnet", "create", "web", "--vpc", "prod", "--cidr", "10.0.1.0/24")
-    cli("instance", "create", "a", "--subnet", "web", "--zone", "az1")
+    region.ok("vpc", "create", "prod", "--cidr", "10.0.0.0/16")
+    region.ok("subnet", "create", "web", "--vpc", "prod", "--cidr", "10.0.1.0/24")
+    inst = region.cli("instance", "create", "a", "--subnet", "web", "--zone", "az1",
+                      "--json").json()  # fmt: skip
     (tmp_path / "ns").touch()
-    api.ref("instances", "a")["status"].update(phase="running", netns=str(tmp_path / "ns"))
+    region.silent.add("az1-h1")  # the test reports for az1-h1 itself
+    region.report("az1-h1", 0, {inst["id"]: {"phase": "running", "netns": str(tmp_path / "ns")}})
     ran: list[list[str]] = []
 
     def fake_exec(file: str, argv: list[str]) -> None:
         ran.append(argv)
 
     monkeypatch.setattr("os.execvp", fake_exec)
-    assert cli("instance", "exec", "a", "--", "ping", "-c", "1", "10.0.1.3").exit_code == 0
+    assert region.cli("instance", "exec", "a", "--", "ping", "-c", "1", "10.0.1.3").code == 0
     assert ran == [["nsenter", f"--net={tmp_path / 'ns'}", "--", "ping", "-c", "1", "10.0.1.3"]]
 
 
-def test_unbalanced_quotes_in_command_are_a_one_line_error(api: FakeApi) -> None:
-    cli("vpc", "create", "prod", "--cidr", "10.0.0.0/16")
-    cli("subnet", "create", "web", "--vpc", "prod", "--cidr", "10.0.1.0/24")
-    r = cli("instance", "create", "a", "--subnet", "web", "--zone", "az1",
-            "--command", "sh -c 'echo hi")  # fmt: skip
-    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+def test_unbalanced_quotes_in_command_are_a_one_line_error(region: Region) -> None:
+    region.ok("vpc", "create", "prod", "--cidr", "10.0.0.0/16")
+    region.ok("subnet", "create", "web", "--vpc", "prod", "--cidr", "10.0.1.0/24")
+    r = region.cli("instance", "create", "a", "--subnet", "web", "--zone", "az1",
+                   "--command", "sh -c 'echo hi")  # fmt: skip
+    assert r.code == 1 and r.stderr.count("\n") == 1
     assert "--command" in r.stderr and "quotation" in r.stderr
-    assert api.items["instances"] == {}  # nothing was created
+    assert region.ok("instance", "list").stdout == "no instances\n"  # nothing was created
 
 
-def test_an_endpoint_that_is_not_the_api_is_a_hint_not_a_traceback(
-    api: FakeApi, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    page = httpx.MockTransport(lambda _r: httpx.Response(200, text="<html>hello</html>"))
-    monkeypatch.setattr(client_mod, "default_transport", page)
-    r = cli("vpc", "list")
-    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
-    assert "http://yunhan.test" in r.stderr and "not JSON" in r.stderr
+def test_an_endpoint_that_is_not_the_api_is_a_hint(tmp_path: Path) -> None:
+    import http.server
+    import threading
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(b"<html>hello</html>")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), Page)
+    t = threading.Thread(target=srv.serve_forever)
+    t.start()
+    try:
+        endpoint = f"http://127.0.0.1:{srv.server_port}"
+        with (
+            Client(endpoint, "t", transport=HttpTransport()) as c,
+            pytest.raises(YunhanError, match="not JSON") as info,
+        ):
+            c.get("/v1/vpcs")
+        assert endpoint in str(info.value) and "text/html" in str(info.value)
+    finally:
+        srv.shutdown()
+        t.join()

@@ -6,12 +6,11 @@ import json
 import stat
 from pathlib import Path
 
-import httpx
 import pytest
 
 from yunhan.cli import config
-from yunhan.cli.client import error_from_response
-from yunhan.cli.main import exec_argv
+from yunhan.cli.client import Reply, error_from_reply
+from yunhan.cli.resources import exec_argv
 from yunhan.errors import Conflict, NotFound, Unauthorized, ValidationError, YunhanError
 
 
@@ -66,23 +65,17 @@ def test_forget_only_the_region_that_went_down() -> None:
     assert config.load_file() == {}
 
 
-def _response(status: int, body: object) -> httpx.Response:
-    req = httpx.Request("GET", "http://x/v1/vpcs/a")
-    if isinstance(body, str):
-        return httpx.Response(status, text=body, request=req)
-    return httpx.Response(status, json=body, request=req)
+def _response(status: int, body: object) -> YunhanError:
+    raw = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+    return error_from_reply("GET", "/v1/vpcs/a", Reply(status, raw, reason="Bad Gateway"))
 
 
 def test_error_shape_maps_to_our_exceptions() -> None:
-    err = error_from_response(
-        _response(404, {"error": {"code": "not_found", "message": "no vpc 'a'", "details": {}}})
-    )
+    err = _response(404, {"error": {"code": "not_found", "message": "no vpc 'a'", "details": {}}})
     assert isinstance(err, NotFound) and err.message == "no vpc 'a'"
-    err = error_from_response(
-        _response(409, {"error": {"code": "conflict", "message": "in use", "details": {"x": 1}}})
-    )
+    err = _response(409, {"error": {"code": "conflict", "message": "in use", "details": {"x": 1}}})
     assert isinstance(err, Conflict) and err.details == {"x": 1}
-    err = error_from_response(_response(502, "Bad Gateway"))
+    err = _response(502, "Bad Gateway")
     assert type(err) is YunhanError and "HTTP 502 Bad Gateway" in err.message
     assert "GET /v1/vpcs/a" in err.message
 

@@ -6,39 +6,52 @@ import json
 import os
 from pathlib import Path
 
-from typer.testing import CliRunner
+import pytest
 
-from yunhan.cli.main import app
+from yunhan.cli.main import main
 from yunhan.lab import cleanup
 from yunhan.lab.region import ProcessRecord, RegionRecord
 from yunhan.lab.spec import RegionSpec
 
-runner = CliRunner()
+
+class Out:
+    def __init__(self, code: int, capsys: pytest.CaptureFixture[str]) -> None:
+        out = capsys.readouterr()
+        self.exit_code, self.stdout, self.stderr = code, out.out, out.err
 
 
-def test_dry_run_prints_the_plan_and_builds_nothing(tmp_path: Path) -> None:
+def invoke(capsys: pytest.CaptureFixture[str], args: list[str]) -> Out:
+    capsys.readouterr()
+    return Out(main(args), capsys)
+
+
+def test_dry_run_prints_the_plan_and_builds_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     args = ["--zones", "3", "--hosts-per-zone", "1", "--mtu", "9000", "--prefix", "yh0abc"]
-    r = runner.invoke(app, ["up", "--dry-run", *args, "--state-dir", str(tmp_path)])
+    r = invoke(capsys, ["up", "--dry-run", *args, "--state-dir", str(tmp_path)])
     assert r.exit_code == 0, r.output
     assert r.stdout.startswith("region yh0abc: 3 zones, 3 hosts")
     assert "host az3-h1     198.18.3.11" in r.stdout
     assert list(tmp_path.iterdir()) == []
 
 
-def test_bad_flags_are_one_line_errors() -> None:
-    r = runner.invoke(app, ["up", "--dry-run", "--zones", "0"])
+def test_bad_flags_are_one_line_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    r = invoke(capsys, ["up", "--dry-run", "--zones", "0"])
     assert r.exit_code == 1
     assert r.stderr.strip() == "error: --zones must be between 1 and 200, not 0"
 
 
-def test_status_without_a_region(tmp_path: Path) -> None:
-    r = runner.invoke(app, ["status", "--state-dir", str(tmp_path)])
+def test_status_without_a_region(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    r = invoke(capsys, ["status", "--state-dir", str(tmp_path)])
     assert r.exit_code == 0 and "no region is up" in r.stdout
-    r = runner.invoke(app, ["status", "--state-dir", str(tmp_path), "--json"])
+    r = invoke(capsys, ["status", "--state-dir", str(tmp_path), "--json"])
     assert json.loads(r.stdout) is None
 
 
-def test_status_of_a_region_whose_api_is_gone(tmp_path: Path) -> None:
+def test_status_of_a_region_whose_api_is_gone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     spec = RegionSpec.build(prefix="yh0abc", zones=1, hosts_per_zone=1)
     rec = RegionRecord(prefix="yh0abc", state_dir=str(tmp_path), spec=spec.to_dict(),
                        endpoint="http://127.0.0.1:1")  # fmt: skip
@@ -47,10 +60,10 @@ def test_status_of_a_region_whose_api_is_gone(tmp_path: Path) -> None:
     rec.processes.append(ProcessRecord("server", "server", 2**22 + 7, None, "s.log"))
     (tmp_path / "region.json").write_text(json.dumps(
         {**rec.__dict__, "processes": [p.__dict__ for p in rec.processes]}))  # fmt: skip
-    r = runner.invoke(app, ["status", "--state-dir", str(tmp_path)])
+    r = invoke(capsys, ["status", "--state-dir", str(tmp_path)])
     assert r.exit_code == 0, r.output
     assert "region yh0abc (detached), API http://127.0.0.1:1" in r.stdout
     assert "API not answering" in r.stdout
-    out = json.loads(runner.invoke(app, ["status", "--state-dir", str(tmp_path), "--json"]).stdout)
+    out = json.loads(invoke(capsys, ["status", "--state-dir", str(tmp_path), "--json"]).stdout)
     assert {p["name"]: p["alive"] for p in out["processes"]} == {"az1-h1": True, "server": False}
     assert out["api_error"] and out["prefix"] == "yh0abc" and out["mtu"] == 1500

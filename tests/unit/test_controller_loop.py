@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from fastapi.testclient import TestClient
 
 from yunhan.api.app import create_app
 from yunhan.controller import Controller
+from yunhan.polling import poll_until
 from yunhan.store import Store
 
 DEADLINE = 20.0
@@ -130,15 +130,15 @@ def test_serve_runs_api_and_controller_and_stops_on_sigterm(tmp_path: Path) -> N
     )
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=ADMIN, timeout=30) as c:
-            deadline = time.monotonic() + DEADLINE
-            while True:
+
+            def up() -> bool:
                 try:
-                    assert c.get("/v1/whoami").json()["admin"] is True
-                    break
+                    return bool(c.get("/v1/whoami").json()["admin"])
                 except httpx.TransportError:
-                    assert time.monotonic() < deadline, "server did not come up"
                     assert proc.poll() is None, (tmp_path / "server.log").read_text()
-                    time.sleep(0.05)
+                    return False
+
+            assert poll_until(up, DEADLINE, interval=0.05), "server did not come up"
             assert c.get("/openapi.json").json()["info"]["title"] == "Yunhan API"
             c.post("/v1/zones", json={"name": "az1", "underlay_cidr": "198.18.1.0/24"})
             c.put("/v1/agent/hosts/h1", json={"zone": "az1", "underlay_ip": "198.18.1.11"})
@@ -195,9 +195,4 @@ def test_interrupted_long_poll_answers_at_once(tmp_path: Path) -> None:
 
 
 def _until(cond: Callable[[], bool]) -> bool:
-    deadline = time.monotonic() + DEADLINE
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)  # poll interval
-    return True
+    return bool(poll_until(cond, DEADLINE))

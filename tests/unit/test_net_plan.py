@@ -5,9 +5,10 @@ from __future__ import annotations
 import errno
 import pathlib
 
+from tests.worlds import WHost, WInstance, WVpc, documents
 from yunhan.agent.dataplane import DataPlane
-from yunhan.controller.world import WHost, WInstance, WVpc, documents
 from yunhan.net.desired import HostDesired
+from yunhan.net.driver import execute
 from yunhan.net.fake import FakeFabric
 from yunhan.net.naming import Naming
 from yunhan.net.state import (
@@ -15,9 +16,11 @@ from yunhan.net.state import (
     Filter,
     KRoute,
     Netns,
+    Op,
     Process,
     Uts,
     Veth,
+    after,
     compile_state,
     plan,
 )
@@ -245,3 +248,136 @@ def test_a_port_whose_filter_failed_is_never_brought_up() -> None:
     assert len(r.errors) == 1 and "Filter" in r.errors[0]
     assert r.instances["inst-0000a004"].phase == "failed"
     assert r.instances["inst-0000a001"].phase == "running"
+
+
+def _transitions() -> list[tuple[str, list[WInstance], list[WInstance]]]:
+    without = [i for i in INSTS if i.id not in ("inst-0000a004", "inst-0000b001")]
+    vip = [
+        WInstance(i.id, i.host, i.vpc, i.ip, i.mac, ("10.1.2.100", "10.1.2.101"), i.command)
+        if i.id == "inst-0000a004"
+        else i
+        for i in INSTS
+    ]
+    new_mac = [
+        WInstance(i.id, i.host, i.vpc, i.ip, "02:00:00:00:aa:01") if i.id == "inst-0000a001" else i
+        for i in INSTS
+    ]
+    return [
+        ("from nothing", [], INSTS),
+        ("instances removed", INSTS, without),
+        ("instances added", without, INSTS),
+        ("a VPC leaves the host", INSTS, [i for i in INSTS if i.vpc != "vpc-b"]),
+        ("everything removed", INSTS, []),
+        ("allowed ips changed", INSTS, vip),
+        ("a port's MAC changed", INSTS, new_mac),
+    ]
+
+
+def test_predicted_state_after_a_pass_is_what_observation_finds() -> None:
+    # The apply skips observing again after a clean pass: the prediction must equal what
+    # the (fake) kernel then holds, or decline (None) so that the caller observes.
+    declined = 0
+    for what, before, now in _transitions():
+        for host in ("h1", "h3"):
+            dp = fake_dp(FakeFabric(), host)
+            assert dp.apply(docs(before)[host]).errors == []
+            drv = dp.driver
+            have = drv.observe()
+            want = compile_state(docs(now)[host], Naming(f"u-{host}-"))
+            res = execute(drv, plan(want, have))
+            assert res.failed == [], what
+            predicted = after(have, res.done)
+            if predicted is None:
+                declined += 1
+                continue
+            assert predicted == drv.observe(), (what, host)
+            assert plan(want, predicted) == [], (what, host)
+    assert declined >= 1  # the replaced port
+
+
+def test_drift_is_still_repaired_by_an_apply_that_predicts() -> None:
+    fabric = FakeFabric()
+    dp = fake_dp(fabric)
+    d = docs()["h1"]
+    assert dp.apply(d).errors == []
+    route = ("route", NAMING.vpc_netns(100), "254", "10.1.1.11/32", "0")
+    del dp.driver.objs[route]  # type: ignore[attr-defined]
+    r = dp.apply(d)
+    assert (r.changes, r.errors) == (1, [])
+    assert dp.plan(d) == []
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _remembering_dp(fabric: FakeFabric, clock: _Clock, host: str = "h1") -> DataPlane:
+    return DataPlane(
+        naming=Naming(f"u-{host}-"),
+        host_netns=None,
+        driver="fake",
+        state_dir=pathlib.Path("/nonexistent"),
+        fabric=fabric,
+        full_every=30.0,
+        clock=clock,
+    )
+
+
+EXTRA = WInstance("inst-0000a0ff", "h1", "vpc-a", "10.1.1.77")
+DRIFT = ("route", NAMING.vpc_netns(100), "254", "10.1.1.11/32", "0")
+
+
+def test_a_changed_document_planned_from_memory_equals_a_full_apply() -> None:
+    clock = _Clock()
+    inc = _remembering_dp(FakeFabric(), clock)
+    assert inc.apply(docs()["h1"]).errors == []
+    for step in ([*INSTS, EXTRA], INSTS[:2], INSTS):
+        clock.now += 1
+        r = inc.apply(docs(step)["h1"])
+        assert r.errors == [] and {i.phase for i in r.instances.values()} == {"running"}
+        full = fake_dp(FakeFabric())
+        full.apply(docs(step)["h1"])
+        assert inc.observe() == full.observe()
+
+
+def test_drift_is_repaired_when_the_same_document_is_applied_again() -> None:
+    clock = _Clock()
+    dp = _remembering_dp(FakeFabric(), clock)
+    dp.apply(docs()["h1"])
+    del dp.driver.objs[DRIFT]  # type: ignore[attr-defined]
+    clock.now += 1
+    changed = docs([*INSTS, EXTRA])["h1"]
+    assert dp.apply(changed).errors == []
+    # The resync the agent does when nothing new arrives reads the kernel in full.
+    r = dp.apply(changed)
+    assert (r.changes, r.errors) == (1, [])
+    assert dp.plan(changed) == []
+
+
+def test_a_host_whose_document_keeps_changing_is_still_read_in_full() -> None:
+    clock = _Clock()
+    dp = _remembering_dp(FakeFabric(), clock)
+    dp.apply(docs()["h1"])
+    del dp.driver.objs[DRIFT]  # type: ignore[attr-defined]
+    for step, t in (([*INSTS, EXTRA], 10.0), (INSTS, 31.0)):
+        clock.now = t
+        assert dp.apply(docs(step)["h1"]).errors == []
+    assert dp.plan(docs()["h1"]) == []  # the apply at 31 s read the host: repaired
+
+
+def test_an_op_planned_from_memory_that_fails_starts_again_from_observation() -> None:
+    clock = _Clock()
+    dp = _remembering_dp(FakeFabric(), clock)
+    dp.apply(docs()["h1"])
+    # The VPC namespace was deleted by hand: a route planned into it from memory fails.
+    dp.driver.apply(Op("delete", old=Netns(NAMING.vpc_netns(100), "vpc")))
+    clock.now += 1
+    changed = docs([*INSTS, EXTRA])["h1"]
+    r = dp.apply(changed)
+    assert r.errors == [], r.errors
+    assert {i.phase for i in r.instances.values()} == {"running"}
+    assert dp.plan(changed) == []

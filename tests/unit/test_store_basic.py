@@ -1,22 +1,27 @@
-"""The revisioned store: revisions, atomicity, watch, migrations, restart."""
+"""The revisioned store: revisions, atomicity, watch, migrations, restart.
+
+Every test runs on both backends (`store_url`: SQLite and PostgreSQL) except those about
+SQLite itself (WAL mode, `Store.open` on a state directory).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
 from yunhan.errors import Conflict
-from yunhan.store import Store
+from yunhan.store import DB_NAME, Store
 from yunhan.store import schema as s
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    st = Store.open(tmp_path, poll_interval=0.05)
+def store(store_url: str) -> Iterator[Store]:
+    st = Store.connect(store_url, poll_interval=0.05)
     yield st
     st.close()
 
@@ -77,14 +82,14 @@ def test_delete_bumps_revision(store: Store) -> None:
         assert r.get("vpc", a.id) is None
 
 
-def test_restart_keeps_data_and_revision(tmp_path: Path) -> None:
-    st = Store.open(tmp_path)
+def test_restart_keeps_data_and_revision(store_url: str) -> None:
+    st = Store.connect(store_url)
     with st.transaction() as tx:
         tx.create("vpc", "vpc-00000001", "p1", "a", {"cidrs": ["10.0.0.0/16"]})
     with st.transaction() as tx:
         tx.add_token("h" * 64, "p1")
     st.close()
-    st2 = Store.open(tmp_path)
+    st2 = Store.connect(store_url)
     try:
         assert st2.revision() == 1
         with st2.read() as r:
@@ -97,13 +102,18 @@ def test_restart_keeps_data_and_revision(tmp_path: Path) -> None:
         st2.close()
 
 
-def test_wal_mode(store: Store) -> None:
-    with store.engine.connect() as conn:
-        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+def test_sqlite_open_creates_the_state_directory_in_wal_mode(tmp_path: Path) -> None:
+    st = Store.open(tmp_path / "state")
+    try:
+        assert (tmp_path / "state" / DB_NAME).is_file()
+        with st.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    finally:
+        st.close()
 
 
-def test_migrations_from_empty(tmp_path: Path) -> None:
-    engine = create_engine(f"sqlite:///{tmp_path / 'empty.db'}")
+def test_migrations_from_empty(store_url: str) -> None:
+    engine = create_engine(store_url)
     with engine.begin() as conn:
         assert s.current_version(conn) == 0
         assert s.migrate(conn) == s.LATEST
@@ -116,14 +126,14 @@ def test_migrations_from_empty(tmp_path: Path) -> None:
     engine.dispose()
 
 
-def test_refuses_newer_schema(tmp_path: Path) -> None:
-    Store.open(tmp_path).close()
-    engine = create_engine(f"sqlite:///{tmp_path / 'yunhan.db'}")
+def test_refuses_newer_schema(store_url: str) -> None:
+    Store.connect(store_url).close()
+    engine = create_engine(store_url)
     with engine.begin() as conn:
         conn.execute(text("UPDATE schema_version SET version = 999"))
     engine.dispose()
     with pytest.raises(RuntimeError, match="newer"):
-        Store.open(tmp_path)
+        Store.connect(store_url)
 
 
 def test_watch_wakes_thread_on_commit(store: Store) -> None:
@@ -149,11 +159,11 @@ def test_watch_async_wakes_on_commit_from_thread(store: Store) -> None:
     assert asyncio.run(main()) == 1
 
 
-def test_watch_sees_writes_of_another_process(tmp_path: Path) -> None:
-    # Two Store objects on one file stand for two processes: no in-process notification
-    # crosses between them, only the poll fallback.
-    a = Store.open(tmp_path, poll_interval=0.02)
-    b = Store.open(tmp_path, poll_interval=0.02)
+def test_watch_sees_writes_of_another_process(store_url: str) -> None:
+    # Two Store objects on one database stand for two processes: no in-process
+    # notification crosses between them, only the poll fallback.
+    a = Store.connect(store_url, poll_interval=0.02)
+    b = Store.connect(store_url, poll_interval=0.02)
     try:
         got: list[int | None] = []
         t = threading.Thread(target=lambda: got.append(a.wait_revision(0, 30)))
@@ -171,8 +181,8 @@ def _write(st: Store) -> None:
         tx.create("vpc", "vpc-00000001", "p1", "a", {})
 
 
-def test_migration_v1_to_v2_keeps_document_history(tmp_path: Path) -> None:
-    engine = create_engine(f"sqlite:///{tmp_path / 'old.db'}")
+def test_migration_v1_to_v2_keeps_document_history(store_url: str) -> None:
+    engine = create_engine(store_url)
     with engine.begin() as conn:
         assert s.migrate(conn, target=1) == 1
         conn.execute(text("INSERT INTO doc_history (host, revision) VALUES ('h1', 7)"))

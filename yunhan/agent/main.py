@@ -14,6 +14,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,16 @@ class AgentConfig:
 class Agent:
     """One host's agent. `run()` blocks until `stop()` (or SIGTERM/SIGINT through `run`)."""
 
-    def __init__(self, config: AgentConfig, dataplane: DataPlane | None = None) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        dataplane: DataPlane,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """`transport` carries the HTTP calls (None: the network; tests pass the app's or
+        an `httpx.MockTransport`); `clock` times the periodic resync."""
         if not config.resync_interval > 0:  # also NaN
             # It bounds the long poll: 0 would poll and re-apply without pause.
             raise ValidationError(
@@ -70,14 +80,10 @@ class Agent:
         self._client = httpx.Client(
             headers={"Authorization": f"Bearer {config.token}"},
             timeout=httpx.Timeout(10.0, read=LONG_POLL_TIMEOUT + 10.0),
+            transport=transport,
         )
-        config.state_dir.mkdir(parents=True, exist_ok=True)
-        self.dataplane = dataplane or DataPlane(
-            naming=Naming(config.prefix),
-            host_netns=config.host_netns,
-            driver=config.driver,
-            state_dir=config.state_dir,
-        )
+        self._clock = clock
+        self.dataplane = dataplane
         self.desired: HostDesired | None = None
         self.report: ApplyReport | None = None
         self.applied_revision = 0
@@ -93,11 +99,24 @@ class Agent:
         return f"{self._endpoints[self._endpoint]}/v1/agent/hosts/{self.config.host_name}{tail}"
 
     def _failover(self, exc: Exception) -> None:
-        """The endpoint could not be reached: use the next replica for the next call."""
-        if isinstance(exc, httpx.TransportError) and len(self._endpoints) > 1:
-            with self._lock:
-                self._endpoint = (self._endpoint + 1) % len(self._endpoints)
-            log.warning("moving to API endpoint %s", self._endpoints[self._endpoint])
+        """The endpoint could not be reached: use the next replica for the next call.
+
+        Only when the failed call went to the current endpoint: the watch and heartbeat
+        threads fail together on a dead replica, and a second move would lead back to it.
+        """
+        if not isinstance(exc, httpx.TransportError) or len(self._endpoints) <= 1:
+            return
+        try:
+            failed: str | None = str(exc.request.url)
+        except RuntimeError:  # no request attached: nothing to compare, move on
+            failed = None
+        with self._lock:
+            # Both sides normalised by httpx, as the request URL was built from _path.
+            current = str(httpx.URL(self._path("")))
+            if failed is not None and not failed.startswith(current):
+                return  # another call failed there first and moved on already
+            self._endpoint = (self._endpoint + 1) % len(self._endpoints)
+        log.warning("moving to API endpoint %s", self._endpoints[self._endpoint])
 
     def register(self) -> None:
         """Register (or re-register) this host; retries until the control plane answers."""
@@ -219,7 +238,7 @@ class Agent:
     def _watch_loop(self) -> None:
         # Every apply is a full diff of desired against observed, so any apply is also a
         # resync; the timer only forces one when nothing arrived for a while.
-        last_apply = time.monotonic()
+        last_apply = self._clock()
         backoff = 0.2
         while not self._stop.is_set():
             failing = bool(self.report and self.report.errors)
@@ -239,7 +258,7 @@ class Agent:
             if self._stop.is_set():
                 break
             if doc is None:
-                due = time.monotonic() - last_apply >= self.config.resync_interval
+                due = self._clock() - last_apply >= self.config.resync_interval
                 if self.desired is None or not (due or failing):
                     continue
                 doc = self.desired
@@ -251,7 +270,7 @@ class Agent:
                     self.desired = doc
                     self.report = ApplyReport(changes=0, errors=[str(exc)], instances={})
                 self._stop.wait(1.0)
-            last_apply = time.monotonic()
+            last_apply = self._clock()
             self.send_status()
 
     def run(self) -> None:
@@ -288,7 +307,14 @@ def run(config: AgentConfig) -> None:
         level=logging.INFO,
         format=f"%(asctime)s agent[{config.host_name}] %(levelname)s %(message)s",
     )
-    agent = Agent(config)
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    dataplane = DataPlane(
+        naming=Naming(config.prefix),
+        host_netns=config.host_netns,
+        driver=config.driver,
+        state_dir=config.state_dir,
+    )
+    agent = Agent(config, dataplane)
 
     def _on_signal(signum: int, frame: object) -> None:
         agent.stop()

@@ -1,4 +1,4 @@
-"""The FastAPI application: auth, the error shape, and the routers of docs/api.md.
+"""The FastAPI application: the error shape and the routers of docs/api.md (auth: `deps`).
 
 `create_app(store, admin_token=...)` builds an app around an open store; it does not run
 the controller (tests drive `Controller.reconcile_once` themselves, `serve` runs the loop).
@@ -11,69 +11,22 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from yunhan.api.auth import ADMIN_PROJECT, Caller, authenticate, token_hash
+from yunhan.api.auth import ADMIN_PROJECT, token_hash
+from yunhan.api.deps import MAX_LONG_POLL, AppState
 from yunhan.api.fleet import Fleet
-from yunhan.errors import Forbidden, Unauthorized, YunhanError
+from yunhan.api.routes import agent, infra, instances, metrics, network, projects, watch
+from yunhan.errors import YunhanError
 from yunhan.model import new_id
 from yunhan.store import Store
 
 log = logging.getLogger("yunhan.api")
-
-MAX_LONG_POLL = 300.0
-# Revisions are SQLite INTEGERs: a larger one in a request is a mistake (400), not a 500.
-MAX_REVISION = 2**63 - 1
-
-
-@dataclass
-class AppState:
-    store: Store
-    admin_hash: str
-    admin_project_id: str
-    clock: Callable[[], float]
-    fleet: Fleet
-    max_long_poll: float = MAX_LONG_POLL
-
-
-def state_of(request: Request) -> AppState:
-    st: AppState = request.app.state.yunhan
-    return st
-
-
-def caller(request: Request) -> Caller:
-    """FastAPI dependency: the authenticated caller (401 otherwise)."""
-    st = state_of(request)
-    header = request.headers.get("authorization")
-    try:
-        with st.store.read() as r:
-            return authenticate(r, header, st.admin_hash, st.admin_project_id)
-    except Unauthorized:
-        if st.store.dialect == "sqlite":
-            raise
-    # A token made through another replica a moment ago: follow the log, then look again.
-    st.store.refresh()
-    with st.store.read() as r:
-        return authenticate(r, header, st.admin_hash, st.admin_project_id)
-
-
-CallerDep = Annotated[Caller, Depends(caller)]
-
-
-def admin(c: CallerDep) -> Caller:
-    """FastAPI dependency: the caller, who must hold the admin token (403 otherwise)."""
-    if not c.admin:
-        raise Forbidden("this needs the admin token")
-    return c
-
-
-AdminDep = Annotated[Caller, Depends(admin)]
 
 
 def bootstrap(store: Store) -> str:
@@ -152,8 +105,6 @@ def create_app(
     fleet: Fleet | None = None,
 ) -> FastAPI:
     """The API over `store`. `admin_token` grants the admin project; it is never stored."""
-    from yunhan.api.routes import agent, infra, instances, metrics, network, projects, watch
-
     app = FastAPI(
         title="Yunhan API",
         version="1",
@@ -169,6 +120,8 @@ def create_app(
         fleet=fleet or Fleet(store, clock),
         max_long_poll=max_long_poll,
     )
+    loads = app.state.yunhan.loads
+    store.subscribe(loads.apply, load=loads.load)
     _install_error_handlers(app)
     for module in (projects, infra, network, instances, agent, watch, metrics):
         app.include_router(module.router)

@@ -52,7 +52,7 @@ async def _main(store: Store, host: str, port: int, admin_token: str) -> None:
     )
     server = _Server(config)
     fleet = app.state.yunhan.fleet
-    controller = Controller(store, leases=lambda: fleet.leases)
+    controller = Controller(store, leases=lambda: fleet.leases, loads=app.state.yunhan.loads)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from yunhan.errors import Unauthorized, ValidationError
 
@@ -23,8 +23,7 @@ def config_path() -> Path:
     return Path.home() / ".config" / "yunhan" / "config.json"
 
 
-@dataclass(frozen=True)
-class Credentials:
+class Credentials(NamedTuple):
     endpoint: str
     token: str
 

@@ -7,11 +7,10 @@ that the everyday CLI does not load FastAPI or pyroute2.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Annotated
 
-import typer
-
+from yunhan.cli.command import Cmd, Ctx, Opt
 from yunhan.errors import ValidationError
 
 
@@ -32,74 +31,90 @@ def _split_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def register(app: typer.Typer) -> None:
-    """Add the hidden daemon commands to the `yunhan` app."""
-    from yunhan.cli.main import handled
+def server(ctx: Ctx) -> None:
+    from yunhan.api.server import serve
 
-    @app.command("server", hidden=True)
-    @handled
-    def server(
-        state_dir: Annotated[Path, typer.Option("--state-dir", help="where the store lives")],
-        listen: Annotated[str, typer.Option("--listen", help="HOST:PORT")] = "127.0.0.1:8080",
-        admin_token_file: Annotated[
-            Path, typer.Option("--admin-token-file", help="file holding the admin token")
-        ] = Path("admin.token"),
-        database: Annotated[
-            str | None,
-            typer.Option(
-                "--database",
-                envvar="YUNHAN_DATABASE",
-                help="SQLAlchemy URL of a shared store, e.g. postgresql+psycopg://host/yunhan "
-                "(default: SQLite in --state-dir)",
-            ),
-        ] = None,
-    ) -> None:
-        """Run the API server and the controller (one process) until SIGTERM/SIGINT.
+    host, port = _split_listen(ctx["listen"])
+    state_dir: Path = ctx["state_dir"]
+    state_dir.mkdir(parents=True, exist_ok=True)
+    database = ctx["database"] or os.environ.get("YUNHAN_DATABASE") or None
+    serve(state_dir, host, port, _read_token(ctx["admin_token_file"]), database=database)
 
-        Several servers given the same PostgreSQL --database are replicas: any of them
-        serves any client or agent, and one at a time runs the controller.
-        """
-        from yunhan.api.server import serve
 
-        host, port = _split_listen(listen)
-        state_dir.mkdir(parents=True, exist_ok=True)
-        serve(state_dir, host, port, _read_token(admin_token_file), database=database)
+def agent(ctx: Ctx) -> None:
+    from yunhan.agent.main import AgentConfig, run
 
-    @app.command("agent", hidden=True)
-    @handled
-    def agent(
-        api: Annotated[
-            str,
-            typer.Option("--api", help="the API endpoint; several (comma-separated) are replicas"),
-        ],
-        token_file: Annotated[Path, typer.Option("--token-file", help="file holding a token")],
-        host: Annotated[str, typer.Option("--host", help="this host's name")],
-        zone: Annotated[str, typer.Option("--zone", help="this host's zone (name or id)")],
-        underlay_ip: Annotated[str, typer.Option("--underlay-ip", help="the VTEP address")],
-        mtu: Annotated[int, typer.Option("--mtu", help="the underlay MTU")] = 1500,
-        host_netns: Annotated[
-            str | None, typer.Option("--host-netns", help="program this namespace (lab)")
-        ] = None,
-        prefix: Annotated[str, typer.Option("--prefix", help="name prefix of what we own")] = "yh-",
-        state_dir: Annotated[Path, typer.Option("--state-dir")] = Path("/var/lib/yunhan/agent"),
-        driver: Annotated[str, typer.Option("--driver", help="linux | fake")] = "linux",
-        resync_interval: Annotated[float, typer.Option("--resync-interval")] = 30.0,
-    ) -> None:
-        """Run a host agent until SIGTERM/SIGINT."""
-        from yunhan.agent.main import AgentConfig, run
-
-        run(
-            AgentConfig(
-                api_url=api,
-                token=_read_token(token_file),
-                host_name=host,
-                zone=zone,
-                underlay_ip=underlay_ip,
-                mtu=mtu,
-                host_netns=host_netns,
-                prefix=prefix,
-                driver=driver,
-                state_dir=state_dir,
-                resync_interval=resync_interval,
-            )
+    run(
+        AgentConfig(
+            api_url=ctx["api"],
+            token=_read_token(ctx["token_file"]),
+            host_name=ctx["host"],
+            zone=ctx["zone"],
+            underlay_ip=ctx["underlay_ip"],
+            mtu=ctx["mtu"],
+            host_netns=ctx["host_netns"],
+            prefix=ctx["prefix"],
+            driver=ctx["driver"],
+            state_dir=ctx["state_dir"],
+            resync_interval=ctx["resync_interval"],
         )
+    )
+
+
+COMMANDS = (
+    Cmd(
+        "server",
+        "Run the API server and the controller (one process) until SIGTERM/SIGINT.\n\n"
+        "Several servers given the same PostgreSQL --database are replicas: any of them "
+        "serves any client or agent, and one at a time runs the controller.",
+        server,
+        (
+            Opt(("--state-dir",), "state_dir", "where the store lives", Path, required=True),
+            Opt(("--listen",), "listen", "HOST:PORT", default="127.0.0.1:8080"),
+            Opt(
+                ("--admin-token-file",),
+                "admin_token_file",
+                "file holding the admin token",
+                Path,
+                Path("admin.token"),
+            ),
+            Opt(
+                ("--database",),
+                "database",
+                "SQLAlchemy URL of a shared store, e.g. postgresql+psycopg://host/yunhan "
+                "(env YUNHAN_DATABASE; default: SQLite in --state-dir)",
+            ),
+        ),
+        hidden=True,
+    ),
+    Cmd(
+        "agent",
+        "Run a host agent until SIGTERM/SIGINT.",
+        agent,
+        (
+            Opt(
+                ("--api",),
+                "api",
+                "the API endpoint; several (comma-separated) are replicas",
+                required=True,
+            ),
+            Opt(("--token-file",), "token_file", "file holding a token", Path, required=True),
+            Opt(("--host",), "host", "this host's name", required=True),
+            Opt(("--zone",), "zone", "this host's zone (name or id)", required=True),
+            Opt(("--underlay-ip",), "underlay_ip", "the VTEP address", required=True),
+            Opt(("--mtu",), "mtu", "the underlay MTU", int, 1500),
+            Opt(("--host-netns",), "host_netns", "program this namespace (lab)"),
+            Opt(("--prefix",), "prefix", "name prefix of what we own", default="yh-"),
+            Opt(("--state-dir",), "state_dir", "agent state", Path, Path("/var/lib/yunhan/agent")),
+            Opt(("--driver",), "driver", "linux | fake", default="linux"),
+            Opt(
+                ("--resync-interval",),
+                "resync_interval",
+                "seconds between full resyncs",
+                float,
+                30.0,
+            ),
+        ),
+        hidden=True,
+    ),
+)

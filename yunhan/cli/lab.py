@@ -1,25 +1,27 @@
-"""`yunhan up|down|status|sweep`: the all-in-one lab region on this machine (yunhan.lab)."""
+"""`yunhan up|down|status|sweep`: the all-in-one lab region on this machine (yunhan.lab).
+
+yunhan.lab.region (and what it imports) is loaded only when one of these commands runs.
+"""
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import threading
 from pathlib import Path
-from typing import Annotated, Any
-
-import typer
+from typing import TYPE_CHECKING, Any
 
 from yunhan.cli import config, views
+from yunhan.cli.command import Cmd, Ctx, Opt, echo, warn
 from yunhan.errors import Forbidden
-from yunhan.lab import region
-from yunhan.lab.spec import RegionSpec
 
-StateDirOpt = Annotated[
-    Path | None,
-    typer.Option("--state-dir", help="region state (env YUNHAN_HOME, default /var/lib/yunhan)"),
-]
+if TYPE_CHECKING:
+    from yunhan.lab.region import RegionHandle, RegionStatus
+
+STATE_DIR = Opt(
+    ("--state-dir",),
+    "state_dir",
+    "region state (env YUNHAN_HOME, default /var/lib/yunhan)",
+    kind=Path,
+)
 
 
 def _need_root(what: str) -> None:
@@ -35,127 +37,162 @@ def _raise_stop(signum: int, frame: object) -> None:
     raise _Stop()
 
 
-def register(app: typer.Typer) -> None:
-    """Add the lab commands to the `yunhan` app."""
-    from yunhan.cli.main import handled
+def up(ctx: Ctx) -> None:
+    from yunhan.cli.progress import Progress
+    from yunhan.lab import region
+    from yunhan.lab.spec import RegionSpec
 
-    @app.command("up")
-    @handled
-    def up(
-        zones: Annotated[int, typer.Option("--zones", help="availability zones")] = 2,
-        hosts_per_zone: Annotated[int, typer.Option("--hosts-per-zone", help="hosts per zone")] = 2,
-        mtu: Annotated[int, typer.Option("--mtu", help="underlay MTU")] = 1500,
-        detach: Annotated[
-            bool, typer.Option("--detach", "-d", help="return once ready; `yunhan down` stops it")
-        ] = False,
-        state_dir: StateDirOpt = None,
-        prefix: Annotated[
-            str | None, typer.Option("--prefix", help="region prefix (default yh + 4 hex)")
-        ] = None,
-        timeout: Annotated[float, typer.Option("--timeout", help="start-up deadline (s)")] = 90.0,
-        dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan only")] = False,
-    ) -> None:
-        """Bring up a lab region: zones, hosts, API server and agents, on this machine.
+    spec = RegionSpec.build(ctx["prefix"], ctx["zones"], ctx["hosts_per_zone"], ctx["mtu"])
+    if ctx["dry_run"]:
+        echo(spec.render())
+        return
+    _need_root("up")
+    echo(spec.render())
+    import signal
 
-        In the foreground, Ctrl-C (or SIGTERM) takes it all down again.
-        """
-        spec = RegionSpec.build(prefix, zones, hosts_per_zone, mtu)
-        if dry_run:
-            typer.echo(spec.render())
+    old = signal.signal(signal.SIGTERM, _raise_stop)
+    what = f"starting region {spec.prefix}: API server and {len(spec.hosts)} agents"
+    try:
+        with Progress(what):
+            handle = region.up(spec, ctx["state_dir"], detach=ctx["detach"], timeout=ctx["timeout"])
+    except KeyboardInterrupt:
+        warn("interrupted; everything started was removed")
+        raise SystemExit(130) from None
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    path = config.save_file(handle.endpoint, handle.token)
+    if handle.reused:
+        echo(f"region {handle.prefix} is already up (API {handle.endpoint}); nothing to do")
+        return
+    echo(
+        f"region {handle.prefix} is up: API {handle.endpoint}, "
+        f"{len(spec.hosts)} agents healthy; admin credentials in {path}"
+    )
+    if ctx["detach"]:
+        echo("`yunhan status` shows it, `yunhan down` removes it")
+        return
+    echo("Ctrl-C (or SIGTERM) takes the region down")
+    _supervise(handle)
+
+
+def _supervise(handle: RegionHandle) -> None:
+    import signal
+    import threading
+
+    from yunhan.cli.progress import Progress
+    from yunhan.lab import region
+
+    stop = threading.Event()
+
+    def _set(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, _set)
+    signal.signal(signal.SIGTERM, _set)
+    reported: set[str] = set()
+    record_file = handle.state_dir / region.RECORD
+    while not stop.wait(1.0):
+        for p in handle.dead():
+            if p.name not in reported:
+                reported.add(p.name)
+                warn(f"warning: {p.role} {p.name} exited; see {p.log}")
+        if not record_file.exists():
+            echo("the region was taken down (`yunhan down`)")
+            config.forget_endpoint(handle.endpoint)
             return
-        _need_root("up")
-        typer.echo(spec.render())
-        old = signal.signal(signal.SIGTERM, _raise_stop)
-        try:
-            handle = region.up(spec, state_dir, detach=detach, timeout=timeout)
-        except KeyboardInterrupt:
-            typer.echo("interrupted; everything started was removed", err=True)
-            raise typer.Exit(130) from None
-        finally:
-            signal.signal(signal.SIGTERM, old)
-        path = config.save_file(handle.endpoint, handle.token)
-        if handle.reused:
-            typer.echo(
-                f"region {handle.prefix} is already up (API {handle.endpoint}); nothing to do"
-            )
-            return
-        typer.echo(
-            f"region {handle.prefix} is up: API {handle.endpoint}, "
-            f"{len(spec.hosts)} agents healthy; admin credentials in {path}"
-        )
-        if detach:
-            typer.echo("`yunhan status` shows it, `yunhan down` removes it")
-            return
-        typer.echo("Ctrl-C (or SIGTERM) takes the region down")
-        _supervise(handle)
-
-    def _supervise(handle: region.RegionHandle) -> None:
-        stop = threading.Event()
-
-        def _set(signum: int, frame: object) -> None:
-            stop.set()
-
-        signal.signal(signal.SIGINT, _set)
-        signal.signal(signal.SIGTERM, _set)
-        reported: set[str] = set()
-        record_file = handle.state_dir / region.RECORD
-        while not stop.wait(1.0):
-            for p in handle.dead():
-                if p.name not in reported:
-                    reported.add(p.name)
-                    typer.echo(f"warning: {p.role} {p.name} exited; see {p.log}", err=True)
-            if not record_file.exists():
-                typer.echo("the region was taken down (`yunhan down`)")
-                config.forget_endpoint(handle.endpoint)
-                return
-        typer.echo("taking the region down …")
+    echo("taking the region down …")
+    with Progress(f"taking region {handle.prefix} down"):
         removed = region.down(handle.state_dir)
-        config.forget_endpoint(handle.endpoint)
-        typer.echo(f"region {handle.prefix} is down: removed {removed.summary()}")
+    config.forget_endpoint(handle.endpoint)
+    echo(f"region {handle.prefix} is down: removed {removed.summary()}")
 
-    @app.command("down")
-    @handled
-    def down(state_dir: StateDirOpt = None) -> None:
-        """Stop the lab region and remove all of it (namespaces, processes, state)."""
-        _need_root("down")
-        record = region.RegionRecord.load(Path(state_dir or region.default_state_dir()))
+
+def down(ctx: Ctx) -> None:
+    from yunhan.cli.progress import Progress
+    from yunhan.lab import region
+
+    _need_root("down")
+    state_dir = ctx["state_dir"]
+    record = region.RegionRecord.load(Path(state_dir or region.default_state_dir()))
+    what = f"taking region {record.prefix} down" if record else "looking for a region"
+    with Progress(what):
         removed = region.down(state_dir)
-        if record is None:
-            typer.echo("no region is up here; nothing to do")
-            return
-        config.forget_endpoint(record.endpoint)
-        typer.echo(f"region {record.prefix} is down: removed {removed.summary()}")
-
-    @app.command("sweep")
-    @handled
-    def sweep(state_dir: StateDirOpt = None) -> None:
-        """Remove what crashed regions left behind (never touches a live region)."""
-        _need_root("sweep")
-        result = region.sweep(state_dir=state_dir)
-        if not result:
-            typer.echo("nothing to sweep")
-        for prefix, removed in result.items():
-            typer.echo(f"swept {prefix}: {removed.summary()}")
-
-    @app.command("status")
-    @handled
-    def status(
-        state_dir: StateDirOpt = None,
-        as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
-    ) -> None:
-        """Show the lab region: processes, zones, hosts, agent health and revisions."""
-        st = region.status(state_dir)
-        if st is None:
-            where = state_dir or region.default_state_dir()
-            if as_json:
-                typer.echo("null")
-            else:
-                typer.echo(f"no region is up in {where} (`yunhan up --detach` starts one)")
-            return
-        _print_status(st, as_json)
+    if record is None:
+        echo("no region is up here; nothing to do")
+        return
+    config.forget_endpoint(record.endpoint)
+    echo(f"region {record.prefix} is down: removed {removed.summary()}")
 
 
-def _print_status(st: region.RegionStatus, as_json: bool) -> None:
+def sweep(ctx: Ctx) -> None:
+    from yunhan.lab import region
+
+    _need_root("sweep")
+    result = region.sweep(state_dir=ctx["state_dir"])
+    if not result:
+        echo("nothing to sweep")
+    for prefix, removed in result.items():
+        echo(f"swept {prefix}: {removed.summary()}")
+
+
+def status(ctx: Ctx) -> None:
+    from yunhan.lab import region
+
+    fmt = views.output_format(ctx["output"], ctx["as_json"])
+    st = region.status(ctx["state_dir"])
+    if st is None:
+        where = ctx["state_dir"] or region.default_state_dir()
+        if fmt in ("json", "yaml"):
+            echo("null")
+        else:
+            echo(f"no region is up in {where} (`yunhan up --detach` starts one)")
+        return
+    _print_status(st, fmt)
+
+
+COMMANDS = (
+    Cmd(
+        "up",
+        "Bring up a lab region: zones, hosts, API server and agents, on this machine.\n\n"
+        "In the foreground, Ctrl-C (or SIGTERM) takes it all down again.",
+        up,
+        (
+            Opt(("--zones",), "zones", "availability zones", int, 2),
+            Opt(("--hosts-per-zone",), "hosts_per_zone", "hosts per zone", int, 2),
+            Opt(("--mtu",), "mtu", "underlay MTU", int, 1500),
+            Opt(("--detach", "-d"), "detach", "return once ready; `yunhan down` stops it", bool),
+            STATE_DIR,
+            Opt(("--prefix",), "prefix", "region prefix (default yh + 4 hex)"),
+            Opt(("--timeout",), "timeout", "start-up deadline (s)", float, 90.0),
+            Opt(("--dry-run",), "dry_run", "print the plan only", bool),
+        ),
+    ),
+    Cmd(
+        "down",
+        "Stop the lab region and remove all of it (namespaces, processes, state).",
+        down,
+        (STATE_DIR,),
+    ),
+    Cmd(
+        "sweep",
+        "Remove what crashed regions left behind (never touches a live region).",
+        sweep,
+        (STATE_DIR,),
+    ),
+    Cmd(
+        "status",
+        "Show the lab region: processes, zones, hosts, agent health and revisions.",
+        status,
+        (
+            STATE_DIR,
+            Opt(("-o", "--output"), "output", "output format", choices=views.FORMATS),
+            Opt(("--json",), "as_json", "print JSON (same as -o json)", bool),
+        ),
+    ),
+)
+
+
+def _print_status(st: RegionStatus, fmt: str) -> None:
     rec = st.record
     names = views.Names(None)
     zone_names = {z["id"]: z["name"] for z in st.zones}
@@ -171,7 +208,7 @@ def _print_status(st: region.RegionStatus, as_json: bool) -> None:
         {"role": p.role, "name": p.name, "pid": p.pid, "alive": ok, "log": p.log}
         for p, ok in st.processes
     ]
-    if as_json:
+    if fmt in ("json", "yaml"):
         out: dict[str, Any] = {
             "prefix": rec.prefix,
             "endpoint": rec.endpoint,
@@ -183,20 +220,17 @@ def _print_status(st: region.RegionStatus, as_json: bool) -> None:
             "zones": [views.zone_row(z, names) for z in st.zones],
             "hosts": hosts,
         }
-        typer.echo(json.dumps(out, indent=2))
+        views.print_one("region", out, fmt)
         return
-    con = views.console()
     mode = "detached" if rec.detached else "foreground"
-    typer.echo(f"region {rec.prefix} ({mode}), API {rec.endpoint}, state {rec.state_dir}")
-    con.print(views.table(None, ("role", "name", "pid", "alive", "log"), procs))
+    echo(f"region {rec.prefix} ({mode}), API {rec.endpoint}, state {rec.state_dir}")
+    echo(views.table(("role", "name", "pid", "alive", "log"), procs))
     if st.api_error:
-        typer.echo(f"API not answering: {st.api_error}")
+        echo(f"API not answering: {st.api_error}")
         return
-    typer.echo("")
-    con.print(
-        views.table(None, ("name", "cidr", "id"), [views.zone_row(z, names) for z in st.zones])
-    )
-    typer.echo("")
+    echo()
+    echo(views.table(("name", "cidr", "id"), [views.zone_row(z, names) for z in st.zones]))
+    echo()
     cols = (
         "name",
         "zone",
@@ -206,4 +240,4 @@ def _print_status(st: region.RegionStatus, as_json: bool) -> None:
         "desired_revision",
         "applied_revision",
     )
-    con.print(views.table(None, (*cols, "error"), hosts))
+    echo(views.table((*cols, "error"), hosts))

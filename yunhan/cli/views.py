@@ -1,23 +1,25 @@
-"""How resources look on the terminal: flat rows for tables and for `--json`.
+"""How resources look on the terminal: flat rows for tables, JSON and YAML.
 
 A row is a plain dict with at least `id` and `name`, plus what a script needs without a
 second lookup: references by name (`vpc`, `subnet`, `zone`) next to their ids (`vpc_id`,
-…), and the interesting status fields (`ip`, `host`, `phase`, …). The same row feeds the
-rich table (a chosen subset of columns) and `--json` (all of it), so they never disagree.
+…), and the interesting status fields (`ip`, `host`, `phase`, …). The same row feeds every
+format (`-o table|wide|json|yaml`): `table` shows a chosen subset of its columns, `wide`
+more of them (ids, revisions, times), `json` and `yaml` all of it, so they never disagree.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import typer
-from rich.console import Console
-from rich.table import Table
+from yunhan.cli import yamlout
+from yunhan.errors import ValidationError, YunhanError
 
-from yunhan.cli.client import Client
-from yunhan.errors import YunhanError
+if TYPE_CHECKING:
+    from yunhan.cli.client import Client
 
 Row = dict[str, Any]
 
@@ -38,7 +40,7 @@ class Names:
             self._cache[kind] = {}
             if self._client is not None:
                 try:
-                    items = self._client.get(self._PATHS[kind])
+                    items = self._client.items(self._PATHS[kind])
                     self._cache[kind] = {i["id"]: i["name"] for i in items}
                 except YunhanError:
                     pass  # a name we cannot see is shown as its id
@@ -60,6 +62,7 @@ def vpc_row(res: Row, names: Names) -> Row:
         "cidrs": list(_spec(res).get("cidrs") or []),
         "vni": _status(res).get("vni"),
         "revision": res.get("revision"),
+        "created_at": res.get("created_at"),
     }
 
 
@@ -75,6 +78,7 @@ def subnet_row(res: Row, names: Names) -> Row:
         "gateway": st.get("gateway"),
         "available": st.get("available"),
         "revision": res.get("revision"),
+        "created_at": res.get("created_at"),
     }
 
 
@@ -98,6 +102,7 @@ def instance_row(res: Row, names: Names) -> Row:
         "netns": st.get("netns"),
         "uts": st.get("uts"),
         "revision": res.get("revision"),
+        "created_at": res.get("created_at"),
     }
 
 
@@ -107,6 +112,7 @@ def zone_row(res: Row, names: Names) -> Row:
         "name": res["name"],
         "cidr": _spec(res).get("underlay_cidr"),
         "revision": res.get("revision"),
+        "created_at": res.get("created_at"),
     }
 
 
@@ -125,11 +131,13 @@ def host_row(res: Row, names: Names) -> Row:
         "applied_revision": st.get("applied_revision"),
         "heartbeat_at": st.get("heartbeat_at"),
         "error": st.get("error"),
+        "revision": res.get("revision"),
+        "created_at": res.get("created_at"),
     }
 
 
 def project_row(res: Row, names: Names) -> Row:
-    return {"id": res["id"], "name": res["name"]}
+    return {"id": res["id"], "name": res["name"], "created_at": res.get("created_at")}
 
 
 ROWS: dict[str, Callable[[Row, Names], Row]] = {
@@ -150,6 +158,28 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "project": ("name", "id"),
 }
 
+# `-o wide`: the table's columns and what a person chasing a problem wants next to them.
+WIDE: dict[str, tuple[str, ...]] = {
+    "vpc": ("name", "id", "cidrs", "vni", "revision", "created_at"),
+    "subnet": ("name", "id", "vpc", "vpc_id", "cidr", "gateway", "available", "revision",
+               "created_at"),
+    "instance": ("name", "id", "subnet", "vpc", "zone", "ip", "mac", "host", "phase",
+                 "message", "command", "revision", "created_at"),
+    "zone": ("name", "id", "cidr", "revision", "created_at"),
+    "host": ("name", "id", "zone", "ip", "mtu", "vtep_index", "healthy", "desired_revision",
+             "applied_revision", "heartbeat_at", "error", "netns", "revision"),
+    "project": ("name", "id", "created_at"),
+}  # fmt: skip
+
+FORMATS = ("table", "wide", "json", "yaml")
+
+
+def output_format(output: str | None, as_json: bool) -> str:
+    """The format asked for: `--json` is an alias of `-o json`."""
+    if as_json and output not in (None, "json"):
+        raise ValidationError(f"--json and -o {output} disagree; give one of them")
+    return "json" if as_json else (output or "table")
+
 
 def _cell(value: Any) -> str:
     if value is None or value == "":
@@ -161,35 +191,47 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def console() -> Console:
-    # Plain output when piped; never wrap ids or addresses mid-word.
-    return Console(soft_wrap=True, highlight=False)
+def _heading(column: str) -> str:
+    return (column.removesuffix("_revision") if column.endswith("_revision") else column).upper()
 
 
-def table(title: str | None, columns: Sequence[str], rows: Sequence[Row]) -> Table:
-    t = Table(title=title, show_edge=False, header_style="bold", pad_edge=False, box=None)
-    for c in columns:
-        t.add_column(c.replace("_revision", "").upper() if c.endswith("_revision") else c.upper())
-    for r in rows:
-        t.add_row(*(_cell(r.get(c)) for c in columns))
-    return t
+def table(columns: Sequence[str], rows: Sequence[Row]) -> str:
+    """Aligned columns under upper-case headings, two spaces apart; bold headings on a
+    terminal (unless $NO_COLOR). Cells are never wrapped: ids and addresses stay whole."""
+    head = [_heading(c) for c in columns]
+    body = [[_cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(x) for x in col) for col in zip(head, *body, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+    first = line(head)
+    if sys.stdout.isatty() and not os.environ.get("NO_COLOR"):
+        first = f"\x1b[1m{first}\x1b[0m"
+    return "\n".join([first, *(line(b) for b in body)])
 
 
-def print_list(kind: str, rows: Sequence[Row], as_json: bool) -> None:
-    """A list: a JSON array of row objects, or a table (a note when empty)."""
-    if as_json:
-        typer.echo(json.dumps(list(rows), indent=2))
+def print_list(kind: str, rows: Sequence[Row], fmt: str) -> None:
+    """A list: a JSON array or YAML sequence of row objects, or a table (a note when
+    empty, on stdout for people; scripts get `[]`)."""
+    if fmt == "json":
+        sys.stdout.write(json.dumps(list(rows), indent=2) + "\n")
+    elif fmt == "yaml":
+        sys.stdout.write(yamlout.dumps(list(rows)))
     elif not rows:
-        typer.echo(f"no {kind}s")
+        sys.stdout.write(f"no {kind}s\n")
     else:
-        console().print(table(None, COLUMNS[kind], rows))
+        cols = WIDE[kind] if fmt == "wide" else COLUMNS[kind]
+        sys.stdout.write(table(cols, rows) + "\n")
 
 
-def print_one(kind: str, row: Row, as_json: bool) -> None:
-    """One object: JSON, or `field  value` lines."""
-    if as_json:
-        typer.echo(json.dumps(row, indent=2))
-        return
-    width = max(len(k) for k in row)
-    for key, value in row.items():
-        typer.echo(f"{key:<{width}}  {_cell(value)}")
+def print_one(kind: str, row: Row, fmt: str) -> None:
+    """One object: JSON, YAML, or `field  value` lines (every field, in table and wide)."""
+    if fmt == "json":
+        sys.stdout.write(json.dumps(row, indent=2) + "\n")
+    elif fmt == "yaml":
+        sys.stdout.write(yamlout.dumps(row))
+    else:
+        width = max(len(k) for k in row)
+        for key, value in row.items():
+            sys.stdout.write(f"{key:<{width}}  {_cell(value)}\n")

@@ -17,13 +17,15 @@ import json
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from yunhan import procstat
 from yunhan.errors import DriverError
 from yunhan.net import nsutil
+from yunhan.nsexec import netns_path, nsenter_argv
+from yunhan.polling import poll_until
 
 
 def uts_path(netns: str) -> Path:
@@ -80,7 +82,7 @@ def list_uts(prefix: str) -> dict[str, str]:
 
 def exec_argv(netns: str, uts: str | Path, argv: Sequence[str]) -> list[str]:
     """The command line that runs `argv` inside the instance's network and UTS namespaces."""
-    return ["nsenter", f"--net={nsutil.netns_path(netns)}", f"--uts={uts}", "--", *argv]
+    return nsenter_argv(argv, net=netns, uts=uts)
 
 
 def exec(
@@ -100,17 +102,14 @@ class ProcRecord:
 
 
 def _start_time(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+    st = procstat.read(pid)
+    if st is None:
         return None
-    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] == "Z":
+    if st.state == "Z":
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)  # our own child that exited: reap it
         return None
-    return int(fields[19])
+    return st.start_time
 
 
 def _record_path(state_dir: Path, netns: str) -> Path:
@@ -142,7 +141,7 @@ def in_sandbox(netns: str, rec: ProcRecord) -> bool:
     """
     try:
         mine = os.stat(f"/proc/{rec.pid}/ns/net").st_ino
-        return mine == os.stat(nsutil.netns_path(netns)).st_ino
+        return mine == os.stat(netns_path(netns)).st_ino
     except OSError:
         return False
 
@@ -153,8 +152,7 @@ def start(state_dir: Path, netns: str, argv: Sequence[str]) -> ProcRecord:
     log.parent.mkdir(parents=True, exist_ok=True)
     try:
         with open(log, "ab") as out:
-            # nsenter without --fork execs the command itself (network and UTS namespaces
-            # apply at once), so the pid we record is the command's own.
+            # nsenter execs the command itself: the pid we record is the command's own.
             p = subprocess.Popen(
                 exec_argv(netns, uts_path(netns), argv),
                 stdin=subprocess.DEVNULL,
@@ -178,12 +176,38 @@ def stop(state_dir: Path, netns: str, *, grace: float = 3.0) -> None:
     if rec is not None:
         try:
             os.killpg(rec.pid, signal.SIGTERM)
-            deadline = time.monotonic() + grace
-            while _start_time(rec.pid) == rec.start and time.monotonic() < deadline:
-                time.sleep(0.02)
-            if _start_time(rec.pid) == rec.start:
+            if not poll_until(lambda: _start_time(rec.pid) != rec.start, grace, interval=0.02):
                 os.killpg(rec.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
     _record_path(state_dir, netns).unlink(missing_ok=True)
     (state_dir / "proc" / f"{netns}.log").unlink(missing_ok=True)
+
+
+class NetnsSandbox:
+    """This module's functions over one agent's state dir: the `net.driver.Sandbox` the
+    linux driver realises instances' `Uts` and `Process` objects through."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+
+    def list_uts(self, prefix: str) -> dict[str, str]:
+        return list_uts(prefix)
+
+    def ensure_uts(self, netns: str, hostname: str) -> None:
+        ensure_uts(netns, hostname)
+
+    def remove_uts(self, netns: str) -> None:
+        remove_uts(netns)
+
+    def running(self, prefix: str) -> dict[str, tuple[str, ...]]:
+        return {
+            ns: rec.argv if in_sandbox(ns, rec) else ("<stale netns>", *rec.argv)
+            for ns, rec in running(self.state_dir, prefix).items()
+        }
+
+    def start(self, netns: str, argv: Sequence[str]) -> None:
+        start(self.state_dir, netns, argv)
+
+    def stop(self, netns: str) -> None:
+        stop(self.state_dir, netns)

@@ -32,6 +32,7 @@ from yunhan.hotpatch.journal import PatchRecord, Site
 from yunhan.hotpatch.manifest import Manifest, read_manifest
 from yunhan.hotpatch.switch import Retry, switch
 from yunhan.hotpatch.world import World
+from yunhan.procstat import ProcStat
 
 PAGE = 4096
 RTLD_NOW = 2
@@ -56,7 +57,7 @@ class Outcome:
 # -- preflight ----------------------------------------------------------------------------
 
 
-def preflight(pid: int) -> procfs.ProcState:
+def preflight(pid: int) -> ProcStat:
     """Refuse early, with a message a person can act on, if we cannot touch `pid`."""
     if pid == os.getpid():
         raise HotpatchError("refusing to patch the loader's own process", pid=pid)
@@ -404,7 +405,7 @@ def _switch(
 
 
 @contextlib.contextmanager
-def _opened(pid: int) -> Iterator[tuple[procfs.ProcState, procfs.Memory]]:
+def _opened(pid: int) -> Iterator[tuple[ProcStat, procfs.Memory]]:
     """Preflight and open the memory of `pid`, under the journal lock: a concurrent
     invocation tracing the threads is waited for, not taken for a debugger, and a process
     that died while we waited cannot hand its journal to a new one with the same pid."""

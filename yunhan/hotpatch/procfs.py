@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from yunhan import procstat
 from yunhan.errors import HotpatchError, NotFound
 
 
@@ -49,31 +50,17 @@ def mapped_file(pid: int, m: Mapping) -> str:
     return f"/proc/{pid}/map_files/{m.start:x}-{m.end:x}"
 
 
-@dataclass(frozen=True)
-class ProcState:
-    state: str
-    start_time: int  # clock ticks since boot: with the pid, names one process for good
-
-
-def proc_state(pid: int) -> ProcState:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-    except FileNotFoundError as exc:
-        raise NotFound(f"process {pid} does not exist", pid=pid) from exc
-    # comm may hold spaces and parentheses: the fields start after the last ')'.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return ProcState(state=fields[0], start_time=int(fields[19]))
+def proc_state(pid: int) -> procstat.ProcStat:
+    st = procstat.read(pid)
+    if st is None:
+        raise NotFound(f"process {pid} does not exist", pid=pid)
+    return st
 
 
 def task_state(pid: int, tid: int) -> str:
     """One thread's state letter (R, S, D, T, t, Z, X), or "X" if it is gone."""
-    try:
-        with open(f"/proc/{pid}/task/{tid}/stat") as f:
-            stat = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return "X"
-    return stat[stat.rindex(")") + 2]
+    st = procstat.read(pid, tid)
+    return "X" if st is None else st.state
 
 
 def threads(pid: int) -> list[int]:

@@ -21,16 +21,17 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from yunhan import procstat
 from yunhan.errors import DriverError
+from yunhan.nsexec import NETNS_DIR
+from yunhan.polling import poll_until
 
 REGION_ENV = "YUNHAN_REGION"
 RUN_DIR = Path("/run/yunhan")
-NETNS_DIR = Path("/run/netns")
 _MNT_DETACH = 2
 
 
@@ -106,21 +107,14 @@ def _proc_pids() -> list[int]:
 
 
 def _alive(pid: int) -> bool:
-    """Alive and not a zombie (a zombie holds no namespace and cannot be killed further)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    st = procstat.read(pid)
+    return st is not None and st.alive
 
 
 def start_time(pid: int) -> int | None:
     """The process's start time in clock ticks, to tell a pid from a reused one."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
+    st = procstat.read(pid)
+    return None if st is None else st.start_time
 
 
 def same_process(pid: int, started: int | None) -> bool:
@@ -215,11 +209,13 @@ def kill(pids: Iterable[int], grace: float = 5.0) -> list[int]:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-        deadline = time.monotonic() + wait
-        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+
+        def gone() -> bool:
             _reap(pids)
-            time.sleep(0.05)  # polling /proc: there is no portable wait for a non-child
-        if not any(_alive(p) for p in pids):
+            return not any(_alive(p) for p in pids)
+
+        # Polling /proc: there is no portable wait for a process that is not our child.
+        if poll_until(gone, wait, interval=0.05):
             break
     left = [p for p in pids if _alive(p)]
     if left:

@@ -36,14 +36,16 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from yunhan.errors import Conflict, TimedOut, YunhanError
 from yunhan.lab import cleanup, topology
 from yunhan.lab.cleanup import REGION_ENV, RUN_DIR, Removed
 from yunhan.lab.spec import REGION_PREFIX_RE, RegionSpec
+from yunhan.polling import poll_until
+
+if TYPE_CHECKING:
+    import httpx  # imported where used: `yunhan host list` reads the region record only
 
 DEFAULT_STATE_DIR = Path("/var/lib/yunhan")
 RECORD = "region.json"
@@ -337,6 +339,8 @@ def up(
 
 
 def _start(record: RegionRecord, spec: RegionSpec, port: int, timeout: float) -> RegionHandle:
+    import httpx
+
     deadline = time.monotonic() + timeout
     topology.realise(spec)
     token = secrets.token_urlsafe(32)
@@ -378,23 +382,28 @@ def _start(record: RegionRecord, spec: RegionSpec, port: int, timeout: float) ->
 def _wait_api(
     api: httpx.Client, proc: ProcessRecord, popen: subprocess.Popen[bytes], deadline: float
 ) -> None:
+    import httpx
+
     last = "no answer yet"
-    while True:
+
+    def answers() -> bool:
+        nonlocal last
         if err := _exited(proc, popen):
             raise err
         try:
             r = api.get("/v1/revision")
             if r.status_code == 200:
-                return
+                return True
             last = f"HTTP {r.status_code} {r.text[:200]}"
         except httpx.TransportError as exc:
             last = str(exc) or type(exc).__name__
-        if time.monotonic() > deadline:
-            raise TimedOut(
-                f"the API server did not answer at {api.base_url} in time ({last}); "
-                f"last lines of {proc.log}:\n{_tail(proc.log)}"
-            )
-        time.sleep(0.1)  # poll interval while the server starts
+        return False
+
+    if not poll_until(answers, deadline - time.monotonic(), interval=0.1, max_interval=0.1):
+        raise TimedOut(
+            f"the API server did not answer at {api.base_url} in time ({last}); "
+            f"last lines of {proc.log}:\n{_tail(proc.log)}"
+        )
 
 
 def _wait_agents(
@@ -403,28 +412,27 @@ def _wait_agents(
     agents: dict[str, tuple[ProcessRecord, subprocess.Popen[bytes]]],
     deadline: float,
 ) -> None:
+    import httpx
+
     pending = sorted(agents)
-    while True:
+
+    def registered() -> bool:
+        nonlocal pending
         for proc, popen in (server, *agents.values()):
             if err := _exited(proc, popen):
                 raise err
         try:
             r = api.get("/v1/hosts")
         except httpx.TransportError:
-            r = None  # the server's own exit is reported above on the next pass
-        if r is not None and r.status_code == 200:
+            return False  # the server's own exit is reported above on the next pass
+        if r.status_code == 200:
             healthy = {h["name"] for h in r.json() if (h.get("status") or {}).get("healthy")}
             pending = sorted(set(agents) - healthy)
-            if not pending:
-                return
-        if time.monotonic() > deadline:
-            logs = "\n".join(
-                f"  {agents[n][0].log}:\n{_tail(agents[n][0].log, 5)}" for n in pending
-            )
-            raise TimedOut(
-                f"agents not registered and healthy in time: {', '.join(pending)}\n{logs}"
-            )
-        time.sleep(0.2)  # poll interval while agents register
+        return not pending
+
+    if not poll_until(registered, deadline - time.monotonic(), interval=0.2, max_interval=0.2):
+        logs = "\n".join(f"  {agents[n][0].log}:\n{_tail(agents[n][0].log, 5)}" for n in pending)
+        raise TimedOut(f"agents not registered and healthy in time: {', '.join(pending)}\n{logs}")
 
 
 # -- down / sweep ----------------------------------------------------------------------------
@@ -557,6 +565,8 @@ class RegionStatus:
 
 def status(state_dir: Path | None = None) -> RegionStatus | None:
     """The region of `state_dir` and its health, or None when no region is recorded there."""
+    import httpx
+
     state_dir = Path(state_dir or default_state_dir()).absolute()
     record = RegionRecord.load(state_dir)
     if record is None:

@@ -7,6 +7,7 @@ driven by the same `execute` below and checked by the same scenario tests.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -28,6 +29,29 @@ class Driver(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class Sandbox(Protocol):
+    """The instance runtime behind `Uts` and `Process` objects: the linux driver realises
+    them through it, so that net never imports compute (`compute.netns_sandbox.NetnsSandbox`
+    is the real one; the agent's `DataPlane` plugs it in). Listings are by name prefix."""
+
+    def list_uts(self, prefix: str) -> dict[str, str]:
+        """netns name -> hostname of every persistent UTS namespace ("" when unreadable)."""
+        ...
+
+    def ensure_uts(self, netns: str, hostname: str) -> None: ...
+
+    def remove_uts(self, netns: str) -> None: ...
+
+    def running(self, prefix: str) -> dict[str, tuple[str, ...]]:
+        """netns name -> argv of its live process. A process left in a namespace that was
+        since replaced reads as ("<stale netns>", *argv), so that a plan replaces it."""
+        ...
+
+    def start(self, netns: str, argv: Sequence[str]) -> None: ...
+
+    def stop(self, netns: str) -> None: ...
 
 
 @dataclass

@@ -15,20 +15,23 @@ Every netlink or OS error leaves as DriverError(errno=...) `from` the original.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import logging
+import os
 import re
 import socket
+import struct
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
-from yunhan.compute import netns_sandbox as sandbox
 from yunhan.errors import DriverError
 from yunhan.net import nft, nsutil
+from yunhan.net.driver import Sandbox
 from yunhan.net.naming import INSTANCE_IFNAME, VXLAN_IFNAME, Naming
 from yunhan.net.state import (
     INSTANCE_SYSCTLS,
@@ -60,6 +63,9 @@ RTNH_F_ONLINK = 0x4
 RTN_UNICAST, RTN_BLACKHOLE, RTN_UNREACHABLE = 1, 6, 7
 _RTN_OF_KIND = {"unreachable": RTN_UNREACHABLE, "blackhole": RTN_BLACKHOLE}
 _GONE = {errno.ENOENT, errno.ENODEV, errno.ESRCH, errno.EADDRNOTAVAIL}
+ETH_P_ARP = 0x0806
+
+log = logging.getLogger("yunhan.net.linux")
 
 
 def _netlink_fd() -> int:
@@ -88,16 +94,31 @@ def _gone_ok(fn: Callable[[], object]) -> None:
             raise
 
 
+def garp_frame(mac: str, ip: str) -> bytes:
+    """A broadcast gratuitous ARP request: `ip` is at `mac` (sender and target IP both `ip`)."""
+    hw = bytes.fromhex(mac.replace(":", ""))
+    addr = socket.inet_aton(ip)
+    arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, hw, addr, bytes(6), addr)
+    return b"\xff" * 6 + hw + struct.pack("!H", ETH_P_ARP) + arp
+
+
 class LinuxDriver:
     """Observe and program this host's namespaces; see the module docstring."""
 
-    def __init__(self, *, naming: Naming, host_netns: str | None, state_dir: Path) -> None:
+    def __init__(self, *, naming: Naming, host_netns: str | None, sandbox: Sandbox) -> None:
         self.naming = naming
         self.host_netns = host_netns
-        self.state_dir = state_dir
+        self.sandbox = sandbox  # instances' UTS namespaces and processes
         self._vpc_re = re.compile(re.escape(naming.prefix) + r"v\d+$")
         self._inst_re = re.compile(re.escape(naming.prefix) + r"i-[A-Za-z0-9]+$")
         self._socks: dict[str | None, IPRoute] = {}
+        # ns -> ifname -> (index, mac, kind): filled by observation, or by one dump on a
+        # miss, and dropped whenever we add or remove a link there. Without it every op on
+        # a device would dump and decode all the namespace's links (pyroute2's
+        # link_lookup), the largest CPU cost of an apply.
+        self._links: dict[str | None, dict[str, tuple[int, str, str | None]]] = {}
+        self._packet: dict[str, socket.socket] = {}
+        self._workers: dict[str, nsutil.NsWorker] = {}
         self.unobserved: dict[str, DriverError] = {}
 
     # -- sockets ---------------------------------------------------------------------------
@@ -110,25 +131,74 @@ class LinuxDriver:
             # IPRoute(netns=...) forks a helper process (4x slower, and a fork of a
             # threaded agent); a missing namespace fails with ENOENT, never creates one.
             with _errors(f"netlink socket in {ns or 'root'}", netns=ns):
-                s = IPRoute() if ns is None else IPRoute(fileno=nsutil.run_in(_netlink_fd, net=ns))
+                s = IPRoute() if ns is None else IPRoute(fileno=self._runner(ns)(_netlink_fd))
             self._socks[ns] = s
         return s
 
+    def _runner(self, ns: str) -> Callable[[Callable[[], Any]], Any]:
+        """Run a function inside `ns` on this apply's worker thread there (made on first use)."""
+
+        def run(fn: Callable[[], Any]) -> Any:
+            w = self._workers.get(ns)
+            if w is None:
+                w = nsutil.NsWorker(ns)
+                self._workers[ns] = w
+            return w.call(fn)
+
+        return run
+
     def _drop_sock(self, ns: str) -> None:
+        w = self._workers.pop(ns, None)
+        if w is not None:
+            w.close()
         s = self._socks.pop(ns, None)
         if s is not None:
             s.close()
+        p = self._packet.pop(ns, None)
+        if p is not None:
+            p.close()
+        self._links.pop(ns, None)
 
     def close(self) -> None:
+        for w in self._workers.values():
+            w.close()
+        self._workers.clear()
         for s in self._socks.values():
             s.close()
         self._socks.clear()
+        for p in self._packet.values():
+            p.close()
+        self._packet.clear()
+        self._links.clear()
+
+    def _remember_links(self, ns: str | None, links: Any) -> dict[str, tuple[int, str, str | None]]:
+        table: dict[str, tuple[int, str, str | None]] = {}
+        for link in links:
+            info = link.get_attr("IFLA_LINKINFO")
+            kind = info.get_attr("IFLA_INFO_KIND") if info else None
+            table[link.get_attr("IFLA_IFNAME")] = (
+                int(link["index"]),
+                str(link.get_attr("IFLA_ADDRESS") or ""),
+                kind,
+            )
+        self._links[ns] = table
+        return table
+
+    def _link(self, ns: str, ifname: str) -> tuple[int, str, str | None]:
+        table = self._links.get(ns)
+        if table is None or ifname not in table:
+            table = self._remember_links(ns, self._ipr(ns).get_links())
+        found = table.get(ifname)
+        if found is None:
+            raise DriverError(f"no {ifname} in {ns}", errno=errno.ENODEV, netns=ns)
+        return found
 
     def _index(self, ns: str, ifname: str) -> int:
-        idx = self._ipr(ns).link_lookup(ifname=ifname)
-        if not idx:
-            raise DriverError(f"no {ifname} in {ns}", errno=errno.ENODEV, netns=ns)
-        return int(idx[0])
+        return self._link(ns, ifname)[0]
+
+    def _forget_links(self, *namespaces: str | None) -> None:
+        for ns in namespaces:
+            self._links.pop(ns, None)
 
     # -- observation -----------------------------------------------------------------------
 
@@ -147,7 +217,8 @@ class LinuxDriver:
         self.unobserved = {}
         nss = self.namespaces()
         veths: dict[str, list[tuple[str, int, int, int]]] = {}  # vpc ns -> (name, idx, peer, mtu)
-        eth0s: dict[tuple[int, int], tuple[str, str, int]] = {}  # (idx, peer) -> ns, mac, mtu
+        # (idx, peer idx) -> every instance eth0 with those: (ns, mac, mtu, link netnsid)
+        eth0s: dict[tuple[int, int], list[tuple[str, str, int, int | None]]] = {}
         for name, role in sorted(nss.items()):
             try:
                 inner = self._observe_ns(name, role, veths, eth0s)
@@ -163,31 +234,57 @@ class LinuxDriver:
             objs.extend(inner)
         for ns, ports in veths.items():
             for ifname, idx, peer, mtu in ports:
-                found = eth0s.get((peer, idx))
+                found = self._peer_end(ns, eth0s.get((peer, idx), []))
                 if found is None:
                     objs.append(Veth(ns, ifname, None, "", mtu))
                 else:
                     pns, mac, pmtu = found
                     objs.append(Veth(ns, ifname, pns, mac, mtu if pmtu == mtu else -1))
         # Listed by prefix, kept by exact name: "<p>i-…" of a longer prefix is not ours.
-        for ns, host in sandbox.list_uts(self.naming.prefix).items():
+        for ns, host in self.sandbox.list_uts(self.naming.prefix).items():
             if self._inst_re.match(ns):
                 objs.append(Uts(ns, host))
-        for ns, rec in sandbox.running(self.state_dir, self.naming.prefix).items():
-            if not self._inst_re.match(ns):
-                continue
-            # A process left in a namespace that was since replaced reads as a different
-            # command, so that the plan replaces it (stop the old, start in the new).
-            argv = rec.argv if sandbox.in_sandbox(ns, rec) else ("<stale netns>", *rec.argv)
-            objs.append(Process(ns, argv))
+        for ns, argv in self.sandbox.running(self.naming.prefix).items():
+            if self._inst_re.match(ns):
+                objs.append(Process(ns, argv))
         return as_state(objs)
+
+    def _peer_end(
+        self, vpc_ns: str, candidates: list[tuple[str, str, int, int | None]]
+    ) -> tuple[str, str, int] | None:
+        """The instance end of a port of `vpc_ns`, among the eth0s with matching indices.
+
+        Interface indices are per namespace: eth0 (index 2) of two instances can both
+        point to index 3, each in another VPC namespace. The eth0 whose peer namespace
+        (its IFLA_LINK_NETNSID) is `vpc_ns` is the one; a kernel that does not say keeps
+        the match by indices alone.
+        """
+        for pns, mac, mtu, netnsid in candidates:
+            if netnsid is None or self._nsid_of(pns, vpc_ns) in (netnsid, None):
+                return pns, mac, mtu
+        return None
+
+    def _nsid_of(self, ns: str, other: str) -> int | None:
+        """The id namespace `ns` knows `other` by (RTM_GETNSID); None if it cannot say."""
+        try:
+            fd = os.open(nsutil.netns_path(other), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            got = self._ipr(ns).get_netnsid(fd=fd)
+            nsid = got.get("nsid") if got else None
+            return None if nsid is None else int(nsid)
+        except (NetlinkError, OSError, DriverError):
+            return None
+        finally:
+            os.close(fd)
 
     def _observe_ns(
         self,
         ns: str,
         role: str,
         veths: dict[str, list[tuple[str, int, int, int]]],
-        eth0s: dict[tuple[int, int], tuple[str, str, int]],
+        eth0s: dict[tuple[int, int], list[tuple[str, str, int, int | None]]],
     ) -> list[Obj]:
         ipr = self._ipr(ns)
         objs: list[Obj] = []
@@ -195,6 +292,7 @@ class LinuxDriver:
         managed: set[str] = {"lo"}
         with _errors(f"observe {ns}", netns=ns):
             links = ipr.get_links()
+            self._remember_links(ns, links)
             for link in links:
                 idx = int(link["index"])
                 ifname = link.get_attr("IFLA_IFNAME")
@@ -224,7 +322,10 @@ class LinuxDriver:
                     managed.add(ifname)
                 elif role == "instance" and ifname == INSTANCE_IFNAME and kind == "veth":
                     peer = int(link.get_attr("IFLA_LINK") or 0)
-                    eth0s[(idx, peer)] = (ns, mac, mtu)
+                    netnsid = link.get_attr("IFLA_LINK_NETNSID")
+                    eth0s.setdefault((idx, peer), []).append(
+                        (ns, mac, mtu, None if netnsid is None else int(netnsid))
+                    )
                     managed.add(ifname)
                 if ifname in managed and int(link["flags"]) & IFF_UP:
                     objs.append(LinkUp(ns, ifname))
@@ -255,14 +356,14 @@ class LinuxDriver:
             paths = list(VPC_SYSCTLS)
             ports = [p[0] for p in veths.get(ns, [])]
             devsys = [s for p in ports for s in port_sysctls(ns, p)]
-            values = nsutil.read_sysctls(ns, paths + [s.path for s in devsys])
+            values = nsutil.read_sysctls(ns, paths + [s.path for s in devsys], self._runner(ns))
             objs.extend(Sysctl(ns, p, v) for p in paths if (v := values[p]) is not None)
             objs.extend(
                 Sysctl(ns, s.path, v, s.dev) for s in devsys if (v := values[s.path]) is not None
             )
             objs.extend(self._observe_filters(ns))
         else:
-            values = nsutil.read_sysctls(ns, list(INSTANCE_SYSCTLS))
+            values = nsutil.read_sysctls(ns, list(INSTANCE_SYSCTLS), self._runner(ns))
             objs.extend(Sysctl(ns, p, v) for p, v in values.items() if v is not None)
         return objs
 
@@ -287,7 +388,7 @@ class LinuxDriver:
 
     def _observe_filters(self, ns: str) -> list[Obj]:
         try:
-            listing = nft.run(ns, f"list table {nft.FAMILY} {nft.TABLE}")
+            listing = nft.run(ns, f"list table {nft.FAMILY} {nft.TABLE}", self._runner(ns))
         except DriverError as exc:
             if exc.errno == errno.ENOENT:
                 return []
@@ -298,16 +399,20 @@ class LinuxDriver:
 
     def apply(self, op: Op) -> None:
         o = op.obj
-        with _errors(str(op), netns=getattr(o, "netns", getattr(o, "name", None))):
-            if op.action == "delete":
-                assert op.old is not None
-                self._delete(op.old)
-            elif op.action == "replace":
-                assert op.old is not None and op.new is not None
-                self._replace(op.old, op.new)
-            else:
-                assert op.new is not None
-                self._create(op.new)
+        try:
+            with _errors(str(op), netns=getattr(o, "netns", getattr(o, "name", None))):
+                if op.action == "delete":
+                    assert op.old is not None
+                    self._delete(op.old)
+                elif op.action == "replace":
+                    assert op.old is not None and op.new is not None
+                    self._replace(op.old, op.new)
+                else:
+                    assert op.new is not None
+                    self._create(op.new)
+        finally:
+            if isinstance(o, Vxlan | Veth):
+                self._forget_links(o.netns, o.peer_netns if isinstance(o, Veth) else None)
 
     def _create(self, o: Obj) -> None:
         match o:
@@ -316,12 +421,12 @@ class LinuxDriver:
                 # by hand: the new one is another namespace.
                 self._drop_sock(o.name)
                 try:
-                    netns.create(o.name)
+                    nsutil.create_netns(o.name)
                 except OSError as exc:
                     if exc.errno != errno.EEXIST:
                         raise
             case Sysctl():
-                nsutil.write_sysctls(o.netns, {o.path: o.value})
+                nsutil.write_sysctls(o.netns, {o.path: o.value}, self._runner(o.netns))
             case Vxlan():
                 self._create_vxlan(o)
             case Veth():
@@ -358,17 +463,27 @@ class LinuxDriver:
                 # "replace" is add-or-update on the route's key (table, dst, metric): the
                 # ensure semantics in one call.
                 self._ipr(o.netns).route("replace", **self._route_args(o))
+                if o.kind in ("local", "remote") and o.dst.endswith("/32"):
+                    self._announce(o.netns, o.dst.split("/", 1)[0], o.dev)
             case Filter():
                 try:
-                    nft.run(o.netns, nft.chain_batch(o.ifname, o.mac, o.ips, exists=False))
+                    nft.run(
+                        o.netns,
+                        nft.chain_batch(o.ifname, o.mac, o.ips, exists=False),
+                        self._runner(o.netns),
+                    )
                 except DriverError as exc:
                     if "File exists" not in exc.message:
                         raise
-                    nft.run(o.netns, nft.chain_batch(o.ifname, o.mac, o.ips, exists=True))
+                    nft.run(
+                        o.netns,
+                        nft.chain_batch(o.ifname, o.mac, o.ips, exists=True),
+                        self._runner(o.netns),
+                    )
             case Uts():
-                sandbox.ensure_uts(o.netns, o.hostname)
+                self.sandbox.ensure_uts(o.netns, o.hostname)
             case Process():
-                sandbox.start(self.state_dir, o.netns, o.argv)
+                self.sandbox.start(o.netns, o.argv)
 
     def _replace(self, old: Obj, new: Obj) -> None:
         match new:
@@ -402,9 +517,13 @@ class LinuxDriver:
                     self._delete(old)
                     self._create(new)
             case Filter():
-                nft.run(new.netns, nft.chain_batch(new.ifname, new.mac, new.ips, exists=True))
+                nft.run(
+                    new.netns,
+                    nft.chain_batch(new.ifname, new.mac, new.ips, exists=True),
+                    self._runner(new.netns),
+                )
             case Process():
-                sandbox.stop(self.state_dir, new.netns)
+                self.sandbox.stop(new.netns)
                 self._create(new)
             case Netns():
                 assert isinstance(old, Netns)
@@ -460,11 +579,43 @@ class LinuxDriver:
             case KRoute():
                 _gone_ok(lambda: self._ipr(o.netns).route("del", **self._route_args(o)))
             case Filter():
-                _gone_ok(lambda: nft.run(o.netns, nft.delete_chain_cmd(o.ifname)))
+                _gone_ok(
+                    lambda: nft.run(o.netns, nft.delete_chain_cmd(o.ifname), self._runner(o.netns))
+                )
             case Uts():
-                sandbox.remove_uts(o.netns)
+                self.sandbox.remove_uts(o.netns)
             case Process():
-                sandbox.stop(self.state_dir, o.netns)
+                self.sandbox.stop(o.netns)
+
+    def _announce(self, ns: str, ip: str, route_dev: str | None) -> None:
+        """Tell the instances of `ns` that `ip` is now reachable (gratuitous ARP, best effort).
+
+        An instance that sent to `ip` before it existed holds an INCOMPLETE or FAILED
+        neighbour entry, and the kernel asks again only once a second (retrans_time): the
+        new instance would stay unreachable for up to a second after its route is in place.
+        A gratuitous ARP request from each port, sender `ip` with the port's own MAC (what
+        proxy ARP answers with), updates such an entry at once (arp_process updates an
+        existing entry from any ARP it receives) and creates none where there is none. A
+        frame that cannot be sent changes nothing: the kernel's own retry still comes.
+        """
+        try:
+            table = self._links.get(ns) or self._remember_links(ns, self._ipr(ns).get_links())
+            ports = [
+                (name, mac)
+                for name, (_idx, mac, kind) in table.items()
+                if kind == "veth" and name != route_dev and mac
+            ]
+            if not ports:
+                return
+            sock = self._packet.get(ns)
+            if sock is None:
+                sock = self._runner(ns)(lambda: socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0))
+                self._packet[ns] = sock
+            for name, mac in ports:
+                with contextlib.suppress(OSError):  # a port that is down: nobody to tell
+                    sock.sendto(garp_frame(mac, ip), (name, ETH_P_ARP))
+        except (OSError, NetlinkError, DriverError) as exc:
+            log.debug("announcing %s in %s failed: %s", ip, ns, exc)
 
     def _route_args(self, o: KRoute) -> dict[str, Any]:
         dst, plen = o.dst.split("/")

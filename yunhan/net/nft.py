@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+from collections.abc import Callable
 from typing import Any
 
 from yunhan.errors import DriverError
@@ -54,7 +55,11 @@ def _nft() -> ctypes.CDLL:
 _NFT_CTX_OUTPUT_JSON = 1 << 4
 
 
-def run(netns: str, cmd: dict[str, Any] | str) -> dict[str, Any]:
+def run(
+    netns: str,
+    cmd: dict[str, Any] | str,
+    run_in: Callable[[Callable[[], object]], object] | None = None,
+) -> dict[str, Any]:
     """Run one nft command (JSON document or text) inside `netns`; return the JSON output.
 
     Raises DriverError with the library's message; the errno is lost by libnftables, so
@@ -77,7 +82,10 @@ def run(netns: str, cmd: dict[str, Any] | str) -> dict[str, Any]:
             lib.nft_ctx_free(ctx)
 
     try:
-        rc, out, err = nsutil.run_in(body, net=netns)
+        if run_in is not None:
+            rc, out, err = run_in(body)  # type: ignore[misc]
+        else:
+            rc, out, err = nsutil.run_in(body, net=netns)
     except OSError as exc:
         raise DriverError(f"nft in {netns}: {exc.strerror}", errno=exc.errno, netns=netns) from exc
     if rc != 0:

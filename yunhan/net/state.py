@@ -447,3 +447,62 @@ def owner_keys(o: Obj) -> tuple[str, str | None]:
     if isinstance(o, Veth):
         return (o.netns, o.ifname)
     return (_ns_of(o), _dev_of(o))
+
+
+def after(have: Mapping[Key, Obj], done: Iterable[Op]) -> State | None:
+    """What a driver observes once `done` has succeeded on `have`, or None if unsure.
+
+    It saves the apply a second observation of the whole host after each pass (the
+    largest cost of applying a small change). Creates and replaces leave their new object,
+    deletes remove theirs and everything the kernel removes with it (the planner's
+    `_Doomed` rule). None, and the caller observes again, where the kernel may have
+    removed more than that: a link or namespace replaced (the driver may delete and
+    re-create it, taking addresses, routes and neighbours with it) or a link created
+    where something on a device of that name was observed (a leftover end the driver
+    deletes first). Drift that appears meanwhile is left to the next observation, as it
+    always was for drift that appears after one.
+    """
+    done = list(done)
+    touched: set[tuple[str, str]] = set()
+    for o in have.values():
+        dev = _dev_of(o) if not isinstance(o, Vxlan | Veth) else o.ifname
+        if dev is not None:
+            touched.add((_ns_of(o), dev))
+            if isinstance(o, Veth) and o.peer_netns:
+                touched.add((o.peer_netns, o.peer_ifname))
+    doomed = _Doomed()
+    for op in done:
+        o = op.obj
+        if op.action == "replace" and isinstance(o, Netns | Vxlan | Veth):
+            return None
+        if op.action == "delete" and isinstance(o, LinkUp):
+            return None  # a link set down loses its routes
+        if op.action == "create" and isinstance(o, Vxlan | Veth):
+            ends = [(o.netns, o.ifname)]
+            if isinstance(o, Veth) and o.peer_netns:
+                ends.append((o.peer_netns, o.peer_ifname))
+            if any(e in touched for e in ends):
+                return None
+        if op.action == "delete":
+            if isinstance(o, Netns):
+                doomed.netns.add(o.name)
+            elif isinstance(o, Vxlan | Veth):
+                doomed.links.add((o.netns, o.ifname))
+                if isinstance(o, Veth) and o.peer_netns:
+                    doomed.links.add((o.peer_netns, o.peer_ifname))
+    # A veth pair dies as a whole: a port whose instance end was in a removed namespace.
+    for o in have.values():
+        if isinstance(o, Veth) and o.peer_netns in doomed.netns:
+            doomed.links.add((o.netns, o.ifname))
+    out = {
+        k: o
+        for k, o in have.items()
+        if not doomed.covers(o) and not (isinstance(o, Veth | Vxlan) and o.key[1:] in doomed.links)
+    }
+    for op in done:
+        if op.action == "delete":
+            out.pop(op.obj.key, None)
+        else:
+            assert op.new is not None
+            out[op.new.key] = op.new
+    return out

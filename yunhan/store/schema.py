@@ -57,6 +57,7 @@ resources = Table(
     Column("status", Text, nullable=False),
     Column("revision", BigInteger, nullable=False),
     Column("created_at", String(32), nullable=False),
+    Column("labels", Text, nullable=False, server_default="{}"),  # v4: key -> value (JSON)
     UniqueConstraint("kind", "project", "name", name="uq_resources_kind_project_name"),
     Index("ix_resources_kind_project", "kind", "project"),
 )
@@ -68,6 +69,65 @@ tokens = Table(
     Column("hash", String(64), primary_key=True),
     Column("project", String(64), nullable=False),
     Column("created_at", String(32), nullable=False),
+    # v4: what a person (and `token list`) may see of a token, and its lifecycle.
+    Column("id", String(32), nullable=True),  # "tok-<8 hex>"; never the token itself
+    Column("kind", String(16), nullable=False, server_default="project"),  # project|host|bootstrap
+    Column("host", String(64), nullable=True),  # the only host a host/bootstrap token serves
+    Column("description", Text, nullable=True),
+    Column("expires_at", Float, nullable=True),  # unix time; None: no expiry
+    Column("revoked_at", Float, nullable=True),
+)
+
+# Answers to POSTs that carried an Idempotency-Key, kept 24 h: a retry with the same key
+# and body gets the first answer, with another body a 422 (issue 7).
+idempotency = Table(
+    "idempotency",
+    metadata,
+    Column("project", String(64), nullable=False),
+    Column("key", String(255), nullable=False),
+    Column("method", String(8), nullable=False),
+    Column("path", Text, nullable=False),
+    Column("body_sha256", String(64), nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("response", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    PrimaryKeyConstraint("project", "key"),
+)
+
+# The audit trail: every accepted write and every refused authorisation, each record
+# chained to the previous by hash so that a removed or altered record is detected.
+audit = Table(
+    "audit",
+    metadata,
+    Column("seq", BigInteger, primary_key=True),
+    Column("at", Float, nullable=False),
+    Column("project", String(64), nullable=True),
+    Column("token_id", String(32), nullable=True),
+    Column("request_id", String(64), nullable=False),
+    Column("method", String(8), nullable=False),
+    Column("path", Text, nullable=False),
+    Column("resource", String(64), nullable=True),
+    Column("result", String(32), nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+# What users must know about (a host that stopped heartbeating, an instance that failed,
+# an apply error, a scheduling refusal): deduplicated by (project, object, reason), with
+# first/last time and a count, kept for a bounded time. Not revisioned, not in the log.
+notices = Table(
+    "notices",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("project", String(64), nullable=False),
+    Column("object", String(64), nullable=False),
+    Column("reason", String(64), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("first_at", Float, nullable=False),
+    Column("last_at", Float, nullable=False),
+    Column("count", Integer, nullable=False),
+    UniqueConstraint("project", "object", "reason", name="uq_notices_project_object_reason"),
 )
 
 # What agents report every few seconds. Not revisioned: a heartbeat is not a change of the
@@ -171,7 +231,59 @@ def _v3(conn: Connection) -> None:
     conn.execute(insert(meta), [{"key": "log_horizon", "value": 0}])
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3]
+def _v4(conn: Connection) -> None:
+    # Labels on every resource; token metadata and lifecycle; idempotency keys; the audit
+    # trail; user-facing notices (issue 7).
+    conn.exec_driver_sql("ALTER TABLE resources ADD COLUMN labels TEXT NOT NULL DEFAULT '{}'")
+    for col, ddl in (
+        ("id", "VARCHAR(32)"),
+        ("kind", "VARCHAR(16) NOT NULL DEFAULT 'project'"),
+        ("host", "VARCHAR(64)"),
+        ("description", "TEXT"),
+        ("expires_at", "FLOAT"),
+        ("revoked_at", "FLOAT"),
+    ):
+        conn.exec_driver_sql(f"ALTER TABLE tokens ADD COLUMN {col} {ddl}")
+    # Tokens made before v4 get an id from their hash (which stays secret: 8 of 64 digits).
+    conn.exec_driver_sql("UPDATE tokens SET id = 'tok-' || substr(hash, 1, 8) WHERE id IS NULL")
+    m = MetaData()
+    Table("idempotency", m,
+          Column("project", String(64), nullable=False),
+          Column("key", String(255), nullable=False),
+          Column("method", String(8), nullable=False),
+          Column("path", Text, nullable=False),
+          Column("body_sha256", String(64), nullable=False),
+          Column("status", Integer, nullable=False),
+          Column("response", Text, nullable=False),
+          Column("created_at", Float, nullable=False),
+          PrimaryKeyConstraint("project", "key")).create(conn)  # fmt: skip
+    Table("audit", m,
+          Column("seq", BigInteger, primary_key=True),
+          Column("at", Float, nullable=False),
+          Column("project", String(64), nullable=True),
+          Column("token_id", String(32), nullable=True),
+          Column("request_id", String(64), nullable=False),
+          Column("method", String(8), nullable=False),
+          Column("path", Text, nullable=False),
+          Column("resource", String(64), nullable=True),
+          Column("result", String(32), nullable=False),
+          Column("status", Integer, nullable=False),
+          Column("prev_hash", String(64), nullable=False),
+          Column("hash", String(64), nullable=False)).create(conn)  # fmt: skip
+    Table("notices", m,
+          Column("id", String(32), primary_key=True),
+          Column("project", String(64), nullable=False),
+          Column("object", String(64), nullable=False),
+          Column("reason", String(64), nullable=False),
+          Column("message", Text, nullable=False),
+          Column("first_at", Float, nullable=False),
+          Column("last_at", Float, nullable=False),
+          Column("count", Integer, nullable=False),
+          UniqueConstraint("project", "object", "reason",
+                           name="uq_notices_project_object_reason")).create(conn)  # fmt: skip
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4]
 LATEST = len(MIGRATIONS)
 # PostgreSQL advisory lock keys are one 64-bit space per database: ours are "YH" + a tag.
 MIGRATE_LOCK_KEY = 0x5948_0000_0000_0001

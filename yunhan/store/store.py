@@ -36,7 +36,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, delete, event, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
 from yunhan.errors import Conflict, NotFound
@@ -47,6 +57,7 @@ T = TypeVar("T")
 Channel = Literal["revision", "any"]
 DB_NAME = "yunhan.db"
 LOG_KEEP = 200_000  # events kept in the database; a replica further behind reloads
+PRUNE_EVERY = 1000  # commits of one process between two prunes of the log
 NOTIFY_CHANNEL = "yunhan_events"
 
 log = logging.getLogger("yunhan.store")
@@ -60,6 +71,9 @@ INDEXES: dict[tuple[str, str], IndexFn] = {
     ("instance", "host"): lambda r: r.status.get("host"),
     ("instance", "mac"): lambda r: r.status.get("mac"),
     ("instance", "zone"): lambda r: r.spec.get("zone"),
+    ("instance", "addr"): lambda r: (
+        f"{r.spec.get('subnet')}|{r.status['ip']}" if r.status.get("ip") else None
+    ),
     ("instance", "unplaced"): lambda r: None if r.status.get("host") else "yes",
     ("subnet", "vpc"): lambda r: r.spec.get("vpc"),
     ("host", "underlay_ip"): lambda r: r.spec.get("underlay_ip"),
@@ -605,28 +619,41 @@ class Store:
 
     def _catch_up(self, conn: Connection) -> None:
         """Bring the model up to the database (inside the caller's transaction)."""
+        base = self.model.revision
         rev = self._meta(conn, "revision")
-        if rev <= self.model.revision:
+        if rev <= base:
             return
         horizon = self._meta(conn, "log_horizon")
-        if self.model.revision < horizon:
+        if base < horizon:
             raise _Behind()
         rows = conn.execute(
             select(s.events)
-            .where(s.events.c.revision > self.model.revision, s.events.c.revision <= rev)
+            .where(s.events.c.revision > base, s.events.c.revision <= rev)
             .order_by(s.events.c.revision, s.events.c.seq)
         )
-        self._advance([_event_from_row(r) for r in rows])
-        # Token writes are not in the log: re-read them when another process wrote.
+        events = [_event_from_row(r) for r in rows]
+        # Every revision has events. On PostgreSQL each statement reads its own snapshot
+        # (READ COMMITTED): a prune committed after the horizon was read may have taken
+        # the start of this range, and applying the rest would skip writes for good.
+        if not events or events[0].revision != base + 1:
+            raise _Behind()
+        self._advance(events)
+        self._read_tokens(conn)  # not in the log: another process may have added some
+
+    def _read_tokens(self, conn: Connection) -> None:
         tokens = {r.hash: r.project for r in conn.execute(select(s.tokens))}
         with self._mlock:
-            self.model.tokens = tokens
+            # Merged, not replaced: tokens are never deleted, and this read may predate a
+            # token that a batch of ours committed (and put in the model) meanwhile.
+            self.model.tokens.update(tokens)
 
     def refresh(self) -> None:
         """Follow writes of other processes now (the poll fallback, or after a NOTIFY)."""
         try:
             with self.engine.connect() as conn:
                 self._catch_up(conn)
+                # A token added alone (a new token for a project) moves no revision.
+                self._read_tokens(conn)
                 conn.rollback()
         except _Behind:
             self._reload()
@@ -682,15 +709,18 @@ class Store:
 
                     check_fence(batch.conn, fence)
                 tx = Tx(batch.view, batch.next_revision, self._now_iso())
-                with self._mlock:
-                    yield tx
-                    w = tx._w
-                    if w.ops:
-                        tx._ov.merge_into_base()
-                        batch.writes.append((tx.next_revision, w))
-                    elif w.tokens or w.liveness:
-                        tx._ov.merge_into_base()
-                        batch.side.append(w)
+                # No model lock around the body: readers (the event loop among them) must not
+                # wait for it. The model cannot move under the body: the batch holds the
+                # database's write lock and has caught up, so anything `_advance` applies
+                # meanwhile is already in it (and skipped).
+                yield tx
+                w = tx._w
+                if w.ops:
+                    tx._ov.merge_into_base()
+                    batch.writes.append((tx.next_revision, w))
+                elif w.tokens or w.liveness:
+                    tx._ov.merge_into_base()
+                    batch.side.append(w)
             except BaseException:
                 failed = True
                 raise
@@ -727,6 +757,7 @@ class Store:
                 conn.rollback()
                 return
             rows: list[dict[str, Any]] = []
+            final: dict[str, tuple[Op, Resource]] = {}  # the last write of each object
             for rev, w in batch.writes:
                 for seq, (op, obj) in enumerate(w.ops):
                     events.append(Event(rev, obj.kind, obj.id, op, obj))
@@ -740,21 +771,24 @@ class Store:
                             "obj": _obj_json(obj),
                         }
                     )
-                    self._write_row(conn, op, obj)
+                    final[obj.id] = (op, obj)
+            self._write_rows(conn, final)
             if rows:
                 conn.execute(insert(s.events), rows)
                 top = batch.writes[-1][0]
                 conn.execute(update(s.meta).where(s.meta.c.key == "revision").values(value=top))
                 self._commits += 1
-                if self._commits % 1000 == 0:
+                if self._commits % PRUNE_EVERY == 0:
                     self._prune(conn, top)
                 if self.dialect == "postgresql":
                     conn.exec_driver_sql(f"NOTIFY {NOTIFY_CHANNEL}, '{top}'")
+            leases: dict[str, Liveness] = {}
             for w in [*(w for _r, w in batch.writes), *batch.side]:
                 for h, p, at in w.tokens:
                     conn.execute(insert(s.tokens).values(hash=h, project=p, created_at=at))
-                for lv in w.liveness:
-                    self._write_liveness(conn, lv)
+                leases.update((lv.host, lv) for lv in w.liveness)
+            if leases:
+                self._write_leases(conn, list(leases.values()))
             conn.commit()
         except IntegrityError as exc:
             batch.error = Conflict(f"conflicting write: {exc.orig}")
@@ -777,33 +811,54 @@ class Store:
             if not events and batch.side:
                 self._notify(wrote=False)
 
-    @staticmethod
-    def _write_row(conn: Connection, op: Op, obj: Resource) -> None:
-        conn.execute(delete(s.resources).where(s.resources.c.id == obj.id))
-        if op == "put":
-            conn.execute(
-                insert(s.resources).values(
-                    id=obj.id,
-                    kind=obj.kind,
-                    project=obj.project,
-                    name=obj.name,
-                    spec=_dump(obj.spec),
-                    status=_dump(obj.status),
-                    revision=obj.revision,
-                    created_at=obj.created_at,
-                )
-            )
+    def _write_rows(self, conn: Connection, final: dict[str, tuple[Op, Resource]]) -> None:
+        """Bring `resources` to the batch's final state: one statement per kind of change.
+
+        Deleted objects go first, so that a name freed and taken again in one batch (a
+        delete, then a create of that name) never meets the unique constraint twice.
+        """
+        gone = [{"id": id} for id, (op, _o) in final.items() if op == "delete"]
+        put = [
+            {
+                "id": o.id,
+                "kind": o.kind,
+                "project": o.project,
+                "name": o.name,
+                "spec": _dump(o.spec),
+                "status": _dump(o.status),
+                "revision": o.revision,
+                "created_at": o.created_at,
+            }
+            for op, o in final.values()
+            if op == "put"
+        ]
+        if gone or put:
+            # Objects that change (not created) leave their old row first, for the same
+            # reason; then every put is a plain insert.
+            ids = [{"id": r["id"]} for r in put] + gone
+            conn.execute(delete(s.resources).where(s.resources.c.id == bindparam("gid")),
+                         [{"gid": r["id"]} for r in ids])  # fmt: skip
+        if put:
+            conn.execute(insert(s.resources), put)
 
     @staticmethod
-    def _write_liveness(conn: Connection, lv: Liveness) -> None:
-        conn.execute(delete(s.liveness).where(s.liveness.c.host == lv.host))
+    def _write_leases(conn: Connection, leases: list[Liveness]) -> None:
+        # A thousand agents' leases every few seconds: two statements, not two thousand.
         conn.execute(
-            insert(s.liveness).values(
-                host=lv.host,
-                applied_revision=lv.applied_revision,
-                heartbeat_at=lv.heartbeat_at,
-                error=lv.error,
-            )
+            delete(s.liveness).where(s.liveness.c.host == bindparam("h")),
+            [{"h": lv.host} for lv in leases],
+        )
+        conn.execute(
+            insert(s.liveness),
+            [
+                {
+                    "host": lv.host,
+                    "applied_revision": lv.applied_revision,
+                    "heartbeat_at": lv.heartbeat_at,
+                    "error": lv.error,
+                }
+                for lv in leases
+            ],
         )
 
     @staticmethod
@@ -822,8 +877,7 @@ class Store:
         return {r.host: Liveness(r.host, r.applied_revision, r.heartbeat_at, r.error) for r in rows}
 
     def revision(self) -> int:
-        with self._mlock:
-            return self.model.revision
+        return self.model.revision  # one attribute read: no lock needed
 
     # -- watch --------------------------------------------------------------------------
     #

@@ -94,11 +94,7 @@ def snapshot(pid: int, ranges: list[tuple[int, int]]) -> dict[str, object]:
         "code": code,
         "maps": maps,
         "tracers": [procfs.tracer_of(pid, t) for t in tids],
-        "stopped": [
-            t
-            for t in tids
-            if Path(f"/proc/{pid}/task/{t}/stat").read_text().rsplit(") ", 1)[1][0] in "tT"
-        ],
+        "stopped": [t for t in tids if procfs.task_state(pid, t) in "tT"],
     }
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,8 +11,10 @@ from pathlib import Path
 import pytest
 from hotpatch_support import Built, Proc
 
+from tests.polling import wait_for
 from yunhan import hotpatch
 from yunhan.hotpatch import procfs
+from yunhan.polling import poll_until
 
 pytestmark = pytest.mark.root
 
@@ -67,11 +68,8 @@ class Load:
                 self.answers.append((n, done, answer))
 
     def wait_answers(self, count: int, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
         start = len(self.answers)
-        while len(self.answers) < start + count:
-            assert time.monotonic() < deadline, "clients got no answers"
-            time.sleep(0.005)
+        wait_for(lambda: len(self.answers) >= start + count, timeout, "answers to the clients")
 
     def answered(self, issued_after: int = 0, done_before: float = float("inf")) -> set[str]:
         with self.lock:
@@ -79,13 +77,16 @@ class Load:
 
 
 def wait_workers(port: int, want: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
+    values: set[int] = set()
+
+    def settled() -> bool:
+        nonlocal values
         values = {int(v) for v in request(port, "w").split()}
-        if values == {want}:
-            return
-        assert time.monotonic() < deadline, f"workers still report {values}"
-        time.sleep(0.005)
+        return values == {want}
+
+    assert poll_until(settled, timeout, interval=0.005, max_interval=0.005), (
+        f"workers still report {values}"
+    )
 
 
 def test_service_under_load_patch_and_rollback_without_failures(
@@ -149,13 +150,16 @@ def test_threads_created_during_the_stop_are_caught(
 
 def wait_churn(port: int, after: int, want: int, timeout: float = 10.0) -> None:
     """Poll until a thread created after `after` threads has reported `want`."""
-    deadline = time.monotonic() + timeout
-    while True:
+    value = None
+
+    def reported() -> bool:
+        nonlocal value
         n, value = (int(x) for x in request(port, "c").split())
-        if n > after + 1 and value == want:
-            return
-        assert time.monotonic() < deadline, f"new threads still compute {value}"
-        time.sleep(0.002)
+        return n > after + 1 and value == want
+
+    assert poll_until(reported, timeout, interval=0.002, max_interval=0.002), (
+        f"new threads still compute {value}"
+    )
 
 
 def test_single_threaded_server_blocked_in_accept(

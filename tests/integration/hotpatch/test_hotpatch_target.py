@@ -8,13 +8,13 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from hotpatch_support import CFLAGS, CSRC, Built, Proc, cc, function_range, load_base, snapshot
 
+from tests.polling import wait_for
 from yunhan import hotpatch
 from yunhan.errors import Conflict, HotpatchError, NotFound, ValidationError
 from yunhan.hotpatch import inject, journal, loader, procfs
@@ -516,10 +516,7 @@ def test_preflight_refuses_missing_zombie_and_traced_processes(
 
     zombie = subprocess.Popen(["true"])  # exits at once; not reaped until we wait
     try:
-        deadline = time.monotonic() + 10
-        while procfs.proc_state(zombie.pid).state != "Z":
-            assert time.monotonic() < deadline
-            time.sleep(0.002)
+        wait_for(lambda: procfs.proc_state(zombie.pid).state == "Z", 10, "a zombie")
         with pytest.raises(HotpatchError, match="zombie"):
             hotpatch.apply(zombie.pid, yhp, journal_dir=journal_dir)
     finally:
@@ -570,10 +567,12 @@ def test_a_second_invocation_waits_for_the_first(
     second = threading.Thread(target=run)
     second.start()
     assert second.native_id is not None
-    deadline = time.monotonic() + 10
-    while second.is_alive() and procfs.blocked_syscall(os.getpid(), second.native_id) != 73:
-        assert time.monotonic() < deadline, "the second invocation neither waited nor ended"
-        time.sleep(0.002)  # 73: flock
+    native_id = second.native_id
+    wait_for(
+        lambda: not second.is_alive() or procfs.blocked_syscall(os.getpid(), native_id) == 73,
+        10,
+        "the second invocation to wait in flock (73) or end",
+    )
     holder.kill()
     second.join(timeout=30)
     assert not second.is_alive()
@@ -600,10 +599,7 @@ def test_tool_killed_during_the_switch(
         "--attempts", "100000", "--journal-dir", str(journal_dir),
     )  # fmt: skip
     start = procfs.proc_state(target.pid).start_time
-    deadline = time.monotonic() + 20
-    while not journal.load(journal_dir, target.pid, start).stack:
-        assert time.monotonic() < deadline, "the tool never reached the switch"
-        time.sleep(0.005)
+    wait_for(lambda: journal.load(journal_dir, target.pid, start).stack, 20, "the switch")
     tool.kill()
     (record,) = journal.load(journal_dir, target.pid, start).stack
     assert record.state == "switching"

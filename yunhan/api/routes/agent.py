@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Request, Response
 
-from yunhan.api.app import MAX_REVISION, AdminDep, state_of
+from yunhan.api.deps import MAX_REVISION, AdminDep, state_of
 from yunhan.api.views import host_view, resolve
 from yunhan.controller.status import reflect
 from yunhan.errors import Conflict, NotFound

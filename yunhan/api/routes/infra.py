@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from yunhan.api.app import AdminDep, CallerDep, state_of
+from yunhan.api.deps import AdminDep, CallerDep, state_of
 from yunhan.api.views import host_view, resolve
 from yunhan.model import new_id, validate_name, validate_underlay_cidr
 from yunhan.model.schemas import ZoneCreate

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from yunhan.api.app import CallerDep, state_of
+from yunhan.api.deps import CallerDep, state_of
 
 router = APIRouter(tags=["metrics"])
 

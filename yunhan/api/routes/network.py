@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from yunhan.api.app import CallerDep, state_of
+from yunhan.api.deps import CallerDep, state_of
 from yunhan.api.views import resolve
 from yunhan.controller.ipam import available
 from yunhan.errors import Conflict

@@ -6,8 +6,8 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from yunhan.api.app import AdminDep, CallerDep, state_of
 from yunhan.api.auth import new_token, token_hash
+from yunhan.api.deps import AdminDep, CallerDep, state_of
 from yunhan.api.views import project_view, resolve
 from yunhan.errors import ValidationError
 from yunhan.model import new_id, validate_name

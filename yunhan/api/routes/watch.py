@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Request
 
-from yunhan.api.app import MAX_REVISION, CallerDep, state_of
+from yunhan.api.deps import MAX_REVISION, CallerDep, state_of
 
 router = APIRouter(prefix="/v1", tags=["watch"])
 

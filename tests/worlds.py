@@ -1,4 +1,4 @@
-"""Hand-written worlds for tests and simulations: a few hosts, VPCs and instances -> documents.
+"""Hand-written worlds for tests: a few hosts, VPCs and instances -> documents.
 
 Data-plane tests state their world in a few lines (hosts, VPCs with their subnets, instances
 placed on hosts) and get one `HostDesired` per host from the controller's own compiler, so

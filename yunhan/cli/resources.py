@@ -1,0 +1,435 @@
+"""`yunhan vpc|subnet|instance|zone|host|project|revision`: resources over the HTTP API.
+
+Every resource argument takes a name or an id. Every `list` and `show` prints a table for
+people, or `-o wide|json|yaml` (`--json` is `-o json`; see yunhan.cli.views). `--wait` makes
+a write return only once every host it affects has applied it (`GET /v1/converged`), with
+a progress line on a terminal.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import time
+from typing import Any
+
+from yunhan.cli import views
+from yunhan.cli.client import Client
+from yunhan.cli.command import Arg, Cmd, Ctx, Group, Opt, echo, warn
+from yunhan.errors import TimedOut, ValidationError, YunhanError
+
+DEFAULT_WAIT = 120.0
+SETTLED = ("running", "failed")
+
+OUTPUT = Opt(("-o", "--output"), "output", "output format", choices=views.FORMATS)
+JSON = Opt(("--json",), "as_json", "print JSON for scripts (same as -o json)", kind=bool)
+WAIT = Opt(("--wait",), "wait", "return once every affected host has applied the change", bool)
+TIMEOUT = Opt(("--timeout",), "timeout", "seconds --wait waits at most", float, DEFAULT_WAIT)
+SHOWN = (OUTPUT, JSON)
+WRITE = (WAIT, TIMEOUT, OUTPUT, JSON)
+COLLECTION = {"vpc": "vpcs", "subnet": "subnets", "instance": "instances", "zone": "zones",
+              "host": "hosts", "project": "projects"}  # fmt: skip
+
+
+def ref(kind: str) -> Arg:
+    return Arg("ref", "its name or id", metavar="NAME|ID", complete=kind)
+
+
+def fmt(ctx: Ctx) -> str:
+    return views.output_format(ctx["output"], ctx["as_json"])
+
+
+def wait_applied(c: Client, revision: int | None, timeout: float) -> None:
+    """Block until write `revision` (the current one if None) is applied everywhere it
+    matters, showing which hosts are still to apply it; warn about hosts that report
+    errors without failing a write that may not be their cause."""
+    from yunhan.cli.progress import Progress, hosts_phrase
+
+    if revision is None:
+        revision = int(c.get("/v1/revision")["revision"])
+    with Progress(hosts_phrase([], revision)) as p:
+        failed = c.wait_converged(
+            int(revision),
+            timeout,
+            on_pending=lambda hosts: p.say(hosts_phrase(hosts, int(revision))),
+            poll=2.0 if p.enabled else 20.0,  # refresh the pending hosts on a terminal
+        )
+    if failed:
+        warn(
+            f"warning: revision {revision} is applied, but host(s) {', '.join(failed)} "
+            "report errors (`yunhan host list`)"
+        )
+
+
+def show(kind: str, c: Client | None, res: dict[str, Any], fmt_: str) -> None:
+    views.print_one(kind, views.ROWS[kind](res, views.Names(c)), fmt_)
+
+
+def _after_write(ctx: Ctx, kind: str, c: Client, res: dict[str, Any]) -> None:
+    if ctx["wait"]:
+        wait_applied(c, res.get("revision"), ctx["timeout"])
+    show(kind, c, res, fmt(ctx))
+
+
+def _list(kind: str, ctx: Ctx, **params: Any) -> None:
+    c = ctx.client()
+    items = c.items(f"/v1/{COLLECTION[kind]}", **params)
+    names = views.Names(c)
+    views.print_list(kind, [views.ROWS[kind](i, names) for i in items], fmt(ctx))
+
+
+def _show(kind: str) -> Cmd:
+    def run(ctx: Ctx) -> None:
+        c = ctx.client()
+        show(kind, c, c.get(f"/v1/{COLLECTION[kind]}/{ctx['ref']}"), fmt(ctx))
+
+    label = "VPC" if kind == "vpc" else kind
+    return Cmd("show", f"Show one {label}.", run, (ref(kind), *SHOWN))
+
+
+def _delete(kind: str, help_: str) -> Cmd:
+    def run(ctx: Ctx) -> None:
+        c = ctx.client()
+        res = c.delete(f"/v1/{COLLECTION[kind]}/{ctx['ref']}")
+        if ctx["wait"]:
+            # A delete answers with the resource carrying the delete's own revision.
+            wait_applied(c, (res or {}).get("revision"), ctx["timeout"])
+        if res is None:
+            return
+        f = fmt(ctx)
+        if f in ("json", "yaml"):
+            show(kind, c, res, f)
+        else:
+            echo(f"deleted {kind} {res.get('name')} ({res.get('id')})")
+
+    return Cmd("delete", help_, run, (ref(kind), *WRITE))
+
+
+# -- vpc --------------------------------------------------------------------------------------
+
+
+def vpc_create(ctx: Ctx) -> None:
+    c = ctx.client()
+    res = c.post("/v1/vpcs", {"name": ctx["name"], "cidrs": ctx["cidr"]})
+    _after_write(ctx, "vpc", c, res)
+
+
+def vpc_add_cidr(ctx: Ctx) -> None:
+    c = ctx.client()
+    res = c.post(f"/v1/vpcs/{ctx['ref']}/cidrs", {"cidr": ctx["cidr"]})
+    _after_write(ctx, "vpc", c, res)
+
+
+def vpc_remove_cidr(ctx: Ctx) -> None:
+    c = ctx.client()
+    res = c.delete(f"/v1/vpcs/{ctx['ref']}/cidrs", cidr=ctx["cidr"])
+    _after_write(ctx, "vpc", c, res)
+
+
+VPC = Group(
+    "vpc",
+    "VPCs: private networks with one or more CIDR blocks",
+    (
+        Cmd(
+            "create",
+            "Create a VPC, e.g. `yunhan vpc create prod --cidr 10.0.0.0/16`.",
+            vpc_create,
+            (
+                Arg("name", "its name"),
+                Opt(("--cidr",), "cidr", "a CIDR block (repeatable)", required=True, many=True),
+                *WRITE,
+            ),
+        ),
+        Cmd("list", "List the project's VPCs.", lambda ctx: _list("vpc", ctx), SHOWN),
+        _show("vpc"),
+        Cmd(
+            "add-cidr",
+            "Add a CIDR block to a VPC.",
+            vpc_add_cidr,
+            (ref("vpc"), Arg("cidr", "the block"), *WRITE),
+        ),
+        Cmd(
+            "remove-cidr",
+            "Remove a CIDR block from a VPC (refused while a subnet lies in it).",
+            vpc_remove_cidr,
+            (ref("vpc"), Arg("cidr", "the block"), *WRITE),
+        ),
+        _delete("vpc", "Delete a VPC (refused while it has subnets)."),
+    ),
+)
+
+# -- subnet -----------------------------------------------------------------------------------
+
+
+def subnet_create(ctx: Ctx) -> None:
+    c = ctx.client()
+    res = c.post("/v1/subnets", {"name": ctx["name"], "vpc": ctx["vpc"], "cidr": ctx["cidr"]})
+    _after_write(ctx, "subnet", c, res)
+
+
+SUBNET = Group(
+    "subnet",
+    "Subnets: CIDRs inside a VPC, spanning all zones",
+    (
+        Cmd(
+            "create",
+            "Create a subnet, e.g. `yunhan subnet create web --vpc prod --cidr 10.0.1.0/24`.",
+            subnet_create,
+            (
+                Arg("name", "its name"),
+                Opt(("--vpc",), "vpc", "the VPC (name or id)", required=True, complete="vpc"),
+                Opt(("--cidr",), "cidr", "inside one of the VPC's blocks", required=True),
+                *WRITE,
+            ),
+        ),
+        Cmd(
+            "list",
+            "List the project's subnets.",
+            lambda ctx: _list("subnet", ctx, vpc=ctx["vpc"]),
+            (Opt(("--vpc",), "vpc", "only this VPC's", complete="vpc"), *SHOWN),
+        ),
+        _show("subnet"),
+        _delete("subnet", "Delete a subnet (refused while it has instances)."),
+    ),
+)
+
+# -- instance ---------------------------------------------------------------------------------
+
+
+def command_argv(command: str) -> list[str]:
+    """--command split into words as a shell would; a one-line error when it cannot be."""
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:  # unbalanced quotes, a trailing backslash
+        raise ValidationError(
+            f"--command {command!r} cannot be split into words: {exc}; quote it as a shell would"
+        ) from exc
+    if not argv:
+        raise ValidationError("--command is empty")
+    return argv
+
+
+def instance_create(ctx: Ctx) -> None:
+    body: dict[str, Any] = {"name": ctx["name"], "subnet": ctx["subnet"], "zone": ctx["zone"]}
+    if ctx["ip"] is not None:
+        body["ip"] = ctx["ip"]
+    if ctx["command"] is not None:
+        body["command"] = command_argv(ctx["command"])
+    c = ctx.client()
+    res = c.post("/v1/instances", body)
+    if ctx["wait"]:
+        deadline = time.monotonic() + ctx["timeout"]
+        wait_applied(c, res.get("revision"), ctx["timeout"])
+        res = _wait_settled(c, res, deadline)
+    show("instance", c, res, fmt(ctx))
+
+
+def _wait_settled(c: Client, res: dict[str, Any], deadline: float) -> dict[str, Any]:
+    # Converged means the network is in place; the phase is what the agent reported on the
+    # instance's process, which arrives with the agent's status right after.
+    from yunhan.cli.progress import Progress
+
+    with Progress(f"waiting for instance {res['name']} to run") as p:
+        while True:
+            res = c.get(f"/v1/instances/{res['id']}")
+            st = res.get("status") or {}
+            phase = st.get("phase")
+            if phase == "failed":
+                raise YunhanError(f"instance {res['name']} failed: {st.get('message') or '-'}")
+            if phase in SETTLED:
+                return res
+            if time.monotonic() > deadline:
+                raise TimedOut(
+                    f"instance {res['name']} is still {phase} (host {st.get('host') or 'none'})"
+                )
+            p.say(f"waiting for instance {res['name']} on host {st.get('host')}: {phase}")
+            time.sleep(0.2)  # poll interval; the API has no long poll on an instance's phase
+
+
+def exec_argv(res: dict[str, Any], command: list[str]) -> list[str]:
+    """The nsenter command line that runs `command` inside the instance, on this machine.
+
+    `status.netns` is a named network namespace (or a path), `status.uts` a path to the
+    instance's UTS namespace (its hostname).
+    Raises a YunhanError a person can act on when the instance does not run here.
+    """
+    st = res.get("status") or {}
+    name = res.get("name")
+    if not command:
+        raise ValidationError("no command given: `yunhan instance exec NAME -- CMD …`")
+    if st.get("phase") != "running":
+        raise ValidationError(
+            f"instance {name} is {st.get('phase') or 'unknown'}, not running"
+            + (f": {st['message']}" if st.get("message") else "")
+        )
+    netns = st.get("netns")
+    if not netns:
+        raise ValidationError(f"instance {name} has no network namespace reported yet")
+    from yunhan.nsexec import netns_path, nsenter_argv
+
+    path = netns_path(netns)  # agents report a named netns (ip netns) or a path
+    if not path.exists():
+        raise ValidationError(
+            f"instance {name} runs on host {st.get('host')}, not on this machine "
+            f"({path} is missing)"
+        )
+    uts = st.get("uts")
+    return nsenter_argv(command, net=path, uts=uts if uts and os.path.exists(uts) else None)
+
+
+def instance_exec(ctx: Ctx) -> None:
+    argv_in = list(ctx["command"] or [])
+    if argv_in[:1] == ["--"]:
+        argv_in = argv_in[1:]
+    res = ctx.client().get(f"/v1/instances/{ctx['ref']}")
+    argv = exec_argv(res, argv_in)
+    ctx.close()
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as exc:
+        raise YunhanError(f"cannot run nsenter: {exc} (run as root)") from exc
+
+
+INSTANCE = Group(
+    "instance",
+    "Instances: sandboxes with a VPC address",
+    (
+        Cmd(
+            "create",
+            "Create an instance; with --wait, return once it runs and its network is in place.",
+            instance_create,
+            (
+                Arg("name", "its name"),
+                Opt(
+                    ("--subnet",),
+                    "subnet",
+                    "the subnet (name or id)",
+                    required=True,
+                    complete="subnet",
+                ),
+                Opt(
+                    ("--zone",),
+                    "zone",
+                    "the zone to run in (az1, …)",
+                    required=True,
+                    complete="zone",
+                ),
+                Opt(("--ip",), "ip", "a fixed address in the subnet"),
+                Opt(
+                    ("--command",),
+                    "command",
+                    "a long-lived command, split into words like a shell would but run "
+                    'without one, e.g. "sleep infinity"; use "sh -c \'…\'" for pipes',
+                ),
+                *WRITE,
+            ),
+        ),
+        Cmd("list", "List the project's instances.", lambda ctx: _list("instance", ctx), SHOWN),
+        _show("instance"),
+        _delete("instance", "Delete an instance (its process is stopped and its address freed)."),
+        Cmd(
+            "exec",
+            "Run a command inside an instance on this machine: "
+            "`yunhan instance exec web -- ping …`.\n\n"
+            "stdin, stdout, stderr and the exit code are the command's own.",
+            instance_exec,
+            (ref("instance"), Arg("command", "the command, after --", "-- CMD", rest=True)),
+        ),
+    ),
+)
+
+# -- zones, hosts, projects -------------------------------------------------------------------
+
+
+def host_list(ctx: Ctx) -> None:
+    c = ctx.client()
+    names = views.Names(c)
+    rows = [views.host_row(h, names) for h in c.items("/v1/hosts")]
+    netns = _lab_host_netns(c.endpoint)
+    for row in rows:
+        row["netns"] = netns.get(row["name"])
+    views.print_list("host", rows, fmt(ctx))
+
+
+def _lab_host_netns(endpoint: str) -> dict[str, str]:
+    """host name -> its namespace, when the endpoint is the lab region of this machine."""
+    from yunhan.lab.region import RegionRecord, default_state_dir
+
+    try:
+        record = RegionRecord.load(default_state_dir())
+        if record is None or record.endpoint.rstrip("/") != endpoint:
+            return {}
+        return {h.name: h.netns for h in record.region_spec.hosts}
+    except (YunhanError, OSError, KeyError, TypeError):
+        return {}
+
+
+def revision(ctx: Ctx) -> None:
+    ans = ctx.client().get("/v1/revision")
+    f = fmt(ctx)
+    if f == "json" or f == "yaml":
+        views.print_one("revision", ans, f)
+    else:
+        echo(str(ans["revision"]))
+
+
+def project_create(ctx: Ctx) -> None:
+    ans = ctx.client().post("/v1/projects", {"name": ctx["name"]})
+    row = {**views.project_row(ans["project"], views.Names(None)), "token": ans["token"]}
+    f = fmt(ctx)
+    if f in ("json", "yaml"):
+        views.print_one("project", row, f)
+    else:
+        echo(f"created project {row['name']} ({row['id']}); its token:")
+        echo(row["token"])
+
+
+def project_token(ctx: Ctx) -> None:
+    echo(ctx.client().post(f"/v1/projects/{ctx['ref']}/tokens")["token"])
+
+
+ZONE = Group(
+    "zone",
+    "Availability zones",
+    (
+        Cmd("list", "List the zones.", lambda ctx: _list("zone", ctx), SHOWN),
+        _show("zone"),
+    ),
+)
+HOST = Group(
+    "host",
+    "Hosts and their agents",
+    (
+        Cmd(
+            "list",
+            "List hosts: zone, underlay address, agent health, desired vs applied revision.",
+            host_list,
+            SHOWN,
+        ),
+        _show("host"),
+    ),
+)
+PROJECT = Group(
+    "project",
+    "Projects (tenants) and their tokens",
+    (
+        Cmd(
+            "create",
+            "Create a project and print its token (admin only); hand the token to its users.",
+            project_create,
+            (Arg("name", "its name"), *SHOWN),
+        ),
+        Cmd(
+            "token",
+            "Issue another token for a project (admin only); the old ones stay valid.",
+            project_token,
+            (ref("project"),),
+        ),
+        Cmd("list", "List projects (admin only).", lambda ctx: _list("project", ctx), SHOWN),
+    ),
+)
+REVISION = Cmd(
+    "revision", "Show the store's current revision (every write moves it).", revision, SHOWN
+)
+
+COMMANDS: tuple[Cmd | Group, ...] = (VPC, SUBNET, INSTANCE, ZONE, HOST, PROJECT, REVISION)

@@ -18,7 +18,7 @@ What it does, in order (issue 6):
    `--vpcs-per-host` VPCs. Prints creates/s while it runs, then how long until every agent
    held exactly the entry keys that the final placement implies (and the server's view).
 4. Times 100 changes of each kind, one at a time (instance create, instance delete; route
-   and VIP changes are a marked hook, `CHANGES`). For one change: t0 just before the API
+   and VIP changes are a marked hook in `Bench.change_kinds`). For one change: t0 before the API
    write, W = the revision in its response. Affected agents = those that received a
    document of revision >= W after t0 (changes are sequential, so this is unambiguous);
    the change converged when the last of them acknowledged a revision >= W. That is the
@@ -43,6 +43,7 @@ import asyncio
 import bisect
 import contextlib
 import ctypes
+import hashlib
 import json
 import math
 import os
@@ -55,12 +56,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
-
-from yunhan.net import docentries
 
 LOOPBACK = "127.0.0.1"
 LONG_POLL = 20.0  # the real agent's LONG_POLL_TIMEOUT
@@ -452,6 +452,32 @@ def apply_delta(entries: dict[str, Any], removed: list[str], put: dict[str, Any]
     entries.update(put)
 
 
+class EntryDigest:
+    """`docentries.digest` of a mapping that changes a few entries at a time.
+
+    The digest is sha256 of the canonical JSON of the sorted items, i.e. of `[` + the items'
+    own canonical JSON joined by `,` + `]`; each item's text is kept while its value is the
+    same object, so a poll after a delta re-encodes only what the delta brought. A real agent
+    pays the whole encoding on its own host; here N agents would pay it on the server's
+    machine and slow the server they measure.
+    """
+
+    def __init__(self) -> None:
+        self._items: dict[str, tuple[object, str]] = {}
+
+    def __call__(self, entries: dict[str, Any]) -> str:
+        items = self._items
+        for k in [k for k in items if k not in entries]:
+            del items[k]
+        for k, v in entries.items():
+            cached = items.get(k)
+            if cached is None or cached[0] is not v:
+                text = json.dumps([k, v], sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+                items[k] = (v, text)
+        canon = "[" + ",".join(items[k][1] for k in sorted(items)) + "]"
+        return hashlib.sha256(canon.encode()).hexdigest()
+
+
 class SimAgent:
     """One host's agent, minus the data plane: it keeps the entries and acknowledges them.
 
@@ -479,7 +505,7 @@ class SimAgent:
         self._c = counters
         self._on_ack = on_ack
         self._phase = heartbeat_phase
-        self._send_digest = send_digest
+        self._digest = EntryDigest() if send_digest else None
         self.digest: str | None = None  # of the entries held, sent with every poll
         self._lock = asyncio.Lock()
         self.base = f"/v1/agent/hosts/{name}"
@@ -593,9 +619,9 @@ class SimAgent:
                 self._c.anomaly("delta without base", f"{self.name} at revision {rev}")
             apply_delta(self.entries, list(doc.get("removed", [])), doc.get("entries", {}))
         self.revision = rev
-        if self._send_digest:
+        if self._digest is not None:
             # As the real agent: once per document applied, sent with every poll after.
-            self.digest = docentries.digest(self.entries)
+            self.digest = self._digest(self.entries)
         self.received.append(Received(rev, t, nbytes, snapshot))
 
     def first_ack_at_least(self, revision: int, since: float) -> float | None:
@@ -661,18 +687,31 @@ def underlay_ip(i: int, zones: int) -> str:
     return f"100.{64 + zone_of(i, zones)}.{idx >> 8}.{idx & 255}"
 
 
-def fill_plan(hosts: int, vpcs: int, vpcs_per_host: int) -> list[list[tuple[int, int]]]:
-    """Rounds of (host position k, vpc) for the fill: round r creates one instance per host.
+Chunk = list[tuple[int, int]]  # (host index, vpc) of up to 10 creates in one zone
 
-    The scheduler puts the k-th create of a round (in zone k % zones) on host k, the least
-    loaded of its zone with ties broken by name. Host k draws its VPCs from block k // 10
-    shifted by one of `vpcs_per_host` offsets, so it carries about that many VPCs, and each
-    VPC has 10 members per round (100 in all) on about 10 * vpcs_per_host hosts.
+
+def fill_plan(hosts: int, zones: int, vpcs: int, vpcs_per_host: int) -> list[list[Chunk]]:
+    """Rounds of chunks: round r creates one instance per host; a chunk is 10 hosts of one
+    zone, consecutive in name order, whose instances all join one VPC.
+
+    The scheduler gives each create the least loaded host of its zone (ties by name), so
+    when a zone's chunks are created one after the other (`Bench.fill` waits for a chunk's
+    creates before the zone's next chunk), chunk c lands on exactly its 10 hosts whatever
+    order its own creates commit in. Chunk g of round r gets VPC (g + offset) % vpcs, with
+    `vpcs_per_host` distinct offsets: each host carries that many VPCs and each VPC has
+    about 10 members per round on about 10 * vpcs_per_host hosts.
     """
     s = max(1, min(vpcs_per_host, vpcs))
     offsets = [(j * vpcs) // s for j in range(s)]
+    by_zone = [list(range(z, hosts, zones)) for z in range(zones)]
+    chunks = [
+        by_zone[z][c : c + HOSTS_PER_VPC]
+        for c in range(0, max(len(h) for h in by_zone), HOSTS_PER_VPC)
+        for z in range(zones)
+        if by_zone[z][c : c + HOSTS_PER_VPC]
+    ]
     return [
-        [(k, (k // HOSTS_PER_VPC + offsets[r % s]) % vpcs) for k in range(hosts)]
+        [[(k, (g + offsets[r % s]) % vpcs) for k in chunk] for g, chunk in enumerate(chunks)]
         for r in range(INSTANCES_PER_HOST)
     ]
 
@@ -827,8 +866,8 @@ class Bench:
             )
             self.vpc_ids.append(vpc["id"])
             self.subnet_ids.append(sub["id"])
-        plan = fill_plan(a.hosts, vpcs, a.vpcs_per_host)
-        total = sum(len(r) for r in plan)
+        plan = fill_plan(a.hosts, a.zones, vpcs, a.vpcs_per_host)
+        total = sum(len(chunk) for round_ in plan for chunk in round_)
         done = 0
         last_revision = 0
         cpu0, pg0 = self.server_cpu(), self.pg_cpu()
@@ -845,33 +884,32 @@ class Bench:
                 )
                 prev, t_prev = done, now
 
-        async def worker(queue: asyncio.Queue[tuple[int, int, int]]) -> None:
+        async def create(r: int, k: int, v: int) -> None:
             nonlocal done, last_revision
-            while True:
-                try:
-                    r, k, v = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    return
-                body = {
-                    "name": f"i{r}-{k:04d}",
-                    "subnet": self.subnet_ids[v],
-                    "zone": f"az{zone_of(k, a.zones)}",
-                }
-                res = await self.api.call("POST", "/v1/instances", body)
-                last_revision = max(last_revision, int(res["revision"]))
-                done += 1
+            body = {
+                "name": f"i{r}-{k:04d}",
+                "subnet": self.subnet_ids[v],
+                "zone": f"az{zone_of(k, a.zones)}",
+            }
+            res = await self.api.call("POST", "/v1/instances", body)  # waits for 1 of 16
+            last_revision = max(last_revision, int(res["revision"]))
+            done += 1
+
+        async def zone_chain(r: int, chunks: list[Chunk]) -> None:
+            for chunk in chunks:  # one after the other: see fill_plan
+                async with asyncio.TaskGroup() as tg:
+                    for k, v in chunk:
+                        tg.create_task(create(r, k, v))
 
         async with asyncio.TaskGroup() as tg:
             tick = tg.create_task(ticker())
             for r, round_ in enumerate(plan):
-                # One round at a time: the next round's first creates would otherwise find
-                # this round's last hosts least loaded, and the VPC layout would drift.
-                queue: asyncio.Queue[tuple[int, int, int]] = asyncio.Queue()
-                for k, v in round_:
-                    queue.put_nowait((r, k, v))
-                async with asyncio.TaskGroup() as workers:
-                    for _ in range(FILL_CONNECTIONS):
-                        workers.create_task(worker(queue))
+                # Zones side by side, sharing the 16 connections; rounds one at a time (the
+                # next round's creates would find this round's last hosts least loaded).
+                async with asyncio.TaskGroup() as zones:
+                    for z in range(a.zones):
+                        mine = [ch for ch in round_ if zone_of(ch[0][0], a.zones) == z + 1]
+                        zones.create_task(zone_chain(r, mine))
             tick.cancel()
         t_end = time.monotonic()
         cpu, pg_cpu = self.server_cpu() - cpu0, self.pg_cpu() - pg0
@@ -928,11 +966,14 @@ class Bench:
             h, v = inst["status"].get("host"), inst["status"]["vpc"]
             per_host.setdefault(h, set()).add(v)
             hosts_of.setdefault(v, set()).add(h)
+        load = Counter(inst["status"].get("host") for inst in instances)
+        iph = [load.get(a.name, 0) for a in self.agents]
         vph = [len(v) for v in per_host.values()]
         hpv = [len(h) for h in hosts_of.values()]
         sizes = [len(t) for t in target.values()]
         print(
-            f"layout: {len(instances)} instances; VPCs per host min/mean/max "
+            f"layout: {len(instances)} instances, {min(iph)}..{max(iph)} per host; "
+            f"VPCs per host min/mean/max "
             f"{min(vph)}/{sum(vph) / len(vph):.1f}/{max(vph)}; hosts per VPC "
             f"{min(hpv)}/{sum(hpv) / len(hpv):.1f}/{max(hpv)}; entries per document mean "
             f"{sum(sizes) / len(sizes):.0f}"

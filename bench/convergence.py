@@ -2,38 +2,46 @@
 
 What it does, in order (issue 6):
 
-1. Starts real `yunhan server` process(es) on loopback ports: SQLite in a temp state dir by
-   default; with `--backend postgresql`, a throwaway PostgreSQL cluster shared by
-   `--replicas R` servers (agents and fill writers are spread over the replicas).
-2. Runs N simulated agents over real HTTP in this one asyncio process. Each registers
-   (PUT /v1/agent/hosts/{name}), long-polls its desired document with the delta protocol
-   (GET .../desired?after=R&timeout=20; a snapshot replaces the entries, a delta removes
-   keys first, with everything under key + "/", then puts entries), acknowledges every
-   document it receives with POST .../status as the real agent does (one report at a time,
-   poll -> apply -> ack -> poll) and heartbeats every 5 s. Every document received and
-   every acknowledgement is timestamped (monotonic clock).
-3. Fill: N/10 VPCs with one /20 subnet each, then 10 instances per host created over 16
-   concurrent connections with a zone only (the server's scheduler places them), in ten
-   rounds of one instance per host, with VPCs chosen so that each host carries about
-   `--vpcs-per-host` VPCs. Prints creates/s while it runs, then how long until every agent
-   held exactly the entry keys that the final placement implies (and the server's view).
-4. Times 100 changes of each kind, one at a time (instance create, instance delete; route
-   and VIP changes are a marked hook in `Bench.change_kinds`). For one change: t0 before the API
-   write, W = the revision in its response. Affected agents = those that received a
-   document of revision >= W after t0 (changes are sequential, so this is unambiguous);
-   the change converged when the last of them acknowledged a revision >= W. That is the
-   headline. Cross-checks: the agents expected to be affected, derived from their entries
-   before the write (must equal the observed set), and GET /v1/converged?revision=W.
-   Also per change: server CPU (utime+stime of every replica, /proc), documents and body
-   bytes received by agents. At the end: server RSS, and every agent's entries compared
-   with a fresh snapshot (incremental == full, over the wire).
+1. Starts real `yunhan server` process(es) on loopback ports, running the code of
+   PYTHONPATH (default: this repository): SQLite in a temp state dir by default; with
+   `--backend postgresql`, a throwaway cluster (`yunhan.store.pgserver`, unix socket only)
+   shared by `--replicas R` servers. Agents, and the fill's connections, are spread over
+   the replicas.
+2. Runs N simulated agents over real HTTP in this one asyncio process, on a small raw
+   HTTP/1.1 client (`RawConn`: 0.2 ms of client CPU per request, where httpx took 2-3 ms
+   with a client per connection and 18-29 ms with one shared pool, measured with 1,000
+   simultaneous long polls; `--client httpx` to compare). Like the real agent, each one
+   registers (PUT /v1/agent/hosts/{name}), long-polls GET .../desired?after=R&timeout=20
+   with the digest of its copy, applies what comes (a snapshot replaces the entries; a
+   delta removes keys first, with everything under key + "/", then puts entries), then
+   acknowledges that document with POST .../status before it polls again, and heartbeats
+   every 5 s. Every document received and every acknowledgement (its 204) is timestamped.
+3. Fill: zones az1..azK, N/10 VPCs with one /20 subnet each, then 10 instances per host,
+   created over 16 connections with a zone only (the server's scheduler places them),
+   planned (`fill_plan`) so that each host carries `--vpcs-per-host` VPCs. Prints creates/s
+   while it runs, then when every agent held exactly the entry keys the final placement
+   implies, and the server's view of the last create.
+4. Times 100 changes of each kind, one at a time: instance create, then instance delete
+   (of those creates). Route and VIP changes are a marked hook in `Bench.change_kinds`.
+   For one change: t0 just before the API write, W = the revision in its response.
+   Affected agents = those that received a document of revision >= W after t0 (changes
+   are sequential, so this is unambiguous); the change converged when the last of them had
+   its acknowledgement of a revision >= W answered. That is the headline. Cross-checks:
+   the agents that should be affected, read from their entries before the write (must be
+   the same set), and GET /v1/converged?revision=W&timeout=10 (its answer time is "srv").
+   Per change: server CPU (utime+stime of every replica from /proc; PostgreSQL's apart),
+   documents and body bytes the agents received. At the end: RSS of the servers, the
+   servers' /metrics against what the agents counted, and every agent's entries against
+   a fresh snapshot (incremental == full, over the wire).
 
 Last line: `RESULT hosts=N creates_per_s=.. conv_p50_ms=.. conv_p99_ms=.. cpu_ms_per_change=..
-rss_mb=.. backend=.. replicas=..`. Everything is bounded in count and time; every process
-and temp dir is removed in `finally` blocks, also on Ctrl-C or SIGTERM (servers also get
-SIGTERM if this process dies: PR_SET_PDEATHSIG).
+rss_mb=.. backend=.. replicas=..`. Counts and waits are bounded (--max-seconds for the whole
+run); every process and temp dir is removed in `finally` blocks, also on Ctrl-C or SIGTERM,
+and the servers get SIGTERM if this process dies (PR_SET_PDEATHSIG). Only loopback.
 
-Run: `PYTHONPATH=. python bench/convergence.py --hosts 100` (no root needed).
+Run: `PYTHONPATH=. python bench/convergence.py --hosts 100 [--backend postgresql
+--replicas 2]` (no root needed; PostgreSQL runs as the `postgres` user when run as root).
+The machine's load average is printed: simulated agents and servers share its CPUs.
 """
 
 from __future__ import annotations
@@ -107,9 +115,9 @@ class Conn(Protocol):
 class RawConn:
     """HTTP/1.1 over one asyncio stream, kept alive and reopened when the server closed it.
 
-    A few hundred lines of httpx per request are what a thousand simultaneous long polls
-    pay for on two cores shared with the server; this client parses only what uvicorn
-    sends (content-length or chunked bodies).
+    The simulated agents share two cores with the server they measure, so their client
+    must cost little (see `HttpxConn` for the measurement). It parses what uvicorn sends:
+    content-length or chunked bodies, no body for 204.
     """
 
     def __init__(self, port: int, token: str) -> None:

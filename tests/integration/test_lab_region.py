@@ -5,9 +5,11 @@ second `up`, is spared by `sweep`, and leaves nothing once taken down.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
 from yunhan.errors import Conflict, TimedOut
@@ -40,7 +42,8 @@ def test_up_status_down_with_real_processes(uniq: Callable[[str], str], tmp_path
     spec = RegionSpec.build(prefix=prefix, zones=1, hosts_per_zone=1)
     try:
         with region.up(spec, tmp_path, detach=False, timeout=60) as handle:
-            st = region.status(tmp_path)
+            assert region.status(tmp_path).api_error  # type: ignore[union-attr]  # no token
+            st = region.status(tmp_path, handle.token)
             assert st is not None and st.api_error is None
             assert [z["name"] for z in st.zones] == ["az1"]
             assert [(h["name"], h["status"]["healthy"]) for h in st.hosts] == [("az1-h1", True)]
@@ -50,6 +53,7 @@ def test_up_status_down_with_real_processes(uniq: Callable[[str], str], tmp_path
             assert (
                 b"yunhan agent " in cmdline and f"--host-netns {prefix}-az1-h1".encode() in cmdline
             )
+            _no_token_in_plaintext(tmp_path, handle.token, handle.endpoint)
             with pytest.raises(Conflict, match="already up"):
                 region.up(spec, tmp_path, detach=False)
             assert region.sweep(prefixes=[prefix]) == {}  # live: never swept
@@ -60,3 +64,26 @@ def test_up_status_down_with_real_processes(uniq: Callable[[str], str], tmp_path
         assert handle.dead() == [p for p in handle.record.processes if p.role != "supervisor"]
     finally:
         region.sweep(prefixes=[prefix])
+
+
+TOKEN_RE = re.compile(rb"yh[bh]?_[A-Za-z0-9_-]{20,}")
+
+
+def _no_token_in_plaintext(state_dir: Path, admin_token: str, endpoint: str) -> None:
+    """No token in any file of the state dir (the database and its WAL included), but each
+    agent's own host token in its 0600 host.token; and that token serves its host only."""
+    found: dict[Path, set[bytes]] = {}
+    for f in state_dir.rglob("*"):
+        if f.is_file():
+            data = f.read_bytes()
+            assert admin_token.encode() not in data, f"the admin token is in {f}"
+            if hits := set(TOKEN_RE.findall(data)):
+                found[f] = hits
+    kept = {f: hits for f, hits in found.items() if f.name == "host.token"}
+    assert found == kept, f"tokens in plaintext outside the agents' host.token: {found}"
+    assert len(kept) == 1  # one host in this region
+    ((path, (token,)),) = kept.items()
+    assert token.startswith(b"yhh_") and path.stat().st_mode & 0o777 == 0o600
+    host = {"Authorization": f"Bearer {token.decode()}"}
+    assert httpx.get(f"{endpoint}/v1/vpcs", headers=host).status_code == 403
+    assert httpx.get(f"{endpoint}/v1/agent/hosts/az9-h9/desired", headers=host).status_code == 403

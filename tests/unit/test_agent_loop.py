@@ -203,6 +203,13 @@ def test_periodic_resync_repairs_drift(cp: ControlPlane, hosts: Hosts) -> None:
     _region(cp, hosts, resync=0.5)
     a, b = _vpc_with_two_instances(cp)
     wait_for(lambda: cp.converged(b["revision"]), 20, "convergence")
+    # The agents' reports of their instances (phase running) are writes too: let them land.
+    for i in (a, b):
+        wait_for(
+            lambda i=i: cp.get(f"/v1/instances/{i['id']}")["status"]["phase"] == "running",
+            20,
+            "running",
+        )
     assert hosts.fabric.trace(a["id"], b["status"]["ip"]).delivered
     kernel = hosts.fabric.host(Naming("az1-h1-"), None)
     routes = [k for k in kernel.objs if k[0] == "route" and b["status"]["ip"] in str(k)]

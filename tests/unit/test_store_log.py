@@ -72,7 +72,7 @@ def _snapshot(st: Store) -> dict[str, Any]:
             "revision": m.revision,
             "objs": dict(m.objs),
             "names": dict(m.names),
-            "tokens": dict(m.tokens),
+            "tokens": {h: t.project for h, t in m.tokens.items()},
             "index": {k: {v: set(ids) for v, ids in b.items()} for k, b in m.index.items()},
         }
 
@@ -458,6 +458,21 @@ def test_a_token_created_on_one_replica_is_known_to_the_other(open_store: OpenSt
     with b.read() as r:
         assert r.token_project("1" * 64) == "project-00000001"
         assert r.token_project("2" * 64) == "project-00000001"
+
+
+def test_a_revocation_reaches_another_replica_when_it_follows_the_log(
+    open_store: OpenStore,
+) -> None:
+    a, b = open_store(), open_store()
+    with a.transaction() as tx:
+        info = tx.add_token("1" * 64, "p1")
+    b.refresh()
+    with a.transaction() as tx:
+        tx.revoke_token(info, 5.0)
+    b.refresh()  # what a NOTIFY (or the poll) makes a replica do
+    with b.read() as r:
+        t = r.token("1" * 64)
+        assert t is not None and t.revoked_at == 5.0 and not t.valid_at(6.0)
 
 
 # -- restart and pruning --------------------------------------------------------------------

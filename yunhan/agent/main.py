@@ -11,6 +11,7 @@ a restarted agent observes what exists and changes only the difference.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -32,10 +33,17 @@ log = logging.getLogger("yunhan.agent")
 HEARTBEAT_INTERVAL = 5.0
 LONG_POLL_TIMEOUT = 20.0
 STORE_HEADER = "X-Yunhan-Store"  # yunhan.api.routes.agent (agents speak HTTP only)
+BOOTSTRAP_PREFIX = "yhb_"  # yunhan.api.auth: a one-time token to exchange for a host token
+HOST_TOKEN_FILE = "host.token"  # in the state dir, 0600: this host's own credential
 
 
 @dataclass
 class AgentConfig:
+    """`token`: a host token, a bootstrap token (exchanged at start for a host token, which
+    is then kept in `state_dir`/host.token, 0600) or, outside the lab, the admin token.
+    A host token kept in the state dir is preferred (a restart needs no new bootstrap);
+    `token` is used when there is none, or when the kept one is refused."""
+
     api_url: str
     token: str
     host_name: str
@@ -78,7 +86,6 @@ class Agent:
             raise ValidationError("the agent needs at least one API endpoint")
         self._endpoint = 0
         self._client = httpx.Client(
-            headers={"Authorization": f"Bearer {config.token}"},
             timeout=httpx.Timeout(10.0, read=LONG_POLL_TIMEOUT + 10.0),
             transport=transport,
         )
@@ -92,6 +99,67 @@ class Agent:
         # the server notice a copy that drifted from its own and send it whole.
         self._entries: dict[str, dict[str, Any]] = {}
         self._digest: str | None = None
+        self._kept = False  # the token in use is the one kept in the state dir
+
+    # -- credentials ---------------------------------------------------------------------
+
+    @property
+    def _token_path(self) -> Path:
+        return self.config.state_dir / HOST_TOKEN_FILE
+
+    def _use(self, token: str) -> None:
+        self._client.headers["Authorization"] = f"Bearer {token}"
+
+    def credentials(self) -> bool:
+        """Choose this agent's token (see AgentConfig); a bootstrap token is exchanged first.
+        Retries until the control plane answers; False when stopped or refused for good."""
+        try:
+            kept = self._token_path.read_text().strip()
+        except OSError:
+            kept = ""
+        if kept:
+            self._use(kept)
+            self._kept = True
+            return True
+        self._kept = False
+        token = self.config.token
+        if not token:
+            log.error("no token: give --token-file (a bootstrap or host token)")
+            return False
+        if not token.startswith(BOOTSTRAP_PREFIX):
+            self._use(token)
+            return True
+        delay = 0.2
+        while not self._stop.is_set():
+            try:
+                r = self._client.post(
+                    self._path("/token"), headers={"Authorization": f"Bearer {token}"}
+                )
+                if r.status_code < 300:
+                    host_token = str(r.json()["token"])
+                    _write_secret(self._token_path, host_token)
+                    self._use(host_token)
+                    self._kept = True
+                    log.info("exchanged the bootstrap token for this host's token")
+                    return True
+                log.error("token exchange refused: %s %s", r.status_code, r.text[:300])
+                if r.status_code in (401, 403):
+                    return False  # used, expired or another host's: retrying cannot help
+            except httpx.HTTPError as exc:
+                log.warning("control plane unreachable (%s); retrying", exc)
+                self._failover(exc)
+            self._stop.wait(delay)
+            delay = min(delay * 2, 5.0)
+        return False
+
+    def _refused(self) -> bool:
+        """The kept host token was refused (revoked): forget it and fall back to the
+        configured token. True when there is another to try."""
+        if not self._kept or not self.config.token:
+            return False
+        log.warning("this host's kept token was refused; trying the configured token")
+        self._token_path.unlink(missing_ok=True)
+        return self.credentials()
 
     # -- control-plane calls -------------------------------------------------------------
 
@@ -133,6 +201,8 @@ class Agent:
                     log.info("registered as %s", self.config.host_name)
                     return
                 log.error("registration refused: %s %s", r.status_code, r.text)
+                if r.status_code == 401 and self._refused():
+                    continue
             except httpx.HTTPError as exc:
                 log.warning("control plane unreachable (%s); retrying", exc)
                 self._failover(exc)
@@ -252,6 +322,8 @@ class Agent:
                 self._failover(exc)
                 if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == 404:
                     self.register()
+                if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == 401:
+                    self._refused()  # our kept host token was revoked
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
@@ -281,6 +353,9 @@ class Agent:
         slow. The loop checks the stop flag before it applies anything, so an abandoned
         poll that returns later does nothing.
         """
+        if not self.credentials():
+            log.error("no usable credentials; stopping")
+            return
         self.register()
         threads = [
             threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True),
@@ -299,6 +374,19 @@ class Agent:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def _write_secret(path: Path, secret: str) -> None:
+    """Write `secret` to `path` readable by its owner only, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
 
 
 def run(config: AgentConfig) -> None:

@@ -21,7 +21,20 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from yunhan.api.auth import ADMIN_PROJECT, token_hash
 from yunhan.api.deps import MAX_LONG_POLL, AppState
 from yunhan.api.fleet import Fleet
-from yunhan.api.routes import agent, infra, instances, metrics, network, projects, watch
+from yunhan.api.journal import CALLER, SCHEDULING_REFUSED, AuditMiddleware, Journal
+from yunhan.api.routes import (
+    agent,
+    audit,
+    events,
+    infra,
+    instances,
+    metrics,
+    network,
+    projects,
+    tokens,
+    watch,
+)
+from yunhan.controller.scheduler import NoHost
 from yunhan.errors import YunhanError
 from yunhan.model import new_id
 from yunhan.store import Store
@@ -62,7 +75,9 @@ _HTTP_CODES = {
 
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(YunhanError)
-    async def _yunhan(_req: Request, exc: YunhanError) -> JSONResponse:
+    async def _yunhan(req: Request, exc: YunhanError) -> JSONResponse:
+        if isinstance(exc, NoHost):
+            _note_refusal(req, exc)
         return _error(exc.http_status, exc.code, exc.message, exc.details)
 
     @app.exception_handler(RequestValidationError)
@@ -96,15 +111,38 @@ def _install_error_handlers(app: FastAPI) -> None:
         )
 
 
+def _note_refusal(req: Request, exc: NoHost) -> None:
+    st: AppState = req.app.state.yunhan
+    who = getattr(req.state, CALLER, None)
+    if who is None:
+        return
+    with st.store.read() as r:
+        zone = r.by_name("zone", st.admin_project_id, exc.zone_name)
+    st.journal.notice(
+        who.project.id,
+        zone.id if zone is not None else exc.zone_name,
+        SCHEDULING_REFUSED,
+        f"{req.method} {req.url.path} refused: {exc.message}",
+    )
+
+
 def create_app(
     store: Store,
     *,
-    admin_token: str,
+    admin_token: str | None = None,
+    admin_token_hash: str | None = None,
     clock: Callable[[], float] = time.time,
     max_long_poll: float = MAX_LONG_POLL,
     fleet: Fleet | None = None,
 ) -> FastAPI:
-    """The API over `store`. `admin_token` grants the admin project; it is never stored."""
+    """The API over `store`. `admin_token` (or only its sha256, `admin_token_hash`, so that
+    the token itself need not be on the server's disk) grants the admin project; it is
+    never stored."""
+    if (admin_token is None) == (admin_token_hash is None):
+        raise ValueError("give create_app one of admin_token and admin_token_hash")
+    admin_hash = token_hash(admin_token) if admin_token is not None else str(admin_token_hash)
+    fleet = fleet or Fleet(store, clock)
+    admin_project_id = bootstrap(store)
     app = FastAPI(
         title="Yunhan API",
         version="1",
@@ -114,15 +152,18 @@ def create_app(
     )
     app.state.yunhan = AppState(
         store=store,
-        admin_hash=token_hash(admin_token),
-        admin_project_id=bootstrap(store),
+        admin_hash=admin_hash,
+        admin_project_id=admin_project_id,
         clock=clock,
-        fleet=fleet or Fleet(store, clock),
+        fleet=fleet,
+        journal=Journal(store, fleet, clock, admin_project_id),
         max_long_poll=max_long_poll,
     )
     loads = app.state.yunhan.loads
     store.subscribe(loads.apply, load=loads.load)
     _install_error_handlers(app)
-    for module in (projects, infra, network, instances, agent, watch, metrics):
+    app.add_middleware(AuditMiddleware)
+    for module in (projects, tokens, audit, events, infra, network, instances, agent, watch):
         app.include_router(module.router)
+    app.include_router(metrics.router)
     return app

@@ -16,6 +16,7 @@ from fastapi import Depends, Request
 
 from yunhan.api.auth import Caller, authenticate
 from yunhan.api.fleet import Fleet
+from yunhan.api.journal import CALLER, REFUSED, Journal
 from yunhan.controller.ipam import AddressHints
 from yunhan.controller.loads import HostLoads
 from yunhan.errors import Forbidden, Unauthorized
@@ -33,6 +34,7 @@ class AppState:
     admin_project_id: str
     clock: Callable[[], float]
     fleet: Fleet
+    journal: Journal
     max_long_poll: float = MAX_LONG_POLL
     ipam: AddressHints = field(default_factory=AddressHints)
     loads: HostLoads = field(default_factory=HostLoads)
@@ -43,20 +45,63 @@ def state_of(request: Request) -> AppState:
     return st
 
 
-def caller(request: Request) -> Caller:
-    """FastAPI dependency: the authenticated caller (401 otherwise)."""
+def identify(request: Request) -> Caller:
+    """Whoever holds the request's token, of any kind (401 otherwise). Also noted on the
+    request for the audit trail (`CALLER`, or the refused token's id under `REFUSED`)."""
     st = state_of(request)
     header = request.headers.get("authorization")
     try:
-        with st.store.read() as r:
-            return authenticate(r, header, st.admin_hash, st.admin_project_id)
-    except Unauthorized:
-        if st.store.dialect == "sqlite":
-            raise
-    # A token made through another replica a moment ago: follow the log, then look again.
-    st.store.refresh()
-    with st.store.read() as r:
-        return authenticate(r, header, st.admin_hash, st.admin_project_id)
+        try:
+            with st.store.read() as r:
+                c = authenticate(r, header, st.admin_hash, st.admin_project_id, st.clock())
+        except Unauthorized:
+            if st.store.dialect == "sqlite":
+                raise
+            # A token made through another replica a moment ago: follow the log, look again.
+            st.store.refresh()
+            with st.store.read() as r:
+                c = authenticate(r, header, st.admin_hash, st.admin_project_id, st.clock())
+    except Unauthorized as exc:
+        setattr(request.state, REFUSED, exc.details.get("token_id"))
+        raise
+    setattr(request.state, CALLER, c)
+    return c
+
+
+def caller(request: Request) -> Caller:
+    """FastAPI dependency for tenant and admin resources: the caller, who must hold a
+    project token or the admin token (401 otherwise; 403 for host and bootstrap tokens)."""
+    c = identify(request)
+    if c.kind in ("host", "bootstrap"):
+        raise Forbidden(
+            f"a {c.kind} token is valid only for host {c.host}'s agent endpoints, "
+            "not for tenant or admin resources"
+        )
+    return c
+
+
+def agent_caller(name: str, request: Request) -> Caller:
+    """FastAPI dependency for /v1/agent/hosts/{name}/...: the admin, or the host token of
+    host `name` itself (403 for any other token, another host's included)."""
+    c = identify(request)
+    if c.admin or (c.kind == "host" and c.host == name):
+        return c
+    if c.kind == "host":
+        raise Forbidden(f"this host token serves host {c.host} only, not host {name}")
+    raise Forbidden(
+        f"the agent endpoints of host {name} need that host's own token or the admin token"
+    )
+
+
+def bootstrap_caller(name: str, request: Request) -> Caller:
+    """FastAPI dependency of the token exchange: a bootstrap token made for host `name`."""
+    c = identify(request)
+    if c.kind == "bootstrap" and c.host == name:
+        return c
+    raise Forbidden(
+        f"only a bootstrap token made for host {name} can be exchanged for its host token "
+        f"(POST /v1/hosts/{name}/bootstrap-tokens, admin)"
+    )
 
 
 CallerDep = Annotated[Caller, Depends(caller)]
@@ -70,3 +115,5 @@ def admin(c: CallerDep) -> Caller:
 
 
 AdminDep = Annotated[Caller, Depends(admin)]
+AgentDep = Annotated[Caller, Depends(agent_caller)]
+BootstrapDep = Annotated[Caller, Depends(bootstrap_caller)]

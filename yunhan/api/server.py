@@ -19,6 +19,7 @@ from pathlib import Path
 import uvicorn
 
 from yunhan.api.app import create_app
+from yunhan.api.journal import FLUSH_INTERVAL
 from yunhan.api.replicas import ReplicaBridge
 from yunhan.controller import Controller
 from yunhan.store import Store
@@ -37,8 +38,10 @@ class _Server(uvicorn.Server):
         yield  # signals are handled by `_main`
 
 
-async def _main(store: Store, host: str, port: int, admin_token: str) -> None:
-    app = create_app(store, admin_token=admin_token)
+async def _main(
+    store: Store, host: str, port: int, admin_token: str | None, admin_token_hash: str | None
+) -> None:
+    app = create_app(store, admin_token=admin_token, admin_token_hash=admin_token_hash)
     config = uvicorn.Config(
         app,
         host=host,
@@ -114,6 +117,18 @@ async def _main(store: Store, host: str, port: int, admin_token: str) -> None:
             except Exception:
                 log.exception("could not persist agent leases; retrying")
 
+    async def _journal() -> None:
+        # Audit records and notices reach the database in one batch a tick, never one
+        # transaction per request; the last ones are written on the way out.
+        journal = app.state.yunhan.journal
+        while not stop.is_set():
+            with suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), FLUSH_INTERVAL)
+            try:
+                await asyncio.to_thread(journal.tick)
+            except Exception:
+                log.exception("could not write the audit trail and events; retrying")
+
     async def _follow_log() -> None:
         # Writes of other replicas (PostgreSQL) are followed on NOTIFY (ReplicaBridge); this
         # poll is the fallback for a lost notification.
@@ -131,6 +146,7 @@ async def _main(store: Store, host: str, port: int, admin_token: str) -> None:
             tg.create_task(_stop_server())
             tg.create_task(_lead())
             tg.create_task(_persist_leases())
+            tg.create_task(_journal())
             if store.dialect != "sqlite":
                 tg.create_task(_follow_log())
                 bridge = ReplicaBridge(store, fleet)
@@ -139,6 +155,10 @@ async def _main(store: Store, host: str, port: int, admin_token: str) -> None:
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+    try:
+        app.state.yunhan.journal.flush()
+    except Exception:
+        log.exception("could not write the last audit records")
     if server.started is False and not server.should_exit:
         raise SystemExit(f"the API server could not start on {host}:{port}")
 
@@ -165,18 +185,24 @@ async def _run_while_leading(controller: Controller, leader: Leader, stop: async
 
 
 def serve(
-    state_dir: Path, host: str, port: int, admin_token: str, *, database: str | None = None
+    state_dir: Path,
+    host: str,
+    port: int,
+    admin_token: str | None = None,
+    *,
+    admin_token_hash: str | None = None,
+    database: str | None = None,
 ) -> None:
     """Run the API and the controller until SIGTERM or SIGINT (blocking).
 
     The store is `database` (an SQLAlchemy URL) or state_dir/yunhan.db (created and migrated
     if needed); the admin project is created on first start and `admin_token` is its token
-    for as long as this process runs.
+    for as long as this process runs (or the token whose sha256 is `admin_token_hash`).
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     store = Store.connect(database) if database else Store.open(Path(state_dir))
     try:
-        asyncio.run(_main(store, host, port, admin_token))
+        asyncio.run(_main(store, host, port, admin_token, admin_token_hash))
     finally:
         store.close()
     log.info("stopped")

@@ -8,6 +8,7 @@ that the everyday CLI does not load FastAPI or pyroute2.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from yunhan.cli.command import Cmd, Ctx, Opt
@@ -15,8 +16,10 @@ from yunhan.errors import ValidationError
 
 
 def _read_token(path: Path) -> str:
+    """The token in `path`; "-" reads it from standard input (how `yunhan up` hands an
+    agent its bootstrap token: it never touches the disk)."""
     try:
-        token = path.read_text().strip()
+        token = sys.stdin.read().strip() if str(path) == "-" else path.read_text().strip()
     except OSError as exc:
         raise ValidationError(f"cannot read the token file {path}: {exc.strerror}") from exc
     if not token:
@@ -38,16 +41,34 @@ def server(ctx: Ctx) -> None:
     state_dir: Path = ctx["state_dir"]
     state_dir.mkdir(parents=True, exist_ok=True)
     database = ctx["database"] or os.environ.get("YUNHAN_DATABASE") or None
+    if ctx["admin_token_hash_file"] is not None:
+        digest = _read_token(ctx["admin_token_hash_file"]).lower()
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise ValidationError(
+                f"{ctx['admin_token_hash_file']} must hold the sha256 (64 hex digits) of the "
+                "admin token"
+            )
+        serve(state_dir, host, port, admin_token_hash=digest, database=database)
+        return
     serve(state_dir, host, port, _read_token(ctx["admin_token_file"]), database=database)
 
 
 def agent(ctx: Ctx) -> None:
-    from yunhan.agent.main import AgentConfig, run
+    from yunhan.agent.main import HOST_TOKEN_FILE, AgentConfig, run
 
+    state_dir: Path = ctx["state_dir"]
+    try:
+        token = _read_token(ctx["token_file"])
+    except ValidationError:
+        # A restarted agent uses the host token it kept; the bootstrap token it was
+        # started with is spent (and, handed on stdin, gone).
+        if not (state_dir / HOST_TOKEN_FILE).is_file():
+            raise
+        token = ""
     run(
         AgentConfig(
             api_url=ctx["api"],
-            token=_read_token(ctx["token_file"]),
+            token=token,
             host_name=ctx["host"],
             zone=ctx["zone"],
             underlay_ip=ctx["underlay_ip"],
@@ -55,7 +76,7 @@ def agent(ctx: Ctx) -> None:
             host_netns=ctx["host_netns"],
             prefix=ctx["prefix"],
             driver=ctx["driver"],
-            state_dir=ctx["state_dir"],
+            state_dir=state_dir,
             resync_interval=ctx["resync_interval"],
         )
     )
@@ -79,6 +100,12 @@ COMMANDS = (
                 Path("admin.token"),
             ),
             Opt(
+                ("--admin-token-hash-file",),
+                "admin_token_hash_file",
+                "file holding only the sha256 of the admin token (instead of the token)",
+                Path,
+            ),
+            Opt(
                 ("--database",),
                 "database",
                 "SQLAlchemy URL of a shared store, e.g. postgresql+psycopg://host/yunhan "
@@ -98,7 +125,13 @@ COMMANDS = (
                 "the API endpoint; several (comma-separated) are replicas",
                 required=True,
             ),
-            Opt(("--token-file",), "token_file", "file holding a token", Path, required=True),
+            Opt(
+                ("--token-file",),
+                "token_file",
+                "file holding this host's token or a bootstrap token ('-': standard input)",
+                Path,
+                required=True,
+            ),
             Opt(("--host",), "host", "this host's name", required=True),
             Opt(("--zone",), "zone", "this host's zone (name or id)", required=True),
             Opt(("--underlay-ip",), "underlay_ip", "the VTEP address", required=True),

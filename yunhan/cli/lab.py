@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from yunhan.cli import config, views
 from yunhan.cli.command import Cmd, Ctx, Opt, echo, warn
-from yunhan.errors import Forbidden
+from yunhan.errors import Forbidden, ValidationError
 
 if TYPE_CHECKING:
     from yunhan.lab.region import RegionHandle, RegionStatus
@@ -60,10 +60,11 @@ def up(ctx: Ctx) -> None:
         raise SystemExit(130) from None
     finally:
         signal.signal(signal.SIGTERM, old)
-    path = config.save_file(handle.endpoint, handle.token)
     if handle.reused:
+        # The region keeps no admin token: the config the first `up` wrote still holds it.
         echo(f"region {handle.prefix} is already up (API {handle.endpoint}); nothing to do")
         return
+    path = config.save_file(handle.endpoint, handle.token)
     echo(
         f"region {handle.prefix} is up: API {handle.endpoint}, "
         f"{len(spec.hosts)} agents healthy; admin credentials in {path}"
@@ -135,11 +136,25 @@ def sweep(ctx: Ctx) -> None:
         echo(f"swept {prefix}: {removed.summary()}")
 
 
+def _admin_token(state_dir: Path | None) -> str | None:
+    """The admin token `yunhan up` wrote to the CLI config, if it is this region's."""
+    from yunhan.lab import region
+
+    record = region.RegionRecord.load(Path(state_dir or region.default_state_dir()).absolute())
+    try:
+        creds = config.resolve()
+    except ValidationError:
+        return None
+    if record is None or creds.endpoint.rstrip("/") != record.endpoint.rstrip("/"):
+        return None
+    return creds.token
+
+
 def status(ctx: Ctx) -> None:
     from yunhan.lab import region
 
     fmt = views.output_format(ctx["output"], ctx["as_json"])
-    st = region.status(ctx["state_dir"])
+    st = region.status(ctx["state_dir"], _admin_token(ctx["state_dir"]))
     if st is None:
         where = ctx["state_dir"] or region.default_state_dir()
         if fmt in ("json", "yaml"):

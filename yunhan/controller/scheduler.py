@@ -19,6 +19,14 @@ class Candidate:
     instances: int  # how many instances it already carries
 
 
+class NoHost(Conflict):
+    """A zone without any host refused a placement (the API also notes it as an event)."""
+
+    @property
+    def zone_name(self) -> str:
+        return str(self.details.get("zone", ""))
+
+
 def schedule(zone: str, zone_name: str, hosts: Iterable[Candidate]) -> str:
     """The host of `zone` to place a new instance on: healthy first, then least loaded.
 
@@ -28,7 +36,7 @@ def schedule(zone: str, zone_name: str, hosts: Iterable[Candidate]) -> str:
     """
     in_zone = [h for h in hosts if h.zone == zone]
     if not in_zone:
-        raise Conflict(
+        raise NoHost(
             f"zone {zone_name} has no host to run the instance; start an agent in that zone "
             "or choose another zone",
             zone=zone_name,

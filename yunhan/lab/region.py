@@ -9,9 +9,14 @@
 State dir layout (default $YUNHAN_HOME or /var/lib/yunhan), one region at a time:
 
     region.json                 the record: prefix, spec, endpoint, processes (pid + start time)
-    <prefix>/admin.token        the admin token (0600), read by server and agents
+    <prefix>/admin.token.sha256 the admin token's sha256 (the server needs no more)
     <prefix>/server/            the API server's data (SQLite)
-    <prefix>/agents/<host>/     each agent's data
+    <prefix>/agents/<host>/     each agent's data; host.token (0600) is its own credential
+
+No tenant or admin token is written under the state dir: the admin token lives in the
+memory of `up`, which hands it to the user's CLI config (~/.config/yunhan/config.json,
+0600); each agent gets a one-time bootstrap token on its standard input and exchanges it
+for a token valid only for its own host's agent endpoints (docs/credentials.md).
     logs/<prefix>/*.log         one log per process; kept after a failed `up` for diagnosis
 
 The record is written before anything is built, so `down` always knows what to remove. A
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import secrets
@@ -107,8 +113,8 @@ class RegionRecord:
         return Path(self.state_dir) / "logs" / self.prefix
 
     @property
-    def token_file(self) -> Path:
-        return self.data_dir / "admin.token"
+    def token_hash_file(self) -> Path:
+        return self.data_dir / "admin.token.sha256"
 
     def live(self) -> bool:
         """True while any of the region's processes (or the `up` supervising it) runs."""
@@ -218,7 +224,7 @@ def _tail(path: str, lines: int = 15) -> str:
 
 
 def _spawn(
-    record: RegionRecord, role: str, name: str, args: list[str]
+    record: RegionRecord, role: str, name: str, args: list[str], stdin: str | None = None
 ) -> tuple[ProcessRecord, subprocess.Popen[bytes]]:
     record.log_dir.mkdir(parents=True, exist_ok=True)
     log = record.log_dir / f"{name}.log"
@@ -228,12 +234,17 @@ def _spawn(
         # agents before the server, in order; a detached region outlives its `up`.
         popen = subprocess.Popen(
             [*_yunhan_argv(), *args],
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
         )
+    if stdin is not None and popen.stdin is not None:
+        # A secret for the child, through a pipe: never on disk, never in `ps`. Small
+        # enough for the pipe's buffer, so this does not wait for the child.
+        with popen.stdin:
+            popen.stdin.write(stdin.encode() + b"\n")
     proc = ProcessRecord(role, name, popen.pid, cleanup.start_time(popen.pid), str(log))
     record.processes.append(proc)
     record.save()
@@ -288,9 +299,9 @@ def up(
                     and _whole(old)
                 ):
                     # `up --detach` is idempotent (setup.sh may run twice): same shape, same
-                    # region, nothing to do.
-                    token = old.token_file.read_text().strip()
-                    return RegionHandle(old, token, reused=True)
+                    # region, nothing to do. Its admin token is where the first `up` put it
+                    # (the user's CLI config): it was never kept here.
+                    return RegionHandle(old, "", reused=True)
                 raise Conflict(
                     f"region {old.prefix} is already up in {state_dir} "
                     f"(endpoint {old.endpoint}); run `yunhan down` first"
@@ -343,14 +354,12 @@ def _start(record: RegionRecord, spec: RegionSpec, port: int, timeout: float) ->
 
     deadline = time.monotonic() + timeout
     topology.realise(spec)
-    token = secrets.token_urlsafe(32)
-    fd = os.open(record.token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
+    token = "yh_" + secrets.token_urlsafe(32)
+    record.token_hash_file.write_text(hashlib.sha256(token.encode()).hexdigest() + "\n")
     handle = RegionHandle(record, token)
     server, popen = _spawn(record, "server", "server", [
         "server", "--state-dir", str(record.data_dir / "server"),
-        "--listen", f"127.0.0.1:{port}", "--admin-token-file", str(record.token_file),
+        "--listen", f"127.0.0.1:{port}", "--admin-token-hash-file", str(record.token_hash_file),
     ])  # fmt: skip
     handle.popens["server"] = popen
     with httpx.Client(
@@ -366,17 +375,34 @@ def _start(record: RegionRecord, spec: RegionSpec, port: int, timeout: float) ->
                 raise LabError(f"creating zone {zone.name} failed: HTTP {r.status_code} {r.text}")
         agents = {}
         for host in spec.hosts:
+            boot = _bootstrap_token(api, record.prefix, host.name)
             proc, popen = _spawn(record, "agent", host.name, [
-                "agent", "--api", record.endpoint, "--token-file", str(record.token_file),
+                "agent", "--api", record.endpoint, "--token-file", "-",
                 "--host", host.name, "--zone", host.zone, "--underlay-ip", host.underlay_ip,
                 "--mtu", str(spec.mtu), "--host-netns", host.netns,
                 "--prefix", host.agent_prefix,
                 "--state-dir", str(record.data_dir / "agents" / host.name),
-            ])  # fmt: skip
+            ], stdin=boot)  # fmt: skip
             handle.popens[host.name] = popen
             agents[host.name] = (proc, popen)
         _wait_agents(api, (server, handle.popens["server"]), agents, deadline)
     return handle
+
+
+def _bootstrap_token(api: httpx.Client, prefix: str, host: str) -> str:
+    """A one-time token for `host`'s agent (it never gets the admin token)."""
+    import httpx
+
+    try:
+        r = api.post(
+            f"/v1/hosts/{host}/bootstrap-tokens",
+            json={"expires_in": 600, "description": f"lab region {prefix}"},
+        )
+    except httpx.HTTPError as exc:
+        raise LabError(f"creating the bootstrap token of host {host} failed: {exc}") from exc
+    if r.status_code != 201:
+        raise LabError(f"creating the bootstrap token of host {host} failed: HTTP {r.status_code}")
+    return str(r.json()["token"])
 
 
 def _wait_api(
@@ -563,8 +589,11 @@ class RegionStatus:
     hosts: list[dict[str, Any]] = field(default_factory=list)
 
 
-def status(state_dir: Path | None = None) -> RegionStatus | None:
-    """The region of `state_dir` and its health, or None when no region is recorded there."""
+def status(state_dir: Path | None = None, token: str | None = None) -> RegionStatus | None:
+    """The region of `state_dir` and its health, or None when no region is recorded there.
+
+    Zones and hosts are asked of the API with `token` (the admin's; the region keeps no
+    token): without it, `api_error` says so."""
     import httpx
 
     state_dir = Path(state_dir or default_state_dir()).absolute()
@@ -572,8 +601,10 @@ def status(state_dir: Path | None = None) -> RegionStatus | None:
     if record is None:
         return None
     st = RegionStatus(record, [(p, p.alive()) for p in record.processes])
+    if not token:
+        st.api_error = "no admin token (yunhan up wrote it to the CLI config)"
+        return st
     try:
-        token = record.token_file.read_text().strip()
         with httpx.Client(
             base_url=record.endpoint, headers={"Authorization": f"Bearer {token}"}, timeout=5.0
         ) as api:

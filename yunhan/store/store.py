@@ -25,8 +25,10 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import json
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator
@@ -50,7 +52,9 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from yunhan.errors import Conflict, NotFound
+from yunhan.store import audit as audit_chain
 from yunhan.store import schema as s
+from yunhan.store.audit import AuditEntry
 from yunhan.store.resource import Event, Op, Resource
 
 T = TypeVar("T")
@@ -95,6 +99,20 @@ def _row_to_resource(row: Any) -> Resource:
     )
 
 
+def _token_row(t: TokenInfo) -> dict[str, Any]:
+    return {
+        "hash": t.hash,
+        "id": t.id,
+        "project": t.project,
+        "created_at": t.created_at,
+        "kind": t.kind,
+        "host": t.host,
+        "description": t.description,
+        "expires_at": t.expires_at,
+        "revoked_at": t.revoked_at,
+    }
+
+
 def _dump(d: dict[str, Any]) -> str:
     # Sorted keys: equal content gives equal text, so "unchanged" is a string compare.
     return json.dumps(d, sort_keys=True, separators=(",", ":"))
@@ -131,6 +149,73 @@ def _event_from_row(row: Any) -> Event:
 
 
 @dataclass(frozen=True)
+class TokenInfo:
+    """What the model knows of a token: never the token, only its hash and metadata.
+
+    `kind`: "project" (a tenant's), "host" (one host's agent endpoints only) or "bootstrap"
+    (one-time, exchanged by a host's agent for a host token). A token is valid while it is
+    neither revoked nor expired; `valid_at` is what authentication asks.
+    """
+
+    hash: str
+    id: str
+    project: str
+    created_at: str
+    kind: str = "project"
+    host: str | None = None
+    description: str | None = None
+    expires_at: float | None = None
+    revoked_at: float | None = None
+
+    def valid_at(self, now: float) -> bool:
+        if self.revoked_at is not None:
+            return False
+        return self.expires_at is None or now < self.expires_at
+
+    def public(self) -> dict[str, Any]:
+        """Its metadata as the API shows it (never the hash)."""
+        return {
+            "id": self.id,
+            "project": self.project,
+            "kind": self.kind,
+            "host": self.host,
+            "description": self.description,
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+            "revoked_at": self.revoked_at,
+        }
+
+
+def _token_from_row(row: Any) -> TokenInfo:
+    return TokenInfo(
+        hash=row.hash,
+        id=row.id or f"tok-{row.hash[:8]}",
+        project=row.project,
+        created_at=row.created_at,
+        kind=row.kind or "project",
+        host=row.host,
+        description=row.description,
+        expires_at=row.expires_at,
+        revoked_at=row.revoked_at,
+    )
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something a user must know about (docs/credentials.md, events), before dedup: the
+    store folds notices of one (project, object, reason) into one row with a count."""
+
+    project: str
+    object: str
+    reason: str
+    message: str
+    at: float
+
+
+NOTICE_KEEP = 3600.0  # seconds a notice is kept after it was last seen
+
+
+@dataclass(frozen=True)
 class Liveness:
     """What an agent last said: persisted in batches, never one write per heartbeat."""
 
@@ -152,9 +237,9 @@ class Model:
         self.by_kind: dict[str, dict[str, Resource]] = {}
         self.names: dict[tuple[str, str, str], str] = {}
         self.index: dict[tuple[str, str], dict[str, set[str]]] = {k: {} for k in INDEXES}
-        self.tokens: dict[str, str] = {}  # token hash -> project id
+        self.tokens: dict[str, TokenInfo] = {}  # token hash -> what is known of it
 
-    def load(self, revision: int, objs: Iterable[Resource], tokens: dict[str, str]) -> None:
+    def load(self, revision: int, objs: Iterable[Resource], tokens: dict[str, TokenInfo]) -> None:
         self.objs, self.by_kind, self.names = {}, {}, {}
         self.index = {k: {} for k in INDEXES}
         for o in objs:
@@ -216,8 +301,11 @@ class Model:
     def filed(self, key: tuple[str, str], value: str) -> Collection[str]:
         return self.index[key].get(value, ())
 
-    def token(self, token_hash: str) -> str | None:
+    def token(self, token_hash: str) -> TokenInfo | None:
         return self.tokens.get(token_hash)
+
+    def all_tokens(self) -> dict[str, TokenInfo]:
+        return self.tokens
 
 
 class _Overlay:
@@ -230,7 +318,7 @@ class _Overlay:
         self.base = base
         self.mine: dict[str, Resource | None] = {}  # id -> written object, None = deleted
         self.mine_names: dict[tuple[str, str, str], str | None] = {}
-        self.new_tokens: dict[str, str] = {}
+        self.new_tokens: dict[str, TokenInfo] = {}  # added or revoked here
         # Index changes made here, in order: (index, value) -> [(id, filed or unfiled)].
         # A lookup that no write here touched costs what it costs on the model.
         self.moves: dict[tuple[tuple[str, str], str], list[tuple[str, bool]]] = {}
@@ -282,10 +370,13 @@ class _Overlay:
                     out.discard(id)
         return out
 
-    def token(self, token_hash: str) -> str | None:
+    def token(self, token_hash: str) -> TokenInfo | None:
         if token_hash in self.new_tokens:
             return self.new_tokens[token_hash]
         return self.base.token(token_hash)
+
+    def all_tokens(self) -> dict[str, TokenInfo]:
+        return {**self.base.all_tokens(), **self.new_tokens}
 
     def write(self, o: Resource | None, id: str, old: Resource | None) -> None:
         if old is not None:
@@ -351,7 +442,27 @@ class Reader:
         return sorted(objs, key=lambda o: (o.name, o.id))
 
     def token_project(self, token_hash: str) -> str | None:
+        """The project of a token known to the store (valid or not: see `token`)."""
+        t = self._v.token(token_hash)
+        return t.project if t is not None else None
+
+    def token(self, token_hash: str) -> TokenInfo | None:
+        """What is known of the token with this hash (revoked and expired ones included)."""
         return self._v.token(token_hash)
+
+    def tokens(
+        self, project: str | None = None, *, host: str | None = None
+    ) -> builtins.list[TokenInfo]:
+        """Tokens' metadata (of one project, or serving one host), oldest first."""
+        out = [
+            t
+            for t in self._v.all_tokens().values()
+            if (project is None or t.project == project) and (host is None or t.host == host)
+        ]
+        return sorted(out, key=lambda t: (t.created_at, t.id))
+
+    def token_by_id(self, token_id: str) -> TokenInfo | None:
+        return next((t for t in self._v.all_tokens().values() if t.id == token_id), None)
 
 
 @dataclass
@@ -359,8 +470,16 @@ class _Write:
     """What one transaction wrote, in order (its revision is the batch's to give)."""
 
     ops: list[tuple[Op, Resource]] = field(default_factory=list)
-    tokens: list[tuple[str, str, str]] = field(default_factory=list)  # hash, project, at
+    tokens: list[TokenInfo] = field(default_factory=list)  # new tokens
+    revoked: list[TokenInfo] = field(default_factory=list)  # tokens revoked (as revoked)
     liveness: list[Liveness] = field(default_factory=list)
+    audit: list[AuditEntry] = field(default_factory=list)
+    notices: list[Notice] = field(default_factory=list)
+
+    @property
+    def side(self) -> bool:
+        """Bookkeeping that moves no revision (tokens, leases, audit, notices)."""
+        return bool(self.tokens or self.revoked or self.liveness or self.audit or self.notices)
 
 
 class Tx(Reader):
@@ -442,11 +561,52 @@ class Tx(Reader):
         self._w.ops.append(("delete", gone))
         return gone
 
-    def add_token(self, token_hash: str, project: str) -> None:
-        if self.token_project(token_hash) is not None:
+    def add_token(
+        self,
+        token_hash: str,
+        project: str,
+        *,
+        kind: str = "project",
+        host: str | None = None,
+        description: str | None = None,
+        expires_at: float | None = None,
+    ) -> TokenInfo:
+        """Register a token by its hash (the token itself is never given to the store)."""
+        if self.token(token_hash) is not None:
             raise Conflict("that token is already registered")
-        self._ov.new_tokens[token_hash] = project
-        self._w.tokens.append((token_hash, project, self._now))
+        info = TokenInfo(
+            hash=token_hash,
+            id=f"tok-{secrets.token_hex(4)}",
+            project=project,
+            created_at=self._now,
+            kind=kind,
+            host=host,
+            description=description,
+            expires_at=expires_at,
+        )
+        self._ov.new_tokens[token_hash] = info
+        self._w.tokens.append(info)
+        return info
+
+    def revoke_token(self, info: TokenInfo, at: float) -> TokenInfo:
+        """Revoke a token (idempotent: a revoked one keeps its first revocation time)."""
+        current = self.token(info.hash)
+        if current is None:
+            raise NotFound(f"token {info.id} does not exist", id=info.id)
+        if current.revoked_at is not None:
+            return current
+        gone = replace(current, revoked_at=at)
+        self._ov.new_tokens[info.hash] = gone
+        self._w.revoked.append(gone)
+        return gone
+
+    def add_audit(self, entries: Iterable[AuditEntry]) -> None:
+        """Append audit records; the store chains them when the batch commits."""
+        self._w.audit.extend(entries)
+
+    def add_notices(self, notices: Iterable[Notice]) -> None:
+        """Record notices; folded into existing ones of the same (project, object, reason)."""
+        self._w.notices.extend(notices)
 
     def set_liveness(self, lv: Liveness) -> None:
         """Persist what an agent last said (bookkeeping: the revision does not move)."""
@@ -586,7 +746,7 @@ class Store:
             else:
                 rev = self._meta(conn, "revision")
             objs = [_row_to_resource(r) for r in conn.execute(select(s.resources))]
-            tokens = {r.hash: r.project for r in conn.execute(select(s.tokens))}
+            tokens = {r.hash: _token_from_row(r) for r in conn.execute(select(s.tokens))}
         with self._mlock:
             self.model.load(rev, objs, tokens)
             for _fn, load in self._subscribers:
@@ -641,11 +801,16 @@ class Store:
         self._read_tokens(conn)  # not in the log: another process may have added some
 
     def _read_tokens(self, conn: Connection) -> None:
-        tokens = {r.hash: r.project for r in conn.execute(select(s.tokens))}
+        tokens = [_token_from_row(r) for r in conn.execute(select(s.tokens))]
         with self._mlock:
             # Merged, not replaced: tokens are never deleted, and this read may predate a
-            # token that a batch of ours committed (and put in the model) meanwhile.
-            self.model.tokens.update(tokens)
+            # token (or a revocation) that a batch of ours committed meanwhile. A revocation
+            # is never undone by a stale read.
+            for t in tokens:
+                known = self.model.tokens.get(t.hash)
+                if known is not None and known.revoked_at is not None and t.revoked_at is None:
+                    continue
+                self.model.tokens[t.hash] = t
 
     def refresh(self) -> None:
         """Follow writes of other processes now (the poll fallback, or after a NOTIFY)."""
@@ -718,7 +883,7 @@ class Store:
                 if w.ops:
                     tx._ov.merge_into_base()
                     batch.writes.append((tx.next_revision, w))
-                elif w.tokens or w.liveness:
+                elif w.side:
                     tx._ov.merge_into_base()
                     batch.side.append(w)
             except BaseException:
@@ -783,12 +948,34 @@ class Store:
                 if self.dialect == "postgresql":
                     conn.exec_driver_sql(f"NOTIFY {NOTIFY_CHANNEL}, '{top}'")
             leases: dict[str, Liveness] = {}
+            audit: list[AuditEntry] = []
+            notices: list[Notice] = []
+            tokens_moved = False
             for w in [*(w for _r, w in batch.writes), *batch.side]:
-                for h, p, at in w.tokens:
-                    conn.execute(insert(s.tokens).values(hash=h, project=p, created_at=at))
+                for t in w.tokens:
+                    conn.execute(insert(s.tokens).values(**_token_row(t)))
+                for t in w.revoked:
+                    conn.execute(
+                        update(s.tokens)
+                        .where(s.tokens.c.hash == t.hash, s.tokens.c.revoked_at.is_(None))
+                        .values(revoked_at=t.revoked_at)
+                    )
+                tokens_moved = tokens_moved or bool(w.tokens or w.revoked)
                 leases.update((lv.host, lv) for lv in w.liveness)
+                audit.extend(w.audit)
+                notices.extend(w.notices)
             if leases:
                 self._write_leases(conn, list(leases.values()))
+            if audit:
+                # Under the database's write lock (this batch holds it): the chain continues
+                # from the last record any replica stored, so it stays one chain.
+                audit_chain.append(conn, audit)
+            if notices:
+                self._write_notices(conn, notices)
+            if tokens_moved and self.dialect == "postgresql" and not rows:
+                # Other replicas re-read tokens when they follow the log: a revocation must
+                # reach them now, not at their next poll.
+                conn.exec_driver_sql(f"NOTIFY {NOTIFY_CHANNEL}, 'tokens'")
             conn.commit()
         except IntegrityError as exc:
             batch.error = Conflict(f"conflicting write: {exc.orig}")
@@ -806,7 +993,7 @@ class Store:
         if batch.error is None:
             with self._mlock:
                 for w in [*(w for _r, w in batch.writes), *batch.side]:
-                    self.model.tokens.update({h: p for h, p, _at in w.tokens})
+                    self.model.tokens.update((t.hash, t) for t in [*w.tokens, *w.revoked])
             self._advance(events)
             if not events and batch.side:
                 self._notify(wrote=False)
@@ -840,6 +1027,82 @@ class Store:
                          [{"gid": r["id"]} for r in ids])  # fmt: skip
         if put:
             conn.execute(insert(s.resources), put)
+
+    def _write_notices(self, conn: Connection, notices: list[Notice]) -> None:
+        # Folded per key first: a flapping host in one batch is one statement, not ten.
+        folded: dict[tuple[str, str, str], tuple[Notice, int, float]] = {}
+        for n in notices:
+            key = (n.project, n.object, n.reason)
+            prev = folded.get(key)
+            first = prev[2] if prev else n.at
+            folded[key] = (n, (prev[1] if prev else 0) + 1, min(first, n.at))
+        t = s.notices
+        for (project, obj, reason), (n, count, first) in folded.items():
+            done = conn.execute(
+                update(t)
+                .where(t.c.project == project, t.c.object == obj, t.c.reason == reason)
+                .values(message=n.message, last_at=n.at, count=t.c.count + count)
+            )
+            if not done.rowcount:
+                conn.execute(
+                    insert(t).values(
+                        id=f"ev-{secrets.token_hex(4)}",
+                        project=project,
+                        object=obj,
+                        reason=reason,
+                        message=n.message,
+                        first_at=first,
+                        last_at=n.at,
+                        count=count,
+                    )
+                )
+        horizon = max(n.at for n in notices) - NOTICE_KEEP
+        conn.execute(delete(t).where(t.c.last_at < horizon))
+
+    def notices(
+        self, project: str | None = None, obj: str | None = None, *, now: float | None = None
+    ) -> list[dict[str, Any]]:
+        """Notices kept (of one project, about one object), most recent first. Read from
+        the database: notices are not part of the model."""
+        t = s.notices
+        now = self.clock() if now is None else now
+        q = select(t).where(t.c.last_at >= now - NOTICE_KEEP)
+        if project is not None:
+            q = q.where(t.c.project == project)
+        if obj is not None:
+            q = q.where(t.c.object == obj)
+        with self.engine.connect() as conn:
+            rows = conn.execute(q.order_by(t.c.last_at.desc(), t.c.id)).all()
+            conn.rollback()
+        return [
+            {
+                "project": r.project,
+                "object": r.object,
+                "reason": r.reason,
+                "message": r.message,
+                "first_at": r.first_at,
+                "last_at": r.last_at,
+                "count": r.count,
+            }
+            for r in rows
+        ]
+
+    def audit_records(
+        self, project: str | None = None, since: float | None = None, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        """Audit records (of one project, at or after `since`), oldest first."""
+        with self.engine.connect() as conn:
+            out = audit_chain.read(conn, project=project, since=since, limit=limit)
+            conn.rollback()
+        return out
+
+    def verify_audit(self) -> audit_chain.Broken | None:
+        """The first audit record that breaks the chain (altered, removed, reordered), or
+        None when the whole trail holds together."""
+        with self.engine.connect() as conn:
+            out = audit_chain.verify(conn)
+            conn.rollback()
+        return out
 
     @staticmethod
     def _write_leases(conn: Connection, leases: list[Liveness]) -> None:

@@ -1,4 +1,5 @@
-"""Agent endpoints (admin token): register, watch the desired document, report status."""
+"""Agent endpoints (the host's own token, or the admin's): register, watch the desired
+document, report status."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Request, Response
 
-from yunhan.api.deps import MAX_REVISION, AdminDep, state_of
+from yunhan.api.deps import MAX_REVISION, AgentDep, state_of
+from yunhan.api.journal import APPLY_ERROR, INSTANCE_FAILED
 from yunhan.api.views import host_view, resolve
 from yunhan.controller.status import reflect
 from yunhan.errors import Conflict, NotFound
@@ -24,7 +26,7 @@ STORE_HEADER = "X-Yunhan-Store"
 
 
 @router.put("/hosts/{name}")
-def register_host(name: str, body: HostRegister, request: Request, _: AdminDep) -> dict[str, Any]:
+def register_host(name: str, body: HostRegister, request: Request, _: AgentDep) -> dict[str, Any]:
     """Register or update a host. Its `vtep_index` is assigned on first registration and
     kept forever after: peers' neighbour and FDB entries are derived from it."""
     st = state_of(request)
@@ -65,7 +67,7 @@ def register_host(name: str, body: HostRegister, request: Request, _: AdminDep) 
 async def get_desired(
     name: str,
     request: Request,
-    _: AdminDep,
+    _: AgentDep,
     after: int = Query(0, ge=0, le=MAX_REVISION),
     timeout: float = Query(0.0, allow_inf_nan=False),
     digest: str | None = Query(None, max_length=64),
@@ -90,14 +92,15 @@ async def get_desired(
 
 @router.post("/hosts/{name}/status", status_code=204)
 async def report_status(
-    name: str, body: HostStatusReport, request: Request, _: AdminDep
+    name: str, body: HostStatusReport, request: Request, _: AgentDep
 ) -> Response:
     """Heartbeat + applied revision (a lease, in memory) + per-instance facts, reflected
     into instance status only when they change what is stored."""
     st = state_of(request)
     changes: list[tuple[str, dict[str, Any]]] = []
     with st.store.read() as r:
-        if r.by_name("host", st.admin_project_id, name) is None:
+        host = r.by_name("host", st.admin_project_id, name)
+        if host is None:
             raise NotFound(f"host {name} is not registered; PUT /v1/agent/hosts/{name} first")
         for iid, report in body.instances.items():
             inst = r.get("instance", iid)
@@ -106,6 +109,20 @@ async def report_status(
             new = reflect(inst.status, report.model_dump(exclude_unset=True))
             if new != inst.status:
                 changes.append((iid, new))
+                if new.get("phase") == "failed" and inst.status.get("phase") != "failed":
+                    # The instance's project sees this (its own instance, its own message).
+                    st.journal.notice(
+                        inst.project,
+                        inst.id,
+                        INSTANCE_FAILED,
+                        f"instance {inst.name} failed to start on host {name}: "
+                        f"{new.get('message') or 'no reason given'}",
+                    )
+    lease = st.fleet.leases.get(name)
+    if body.error and (lease is None or lease.error != body.error):
+        # The text may name other projects' resources: the admin's only. Tenants learn of
+        # it through their instances' phase and message.
+        st.journal.notice(st.admin_project_id, host.id, APPLY_ERROR, f"host {name}: {body.error}")
     st.fleet.ack(name, body.applied_revision, body.error)
     if changes:
         await _write_phases(request, name, changes)

@@ -111,6 +111,8 @@ class Conn(Protocol):
 
     async def close(self) -> None: ...
 
+    def set_token(self, token: str) -> None: ...
+
 
 class RawConn:
     """HTTP/1.1 over one asyncio stream, kept alive and reopened when the server closed it.
@@ -122,8 +124,11 @@ class RawConn:
 
     def __init__(self, port: int, token: str) -> None:
         self.port = port
-        self._head = f"Host: {LOOPBACK}:{port}\r\nAuthorization: Bearer {token}\r\n"
+        self.set_token(token)
         self._rw: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    def set_token(self, token: str) -> None:
+        self._head = f"Host: {LOOPBACK}:{self.port}\r\nAuthorization: Bearer {token}\r\n"
 
     async def request(
         self, method: str, path: str, body: Any = None, timeout: float = 30.0
@@ -232,6 +237,9 @@ class HttpxConn:
 
     async def close(self) -> None:
         await self._client.aclose()
+
+    def set_token(self, token: str) -> None:
+        self._client.headers["Authorization"] = f"Bearer {token}"
 
 
 class Dialer:
@@ -524,6 +532,17 @@ class SimAgent:
         self.received: list[Received] = []
         self.acks: list[tuple[int, float]] = []  # (applied_revision, monotonic time of 204)
         self._ack_revisions: list[int] = []  # increasing: acks only move forward
+
+    async def enroll(self, bootstrap: str) -> None:
+        """Exchange a bootstrap token for this host's token and use that from now on, as
+        the real agent does (docs/credentials.md)."""
+        self._status.set_token(bootstrap)
+        r = await self._status.request("POST", self.base + "/token")
+        if r.status != 201:
+            raise RuntimeError(f"{self.name}: token exchange refused {r.status} {r.body[:300]!r}")
+        token = str(r.json()["token"])
+        self._status.set_token(token)
+        self._poll.set_token(token)
 
     async def register(self) -> None:
         body = {"zone": self.zone, "underlay_ip": self.underlay_ip, "mtu": 1500}
@@ -843,6 +862,13 @@ class Bench:
 
         async def reg(a: SimAgent) -> None:
             async with sem:
+                if self.args.auth == "host":
+                    boot = await self.api.call(
+                        "POST",
+                        f"/v1/hosts/{a.name}/bootstrap-tokens",
+                        {"description": "bench/convergence"},
+                    )
+                    await a.enroll(str(boot["token"]))
                 await a.register()
 
         t0 = time.monotonic()
@@ -855,7 +881,8 @@ class Bench:
             raise RuntimeError(f"{len(w.pending)} agents never acknowledged a first document")
         print(
             f"agents: {len(self.agents)} registered and acknowledged their first document "
-            f"in {time.monotonic() - t0:.2f}s ({self.args.client} client)"
+            f"in {time.monotonic() - t0:.2f}s ({self.args.client} client, "
+            f"{self.args.auth} token)"
         )
         return tasks
 
@@ -1298,6 +1325,12 @@ def main() -> int:
     ap.add_argument("--vpcs-per-host", type=int, default=3)
     ap.add_argument("--changes", type=int, default=CHANGES_PER_KIND, help="per kind")
     ap.add_argument("--client", choices=("raw", "httpx"), default="raw")
+    ap.add_argument(
+        "--auth",
+        choices=("host", "admin"),
+        default="host",
+        help="agents use their own host token (as the real agent) or the admin token",
+    )
     ap.add_argument("--idle-seconds", type=float, default=5.0)
     ap.add_argument("--max-seconds", type=float, default=1800.0, help="whole run bound")
     ap.add_argument("--seed", type=int, default=6)

@@ -51,7 +51,6 @@ import asyncio
 import bisect
 import contextlib
 import ctypes
-import hashlib
 import json
 import math
 import os
@@ -69,6 +68,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+
+from yunhan.net.docentries import combine, entry_hash
 
 LOOPBACK = "127.0.0.1"
 LONG_POLL = 20.0  # the real agent's LONG_POLL_TIMEOUT
@@ -471,15 +472,14 @@ def apply_delta(entries: dict[str, Any], removed: list[str], put: dict[str, Any]
 class EntryDigest:
     """`docentries.digest` of a mapping that changes a few entries at a time.
 
-    The digest is sha256 of the canonical JSON of the sorted items, i.e. of `[` + the items'
-    own canonical JSON joined by `,` + `]`; each item's text is kept while its value is the
-    same object, so a poll after a delta re-encodes only what the delta brought. A real agent
-    pays the whole encoding on its own host; here N agents would pay it on the server's
-    machine and slow the server they measure.
+    The digest is the sum of the entries' `entry_hash`es; each entry's hash is kept while its
+    value is the same object, so a poll after a delta hashes only what the delta brought. A
+    real agent pays the whole digest on its own host; here N agents would pay it on the
+    server's machine and slow the server they measure.
     """
 
     def __init__(self) -> None:
-        self._items: dict[str, tuple[object, str]] = {}
+        self._items: dict[str, tuple[object, int]] = {}
 
     def __call__(self, entries: dict[str, Any]) -> str:
         items = self._items
@@ -488,10 +488,8 @@ class EntryDigest:
         for k, v in entries.items():
             cached = items.get(k)
             if cached is None or cached[0] is not v:
-                text = json.dumps([k, v], sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-                items[k] = (v, text)
-        canon = "[" + ",".join(items[k][1] for k in sorted(items)) + "]"
-        return hashlib.sha256(canon.encode()).hexdigest()
+                items[k] = (v, entry_hash(k, v))
+        return combine(h for _v, h in items.values())
 
 
 class SimAgent:

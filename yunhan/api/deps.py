@@ -8,6 +8,7 @@ dependencies of the API point one way: app -> routes -> deps.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated
@@ -46,7 +47,7 @@ def state_of(request: Request) -> AppState:
     return st
 
 
-def identify(request: Request) -> Caller:
+async def identify(request: Request) -> Caller:
     """Whoever holds the request's token, of any kind (401 otherwise). Also noted on the
     request for the audit trail (`CALLER`, or the refused token's id under `REFUSED`)."""
     st = state_of(request)
@@ -59,7 +60,7 @@ def identify(request: Request) -> Caller:
             if st.store.dialect == "sqlite":
                 raise
             # A token made through another replica a moment ago: follow the log, look again.
-            st.store.refresh()
+            await asyncio.to_thread(st.store.refresh)
             with st.store.read() as r:
                 c = authenticate(r, header, st.admin_hash, st.admin_project_id, st.clock())
     except Unauthorized as exc:
@@ -69,10 +70,10 @@ def identify(request: Request) -> Caller:
     return c
 
 
-def caller(request: Request) -> Caller:
+async def caller(request: Request) -> Caller:
     """FastAPI dependency for tenant and admin resources: the caller, who must hold a
     project token or the admin token (401 otherwise; 403 for host and bootstrap tokens)."""
-    c = identify(request)
+    c = await identify(request)
     if c.kind in ("host", "bootstrap"):
         raise Forbidden(
             f"a {c.kind} token is valid only for host {c.host}'s agent endpoints, "
@@ -81,10 +82,10 @@ def caller(request: Request) -> Caller:
     return c
 
 
-def agent_caller(name: str, request: Request) -> Caller:
+async def agent_caller(name: str, request: Request) -> Caller:
     """FastAPI dependency for /v1/agent/hosts/{name}/...: the admin, or the host token of
     host `name` itself (403 for any other token, another host's included)."""
-    c = identify(request)
+    c = await identify(request)
     if c.admin or (c.kind == "host" and c.host == name):
         return c
     if c.kind == "host":
@@ -94,9 +95,9 @@ def agent_caller(name: str, request: Request) -> Caller:
     )
 
 
-def bootstrap_caller(name: str, request: Request) -> Caller:
+async def bootstrap_caller(name: str, request: Request) -> Caller:
     """FastAPI dependency of the token exchange: a bootstrap token made for host `name`."""
-    c = identify(request)
+    c = await identify(request)
     if c.kind == "bootstrap" and c.host == name:
         return c
     raise Forbidden(
@@ -108,7 +109,7 @@ def bootstrap_caller(name: str, request: Request) -> Caller:
 CallerDep = Annotated[Caller, Depends(caller)]
 
 
-def admin(c: CallerDep) -> Caller:
+async def admin(c: CallerDep) -> Caller:
     """FastAPI dependency: the caller, who must hold the admin token (403 otherwise)."""
     if not c.admin:
         raise Forbidden("this needs the admin token")

@@ -45,7 +45,8 @@ from yunhan.net.docentries import (
     Delta,
     Entries,
     JsonObj,
-    digest,
+    combine,
+    entry_hash,
     host_entry,
     member_entry,
     member_key,
@@ -201,6 +202,8 @@ class Engine:
         self._vpc_log_limit: dict[str, int] = {}  # compact when longer
         self._affected: dict[int, frozenset[str]] = {}  # only revisions that changed docs
         self._digests: dict[str, tuple[int, str]] = {}
+        # id(value) -> (value, key, entry_hash): the value is held so its id stays its own.
+        self._entry_hashes: dict[int, tuple[JsonObj, str, int]] = {}
 
     def _sweep_every(self) -> int:
         return max(1, self._window // 4)
@@ -550,13 +553,34 @@ class Engine:
         return out
 
     def digest(self, host: str) -> str:
-        """`docentries.digest` of the host's document, cached per document revision."""
+        """`docentries.digest` of the host's document, cached per document revision.
+
+        Each entry's hash is kept as long as its value object lives (values are shared and
+        replaced, never changed), so a document whose revision moved costs a lookup per
+        entry, not an encoding and hash of the whole document.
+        """
         d = self._doc_rev[host]
         cached = self._digests.get(host)
         if cached is None or cached[0] != d:
-            cached = (d, digest(self.snapshot(host)))
+            hashes = self._entry_hashes
+            parts = []
+            for k, v in self.snapshot(host).items():
+                got = hashes.get(id(v))
+                if got is None or got[0] is not v or got[1] != k:
+                    got = (v, k, entry_hash(k, v))
+                    hashes[id(v)] = got
+                parts.append(got[2])
+            cached = (d, combine(parts))
             self._digests[host] = cached
+            if len(hashes) > 4 * max(1024, len(self._member_of) + len(self._vpc_entry)):
+                self._prune_entry_hashes()
         return cached[1]
+
+    def _prune_entry_hashes(self) -> None:
+        live = {id(v) for v in self._vpc_entry.values()}
+        live.update(id(v) for members in self._members.values() for v in members.values())
+        live.update(id(v) for v in self._host_entry.values())
+        self._entry_hashes = {i: h for i, h in self._entry_hashes.items() if i in live}
 
     def delta(self, host: str, after: int) -> Delta:
         """What an agent holding `host`'s document as of revision `after` needs.

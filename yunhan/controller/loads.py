@@ -109,9 +109,14 @@ class HostLoads:
             if not b:
                 del zb[self._count.get(host, 0)]
 
-    def lightest(self, zone: str, healthy: Callable[[str], bool], k: int = 8) -> list[str]:
+    def lightest(self, zone: str, healthy: Callable[[str], bool], k: int = 32) -> list[str]:
         """Up to `k` hosts of `zone` in (load, name) order, healthy ones first: what the
-        scheduler should look at. Cost: the hosts skipped as unhealthy, plus k."""
+        scheduler should look at. Cost: the hosts skipped as unhealthy, plus k.
+
+        `k` is larger than a batch of concurrent creates: they count each other's
+        placements (the transaction's index), but only among these candidates, so fewer
+        candidates than creates would pile a burst onto them.
+        """
         zb = self._buckets.get(zone, {})
         chosen: list[str] = []
         sick: list[str] = []

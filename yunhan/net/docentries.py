@@ -135,12 +135,24 @@ def member_entry(
     }
 
 
+def entry_hash(key: str, value: JsonObj) -> int:
+    """One entry's part of a digest: sha256 of the key and its value's canonical JSON."""
+    canon = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return int.from_bytes(hashlib.sha256(f"{key}\0{canon}".encode()).digest(), "big")
+
+
+def combine(hashes: Iterable[int]) -> str:
+    """The digest of a set of entries from their `entry_hash`es: their sum modulo 2**256,
+    in hex. A sum does not depend on order, so whoever keeps the hashes of unchanged
+    entries (the server's engine shares entry values between documents and changes) can
+    digest a whole document without encoding it again."""
+    return f"{sum(hashes) % (1 << 256):064x}"
+
+
 def digest(entries: Mapping[str, JsonObj]) -> str:
-    """sha256 (hex) of the canonical JSON of the sorted items: equal entries, equal digest."""
-    canon = json.dumps(
-        sorted(entries.items()), sort_keys=True, separators=(",", ":"), ensure_ascii=True
-    )
-    return hashlib.sha256(canon.encode()).hexdigest()
+    """Digest of a document (equal entries, equal digest): `combine` of every entry's
+    `entry_hash`."""
+    return combine(entry_hash(k, v) for k, v in entries.items())
 
 
 def apply_delta(

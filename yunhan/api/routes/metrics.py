@@ -17,11 +17,16 @@ router = APIRouter(tags=["metrics"])
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
+def _num(value: float) -> str:
+    # Exact: a counter of bytes or a revision past a million must not print as 1.2e+06.
+    return str(value) if isinstance(value, int) else repr(float(value))
+
+
 def _line(name: str, value: float, labels: dict[str, str] | None = None) -> str:
     if labels:
         inner = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()))
-        return f"{name}{{{inner}}} {value:g}"
-    return f"{name} {value:g}"
+        return f"{name}{{{inner}}} {_num(value)}"
+    return f"{name} {_num(value)}"
 
 
 def _escape(v: str) -> str:

@@ -68,6 +68,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import quote
 
 from yunhan.net.docentries import combine, entry_hash
 
@@ -953,7 +954,15 @@ class Bench:
             + (f", PostgreSQL {pg_cpu / total * 1000:.1f} ms" if self.pg else "")
         )
 
-        instances = await self.api.call("GET", "/v1/instances", timeout=120)
+        instances: list[Any] = []
+        cursor: str | None = None
+        while True:  # the list is paged ({"items", "next"}): follow the cursor
+            path = "/v1/instances?limit=1000" + (f"&cursor={quote(cursor)}" if cursor else "")
+            page = await self.api.call("GET", path, timeout=120)
+            instances.extend(page["items"])
+            cursor = page.get("next")
+            if not cursor:
+                break
         target = expected_keys(instances, [x.name for x in self.agents])
         conv_task = asyncio.create_task(self._converged(last_revision, 60))
         w = await self.wait_for(

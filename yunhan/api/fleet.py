@@ -26,6 +26,8 @@ from yunhan.store import Event, Liveness, Store
 
 log = logging.getLogger("yunhan.fleet")
 
+COALESCE = 0.1  # seconds: at most one delta per host per this interval (see `desired`)
+
 
 @dataclass
 class Lease:
@@ -53,6 +55,7 @@ class Fleet:
         self.engine = Engine()
         self.leases: dict[str, Lease] = {}
         self._doc_waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._last_answer: dict[str, float] = {}  # host -> loop time of its last delta
         self._conv_waiters: dict[str, set[_ConvWaiter]] = {}
         self._rev_waiters: set[_ConvWaiter] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -134,12 +137,20 @@ class Fleet:
         if after > self.store.revision():
             # Another replica may be ahead of us: follow the log before judging.
             await asyncio.to_thread(self.store.refresh)
-        deadline = asyncio.get_running_loop().time() + timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        # Coalescing: a host is sent at most one delta per COALESCE seconds. A burst of
+        # writes then reaches it as one delta (one answer, one apply, one acknowledgement)
+        # instead of one per write; a lone change is not delayed.
+        hold = self._last_answer.get(host, -COALESCE) + COALESCE - loop.time()
+        if after and hold > 0:
+            await asyncio.sleep(min(hold, max(deadline - loop.time(), 0.0)))
         while True:
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            fut: asyncio.Future[None] = loop.create_future()
             with self.store.read() as r:
                 d = self._answer(host, after, digest, r.revision)
                 if d is not None:
+                    self._last_answer[host] = loop.time()
                     return d
                 self._doc_waiters.setdefault(host, set()).add(fut)
             remaining = deadline - asyncio.get_running_loop().time()
@@ -151,6 +162,9 @@ class Fleet:
             except TimeoutError:
                 self._drop_waiter(host, fut)
                 return None
+            hold = self._last_answer.get(host, -COALESCE) + COALESCE - loop.time()
+            if hold > 0 and not self._interrupted:
+                await asyncio.sleep(min(hold, max(deadline - loop.time(), 0.0)))
 
     def _answer(self, host: str, after: int, digest: str | None, revision: int) -> Delta | None:
         current = self.engine.doc_revision(host)

@@ -148,6 +148,11 @@ def _resource(body: bytes, path_params: dict[str, Any]) -> str | None:
     return None
 
 
+def request_id(scope: Scope) -> str:
+    """The request's id: a sane X-Request-Id it came with, else a new one."""
+    return _request_id(scope)
+
+
 class AuditMiddleware:
     """Request ids on every response; audit records of accepted writes and refusals."""
 

@@ -20,6 +20,7 @@ import uvicorn
 
 from yunhan.api.app import create_app
 from yunhan.api.deps import MAX_LONG_POLL
+from yunhan.api.fastpath import AgentFastPath
 from yunhan.api.journal import FLUSH_INTERVAL
 from yunhan.api.replicas import ReplicaBridge
 from yunhan.controller import Controller
@@ -54,7 +55,7 @@ async def _main(
         max_long_poll=max_long_poll,
     )
     config = uvicorn.Config(
-        app,
+        AgentFastPath(app, app.state.yunhan),
         host=host,
         port=port,
         log_level="info",

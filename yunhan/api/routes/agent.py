@@ -12,7 +12,7 @@ from pydantic import Field
 from pydantic.json_schema import SkipJsonSchema
 
 from yunhan.api.conventions import errors
-from yunhan.api.deps import MAX_REVISION, AgentDep, state_of
+from yunhan.api.deps import MAX_REVISION, AgentDep, AppState, state_of
 from yunhan.api.journal import APPLY_ERROR, INSTANCE_FAILED
 from yunhan.api.models import Host
 from yunhan.api.views import host_view, resolve
@@ -91,15 +91,28 @@ async def get_desired(
     with st.store.read() as r:
         if r.by_name("host", st.admin_project_id, name) is None:
             raise NotFound(f"host {name} is not registered; PUT /v1/agent/hosts/{name} first")
+    status, body = await desired_answer(st, name, after, timeout, digest)
+    return Response(
+        content=body,
+        status_code=status,
+        media_type="application/json" if body else None,
+        headers={STORE_HEADER: st.admin_project_id},
+    )
+
+
+async def desired_answer(
+    st: AppState, name: str, after: int, timeout: float, digest: str | None
+) -> tuple[int, bytes]:
+    """(status, body) of a desired-document poll of a registered host (the route's and the
+    server's fast path's one implementation)."""
     delta = await st.fleet.desired(
         name, after, min(max(timeout, 0.0), st.max_long_poll), digest=digest
     )
-    headers = {STORE_HEADER: st.admin_project_id}
     if delta is None:
-        return Response(status_code=204, headers=headers)
+        return 204, b""
     body = json.dumps(delta.to_json(), separators=(",", ":")).encode()
     st.fleet.bytes_sent += len(body)
-    return Response(content=body, media_type="application/json", headers=headers)
+    return 200, body
 
 
 @router.post(
@@ -111,6 +124,16 @@ async def report_status(
     """Heartbeat + applied revision (a lease, in memory) + per-instance facts, reflected
     into instance status only when they change what is stored."""
     st = state_of(request)
+    with st.store.read() as r:
+        if r.by_name("host", st.admin_project_id, name) is None:
+            raise NotFound(f"host {name} is not registered; PUT /v1/agent/hosts/{name} first")
+    await status_report(st, name, body)
+    return Response(status_code=204)
+
+
+async def status_report(st: AppState, name: str, body: HostStatusReport) -> None:
+    """Take a registered host's status report (the route's and the fast path's one
+    implementation): the lease in memory, instance facts written only when they change."""
     changes: list[tuple[str, dict[str, Any]]] = []
     with st.store.read() as r:
         host = r.by_name("host", st.admin_project_id, name)
@@ -139,13 +162,10 @@ async def report_status(
         st.journal.notice(st.admin_project_id, host.id, APPLY_ERROR, f"host {name}: {body.error}")
     st.fleet.ack(name, body.applied_revision, body.error)
     if changes:
-        await _write_phases(request, name, changes)
-    return Response(status_code=204)
+        await _write_phases(st, name, changes)
 
 
-async def _write_phases(request: Request, host: str, changes: list[tuple[str, Any]]) -> None:
-    st = state_of(request)
-
+async def _write_phases(st: AppState, host: str, changes: list[tuple[str, Any]]) -> None:
     def write() -> None:
         with st.store.transaction() as tx:
             for iid, status in changes:

@@ -283,7 +283,12 @@ def _v4(conn: Connection) -> None:
                            name="uq_notices_project_object_reason")).create(conn)  # fmt: skip
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4]
+def _v5(conn: Connection) -> None:
+    # Moved by every token write: replicas re-read tokens only when it moved.
+    conn.execute(insert(meta), [{"key": "tokens_rev", "value": 0}])
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5]
 LATEST = len(MIGRATIONS)
 # PostgreSQL advisory lock keys are one 64-bit space per database: ours are "YH" + a tag.
 MIGRATE_LOCK_KEY = 0x5948_0000_0000_0001

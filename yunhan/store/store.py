@@ -734,6 +734,7 @@ class Store:
         self._last_poll = 0.0
         self._interrupted = False
         self._batch: _Batch | None = None
+        self._tokens_rev = -1  # the tokens_rev whose tokens the model holds (-1: none read)
         self._subscribers: list[tuple[Subscriber, Loader]] = []
         self._commits = 0
         self.commit_seconds = 0.0  # total time spent committing batches (metrics)
@@ -821,9 +822,11 @@ class Store:
             else:
                 rev = self._meta(conn, "revision")
             objs = [_row_to_resource(r) for r in conn.execute(select(s.resources))]
+            tokens_rev = self._meta(conn, "tokens_rev")
             tokens = {r.hash: _token_from_row(r) for r in conn.execute(select(s.tokens))}
         with self._mlock:
             self.model.load(rev, objs, tokens)
+            self._tokens_rev = tokens_rev
             for _fn, load in self._subscribers:
                 log.warning("model reloaded at revision %d: subscribers rebuild", rev)
                 load(rev, objs)
@@ -876,7 +879,14 @@ class Store:
         self._read_tokens(conn)  # not in the log: another process may have added some
 
     def _read_tokens(self, conn: Connection) -> None:
+        # Tokens are not in the log; a counter moved by every token write says whether to
+        # read them again (a thousand hosts' tokens, read on every catch-up, were the
+        # largest cost of following another replica's writes).
+        version = self._meta(conn, "tokens_rev")
+        if version == self._tokens_rev:
+            return
         tokens = [_token_from_row(r) for r in conn.execute(select(s.tokens))]
+        self._tokens_rev = version
         with self._mlock:
             # Merged, not replaced: tokens are never deleted, and this read may predate a
             # token (or a revocation) that a batch of ours committed meanwhile. A revocation
@@ -1059,6 +1069,12 @@ class Store:
                 audit_chain.append(conn, audit)
             if notices:
                 self._write_notices(conn, notices)
+            if tokens_moved:
+                conn.execute(
+                    update(s.meta)
+                    .where(s.meta.c.key == "tokens_rev")
+                    .values(value=s.meta.c.value + 1)
+                )
             if tokens_moved and self.dialect == "postgresql" and not rows:
                 # Other replicas re-read tokens when they follow the log: a revocation must
                 # reach them now, not at their next poll.

@@ -204,7 +204,8 @@ class Api:
         return r.json()
 
     def healthy(self) -> set[str]:
-        return {h["name"] for h in self.get("/v1/hosts") if h["status"]["healthy"]}
+        page = self.get("/v1/hosts", limit=1000)  # a page: {"items", "next", "revision"}
+        return {h["name"] for h in page["items"] if h["status"]["healthy"]}
 
     def wait_converged(self, revision: int, timeout: float = 60.0) -> None:
         """Long-poll GET /v1/converged until write `revision` is applied by every host it

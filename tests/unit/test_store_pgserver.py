@@ -122,7 +122,7 @@ def test_schema_migrates_on_postgresql_from_scratch_and_step_by_step(pg_url: str
             assert schema.migrate(conn) == schema.LATEST
             assert schema.migrate(conn) == schema.LATEST  # nothing left to do
             meta = {k: v for k, v in conn.execute(text("SELECT key, value FROM meta"))}
-            assert meta == {"revision": 0, "leader_epoch": 0, "log_horizon": 0}
+            assert meta == {"revision": 0, "leader_epoch": 0, "log_horizon": 0, "tokens_rev": 0}
             types = conn.execute(
                 text(
                     "SELECT table_name || '.' || column_name FROM information_schema.columns "

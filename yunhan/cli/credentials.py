@@ -171,7 +171,7 @@ EVENTS = Cmd(
     "What you must know about: hosts gone silent, instances that failed, apply errors, "
     "refused placements (deduplicated, kept one hour).",
     events,
-    (Opt(("--for",), "for_", "about this resource (name or id)"), *SHOWN),
+    (Opt(("--for",), "for_", "about this resource (name or id)", metavar="RESOURCE"), *SHOWN),
 )
 
 COMMANDS: tuple[Cmd | Group, ...] = (TOKEN, AUDIT, EVENTS)

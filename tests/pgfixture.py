@@ -63,30 +63,27 @@ def pg_admin_url(run_prefix: str) -> Iterator[str]:
 @pytest.fixture
 def pg_url(pg_admin_url: str, run_prefix: str, request: pytest.FixtureRequest) -> Iterator[str]:
     """A new, empty database for this test (named <run prefix>_<n>_<test>), dropped after."""
-    name = f"{run_prefix}_{next(_counter)}_{request.node.name}".lower()
-    name = re.sub(r"[^a-z0-9]+", "_", name)[:63].strip("_")
-    try:
-        url = pgserver.create_database(pg_admin_url, name)
-    except Exception as exc:
-        pytest.fail(f"could not create database {name} on the test server: {exc}", pytrace=False)
-    try:
-        yield url
-    finally:
-        pgserver.drop_database(pg_admin_url, name)
+    yield from _database(pg_admin_url, f"{run_prefix}_{next(_counter)}_{request.node.name}")
 
 
 @pytest.fixture(scope="session")
 def _pg_shared_url(pg_admin_url: str, run_prefix: str) -> Iterator[str]:
-    name = re.sub(r"[^a-z0-9]+", "_", f"{run_prefix}_stores".lower())[:63].strip("_")
-    pgserver.drop_database(pg_admin_url, name)  # a leftover of a killed run
+    yield from _database(pg_admin_url, f"{run_prefix}_stores", drop_first=True)
+
+
+def _database(admin_url: str, name: str, *, drop_first: bool = False) -> Iterator[str]:
+    """Create database `name` (made a valid identifier), yield its URL, drop it after."""
+    name = re.sub(r"[^a-z0-9]+", "_", name.lower())[:63].strip("_")
+    if drop_first:
+        pgserver.drop_database(admin_url, name)  # a leftover of a killed run
     try:
-        url = pgserver.create_database(pg_admin_url, name)
+        url = pgserver.create_database(admin_url, name)
     except Exception as exc:
         pytest.fail(f"could not create database {name} on the test server: {exc}", pytrace=False)
     try:
         yield url
     finally:
-        pgserver.drop_database(pg_admin_url, name)
+        pgserver.drop_database(admin_url, name)
 
 
 def _empty_database(url: str) -> None:

@@ -240,9 +240,6 @@ class Fleet:
             lease.applied_revision, lease.heartbeat_at, lease.error = applied, at, error
         self._wake_acked(host, applied)
 
-    def forget(self, host: str) -> None:
-        self.leases.pop(host, None)
-
     def persist_leases(self) -> int:
         """Write the leases that changed since the last call, in one transaction."""
         dirty = [lease for lease in list(self.leases.values()) if lease.dirty]

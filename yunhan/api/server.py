@@ -12,7 +12,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -119,48 +119,33 @@ async def _main(
         await stop.wait()
         await asyncio.to_thread(bridge.stop)
 
-    async def _persist_leases() -> None:
-        # Heartbeats are leases in memory; they reach the database in one batch a tick.
+    async def _every(interval: float, work: Callable[[], object], what: str) -> None:
+        # Bookkeeping in batches, one tick at a time, until the stop; a failed tick is
+        # logged and the next one tries again. The work of the last tick runs on the way out.
         while not stop.is_set():
             with suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), LEASE_PERSIST_INTERVAL)
+                await asyncio.wait_for(stop.wait(), interval)
             try:
-                await asyncio.to_thread(fleet.persist_leases)
+                await asyncio.to_thread(work)
             except Exception:
-                log.exception("could not persist agent leases; retrying")
-
-    async def _journal() -> None:
-        # Audit records and notices reach the database in one batch a tick, never one
-        # transaction per request; the last ones are written on the way out.
-        journal = app.state.yunhan.journal
-        while not stop.is_set():
-            with suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), FLUSH_INTERVAL)
-            try:
-                await asyncio.to_thread(journal.tick)
-            except Exception:
-                log.exception("could not write the audit trail and events; retrying")
-
-    async def _follow_log() -> None:
-        # Writes of other replicas (PostgreSQL) are followed on NOTIFY (ReplicaBridge); this
-        # poll is the fallback for a lost notification.
-        while not stop.is_set():
-            with suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), store.poll_interval)
-            try:
-                await asyncio.to_thread(store.refresh)
-            except Exception:
-                log.exception("could not follow the change log; retrying")
+                log.exception("could not %s; retrying", what)
 
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(_serve())
             tg.create_task(_stop_server())
             tg.create_task(_lead())
-            tg.create_task(_persist_leases())
-            tg.create_task(_journal())
+            # Heartbeats are leases in memory; they reach the database in one batch a tick.
+            tg.create_task(
+                _every(LEASE_PERSIST_INTERVAL, fleet.persist_leases, "persist agent leases")
+            )
+            # Audit records and notices: one batch a tick, never a transaction per request.
+            journal = app.state.yunhan.journal
+            tg.create_task(_every(FLUSH_INTERVAL, journal.tick, "write the audit trail and events"))
             if store.dialect != "sqlite":
-                tg.create_task(_follow_log())
+                # Other replicas' writes are followed on NOTIFY (ReplicaBridge); this poll is
+                # the fallback for a lost notification.
+                tg.create_task(_every(store.poll_interval, store.refresh, "follow the change log"))
                 bridge = ReplicaBridge(store, fleet)
                 bridge.start()
                 tg.create_task(_stop_bridge(bridge))

@@ -27,7 +27,7 @@ def resolve(r: Reader, kind: str, project: str, ref: str) -> Resource:
     if res is None:
         if kind in _REGION_WIDE:
             # Zones and hosts are the region's, not the caller's: name the ones there are.
-            known = ", ".join(x.name for x in r.list(kind, project, spec=False)) or "none yet"
+            known = ", ".join(x.name for x in r.list(kind, project)) or "none yet"
             raise NotFound(
                 f"no {kind} {ref!r} in this region ({kind}s: {known})", kind=kind, ref=ref
             )

@@ -457,11 +457,8 @@ class Reader:
     def count_of(self, kind: str, field: str, key: str) -> int:
         return len(self._v.filed((kind, field), key))
 
-    def list(self, kind: str, project: str | None = None, *, spec: bool = True) -> list[Resource]:
-        """Resources of `kind` (of one project if given), ordered by name then id.
-
-        (`spec` is kept for callers of the database store; nothing is decoded here.)
-        """
+    def list(self, kind: str, project: str | None = None) -> list[Resource]:
+        """Resources of `kind` (of one project if given), ordered by name then id."""
         objs = self._v.of_kind(kind)
         if project is not None:
             objs = [o for o in objs if o.project == project]
@@ -1252,10 +1249,6 @@ class Store:
     # on bookkeeping (`touch()`, e.g. an agent's acknowledgement). Long polls on documents
     # do not use these: the document engine wakes exactly the hosts a write changed.
 
-    def touch(self) -> None:
-        """Wake the "any" channel: bookkeeping that is not a revision changed."""
-        self._notify(wrote=False)
-
     def _notify(self, wrote: bool) -> None:
         channels: tuple[Channel, ...] = ("any", "revision") if wrote else ("any",)
         with self._cond:
@@ -1273,10 +1266,6 @@ class Store:
         with self._cond:
             self._interrupted = True
         self._notify(wrote=True)
-
-    @property
-    def interrupted(self) -> bool:
-        return self._interrupted
 
     def _poll_external(self) -> None:
         """Did another process write? Asked at most once per poll interval, for everyone."""

@@ -19,6 +19,11 @@ KIND_PREFIX: dict[str, str] = {
     "subnet": "subnet",
     "instance": "inst",
     "hostdesired": "hd",
+    "route_table": "rtb",
+    "route": "rt",
+    "policy_route": "pr",
+    "natgw": "ngw",
+    "eip": "eip",
 }
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _ID_RE = re.compile(r"^([a-z]+)-([0-9a-f]{8})$")

@@ -61,6 +61,9 @@ class Port(_Frozen):
     gateway: str  # subnet gateway (first usable address); answers ARP and ping
     mac: str  # instance-side MAC
     allowed_ips: tuple[str, ...] = ()  # extra source IPs allowed (VIPs), beyond `ip`
+    # A next hop of a route or policy (an appliance): it forwards others' packets, so its
+    # filter checks the MAC but lets any IPv4 source through.
+    forwarder: bool = False
 
 
 class Route(_Frozen):
@@ -78,6 +81,107 @@ class Route(_Frozen):
     metric: int = 0
 
 
+# -- distributed routing (issue 8; docs/routing.md) --------------------------------------
+#
+# Every host carrying a VPC holds the same route tables, policy routes and NAT defaults,
+# resolved for itself: a next hop on this host is a `local` one (a port here), one on
+# another host a `remote` one (sent through vxlan0 to that host, flagged "routed" so that
+# the host there delivers it to the next hop instead of routing it by destination again).
+
+NATGW_INNER_IP = "100.64.0.1"  # a NAT gateway's address on its VPC side (never in a VPC)
+# The VPC namespace (and the host) as seen from a gateway's namespace: above every vtep
+# next hop (vtep_nexthop tops out at 169.254.255.253).
+NATGW_LINK_IP = "169.254.255.254"
+# Kernel routing tables in a VPC namespace: main (254) holds the direct routes (/32 per
+# instance, the blocks unreachable); each route table, policy reroute and NAT default has
+# one of its own, numbered from its index.
+TABLE_BASE = 0x10000
+POLICY_BASE = 0x20000
+NAT_BASE = 0x30000
+# Packet marks in a VPC namespace: bits 16-31 the subnet selector (SubnetDesired.index) of
+# the port a packet came from; bit 0 "routed": set on what a host sends through vxlan0 to
+# a next hop (carried in the VXLAN-GBP header, the only bits that cross), telling the far
+# host to route it by its source subnet's tables again instead of delivering it directly.
+MARK_SELECTOR_SHIFT = 16
+MARK_ROUTED = 0x1
+ROUTED_REALM = 1  # the route realm of remote next hops; postrouting turns it into the mark
+
+
+class NextHop(_Frozen):
+    """Where a custom route, a policy reroute or a NAT default sends traffic, from this host.
+
+    local: `via ip dev port onlink`, `port` a port of this host (instance p-…, gateway g-…);
+    remote: `via <peer nexthop> dev vxlan0 onlink realm 1`, the far host forwards to `ip`;
+    blackhole: dropped silently; unreachable: its target is gone (no healthy host, deleted,
+    stopped) and no other route for the prefix is up, so the packet is refused.
+    """
+
+    kind: Literal["local", "remote", "blackhole", "unreachable"]
+    ip: str | None = None  # the target's address: an instance's, or NATGW_INNER_IP
+    port: str | None = None  # local: ifname of the target's port in the VPC namespace
+    peer: str | None = None  # remote: host name (a `Peer.host` of the VPC)
+    target: str = ""  # what it stands for: "instance:<id>", "natgw:<id>", "vip:<ip>", ...
+
+
+class TableRoute(_Frozen):
+    """The route a table uses for `dst`: the winner among the routes for that prefix
+    (lowest priority whose next hop is up; the best one, unreachable, if none is)."""
+
+    dst: str
+    nexthop: NextHop
+    route_id: str
+    priority: int
+
+
+class RouteTableDesired(_Frozen):
+    id: str
+    index: int  # 1..65535, unique in the VPC: kernel table TABLE_BASE + index
+    routes: tuple[TableRoute, ...] = ()  # custom routes only, by (address, prefixlen)
+
+
+class PolicyDesired(_Frozen):
+    """A policy route of table `table` (a RouteTableDesired.index), before destination
+    routing. `port_min`/`port_max` is a destination port range (tcp/udp only)."""
+
+    id: str
+    table: int
+    index: int  # 1..65535, unique in the VPC: kernel table POLICY_BASE + index (reroute)
+    priority: int  # 1..9999, unique in its table; lower first
+    src: str | None = None  # CIDR
+    dst: str | None = None  # CIDR
+    proto: Literal["tcp", "udp", "icmp", "any"] = "any"
+    port_min: int | None = None
+    port_max: int | None = None
+    action: Literal["drop", "allow", "reroute"] = "allow"
+    nexthop: NextHop | None = None  # reroute only
+
+
+class SubnetDesired(_Frozen):
+    """A subnet of the VPC and what routes its traffic (the selector of its ports)."""
+
+    id: str
+    cidr: str
+    index: int  # 1..65535, unique in the VPC: packet mark selector index << 16
+    table: int  # RouteTableDesired.index of its route table
+    natgw: int | None = None  # NatGwDesired.index of the NAT gateway serving it
+
+
+class NatGwDesired(_Frozen):
+    """A NAT gateway of the VPC: every carrying host routes served subnets' internet
+    traffic to it; the host it runs on (local) also builds its namespace and rules."""
+
+    id: str
+    index: int  # 1..65535, unique in the VPC: kernel table NAT_BASE + index
+    nexthop: NextHop  # how this host reaches it (unreachable: it has no healthy host)
+    public_ip: str  # its own SNAT address
+    local: bool = False  # it runs on this host
+    ifname: str = ""  # its port in the VPC namespace ("g-<short id>")
+    snat: tuple[str, ...] = ()  # local: served subnet CIDRs, sorted
+    eips: tuple[tuple[str, str], ...] = ()  # local: (instance ip, public ip), sorted
+    # local: (proto, public port, instance ip, instance port), sorted
+    forwards: tuple[tuple[str, int, str, int], ...] = ()
+
+
 class VpcDesired(_Frozen):
     id: str
     vni: int
@@ -86,6 +190,11 @@ class VpcDesired(_Frozen):
     ports: tuple[Port, ...] = ()
     peers: tuple[Peer, ...] = ()
     routes: tuple[Route, ...] = ()
+    # distributed routing (empty for a document of an older controller: main table only)
+    subnets: tuple[SubnetDesired, ...] = ()  # by index
+    tables: tuple[RouteTableDesired, ...] = ()  # by index
+    policies: tuple[PolicyDesired, ...] = ()  # by (table, priority)
+    natgws: tuple[NatGwDesired, ...] = ()  # by index
 
 
 class InstanceDesired(_Frozen):

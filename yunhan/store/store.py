@@ -83,6 +83,17 @@ INDEXES: dict[tuple[str, str], IndexFn] = {
     ("host", "underlay_ip"): lambda r: r.spec.get("underlay_ip"),
     ("host", "zone"): lambda r: r.spec.get("zone"),
     ("vpc", "vni"): lambda r: str(r.status["vni"]) if r.status.get("vni") else None,
+    ("subnet", "route_table"): lambda r: r.spec.get("route_table"),
+    ("route_table", "vpc"): lambda r: r.spec.get("vpc"),
+    ("route", "table"): lambda r: r.spec.get("table"),
+    ("route", "target"): lambda r: (r.spec.get("next_hop") or {}).get("id"),
+    ("policy_route", "table"): lambda r: r.spec.get("table"),
+    ("policy_route", "target"): lambda r: (r.spec.get("next_hop") or {}).get("id"),
+    ("natgw", "vpc"): lambda r: r.spec.get("vpc"),
+    ("natgw", "host"): lambda r: r.status.get("host"),
+    ("eip", "instance"): lambda r: r.status.get("instance"),
+    ("eip", "natgw"): lambda r: r.status.get("natgw"),
+    ("eip", "address"): lambda r: r.status.get("address"),
 }
 
 

@@ -35,3 +35,8 @@ def short_id(resource_id: str) -> str:
 
 def port_ifname(instance_id: str) -> str:
     return f"p-{short_id(instance_id)}"
+
+
+def gateway_ifname(natgw_id: str) -> str:
+    """A NAT gateway's port in the VPC namespace."""
+    return f"g-{short_id(natgw_id)}"

@@ -35,6 +35,7 @@ from yunhan.api.routes import (
     network,
     projects,
     tokens,
+    trace,
     watch,
 )
 from yunhan.controller.scheduler import NoHost
@@ -207,6 +208,7 @@ def create_app(
     for module in (projects, tokens, audit, events, infra, network, instances, agent, watch):
         app.include_router(module.router)
     app.include_router(metrics.router)
+    app.include_router(trace.router)
     _exact_openapi(app)
     return app
 

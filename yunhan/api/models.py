@@ -192,3 +192,70 @@ class Converged(_Out):
     unhealthy: list[str]
     failed: list[str]
     controller_revision: int
+
+
+# -- trace (GET /v1/trace; yunhan.net.trace) ------------------------------------------------
+
+
+class TracePolicy(_Out):
+    id: str
+    table: str = Field(description="the route table the policy route belongs to")
+    priority: int
+    action: Literal["drop", "allow", "reroute"]
+    rule_pref: int = Field(description="the pref of its ip rule in the VPC namespace")
+    match: str
+    nexthop: str
+    taken: bool = Field(description="false: a reroute whose next hop is down (falls through)")
+
+
+class TraceRoute(_Out):
+    type: Literal["custom", "policy", "default", "direct", "host", "local", "nat"]
+    dst: str
+    kernel_table: int
+    id: str
+    table: str
+    priority: int | None
+    target: str
+    via: Literal["local", "remote", "blackhole", "unreachable", "deliver", "uplink"]
+    port: str
+    peer: str
+    host_route: str
+
+
+class TraceHop(_Out):
+    host: str
+    place: Literal["instance", "vpc", "natgw", "host", "internet"]
+    ref: str
+    vni: int | None
+    iif: str
+    oif: str
+    mark: int | None
+    subnet: str
+    table: str
+    policy: TracePolicy | None
+    route: TraceRoute | None
+    nat: str
+    note: str
+    dropped: bool
+
+
+class TraceResult(_Out):
+    """What `GET /v1/trace` answers: one packet followed hop by hop (the model)."""
+
+    src: str
+    src_ip: str
+    src_host: str
+    src_port: str
+    src_subnet: str
+    selector: int | None
+    dst: str
+    proto: Literal["tcp", "udp", "icmp"]
+    port: int | None
+    verdict: Literal["delivered", "dropped", "internet"]
+    reason: str
+    detail: str
+    hops: list[TraceHop]
+    delivered_to: str
+    vpc: str
+    names: dict[str, str] = Field(description="names of the resources the trace mentions")
+    text: str = Field(description="the trace for a person (what `yunhan trace` prints)")

@@ -111,6 +111,9 @@ class Directory:
     names: Mapping[str, str] = field(default_factory=dict)  # resource id -> name
     public: Mapping[str, PublicAddress] = field(default_factory=dict)  # by address
     internet: tuple[str, ...] | None = None
+    # The VPCs the trace may enter (None: all). A tenant's trace treats another project's
+    # gateways as the internet: it neither enters nor names what lies behind them.
+    vpcs: frozenset[str] | None = None
 
     def name(self, rid: str | None) -> str:
         if not rid:
@@ -759,6 +762,8 @@ def _host_ns(w: _Walk, host: str, pkt: _Pkt, came_from: str) -> None:
     doc = w.docs.get(host)
     mine = _local_gateways(doc) if doc is not None else []
     for v, g in mine:
+        if w.directory.vpcs is not None and v.id not in w.directory.vpcs:
+            continue
         eips = {e for _i, e in g.eips}
         if str(pkt.dst) == g.public_ip or str(pkt.dst) in eips:
             w.hops.append(

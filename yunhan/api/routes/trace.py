@@ -131,7 +131,7 @@ def _mentioned(body: Any, d: Directory) -> dict[str, str]:
         if isinstance(x, dict):
             for v in x.values():
                 walk(v)
-        elif isinstance(x, list):
+        elif isinstance(x, list | tuple):
             for v in x:
                 walk(v)
         elif isinstance(x, str):

@@ -7,6 +7,7 @@ The documents are built the way the engine publishes them (docentries entries, t
 from __future__ import annotations
 
 import inspect
+import json
 import pathlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -174,6 +175,7 @@ class World:
         # every answer renders and serialises
         assert t.render().splitlines()[-1].startswith(("DELIVERED", "DROPPED", "LEFT"))
         assert t.to_json()["verdict"] == t.verdict
+        assert Trace.from_json(json.loads(json.dumps(t.to_json()))) == t
         return t
 
 

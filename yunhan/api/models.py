@@ -237,6 +237,10 @@ class TraceHop(_Out):
     nat: str
     note: str
     dropped: bool
+    src: str = Field(description="the packet as it arrives at this hop (NAT changes it)")
+    dst: str
+    proto: str
+    dport: int | None
 
 
 class TraceResult(_Out):

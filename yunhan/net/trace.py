@@ -177,6 +177,11 @@ class Hop:
     nat: str = ""  # "snat 10.0.1.5 -> 198.19.128.4 (eip …)", "dnat …"
     note: str = ""
     dropped: bool = False
+    # the packet as it arrives here (NAT changes it on the way)
+    src: str = ""
+    dst: str = ""
+    proto: str = ""
+    dport: int | None = None
 
 
 @dataclass(frozen=True)
@@ -200,6 +205,21 @@ class Trace:
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (the API's answer)."""
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Trace:
+        """The trace `to_json` (or the API) gave; extra keys (names, text) are ignored."""
+        fields = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        hops = []
+        for h in data["hops"]:
+            hd = {k: h[k] for k in Hop.__dataclass_fields__ if k in h}
+            if hd.get("policy") is not None:
+                hd["policy"] = PolicyMatch(**hd["policy"])
+            if hd.get("route") is not None:
+                hd["route"] = RouteUsed(**hd["route"])
+            hops.append(Hop(**hd))
+        fields["hops"] = tuple(hops)
+        return cls(**fields)
 
     def render(self, names: Directory | None = None) -> str:
         """The trace for a person: one block per hop, the verdict last."""
@@ -318,6 +338,12 @@ class _Walk:
     detail: str = ""
     delivered_to: str = ""
 
+    def add(self, pkt: _Pkt, hop: Hop) -> None:
+        """Record a hop with the packet as it arrives there."""
+        self.hops.append(
+            _replace(hop, src=str(pkt.src), dst=str(pkt.dst), proto=pkt.proto, dport=pkt.dport)
+        )
+
     def stop(self, reason: str, detail: str) -> None:
         self.verdict, self.reason, self.detail = "dropped", reason, detail
         if self.hops:
@@ -408,7 +434,7 @@ def _from_instance(
     """The packet leaves the instance behind `port` by the instance's own routing."""
     own = ipaddress.IPv4Interface(f"{port.ip}/{port.prefixlen}")
     if not forwarded and pkt.dst == own.ip:
-        w.hops.append(Hop(host, "instance", port.instance_id, note="its own address"))
+        w.add(pkt, Hop(host, "instance", port.instance_id, note="its own address"))
         w.deliver(f"instance:{port.instance_id}", "the destination is the source itself")
         return
     if pkt.dst in own.network:
@@ -423,7 +449,7 @@ def _from_instance(
                 (r.kind == "local" and r.port != port.ifname) or r.kind == "remote"
             )
         if not answered:
-            w.hops.append(Hop(host, "instance", port.instance_id, oif=INSTANCE_IFNAME, note=note))
+            w.add(pkt, Hop(host, "instance", port.instance_id, oif=INSTANCE_IFNAME, note=note))
             w.stop(
                 NO_MEMBER,
                 f"no member holds {pkt.dst}: its ARP request gets no answer "
@@ -436,7 +462,7 @@ def _from_instance(
     if forwarded:
         note = "not its address: forwards it (ip_forward on), " + note
         iif = INSTANCE_IFNAME
-    w.hops.append(Hop(host, "instance", port.instance_id, iif=iif, oif=INSTANCE_IFNAME, note=note))
+    w.add(pkt, Hop(host, "instance", port.instance_id, iif=iif, oif=INSTANCE_IFNAME, note=note))
     if forwarded and not port.forwarder and str(pkt.src) not in (port.ip, *port.allowed_ips):
         w.stop(
             ANTISPOOF,
@@ -480,26 +506,27 @@ def _vpc_ns(w: _Walk, host: str, vpc: VpcDesired, iif: str, pkt: _Pkt, gbp: int)
         table=_table_id(vpc, sub),
     )
     if pkt.dst in _gateway_ips(vpc):
-        w.hops.append(
+        w.add(
+            pkt,
             _replace(
                 hop,
                 route=RouteUsed("local", f"{pkt.dst}/32", 255, via="deliver"),
                 note="a subnet gateway: an address of the VPC namespace itself",
-            )
+            ),
         )
         w.deliver(f"vpc:{vpc.id}", f"delivered to the VPC router on {host} (subnet gateway)")
         return
     decided = _decide(vpc, iif, pkt, mark, sub)
     hop = _replace(hop, policy=decided.policy, route=decided.route, note=decided.note)
     if decided.drop:
-        w.hops.append(hop)
+        w.add(pkt, hop)
         w.stop(decided.drop, decided.detail)
         return
     r = decided.route
     assert r is not None
     if r.via == "remote":
         hop = _replace(hop, oif=VXLAN_IFNAME)
-        w.hops.append(hop)
+        w.add(pkt, hop)
         routed = MARK_ROUTED if r.type in ("custom", "policy", "default") else 0
         far = w.vpc_on(r.peer, vpc.id)
         if far is None:
@@ -508,7 +535,7 @@ def _vpc_ns(w: _Walk, host: str, vpc: VpcDesired, iif: str, pkt: _Pkt, gbp: int)
         _vpc_ns(w, r.peer, far[1], VXLAN_IFNAME, pkt, routed)
         return
     hop = _replace(hop, oif=r.port)
-    w.hops.append(hop)
+    w.add(pkt, hop)
     _to_port(w, host, vpc, r.port, pkt)
 
 
@@ -704,7 +731,7 @@ def _to_port(w: _Walk, host: str, vpc: VpcDesired, ifname: str, pkt: _Pkt) -> No
     port = next((p for p in vpc.ports if p.ifname == ifname), None)
     if port is not None:
         if str(pkt.dst) in (port.ip, *port.allowed_ips):
-            w.hops.append(Hop(host, "instance", port.instance_id, iif=INSTANCE_IFNAME))
+            w.add(pkt, Hop(host, "instance", port.instance_id, iif=INSTANCE_IFNAME))
             w.deliver(f"instance:{port.instance_id}", f"delivered to {port.instance_id} on {host}")
             return
         _from_instance(w, host, vpc, port, pkt, forwarded=True)
@@ -722,11 +749,11 @@ def _natgw_out(w: _Walk, host: str, vpc: VpcDesired, g: NatGwDesired, pkt: _Pkt)
     if w.loop((host, "natgw", g.id, GW_VPC_IFNAME, 0, pkt)):
         return
     if _in_blocks(vpc, pkt.dst) is not None:
-        w.hops.append(_replace(hop, oif=GW_VPC_IFNAME, note="a VPC address: back to the VPC"))
+        w.add(pkt, _replace(hop, oif=GW_VPC_IFNAME, note="a VPC address: back to the VPC"))
         _vpc_ns(w, host, vpc, g.ifname, pkt, gbp=0)
         return
     if pkt.dst in (ipaddress.IPv4Address(g.public_ip), ipaddress.IPv4Address(NATGW_INNER_IP)):
-        w.hops.append(_replace(hop, note="its own address"))
+        w.add(pkt, _replace(hop, note="its own address"))
         w.deliver(f"natgw:{g.id}", f"delivered to NAT gateway {g.id} itself")
         return
     nat = ""
@@ -739,14 +766,15 @@ def _natgw_out(w: _Walk, host: str, vpc: VpcDesired, g: NatGwDesired, pkt: _Pkt)
         src = ipaddress.IPv4Address(g.public_ip)
         nat = f"snat {pkt.src} -> {g.public_ip} (the gateway's address)"
     note = "" if nat else "no SNAT: its source is in no served subnet and has no EIP"
-    w.hops.append(
+    w.add(
+        pkt,
         _replace(
             hop,
             oif=GW_PUB_IFNAME,
             route=RouteUsed("nat", "0.0.0.0/0", MAIN_TABLE, id=g.id, via="uplink"),
             nat=nat,
             note=note,
-        )
+        ),
     )
     _host_ns(w, host, _Pkt(src, pkt.dst, pkt.proto, pkt.dport), came_from=g.id)
 
@@ -766,7 +794,8 @@ def _host_ns(w: _Walk, host: str, pkt: _Pkt, came_from: str) -> None:
             continue
         eips = {e for _i, e in g.eips}
         if str(pkt.dst) == g.public_ip or str(pkt.dst) in eips:
-            w.hops.append(
+            w.add(
+                pkt,
                 Hop(
                     host,
                     "host",
@@ -781,12 +810,13 @@ def _host_ns(w: _Walk, host: str, pkt: _Pkt, came_from: str) -> None:
                         port=f"n-{g.ifname[2:]}",
                     ),
                     note=f"a public address of NAT gateway {g.id} on this host",
-                )
+                ),
             )
             _natgw_in(w, host, v, g, pkt)
             return
     pub = w.directory.public.get(str(pkt.dst))
-    w.hops.append(
+    w.add(
+        pkt,
         Hop(
             host,
             "host",
@@ -794,7 +824,7 @@ def _host_ns(w: _Walk, host: str, pkt: _Pkt, came_from: str) -> None:
             oif="uplink",
             route=RouteUsed("nat", "0.0.0.0/0", MAIN_TABLE, via="uplink"),
             note="out by the host's uplink",
-        )
+        ),
     )
     if pub is not None:
         if pub.host is None:
@@ -811,12 +841,12 @@ def _host_ns(w: _Walk, host: str, pkt: _Pkt, came_from: str) -> None:
         return
     inet = w.directory.internet
     if inet is None:
-        w.hops.append(Hop("", "internet", "internet", iif="uplink"))
+        w.add(pkt, Hop("", "internet", "internet", iif="uplink"))
         w.verdict, w.reason, w.delivered_to = "internet", "", "internet"
         w.detail = f"left the region for {pkt.dst} with source {pkt.src}"
         return
     if any(pkt.dst in _net(c) for c in inet):
-        w.hops.append(Hop("", "internet", "internet", iif="uplink"))
+        w.add(pkt, Hop("", "internet", "internet", iif="uplink"))
         w.deliver("internet", f"delivered to the internet at {pkt.dst}, source {pkt.src}")
         return
     w.stop(
@@ -846,10 +876,10 @@ def _natgw_in(w: _Walk, host: str, vpc: VpcDesired, g: NatGwDesired, pkt: _Pkt) 
             new = _Pkt(pkt.src, ipaddress.IPv4Address(fwd[2]), pkt.proto, fwd[3])
             nat = f"dnat {pkt.dst}:{pkt.dport} -> {fwd[2]}:{fwd[3]} (port forward {fwd[0]})"
     if not nat:
-        w.hops.append(_replace(hop, note="no DNAT rule matches: its own address"))
+        w.add(pkt, _replace(hop, note="no DNAT rule matches: its own address"))
         w.deliver(f"natgw:{g.id}", f"delivered to NAT gateway {g.id} itself (no forward)")
         return
-    w.hops.append(_replace(hop, oif=GW_VPC_IFNAME, nat=nat))
+    w.add(pkt, _replace(hop, oif=GW_VPC_IFNAME, nat=nat))
     _vpc_ns(w, host, vpc, g.ifname, new, gbp=0)
 
 

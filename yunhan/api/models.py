@@ -261,5 +261,7 @@ class TraceResult(_Out):
     hops: list[TraceHop]
     delivered_to: str
     vpc: str
+    dst_instance: str = Field(description='the instance `to` named ("" for an address)')
+    dst_host: str | None = Field(description="that instance's host")
     names: dict[str, str] = Field(description="names of the resources the trace mentions")
     text: str = Field(description="the trace for a person (what `yunhan trace` prints)")

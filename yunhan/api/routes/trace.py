@@ -24,7 +24,7 @@ from yunhan.errors import Conflict, ValidationError
 from yunhan.net.desired import HostDesired
 from yunhan.net.docentries import assemble
 from yunhan.net.trace import Directory, PublicAddress, TraceError, trace
-from yunhan.store import Reader
+from yunhan.store import Reader, Resource
 
 router = APIRouter(prefix="/v1", tags=["network"])
 
@@ -78,15 +78,15 @@ def _directory(r: Reader, c: Caller) -> Directory:
     return Directory(names=names, public=public, internet=None, vpcs=vpcs)
 
 
-def _destination(r: Reader, project: str, to: str) -> str:
+def _destination(r: Reader, project: str, to: str) -> tuple[str, Resource | None]:
     try:
-        return str(ipaddress.IPv4Address(to))
+        return str(ipaddress.IPv4Address(to)), None
     except ValueError:
         pass
     inst = resolve(r, "instance", project, to)
     if not inst.status.get("ip"):
         raise Conflict(f"instance {inst.name} has no address yet", instance=inst.name)
-    return str(inst.status["ip"])
+    return str(inst.status["ip"]), inst
 
 
 @router.get("/trace", response_model=TraceResult, responses=errors(404, 409, 422))
@@ -112,7 +112,7 @@ def get_trace(
                 f"instance {inst.name} is not placed yet: there is no port to trace from",
                 instance=inst.name,
             )
-        dst = _destination(r, c.project.id, to)
+        dst, dst_inst = _destination(r, c.project.id, to)
         directory = _directory(r, c)
         docs = _Docs(st.fleet.engine)
         try:
@@ -120,7 +120,13 @@ def get_trace(
         except TraceError as exc:
             raise Conflict(f"cannot trace from {inst.name}: {exc}", instance=inst.name) from exc
     body = t.to_json()
-    return {**body, "names": _mentioned(body, directory), "text": t.render(directory)}
+    return {
+        **body,
+        "dst_instance": dst_inst.id if dst_inst else "",
+        "dst_host": dst_inst.status.get("host") if dst_inst else None,
+        "names": _mentioned(body, directory),
+        "text": t.render(directory),
+    }
 
 
 def _mentioned(body: Any, d: Directory) -> dict[str, str]:

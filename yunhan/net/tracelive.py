@@ -215,6 +215,7 @@ def parse_events(lines: Sequence[str]) -> list[TraceEvent]:
         else:
             v = _VERDICT_RE.match(rest)
             rule, verdict = (v.group(1), v.group(2)) if v else (rest, "")
+            rule = rule.removeprefix("rule ")
             out.append(TraceEvent(tid, table, chain, "rule", verdict=verdict, rule=rule))
     return out
 
@@ -404,14 +405,13 @@ def agree(model: Trace, live: Live) -> list[str]:
     routes = {r.hop: r for r in live.routes}
     for i, hop in enumerate(model.hops):
         r = routes.get(i)
-        if r is not None and hop.route is not None:
+        if r is not None:
             out += _route_agrees(model, i, hop, r)
     return out
 
 
 def _route_agrees(model: Trace, i: int, hop: Hop, r: RouteGet) -> list[str]:
     route = hop.route
-    assert route is not None
     where = f"{r.netns} (hop {i + 1})"
     dropped_here = model.verdict == "dropped" and i == len(model.hops) - 1
     if dropped_here:
@@ -426,6 +426,8 @@ def _route_agrees(model: Trace, i: int, hop: Hop, r: RouteGet) -> list[str]:
         if r.error not in want:
             got = r.error or f"dev {r.dev}"
             return [f"{where}: the kernel says {got!r}, the model says {model.reason} ({want[0]})"]
+        return []
+    if route is None:
         return []
     if route.via == "deliver":
         return [] if r.type == "local" else [f"{where}: the kernel does not deliver it locally"]

@@ -24,6 +24,9 @@ The walk is the kernel's over what `net.state` compiles from the same documents
   appliance) routes it itself: on-link in its subnet (proxy ARP, answered by main only),
   else to its gateway, so the packet comes back in by its port and its own subnet's table
   decides; its port filter lets another's source through only if it is a forwarder;
+  (the model cannot see inside an instance: it takes one that receives another's packet
+  for a forwarder with ip_forward on, and knows only the addresses the documents give it;
+  `--live` shows where that does not hold);
 * a NAT gateway namespace: DNAT only for what comes from the internet side (an EIP, a
   forwarded port of its public address), SNAT on the way out (an instance's EIP before
   the served subnets' public address); the host namespace routes the gateways' public

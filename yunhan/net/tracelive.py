@@ -112,17 +112,18 @@ def new_probe(model: Trace, rng: random.Random | None = None) -> Probe:
 def trace_script(probe: Probe) -> str:
     """The nft script of the temporary table: the probe is flagged as it enters (or is
     sent from) the namespace, before conntrack and NAT; the other base chains only make
-    the kernel report where the flagged packet goes."""
+    the kernel report where the flagged packet goes. (Chain names avoid nft keywords:
+    `fwd`, `in` are some.)"""
     m = probe.nft_match()
     return (
         f"table ip {TABLE} {{\n"
-        f"  chain pre {{ type filter hook prerouting priority -350; policy accept; "
+        f"  chain t_pre {{ type filter hook prerouting priority -350; policy accept; "
         f"{m} meta nftrace set 1; }}\n"
-        f"  chain out {{ type filter hook output priority -350; policy accept; "
+        f"  chain t_out {{ type filter hook output priority -350; policy accept; "
         f"{m} meta nftrace set 1; }}\n"
-        "  chain fwd { type filter hook forward priority -350; policy accept; }\n"
-        "  chain in { type filter hook input priority -350; policy accept; }\n"
-        "  chain post { type filter hook postrouting priority -350; policy accept; }\n"
+        "  chain t_fwd { type filter hook forward priority -350; policy accept; }\n"
+        "  chain t_in { type filter hook input priority -350; policy accept; }\n"
+        "  chain t_post { type filter hook postrouting priority -350; policy accept; }\n"
         "}\n"
     )
 
@@ -244,11 +245,11 @@ def summarise(w: Watch, events: Sequence[TraceEvent]) -> LiveHop:
     delivered = False
     for e in events:
         if e.kind == "packet" and e.table == TABLE:
-            if e.chain == "pre" and e.iif and e.iif not in iifs:
+            if e.chain == "t_pre" and e.iif and e.iif not in iifs:
                 iifs.append(e.iif)
-            if e.chain == "post" and e.oif and e.oif not in oifs:
+            if e.chain == "t_post" and e.oif and e.oif not in oifs:
                 oifs.append(e.oif)
-            if e.chain == "in":
+            if e.chain == "t_in":
                 delivered = True
         if e.verdict == "drop":
             dropped = dropped or f"{e.table} {e.chain}: {e.rule or 'policy drop'}"
@@ -510,15 +511,23 @@ def _monitors(
                 stderr=subprocess.DEVNULL,
             )
             readers[w.netns] = _Lines(procs[w.netns])
-        for w in watches:
-            _run(_nsexec(w.netns, "nft", "add", "chain", "ip", TABLE, READY_CHAIN))
+        # A monitor subscribes some time after it starts: a marker added before that is
+        # never reported, so each try adds a new one until the monitor reports one.
         waiting = set(procs)
+        tries = 0
         while waiting:
             if time.monotonic() > deadline:
                 raise LiveError(f"nft monitor did not start in {sorted(waiting)}")
-            for ns in list(waiting):
-                if any(f"add chain ip {TABLE} {READY_CHAIN}" in x for x in readers[ns].read(0.02)):
-                    waiting.discard(ns)
+            tries += 1
+            for ns in waiting:
+                _run(_nsexec(ns, "nft", "add", "chain", "ip", TABLE, f"{READY_CHAIN}{tries}"))
+            until = time.monotonic() + 0.2
+            while waiting and time.monotonic() < until:
+                for ns in list(waiting):
+                    if any(
+                        f"add chain ip {TABLE} {READY_CHAIN}" in x for x in readers[ns].read(0.01)
+                    ):
+                        waiting.discard(ns)
         yield lines
         settle = time.monotonic() + SETTLE
         while time.monotonic() < settle:

@@ -59,7 +59,8 @@ def test_trace_refuses_bad_requests(cloud: Cloud, net: dict[str, Any]) -> None:
                    params={"from": "a", "to": "10.0.1.3", "port": 7})  # fmt: skip
     cloud.rejected("GET", "/v1/trace", 404, "no instance 'zz' in this project", t,
                    params={"from": "zz", "to": "10.0.1.3"})  # fmt: skip
-    cloud.rejected("GET", "/v1/trace", 404, "no instance 'nope' in this project", t,
+    cloud.rejected("GET", "/v1/trace", 404, "no instance or EIP 'nope' in this project (TO is "
+                   "an instance, an IP address or an EIP)", t,
                    params={"from": "a", "to": "nope"})  # fmt: skip
     r = cloud.client.get("/v1/trace", headers=t, params={"from": "a", "to": "x", "proto": "gre"})
     assert r.status_code == 400

@@ -73,15 +73,15 @@ def test_route_get_asks_for_the_packet_as_the_model_has_it_at_each_vpc_hop() -> 
 
 MONITOR = """\
 add chain ip yunhan_trace ready
-trace id 1a2b ip yunhan_trace pre packet: iif "p-0000c001" ether saddr 02:00 ip saddr 10.2.1.10
-trace id 1a2b ip yunhan_trace pre rule tcp sport 41234 meta nftrace set 1 (verdict continue)
-trace id 1a2b ip yunhan_trace pre policy accept
+trace id 1a2b ip yunhan_trace t_pre packet: iif "p-0000c001" ether saddr 02:00 ip saddr 10.2.1.10
+trace id 1a2b ip yunhan_trace t_pre rule tcp sport 41234 meta nftrace set 1 (verdict continue)
+trace id 1a2b ip yunhan_trace t_pre policy accept
 trace id 1a2b ip yunhan pre packet: iif "p-0000c001" ip saddr 10.2.1.10
 trace id 1a2b ip yunhan pre rule meta mark set iifname map @port_sel (verdict continue)
-trace id 1a2b ip yunhan_trace fwd packet: iif "p-0000c001" oif "vxlan0" ip saddr 10.2.1.10
-trace id 1a2b ip yunhan_trace fwd policy accept
-trace id 1a2b ip yunhan_trace post packet: oif "vxlan0" ip saddr 10.2.1.10
-trace id 1a2b ip yunhan_trace post policy accept
+trace id 1a2b ip yunhan_trace t_fwd packet: iif "p-0000c001" oif "vxlan0" ip saddr 10.2.1.10
+trace id 1a2b ip yunhan_trace t_fwd policy accept
+trace id 1a2b ip yunhan_trace t_post packet: oif "vxlan0" ip saddr 10.2.1.10
+trace id 1a2b ip yunhan_trace t_post policy accept
 trace id 9f ip other f rule ip daddr 10.2.2.10 drop (verdict drop)
 """
 

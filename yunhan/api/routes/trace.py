@@ -20,7 +20,7 @@ from yunhan.api.deps import CallerDep, state_of
 from yunhan.api.models import TraceResult
 from yunhan.api.views import resolve
 from yunhan.controller.engine import Engine
-from yunhan.errors import Conflict, ValidationError
+from yunhan.errors import Conflict, NotFound, ValidationError
 from yunhan.net.desired import HostDesired
 from yunhan.net.docentries import assemble
 from yunhan.net.trace import Directory, PublicAddress, TraceError, trace
@@ -83,7 +83,20 @@ def _destination(r: Reader, project: str, to: str) -> tuple[str, Resource | None
         return str(ipaddress.IPv4Address(to)), None
     except ValueError:
         pass
-    inst = resolve(r, "instance", project, to)
+    try:
+        inst = resolve(r, "instance", project, to)
+    except NotFound:
+        eip = next(
+            (e for e in r.list("eip", project) if to in (e.id, e.name)),
+            None,
+        )
+        if eip is None or not eip.status.get("address"):
+            raise NotFound(
+                f"no instance or EIP {to!r} in this project (TO is an instance, an IP "
+                "address or an EIP)",
+                ref=to,
+            ) from None
+        return str(eip.status["address"]), None
     if not inst.status.get("ip"):
         raise Conflict(f"instance {inst.name} has no address yet", instance=inst.name)
     return str(inst.status["ip"]), inst

@@ -24,6 +24,7 @@ started, whatever happens.
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import json
 import os
@@ -568,6 +569,8 @@ def _send(probe: Probe, netns: str, timeout: float) -> str:
                 rc = s.connect_ex((probe.dst, probe.port))
             except TimeoutError:
                 return "timeout"
+            if rc in (errno.EAGAIN, errno.EINPROGRESS, errno.ETIMEDOUT):
+                return "timeout"  # connect_ex under a timeout reports it as EAGAIN
             return "connected" if rc == 0 else os.strerror(rc)
 
     return nsutil.run_in(body, net=netns)

@@ -162,3 +162,24 @@ def test_the_kernel_route_lookup_is_held_to_the_model() -> None:
         "t-h1-v300 (hop 2): the kernel says 'dev vxlan0', the model says policy-drop "
         "(Invalid argument)"
     ]
+
+
+def test_the_lab_internet_holds_a_model_that_leaves_the_region() -> None:
+    from tests.unit.test_net_trace import INTERNET
+    from tests.unit.test_net_trace import S1 as SUB1
+    from yunhan.net.trace import trace as model_trace
+
+    w = World(served={SUB1}, gateway_host="h2")
+    for dst, reach in ((INTERNET, True), ("203.0.113.7", False)):
+        t = model_trace(w.docs(), "h1", A1, dst, "tcp", 80, w.directory(internet=None))
+        assert t.verdict == "internet" and t.hops[-1].place == "internet"
+        live = _live(t)
+        inet = next(h for h in live.hops if h.netns == "t-internet")
+        arrived = replace(inet, seen=True, iifs=("eth0",), delivered=True)
+        gone = replace(inet, seen=False, iifs=(), delivered=False)
+        # without the lab's internet the model is not held beyond the uplink
+        assert agree(t, _live(t, **{inet.netns: arrived})) == []
+        assert agree(t, _live(t, **{inet.netns: gone})) == []
+        good, bad = (arrived, gone) if reach else (gone, arrived)
+        assert agree(t, _live(t, **{inet.netns: good}), ("198.19.0.0/24",)) == []
+        assert agree(t, _live(t, **{inet.netns: bad}), ("198.19.0.0/24",)) != []

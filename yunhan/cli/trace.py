@@ -44,7 +44,7 @@ def _live(
     from yunhan.lab.region import RegionRecord, default_state_dir
     from yunhan.net.naming import Naming
     from yunhan.net.trace import Trace
-    from yunhan.net.tracelive import LiveError, Watch, agree, lab_from_record, run
+    from yunhan.net.tracelive import LiveError, Watch, agree, internet_of, lab_from_record, run
 
     where = Path(state_dir) if state_dir else default_state_dir()
     try:
@@ -66,7 +66,8 @@ def _live(
         ns = Naming(lab.prefixes[host]).instance_netns(ans["dst_instance"])
         extra.append(Watch(ns, host, "instance"))
     result = run(model, lab, extra=extra)
-    return {**result.to_json(), "text": result.render()}, agree(model, result)
+    diffs = agree(model, result, internet_of(record))
+    return {**result.to_json(), "text": result.render()}, diffs
 
 
 COMMANDS: tuple[Cmd, ...] = (

@@ -36,7 +36,7 @@ import struct
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from yunhan.errors import YunhanError
@@ -364,7 +364,7 @@ _KERNEL_DROP = {
 }
 
 
-def agree(model: Trace, live: Live) -> list[str]:
+def agree(model: Trace, live: Live, internet: Sequence[str] | None = None) -> list[str]:
     """Where the live probe and the model disagree (empty: they agree).
 
     Checked, per watched namespace: it saw the probe iff the model crosses it; the probe
@@ -372,12 +372,24 @@ def agree(model: Trace, live: Live) -> list[str]:
     delivers it); it was delivered there iff the model delivers it there. Per VPC hop:
     the kernel's route lookup says what the model says (the device, or the error of a
     blackhole, an unreachable route or no route at all). A model that lets the packet
-    leave for the internet (the API does not know the lab's) is not held to where it
-    ends beyond the region's uplink.
+    leave for the internet (the API does not know the lab's) is held to where it ends
+    beyond the region's uplink only when `internet` (the lab's networks there) is given:
+    delivered there if the destination is in one, seen nowhere there otherwise.
     """
     out: list[str] = []
     last = len(model.hops) - 1
+    if model.verdict == "internet" and internet is not None:
+        reach = any(ipaddress.IPv4Address(model.dst) in ipaddress.IPv4Network(c) for c in internet)
+        if reach:
+            model = replace(model, verdict="delivered")
+        else:
+            model = replace(model, verdict="dropped", reason="outside", hops=model.hops[:-1])
+            last -= 1
     for h in live.hops:
+        if h.model_hops and h.model_hops[0] > last:  # the internet, out of the lab's reach
+            if h.seen:
+                out.append(f"{h.netns}: the probe came here, it is outside the lab's internet")
+            continue
         hops = [model.hops[i] for i in h.model_hops]
         if not hops:
             if h.seen:
@@ -392,7 +404,8 @@ def agree(model: Trace, live: Live) -> list[str]:
         for i in h.model_hops:
             hop = model.hops[i]
             dropped_here = model.verdict == "dropped" and i == last
-            if hop.oif and (not dropped_here or hop.place == "instance"):
+            # a packet dropped after it left (on-link ARP, beyond the uplink) did leave
+            if hop.oif and (not dropped_here or hop.place == "instance" or hop.oif == "uplink"):
                 want.add(hop.oif)
         if "uplink" not in want and set(h.oifs) != want:
             out.append(

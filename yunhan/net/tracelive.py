@@ -31,6 +31,7 @@ import os
 import random
 import re
 import select
+import shutil
 import socket
 import struct
 import subprocess
@@ -632,6 +633,9 @@ def run(
     removed before it returns or raises."""
     if os.geteuid() != 0:
         raise LiveError("--live needs root: it enters the lab's namespaces")
+    missing = [tool for tool in ("ip", "nft") if shutil.which(tool) is None]
+    if missing:
+        raise LiveError(f"--live needs {' and '.join(missing)} (iproute2, nftables) on the PATH")
     have = existing_netns()
     src_hop = model.hops[0] if model.hops else None
     if src_hop is None or lab.netns_of(src_hop) not in have:

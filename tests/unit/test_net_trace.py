@@ -583,3 +583,20 @@ def test_the_model_agrees_with_the_fake_data_plane(
     if model.verdict == "delivered":
         by_model = by_model[:-1]
     assert by_model == forwarded
+
+
+def test_a_tenant_trace_stops_at_another_projects_gateway() -> None:
+    w = World(served={S2}, gateway_host="h2", forwards=[("tcp", 8080, IP[A1], 80)], other=True)
+    # c1's project owns VPC2 only: VPC's gateway (on h2) is the internet to it
+    d = Directory(
+        public={PUBLIC2: PublicAddress(PUBLIC2, NGW2, "h3")},
+        internet=None,
+        vpcs=frozenset({VPC2}),
+    )
+    t = trace(w.docs(), "h3", C1, PUBLIC, "tcp", 8080, d)
+    assert t.verdict == "internet" and t.delivered_to == "internet"
+    assert {h.ref for h in t.hops} & {VPC, NGW} == set()
+    # even when the other project's gateway runs on the same host as the tenant's
+    w2 = World(served={S2}, gateway_host="h3", forwards=[("tcp", 8080, IP[A1], 80)], other=True)
+    t = trace(w2.docs(), "h3", C1, PUBLIC, "tcp", 8080, d)
+    assert t.verdict == "internet" and {h.ref for h in t.hops} & {VPC, NGW} == set()

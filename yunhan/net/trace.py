@@ -779,14 +779,14 @@ def _natgw_out(w: _Walk, host: str, vpc: VpcDesired, g: NatGwDesired, pkt: _Pkt)
             note=note,
         ),
     )
-    _host_ns(w, host, _Pkt(src, pkt.dst, pkt.proto, pkt.dport), came_from=g.id)
+    _host_ns(w, host, _Pkt(src, pkt.dst, pkt.proto, pkt.dport), iif=f"n-{g.ifname[2:]}")
 
 
 def _local_gateways(doc: HostDesired) -> list[tuple[VpcDesired, NatGwDesired]]:
     return [(v, g) for v in doc.vpcs for g in v.natgws if g.local]
 
 
-def _host_ns(w: _Walk, host: str, pkt: _Pkt, came_from: str) -> None:
+def _host_ns(w: _Walk, host: str, pkt: _Pkt, iif: str) -> None:
     """The host namespace: public addresses of its gateways go into them, the rest up."""
     if w.loop((host, "host", host, "", 0, pkt)):
         return
@@ -803,6 +803,7 @@ def _host_ns(w: _Walk, host: str, pkt: _Pkt, came_from: str) -> None:
                     host,
                     "host",
                     host,
+                    iif=iif,
                     oif=f"n-{g.ifname[2:]}",
                     route=RouteUsed(
                         "nat",
@@ -824,6 +825,7 @@ def _host_ns(w: _Walk, host: str, pkt: _Pkt, came_from: str) -> None:
             host,
             "host",
             host,
+            iif=iif,
             oif="uplink",
             route=RouteUsed("nat", "0.0.0.0/0", MAIN_TABLE, via="uplink"),
             note="out by the host's uplink",
@@ -840,7 +842,7 @@ def _host_ns(w: _Walk, host: str, pkt: _Pkt, came_from: str) -> None:
         if pub.host == host:
             w.stop(UNKNOWN_HOST, f"host {host}'s document has no gateway holding {pkt.dst}")
             return
-        _host_ns(w, pub.host, pkt, came_from)
+        _host_ns(w, pub.host, pkt, "uplink")
         return
     inet = w.directory.internet
     if inet is None:
@@ -907,11 +909,17 @@ def render(t: Trace, d: Directory) -> str:
         + (f", subnet {d.name(t.src_subnet)} selector {t.selector}" if t.src_subnet else "")
         + f") to {t.dst}"
     ]
+    prev = (t.src_ip, t.dst, t.port)
     for n, h in enumerate(t.hops, 1):
+        pkt_now = (h.src, h.dst, h.dport)
         ports = ""
         if h.iif or h.oif:
             ports = f" [in {h.iif or '-'} out {h.oif or '-'}]"
         lines.append(f"{n:2}. {_where(h, d)}{ports}")
+        if h.src and pkt_now != prev:  # NAT rewrote it on the way here
+            port = f":{h.dport}" if h.dport is not None else ""
+            lines.append(f"      packet {h.src} -> {h.dst}{port}")
+            prev = pkt_now
         if h.place == "vpc" and h.mark is not None:
             sel = f"mark {h.mark:#x}"
             if h.subnet:

@@ -24,6 +24,7 @@ from yunhan.net.trace import (
     ANTISPOOF,
     BLACKHOLE,
     LOOP,
+    MARTIAN,
     NO_MEMBER,
     NO_NATGW,
     NOT_ANNOUNCED,
@@ -383,11 +384,17 @@ def test_eip_snat_and_dnat() -> None:
     w = World(served={S1, S2}, gateway_host="h2", eips=[(IP[A1], EIP)])
     t = w.trace(A1, INTERNET, "tcp", 80)
     assert t.hops[3].nat == f"snat 10.2.1.10 -> {EIP} (the instance's EIP)"
-    # b1 (no EIP) reaching a1's EIP: out by the gateway, back in by the internet side
+    # b1 (no EIP) reaching a1's EIP: out by the gateway, back in by the internet side,
+    # where its source is the gateway's own address: a martian, dropped
+    t = w.trace(B1, EIP, "tcp", 22)
+    assert (t.verdict, t.reason) == ("dropped", MARTIAN)
+    assert path(t)[2:] == ["h2:natgw:e001", "h2:host:h2", "h2:natgw:e001"]
+    # with an EIP of its own, the source is not the gateway's: DNAT, and into the VPC
+    w.eips.append((IP[B1], "198.19.128.10"))
     t = w.trace(B1, EIP, "tcp", 22)
     assert t.verdict == "delivered" and t.delivered_to == f"instance:{A1}"
     assert [h.nat for h in t.hops if h.nat] == [
-        f"snat 10.2.2.10 -> {PUBLIC} (the gateway's address)",
+        "snat 10.2.2.10 -> 198.19.128.10 (the instance's EIP)",
         f"dnat {EIP} -> 10.2.1.10 (EIP)",
     ]
     assert path(t)[2:] == [

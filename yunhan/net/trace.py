@@ -86,6 +86,7 @@ NO_ROUTE = "no-route"  # no rule or table has a route (gateway side, forwarded t
 ANTISPOOF = "antispoof"  # an appliance that is not a forwarder sends another's packet
 NOT_ANNOUNCED = "not-announced"  # a public address whose gateway runs nowhere
 LOOP = "loop"  # the packet comes back to where it was (or exceeds MAX_HOPS)
+MARTIAN = "martian-source"  # comes back into a gateway with the gateway's own address
 UNKNOWN_HOST = "unknown-host"  # a next hop on a host whose document the caller lacks
 
 
@@ -866,6 +867,18 @@ def _natgw_in(w: _Walk, host: str, vpc: VpcDesired, g: NatGwDesired, pkt: _Pkt) 
     if w.loop((host, "natgw", g.id, GW_PUB_IFNAME, 0, pkt)):
         return
     hop = Hop(host, "natgw", g.id, iif=GW_PUB_IFNAME)
+    if str(pkt.src) == g.public_ip:
+        # The gateway's own subnets reaching its public addresses: SNAT made the source
+        # the gateway's address, which the kernel refuses on the way back in (a martian
+        # source: a local address arriving from outside, accept_local is off).
+        w.add(pkt, _replace(hop, note="its own address as the source: a martian"))
+        w.stop(
+            MARTIAN,
+            f"NAT gateway {g.id} drops a packet coming back in with its own address "
+            f"{g.public_ip} as the source (martian source): its own subnets cannot reach "
+            "its public addresses, unless the sender has an EIP",
+        )
+        return
     new = pkt
     nat = ""
     inst = next((i for i, e in g.eips if e == str(pkt.dst)), None)

@@ -117,7 +117,9 @@ def trace_script(probe: Probe) -> str:
     the kernel report where the flagged packet goes. (Chain names avoid nft keywords:
     `fwd`, `in` are some.)"""
     m = probe.nft_match()
+    # add + delete first: a table a killed run left behind is replaced, never doubled
     return (
+        f"add table ip {TABLE}\ndelete table ip {TABLE}\n"
         f"table ip {TABLE} {{\n"
         f"  chain t_pre {{ type filter hook prerouting priority -350; policy accept; "
         f"{m} meta nftrace set 1; }}\n"

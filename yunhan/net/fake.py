@@ -158,6 +158,9 @@ class FakeDriver:
                     self._delete(cur)
             case LinkUp() | Address() | Neigh() | Fdb() | Filter():
                 self._need_dev(o.netns, o.ifname)
+                vx = self.objs.get(("link", o.netns, o.ifname))
+                if isinstance(o, LinkUp) and isinstance(vx, Vxlan):
+                    self._need_socket(vx)
             case Rule() | Marks():
                 if not self._has_ns(o.netns):
                     raise _fail(f"no namespace {o.netns}", errno.ENOENT, o.netns)
@@ -176,6 +179,19 @@ class FakeDriver:
                 if not self._has_ns(o.netns) or ("uts", o.netns) not in self.objs:
                     raise _fail(f"no sandbox {o.netns}", errno.ENOENT, o.netns)
         self.objs[o.key] = o
+
+    def _need_socket(self, vx: Vxlan) -> None:
+        """Bringing a VXLAN device up opens (or shares) the host's UDP socket of its port;
+        the kernel shares it only between devices of the same GBP setting."""
+        for o in self.objs.values():
+            if (
+                isinstance(o, Vxlan)
+                and o.key != vx.key
+                and o.port == vx.port
+                and o.gbp != vx.gbp
+                and ("up", o.netns, o.ifname) in self.objs
+            ):
+                raise _fail("UDP port in use by a VXLAN of other GBP", errno.EADDRINUSE, vx.netns)
 
     def _on_link(self, ns: str, dev: str | None, ip: str | None) -> bool:
         if ip is None or dev is None:

@@ -83,7 +83,7 @@ class Vxlan:
     learning: bool = False  # never wanted: no flooding, no learning; observed as drift
     # VXLAN-GBP: the low 16 bits of the packet mark cross in the header (the "routed" bit
     # of distributed routing). Cannot be changed on a live device: a change re-creates it.
-    gbp: bool = False
+    gbp: bool = True
 
     @property
     def key(self) -> Key:
@@ -357,17 +357,12 @@ def compile_state(desired: HostDesired, naming: Naming) -> State:
         for gw in vpc.gateways:
             ip = gw.split("/", 1)[0]
             objs.append(Address(ns, "lo", f"{ip}/32"))
-        routed = bool(vpc.subnets)  # a document of an older controller: main table only
+        # GBP on every VPC's device, routed or not: the devices of a host share one UDP
+        # socket per port, which the kernel only shares between devices of the same GBP
+        # setting (another one fails to come up, EADDRINUSE). Harmless without routing: a
+        # frame of mark 0 carries no GBP header, so hosts without GBP still read it.
         objs.append(
-            Vxlan(
-                ns,
-                VXLAN_IFNAME,
-                vpc.vni,
-                desired.underlay_ip,
-                vtep_mac(desired.vtep_index),
-                mtu,
-                gbp=routed,
-            )
+            Vxlan(ns, VXLAN_IFNAME, vpc.vni, desired.underlay_ip, vtep_mac(desired.vtep_index), mtu)
         )
         objs.append(LinkUp(ns, VXLAN_IFNAME))
         peers = {p.host: p for p in vpc.peers}
@@ -399,7 +394,7 @@ def compile_state(desired: HostDesired, naming: Naming) -> State:
                 )
             else:
                 objs.append(KRoute(ns, dst, r.kind, None, None, r.table, r.metric))
-        if routed:
+        if vpc.subnets:  # a document of an older controller has none: main table only
             objs.extend(compile_routing(ns, vpc))
     return as_state(objs)
 

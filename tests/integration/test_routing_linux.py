@@ -280,3 +280,28 @@ def test_an_older_document_without_routing_keeps_the_main_table_only(world: Worl
         assert "table ip yunhan" not in netlab.nsexec(vpc, "nft", "list", "tables").stdout
     world.apply(routing())
     assert world.path(A1, B1.ip) == (B1.id, frozenset())
+
+
+@pytest.mark.parametrize("world", ["linux"], indirect=True)
+def test_rules_and_marks_changed_by_hand_are_repaired_and_foreign_rules_kept(
+    world: World,
+) -> None:
+    w = world
+    r = routing(t1=(WRoute("10.2.2.0/24", f"instance:{FW1.id}"),))
+    w.apply(r)
+    h1, h2 = w.naming("h1").vpc_netns(VPC.vni), w.naming("h2").vpc_netns(VPC.vni)
+    # A rule of someone else's (another protocol) is neither adopted nor removed.
+    netlab.ip(h1, "rule", "add", "pref", "500", "from", "10.9.9.9", "lookup", "main")
+    # Ours: a selector rule deleted, a port's mark and a subnet's selector deleted.
+    netlab.ip(h1, "rule", "del", "pref", "30000", "fwmark", "0x10000/0xffff0000")
+    netlab.nsexec(h2, "nft", "delete", "element", "ip", "yunhan", "src_sel", "{ 10.2.1.0/24 }",
+                  check=True)  # fmt: skip
+    assert w.path(A1, B1.ip) == (B1.id, frozenset())  # the route is no longer followed
+    for h, d in w.docs(r).items():
+        rep = w.dps[h].apply(d)
+        assert rep.errors == [] and rep.changes >= 1, (h, rep)
+        assert w.dps[h].plan(d) == []
+    assert w.path(A1, B1.ip) == (B1.id, frozenset({FW1.id}))
+    assert "500:\tfrom 10.9.9.9 lookup main" in netlab.ip(h1, "rule")
+    netlab.ip(h1, "rule", "del", "pref", "500")
+    w.apply(routing())

@@ -371,8 +371,7 @@ class LinuxDriver:
             objs.extend(
                 Sysctl(ns, s.path, v, s.dev) for s in devsys if (v := values[s.path]) is not None
             )
-            objs.extend(self._observe_filters(ns))
-            objs.extend(self._observe_marks(ns))
+            objs.extend(self._observe_nft(ns))
         else:
             values = nsutil.read_sysctls(ns, list(INSTANCE_SYSCTLS), self._runner(ns))
             objs.extend(Sysctl(ns, p, v) for p, v in values.items() if v is not None)
@@ -452,29 +451,26 @@ class LinuxDriver:
             args["dport_range"] = f"{o.dport[0]}:{o.dport[1]}"
         return args
 
-    def _observe_marks(self, ns: str) -> list[Obj]:
-        try:
-            listing = nft.run(
-                ns, f"list table {nftroute.FAMILY} {nftroute.TABLE}", self._runner(ns)
-            )
-        except DriverError as exc:
-            if exc.errno == errno.ENOENT:
-                return []
-            raise
-        ports, sources = nftroute.parse(listing)
-        return [Marks(ns, ports, sources)]
-
-    def _observe_filters(self, ns: str) -> list[Obj]:
-        try:
-            listing = nft.run(ns, f"list table {nft.FAMILY} {nft.TABLE}", self._runner(ns))
-        except DriverError as exc:
-            if exc.errno == errno.ENOENT:
-                return []
-            raise
-        return [
-            Filter(ns, name, mac, ips, fwd)
-            for name, (mac, ips, fwd) in nft.parse_table(listing).items()
-        ]
+    def _observe_nft(self, ns: str) -> list[Obj]:
+        """Port filters (`netdev yunhan`) and routing marks (`ip yunhan`), from one listing
+        of the namespace's ruleset (one libnftables call per namespace, not one per table)."""
+        listing = nft.run(ns, "list ruleset", self._runner(ns))
+        tables: dict[tuple[str, str], list[Any]] = {}
+        for item in listing.get("nftables", []):
+            body = next(iter(item.values()), None) if isinstance(item, dict) else None
+            if isinstance(body, dict) and "family" in body:
+                name = body["table"] if "table" in body else body.get("name", "")
+                tables.setdefault((body["family"], name), []).append(item)
+        objs: list[Obj] = []
+        filters = tables.get((nft.FAMILY, nft.TABLE))
+        if filters:
+            parsed = nft.parse_table({"nftables": filters})
+            objs.extend(Filter(ns, n, mac, ips, fwd) for n, (mac, ips, fwd) in parsed.items())
+        marks = tables.get((nftroute.FAMILY, nftroute.TABLE))
+        if marks:
+            ports, sources = nftroute.parse({"nftables": marks})
+            objs.append(Marks(ns, ports, sources))
+        return objs
 
     # -- applying ---------------------------------------------------------------------------
 

@@ -435,11 +435,12 @@ def compile_routing(ns: str, vpc: VpcDesired) -> list[Obj]:
     objs.append(Marks(ns, tuple(sorted(ports)), tuple(sources)))
 
     objs.append(Rule(ns, PREF_DIRECT, 0, MARK_ROUTED, "lookup", table=254, iif=VXLAN_IFNAME))
+    by_table: dict[int, list[PolicyDesired]] = {}
+    for p in vpc.policies:
+        by_table.setdefault(p.table, []).append(p)
     for s in vpc.subnets:
         sel = selector_mark(s.index)
-        for p in vpc.policies:
-            if p.table == s.table:
-                objs.append(_policy_rule(ns, sel, p))
+        objs.extend(_policy_rule(ns, sel, p) for p in by_table.get(s.table, ()))
         objs.append(Rule(ns, PREF_TABLE, sel, SELECTOR_MASK, "lookup", table=TABLE_BASE + s.table))
         if s.natgw is not None:
             objs.append(Rule(ns, PREF_NAT, sel, SELECTOR_MASK, "lookup", table=NAT_BASE + s.natgw))

@@ -447,14 +447,16 @@ def compile_routing(ns: str, vpc: VpcDesired) -> list[Obj]:
 
     for t in vpc.tables:
         table = TABLE_BASE + t.index
-        custom = {str(ipaddress.IPv4Network(r.dst)) for r in t.routes}
+        custom = {str(ipaddress.IPv4Network(r.dst, strict=False)) for r in t.routes}
         # Destinations in the VPC that no custom route takes leave the table for main.
         for b in blocks:
             if str(b) not in custom:
                 objs.append(KRoute(ns, str(b), "throw", table=table))
         for r in t.routes:
             objs.append(
-                _nexthop_route(ns, str(ipaddress.IPv4Network(r.dst)), r.nexthop, table, peers)
+                _nexthop_route(
+                    ns, str(ipaddress.IPv4Network(r.dst, strict=False)), r.nexthop, table, peers
+                )
             )
     for p in vpc.policies:
         # A reroute whose next hop is down has no route: the lookup falls through to the
@@ -478,8 +480,8 @@ def _policy_rule(ns: str, sel: int, p: PolicyDesired) -> Rule:
         SELECTOR_MASK,
         "lookup",
         table=POLICY_BASE + p.index,
-        src=None if p.src is None else str(ipaddress.IPv4Network(p.src)),
-        dst=None if p.dst is None else str(ipaddress.IPv4Network(p.dst)),
+        src=None if p.src is None else str(ipaddress.IPv4Network(p.src, strict=False)),
+        dst=None if p.dst is None else str(ipaddress.IPv4Network(p.dst, strict=False)),
         ipproto=proto,
         dport=(
             (p.port_min, p.port_max or p.port_min)

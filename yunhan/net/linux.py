@@ -435,8 +435,10 @@ class LinuxDriver:
         elif o.action == "goto":
             args["action"] = FR_ACT_GOTO
             args["goto"] = o.goto
-        else:
+        elif o.action == "blackhole":
             args["action"] = FR_ACT_BLACKHOLE
+        else:  # observed only ("action N", a rule of ours changed by hand): to delete it
+            args["action"] = int(str(o.action).rsplit(" ", 1)[-1])
         if o.iif is not None:
             args["iifname"] = o.iif
         for side in ("src", "dst"):

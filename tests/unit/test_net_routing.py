@@ -3,7 +3,9 @@ policies and NAT defaults, how it plans, and that the fake routes by it (pure)."
 
 from __future__ import annotations
 
+import errno
 import pathlib
+from dataclasses import replace
 from typing import TypeVar
 
 from tests.worlds import WHost, WInstance, WPolicy, WRoute, WRouting, WVpc, documents, with_routing
@@ -16,13 +18,16 @@ from yunhan.net.desired import (
     NatGwDesired,
     NextHop,
 )
+from yunhan.net.driver import execute
 from yunhan.net.fake import FakeFabric
 from yunhan.net.naming import Naming
 from yunhan.net.state import (
     Filter,
     KRoute,
+    LinkUp,
     Marks,
     Obj,
+    Op,
     Rule,
     Vxlan,
     compile_state,
@@ -240,3 +245,31 @@ def test_the_fake_drops_by_policy_and_forwards_through_a_remote_appliance() -> N
     t = fabric.trace(A1.id, B1.ip, proto="tcp", port=80)
     assert not t.delivered and "does not forward" in t.reason
     assert "u-h2-:u-h2-i-0000cf01" in t.hops
+
+
+def test_an_agent_upgrade_recreates_every_vxlan_with_gbp_in_one_apply() -> None:
+    # Devices made before GBP: the kernel cannot switch it on a live device, and a host's
+    # devices of both kinds cannot be up at once (one UDP socket per port). All VPCs of
+    # the host are re-created before any comes up again, so one apply converges.
+    other = WVpc("vpc-o", 301, ("10.3.0.0/16",), ("10.3.1.0/24",))
+    insts = [*INSTS, WInstance("inst-0000d001", "h1", "vpc-o", "10.3.1.10")]
+    d = with_routing(documents(HOSTS, [VPC, other], insts), insts, [routing()])["h1"]
+    old = {
+        k: replace(o, gbp=False) if isinstance(o, Vxlan) else o
+        for k, o in compile_state(d, NAMING).items()
+    }
+    fabric = FakeFabric()
+    dp = _fake(fabric, "h1")
+    assert execute(dp.driver, plan(old, {})).failed == []
+    # One device alone re-created with GBP cannot come up next to the others.
+    first = next(o for o in old.values() if isinstance(o, Vxlan))
+    scratch = _fake(FakeFabric(), "h1")
+    assert execute(scratch.driver, plan(old, {})).failed == []
+    res = execute(scratch.driver, [Op("replace", old=first, new=replace(first, gbp=True))])
+    assert res.failed == []
+    res = execute(scratch.driver, [Op("create", new=LinkUp(first.netns, first.ifname))])
+    assert [exc.errno for _, exc in res.failed] == [errno.EADDRINUSE]
+    rep = dp.apply(d)
+    assert rep.errors == []
+    assert dp.plan(d) == []
+    assert all(o.gbp for o in dp.observe().values() if isinstance(o, Vxlan))

@@ -376,11 +376,8 @@ class FakeFabric:
                 n = d.objs.get(("neigh", ns, r.dev, r.via))
                 if not isinstance(n, Neigh) or n.mac != port.peer_mac:
                     return _end(t, "dropped", f"no neighbour for next hop {r.via} on {r.dev}")
-                if ("up", ns, r.dev) not in d.objs or (
-                    "up",
-                    port.peer_netns,
-                    INSTANCE_IFNAME,
-                ) not in d.objs:
+                up = ("up", port.peer_netns, port.peer_ifname)
+                if ("up", ns, r.dev) not in d.objs or up not in d.objs:
                     return _end(t, "dropped", f"port {r.dev} down")
                 t.hops.append(f"{d.naming.prefix}:{ns}:{r.dev}")
                 t.hops.append(f"{d.naming.prefix}:{port.peer_netns}")

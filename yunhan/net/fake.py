@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 
 from yunhan.errors import DriverError
 from yunhan.net.naming import INSTANCE_IFNAME, VXLAN_IFNAME, Naming
+from yunhan.net.natgw import HOST_NETNS, UPLINK_NETNS, Announce, NatTable, VethPair
 from yunhan.net.state import (
     Address,
     Fdb,
@@ -78,7 +79,7 @@ class FakeDriver:
             self._delete(op.old)
             return
         assert op.new is not None
-        if op.action == "replace" and isinstance(op.new, Vxlan | Veth):
+        if op.action == "replace" and isinstance(op.new, Vxlan | Veth | VethPair):
             old = self.objs.get(op.new.key)
             if old is not None and not self._set_in_place(old, op.new):
                 self._delete(old)
@@ -87,12 +88,16 @@ class FakeDriver:
     # -- kernel rules ------------------------------------------------------------------------
 
     def _has_ns(self, ns: str | None) -> bool:
-        return ns is not None and ("netns", ns) in self.objs
+        # The host namespace and the uplink are there before us and outlive us.
+        return ns in (HOST_NETNS, UPLINK_NETNS) or (ns is not None and ("netns", ns) in self.objs)
 
-    def _link(self, ns: str, ifname: str) -> Vxlan | Veth | None:
+    def _link(self, ns: str, ifname: str) -> Vxlan | Veth | VethPair | None:
         o = self.objs.get(("link", ns, ifname))
-        if isinstance(o, Vxlan | Veth):
+        if isinstance(o, Vxlan | Veth | VethPair):
             return o
+        for p in self.objs.values():
+            if isinstance(p, VethPair) and (p.peer_netns, p.peer_ifname) == (ns, ifname):
+                return p
         return self._peer_end(ns, ifname)
 
     def _peer_end(self, ns: str, ifname: str) -> Veth | None:
@@ -148,6 +153,21 @@ class FakeDriver:
                     self._delete(end)  # a stale pair holding the instance-side name
                 if isinstance(cur, Veth) and cur != o and not self._set_in_place(cur, o):
                     self._delete(cur)
+            case VethPair():
+                if not self._has_ns(o.netns) or not self._has_ns(o.peer_netns):
+                    raise _fail(f"link {o.ifname}: namespace missing", errno.ENOENT, o.netns)
+                assert o.peer_netns is not None
+                for stale in (
+                    self._link(o.netns, o.ifname),
+                    self._link(o.peer_netns, o.peer_ifname),
+                ):
+                    if stale is not None and stale != o:
+                        self._delete(stale)  # a stale link holding one of the names
+            case NatTable():
+                if not self._has_ns(o.netns):
+                    raise _fail(f"no namespace {o.netns}", errno.ENOENT, o.netns)
+            case Announce():
+                pass
             case LinkUp() | Address() | Neigh() | Fdb() | Filter():
                 self._need_dev(o.netns, o.ifname)
             case KRoute():
@@ -183,17 +203,24 @@ class FakeDriver:
             for x in list(self.objs.values()):
                 if isinstance(x, Uts | Process | Netns):
                     continue
-                if x.netns == o.name or (isinstance(x, Veth) and x.peer_netns == o.name):
+                if x.netns == o.name or (isinstance(x, Veth | VethPair) and x.peer_netns == o.name):
                     self._delete(x)
-        elif isinstance(o, Vxlan | Veth):
+        elif isinstance(o, Vxlan | Veth | VethPair):
             ends = {(o.netns, o.ifname)}
-            if isinstance(o, Veth) and o.peer_netns:
+            if isinstance(o, Veth | VethPair) and o.peer_netns:
                 ends.add((o.peer_netns, o.peer_ifname))
             for k, x in list(self.objs.items()):
                 dev = getattr(x, "ifname", None) if not isinstance(x, KRoute | Sysctl) else x.dev
                 if isinstance(x, Filter):
                     continue  # a netdev chain outlives its device and re-binds by name
-                if not isinstance(x, Vxlan | Veth) and (getattr(x, "netns", None), dev) in ends:
+                if (
+                    not isinstance(x, Vxlan | Veth | VethPair)
+                    and (
+                        getattr(x, "netns", None),
+                        dev,
+                    )
+                    in ends
+                ):
                     del self.objs[k]
 
 

@@ -11,7 +11,16 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from yunhan.controller.netcompile import HostIn, InstanceIn, SubnetIn, VpcIn, compile_hosts
+from yunhan.controller.netcompile import (
+    EipIn,
+    GatewayIn,
+    HostIn,
+    InstanceIn,
+    RoutingIn,
+    SubnetIn,
+    VpcIn,
+    compile_hosts,
+)
 from yunhan.net.desired import HostDesired
 from yunhan.net.naming import port_ifname, short_id
 
@@ -53,14 +62,52 @@ class WInstance:
         return "02:aa:" + ":".join(f"{x:02x}" for x in b)
 
 
+@dataclass(frozen=True)
+class WGateway:
+    """A NAT gateway: where it runs, what it serves (subnet CIDRs of its VPC), its port
+    forwards (proto, public port, instance id, port) and EIPs (instance id, address)."""
+
+    id: str  # "ngw-<hex>"
+    vpc: str
+    host: str | None
+    public_ip: str
+    subnets: tuple[str, ...]
+    index: int = 1
+    forwards: tuple[tuple[str, int, str, int], ...] = ()
+    eips: tuple[tuple[str, str], ...] = ()
+
+
 def documents(
-    hosts: Iterable[WHost], vpcs: Iterable[WVpc], instances: Iterable[WInstance]
+    hosts: Iterable[WHost],
+    vpcs: Iterable[WVpc],
+    instances: Iterable[WInstance],
+    gateways: Iterable[WGateway] = (),
 ) -> dict[str, HostDesired]:
     """One document per host (an empty one for a host that carries nothing).
 
     Instance names (and so hostnames) are "vm-<hex of the id>"; an instance's subnet is the
     one of its VPC that holds its address.
     """
+    gateways = list(gateways)
+    routing = RoutingIn(
+        gateways=tuple(
+            GatewayIn(
+                id=g.id,
+                vpc=g.vpc,
+                index=g.index,
+                host=g.host,
+                public_ip=g.public_ip,
+                subnets=tuple(f"{g.vpc}/{cidr}" for cidr in g.subnets),
+                forwards=g.forwards,
+            )
+            for g in gateways
+        ),
+        eips=tuple(
+            EipIn(id=f"eip-{addr}", address=addr, instance=inst, natgw=g.id)
+            for g in gateways
+            for inst, addr in g.eips
+        ),
+    )
     vpcs = list(vpcs)
     subnets = [
         SubnetIn(id=f"{v.id}/{cidr}", vpc=v.id, cidr=cidr) for v in vpcs for cidr in v.subnets
@@ -90,4 +137,5 @@ def documents(
             )
             for i in instances
         ],
+        routing,
     )

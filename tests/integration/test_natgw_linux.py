@@ -38,7 +38,7 @@ from yunhan.lab.spec import ECHO_PORT, RegionSpec
 from yunhan.net import nsutil
 from yunhan.net.desired import NATGW_INNER_IP, HostDesired, vtep_nexthop
 from yunhan.net.naming import Naming, gateway_ifname
-from yunhan.net.natgw import Uplink
+from yunhan.net.natgw import Announce, Uplink
 from yunhan.nsexec import nsenter_argv
 
 pytestmark = pytest.mark.root
@@ -234,3 +234,28 @@ def test_a_nat_rule_changed_by_hand_is_repaired(region: Region) -> None:
     ]
     assert region.dps[host].apply(doc).errors == []
     assert region.dps[host].plan(doc) == []
+
+
+def test_a_withdrawn_announcement_is_restored_and_a_foreign_one_left_alone(
+    region: Region,
+) -> None:
+    first, second = region.spec.hosts
+    core = region.spec.core_netns
+    netlab.ip(core, "route", "del", f"{EIP}/32")
+    # An announcement pointing at the second host, of an address it no longer runs.
+    other = "198.19.128.77"
+    netlab.ip(core, "route", "replace", f"{other}/32", "via", second.underlay_ip,
+              "dev", second.core_port, "onlink", "proto", "89")  # fmt: skip
+    doc = region.docs(first.name)[first.name]
+    ops = region.dps[first.name].plan(doc)
+    assert [(op.action, type(op.obj).__name__) for op in ops] == [("create", "Announce")]
+    assert region.dps[first.name].apply(doc).errors == []
+    assert f"via {first.underlay_ip} " in region.core_route(EIP)
+    assert f"via {second.underlay_ip} " in region.core_route(other)  # not the first's
+    # The second host takes it for a stale announcement of its own, and withdraws it.
+    doc2 = region.docs(first.name)[second.name]
+    ops = region.dps[second.name].plan(doc2)
+    assert [(op.action, op.obj) for op in ops] == [("delete", Announce(other))]
+    assert region.dps[second.name].apply(doc2).errors == []
+    assert region.core_route(other) == ""
+    assert wait_for(lambda: region.from_internet(EIP, PORT), 10, "EIP") == _hostname(A)

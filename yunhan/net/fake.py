@@ -24,7 +24,15 @@ from dataclasses import dataclass, field, replace
 
 from yunhan.errors import DriverError
 from yunhan.net.naming import INSTANCE_IFNAME, VXLAN_IFNAME, Naming
-from yunhan.net.natgw import HOST_NETNS, UPLINK_NETNS, Announce, NatTable, VethPair
+from yunhan.net.natgw import (
+    GW_PUB_IFNAME,
+    GW_VPC_IFNAME,
+    HOST_NETNS,
+    UPLINK_NETNS,
+    Announce,
+    NatTable,
+    VethPair,
+)
 from yunhan.net.state import (
     Address,
     Fdb,
@@ -234,7 +242,8 @@ class Trace:
     verdict: str  # "delivered" | "unreachable" | "dropped-by-antispoof" | "dropped"
     hops: list[str] = field(default_factory=list)
     reason: str = ""
-    to_netns: str | None = None
+    to_netns: str | None = None  # where it was delivered (None: out to the internet)
+    source: str = ""  # the source address the receiver sees (after NAT)
 
     @property
     def delivered(self) -> bool:
@@ -326,6 +335,7 @@ class FakeFabric:
         verdict = _filter_verdict(d, port, smac, sip, arp=False)
         if verdict:
             return _end(t, "dropped-by-antispoof", verdict)
+        t.source = sip
         return self._route(t, d, port.netns, dst)
 
     def _route(self, t: Trace, d: FakeDriver, ns: str, dst: ipaddress.IPv4Address) -> Trace:
@@ -336,6 +346,11 @@ class FakeFabric:
             r = _lookup(d, ns, dst)
             if r is None:
                 return _end(t, "unreachable", f"no route to {dst} in {ns}")
+            pair = _gateway_port(d, ns, r.dev)
+            if pair is not None and r.kind not in ("unreachable", "blackhole"):
+                if r.via is not None and ("neigh", ns, r.dev, r.via) not in d.objs:
+                    return _end(t, "unreachable", f"no neighbour for {r.via} on {r.dev}")
+                return self._out_through(t, d, pair, dst)
             if r.kind in ("unreachable", "blackhole"):
                 return _end(t, "unreachable", f"{r.kind} route {r.dst} in {ns}")
             if r.kind == "local":
@@ -390,6 +405,84 @@ class FakeFabric:
                 continue
         return _end(t, "dropped", "TTL exceeded")
 
+    def _out_through(
+        self, t: Trace, d: FakeDriver, pair: VethPair, dst: ipaddress.IPv4Address
+    ) -> Trace:
+        """A packet the VPC namespace sends to a NAT gateway's port: NAT, then out to the
+        internet through the host. It only counts as delivered when the reply can come
+        back: the uplink routes the translated source to this host."""
+        gw = pair.netns
+        if not _up(d, gw, pair.ifname) or not _up(d, pair.peer_netns, pair.peer_ifname):
+            return _end(t, "dropped", f"gateway link {pair.ifname} down")
+        t.hops.append(f"{d.naming.prefix}:{gw}")
+        nat = d.objs.get(("nat", gw))
+        src = t.source
+        if isinstance(nat, NatTable):
+            addr = ipaddress.IPv4Address(src)
+            eip = dict(nat.eips).get(src)
+            if eip is not None:
+                src = eip
+            elif any(addr in ipaddress.IPv4Network(c) for c in nat.snat):
+                src = nat.public_ip
+        r = _lookup(d, gw, dst)
+        if r is None or r.dev != GW_PUB_IFNAME:
+            return _end(t, "unreachable", f"no route to {dst} out of {gw}")
+        pub = d.objs.get(("link", gw, GW_PUB_IFNAME))
+        if not isinstance(pub, VethPair) or not _up(d, gw, GW_PUB_IFNAME):
+            return _end(t, "dropped", f"{gw} has no way out")
+        if ("neigh", gw, GW_PUB_IFNAME, str(r.via)) not in d.objs:
+            return _end(t, "unreachable", f"no neighbour for {r.via} in {gw}")
+        t.hops.append(f"{d.naming.prefix}:{pub.peer_netns}:{pub.peer_ifname}")
+        t.source = src
+        if ("announce", src) not in d.objs:
+            return _end(t, "unreachable", f"replies to {src} are not routed to this host")
+        return _end(t, "delivered", "to the internet")
+
+    def trace_inbound(self, dst_ip: str, proto: str = "tcp", port: int = 0) -> Trace:
+        """Follow a packet from the internet to public address `dst_ip` (proto, port): the
+        uplink's announcement, the host's route, the gateway's DNAT, and the VPC. (Its
+        reply takes the path `trace` follows from the instance to the internet.)"""
+        t = Trace("dropped", ["internet"], source="internet")
+        d = next((d for d in self.drivers if ("announce", dst_ip) in d.objs), None)
+        if d is None:
+            return _end(t, "unreachable", f"the uplink has no route to {dst_ip}")
+        dst = ipaddress.IPv4Address(dst_ip)
+        r = _lookup(d, HOST_NETNS, dst)
+        if r is None or r.dev is None:
+            return _end(t, "unreachable", f"the host has no route to {dst_ip}")
+        hop = str(r.via) if r.kind == "onlink" else dst_ip
+        n = d.objs.get(("neigh", HOST_NETNS, r.dev, hop))
+        pair = _gateway_port(d, HOST_NETNS, r.dev)
+        if pair is None or not isinstance(n, Neigh) or n.mac != pair.mac:
+            return _end(t, "unreachable", f"no gateway behind {r.dev} for {dst_ip}")
+        if not _up(d, HOST_NETNS, r.dev) or not _up(d, pair.netns, pair.ifname):
+            return _end(t, "dropped", f"gateway link {r.dev} down")
+        gw = pair.netns
+        t.hops.append(f"{d.naming.prefix}:{gw}")
+        nat = d.objs.get(("nat", gw))
+        to: str | None = None
+        if isinstance(nat, NatTable):
+            to = next((inst for inst, eip in nat.eips if eip == dst_ip), None)
+            if to is None and dst_ip == nat.public_ip:
+                to = next(
+                    (i for p, pt, i, _ in nat.forwards if (p, pt) == (proto, port)),
+                    None,
+                )
+        if to is None:
+            if _is_local(d, gw, dst):
+                return _end(t, "dropped", f"nothing listens on {dst_ip}:{port} (the gateway)")
+            return _end(t, "unreachable", f"{gw} does not route {dst_ip}")
+        inner = ipaddress.IPv4Address(to)
+        r = _lookup(d, gw, inner)
+        if r is None or r.dev != GW_VPC_IFNAME:
+            return _end(t, "unreachable", f"no route to {to} in {gw}")
+        vpc = d.objs.get(("link", gw, GW_VPC_IFNAME))
+        if not isinstance(vpc, VethPair) or vpc.peer_netns is None:
+            return _end(t, "dropped", f"{gw} has no link to its VPC")
+        if ("neigh", gw, GW_VPC_IFNAME, str(r.via)) not in d.objs:
+            return _end(t, "unreachable", f"no neighbour for {r.via} in {gw}")
+        return self._route(t, d, vpc.peer_netns, inner)
+
     def _vtep(self, underlay: str, vni: int, port: int) -> tuple[FakeDriver, Vxlan] | None:
         for d in self.drivers:
             for o in d.objs.values():
@@ -400,6 +493,20 @@ class FakeFabric:
 
 def _end(t: Trace, verdict: str, reason: str) -> Trace:
     return replace(t, verdict=verdict, reason=reason)
+
+
+def _up(d: FakeDriver, ns: str | None, ifname: str) -> bool:
+    return ("up", ns or "", ifname) in d.objs
+
+
+def _gateway_port(d: FakeDriver, ns: str, dev: str | None) -> VethPair | None:
+    """The gateway link whose far end is `dev` in `ns` (a VPC's g-… or the host's n-…)."""
+    if dev is None:
+        return None
+    for o in d.objs.values():
+        if isinstance(o, VethPair) and (o.peer_netns, o.peer_ifname) == (ns, dev):
+            return o
+    return None
 
 
 def _filter_verdict(d: FakeDriver, port: Veth, smac: str, sip: str, *, arp: bool) -> str:

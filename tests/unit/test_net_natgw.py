@@ -12,6 +12,7 @@ from tests.worlds import WGateway, WHost, WInstance, WVpc, documents
 from yunhan.agent.dataplane import DataPlane
 from yunhan.net.desired import NATGW_INNER_IP, NATGW_LINK_IP, HostDesired
 from yunhan.net.fake import FakeFabric
+from yunhan.net.linux import _pairs
 from yunhan.net.naming import Naming
 from yunhan.net.natgw import (
     BROKEN,
@@ -281,3 +282,30 @@ def test_the_fake_refuses_a_gateway_link_without_its_namespaces() -> None:
         drv.apply(Op("create", new=pair))
     assert getattr(exc.value, "errno", None) == 2
     assert Address("x", "pub0", "1.2.3.4/32") not in drv.observe().values()
+
+
+def test_gateway_links_are_paired_by_name_and_indices() -> None:
+    gw = "u-h1-g-0000c001"
+    near = [
+        (gw, "vpc0", 2, 7, "02:00:00:00:00:01", 1450),
+        (gw, "pub0", 3, 9, "02:00:00:00:00:02", 1450),
+    ]
+    far = [
+        # Same indices in another VPC namespace, under another name: not ours.
+        ("u-h1-v200", "g-0000c002", 7, 2, "02:00:00:00:00:09", 1450),
+        ("u-h1-v100", "g-0000c001", 7, 2, "02:00:00:00:00:03", 1450),
+        (HOST_NETNS, "n-0000c001", 9, 3, "02:00:00:00:00:04", 1400),
+    ]
+    assert _pairs(near, far) == [
+        VethPair(
+            gw, "vpc0", "02:00:00:00:00:01", "u-h1-v100", "g-0000c001", "02:00:00:00:00:03", 1450
+        ),
+        # MTUs that differ read as -1: never wanted, so the pair is made again.
+        VethPair(
+            gw, "pub0", "02:00:00:00:00:02", HOST_NETNS, "n-0000c001", "02:00:00:00:00:04", -1
+        ),
+    ]
+    # The other end gone (its namespace removed by hand): peer None, never wanted either.
+    assert _pairs(near[:1], far[2:]) == [
+        VethPair(gw, "vpc0", "02:00:00:00:00:01", None, "", "", 1450)
+    ]

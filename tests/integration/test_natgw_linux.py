@@ -116,7 +116,9 @@ class Region:
             ns = self.naming(h.name).vpc_netns(VPC.vni)
             route: KRoute | None = None
             if gw_host == h.name:
-                route = KRoute(ns, "0.0.0.0/0", "onlink", gateway_ifname(GW), NATGW_INNER_IP)
+                route = KRoute(
+                    ns, "0.0.0.0/0", "gateway", gateway_ifname(GW), NATGW_INNER_IP, onlink=True
+                )
             elif gw_host is not None:
                 route = KRoute(ns, "0.0.0.0/0", "remote", "vxlan0", vtep_nexthop(index[gw_host]))
             if self.driver == "fake":

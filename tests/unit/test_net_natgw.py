@@ -104,16 +104,16 @@ def test_a_local_gateway_compiles_to_its_namespace_links_routes_and_nat() -> Non
     assert ("addr", gw_ns, "pub0", f"{PUBLIC}/32") in want
     routes = {(r.netns, r.dst): r for r in want.values() if isinstance(r, KRoute)}
     assert routes[(gw_ns, "10.1.0.0/16")] == KRoute(
-        gw_ns, "10.1.0.0/16", "onlink", "vpc0", NATGW_LINK_IP
+        gw_ns, "10.1.0.0/16", "gateway", "vpc0", NATGW_LINK_IP, onlink=True
     )
     assert routes[(gw_ns, "0.0.0.0/0")] == KRoute(
-        gw_ns, "0.0.0.0/0", "onlink", "pub0", NATGW_LINK_IP
+        gw_ns, "0.0.0.0/0", "gateway", "pub0", NATGW_LINK_IP, onlink=True
     )
     assert routes[(HOST_NETNS, f"{PUBLIC}/32")] == KRoute(
         HOST_NETNS, f"{PUBLIC}/32", "local", "n-0000c001"
     )
     assert routes[(HOST_NETNS, f"{EIP}/32")] == KRoute(
-        HOST_NETNS, f"{EIP}/32", "onlink", "n-0000c001", PUBLIC
+        HOST_NETNS, f"{EIP}/32", "gateway", "n-0000c001", PUBLIC, onlink=True
     )
     assert want[("nat", gw_ns)] == NatTable(
         gw_ns,

@@ -183,7 +183,11 @@ class FakeDriver:
                     raise _fail(f"no namespace {o.netns}", errno.ENOENT, o.netns)
                 if o.dev is not None:
                     self._need_dev(o.netns, o.dev)
-                if o.kind == "gateway" and not self._on_link(o.netns, o.dev, o.via):
+                if (
+                    o.kind == "gateway"
+                    and not o.onlink
+                    and not self._on_link(o.netns, o.dev, o.via)
+                ):
                     raise _fail(f"gateway {o.via} not on-link", errno.ENETUNREACH, o.netns)
             case Process():
                 if not self._has_ns(o.netns) or ("uts", o.netns) not in self.objs:
@@ -450,7 +454,7 @@ class FakeFabric:
         r = _lookup(d, HOST_NETNS, dst)
         if r is None or r.dev is None:
             return _end(t, "unreachable", f"the host has no route to {dst_ip}")
-        hop = str(r.via) if r.kind == "onlink" else dst_ip
+        hop = str(r.via) if r.kind == "gateway" else dst_ip
         n = d.objs.get(("neigh", HOST_NETNS, r.dev, hop))
         pair = _gateway_port(d, HOST_NETNS, r.dev)
         if pair is None or not isinstance(n, Neigh) or n.mac != pair.mac:

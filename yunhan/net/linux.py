@@ -71,7 +71,6 @@ from yunhan.net.state import (
     Obj,
     Op,
     Process,
-    RouteKind,
     State,
     Sysctl,
     Uts,
@@ -480,10 +479,10 @@ class LinuxDriver:
         via = r.get_attr("RTA_GATEWAY")
         if via is None:
             return KRoute(ns, dst, "local", dev, None, table, metric)
-        if int(r["flags"]) & RTNH_F_ONLINK:
-            kind: RouteKind = "remote" if dev == VXLAN_IFNAME else "onlink"
-            return KRoute(ns, dst, kind, dev, via, table, metric)
-        return KRoute(ns, dst, "gateway", dev, via, table, metric)
+        onlink = bool(int(r["flags"]) & RTNH_F_ONLINK)
+        if dev == VXLAN_IFNAME and onlink:
+            return KRoute(ns, dst, "remote", dev, via, table, metric)
+        return KRoute(ns, dst, "gateway", dev, via, table, metric, onlink)
 
     def _observe_filters(self, ns: str) -> list[Obj]:
         try:
@@ -919,7 +918,7 @@ class LinuxDriver:
             args["scope"] = 253  # link: the destination is directly on the port
         else:
             args["gateway"] = o.via
-            if o.kind in ("remote", "onlink"):
+            if o.kind == "remote" or o.onlink:
                 # The next hop is a link-local address that exists nowhere: onlink tells the
                 # kernel to take it as reachable on vxlan0, where its permanent neighbour
                 # entry resolves it to the remote VTEP's MAC.

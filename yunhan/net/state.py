@@ -160,13 +160,13 @@ class Fdb:
         return ("fdb", self.netns, self.ifname, self.mac)
 
 
-RouteKind = Literal["local", "remote", "unreachable", "blackhole", "gateway", "onlink"]
+RouteKind = Literal["local", "remote", "unreachable", "blackhole", "gateway"]
 
 
 @dataclass(frozen=True)
 class KRoute:
-    """A kernel route of ours. local: dev; remote: via onlink dev vxlan0; gateway: via dev;
-    onlink: via dev onlink (any other device: the next hop is on no subnet of it)."""
+    """A kernel route of ours. local: dev; remote: via onlink dev vxlan0; gateway: via dev
+    (`onlink`: a next hop on a device that has no subnet holding it)."""
 
     netns: str
     dst: str
@@ -175,6 +175,7 @@ class KRoute:
     via: str | None = None
     table: int = 254
     metric: int = 0
+    onlink: bool = False  # gateway only (remote is always onlink)
 
     @property
     def key(self) -> Key:
@@ -395,7 +396,7 @@ def natgw_objects(
         LinkUp(HOST_NETNS, host_if),
         Address(ns, GW_PUB_IFNAME, f"{gw.public_ip}/32"),
         Neigh(ns, GW_PUB_IFNAME, NATGW_LINK_IP, mac_host),
-        KRoute(ns, "0.0.0.0/0", "onlink", GW_PUB_IFNAME, NATGW_LINK_IP),
+        KRoute(ns, "0.0.0.0/0", "gateway", GW_PUB_IFNAME, NATGW_LINK_IP, onlink=True),
         Neigh(HOST_NETNS, host_if, gw.public_ip, mac_pub0),
         KRoute(HOST_NETNS, f"{gw.public_ip}/32", "local", host_if),
         NatTable(
@@ -408,9 +409,9 @@ def natgw_objects(
     ]
     for block in blocks:
         dst = str(ipaddress.IPv4Network(block))
-        objs.append(KRoute(ns, dst, "onlink", GW_VPC_IFNAME, NATGW_LINK_IP))
+        objs.append(KRoute(ns, dst, "gateway", GW_VPC_IFNAME, NATGW_LINK_IP, onlink=True))
     for _inst, eip in gw.eips:
-        objs.append(KRoute(HOST_NETNS, f"{eip}/32", "onlink", host_if, gw.public_ip))
+        objs.append(KRoute(HOST_NETNS, f"{eip}/32", "gateway", host_if, gw.public_ip, onlink=True))
     if uplink:
         objs.append(Announce(gw.public_ip))
         objs.extend(Announce(eip) for _inst, eip in gw.eips)

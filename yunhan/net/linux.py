@@ -6,9 +6,9 @@ netlink socket opened inside that namespace (see `_ipr`). What counts as ours:
 * namespaces named `<prefix>v<vni>` (VPC), `<prefix>i-<id>` (instance) and `<prefix>g-<id>`
   (NAT gateway);
 * inside them: vxlan0, the veth ports, `lo`/`eth0` state, every IPv4 address except
-  127.0.0.1, permanent neighbours, vxlan FDB entries with a destination, routes whose
-  rtnetlink protocol is RTPROT_YUNHAN, the `netdev yunhan` nft table (VPC), the `ip yunhan`
-  NAT table (gateway);
+  127.0.0.1, permanent neighbours, vxlan FDB entries with a destination, routes and ip
+  rules whose rtnetlink protocol is RTPROT_YUNHAN, the `netdev yunhan` and `ip yunhan`
+  nft tables (VPC: port filters and routing marks; gateway: its NAT);
 * in the host namespace (`host_netns`, None: the agent's own): the gateways' veth ends
   `n-<id>` and what is on them (routes of RTPROT_YUNHAN, permanent neighbours), and
   net.ipv4.ip_forward;
@@ -37,7 +37,7 @@ from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 from yunhan.errors import DriverError
-from yunhan.net import nft, nsutil
+from yunhan.net import nft, nftroute, nsutil
 from yunhan.net.driver import Sandbox
 from yunhan.net.naming import INSTANCE_IFNAME, VXLAN_IFNAME, Naming
 from yunhan.net.natgw import (
@@ -66,11 +66,13 @@ from yunhan.net.state import (
     Filter,
     KRoute,
     LinkUp,
+    Marks,
     Neigh,
     Netns,
     Obj,
     Op,
     Process,
+    Rule,
     State,
     Sysctl,
     Uts,
@@ -84,8 +86,11 @@ NUD_PERMANENT = 0x80
 NTF_SELF = 0x02
 IFF_UP = 0x1
 RTNH_F_ONLINK = 0x4
-RTN_UNICAST, RTN_BLACKHOLE, RTN_UNREACHABLE = 1, 6, 7
-_RTN_OF_KIND = {"unreachable": RTN_UNREACHABLE, "blackhole": RTN_BLACKHOLE}
+RTN_UNICAST, RTN_BLACKHOLE, RTN_UNREACHABLE, RTN_THROW = 1, 6, 7, 9
+_RTN_OF_KIND = {"unreachable": RTN_UNREACHABLE, "blackhole": RTN_BLACKHOLE, "throw": RTN_THROW}
+_KIND_OF_RTN = {v: k for k, v in _RTN_OF_KIND.items()}
+FR_ACT_TO_TBL, FR_ACT_GOTO, FR_ACT_BLACKHOLE = 1, 2, 6
+_RULE_ACTIONS = {FR_ACT_TO_TBL: "lookup", FR_ACT_GOTO: "goto", FR_ACT_BLACKHOLE: "blackhole"}
 _GONE = {errno.ENOENT, errno.ENODEV, errno.ESRCH, errno.EADDRNOTAVAIL}
 ETH_P_ARP = 0x0806
 RT_TABLE_MAIN = 254
@@ -404,6 +409,7 @@ class LinuxDriver:
                             mtu,
                             int(data.get_attr("IFLA_VXLAN_PORT")),
                             bool(data.get_attr("IFLA_VXLAN_LEARNING")),
+                            bool(data.get_attr("IFLA_VXLAN_GBP")),
                         )
                     )
                     managed.add(ifname)
@@ -437,6 +443,9 @@ class LinuxDriver:
                     continue
                 objs.append(self._route_of(ns, r, names))
             if role == "vpc":
+                for rule in ipr.get_rules(family=socket.AF_INET):
+                    if rule.get_attr("FRA_PROTOCOL") == RTPROT_YUNHAN:
+                        objs.append(self._rule_of(ns, rule))
                 for n in ipr.get_neighbours(family=socket.AF_INET):
                     ndev = names.get(int(n["ifindex"]))
                     if ndev is not None and ndev in managed and int(n["state"]) & NUD_PERMANENT:
@@ -458,7 +467,7 @@ class LinuxDriver:
             objs.extend(
                 Sysctl(ns, s.path, v, s.dev) for s in devsys if (v := values[s.path]) is not None
             )
-            objs.extend(self._observe_filters(ns))
+            objs.extend(self._observe_nft(ns))
         else:
             values = nsutil.read_sysctls(ns, list(INSTANCE_SYSCTLS), self._runner(ns))
             objs.extend(Sysctl(ns, p, v) for p, v in values.items() if v is not None)
@@ -470,28 +479,96 @@ class LinuxDriver:
         table = int(r.get_attr("RTA_TABLE") or r["table"])
         metric = int(r.get_attr("RTA_PRIORITY") or 0)
         rtype = int(r["type"])
-        if rtype == RTN_UNREACHABLE:
-            return KRoute(ns, dst, "unreachable", table=table, metric=metric)
-        if rtype == RTN_BLACKHOLE:
-            return KRoute(ns, dst, "blackhole", table=table, metric=metric)
+        if rtype in _KIND_OF_RTN:
+            return KRoute(ns, dst, _KIND_OF_RTN[rtype], table=table, metric=metric)  # type: ignore[arg-type]
         oif = r.get_attr("RTA_OIF")
         dev = names.get(int(oif)) if oif is not None else None
         via = r.get_attr("RTA_GATEWAY")
-        if via is None:
-            return KRoute(ns, dst, "local", dev, None, table, metric)
+        realm = int(r.get_attr("RTA_FLOW") or 0)
         onlink = bool(int(r["flags"]) & RTNH_F_ONLINK)
+        if via is None:
+            return KRoute(ns, dst, "local", dev, None, table, metric, realm=realm)
         if dev == VXLAN_IFNAME and onlink:
-            return KRoute(ns, dst, "remote", dev, via, table, metric)
-        return KRoute(ns, dst, "gateway", dev, via, table, metric, onlink)
+            return KRoute(ns, dst, "remote", dev, via, table, metric, realm=realm)
+        return KRoute(ns, dst, "gateway", dev, via, table, metric, onlink, realm)
 
-    def _observe_filters(self, ns: str) -> list[Obj]:
-        try:
-            listing = nft.run(ns, f"list table {nft.FAMILY} {nft.TABLE}", self._runner(ns))
-        except DriverError as exc:
-            if exc.errno == errno.ENOENT:
-                return []
-            raise
-        return [Filter(ns, name, mac, ips) for name, (mac, ips) in nft.parse_table(listing).items()]
+    @staticmethod
+    def _rule_of(ns: str, r: Any) -> Rule:
+        def net(attr: str, plen: int) -> str | None:
+            addr = r.get_attr(attr)
+            return None if addr is None else f"{addr}/{plen}"
+
+        dport = r.get_attr("FRA_DPORT_RANGE")
+        lo_hi = None if dport is None else tuple(int(x) for x in str(dport).split(":"))
+        proto = r.get_attr("FRA_IP_PROTO")
+        action = _RULE_ACTIONS.get(int(r["action"]), f"action {r['action']}")
+        return Rule(
+            ns,
+            int(r.get_attr("FRA_PRIORITY") or 0),
+            int(r.get_attr("FRA_FWMARK") or 0),
+            int(r.get_attr("FRA_FWMASK") or 0),
+            action,  # type: ignore[arg-type]  # an unknown action never equals a wanted rule
+            table=int(r.get_attr("FRA_TABLE") or r["table"]) if action == "lookup" else 0,
+            goto=int(r.get_attr("FRA_GOTO") or 0),
+            iif=r.get_attr("FRA_IIFNAME"),
+            src=net("FRA_SRC", int(r["src_len"])),
+            dst=net("FRA_DST", int(r["dst_len"])),
+            ipproto=None if proto is None else int(proto),
+            dport=lo_hi,  # type: ignore[arg-type]
+        )
+
+    @staticmethod
+    def _rule_args(o: Rule) -> dict[str, Any]:
+        args: dict[str, Any] = {
+            "family": socket.AF_INET,
+            "priority": o.pref,
+            "fwmark": o.mark,
+            "fwmask": o.mask,
+            "protocol": RTPROT_YUNHAN,
+        }
+        if o.action == "lookup":
+            args["table"] = o.table
+        elif o.action == "goto":
+            args["action"] = FR_ACT_GOTO
+            args["goto"] = o.goto
+        elif o.action == "blackhole":
+            args["action"] = FR_ACT_BLACKHOLE
+        else:  # observed only ("action N", a rule of ours changed by hand): to delete it
+            args["action"] = int(str(o.action).rsplit(" ", 1)[-1])
+        if o.iif is not None:
+            args["iifname"] = o.iif
+        for side in ("src", "dst"):
+            cidr = getattr(o, side)
+            if cidr is not None:
+                addr, plen = cidr.split("/")
+                args[side] = addr
+                args[f"{side}_len"] = int(plen)
+        if o.ipproto is not None:
+            args["ip_proto"] = o.ipproto
+        if o.dport is not None:
+            args["dport_range"] = f"{o.dport[0]}:{o.dport[1]}"
+        return args
+
+    def _observe_nft(self, ns: str) -> list[Obj]:
+        """Port filters (`netdev yunhan`) and routing marks (`ip yunhan`), from one listing
+        of the namespace's ruleset (one libnftables call per namespace, not one per table)."""
+        listing = nft.run(ns, "list ruleset", self._runner(ns))
+        tables: dict[tuple[str, str], list[Any]] = {}
+        for item in listing.get("nftables", []):
+            body = next(iter(item.values()), None) if isinstance(item, dict) else None
+            if isinstance(body, dict) and "family" in body:
+                name = body["table"] if "table" in body else body.get("name", "")
+                tables.setdefault((body["family"], name), []).append(item)
+        objs: list[Obj] = []
+        filters = tables.get((nft.FAMILY, nft.TABLE))
+        if filters:
+            parsed = nft.parse_table({"nftables": filters})
+            objs.extend(Filter(ns, n, mac, ips, fwd) for n, (mac, ips, fwd) in parsed.items())
+        marks = tables.get((nftroute.FAMILY, nftroute.TABLE))
+        if marks:
+            ports, sources = nftroute.parse({"nftables": marks})
+            objs.append(Marks(ns, ports, sources))
+        return objs
 
     def _observe_links(
         self, ns: str, ipr: IPRoute, mine: Callable[[str, str | None], bool], ends: list[_End]
@@ -676,6 +753,7 @@ class LinuxDriver:
                 if (
                     o.kind in ("local", "remote")
                     and o.dst.endswith("/32")
+                    and o.table == 254
                     and o.netns != HOST_NETNS
                 ):
                     self._announce(o.netns, o.dst.split("/", 1)[0], o.dev)
@@ -683,7 +761,9 @@ class LinuxDriver:
                 try:
                     nft.run(
                         o.netns,
-                        nft.chain_batch(o.ifname, o.mac, o.ips, exists=False),
+                        nft.chain_batch(
+                            o.ifname, o.mac, o.ips, exists=False, forwarder=o.forwarder
+                        ),
                         self._runner(o.netns),
                     )
                 except DriverError as exc:
@@ -691,9 +771,17 @@ class LinuxDriver:
                         raise
                     nft.run(
                         o.netns,
-                        nft.chain_batch(o.ifname, o.mac, o.ips, exists=True),
+                        nft.chain_batch(o.ifname, o.mac, o.ips, exists=True, forwarder=o.forwarder),
                         self._runner(o.netns),
                     )
+            case Rule():
+                try:
+                    self._ipr(o.netns).rule("add", **self._rule_args(o))
+                except NetlinkError as exc:
+                    if exc.code != errno.EEXIST:  # the same rule, attribute for attribute
+                        raise
+            case Marks():
+                nft.run(o.netns, nftroute.table_batch(o.ports, o.sources), self._runner(o.netns))
             case Uts():
                 self.sandbox.ensure_uts(o.netns, o.hostname)
             case Process():
@@ -709,7 +797,8 @@ class LinuxDriver:
         match new:
             case Vxlan():
                 assert isinstance(old, Vxlan)
-                if (old.vni, old.local, old.port) == (new.vni, new.local, new.port):
+                same = (old.vni, old.local, old.port, old.gbp)
+                if same == (new.vni, new.local, new.port, new.gbp):
                     self._ipr(new.netns).link(
                         "set", index=self._index(new.netns, new.ifname), mtu=new.mtu,
                         address=new.mac,
@@ -739,13 +828,20 @@ class LinuxDriver:
             case Filter():
                 nft.run(
                     new.netns,
-                    nft.chain_batch(new.ifname, new.mac, new.ips, exists=True),
+                    nft.chain_batch(
+                        new.ifname, new.mac, new.ips, exists=True, forwarder=new.forwarder
+                    ),
                     self._runner(new.netns),
                 )
             case Process():
                 self.sandbox.stop(new.netns)
                 self._create(new)
             case VethPair():
+                self._delete(old)
+                self._create(new)
+            case Rule():
+                # A rule has no identity but its attributes: the old one goes, the new
+                # one comes (a packet between the two takes the next rule).
                 self._delete(old)
                 self._create(new)
             case Netns():
@@ -805,6 +901,10 @@ class LinuxDriver:
                 _gone_ok(
                     lambda: nft.run(o.netns, nft.delete_chain_cmd(o.ifname), self._runner(o.netns))
                 )
+            case Rule():
+                _gone_ok(lambda: self._ipr(o.netns).rule("del", **self._rule_args(o)))
+            case Marks():
+                _gone_ok(lambda: nft.run(o.netns, nftroute.delete_cmd(), self._runner(o.netns)))
             case Uts():
                 self.sandbox.remove_uts(o.netns)
             case Process():
@@ -914,14 +1014,17 @@ class LinuxDriver:
             return args
         assert o.dev is not None
         args["oif"] = self._index(o.netns, o.dev)
+        if o.realm:
+            args["flow"] = o.realm
         if o.kind == "local":
             args["scope"] = 253  # link: the destination is directly on the port
         else:
             args["gateway"] = o.via
             if o.kind == "remote" or o.onlink:
-                # The next hop is a link-local address that exists nowhere: onlink tells the
-                # kernel to take it as reachable on vxlan0, where its permanent neighbour
-                # entry resolves it to the remote VTEP's MAC.
+                # The next hop is a link-local address that exists nowhere (remote), or an
+                # instance's address on its port (the VPC namespace has no subnet): onlink
+                # tells the kernel to take it as reachable on the device, where its
+                # permanent neighbour entry resolves it.
                 args["flags"] = RTNH_F_ONLINK
         return args
 
@@ -942,6 +1045,8 @@ class LinuxDriver:
             mtu=o.mtu,
             net_ns_fd=o.netns,
         )
+        if o.gbp:  # a netlink flag: present means on
+            args["vxlan_gbp"] = True
         try:
             host.link("add", **args)
         except NetlinkError as exc:

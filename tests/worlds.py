@@ -19,6 +19,7 @@ from yunhan.controller.netcompile import (
     InstanceIn,
     RoutingIn,
     SubnetIn,
+    TableIn,
     VpcIn,
     compile_hosts,
 )
@@ -90,14 +91,22 @@ def documents(
     vpcs: Iterable[WVpc],
     instances: Iterable[WInstance],
     gateways: Iterable[WGateway] = (),
+    *,
+    routed: bool = False,
 ) -> dict[str, HostDesired]:
     """One document per host (an empty one for a host that carries nothing).
 
     Instance names (and so hostnames) are "vm-<hex of the id>"; an instance's subnet is the
-    one of its VPC that holds its address.
+    one of its VPC that holds its address. `routed`: every VPC has its default route table
+    (index 1) and its subnets selector indexes (1, 2, ... in order), so that the documents
+    carry distributed routing (subnets served by a gateway route to it by default).
     """
     gateways = list(gateways)
+    vpcs = list(vpcs)
     routing = RoutingIn(
+        tables=tuple(TableIn(id=f"{v.id}/default", vpc=v.id, index=1, default=True) for v in vpcs)
+        if routed
+        else (),
         gateways=tuple(
             GatewayIn(
                 id=g.id,
@@ -116,9 +125,10 @@ def documents(
             for inst, addr in g.eips
         ),
     )
-    vpcs = list(vpcs)
     subnets = [
-        SubnetIn(id=f"{v.id}/{cidr}", vpc=v.id, cidr=cidr) for v in vpcs for cidr in v.subnets
+        SubnetIn(id=f"{v.id}/{cidr}", vpc=v.id, cidr=cidr, index=n if routed else None)
+        for v in vpcs
+        for n, cidr in enumerate(v.subnets, start=1)
     ]
 
     def subnet_of(i: WInstance) -> str:

@@ -10,10 +10,10 @@ come from the controller's reference compiler (`tests.worlds`); one `DataPlane` 
 applies them, announcing public addresses to the core as a lab agent does.
 
 The VPC side of the NAT default (the NAT_BASE tables and rules that send a served subnet's
-internet traffic to the gateway port) is another part of the data plane; until it is in,
-`_vpc_default` stands in for it with a plain main-table default route of another protocol
-(never observed nor removed by the data plane, and shadowed by the real rules once they
-exist).
+internet traffic to the gateway port) is another part of the data plane; where it is not
+there (the documents carry it: `routed=True`), `_vpc_default` stands in for it with a
+plain main-table default route of another protocol, never observed nor removed by the
+data plane.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from yunhan.compute import netns_sandbox
 from yunhan.lab import topology
 from yunhan.lab.spec import ECHO_PORT, RegionSpec
 from yunhan.net import nsutil
-from yunhan.net.desired import NATGW_INNER_IP, HostDesired, vtep_nexthop
+from yunhan.net.desired import NAT_BASE, NATGW_INNER_IP, HostDesired, vtep_nexthop
 from yunhan.net.fake import FakeDriver, FakeFabric
 from yunhan.net.naming import Naming, gateway_ifname
 from yunhan.net.natgw import Announce, Uplink
@@ -96,7 +96,7 @@ class Region:
         return Naming(next(h.agent_prefix for h in self.spec.hosts if h.name == host))
 
     def docs(self, gw_host: str) -> dict[str, HostDesired]:
-        return documents(self.hosts, [VPC], [A, B], [gateway(gw_host)])
+        return documents(self.hosts, [VPC], [A, B], [gateway(gw_host)], routed=True)
 
     def apply(self, gw_host: str, order: list[str]) -> None:
         """Apply the documents with the gateway on `gw_host`, hosts in `order`."""
@@ -110,7 +110,12 @@ class Region:
 
     def _vpc_default(self, gw_host: str | None) -> None:
         """The stand-in for the VPC side of the NAT default (see the module docstring):
-        the gateway's host sends internet traffic to the gateway port, the others to it."""
+        the gateway's host sends internet traffic to the gateway port, the others to it.
+        Nothing when the data plane routes NAT defaults itself (a NAT_BASE table)."""
+        doc = next(iter(self.docs(self.spec.hosts[0].name).values()))
+        want = self.dps[doc.host].compile(doc)
+        if any(isinstance(o, KRoute) and o.table >= NAT_BASE for o in want.values()):
+            return
         index = {h.name: h.vtep_index for h in self.hosts}
         for h in self.spec.hosts:
             ns = self.naming(h.name).vpc_netns(VPC.vni)

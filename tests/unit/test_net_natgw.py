@@ -309,3 +309,17 @@ def test_gateway_links_are_paired_by_name_and_indices() -> None:
     assert _pairs(near[:1], far[2:]) == [
         VethPair(gw, "vpc0", "02:00:00:00:00:01", None, "", "", 1450)
     ]
+
+
+def test_a_gateway_on_a_host_without_members_of_its_vpc() -> None:
+    hosts = [*HOSTS, WHost("h3", "198.18.3.11", 3)]
+    fabric = FakeFabric()
+    dps = {h.name: fake_dp(fabric, h.name) for h in hosts}
+    docs3 = documents(hosts, [VPC], INSTS, [gateway("h3")])
+    assert not docs3["h3"].vpcs[0].ports  # it carries the VPC for the gateway alone
+    for h, d in docs3.items():
+        assert dps[h].apply(d).errors == []
+        assert dps[h].plan(d) == []
+    h3 = dps["h3"].observe()
+    assert ("nat", naming("h3").natgw_netns(GW)) in h3
+    assert ("link", naming("h3").vpc_netns(100), "vxlan0") in h3

@@ -61,10 +61,13 @@ CMD = (sys.executable, "-c", SERVER)
 GW = "ngw-0000c001"
 PUBLIC = "198.19.128.1"
 EIP = "198.19.128.9"
-VPC = WVpc("vpc-a", 100, ("10.1.0.0/16",), ("10.1.1.0/24", "10.1.2.0/24"))
+VPC = WVpc("vpc-a", 100, ("10.1.0.0/16",), ("10.1.1.0/24", "10.1.2.0/24", "10.1.3.0/24"))
 # A on the first host has an EIP; B on the second is reached through a port forward.
 A = WInstance("inst-0000a001", "az1-h1", "vpc-a", "10.1.1.10", command=CMD)
 B = WInstance("inst-0000a002", "az2-h1", "vpc-a", "10.1.2.10", command=CMD)
+# C sits in a subnet the gateway does not serve: a forward to it has no way back.
+C = WInstance("inst-0000a003", "az1-h1", "vpc-a", "10.1.3.10", command=CMD)
+INSTANCES = (A, B, C)
 
 
 def gateway(host: str) -> WGateway:
@@ -73,8 +76,8 @@ def gateway(host: str) -> WGateway:
         "vpc-a",
         host,
         PUBLIC,
-        VPC.subnets,
-        forwards=(("tcp", 8080, B.id, PORT),),
+        VPC.subnets[:2],
+        forwards=(("tcp", 8080, B.id, PORT), ("tcp", 8081, C.id, PORT)),
         eips=((A.id, EIP),),
     )
 
@@ -96,7 +99,7 @@ class Region:
         return Naming(next(h.agent_prefix for h in self.spec.hosts if h.name == host))
 
     def docs(self, gw_host: str) -> dict[str, HostDesired]:
-        return documents(self.hosts, [VPC], [A, B], [gateway(gw_host)], routed=True)
+        return documents(self.hosts, [VPC], list(INSTANCES), [gateway(gw_host)], routed=True)
 
     def apply(self, gw_host: str, order: list[str]) -> None:
         """Apply the documents with the gateway on `gw_host`, hosts in `order`."""
@@ -154,7 +157,7 @@ class Region:
         if self.fabric is not None:
             t = self.fabric.trace_inbound(ip, "tcp", port)
             ns = t.to_netns if t.delivered else None
-            return next((i.id for i in (A, B) if self.inst_ns(i) == ns), "")
+            return next((i.id for i in INSTANCES if self.inst_ns(i) == ns), "")
         code = (
             "import socket, sys\n"
             "try:\n"
@@ -164,7 +167,7 @@ class Region:
             "    pass\n"
         )
         r = netlab.nsexec(self.spec.internet_netns, sys.executable, "-c", code, ip, str(port))
-        return next((i.id for i in (A, B) if r.stdout.strip() == _hostname(i)), "")
+        return next((i.id for i in INSTANCES if r.stdout.strip() == _hostname(i)), "")
 
     def announced(self, ip: str) -> str:
         """The host the uplink routes `ip` to ("" for none)."""
@@ -242,6 +245,8 @@ MATRIX = {
     ("egress", A.id): EIP,
     ("egress", B.id): PUBLIC,
     ("in", f"{PUBLIC}:8080"): B.id,
+    ("in", f"{PUBLIC}:8081"): "",  # forwarded to C, whose subnet is not served
+    ("egress", C.id): "",
     ("in", f"{EIP}:{PORT}"): A.id,
     ("in", f"{PUBLIC}:{PORT}"): "",  # not forwarded: the gateway itself listens on nothing
     ("in", "198.19.128.77:80"): "",  # in the pool, announced by no one
@@ -251,7 +256,7 @@ MATRIX = {
 def _matrix(region: Region) -> dict[tuple[str, str], str]:
     def row(kind: str, what: str) -> str:
         if kind == "egress":
-            return region.egress(A if what == A.id else B)
+            return region.egress(next(i for i in INSTANCES if i.id == what))
         ip, port = what.split(":")
         return region.inbound(ip, int(port))
 

@@ -566,7 +566,21 @@ class FakeFabric:
         if ("neigh", gw, GW_VPC_IFNAME, str(r.via)) not in d.objs:
             return _end(t, "unreachable", f"no neighbour for {r.via} in {gw}")
         pkt = _Packet(ipaddress.IPv4Address(src_ip), inner, proto, dport)
-        return self._route(t, d, vpc.peer_netns, pkt, vpc.peer_ifname, 0)
+        t = self._route(t, d, vpc.peer_netns, pkt, vpc.peer_ifname, 0)
+        if not t.delivered or t.to_netns is None:
+            return t
+        # The reply must leave by the same gateway (where conntrack undoes the NAT): an
+        # instance whose subnet the gateway does not serve has no way back.
+        back = _Packet(inner, pkt.src, proto, None)
+        there = next(x for x in self.drivers if ("netns", t.to_netns) in x.objs)
+        reply = self._from_instance(Trace("dropped", []), there, t.to_netns, back, forwarded=False)
+        if (
+            not reply.delivered
+            or reply.to_netns is not None
+            or f"{d.naming.prefix}:{gw}" not in (reply.hops)
+        ):
+            return _end(t, "dropped", f"the reply does not go back through {gw}: {reply.reason}")
+        return t
 
     def _vtep(self, underlay: str, vni: int, port: int) -> tuple[FakeDriver, Vxlan] | None:
         for d in self.drivers:

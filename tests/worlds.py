@@ -12,7 +12,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from yunhan.controller.netcompile import HostIn, InstanceIn, SubnetIn, VpcIn, compile_hosts
+from yunhan.controller.netcompile import (
+    EipIn,
+    GatewayIn,
+    HostIn,
+    InstanceIn,
+    RoutingIn,
+    SubnetIn,
+    TableIn,
+    VpcIn,
+    compile_hosts,
+)
 from yunhan.net.desired import (
     HostDesired,
     NextHop,
@@ -61,17 +71,64 @@ class WInstance:
         return "02:aa:" + ":".join(f"{x:02x}" for x in b)
 
 
+@dataclass(frozen=True)
+class WGateway:
+    """A NAT gateway: where it runs, what it serves (subnet CIDRs of its VPC), its port
+    forwards (proto, public port, instance id, port) and EIPs (instance id, address)."""
+
+    id: str  # "ngw-<hex>"
+    vpc: str
+    host: str | None
+    public_ip: str
+    subnets: tuple[str, ...]
+    index: int = 1
+    forwards: tuple[tuple[str, int, str, int], ...] = ()
+    eips: tuple[tuple[str, str], ...] = ()
+
+
 def documents(
-    hosts: Iterable[WHost], vpcs: Iterable[WVpc], instances: Iterable[WInstance]
+    hosts: Iterable[WHost],
+    vpcs: Iterable[WVpc],
+    instances: Iterable[WInstance],
+    gateways: Iterable[WGateway] = (),
+    *,
+    routed: bool = False,
 ) -> dict[str, HostDesired]:
     """One document per host (an empty one for a host that carries nothing).
 
     Instance names (and so hostnames) are "vm-<hex of the id>"; an instance's subnet is the
-    one of its VPC that holds its address.
+    one of its VPC that holds its address. `routed`: every VPC has its default route table
+    (index 1) and its subnets selector indexes (1, 2, ... in order), so that the documents
+    carry distributed routing (subnets served by a gateway route to it by default).
     """
+    gateways = list(gateways)
     vpcs = list(vpcs)
+    routing = RoutingIn(
+        tables=tuple(TableIn(id=f"{v.id}/default", vpc=v.id, index=1, default=True) for v in vpcs)
+        if routed
+        else (),
+        gateways=tuple(
+            GatewayIn(
+                id=g.id,
+                vpc=g.vpc,
+                index=g.index,
+                host=g.host,
+                public_ip=g.public_ip,
+                subnets=tuple(f"{g.vpc}/{cidr}" for cidr in g.subnets),
+                forwards=g.forwards,
+            )
+            for g in gateways
+        ),
+        eips=tuple(
+            EipIn(id=f"eip-{addr}", address=addr, instance=inst, natgw=g.id)
+            for g in gateways
+            for inst, addr in g.eips
+        ),
+    )
     subnets = [
-        SubnetIn(id=f"{v.id}/{cidr}", vpc=v.id, cidr=cidr) for v in vpcs for cidr in v.subnets
+        SubnetIn(id=f"{v.id}/{cidr}", vpc=v.id, cidr=cidr, index=n if routed else None)
+        for v in vpcs
+        for n, cidr in enumerate(v.subnets, start=1)
     ]
 
     def subnet_of(i: WInstance) -> str:
@@ -98,6 +155,7 @@ def documents(
             )
             for i in instances
         ],
+        routing,
     )
 
 

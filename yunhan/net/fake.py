@@ -25,6 +25,15 @@ from dataclasses import dataclass, field, replace
 from yunhan.errors import DriverError
 from yunhan.net.desired import MARK_ROUTED, ROUTED_REALM
 from yunhan.net.naming import INSTANCE_IFNAME, VXLAN_IFNAME, Naming
+from yunhan.net.natgw import (
+    GW_PUB_IFNAME,
+    GW_VPC_IFNAME,
+    HOST_NETNS,
+    UPLINK_NETNS,
+    Announce,
+    NatTable,
+    VethPair,
+)
 from yunhan.net.state import (
     Address,
     Fdb,
@@ -81,7 +90,7 @@ class FakeDriver:
             self._delete(op.old)
             return
         assert op.new is not None
-        if op.action == "replace" and isinstance(op.new, Vxlan | Veth):
+        if op.action == "replace" and isinstance(op.new, Vxlan | Veth | VethPair):
             old = self.objs.get(op.new.key)
             if old is not None and not self._set_in_place(old, op.new):
                 self._delete(old)
@@ -90,12 +99,16 @@ class FakeDriver:
     # -- kernel rules ------------------------------------------------------------------------
 
     def _has_ns(self, ns: str | None) -> bool:
-        return ns is not None and ("netns", ns) in self.objs
+        # The host namespace and the uplink are there before us and outlive us.
+        return ns in (HOST_NETNS, UPLINK_NETNS) or (ns is not None and ("netns", ns) in self.objs)
 
-    def _link(self, ns: str, ifname: str) -> Vxlan | Veth | None:
+    def _link(self, ns: str, ifname: str) -> Vxlan | Veth | VethPair | None:
         o = self.objs.get(("link", ns, ifname))
-        if isinstance(o, Vxlan | Veth):
+        if isinstance(o, Vxlan | Veth | VethPair):
             return o
+        for p in self.objs.values():
+            if isinstance(p, VethPair) and (p.peer_netns, p.peer_ifname) == (ns, ifname):
+                return p
         return self._peer_end(ns, ifname)
 
     def _peer_end(self, ns: str, ifname: str) -> Veth | None:
@@ -156,6 +169,21 @@ class FakeDriver:
                     self._delete(end)  # a stale pair holding the instance-side name
                 if isinstance(cur, Veth) and cur != o and not self._set_in_place(cur, o):
                     self._delete(cur)
+            case VethPair():
+                if not self._has_ns(o.netns) or not self._has_ns(o.peer_netns):
+                    raise _fail(f"link {o.ifname}: namespace missing", errno.ENOENT, o.netns)
+                assert o.peer_netns is not None
+                for stale in (
+                    self._link(o.netns, o.ifname),
+                    self._link(o.peer_netns, o.peer_ifname),
+                ):
+                    if stale is not None and stale != o:
+                        self._delete(stale)  # a stale link holding one of the names
+            case NatTable():
+                if not self._has_ns(o.netns):
+                    raise _fail(f"no namespace {o.netns}", errno.ENOENT, o.netns)
+            case Announce():
+                pass
             case LinkUp() | Address() | Neigh() | Fdb() | Filter():
                 self._need_dev(o.netns, o.ifname)
                 vx = self.objs.get(("link", o.netns, o.ifname))
@@ -214,17 +242,24 @@ class FakeDriver:
             for x in list(self.objs.values()):
                 if isinstance(x, Uts | Process | Netns):
                     continue
-                if x.netns == o.name or (isinstance(x, Veth) and x.peer_netns == o.name):
+                if x.netns == o.name or (isinstance(x, Veth | VethPair) and x.peer_netns == o.name):
                     self._delete(x)
-        elif isinstance(o, Vxlan | Veth):
+        elif isinstance(o, Vxlan | Veth | VethPair):
             ends = {(o.netns, o.ifname)}
-            if isinstance(o, Veth) and o.peer_netns:
+            if isinstance(o, Veth | VethPair) and o.peer_netns:
                 ends.add((o.peer_netns, o.peer_ifname))
             for k, x in list(self.objs.items()):
                 dev = getattr(x, "ifname", None) if not isinstance(x, KRoute | Sysctl) else x.dev
                 if isinstance(x, Filter):
                     continue  # a netdev chain outlives its device and re-binds by name
-                if not isinstance(x, Vxlan | Veth) and (getattr(x, "netns", None), dev) in ends:
+                if (
+                    not isinstance(x, Vxlan | Veth | VethPair)
+                    and (
+                        getattr(x, "netns", None),
+                        dev,
+                    )
+                    in ends
+                ):
                     del self.objs[k]
 
 
@@ -238,7 +273,8 @@ class Trace:
     verdict: str  # "delivered" | "unreachable" | "dropped-by-antispoof" | "dropped"
     hops: list[str] = field(default_factory=list)
     reason: str = ""
-    to_netns: str | None = None
+    to_netns: str | None = None  # where it was delivered (None: out to the internet)
+    source: str = ""  # the source address the receiver sees (after NAT)
     forwarded_by: list[str] = field(default_factory=list)  # instance netns that forwarded it
 
     @property
@@ -350,6 +386,7 @@ class FakeFabric:
         verdict = _filter_verdict(d, port, smac, sip, arp=False)
         if verdict:
             return _end(t, "dropped-by-antispoof", verdict)
+        t.source = sip
         return self._route(t, d, port.netns, pkt, port.ifname, 0)
 
     def _route(self, t: Trace, d: FakeDriver, ns: str, pkt: _Packet, iif: str, gbp: int) -> Trace:
@@ -364,6 +401,11 @@ class FakeFabric:
                 return _end(t, "unreachable", f"no route to {dst} in {ns}")
             if isinstance(r, str):
                 return _end(t, "dropped", f"{r} in {ns}")
+            pair = _gateway_port(d, ns, r.dev)
+            if pair is not None and r.kind not in ("unreachable", "blackhole"):
+                if r.via is not None and ("neigh", ns, r.dev, r.via) not in d.objs:
+                    return _end(t, "unreachable", f"no neighbour for {r.via} on {r.dev}")
+                return self._out_through(t, d, pair, dst)
             if r.kind in ("unreachable", "blackhole"):
                 return _end(t, "unreachable", f"{r.kind} route {r.dst} in {ns}")
             if r.kind == "gateway" and r.onlink and r.dev != VXLAN_IFNAME:
@@ -444,6 +486,101 @@ class FakeFabric:
                 d, ns, iif = d2, vx2.netns, VXLAN_IFNAME
                 continue
         return _end(t, "dropped", "TTL exceeded")
+
+    def _out_through(
+        self, t: Trace, d: FakeDriver, pair: VethPair, dst: ipaddress.IPv4Address
+    ) -> Trace:
+        """A packet the VPC namespace sends to a NAT gateway's port: NAT, then out to the
+        internet through the host. It only counts as delivered when the reply can come
+        back: the uplink routes the translated source to this host."""
+        gw = pair.netns
+        if not _up(d, gw, pair.ifname) or not _up(d, pair.peer_netns, pair.peer_ifname):
+            return _end(t, "dropped", f"gateway link {pair.ifname} down")
+        t.hops.append(f"{d.naming.prefix}:{gw}")
+        nat = d.objs.get(("nat", gw))
+        src = t.source
+        if isinstance(nat, NatTable):
+            addr = ipaddress.IPv4Address(src)
+            eip = dict(nat.eips).get(src)
+            if eip is not None:
+                src = eip
+            elif any(addr in ipaddress.IPv4Network(c) for c in nat.snat):
+                src = nat.public_ip
+        r = _lookup(d, gw, dst)
+        if r is None or r.dev != GW_PUB_IFNAME:
+            return _end(t, "unreachable", f"no route to {dst} out of {gw}")
+        pub = d.objs.get(("link", gw, GW_PUB_IFNAME))
+        if not isinstance(pub, VethPair) or not _up(d, gw, GW_PUB_IFNAME):
+            return _end(t, "dropped", f"{gw} has no way out")
+        if ("neigh", gw, GW_PUB_IFNAME, str(r.via)) not in d.objs:
+            return _end(t, "unreachable", f"no neighbour for {r.via} in {gw}")
+        t.hops.append(f"{d.naming.prefix}:{pub.peer_netns}:{pub.peer_ifname}")
+        t.source = src
+        if ("announce", src) not in d.objs:
+            return _end(t, "unreachable", f"replies to {src} are not routed to this host")
+        return _end(t, "delivered", "to the internet")
+
+    def trace_inbound(
+        self, dst_ip: str, proto: str = "tcp", port: int = 0, *, src_ip: str = "203.0.113.1"
+    ) -> Trace:
+        """Follow a packet from the internet to public address `dst_ip` (proto, port): the
+        uplink's announcement, the host's route, the gateway's DNAT, and the VPC. (Its
+        reply takes the path `trace` follows from the instance to the internet.)"""
+        t = Trace("dropped", ["internet"], source="internet")
+        d = next((d for d in self.drivers if ("announce", dst_ip) in d.objs), None)
+        if d is None:
+            return _end(t, "unreachable", f"the uplink has no route to {dst_ip}")
+        dst = ipaddress.IPv4Address(dst_ip)
+        r = _lookup(d, HOST_NETNS, dst)
+        if r is None or r.dev is None:
+            return _end(t, "unreachable", f"the host has no route to {dst_ip}")
+        hop = str(r.via) if r.kind == "gateway" else dst_ip
+        n = d.objs.get(("neigh", HOST_NETNS, r.dev, hop))
+        pair = _gateway_port(d, HOST_NETNS, r.dev)
+        if pair is None or not isinstance(n, Neigh) or n.mac != pair.mac:
+            return _end(t, "unreachable", f"no gateway behind {r.dev} for {dst_ip}")
+        if not _up(d, HOST_NETNS, r.dev) or not _up(d, pair.netns, pair.ifname):
+            return _end(t, "dropped", f"gateway link {r.dev} down")
+        gw = pair.netns
+        t.hops.append(f"{d.naming.prefix}:{gw}")
+        nat = d.objs.get(("nat", gw))
+        to: str | None = None
+        dport = port
+        if isinstance(nat, NatTable):
+            to = next((inst for inst, eip in nat.eips if eip == dst_ip), None)
+            if to is None and dst_ip == nat.public_ip:
+                fwd = next((f for f in nat.forwards if (f[0], f[1]) == (proto, port)), None)
+                if fwd is not None:
+                    to, dport = fwd[2], fwd[3]
+        if to is None:
+            if _is_local(d, gw, dst):
+                return _end(t, "dropped", f"nothing listens on {dst_ip}:{port} (the gateway)")
+            return _end(t, "unreachable", f"{gw} does not route {dst_ip}")
+        inner = ipaddress.IPv4Address(to)
+        r = _lookup(d, gw, inner)
+        if r is None or r.dev != GW_VPC_IFNAME:
+            return _end(t, "unreachable", f"no route to {to} in {gw}")
+        vpc = d.objs.get(("link", gw, GW_VPC_IFNAME))
+        if not isinstance(vpc, VethPair) or vpc.peer_netns is None:
+            return _end(t, "dropped", f"{gw} has no link to its VPC")
+        if ("neigh", gw, GW_VPC_IFNAME, str(r.via)) not in d.objs:
+            return _end(t, "unreachable", f"no neighbour for {r.via} in {gw}")
+        pkt = _Packet(ipaddress.IPv4Address(src_ip), inner, proto, dport)
+        t = self._route(t, d, vpc.peer_netns, pkt, vpc.peer_ifname, 0)
+        if not t.delivered or t.to_netns is None:
+            return t
+        # The reply must leave by the same gateway (where conntrack undoes the NAT): an
+        # instance whose subnet the gateway does not serve has no way back.
+        back = _Packet(inner, pkt.src, proto, None)
+        there = next(x for x in self.drivers if ("netns", t.to_netns) in x.objs)
+        reply = self._from_instance(Trace("dropped", []), there, t.to_netns, back, forwarded=False)
+        if (
+            not reply.delivered
+            or reply.to_netns is not None
+            or f"{d.naming.prefix}:{gw}" not in (reply.hops)
+        ):
+            return _end(t, "dropped", f"the reply does not go back through {gw}: {reply.reason}")
+        return t
 
     def _vtep(self, underlay: str, vni: int, port: int) -> tuple[FakeDriver, Vxlan] | None:
         for d in self.drivers:
@@ -535,6 +672,20 @@ def _decide(d: FakeDriver, ns: str, pkt: _Packet, iif: str, mark: int) -> KRoute
 
 def _end(t: Trace, verdict: str, reason: str) -> Trace:
     return replace(t, verdict=verdict, reason=reason)
+
+
+def _up(d: FakeDriver, ns: str | None, ifname: str) -> bool:
+    return ("up", ns or "", ifname) in d.objs
+
+
+def _gateway_port(d: FakeDriver, ns: str, dev: str | None) -> VethPair | None:
+    """The gateway link whose far end is `dev` in `ns` (a VPC's g-… or the host's n-…)."""
+    if dev is None:
+        return None
+    for o in d.objs.values():
+        if isinstance(o, VethPair) and (o.peer_netns, o.peer_ifname) == (ns, dev):
+            return o
+    return None
 
 
 def _filter_verdict(d: FakeDriver, port: Veth, smac: str, sip: str, *, arp: bool) -> str:

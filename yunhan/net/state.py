@@ -24,18 +24,36 @@ from yunhan.net.desired import (
     MARK_ROUTED,
     MARK_SELECTOR_SHIFT,
     NAT_BASE,
+    NATGW_INNER_IP,
+    NATGW_LINK_IP,
     POLICY_BASE,
     ROUTED_REALM,
     TABLE_BASE,
     VXLAN_PORT,
     HostDesired,
+    NatGwDesired,
     NextHop,
     Peer,
     PolicyDesired,
     VpcDesired,
     vtep_mac,
 )
-from yunhan.net.naming import INSTANCE_IFNAME, VXLAN_IFNAME, Naming
+from yunhan.net.naming import (
+    INSTANCE_IFNAME,
+    VXLAN_IFNAME,
+    Naming,
+    gateway_ifname,
+    natgw_host_ifname,
+)
+from yunhan.net.natgw import (
+    GW_PUB_IFNAME,
+    GW_VPC_IFNAME,
+    HOST_NETNS,
+    Announce,
+    NatTable,
+    VethPair,
+    gw_mac,
+)
 
 # rtnetlink protocol number stamped on every route we install ("Y" = 89, unassigned in
 # /etc/iproute2/rt_protos). Observation lists only these, so routes added by a person or
@@ -50,7 +68,7 @@ class Netns:
     name: str
     # "stale": observed only, a file of ours under /run/netns that is not a namespace (a
     # crash between creating and bind-mounting it); never equal to a wanted one.
-    role: Literal["vpc", "instance", "stale"]
+    role: Literal["vpc", "instance", "natgw", "stale"]
 
     @property
     def key(self) -> Key:
@@ -278,6 +296,9 @@ Obj: TypeAlias = (
     | Filter
     | Uts
     | Process
+    | VethPair
+    | NatTable
+    | Announce
     | Rule
     | Marks
 )
@@ -334,8 +355,9 @@ def uts_name(naming: Naming, instance_id: str) -> str:
     return naming.instance_netns(instance_id)
 
 
-def compile_state(desired: HostDesired, naming: Naming) -> State:
-    """Every kernel object `desired` calls for on this host (pure)."""
+def compile_state(desired: HostDesired, naming: Naming, *, uplink: bool = False) -> State:
+    """Every kernel object `desired` calls for on this host (pure). `uplink`: the agent
+    announces its gateways' public addresses (see `natgw.Announce`)."""
     objs: list[Obj] = []
     mtu = desired.instance_mtu
     inst_ns_of_port: dict[tuple[int, str], str] = {}
@@ -396,6 +418,9 @@ def compile_state(desired: HostDesired, naming: Naming) -> State:
                 objs.append(KRoute(ns, dst, r.kind, None, None, r.table, r.metric))
         if vpc.subnets:  # a document of an older controller has none: main table only
             objs.extend(compile_routing(ns, vpc))
+        for ngw in vpc.natgws:
+            if ngw.local:
+                objs.extend(natgw_objects(ngw, ns, vpc.cidrs, desired.instance_mtu, naming, uplink))
     return as_state(objs)
 
 
@@ -509,6 +534,71 @@ def _nexthop_route(ns: str, dst: str, nh: NextHop, table: int, peers: Mapping[st
     return KRoute(ns, dst, "unreachable", table=table)
 
 
+NATGW_SYSCTLS: Mapping[str, str] = {
+    "net/ipv4/ip_forward": "1",
+    "net/ipv6/conf/all/disable_ipv6": "1",
+    "net/ipv6/conf/default/disable_ipv6": "1",
+}
+HOST_SYSCTLS: Mapping[str, str] = {"net/ipv4/ip_forward": "1"}
+
+
+def natgw_objects(
+    gw: NatGwDesired,
+    vpc_ns: str,
+    blocks: Iterable[str],
+    mtu: int,
+    naming: Naming,
+    uplink: bool,
+) -> list[Obj]:
+    """The objects of a NAT gateway that runs on this host (see `natgw`): its namespace,
+    its two links, addresses, onlink routes and permanent neighbours on both sides, the
+    host's routes to its public addresses, its NAT table, and their announcements."""
+    ns = naming.natgw_netns(gw.id)
+    port = gw.ifname or gateway_ifname(gw.id)
+    host_if = natgw_host_ifname(gw.id)
+    mac_port, mac_vpc0 = gw_mac(gw.id, "port"), gw_mac(gw.id, GW_VPC_IFNAME)
+    mac_pub0, mac_host = gw_mac(gw.id, GW_PUB_IFNAME), gw_mac(gw.id, "host")
+    objs: list[Obj] = [
+        Netns(ns, "natgw"),
+        LinkUp(ns, "lo"),
+        *(Sysctl(ns, p, v) for p, v in NATGW_SYSCTLS.items()),
+        *(Sysctl(HOST_NETNS, p, v) for p, v in HOST_SYSCTLS.items()),
+        # VPC side: the gateway is NATGW_INNER_IP behind the port, and sees the VPC
+        # namespace as NATGW_LINK_IP behind vpc0.
+        VethPair(ns, GW_VPC_IFNAME, mac_vpc0, vpc_ns, port, mac_port, mtu),
+        LinkUp(ns, GW_VPC_IFNAME),
+        LinkUp(vpc_ns, port),
+        Address(ns, GW_VPC_IFNAME, f"{NATGW_INNER_IP}/32"),
+        Neigh(ns, GW_VPC_IFNAME, NATGW_LINK_IP, mac_port),
+        Neigh(vpc_ns, port, NATGW_INNER_IP, mac_vpc0),
+        # Public side: public_ip on pub0, everything else via the host (NATGW_LINK_IP).
+        VethPair(ns, GW_PUB_IFNAME, mac_pub0, HOST_NETNS, host_if, mac_host, mtu),
+        LinkUp(ns, GW_PUB_IFNAME),
+        LinkUp(HOST_NETNS, host_if),
+        Address(ns, GW_PUB_IFNAME, f"{gw.public_ip}/32"),
+        Neigh(ns, GW_PUB_IFNAME, NATGW_LINK_IP, mac_host),
+        KRoute(ns, "0.0.0.0/0", "gateway", GW_PUB_IFNAME, NATGW_LINK_IP, onlink=True),
+        Neigh(HOST_NETNS, host_if, gw.public_ip, mac_pub0),
+        KRoute(HOST_NETNS, f"{gw.public_ip}/32", "local", host_if),
+        NatTable(
+            ns,
+            gw.public_ip if gw.snat or gw.forwards else "",
+            tuple(gw.snat),
+            tuple(gw.eips),
+            tuple(gw.forwards),
+        ),
+    ]
+    for block in blocks:
+        dst = str(ipaddress.IPv4Network(block))
+        objs.append(KRoute(ns, dst, "gateway", GW_VPC_IFNAME, NATGW_LINK_IP, onlink=True))
+    for _inst, eip in gw.eips:
+        objs.append(KRoute(HOST_NETNS, f"{eip}/32", "gateway", host_if, gw.public_ip, onlink=True))
+    if uplink:
+        objs.append(Announce(gw.public_ip))
+        objs.extend(Announce(eip) for _inst, eip in gw.eips)
+    return objs
+
+
 # -- planning ----------------------------------------------------------------------------
 
 
@@ -537,7 +627,7 @@ def _rank(o: Obj) -> int:
             return 0
         case Sysctl(dev=None) | Uts():
             return 1
-        case Vxlan() | Veth():
+        case Vxlan() | Veth() | VethPair():
             return 2
         case Sysctl():
             return 3
@@ -545,7 +635,7 @@ def _rank(o: Obj) -> int:
             return 4
         # The port filter is in place before the port comes up, so an instance never sends
         # a frame that was not checked.
-        case Filter():
+        case Filter() | NatTable():
             return 5
         case LinkUp():
             return 6
@@ -562,6 +652,10 @@ def _rank(o: Obj) -> int:
             return 9
         case Process():
             return 10
+        # Announced last, withdrawn first: the uplink never routes to a gateway that is
+        # not (or no longer) in place.
+        case Announce():
+            return 11
     raise TypeError(o)
 
 
@@ -573,7 +667,7 @@ def _dev_of(o: Obj) -> str | None:
     match o:
         case Sysctl():
             return o.dev
-        case LinkUp() | Address() | Neigh() | Fdb() | Filter():
+        case LinkUp() | Address() | Neigh() | Fdb() | Filter() | VethPair():
             return o.ifname
         case KRoute():
             return o.dev
@@ -613,10 +707,8 @@ def plan(want: Mapping[Key, Obj], have: Mapping[Key, Obj]) -> list[Op]:
             continue
         if isinstance(o, Netns):
             doomed.netns.add(o.name)
-        elif isinstance(o, Vxlan | Veth):
-            doomed.links.add((o.netns, o.ifname))
-            if isinstance(o, Veth) and o.peer_netns:
-                doomed.links.add((o.peer_netns, o.peer_ifname))
+        elif isinstance(o, Vxlan | Veth | VethPair):
+            doomed.links.update(_link_ends(o))
     # Inside an instance the tenant may add addresses of its own (a VIP taken over by
     # keepalived): we ensure the instance's address, and never remove one we did not ask
     # for (the port filter decides what may leave the instance anyway).
@@ -647,6 +739,14 @@ def plan(want: Mapping[Key, Obj], have: Mapping[Key, Obj]) -> list[Op]:
     return deletes + changes
 
 
+def _link_ends(o: Vxlan | Veth | VethPair) -> list[tuple[str, str]]:
+    """(netns, ifname) of each end of a link that exists on this host."""
+    ends = [(o.netns, o.ifname)]
+    if isinstance(o, Veth | VethPair) and o.peer_netns:
+        ends.append((o.peer_netns, o.peer_ifname))
+    return ends
+
+
 def owner_keys(o: Obj) -> tuple[str, str | None]:
     """(netns, device) that an error on `o` is attributed to, for per-instance reports."""
     if isinstance(o, Veth):
@@ -673,36 +773,38 @@ def after(have: Mapping[Key, Obj], done: Iterable[Op]) -> State | None:
         dev = _dev_of(o) if not isinstance(o, Vxlan | Veth) else o.ifname
         if dev is not None:
             touched.add((_ns_of(o), dev))
-            if isinstance(o, Veth) and o.peer_netns:
-                touched.add((o.peer_netns, o.peer_ifname))
+            if isinstance(o, Veth | VethPair):
+                touched.update(_link_ends(o))
     doomed = _Doomed()
     for op in done:
         o = op.obj
-        if op.action == "replace" and isinstance(o, Netns | Vxlan | Veth):
+        if op.action == "replace" and isinstance(o, Netns | Vxlan | Veth | VethPair):
             return None
         if op.action == "delete" and isinstance(o, LinkUp):
             return None  # a link set down loses its routes
-        if op.action == "create" and isinstance(o, Vxlan | Veth):
-            ends = [(o.netns, o.ifname)]
-            if isinstance(o, Veth) and o.peer_netns:
-                ends.append((o.peer_netns, o.peer_ifname))
-            if any(e in touched for e in ends):
-                return None
+        if (
+            op.action == "create"
+            and isinstance(o, Vxlan | Veth | VethPair)
+            and any(e in touched for e in _link_ends(o))
+        ):
+            return None
         if op.action == "delete":
             if isinstance(o, Netns):
                 doomed.netns.add(o.name)
-            elif isinstance(o, Vxlan | Veth):
-                doomed.links.add((o.netns, o.ifname))
-                if isinstance(o, Veth) and o.peer_netns:
-                    doomed.links.add((o.peer_netns, o.peer_ifname))
-    # A veth pair dies as a whole: a port whose instance end was in a removed namespace.
+            elif isinstance(o, Vxlan | Veth | VethPair):
+                doomed.links.update(_link_ends(o))
+    # A veth pair dies as a whole: a port whose instance end was in a removed namespace,
+    # a gateway link either of whose namespaces was removed.
     for o in have.values():
         if isinstance(o, Veth) and o.peer_netns in doomed.netns:
             doomed.links.add((o.netns, o.ifname))
+        if isinstance(o, VethPair) and {o.netns, o.peer_netns} & doomed.netns:
+            doomed.links.update(_link_ends(o))
     out = {
         k: o
         for k, o in have.items()
-        if not doomed.covers(o) and not (isinstance(o, Veth | Vxlan) and o.key[1:] in doomed.links)
+        if not doomed.covers(o)
+        and not (isinstance(o, Veth | Vxlan | VethPair) and o.key[1:] in doomed.links)
     }
     for op in done:
         if op.action == "delete":

@@ -40,6 +40,7 @@ class AppState:
     max_long_poll: float = MAX_LONG_POLL
     ipam: AddressHints = field(default_factory=AddressHints)
     loads: HostLoads = field(default_factory=HostLoads)
+    public_pools: list[str] = field(default_factory=list)
 
 
 def state_of(request: Request) -> AppState:

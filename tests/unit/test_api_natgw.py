@@ -294,18 +294,16 @@ def test_no_host_is_lost_in_the_startup_grace(cloud: Cloud, net: dict[str, Any])
 def test_natgw_placed_spread_and_moved(cloud: Cloud, nat: dict[str, Any]) -> None:
     t = nat["t"]
     ctl = _controller(cloud)
-    cloud.heartbeat("h1", 0)
+    cloud.heartbeat("h1", 0)  # h2 never heard from yet: not a candidate
+    ctl.reconcile_once()
     cloud.heartbeat("h2", 0)
     gw2 = cloud.call(
         "POST", "/v1/natgws", t, json={"name": "gw2", "vpc": "prod", "subnets": ["db"]}
     )
-    ctl.reconcile_once()
+    ctl.reconcile_once()  # the lightest healthy host: h2
     a = cloud.call("GET", "/v1/natgws/gw", t)["status"]
     b = cloud.call("GET", f"/v1/natgws/{gw2['id']}", t)["status"]
-    assert (a["host"], a["phase"]) == ("h1", "active") and (b["host"], b["phase"]) == (
-        "h2",
-        "active",
-    )
+    assert (a["host"], a["phase"], b["host"], b["phase"]) == ("h1", "active", "h2", "active")
     assert a["history"][0]["reason"] == "placed" and a["moved_at"] is None
     routes = cloud.call("GET", "/v1/route-tables/prod-default/routes", t)["routes"]
     assert {r["state"] for r in routes if r["type"] == "default"} == {"active"}

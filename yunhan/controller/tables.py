@@ -16,7 +16,7 @@ from typing import Any
 
 from yunhan.errors import Conflict
 from yunhan.model import new_id
-from yunhan.model.routing import MAX_INDEX, pool_addresses
+from yunhan.model.routing import MAX_INDEX, next_hop_text, pool_addresses
 from yunhan.store import Reader, Resource, Tx
 
 DEFAULT_SUFFIX = "-default"
@@ -165,3 +165,105 @@ def release_public(tx: Tx, instance: Resource) -> None:
         kept = [f for f in forwards if f.get("instance") != instance.id]
         if len(kept) != len(forwards):
             tx.update(g, spec={**g.spec, "forwards": kept})
+
+
+# -- a table as it stands (the API's listing; `yunhan trace` reads the same) --------------
+
+_TYPE_ORDER = {"custom": 0, "hybrid": 1, "default": 2, "direct": 3, "host": 4}
+
+
+def custom_states(ups: Iterable[bool]) -> list[str]:
+    """The states of one prefix's custom routes, given in priority order with whether each
+    one's next hop is up: the first up is active, later ups standby, the others
+    unreachable (docs/routing.md, "How a packet's way is decided")."""
+    out: list[str] = []
+    won = False
+    for up in ups:
+        out.append("unreachable" if not up else ("standby" if won else "active"))
+        won = won or up
+    return out
+
+
+def _entry(kind: str, dst: str, state: str, **kw: Any) -> dict[str, Any]:
+    e: dict[str, Any] = {"type": kind, "dst": dst, "state": state, "priority": None,
+                         "next_hop": None, "id": None, "subnet": None, "host": None}  # fmt: skip
+    e.update(kw)
+    return e
+
+
+def _order(e: dict[str, Any]) -> tuple[int, int, int, int]:
+    # Longest prefix first; at an equal prefix, custom before generated, then priority.
+    net = ipaddress.IPv4Network(e["dst"])
+    return (-net.prefixlen, int(net.network_address), _TYPE_ORDER[e["type"]], e["priority"] or 0)
+
+
+def names_of(r: Reader, hops: Iterable[dict[str, Any]]) -> dict[str, str]:
+    """id -> name of the instances and gateways that next hops name."""
+    out: dict[str, str] = {}
+    for nh in hops:
+        ref = nh.get("id")
+        if ref and ref not in out:
+            o = r.get(str(nh.get("type")), str(ref))
+            if o is not None:
+                out[o.id] = o.name
+    return out
+
+
+def describe_table(r: Reader, admin_project: str, table: Resource) -> dict[str, Any]:
+    """Every route of `table` with its type, priority, next hop and state, ordered longest
+    prefix first, and its policy routes by priority (the shape of the API's
+    `TableRoutes`)."""
+    vpc = r.get("vpc", table.spec["vpc"])
+    if vpc is None:
+        raise Conflict(f"route table {table.name} has lost its VPC {table.spec['vpc']}")
+    subs = table_subnets(r, table)
+    entries = [_entry("direct", block, "active") for block in vpc.spec["cidrs"]]
+    for s in r.find("subnet", "vpc", vpc.id):
+        for inst in r.find("instance", "subnet", s.id):
+            host = inst.status.get("host")
+            if inst.status.get("ip") and host:
+                state = "unreachable" if host_lost(r, admin_project, host) else "active"
+                entries.append(_entry("host", f"{inst.status['ip']}/32", state,
+                                      next_hop=f"instance:{inst.name}", host=host))  # fmt: skip
+    for s in subs:
+        g = gateway_of(r, s)
+        if g is not None:
+            state = "unreachable" if host_lost(r, admin_project, g.status.get("host")) else "active"
+            entries.append(_entry("default", "0.0.0.0/0", state, next_hop=f"natgw:{g.name}",
+                                  subnet=s.name))  # fmt: skip
+    by_dst: dict[str, list[Resource]] = {}
+    for rt in r.find("route", "table", table.id):
+        by_dst.setdefault(rt.spec["dst"], []).append(rt)
+    names = names_of(r, (rt.spec["next_hop"] for rts in by_dst.values() for rt in rts))
+    for dst, rts in by_dst.items():
+        rts.sort(key=lambda o: o.spec["priority"])
+        ups = [next_hop_up(r, admin_project, vpc.id, rt.spec["next_hop"]) for rt in rts]
+        for rt, state in zip(rts, custom_states(ups), strict=True):
+            entries.append(_entry("custom", dst, state, priority=rt.spec["priority"], id=rt.id,
+                                  next_hop=next_hop_text(rt.spec["next_hop"], names)))  # fmt: skip
+    entries.sort(key=_order)
+    policies = sorted(r.find("policy_route", "table", table.id), key=lambda p: p.spec["priority"])
+    pnames = names_of(r, (p.spec["next_hop"] for p in policies if p.spec.get("next_hop")))
+    return {
+        "table": table.id,
+        "name": table.name,
+        "vpc": vpc.id,
+        "default": bool(table.spec.get("default")),
+        "subnets": [s.name for s in subs],
+        "revision": r.revision,
+        "routes": entries,
+        "policies": [_policy_entry(r, admin_project, vpc.id, p, pnames) for p in policies],
+    }
+
+
+def _policy_entry(
+    r: Reader, admin_project: str, vpc_id: str, p: Resource, names: dict[str, str]
+) -> dict[str, Any]:
+    nh = p.spec.get("next_hop")
+    up = nh is None or next_hop_up(r, admin_project, vpc_id, nh)
+    return {
+        "id": p.id,
+        **{k: p.spec.get(k) for k in ("priority", "src", "dst", "proto", "port", "action")},
+        "next_hop": next_hop_text(nh, names),
+        "state": "active" if up else "unreachable",
+    }

@@ -10,7 +10,6 @@ still associated, an association that would loop).
 from __future__ import annotations
 
 import ipaddress
-from collections import defaultdict
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -37,10 +36,9 @@ from yunhan.api.models import (
 )
 from yunhan.api.views import resolve
 from yunhan.controller.tables import (
+    describe_table,
     ensure_default_table,
-    gateway_of,
-    host_lost,
-    next_hop_up,
+    names_of,
     subnet_holding,
     table_subnets,
     take_index,
@@ -267,7 +265,7 @@ def _refuse_looping_association(tx: Tx, table: Resource, vpc: Resource, sub: Res
                 raise Conflict(
                     f"associating subnet {sub.name} with route table {table.name} would loop: "
                     f"{what} {o.id} ({o.spec.get('dst') or 'any'}) of the table sends traffic "
-                    f"to {next_hop_text(nh, _names(tx, [nh]))}, which sits in subnet "
+                    f"to {next_hop_text(nh, names_of(tx, [nh]))}, which sits in subnet "
                     f"{sub.name}; delete that {what} first or keep the subnet on another table",
                     route=o.id,
                 )
@@ -283,19 +281,7 @@ def _next_hop_subnet(r: Reader, vpc_id: str, nh: dict[str, Any]) -> str | None:
     return None
 
 
-def _names(r: Reader, hops: list[dict[str, Any]]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for nh in hops:
-        if nh.get("id") and nh["id"] not in out:
-            o = r.get(str(nh.get("type")), str(nh["id"]))
-            if o is not None:
-                out[o.id] = o.name
-    return out
-
-
 # -- the whole table ---------------------------------------------------------------------
-
-_TYPE_ORDER = {"custom": 0, "hybrid": 1, "default": 2, "direct": 3, "host": 4}
 
 
 @router.get("/route-tables/{ref}/routes", response_model=TableRoutes, responses=errors(404))
@@ -308,79 +294,7 @@ def table_routes(ref: str, request: Request, c: CallerDep) -> Any:
     st = state_of(request)
     with st.store.read() as r:
         table = resolve(r, "route_table", c.project.id, ref)
-        vpc = _vpc_of(r, table)
-        subs = table_subnets(r, table)
-        entries: list[dict[str, Any]] = []
-
-        def entry(kind: str, dst: str, state: str, **kw: Any) -> None:
-            e = {"type": kind, "dst": dst, "state": state, "priority": None, "next_hop": None,
-                 "id": None, "subnet": None, "host": None}  # fmt: skip
-            e.update(kw)
-            entries.append(e)
-
-        for block in vpc.spec["cidrs"]:
-            entry("direct", block, "active")
-        for s in r.find("subnet", "vpc", vpc.id):
-            for inst in r.find("instance", "subnet", s.id):
-                host = inst.status.get("host")
-                if not inst.status.get("ip") or not host:
-                    continue
-                up = not host_lost(r, st.admin_project_id, host)
-                entry("host", f"{inst.status['ip']}/32", "active" if up else "unreachable",
-                      next_hop=f"instance:{inst.name}", host=host)  # fmt: skip
-        for s in subs:
-            g = gateway_of(r, s)
-            if g is not None:
-                up = not host_lost(r, st.admin_project_id, g.status.get("host"))
-                entry("default", "0.0.0.0/0", "active" if up else "unreachable",
-                      next_hop=f"natgw:{g.name}", subnet=s.name)  # fmt: skip
-        by_dst: dict[str, list[Resource]] = defaultdict(list)
-        for rt in r.find("route", "table", table.id):
-            by_dst[rt.spec["dst"]].append(rt)
-        names = _names(r, [rt.spec["next_hop"] for rts in by_dst.values() for rt in rts])
-        for dst, rts in by_dst.items():
-            won = False
-            for rt in sorted(rts, key=lambda o: o.spec["priority"]):
-                up = next_hop_up(r, st.admin_project_id, vpc.id, rt.spec["next_hop"])
-                state = "unreachable" if not up else ("standby" if won else "active")
-                won = won or up
-                entry("custom", dst, state, priority=rt.spec["priority"], id=rt.id,
-                      next_hop=next_hop_text(rt.spec["next_hop"], names))  # fmt: skip
-
-        def order(e: dict[str, Any]) -> tuple[int, int, int, int]:
-            net = ipaddress.IPv4Network(e["dst"])
-            return (-net.prefixlen, int(net.network_address), _TYPE_ORDER[e["type"]],
-                    e["priority"] or 0)  # fmt: skip
-
-        entries.sort(key=order)
-        policies = sorted(
-            r.find("policy_route", "table", table.id), key=lambda p: p.spec["priority"]
-        )
-        pnames = _names(r, [p.spec["next_hop"] for p in policies if p.spec.get("next_hop")])
-        return {
-            "table": table.id,
-            "name": table.name,
-            "vpc": vpc.id,
-            "default": bool(table.spec.get("default")),
-            "subnets": [s.name for s in subs],
-            "revision": r.revision,
-            "routes": entries,
-            "policies": [
-                {
-                    "id": p.id,
-                    **{
-                        k: p.spec.get(k)
-                        for k in ("priority", "src", "dst", "proto", "port", "action")
-                    },
-                    "next_hop": next_hop_text(p.spec.get("next_hop"), pnames),
-                    "state": "active"
-                    if not p.spec.get("next_hop")
-                    or next_hop_up(r, st.admin_project_id, vpc.id, p.spec["next_hop"])
-                    else "unreachable",
-                }
-                for p in policies
-            ],
-        }
+        return describe_table(r, st.admin_project_id, table)
 
 
 # -- custom routes -----------------------------------------------------------------------

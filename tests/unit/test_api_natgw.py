@@ -316,6 +316,9 @@ def test_natgw_placed_spread_and_moved(cloud: Cloud, nat: dict[str, Any]) -> Non
     assert (a["host"], a["phase"]) == ("h2", "active") and a["moved_at"] is not None
     assert [(m["from"], m["to"]) for m in a["history"]] == [(None, "h1"), ("h1", "h2")]
     assert a["history"][-1]["reason"] == "host h1 lost"
+    events = cloud.call("GET", "/v1/events?for=gw", t)["items"]
+    assert [e["reason"] for e in events] == ["NatGatewayMoved"]
+    assert "moved from host h1 (lost) to h2" in events[0]["message"]
     rev = cloud.revision()
     ctl.reconcile_once()
     assert cloud.revision() == rev  # settled
@@ -325,6 +328,8 @@ def test_natgw_placed_spread_and_moved(cloud: Cloud, nat: dict[str, Any]) -> Non
         ctl.reconcile_once()
     a = cloud.call("GET", "/v1/natgws/gw", t)["status"]
     assert (a["host"], a["phase"]) == ("h2", "unplaced")
+    reasons = {e["reason"] for e in cloud.call("GET", "/v1/events?for=gw", t)["items"]}
+    assert reasons == {"NatGatewayMoved", "NatGatewayUnplaced"}
     routes = cloud.call("GET", "/v1/route-tables/prod-default/routes", t)["routes"]
     assert {r["state"] for r in routes if r["type"] == "default"} == {"unreachable"}
     cloud.heartbeat("h1", 0)  # h1 is back: both move there

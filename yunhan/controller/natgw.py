@@ -12,6 +12,9 @@
   agents need one heartbeat to say they are alive. Without this, a restart of the
   control plane would move every gateway.
 
+Moves and gateways left without a host are also events of the gateway's project
+(`NatGatewayMoved`, `NatGatewayUnplaced`: docs/credentials.md, "Events").
+
 `plan` decides from plain inputs; `apply` writes its answer in the controller's
 transaction. Both are level-triggered: a pass over a settled region writes nothing.
 """
@@ -24,10 +27,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from yunhan.controller.scheduler import HEALTHY_WITHIN, Heartbeat, host_healthy
-from yunhan.store import Reader, Resource, Tx
+from yunhan.store import Notice, Reader, Resource, Tx
 
 STARTUP_GRACE = HEALTHY_WITHIN
 HISTORY = 20
+MOVED = "NatGatewayMoved"
+UNPLACED = "NatGatewayUnplaced"
 
 
 def _iso(ts: float) -> str:
@@ -57,6 +62,7 @@ class Plan:
 
     conditions: dict[str, str] = field(default_factory=dict)  # host id -> condition
     gateways: dict[str, dict[str, Any]] = field(default_factory=dict)  # natgw id -> status
+    notices: list[Notice] = field(default_factory=list)  # what the gateways' owners learn
 
     def __bool__(self) -> bool:
         return bool(self.conditions or self.gateways)
@@ -97,6 +103,12 @@ def plan(
         if new is None:
             if st.get("phase") != "unplaced":
                 out.gateways[g.id] = {**st, "phase": "unplaced"}
+                if host is not None:
+                    why = (
+                        f"NAT gateway {g.name}: its host {host} is lost and no other host is "
+                        "healthy; the subnets it serves have no internet access until one is"
+                    )
+                    out.notices.append(Notice(g.project, g.id, UNPLACED, why, now))
             continue
         load[new] += 1
         if host in load:
@@ -107,6 +119,12 @@ def plan(
         status = {**st, "host": new, "phase": "active", "history": history}
         if host is not None:
             status["moved_at"] = move["at"]
+            why = (
+                f"NAT gateway {g.name} moved from host {host} (lost) to {new}: new "
+                f"connections work again once {new} has built it; those open through "
+                f"{host} are lost"
+            )
+            out.notices.append(Notice(g.project, g.id, MOVED, why, now))
         out.gateways[g.id] = status
     return out
 
@@ -130,4 +148,5 @@ def apply(tx: Tx, p: Plan) -> int:
         g = tx.get("natgw", gid)
         if g is not None and tx.update(g, status=status) is not g:
             n += 1
+    tx.add_notices(p.notices)
     return n

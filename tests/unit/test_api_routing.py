@@ -359,3 +359,17 @@ def test_other_projects_tables_do_not_exist(cloud: Cloud, rt: dict[str, Any]) ->
         other,
         json={"dst": "10.8.0.0/16", "next_hop": "blackhole"},
     )
+
+
+def test_a_block_cannot_take_a_routes_prefix(cloud: Cloud, rt: dict[str, Any]) -> None:
+    t = rt["t"]
+    _route(cloud, t, "edge", dst="10.1.0.0/16", next_hop="instance:fw")
+    cloud.rejected(
+        "POST", "/v1/vpcs/prod/cidrs", 409, "cannot equal a route's destination", t,
+        json={"cidr": "10.1.0.0/16"},
+    )  # fmt: skip
+    cloud.rejected(
+        "PATCH", "/v1/vpcs/prod", 409, "has a custom route to 10.1.0.0/16", t,
+        json={"spec": {"cidrs": ["10.0.0.0/16", "10.1.0.0/16"]}},
+    )  # fmt: skip
+    cloud.call("POST", "/v1/vpcs/prod/cidrs", t, json={"cidr": "10.2.0.0/16"})

@@ -132,7 +132,24 @@ def _replace_blocks(tx: Tx, vpc: Resource, wanted: list[str]) -> list[str]:
     rest = list(vpc.spec["cidrs"])
     for gone in [b for b in rest if b not in blocks]:
         rest = list(check_block_removal(vpc.name, rest, gone, subnets))
-    return list(validate_vpc_blocks(vpc.name, [*rest, *(b for b in blocks if b not in rest)]))
+    added = [b for b in blocks if b not in rest]
+    _refuse_routes_on(tx, vpc, added)
+    return list(validate_vpc_blocks(vpc.name, [*rest, *added]))
+
+
+def _refuse_routes_on(tx: Tx, vpc: Resource, blocks: list[str]) -> None:
+    """A block whose prefix a custom route already has would take that route's traffic
+    (or the route the block's): refused, as a route equal to a block is."""
+    wanted = set(blocks)
+    for table in tx.find("route_table", "vpc", vpc.id):
+        for route in tx.find("route", "table", table.id):
+            if route.spec["dst"] in wanted:
+                raise Conflict(
+                    f"route table {table.name} has a custom route to {route.spec['dst']} "
+                    f"({route.id}); a VPC block cannot equal a route's destination: delete "
+                    "the route first",
+                    route=route.id,
+                )
 
 
 @router.delete("/vpcs/{ref}", response_model=Vpc, responses=errors(404, 409, 412))
@@ -165,6 +182,7 @@ def add_vpc_cidr(
         vpc = resolve(tx, "vpc", c.project.id, ref)
         if block in vpc.spec["cidrs"]:
             raise Conflict(f"{block} is already a block of VPC {vpc.name}")
+        _refuse_routes_on(tx, vpc, [block])
         cidrs = validate_vpc_blocks(vpc.name, [*vpc.spec["cidrs"], block])
         vpc = tx.update(vpc, spec={**vpc.spec, "cidrs": list(cidrs)})
         return idem.keep(tx, c, 200, vpc.envelope())

@@ -32,8 +32,10 @@ from yunhan.api.routes import (
     infra,
     instances,
     metrics,
+    natgw,
     network,
     projects,
+    routing,
     tokens,
     watch,
 )
@@ -206,7 +208,9 @@ def create_app(
     store.subscribe(loads.apply, load=loads.load)
     _install_error_handlers(app)
     app.add_middleware(AuditMiddleware)
-    for module in (projects, tokens, audit, events, infra, network, instances, agent, watch):
+    modules = (projects, tokens, audit, events, infra, network, routing, natgw, instances, agent,
+               watch)  # fmt: skip
+    for module in modules:
         app.include_router(module.router)
     app.include_router(metrics.router)
     _exact_openapi(app)

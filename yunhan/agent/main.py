@@ -10,6 +10,7 @@ a restarted agent observes what exists and changes only the difference.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import signal
@@ -27,6 +28,7 @@ from yunhan.errors import ValidationError
 from yunhan.net.desired import HostDesired
 from yunhan.net.docentries import Delta, assemble, digest
 from yunhan.net.naming import Naming
+from yunhan.net.natgw import Uplink
 
 log = logging.getLogger("yunhan.agent")
 
@@ -55,6 +57,22 @@ class AgentConfig:
     driver: str = "linux"
     state_dir: Path = field(default_factory=lambda: Path("/var/lib/yunhan/agent"))
     resync_interval: float = 30.0
+    # Where the public addresses of this host's NAT gateways are announced (routed to
+    # `uplink_via`, this host's underlay address): both or neither.
+    uplink_netns: str | None = None
+    uplink_via: str | None = None
+
+    @property
+    def uplink(self) -> Uplink | None:
+        if self.uplink_netns is None and self.uplink_via is None:
+            return None
+        if self.uplink_netns is None or self.uplink_via is None:
+            raise ValidationError("--uplink-netns and --uplink-via go together")
+        try:
+            via = str(ipaddress.IPv4Address(self.uplink_via))
+        except ValueError as exc:
+            raise ValidationError(f"--uplink-via wants an IPv4 address: {exc}") from exc
+        return Uplink(self.uplink_netns, via)
 
 
 class Agent:
@@ -401,6 +419,7 @@ def run(config: AgentConfig) -> None:
         host_netns=config.host_netns,
         driver=config.driver,
         state_dir=config.state_dir,
+        uplink=config.uplink,
     )
     agent = Agent(config, dataplane)
 

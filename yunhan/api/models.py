@@ -65,6 +65,9 @@ class HostStatus(_Out):
     applied_revision: int | None
     heartbeat_at: str | None
     healthy: bool
+    condition: Literal["ready", "lost"] | None = Field(
+        None, description="the controller's verdict on its lease (written on each change)"
+    )
     error: str | None
 
 
@@ -80,6 +83,7 @@ class VpcSpec(_Out):
 
 class VpcStatus(_Out):
     vni: int
+    next_index: int | None = Field(None, description="the next per-VPC index to give out")
 
 
 class Vpc(_Envelope):
@@ -91,11 +95,13 @@ class Vpc(_Envelope):
 class SubnetSpec(_Out):
     vpc: str
     cidr: str
+    route_table: str | None = Field(None, description="its route table (absent: the default)")
 
 
 class SubnetStatus(_Out):
     gateway: str
     available: int
+    index: int | None = Field(None, description="its selector in the VPC's data plane")
 
 
 class Subnet(_Envelope):
@@ -192,6 +198,165 @@ class Converged(_Out):
     unhealthy: list[str]
     failed: list[str]
     controller_revision: int
+
+
+# -- distributed routing (docs/routing.md) ----------------------------------------------
+
+
+class NextHopSpec(_Out):
+    type: Literal["instance", "natgw", "vip", "blackhole", "hybrid"]
+    id: str | None = None
+    ip: str | None = None
+
+
+class RouteTableSpec(_Out):
+    vpc: str
+    default: bool
+
+
+class RouteTableStatus(_Out):
+    index: int
+
+
+class RouteTable(_Envelope):
+    kind: Literal["route_table"]
+    spec: RouteTableSpec
+    status: RouteTableStatus
+
+
+class RouteTableList(_Page):
+    items: list[RouteTable]
+
+
+class RouteSpec(_Out):
+    vpc: str
+    table: str
+    dst: str
+    priority: int
+    next_hop: NextHopSpec
+
+
+class Route(_Envelope):
+    kind: Literal["route"]
+    spec: RouteSpec
+    status: Empty
+
+
+class PolicyRouteSpec(_Out):
+    vpc: str
+    table: str
+    priority: int
+    src: str | None
+    dst: str | None
+    proto: Literal["tcp", "udp", "icmp", "any"]
+    port: list[int] | None = Field(description="[lo, hi] destination ports, or null")
+    action: Literal["drop", "allow", "reroute"]
+    next_hop: NextHopSpec | None
+
+
+class PolicyRouteStatus(_Out):
+    index: int
+
+
+class PolicyRoute(_Envelope):
+    kind: Literal["policy_route"]
+    spec: PolicyRouteSpec
+    status: PolicyRouteStatus
+
+
+class TableEntry(_Out):
+    """One route of a table as it stands now (docs/routing.md, "Route types")."""
+
+    type: Literal["direct", "host", "default", "custom", "hybrid"]
+    dst: str
+    priority: int | None = Field(description="custom routes only")
+    next_hop: str | None = Field(description="instance:NAME, natgw:NAME, vip:IP, blackhole; "
+                                 "null for direct routes")  # fmt: skip
+    state: Literal["active", "standby", "unreachable"]
+    id: str | None = Field(description="the route's id (custom routes only)")
+    subnet: str | None = Field(description="default routes: the subnet it serves (name)")
+    host: str | None = Field(description="host routes: where the instance runs")
+
+
+class PolicyEntry(_Out):
+    id: str
+    priority: int
+    src: str | None
+    dst: str | None
+    proto: str
+    port: list[int] | None
+    action: str
+    next_hop: str | None
+    state: Literal["active", "unreachable"]
+
+
+class TableRoutes(_Out):
+    """Every route of a table: generated (direct, host, default) and custom, ordered by
+    prefix length (longest first), then type, then priority; and its policy routes."""
+
+    table: str
+    name: str
+    vpc: str
+    default: bool
+    subnets: list[str] = Field(description="names of the subnets associated with it")
+    revision: int
+    routes: list[TableEntry]
+    policies: list[PolicyEntry]
+
+
+class Forward(_Out):
+    proto: Literal["tcp", "udp"]
+    port: int
+    instance: str
+    to_port: int
+
+
+class NatGwSpec(_Out):
+    vpc: str
+    subnets: list[str]
+    forwards: list[Forward]
+
+
+class NatGwMove(_Out):
+    at: str
+    to: str | None
+    reason: str
+    model_config = ConfigDict(extra="allow")
+
+
+class NatGwStatus(_Out):
+    index: int
+    host: str | None
+    public_ip: str
+    phase: Literal["pending", "active", "unplaced"]
+    moved_at: str | None
+    history: list[NatGwMove]
+
+
+class NatGw(_Envelope):
+    kind: Literal["natgw"]
+    spec: NatGwSpec
+    status: NatGwStatus
+
+
+class NatGwList(_Page):
+    items: list[NatGw]
+
+
+class EipStatus(_Out):
+    address: str
+    instance: str | None
+    natgw: str | None
+
+
+class Eip(_Envelope):
+    kind: Literal["eip"]
+    spec: Empty
+    status: EipStatus
+
+
+class EipList(_Page):
+    items: list[Eip]
 
 
 # -- trace (GET /v1/trace; yunhan.net.trace) ------------------------------------------------

@@ -1,7 +1,9 @@
 """A running lab region: topology + API server + one agent per host, and its record.
 
-    up(spec, state_dir)   realise the topology, start the server, create the zones, start the
-                          agents, wait until every agent is registered and healthy
+    up(spec, state_dir)   realise the topology, start the internet's echo server and the API
+                          server, create the zones, start the agents (each announcing its
+                          NAT gateways' public addresses to the core), wait until every
+                          agent is registered and healthy
     down(state_dir)       stop and remove all of it (idempotent; works after a half-failed up)
     status(state_dir)     the record, which lab processes live, zones and hosts from the API
     sweep()               remove what crashed regions left (prefix-owned, no live record)
@@ -47,7 +49,8 @@ from typing import TYPE_CHECKING, Any
 from yunhan.errors import Conflict, TimedOut, YunhanError
 from yunhan.lab import cleanup, topology
 from yunhan.lab.cleanup import REGION_ENV, RUN_DIR, Removed
-from yunhan.lab.spec import REGION_PREFIX_RE, RegionSpec
+from yunhan.lab.spec import ECHO_PORT, REGION_PREFIX_RE, RegionSpec
+from yunhan.nsexec import nsenter_argv
 from yunhan.polling import poll_until
 
 if TYPE_CHECKING:
@@ -78,7 +81,7 @@ def default_state_dir() -> Path:
 class ProcessRecord:
     """One lab process: what it is, how to find it again, where it logs."""
 
-    role: str  # "server" | "agent" | "supervisor"
+    role: str  # "server" | "agent" | "echo" | "supervisor"
     name: str
     pid: int
     started: int | None
@@ -203,7 +206,8 @@ def _shape(spec: RegionSpec) -> tuple[int, tuple[int, ...], int]:
 def _whole(record: RegionRecord) -> bool:
     # Every process a finished `up` starts is there and alive (not a half-started region).
     running = {(p.role, p.name) for p in record.processes if p.alive()}
-    wanted = {("server", "server")} | {("agent", h.name) for h in record.region_spec.hosts}
+    wanted = {("server", "server"), ("echo", "echo")}
+    wanted |= {("agent", h.name) for h in record.region_spec.hosts}
     return wanted <= running
 
 
@@ -224,8 +228,16 @@ def _tail(path: str, lines: int = 15) -> str:
 
 
 def _spawn(
-    record: RegionRecord, role: str, name: str, args: list[str], stdin: str | None = None
+    record: RegionRecord,
+    role: str,
+    name: str,
+    args: list[str],
+    stdin: str | None = None,
+    *,
+    program: list[str] | None = None,
 ) -> tuple[ProcessRecord, subprocess.Popen[bytes]]:
+    """Start `program` (default: the `yunhan` command) with `args`, logging to the region's
+    log dir, in a session of its own, and record it."""
     record.log_dir.mkdir(parents=True, exist_ok=True)
     log = record.log_dir / f"{name}.log"
     env = dict(os.environ, **{REGION_ENV: record.prefix, "PYTHONUNBUFFERED": "1"})
@@ -233,7 +245,7 @@ def _spawn(
         # A new session: Ctrl-C on the terminal reaches only `yunhan up`, which then stops
         # agents before the server, in order; a detached region outlives its `up`.
         popen = subprocess.Popen(
-            [*_yunhan_argv(), *args],
+            [*(_yunhan_argv() if program is None else program), *args],
             stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -357,9 +369,16 @@ def _start(record: RegionRecord, spec: RegionSpec, port: int, timeout: float) ->
     token = "yh_" + secrets.token_urlsafe(32)
     record.token_hash_file.write_text(hashlib.sha256(token.encode()).hexdigest() + "\n")
     handle = RegionHandle(record, token)
+    # nsenter execs the server itself inside the namespace: the recorded pid is the server's.
+    echo_argv = nsenter_argv([sys.executable, "-m", "yunhan.lab.echo"], net=spec.internet_netns)
+    echo, echo_popen = _spawn(
+        record, "echo", "echo", ["--listen", f"0.0.0.0:{ECHO_PORT}"], program=echo_argv
+    )
+    handle.popens["echo"] = echo_popen
     server, popen = _spawn(record, "server", "server", [
         "server", "--state-dir", str(record.data_dir / "server"),
         "--listen", f"127.0.0.1:{port}", "--admin-token-hash-file", str(record.token_hash_file),
+        "--public-pool", spec.public_pool,
     ])  # fmt: skip
     handle.popens["server"] = popen
     with httpx.Client(
@@ -380,12 +399,15 @@ def _start(record: RegionRecord, spec: RegionSpec, port: int, timeout: float) ->
                 "agent", "--api", record.endpoint, "--token-file", "-",
                 "--host", host.name, "--zone", host.zone, "--underlay-ip", host.underlay_ip,
                 "--mtu", str(spec.mtu), "--host-netns", host.netns,
+                "--uplink-netns", spec.core_netns, "--uplink-via", host.underlay_ip,
                 "--prefix", host.agent_prefix,
                 "--state-dir", str(record.data_dir / "agents" / host.name),
             ], stdin=boot)  # fmt: skip
             handle.popens[host.name] = popen
             agents[host.name] = (proc, popen)
         _wait_agents(api, (server, handle.popens["server"]), agents, deadline)
+    if err := _exited(echo, echo_popen):
+        raise err
     return handle
 
 
@@ -487,7 +509,9 @@ def _teardown(prefix: str, record: RegionRecord | None, *, keep_logs: bool = Fal
         # is deleted below anyway. All are gone before any namespace is touched, so no agent
         # rebuilds what we delete. A foreground `up` supervising the region is left alone:
         # it notices that its record is gone and exits (killing it could deadlock on the lock).
-        alive = [p.pid for p in record.processes if p.role in ("agent", "server") and p.alive()]
+        alive = [
+            p.pid for p in record.processes if p.role in ("agent", "server", "echo") and p.alive()
+        ]
         removed.processes += cleanup.kill(alive, grace=STOP_GRACE)
     # Another registered region whose prefix extends ours ("<prefix>-b") shares every
     # name pattern of ours: its names are never ours to remove.

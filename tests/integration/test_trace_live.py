@@ -17,23 +17,9 @@ import subprocess
 
 import pytest
 
-try:  # the routing scenarios arrive with distributed routing (wip-dp)
-    from tests.integration.test_routing_linux import (
-        A1,
-        B1,
-        B2,
-        FW1,
-        FW2,
-        World,
-        routing,
-        world,
-    )
-
-    from tests.worlds import WInstance, WPolicy, WRoute, WRouting
-except ImportError:  # pragma: no cover
-    pytest.skip("the routing scenarios are not in this tree", allow_module_level=True)
-
 from tests.integration import netlab
+from tests.integration.test_routing_linux import A1, B1, B2, FW1, FW2, World, routing, world
+from tests.worlds import WInstance, WPolicy, WRoute, WRouting
 from yunhan.net.naming import Naming
 from yunhan.net.trace import Proto, trace
 from yunhan.net.tracelive import TABLE, Lab, Watch, agree, run
@@ -97,12 +83,12 @@ def _lab(w: World) -> Lab:
 
 
 @pytest.mark.root
+@pytest.mark.parametrize("world", ["linux"], indirect=True)  # a live probe needs the kernel
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_the_live_probe_agrees_with_the_model(
     world: World, case: tuple[str, WRouting, WInstance, str, Proto, int | None]
 ) -> None:
-    if world.driver != "linux":
-        pytest.skip("a live probe needs real namespaces")
+    assert world.driver == "linux"
     _name, r, src, dst, proto, port = case
     world.apply(r)
     model = trace(world.docs(r), src.host, src.id, dst, proto, port)

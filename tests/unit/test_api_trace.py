@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import pytest
-
 if TYPE_CHECKING:
     from cp_fixtures import Cloud
 
@@ -70,15 +68,9 @@ def test_trace_refuses_bad_requests(cloud: Cloud, net: dict[str, Any]) -> None:
                    params={"from": "a", "to": "10.0.1.3"})  # fmt: skip
 
 
-def _has_routing_api(cloud: Cloud) -> bool:
-    return "/v1/route-tables" in cloud.client.get("/openapi.json").json()["paths"]
-
-
 def test_trace_follows_an_appliance_route_and_a_policy_drop(
     cloud: Cloud, net: dict[str, Any]
 ) -> None:
-    if not _has_routing_api(cloud):
-        pytest.skip("the routing API (route tables, routes, policies) is not in this tree")
     t = net["t"]
     cloud.call("POST", "/v1/subnets", t, json={"name": "db", "vpc": "prod", "cidr": "10.0.2.0/24"})
     cloud.call("POST", "/v1/subnets", t, json={"name": "fw", "vpc": "prod", "cidr": "10.0.3.0/24"})

@@ -6,7 +6,6 @@ The documents are built the way the engine publishes them (docentries entries, t
 
 from __future__ import annotations
 
-import inspect
 import json
 import pathlib
 from dataclasses import dataclass, field
@@ -491,8 +490,6 @@ def test_bad_requests() -> None:
 
 # -- the model against the fake data plane (net.fake walks what net.state compiles) ------
 
-_FAKE_ROUTES = "proto" in inspect.signature(FakeFabric.trace).parameters
-
 CASES: list[tuple[str, World, str, str, str, int | None]] = [
     ("direct", World(), A1, IP[B1], "icmp", None),
     ("same host", World(), B2, IP[A1], "tcp", 80),
@@ -597,15 +594,13 @@ def _fake_fabric(w: World) -> FakeFabric:
     return fabric
 
 
-@pytest.mark.skipif(not _FAKE_ROUTES, reason="the fake data plane does not route tables yet")
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_the_model_agrees_with_the_fake_data_plane(
     case: tuple[str, World, str, str, str, int | None],
 ) -> None:
     _name, w, src, dst, proto, port = case
     model = w.trace(src, dst, proto, port)
-    tracer: Any = _fake_fabric(w).trace  # its proto/port arrive with routing (wip-dp)
-    fake = tracer(src, dst, proto=proto, port=port)
+    fake = _fake_fabric(w).trace(src, dst, proto=proto, port=port)
     if model.verdict == "internet" or model.delivered_to == "internet":
         # out of a gateway: the fake counts it delivered when replies come back to it
         assert fake.verdict == "delivered" and fake.to_netns is None, fake.reason

@@ -20,6 +20,7 @@ from yunhan.controller.engine import Engine
 from yunhan.controller.netcompile import (
     EipIn,
     GatewayIn,
+    GroupIn,
     HostIn,
     InstanceIn,
     NhIn,
@@ -185,7 +186,25 @@ def _routing_in(model: dict[tuple[str, str], Resource]) -> RoutingIn:
             EipIn(e.id, e.status["address"], e.status["instance"], e.status["natgw"])
             for e in of.get("eip", [])
         ),
+        groups=tuple(
+            GroupIn(g.id, g.spec["vpc"], tuple(g.spec["rules"]))
+            for g in of.get("security_group", [])
+        ),
     )
+
+
+def sg(i: int, vpc_i: int, rules: list[dict[str, Any]]) -> Resource:
+    return res("security_group", f"sg-{i}", f"sg{i}", {"vpc": f"vpc-{vpc_i}", "rules": rules}, {})
+
+
+SG_RULES = [
+    {"id": "r-1", "direction": "ingress", "proto": "tcp", "port": [22, 22],
+     "peer": {"cidr": "0.0.0.0/0"}, "action": "allow", "priority": 100},
+    {"id": "r-2", "direction": "ingress", "proto": "any", "port": None,
+     "peer": {"sg": "sg-0"}, "action": "allow", "priority": 10},
+    {"id": "r-3", "direction": "egress", "proto": "udp", "port": [53, 60],
+     "peer": {"cidr": "10.0.0.0/8"}, "action": "deny", "priority": 100},
+]  # fmt: skip
 
 
 def inst(
@@ -195,9 +214,12 @@ def inst(
     mac: str | None,
     host_name: str | None,
     command: list[str] | None = None,
+    sgs: list[str] | None = None,
 ) -> Resource:
     status = {"ip": ip, "mac": mac, "host": host_name, "phase": "running"}
-    spec = {"subnet": f"subnet-{subnet_i}", "command": command, "zone": "az1"}
+    spec: dict[str, Any] = {"subnet": f"subnet-{subnet_i}", "command": command, "zone": "az1"}
+    if sgs is not None:
+        spec["security_groups"] = sgs
     return res("instance", f"inst-{i:08x}", f"i{i}", spec, status)
 
 
@@ -240,6 +262,7 @@ def reference(model: dict[tuple[str, str], Resource]) -> dict[str, HostDesired]:
                 i.status.get("mac"),
                 i.status.get("host"),
                 tuple(i.spec["command"]) if i.spec.get("command") else None,
+                sgs=tuple(i.spec.get("security_groups") or ()),
             )
             for (k, _), i in model.items()
             if k == "instance"
@@ -399,11 +422,17 @@ def _op(draw: st.DrawFn) -> tuple[list[Resource], list[tuple[str, str]]]:
         st.sampled_from(
             [
                 *("host", "vpc", "subnet", "inst", "inst", "inst", "project"),
-                *("rtb", "route", "route", "policy", "natgw", "eip"),
+                *("rtb", "route", "route", "policy", "natgw", "eip", "sg", "sg"),
             ]
         )
     )
     deleting = draw(st.integers(0, 5)) == 0
+    if kind == "sg":
+        i = draw(st.integers(0, 2))
+        if deleting:
+            return [], [("security_group", f"sg-{i}")]
+        rules = draw(st.lists(st.sampled_from(SG_RULES), max_size=3, unique_by=lambda r: r["id"]))
+        return [sg(i, draw(st.sampled_from([0, 0, 1])), rules)], []
     if kind in ("rtb", "route", "policy", "natgw", "eip"):
         got = _routing_op(draw, kind, deleting)
         return ([], [got]) if isinstance(got, tuple) else ([got], [])
@@ -444,6 +473,7 @@ def _op(draw: st.DrawFn) -> tuple[list[Resource], list[tuple[str, str]]]:
                 draw(st.sampled_from([f"fa:16:3e:00:00:0{i}", None])),
                 draw(st.sampled_from([*HOST_NAMES, None])),
                 draw(st.sampled_from([None, [], ["sleep", "1d"]])),
+                draw(st.sampled_from([None, ["sg-0"], ["sg-0", "sg-1"], ["sg-2"], ["sg-9"]])),
             )
         ], []
     return [res("project", "proj-1", "p", {"n": draw(st.integers())}, {})], []

@@ -36,6 +36,7 @@ from yunhan.api.routes import (
     network,
     projects,
     routing,
+    secgroups,
     tokens,
     trace,
     watch,
@@ -209,8 +210,8 @@ def create_app(
     store.subscribe(loads.apply, load=loads.load)
     _install_error_handlers(app)
     app.add_middleware(AuditMiddleware)
-    modules = (projects, tokens, audit, events, infra, network, routing, natgw, instances, agent,
-               watch)  # fmt: skip
+    modules = (projects, tokens, audit, events, infra, network, routing, natgw, secgroups,
+               instances, agent, watch)  # fmt: skip
     for module in modules:
         app.include_router(module.router)
     app.include_router(metrics.router)

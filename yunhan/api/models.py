@@ -115,6 +115,9 @@ class InstanceSpec(_Out):
     zone: str
     ip: str | None
     command: list[str] | None
+    security_groups: list[str] = Field(
+        default_factory=list, description="its security group ids (none: unfiltered)"
+    )
 
 
 class InstanceStatus(_Out):
@@ -430,3 +433,37 @@ class TraceResult(_Out):
     dst_host: str | None = Field(description="that instance's host")
     names: dict[str, str] = Field(description="names of the resources the trace mentions")
     text: str = Field(description="the trace for a person (what `yunhan trace` prints)")
+
+
+# -- security groups ---------------------------------------------------------------------
+
+
+class SgPeer(_Out):
+    cidr: str | None = None
+    sg: str | None = Field(None, description="a group of the same VPC (id)")
+
+
+class SgRule(_Out):
+    id: str
+    direction: Literal["ingress", "egress"]
+    proto: Literal["tcp", "udp", "icmp", "any"]
+    port: list[int] | None = Field(description="[lo, hi] destination ports, or null: any")
+    peer: SgPeer
+    action: Literal["allow", "deny"]
+    priority: int
+
+
+class SecurityGroupSpec(_Out):
+    vpc: str
+    default: bool
+    rules: list[SgRule]
+
+
+class SecurityGroup(_Envelope):
+    kind: Literal["security_group"]
+    spec: SecurityGroupSpec
+    status: Empty
+
+
+class SecurityGroupList(_Page):
+    items: list[SecurityGroup]

@@ -27,7 +27,8 @@ NAME_TIMEOUT = 2.0
 Names = Callable[[str], list[str]]  # resource kind -> the names the caller may see
 _COLLECTION = {"vpc": "vpcs", "subnet": "subnets", "instance": "instances", "zone": "zones",
                "host": "hosts", "project": "projects", "route_table": "route-tables",
-               "natgw": "natgws", "eip": "eips"}  # fmt: skip
+               "natgw": "natgws", "eip": "eips",
+               "security_group": "security-groups"}  # fmt: skip
 
 _SCRIPTS = {
     "bash": """\

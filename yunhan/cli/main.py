@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from yunhan.cli import credentials, daemons, lab, resources, routing, trace
+from yunhan.cli import credentials, daemons, lab, resources, routing, secgroups, trace
 from yunhan.cli.command import Group, Opt, run
 from yunhan.cli.hotpatch import HOTPATCH
 
@@ -25,6 +25,13 @@ if TYPE_CHECKING:
     from yunhan.cli.client import Transport
 
 COMPLETE_ENV = "_YUNHAN_COMPLETE"  # set by the completion scripts (yunhan.cli.completion)
+# `instance set-sg` lives with the security groups; the instance group gains it here.
+_RESOURCES = tuple(
+    c._replace(commands=(*c.commands, secgroups.SET_SG))
+    if isinstance(c, Group) and c.name == "instance"
+    else c
+    for c in resources.COMMANDS
+)
 ROOT = Group(
     "yunhan",
     "Yunhan: a cloud operating system. Manage VPCs, subnets and instances, and run an "
@@ -32,8 +39,9 @@ ROOT = Group(
     "Shell completion: `yunhan --install-completion` (bash, zsh, fish), or\n"
     "`yunhan --show-completion SHELL` to print the script.",
     (
-        *resources.COMMANDS,
+        *_RESOURCES,
         *routing.COMMANDS,
+        *secgroups.COMMANDS,
         *trace.COMMANDS,
         *credentials.COMMANDS,
         *lab.COMMANDS,

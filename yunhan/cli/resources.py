@@ -237,6 +237,8 @@ def instance_create(ctx: Ctx) -> None:
         body["ip"] = ctx["ip"]
     if ctx["command"] is not None:
         body["command"] = command_argv(ctx["command"])
+    if ctx["sg"]:
+        body["security_groups"] = list(ctx["sg"])
     c = ctx.client()
     res = c.post("/v1/instances", body)
     if ctx["wait"]:
@@ -342,6 +344,13 @@ INSTANCE = Group(
                     "command",
                     "a long-lived command, split into words like a shell would but run "
                     'without one, e.g. "sleep infinity"; use "sh -c \'…\'" for pipes',
+                ),
+                Opt(
+                    ("--sg",),
+                    "sg",
+                    "a security group (repeat for several; default: the VPC's default group)",
+                    many=True,
+                    complete="security_group",
                 ),
                 LABEL,
                 *WRITE,

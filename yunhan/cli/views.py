@@ -29,7 +29,8 @@ class Names:
 
     _PATHS = {"vpc": "/v1/vpcs", "subnet": "/v1/subnets", "zone": "/v1/zones",
               "instance": "/v1/instances", "natgw": "/v1/natgws",
-              "route_table": "/v1/route-tables"}  # fmt: skip
+              "route_table": "/v1/route-tables",
+              "security_group": "/v1/security-groups"}  # fmt: skip
 
     def __init__(self, client: Client | None) -> None:
         self._client = client
@@ -102,6 +103,7 @@ def instance_row(res: Row, names: Names) -> Row:
         "phase": st.get("phase"),
         "message": st.get("message"),
         "command": sp.get("command"),
+        "security_groups": [names.of("security_group", g) for g in sp.get("security_groups") or []],
         "netns": st.get("netns"),
         "uts": st.get("uts"),
         "revision": res.get("revision"),
@@ -279,6 +281,37 @@ def policy_entry_row(p: Row, names: Names) -> Row:
     }
 
 
+def security_group_row(res: Row, names: Names) -> Row:
+    sp = _spec(res)
+    vpc = sp.get("vpc")
+    return {
+        "id": res["id"],
+        "name": res["name"],
+        "vpc": names.of("vpc", vpc),
+        "vpc_id": vpc,
+        "default": bool(sp.get("default")),
+        "rules": len(sp.get("rules") or []),
+        "revision": res.get("revision"),
+        "created_at": res.get("created_at"),
+    }
+
+
+def sg_rule_row(rule: Row, names: Names) -> Row:
+    port = rule.get("port")
+    peer = rule.get("peer") or {}
+    return {
+        "id": rule["id"],
+        "priority": rule.get("priority"),
+        "direction": rule.get("direction"),
+        "proto": rule.get("proto"),
+        "port": None
+        if not port
+        else (str(port[0]) if port[0] == port[1] else f"{port[0]}-{port[1]}"),
+        "peer": peer.get("cidr") or f"sg:{names.of('security_group', peer.get('sg'))}",
+        "action": rule.get("action"),
+    }
+
+
 ROWS: dict[str, Callable[[Row, Names], Row]] = {
     "vpc": vpc_row,
     "subnet": subnet_row,
@@ -291,6 +324,8 @@ ROWS: dict[str, Callable[[Row, Names], Row]] = {
     "policy_route": policy_route_row,
     "natgw": natgw_row,
     "eip": eip_row,
+    "security_group": security_group_row,
+    "sg_rule": sg_rule_row,
     "table_entry": table_entry_row,
     "policy_entry": policy_entry_row,
 }
@@ -308,6 +343,8 @@ COLUMNS: dict[str, tuple[str, ...]] = {
                      "next_hop"),
     "natgw": ("name", "id", "vpc", "public_ip", "host", "phase", "subnets"),
     "eip": ("name", "address", "instance", "natgw"),
+    "security_group": ("name", "id", "vpc", "default", "rules"),
+    "sg_rule": ("id", "priority", "direction", "proto", "port", "peer", "action"),
     "table_entry": ("type", "dst", "priority", "next_hop", "state", "subnet", "host"),
     "policy_entry": ("priority", "src", "dst", "proto", "port", "action", "next_hop", "state"),
 }  # fmt: skip
@@ -318,7 +355,7 @@ WIDE: dict[str, tuple[str, ...]] = {
     "subnet": ("name", "id", "vpc", "vpc_id", "cidr", "gateway", "available", "revision",
                "created_at"),
     "instance": ("name", "id", "subnet", "vpc", "zone", "ip", "mac", "host", "phase",
-                 "message", "command", "revision", "created_at"),
+                 "message", "command", "security_groups", "revision", "created_at"),
     "zone": ("name", "id", "cidr", "revision", "created_at"),
     "host": ("name", "id", "zone", "ip", "mtu", "vtep_index", "healthy", "condition",
              "desired_revision",
@@ -333,6 +370,9 @@ WIDE: dict[str, tuple[str, ...]] = {
     "natgw": ("name", "id", "vpc", "public_ip", "host", "phase", "subnets", "forwards",
               "moved_at", "index", "revision", "created_at"),
     "eip": ("name", "id", "address", "instance", "natgw", "revision", "created_at"),
+    "security_group": ("name", "id", "vpc", "vpc_id", "default", "rules", "revision",
+                       "created_at"),
+    "sg_rule": ("id", "priority", "direction", "proto", "port", "peer", "action"),
     "table_entry": ("type", "dst", "priority", "next_hop", "state", "subnet", "host", "id"),
     "policy_entry": ("priority", "src", "dst", "proto", "port", "action", "next_hop",
                      "state", "id"),

@@ -35,6 +35,10 @@ VPC's routing (a member, a host's condition, a subnet, a table, a gateway, an EI
 recomputes the VPC's routing entries, compared with what they were like everything else.
 A host carries a VPC when one of its members or one of its NAT gateways is there.
 
+Security groups (issue 10): each group is one entry under its VPC (its rules); membership
+rides in the member entries ("sgs"), so a member joining a group changes its own entry
+only, and a rule written changes its group's entry only.
+
 A change that the incremental rules do not cover (today: a host renamed under the same id)
 falls back to the full path: every derived value is recomputed from the engine's own model
 and compared, so deltas and `affected` stay exact, only slower.
@@ -52,6 +56,7 @@ from typing import Any
 from yunhan.net.desired import NATGW_INNER_IP
 from yunhan.net.docentries import (
     GATEWAY,
+    GROUP,
     HOST_KEY,
     POLICY,
     ROUTE,
@@ -63,6 +68,7 @@ from yunhan.net.docentries import (
     combine,
     entry_hash,
     gateway_entry,
+    group_entry,
     host_entry,
     member_entry,
     member_key,
@@ -82,7 +88,18 @@ from yunhan.store.resource import Event, Resource
 DEFAULT_WINDOW = 50_000  # revisions of change logs kept (older deltas are snapshots)
 
 _KINDS = frozenset(
-    {"host", "vpc", "subnet", "instance", "route_table", "route", "policy_route", "natgw", "eip"}
+    {
+        "host",
+        "vpc",
+        "subnet",
+        "instance",
+        "route_table",
+        "route",
+        "policy_route",
+        "natgw",
+        "eip",
+        "security_group",
+    }
 )
 
 
@@ -121,6 +138,14 @@ class _Instance:
     mac: str | None
     host: str | None
     command: tuple[str, ...] | None
+    sgs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _Group:
+    id: str
+    vpc: str
+    entry: JsonObj  # its entry, built once per write of the group
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +203,7 @@ class _Eip:
     natgw: str | None
 
 
-_Obj = _Host | _Vpc | _Subnet | _Instance | _Table | _Route | _Policy | _Gateway | _Eip
+_Obj = _Host | _Vpc | _Subnet | _Instance | _Table | _Route | _Policy | _Gateway | _Eip | _Group
 
 
 # Parsing follows the reference inputs of the controller loop (`_compile_inputs`).
@@ -280,7 +305,12 @@ def _instance(r: Resource) -> _Instance:
         r.status.get("mac"),
         r.status.get("host"),
         tuple(cmd) if cmd else None,
+        tuple(r.spec.get("security_groups") or ()),
     )
+
+
+def _group(r: Resource) -> _Group:
+    return _Group(r.id, r.spec["vpc"], group_entry(r.id, r.spec.get("rules", ())))
 
 
 _PARSERS: dict[str, Callable[[Resource], _Obj]] = {
@@ -293,6 +323,7 @@ _PARSERS: dict[str, Callable[[Resource], _Obj]] = {
     "policy_route": _policy,
     "natgw": _gateway,
     "eip": _eip,
+    "security_group": _group,
 }
 
 
@@ -307,6 +338,7 @@ class _Dirty:
     instances: set[str] = field(default_factory=set)
     routing: set[str] = field(default_factory=set)  # VPCs whose routing entries to redo
     routes: set[tuple[str, str, str]] = field(default_factory=set)  # (vpc, ROUTE|POLICY, id)
+    groups: set[tuple[str, str]] = field(default_factory=set)  # (vpc, group id)
     everything: bool = False
 
 
@@ -353,6 +385,8 @@ class Engine:
         self._policies: dict[str, _Policy] = {}
         self._gateways: dict[str, _Gateway] = {}
         self._eips: dict[str, _Eip] = {}
+        self._groups: dict[str, _Group] = {}
+        self._groups_of_vpc: dict[str, set[str]] = {}  # even of VPCs not (yet) known
         # vpc id -> (kind, id) of its tables, routes, policies, gateways (even unknown VPCs)
         self._routing_of_vpc: dict[str, set[tuple[str, str]]] = {}
         self._eips_of_gateway: dict[str, set[str]] = {}
@@ -444,6 +478,9 @@ class Engine:
         if kind == "eip":
             assert new is None or isinstance(new, _Eip)
             self._absorb_eip(rid, new, dirty)
+        elif kind == "security_group":
+            assert new is None or isinstance(new, _Group)
+            self._absorb_group(rid, new, dirty)
         elif kind in ("route_table", "route", "policy_route", "natgw"):
             assert new is None or isinstance(new, _Table | _Route | _Policy | _Gateway)
             self._absorb_routing(kind, rid, new, dirty)
@@ -491,6 +528,7 @@ class Engine:
             self._vpcs[vid] = new
         dirty.vpcs.add(vid)
         dirty.routing.add(vid)
+        dirty.groups.update((vid, g) for g in self._groups_of_vpc.get(vid, ()))
         if bool(old and old.vni) != bool(new and new.vni):
             for sid in self._subnets_of_vpc.get(vid, ()):
                 dirty.instances |= self._insts_of_subnet.get(sid, set())
@@ -570,8 +608,25 @@ class Engine:
             if g is not None:
                 dirty.routing.add(g.vpc)
 
+    def _absorb_group(self, gid: str, new: _Group | None, dirty: _Dirty) -> None:
+        old = self._groups.pop(gid, None)
+        if old is not None:
+            _discard(self._groups_of_vpc, old.vpc, gid)
+            dirty.groups.add((old.vpc, gid))
+        if new is not None:
+            self._groups[gid] = new
+            _add(self._groups_of_vpc, new.vpc, gid)
+            dirty.groups.add((new.vpc, gid))
+
     def _everything(self) -> _Dirty:
         return _Dirty(
+            groups={(g.vpc, gid) for gid, g in self._groups.items()}
+            | {
+                (vid, k.rsplit("/", 1)[1])
+                for vid, entries in self._members.items()
+                for k in entries
+                if parse_key(k)[1] == GROUP
+            },
             hosts=set(self._host_by_name) | set(self._host_entry),
             vpcs=set(self._vpcs) | set(self._vpc_entry),
             instances=set(self._instances) | set(self._member_of),
@@ -600,6 +655,7 @@ class Engine:
             underlay_ip=h.underlay_ip,
             command=i.command,
             forwarder=i.id in self._targets,
+            sgs=i.sgs,
         )
 
     def _settle(self, rev: int, dirty: _Dirty, record: bool = True) -> frozenset[str]:
@@ -697,6 +753,8 @@ class Engine:
         for vid, sub, oid in dirty.routes:
             if vid not in redo:
                 self._settle_routing(vid, (sub, oid), changed_keys, count)
+        for vid, gid in dirty.groups:
+            self._settle_group(vid, gid, changed_keys)
 
         carriage_changed: set[str] = set()
         for (host, vid), before in carried_before.items():
@@ -943,6 +1001,22 @@ class Engine:
                 mine[key] = val
                 entries[key] = val
             changed_keys.setdefault(vid, set()).add(key)
+
+    def _settle_group(self, vid: str, gid: str, changed_keys: dict[str, set[str]]) -> None:
+        entries = self._members.get(vid)
+        if entries is None:  # the VPC has no entry: nothing was published
+            return
+        g = self._groups.get(gid)
+        key = sub_key(vid, GROUP, gid)
+        val = g.entry if g is not None and g.vpc == vid and vid in self._vpc_entry else None
+        old = entries.get(key)
+        if old == val:
+            return
+        if val is None:
+            del entries[key]
+        else:
+            entries[key] = val
+        changed_keys.setdefault(vid, set()).add(key)
 
     def _compact(self, vid: str) -> None:
         """Keep the last change of each key only (a delta needs no more)."""

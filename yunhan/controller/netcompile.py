@@ -47,12 +47,15 @@ from yunhan.net.desired import (
     Port,
     Route,
     RouteTableDesired,
+    SecurityGroupDesired,
+    SgRuleDesired,
     SubnetDesired,
     TableRoute,
     VpcDesired,
     vtep_mac,
     vtep_nexthop,
 )
+from yunhan.net.docentries import group_entry
 from yunhan.net.naming import gateway_ifname, port_ifname
 
 
@@ -91,6 +94,7 @@ class InstanceIn:
     host: str | None  # host name
     command: tuple[str, ...] | None = None
     allowed_ips: tuple[str, ...] = ()  # extra source addresses its port accepts (VIPs)
+    sgs: tuple[str, ...] = ()  # its security group ids
 
 
 NhIn = tuple[str, str | None]  # (type, instance/gateway id or VIP address)
@@ -149,6 +153,15 @@ class EipIn:
 
 
 @dataclass(frozen=True)
+class GroupIn:
+    """A security group; `rules` as the store keeps them (yunhan.model.secgroups)."""
+
+    id: str
+    vpc: str
+    rules: tuple[dict[str, object], ...] = ()
+
+
+@dataclass(frozen=True)
 class RoutingIn:
     """The routing objects of a region (all optional: a region without them routes by the
     main table only)."""
@@ -158,6 +171,7 @@ class RoutingIn:
     policies: tuple[PolicyIn, ...] = ()
     gateways: tuple[GatewayIn, ...] = ()
     eips: tuple[EipIn, ...] = ()
+    groups: tuple[GroupIn, ...] = ()
 
 
 def _net_key(cidr: str) -> tuple[int, int]:
@@ -210,6 +224,7 @@ def _plan_vpc(
                 mac=inst.mac,
                 allowed_ips=inst.allowed_ips,
                 forwarder=inst.id in forwarders,
+                sgs=tuple(sorted(set(inst.sgs))),
             )
             local[inst.id] = Route(dst=f"{inst.ip}/32", kind="local", port=ifname)
             remote[inst.id] = Route(dst=f"{inst.ip}/32", kind="remote", peer=host_name)
@@ -375,6 +390,29 @@ class _Routing:
         }
 
 
+def _groups(
+    vpc_id: str, groups: Iterable[GroupIn], hosts: dict[str, list[tuple[InstanceIn, SubnetIn]]]
+) -> tuple[SecurityGroupDesired, ...]:
+    """A VPC's security groups with their members' addresses, by id."""
+    addrs: dict[str, set[str]] = defaultdict(set)
+    for placed in hosts.values():
+        for inst, _s in placed:
+            assert inst.ip is not None
+            for gid in inst.sgs:
+                addrs[gid].update((inst.ip, *inst.allowed_ips))
+    out = []
+    for g in sorted((g for g in groups if g.vpc == vpc_id), key=lambda g: g.id):
+        entry = group_entry(g.id, g.rules)
+        out.append(
+            SecurityGroupDesired(
+                id=g.id,
+                rules=tuple(SgRuleDesired(**r) for r in entry["rules"]),
+                members=tuple(sorted(addrs[g.id], key=ipaddress.IPv4Address)),
+            )
+        )
+    return tuple(out)
+
+
 def compile_hosts(
     hosts: Iterable[HostIn],
     vpcs: Iterable[VpcIn],
@@ -440,6 +478,7 @@ def compile_hosts(
         )
         for h in host_by_name.values()
     }
+    groups = {vpc_id: _groups(vpc_id, routing.groups, carried[vpc_id]) for vpc_id in plans}
     vpcs_of_host: dict[str, list[_VpcPlan]] = defaultdict(list)
     for plan in plans.values():  # sorted by VPC id
         for host_name in plan.hosts:
@@ -469,6 +508,7 @@ def compile_hosts(
                     peers=tuple(peer_of[h] for h in sorted(plan.hosts) if h != host.name),
                     routes=routes,
                     **routings[plan.vpc.id].fields(host.name),  # type: ignore[arg-type]
+                    groups=groups[plan.vpc.id],
                 )
             )
             inst_docs.extend(

@@ -24,6 +24,7 @@ KIND_PREFIX: dict[str, str] = {
     "policy_route": "pr",
     "natgw": "ngw",
     "eip": "eip",
+    "security_group": "sg",
 }
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _ID_RE = re.compile(r"^([a-z]+)-([0-9a-f]{8})$")

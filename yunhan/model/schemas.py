@@ -115,6 +115,9 @@ class InstanceCreate(_Create):
     zone: str
     ip: str | None = None
     command: list[str] | None = None
+    security_groups: list[str] | None = Field(
+        None, description="its security groups (names or ids; default: its VPC's default)"
+    )
 
 
 class HostRegister(_Body):
@@ -216,3 +219,28 @@ class EipCreate(_Create):
 
 class EipBind(_Body):
     instance: str = Field(description="the instance (name or id)")
+
+
+# -- security groups (docs/secgroups.md) ------------------------------------------------
+
+
+class SecurityGroupCreate(_Create):
+    name: Name
+    vpc: str
+
+
+class SgRuleCreate(_Body):
+    direction: Literal["ingress", "egress"]
+    proto: Literal["tcp", "udp", "icmp", "any"] = "any"
+    port: Annotated[str, StringConstraints(pattern=PORT_RANGE_PATTERN)] | None = Field(
+        None, description="destination port N or range N-M (tcp and udp only)"
+    )
+    peer: str = Field(description="CIDR or sg:NAME (a group of the same VPC)")
+    action: Literal["allow", "deny"] = "allow"
+    priority: Int = Field(100, ge=1, le=65535, description="lower first")
+
+
+class InstanceSecurityGroups(_Body):
+    security_groups: list[str] = Field(
+        min_length=1, max_length=5, description="the groups (names or ids), replacing its own"
+    )

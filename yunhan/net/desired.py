@@ -64,6 +64,9 @@ class Port(_Frozen):
     # A next hop of a route or policy (an appliance): it forwards others' packets, so its
     # filter checks the MAC but lets any IPv4 source through.
     forwarder: bool = False
+    # Its security groups (SecurityGroupDesired.id); none: the port is not filtered (an
+    # instance of a controller from before security groups).
+    sgs: tuple[str, ...] = ()
 
 
 class Route(_Frozen):
@@ -182,6 +185,34 @@ class NatGwDesired(_Frozen):
     forwards: tuple[tuple[str, int, str, int], ...] = ()
 
 
+# -- security groups (issue 10; docs/secgroups.md) ----------------------------------------
+
+
+class SgRuleDesired(_Frozen):
+    """One rule of a group. The peer is a CIDR or a group of the VPC (its members' addresses);
+    ingress matches the source, egress the destination. Ports (tcp/udp) are destination
+    ports."""
+
+    id: str
+    direction: Literal["ingress", "egress"]
+    proto: Literal["tcp", "udp", "icmp", "any"] = "any"
+    port_min: int | None = None
+    port_max: int | None = None
+    cidr: str | None = None
+    group: str | None = None
+    action: Literal["allow", "deny"] = "allow"
+    priority: int = 100
+
+
+class SecurityGroupDesired(_Frozen):
+    """A group of the VPC: its rules in evaluation order (priority, deny first, id) and
+    the addresses of its members anywhere in the VPC (ip and allowed ips, sorted)."""
+
+    id: str
+    rules: tuple[SgRuleDesired, ...] = ()
+    members: tuple[str, ...] = ()
+
+
 class VpcDesired(_Frozen):
     id: str
     vni: int
@@ -195,6 +226,7 @@ class VpcDesired(_Frozen):
     tables: tuple[RouteTableDesired, ...] = ()  # by index
     policies: tuple[PolicyDesired, ...] = ()  # by (table, priority)
     natgws: tuple[NatGwDesired, ...] = ()  # by index
+    groups: tuple[SecurityGroupDesired, ...] = ()  # by id
 
 
 class InstanceDesired(_Frozen):

@@ -26,6 +26,12 @@ Distributed routing (issue 8, docs/routing.md), one entry per object of the VPC:
 * ``"vpc/<vpc id>/g/<gateway id>"`` -> ``{"id", "index", "host", "vtep_index",
   "underlay_ip", "up", "public_ip", "subnets", "eips", "forwards"}``.
 
+Security groups (issue 10, docs/secgroups.md): ``"vpc/<vpc id>/sg/<group id>"`` ->
+``{"id", "rules"}``, rules in evaluation order, each ``{"id", "direction", "proto",
+"port_min", "port_max", "cidr", "group", "action", "priority"}``. Membership is not in the
+group's entry but in each member's (``"sgs"``: its group ids, sorted; absent when none), so
+that an instance joining a group of 1,000 changes one member entry, not the group's.
+
 A next hop in an entry is resolved but says nothing of the reader: ``{"type", "ref", "ip",
 "host", "vtep_index", "underlay_ip", "port", "up"}``; `assemble` makes it local or remote
 for the host it builds, and picks the winner among routes of one prefix. A member that is
@@ -60,6 +66,8 @@ from yunhan.net.desired import (
     Port,
     Route,
     RouteTableDesired,
+    SecurityGroupDesired,
+    SgRuleDesired,
     SubnetDesired,
     TableRoute,
     VpcDesired,
@@ -78,7 +86,8 @@ _VPC = "vpc/"
 # The kinds of entries under a VPC: members, subnets, route tables, routes, policy routes,
 # NAT gateways.
 MEMBER, SUBNET, TABLE, ROUTE, POLICY, GATEWAY = "m", "s", "t", "r", "p", "g"
-SUB_KINDS = frozenset({MEMBER, SUBNET, TABLE, ROUTE, POLICY, GATEWAY})
+GROUP = "sg"  # security groups
+SUB_KINDS = frozenset({MEMBER, SUBNET, TABLE, ROUTE, POLICY, GATEWAY, GROUP})
 
 
 def vpc_key(vpc_id: str) -> str:
@@ -152,6 +161,7 @@ def member_entry(
     command: Iterable[str] | None,
     allowed_ips: Iterable[str] = (),
     forwarder: bool = False,
+    sgs: Iterable[str] = (),
 ) -> JsonObj:
     """One member: an instance placed on `host`, in a subnet (`subnet_cidr`) of the VPC."""
     gw, plen = gateway_of(subnet_cidr)
@@ -170,7 +180,54 @@ def member_entry(
     }
     if forwarder:
         out["forwarder"] = True
+    groups = sorted(set(sgs))
+    if groups:
+        out["sgs"] = groups
     return out
+
+
+def group_entry(id: str, rules: Iterable[JsonObj]) -> JsonObj:
+    """A security group; `rules` as the store keeps them (`model.secgroups`), any order."""
+    out = []
+    for r in sorted(rules, key=_rule_order):
+        port = r.get("port")
+        peer = r.get("peer") or {}
+        out.append(
+            {
+                "id": r["id"],
+                "direction": r["direction"],
+                "proto": r.get("proto", "any"),
+                "port_min": None if not port else int(port[0]),
+                "port_max": None if not port else int(port[1]),
+                "cidr": peer.get("cidr"),
+                "group": peer.get("sg"),
+                "action": r.get("action", "allow"),
+                "priority": int(r.get("priority", 100)),
+            }
+        )
+    return {"id": id, "rules": out}
+
+
+def _rule_order(r: JsonObj) -> tuple[int, int, str]:
+    return (int(r.get("priority", 100)), 0 if r.get("action") == "deny" else 1, str(r["id"]))
+
+
+def groups_of_vpc(
+    groups: Iterable[JsonObj], members: Iterable[JsonObj]
+) -> tuple[SecurityGroupDesired, ...]:
+    """The groups of a VPC with their members' addresses (from the member entries)."""
+    addrs: dict[str, set[str]] = {}
+    for m in members:
+        for gid in m.get("sgs", ()):
+            addrs.setdefault(gid, set()).update((m["ip"], *m["allowed_ips"]))
+    return tuple(
+        SecurityGroupDesired(
+            id=g["id"],
+            rules=tuple(SgRuleDesired(**r) for r in g["rules"]),
+            members=tuple(sorted(addrs.get(g["id"], ()), key=ipaddress.IPv4Address)),
+        )
+        for g in sorted(groups, key=lambda g: str(g["id"]))
+    )
 
 
 def subnet_entry(id: str, cidr: str, index: int, table: str, natgw: str | None) -> JsonObj:
@@ -547,6 +604,7 @@ def assemble(entries: Mapping[str, JsonObj], host: str) -> HostDesired:
                         mac=m["mac"],
                         allowed_ips=tuple(m["allowed_ips"]),
                         forwarder=bool(m.get("forwarder", False)),
+                        sgs=tuple(m.get("sgs", ())),
                     )
                 )
                 keyed.append((addr, mid, Route(dst=f"{ip}/32", kind="local", port=ifname)))
@@ -578,6 +636,7 @@ def assemble(entries: Mapping[str, JsonObj], host: str) -> HostDesired:
                 peers=tuple(peers[n] for n in sorted(peers)),
                 routes=tuple(r for _k, _i, r in keyed),
                 **_routing(vpc_id, host, kinds, peers),
+                groups=groups_of_vpc(kinds.get(GROUP, ()), ms),
             )
         )
     return HostDesired(
@@ -624,6 +683,12 @@ def entries_of(doc: HostDesired) -> Entries:
                 "underlay_ip": doc.underlay_ip,
                 "command": None if inst is None or inst.command is None else list(inst.command),
                 "allowed_ips": list(p.allowed_ips),
+                **({"sgs": list(p.sgs)} if p.sgs else {}),
+            }
+        for g in v.groups:
+            out[sub_key(v.id, GROUP, g.id)] = {
+                "id": g.id,
+                "rules": [r.model_dump() for r in g.rules],
             }
         peers = {p.host: p for p in v.peers}
         for r in v.routes:
@@ -632,6 +697,7 @@ def entries_of(doc: HostDesired) -> Entries:
             ip = r.dst.split("/")[0]
             peer = peers[r.peer]
             mid = f"~{ip}@{r.peer}"
+            sgs = [g.id for g in v.groups if ip in g.members]
             out[member_key(v.id, mid)] = {
                 "id": mid,
                 "name": "",
@@ -644,5 +710,6 @@ def entries_of(doc: HostDesired) -> Entries:
                 "underlay_ip": peer.underlay_ip,
                 "command": None,
                 "allowed_ips": [],
+                **({"sgs": sgs} if sgs else {}),
             }
     return out

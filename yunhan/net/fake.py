@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from yunhan.errors import DriverError
-from yunhan.net.desired import MARK_ROUTED, ROUTED_REALM
+from yunhan.net.desired import MARK_ROUTED, ROUTED_REALM, SgRuleDesired
 from yunhan.net.naming import INSTANCE_IFNAME, VXLAN_IFNAME, Naming
 from yunhan.net.natgw import (
     GW_PUB_IFNAME,
@@ -38,6 +38,7 @@ from yunhan.net.state import (
     Address,
     Fdb,
     Filter,
+    Firewall,
     KRoute,
     LinkUp,
     Marks,
@@ -189,7 +190,7 @@ class FakeDriver:
                 vx = self.objs.get(("link", o.netns, o.ifname))
                 if isinstance(o, LinkUp) and isinstance(vx, Vxlan):
                     self._need_socket(vx)
-            case Rule() | Marks():
+            case Rule() | Marks() | Firewall():
                 if not self._has_ns(o.netns):
                     raise _fail(f"no namespace {o.netns}", errno.ENOENT, o.netns)
             case KRoute():
@@ -401,6 +402,10 @@ class FakeFabric:
                 return _end(t, "unreachable", f"no route to {dst} in {ns}")
             if isinstance(r, str):
                 return _end(t, "dropped", f"{r} in {ns}")
+            if r.kind not in ("unreachable", "blackhole"):
+                why = _firewall_verdict(d, ns, iif, r.dev, pkt)
+                if why:
+                    return _end(t, "dropped", f"{why} in {ns}")
             pair = _gateway_port(d, ns, r.dev)
             if pair is not None and r.kind not in ("unreachable", "blackhole"):
                 if r.via is not None and ("neigh", ns, r.dev, r.via) not in d.objs:
@@ -668,6 +673,48 @@ def _decide(d: FakeDriver, ns: str, pkt: _Packet, iif: str, mark: int) -> KRoute
             return found
     found = _lookup(d, ns, pkt.dst)
     return None if found is None or found.kind == "throw" else found
+
+
+def _sg_matches(
+    rule: SgRuleDesired, fw: Firewall, pkt: _Packet, peer: ipaddress.IPv4Address
+) -> bool:
+    if rule.proto != "any" and rule.proto != pkt.proto:
+        return False
+    if rule.port_min is not None and rule.proto in ("tcp", "udp"):
+        hi = rule.port_max if rule.port_max is not None else rule.port_min
+        if pkt.dport is None or not rule.port_min <= pkt.dport <= hi:
+            return False
+    if rule.group is not None:
+        members = dict(fw.groups).get(rule.group, ())
+        return str(peer) in members
+    if rule.cidr is not None:
+        return peer in ipaddress.IPv4Network(rule.cidr)
+    return True
+
+
+def _firewall_verdict(
+    d: FakeDriver, ns: str, iif: str, oif: str | None, pkt: _Packet
+) -> str | None:
+    """Why the security groups of the VPC namespace drop a new flow forwarded from `iif`
+    to `oif` (None: they let it through), as `net.nftsg` evaluates it: the egress rules of
+    the port it comes from, then the ingress rules of the port it goes to; first match by
+    order decides, none matching drops."""
+    fw = d.objs.get(("firewall", ns))
+    if not isinstance(fw, Firewall):
+        return None
+    ports = {p.ifname: p for p in fw.ports}
+    for dev, rules, peer, what in (
+        (iif, ports[iif].egress if iif in ports else None, pkt.dst, "egress"),
+        (oif, ports[oif].ingress if oif in ports else None, pkt.src, "ingress"),
+    ):
+        if rules is None:
+            continue
+        rule = next((r for r in rules if _sg_matches(r, fw, pkt, peer)), None)
+        if rule is None:
+            return f"security groups of {dev}: no {what} rule allows it"
+        if rule.action == "deny":
+            return f"security groups of {dev}: {what} rule {rule.id} denies it"
+    return None
 
 
 def _end(t: Trace, verdict: str, reason: str) -> Trace:

@@ -37,7 +37,7 @@ from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 from yunhan.errors import DriverError
-from yunhan.net import nft, nftroute, nsutil
+from yunhan.net import nft, nftroute, nftsg, nsutil
 from yunhan.net.driver import Sandbox
 from yunhan.net.naming import INSTANCE_IFNAME, VXLAN_IFNAME, Naming
 from yunhan.net.natgw import (
@@ -56,6 +56,7 @@ from yunhan.net.natgw import (
     parse_nat,
 )
 from yunhan.net.state import (
+    CONNTRACK_TIMEOUTS,
     HOST_SYSCTLS,
     INSTANCE_SYSCTLS,
     NATGW_SYSCTLS,
@@ -64,6 +65,7 @@ from yunhan.net.state import (
     Address,
     Fdb,
     Filter,
+    Firewall,
     KRoute,
     LinkUp,
     Marks,
@@ -459,7 +461,7 @@ class LinuxDriver:
                     if names.get(int(n["ifindex"])) == VXLAN_IFNAME and dst:
                         objs.append(Fdb(ns, VXLAN_IFNAME, n.get_attr("NDA_LLADDR"), dst))
         if role == "vpc":
-            paths = list(VPC_SYSCTLS)
+            paths = [*VPC_SYSCTLS, *CONNTRACK_TIMEOUTS]
             ports = [p[0] for p in veths.get(ns, [])]
             devsys = [s for p in ports for s in port_sysctls(ns, p)]
             values = nsutil.read_sysctls(ns, paths + [s.path for s in devsys], self._runner(ns))
@@ -568,6 +570,10 @@ class LinuxDriver:
         if marks:
             ports, sources = nftroute.parse({"nftables": marks})
             objs.append(Marks(ns, ports, sources))
+        fw = tables.get((nftsg.FAMILY, nftsg.TABLE))
+        if fw:
+            zone, groups, fports = nftsg.parse({"nftables": fw})
+            objs.append(Firewall(ns, zone, groups, fports))
         return objs
 
     def _observe_links(
@@ -782,6 +788,10 @@ class LinuxDriver:
                         raise
             case Marks():
                 nft.run(o.netns, nftroute.table_batch(o.ports, o.sources), self._runner(o.netns))
+            case Firewall():
+                nft.run(
+                    o.netns, nftsg.table_batch(o.zone, o.groups, o.ports), self._runner(o.netns)
+                )
             case Uts():
                 self.sandbox.ensure_uts(o.netns, o.hostname)
             case Process():
@@ -905,6 +915,8 @@ class LinuxDriver:
                 _gone_ok(lambda: self._ipr(o.netns).rule("del", **self._rule_args(o)))
             case Marks():
                 _gone_ok(lambda: nft.run(o.netns, nftroute.delete_cmd(), self._runner(o.netns)))
+            case Firewall():
+                _gone_ok(lambda: nft.run(o.netns, nftsg.delete_cmd(), self._runner(o.netns)))
             case Uts():
                 self.sandbox.remove_uts(o.netns)
             case Process():

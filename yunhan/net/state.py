@@ -54,6 +54,7 @@ from yunhan.net.natgw import (
     VethPair,
     gw_mac,
 )
+from yunhan.net.nftsg import PortRules, zone_of
 
 # rtnetlink protocol number stamped on every route we install ("Y" = 89, unassigned in
 # /etc/iproute2/rt_protos). Observation lists only these, so routes added by a person or
@@ -260,6 +261,22 @@ class Marks:
 
 
 @dataclass(frozen=True)
+class Firewall:
+    """The `ip yunhan_sg` nft table of a VPC namespace (security groups, `net.nftsg`): the
+    VPC's conntrack zone, the member sets of the groups its ports' rules name, and each
+    filtered port's rules. Rewritten whole, atomically."""
+
+    netns: str
+    zone: int
+    groups: tuple[tuple[str, tuple[str, ...]], ...]  # (group id, member addresses), by id
+    ports: tuple[PortRules, ...]  # by ifname
+
+    @property
+    def key(self) -> Key:
+        return ("firewall", self.netns)
+
+
+@dataclass(frozen=True)
 class Uts:
     """The persistent UTS namespace of an instance (bind-mounted file), with its hostname."""
 
@@ -301,6 +318,7 @@ Obj: TypeAlias = (
     | Announce
     | Rule
     | Marks
+    | Firewall
 )
 State: TypeAlias = dict[Key, Obj]
 
@@ -327,6 +345,17 @@ VPC_SYSCTLS: Mapping[str, str] = {
     # The data plane is IPv4 only; IPv6 link-local chatter would only hit the port filters.
     "net/ipv6/conf/all/disable_ipv6": "1",
     "net/ipv6/conf/default/disable_ipv6": "1",
+}
+
+# Idle timeouts of the conntrack entries of a VPC namespace that has security groups (per
+# namespace sysctls; docs/secgroups.md). An established TCP flow idle for an hour is
+# forgotten (the kernel's five days keep dead flows forever; UCloud's 150 s cuts idle SSH
+# sessions); UDP and ICMP keep the kernel's defaults.
+CONNTRACK_TIMEOUTS: Mapping[str, str] = {
+    "net/netfilter/nf_conntrack_tcp_timeout_established": "3600",
+    "net/netfilter/nf_conntrack_udp_timeout": "30",
+    "net/netfilter/nf_conntrack_udp_timeout_stream": "120",
+    "net/netfilter/nf_conntrack_icmp_timeout": "30",
 }
 
 INSTANCE_SYSCTLS: Mapping[str, str] = {
@@ -418,10 +447,42 @@ def compile_state(desired: HostDesired, naming: Naming, *, uplink: bool = False)
                 objs.append(KRoute(ns, dst, r.kind, None, None, r.table, r.metric))
         if vpc.subnets:  # a document of an older controller has none: main table only
             objs.extend(compile_routing(ns, vpc))
+        if vpc.groups:  # a document of an older controller has none: nothing filtered
+            objs.append(compile_firewall(ns, vpc))
+            objs.extend(Sysctl(ns, p, v) for p, v in CONNTRACK_TIMEOUTS.items())
         for ngw in vpc.natgws:
             if ngw.local:
                 objs.extend(natgw_objects(ngw, ns, vpc.cidrs, desired.instance_mtu, naming, uplink))
     return as_state(objs)
+
+
+def compile_firewall(ns: str, vpc: VpcDesired) -> Firewall:
+    """The security groups of a VPC on this host: each local port with groups gets the
+    rules of all its groups (evaluation order: priority, deny first, id); the member sets
+    are those of the groups these rules name as peers."""
+    by_id = {g.id: g for g in vpc.groups}
+    ports: list[PortRules] = []
+    named: set[str] = set()
+    for port in vpc.ports:
+        if not port.sgs:
+            continue
+        rules = sorted(
+            {
+                r.id + "@" + gid: r for gid in port.sgs if gid in by_id for r in by_id[gid].rules
+            }.items(),
+            key=lambda kv: (kv[1].priority, 0 if kv[1].action == "deny" else 1, kv[0]),
+        )
+        merged = tuple(r for _k, r in rules)
+        named.update(r.group for r in merged if r.group is not None)
+        ports.append(
+            PortRules(
+                port.ifname,
+                tuple(r for r in merged if r.direction == "ingress"),
+                tuple(r for r in merged if r.direction == "egress"),
+            )
+        )
+    groups = tuple((gid, by_id[gid].members if gid in by_id else ()) for gid in sorted(named))
+    return Firewall(ns, zone_of(vpc.vni), groups, tuple(sorted(ports, key=lambda p: p.ifname)))
 
 
 # ip rule prefs in a VPC namespace (docs/routing.md): traffic a sender already routed comes
@@ -641,8 +702,9 @@ def _rank(o: Obj) -> int:
             return 6
         case Neigh() | Fdb():
             return 7
-        # The `ip yunhan` marks are in place with the port filters, before ports come up.
-        case Marks():
+        # The `ip yunhan` marks and the security groups are in place with the port
+        # filters, before ports come up.
+        case Marks() | Firewall():
             return 5
         case KRoute():
             return 8

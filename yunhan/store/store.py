@@ -94,6 +94,7 @@ INDEXES: dict[tuple[str, str], IndexFn] = {
     ("eip", "instance"): lambda r: r.status.get("instance"),
     ("eip", "natgw"): lambda r: r.status.get("natgw"),
     ("eip", "address"): lambda r: r.status.get("address"),
+    ("security_group", "vpc"): lambda r: r.spec.get("vpc"),
     # (table, dst, priority) of a route, (table, priority) of a policy: both unique, so a
     # table of thousands of routes checks a new one in constant time.
     ("route", "slot"): lambda r: (

@@ -22,6 +22,7 @@ from yunhan.api.conventions import (
 from yunhan.api.deps import AppState, CallerDep, state_of
 from yunhan.api.models import Instance, InstanceList
 from yunhan.api.routes.network import refresh_available
+from yunhan.api.routes.secgroups import groups_for
 from yunhan.api.views import resolve
 from yunhan.controller.ipam import allocate_ip, allocate_mac
 from yunhan.controller.placement import choose
@@ -70,12 +71,21 @@ def _create(
             sub.name, sub.spec["cidr"], _AddressesInUse(tx, sub.id), body.ip, st.ipam.start(sub.id)
         )
         mac = allocate_mac(_MacsInUse(tx))
+        vpc = tx.get("vpc", sub.spec["vpc"])
+        assert vpc is not None
+        groups = groups_for(tx, c.project.id, vpc, body.security_groups)
         inst = tx.create(
             "instance",
             new_id("instance"),
             c.project.id,
             name,
-            {"subnet": sub.id, "zone": zone.id, "ip": body.ip, "command": body.command},
+            {
+                "subnet": sub.id,
+                "zone": zone.id,
+                "ip": body.ip,
+                "command": body.command,
+                "security_groups": groups,
+            },
             {
                 "ip": ip,
                 "mac": mac,

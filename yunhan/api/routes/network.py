@@ -21,6 +21,7 @@ from yunhan.api.deps import CallerDep, state_of
 from yunhan.api.models import Subnet, SubnetList, Vpc, VpcList
 from yunhan.api.views import resolve
 from yunhan.controller.ipam import available
+from yunhan.controller.secgroups import ensure_default_group
 from yunhan.controller.tables import default_table, ensure_default_table, take_index
 from yunhan.errors import Conflict
 from yunhan.model import (
@@ -73,6 +74,7 @@ def create_vpc(body: VpcCreate, request: Request, c: CallerDep, idem: Idempotenc
             labels=body.labels,
         )
         _table, vpc = ensure_default_table(tx, vpc)  # one write: the VPC with its table
+        ensure_default_group(tx, vpc)  # and its default security group
         return idem.keep(tx, c, 201, vpc.envelope())
 
 
@@ -116,6 +118,7 @@ def _refuse_dependents(tx: Tx, vpc: Resource) -> None:
     for kind, what, cmd in (
         ("natgw", "NAT gateway", "natgw delete"),
         ("route_table", "route table", "route-table delete"),
+        ("security_group", "security group", "sg delete"),
     ):
         names = sorted(o.name for o in tx.find(kind, "vpc", vpc.id) if not o.spec.get("default"))
         if names:
@@ -167,6 +170,8 @@ def delete_vpc(ref: str, request: Request, c: CallerDep, if_match: IfMatch = Non
         table = default_table(tx, vpc.id)
         if table is not None:  # deleted with its VPC, never alone
             tx.delete(table)
+        for group in tx.find("security_group", "vpc", vpc.id):  # only the default is left
+            tx.delete(group)
         gone = tx.delete(vpc)
     return gone.envelope()
 

@@ -1,0 +1,214 @@
+"""`yunhan sg …` and `yunhan instance set-sg`: security groups over the API
+(docs/secgroups.md).
+
+The forms are the issue's: `sg create NAME --vpc V`, `sg rule add SG --direction ingress
+--proto tcp --port 22 --peer CIDR|sg:NAME --action allow|deny [--priority N]`, `sg rule
+delete SG RULE`, `sg list|show|delete`, `instance set-sg NAME SG…`. `sg show` prints the
+group, then its rules in evaluation order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from yunhan.cli import views
+from yunhan.cli.client import Client
+from yunhan.cli.command import Arg, Cmd, Ctx, Group, Opt, echo
+from yunhan.cli.resources import LABEL, LISTED, SHOWN, WRITE, fmt, labels, ref, show, wait_applied
+
+PATH = "/v1/security-groups"
+
+
+def _written(ctx: Ctx, c: Client, res: dict[str, Any], kind: str = "security_group") -> None:
+    if ctx["wait"]:
+        wait_applied(c, res.get("revision"), ctx["timeout"])
+    if kind == "security_group":
+        _print_group(ctx, c, res)
+    else:
+        show(kind, c, res, fmt(ctx))
+
+
+def _print_group(ctx: Ctx, c: Client, res: dict[str, Any]) -> None:
+    names = views.Names(c)
+    row = views.security_group_row(res, names)
+    rules = [views.sg_rule_row(r, names) for r in (res.get("spec") or {}).get("rules", [])]
+    f = fmt(ctx)
+    if f in ("json", "yaml"):
+        views.print_one("security_group", {**row, "rules": rules}, f)
+        return
+    views.print_one("security_group", row, f)
+    echo()
+    views.print_list("sg_rule", rules, f)
+
+
+def sg_create(ctx: Ctx) -> None:
+    c = ctx.client()
+    body = {"name": ctx["name"], "vpc": ctx["vpc"], "labels": labels(ctx)}
+    _written(ctx, c, c.post(PATH, body))
+
+
+def sg_list(ctx: Ctx) -> None:
+    c = ctx.client()
+    params: dict[str, Any] = {"vpc": ctx["vpc"]}
+    if ctx["selector"]:
+        params["label"] = list(ctx["selector"])
+    names = views.Names(c)
+    rows = [views.security_group_row(i, names) for i in c.items(PATH, **params)]
+    views.print_list("security_group", rows, fmt(ctx))
+
+
+def sg_show(ctx: Ctx) -> None:
+    c = ctx.client()
+    _print_group(ctx, c, c.get(f"{PATH}/{ctx['ref']}"))
+
+
+def sg_delete(ctx: Ctx) -> None:
+    c = ctx.client()
+    res = c.delete(f"{PATH}/{ctx['ref']}")
+    if ctx["wait"]:
+        wait_applied(c, (res or {}).get("revision"), ctx["timeout"])
+    if res is not None:
+        if fmt(ctx) in ("json", "yaml"):
+            show("security_group", c, res, fmt(ctx))
+        else:
+            echo(f"deleted security group {res.get('name')} ({res.get('id')})")
+
+
+def rule_add(ctx: Ctx) -> None:
+    c = ctx.client()
+    body: dict[str, Any] = {
+        "direction": ctx["direction"],
+        "proto": ctx["proto"],
+        "peer": ctx["peer"],
+        "action": ctx["action"],
+        "priority": ctx["priority"],
+    }
+    if ctx["port"] is not None:
+        body["port"] = ctx["port"]
+    _written(ctx, c, c.post(f"{PATH}/{ctx['ref']}/rules", body))
+
+
+def rule_delete(ctx: Ctx) -> None:
+    c = ctx.client()
+    _written(ctx, c, c.delete(f"{PATH}/{ctx['ref']}/rules/{ctx['rule']}") or {})
+
+
+def set_sg(ctx: Ctx) -> None:
+    c = ctx.client()
+    body = {"security_groups": list(ctx["groups"])}
+    res = c.put(f"/v1/instances/{ctx['ref']}/security-groups", body)
+    _written(ctx, c, res, "instance")
+
+
+SG_REF = ref("security_group")
+RULE_OPTS = (
+    Opt(("--direction",), "direction", "ingress or egress", required=True,
+        choices=("ingress", "egress")),
+    Opt(("--proto",), "proto", "tcp, udp, icmp or any", default="any",
+        choices=("tcp", "udp", "icmp", "any")),
+    Opt(("--port",), "port", "destination port N or range N-M (tcp, udp)"),
+    Opt(("--peer",), "peer", "the other side", required=True, metavar="CIDR|sg:NAME"),
+    Opt(("--action",), "action", "allow or deny", default="allow", choices=("allow", "deny")),
+    Opt(("--priority",), "priority", "lower first", int, 100),
+)  # fmt: skip
+SG = Group(
+    "sg",
+    "Security groups: stateful firewalls of instances, one default group per VPC",
+    (
+        Cmd(
+            "create",
+            "Create a security group (no rules: it admits nothing until rules allow), e.g. "
+            "`yunhan sg create web --vpc prod`.",
+            sg_create,
+            (
+                Arg("name", "its name"),
+                Opt(("--vpc",), "vpc", "the VPC (name or id)", required=True, complete="vpc"),
+                LABEL,
+                *WRITE,
+            ),
+        ),
+        Cmd(
+            "list",
+            "List the project's security groups.",
+            sg_list,
+            (Opt(("--vpc",), "vpc", "only this VPC's", complete="vpc"), *LISTED),
+        ),
+        Cmd("show", "Show a group and its rules in evaluation order.", sg_show, (SG_REF, *SHOWN)),
+        Cmd(
+            "delete",
+            "Delete a group (refused while instances use it, while another group's rule names "
+            "it, and for a VPC's default group).",
+            sg_delete,
+            (SG_REF, *WRITE),
+        ),
+        Group(
+            "rule",
+            "Rules of a security group",
+            (
+                Cmd(
+                    "add",
+                    "Add a rule, e.g. `yunhan sg rule add web --direction ingress --proto tcp "
+                    "--port 22 --peer 10.0.0.0/8 --action allow`. Rules of all an instance's "
+                    "groups are evaluated together: lower priority first, deny before allow "
+                    "at one priority; nothing matched is denied.",
+                    rule_add,
+                    (
+                        SG_REF,
+                        Opt(
+                            ("--direction",),
+                            "direction",
+                            "ingress or egress",
+                            required=True,
+                            choices=("ingress", "egress"),
+                        ),
+                        Opt(
+                            ("--proto",),
+                            "proto",
+                            "tcp, udp, icmp or any",
+                            default="any",
+                            choices=("tcp", "udp", "icmp", "any"),
+                        ),
+                        Opt(("--port",), "port", "destination port N or range N-M (tcp, udp)"),
+                        Opt(
+                            ("--peer",),
+                            "peer",
+                            "the other side",
+                            required=True,
+                            metavar="CIDR|sg:NAME",
+                        ),
+                        Opt(
+                            ("--action",),
+                            "action",
+                            "allow or deny",
+                            default="allow",
+                            choices=("allow", "deny"),
+                        ),
+                        Opt(("--priority",), "priority", "lower first", int, 100),
+                        *WRITE,
+                    ),
+                ),
+                Cmd(
+                    "delete",
+                    "Delete a rule by its id (`yunhan sg show SG`); a flow it allowed and "
+                    "nothing else allows is cut.",
+                    rule_delete,
+                    (SG_REF, Arg("rule", "the rule's id"), *WRITE),
+                ),
+            ),
+        ),
+    ),
+)
+
+SET_SG = Cmd(
+    "set-sg",
+    "Replace an instance's security groups, live, e.g. `yunhan instance set-sg web web-sg "
+    "default`.",
+    set_sg,
+    (
+        ref("instance"),
+        Arg("groups", "its groups (names or ids; `default`: its VPC's)", "SG", rest=True),
+        *WRITE,
+    ),
+)
+
+COMMANDS: tuple[Cmd | Group, ...] = (SG,)

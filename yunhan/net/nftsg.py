@@ -1,0 +1,293 @@
+"""Security groups in nftables: the `ip yunhan_sg` table of a VPC namespace (docs/secgroups.md).
+
+Layout, rewritten whole in one atomic batch (no packet ever sees half a rule set):
+
+* chains `zone_pre` (prerouting) and `zone_out` (output), priority raw (-300): every packet
+  of the namespace gets the VPC's conntrack zone before conntrack sees it;
+* one set `m_<group id>` (ipv4_addr) per group that a local port's rules name as a peer:
+  the addresses of its members anywhere in the VPC. An instance joining a group changes one
+  element of this set on each host;
+* chain `fwd` (forward, priority filter), in order: replies of established flows pass;
+  related packets (ICMP errors) pass; original-direction packets of a flow already checked
+  under this rule set (ct mark == generation) pass; then a packet from a filtered port
+  jumps to that port's egress chain `e_<port>`, a packet to a filtered port to its ingress
+  chain `i_<port>`; what comes back from both is stamped with the generation;
+* chains `e_<port>` and `i_<port>`: the port's rules (all its groups' rules merged, by
+  priority, deny first at a priority), allow = return, deny = drop, then drop.
+
+The generation is a hash of the whole table's content. Any change gives a new one, so the
+next packet of every established flow is checked again: a flow that a change forbids is cut
+at that packet (its conntrack entry then times out), one still allowed is stamped anew.
+
+Each rule of a port chain carries its rule in its comment; observation rebuilds the
+wanted table from the comments and set elements and compares every rule with it, so a rule
+changed by hand reads as drift and the next apply rewrites the table.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+from yunhan.net.desired import SgRuleDesired
+
+FAMILY = "ip"
+TABLE = "yunhan_sg"
+BROKEN_ZONE = -1
+
+
+@dataclass(frozen=True)
+class PortRules:
+    ifname: str
+    ingress: tuple[SgRuleDesired, ...]
+    egress: tuple[SgRuleDesired, ...]
+
+
+def zone_of(vni: int) -> int:
+    """The conntrack zone of a VPC (1..65535). Each VPC has its own namespace too, so two
+    VPCs whose zones collide still never share conntrack state."""
+    return vni % 65535 + 1
+
+
+def generation(
+    zone: int, groups: tuple[tuple[str, tuple[str, ...]], ...], ports: tuple[PortRules, ...]
+) -> int:
+    text = repr((zone, groups, [(p.ifname, p.ingress, p.egress) for p in ports]))
+    return (zlib.crc32(text.encode()) & 0x7FFFFFFF) | 1
+
+
+def _match(left: Any, op: str, right: Any) -> dict[str, Any]:
+    return {"match": {"op": op, "left": left, "right": right}}
+
+
+def _ct(key: str) -> dict[str, Any]:
+    return {"ct": {"key": key}}
+
+
+def _meta(key: str) -> dict[str, Any]:
+    return {"meta": {"key": key}}
+
+
+def _addr(cidr: str) -> Any:
+    net = ipaddress.IPv4Network(cidr)
+    if net.prefixlen == 32:
+        return str(net.network_address)
+    return {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
+
+
+def rule_expr(rule: SgRuleDesired, direction: str) -> list[dict[str, Any]]:
+    """The expressions of one rule in a port chain, as nft lists them back."""
+    expr: list[dict[str, Any]] = []
+    if rule.port_min is not None and rule.proto in ("tcp", "udp"):
+        lo, hi = rule.port_min, rule.port_max if rule.port_max is not None else rule.port_min
+        right: Any = lo if lo == hi else {"range": [lo, hi]}
+        expr.append(_match({"payload": {"protocol": rule.proto, "field": "dport"}}, "==", right))
+    elif rule.proto != "any":
+        expr.append(_match({"payload": {"protocol": "ip", "field": "protocol"}}, "==", rule.proto))
+    field = "saddr" if direction == "ingress" else "daddr"
+    addr = {"payload": {"protocol": "ip", "field": field}}
+    if rule.group is not None:
+        expr.append(_match(addr, "==", f"@m_{rule.group}"))
+    elif rule.cidr is not None and ipaddress.IPv4Network(rule.cidr).prefixlen > 0:
+        expr.append(_match(addr, "==", _addr(rule.cidr)))
+    expr.append({"return": None} if rule.action == "allow" else {"drop": None})
+    return expr
+
+
+_SEP = "|"
+
+
+def _comment(rule: SgRuleDesired) -> str:
+    return _SEP.join(
+        str(x) if x is not None else ""
+        for x in (rule.id, rule.direction, rule.proto, rule.port_min, rule.port_max,
+                  rule.cidr, rule.group, rule.action, rule.priority)
+    )  # fmt: skip
+
+
+def _from_comment(text: str) -> SgRuleDesired:
+    f = text.split(_SEP)
+    if len(f) != 9:
+        raise ValueError(text)
+    return SgRuleDesired(
+        id=f[0],
+        direction=f[1],  # type: ignore[arg-type]
+        proto=f[2],  # type: ignore[arg-type]
+        port_min=int(f[3]) if f[3] else None,
+        port_max=int(f[4]) if f[4] else None,
+        cidr=f[5] or None,
+        group=f[6] or None,
+        action=f[7],  # type: ignore[arg-type]
+        priority=int(f[8]),
+    )
+
+
+def _fwd_rules(gen: int, ports: tuple[PortRules, ...]) -> list[tuple[str, list[dict[str, Any]]]]:
+    out: list[tuple[str, list[dict[str, Any]]]] = [
+        ("reply", [_match(_ct("state"), "in", "established"),
+                   _match(_ct("direction"), "==", "reply"), {"accept": None}]),
+        ("related", [_match(_ct("state"), "in", "related"), {"accept": None}]),
+        ("checked", [_match(_ct("mark"), "==", gen), {"accept": None}]),
+    ]  # fmt: skip
+    if ports:
+        for tag, key, prefix in (("egress", "iifname", "e_"), ("ingress", "oifname", "i_")):
+            elems = [[p.ifname, {"jump": {"target": prefix + p.ifname}}] for p in ports]
+            out.append((tag, [{"vmap": {"key": _meta(key), "data": {"set": elems}}}]))
+    out.append(("stamp", [{"mangle": {"key": _ct("mark"), "value": gen}}]))
+    return out
+
+
+def _port_chains(
+    ports: tuple[PortRules, ...],
+) -> list[tuple[str, list[tuple[str, list[dict[str, Any]]]]]]:
+    out = []
+    for p in ports:
+        for prefix, direction, rules in (("e_", "egress", p.egress), ("i_", "ingress", p.ingress)):
+            body = [(_comment(r), rule_expr(r, direction)) for r in rules]
+            body.append(("end", [{"drop": None}]))
+            out.append((prefix + p.ifname, body))
+    return out
+
+
+def table_batch(
+    zone: int, groups: tuple[tuple[str, tuple[str, ...]], ...], ports: tuple[PortRules, ...]
+) -> dict[str, Any]:
+    """One atomic transaction that (re)creates the whole table."""
+    t = {"family": FAMILY, "name": TABLE}
+    cmds: list[dict[str, Any]] = [
+        {"add": {"table": t}},
+        {"delete": {"table": t}},  # the add above makes this delete never fail
+        {"add": {"table": t}},
+    ]
+    for gid, members in groups:
+        s: dict[str, Any] = {
+            "family": FAMILY,
+            "table": TABLE,
+            "name": f"m_{gid}",
+            "type": "ipv4_addr",
+        }
+        if members:
+            s["elem"] = list(members)
+        cmds.append({"add": {"set": s}})
+    base = {"family": FAMILY, "table": TABLE, "type": "filter", "policy": "accept"}
+    for name, hook, prio in (
+        ("zone_pre", "prerouting", -300),
+        ("zone_out", "output", -300),
+        ("fwd", "forward", 0),
+    ):
+        cmds.append({"add": {"chain": {**base, "name": name, "hook": hook, "prio": prio}}})
+    chains = _port_chains(ports)
+    for name, _body in chains:
+        cmds.append({"add": {"chain": {"family": FAMILY, "table": TABLE, "name": name}}})
+
+    def rule(chain: str, tag: str, expr: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "add": {
+                "rule": {
+                    "family": FAMILY,
+                    "table": TABLE,
+                    "chain": chain,
+                    "comment": tag,
+                    "expr": expr,
+                }
+            }
+        }
+
+    zone_set = [{"mangle": {"key": _ct("zone"), "value": zone}}]
+    cmds.append(rule("zone_pre", "zone", zone_set))
+    cmds.append(rule("zone_out", "zone", zone_set))
+    for tag, expr in _fwd_rules(generation(zone, groups, ports), ports):
+        cmds.append(rule("fwd", tag, expr))
+    for name, body in chains:
+        for tag, expr in body:
+            cmds.append(rule(name, tag, expr))
+    return {"nftables": cmds}
+
+
+def delete_cmd() -> dict[str, Any]:
+    return {"nftables": [{"delete": {"table": {"family": FAMILY, "name": TABLE}}}]}
+
+
+def parse(
+    listing: dict[str, Any],
+) -> tuple[int, tuple[tuple[str, tuple[str, ...]], ...], tuple[PortRules, ...]]:
+    """(zone, groups, ports) read back from a `list table ip yunhan_sg` listing; zone
+    BROKEN_ZONE when any rule, chain or set is not exactly what these would render."""
+    sets: dict[str, list[str]] = {}
+    chains: dict[str, dict[str, Any]] = {}
+    rules: dict[str, list[tuple[str, Any]]] = {}
+    for item in listing.get("nftables", []):
+        if "set" in item:
+            elems = item["set"].get("elem", [])
+            sets[item["set"]["name"]] = [str(e) for e in elems]
+        elif "chain" in item:
+            chains[item["chain"]["name"]] = item["chain"]
+            rules.setdefault(item["chain"]["name"], [])
+        elif "rule" in item:
+            r = item["rule"]
+            rules.setdefault(r["chain"], []).append((r.get("comment", ""), r["expr"]))
+    broken: tuple[int, tuple[tuple[str, tuple[str, ...]], ...], tuple[PortRules, ...]] = (
+        BROKEN_ZONE,
+        (),
+        (),
+    )
+    try:
+        zone_rules = rules["zone_pre"]
+        zone = int(zone_rules[0][1][0]["mangle"]["value"])
+        groups = tuple(
+            sorted(
+                (name[2:], tuple(sorted(v, key=ipaddress.IPv4Address)))
+                for name, v in sets.items()
+                if name.startswith("m_")
+            )
+        )
+        names = sorted(n for n in chains if n.startswith(("e_", "i_")))
+        ifnames = sorted({n[2:] for n in names})
+        ports = []
+        for ifname in ifnames:
+            got: dict[str, tuple[SgRuleDesired, ...]] = {}
+            for prefix in ("e_", "i_"):
+                body = rules.get(prefix + ifname, [])
+                got[prefix] = tuple(_from_comment(c) for c, _e in body[:-1])
+            ports.append(PortRules(ifname, got["i_"], got["e_"]))
+        port_t = tuple(ports)
+        want = table_batch(zone, groups, port_t)
+    except (KeyError, ValueError, TypeError, IndexError):
+        return broken
+    # Every chain and rule must be exactly what (zone, groups, ports) renders.
+    want_rules: dict[str, list[tuple[str, Any]]] = {}
+    want_chains: dict[str, dict[str, Any]] = {}
+    for cmd in want["nftables"]:
+        add = cmd.get("add", {})
+        if "chain" in add:
+            want_chains[add["chain"]["name"]] = add["chain"]
+            want_rules.setdefault(add["chain"]["name"], [])
+        elif "rule" in add:
+            want_rules[add["rule"]["chain"]].append((add["rule"]["comment"], add["rule"]["expr"]))
+    if set(chains) != set(want_chains) or len(sets) != len(groups):
+        return broken
+    for name, c in want_chains.items():
+        have = chains[name]
+        if any(have.get(k) != c.get(k) for k in ("hook", "prio", "type")):
+            return broken
+        if _norm(rules[name]) != _norm(want_rules[name]):
+            return broken
+    return zone, groups, port_t
+
+
+def _norm(body: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """Rules comparable between what we send and what nft lists: vmap and set elements
+    sorted."""
+    out = []
+    for tag, expr in body:
+        e2 = []
+        for e in expr:
+            if isinstance(e, dict) and "vmap" in e:
+                data = e["vmap"]["data"]
+                elems = data.get("set", []) if isinstance(data, dict) else []
+                e = {"vmap": {"key": e["vmap"]["key"], "data": sorted(map(repr, elems))}}
+            e2.append(e)
+        out.append((tag, e2))
+    return out

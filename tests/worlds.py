@@ -8,7 +8,7 @@ what they exercise is exactly the shape the controller publishes.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -28,6 +28,8 @@ from yunhan.net.desired import (
     NextHop,
     PolicyDesired,
     RouteTableDesired,
+    SecurityGroupDesired,
+    SgRuleDesired,
     SubnetDesired,
     TableRoute,
 )
@@ -276,3 +278,42 @@ def with_routing(
             )
         out[host] = doc.model_copy(update={"vpcs": tuple(vpcs)})
     return out
+
+
+def with_groups(
+    docs: dict[str, HostDesired],
+    instances: Iterable[WInstance],
+    groups: Mapping[str, tuple[SgRuleDesired, ...]],
+    member_of: Mapping[str, tuple[str, ...]],
+) -> dict[str, HostDesired]:
+    """The documents with security groups (issue 10) in every VPC of `groups`' instances:
+    `groups` group id -> rules (in evaluation order), `member_of` instance id -> its groups.
+    Members are the instances of the VPC with the group (their ip and allowed ips)."""
+    insts = list(instances)
+    out: dict[str, HostDesired] = {}
+    for host, doc in docs.items():
+        vpcs = []
+        for v in doc.vpcs:
+            mine = [i for i in insts if i.vpc == v.id]
+            gs = tuple(
+                SecurityGroupDesired(
+                    id=gid,
+                    rules=rules,
+                    members=_members(mine, gid, member_of),
+                )
+                for gid, rules in sorted(groups.items())
+            )
+            ports = tuple(
+                p.model_copy(update={"sgs": tuple(sorted(member_of.get(p.instance_id, ())))})
+                for p in v.ports
+            )
+            vpcs.append(v.model_copy(update={"groups": gs, "ports": ports}))
+        out[host] = doc.model_copy(update={"vpcs": tuple(vpcs)})
+    return out
+
+
+def _members(
+    insts: list[WInstance], gid: str, member_of: Mapping[str, tuple[str, ...]]
+) -> tuple[str, ...]:
+    addrs = {a for i in insts if gid in member_of.get(i.id, ()) for a in (i.ip, *i.allowed_ips)}
+    return tuple(sorted(addrs, key=ipaddress.IPv4Address))

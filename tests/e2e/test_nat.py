@@ -91,6 +91,9 @@ def lab() -> Iterator[Lab]:
         server = home / "hello80.py"  # instances share the host's filesystem
         server.write_text(SERVER)
         r.run("vpc", "create", "prod", "--cidr", "10.0.0.0/16")
+        # These tests are about NAT: the default group admits the internet's connections
+        # (security groups have tests of their own, test_secgroups.py).
+        r.run("sg", "rule", "add", "prod-default", "--direction", "ingress", "--peer", "0.0.0.0/0")
         r.run("subnet", "create", "web", "--vpc", "prod", "--cidr", "10.0.1.0/24")
         for name, zone in (("w1", "az1"), ("w2", "az2")):
             r.run("instance", "create", name, "--subnet", "web", "--zone", zone,

@@ -63,6 +63,9 @@ def net(region: Region) -> dict[str, Any]:
     cmd = f"{sys.executable} {server}"
     run = region.run
     run("vpc", "create", "prod", "--cidr", "10.0.0.0/16")
+    # The trace model does not evaluate security groups: the default groups admit everything
+    # here (security groups have tests of their own, test_secgroups.py).
+    run("sg", "rule", "add", "prod-default", "--direction", "ingress", "--peer", "0.0.0.0/0")
     for name, cidr in (("web", "10.0.1.0/24"), ("db", "10.0.2.0/24"), ("fw", "10.0.3.0/24"),
                        ("app", "10.0.4.0/24")):  # fmt: skip
         run("subnet", "create", name, "--vpc", "prod", "--cidr", cidr)
@@ -70,6 +73,7 @@ def net(region: Region) -> dict[str, Any]:
                                ("fw2", "fw", "az1"), ("c2", "app", "az1")):  # fmt: skip
         run("instance", "create", name, "--subnet", subnet, "--zone", zone, "--command", cmd)
     run("vpc", "create", "other", "--cidr", "10.9.0.0/16")
+    run("sg", "rule", "add", "other-default", "--direction", "ingress", "--peer", "0.0.0.0/0")
     run("subnet", "create", "o1", "--vpc", "other", "--cidr", "10.9.1.0/24")
     run("instance", "create", "c", "--subnet", "o1", "--zone", "az2", "--command", cmd)
     names = ("a", "b", "fw1", "fw2", "c2", "c")

@@ -42,7 +42,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -139,8 +139,16 @@ class RegionRecord:
             return None
         except (OSError, ValueError) as exc:
             raise LabError(f"region record {state_dir / RECORD} is unreadable: {exc}") from exc
-        procs = [ProcessRecord(**p) for p in data.pop("processes", [])]
-        return cls(**data, processes=procs)
+        # A record written by another version of yunhan (a region of another checkout) may
+        # carry fields this one does not know: read what it knows (its prefix, pids, state
+        # dir), never take it for unreadable (a sweep would tear a live region down).
+        known = {f.name for f in fields(ProcessRecord)}
+        procs = [
+            ProcessRecord(**{k: v for k, v in p.items() if k in known})
+            for p in data.pop("processes", [])
+        ]
+        mine = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in mine}, processes=procs)
 
 
 @contextlib.contextmanager

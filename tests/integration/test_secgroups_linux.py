@@ -27,7 +27,7 @@ from tests.worlds import WHost, WInstance, WVpc, documents, with_groups
 from yunhan.agent.dataplane import DataPlane
 from yunhan.compute import netns_sandbox
 from yunhan.net import nsutil
-from yunhan.net.desired import HostDesired, SgRuleDesired
+from yunhan.net.desired import AclDesired, AclRuleDesired, HostDesired, SgRuleDesired
 from yunhan.net.fake import FakeFabric
 from yunhan.net.naming import Naming
 from yunhan.net.nftsg import zone_of
@@ -55,15 +55,16 @@ SERVER = (
 )
 CMD = (sys.executable, "-c", SERVER)
 
-VPC = WVpc("vpc-s", 310, ("10.3.0.0/16",), ("10.3.1.0/24",))
+VPC = WVpc("vpc-s", 310, ("10.3.0.0/16",), ("10.3.1.0/24", "10.3.2.0/24"))
 VPC2 = WVpc("vpc-t", 311, ("10.3.0.0/16",), ("10.3.1.0/24",))  # the same addresses
 A1 = WInstance("inst-0000d001", "h1", "vpc-s", "10.3.1.10", command=CMD)
 S1 = WInstance("inst-0000d002", "h2", "vpc-s", "10.3.1.20", command=CMD)
 S2 = WInstance("inst-0000d003", "h1", "vpc-s", "10.3.1.21", command=CMD)
 C2 = WInstance("inst-0000d004", "h2", "vpc-s", "10.3.1.30", command=CMD)
+D1 = WInstance("inst-0000d005", "h2", "vpc-s", "10.3.2.10", command=CMD)  # subnet 2
 T1 = WInstance("inst-0000e001", "h1", "vpc-t", "10.3.1.10", command=CMD)
 T2 = WInstance("inst-0000e002", "h2", "vpc-t", "10.3.1.20", command=CMD)
-INSTS = [A1, S1, S2, C2, T1, T2]
+INSTS = [A1, S1, S2, C2, D1, T1, T2]
 
 EGRESS_ALL = SgRuleDesired(id="r-eg", direction="egress", cidr="0.0.0.0/0")
 SSH = SgRuleDesired(id="r-ssh", direction="ingress", proto="tcp", port_min=22, port_max=22,
@@ -97,14 +98,33 @@ class World:
         return self.naming(inst.host).instance_netns(inst.id)
 
     def docs(
-        self, groups: dict[str, tuple[SgRuleDesired, ...]], member_of: dict[str, tuple[str, ...]]
+        self,
+        groups: dict[str, tuple[SgRuleDesired, ...]],
+        member_of: dict[str, tuple[str, ...]],
+        acl: AclDesired | None = None,
     ) -> dict[str, HostDesired]:
-        return with_groups(documents(self.hosts, [VPC, VPC2], INSTS), INSTS, groups, member_of)
+        docs = with_groups(documents(self.hosts, [VPC, VPC2], INSTS), INSTS, groups, member_of)
+        if acl is None:
+            return docs
+        return {
+            h: d.model_copy(
+                update={
+                    "vpcs": tuple(
+                        v.model_copy(update={"acls": (acl,)}) if v.id == VPC.id else v
+                        for v in d.vpcs
+                    )
+                }
+            )
+            for h, d in docs.items()
+        }
 
     def apply(
-        self, groups: dict[str, tuple[SgRuleDesired, ...]], member_of: dict[str, tuple[str, ...]]
+        self,
+        groups: dict[str, tuple[SgRuleDesired, ...]],
+        member_of: dict[str, tuple[str, ...]],
+        acl: AclDesired | None = None,
     ) -> None:
-        docs = self.docs(groups, member_of)
+        docs = self.docs(groups, member_of, acl)
         for h, d in docs.items():
             rep = self.dps[h].apply(d)
             assert rep.errors == [], rep.errors
@@ -133,7 +153,17 @@ class World:
 
 
 BASE_GROUPS = {"sg-cli": CLI, "sg-srv": SRV}
-BASE_MEMBERS = {A1.id: ("sg-cli",), S1.id: ("sg-srv",), S2.id: ("sg-srv",)}
+BASE_MEMBERS = {A1.id: ("sg-cli",), S1.id: ("sg-srv",), S2.id: ("sg-srv",), D1.id: ("sg-srv",)}
+
+
+def acl(*rules: AclRuleDesired) -> AclDesired:
+    return AclDesired(id="acl-1", rules=rules, subnets=("10.3.2.0/24",))
+
+
+IN_ALL = AclRuleDesired(number=100, direction="ingress", cidr="0.0.0.0/0")
+OUT_ALL = AclRuleDesired(number=100, direction="egress", cidr="0.0.0.0/0")
+NO_SSH = AclRuleDesired(number=10, direction="ingress", proto="tcp", port_min=22, port_max=22,
+                        cidr="10.3.1.0/24", action="deny")  # fmt: skip
 
 
 @pytest.fixture(scope="module", params=["fake", pytest.param("linux", marks=pytest.mark.root)])
@@ -294,3 +324,31 @@ def test_a_rule_changed_by_hand_is_repaired(world: World) -> None:
     assert rep.errors == [] and rep.changes >= 1
     assert w.dps["h2"].plan(docs["h2"]) == []
     assert w.answer(A1, S1, "tcp", 22)
+
+
+def test_an_acl_deny_beats_a_group_allow(world: World) -> None:
+    w = world
+    assert w.answer(A1, D1, "tcp", 22) and w.answer(A1, D1, "tcp", 7000)
+    w.apply(BASE_GROUPS, BASE_MEMBERS, acl(NO_SSH, IN_ALL, OUT_ALL))
+    assert not w.answer(A1, D1, "tcp", 22)  # the group allows it, the ACL denies it first
+    assert w.answer(A1, D1, "tcp", 7000)
+    assert w.answer(A1, S1, "tcp", 22)  # another subnet: no ACL
+    # An ACL allows nothing the groups deny.
+    assert not w.answer(A1, D1, "tcp", 80)
+    # Without any rule of a direction, nothing crosses the subnet's edge that way.
+    w.apply(BASE_GROUPS, BASE_MEMBERS, acl(OUT_ALL))
+    assert not w.answer(A1, D1, "tcp", 7000)
+    w.apply(BASE_GROUPS, BASE_MEMBERS)
+    assert w.answer(A1, D1, "tcp", 22)
+
+
+@pytest.mark.parametrize("world", ["linux"], indirect=True)
+def test_acls_are_stateless(world: World) -> None:
+    w = world
+    # Ingress allowed, egress (the replies) not: the connection never completes, although
+    # the security groups would let its replies through.
+    w.apply(BASE_GROUPS, BASE_MEMBERS, acl(IN_ALL))
+    assert not w.answer(A1, D1, "tcp", 7000)
+    w.apply(BASE_GROUPS, BASE_MEMBERS, acl(IN_ALL, OUT_ALL))
+    assert w.answer(A1, D1, "tcp", 7000)
+    w.apply(BASE_GROUPS, BASE_MEMBERS)

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from yunhan.controller.engine import Engine
 from yunhan.controller.netcompile import (
+    AclIn,
     EipIn,
     GatewayIn,
     GroupIn,
@@ -70,11 +71,18 @@ def vpc(i: int, vni: int | None, cidrs: list[str]) -> Resource:
 
 
 def subnet(
-    i: int, vpc_i: int, cidr: str, index: int | None = None, table: str | None = None
+    i: int,
+    vpc_i: int,
+    cidr: str,
+    index: int | None = None,
+    table: str | None = None,
+    acl: str | None = None,
 ) -> Resource:
     spec = {"vpc": f"vpc-{vpc_i}", "cidr": cidr}
     if table is not None:
         spec["route_table"] = table
+    if acl is not None:
+        spec["acl"] = acl
     return res("subnet", f"subnet-{i}", f"s{i}", spec, {"index": index} if index else {})
 
 
@@ -186,6 +194,9 @@ def _routing_in(model: dict[tuple[str, str], Resource]) -> RoutingIn:
             EipIn(e.id, e.status["address"], e.status["instance"], e.status["natgw"])
             for e in of.get("eip", [])
         ),
+        acls=tuple(
+            AclIn(a.id, a.spec["vpc"], tuple(a.spec["rules"])) for a in of.get("network_acl", [])
+        ),
         groups=tuple(
             GroupIn(g.id, g.spec["vpc"], tuple(g.spec["rules"]))
             for g in of.get("security_group", [])
@@ -196,6 +207,19 @@ def _routing_in(model: dict[tuple[str, str], Resource]) -> RoutingIn:
 def sg(i: int, vpc_i: int, rules: list[dict[str, Any]]) -> Resource:
     return res("security_group", f"sg-{i}", f"sg{i}", {"vpc": f"vpc-{vpc_i}", "rules": rules}, {})
 
+
+def acl(i: int, vpc_i: int, rules: list[dict[str, Any]]) -> Resource:
+    return res("network_acl", f"acl-{i}", f"acl{i}", {"vpc": f"vpc-{vpc_i}", "rules": rules}, {})
+
+
+ACL_RULES = [
+    {"number": 10, "direction": "ingress", "proto": "tcp", "port": [22, 22],
+     "cidr": "10.0.0.0/8", "action": "allow"},
+    {"number": 20, "direction": "ingress", "proto": "any", "port": None,
+     "cidr": "0.0.0.0/0", "action": "deny"},
+    {"number": 10, "direction": "egress", "proto": "any", "port": None,
+     "cidr": "0.0.0.0/0", "action": "allow"},
+]  # fmt: skip
 
 SG_RULES = [
     {"id": "r-1", "direction": "ingress", "proto": "tcp", "port": [22, 22],
@@ -250,6 +274,7 @@ def reference(model: dict[tuple[str, str], Resource]) -> dict[str, HostDesired]:
                 s.spec["cidr"],
                 s.status.get("index"),
                 s.spec.get("route_table"),
+                s.spec.get("acl"),
             )
             for s in of["subnet"]
         ],
@@ -422,11 +447,23 @@ def _op(draw: st.DrawFn) -> tuple[list[Resource], list[tuple[str, str]]]:
         st.sampled_from(
             [
                 *("host", "vpc", "subnet", "inst", "inst", "inst", "project"),
-                *("rtb", "route", "route", "policy", "natgw", "eip", "sg", "sg"),
+                *("rtb", "route", "route", "policy", "natgw", "eip", "sg", "sg", "acl"),
             ]
         )
     )
     deleting = draw(st.integers(0, 5)) == 0
+    if kind == "acl":
+        i = draw(st.integers(0, 1))
+        if deleting:
+            return [], [("network_acl", f"acl-{i}")]
+        rules = draw(
+            st.lists(
+                st.sampled_from(ACL_RULES),
+                max_size=3,
+                unique_by=lambda r: (r["number"], r["direction"]),
+            )
+        )
+        return [acl(i, draw(st.sampled_from([0, 0, 1])), rules)], []
     if kind == "sg":
         i = draw(st.integers(0, 2))
         if deleting:
@@ -460,7 +497,8 @@ def _op(draw: st.DrawFn) -> tuple[list[Resource], list[tuple[str, str]]]:
         index = draw(st.sampled_from([None, i + 1, i + 1]))
         tbl = draw(st.sampled_from([None, "rtb-0", "rtb-1", "rtb-2"]))
         cidr = draw(st.sampled_from(SUBNET_CIDRS))
-        return [subnet(i, draw(st.integers(0, 3)), cidr, index, tbl)], []
+        acl_id = draw(st.sampled_from([None, None, "acl-0", "acl-1"]))
+        return [subnet(i, draw(st.integers(0, 3)), cidr, index, tbl, acl_id)], []
     if kind == "inst":
         i = draw(st.integers(0, 7))
         if deleting:

@@ -26,6 +26,7 @@ from yunhan.api.deps import MAX_LONG_POLL, AppState
 from yunhan.api.fleet import Fleet
 from yunhan.api.journal import CALLER, SCHEDULING_REFUSED, AuditMiddleware, Journal
 from yunhan.api.routes import (
+    acls,
     agent,
     audit,
     events,
@@ -211,7 +212,7 @@ def create_app(
     _install_error_handlers(app)
     app.add_middleware(AuditMiddleware)
     modules = (projects, tokens, audit, events, infra, network, routing, natgw, secgroups,
-               instances, agent, watch)  # fmt: skip
+               acls, instances, agent, watch)  # fmt: skip
     for module in modules:
         app.include_router(module.router)
     app.include_router(metrics.router)

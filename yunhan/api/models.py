@@ -96,6 +96,7 @@ class SubnetSpec(_Out):
     vpc: str
     cidr: str
     route_table: str | None = Field(None, description="its route table (absent: the default)")
+    acl: str | None = Field(None, description="its network ACL (absent: none, all passes)")
 
 
 class SubnetStatus(_Out):
@@ -467,3 +468,27 @@ class SecurityGroup(_Envelope):
 
 class SecurityGroupList(_Page):
     items: list[SecurityGroup]
+
+
+class AclRule(_Out):
+    number: int
+    direction: Literal["ingress", "egress"]
+    proto: Literal["tcp", "udp", "icmp", "any"]
+    port: list[int] | None
+    cidr: str
+    action: Literal["allow", "deny"]
+
+
+class NetworkAclSpec(_Out):
+    vpc: str
+    rules: list[AclRule]
+
+
+class NetworkAcl(_Envelope):
+    kind: Literal["network_acl"]
+    spec: NetworkAclSpec
+    status: Empty
+
+
+class NetworkAclList(_Page):
+    items: list[NetworkAcl]

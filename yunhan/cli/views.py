@@ -30,7 +30,7 @@ class Names:
     _PATHS = {"vpc": "/v1/vpcs", "subnet": "/v1/subnets", "zone": "/v1/zones",
               "instance": "/v1/instances", "natgw": "/v1/natgws",
               "route_table": "/v1/route-tables",
-              "security_group": "/v1/security-groups"}  # fmt: skip
+              "security_group": "/v1/security-groups", "network_acl": "/v1/acls"}  # fmt: skip
 
     def __init__(self, client: Client | None) -> None:
         self._client = client
@@ -81,6 +81,7 @@ def subnet_row(res: Row, names: Names) -> Row:
         "gateway": st.get("gateway"),
         "available": st.get("available"),
         "route_table": names.of("route_table", _spec(res).get("route_table")),
+        "acl": names.of("network_acl", _spec(res).get("acl")),
         "revision": res.get("revision"),
         "created_at": res.get("created_at"),
     }
@@ -312,6 +313,41 @@ def sg_rule_row(rule: Row, names: Names) -> Row:
     }
 
 
+def _ports(port: list[int] | None) -> str | None:
+    if not port:
+        return None
+    return f"{port[0]}" if port[0] == port[1] else f"{port[0]}-{port[1]}"
+
+
+def acl_row(res: Row, names: Names) -> Row:
+    vpc = _spec(res).get("vpc")
+    return {
+        "id": res["id"],
+        "name": res["name"],
+        "vpc": names.of("vpc", vpc),
+        "vpc_id": vpc,
+        "rules": len(_spec(res).get("rules") or []),
+        "revision": res.get("revision"),
+        "created_at": res.get("created_at"),
+    }
+
+
+def acl_rule_row(rule: Row, names: Names) -> Row:
+    port = rule.get("port")
+    return {
+        "number": rule.get("number"),
+        "direction": rule.get("direction"),
+        "proto": rule.get("proto"),
+        "port": None
+        if not port
+        else f"{port[0]}"
+        if port[0] == port[1]
+        else f"{port[0]}-{port[1]}",
+        "cidr": rule.get("cidr"),
+        "action": rule.get("action"),
+    }
+
+
 ROWS: dict[str, Callable[[Row, Names], Row]] = {
     "vpc": vpc_row,
     "subnet": subnet_row,
@@ -326,6 +362,8 @@ ROWS: dict[str, Callable[[Row, Names], Row]] = {
     "eip": eip_row,
     "security_group": security_group_row,
     "sg_rule": sg_rule_row,
+    "network_acl": acl_row,
+    "acl_rule": acl_rule_row,
     "table_entry": table_entry_row,
     "policy_entry": policy_entry_row,
 }
@@ -345,6 +383,8 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "eip": ("name", "address", "instance", "natgw"),
     "security_group": ("name", "id", "vpc", "default", "rules"),
     "sg_rule": ("id", "priority", "direction", "proto", "port", "peer", "action"),
+    "network_acl": ("name", "id", "vpc", "rules"),
+    "acl_rule": ("number", "direction", "proto", "port", "cidr", "action"),
     "table_entry": ("type", "dst", "priority", "next_hop", "state", "subnet", "host"),
     "policy_entry": ("priority", "src", "dst", "proto", "port", "action", "next_hop", "state"),
 }  # fmt: skip
@@ -373,6 +413,8 @@ WIDE: dict[str, tuple[str, ...]] = {
     "security_group": ("name", "id", "vpc", "vpc_id", "default", "rules", "revision",
                        "created_at"),
     "sg_rule": ("id", "priority", "direction", "proto", "port", "peer", "action"),
+    "network_acl": ("name", "id", "vpc", "vpc_id", "rules", "revision", "created_at"),
+    "acl_rule": ("number", "direction", "proto", "port", "cidr", "action"),
     "table_entry": ("type", "dst", "priority", "next_hop", "state", "subnet", "host", "id"),
     "policy_entry": ("priority", "src", "dst", "proto", "port", "action", "next_hop",
                      "state", "id"),

@@ -55,6 +55,7 @@ from typing import Any
 
 from yunhan.net.desired import NATGW_INNER_IP
 from yunhan.net.docentries import (
+    ACL,
     GATEWAY,
     GROUP,
     HOST_KEY,
@@ -65,6 +66,7 @@ from yunhan.net.docentries import (
     Delta,
     Entries,
     JsonObj,
+    acl_entry,
     combine,
     entry_hash,
     gateway_entry,
@@ -99,6 +101,7 @@ _KINDS = frozenset(
         "natgw",
         "eip",
         "security_group",
+        "network_acl",
     }
 )
 
@@ -127,6 +130,7 @@ class _Subnet:
     cidr: str
     index: int | None = None  # its selector; None: not given one yet (main table only)
     table: str | None = None  # its route table (None: the VPC's default)
+    acl: str | None = None  # its network ACL
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +150,13 @@ class _Group:
     id: str
     vpc: str
     entry: JsonObj  # its entry, built once per write of the group
+
+
+@dataclass(frozen=True, slots=True)
+class _Acl:
+    id: str
+    vpc: str
+    rules: tuple[JsonObj, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +214,9 @@ class _Eip:
     natgw: str | None
 
 
-_Obj = _Host | _Vpc | _Subnet | _Instance | _Table | _Route | _Policy | _Gateway | _Eip | _Group
+_Obj = (
+    _Host | _Vpc | _Subnet | _Instance | _Table | _Route | _Policy | _Gateway | _Eip | _Group | _Acl
+)
 
 
 # Parsing follows the reference inputs of the controller loop (`_compile_inputs`).
@@ -227,7 +240,9 @@ def _vpc(r: Resource) -> _Vpc:
 def _subnet(r: Resource) -> _Subnet:
     index = r.status.get("index")
     table = r.spec.get("route_table")
-    return _Subnet(r.id, r.spec["vpc"], r.spec["cidr"], int(index) if index else None, table)
+    return _Subnet(
+        r.id, r.spec["vpc"], r.spec["cidr"], int(index) if index else None, table, r.spec.get("acl")
+    )
 
 
 def _nh(spec: object) -> NextHopRef | None:
@@ -324,6 +339,7 @@ _PARSERS: dict[str, Callable[[Resource], _Obj]] = {
     "natgw": _gateway,
     "eip": _eip,
     "security_group": _group,
+    "network_acl": lambda r: _Acl(r.id, r.spec["vpc"], tuple(r.spec.get("rules", ()))),
 }
 
 
@@ -339,6 +355,7 @@ class _Dirty:
     routing: set[str] = field(default_factory=set)  # VPCs whose routing entries to redo
     routes: set[tuple[str, str, str]] = field(default_factory=set)  # (vpc, ROUTE|POLICY, id)
     groups: set[tuple[str, str]] = field(default_factory=set)  # (vpc, group id)
+    acls: set[tuple[str, str]] = field(default_factory=set)  # (vpc, acl id)
     everything: bool = False
 
 
@@ -387,6 +404,8 @@ class Engine:
         self._eips: dict[str, _Eip] = {}
         self._groups: dict[str, _Group] = {}
         self._groups_of_vpc: dict[str, set[str]] = {}  # even of VPCs not (yet) known
+        self._acls: dict[str, _Acl] = {}
+        self._acls_of_vpc: dict[str, set[str]] = {}  # even of VPCs not (yet) known
         # vpc id -> (kind, id) of its tables, routes, policies, gateways (even unknown VPCs)
         self._routing_of_vpc: dict[str, set[tuple[str, str]]] = {}
         self._eips_of_gateway: dict[str, set[str]] = {}
@@ -481,6 +500,9 @@ class Engine:
         elif kind == "security_group":
             assert new is None or isinstance(new, _Group)
             self._absorb_group(rid, new, dirty)
+        elif kind == "network_acl":
+            assert new is None or isinstance(new, _Acl)
+            self._absorb_acl(rid, new, dirty)
         elif kind in ("route_table", "route", "policy_route", "natgw"):
             assert new is None or isinstance(new, _Table | _Route | _Policy | _Gateway)
             self._absorb_routing(kind, rid, new, dirty)
@@ -529,6 +551,7 @@ class Engine:
         dirty.vpcs.add(vid)
         dirty.routing.add(vid)
         dirty.groups.update((vid, g) for g in self._groups_of_vpc.get(vid, ()))
+        dirty.acls.update((vid, a) for a in self._acls_of_vpc.get(vid, ()))
         if bool(old and old.vni) != bool(new and new.vni):
             for sid in self._subnets_of_vpc.get(vid, ()):
                 dirty.instances |= self._insts_of_subnet.get(sid, set())
@@ -543,6 +566,7 @@ class Engine:
             _add(self._subnets_of_vpc, new.vpc, sid)
             dirty.vpcs.add(new.vpc)
         dirty.routing |= {s.vpc for s in (old, new) if s is not None}
+        dirty.acls |= {(s.vpc, s.acl) for s in (old, new) if s is not None and s.acl}
         if old != new:
             dirty.instances |= self._insts_of_subnet.get(sid, set())
 
@@ -618,8 +642,25 @@ class Engine:
             _add(self._groups_of_vpc, new.vpc, gid)
             dirty.groups.add((new.vpc, gid))
 
+    def _absorb_acl(self, aid: str, new: _Acl | None, dirty: _Dirty) -> None:
+        old = self._acls.pop(aid, None)
+        if old is not None:
+            _discard(self._acls_of_vpc, old.vpc, aid)
+            dirty.acls.add((old.vpc, aid))
+        if new is not None:
+            self._acls[aid] = new
+            _add(self._acls_of_vpc, new.vpc, aid)
+            dirty.acls.add((new.vpc, aid))
+
     def _everything(self) -> _Dirty:
         return _Dirty(
+            acls={(a.vpc, aid) for aid, a in self._acls.items()}
+            | {
+                (vid, k.rsplit("/", 1)[1])
+                for vid, entries in self._members.items()
+                for k in entries
+                if parse_key(k)[1] == ACL
+            },
             groups={(g.vpc, gid) for gid, g in self._groups.items()}
             | {
                 (vid, k.rsplit("/", 1)[1])
@@ -755,6 +796,8 @@ class Engine:
                 self._settle_routing(vid, (sub, oid), changed_keys, count)
         for vid, gid in dirty.groups:
             self._settle_group(vid, gid, changed_keys)
+        for vid, aid in dirty.acls:
+            self._settle_acl(vid, aid, changed_keys)
 
         carriage_changed: set[str] = set()
         for (host, vid), before in carried_before.items():
@@ -1009,6 +1052,25 @@ class Engine:
         g = self._groups.get(gid)
         key = sub_key(vid, GROUP, gid)
         val = g.entry if g is not None and g.vpc == vid and vid in self._vpc_entry else None
+        old = entries.get(key)
+        if old == val:
+            return
+        if val is None:
+            del entries[key]
+        else:
+            entries[key] = val
+        changed_keys.setdefault(vid, set()).add(key)
+
+    def _settle_acl(self, vid: str, aid: str, changed_keys: dict[str, set[str]]) -> None:
+        entries = self._members.get(vid)
+        if entries is None:  # the VPC has no entry: nothing was published
+            return
+        a = self._acls.get(aid)
+        key = sub_key(vid, ACL, aid)
+        val = None
+        if a is not None and a.vpc == vid and vid in self._vpc_entry:
+            subs = (self._subnets[s] for s in self._subnets_of_vpc.get(vid, ()))
+            val = acl_entry(aid, a.rules, (s.cidr for s in subs if s.acl == aid))
         old = entries.get(key)
         if old == val:
             return

@@ -38,6 +38,8 @@ from dataclasses import dataclass
 
 from yunhan.net.desired import (
     NATGW_INNER_IP,
+    AclDesired,
+    AclRuleDesired,
     HostDesired,
     InstanceDesired,
     NatGwDesired,
@@ -55,7 +57,7 @@ from yunhan.net.desired import (
     vtep_mac,
     vtep_nexthop,
 )
-from yunhan.net.docentries import group_entry
+from yunhan.net.docentries import acl_entry, group_entry
 from yunhan.net.naming import gateway_ifname, port_ifname
 
 
@@ -82,6 +84,7 @@ class SubnetIn:
     cidr: str
     index: int | None = None
     table: str | None = None  # route table id (None: the VPC's default)
+    acl: str | None = None  # network ACL id
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,15 @@ class GroupIn:
 
 
 @dataclass(frozen=True)
+class AclIn:
+    """A network ACL; `rules` as the store keeps them."""
+
+    id: str
+    vpc: str
+    rules: tuple[dict[str, object], ...] = ()
+
+
+@dataclass(frozen=True)
 class RoutingIn:
     """The routing objects of a region (all optional: a region without them routes by the
     main table only)."""
@@ -172,6 +184,7 @@ class RoutingIn:
     gateways: tuple[GatewayIn, ...] = ()
     eips: tuple[EipIn, ...] = ()
     groups: tuple[GroupIn, ...] = ()
+    acls: tuple[AclIn, ...] = ()
 
 
 def _net_key(cidr: str) -> tuple[int, int]:
@@ -413,6 +426,21 @@ def _groups(
     return tuple(out)
 
 
+def _acls(vpc_id: str, acls: Iterable[AclIn], subnets: list[SubnetIn]) -> tuple[AclDesired, ...]:
+    """A VPC's network ACLs with their subnets' CIDRs, by id."""
+    out = []
+    for a in sorted((a for a in acls if a.vpc == vpc_id), key=lambda a: a.id):
+        entry = acl_entry(a.id, a.rules, (s.cidr for s in subnets if s.acl == a.id))
+        out.append(
+            AclDesired(
+                id=a.id,
+                rules=tuple(AclRuleDesired(**r) for r in entry["rules"]),
+                subnets=tuple(entry["subnets"]),
+            )
+        )
+    return tuple(out)
+
+
 def compile_hosts(
     hosts: Iterable[HostIn],
     vpcs: Iterable[VpcIn],
@@ -479,6 +507,7 @@ def compile_hosts(
         for h in host_by_name.values()
     }
     groups = {vpc_id: _groups(vpc_id, routing.groups, carried[vpc_id]) for vpc_id in plans}
+    acls = {vpc_id: _acls(vpc_id, routing.acls, subnets_of_vpc[vpc_id]) for vpc_id in plans}
     vpcs_of_host: dict[str, list[_VpcPlan]] = defaultdict(list)
     for plan in plans.values():  # sorted by VPC id
         for host_name in plan.hosts:
@@ -509,6 +538,7 @@ def compile_hosts(
                     routes=routes,
                     **routings[plan.vpc.id].fields(host.name),  # type: ignore[arg-type]
                     groups=groups[plan.vpc.id],
+                    acls=acls[plan.vpc.id],
                 )
             )
             inst_docs.extend(

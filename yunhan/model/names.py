@@ -25,6 +25,7 @@ KIND_PREFIX: dict[str, str] = {
     "natgw": "ngw",
     "eip": "eip",
     "security_group": "sg",
+    "network_acl": "acl",
 }
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _ID_RE = re.compile(r"^([a-z]+)-([0-9a-f]{8})$")

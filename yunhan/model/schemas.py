@@ -244,3 +244,19 @@ class InstanceSecurityGroups(_Body):
     security_groups: list[str] = Field(
         min_length=1, max_length=5, description="the groups (names or ids), replacing its own"
     )
+
+
+class AclCreate(_Create):
+    name: Name
+    vpc: str
+
+
+class AclRuleCreate(_Body):
+    number: Int = Field(ge=1, le=32766, description="unique per direction; lower first")
+    direction: Literal["ingress", "egress"]
+    proto: Literal["tcp", "udp", "icmp", "any"] = "any"
+    port: Annotated[str, StringConstraints(pattern=PORT_RANGE_PATTERN)] | None = Field(
+        None, description="destination port N or range N-M (tcp and udp only)"
+    )
+    cidr: str = Field(description="the other side: source (ingress) or destination (egress)")
+    action: Literal["allow", "deny"]

@@ -70,3 +70,14 @@ def default_rules(group_id: str) -> list[dict[str, Any]]:
         {"id": "r-self", "direction": "ingress", "proto": "any", "port": None,
          "peer": {"sg": group_id}, "action": "allow", "priority": DEFAULT_PRIORITY},
     ]  # fmt: skip
+
+
+# -- network ACLs ------------------------------------------------------------------------
+
+MAX_ACL_RULES = 200  # per direction
+ACL_NUMBERS = (1, 32766)
+
+
+def acl_order(rule: dict[str, Any]) -> tuple[str, int]:
+    """Rules of an ACL: by direction, then number (lower first; the first match decides)."""
+    return (str(rule["direction"]), int(rule["number"]))

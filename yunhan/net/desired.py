@@ -213,6 +213,28 @@ class SecurityGroupDesired(_Frozen):
     members: tuple[str, ...] = ()
 
 
+class AclRuleDesired(_Frozen):
+    """A numbered rule of a network ACL: ingress matches the source, egress the
+    destination; ports (tcp/udp) are destination ports."""
+
+    number: int
+    direction: Literal["ingress", "egress"]
+    proto: Literal["tcp", "udp", "icmp", "any"] = "any"
+    port_min: int | None = None
+    port_max: int | None = None
+    cidr: str = "0.0.0.0/0"
+    action: Literal["allow", "deny"] = "allow"
+
+
+class AclDesired(_Frozen):
+    """A network ACL of the VPC, stateless, with the subnets associated with it (CIDRs,
+    sorted); rules by (direction, number)."""
+
+    id: str
+    rules: tuple[AclRuleDesired, ...] = ()
+    subnets: tuple[str, ...] = ()
+
+
 class VpcDesired(_Frozen):
     id: str
     vni: int
@@ -227,6 +249,7 @@ class VpcDesired(_Frozen):
     policies: tuple[PolicyDesired, ...] = ()  # by (table, priority)
     natgws: tuple[NatGwDesired, ...] = ()  # by index
     groups: tuple[SecurityGroupDesired, ...] = ()  # by id
+    acls: tuple[AclDesired, ...] = ()  # by id
 
 
 class InstanceDesired(_Frozen):

@@ -31,6 +31,9 @@ Security groups (issue 10, docs/secgroups.md): ``"vpc/<vpc id>/sg/<group id>"`` 
 "port_min", "port_max", "cidr", "group", "action", "priority"}``. Membership is not in the
 group's entry but in each member's (``"sgs"``: its group ids, sorted; absent when none), so
 that an instance joining a group of 1,000 changes one member entry, not the group's.
+Network ACLs: ``"vpc/<vpc id>/acl/<acl id>"`` -> ``{"id", "rules", "subnets"}``, rules by
+(direction, number), each ``{"number", "direction", "proto", "port_min", "port_max", "cidr",
+"action"}``, subnets the CIDRs of the subnets associated with it, sorted.
 
 A next hop in an entry is resolved but says nothing of the reader: ``{"type", "ref", "ip",
 "host", "vtep_index", "underlay_ip", "port", "up"}``; `assemble` makes it local or remote
@@ -57,6 +60,8 @@ from typing import Any
 
 from yunhan.net.desired import (
     NATGW_INNER_IP,
+    AclDesired,
+    AclRuleDesired,
     HostDesired,
     InstanceDesired,
     NatGwDesired,
@@ -86,8 +91,8 @@ _VPC = "vpc/"
 # The kinds of entries under a VPC: members, subnets, route tables, routes, policy routes,
 # NAT gateways.
 MEMBER, SUBNET, TABLE, ROUTE, POLICY, GATEWAY = "m", "s", "t", "r", "p", "g"
-GROUP = "sg"  # security groups
-SUB_KINDS = frozenset({MEMBER, SUBNET, TABLE, ROUTE, POLICY, GATEWAY, GROUP})
+GROUP, ACL = "sg", "acl"  # security groups, network ACLs
+SUB_KINDS = frozenset({MEMBER, SUBNET, TABLE, ROUTE, POLICY, GATEWAY, GROUP, ACL})
 
 
 def vpc_key(vpc_id: str) -> str:
@@ -206,6 +211,25 @@ def group_entry(id: str, rules: Iterable[JsonObj]) -> JsonObj:
             }
         )
     return {"id": id, "rules": out}
+
+
+def acl_entry(id: str, rules: Iterable[JsonObj], subnets: Iterable[str]) -> JsonObj:
+    """A network ACL; `rules` as the store keeps them, any order; `subnets` CIDRs."""
+    out = []
+    for r in sorted(rules, key=lambda r: (str(r["direction"]), int(r["number"]))):
+        port = r.get("port")
+        out.append(
+            {
+                "number": int(r["number"]),
+                "direction": r["direction"],
+                "proto": r.get("proto", "any"),
+                "port_min": None if not port else int(port[0]),
+                "port_max": None if not port else int(port[1]),
+                "cidr": r.get("cidr", "0.0.0.0/0"),
+                "action": r.get("action", "allow"),
+            }
+        )
+    return {"id": id, "rules": out, "subnets": sorted(set(subnets), key=net_key)}
 
 
 def _rule_order(r: JsonObj) -> tuple[int, int, str]:
@@ -637,6 +661,14 @@ def assemble(entries: Mapping[str, JsonObj], host: str) -> HostDesired:
                 routes=tuple(r for _k, _i, r in keyed),
                 **_routing(vpc_id, host, kinds, peers),
                 groups=groups_of_vpc(kinds.get(GROUP, ()), ms),
+                acls=tuple(
+                    AclDesired(
+                        id=a["id"],
+                        rules=tuple(AclRuleDesired(**r) for r in a["rules"]),
+                        subnets=tuple(a["subnets"]),
+                    )
+                    for a in sorted(kinds.get(ACL, ()), key=lambda a: str(a["id"]))
+                ),
             )
         )
     return HostDesired(
@@ -684,6 +716,12 @@ def entries_of(doc: HostDesired) -> Entries:
                 "command": None if inst is None or inst.command is None else list(inst.command),
                 "allowed_ips": list(p.allowed_ips),
                 **({"sgs": list(p.sgs)} if p.sgs else {}),
+            }
+        for a in v.acls:
+            out[sub_key(v.id, ACL, a.id)] = {
+                "id": a.id,
+                "rules": [r.model_dump() for r in a.rules],
+                "subnets": list(a.subnets),
             }
         for g in v.groups:
             out[sub_key(v.id, GROUP, g.id)] = {

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from yunhan.errors import DriverError
-from yunhan.net.desired import MARK_ROUTED, ROUTED_REALM, SgRuleDesired
+from yunhan.net.desired import MARK_ROUTED, ROUTED_REALM, AclRuleDesired, SgRuleDesired
 from yunhan.net.naming import INSTANCE_IFNAME, VXLAN_IFNAME, Naming
 from yunhan.net.natgw import (
     GW_PUB_IFNAME,
@@ -692,6 +692,16 @@ def _sg_matches(
     return True
 
 
+def _acl_matches(rule: AclRuleDesired, pkt: _Packet, peer: ipaddress.IPv4Address) -> bool:
+    if rule.proto != "any" and rule.proto != pkt.proto:
+        return False
+    if rule.port_min is not None and rule.proto in ("tcp", "udp"):
+        hi = rule.port_max if rule.port_max is not None else rule.port_min
+        if pkt.dport is None or not rule.port_min <= pkt.dport <= hi:
+            return False
+    return peer in ipaddress.IPv4Network(rule.cidr)
+
+
 def _firewall_verdict(
     d: FakeDriver, ns: str, iif: str, oif: str | None, pkt: _Packet
 ) -> str | None:
@@ -702,6 +712,17 @@ def _firewall_verdict(
     fw = d.objs.get(("firewall", ns))
     if not isinstance(fw, Firewall):
         return None
+    # Network ACLs first (stateless: every packet; a subnet's own traffic is not checked).
+    acls = {a.ifname: a for a in fw.acls}
+    for dev, what, peer in ((iif, "egress", pkt.dst), (oif, "ingress", pkt.src)):
+        a = acls.get(dev or "")
+        if a is None or peer in ipaddress.IPv4Network(a.subnet):
+            continue
+        arules = a.egress if what == "egress" else a.ingress
+        match = next((r for r in arules if _acl_matches(r, pkt, peer)), None)
+        if match is None or match.action == "deny":
+            n = "no rule" if match is None else f"rule {match.number}"
+            return f"network ACL of {dev}: {what} {n} denies it"
     ports = {p.ifname: p for p in fw.ports}
     for dev, rules, peer, what in (
         (iif, ports[iif].egress if iif in ports else None, pkt.dst, "egress"),

@@ -572,8 +572,8 @@ class LinuxDriver:
             objs.append(Marks(ns, ports, sources))
         fw = tables.get((nftsg.FAMILY, nftsg.TABLE))
         if fw:
-            zone, groups, fports = nftsg.parse({"nftables": fw})
-            objs.append(Firewall(ns, zone, groups, fports))
+            zone, groups, fports, acls = nftsg.parse({"nftables": fw})
+            objs.append(Firewall(ns, zone, groups, fports, acls))
         return objs
 
     def _observe_links(
@@ -790,7 +790,9 @@ class LinuxDriver:
                 nft.run(o.netns, nftroute.table_batch(o.ports, o.sources), self._runner(o.netns))
             case Firewall():
                 nft.run(
-                    o.netns, nftsg.table_batch(o.zone, o.groups, o.ports), self._runner(o.netns)
+                    o.netns,
+                    nftsg.table_batch(o.zone, o.groups, o.ports, o.acls),
+                    self._runner(o.netns),
                 )
             case Uts():
                 self.sandbox.ensure_uts(o.netns, o.hostname)

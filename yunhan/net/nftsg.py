@@ -31,7 +31,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
-from yunhan.net.desired import SgRuleDesired
+from yunhan.net.desired import AclRuleDesired, SgRuleDesired
 
 FAMILY = "ip"
 TABLE = "yunhan_sg"
@@ -45,6 +45,20 @@ class PortRules:
     egress: tuple[SgRuleDesired, ...]
 
 
+@dataclass(frozen=True)
+class AclPort:
+    """A port in a subnet with a network ACL: the subnet's CIDR (traffic inside it is not
+    checked) and the ACL's rules of each direction, by number."""
+
+    ifname: str
+    subnet: str
+    ingress: tuple[AclRuleDesired, ...]
+    egress: tuple[AclRuleDesired, ...]
+
+
+Groups = tuple[tuple[str, tuple[str, ...]], ...]
+
+
 def zone_of(vni: int) -> int:
     """The conntrack zone of a VPC (1..65535). Each VPC has its own namespace too, so two
     VPCs whose zones collide still never share conntrack state."""
@@ -52,9 +66,9 @@ def zone_of(vni: int) -> int:
 
 
 def generation(
-    zone: int, groups: tuple[tuple[str, tuple[str, ...]], ...], ports: tuple[PortRules, ...]
+    zone: int, groups: Groups, ports: tuple[PortRules, ...], acls: tuple[AclPort, ...] = ()
 ) -> int:
-    text = repr((zone, groups, [(p.ifname, p.ingress, p.egress) for p in ports]))
+    text = repr((zone, groups, [(p.ifname, p.ingress, p.egress) for p in ports], acls))
     return (zlib.crc32(text.encode()) & 0x7FFFFFFF) | 1
 
 
@@ -96,7 +110,46 @@ def rule_expr(rule: SgRuleDesired, direction: str) -> list[dict[str, Any]]:
     return expr
 
 
+def acl_expr(rule: AclRuleDesired) -> list[dict[str, Any]]:
+    """The expressions of one ACL rule, as nft lists them back."""
+    return rule_expr(
+        SgRuleDesired(
+            id="",
+            direction=rule.direction,
+            proto=rule.proto,
+            port_min=rule.port_min,
+            port_max=rule.port_max,
+            cidr=rule.cidr,
+            action=rule.action,
+        ),
+        rule.direction,
+    )
+
+
 _SEP = "|"
+
+
+def _acl_comment(rule: AclRuleDesired) -> str:
+    return _SEP.join(
+        str(x) if x is not None else ""
+        for x in ("acl", rule.number, rule.direction, rule.proto, rule.port_min, rule.port_max,
+                  rule.cidr, rule.action)
+    )  # fmt: skip
+
+
+def _acl_from_comment(text: str) -> AclRuleDesired:
+    f = text.split(_SEP)
+    if len(f) != 8 or f[0] != "acl":
+        raise ValueError(text)
+    return AclRuleDesired(
+        number=int(f[1]),
+        direction=f[2],  # type: ignore[arg-type]
+        proto=f[3],  # type: ignore[arg-type]
+        port_min=int(f[4]) if f[4] else None,
+        port_max=int(f[5]) if f[5] else None,
+        cidr=f[6],
+        action=f[7],  # type: ignore[arg-type]
+    )
 
 
 def _comment(rule: SgRuleDesired) -> str:
@@ -124,8 +177,19 @@ def _from_comment(text: str) -> SgRuleDesired:
     )
 
 
-def _fwd_rules(gen: int, ports: tuple[PortRules, ...]) -> list[tuple[str, list[dict[str, Any]]]]:
-    out: list[tuple[str, list[dict[str, Any]]]] = [
+def _fwd_rules(
+    gen: int, ports: tuple[PortRules, ...], acls: tuple[AclPort, ...]
+) -> list[tuple[str, list[dict[str, Any]]]]:
+    out: list[tuple[str, list[dict[str, Any]]]] = []
+    # Network ACLs first, on every packet (stateless), replies included.
+    if acls:
+        for tag, key, prefix in (
+            ("acl-egress", "iifname", "ae_"),
+            ("acl-ingress", "oifname", "ai_"),
+        ):
+            elems = [[a.ifname, {"jump": {"target": prefix + a.ifname}}] for a in acls]
+            out.append((tag, [{"vmap": {"key": _meta(key), "data": {"set": elems}}}]))
+    out += [
         ("reply", [_match(_ct("state"), "in", "established"),
                    _match(_ct("direction"), "==", "reply"), {"accept": None}]),
         ("related", [_match(_ct("state"), "in", "related"), {"accept": None}]),
@@ -151,8 +215,26 @@ def _port_chains(
     return out
 
 
+def _acl_chains(
+    acls: tuple[AclPort, ...],
+) -> list[tuple[str, list[tuple[str, list[dict[str, Any]]]]]]:
+    out = []
+    for a in acls:
+        for prefix, direction, rules in (
+            ("ae_", "egress", a.egress),
+            ("ai_", "ingress", a.ingress),
+        ):
+            field = "daddr" if direction == "egress" else "saddr"
+            inside = _match({"payload": {"protocol": "ip", "field": field}}, "==", _addr(a.subnet))
+            body = [(f"subnet{_SEP}{a.subnet}", [inside, {"return": None}])]
+            body += [(_acl_comment(r), acl_expr(r)) for r in rules]
+            body.append(("end", [{"drop": None}]))
+            out.append((prefix + a.ifname, body))
+    return out
+
+
 def table_batch(
-    zone: int, groups: tuple[tuple[str, tuple[str, ...]], ...], ports: tuple[PortRules, ...]
+    zone: int, groups: Groups, ports: tuple[PortRules, ...], acls: tuple[AclPort, ...] = ()
 ) -> dict[str, Any]:
     """One atomic transaction that (re)creates the whole table."""
     t = {"family": FAMILY, "name": TABLE}
@@ -178,7 +260,7 @@ def table_batch(
         ("fwd", "forward", 0),
     ):
         cmds.append({"add": {"chain": {**base, "name": name, "hook": hook, "prio": prio}}})
-    chains = _port_chains(ports)
+    chains = _acl_chains(acls) + _port_chains(ports)
     for name, _body in chains:
         cmds.append({"add": {"chain": {"family": FAMILY, "table": TABLE, "name": name}}})
 
@@ -198,7 +280,7 @@ def table_batch(
     zone_set = [{"mangle": {"key": _ct("zone"), "value": zone}}]
     cmds.append(rule("zone_pre", "zone", zone_set))
     cmds.append(rule("zone_out", "zone", zone_set))
-    for tag, expr in _fwd_rules(generation(zone, groups, ports), ports):
+    for tag, expr in _fwd_rules(generation(zone, groups, ports, acls), ports, acls):
         cmds.append(rule("fwd", tag, expr))
     for name, body in chains:
         for tag, expr in body:
@@ -210,10 +292,11 @@ def delete_cmd() -> dict[str, Any]:
     return {"nftables": [{"delete": {"table": {"family": FAMILY, "name": TABLE}}}]}
 
 
-def parse(
-    listing: dict[str, Any],
-) -> tuple[int, tuple[tuple[str, tuple[str, ...]], ...], tuple[PortRules, ...]]:
-    """(zone, groups, ports) read back from a `list table ip yunhan_sg` listing; zone
+Parsed = tuple[int, Groups, tuple[PortRules, ...], tuple[AclPort, ...]]
+
+
+def parse(listing: dict[str, Any]) -> Parsed:
+    """(zone, groups, ports, acls) read back from a `list table ip yunhan_sg` listing; zone
     BROKEN_ZONE when any rule, chain or set is not exactly what these would render."""
     sets: dict[str, list[str]] = {}
     chains: dict[str, dict[str, Any]] = {}
@@ -228,11 +311,7 @@ def parse(
         elif "rule" in item:
             r = item["rule"]
             rules.setdefault(r["chain"], []).append((r.get("comment", ""), r["expr"]))
-    broken: tuple[int, tuple[tuple[str, tuple[str, ...]], ...], tuple[PortRules, ...]] = (
-        BROKEN_ZONE,
-        (),
-        (),
-    )
+    broken: Parsed = (BROKEN_ZONE, (), (), ())
     try:
         zone_rules = rules["zone_pre"]
         zone = int(zone_rules[0][1][0]["mangle"]["value"])
@@ -253,7 +332,17 @@ def parse(
                 got[prefix] = tuple(_from_comment(c) for c, _e in body[:-1])
             ports.append(PortRules(ifname, got["i_"], got["e_"]))
         port_t = tuple(ports)
-        want = table_batch(zone, groups, port_t)
+        acls = []
+        for ifname in sorted({n[3:] for n in chains if n.startswith(("ae_", "ai_"))}):
+            got_acl: dict[str, tuple[AclRuleDesired, ...]] = {}
+            subnet = ""
+            for prefix in ("ae_", "ai_"):
+                body = rules.get(prefix + ifname, [])
+                subnet = body[0][0].split(_SEP, 1)[1]
+                got_acl[prefix] = tuple(_acl_from_comment(c) for c, _e in body[1:-1])
+            acls.append(AclPort(ifname, subnet, got_acl["ai_"], got_acl["ae_"]))
+        acl_t = tuple(acls)
+        want = table_batch(zone, groups, port_t, acl_t)
     except (KeyError, ValueError, TypeError, IndexError):
         return broken
     # Every chain and rule must be exactly what (zone, groups, ports) renders.
@@ -274,7 +363,7 @@ def parse(
             return broken
         if _norm(rules[name]) != _norm(want_rules[name]):
             return broken
-    return zone, groups, port_t
+    return zone, groups, port_t, acl_t
 
 
 def _norm(body: list[tuple[str, Any]]) -> list[tuple[str, Any]]:

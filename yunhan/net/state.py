@@ -54,7 +54,7 @@ from yunhan.net.natgw import (
     VethPair,
     gw_mac,
 )
-from yunhan.net.nftsg import PortRules, zone_of
+from yunhan.net.nftsg import AclPort, PortRules, zone_of
 
 # rtnetlink protocol number stamped on every route we install ("Y" = 89, unassigned in
 # /etc/iproute2/rt_protos). Observation lists only these, so routes added by a person or
@@ -270,6 +270,7 @@ class Firewall:
     zone: int
     groups: tuple[tuple[str, tuple[str, ...]], ...]  # (group id, member addresses), by id
     ports: tuple[PortRules, ...]  # by ifname
+    acls: tuple[AclPort, ...] = ()  # ports in subnets with a network ACL, by ifname
 
     @property
     def key(self) -> Key:
@@ -447,7 +448,7 @@ def compile_state(desired: HostDesired, naming: Naming, *, uplink: bool = False)
                 objs.append(KRoute(ns, dst, r.kind, None, None, r.table, r.metric))
         if vpc.subnets:  # a document of an older controller has none: main table only
             objs.extend(compile_routing(ns, vpc))
-        if vpc.groups:  # a document of an older controller has none: nothing filtered
+        if vpc.groups or vpc.acls:  # an older controller's document has none: no filter
             objs.append(compile_firewall(ns, vpc))
             objs.extend(Sysctl(ns, p, v) for p, v in CONNTRACK_TIMEOUTS.items())
         for ngw in vpc.natgws:
@@ -482,7 +483,26 @@ def compile_firewall(ns: str, vpc: VpcDesired) -> Firewall:
             )
         )
     groups = tuple((gid, by_id[gid].members if gid in by_id else ()) for gid in sorted(named))
-    return Firewall(ns, zone_of(vpc.vni), groups, tuple(sorted(ports, key=lambda p: p.ifname)))
+    acls: list[AclPort] = []
+    for port in vpc.ports:
+        subnet = str(ipaddress.IPv4Network(f"{port.ip}/{port.prefixlen}", strict=False))
+        acl = next((a for a in vpc.acls if subnet in a.subnets), None)
+        if acl is not None:
+            acls.append(
+                AclPort(
+                    port.ifname,
+                    subnet,
+                    tuple(r for r in acl.rules if r.direction == "ingress"),
+                    tuple(r for r in acl.rules if r.direction == "egress"),
+                )
+            )
+    return Firewall(
+        ns,
+        zone_of(vpc.vni),
+        groups,
+        tuple(sorted(ports, key=lambda p: p.ifname)),
+        tuple(sorted(acls, key=lambda a: a.ifname)),
+    )
 
 
 # ip rule prefs in a VPC namespace (docs/routing.md): traffic a sender already routed comes

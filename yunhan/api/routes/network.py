@@ -119,6 +119,7 @@ def _refuse_dependents(tx: Tx, vpc: Resource) -> None:
         ("natgw", "NAT gateway", "natgw delete"),
         ("route_table", "route table", "route-table delete"),
         ("security_group", "security group", "sg delete"),
+        ("network_acl", "network ACL", "acl delete"),
     ):
         names = sorted(o.name for o in tx.find(kind, "vpc", vpc.id) if not o.spec.get("default"))
         if names:

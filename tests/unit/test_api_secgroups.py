@@ -142,3 +142,38 @@ def test_at_most_1000_rules(cloud: Cloud, sg: dict[str, Any]) -> None:
     _rule(cloud, t, "web", direction="ingress", proto="tcp", port="2000", peer="10.0.0.0/8")
     cloud.rejected("POST", "/v1/security-groups/web/rules", 409, "holds 1000 rules, its most", t,
                    json={"direction": "ingress", "peer": "0.0.0.0/0"})  # fmt: skip
+
+
+def test_acls_rules_associations_and_documents(cloud: Cloud, sg: dict[str, Any]) -> None:
+    t = sg["t"]
+    acl = cloud.call("POST", "/v1/acls", t, json={"name": "edge", "vpc": "prod"})
+    assert acl["id"].startswith("acl-") and acl["spec"]["rules"] == []
+    body = {"number": 10, "direction": "ingress", "proto": "tcp", "port": "22",
+            "cidr": "10.0.0.0/8", "action": "deny"}  # fmt: skip
+    acl = cloud.call("POST", "/v1/acls/edge/rules", t, json=body)
+    out = {"number": 5, "direction": "egress", "cidr": "0.0.0.0/0", "action": "allow"}
+    cloud.call("POST", "/v1/acls/edge/rules", t, json=out)
+    sub = cloud.call("POST", "/v1/acls/edge/associations", t, json={"subnet": "web"})
+    assert sub["spec"]["acl"] == acl["id"]
+    (vpc,) = _doc(cloud, "h1").vpcs
+    (a,) = vpc.acls
+    assert a.subnets == ("10.0.1.0/24",)
+    assert [(r.direction, r.number, r.action) for r in a.rules] == [
+        ("egress", 5, "allow"),
+        ("ingress", 10, "deny"),
+    ]
+    # bad inputs, changing nothing
+    cloud.rejected("POST", "/v1/acls/edge/rules", 409, "already has ingress rule 10", t,
+                   json=body)  # fmt: skip
+    cloud.rejected("POST", "/v1/acls/edge/rules", 422, "not protocol icmp", t,
+                   json={**body, "number": 11, "proto": "icmp"})  # fmt: skip
+    cloud.rejected("POST", "/v1/acls/edge/rules", 422, "runs backwards", t,
+                   json={**body, "number": 11, "port": "30-20"})  # fmt: skip
+    cloud.rejected("DELETE", "/v1/acls/edge", 409, "still associated with subnet(s) web", t)
+    cloud.call("POST", "/v1/vpcs", t, json={"name": "other", "cidrs": ["10.9.0.0/16"]})
+    cloud.call("POST", "/v1/acls", t, json={"name": "far", "vpc": "other"})
+    cloud.rejected("POST", "/v1/acls/far/associations", 422, "not in the VPC", t,
+                   json={"subnet": "web"})  # fmt: skip
+    cloud.call("DELETE", "/v1/acls/edge/rules/ingress/10", t)
+    (vpc,) = _doc(cloud, "h1").vpcs
+    assert [r.number for r in vpc.acls[0].rules] == [5]

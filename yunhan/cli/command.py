@@ -47,7 +47,8 @@ class Opt(NamedTuple):
 
 
 class Arg(NamedTuple):
-    """A positional argument; `rest` takes every word after it (`exec NAME -- CMD …`)."""
+    """A positional argument; `rest` takes every word after it (`exec NAME -- CMD …`),
+    `many` one or more words (options may follow: `set-sg NAME SG… --wait`)."""
 
     dest: str
     help: str
@@ -57,6 +58,7 @@ class Arg(NamedTuple):
     rest: bool = False
     complete: str | None = None
     default: Any = None
+    many: bool = False
 
 
 Param = Opt | Arg
@@ -142,6 +144,8 @@ def _add_param(p: argparse.ArgumentParser, param: Param) -> None:
         kw: dict[str, Any] = {"help": param.help, "metavar": param.metavar or param.dest.upper()}
         if param.rest:
             kw["nargs"] = argparse.REMAINDER
+        elif param.many:
+            kw["nargs"] = "+"
         elif param.optional:
             kw["nargs"] = "?"
         if not param.rest:

@@ -206,7 +206,7 @@ SET_SG = Cmd(
     set_sg,
     (
         ref("instance"),
-        Arg("groups", "its groups (names or ids; `default`: its VPC's)", "SG", rest=True),
+        Arg("groups", "its groups (names or ids; `default`: its VPC's)", "SG", many=True),
         *WRITE,
     ),
 )

@@ -247,11 +247,23 @@ def test_a_group_peer_admits_a_new_member_at_once(world: World) -> None:
     w = world
     assert not w.answer(C2, S2, "tcp", 7000)  # c2 (no group) is not a member of sg-cli
     assert w.answer(C2, S2, "tcp", 22)
+    h1 = w.naming("h1").vpc_netns(VPC.vni)
+    before = _ruleset(w, h1)
     w.apply(BASE_GROUPS, {**BASE_MEMBERS, C2.id: ("sg-cli",)})
+    if w.driver == "linux":  # on s2's host, one set element changed, no rule was rewritten
+        assert _ruleset(w, h1) == before
     assert w.answer(C2, S2, "tcp", 7000)
     assert w.answer(C2, S1, "tcp", 7000)
     w.apply(BASE_GROUPS, BASE_MEMBERS)
     assert not w.answer(C2, S2, "tcp", 7000)
+
+
+def _ruleset(w: World, ns: str) -> list[str]:
+    """The table's rules with their handles (a rewrite gives new ones); fake: none."""
+    if w.driver != "linux":
+        return []
+    out = netlab.nsexec(ns, "nft", "-a", "list", "table", "ip", "yunhan_sg").stdout
+    return [line.strip() for line in out.splitlines() if "comment" in line]
 
 
 @pytest.mark.parametrize("world", ["linux"], indirect=True)

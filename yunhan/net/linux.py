@@ -807,6 +807,14 @@ class LinuxDriver:
 
     def _replace(self, old: Obj, new: Obj) -> None:
         match new:
+            case Firewall():
+                assert isinstance(old, Firewall)
+                rules_same = (old.zone, old.ports, old.acls) == (new.zone, new.ports, new.acls)
+                batch = nftsg.members_batch(old.groups, new.groups) if rules_same else None
+                if batch is None:
+                    self._create(new)  # the whole table, in one transaction
+                elif batch["nftables"]:
+                    nft.run(new.netns, batch, self._runner(new.netns))
             case Vxlan():
                 assert isinstance(old, Vxlan)
                 same = (old.vni, old.local, old.port, old.gbp)

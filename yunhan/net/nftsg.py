@@ -15,9 +15,11 @@ Layout, rewritten whole in one atomic batch (no packet ever sees half a rule set
 * chains `e_<port>` and `i_<port>`: the port's rules (all its groups' rules merged, by
   priority, deny first at a priority), allow = return, deny = drop, then drop.
 
-The generation is a hash of the whole table's content. Any change gives a new one, so the
-next packet of every established flow is checked again: a flow that a change forbids is cut
-at that packet (its conntrack entry then times out), one still allowed is stamped anew.
+The generation is a hash of the rules. A rule change gives a new one, so the next packet of
+every established flow is checked again: a flow that the change forbids is cut at that
+packet (its conntrack entry then times out), one still allowed is stamped anew. A member
+joining or leaving a group changes elements of its set only (`members_batch`): one element
+per host, the rules untouched.
 
 Each rule of a port chain carries its rule in its comment; observation rebuilds the
 wanted table from the comments and set elements and compares every rule with it, so a rule
@@ -65,10 +67,11 @@ def zone_of(vni: int) -> int:
     return vni % 65535 + 1
 
 
-def generation(
-    zone: int, groups: Groups, ports: tuple[PortRules, ...], acls: tuple[AclPort, ...] = ()
-) -> int:
-    text = repr((zone, groups, [(p.ifname, p.ingress, p.egress) for p in ports], acls))
+def generation(zone: int, ports: tuple[PortRules, ...], acls: tuple[AclPort, ...] = ()) -> int:
+    """The rule set's generation: its rules' hash. Members are not part of it: a member
+    joining or leaving changes set elements only (an established flow of a member that left
+    lives on until it idles out; a rule change re-checks every flow)."""
+    text = repr((zone, [(p.ifname, p.ingress, p.egress) for p in ports], acls))
     return (zlib.crc32(text.encode()) & 0x7FFFFFFF) | 1
 
 
@@ -280,11 +283,29 @@ def table_batch(
     zone_set = [{"mangle": {"key": _ct("zone"), "value": zone}}]
     cmds.append(rule("zone_pre", "zone", zone_set))
     cmds.append(rule("zone_out", "zone", zone_set))
-    for tag, expr in _fwd_rules(generation(zone, groups, ports, acls), ports, acls):
+    for tag, expr in _fwd_rules(generation(zone, ports, acls), ports, acls):
         cmds.append(rule("fwd", tag, expr))
     for name, body in chains:
         for tag, expr in body:
             cmds.append(rule(name, tag, expr))
+    return {"nftables": cmds}
+
+
+def members_batch(old: Groups, new: Groups) -> dict[str, Any] | None:
+    """The element changes that turn member sets `old` into `new`, in one transaction; None
+    when the sets themselves differ (a group appears or goes: the table is rewritten)."""
+    was, now = dict(old), dict(new)
+    if was.keys() != now.keys():
+        return None
+    cmds: list[dict[str, Any]] = []
+    for gid, members in now.items():
+        gone = sorted(set(was[gid]) - set(members), key=ipaddress.IPv4Address)
+        added = sorted(set(members) - set(was[gid]), key=ipaddress.IPv4Address)
+        where = {"family": FAMILY, "table": TABLE, "name": f"m_{gid}"}
+        if gone:
+            cmds.append({"delete": {"element": {**where, "elem": gone}}})
+        if added:
+            cmds.append({"add": {"element": {**where, "elem": added}}})
     return {"nftables": cmds}
 
 

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 from region import Region, netns_names
-from traffic import (
+
+from bench.traffic import (
     instance_pids,
     ping,
     ping_counts,
@@ -32,7 +33,6 @@ from traffic import (
     supervisor_pid,
     write_programs,
 )
-
 from tests.polling import wait_for
 
 pytestmark = pytest.mark.root

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import shutil
-import socket
 import sys
 from pathlib import Path
 
@@ -13,6 +11,8 @@ from yunhan.errors import ValidationError
 
 
 def _yunhan() -> list[str]:
+    import shutil
+
     found = shutil.which("yunhan")
     if found:
         return [str(Path(found).absolute())]
@@ -20,6 +20,8 @@ def _yunhan() -> list[str]:
 
 
 def install_units(ctx: Ctx) -> None:
+    import socket
+
     from yunhan import units
 
     if not (ctx["server"] or ctx["agent"]):

@@ -213,16 +213,6 @@ class RegionHandle:
     def spec(self) -> RegionSpec:
         return self.record.region_spec
 
-    def dead(self) -> list[ProcessRecord]:
-        """Lab processes that have exited (a foreground `up` reports them)."""
-        for p in self.popens.values():
-            p.poll()  # reap, so an exited child stops looking alive
-        return [
-            p
-            for p in self.record.every_process()
-            if p.role in ("server", "agent") and not p.alive()
-        ]
-
     def down(self) -> Removed:
         return down(self.state_dir)
 

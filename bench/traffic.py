@@ -121,6 +121,23 @@ def region_links(prefix: str) -> dict[str, dict[str, int]]:
     return {ns: links(ns) for ns in names}
 
 
+def region_dataplane(prefix: str) -> dict[str, dict[str, Any]]:
+    """Every namespace of the region -> its links (ifindexes), routes (all tables) and
+    nftables ruleset with handles (no counters): equal before and after a restart only if
+    nothing was re-created."""
+
+    def run(ns: str, *argv: str) -> str:
+        return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True,
+                              text=True).stdout  # fmt: skip
+
+    out = {}
+    for ns, lk in region_links(prefix).items():
+        routes = run(ns, "ip", "route", "show", "table", "all")
+        nft = run(ns, "nft", "-a", "-s", "list", "ruleset")
+        out[ns] = {"links": lk, "routes": routes, "nft": nft}
+    return out
+
+
 def supervised(state: Path) -> dict[str, dict[str, Any]]:
     """The region's programs as its supervisor wrote them down: name -> program."""
     prefix = json.loads((state / "region.json").read_text())["prefix"]

@@ -2,7 +2,8 @@
 TCP stream across zones while its processes are killed with SIGKILL:
 
 * an agent killed is restarted by the region's supervisor and adopts its host: every
-  link keeps its ifindex, the TCP connection and the pings go on, the restart is an event;
+  link keeps its ifindex, routes and nftables rules (with their handles) are the same, the
+  TCP connection and the pings go on, the restart is an event;
 * the server killed is restarted too; with the supervisor and the server both dead,
   `instance exec` and `instance list --local` work from the agents' state;
 * with every process dead, `yunhan up --detach` revives the region in place: instances
@@ -26,7 +27,7 @@ from bench.traffic import (
     instance_pids,
     ping,
     ping_counts,
-    region_links,
+    region_dataplane,
     stream,
     stream_result,
     supervised,
@@ -73,6 +74,14 @@ def _restarted(region: Region, name: str, count: int) -> dict[str, object]:
     return wait_for(done, 30, f"{name} restarted {count} time(s)")
 
 
+def _event(region: Region, reason: str, *for_: str) -> None:
+    def seen() -> bool:
+        events = region.json("events", *(("--for", *for_) if for_ else ()))
+        return any(e["reason"] == reason for e in events)
+
+    wait_for(seen, 30, f"event {reason}")
+
+
 def test_crashes_change_nothing_and_a_dead_region_revives(region: Region) -> None:
     server_cmd, client = write_programs(region.home)
     region.run("vpc", "create", "prod", "--cidr", "10.0.0.0/16")
@@ -84,7 +93,7 @@ def test_crashes_change_nothing_and_a_dead_region_revives(region: Region) -> Non
     b_ip = str(before["b"]["ip"])
     prefix = json.loads((region.state / "region.json").read_text())["prefix"]
     wait_for(lambda: region.exec("a", "ping", "-c", "1", "-W", "1", b_ip).returncode == 0, 20)
-    links = region_links(prefix)
+    dataplane = region_dataplane(prefix)
     pids = instance_pids(region.state)
     stop = region.home / "stop-streams"
     tcp = stream(region.bin, region.env, "a", b_ip, client, stop)
@@ -97,20 +106,18 @@ def test_crashes_change_nothing_and_a_dead_region_revives(region: Region) -> Non
         p = _restarted(region, "az1-h1", 1)
         assert p["last_exit"] == "killed by SIGKILL"
         wait_for(lambda: _healthy(region), 30, "hosts healthy")
-        assert region_links(prefix) == links, "an agent restart re-created links"
+        assert region_dataplane(prefix) == dataplane, "an agent restart re-created objects"
         status = region.json("status")
         row = next(r for r in status["processes"] if r["name"] == "az1-h1")
         assert (row["restarts"], row["last_exit"]) == (1, "killed by SIGKILL")
-        events = region.json("events", "--for", "az1-h1")
-        assert any(e["reason"] == "AgentRestarted" for e in events), events
+        _event(region, "AgentRestarted", "az1-h1")  # once it registered again
 
         # 2. The server dies: restarted, it serves again, over the same store.
         os.kill(int(supervised(region.state)["server"]["pid"]), signal.SIGKILL)
         _restarted(region, "server", 1)
         wait_for(lambda: _healthy(region), 30, "hosts healthy after the server restart")
         assert region.instance("a")["ip"] == before["a"]["ip"]
-        events = region.json("events")
-        assert any(e["reason"] == "ServerRestarted" for e in events), events
+        _event(region, "ServerRestarted")
 
         # 3. The supervisor, then the server, die: exec and list --local need no API.
         os.kill(supervisor_pid(region.state), signal.SIGKILL)
@@ -136,7 +143,7 @@ def test_crashes_change_nothing_and_a_dead_region_revives(region: Region) -> Non
             n: (i["ip"], i["host"]) for n, i in before.items()
         }
         assert instance_pids(region.state) == pids, "instance processes were restarted"
-        assert region_links(prefix) == links, "the revival re-created links"
+        assert region_dataplane(prefix) == dataplane, "the revival re-created objects"
         assert region.exec("a", "ping", "-c", "1", "-W", "1", b_ip).returncode == 0
     finally:
         stop.touch()

@@ -59,7 +59,14 @@ from yunhan.errors import Conflict, TimedOut, YunhanError
 from yunhan.lab import cleanup, topology
 from yunhan.lab.cleanup import REGION_ENV, RUN_DIR, Removed
 from yunhan.lab.spec import REGION_PREFIX_RE, HostSpec, RegionSpec
-from yunhan.lab.supervisor import FAILED, RUNNING, RestartPolicy, SupervisorState, program_line
+from yunhan.lab.supervisor import (
+    FAILED,
+    RUNNING,
+    Program,
+    RestartPolicy,
+    SupervisorState,
+    program_line,
+)
 from yunhan.polling import poll_until
 
 if TYPE_CHECKING:
@@ -478,6 +485,7 @@ def _revive(
     # rebuild what their documents say on top of it. On a live topology this changes nothing.
     topology.realise(record.region_spec)
     record.processes = [p for p in record.processes if p.role != "up"]  # a dead foreground up
+    _adopt_unsupervised(record)
     record.detached = True
     handle = RegionHandle(record, token or "", reused=True, revived=True)
     sup = SupervisorState.load(record.supervisor_file)
@@ -512,6 +520,24 @@ def _revive(
         if token:
             _wait_agents(api, record, popen, names - {"server"}, deadline, strict=False)
     return handle
+
+
+def _adopt_unsupervised(record: RegionRecord) -> None:
+    """A region started before regions had supervisors lists its server and agents in its
+    record: hand them to the supervisor's file, so that the new supervisor adopts those
+    that run instead of starting second copies."""
+    legacy = [p for p in record.processes if p.role in ("server", "agent")]
+    if not legacy or record.supervisor_file.exists():
+        return
+    argv = {"server": _server_argv(record)}
+    argv.update({h.name: _agent_argv(record, h) for h in record.region_spec.hosts})
+    now = time.time()
+    programs = [
+        Program(p.name, p.role, argv.get(p.name, []), p.log, p.pid, p.started, now, RUNNING)
+        for p in legacy
+    ]
+    SupervisorState(programs=programs).save(record.supervisor_file)
+    record.processes = [p for p in record.processes if p not in legacy]
 
 
 def _running(record: RegionRecord) -> set[tuple[str, str]]:

@@ -118,6 +118,7 @@ class _Writes:
         self.live: dict[str, str] = {}  # id -> ip: accepted creates not (yet) deleted
         self.deleted: set[str] = set()  # accepted deletes
         self.maybe: set[str] = set()  # names of creates that got no answer
+        self.maybe_deleted: set[str] = set()  # ids of deletes that got no answer
         self.n = 0
         self.lock = threading.Lock()
 
@@ -129,6 +130,7 @@ class _Writes:
                 r = self.api.call("DELETE", f"/v1/instances/{iid}")
             except httpx.HTTPError:
                 self.res.unanswered += 1
+                self.maybe_deleted.add(iid)
                 return
             if r.status_code < 300 or r.status_code == 404:
                 with self.lock:
@@ -153,10 +155,31 @@ class _Writes:
         inst = r.json()
         ip = str((inst.get("status") or {}).get("ip") or inst.get("ip"))
         with self.lock:
-            if ip in self.live.values() or ip in ("10.7.1.10", "10.7.1.20"):
-                self.res.duplicate_ips.append(f"{name} got {ip}, which a live instance holds")
+            holders = [i for i, held in self.live.items() if held == ip]
+            if ip in ("10.7.1.10", "10.7.1.20"):
+                holders.append(ip)
+            for holder in holders:
+                if holder in self.maybe_deleted and self._gone(holder):
+                    # Its delete got no answer but was done: the address was free.
+                    self.live.pop(holder, None)
+                    self.deleted.add(holder)
+                    continue
+                self.res.duplicate_ips.append(f"{name} got {ip}, which {holder} holds")
             self.live[inst["id"]] = ip
         self.res.accepted += 1
+
+    def _gone(self, iid: str) -> bool:
+        """Is instance `iid` deleted? Asked until the API answers (it may be restarting)."""
+        answer: list[int] = []
+
+        def asked() -> bool:
+            try:
+                answer.append(self.api.call("GET", f"/v1/instances/{iid}").status_code)
+            except httpx.HTTPError:
+                return False
+            return answer[-1] in (200, 404)
+
+        return bool(poll_until(asked, 30, interval=0.2)) and answer[-1] == 404
 
 
 def _programs(state: Path) -> list[dict[str, Any]]:
@@ -201,7 +224,7 @@ def _problems(
     if dup:
         out.append(f"addresses held twice: {sorted(dup)}")
     for iid in writes.live:
-        if iid not in by_id:
+        if iid not in by_id and iid not in writes.maybe_deleted:
             out.append(f"accepted instance {iid} is missing")
     for iid in writes.deleted:
         if iid in by_id:

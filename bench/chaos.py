@@ -339,7 +339,11 @@ def run(
             if time.monotonic() + pause > end:
                 break
             time.sleep(pause)  # the chaos' own rhythm, not a wait for a condition
-            alive = [p for p in _programs(state) if cleanup.same_process(p["pid"], p["started"])]
+            alive = [
+                p
+                for p in _programs(state)
+                if p["role"] in ("server", "agent") and cleanup.same_process(p["pid"], p["started"])
+            ]
             if not alive:
                 continue
             victim = rng.choice(alive)

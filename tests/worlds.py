@@ -10,9 +10,27 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal
 
-from yunhan.controller.netcompile import HostIn, InstanceIn, SubnetIn, VpcIn, compile_hosts
-from yunhan.net.desired import HostDesired
+from yunhan.controller.netcompile import (
+    EipIn,
+    GatewayIn,
+    HostIn,
+    InstanceIn,
+    RoutingIn,
+    SubnetIn,
+    TableIn,
+    VpcIn,
+    compile_hosts,
+)
+from yunhan.net.desired import (
+    HostDesired,
+    NextHop,
+    PolicyDesired,
+    RouteTableDesired,
+    SubnetDesired,
+    TableRoute,
+)
 from yunhan.net.naming import port_ifname, short_id
 
 
@@ -53,17 +71,64 @@ class WInstance:
         return "02:aa:" + ":".join(f"{x:02x}" for x in b)
 
 
+@dataclass(frozen=True)
+class WGateway:
+    """A NAT gateway: where it runs, what it serves (subnet CIDRs of its VPC), its port
+    forwards (proto, public port, instance id, port) and EIPs (instance id, address)."""
+
+    id: str  # "ngw-<hex>"
+    vpc: str
+    host: str | None
+    public_ip: str
+    subnets: tuple[str, ...]
+    index: int = 1
+    forwards: tuple[tuple[str, int, str, int], ...] = ()
+    eips: tuple[tuple[str, str], ...] = ()
+
+
 def documents(
-    hosts: Iterable[WHost], vpcs: Iterable[WVpc], instances: Iterable[WInstance]
+    hosts: Iterable[WHost],
+    vpcs: Iterable[WVpc],
+    instances: Iterable[WInstance],
+    gateways: Iterable[WGateway] = (),
+    *,
+    routed: bool = False,
 ) -> dict[str, HostDesired]:
     """One document per host (an empty one for a host that carries nothing).
 
     Instance names (and so hostnames) are "vm-<hex of the id>"; an instance's subnet is the
-    one of its VPC that holds its address.
+    one of its VPC that holds its address. `routed`: every VPC has its default route table
+    (index 1) and its subnets selector indexes (1, 2, ... in order), so that the documents
+    carry distributed routing (subnets served by a gateway route to it by default).
     """
+    gateways = list(gateways)
     vpcs = list(vpcs)
+    routing = RoutingIn(
+        tables=tuple(TableIn(id=f"{v.id}/default", vpc=v.id, index=1, default=True) for v in vpcs)
+        if routed
+        else (),
+        gateways=tuple(
+            GatewayIn(
+                id=g.id,
+                vpc=g.vpc,
+                index=g.index,
+                host=g.host,
+                public_ip=g.public_ip,
+                subnets=tuple(f"{g.vpc}/{cidr}" for cidr in g.subnets),
+                forwards=g.forwards,
+            )
+            for g in gateways
+        ),
+        eips=tuple(
+            EipIn(id=f"eip-{addr}", address=addr, instance=inst, natgw=g.id)
+            for g in gateways
+            for inst, addr in g.eips
+        ),
+    )
     subnets = [
-        SubnetIn(id=f"{v.id}/{cidr}", vpc=v.id, cidr=cidr) for v in vpcs for cidr in v.subnets
+        SubnetIn(id=f"{v.id}/{cidr}", vpc=v.id, cidr=cidr, index=n if routed else None)
+        for v in vpcs
+        for n, cidr in enumerate(v.subnets, start=1)
     ]
 
     def subnet_of(i: WInstance) -> str:
@@ -90,4 +155,124 @@ def documents(
             )
             for i in instances
         ],
+        routing,
     )
+
+
+# -- distributed routing (issue 8): what the controller's assemble puts in VpcDesired ------
+
+
+@dataclass(frozen=True)
+class WRoute:
+    """The winning route of a table for `dst` (the document carries winners only).
+    `to`: "instance:<id>" | "blackhole" | "unreachable"."""
+
+    dst: str
+    to: str
+    priority: int = 100
+
+
+@dataclass(frozen=True)
+class WPolicy:
+    table: int  # WRouting table index
+    index: int
+    priority: int
+    action: Literal["drop", "allow", "reroute"]
+    src: str | None = None
+    dst: str | None = None
+    proto: Literal["tcp", "udp", "icmp", "any"] = "any"
+    ports: tuple[int, int] | None = None
+    to: str | None = None  # reroute: as WRoute.to
+
+
+@dataclass(frozen=True)
+class WRouting:
+    vpc: str
+    subnets: tuple[tuple[str, int, int], ...]  # (cidr, selector index, table index)
+    tables: tuple[tuple[int, tuple[WRoute, ...]], ...]  # (index, routes)
+    policies: tuple[WPolicy, ...] = ()
+
+
+def _nexthop(to: str, host: str, instances: dict[str, WInstance]) -> NextHop:
+    if to in ("blackhole", "unreachable"):
+        return NextHop(kind=to, target=to)  # type: ignore[arg-type]
+    kind, _, ref = to.partition(":")
+    assert kind == "instance", to
+    inst = instances.get(ref)
+    if inst is None:
+        return NextHop(kind="unreachable", target=to)
+    if inst.host == host:
+        return NextHop(kind="local", ip=inst.ip, port=inst.port, target=to)
+    return NextHop(kind="remote", ip=inst.ip, peer=inst.host, target=to)
+
+
+def with_routing(
+    docs: dict[str, HostDesired], instances: Iterable[WInstance], routing: Iterable[WRouting]
+) -> dict[str, HostDesired]:
+    """`docs` with route tables, policies and subnets filled in, resolved per host as the
+    controller does (a next hop on this host is local, on another remote); every instance
+    a route or policy points to is a forwarder."""
+    insts = {i.id: i for i in instances}
+    by_vpc = {r.vpc: r for r in routing}
+    out: dict[str, HostDesired] = {}
+    for host, doc in docs.items():
+        vpcs = []
+        for v in doc.vpcs:
+            r = by_vpc.get(v.id)
+            if r is None:
+                vpcs.append(v)
+                continue
+            targets = {w.to for _, routes in r.tables for w in routes}
+            targets |= {p.to for p in r.policies if p.to}
+            forwarders = {t.partition(":")[2] for t in targets}
+            ports = tuple(
+                p.model_copy(update={"forwarder": p.instance_id in forwarders}) for p in v.ports
+            )
+            subnets = tuple(
+                SubnetDesired(id=f"subnet-{i:04x}", cidr=c, index=i, table=t)
+                for c, i, t in sorted(r.subnets, key=lambda s: s[1])
+            )
+            tables = tuple(
+                RouteTableDesired(
+                    id=f"rtb-{index:04x}",
+                    index=index,
+                    routes=tuple(
+                        TableRoute(
+                            dst=w.dst,
+                            nexthop=_nexthop(w.to, host, insts),
+                            route_id=f"rt-{index:04x}-{n}",
+                            priority=w.priority,
+                        )
+                        for n, w in enumerate(routes)
+                    ),
+                )
+                for index, routes in r.tables
+            )
+            policies = tuple(
+                PolicyDesired(
+                    id=f"pr-{p.index:04x}",
+                    table=p.table,
+                    index=p.index,
+                    priority=p.priority,
+                    src=p.src,
+                    dst=p.dst,
+                    proto=p.proto,
+                    port_min=p.ports[0] if p.ports else None,
+                    port_max=p.ports[1] if p.ports else None,
+                    action=p.action,
+                    nexthop=_nexthop(p.to, host, insts) if p.to else None,
+                )
+                for p in sorted(r.policies, key=lambda p: (p.table, p.priority))
+            )
+            vpcs.append(
+                v.model_copy(
+                    update={
+                        "ports": ports,
+                        "subnets": subnets,
+                        "tables": tables,
+                        "policies": policies,
+                    }
+                )
+            )
+        out[host] = doc.model_copy(update={"vpcs": tuple(vpcs)})
+    return out

@@ -3,10 +3,11 @@ describe exactly what the server does.
 
 The server runs as `python -m yunhan.cli server` on loopback (its own state directory, a
 free port); the region is made through the API: two zones, three registered hosts, a
-project, VPCs, subnets and instances in the admin project (schemathesis works with the
-admin token) and in a tenant's. Then `schemathesis run` with every check and every phase
-(examples, coverage, fuzzing, stateful), a bounded number of examples, one worker: the run
-must end with no failure and no error.
+project, VPCs, subnets, route tables (with a route and a policy route) and instances in
+the admin project (schemathesis works with the admin token) and in a tenant's. Then
+`schemathesis run` with every check and every phase (examples, coverage, fuzzing,
+stateful), a bounded number of examples, one worker: the run must end with no failure
+and no error.
 
 `positive_data_acceptance` also accepts 422: a schema states shapes and patterns, not
 "a CIDR inside the private ranges, not overlapping the VPC's other blocks" — values that
@@ -130,6 +131,19 @@ def _populate(url: str) -> None:
                     "POST",
                     "/v1/subnets",
                     {"name": f"sub{v}", "vpc": f"vpc{v}", "cidr": f"10.{v}.1.0/24"},
+                    who,
+                )
+                call("POST", "/v1/route-tables", {"name": f"rt{v}", "vpc": f"vpc{v}"}, who)
+                call(
+                    "POST",
+                    f"/v1/route-tables/rt{v}/routes",
+                    {"dst": "192.168.0.0/16", "next_hop": "blackhole"},
+                    who,
+                )
+                call(
+                    "POST",
+                    f"/v1/route-tables/rt{v}/policy-routes",
+                    {"priority": 10, "proto": "tcp", "port": "22", "action": "drop"},
                     who,
                 )
                 for i in range(3):

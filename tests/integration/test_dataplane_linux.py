@@ -23,7 +23,7 @@ import pytest
 
 from tests.integration import netlab
 from tests.polling import wait_for
-from tests.worlds import WHost, WInstance, WVpc, documents
+from tests.worlds import WHost, WInstance, WRouting, WVpc, documents, with_routing
 from yunhan import nsexec, procstat
 from yunhan.agent.dataplane import DataPlane
 from yunhan.compute import netns_sandbox
@@ -49,6 +49,11 @@ CMD = (sys.executable, "-c", SERVER)
 VPCS = [
     WVpc("vpc-a", 100, ("10.1.0.0/16",), ("10.1.1.0/24", "10.1.2.0/24")),
     WVpc("vpc-b", 200, ("10.1.0.0/16",), ("10.1.1.0/24",)),
+]
+# vpc-a runs distributed routing (one table, no routes: every rule, mark and table is in
+# place and must change nothing); vpc-b is an older controller's document (main table only).
+ROUTING = [
+    WRouting("vpc-a", (("10.1.1.0/24", 1, 1), ("10.1.2.0/24", 2, 1)), ((1, ()),)),
 ]
 INSTS = [
     WInstance("inst-0000a001", "h1", "vpc-a", "10.1.1.10", command=CMD),
@@ -86,7 +91,7 @@ class World:
         )
 
     def docs(self, insts: list[WInstance] = INSTS) -> dict[str, HostDesired]:
-        return documents(self.hosts, VPCS, insts)
+        return with_routing(documents(self.hosts, VPCS, insts), insts, ROUTING)
 
     def apply_all(self, insts: list[WInstance] = INSTS) -> int:
         changes = 0

@@ -14,7 +14,7 @@ import pytest
 
 from yunhan.errors import Conflict, TimedOut
 from yunhan.lab import cleanup, region
-from yunhan.lab.spec import RegionSpec
+from yunhan.lab.spec import ECHO_PORT, RegionSpec
 
 pytestmark = pytest.mark.root
 
@@ -51,6 +51,7 @@ def test_up_status_down_with_real_processes(uniq: Callable[[str], str], tmp_path
             assert {(p.role, p.name) for p, _ in st.processes} == {
                 ("up", "up"),  # this process: a foreground region
                 ("supervisor", "supervisor"),
+                ("echo", "echo"),
                 ("server", "server"),
                 ("agent", "az1-h1"),
             }
@@ -61,6 +62,7 @@ def test_up_status_down_with_real_processes(uniq: Callable[[str], str], tmp_path
                 b"yunhan agent " in cmdline and f"--host-netns {prefix}-az1-h1".encode() in cmdline
             )
             _no_token_in_plaintext(tmp_path, handle.token, handle.endpoint)
+            _internet_side(spec, st.processes)
             with pytest.raises(Conflict, match="already up"):
                 region.up(spec, tmp_path, detach=False)
             assert region.sweep(prefixes=[prefix]) == {}  # live: never swept
@@ -71,6 +73,27 @@ def test_up_status_down_with_real_processes(uniq: Callable[[str], str], tmp_path
         assert not any(p.alive() for p in started if p.role != "up")
     finally:
         region.sweep(prefixes=[prefix])
+
+
+def _internet_side(spec: RegionSpec, procs: list[tuple[region.ProcessRecord, bool]]) -> None:
+    """The echo server answers in the internet namespace; the API server has the public
+    pool, the agents announce to the core, and the core routes no pool address by itself."""
+    echo = next(p for p, _ in procs if p.role == "echo")
+    assert cleanup.pids_in_netns([spec.internet_netns]) == [echo.pid]
+    got = cleanup.run(
+        ["ip", "netns", "exec", spec.internet_netns, "curl", "-s", "--max-time", "5",
+         f"http://{spec.internet_ip}:{ECHO_PORT}/"]
+    )  # fmt: skip
+    assert got == f"client {spec.internet_ip}\n"
+    server = next(p for p, _ in procs if p.role == "server")
+    argv = Path(f"/proc/{server.pid}/cmdline").read_bytes().split(b"\0")
+    assert argv[argv.index(b"--public-pool") + 1] == spec.public_pool.encode()
+    agent = next(p for p, _ in procs if p.role == "agent")
+    argv = Path(f"/proc/{agent.pid}/cmdline").read_bytes().split(b"\0")
+    assert argv[argv.index(b"--uplink-netns") + 1] == spec.core_netns.encode()
+    assert argv[argv.index(b"--uplink-via") + 1] == spec.hosts[0].underlay_ip.encode()
+    routes = cleanup.run(["ip", "-n", spec.core_netns, "route", "show", "root", spec.public_pool])
+    assert routes.strip() == ""
 
 
 TOKEN_RE = re.compile(rb"yh[bh]?_[A-Za-z0-9_-]{20,}")

@@ -73,11 +73,16 @@ def test_desired_document_and_long_poll(cloud: Cloud, net: dict[str, Any]) -> No
     t.join(DEADLINE + 5)
     assert out and out[0].status_code == 200
     delta = Delta.from_json(out[0].json())
-    # The document changed at the create's own revision, and only by what it added.
+    # The document changed at the create's own revision, and only by what it added: the
+    # VPC h1 now carries, with its subnet, its default route table and the instance.
     assert not delta.snapshot and delta.revision == inst["revision"]
+    vid = net["vpc"]["id"]
+    table = cloud.call("GET", "/v1/route-tables", net["t"])["items"][0]["id"]
     assert set(delta.entries) == {
-        f"vpc/{net['vpc']['id']}",
-        f"vpc/{net['vpc']['id']}/m/{inst['id']}",
+        f"vpc/{vid}",
+        f"vpc/{vid}/s/{net['web']['id']}",
+        f"vpc/{vid}/t/{table}",
+        f"vpc/{vid}/m/{inst['id']}",
     }
     new = assemble(delta.applied_to(held), "h1")
     assert new == _doc(cloud, "h1").model_copy(update={"revision": 0})

@@ -51,7 +51,7 @@ def test_exhaustion_and_available(cloud: Cloud, net: dict[str, Any]) -> None:
     small = cloud.call(
         "POST", "/v1/subnets", t, json={"name": "tiny", "vpc": "prod", "cidr": "10.0.9.0/29"}
     )
-    assert small["status"] == {"gateway": "10.0.9.1", "available": 5}
+    assert small["status"] == {"gateway": "10.0.9.1", "available": 5, "index": 3}
     ips = [
         cloud.call(
             "POST", "/v1/instances", t, json={"name": f"i{n}", "subnet": "tiny", "zone": "az1"}

@@ -17,7 +17,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from yunhan.controller.engine import Engine
-from yunhan.controller.netcompile import HostIn, InstanceIn, SubnetIn, VpcIn, compile_hosts
+from yunhan.controller.netcompile import (
+    EipIn,
+    GatewayIn,
+    HostIn,
+    InstanceIn,
+    NhIn,
+    PolicyIn,
+    RouteIn,
+    RoutingIn,
+    SubnetIn,
+    TableIn,
+    VpcIn,
+    compile_hosts,
+)
 from yunhan.net.desired import HostDesired
 from yunhan.net.docentries import (
     Delta,
@@ -34,9 +47,19 @@ def res(kind: str, rid: str, name: str, spec: dict[str, Any], status: dict[str, 
     return Resource(kind, rid, "p", name, spec, status, 0, "2026-01-01T00:00:00Z")
 
 
-def host(i: int, *, name: str | None = None, vtep: int | None = -1, ip: str = "", mtu: int = 1500):
+def host(
+    i: int,
+    *,
+    name: str | None = None,
+    vtep: int | None = -1,
+    ip: str = "",
+    mtu: int = 1500,
+    lost: bool = False,
+) -> Resource:
     vtep = i + 1 if vtep == -1 else vtep
-    status = {"vtep_index": vtep} if vtep else {}
+    status: dict[str, Any] = {"vtep_index": vtep} if vtep else {}
+    if lost:
+        status["condition"] = "lost"
     spec = {"zone": "az1", "underlay_ip": ip or f"198.18.0.{i + 1}", "mtu": mtu}
     return res("host", f"host-{i}", name or f"h{i}", spec, status)
 
@@ -45,8 +68,124 @@ def vpc(i: int, vni: int | None, cidrs: list[str]) -> Resource:
     return res("vpc", f"vpc-{i}", f"v{i}", {"cidrs": cidrs}, {"vni": vni} if vni else {})
 
 
-def subnet(i: int, vpc_i: int, cidr: str) -> Resource:
-    return res("subnet", f"subnet-{i}", f"s{i}", {"vpc": f"vpc-{vpc_i}", "cidr": cidr}, {})
+def subnet(
+    i: int, vpc_i: int, cidr: str, index: int | None = None, table: str | None = None
+) -> Resource:
+    spec = {"vpc": f"vpc-{vpc_i}", "cidr": cidr}
+    if table is not None:
+        spec["route_table"] = table
+    return res("subnet", f"subnet-{i}", f"s{i}", spec, {"index": index} if index else {})
+
+
+def table(i: int, vpc_i: int, index: int | None, default: bool) -> Resource:
+    spec = {"vpc": f"vpc-{vpc_i}", "default": default}
+    return res("route_table", f"rtb-{i}", f"t{i}", spec, {"index": index} if index else {})
+
+
+def route(i: int, vpc_i: int, table_i: int, dst: str, prio: int, nh: dict[str, Any]) -> Resource:
+    spec = {"vpc": f"vpc-{vpc_i}", "table": f"rtb-{table_i}", "dst": dst, "priority": prio}
+    return res("route", f"rt-{i}", f"rt-{i}", {**spec, "next_hop": nh}, {})
+
+
+def policy(
+    i: int, vpc_i: int, table_i: int, index: int | None, prio: int, action: str, nh: Any
+) -> Resource:
+    spec = {
+        "vpc": f"vpc-{vpc_i}",
+        "table": f"rtb-{table_i}",
+        "priority": prio,
+        "src": "10.0.1.0/24",
+        "dst": None,
+        "proto": "tcp",
+        "port": [80, 81],
+        "action": action,
+        "next_hop": nh,
+    }
+    return res("policy_route", f"pr-{i}", f"pr-{i}", spec, {"index": index} if index else {})
+
+
+def natgw(
+    i: int, vpc_i: int, index: int | None, host_name: str | None, subnets: list[int]
+) -> Resource:
+    spec = {
+        "vpc": f"vpc-{vpc_i}",
+        "subnets": [f"subnet-{s}" for s in subnets],
+        "forwards": [{"proto": "tcp", "port": 8080, "instance": "inst-00000001", "to_port": 80}],
+    }
+    status = {"index": index, "host": host_name, "public_ip": f"198.19.128.{i + 1}"}
+    return res("natgw", f"ngw-{i}", f"g{i}", spec, status)
+
+
+def eip(i: int, instance_i: int | None, natgw_i: int | None) -> Resource:
+    status = {
+        "address": f"198.19.128.{i + 10}",
+        "instance": None if instance_i is None else f"inst-{instance_i:08x}",
+        "natgw": None if natgw_i is None else f"ngw-{natgw_i}",
+    }
+    return res("eip", f"eip-{i}", f"e{i}", {}, status)
+
+
+def _nh_in(spec: Any) -> NhIn | None:
+    if not isinstance(spec, dict):
+        return None
+    return (spec["type"], spec.get("ip") if spec["type"] == "vip" else spec.get("id"))
+
+
+def _routing_in(model: dict[tuple[str, str], Resource]) -> RoutingIn:
+    of: dict[str, list[Resource]] = {}
+    for (k, _), r in model.items():
+        of.setdefault(k, []).append(r)
+    return RoutingIn(
+        tables=tuple(
+            TableIn(t.id, t.spec["vpc"], t.status.get("index"), t.spec["default"])
+            for t in of.get("route_table", [])
+        ),
+        routes=tuple(
+            RouteIn(
+                r.id,
+                r.spec["vpc"],
+                r.spec["table"],
+                r.spec["dst"],
+                r.spec["priority"],
+                _nh_in(r.spec["next_hop"]) or ("blackhole", None),
+            )
+            for r in of.get("route", [])
+        ),
+        policies=tuple(
+            PolicyIn(
+                p.id,
+                p.spec["vpc"],
+                p.spec["table"],
+                p.status.get("index"),
+                p.spec["priority"],
+                p.spec["src"],
+                p.spec["dst"],
+                p.spec["proto"],
+                tuple(p.spec["port"]) if p.spec["port"] else None,  # type: ignore[arg-type]
+                p.spec["action"],
+                _nh_in(p.spec["next_hop"]),
+            )
+            for p in of.get("policy_route", [])
+        ),
+        gateways=tuple(
+            GatewayIn(
+                g.id,
+                g.spec["vpc"],
+                g.status.get("index"),
+                g.status.get("host"),
+                g.status["public_ip"],
+                tuple(g.spec["subnets"]),
+                tuple(
+                    (f["proto"], f["port"], f["instance"], f["to_port"]) for f in g.spec["forwards"]
+                ),
+            )
+            for g in of.get("natgw", [])
+        ),
+        eips=tuple(
+            EipIn(e.id, e.status["address"], e.status["instance"], e.status["natgw"])
+            for e in of.get("eip", [])
+        ),
+    )
 
 
 def inst(
@@ -67,7 +206,13 @@ def reference(model: dict[tuple[str, str], Resource]) -> dict[str, HostDesired]:
     of = {k: [r for (kk, _), r in model.items() if kk == k] for k in ("host", "vpc", "subnet")}
     return compile_hosts(
         [
-            HostIn(h.name, int(h.status["vtep_index"]), h.spec["underlay_ip"], int(h.spec["mtu"]))
+            HostIn(
+                h.name,
+                int(h.status["vtep_index"]),
+                h.spec["underlay_ip"],
+                int(h.spec["mtu"]),
+                h.status.get("condition") != "lost",
+            )
             for h in of["host"]
             if h.status.get("vtep_index")
         ],
@@ -76,7 +221,16 @@ def reference(model: dict[tuple[str, str], Resource]) -> dict[str, HostDesired]:
             for v in of["vpc"]
             if v.status.get("vni")
         ],
-        [SubnetIn(s.id, s.spec["vpc"], s.spec["cidr"]) for s in of["subnet"]],
+        [
+            SubnetIn(
+                s.id,
+                s.spec["vpc"],
+                s.spec["cidr"],
+                s.status.get("index"),
+                s.spec.get("route_table"),
+            )
+            for s in of["subnet"]
+        ],
         [
             InstanceIn(
                 i.id,
@@ -90,6 +244,7 @@ def reference(model: dict[tuple[str, str], Resource]) -> dict[str, HostDesired]:
             for (k, _), i in model.items()
             if k == "instance"
         ],
+        _routing_in(model),
     )
 
 
@@ -184,9 +339,74 @@ IPS = ["10.0.1.5", "10.0.1.6", "10.0.2.7", "10.1.0.8"]
 HOST_NAMES = ["h0", "h1", "h2", "h0b", "h-unknown"]
 
 
+DSTS = ["0.0.0.0/0", "192.168.9.0/24", "10.0.2.0/24", "10.0.2.0/24"]
+
+
+def _next_hop(draw: st.DrawFn) -> dict[str, Any]:
+    return draw(
+        st.sampled_from(
+            [
+                {"type": "instance", "id": "inst-00000001"},
+                {"type": "instance", "id": "inst-00000003"},
+                {"type": "instance", "id": "inst-00000009"},
+                {"type": "vip", "ip": "10.0.1.6"},
+                {"type": "natgw", "id": "ngw-0"},
+                {"type": "natgw", "id": "ngw-1"},
+                {"type": "blackhole"},
+                {"type": "hybrid", "id": "x"},
+            ]
+        )
+    )
+
+
+def _routing_op(draw: st.DrawFn, kind: str, deleting: bool) -> Resource | tuple[str, str]:
+    vpc_i = draw(st.sampled_from([0, 0, 1]))
+    if kind == "rtb":
+        i = draw(st.integers(0, 2))
+        if deleting:
+            return ("route_table", f"rtb-{i}")
+        return table(i, vpc_i, draw(st.sampled_from([i + 1, i + 1, None])), draw(st.booleans()))
+    if kind == "route":
+        i = draw(st.integers(0, 5))
+        if deleting:
+            return ("route", f"rt-{i}")
+        dst = draw(st.sampled_from(DSTS))
+        prio = draw(st.sampled_from([10, 100, 100]))
+        return route(i, vpc_i, draw(st.integers(0, 2)), dst, prio, _next_hop(draw))
+    if kind == "policy":
+        i = draw(st.integers(0, 3))
+        if deleting:
+            return ("policy_route", f"pr-{i}")
+        action = draw(st.sampled_from(["drop", "allow", "reroute"]))
+        nh = _next_hop(draw) if action == "reroute" else None
+        index = draw(st.sampled_from([20 + i, None]))
+        return policy(i, vpc_i, draw(st.integers(0, 2)), index, draw(st.integers(1, 3)), action, nh)
+    if kind == "natgw":
+        i = draw(st.integers(0, 1))
+        if deleting:
+            return ("natgw", f"ngw-{i}")
+        where = draw(st.sampled_from([*HOST_NAMES, None]))
+        served = draw(st.lists(st.integers(0, 3), max_size=2, unique=True))
+        return natgw(i, vpc_i, draw(st.sampled_from([30 + i, None])), where, served)
+    i = draw(st.integers(0, 2))
+    if deleting:
+        return ("eip", f"eip-{i}")
+    return eip(i, draw(st.sampled_from([0, 1, 3, None])), draw(st.sampled_from([0, 1, None])))
+
+
 def _op(draw: st.DrawFn) -> tuple[list[Resource], list[tuple[str, str]]]:
-    kind = draw(st.sampled_from(["host", "vpc", "subnet", "inst", "inst", "inst", "project"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                *("host", "vpc", "subnet", "inst", "inst", "inst", "project"),
+                *("rtb", "route", "route", "policy", "natgw", "eip"),
+            ]
+        )
+    )
     deleting = draw(st.integers(0, 5)) == 0
+    if kind in ("rtb", "route", "policy", "natgw", "eip"):
+        got = _routing_op(draw, kind, deleting)
+        return ([], [got]) if isinstance(got, tuple) else ([got], [])
     if kind == "host":
         i = draw(st.integers(0, 2))
         if deleting:
@@ -194,7 +414,9 @@ def _op(draw: st.DrawFn) -> tuple[list[Resource], list[tuple[str, str]]]:
         name = f"h{i}b" if i == 0 and draw(st.booleans()) else None  # a rename of host-0
         vtep = draw(st.sampled_from([-1, -1, -1, 0, 40 + i]))
         ip = draw(st.sampled_from(["", "198.18.9.9"]))
-        return [host(i, name=name, vtep=vtep, ip=ip, mtu=draw(st.sampled_from([1500, 9000])))], []
+        mtu = draw(st.sampled_from([1500, 9000]))
+        lost = draw(st.integers(0, 3)) == 0
+        return [host(i, name=name, vtep=vtep, ip=ip, mtu=mtu, lost=lost)], []
     if kind == "vpc":
         i = draw(st.integers(0, 2))
         if deleting:
@@ -206,7 +428,10 @@ def _op(draw: st.DrawFn) -> tuple[list[Resource], list[tuple[str, str]]]:
         i = draw(st.integers(0, 3))
         if deleting:
             return [], [("subnet", f"subnet-{i}")]
-        return [subnet(i, draw(st.integers(0, 3)), draw(st.sampled_from(SUBNET_CIDRS)))], []
+        index = draw(st.sampled_from([None, i + 1, i + 1]))
+        tbl = draw(st.sampled_from([None, "rtb-0", "rtb-1", "rtb-2"]))
+        cidr = draw(st.sampled_from(SUBNET_CIDRS))
+        return [subnet(i, draw(st.integers(0, 3)), cidr, index, tbl)], []
     if kind == "inst":
         i = draw(st.integers(0, 7))
         if deleting:
@@ -243,7 +468,16 @@ def _seeded() -> list[tuple[list[Resource], list[tuple[str, str]]]]:
     return [
         ([host(0), host(1), host(2)], []),
         ([vpc(0, 1, ["10.0.0.0/16"]), vpc(1, 2, ["10.0.0.0/16", "10.1.0.0/16"])], []),
-        ([subnet(0, 0, "10.0.1.0/24"), subnet(1, 1, "10.0.1.0/24"), subnet(2, 0, CIDRS[1])], []),
+        (
+            [
+                subnet(0, 0, "10.0.1.0/24", 1),
+                subnet(1, 1, "10.0.1.0/24", 2),
+                subnet(2, 0, CIDRS[1], 3, "rtb-1"),
+                table(0, 0, 1, True),
+                table(1, 0, 2, False),
+            ],
+            [],
+        ),
         (
             [
                 inst(0, 0, "10.0.1.5", "fa:16:3e:00:00:00", "h0"),
@@ -313,7 +547,19 @@ def test_entries_have_the_protocol_shapes() -> None:
         "vpc/vpc-0",
         "vpc/vpc-0/m/inst-00000000",
         "vpc/vpc-0/m/inst-00000001",
+        "vpc/vpc-0/s/subnet-0",
+        "vpc/vpc-0/s/subnet-2",
+        "vpc/vpc-0/t/rtb-0",
+        "vpc/vpc-0/t/rtb-1",
     ]
+    assert snap["vpc/vpc-0/s/subnet-2"] == {
+        "id": "subnet-2",
+        "cidr": "10.1.0.0/16",
+        "index": 3,
+        "table": "rtb-1",
+        "natgw": None,
+    }
+    assert snap["vpc/vpc-0/t/rtb-0"] == {"id": "rtb-0", "index": 1, "default": True}
     assert snap["host"] == {
         "host": "h0",
         "underlay_ip": "198.18.0.1",
@@ -443,3 +689,86 @@ def test_a_bad_write_is_rejected_whole() -> None:
     assert e.snapshot("h0") == snap
     with pytest.raises(ValueError, match="not after"):
         e.apply(e.revision, [])
+
+
+# -- distributed routing, spelled out ----------------------------------------------------------
+
+
+def _routed() -> Region:
+    """Three hosts, VPC 0 with two subnets on two tables; appliances i1 (h1) and i3 (h2)."""
+    region = _three_hosts()
+    region.write(
+        [
+            inst(3, 0, "10.0.1.7", "fa:16:3e:00:00:03", "h2"),
+            route(0, 0, 0, "192.168.9.0/24", 10, {"type": "instance", "id": "inst-00000001"}),
+            route(1, 0, 0, "192.168.9.0/24", 20, {"type": "instance", "id": "inst-00000003"}),
+        ]
+    )
+    return region
+
+
+def _table_routes(region: Region, host_name: str, table_id: str) -> list[Any]:
+    doc = assemble(region.engine.snapshot(host_name), host_name)
+    vpc0 = next(v for v in doc.vpcs if v.id == "vpc-0")
+    return list(next(t for t in vpc0.tables if t.id == table_id).routes)
+
+
+def test_the_lower_priority_wins_and_the_next_takes_over_when_its_next_hop_goes() -> None:
+    region = _routed()
+    (r,) = _table_routes(region, "h0", "rtb-0")
+    assert (r.route_id, r.nexthop.kind, r.nexthop.peer, r.nexthop.ip) == (
+        "rt-0",
+        "remote",
+        "h1",
+        "10.0.1.6",
+    )
+    (r,) = _table_routes(region, "h1", "rtb-0")  # on the appliance's own host: local
+    assert (r.nexthop.kind, r.nexthop.port) == ("local", "p-00000001")
+    # Its host is lost: the second route takes over everywhere, with no route written.
+    affected = region.write([host(1, lost=True)])
+    assert {"h0", "h2"} <= affected
+    (r,) = _table_routes(region, "h0", "rtb-0")
+    assert (r.route_id, r.nexthop.peer) == ("rt-1", "h2")
+    region.write([host(1)])
+    assert _table_routes(region, "h0", "rtb-0")[0].route_id == "rt-0"
+    # The instance is deleted: the same.
+    region.write([], [("instance", "inst-00000001")])
+    assert _table_routes(region, "h0", "rtb-0")[0].route_id == "rt-1"
+    # Both gone: the best one stays, unreachable (nothing falls to a shorter prefix).
+    region.write([], [("instance", "inst-00000003")])
+    (r,) = _table_routes(region, "h0", "rtb-0")
+    assert (r.route_id, r.nexthop.kind) == ("rt-0", "unreachable")
+
+
+def test_a_next_hop_instance_is_a_forwarder_and_a_route_write_is_one_entry() -> None:
+    region = _routed()
+    e = region.engine
+    assert e.snapshot("h1")["vpc/vpc-0/m/inst-00000001"]["forwarder"] is True
+    assert "forwarder" not in e.snapshot("h0")["vpc/vpc-0/m/inst-00000000"]
+    held = e.doc_revision("h0")
+    assert held is not None
+    region.write([route(2, 0, 1, "172.16.0.0/12", 100, {"type": "blackhole"})])
+    d = e.delta("h0", held)
+    assert not d.snapshot and not d.removed and list(d.entries) == ["vpc/vpc-0/r/rt-2"]
+
+
+def test_a_nat_gateway_makes_its_host_carry_the_vpc_and_serves_its_subnets() -> None:
+    region = Region(Engine())
+    region.write([host(0), host(1), vpc(0, 1, ["10.0.0.0/16"]), table(0, 0, 1, True)])
+    region.write(
+        [subnet(0, 0, "10.0.1.0/24", 1), inst(0, 0, "10.0.1.5", "fa:16:3e:00:00:00", "h0")]
+    )
+    region.write([natgw(0, 0, 9, "h1", [0]), eip(0, 0, 0)])
+    doc1 = assemble(region.engine.snapshot("h1"), "h1")
+    (v,) = doc1.vpcs
+    assert v.ports == () and [p.host for p in v.peers] == ["h0"]
+    (g,) = v.natgws
+    assert g.local and g.snat == ("10.0.1.0/24",) and g.eips == (("10.0.1.5", "198.19.128.10"),)
+    doc0 = assemble(region.engine.snapshot("h0"), "h0")
+    (v0,) = doc0.vpcs
+    assert v0.subnets[0].natgw == 9 and v0.natgws[0].nexthop.kind == "remote"
+    assert not v0.natgws[0].local and v0.natgws[0].eips == ()
+    # The gateway moves to h0: h1 carries the VPC no more.
+    region.write([natgw(0, 0, 9, "h0", [0])])
+    assert region.engine.snapshot("h1") == {"host": region.engine.snapshot("h1")["host"]}
+    assert assemble(region.engine.snapshot("h0"), "h0").vpcs[0].natgws[0].local

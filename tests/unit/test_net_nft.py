@@ -28,10 +28,26 @@ def _listing(ifname: str, mac: str, ips: tuple[str, ...]) -> dict[str, Any]:
 
 
 def test_round_trip_single_and_set() -> None:
-    assert nft.parse_table(_listing("p-1", MAC, ("10.1.1.10",))) == {"p-1": (MAC, ("10.1.1.10",))}
+    got = nft.parse_table(_listing("p-1", MAC, ("10.1.1.10",)))
+    assert got == {"p-1": (MAC, ("10.1.1.10",), False)}
     ips = ("10.1.1.10", "10.1.1.100", "10.1.1.9")
     got = nft.parse_table(_listing("p-2", MAC, ips))
-    assert got == {"p-2": (MAC, ("10.1.1.9", "10.1.1.10", "10.1.1.100"))}
+    assert got == {"p-2": (MAC, ("10.1.1.9", "10.1.1.10", "10.1.1.100"), False)}
+
+
+def test_a_forwarder_has_no_source_ip_rule_and_reads_back_as_one() -> None:
+    rules = nft.chain_rules("p-1", MAC, ("10.1.1.10",), forwarder=True)
+    assert [r["comment"] for r in rules] == ["mac", "arp-mac", "arp-ip", "proto"]
+    items: list[dict[str, Any]] = [
+        {"chain": {"family": "netdev", "table": "yunhan", "name": "p-1", "handle": 1}},
+        *({"rule": {**r, "handle": i + 2}} for i, r in enumerate(rules)),
+    ]
+    assert nft.parse_table({"nftables": items}) == {"p-1": (MAC, ("10.1.1.10",), True)}
+    # The plain chain with its source rule deleted by hand is a forwarder's chain: it
+    # reads as one, which differs from the wanted filter, and is rewritten.
+    plain = _listing("p-1", MAC, ("10.1.1.10",))
+    plain["nftables"] = [i for i in plain["nftables"] if i.get("rule", {}).get("comment") != "ip"]
+    assert nft.parse_table(plain)["p-1"][2] is True
 
 
 def test_rules_cover_mac_ip_arp_and_other_ethertypes() -> None:
@@ -96,7 +112,7 @@ def test_kernel_listing_without_protocol_dependencies_reads_back() -> None:
         expr = r["expr"] if r["comment"] in ("mac", "proto") else r["expr"][1:]
         items.append({"rule": {**r, "expr": expr}})
     got = nft.parse_table({"nftables": items})
-    assert got == {"p-1": (MAC, ("10.1.1.9", "10.1.1.10"))}
+    assert got == {"p-1": (MAC, ("10.1.1.9", "10.1.1.10"), False)}
 
 
 def test_a_protocol_match_that_is_not_a_payload_dependency_is_drift() -> None:

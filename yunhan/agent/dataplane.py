@@ -24,6 +24,7 @@ from yunhan.errors import DriverError
 from yunhan.net.desired import HostDesired
 from yunhan.net.driver import Driver, execute
 from yunhan.net.naming import Naming
+from yunhan.net.natgw import Uplink, VethPair
 from yunhan.net.state import (
     Filter,
     Key,
@@ -78,8 +79,12 @@ class DataPlane:
         fabric: FakeFabric | None = None,
         full_every: float = FULL_OBSERVE_EVERY,
         clock: Callable[[], float] = time.monotonic,
+        uplink: Uplink | None = None,
     ) -> None:
+        """`uplink`: where to announce the public addresses of the NAT gateways this host
+        runs (None: nowhere; in the lab, the core namespace)."""
         self.naming = naming
+        self.uplink = uplink
         self.full_every = full_every
         self._clock = clock
         # What the host held at the end of the last apply, when that apply ended clean:
@@ -95,7 +100,10 @@ class DataPlane:
             from yunhan.net.linux import LinuxDriver
 
             self.driver = LinuxDriver(
-                naming=naming, host_netns=host_netns, sandbox=NetnsSandbox(state_dir)
+                naming=naming,
+                host_netns=host_netns,
+                sandbox=NetnsSandbox(state_dir),
+                uplink=uplink,
             )
         elif driver == "fake":
             from yunhan.net.fake import FakeFabric
@@ -104,6 +112,10 @@ class DataPlane:
             self.driver = self.fabric.host(naming, host_netns)
         else:
             raise ValueError(f"unknown data-plane driver {driver!r}")
+
+    def compile(self, desired: HostDesired) -> State:
+        """The objects `desired` calls for on this host."""
+        return compile_state(desired, self.naming, uplink=self.uplink is not None)
 
     def observe(self) -> State:
         """Every object of ours that exists now (for tests, tools and the oracles)."""
@@ -115,7 +127,7 @@ class DataPlane:
     def plan(self, desired: HostDesired) -> list[Op]:
         """What `apply(desired)` would do now (no change made)."""
         try:
-            return plan(compile_state(desired, self.naming), self.driver.observe())
+            return plan(self.compile(desired), self.driver.observe())
         finally:
             self.driver.close()
 
@@ -148,7 +160,7 @@ class DataPlane:
         self._desired = desired
         t_start = time.monotonic()
         timing = {"observe": 0.0, "execute": 0.0}
-        want = compile_state(desired, self.naming)
+        want = self.compile(desired)
         changes = 0
         errors: dict[Key, str] = {}
         # A refusal will not change by retrying at once: what failed (or was skipped
@@ -200,9 +212,9 @@ class DataPlane:
                     o = op.obj
                     if isinstance(o, Netns):
                         broken.add((o.name, None))
-                    elif isinstance(o, Vxlan | Veth | Filter) and op.action != "delete":
+                    elif isinstance(o, Vxlan | Veth | VethPair | Filter) and op.action != "delete":
                         broken.add((o.netns, o.ifname))
-                        if isinstance(o, Veth) and o.peer_netns is not None:
+                        if isinstance(o, Veth | VethPair) and o.peer_netns is not None:
                             broken.add((o.peer_netns, o.peer_ifname))
                 blocked.update(op.obj.key for op in res.skipped)
                 # After a clean pass the kernel holds what the ops said; observing the host
@@ -288,7 +300,7 @@ def _touches(o: Obj, namespaces: set[str]) -> bool:
     """Does `o` live in (or, for a port, reach into) one of `namespaces`? Netns never does."""
     if isinstance(o, Netns):
         return False
-    return o.netns in namespaces or (isinstance(o, Veth) and o.peer_netns in namespaces)
+    return o.netns in namespaces or (isinstance(o, Veth | VethPair) and o.peer_netns in namespaces)
 
 
 def _uts(netns: str) -> pathlib.Path:

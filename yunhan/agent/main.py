@@ -18,6 +18,7 @@ removes what it cannot confirm. After every apply it writes down its host's inst
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -37,6 +38,7 @@ from yunhan.errors import ValidationError
 from yunhan.net.desired import HostDesired
 from yunhan.net.docentries import Delta, assemble, digest
 from yunhan.net.naming import Naming
+from yunhan.net.natgw import Uplink
 from yunhan.supervised import Watchdog, notify, restarted
 
 log = logging.getLogger("yunhan.agent")
@@ -68,6 +70,22 @@ class AgentConfig:
     driver: str = "linux"
     state_dir: Path = field(default_factory=lambda: Path("/var/lib/yunhan/agent"))
     resync_interval: float = 30.0
+    # Where the public addresses of this host's NAT gateways are announced (routed to
+    # `uplink_via`, this host's underlay address): both or neither.
+    uplink_netns: str | None = None
+    uplink_via: str | None = None
+
+    @property
+    def uplink(self) -> Uplink | None:
+        if self.uplink_netns is None and self.uplink_via is None:
+            return None
+        if self.uplink_netns is None or self.uplink_via is None:
+            raise ValidationError("--uplink-netns and --uplink-via go together")
+        try:
+            via = str(ipaddress.IPv4Address(self.uplink_via))
+        except ValueError as exc:
+            raise ValidationError(f"--uplink-via wants an IPv4 address: {exc}") from exc
+        return Uplink(self.uplink_netns, via)
 
 
 class Agent:
@@ -500,6 +518,7 @@ def run(config: AgentConfig) -> None:
         host_netns=config.host_netns,
         driver=config.driver,
         state_dir=config.state_dir,
+        uplink=config.uplink,
     )
     agent = Agent(config, dataplane)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -32,9 +32,12 @@ from yunhan.api.routes import (
     infra,
     instances,
     metrics,
+    natgw,
     network,
     projects,
+    routing,
     tokens,
+    trace,
     watch,
 )
 from yunhan.controller.scheduler import NoHost
@@ -174,10 +177,11 @@ def create_app(
     clock: Callable[[], float] = time.time,
     max_long_poll: float = MAX_LONG_POLL,
     fleet: Fleet | None = None,
+    public_pools: Sequence[str] = (),
 ) -> FastAPI:
     """The API over `store`. `admin_token` (or only its sha256, `admin_token_hash`, so that
     the token itself need not be on the server's disk) grants the admin project; it is
-    never stored."""
+    never stored. `public_pools`: the CIDRs public addresses are allocated from."""
     if (admin_token is None) == (admin_token_hash is None):
         raise ValueError("give create_app one of admin_token and admin_token_hash")
     admin_hash = token_hash(admin_token) if admin_token is not None else str(admin_token_hash)
@@ -199,14 +203,18 @@ def create_app(
         fleet=fleet,
         journal=Journal(store, fleet, clock, admin_project_id),
         max_long_poll=max_long_poll,
+        public_pools=list(public_pools),
     )
     loads = app.state.yunhan.loads
     store.subscribe(loads.apply, load=loads.load)
     _install_error_handlers(app)
     app.add_middleware(AuditMiddleware)
-    for module in (projects, tokens, audit, events, infra, network, instances, agent, watch):
+    modules = (projects, tokens, audit, events, infra, network, routing, natgw, instances, agent,
+               watch)  # fmt: skip
+    for module in modules:
         app.include_router(module.router)
     app.include_router(metrics.router)
+    app.include_router(trace.router)
     _exact_openapi(app)
     return app
 

@@ -40,6 +40,9 @@ class AppState:
     max_long_poll: float = MAX_LONG_POLL
     ipam: AddressHints = field(default_factory=AddressHints)
     loads: HostLoads = field(default_factory=HostLoads)
+    # Where elastic IPs and NAT gateway addresses come from (`--public-pool`, validated
+    # CIDRs; the lab passes its own): empty, no public address can be allocated.
+    public_pools: list[str] = field(default_factory=list)
 
 
 def state_of(request: Request) -> AppState:

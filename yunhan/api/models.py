@@ -65,6 +65,9 @@ class HostStatus(_Out):
     applied_revision: int | None
     heartbeat_at: str | None
     healthy: bool
+    condition: Literal["ready", "lost"] | None = Field(
+        None, description="the controller's verdict on its lease (written on each change)"
+    )
     error: str | None
 
 
@@ -80,6 +83,7 @@ class VpcSpec(_Out):
 
 class VpcStatus(_Out):
     vni: int
+    next_index: int | None = Field(None, description="the next per-VPC index to give out")
 
 
 class Vpc(_Envelope):
@@ -91,11 +95,13 @@ class Vpc(_Envelope):
 class SubnetSpec(_Out):
     vpc: str
     cidr: str
+    route_table: str | None = Field(None, description="its route table (absent: the default)")
 
 
 class SubnetStatus(_Out):
     gateway: str
     available: int
+    index: int | None = Field(None, description="its selector in the VPC's data plane")
 
 
 class Subnet(_Envelope):
@@ -192,3 +198,235 @@ class Converged(_Out):
     unhealthy: list[str]
     failed: list[str]
     controller_revision: int
+
+
+# -- distributed routing (docs/routing.md) ----------------------------------------------
+
+
+class NextHopSpec(_Out):
+    type: Literal["instance", "natgw", "vip", "blackhole", "hybrid"]
+    id: str | None = None
+    ip: str | None = None
+
+
+class RouteTableSpec(_Out):
+    vpc: str
+    default: bool
+
+
+class RouteTableStatus(_Out):
+    index: int
+
+
+class RouteTable(_Envelope):
+    kind: Literal["route_table"]
+    spec: RouteTableSpec
+    status: RouteTableStatus
+
+
+class RouteTableList(_Page):
+    items: list[RouteTable]
+
+
+class RouteSpec(_Out):
+    vpc: str
+    table: str
+    dst: str
+    priority: int
+    next_hop: NextHopSpec
+
+
+class Route(_Envelope):
+    kind: Literal["route"]
+    spec: RouteSpec
+    status: Empty
+
+
+class PolicyRouteSpec(_Out):
+    vpc: str
+    table: str
+    priority: int
+    src: str | None
+    dst: str | None
+    proto: Literal["tcp", "udp", "icmp", "any"]
+    port: list[int] | None = Field(description="[lo, hi] destination ports, or null")
+    action: Literal["drop", "allow", "reroute"]
+    next_hop: NextHopSpec | None
+
+
+class PolicyRouteStatus(_Out):
+    index: int
+
+
+class PolicyRoute(_Envelope):
+    kind: Literal["policy_route"]
+    spec: PolicyRouteSpec
+    status: PolicyRouteStatus
+
+
+class TableEntry(_Out):
+    """One route of a table as it stands now (docs/routing.md, "Route types")."""
+
+    type: Literal["direct", "host", "default", "custom", "hybrid"]
+    dst: str
+    priority: int | None = Field(description="custom routes only")
+    next_hop: str | None = Field(description="instance:NAME, natgw:NAME, vip:IP, blackhole; "
+                                 "null for direct routes")  # fmt: skip
+    state: Literal["active", "standby", "unreachable"]
+    id: str | None = Field(description="the route's id (custom routes only)")
+    subnet: str | None = Field(description="default routes: the subnet it serves (name)")
+    host: str | None = Field(description="host routes: where the instance runs")
+
+
+class PolicyEntry(_Out):
+    id: str
+    priority: int
+    src: str | None
+    dst: str | None
+    proto: str
+    port: list[int] | None
+    action: str
+    next_hop: str | None
+    state: Literal["active", "unreachable"]
+
+
+class TableRoutes(_Out):
+    """Every route of a table: generated (direct, host, default) and custom, ordered by
+    prefix length (longest first), then type, then priority; and its policy routes."""
+
+    table: str
+    name: str
+    vpc: str
+    default: bool
+    subnets: list[str] = Field(description="names of the subnets associated with it")
+    revision: int
+    routes: list[TableEntry]
+    policies: list[PolicyEntry]
+
+
+class Forward(_Out):
+    proto: Literal["tcp", "udp"]
+    port: int
+    instance: str
+    to_port: int
+
+
+class NatGwSpec(_Out):
+    vpc: str
+    subnets: list[str]
+    forwards: list[Forward]
+
+
+class NatGwMove(_Out):
+    at: str
+    to: str | None
+    reason: str
+    model_config = ConfigDict(extra="allow")
+
+
+class NatGwStatus(_Out):
+    index: int
+    host: str | None
+    public_ip: str
+    phase: Literal["pending", "active", "unplaced"]
+    moved_at: str | None
+    history: list[NatGwMove]
+
+
+class NatGw(_Envelope):
+    kind: Literal["natgw"]
+    spec: NatGwSpec
+    status: NatGwStatus
+
+
+class NatGwList(_Page):
+    items: list[NatGw]
+
+
+class EipStatus(_Out):
+    address: str
+    instance: str | None
+    natgw: str | None
+
+
+class Eip(_Envelope):
+    kind: Literal["eip"]
+    spec: Empty
+    status: EipStatus
+
+
+class EipList(_Page):
+    items: list[Eip]
+
+
+# -- trace (GET /v1/trace; yunhan.net.trace) ------------------------------------------------
+
+
+class TracePolicy(_Out):
+    id: str
+    table: str = Field(description="the route table the policy route belongs to")
+    priority: int
+    action: Literal["drop", "allow", "reroute"]
+    rule_pref: int = Field(description="the pref of its ip rule in the VPC namespace")
+    match: str
+    nexthop: str
+    taken: bool = Field(description="false: a reroute whose next hop is down (falls through)")
+
+
+class TraceRoute(_Out):
+    type: Literal["custom", "policy", "default", "direct", "host", "local", "nat"]
+    dst: str
+    kernel_table: int
+    id: str
+    table: str
+    priority: int | None
+    target: str
+    via: Literal["local", "remote", "blackhole", "unreachable", "deliver", "uplink"]
+    port: str
+    peer: str
+    host_route: str
+
+
+class TraceHop(_Out):
+    host: str
+    place: Literal["instance", "vpc", "natgw", "host", "internet"]
+    ref: str
+    vni: int | None
+    iif: str
+    oif: str
+    mark: int | None
+    subnet: str
+    table: str
+    policy: TracePolicy | None
+    route: TraceRoute | None
+    nat: str
+    note: str
+    dropped: bool
+    src: str = Field(description="the packet as it arrives at this hop (NAT changes it)")
+    dst: str
+    proto: str
+    dport: int | None
+
+
+class TraceResult(_Out):
+    """What `GET /v1/trace` answers: one packet followed hop by hop (the model)."""
+
+    src: str
+    src_ip: str
+    src_host: str
+    src_port: str
+    src_subnet: str
+    selector: int | None
+    dst: str
+    proto: Literal["tcp", "udp", "icmp"]
+    port: int | None
+    verdict: Literal["delivered", "dropped", "internet"]
+    reason: str
+    detail: str
+    hops: list[TraceHop]
+    delivered_to: str
+    vpc: str
+    dst_instance: str = Field(description='the instance `to` named ("" for an address)')
+    dst_host: str | None = Field(description="that instance's host")
+    names: dict[str, str] = Field(description="names of the resources the trace mentions")
+    text: str = Field(description="the trace for a person (what `yunhan trace` prints)")

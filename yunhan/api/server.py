@@ -8,11 +8,12 @@ function returns normally (uvicorn would re-raise the signal after shutdown).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
 import socket
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -48,12 +49,14 @@ async def _main(
     admin_token: str | None,
     admin_token_hash: str | None,
     max_long_poll: float = MAX_LONG_POLL,
+    public_pools: Sequence[str] = (),
 ) -> None:
     app = create_app(
         store,
         admin_token=admin_token,
         admin_token_hash=admin_token_hash,
         max_long_poll=max_long_poll,
+        public_pools=public_pools,
     )
     config = uvicorn.Config(
         AgentFastPath(app, app.state.yunhan),
@@ -213,18 +216,21 @@ def serve(
     admin_token_hash: str | None = None,
     database: str | None = None,
     max_long_poll: float = MAX_LONG_POLL,
+    public_pools: Sequence[str] = (),
 ) -> None:
     """Run the API and the controller until SIGTERM or SIGINT (blocking).
 
     The store is `database` (an SQLAlchemy URL) or state_dir/yunhan.db (created and migrated
     if needed); the admin project is created on first start and `admin_token` is its token
     for as long as this process runs (or the token whose sha256 is `admin_token_hash`).
-    `max_long_poll` caps every long poll (seconds).
+    `max_long_poll` caps every long poll (seconds). `public_pools`: the CIDRs that elastic
+    IPs and NAT gateway addresses are allocated from (normalised here).
     """
+    pools = [str(ipaddress.IPv4Network(p, strict=False)) for p in public_pools]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     store = Store.connect(database) if database else Store.open(Path(state_dir))
     try:
-        asyncio.run(_main(store, host, port, admin_token, admin_token_hash, max_long_poll))
+        asyncio.run(_main(store, host, port, admin_token, admin_token_hash, max_long_poll, pools))
     finally:
         store.close()
     log.info("stopped")

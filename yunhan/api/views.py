@@ -65,6 +65,7 @@ def host_view(
         "applied_revision": lease.applied_revision if lease else None,
         "heartbeat_at": iso(lease.heartbeat_at) if lease else None,
         "healthy": host_healthy(lease, now),
+        "condition": h.status.get("condition"),
         "error": (lease.error if admin else HIDDEN_ERROR) if lease and lease.error else None,
     }
     return env

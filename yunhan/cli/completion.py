@@ -26,7 +26,8 @@ SHELLS = ("bash", "zsh", "fish")
 NAME_TIMEOUT = 2.0
 Names = Callable[[str], list[str]]  # resource kind -> the names the caller may see
 _COLLECTION = {"vpc": "vpcs", "subnet": "subnets", "instance": "instances", "zone": "zones",
-               "host": "hosts", "project": "projects"}  # fmt: skip
+               "host": "hosts", "project": "projects", "route_table": "route-tables",
+               "natgw": "natgws", "eip": "eips"}  # fmt: skip
 
 _SCRIPTS = {
     "bash": """\

@@ -7,6 +7,7 @@ that the everyday CLI does not load FastAPI or pyroute2.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 from pathlib import Path
@@ -34,10 +35,23 @@ def _split_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _pools(values: list[str] | None) -> list[str]:
+    pools = []
+    for v in values or []:
+        try:
+            pools.append(str(ipaddress.IPv4Network(v)))
+        except ValueError as exc:
+            raise ValidationError(
+                f"--public-pool wants an IPv4 CIDR such as 198.19.128.0/24, not {v!r} ({exc})"
+            ) from exc
+    return pools
+
+
 def server(ctx: Ctx) -> None:
     from yunhan.api.server import serve
 
     host, port = _split_listen(ctx["listen"])
+    pools = _pools(ctx["public_pool"])
     state_dir: Path = ctx["state_dir"]
     state_dir.mkdir(parents=True, exist_ok=True)
     database = ctx["database"] or os.environ.get("YUNHAN_DATABASE") or None
@@ -55,6 +69,7 @@ def server(ctx: Ctx) -> None:
             admin_token_hash=digest,
             database=database,
             max_long_poll=ctx["max_long_poll"],
+            public_pools=pools,
         )
         return
     serve(
@@ -64,6 +79,7 @@ def server(ctx: Ctx) -> None:
         _read_token(ctx["admin_token_file"]),
         database=database,
         max_long_poll=ctx["max_long_poll"],
+        public_pools=pools,
     )
 
 
@@ -88,6 +104,8 @@ def agent(ctx: Ctx) -> None:
             underlay_ip=ctx["underlay_ip"],
             mtu=ctx["mtu"],
             host_netns=ctx["host_netns"],
+            uplink_netns=ctx["uplink_netns"],
+            uplink_via=ctx["uplink_via"],
             prefix=ctx["prefix"],
             driver=ctx["driver"],
             state_dir=state_dir,
@@ -133,6 +151,13 @@ COMMANDS = (
                 float,
                 300.0,
             ),
+            Opt(
+                ("--public-pool",),
+                "public_pool",
+                "a CIDR that elastic IPs and NAT gateway addresses are taken from (repeatable)",
+                many=True,
+                metavar="CIDR",
+            ),
         ),
         hidden=True,
     ),
@@ -159,6 +184,20 @@ COMMANDS = (
             Opt(("--underlay-ip",), "underlay_ip", "the VTEP address", required=True),
             Opt(("--mtu",), "mtu", "the underlay MTU", int, 1500),
             Opt(("--host-netns",), "host_netns", "program this namespace (lab)"),
+            Opt(
+                ("--uplink-netns",),
+                "uplink_netns",
+                "announce the public addresses of this host's NAT gateways by routes in this "
+                "namespace (lab: the core); needs --uplink-via",
+                metavar="NS",
+            ),
+            Opt(
+                ("--uplink-via",),
+                "uplink_via",
+                "the address the uplink routes announced addresses to (this host's underlay "
+                "address)",
+                metavar="IP",
+            ),
             Opt(("--prefix",), "prefix", "name prefix of what we own", default="yh-"),
             Opt(("--state-dir",), "state_dir", "agent state", Path, Path("/var/lib/yunhan/agent")),
             Opt(("--driver",), "driver", "linux | fake", default="linux"),

@@ -286,7 +286,7 @@ def _print_status(st: RegionStatus, fmt: str) -> None:
     if any(p.role == "supervisor" and not ok for p, ok in st.processes):
         echo("the region's supervisor is not running: nothing restarts a process that dies; "
              "`yunhan up --detach` revives the region")  # fmt: skip
-    elif any(p.role in ("server", "agent") and p.state == "failed" for p, _ in st.processes):
+    elif any(p.role not in ("up", "supervisor") and p.state == "failed" for p, _ in st.processes):
         echo("a process is left down after a crash loop (see its log); "
              "`yunhan up --detach` tries it again")  # fmt: skip
     if st.api_error:

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from yunhan.cli import credentials, daemons, lab, resources, units
+from yunhan.cli import credentials, daemons, lab, resources, routing, trace, units
 from yunhan.cli.command import Group, Opt, run
 from yunhan.cli.hotpatch import HOTPATCH
 
@@ -33,6 +33,8 @@ ROOT = Group(
     "`yunhan --show-completion SHELL` to print the script.",
     (
         *resources.COMMANDS,
+        *routing.COMMANDS,
+        *trace.COMMANDS,
         *credentials.COMMANDS,
         *lab.COMMANDS,
         HOTPATCH,

@@ -27,7 +27,9 @@ Row = dict[str, Any]
 class Names:
     """id -> name for the kinds rows refer to, fetched once per command and only if needed."""
 
-    _PATHS = {"vpc": "/v1/vpcs", "subnet": "/v1/subnets", "zone": "/v1/zones"}
+    _PATHS = {"vpc": "/v1/vpcs", "subnet": "/v1/subnets", "zone": "/v1/zones",
+              "instance": "/v1/instances", "natgw": "/v1/natgws",
+              "route_table": "/v1/route-tables"}  # fmt: skip
 
     def __init__(self, client: Client | None) -> None:
         self._client = client
@@ -77,6 +79,7 @@ def subnet_row(res: Row, names: Names) -> Row:
         "cidr": _spec(res).get("cidr"),
         "gateway": st.get("gateway"),
         "available": st.get("available"),
+        "route_table": names.of("route_table", _spec(res).get("route_table")),
         "revision": res.get("revision"),
         "created_at": res.get("created_at"),
     }
@@ -126,6 +129,7 @@ def host_row(res: Row, names: Names) -> Row:
         "ip": sp.get("underlay_ip"),
         "mtu": sp.get("mtu"),
         "healthy": st.get("healthy"),
+        "condition": st.get("condition"),
         "vtep_index": st.get("vtep_index"),
         "desired_revision": st.get("desired_revision"),
         "applied_revision": st.get("applied_revision"),
@@ -140,6 +144,141 @@ def project_row(res: Row, names: Names) -> Row:
     return {"id": res["id"], "name": res["name"], "created_at": res.get("created_at")}
 
 
+def route_table_row(res: Row, names: Names) -> Row:
+    vpc = _spec(res).get("vpc")
+    return {
+        "id": res["id"],
+        "name": res["name"],
+        "vpc": names.of("vpc", vpc),
+        "vpc_id": vpc,
+        "default": bool(_spec(res).get("default")),
+        "index": _status(res).get("index"),
+        "revision": res.get("revision"),
+        "created_at": res.get("created_at"),
+    }
+
+
+def next_hop(nh: Row | None, names: Names) -> str | None:
+    """A stored next hop as people write it: instance:NAME, natgw:NAME, vip:IP, blackhole."""
+    if not nh:
+        return None
+    kind = nh.get("type")
+    if kind == "blackhole":
+        return "blackhole"
+    if kind == "vip":
+        return f"vip:{nh.get('ip')}"
+    return f"{kind}:{names.of(str(kind), nh.get('id'))}"
+
+
+def port_range(port: Sequence[int] | None) -> str | None:
+    if not port:
+        return None
+    lo, hi = port
+    return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
+def route_row(res: Row, names: Names) -> Row:
+    sp = _spec(res)
+    return {
+        "id": res["id"],
+        "table": names.of("route_table", sp.get("table")),
+        "table_id": sp.get("table"),
+        "dst": sp.get("dst"),
+        "priority": sp.get("priority"),
+        "next_hop": next_hop(sp.get("next_hop"), names),
+        "revision": res.get("revision"),
+        "created_at": res.get("created_at"),
+    }
+
+
+def policy_route_row(res: Row, names: Names) -> Row:
+    sp = _spec(res)
+    return {
+        "id": res["id"],
+        "table": names.of("route_table", sp.get("table")),
+        "table_id": sp.get("table"),
+        "priority": sp.get("priority"),
+        "src": sp.get("src"),
+        "dst": sp.get("dst"),
+        "proto": sp.get("proto"),
+        "port": port_range(sp.get("port")),
+        "action": sp.get("action"),
+        "next_hop": next_hop(sp.get("next_hop"), names),
+        "index": _status(res).get("index"),
+        "revision": res.get("revision"),
+        "created_at": res.get("created_at"),
+    }
+
+
+def natgw_row(res: Row, names: Names) -> Row:
+    sp, st = _spec(res), _status(res)
+    return {
+        "id": res["id"],
+        "name": res["name"],
+        "vpc": names.of("vpc", sp.get("vpc")),
+        "vpc_id": sp.get("vpc"),
+        "subnets": [names.of("subnet", s) for s in sp.get("subnets") or []],
+        "public_ip": st.get("public_ip"),
+        "host": st.get("host"),
+        "phase": st.get("phase"),
+        "forwards": [
+            f"{f['proto']}/{f['port']}->{names.of('instance', f['instance'])}:{f['to_port']}"
+            for f in sp.get("forwards") or []
+        ],
+        "moved_at": st.get("moved_at"),
+        "history": [
+            f"{m.get('at')} {m.get('from') or '-'}->{m.get('to') or '-'} ({m.get('reason')})"
+            for m in st.get("history") or []
+        ],
+        "index": st.get("index"),
+        "revision": res.get("revision"),
+        "created_at": res.get("created_at"),
+    }
+
+
+def eip_row(res: Row, names: Names) -> Row:
+    st = _status(res)
+    return {
+        "id": res["id"],
+        "name": res["name"],
+        "address": st.get("address"),
+        "instance": names.of("instance", st.get("instance")),
+        "instance_id": st.get("instance"),
+        "natgw": names.of("natgw", st.get("natgw")),
+        "natgw_id": st.get("natgw"),
+        "revision": res.get("revision"),
+        "created_at": res.get("created_at"),
+    }
+
+
+def table_entry_row(e: Row, names: Names) -> Row:
+    """One line of `route-table show`: a route of the table as it stands."""
+    return {
+        "type": e.get("type"),
+        "dst": e.get("dst"),
+        "priority": e.get("priority"),
+        "next_hop": e.get("next_hop") or ("local" if e.get("type") == "direct" else None),
+        "state": e.get("state"),
+        "subnet": e.get("subnet"),
+        "host": e.get("host"),
+        "id": e.get("id"),
+    }
+
+
+def policy_entry_row(p: Row, names: Names) -> Row:
+    return {
+        "priority": p.get("priority"),
+        "src": p.get("src") or "any",
+        "dst": p.get("dst") or "any",
+        "proto": p.get("proto"),
+        "port": port_range(p.get("port")),
+        "action": p.get("action"),
+        "next_hop": p.get("next_hop"),
+        "state": p.get("state"),
+        "id": p.get("id"),
+    }
+
+
 ROWS: dict[str, Callable[[Row, Names], Row]] = {
     "vpc": vpc_row,
     "subnet": subnet_row,
@@ -147,6 +286,13 @@ ROWS: dict[str, Callable[[Row, Names], Row]] = {
     "zone": zone_row,
     "host": host_row,
     "project": project_row,
+    "route_table": route_table_row,
+    "route": route_row,
+    "policy_route": policy_route_row,
+    "natgw": natgw_row,
+    "eip": eip_row,
+    "table_entry": table_entry_row,
+    "policy_entry": policy_entry_row,
 }
 
 COLUMNS: dict[str, tuple[str, ...]] = {
@@ -156,7 +302,15 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "zone": ("name", "id", "cidr"),
     "host": ("name", "zone", "ip", "healthy", "desired_revision", "applied_revision", "error"),
     "project": ("name", "id"),
-}
+    "route_table": ("name", "id", "vpc", "default"),
+    "route": ("id", "table", "dst", "priority", "next_hop"),
+    "policy_route": ("id", "table", "priority", "src", "dst", "proto", "port", "action",
+                     "next_hop"),
+    "natgw": ("name", "id", "vpc", "public_ip", "host", "phase", "subnets"),
+    "eip": ("name", "address", "instance", "natgw"),
+    "table_entry": ("type", "dst", "priority", "next_hop", "state", "subnet", "host"),
+    "policy_entry": ("priority", "src", "dst", "proto", "port", "action", "next_hop", "state"),
+}  # fmt: skip
 
 # `-o wide`: the table's columns and what a person chasing a problem wants next to them.
 WIDE: dict[str, tuple[str, ...]] = {
@@ -166,9 +320,22 @@ WIDE: dict[str, tuple[str, ...]] = {
     "instance": ("name", "id", "subnet", "vpc", "zone", "ip", "mac", "host", "phase",
                  "message", "command", "revision", "created_at"),
     "zone": ("name", "id", "cidr", "revision", "created_at"),
-    "host": ("name", "id", "zone", "ip", "mtu", "vtep_index", "healthy", "desired_revision",
+    "host": ("name", "id", "zone", "ip", "mtu", "vtep_index", "healthy", "condition",
+             "desired_revision",
              "applied_revision", "heartbeat_at", "error", "netns", "revision"),
     "project": ("name", "id", "created_at"),
+    "route_table": ("name", "id", "vpc", "vpc_id", "default", "index", "revision",
+                    "created_at"),
+    "route": ("id", "table", "table_id", "dst", "priority", "next_hop", "revision",
+              "created_at"),
+    "policy_route": ("id", "table", "table_id", "priority", "src", "dst", "proto", "port",
+                     "action", "next_hop", "index", "revision", "created_at"),
+    "natgw": ("name", "id", "vpc", "public_ip", "host", "phase", "subnets", "forwards",
+              "moved_at", "index", "revision", "created_at"),
+    "eip": ("name", "id", "address", "instance", "natgw", "revision", "created_at"),
+    "table_entry": ("type", "dst", "priority", "next_hop", "state", "subnet", "host", "id"),
+    "policy_entry": ("priority", "src", "dst", "proto", "port", "action", "next_hop",
+                     "state", "id"),
 }  # fmt: skip
 
 FORMATS = ("table", "wide", "json", "yaml")

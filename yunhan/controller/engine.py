@@ -27,6 +27,14 @@ How the cost stays proportional to the change (OVN northd's incremental engine i
 * Logs keep a bounded window of revisions (older deltas become snapshots) and are compacted
   (a key changed many times keeps its last change only).
 
+Distributed routing (issue 8): subnets (with a selector index and a route table), route
+tables, routes, policy routes and NAT gateways (with their EIPs and port forwards) are
+entries under their VPC, next hops resolved from the VPC's members and the hosts'
+condition. A route or policy written recomputes its own entry; anything else touching a
+VPC's routing (a member, a host's condition, a subnet, a table, a gateway, an EIP)
+recomputes the VPC's routing entries, compared with what they were like everything else.
+A host carries a VPC when one of its members or one of its NAT gateways is there.
+
 A change that the incremental rules do not cover (today: a host renamed under the same id)
 falls back to the full path: every derived value is recomputed from the engine's own model
 and compared, so deltas and `affected` stay exact, only slower.
@@ -37,28 +45,45 @@ Not thread-safe: one task feeds and reads it (the API's event loop).
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+from yunhan.net.desired import NATGW_INNER_IP
 from yunhan.net.docentries import (
+    GATEWAY,
     HOST_KEY,
+    POLICY,
+    ROUTE,
+    SUBNET,
+    TABLE,
     Delta,
     Entries,
     JsonObj,
     combine,
     entry_hash,
+    gateway_entry,
     host_entry,
     member_entry,
     member_key,
+    nexthop_entry,
     parse_key,
+    policy_entry,
+    route_entry,
+    sub_key,
+    subnet_entry,
+    table_entry,
     vpc_entry,
     vpc_key,
 )
+from yunhan.net.naming import gateway_ifname, port_ifname
 from yunhan.store.resource import Event, Resource
 
 DEFAULT_WINDOW = 50_000  # revisions of change logs kept (older deltas are snapshots)
 
-_KINDS = frozenset({"host", "vpc", "subnet", "instance"})
+_KINDS = frozenset(
+    {"host", "vpc", "subnet", "instance", "route_table", "route", "policy_route", "natgw", "eip"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +93,7 @@ class _Host:
     vtep_index: int | None  # None: not usable yet, the host has no document
     underlay_ip: str
     mtu: int
+    up: bool = True  # False once the controller found it lost: next hops there are down
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +108,8 @@ class _Subnet:
     id: str
     vpc: str
     cidr: str
+    index: int | None = None  # its selector; None: not given one yet (main table only)
+    table: str | None = None  # its route table (None: the VPC's default)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +123,64 @@ class _Instance:
     command: tuple[str, ...] | None
 
 
+@dataclass(frozen=True, slots=True)
+class _Table:
+    id: str
+    vpc: str
+    index: int | None
+    default: bool
+
+
+NextHopRef = tuple[str, str | None]  # (type, instance/gateway id or VIP address)
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    id: str
+    vpc: str
+    table: str
+    dst: str
+    priority: int
+    nh: NextHopRef
+
+
+@dataclass(frozen=True, slots=True)
+class _Policy:
+    id: str
+    vpc: str
+    table: str
+    index: int | None
+    priority: int
+    src: str | None
+    dst: str | None
+    proto: str
+    port: tuple[int, int] | None
+    action: str
+    nh: NextHopRef | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Gateway:
+    id: str
+    vpc: str
+    index: int | None
+    host: str | None
+    public_ip: str
+    subnets: tuple[str, ...]
+    forwards: tuple[tuple[str, int, str, int], ...]  # (proto, port, instance id, to_port)
+
+
+@dataclass(frozen=True, slots=True)
+class _Eip:
+    id: str
+    address: str
+    instance: str | None
+    natgw: str | None
+
+
+_Obj = _Host | _Vpc | _Subnet | _Instance | _Table | _Route | _Policy | _Gateway | _Eip
+
+
 # Parsing follows the reference inputs of the controller loop (`_compile_inputs`).
 def _host(r: Resource) -> _Host:
     vtep = r.status.get("vtep_index")
@@ -104,6 +190,7 @@ def _host(r: Resource) -> _Host:
         int(vtep) if vtep else None,
         str(r.spec.get("underlay_ip", "")),
         int(r.spec.get("mtu", 1500)),
+        r.status.get("condition") != "lost",
     )
 
 
@@ -113,7 +200,74 @@ def _vpc(r: Resource) -> _Vpc:
 
 
 def _subnet(r: Resource) -> _Subnet:
-    return _Subnet(r.id, r.spec["vpc"], r.spec["cidr"])
+    index = r.status.get("index")
+    table = r.spec.get("route_table")
+    return _Subnet(r.id, r.spec["vpc"], r.spec["cidr"], int(index) if index else None, table)
+
+
+def _nh(spec: object) -> NextHopRef | None:
+    if not isinstance(spec, dict) or not isinstance(spec.get("type"), str):
+        return None
+    kind = spec["type"]
+    ref = spec.get("ip") if kind == "vip" else spec.get("id")
+    return (kind, None if ref is None else str(ref))
+
+
+def _index(r: Resource) -> int | None:
+    i = r.status.get("index")
+    return int(i) if i else None
+
+
+def _route(r: Resource) -> _Route:
+    return _Route(
+        r.id,
+        r.spec["vpc"],
+        r.spec["table"],
+        r.spec["dst"],
+        int(r.spec.get("priority", 100)),
+        _nh(r.spec.get("next_hop")) or ("blackhole", None),
+    )
+
+
+def _policy(r: Resource) -> _Policy:
+    port = r.spec.get("port")
+    return _Policy(
+        r.id,
+        r.spec["vpc"],
+        r.spec["table"],
+        _index(r),
+        int(r.spec["priority"]),
+        r.spec.get("src"),
+        r.spec.get("dst"),
+        r.spec.get("proto", "any"),
+        (int(port[0]), int(port[1])) if port else None,
+        r.spec.get("action", "allow"),
+        _nh(r.spec.get("next_hop")),
+    )
+
+
+def _gateway(r: Resource) -> _Gateway:
+    return _Gateway(
+        r.id,
+        r.spec["vpc"],
+        _index(r),
+        r.status.get("host") or None,
+        str(r.status.get("public_ip") or ""),
+        tuple(r.spec.get("subnets", ())),
+        tuple(
+            (str(f["proto"]), int(f["port"]), str(f["instance"]), int(f["to_port"]))
+            for f in r.spec.get("forwards", ())
+        ),
+    )
+
+
+def _eip(r: Resource) -> _Eip:
+    return _Eip(
+        r.id,
+        str(r.status.get("address") or ""),
+        r.status.get("instance") or None,
+        r.status.get("natgw") or None,
+    )
 
 
 def _instance(r: Resource) -> _Instance:
@@ -129,14 +283,21 @@ def _instance(r: Resource) -> _Instance:
     )
 
 
-def _parse(r: Resource) -> _Host | _Vpc | _Subnet | _Instance:
-    if r.kind == "host":
-        return _host(r)
-    if r.kind == "vpc":
-        return _vpc(r)
-    if r.kind == "subnet":
-        return _subnet(r)
-    return _instance(r)
+_PARSERS: dict[str, Callable[[Resource], _Obj]] = {
+    "host": _host,
+    "vpc": _vpc,
+    "subnet": _subnet,
+    "instance": _instance,
+    "route_table": lambda r: _Table(r.id, r.spec["vpc"], _index(r), bool(r.spec.get("default"))),
+    "route": _route,
+    "policy_route": _policy,
+    "natgw": _gateway,
+    "eip": _eip,
+}
+
+
+def _parse(r: Resource) -> _Obj:
+    return _PARSERS[r.kind](r)
 
 
 @dataclass
@@ -144,6 +305,8 @@ class _Dirty:
     hosts: set[str] = field(default_factory=set)  # host names
     vpcs: set[str] = field(default_factory=set)
     instances: set[str] = field(default_factory=set)
+    routing: set[str] = field(default_factory=set)  # VPCs whose routing entries to redo
+    routes: set[tuple[str, str, str]] = field(default_factory=set)  # (vpc, ROUTE|POLICY, id)
     everything: bool = False
 
 
@@ -185,11 +348,22 @@ class Engine:
         self._subnets_of_vpc: dict[str, set[str]] = {}  # even of VPCs not (yet) known
         self._insts_of_subnet: dict[str, set[str]] = {}  # even of subnets not (yet) known
         self._insts_of_host: dict[str, set[str]] = {}  # by host name, even unknown hosts
+        self._tables: dict[str, _Table] = {}
+        self._routes: dict[str, _Route] = {}
+        self._policies: dict[str, _Policy] = {}
+        self._gateways: dict[str, _Gateway] = {}
+        self._eips: dict[str, _Eip] = {}
+        # vpc id -> (kind, id) of its tables, routes, policies, gateways (even unknown VPCs)
+        self._routing_of_vpc: dict[str, set[tuple[str, str]]] = {}
+        self._eips_of_gateway: dict[str, set[str]] = {}
+        self._targets: dict[str, int] = {}  # instance id -> routes/policies sending to it
         # derived: entries
         self._host_entry: dict[str, JsonObj] = {}
         self._host_rev: dict[str, int] = {}
         self._vpc_entry: dict[str, JsonObj] = {}  # VPCs with a vni
-        self._members: dict[str, dict[str, JsonObj]] = {}  # vpc id -> member key -> value
+        # vpc id -> key -> value of every entry under the VPC: members and routing entries
+        self._members: dict[str, dict[str, JsonObj]] = {}
+        self._routing: dict[str, dict[str, JsonObj]] = {}  # vpc id -> its routing entries
         self._member_of: dict[str, tuple[str, str]] = {}  # instance id -> (vpc id, key)
         self._carriers: dict[str, dict[str, int]] = {}  # vpc id -> host -> members on it
         self._vpcs_of_host: dict[str, set[str]] = {}
@@ -243,7 +417,7 @@ class Engine:
         if revision <= self._revision:
             raise ValueError(f"revision {revision} is not after {self._revision}")
         # Parse the whole write before touching the model: a bad event rejects it whole.
-        parsed: list[tuple[str, str, _Host | _Vpc | _Subnet | _Instance | None]] = []
+        parsed: list[tuple[str, str, _Obj | None]] = []
         for ev in events:
             if ev.revision != revision:
                 raise ValueError(f"event of revision {ev.revision} in write {revision}")
@@ -265,11 +439,15 @@ class Engine:
             self._sweep()
         return affected
 
-    def _absorb(
-        self, kind: str, rid: str, new: _Host | _Vpc | _Subnet | _Instance | None, dirty: _Dirty
-    ) -> None:
+    def _absorb(self, kind: str, rid: str, new: _Obj | None, dirty: _Dirty) -> None:
         """Update the model with one object (None: deleted); mark what it can change."""
-        if kind == "host":
+        if kind == "eip":
+            assert new is None or isinstance(new, _Eip)
+            self._absorb_eip(rid, new, dirty)
+        elif kind in ("route_table", "route", "policy_route", "natgw"):
+            assert new is None or isinstance(new, _Table | _Route | _Policy | _Gateway)
+            self._absorb_routing(kind, rid, new, dirty)
+        elif kind == "host":
             assert new is None or isinstance(new, _Host)
             self._absorb_host(rid, new, dirty)
         elif kind == "vpc":
@@ -301,12 +479,18 @@ class Engine:
         if before != after:
             for name in {h.name for h in (old, new) if h is not None}:
                 dirty.instances |= self._insts_of_host.get(name, set())
+        if before != after or bool(old and old.up) != bool(new and new.up):
+            for name in {h.name for h in (old, new) if h is not None}:
+                dirty.routing |= self._vpcs_of_host.get(name, set())
+                # a gateway there may not carry its VPC yet (the host had no document)
+                dirty.routing |= {g.vpc for g in self._gateways.values() if g.host == name}
 
     def _absorb_vpc(self, vid: str, new: _Vpc | None, dirty: _Dirty) -> None:
         old = self._vpcs.pop(vid, None)
         if new is not None:
             self._vpcs[vid] = new
         dirty.vpcs.add(vid)
+        dirty.routing.add(vid)
         if bool(old and old.vni) != bool(new and new.vni):
             for sid in self._subnets_of_vpc.get(vid, ()):
                 dirty.instances |= self._insts_of_subnet.get(sid, set())
@@ -320,6 +504,7 @@ class Engine:
             self._subnets[sid] = new
             _add(self._subnets_of_vpc, new.vpc, sid)
             dirty.vpcs.add(new.vpc)
+        dirty.routing |= {s.vpc for s in (old, new) if s is not None}
         if old != new:
             dirty.instances |= self._insts_of_subnet.get(sid, set())
 
@@ -336,11 +521,61 @@ class Engine:
                 _add(self._insts_of_host, new.host, iid)
         dirty.instances.add(iid)
 
+    def _absorb_routing(
+        self, kind: str, rid: str, new: _Table | _Route | _Policy | _Gateway | None, dirty: _Dirty
+    ) -> None:
+        stores: dict[str, dict[str, Any]] = {
+            "route_table": self._tables,
+            "route": self._routes,
+            "policy_route": self._policies,
+            "natgw": self._gateways,
+        }
+        store = stores[kind]
+        old = store.pop(rid, None)
+        if new is not None:
+            store[rid] = new
+        for o, step in ((old, -1), (new, +1)):
+            if o is None:
+                continue
+            if step > 0:
+                self._routing_of_vpc.setdefault(o.vpc, set()).add((kind, rid))
+            elif new is None or new.vpc != o.vpc:
+                s = self._routing_of_vpc.get(o.vpc)
+                if s is not None:
+                    s.discard((kind, rid))
+            if isinstance(o, _Route | _Policy):
+                nh = o.nh
+                if nh is not None and nh[0] == "instance" and nh[1]:
+                    n = self._targets.get(nh[1], 0) + step
+                    if n:
+                        self._targets[nh[1]] = n
+                    else:
+                        self._targets.pop(nh[1], None)
+                    dirty.instances.add(nh[1])  # its `forwarder` flag may change
+                sub = ROUTE if isinstance(o, _Route) else POLICY
+                dirty.routes.add((o.vpc, sub, rid))
+            else:
+                dirty.routing.add(o.vpc)
+
+    def _absorb_eip(self, eid: str, new: _Eip | None, dirty: _Dirty) -> None:
+        old = self._eips.pop(eid, None)
+        if old is not None and old.natgw:
+            _discard(self._eips_of_gateway, old.natgw, eid)
+        if new is not None:
+            self._eips[eid] = new
+            if new.natgw:
+                _add(self._eips_of_gateway, new.natgw, eid)
+        for e in (old, new):
+            g = self._gateways.get(e.natgw) if e is not None and e.natgw else None
+            if g is not None:
+                dirty.routing.add(g.vpc)
+
     def _everything(self) -> _Dirty:
         return _Dirty(
             hosts=set(self._host_by_name) | set(self._host_entry),
             vpcs=set(self._vpcs) | set(self._vpc_entry),
             instances=set(self._instances) | set(self._member_of),
+            routing=set(self._vpcs) | set(self._vpc_entry) | set(self._routing),
         )
 
     # -- recomputing what is dirty ------------------------------------------------------
@@ -364,6 +599,7 @@ class Engine:
             vtep_index=h.vtep_index,
             underlay_ip=h.underlay_ip,
             command=i.command,
+            forwarder=i.id in self._targets,
         )
 
     def _settle(self, rev: int, dirty: _Dirty, record: bool = True) -> frozenset[str]:
@@ -452,6 +688,16 @@ class Engine:
                 count(vid, val["host"], +1)
                 changed_keys.setdefault(vid, set()).add(key)
 
+        # Routing entries: those of VPCs marked, and of VPCs whose members changed (next
+        # hops, EIPs and forwards name members); then single routes and policies.
+        redo = set(dirty.routing)
+        redo.update(vid for vid in changed_keys if self._routing_of_vpc.get(vid))
+        for vid in redo:
+            self._settle_routing(vid, None, changed_keys, count)
+        for vid, sub, oid in dirty.routes:
+            if vid not in redo:
+                self._settle_routing(vid, (sub, oid), changed_keys, count)
+
         carriage_changed: set[str] = set()
         for (host, vid), before in carried_before.items():
             after = self._carriers.get(vid, {}).get(host, 0) > 0
@@ -469,6 +715,7 @@ class Engine:
         for vid, keys in changed_keys.items():
             if vid not in self._vpc_entry:  # the VPC is gone (its members went with it)
                 self._members.pop(vid, None)
+                self._routing.pop(vid, None)
                 self._carriers.pop(vid, None)
                 self._vpc_log.pop(vid, None)
                 self._vpc_log_limit.pop(vid, None)
@@ -493,6 +740,209 @@ class Engine:
             if name in self._host_entry:
                 self._doc_rev[name] = rev
         return frozenset(affected)
+
+    # -- routing entries ----------------------------------------------------------------
+
+    def _tables_of(self, vid: str) -> dict[str, _Table]:
+        out: dict[str, _Table] = {}
+        for kind, oid in self._routing_of_vpc.get(vid, ()):
+            if kind == "route_table":
+                t = self._tables[oid]
+                if t.index:
+                    out[oid] = t
+        return out
+
+    def _gateways_of(self, vid: str) -> list[_Gateway]:
+        return sorted(
+            (
+                self._gateways[oid]
+                for kind, oid in self._routing_of_vpc.get(vid, ())
+                if kind == "natgw" and self._gateways[oid].index
+            ),
+            key=lambda g: g.id,
+        )
+
+    def _on_member(self, kind: str, ref: str, m: JsonObj) -> JsonObj:
+        h = self._host_by_name.get(m["host"])
+        return nexthop_entry(
+            kind,
+            ref,
+            ip=m["ip"],
+            host=m["host"],
+            vtep_index=m["vtep_index"],
+            underlay_ip=m["underlay_ip"],
+            port=port_ifname(m["id"]),
+            up=h is not None and h.up,
+        )
+
+    def _resolve(self, vid: str, nh: NextHopRef) -> JsonObj:
+        """A next hop as the VPC's members and gateways place it now (see docentries)."""
+        kind, ref = nh
+        if kind == "blackhole":
+            return nexthop_entry("blackhole", None, up=True)
+        entries = self._members.get(vid, {})
+        if kind == "instance" and ref:
+            m = entries.get(member_key(vid, ref))
+            if m is not None:
+                return self._on_member(kind, ref, m)
+        elif kind == "vip" and ref:
+            prefix = member_key(vid, "")
+            for key in sorted(k for k in entries if k.startswith(prefix)):
+                m = entries[key]
+                if m["ip"] == ref or ref in m["allowed_ips"]:
+                    return self._on_member(kind, ref, m)
+        elif kind == "natgw" and ref:
+            g = self._gateways.get(ref)
+            h = self._host_by_name.get(g.host) if g is not None and g.host else None
+            if g is not None and g.vpc == vid and g.index and h is not None and h.vtep_index:
+                return nexthop_entry(
+                    kind,
+                    ref,
+                    ip=NATGW_INNER_IP,
+                    host=h.name,
+                    vtep_index=h.vtep_index,
+                    underlay_ip=h.underlay_ip,
+                    port=gateway_ifname(ref),
+                    up=h.up,
+                )
+        return nexthop_entry(kind, ref)
+
+    def _route_value(self, vid: str, rid: str, tables: dict[str, _Table]) -> JsonObj | None:
+        r = self._routes.get(rid)
+        if r is None or r.vpc != vid or r.table not in tables:
+            return None
+        return route_entry(r.id, r.table, r.dst, r.priority, self._resolve(vid, r.nh))
+
+    def _policy_value(self, vid: str, pid: str, tables: dict[str, _Table]) -> JsonObj | None:
+        p = self._policies.get(pid)
+        if p is None or p.vpc != vid or p.table not in tables or not p.index:
+            return None
+        return policy_entry(
+            id=p.id,
+            table=p.table,
+            index=p.index,
+            priority=p.priority,
+            src=p.src,
+            dst=p.dst,
+            proto=p.proto,
+            port=p.port,
+            action=p.action,
+            nexthop=None if p.nh is None else self._resolve(vid, p.nh),
+        )
+
+    def _gateway_value(self, vid: str, g: _Gateway) -> JsonObj:
+        assert g.index is not None
+        entries = self._members.get(vid, {})
+        h = self._host_by_name.get(g.host) if g.host else None
+        placed = h if h is not None and h.vtep_index else None
+        eips = []
+        for eid in self._eips_of_gateway.get(g.id, ()):
+            e = self._eips[eid]
+            m = entries.get(member_key(vid, e.instance)) if e.instance else None
+            if m is not None and e.address:
+                eips.append((m["ip"], e.address))
+        forwards = []
+        for proto, port, inst, to_port in g.forwards:
+            m = entries.get(member_key(vid, inst))
+            if m is not None:
+                forwards.append((proto, port, m["ip"], to_port))
+        return gateway_entry(
+            id=g.id,
+            index=g.index,
+            host=None if placed is None else placed.name,
+            vtep_index=None if placed is None else placed.vtep_index,
+            underlay_ip=None if placed is None else placed.underlay_ip,
+            up=placed is not None and placed.up,
+            public_ip=g.public_ip,
+            subnets=[
+                sub.cidr
+                for sid in g.subnets
+                if (sub := self._subnets.get(sid)) is not None and sub.vpc == vid
+            ],
+            eips=eips,
+            forwards=forwards,
+        )
+
+    def _routing_entries(self, vid: str) -> dict[str, JsonObj]:
+        """Every routing entry of a VPC, from the model (the VPC has its entry)."""
+        out: dict[str, JsonObj] = {}
+        tables = self._tables_of(vid)
+        defaults = sorted(t.id for t in tables.values() if t.default)
+        for t in tables.values():
+            assert t.index is not None
+            out[sub_key(vid, TABLE, t.id)] = table_entry(t.id, t.index, t.default)
+        served: dict[str, str] = {}
+        for g in self._gateways_of(vid):
+            out[sub_key(vid, GATEWAY, g.id)] = self._gateway_value(vid, g)
+            for sid in g.subnets:
+                served.setdefault(sid, g.id)
+        for sid in self._subnets_of_vpc.get(vid, ()):
+            sub = self._subnets[sid]
+            table = sub.table if sub.table in tables else (defaults[0] if defaults else None)
+            if sub.index and table is not None:
+                out[sub_key(vid, SUBNET, sid)] = subnet_entry(
+                    sid, sub.cidr, sub.index, table, served.get(sid)
+                )
+        for kind, oid in self._routing_of_vpc.get(vid, ()):
+            if kind == "route":
+                value = self._route_value(vid, oid, tables)
+                if value is not None:
+                    out[sub_key(vid, ROUTE, oid)] = value
+            elif kind == "policy_route":
+                value = self._policy_value(vid, oid, tables)
+                if value is not None:
+                    out[sub_key(vid, POLICY, oid)] = value
+        return out
+
+    def _settle_routing(
+        self,
+        vid: str,
+        only: tuple[str, str] | None,
+        changed_keys: dict[str, set[str]],
+        count: Callable[[str, str, int], None],
+    ) -> None:
+        """Recompute a VPC's routing entries (or one route's or policy's: `only`), record
+        the keys that really changed, and count the hosts its gateways make carriers."""
+        current = self._routing.get(vid, {})
+        alive = vid in self._vpc_entry
+        if only is None:
+            new = self._routing_entries(vid) if alive else {}
+            keys = current.keys() | new.keys()
+        else:
+            sub, oid = only
+            key = sub_key(vid, sub, oid)
+            tables = self._tables_of(vid) if alive else {}
+            value = (
+                None
+                if not alive
+                else self._route_value(vid, oid, tables)
+                if sub == ROUTE
+                else self._policy_value(vid, oid, tables)
+            )
+            new = {} if value is None else {key: value}
+            keys = {key}
+        if not keys:
+            return
+        mine = self._routing.setdefault(vid, {})
+        entries = self._members.get(vid)
+        for key in keys:
+            old, val = current.get(key), new.get(key)
+            if old == val:
+                continue
+            if entries is None:  # the VPC never had an entry: nothing was published
+                continue
+            _v, kind, _o = parse_key(key)
+            if kind == GATEWAY:
+                for g, step in ((old, -1), (val, +1)):
+                    if g is not None and g["host"] is not None:
+                        count(vid, g["host"], step)
+            if val is None:
+                del mine[key]
+                entries.pop(key, None)
+            else:
+                mine[key] = val
+                entries[key] = val
+            changed_keys.setdefault(vid, set()).add(key)
 
     def _compact(self, vid: str) -> None:
         """Keep the last change of each key only (a delta needs no more)."""
@@ -638,8 +1088,8 @@ class Engine:
         for _rev, key in log[bisect.bisect_right(log, after, key=lambda e: e[0]) :]:
             if key in put or key in removed:
                 continue
-            _vid, inst = parse_key(key)
-            value = self._vpc_entry.get(vid) if inst is None else members.get(key)
+            _vid, kind, _oid = parse_key(key)
+            value = self._vpc_entry.get(vid) if kind is None else members.get(key)
             if value is None:
                 removed.add(key)
             else:

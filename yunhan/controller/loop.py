@@ -3,8 +3,11 @@
 Host documents are not the controller's to write any more: every API process compiles
 them from the change log (`controller.engine`, a view that needs no leader). What is left
 here writes to the model, so exactly one process runs it at a time (`store.leader`):
-placing instances that have no host yet (`placement.place_pending`).
-A pass that finds nothing to do writes nothing.
+placing instances that have no host yet (`placement.place_pending`), judging hosts by
+their leases and placing NAT gateways (`natgw`), and repairing what older versions left
+(`repair`: default route tables, subnet indexes).
+A pass that finds nothing to do writes nothing. Leases age without any write, so the loop
+also wakes every `TICK` seconds, not only when the revision moves.
 """
 
 from __future__ import annotations
@@ -16,14 +19,17 @@ from collections.abc import Callable, Mapping
 from contextlib import suppress
 from typing import Any
 
+from yunhan.controller import natgw
 from yunhan.controller.loads import HostLoads
 from yunhan.controller.placement import place_pending
+from yunhan.controller.repair import needs_repair, repair
 from yunhan.controller.scheduler import Heartbeat
 from yunhan.store import Store
 
 log = logging.getLogger("yunhan.controller")
 
 Leases = Callable[[], Mapping[str, Heartbeat]]
+TICK = 1.0  # seconds between two passes when nothing is written (lease ageing)
 
 
 class Controller:
@@ -41,26 +47,54 @@ class Controller:
         self.leases = leases
         self.loads = loads
         self.epoch: int | None = None  # the leader epoch that fences our writes
+        self.started: float | None = None  # when this controller began its passes
+        self.repaired = False  # repair runs once per term as leader (upgrades)
+
+    def _judge_lost(self, now: float) -> bool:
+        if self.started is None:
+            self.started = now
+        return now - self.started >= natgw.STARTUP_GRACE
 
     def _idle(self) -> bool:
+        now = self.clock()
         with self.store.read() as r:
-            return r.count_of("instance", "unplaced", "yes") == 0
+            if r.count_of("instance", "unplaced", "yes"):
+                return False
+            if not self.repaired:
+                return False
+            return not natgw.decide(r, self.leases(), now, self._judge_lost(now))[0]
 
     def reconcile_once(self) -> int:
         """One pass; returns the revision it saw."""
+        now = self.clock()
+        leases = self.leases()
+        judge = self._judge_lost(now)
         with self.store.read() as r:
             unplaced = r.count_of("instance", "unplaced", "yes")
+            broken = not self.repaired and needs_repair(r)
+            gateways = natgw.decide(r, leases, now, judge)[0]
             seen = r.revision
-        if unplaced:
+        if unplaced or broken or gateways:
             with self.store.transaction(fence=self.epoch) as tx:
-                placed = place_pending(tx, self.leases(), self.clock(), self.loads)
+                placed = place_pending(tx, leases, now, self.loads) if unplaced else 0
+                fixed = repair(tx) if broken else 0
+                moved = natgw.apply(tx, natgw.decide(tx, leases, now, judge)[0])
                 seen = tx.next_revision if tx.wrote else tx.revision
             if placed:
                 log.info("placed %d pending instance(s)", placed)
+            if fixed:
+                log.info("repaired %d object(s) (default route tables, subnet indexes)", fixed)
+            if moved:
+                log.info("wrote %d host condition(s) and NAT gateway placement(s)", moved)
+        self.repaired = True
         return seen
 
     async def run(self, stop: asyncio.Event, *, retry_delay: float = 1.0) -> None:
-        """Reconcile on every change until `stop` is set. A failing pass is retried."""
+        """Reconcile on every change, and every TICK seconds, until `stop` is set. A failing
+        pass is retried. Each call is a term as leader: hosts are not judged lost in its
+        first seconds, and what older versions left is repaired once."""
+        self.started = None
+        self.repaired = False
         stopping = asyncio.create_task(stop.wait())
         try:
             while not stop.is_set():
@@ -74,7 +108,7 @@ class Controller:
                     seen = -1
                     waiting: asyncio.Task[Any] = asyncio.create_task(asyncio.sleep(retry_delay))
                 else:
-                    waiting = asyncio.create_task(self.store.wait_revision_async(seen, 30.0))
+                    waiting = asyncio.create_task(self.store.wait_revision_async(seen, TICK))
                 await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
                 waiting.cancel()
                 with suppress(asyncio.CancelledError):

@@ -11,6 +11,19 @@ instances)` returns `{host name: HostDesired}` and touches nothing. The rules:
 * every list is sorted, so equal inputs give byte-identical documents and an unchanged
   document can be recognised by comparing its JSON.
 
+Distributed routing (issue 8, docs/routing.md), per VPC carried, resolved for each host:
+
+* a host also carries a VPC when one of the VPC's NAT gateways runs there;
+* subnets with an index, each with its route table (the VPC's default one when its own is
+  unknown) and the NAT gateway serving it (the first by id);
+* per table, per destination, the custom route that wins: lowest priority (then id) whose
+  next hop is up, else the best one as unreachable; next hops are up when their instance
+  is a member whose host is not lost, their gateway is placed on a host not lost, their
+  VIP address is held by a member (its address or an allowed one; first by id), or they
+  are blackholes;
+* policy routes with an index; NAT gateways with an index, their rules on the host they
+  run on; instances that some route or policy sends to are forwarders.
+
 Documents carry `revision=0`; the store revision is stamped on when one is served.
 Every registered host gets a document, an empty one when it carries nothing, so that its
 agent learns that there is nothing (and removes what it had).
@@ -24,16 +37,23 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from yunhan.net.desired import (
+    NATGW_INNER_IP,
     HostDesired,
     InstanceDesired,
+    NatGwDesired,
+    NextHop,
     Peer,
+    PolicyDesired,
     Port,
     Route,
+    RouteTableDesired,
+    SubnetDesired,
+    TableRoute,
     VpcDesired,
     vtep_mac,
     vtep_nexthop,
 )
-from yunhan.net.naming import port_ifname
+from yunhan.net.naming import gateway_ifname, port_ifname
 
 
 @dataclass(frozen=True)
@@ -42,6 +62,7 @@ class HostIn:
     vtep_index: int
     underlay_ip: str
     mtu: int = 1500
+    up: bool = True  # False: the controller found it lost
 
 
 @dataclass(frozen=True)
@@ -56,6 +77,8 @@ class SubnetIn:
     id: str
     vpc: str  # vpc id
     cidr: str
+    index: int | None = None
+    table: str | None = None  # route table id (None: the VPC's default)
 
 
 @dataclass(frozen=True)
@@ -68,6 +91,73 @@ class InstanceIn:
     host: str | None  # host name
     command: tuple[str, ...] | None = None
     allowed_ips: tuple[str, ...] = ()  # extra source addresses its port accepts (VIPs)
+
+
+NhIn = tuple[str, str | None]  # (type, instance/gateway id or VIP address)
+
+
+@dataclass(frozen=True)
+class TableIn:
+    id: str
+    vpc: str
+    index: int | None
+    default: bool = False
+
+
+@dataclass(frozen=True)
+class RouteIn:
+    id: str
+    vpc: str
+    table: str
+    dst: str
+    priority: int
+    nh: NhIn
+
+
+@dataclass(frozen=True)
+class PolicyIn:
+    id: str
+    vpc: str
+    table: str
+    index: int | None
+    priority: int
+    src: str | None
+    dst: str | None
+    proto: str
+    port: tuple[int, int] | None
+    action: str
+    nh: NhIn | None
+
+
+@dataclass(frozen=True)
+class GatewayIn:
+    id: str
+    vpc: str
+    index: int | None
+    host: str | None
+    public_ip: str
+    subnets: tuple[str, ...] = ()
+    forwards: tuple[tuple[str, int, str, int], ...] = ()  # (proto, port, instance id, port)
+
+
+@dataclass(frozen=True)
+class EipIn:
+    id: str
+    address: str
+    instance: str | None
+    natgw: str | None
+
+
+@dataclass(frozen=True)
+class RoutingIn:
+    """The routing objects of a region (all optional: a region without them routes by the
+    main table only)."""
+
+    tables: tuple[TableIn, ...] = ()
+    routes: tuple[RouteIn, ...] = ()
+    policies: tuple[PolicyIn, ...] = ()
+    gateways: tuple[GatewayIn, ...] = ()
+    eips: tuple[EipIn, ...] = ()
 
 
 def _net_key(cidr: str) -> tuple[int, int]:
@@ -95,7 +185,10 @@ class _VpcPlan:
 
 
 def _plan_vpc(
-    vpc: VpcIn, subnets: list[SubnetIn], hosts: dict[str, list[tuple[InstanceIn, SubnetIn]]]
+    vpc: VpcIn,
+    subnets: list[SubnetIn],
+    hosts: dict[str, list[tuple[InstanceIn, SubnetIn]]],
+    forwarders: set[str],
 ) -> _VpcPlan:
     entries: list[tuple[tuple[int, int], Route | InstanceIn]] = [
         (_net_key(c), Route(dst=c, kind="unreachable")) for c in vpc.cidrs
@@ -116,6 +209,7 @@ def _plan_vpc(
                 gateway=str(net.network_address + 1),
                 mac=inst.mac,
                 allowed_ips=inst.allowed_ips,
+                forwarder=inst.id in forwarders,
             )
             local[inst.id] = Route(dst=f"{inst.ip}/32", kind="local", port=ifname)
             remote[inst.id] = Route(dst=f"{inst.ip}/32", kind="remote", peer=host_name)
@@ -129,11 +223,164 @@ def _plan_vpc(
     return _VpcPlan(vpc, gateways, entries, hosts, local, remote, ports)
 
 
+@dataclass
+class _Routing:
+    """A VPC's routing objects, with what resolving next hops needs."""
+
+    vpc: str
+    hosts: dict[str, HostIn]
+    members: dict[str, tuple[InstanceIn, str]]  # instance id -> (instance, host name)
+    subnets: list[SubnetIn]
+    tables: dict[str, TableIn]
+    routes: list[RouteIn]
+    policies: list[PolicyIn]
+    gateways: list[GatewayIn]  # by id
+    eips: list[EipIn]
+
+    def target(self, nh: NhIn) -> tuple[str | None, str | None, str | None, bool]:
+        """(host, ip, port, up) of a next hop; host None when it has no place."""
+        kind, ref = nh
+        if kind == "instance" and ref in self.members:
+            inst, host = self.members[ref]
+            return host, inst.ip, port_ifname(inst.id), self.hosts[host].up
+        if kind == "vip":
+            for iid in sorted(self.members):
+                inst, host = self.members[iid]
+                if ref == inst.ip or ref in inst.allowed_ips:
+                    return host, inst.ip, port_ifname(iid), self.hosts[host].up
+        if kind == "natgw":
+            for g in self.gateways:
+                if g.id == ref and g.host in self.hosts:
+                    return g.host, NATGW_INNER_IP, gateway_ifname(g.id), self.hosts[g.host].up
+        return None, None, None, False
+
+    def next_hop(self, nh: NhIn, here: str) -> NextHop | None:
+        """The next hop as `here` uses it; None when it is down."""
+        kind, ref = nh
+        name = kind if ref is None else f"{kind}:{ref}"
+        if kind == "blackhole":
+            return NextHop(kind="blackhole", target=name)
+        host, ip, port, up = self.target(nh)
+        if host is None or not up:
+            return None
+        if host == here:
+            return NextHop(kind="local", ip=ip, port=port, target=name)
+        return NextHop(kind="remote", ip=ip, peer=host, target=name)
+
+    def fields(self, here: str) -> dict[str, object]:
+        """The routing fields of the VPC's document for host `here`."""
+        default = min((t.id for t in self.tables.values() if t.default), default=None)
+        serving: dict[str, GatewayIn] = {}
+        for g in self.gateways:
+            for sid in g.subnets:
+                serving.setdefault(sid, g)
+        subnets = []
+        for sub in self.subnets:
+            tid = sub.table if sub.table in self.tables else default
+            if sub.index and tid is not None:
+                server = serving.get(sub.id)
+                subnets.append(
+                    SubnetDesired(
+                        id=sub.id,
+                        cidr=sub.cidr,
+                        index=sub.index,
+                        table=self.tables[tid].index or 0,
+                        natgw=None if server is None else server.index,
+                    )
+                )
+        winners: dict[str, list[TableRoute]] = defaultdict(list)
+        prefixes: dict[tuple[str, str], list[RouteIn]] = defaultdict(list)
+        for r in self.routes:
+            if r.table in self.tables:
+                prefixes[(r.table, r.dst)].append(r)
+        for (tid, dst), rs in prefixes.items():
+            rs.sort(key=lambda r: (r.priority, r.id))
+            up = [(r, nh) for r in rs if (nh := self.next_hop(r.nh, here)) is not None]
+            r, nh = up[0] if up else (rs[0], None)
+            if nh is None:
+                kind, ref = r.nh
+                nh = NextHop(kind="unreachable", target=kind if ref is None else f"{kind}:{ref}")
+            winners[tid].append(TableRoute(dst=dst, nexthop=nh, route_id=r.id, priority=r.priority))
+        tables = tuple(
+            RouteTableDesired(
+                id=t.id,
+                index=t.index or 0,
+                routes=tuple(sorted(winners[t.id], key=lambda x: _net_key(x.dst))),
+            )
+            for t in sorted(self.tables.values(), key=lambda t: t.index or 0)
+        )
+        policies = tuple(
+            sorted(
+                (
+                    PolicyDesired(
+                        id=p.id,
+                        table=self.tables[p.table].index or 0,
+                        index=p.index,
+                        priority=p.priority,
+                        src=p.src,
+                        dst=p.dst,
+                        proto=p.proto,  # type: ignore[arg-type]
+                        port_min=None if p.port is None else p.port[0],
+                        port_max=None if p.port is None else p.port[1],
+                        action=p.action,  # type: ignore[arg-type]
+                        nexthop=(
+                            self.next_hop(p.nh, here)
+                            if p.action == "reroute" and p.nh is not None
+                            else None
+                        ),
+                    )
+                    for p in self.policies
+                    if p.table in self.tables and p.index
+                ),
+                key=lambda x: (x.table, x.priority, x.id),
+            )
+        )
+        cidr_of = {s.id: s.cidr for s in self.subnets}
+        natgws = []
+        for g in self.gateways:
+            local = g.host == here
+            eips = sorted(
+                (self.members[e.instance][0].ip or "", e.address)
+                for e in self.eips
+                if e.natgw == g.id and e.instance in self.members and e.address
+            )
+            forwards = sorted(
+                (proto, port, self.members[inst][0].ip or "", to_port)
+                for proto, port, inst, to_port in g.forwards
+                if inst in self.members
+            )
+            natgws.append(
+                NatGwDesired(
+                    id=g.id,
+                    index=g.index or 0,
+                    nexthop=self.next_hop(("natgw", g.id), here)
+                    or NextHop(kind="unreachable", target=f"natgw:{g.id}"),
+                    public_ip=g.public_ip,
+                    local=local,
+                    ifname=gateway_ifname(g.id),
+                    snat=tuple(
+                        sorted((cidr_of[s] for s in g.subnets if s in cidr_of), key=_net_key)
+                    )
+                    if local
+                    else (),
+                    eips=tuple(eips) if local else (),
+                    forwards=tuple(forwards) if local else (),
+                )
+            )
+        return {
+            "subnets": tuple(sorted(subnets, key=lambda x: x.index)),
+            "tables": tables,
+            "policies": policies,
+            "natgws": tuple(natgws),
+        }
+
+
 def compile_hosts(
     hosts: Iterable[HostIn],
     vpcs: Iterable[VpcIn],
     subnets: Iterable[SubnetIn],
     instances: Iterable[InstanceIn],
+    routing: RoutingIn = RoutingIn(),
 ) -> dict[str, HostDesired]:
     """The desired document of every host (see the module docstring for the rules).
 
@@ -155,10 +402,33 @@ def compile_hosts(
         sub = subnet_by_id.get(inst.subnet)
         if inst.ip and inst.mac and inst.host in host_by_name and sub is not None:
             carried[sub.vpc][inst.host].append((inst, sub))
+    gateways = sorted(
+        (g for g in routing.gateways if g.index and g.vpc in vpc_by_id),
+        key=lambda g: g.id,
+    )
+    for g in gateways:
+        if g.host in host_by_name:
+            carried[g.vpc].setdefault(g.host, [])  # it carries the VPC, maybe without members
+    nhs: list[NhIn | None] = [*(r.nh for r in routing.routes), *(p.nh for p in routing.policies)]
+    forwarders = {nh[1] for nh in nhs if nh is not None and nh[0] == "instance" and nh[1]}
 
     plans = {
-        vpc_id: _plan_vpc(vpc_by_id[vpc_id], subnets_of_vpc[vpc_id], carried[vpc_id])
+        vpc_id: _plan_vpc(vpc_by_id[vpc_id], subnets_of_vpc[vpc_id], carried[vpc_id], forwarders)
         for vpc_id in sorted(carried)
+    }
+    routings = {
+        vpc_id: _Routing(
+            vpc=vpc_id,
+            hosts=host_by_name,
+            members={i.id: (i, h) for h, placed in carried[vpc_id].items() for i, _s in placed},
+            subnets=subnets_of_vpc[vpc_id],
+            tables={t.id: t for t in routing.tables if t.vpc == vpc_id and t.index},
+            routes=[r for r in routing.routes if r.vpc == vpc_id],
+            policies=[p for p in routing.policies if p.vpc == vpc_id],
+            gateways=[g for g in gateways if g.vpc == vpc_id],
+            eips=list(routing.eips),
+        )
+        for vpc_id in plans
     }
     peer_of = {
         h.name: Peer(
@@ -198,6 +468,7 @@ def compile_hosts(
                     ),
                     peers=tuple(peer_of[h] for h in sorted(plan.hosts) if h != host.name),
                     routes=routes,
+                    **routings[plan.vpc.id].fields(host.name),  # type: ignore[arg-type]
                 )
             )
             inst_docs.extend(

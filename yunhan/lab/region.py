@@ -1,7 +1,9 @@
 """A running lab region: topology + API server + one agent per host, and its record.
 
-    up(spec, state_dir)   realise the topology, start the server, create the zones, start the
-                          agents, wait until every agent is registered and healthy
+    up(spec, state_dir)   realise the topology, start the internet's echo server and the API
+                          server, create the zones, start the agents (each announcing its
+                          NAT gateways' public addresses to the core), wait until every
+                          agent is registered and healthy (all under the region's supervisor)
     down(state_dir)       stop and remove all of it (idempotent; works after a half-failed up)
     status(state_dir)     the record, which lab processes live, zones and hosts from the API
     sweep()               remove what crashed regions left (prefix-owned, no live record)
@@ -58,7 +60,7 @@ from typing import TYPE_CHECKING, Any
 from yunhan.errors import Conflict, TimedOut, YunhanError
 from yunhan.lab import cleanup, topology
 from yunhan.lab.cleanup import REGION_ENV, RUN_DIR, Removed
-from yunhan.lab.spec import REGION_PREFIX_RE, HostSpec, RegionSpec
+from yunhan.lab.spec import ECHO_PORT, REGION_PREFIX_RE, HostSpec, RegionSpec
 from yunhan.lab.supervisor import (
     FAILED,
     RUNNING,
@@ -67,6 +69,7 @@ from yunhan.lab.supervisor import (
     SupervisorState,
     program_line,
 )
+from yunhan.nsexec import nsenter_argv
 from yunhan.polling import poll_until
 
 if TYPE_CHECKING:
@@ -97,7 +100,7 @@ def default_state_dir() -> Path:
 class ProcessRecord:
     """One lab process: what it is, how to find it again, where it logs."""
 
-    role: str  # "up" (a foreground `yunhan up`) | "supervisor" | "server" | "agent"
+    role: str  # "up" (a foreground `yunhan up`) | "supervisor" | "server" | "agent" | "echo"
     name: str
     pid: int
     started: int | None
@@ -235,7 +238,7 @@ def _shape(spec: RegionSpec) -> tuple[int, tuple[int, ...], int]:
 
 
 def _wanted(spec: RegionSpec) -> set[tuple[str, str]]:
-    return {("server", "server")} | {("agent", h.name) for h in spec.hosts}
+    return {("server", "server"), ("echo", "echo")} | {("agent", h.name) for h in spec.hosts}
 
 
 def _whole(record: RegionRecord) -> bool:
@@ -274,7 +277,14 @@ def _server_argv(record: RegionRecord) -> list[str]:
     return [*_yunhan_argv(),
         "server", "--state-dir", str(record.data_dir / "server"),
         "--listen", listen, "--admin-token-hash-file", str(record.token_hash_file),
+        "--public-pool", record.region_spec.public_pool,
     ]  # fmt: skip
+
+
+def _echo_argv(record: RegionRecord) -> list[str]:
+    # nsenter execs the server itself inside the namespace: the recorded pid is the server's.
+    echo = [sys.executable, "-m", "yunhan.lab.echo", "--listen", f"0.0.0.0:{ECHO_PORT}"]
+    return nsenter_argv(echo, net=record.region_spec.internet_netns)
 
 
 def _agent_argv(record: RegionRecord, host: HostSpec) -> list[str]:
@@ -283,6 +293,7 @@ def _agent_argv(record: RegionRecord, host: HostSpec) -> list[str]:
         "agent", "--api", record.endpoint, "--token-file", "-",
         "--host", host.name, "--zone", host.zone, "--underlay-ip", host.underlay_ip,
         "--mtu", str(spec.mtu), "--host-netns", host.netns,
+        "--uplink-netns", spec.core_netns, "--uplink-via", host.underlay_ip,
         "--prefix", host.agent_prefix,
         "--state-dir", str(record.data_dir / "agents" / host.name),
     ]  # fmt: skip
@@ -301,7 +312,10 @@ def _program(
 def _programs(record: RegionRecord) -> list[str]:
     """Every program of the region, without secrets (what a new supervisor is given)."""
     spec = record.region_spec
-    lines = [_program(record, "server", "server", _server_argv(record))]
+    lines = [
+        _program(record, "echo", "echo", _echo_argv(record)),
+        _program(record, "server", "server", _server_argv(record)),
+    ]
     lines += [_program(record, "agent", h.name, _agent_argv(record, h)) for h in spec.hosts]
     return lines
 
@@ -518,7 +532,8 @@ def _revive(
     with httpx.Client(base_url=record.endpoint, headers=headers, timeout=5.0) as api:
         _wait_api(api, record, popen, deadline, strict=False)
         if token:
-            _wait_agents(api, record, popen, names - {"server"}, deadline, strict=False)
+            agents = {h.name for h in record.region_spec.hosts}
+            _wait_agents(api, record, popen, agents, deadline, strict=False)
     return handle
 
 
@@ -526,10 +541,10 @@ def _adopt_unsupervised(record: RegionRecord) -> None:
     """A region started before regions had supervisors lists its server and agents in its
     record: hand them to the supervisor's file, so that the new supervisor adopts those
     that run instead of starting second copies."""
-    legacy = [p for p in record.processes if p.role in ("server", "agent")]
+    legacy = [p for p in record.processes if p.role in ("server", "agent", "echo")]
     if not legacy or record.supervisor_file.exists():
         return
-    argv = {"server": _server_argv(record)}
+    argv = {"server": _server_argv(record), "echo": _echo_argv(record)}
     argv.update({h.name: _agent_argv(record, h) for h in record.region_spec.hosts})
     now = time.time()
     programs = [
@@ -556,6 +571,7 @@ def _start(
     handle = RegionHandle(record, token)
     sup = _spawn_supervisor(record, policy)
     handle.popens["supervisor"] = sup
+    _give(sup, _program(record, "echo", "echo", _echo_argv(record)))
     _give(sup, _program(record, "server", "server", _server_argv(record)))
     with httpx.Client(
         base_url=record.endpoint, headers={"Authorization": f"Bearer {token}"}, timeout=5.0
@@ -576,6 +592,8 @@ def _start(
         assert sup.stdin is not None
         sup.stdin.close()
         _wait_agents(api, record, sup, {h.name for h in spec.hosts}, deadline, strict=True)
+    if err := _trouble(record, sup, {"echo"}, strict=True):
+        raise err
     return handle
 
 
@@ -694,7 +712,9 @@ def _teardown(prefix: str, record: RegionRecord | None, *, keep_logs: bool = Fal
         sups = [p.pid for p in record.processes if p.role == "supervisor" and p.alive()]
         removed.processes += cleanup.kill(sups, grace=STOP_GRACE)
         alive = [
-            p.pid for p in record.every_process() if p.role in ("agent", "server") and p.alive()
+            p.pid
+            for p in record.every_process()
+            if p.role in ("agent", "server", "echo") and p.alive()
         ]
         removed.processes += cleanup.kill(alive, grace=STOP_GRACE)
     # Another registered region whose prefix extends ours ("<prefix>-b") shares every

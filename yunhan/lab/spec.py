@@ -11,6 +11,8 @@ namespace):
     host h of zone z     198.18.z.(10+h)/32 on a point-to-point link into the core;
                          .2-.10 stay free for zone services (NAT, LB …)
     internet link        198.19.0.0/24: core 198.19.0.1, "internet" namespace 198.19.0.2
+    public pool          198.19.128.0/24: NAT gateway and elastic IP addresses, given to the
+                         API server; the core routes each one only to the host announcing it
 
 Names: every namespace is "<prefix>-<something>" so that `down` and `sweep` find all of it,
 including what the agents create under "<host netns>-" (VPC and instance namespaces).
@@ -29,6 +31,8 @@ from yunhan.errors import ValidationError
 
 UNDERLAY = ipaddress.IPv4Network("198.18.0.0/15")
 INTERNET_CIDR = ipaddress.IPv4Network("198.19.0.0/24")
+PUBLIC_POOL = ipaddress.IPv4Network("198.19.128.0/24")
+ECHO_PORT = 80  # the internet namespace's HTTP server (yunhan.lab.echo)
 HOST_OFFSET = 10
 MAX_ZONES = 200
 MAX_HOSTS_PER_ZONE = 240
@@ -94,6 +98,7 @@ class RegionSpec:
     internet_cidr: str
     internet_gateway: str
     internet_ip: str
+    public_pool: str = str(PUBLIC_POOL)
 
     @classmethod
     def build(
@@ -142,6 +147,7 @@ class RegionSpec:
             internet_cidr=str(INTERNET_CIDR),
             internet_gateway=str(INTERNET_CIDR.network_address + 1),
             internet_ip=str(INTERNET_CIDR.network_address + 2),
+            public_pool=str(PUBLIC_POOL),
         )
         spec.validate()
         return spec
@@ -196,6 +202,12 @@ class RegionSpec:
         inet = ipaddress.IPv4Network(self.internet_cidr)
         if not inet.subnet_of(underlay):
             raise ValidationError(f"internet link {inet} is outside the underlay {underlay}")
+        pool = ipaddress.IPv4Network(self.public_pool)
+        if not pool.subnet_of(underlay):
+            raise ValidationError(f"public pool {pool} is outside the underlay {underlay}")
+        for other in cidrs:
+            if pool.overlaps(other):
+                raise ValidationError(f"public pool {pool} overlaps {other}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -220,7 +232,10 @@ class RegionSpec:
             f"  core      netns {self.core_netns} (routes between zones, ip_forward on)",
             f"  internet  netns {self.internet_netns} {self.internet_ip}/"
             f"{ipaddress.IPv4Network(self.internet_cidr).prefixlen} "
-            f"via {self.internet_gateway} ({CORE_INTERNET_PORT} in core)",
+            f"via {self.internet_gateway} ({CORE_INTERNET_PORT} in core), "
+            f"HTTP echo on port {ECHO_PORT}",
+            f"  public    pool {self.public_pool} (NAT gateways and EIPs; the core routes each "
+            "address to the host that announces it)",
         ]
         for z in self.zones:
             lines.append(

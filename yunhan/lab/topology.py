@@ -14,6 +14,11 @@ core-side end of every link of a zone carries that zone's gateway address, and t
 routes each host's /32 to its link. Every host-to-host packet, and so all cross-AZ overlay
 traffic, crosses exactly one L3 hop (a TTL decrement and a route lookup in the core).
 
+The public pool (spec.public_pool) has no route of its own in the core: each address is
+routed there by the agent of the host that runs its NAT gateway (`<ip>/32 via <host underlay
+ip> dev <core port> onlink proto 89`, the lab's BGP announcement), so an address answers from
+the internet namespace only while its gateway is in place, and follows it when it moves.
+
 Why not a bridge per zone: a Linux bridge costs a traversal each way for every frame, and
 one that routes (an address on the bridge device) has no `hw_enc_features`, so every
 VXLAN GSO super-frame leaving through it is segmented in software (measured: cross-zone

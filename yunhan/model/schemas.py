@@ -11,7 +11,7 @@ server; a PATCH names every field it may change and refuses the others (400 nami
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 from pydantic.json_schema import WithJsonSchema
@@ -171,3 +171,56 @@ class VpcPatch(Patch):
     """The PATCH of a VPC: its labels and its CIDR blocks."""
 
     spec: VpcSpecPatch = Field(default_factory=VpcSpecPatch)
+
+
+# -- distributed routing (docs/routing.md) ----------------------------------------------
+# Next hops are written as people write them: instance:NAME, vip:IP, natgw:NAME, blackhole.
+NEXT_HOP_DESCRIPTION = "instance:NAME|vip:IP|natgw:NAME|blackhole (hybrid: refused for now)"
+PORT_RANGE_PATTERN = r"^[0-9]{1,5}(-[0-9]{1,5})?$"
+
+
+class RouteTableCreate(_Create):
+    name: Name
+    vpc: str
+
+
+class AssociationCreate(_Body):
+    subnet: str = Field(description="the subnet (name or id) to associate with the table")
+
+
+class RouteCreate(_Body):
+    dst: str = Field(description="destination CIDR")
+    next_hop: str = Field(description=NEXT_HOP_DESCRIPTION)
+    priority: Int = Field(100, ge=1, le=65535, description="lower wins among equal prefixes")
+
+
+class PolicyRouteCreate(_Body):
+    priority: Int = Field(ge=1, le=9999, description="unique in the table; lower first")
+    src: str | None = Field(None, description="source CIDR (any when absent)")
+    dst: str | None = Field(None, description="destination CIDR (any when absent)")
+    proto: Literal["tcp", "udp", "icmp", "any"] = "any"
+    port: Annotated[str, StringConstraints(pattern=PORT_RANGE_PATTERN)] | None = Field(
+        None, description="destination port N or range N-M (tcp and udp only)"
+    )
+    action: Literal["drop", "allow", "reroute"]
+    next_hop: str | None = Field(None, description=f"reroute only: {NEXT_HOP_DESCRIPTION}")
+
+
+class NatGwCreate(_Create):
+    name: Name
+    vpc: str
+    subnets: list[str] = Field(min_length=1, description="the subnets it serves (names or ids)")
+
+
+class ForwardCreate(_Body):
+    proto: Literal["tcp", "udp"]
+    port: Int = Field(ge=1, le=65535, description="the public port on the gateway's address")
+    to: str = Field(description="INSTANCE:PORT (the instance's name or id)")
+
+
+class EipCreate(_Create):
+    name: Name | None = Field(None, description="its name (default: its id)")
+
+
+class EipBind(_Body):
+    instance: str = Field(description="the instance (name or id)")

@@ -15,8 +15,25 @@ Keys and values (plain JSON, lists sorted as stated):
   ``{"id", "name", "ip", "mac", "prefixlen", "gateway", "host", "vtep_index",
   "underlay_ip", "command", "allowed_ips"}``.
 
-A document holds "host" and, per VPC the host carries, the VPC entry and all its members;
-the host's own members become ports and instances, the others remote routes and peers.
+Distributed routing (issue 8, docs/routing.md), one entry per object of the VPC:
+
+* ``"vpc/<vpc id>/s/<subnet id>"`` -> ``{"id", "cidr", "index", "table", "natgw"}``: a subnet
+  with a selector index, its route table's id and the id of the NAT gateway serving it;
+* ``"vpc/<vpc id>/t/<table id>"`` -> ``{"id", "index", "default"}``;
+* ``"vpc/<vpc id>/r/<route id>"`` -> ``{"id", "table", "dst", "priority", "nexthop"}``;
+* ``"vpc/<vpc id>/p/<policy id>"`` -> ``{"id", "table", "index", "priority", "src", "dst",
+  "proto", "port", "action", "nexthop"}``;
+* ``"vpc/<vpc id>/g/<gateway id>"`` -> ``{"id", "index", "host", "vtep_index",
+  "underlay_ip", "up", "public_ip", "subnets", "eips", "forwards"}``.
+
+A next hop in an entry is resolved but says nothing of the reader: ``{"type", "ref", "ip",
+"host", "vtep_index", "underlay_ip", "port", "up"}``; `assemble` makes it local or remote
+for the host it builds, and picks the winner among routes of one prefix. A member that is
+a next hop carries ``"forwarder": true`` (absent otherwise).
+
+A document holds "host" and, per VPC the host carries, the VPC entry and all its members
+and routing entries; the host's own members become ports and instances, the others remote
+routes and peers. A host carries a VPC when one of its members or gateways is there.
 Removing a key removes every key under key + "/" too, so dropping a VPC is one key.
 
 Values are shared between documents and between the engine and its callers: never mutate
@@ -33,16 +50,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from yunhan.net.desired import (
+    NATGW_INNER_IP,
     HostDesired,
     InstanceDesired,
+    NatGwDesired,
+    NextHop,
     Peer,
+    PolicyDesired,
     Port,
     Route,
+    RouteTableDesired,
+    SubnetDesired,
+    TableRoute,
     VpcDesired,
     vtep_mac,
     vtep_nexthop,
 )
-from yunhan.net.naming import port_ifname
+from yunhan.net.naming import gateway_ifname, port_ifname
 
 # Entry values are JSON objects whose shape the builders below fix; they travel as JSON and
 # the agent reads them as JSON, so a typed wrapper would only be converted back and forth.
@@ -51,28 +75,38 @@ Entries = dict[str, JsonObj]
 
 HOST_KEY = "host"
 _VPC = "vpc/"
-_MEMBERS = "/m/"
+# The kinds of entries under a VPC: members, subnets, route tables, routes, policy routes,
+# NAT gateways.
+MEMBER, SUBNET, TABLE, ROUTE, POLICY, GATEWAY = "m", "s", "t", "r", "p", "g"
+SUB_KINDS = frozenset({MEMBER, SUBNET, TABLE, ROUTE, POLICY, GATEWAY})
 
 
 def vpc_key(vpc_id: str) -> str:
     return f"{_VPC}{vpc_id}"
 
 
+def sub_key(vpc_id: str, kind: str, obj_id: str) -> str:
+    """The key of an entry of kind `kind` (MEMBER, SUBNET, ...) under a VPC."""
+    return f"{_VPC}{vpc_id}/{kind}/{obj_id}"
+
+
 def member_key(vpc_id: str, instance_id: str) -> str:
-    return f"{_VPC}{vpc_id}{_MEMBERS}{instance_id}"
+    return sub_key(vpc_id, MEMBER, instance_id)
 
 
-def parse_key(key: str) -> tuple[str, str | None]:
-    """("vpc id", None) for a VPC entry, ("vpc id", "instance id") for a member.
+def parse_key(key: str) -> tuple[str, str | None, str | None]:
+    """("vpc id", None, None) for a VPC entry, ("vpc id", kind, "object id") for an entry
+    under it (kind one of SUB_KINDS).
 
     Raises ValueError for "host" and any key this version does not know.
     """
     if key.startswith(_VPC):
-        rest = key[len(_VPC) :]
-        vpc_id, sep, inst = rest.partition(_MEMBERS)
-        if vpc_id and "/" not in vpc_id and (not sep or (inst and "/" not in inst)):
-            return vpc_id, (inst if sep else None)
-    raise ValueError(f"not a VPC or member entry key: {key!r}")
+        parts = key[len(_VPC) :].split("/")
+        if len(parts) == 1 and parts[0]:
+            return parts[0], None, None
+        if len(parts) == 3 and parts[0] and parts[1] in SUB_KINDS and parts[2]:
+            return parts[0], parts[1], parts[2]
+    raise ValueError(f"not a VPC entry key: {key!r}")
 
 
 def net_key(cidr: str) -> tuple[int, int]:
@@ -117,10 +151,11 @@ def member_entry(
     underlay_ip: str,
     command: Iterable[str] | None,
     allowed_ips: Iterable[str] = (),
+    forwarder: bool = False,
 ) -> JsonObj:
     """One member: an instance placed on `host`, in a subnet (`subnet_cidr`) of the VPC."""
     gw, plen = gateway_of(subnet_cidr)
-    return {
+    out: JsonObj = {
         "id": id,
         "name": name,
         "ip": ip,
@@ -132,6 +167,101 @@ def member_entry(
         "underlay_ip": underlay_ip,
         "command": None if command is None else list(command),
         "allowed_ips": list(allowed_ips),
+    }
+    if forwarder:
+        out["forwarder"] = True
+    return out
+
+
+def subnet_entry(id: str, cidr: str, index: int, table: str, natgw: str | None) -> JsonObj:
+    return {"id": id, "cidr": cidr, "index": index, "table": table, "natgw": natgw}
+
+
+def table_entry(id: str, index: int, default: bool) -> JsonObj:
+    return {"id": id, "index": index, "default": default}
+
+
+def nexthop_entry(
+    type: str,
+    ref: str | None,
+    *,
+    ip: str | None = None,
+    host: str | None = None,
+    vtep_index: int | None = None,
+    underlay_ip: str | None = None,
+    port: str | None = None,
+    up: bool = False,
+) -> JsonObj:
+    """A resolved next hop. `up` False: its target is gone or its host lost."""
+    return {
+        "type": type,
+        "ref": ref,
+        "ip": ip,
+        "host": host,
+        "vtep_index": vtep_index,
+        "underlay_ip": underlay_ip,
+        "port": port,
+        "up": up,
+    }
+
+
+def route_entry(id: str, table: str, dst: str, priority: int, nexthop: JsonObj) -> JsonObj:
+    return {"id": id, "table": table, "dst": dst, "priority": priority, "nexthop": nexthop}
+
+
+def policy_entry(
+    *,
+    id: str,
+    table: str,
+    index: int,
+    priority: int,
+    src: str | None,
+    dst: str | None,
+    proto: str,
+    port: tuple[int, int] | None,
+    action: str,
+    nexthop: JsonObj | None,
+) -> JsonObj:
+    return {
+        "id": id,
+        "table": table,
+        "index": index,
+        "priority": priority,
+        "src": src,
+        "dst": dst,
+        "proto": proto,
+        "port": None if port is None else [port[0], port[1]],
+        "action": action,
+        "nexthop": nexthop,
+    }
+
+
+def gateway_entry(
+    *,
+    id: str,
+    index: int,
+    host: str | None,
+    vtep_index: int | None,
+    underlay_ip: str | None,
+    up: bool,
+    public_ip: str,
+    subnets: Iterable[str],
+    eips: Iterable[tuple[str, str]],
+    forwards: Iterable[tuple[str, int, str, int]],
+) -> JsonObj:
+    """A NAT gateway: where it runs, the subnets (CIDRs) it serves, its 1:1 addresses
+    (instance ip, public ip) and port forwards (proto, public port, instance ip, port)."""
+    return {
+        "id": id,
+        "index": index,
+        "host": host,
+        "vtep_index": vtep_index,
+        "underlay_ip": underlay_ip,
+        "up": up,
+        "public_ip": public_ip,
+        "subnets": sorted(subnets, key=net_key),
+        "eips": sorted([list(e) for e in eips]),
+        "forwards": sorted([list(f) for f in forwards]),
     }
 
 
@@ -223,34 +353,177 @@ class Delta:
         return cls(host, revision, snapshot, tuple(removed), dict(entries))
 
 
+def _localise(nh: JsonObj | None, host: str, peers: Mapping[str, Peer]) -> NextHop | None:
+    """The NextHop of an entry's next hop for `host`; None when it is not up."""
+    if nh is None or not nh["up"]:
+        return None
+    target = nh["type"] if nh["ref"] is None else f"{nh['type']}:{nh['ref']}"
+    if nh["type"] == "blackhole":
+        return NextHop(kind="blackhole", target=target)
+    if nh["host"] == host:
+        return NextHop(kind="local", ip=nh["ip"], port=nh["port"], target=target)
+    if nh["host"] not in peers:
+        return None  # no tunnel to its host: cannot be realised from here
+    return NextHop(kind="remote", ip=nh["ip"], peer=nh["host"], target=target)
+
+
+def _nh_target(nh: JsonObj | None) -> str:
+    if nh is None:
+        return ""
+    return nh["type"] if nh["ref"] is None else f"{nh['type']}:{nh['ref']}"
+
+
+def _routing(
+    vpc_id: str,
+    host: str,
+    kinds: Mapping[str, list[JsonObj]],
+    peers: Mapping[str, Peer],
+) -> dict[str, Any]:
+    """The routing fields of a VpcDesired (subnets, tables, policies, natgws) for `host`."""
+    tables = {t["id"]: t for t in kinds.get(TABLE, ())}
+    gateways = {g["id"]: g for g in kinds.get(GATEWAY, ())}
+    subnets = []
+    for sub in kinds.get(SUBNET, ()):
+        t = tables.get(sub["table"])
+        if t is None:
+            continue  # a table not (yet) known: the subnet keeps the main table only
+        g = gateways.get(sub["natgw"]) if sub["natgw"] else None
+        subnets.append(
+            SubnetDesired(
+                id=sub["id"],
+                cidr=sub["cidr"],
+                index=sub["index"],
+                table=t["index"],
+                natgw=None if g is None else g["index"],
+            )
+        )
+    by_prefix: dict[tuple[str, str], list[JsonObj]] = {}
+    for r in kinds.get(ROUTE, ()):
+        if r["table"] in tables:
+            by_prefix.setdefault((r["table"], r["dst"]), []).append(r)
+    chosen: dict[str, list[TableRoute]] = {}
+    for (tid, dst), routes in by_prefix.items():
+        routes.sort(key=lambda r: (r["priority"], r["id"]))
+        win: TableRoute | None = None
+        for r in routes:
+            nh = _localise(r["nexthop"], host, peers)
+            if nh is not None:
+                win = TableRoute(dst=dst, nexthop=nh, route_id=r["id"], priority=r["priority"])
+                break
+        if win is None:
+            best = routes[0]
+            win = TableRoute(
+                dst=dst,
+                nexthop=NextHop(kind="unreachable", target=_nh_target(best["nexthop"])),
+                route_id=best["id"],
+                priority=best["priority"],
+            )
+        chosen.setdefault(tid, []).append(win)
+    table_docs = [
+        RouteTableDesired(
+            id=t["id"],
+            index=t["index"],
+            routes=tuple(sorted(chosen.get(t["id"], ()), key=lambda r: net_key(r.dst))),
+        )
+        for t in tables.values()
+    ]
+    policies = []
+    for p in kinds.get(POLICY, ()):
+        t = tables.get(p["table"])
+        if t is None:
+            continue
+        port = p["port"]
+        policies.append(
+            PolicyDesired(
+                id=p["id"],
+                table=t["index"],
+                index=p["index"],
+                priority=p["priority"],
+                src=p["src"],
+                dst=p["dst"],
+                proto=p["proto"],
+                port_min=None if port is None else port[0],
+                port_max=None if port is None else port[1],
+                action=p["action"],
+                nexthop=_localise(p["nexthop"], host, peers) if p["action"] == "reroute" else None,
+            )
+        )
+    natgws = []
+    for g in gateways.values():
+        local = g["host"] == host
+        nh = _localise(
+            {
+                "type": "natgw",
+                "ref": g["id"],
+                "ip": NATGW_INNER_IP,
+                "host": g["host"],
+                "port": gateway_ifname(g["id"]),
+                "up": g["up"],
+            },
+            host,
+            peers,
+        )
+        natgws.append(
+            NatGwDesired(
+                id=g["id"],
+                index=g["index"],
+                nexthop=nh or NextHop(kind="unreachable", target=f"natgw:{g['id']}"),
+                public_ip=g["public_ip"],
+                local=local,
+                ifname=gateway_ifname(g["id"]),
+                snat=tuple(g["subnets"]) if local else (),
+                eips=tuple((a, b) for a, b in g["eips"]) if local else (),
+                forwards=tuple((a, b, c, d) for a, b, c, d in g["forwards"]) if local else (),
+            )
+        )
+    return {
+        "subnets": tuple(sorted(subnets, key=lambda x: x.index)),
+        "tables": tuple(sorted(table_docs, key=lambda x: x.index)),
+        "policies": tuple(sorted(policies, key=lambda x: (x.table, x.priority, x.id))),
+        "natgws": tuple(sorted(natgws, key=lambda x: x.index)),
+    }
+
+
+def _add_peer(peers: dict[str, Peer], host: str, name: str, idx: int, underlay_ip: str) -> None:
+    if name != host and name not in peers:
+        peers[name] = Peer(
+            host=name,
+            vtep_index=idx,
+            underlay_ip=underlay_ip,
+            mac=vtep_mac(idx),
+            nexthop=vtep_nexthop(idx),
+        )
+
+
 def assemble(entries: Mapping[str, JsonObj], host: str) -> HostDesired:
     """The `HostDesired` (revision 0) these entries describe for `host`.
 
     Equal, field for field, to what `controller.netcompile.compile_hosts` gives for the same
     model. ValueError when the entries are not a document of `host` (no or another "host"
-    entry, a member without its VPC, an unknown key).
+    entry, an entry without its VPC, an unknown key).
     """
     h = entries.get(HOST_KEY)
     if h is None or h["host"] != host:
         raise ValueError(f"entries are not a document of host {host!r}")
     vpcs: dict[str, JsonObj] = {}
-    members: dict[str, list[JsonObj]] = {}
+    subs: dict[str, dict[str, list[JsonObj]]] = {}
     for key, value in entries.items():
         if key == HOST_KEY:
             continue
-        vpc_id, inst = parse_key(key)
-        if inst is None:
+        vpc_id, kind, _obj = parse_key(key)
+        if kind is None:
             vpcs[vpc_id] = value
         else:
-            members.setdefault(vpc_id, []).append(value)
-    if not members.keys() <= vpcs.keys():
-        raise ValueError(f"members without their VPC entry: {sorted(members.keys() - vpcs)}")
+            subs.setdefault(vpc_id, {}).setdefault(kind, []).append(value)
+    if not subs.keys() <= vpcs.keys():
+        raise ValueError(f"entries without their VPC entry: {sorted(subs.keys() - vpcs)}")
 
     vpc_docs: list[VpcDesired] = []
     inst_docs: list[InstanceDesired] = []
     for vpc_id in sorted(vpcs):
         v = vpcs[vpc_id]
-        ms = sorted(members.get(vpc_id, ()), key=lambda m: str(m["id"]))
+        kinds = subs.get(vpc_id, {})
+        ms = sorted(kinds.get(MEMBER, ()), key=lambda m: str(m["id"]))
         # Route order of the compiler: by (address, prefixlen); a block before an instance
         # at the same key; instances at the same address by id.
         keyed: list[tuple[tuple[int, int], str, Route]] = [
@@ -258,6 +531,7 @@ def assemble(entries: Mapping[str, JsonObj], host: str) -> HostDesired:
         ]
         ports: list[Port] = []
         peers: dict[str, Peer] = {}
+
         for m in ms:
             ip, mid = m["ip"], m["id"]
             addr = (int(ipaddress.IPv4Address(ip)), 32)
@@ -272,6 +546,7 @@ def assemble(entries: Mapping[str, JsonObj], host: str) -> HostDesired:
                         gateway=m["gateway"],
                         mac=m["mac"],
                         allowed_ips=tuple(m["allowed_ips"]),
+                        forwarder=bool(m.get("forwarder", False)),
                     )
                 )
                 keyed.append((addr, mid, Route(dst=f"{ip}/32", kind="local", port=ifname)))
@@ -288,15 +563,10 @@ def assemble(entries: Mapping[str, JsonObj], host: str) -> HostDesired:
                 )
             else:
                 keyed.append((addr, mid, Route(dst=f"{ip}/32", kind="remote", peer=m["host"])))
-                if m["host"] not in peers:
-                    idx = m["vtep_index"]
-                    peers[m["host"]] = Peer(
-                        host=m["host"],
-                        vtep_index=idx,
-                        underlay_ip=m["underlay_ip"],
-                        mac=vtep_mac(idx),
-                        nexthop=vtep_nexthop(idx),
-                    )
+                _add_peer(peers, host, m["host"], m["vtep_index"], m["underlay_ip"])
+        for g in kinds.get(GATEWAY, ()):
+            if g["host"] is not None and g["vtep_index"]:
+                _add_peer(peers, host, g["host"], g["vtep_index"], g["underlay_ip"])
         keyed.sort(key=lambda e: (e[0], e[1]))
         vpc_docs.append(
             VpcDesired(
@@ -307,6 +577,7 @@ def assemble(entries: Mapping[str, JsonObj], host: str) -> HostDesired:
                 ports=tuple(sorted(ports, key=lambda p: p.ifname)),
                 peers=tuple(peers[n] for n in sorted(peers)),
                 routes=tuple(r for _k, _i, r in keyed),
+                **_routing(vpc_id, host, kinds, peers),
             )
         )
     return HostDesired(

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from yunhan.errors import DriverError
+from yunhan.net.natgw import VethPair
 from yunhan.net.state import Key, Op, State, Veth
 
 
@@ -91,7 +92,7 @@ def execute(driver: Driver, ops: list[Op]) -> ExecResult:
                     broken_ns.add(ns)
                 elif key[0] == "link" and ns is not None and dev is not None:
                     broken_links.add((ns, dev))
-                    if isinstance(o, Veth) and o.peer_netns is not None:
+                    if isinstance(o, Veth | VethPair) and o.peer_netns is not None:
                         broken_links.add((o.peer_netns, o.peer_ifname))
                 elif key[0] == "filter" and ns is not None and dev is not None:
                     broken_links.add((ns, dev))  # fail closed: no port up without its chain

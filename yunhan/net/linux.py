@@ -3,10 +3,17 @@
 The agent stays in the root namespace and programs every namespace of its host through a
 netlink socket opened inside that namespace (see `_ipr`). What counts as ours:
 
-* namespaces named `<prefix>v<vni>` (VPC) and `<prefix>i-<id>` (instance);
+* namespaces named `<prefix>v<vni>` (VPC), `<prefix>i-<id>` (instance) and `<prefix>g-<id>`
+  (NAT gateway);
 * inside them: vxlan0, the veth ports, `lo`/`eth0` state, every IPv4 address except
-  127.0.0.1, permanent neighbours, vxlan FDB entries with a destination, routes whose
-  rtnetlink protocol is RTPROT_YUNHAN, the `netdev yunhan` nft table;
+  127.0.0.1, permanent neighbours, vxlan FDB entries with a destination, routes and ip
+  rules whose rtnetlink protocol is RTPROT_YUNHAN, the `netdev yunhan` and `ip yunhan`
+  nft tables (VPC: port filters and routing marks; gateway: its NAT);
+* in the host namespace (`host_netns`, None: the agent's own): the gateways' veth ends
+  `n-<id>` and what is on them (routes of RTPROT_YUNHAN, permanent neighbours), and
+  net.ipv4.ip_forward;
+* in the uplink namespace, if any: /32 routes of RTPROT_YUNHAN via the uplink's `via`
+  (our announcements; one that points at another host is no longer ours);
 * UTS namespace files under /run/yunhan/uts and process records in the state dir, both
   under the prefix.
 
@@ -30,11 +37,28 @@ from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 from yunhan.errors import DriverError
-from yunhan.net import nft, nsutil
+from yunhan.net import nft, nftroute, nsutil
 from yunhan.net.driver import Sandbox
 from yunhan.net.naming import INSTANCE_IFNAME, VXLAN_IFNAME, Naming
+from yunhan.net.natgw import (
+    GW_PUB_IFNAME,
+    GW_VPC_IFNAME,
+    HOST_NETNS,
+    NAT_FAMILY,
+    NAT_TABLE,
+    UPLINK_NETNS,
+    Announce,
+    NatTable,
+    Uplink,
+    VethPair,
+    delete_nat_cmd,
+    nat_batch,
+    parse_nat,
+)
 from yunhan.net.state import (
+    HOST_SYSCTLS,
     INSTANCE_SYSCTLS,
+    NATGW_SYSCTLS,
     RTPROT_YUNHAN,
     VPC_SYSCTLS,
     Address,
@@ -42,11 +66,13 @@ from yunhan.net.state import (
     Filter,
     KRoute,
     LinkUp,
+    Marks,
     Neigh,
     Netns,
     Obj,
     Op,
     Process,
+    Rule,
     State,
     Sysctl,
     Uts,
@@ -60,10 +86,18 @@ NUD_PERMANENT = 0x80
 NTF_SELF = 0x02
 IFF_UP = 0x1
 RTNH_F_ONLINK = 0x4
-RTN_UNICAST, RTN_BLACKHOLE, RTN_UNREACHABLE = 1, 6, 7
-_RTN_OF_KIND = {"unreachable": RTN_UNREACHABLE, "blackhole": RTN_BLACKHOLE}
+RTN_UNICAST, RTN_BLACKHOLE, RTN_UNREACHABLE, RTN_THROW = 1, 6, 7, 9
+_RTN_OF_KIND = {"unreachable": RTN_UNREACHABLE, "blackhole": RTN_BLACKHOLE, "throw": RTN_THROW}
+_KIND_OF_RTN = {v: k for k, v in _RTN_OF_KIND.items()}
+FR_ACT_TO_TBL, FR_ACT_GOTO, FR_ACT_BLACKHOLE = 1, 2, 6
+_RULE_ACTIONS = {FR_ACT_TO_TBL: "lookup", FR_ACT_GOTO: "goto", FR_ACT_BLACKHOLE: "blackhole"}
 _GONE = {errno.ENOENT, errno.ENODEV, errno.ESRCH, errno.EADDRNOTAVAIL}
 ETH_P_ARP = 0x0806
+RT_TABLE_MAIN = 254
+# A gateway's end in the host namespace ("n-<short id>", naming.natgw_host_ifname).
+_HOST_END_RE = re.compile(r"n-[A-Za-z0-9]+$")
+# One end of a gateway link, for pairing: (netns, ifname, index, peer index, mac, mtu).
+_End = tuple[str, str, int, int, str, int]
 
 log = logging.getLogger("yunhan.net.linux")
 
@@ -102,15 +136,48 @@ def garp_frame(mac: str, ip: str) -> bytes:
     return b"\xff" * 6 + hw + struct.pack("!H", ETH_P_ARP) + arp
 
 
+def _pairs(near: list[_End], far: list[_End]) -> list[VethPair]:
+    """The gateway links, from their gateway ends (`near`) and the VPC and host ends.
+
+    The other end of a gateway's vpc0 is "g-<id>" in some VPC namespace, of its pub0
+    "n-<id>" in the host namespace; interface indices are per namespace, so a candidate is
+    the one whose index is our peer index and whose peer index is ours, and whose name
+    carries our id. Not found: peer_netns None (never wanted, so the pair is re-made).
+    """
+    out = []
+    for ns, ifname, idx, peer, mac, mtu in near:
+        short = ns.rsplit("g-", 1)[-1]
+        want = f"g-{short}" if ifname == GW_VPC_IFNAME else f"n-{short}"
+        match = next(
+            (e for e in far if e[1] == want and e[2] == peer and e[3] == idx),
+            None,
+        )
+        if match is None:
+            out.append(VethPair(ns, ifname, mac, None, "", "", mtu))
+        else:
+            pns, pname, _i, _p, pmac, pmtu = match
+            out.append(VethPair(ns, ifname, mac, pns, pname, pmac, mtu if pmtu == mtu else -1))
+    return out
+
+
 class LinuxDriver:
     """Observe and program this host's namespaces; see the module docstring."""
 
-    def __init__(self, *, naming: Naming, host_netns: str | None, sandbox: Sandbox) -> None:
+    def __init__(
+        self,
+        *,
+        naming: Naming,
+        host_netns: str | None,
+        sandbox: Sandbox,
+        uplink: Uplink | None = None,
+    ) -> None:
         self.naming = naming
         self.host_netns = host_netns
         self.sandbox = sandbox  # instances' UTS namespaces and processes
+        self.uplink = uplink  # where gateways' public addresses are announced, if anywhere
         self._vpc_re = re.compile(re.escape(naming.prefix) + r"v\d+$")
         self._inst_re = re.compile(re.escape(naming.prefix) + r"i-[A-Za-z0-9]+$")
+        self._gw_re = re.compile(re.escape(naming.prefix) + r"g-[A-Za-z0-9]+$")
         self._socks: dict[str | None, IPRoute] = {}
         # ns -> ifname -> (index, mac, kind): filled by observation, or by one dump on a
         # miss, and dropped whenever we add or remove a link there. Without it every op on
@@ -123,7 +190,18 @@ class LinuxDriver:
 
     # -- sockets ---------------------------------------------------------------------------
 
+    def _real(self, ns: str | None) -> str | None:
+        """The namespace a marker stands for (HOST_NETNS, UPLINK_NETNS; None: our own)."""
+        if ns == HOST_NETNS:
+            return self.host_netns
+        if ns == UPLINK_NETNS:
+            if self.uplink is None:
+                raise DriverError("this agent has no uplink to announce on", errno=errno.ENOENT)
+            return self.uplink.netns
+        return ns
+
     def _ipr(self, ns: str | None) -> IPRoute:
+        ns = self._real(ns)
         s = self._socks.get(ns)
         if s is None:
             # A netlink socket belongs to the namespace it was created in. Opening it on a
@@ -135,14 +213,18 @@ class LinuxDriver:
             self._socks[ns] = s
         return s
 
-    def _runner(self, ns: str) -> Callable[[Callable[[], Any]], Any]:
+    def _runner(self, ns: str | None) -> Callable[[Callable[[], Any]], Any]:
         """Run a function inside `ns` on this apply's worker thread there (made on first use)."""
 
+        real = self._real(ns)
+        if real is None:
+            return lambda fn: fn()  # the agent's own namespace (a real host's root)
+
         def run(fn: Callable[[], Any]) -> Any:
-            w = self._workers.get(ns)
+            w = self._workers.get(real)
             if w is None:
-                w = nsutil.NsWorker(ns)
-                self._workers[ns] = w
+                w = nsutil.NsWorker(real)
+                self._workers[real] = w
             return w.call(fn)
 
         return run
@@ -172,6 +254,7 @@ class LinuxDriver:
         self._links.clear()
 
     def _remember_links(self, ns: str | None, links: Any) -> dict[str, tuple[int, str, str | None]]:
+        ns = self._real(ns)
         table: dict[str, tuple[int, str, str | None]] = {}
         for link in links:
             info = link.get_attr("IFLA_LINKINFO")
@@ -185,7 +268,7 @@ class LinuxDriver:
         return table
 
     def _link(self, ns: str, ifname: str) -> tuple[int, str, str | None]:
-        table = self._links.get(ns)
+        table = self._links.get(self._real(ns))
         if table is None or ifname not in table:
             table = self._remember_links(ns, self._ipr(ns).get_links())
         found = table.get(ifname)
@@ -198,7 +281,8 @@ class LinuxDriver:
 
     def _forget_links(self, *namespaces: str | None) -> None:
         for ns in namespaces:
-            self._links.pop(ns, None)
+            if ns is not None:
+                self._links.pop(self._real(ns), None)
 
     # -- observation -----------------------------------------------------------------------
 
@@ -210,6 +294,8 @@ class LinuxDriver:
                 out[name] = "vpc"
             elif self._inst_re.match(name):
                 out[name] = "instance"
+            elif self._gw_re.match(name):
+                out[name] = "natgw"
         return out
 
     def observe(self) -> State:
@@ -219,9 +305,14 @@ class LinuxDriver:
         veths: dict[str, list[tuple[str, int, int, int]]] = {}  # vpc ns -> (name, idx, peer, mtu)
         # (idx, peer idx) -> every instance eth0 with those: (ns, mac, mtu, link netnsid)
         eth0s: dict[tuple[int, int], list[tuple[str, str, int, int | None]]] = {}
+        near: list[_End] = []  # gateway links, gateway ends
+        far: list[_End] = []  # gateway links, VPC and host ends
         for name, role in sorted(nss.items()):
             try:
-                inner = self._observe_ns(name, role, veths, eth0s)
+                if role == "natgw":
+                    inner = self._observe_gw(name, near)
+                else:
+                    inner = self._observe_ns(name, role, veths, eth0s, far)
             except DriverError as exc:
                 if exc.errno == errno.EINVAL:  # setns: the file is not a namespace
                     objs.append(Netns(name, "stale"))
@@ -240,6 +331,10 @@ class LinuxDriver:
                 else:
                     pns, mac, pmtu = found
                     objs.append(Veth(ns, ifname, pns, mac, mtu if pmtu == mtu else -1))
+        gateways = any(role == "natgw" for role in nss.values())
+        objs.extend(self._observe_host(far, gateways))
+        objs.extend(_pairs(near, far))
+        objs.extend(self._observe_uplink())
         # Listed by prefix, kept by exact name: "<p>i-…" of a longer prefix is not ours.
         for ns, host in self.sandbox.list_uts(self.naming.prefix).items():
             if self._inst_re.match(ns):
@@ -285,6 +380,7 @@ class LinuxDriver:
         role: str,
         veths: dict[str, list[tuple[str, int, int, int]]],
         eth0s: dict[tuple[int, int], list[tuple[str, str, int, int | None]]],
+        far: list[_End] | None = None,
     ) -> list[Obj]:
         ipr = self._ipr(ns)
         objs: list[Obj] = []
@@ -313,8 +409,15 @@ class LinuxDriver:
                             mtu,
                             int(data.get_attr("IFLA_VXLAN_PORT")),
                             bool(data.get_attr("IFLA_VXLAN_LEARNING")),
+                            bool(data.get_attr("IFLA_VXLAN_GBP")),
                         )
                     )
+                    managed.add(ifname)
+                elif role == "vpc" and kind == "veth" and ifname.startswith("g-"):
+                    # A NAT gateway's port: the VPC end of a pair observed from the gateway.
+                    if far is not None:
+                        peer = int(link.get_attr("IFLA_LINK") or 0)
+                        far.append((ns, ifname, idx, peer, mac, mtu))
                     managed.add(ifname)
                 elif role == "vpc" and kind == "veth":
                     peer = int(link.get_attr("IFLA_LINK") or 0)
@@ -340,6 +443,9 @@ class LinuxDriver:
                     continue
                 objs.append(self._route_of(ns, r, names))
             if role == "vpc":
+                for rule in ipr.get_rules(family=socket.AF_INET):
+                    if rule.get_attr("FRA_PROTOCOL") == RTPROT_YUNHAN:
+                        objs.append(self._rule_of(ns, rule))
                 for n in ipr.get_neighbours(family=socket.AF_INET):
                     ndev = names.get(int(n["ifindex"]))
                     if ndev is not None and ndev in managed and int(n["state"]) & NUD_PERMANENT:
@@ -361,7 +467,7 @@ class LinuxDriver:
             objs.extend(
                 Sysctl(ns, s.path, v, s.dev) for s in devsys if (v := values[s.path]) is not None
             )
-            objs.extend(self._observe_filters(ns))
+            objs.extend(self._observe_nft(ns))
         else:
             values = nsutil.read_sysctls(ns, list(INSTANCE_SYSCTLS), self._runner(ns))
             objs.extend(Sysctl(ns, p, v) for p, v in values.items() if v is not None)
@@ -373,27 +479,206 @@ class LinuxDriver:
         table = int(r.get_attr("RTA_TABLE") or r["table"])
         metric = int(r.get_attr("RTA_PRIORITY") or 0)
         rtype = int(r["type"])
-        if rtype == RTN_UNREACHABLE:
-            return KRoute(ns, dst, "unreachable", table=table, metric=metric)
-        if rtype == RTN_BLACKHOLE:
-            return KRoute(ns, dst, "blackhole", table=table, metric=metric)
+        if rtype in _KIND_OF_RTN:
+            return KRoute(ns, dst, _KIND_OF_RTN[rtype], table=table, metric=metric)  # type: ignore[arg-type]
         oif = r.get_attr("RTA_OIF")
         dev = names.get(int(oif)) if oif is not None else None
         via = r.get_attr("RTA_GATEWAY")
+        realm = int(r.get_attr("RTA_FLOW") or 0)
+        onlink = bool(int(r["flags"]) & RTNH_F_ONLINK)
         if via is None:
-            return KRoute(ns, dst, "local", dev, None, table, metric)
-        if dev == VXLAN_IFNAME and int(r["flags"]) & RTNH_F_ONLINK:
-            return KRoute(ns, dst, "remote", dev, via, table, metric)
-        return KRoute(ns, dst, "gateway", dev, via, table, metric)
+            return KRoute(ns, dst, "local", dev, None, table, metric, realm=realm)
+        if dev == VXLAN_IFNAME and onlink:
+            return KRoute(ns, dst, "remote", dev, via, table, metric, realm=realm)
+        return KRoute(ns, dst, "gateway", dev, via, table, metric, onlink, realm)
 
-    def _observe_filters(self, ns: str) -> list[Obj]:
+    @staticmethod
+    def _rule_of(ns: str, r: Any) -> Rule:
+        def net(attr: str, plen: int) -> str | None:
+            addr = r.get_attr(attr)
+            return None if addr is None else f"{addr}/{plen}"
+
+        dport = r.get_attr("FRA_DPORT_RANGE")
+        lo_hi = None if dport is None else tuple(int(x) for x in str(dport).split(":"))
+        proto = r.get_attr("FRA_IP_PROTO")
+        action = _RULE_ACTIONS.get(int(r["action"]), f"action {r['action']}")
+        return Rule(
+            ns,
+            int(r.get_attr("FRA_PRIORITY") or 0),
+            int(r.get_attr("FRA_FWMARK") or 0),
+            int(r.get_attr("FRA_FWMASK") or 0),
+            action,  # type: ignore[arg-type]  # an unknown action never equals a wanted rule
+            table=int(r.get_attr("FRA_TABLE") or r["table"]) if action == "lookup" else 0,
+            goto=int(r.get_attr("FRA_GOTO") or 0),
+            iif=r.get_attr("FRA_IIFNAME"),
+            src=net("FRA_SRC", int(r["src_len"])),
+            dst=net("FRA_DST", int(r["dst_len"])),
+            ipproto=None if proto is None else int(proto),
+            dport=lo_hi,  # type: ignore[arg-type]
+        )
+
+    @staticmethod
+    def _rule_args(o: Rule) -> dict[str, Any]:
+        args: dict[str, Any] = {
+            "family": socket.AF_INET,
+            "priority": o.pref,
+            "fwmark": o.mark,
+            "fwmask": o.mask,
+            "protocol": RTPROT_YUNHAN,
+        }
+        if o.action == "lookup":
+            args["table"] = o.table
+        elif o.action == "goto":
+            args["action"] = FR_ACT_GOTO
+            args["goto"] = o.goto
+        elif o.action == "blackhole":
+            args["action"] = FR_ACT_BLACKHOLE
+        else:  # observed only ("action N", a rule of ours changed by hand): to delete it
+            args["action"] = int(str(o.action).rsplit(" ", 1)[-1])
+        if o.iif is not None:
+            args["iifname"] = o.iif
+        for side in ("src", "dst"):
+            cidr = getattr(o, side)
+            if cidr is not None:
+                addr, plen = cidr.split("/")
+                args[side] = addr
+                args[f"{side}_len"] = int(plen)
+        if o.ipproto is not None:
+            args["ip_proto"] = o.ipproto
+        if o.dport is not None:
+            args["dport_range"] = f"{o.dport[0]}:{o.dport[1]}"
+        return args
+
+    def _observe_nft(self, ns: str) -> list[Obj]:
+        """Port filters (`netdev yunhan`) and routing marks (`ip yunhan`), from one listing
+        of the namespace's ruleset (one libnftables call per namespace, not one per table)."""
+        listing = nft.run(ns, "list ruleset", self._runner(ns))
+        tables: dict[tuple[str, str], list[Any]] = {}
+        for item in listing.get("nftables", []):
+            body = next(iter(item.values()), None) if isinstance(item, dict) else None
+            if isinstance(body, dict) and "family" in body:
+                name = body["table"] if "table" in body else body.get("name", "")
+                tables.setdefault((body["family"], name), []).append(item)
+        objs: list[Obj] = []
+        filters = tables.get((nft.FAMILY, nft.TABLE))
+        if filters:
+            parsed = nft.parse_table({"nftables": filters})
+            objs.extend(Filter(ns, n, mac, ips, fwd) for n, (mac, ips, fwd) in parsed.items())
+        marks = tables.get((nftroute.FAMILY, nftroute.TABLE))
+        if marks:
+            ports, sources = nftroute.parse({"nftables": marks})
+            objs.append(Marks(ns, ports, sources))
+        return objs
+
+    def _observe_links(
+        self, ns: str, ipr: IPRoute, mine: Callable[[str, str | None], bool], ends: list[_End]
+    ) -> tuple[list[Obj], dict[int, str], set[str]]:
+        """LinkUp of the links `mine(ifname, kind)` selects (their veths into `ends`), the
+        index -> name map, and the set of selected names."""
+        objs: list[Obj] = []
+        names: dict[int, str] = {}
+        managed: set[str] = set()
+        links = ipr.get_links()
+        self._remember_links(ns, links)
+        for link in links:
+            idx = int(link["index"])
+            ifname = link.get_attr("IFLA_IFNAME")
+            names[idx] = ifname
+            info = link.get_attr("IFLA_LINKINFO")
+            kind = info.get_attr("IFLA_INFO_KIND") if info else None
+            if not mine(ifname, kind):
+                continue
+            managed.add(ifname)
+            if kind == "veth":
+                peer = int(link.get_attr("IFLA_LINK") or 0)
+                mac = str(link.get_attr("IFLA_ADDRESS") or "")
+                ends.append((ns, ifname, idx, peer, mac, int(link.get_attr("IFLA_MTU"))))
+            if int(link["flags"]) & IFF_UP:
+                objs.append(LinkUp(ns, ifname))
+        return objs, names, managed
+
+    def _observe_on(
+        self, ns: str, ipr: IPRoute, names: dict[int, str], managed: set[str]
+    ) -> list[Obj]:
+        """Addresses (but 127.0.0.1), our routes and permanent neighbours on `managed`."""
+        objs: list[Obj] = []
+        for a in ipr.get_addr(family=socket.AF_INET):
+            addr = a.get_attr("IFA_ADDRESS")
+            dev = names.get(int(a["index"]))
+            if dev in managed and addr != "127.0.0.1":
+                objs.append(Address(ns, dev, f"{addr}/{a['prefixlen']}"))
+        for r in ipr.get_routes(family=socket.AF_INET):
+            oif = r.get_attr("RTA_OIF")
+            if int(r["proto"]) == RTPROT_YUNHAN and names.get(int(oif or 0)) in managed:
+                objs.append(self._route_of(ns, r, names))
+        for n in ipr.get_neighbours(family=socket.AF_INET):
+            ndev = names.get(int(n["ifindex"]))
+            if ndev in managed and int(n["state"]) & NUD_PERMANENT:
+                objs.append(Neigh(ns, ndev, n.get_attr("NDA_DST"), n.get_attr("NDA_LLADDR")))
+        return objs
+
+    def _observe_gw(self, ns: str, near: list[_End]) -> list[Obj]:
+        """A NAT gateway's namespace: its links' gateway ends, what is on them, sysctls
+        and the NAT table (its links themselves are paired up by `observe`)."""
+        ipr = self._ipr(ns)
+        with _errors(f"observe {ns}", netns=ns):
+            gw_ifs = (GW_VPC_IFNAME, GW_PUB_IFNAME)
+            objs, names, managed = self._observe_links(
+                ns, ipr, lambda n, k: n == "lo" or (n in gw_ifs and k == "veth"), near
+            )
+            objs.extend(self._observe_on(ns, ipr, names, managed))
+        run = self._runner(ns)
+        values = nsutil.read_sysctls(ns, list(NATGW_SYSCTLS), run)
+        objs.extend(Sysctl(ns, p, v) for p, v in values.items() if v is not None)
         try:
-            listing = nft.run(ns, f"list table {nft.FAMILY} {nft.TABLE}", self._runner(ns))
+            listing = nft.run(ns, f"list table {NAT_FAMILY} {NAT_TABLE}", run)
+            objs.append(parse_nat(ns, listing))
         except DriverError as exc:
-            if exc.errno == errno.ENOENT:
-                return []
-            raise
-        return [Filter(ns, name, mac, ips) for name, (mac, ips) in nft.parse_table(listing).items()]
+            if exc.errno != errno.ENOENT:
+                raise
+        return objs
+
+    def _observe_host(self, far: list[_End], gateways: bool) -> list[Obj]:
+        """The gateways' ends in the host namespace and what is on them, and ip_forward
+        while a gateway runs here (the host forwards for them). Nothing else there is
+        ours: other links, and their routes, are never read."""
+        try:
+            ipr = self._ipr(HOST_NETNS)
+            with _errors("observe the host namespace", netns=self.host_netns):
+                objs, names, managed = self._observe_links(
+                    HOST_NETNS, ipr, lambda n, k: k == "veth" and bool(_HOST_END_RE.match(n)), far
+                )
+                if managed:
+                    objs.extend(self._observe_on(HOST_NETNS, ipr, names, managed))
+            if not (gateways or managed):
+                return objs
+            values = nsutil.read_sysctls(
+                self.host_netns or "", list(HOST_SYSCTLS), self._runner(HOST_NETNS)
+            )
+        except DriverError as exc:
+            self.unobserved[HOST_NETNS] = exc
+            return []
+        objs.extend(Sysctl(HOST_NETNS, p, v) for p, v in values.items() if v is not None)
+        return objs
+
+    def _observe_uplink(self) -> list[Obj]:
+        """Our announcements: /32 routes of ours in the uplink that still point at us."""
+        if self.uplink is None:
+            return []
+        try:
+            with _errors("observe the uplink", netns=self.uplink.netns):
+                routes = self._ipr(UPLINK_NETNS).get_routes(family=socket.AF_INET)
+        except DriverError as exc:
+            self.unobserved[UPLINK_NETNS] = exc
+            return []
+        return [
+            Announce(str(r.get_attr("RTA_DST")))
+            for r in routes
+            if int(r["proto"]) == RTPROT_YUNHAN
+            and r["dst_len"] == 32
+            and int(r.get_attr("RTA_TABLE") or r["table"]) == RT_TABLE_MAIN
+            and r.get_attr("RTA_GATEWAY") == self.uplink.via
+        ]
 
     # -- applying ---------------------------------------------------------------------------
 
@@ -411,8 +696,10 @@ class LinuxDriver:
                     assert op.new is not None
                     self._create(op.new)
         finally:
-            if isinstance(o, Vxlan | Veth):
-                self._forget_links(o.netns, o.peer_netns if isinstance(o, Veth) else None)
+            if isinstance(o, Vxlan | Veth | VethPair):
+                self._forget_links(
+                    o.netns, o.peer_netns if isinstance(o, Veth | VethPair) else None
+                )
 
     def _create(self, o: Obj) -> None:
         match o:
@@ -463,13 +750,20 @@ class LinuxDriver:
                 # "replace" is add-or-update on the route's key (table, dst, metric): the
                 # ensure semantics in one call.
                 self._ipr(o.netns).route("replace", **self._route_args(o))
-                if o.kind in ("local", "remote") and o.dst.endswith("/32"):
+                if (
+                    o.kind in ("local", "remote")
+                    and o.dst.endswith("/32")
+                    and o.table == 254
+                    and o.netns != HOST_NETNS
+                ):
                     self._announce(o.netns, o.dst.split("/", 1)[0], o.dev)
             case Filter():
                 try:
                     nft.run(
                         o.netns,
-                        nft.chain_batch(o.ifname, o.mac, o.ips, exists=False),
+                        nft.chain_batch(
+                            o.ifname, o.mac, o.ips, exists=False, forwarder=o.forwarder
+                        ),
                         self._runner(o.netns),
                     )
                 except DriverError as exc:
@@ -477,19 +771,34 @@ class LinuxDriver:
                         raise
                     nft.run(
                         o.netns,
-                        nft.chain_batch(o.ifname, o.mac, o.ips, exists=True),
+                        nft.chain_batch(o.ifname, o.mac, o.ips, exists=True, forwarder=o.forwarder),
                         self._runner(o.netns),
                     )
+            case Rule():
+                try:
+                    self._ipr(o.netns).rule("add", **self._rule_args(o))
+                except NetlinkError as exc:
+                    if exc.code != errno.EEXIST:  # the same rule, attribute for attribute
+                        raise
+            case Marks():
+                nft.run(o.netns, nftroute.table_batch(o.ports, o.sources), self._runner(o.netns))
             case Uts():
                 self.sandbox.ensure_uts(o.netns, o.hostname)
             case Process():
                 self.sandbox.start(o.netns, o.argv)
+            case VethPair():
+                self._create_pair(o)
+            case NatTable():
+                nft.run(o.netns, nat_batch(o), self._runner(o.netns))
+            case Announce():
+                self._ipr(UPLINK_NETNS).route("replace", **self._announce_args(o))
 
     def _replace(self, old: Obj, new: Obj) -> None:
         match new:
             case Vxlan():
                 assert isinstance(old, Vxlan)
-                if (old.vni, old.local, old.port) == (new.vni, new.local, new.port):
+                same = (old.vni, old.local, old.port, old.gbp)
+                if same == (new.vni, new.local, new.port, new.gbp):
                     self._ipr(new.netns).link(
                         "set", index=self._index(new.netns, new.ifname), mtu=new.mtu,
                         address=new.mac,
@@ -519,11 +828,21 @@ class LinuxDriver:
             case Filter():
                 nft.run(
                     new.netns,
-                    nft.chain_batch(new.ifname, new.mac, new.ips, exists=True),
+                    nft.chain_batch(
+                        new.ifname, new.mac, new.ips, exists=True, forwarder=new.forwarder
+                    ),
                     self._runner(new.netns),
                 )
             case Process():
                 self.sandbox.stop(new.netns)
+                self._create(new)
+            case VethPair():
+                self._delete(old)
+                self._create(new)
+            case Rule():
+                # A rule has no identity but its attributes: the old one goes, the new
+                # one comes (a packet between the two takes the next rule).
+                self._delete(old)
                 self._create(new)
             case Netns():
                 assert isinstance(old, Netns)
@@ -582,10 +901,74 @@ class LinuxDriver:
                 _gone_ok(
                     lambda: nft.run(o.netns, nft.delete_chain_cmd(o.ifname), self._runner(o.netns))
                 )
+            case Rule():
+                _gone_ok(lambda: self._ipr(o.netns).rule("del", **self._rule_args(o)))
+            case Marks():
+                _gone_ok(lambda: nft.run(o.netns, nftroute.delete_cmd(), self._runner(o.netns)))
             case Uts():
                 self.sandbox.remove_uts(o.netns)
             case Process():
                 self.sandbox.stop(o.netns)
+            case VethPair():
+                _gone_ok(
+                    lambda: self._ipr(o.netns).link("del", index=self._index(o.netns, o.ifname))
+                )
+            case NatTable():
+                _gone_ok(lambda: nft.run(o.netns, delete_nat_cmd(), self._runner(o.netns)))
+            case Announce():
+                # With the gateway given, the kernel deletes the route only while it still
+                # points at us (ESRCH otherwise: another host announces it now).
+                _gone_ok(lambda: self._ipr(UPLINK_NETNS).route("del", **self._announce_args(o)))
+
+    def _announce_args(self, o: Announce) -> dict[str, Any]:
+        assert self.uplink is not None
+        ipr = self._ipr(UPLINK_NETNS)
+        # The uplink's own port toward us: where it routes our underlay address (in the
+        # lab, the core's end of this host's link).
+        found = ipr.route("get", dst=self.uplink.via)
+        oif = found[0].get_attr("RTA_OIF") if found else None
+        if oif is None:
+            raise DriverError(
+                f"the uplink has no route to {self.uplink.via}",
+                errno=errno.ENETUNREACH,
+                netns=self.uplink.netns,
+            )
+        return {
+            "dst": o.ip,
+            "dst_len": 32,
+            "table": RT_TABLE_MAIN,
+            "proto": RTPROT_YUNHAN,
+            "gateway": self.uplink.via,
+            "oif": int(oif),
+            "flags": RTNH_F_ONLINK,
+        }
+
+    def _create_pair(self, o: VethPair) -> None:
+        # Made from the peer's side, the gateway end placed into the gateway namespace by
+        # name: the peer may be the agent's own namespace, which has no name.
+        if o.peer_netns is None:
+            raise DriverError(f"link {o.ifname} in {o.netns} has no peer", errno=errno.EINVAL)
+        pns = o.peer_netns
+        peer = self._ipr(pns)
+        args = dict(
+            ifname=o.peer_ifname,
+            kind="veth",
+            address=o.peer_mac,
+            mtu=o.mtu,
+            peer={"ifname": o.ifname, "net_ns_fd": o.netns, "address": o.mac, "mtu": o.mtu},
+        )
+        try:
+            peer.link("add", **args)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise
+            # An end left from an earlier pair (a namespace still being destroyed, a
+            # link made by hand): remove both names, then add.
+            self._forget_links(pns, o.netns)
+            _gone_ok(lambda: peer.link("del", index=self._index(pns, o.peer_ifname)))
+            gw = self._ipr(o.netns)
+            _gone_ok(lambda: gw.link("del", index=self._index(o.netns, o.ifname)))
+            peer.link("add", **args)
 
     def _announce(self, ns: str, ip: str, route_dev: str | None) -> None:
         """Tell the instances of `ns` that `ip` is now reachable (gratuitous ARP, best effort).
@@ -631,14 +1014,17 @@ class LinuxDriver:
             return args
         assert o.dev is not None
         args["oif"] = self._index(o.netns, o.dev)
+        if o.realm:
+            args["flow"] = o.realm
         if o.kind == "local":
             args["scope"] = 253  # link: the destination is directly on the port
         else:
             args["gateway"] = o.via
-            if o.kind == "remote":
-                # The next hop is a link-local address that exists nowhere: onlink tells the
-                # kernel to take it as reachable on vxlan0, where its permanent neighbour
-                # entry resolves it to the remote VTEP's MAC.
+            if o.kind == "remote" or o.onlink:
+                # The next hop is a link-local address that exists nowhere (remote), or an
+                # instance's address on its port (the VPC namespace has no subnet): onlink
+                # tells the kernel to take it as reachable on the device, where its
+                # permanent neighbour entry resolves it.
                 args["flags"] = RTNH_F_ONLINK
         return args
 
@@ -659,6 +1045,8 @@ class LinuxDriver:
             mtu=o.mtu,
             net_ns_fd=o.netns,
         )
+        if o.gbp:  # a netlink flag: present means on
+            args["vxlan_gbp"] = True
         try:
             host.link("add", **args)
         except NetlinkError as exc:

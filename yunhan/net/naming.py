@@ -20,6 +20,10 @@ class Naming:
     def instance_netns(self, instance_id: str) -> str:
         return f"{self.prefix}i-{short_id(instance_id)}"
 
+    def natgw_netns(self, natgw_id: str) -> str:
+        """The namespace of a NAT gateway running on this host."""
+        return f"{self.prefix}g-{short_id(natgw_id)}"
+
     def owns(self, netns: str) -> bool:
         return netns.startswith(self.prefix)
 
@@ -35,3 +39,13 @@ def short_id(resource_id: str) -> str:
 
 def port_ifname(instance_id: str) -> str:
     return f"p-{short_id(instance_id)}"
+
+
+def gateway_ifname(natgw_id: str) -> str:
+    """A NAT gateway's port in the VPC namespace."""
+    return f"g-{short_id(natgw_id)}"
+
+
+def natgw_host_ifname(natgw_id: str) -> str:
+    """A NAT gateway's link in the host namespace (the public side)."""
+    return f"n-{short_id(natgw_id)}"

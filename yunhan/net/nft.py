@@ -102,12 +102,16 @@ def _match(left: Any, op: str, right: Any) -> dict[str, Any]:
     return {"match": {"op": op, "left": left, "right": right}}
 
 
-def chain_rules(ifname: str, mac: str, ips: tuple[str, ...]) -> list[dict[str, Any]]:
+def chain_rules(
+    ifname: str, mac: str, ips: tuple[str, ...], forwarder: bool = False
+) -> list[dict[str, Any]]:
     """The rule bodies of a port's chain: drop anything the port may not send.
 
     Allowed: frames from the port's MAC carrying IPv4 from its IP (or an allowed IP, a
     VIP) and ARP whose sender MAC and IP are its own, so an instance cannot answer ARP for
     another instance's address. Every other ethertype (IPv6, VLAN tags, ...) is dropped.
+    A forwarder (the next hop of a route) sends others' packets: its chain has no IPv4
+    source rule, the MAC and ARP rules stay.
     """
     proto = {"meta": {"key": "protocol"}}
 
@@ -122,7 +126,7 @@ def chain_rules(ifname: str, mac: str, ips: tuple[str, ...]) -> list[dict[str, A
 
     ip_list = list(ips)
     arp_list = sorted({_ARP_PROBE_SRC, *ip_list}, key=_ip_key)
-    return [
+    rules = [
         rule("mac", _match({"payload": {"protocol": "ether", "field": "saddr"}}, "!=", mac)),
         rule(
             "ip",
@@ -141,13 +145,16 @@ def chain_rules(ifname: str, mac: str, ips: tuple[str, ...]) -> list[dict[str, A
         ),
         rule("proto", _match(proto, "!=", {"set": ["ip", "arp"]})),
     ]
+    return [r for r in rules if not (forwarder and r["comment"] == "ip")]
 
 
 def _ip_key(ip: str) -> tuple[int, ...]:
     return tuple(int(x) for x in ip.split("."))
 
 
-def chain_batch(ifname: str, mac: str, ips: tuple[str, ...], *, exists: bool) -> dict[str, Any]:
+def chain_batch(
+    ifname: str, mac: str, ips: tuple[str, ...], *, exists: bool, forwarder: bool = False
+) -> dict[str, Any]:
     """One atomic transaction that (re)creates a port's chain with its rules.
 
     A chain that exists is deleted and re-added in the same batch rather than flushed, so
@@ -168,7 +175,7 @@ def chain_batch(ifname: str, mac: str, ips: tuple[str, ...], *, exists: bool) ->
     if exists:
         cmds.append({"delete": {"chain": {"family": FAMILY, "table": TABLE, "name": ifname}}})
     cmds.append({"add": {"chain": chain}})
-    cmds.extend({"add": {"rule": r}} for r in chain_rules(ifname, mac, ips))
+    cmds.extend({"add": {"rule": r}} for r in chain_rules(ifname, mac, ips, forwarder))
     return {"nftables": cmds}
 
 
@@ -179,8 +186,8 @@ def delete_chain_cmd(ifname: str) -> dict[str, Any]:
 BROKEN = ("<broken>",)
 
 
-def parse_table(listing: dict[str, Any]) -> dict[str, tuple[str, tuple[str, ...]]]:
-    """chain name -> (mac, ips) read back from a `list table` JSON listing.
+def parse_table(listing: dict[str, Any]) -> dict[str, tuple[str, tuple[str, ...], bool]]:
+    """chain name -> (mac, ips, forwarder) read back from a `list table` JSON listing.
 
     A chain whose rules are not exactly ours (one missing, MAC of the ARP rule differing,
     the ARP set not matching the IP set) reads as ips == BROKEN, which never equals a
@@ -198,27 +205,33 @@ def parse_table(listing: dict[str, Any]) -> dict[str, tuple[str, tuple[str, ...]
             tag = r.get("comment")
             if tag:
                 rules.setdefault(r["chain"], {})[tag] = r["expr"]
-    out: dict[str, tuple[str, tuple[str, ...]]] = {}
+    out: dict[str, tuple[str, tuple[str, ...], bool]] = {}
     for name in chains:
         tagged = rules.get(name, {})
+        # A forwarder's chain is the same without the IPv4 source rule.
+        forwarder = "ip" not in tagged
+        tags = set(_RULE_TAGS) - ({"ip"} if forwarder else set())
         try:
-            if counts.get(name, 0) != len(_RULE_TAGS) or set(tagged) != set(_RULE_TAGS):
+            if counts.get(name, 0) != len(tags) or set(tagged) != tags:
                 raise ValueError
             mac = _right(tagged["mac"], "saddr")
-            ips = _as_list(_right(tagged["ip"], "saddr"))
             arp_mac = _right(tagged["arp-mac"], "saddr ether")
             arp_ips = _as_list(_right(tagged["arp-ip"], "saddr ip"))
+            if forwarder:
+                ips = [ip for ip in arp_ips if ip != _ARP_PROBE_SRC]
+            else:
+                ips = _as_list(_right(tagged["ip"], "saddr"))
             if arp_mac != mac or set(arp_ips) != {_ARP_PROBE_SRC, *ips}:
                 raise ValueError
             ips = sorted(ips, key=_ip_key)
             # The whole rule, verdict included, must be ours: a `drop` turned into
             # `accept`, or IPv6 added to the protocol set, reads the same MAC and IPs.
-            for want in chain_rules(name, str(mac), tuple(ips)):
+            for want in chain_rules(name, str(mac), tuple(ips), forwarder):
                 if _norm(tagged[want["comment"]]) != _norm(want["expr"]):
                     raise ValueError
-            out[name] = (str(mac), tuple(ips))
+            out[name] = (str(mac), tuple(ips), forwarder)
         except (KeyError, ValueError, TypeError):
-            out[name] = ("", BROKEN)
+            out[name] = ("", BROKEN, False)
     return out
 
 

@@ -17,11 +17,43 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, TypeAlias
 
-from yunhan.net.desired import VXLAN_PORT, HostDesired, vtep_mac
-from yunhan.net.naming import INSTANCE_IFNAME, VXLAN_IFNAME, Naming
+from yunhan.net.desired import (
+    MARK_ROUTED,
+    MARK_SELECTOR_SHIFT,
+    NAT_BASE,
+    NATGW_INNER_IP,
+    NATGW_LINK_IP,
+    POLICY_BASE,
+    ROUTED_REALM,
+    TABLE_BASE,
+    VXLAN_PORT,
+    HostDesired,
+    NatGwDesired,
+    NextHop,
+    Peer,
+    PolicyDesired,
+    VpcDesired,
+    vtep_mac,
+)
+from yunhan.net.naming import (
+    INSTANCE_IFNAME,
+    VXLAN_IFNAME,
+    Naming,
+    gateway_ifname,
+    natgw_host_ifname,
+)
+from yunhan.net.natgw import (
+    GW_PUB_IFNAME,
+    GW_VPC_IFNAME,
+    HOST_NETNS,
+    Announce,
+    NatTable,
+    VethPair,
+    gw_mac,
+)
 
 # rtnetlink protocol number stamped on every route we install ("Y" = 89, unassigned in
 # /etc/iproute2/rt_protos). Observation lists only these, so routes added by a person or
@@ -36,7 +68,7 @@ class Netns:
     name: str
     # "stale": observed only, a file of ours under /run/netns that is not a namespace (a
     # crash between creating and bind-mounting it); never equal to a wanted one.
-    role: Literal["vpc", "instance", "stale"]
+    role: Literal["vpc", "instance", "natgw", "stale"]
 
     @property
     def key(self) -> Key:
@@ -67,6 +99,9 @@ class Vxlan:
     mtu: int
     port: int = VXLAN_PORT
     learning: bool = False  # never wanted: no flooding, no learning; observed as drift
+    # VXLAN-GBP: the low 16 bits of the packet mark cross in the header (the "routed" bit
+    # of distributed routing). Cannot be changed on a live device: a change re-creates it.
+    gbp: bool = True
 
     @property
     def key(self) -> Key:
@@ -138,12 +173,14 @@ class Fdb:
         return ("fdb", self.netns, self.ifname, self.mac)
 
 
-RouteKind = Literal["local", "remote", "unreachable", "blackhole", "gateway"]
+RouteKind = Literal["local", "remote", "unreachable", "blackhole", "gateway", "throw"]
 
 
 @dataclass(frozen=True)
 class KRoute:
-    """A kernel route of ours. local: dev; remote: via onlink dev vxlan0; gateway: via dev."""
+    """A kernel route of ours. local: dev; remote: via onlink dev vxlan0; gateway: via dev
+    (`onlink`: a next hop on a port, not in any subnet of the VPC namespace's own); throw:
+    the lookup of this table ends without a match and the next ip rule is tried."""
 
     netns: str
     dst: str
@@ -152,6 +189,8 @@ class KRoute:
     via: str | None = None
     table: int = 254
     metric: int = 0
+    onlink: bool = False  # gateway only (remote is always onlink)
+    realm: int = 0  # RTA_FLOW: ROUTED_REALM on remote next hops of distributed routing
 
     @property
     def key(self) -> Key:
@@ -166,10 +205,58 @@ class Filter:
     ifname: str
     mac: str
     ips: tuple[str, ...]  # sorted: the port's ip and its allowed_ips
+    # A next hop of routes (an appliance): any IPv4 source passes, MAC and ARP still checked.
+    forwarder: bool = False
 
     @property
     def key(self) -> Key:
         return ("filter", self.netns, self.ifname)
+
+
+RuleAction = Literal["lookup", "goto", "blackhole"]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """An ip rule of ours (protocol RTPROT_YUNHAN) in a VPC namespace.
+
+    Keyed by (pref, mark/mask): every subnet selector has its own rule at each pref, so
+    two subnets sharing a table each get theirs. Rules name their input device (`iif`)
+    by name and outlive it, like the kernel's do.
+    """
+
+    netns: str
+    pref: int
+    mark: int
+    mask: int
+    action: RuleAction
+    table: int = 0  # lookup
+    goto: int = 0  # goto: the pref evaluation jumps to
+    iif: str | None = None
+    src: str | None = None  # CIDR
+    dst: str | None = None  # CIDR
+    ipproto: int | None = None  # IPPROTO_*
+    dport: tuple[int, int] | None = None  # destination port range (tcp/udp)
+
+    @property
+    def key(self) -> Key:
+        return ("rule", self.netns, str(self.pref), f"{self.mark:#x}/{self.mask:#x}")
+
+
+@dataclass(frozen=True)
+class Marks:
+    """The `ip yunhan` nft table of a VPC namespace: what marks a packet gets on the way in
+    (the selector of the port it came from; for a "routed" packet from vxlan0, the
+    selector of its source subnet, routed bit kept) and on the way out through vxlan0 (the
+    routed bit iff the route has ROUTED_REALM). Rewritten whole, atomically."""
+
+    netns: str
+    ports: tuple[tuple[str, int], ...]  # (port ifname, mark), sorted
+    sources: tuple[tuple[str, int], ...]  # (subnet CIDR, mark | MARK_ROUTED), by address
+
+    @property
+    def key(self) -> Key:
+        return ("marks", self.netns)
 
 
 @dataclass(frozen=True)
@@ -197,7 +284,23 @@ class Process:
 
 
 Obj: TypeAlias = (
-    Netns | Sysctl | Vxlan | Veth | LinkUp | Address | Neigh | Fdb | KRoute | Filter | Uts | Process
+    Netns
+    | Sysctl
+    | Vxlan
+    | Veth
+    | LinkUp
+    | Address
+    | Neigh
+    | Fdb
+    | KRoute
+    | Filter
+    | Uts
+    | Process
+    | VethPair
+    | NatTable
+    | Announce
+    | Rule
+    | Marks
 )
 State: TypeAlias = dict[Key, Obj]
 
@@ -252,8 +355,9 @@ def uts_name(naming: Naming, instance_id: str) -> str:
     return naming.instance_netns(instance_id)
 
 
-def compile_state(desired: HostDesired, naming: Naming) -> State:
-    """Every kernel object `desired` calls for on this host (pure)."""
+def compile_state(desired: HostDesired, naming: Naming, *, uplink: bool = False) -> State:
+    """Every kernel object `desired` calls for on this host (pure). `uplink`: the agent
+    announces its gateways' public addresses (see `natgw.Announce`)."""
     objs: list[Obj] = []
     mtu = desired.instance_mtu
     inst_ns_of_port: dict[tuple[int, str], str] = {}
@@ -275,6 +379,10 @@ def compile_state(desired: HostDesired, naming: Naming) -> State:
         for gw in vpc.gateways:
             ip = gw.split("/", 1)[0]
             objs.append(Address(ns, "lo", f"{ip}/32"))
+        # GBP on every VPC's device, routed or not: the devices of a host share one UDP
+        # socket per port, which the kernel only shares between devices of the same GBP
+        # setting (another one fails to come up, EADDRINUSE). Harmless without routing: a
+        # frame of mark 0 carries no GBP header, so hosts without GBP still read it.
         objs.append(
             Vxlan(ns, VXLAN_IFNAME, vpc.vni, desired.underlay_ip, vtep_mac(desired.vtep_index), mtu)
         )
@@ -290,7 +398,7 @@ def compile_state(desired: HostDesired, naming: Naming) -> State:
             objs.append(LinkUp(ns, port.ifname))
             objs.append(Neigh(ns, port.ifname, port.ip, port.mac))
             ips = tuple(sorted({port.ip, *port.allowed_ips}, key=ipaddress.IPv4Address))
-            objs.append(Filter(ns, port.ifname, port.mac, ips))
+            objs.append(Filter(ns, port.ifname, port.mac, ips, port.forwarder))
             if peer_ns is not None:
                 objs.append(LinkUp(peer_ns, INSTANCE_IFNAME))
                 objs.append(Address(peer_ns, INSTANCE_IFNAME, f"{port.ip}/{port.prefixlen}"))
@@ -308,7 +416,187 @@ def compile_state(desired: HostDesired, naming: Naming) -> State:
                 )
             else:
                 objs.append(KRoute(ns, dst, r.kind, None, None, r.table, r.metric))
+        if vpc.subnets:  # a document of an older controller has none: main table only
+            objs.extend(compile_routing(ns, vpc))
+        for ngw in vpc.natgws:
+            if ngw.local:
+                objs.extend(natgw_objects(ngw, ns, vpc.cidrs, desired.instance_mtu, naming, uplink))
     return as_state(objs)
+
+
+# ip rule prefs in a VPC namespace (docs/routing.md): traffic a sender already routed comes
+# in unflagged and goes by main (direct delivery); then, per source subnet selector, its
+# table's policies by priority, its route table, its NAT gateway's default; main (32766)
+# last: the /32 of every instance and the VPC blocks unreachable.
+PREF_DIRECT = 100
+PREF_POLICY = 10000  # + PolicyDesired.priority (1..9999)
+PREF_TABLE = 30000
+PREF_NAT = 30001
+SELECTOR_MASK = 0xFFFF0000
+_IPPROTO = {"tcp": 6, "udp": 17, "icmp": 1}
+
+
+def selector_mark(index: int) -> int:
+    """The packet mark of ports of subnet `index` (SubnetDesired.index)."""
+    return index << MARK_SELECTOR_SHIFT
+
+
+def compile_routing(ns: str, vpc: VpcDesired) -> list[Obj]:
+    """The rules, tables and marks of distributed routing in VPC namespace `ns` (pure)."""
+    objs: list[Obj] = []
+    peers = {p.host: p for p in vpc.peers}
+    blocks = [ipaddress.IPv4Network(c) for c in vpc.cidrs]
+    subnets = [(ipaddress.IPv4Network(s.cidr), s) for s in vpc.subnets]
+    ports: list[tuple[str, int]] = []
+    for port in vpc.ports:
+        addr = ipaddress.IPv4Address(port.ip)
+        sub = next((s for net, s in subnets if addr in net), None)
+        if sub is not None:
+            ports.append((port.ifname, selector_mark(sub.index)))
+    sources = sorted(
+        ((str(net), selector_mark(s.index) | MARK_ROUTED) for net, s in subnets),
+        key=lambda e: ipaddress.IPv4Network(e[0]),
+    )
+    objs.append(Marks(ns, tuple(sorted(ports)), tuple(sources)))
+
+    objs.append(Rule(ns, PREF_DIRECT, 0, MARK_ROUTED, "lookup", table=254, iif=VXLAN_IFNAME))
+    by_table: dict[int, list[PolicyDesired]] = {}
+    for p in vpc.policies:
+        by_table.setdefault(p.table, []).append(p)
+    for s in vpc.subnets:
+        sel = selector_mark(s.index)
+        objs.extend(_policy_rule(ns, sel, p) for p in by_table.get(s.table, ()))
+        objs.append(Rule(ns, PREF_TABLE, sel, SELECTOR_MASK, "lookup", table=TABLE_BASE + s.table))
+        if s.natgw is not None:
+            objs.append(Rule(ns, PREF_NAT, sel, SELECTOR_MASK, "lookup", table=NAT_BASE + s.natgw))
+
+    for t in vpc.tables:
+        table = TABLE_BASE + t.index
+        custom = {str(ipaddress.IPv4Network(r.dst, strict=False)) for r in t.routes}
+        # Destinations in the VPC that no custom route takes leave the table for main.
+        for b in blocks:
+            if str(b) not in custom:
+                objs.append(KRoute(ns, str(b), "throw", table=table))
+        for r in t.routes:
+            objs.append(
+                _nexthop_route(
+                    ns, str(ipaddress.IPv4Network(r.dst, strict=False)), r.nexthop, table, peers
+                )
+            )
+    for p in vpc.policies:
+        # A reroute whose next hop is down has no route: the lookup falls through to the
+        # destination routing of the next rules.
+        if p.action == "reroute" and p.nexthop is not None and p.nexthop.kind != "unreachable":
+            objs.append(_nexthop_route(ns, "0.0.0.0/0", p.nexthop, POLICY_BASE + p.index, peers))
+    for g in vpc.natgws:
+        table = NAT_BASE + g.index
+        for b in blocks:
+            objs.append(KRoute(ns, str(b), "throw", table=table))
+        objs.append(_nexthop_route(ns, "0.0.0.0/0", g.nexthop, table, peers))
+    return objs
+
+
+def _policy_rule(ns: str, sel: int, p: PolicyDesired) -> Rule:
+    proto = _IPPROTO.get(p.proto)
+    rule = Rule(
+        ns,
+        PREF_POLICY + p.priority,
+        sel,
+        SELECTOR_MASK,
+        "lookup",
+        table=POLICY_BASE + p.index,
+        src=None if p.src is None else str(ipaddress.IPv4Network(p.src, strict=False)),
+        dst=None if p.dst is None else str(ipaddress.IPv4Network(p.dst, strict=False)),
+        ipproto=proto,
+        dport=(
+            (p.port_min, p.port_max or p.port_min)
+            if proto in (6, 17) and p.port_min is not None
+            else None
+        ),
+    )
+    if p.action == "drop":
+        return replace(rule, action="blackhole", table=0)
+    if p.action == "allow":
+        return replace(rule, action="goto", table=0, goto=PREF_TABLE)
+    return rule
+
+
+def _nexthop_route(ns: str, dst: str, nh: NextHop, table: int, peers: Mapping[str, Peer]) -> KRoute:
+    if nh.kind == "local" and nh.port and nh.ip:
+        return KRoute(ns, dst, "gateway", nh.port, nh.ip, table, onlink=True)
+    if nh.kind == "remote":
+        peer = peers.get(nh.peer or "")
+        if peer is not None:
+            return KRoute(ns, dst, "remote", VXLAN_IFNAME, peer.nexthop, table, realm=ROUTED_REALM)
+    if nh.kind == "blackhole":
+        return KRoute(ns, dst, "blackhole", table=table)
+    # Down, or a host we have no tunnel to: refused rather than left to a shorter prefix.
+    return KRoute(ns, dst, "unreachable", table=table)
+
+
+NATGW_SYSCTLS: Mapping[str, str] = {
+    "net/ipv4/ip_forward": "1",
+    "net/ipv6/conf/all/disable_ipv6": "1",
+    "net/ipv6/conf/default/disable_ipv6": "1",
+}
+HOST_SYSCTLS: Mapping[str, str] = {"net/ipv4/ip_forward": "1"}
+
+
+def natgw_objects(
+    gw: NatGwDesired,
+    vpc_ns: str,
+    blocks: Iterable[str],
+    mtu: int,
+    naming: Naming,
+    uplink: bool,
+) -> list[Obj]:
+    """The objects of a NAT gateway that runs on this host (see `natgw`): its namespace,
+    its two links, addresses, onlink routes and permanent neighbours on both sides, the
+    host's routes to its public addresses, its NAT table, and their announcements."""
+    ns = naming.natgw_netns(gw.id)
+    port = gw.ifname or gateway_ifname(gw.id)
+    host_if = natgw_host_ifname(gw.id)
+    mac_port, mac_vpc0 = gw_mac(gw.id, "port"), gw_mac(gw.id, GW_VPC_IFNAME)
+    mac_pub0, mac_host = gw_mac(gw.id, GW_PUB_IFNAME), gw_mac(gw.id, "host")
+    objs: list[Obj] = [
+        Netns(ns, "natgw"),
+        LinkUp(ns, "lo"),
+        *(Sysctl(ns, p, v) for p, v in NATGW_SYSCTLS.items()),
+        *(Sysctl(HOST_NETNS, p, v) for p, v in HOST_SYSCTLS.items()),
+        # VPC side: the gateway is NATGW_INNER_IP behind the port, and sees the VPC
+        # namespace as NATGW_LINK_IP behind vpc0.
+        VethPair(ns, GW_VPC_IFNAME, mac_vpc0, vpc_ns, port, mac_port, mtu),
+        LinkUp(ns, GW_VPC_IFNAME),
+        LinkUp(vpc_ns, port),
+        Address(ns, GW_VPC_IFNAME, f"{NATGW_INNER_IP}/32"),
+        Neigh(ns, GW_VPC_IFNAME, NATGW_LINK_IP, mac_port),
+        Neigh(vpc_ns, port, NATGW_INNER_IP, mac_vpc0),
+        # Public side: public_ip on pub0, everything else via the host (NATGW_LINK_IP).
+        VethPair(ns, GW_PUB_IFNAME, mac_pub0, HOST_NETNS, host_if, mac_host, mtu),
+        LinkUp(ns, GW_PUB_IFNAME),
+        LinkUp(HOST_NETNS, host_if),
+        Address(ns, GW_PUB_IFNAME, f"{gw.public_ip}/32"),
+        Neigh(ns, GW_PUB_IFNAME, NATGW_LINK_IP, mac_host),
+        KRoute(ns, "0.0.0.0/0", "gateway", GW_PUB_IFNAME, NATGW_LINK_IP, onlink=True),
+        Neigh(HOST_NETNS, host_if, gw.public_ip, mac_pub0),
+        KRoute(HOST_NETNS, f"{gw.public_ip}/32", "local", host_if),
+        NatTable(
+            ns,
+            gw.public_ip if gw.snat or gw.forwards else "",
+            tuple(gw.snat),
+            tuple(gw.eips),
+            tuple(gw.forwards),
+        ),
+    ]
+    for block in blocks:
+        dst = str(ipaddress.IPv4Network(block))
+        objs.append(KRoute(ns, dst, "gateway", GW_VPC_IFNAME, NATGW_LINK_IP, onlink=True))
+    for _inst, eip in gw.eips:
+        objs.append(KRoute(HOST_NETNS, f"{eip}/32", "gateway", host_if, gw.public_ip, onlink=True))
+    if uplink:
+        objs.append(Announce(gw.public_ip))
+        objs.extend(Announce(eip) for _inst, eip in gw.eips)
+    return objs
 
 
 # -- planning ----------------------------------------------------------------------------
@@ -339,7 +627,7 @@ def _rank(o: Obj) -> int:
             return 0
         case Sysctl(dev=None) | Uts():
             return 1
-        case Vxlan() | Veth():
+        case Vxlan() | Veth() | VethPair():
             return 2
         case Sysctl():
             return 3
@@ -347,16 +635,27 @@ def _rank(o: Obj) -> int:
             return 4
         # The port filter is in place before the port comes up, so an instance never sends
         # a frame that was not checked.
-        case Filter():
+        case Filter() | NatTable():
             return 5
         case LinkUp():
             return 6
         case Neigh() | Fdb():
             return 7
+        # The `ip yunhan` marks are in place with the port filters, before ports come up.
+        case Marks():
+            return 5
         case KRoute():
             return 8
-        case Process():
+        # A rule comes after the routes of the table it selects: a rule to a table still
+        # empty would send the first packets by main instead.
+        case Rule():
             return 9
+        case Process():
+            return 10
+        # Announced last, withdrawn first: the uplink never routes to a gateway that is
+        # not (or no longer) in place.
+        case Announce():
+            return 11
     raise TypeError(o)
 
 
@@ -368,7 +667,7 @@ def _dev_of(o: Obj) -> str | None:
     match o:
         case Sysctl():
             return o.dev
-        case LinkUp() | Address() | Neigh() | Fdb() | Filter():
+        case LinkUp() | Address() | Neigh() | Fdb() | Filter() | VethPair():
             return o.ifname
         case KRoute():
             return o.dev
@@ -408,10 +707,8 @@ def plan(want: Mapping[Key, Obj], have: Mapping[Key, Obj]) -> list[Op]:
             continue
         if isinstance(o, Netns):
             doomed.netns.add(o.name)
-        elif isinstance(o, Vxlan | Veth):
-            doomed.links.add((o.netns, o.ifname))
-            if isinstance(o, Veth) and o.peer_netns:
-                doomed.links.add((o.peer_netns, o.peer_ifname))
+        elif isinstance(o, Vxlan | Veth | VethPair):
+            doomed.links.update(_link_ends(o))
     # Inside an instance the tenant may add addresses of its own (a VIP taken over by
     # keepalived): we ensure the instance's address, and never remove one we did not ask
     # for (the port filter decides what may leave the instance anyway).
@@ -442,6 +739,14 @@ def plan(want: Mapping[Key, Obj], have: Mapping[Key, Obj]) -> list[Op]:
     return deletes + changes
 
 
+def _link_ends(o: Vxlan | Veth | VethPair) -> list[tuple[str, str]]:
+    """(netns, ifname) of each end of a link that exists on this host."""
+    ends = [(o.netns, o.ifname)]
+    if isinstance(o, Veth | VethPair) and o.peer_netns:
+        ends.append((o.peer_netns, o.peer_ifname))
+    return ends
+
+
 def owner_keys(o: Obj) -> tuple[str, str | None]:
     """(netns, device) that an error on `o` is attributed to, for per-instance reports."""
     if isinstance(o, Veth):
@@ -468,36 +773,38 @@ def after(have: Mapping[Key, Obj], done: Iterable[Op]) -> State | None:
         dev = _dev_of(o) if not isinstance(o, Vxlan | Veth) else o.ifname
         if dev is not None:
             touched.add((_ns_of(o), dev))
-            if isinstance(o, Veth) and o.peer_netns:
-                touched.add((o.peer_netns, o.peer_ifname))
+            if isinstance(o, Veth | VethPair):
+                touched.update(_link_ends(o))
     doomed = _Doomed()
     for op in done:
         o = op.obj
-        if op.action == "replace" and isinstance(o, Netns | Vxlan | Veth):
+        if op.action == "replace" and isinstance(o, Netns | Vxlan | Veth | VethPair):
             return None
         if op.action == "delete" and isinstance(o, LinkUp):
             return None  # a link set down loses its routes
-        if op.action == "create" and isinstance(o, Vxlan | Veth):
-            ends = [(o.netns, o.ifname)]
-            if isinstance(o, Veth) and o.peer_netns:
-                ends.append((o.peer_netns, o.peer_ifname))
-            if any(e in touched for e in ends):
-                return None
+        if (
+            op.action == "create"
+            and isinstance(o, Vxlan | Veth | VethPair)
+            and any(e in touched for e in _link_ends(o))
+        ):
+            return None
         if op.action == "delete":
             if isinstance(o, Netns):
                 doomed.netns.add(o.name)
-            elif isinstance(o, Vxlan | Veth):
-                doomed.links.add((o.netns, o.ifname))
-                if isinstance(o, Veth) and o.peer_netns:
-                    doomed.links.add((o.peer_netns, o.peer_ifname))
-    # A veth pair dies as a whole: a port whose instance end was in a removed namespace.
+            elif isinstance(o, Vxlan | Veth | VethPair):
+                doomed.links.update(_link_ends(o))
+    # A veth pair dies as a whole: a port whose instance end was in a removed namespace,
+    # a gateway link either of whose namespaces was removed.
     for o in have.values():
         if isinstance(o, Veth) and o.peer_netns in doomed.netns:
             doomed.links.add((o.netns, o.ifname))
+        if isinstance(o, VethPair) and {o.netns, o.peer_netns} & doomed.netns:
+            doomed.links.update(_link_ends(o))
     out = {
         k: o
         for k, o in have.items()
-        if not doomed.covers(o) and not (isinstance(o, Veth | Vxlan) and o.key[1:] in doomed.links)
+        if not doomed.covers(o)
+        and not (isinstance(o, Veth | Vxlan | VethPair) and o.key[1:] in doomed.links)
     }
     for op in done:
         if op.action == "delete":

@@ -94,6 +94,12 @@ INDEXES: dict[tuple[str, str], IndexFn] = {
     ("eip", "instance"): lambda r: r.status.get("instance"),
     ("eip", "natgw"): lambda r: r.status.get("natgw"),
     ("eip", "address"): lambda r: r.status.get("address"),
+    # (table, dst, priority) of a route, (table, priority) of a policy: both unique, so a
+    # table of thousands of routes checks a new one in constant time.
+    ("route", "slot"): lambda r: (
+        f"{r.spec.get('table')}|{r.spec.get('dst')}|{r.spec.get('priority')}"
+    ),
+    ("policy_route", "slot"): lambda r: f"{r.spec.get('table')}|{r.spec.get('priority')}",
 }
 
 

@@ -25,6 +25,7 @@ from yunhan.api.routes.network import refresh_available
 from yunhan.api.views import resolve
 from yunhan.controller.ipam import allocate_ip, allocate_mac
 from yunhan.controller.placement import choose
+from yunhan.controller.tables import release_public
 from yunhan.model import new_id, validate_name
 from yunhan.model.schemas import InstanceCreate, LabelsPatch
 from yunhan.store import Reader, Resource
@@ -203,6 +204,7 @@ def delete_instance(ref: str, request: Request, c: CallerDep, if_match: IfMatch 
         inst = resolve(tx, "instance", c.project.id, ref)
         check_if_match(inst, if_match)
         gone = tx.delete(inst)
+        release_public(tx, inst)
         sub = tx.get("subnet", inst.spec["subnet"])
         if sub is not None:
             refresh_available(tx, sub)

@@ -21,6 +21,7 @@ from yunhan.api.deps import CallerDep, state_of
 from yunhan.api.models import Subnet, SubnetList, Vpc, VpcList
 from yunhan.api.views import resolve
 from yunhan.controller.ipam import available
+from yunhan.controller.tables import default_table, ensure_default_table, take_index
 from yunhan.errors import Conflict
 from yunhan.model import (
     capacity,
@@ -68,9 +69,10 @@ def create_vpc(body: VpcCreate, request: Request, c: CallerDep, idem: Idempotenc
             c.project.id,
             name,
             {"cidrs": list(cidrs)},
-            {"vni": _next_vni(tx)},
+            {"vni": _next_vni(tx), "next_index": 1},
             labels=body.labels,
         )
+        _table, vpc = ensure_default_table(tx, vpc)  # one write: the VPC with its table
         return idem.keep(tx, c, 201, vpc.envelope())
 
 
@@ -110,13 +112,44 @@ def patch_vpc(
         return tx.update(vpc, spec=spec, labels=patched_labels(vpc, body)).envelope()
 
 
+def _refuse_dependents(tx: Tx, vpc: Resource) -> None:
+    for kind, what, cmd in (
+        ("natgw", "NAT gateway", "natgw delete"),
+        ("route_table", "route table", "route-table delete"),
+    ):
+        names = sorted(o.name for o in tx.find(kind, "vpc", vpc.id) if not o.spec.get("default"))
+        if names:
+            raise Conflict(
+                f"VPC {vpc.name} still has {what}(s) {', '.join(names)}; delete them first "
+                f"(`yunhan {cmd}`)",
+                **{kind: names},
+            )
+
+
 def _replace_blocks(tx: Tx, vpc: Resource, wanted: list[str]) -> list[str]:
     blocks = [str(validate_vpc_block(b)) for b in wanted]
     subnets = {s.name: s.spec["cidr"] for s in _subnets_of(tx, vpc)}
     rest = list(vpc.spec["cidrs"])
     for gone in [b for b in rest if b not in blocks]:
         rest = list(check_block_removal(vpc.name, rest, gone, subnets))
-    return list(validate_vpc_blocks(vpc.name, [*rest, *(b for b in blocks if b not in rest)]))
+    added = [b for b in blocks if b not in rest]
+    _refuse_routes_on(tx, vpc, added)
+    return list(validate_vpc_blocks(vpc.name, [*rest, *added]))
+
+
+def _refuse_routes_on(tx: Tx, vpc: Resource, blocks: list[str]) -> None:
+    """A block whose prefix a custom route already has would take that route's traffic
+    (or the route the block's): refused, as a route equal to a block is."""
+    wanted = set(blocks)
+    for table in tx.find("route_table", "vpc", vpc.id):
+        for route in tx.find("route", "table", table.id):
+            if route.spec["dst"] in wanted:
+                raise Conflict(
+                    f"route table {table.name} has a custom route to {route.spec['dst']} "
+                    f"({route.id}); a VPC block cannot equal a route's destination: delete "
+                    "the route first",
+                    route=route.id,
+                )
 
 
 @router.delete("/vpcs/{ref}", response_model=Vpc, responses=errors(404, 409, 412))
@@ -130,6 +163,10 @@ def delete_vpc(ref: str, request: Request, c: CallerDep, if_match: IfMatch = Non
                 f"VPC {vpc.name} still has subnet(s) {', '.join(subnets)}; delete them first",
                 subnets=subnets,
             )
+        _refuse_dependents(tx, vpc)
+        table = default_table(tx, vpc.id)
+        if table is not None:  # deleted with its VPC, never alone
+            tx.delete(table)
         gone = tx.delete(vpc)
     return gone.envelope()
 
@@ -145,6 +182,7 @@ def add_vpc_cidr(
         vpc = resolve(tx, "vpc", c.project.id, ref)
         if block in vpc.spec["cidrs"]:
             raise Conflict(f"{block} is already a block of VPC {vpc.name}")
+        _refuse_routes_on(tx, vpc, [block])
         cidrs = validate_vpc_blocks(vpc.name, [*vpc.spec["cidrs"], block])
         vpc = tx.update(vpc, spec={**vpc.spec, "cidrs": list(cidrs)})
         return idem.keep(tx, c, 200, vpc.envelope())
@@ -173,13 +211,15 @@ def create_subnet(body: SubnetCreate, request: Request, c: CallerDep, idem: Idem
         others = {s.name: s.spec["cidr"] for s in _subnets_of(tx, vpc)}
         net = validate_subnet(vpc.name, vpc.spec["cidrs"], body.cidr, others)
         cidr = str(net)
+        table, vpc = ensure_default_table(tx, vpc)
+        index, vpc = take_index(tx, vpc)
         sub = tx.create(
             "subnet",
             new_id("subnet"),
             c.project.id,
             name,
-            {"vpc": vpc.id, "cidr": cidr},
-            {"gateway": gateway(cidr), "available": capacity(cidr)},
+            {"vpc": vpc.id, "cidr": cidr, "route_table": table.id},
+            {"gateway": gateway(cidr), "available": capacity(cidr), "index": index},
             labels=body.labels,
         )
         return idem.keep(tx, c, 201, sub.envelope())
@@ -236,6 +276,10 @@ def delete_subnet(ref: str, request: Request, c: CallerDep, if_match: IfMatch = 
                 f"subnet {sub.name} still has instance(s) {', '.join(users)}; delete them first",
                 instances=users,
             )
+        for g in tx.find("natgw", "vpc", sub.spec["vpc"]):  # it serves the subnet no more
+            if sub.id in g.spec.get("subnets", ()):
+                kept = [s for s in g.spec["subnets"] if s != sub.id]
+                tx.update(g, spec={**g.spec, "subnets": kept})
         gone = tx.delete(sub)
     return gone.envelope()
 

@@ -1,0 +1,39 @@
+"""Repairs of what older versions left in the store, run once per term as leader: every
+VPC gets its default route table and an index counter, every subnet an index and its
+table (docs/routing.md). Level-triggered: a store that needs nothing gets no write."""
+
+from __future__ import annotations
+
+from yunhan.controller.tables import default_table, ensure_default_table, take_index
+from yunhan.store import Reader, Tx
+
+
+def needs_repair(r: Reader) -> bool:
+    """Is there a VPC without its default table, or a subnet without its index?"""
+    return any(default_table(r, v.id) is None for v in r.list("vpc")) or any(
+        s.status.get("index") is None or not s.spec.get("route_table") for s in r.list("subnet")
+    )
+
+
+def repair(tx: Tx) -> int:
+    """Make what `needs_repair` finds missing; returns how many objects it wrote."""
+    n = 0
+    for vpc in tx.list("vpc"):
+        if default_table(tx, vpc.id) is None:
+            ensure_default_table(tx, vpc)
+            n += 1
+    for sub in tx.list("subnet"):
+        found = tx.get("vpc", sub.spec["vpc"])
+        if found is None:
+            continue
+        vpc = found
+        spec, status = sub.spec, sub.status
+        if status.get("index") is None:
+            index, vpc = take_index(tx, vpc)
+            status = {**status, "index": index}
+        if not spec.get("route_table"):
+            table, vpc = ensure_default_table(tx, vpc)
+            spec = {**spec, "route_table": table.id}
+        tx.update(sub, spec=spec, status=status)
+        n += 1 if (spec, status) != (sub.spec, sub.status) else 0
+    return n

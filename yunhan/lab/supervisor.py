@@ -1,4 +1,5 @@
-"""The lab's supervisor: one small process per region that owns its server and agents.
+"""The lab's supervisor: one small process per region that owns its processes (the API
+server, the agents, the internet's echo server, and whatever a later feature adds).
 
 It starts the region's programs, restarts whichever exits (after an exponential backoff),
 gives up on one that keeps dying young (a crash loop), and writes what it does to one JSON

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -159,6 +160,64 @@ def test_dnat_port_forward_and_eip_from_another_vpc(region: Region, net: dict[st
     # from the gateway's own subnet, without an EIP of its own: a martian on the way back in
     t = trace(region, "a", net["eip"])
     assert (t["verdict"], t["reason"]) == ("dropped", "martian-source")
+
+
+def _hello(region: Region, src: str, dst_ip: str, port: int) -> str | None:
+    code = (
+        "import socket,sys\n"
+        f"s=socket.create_connection(({dst_ip!r},{port}),timeout=2)\n"
+        "sys.stdout.write(s.recv(100).decode())\n"
+    )
+    p = region.exec(src, sys.executable, "-c", code)
+    return p.stdout.strip() if p.returncode == 0 else None
+
+
+def _forwarded(region: Region, appliance: str) -> int:
+    """Packets the appliance's kernel forwarded (its own capture of traffic through it)."""
+    lines = region.exec(appliance, "cat", "/proc/net/snmp").stdout.splitlines()
+    names, values = (line.split() for line in lines if line.startswith("Ip:"))
+    return int(values[names.index("ForwDatagrams")])
+
+
+def test_real_traffic_follows_the_routes_and_policies(region: Region, net: dict[str, Any]) -> None:
+    b_ip, c2_ip = net["b"]["ip"], net["c2"]["ip"]
+    before = _forwarded(region, "fw1")
+    assert _hello(region, "a", b_ip, 7000) == "b"  # through fw1 (priority 10)
+    assert _forwarded(region, "fw1") > before
+    assert _hello(region, "a", b_ip, 22) is None  # policy drop of tcp/22
+    assert region.ping("a", b_ip)  # while icmp flows
+    fw2 = _forwarded(region, "fw2")
+    assert _hello(region, "a", c2_ip, 80) == "c2"  # rerouted through fw2
+    assert _forwarded(region, "fw2") > fw2
+    fw2 = _forwarded(region, "fw2")
+    assert _hello(region, "a", c2_ip, 7000) == "c2"  # not tcp/80: direct
+    assert _hello(region, "c2", b_ip, 7000) == "b"  # app's table: direct
+    assert _forwarded(region, "fw2") == fw2
+
+
+def test_route_edits_and_associations_do_not_touch_other_flows(
+    region: Region, net: dict[str, Any]
+) -> None:
+    # c2 -> b is on the default tables; a stream of pings runs while the web table gets
+    # and loses routes and db (b's subnet) moves to that table and back.
+    b_ip = net["b"]["ip"]
+    argv = [region.bin, "instance", "exec", "c2", "--",
+            "ping", "-c", "200", "-i", "0.02", "-W", "1", b_ip]  # fmt: skip
+    pinger = subprocess.Popen(argv, env=region.env, stdout=subprocess.PIPE, text=True)
+    try:
+        for i in range(5):
+            dst = f"192.168.{100 + i}.0/24"
+            region.run("route", "add", "edge", "--dst", dst, "--next-hop", "instance:fw2")
+        region.run("route-table", "associate", "edge", "--subnet", "db")
+        rows = region.json("route-table", "show", "edge")["routes"]
+        for r in rows:
+            if r["type"] == "custom" and r["dst"].startswith("192.168.1"):
+                region.run("route", "delete", r["id"])
+        region.run("route-table", "associate", "prod-default", "--subnet", "db")
+        out, _ = pinger.communicate(timeout=60)
+    finally:
+        pinger.kill()
+    assert " 0% packet loss" in out, out
 
 
 def test_priority_failover_follows_the_next_hop(region: Region, net: dict[str, Any]) -> None:

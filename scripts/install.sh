@@ -8,7 +8,7 @@ top=$(pwd)
 
 need_apt=()
 # systemd-analyze: the tests verify the units `yunhan install-units` writes (offline).
-for bin in ip:iproute2 nft:nftables iperf3:iperf3 ping:iputils-ping gcc:gcc unshare:util-linux nsenter:util-linux systemd-analyze:systemd; do
+for bin in ip:iproute2 nft:nftables iperf3:iperf3 ping:iputils-ping gcc:gcc unshare:util-linux nsenter:util-linux systemd-analyze:systemd curl:curl; do
   command -v "${bin%%:*}" >/dev/null 2>&1 || need_apt+=("${bin##*:}")
 done
 [ -e /usr/lib/x86_64-linux-gnu/libnftables.so.1 ] || [ -e /usr/lib/aarch64-linux-gnu/libnftables.so.1 ] || need_apt+=(libnftables1)

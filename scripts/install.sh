@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 top=$(pwd)
 
 need_apt=()
-for bin in ip:iproute2 nft:nftables iperf3:iperf3 ping:iputils-ping gcc:gcc unshare:util-linux nsenter:util-linux nmap:nmap conntrack:conntrack; do
+# systemd-analyze: the tests verify the units `yunhan install-units` writes (offline).
+for bin in ip:iproute2 nft:nftables iperf3:iperf3 ping:iputils-ping gcc:gcc unshare:util-linux nsenter:util-linux systemd-analyze:systemd curl:curl nmap:nmap conntrack:conntrack; do
   command -v "${bin%%:*}" >/dev/null 2>&1 || need_apt+=("${bin##*:}")
 done
 [ -e /usr/lib/x86_64-linux-gnu/libnftables.so.1 ] || [ -e /usr/lib/aarch64-linux-gnu/libnftables.so.1 ] || need_apt+=(libnftables1)

@@ -94,6 +94,13 @@ class TimedOut(YunhanError):
     http_status = 504
 
 
+class Unreachable(YunhanError):
+    """The API could not be reached at all (connection refused, no route)."""
+
+    code = "unreachable"
+    http_status = 503
+
+
 class DriverError(YunhanError):
     code = "driver"
     http_status = 500

@@ -75,8 +75,8 @@ class Lab:
         return next((h["name"] for h in hosts if h["underlay_ip"] == via), "")
 
     def agent_pid(self, host: str) -> int:
-        rec = json.loads((self.region.state / "region.json").read_text())
-        return int(next(p["pid"] for p in rec["processes"] if p["name"] == host))
+        procs = self.region.json("status")["processes"]  # the supervisor's, with the others
+        return int(next(p["pid"] for p in procs if p["name"] == host and p["role"] == "agent"))
 
 
 @pytest.fixture(scope="module")

@@ -48,6 +48,14 @@ def test_up_status_down_with_real_processes(uniq: Callable[[str], str], tmp_path
             assert [z["name"] for z in st.zones] == ["az1"]
             assert [(h["name"], h["status"]["healthy"]) for h in st.hosts] == [("az1-h1", True)]
             assert all(alive for _, alive in st.processes)
+            assert {(p.role, p.name) for p, _ in st.processes} == {
+                ("up", "up"),  # this process: a foreground region
+                ("supervisor", "supervisor"),
+                ("echo", "echo"),
+                ("server", "server"),
+                ("agent", "az1-h1"),
+            }
+            started = [p for p, _ in st.processes]
             agent = next(p for p, _ in st.processes if p.role == "agent")
             cmdline = Path(f"/proc/{agent.pid}/cmdline").read_bytes().replace(b"\0", b" ")
             assert (
@@ -62,7 +70,7 @@ def test_up_status_down_with_real_processes(uniq: Callable[[str], str], tmp_path
         assert [n for n in cleanup.list_netns() if cleanup.owned(n, prefix)] == []
         assert cleanup.marked_pids(lambda r: r == prefix) == {}
         assert not (tmp_path / region.RECORD).exists() and not (tmp_path / prefix).exists()
-        assert handle.dead() == [p for p in handle.record.processes if p.role != "supervisor"]
+        assert not any(p.alive() for p in started if p.role != "up")
     finally:
         region.sweep(prefixes=[prefix])
 

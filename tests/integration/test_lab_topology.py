@@ -125,7 +125,7 @@ def test_sweep_spares_a_live_region_and_down_removes_it(prefix: str, tmp_path: P
     spec = RegionSpec.build(prefix=prefix, zones=1, hosts_per_zone=1)
     record = region.RegionRecord(prefix=prefix, state_dir=str(tmp_path), spec=spec.to_dict())
     me = os.getpid()
-    record.processes.append(region.ProcessRecord("supervisor", "up", me, cleanup.start_time(me)))
+    record.processes.append(region.ProcessRecord("up", "up", me, cleanup.start_time(me)))
     record.data_dir.mkdir()
     record.save()
     topology.realise(spec)
@@ -148,7 +148,7 @@ def test_sweep_and_down_spare_a_live_region_whose_prefix_extends_theirs(
     live = RegionSpec.build(prefix=other, zones=1, hosts_per_zone=1)
     record = region.RegionRecord(prefix=other, state_dir=str(tmp_path), spec=live.to_dict())
     me = os.getpid()
-    record.processes.append(region.ProcessRecord("supervisor", "up", me, cleanup.start_time(me)))
+    record.processes.append(region.ProcessRecord("up", "up", me, cleanup.start_time(me)))
     record.data_dir.mkdir()
     record.save()
     try:
@@ -176,7 +176,7 @@ def test_up_refuses_a_prefix_that_extends_or_is_extended_by_a_live_region(
     live = RegionSpec.build(prefix=prefix, zones=1, hosts_per_zone=1)
     record = region.RegionRecord(prefix=prefix, state_dir=str(tmp_path / "a"), spec=live.to_dict())
     me = os.getpid()
-    record.processes.append(region.ProcessRecord("supervisor", "up", me, cleanup.start_time(me)))
+    record.processes.append(region.ProcessRecord("up", "up", me, cleanup.start_time(me)))
     record.data_dir.mkdir(parents=True)
     record.save()
     try:

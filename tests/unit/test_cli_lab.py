@@ -67,3 +67,28 @@ def test_status_of_a_region_whose_api_is_gone(
     out = json.loads(invoke(capsys, ["status", "--state-dir", str(tmp_path), "--json"]).stdout)
     assert {p["name"]: p["alive"] for p in out["processes"]} == {"az1-h1": True, "server": False}
     assert out["api_error"] and out["prefix"] == "yh0abc" and out["mtu"] == 1500
+
+
+def test_status_shows_restarts_and_a_dead_supervisor(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from yunhan.lab.supervisor import RUNNING, Program, SupervisorState
+
+    spec = RegionSpec.build(prefix="yh0abd", zones=1, hosts_per_zone=1)
+    rec = RegionRecord(prefix="yh0abd", state_dir=str(tmp_path), spec=spec.to_dict(),
+                       endpoint="http://127.0.0.1:1")  # fmt: skip
+    me = os.getpid()
+    rec.processes.append(ProcessRecord("supervisor", "supervisor", 2**22 + 9, None, "u.log"))
+    (tmp_path / "region.json").write_text(json.dumps(
+        {**rec.__dict__, "processes": [p.__dict__ for p in rec.processes]}))  # fmt: skip
+    rec.data_dir.mkdir()
+    agent = Program("az1-h1", "agent", ["x"], "a.log", me, cleanup.start_time(me), 0.0, RUNNING,
+                    restarts=2, last_exit="killed by SIGKILL")  # fmt: skip
+    SupervisorState(programs=[agent]).save(rec.supervisor_file)
+    r = invoke(capsys, ["status", "--state-dir", str(tmp_path)])
+    assert "killed by SIGKILL" in r.stdout
+    assert "supervisor is not running" in r.stdout
+    out = json.loads(invoke(capsys, ["status", "--state-dir", str(tmp_path), "--json"]).stdout)
+    rows = {p["name"]: p for p in out["processes"]}
+    assert (rows["az1-h1"]["restarts"], rows["az1-h1"]["state"]) == (2, "running")
+    assert (rows["supervisor"]["alive"], rows["supervisor"]["state"]) == (False, "dead")

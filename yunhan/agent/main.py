@@ -6,11 +6,20 @@ full resync re-applies the last document so that drift (a route deleted by hand,
 that vanished) is repaired even when nothing changed upstream. The data plane is kernel
 state: when this process dies, or the control plane is unreachable, packets keep flowing;
 a restarted agent observes what exists and changes only the difference.
+
+Restarts change nothing. The agent keeps the last document it applied (SAVED_DOC: store,
+revision, entries) and resumes the watch from that revision with its digest, so the
+server sends only what changed meanwhile (nothing, usually). Until the control plane has
+confirmed that document (answered the first poll), the agent applies nothing: an agent
+that starts while the API is unreachable adopts the data plane as it finds it and never
+removes what it cannot confirm. After every apply it writes down its host's instances
+(yunhan.localview) for the CLI to find them while the API is away.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import os
 import signal
@@ -23,12 +32,14 @@ from typing import Any
 
 import httpx
 
+from yunhan import localview
 from yunhan.agent.dataplane import ApplyReport, DataPlane
 from yunhan.errors import ValidationError
 from yunhan.net.desired import HostDesired
 from yunhan.net.docentries import Delta, assemble, digest
 from yunhan.net.naming import Naming
 from yunhan.net.natgw import Uplink
+from yunhan.supervised import Watchdog, notify, restarted
 
 log = logging.getLogger("yunhan.agent")
 
@@ -37,6 +48,8 @@ LONG_POLL_TIMEOUT = 20.0
 STORE_HEADER = "X-Yunhan-Store"  # yunhan.api.routes.agent (agents speak HTTP only)
 BOOTSTRAP_PREFIX = "yhb_"  # yunhan.api.auth: a one-time token to exchange for a host token
 HOST_TOKEN_FILE = "host.token"  # in the state dir, 0600: this host's own credential
+SAVED_DOC = "desired.json"  # in the state dir: the last document applied (resume from it)
+HUNG_AFTER = 90.0  # seconds without progress of the loops before the watchdog stops pinging
 
 
 @dataclass
@@ -118,6 +131,67 @@ class Agent:
         self._entries: dict[str, dict[str, Any]] = {}
         self._digest: str | None = None
         self._kept = False  # the token in use is the one kept in the state dir
+        # False while the document resumed from disk waits for the control plane's word.
+        self._confirmed = True
+        self._restart = restarted()  # said once, at the first registration
+        self._progress = clock()  # the loops' last sign of life (the watchdog's check)
+        self._view: list[dict[str, Any]] | None = None
+        self._resume()
+
+    # -- the document kept on disk --------------------------------------------------------
+
+    def _resume(self) -> None:
+        """Take the last document applied before a restart, unconfirmed (see the module)."""
+        try:
+            saved = json.loads((self.config.state_dir / SAVED_DOC).read_text())
+            entries = saved["entries"]
+            doc = assemble(entries, self.config.host_name).model_copy(
+                update={"revision": int(saved["revision"])}
+            )
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring the saved document (%s): starting from the server's", exc)
+            return
+        self._store = saved.get("store")
+        self._entries, self._digest = entries, digest(entries)
+        self.desired, self.applied_revision = doc, doc.revision
+        self._confirmed = False
+        log.info("resuming from the saved document of revision %d", doc.revision)
+
+    def _save(self) -> None:
+        path = self.config.state_dir / SAVED_DOC
+        tmp = path.with_name(SAVED_DOC + ".tmp")
+        body = {"store": self._store, "revision": self.applied_revision, "entries": self._entries}
+        try:
+            tmp.write_text(json.dumps(body, separators=(",", ":")))
+            tmp.replace(path)
+        except OSError as exc:
+            log.warning("could not save the applied document: %s", exc)
+
+    def _write_view(self, desired: HostDesired, report: ApplyReport) -> None:
+        ips = {p.instance_id: p.ip for v in desired.vpcs for p in v.ports}
+        view = [
+            {
+                "id": i.id,
+                "name": i.name,
+                "ip": ips.get(i.id),
+                "vpc": i.vpc_id,
+                "phase": ir.phase if ir else None,
+                "message": ir.message if ir else None,
+                "netns": ir.netns if ir else None,
+                "uts": ir.uts if ir else None,
+            }
+            for i in desired.instances
+            for ir in [report.instances.get(i.id)]
+        ]
+        if view == self._view:
+            return
+        try:
+            localview.write(self.config.state_dir, self.config.host_name, desired.revision, view)
+            self._view = view
+        except OSError as exc:
+            log.warning("could not write the local view of instances: %s", exc)
 
     # -- credentials ---------------------------------------------------------------------
 
@@ -206,17 +280,22 @@ class Agent:
 
     def register(self) -> None:
         """Register (or re-register) this host; retries until the control plane answers."""
-        body = {
+        body: dict[str, Any] = {
             "zone": self.config.zone,
             "underlay_ip": self.config.underlay_ip,
             "mtu": self.config.mtu,
         }
+        if self._restart is not None:
+            # The control plane makes it an event: why this agent had to start again.
+            body["restart"] = {"count": self._restart.count, "cause": self._restart.cause}
         delay = 0.2
         while not self._stop.is_set():
+            self._progress = self._clock()
             try:
                 r = self._client.put(self._path(""), json=body)
                 if r.status_code < 300:
                     log.info("registered as %s", self.config.host_name)
+                    self._restart = None
                     return
                 log.error("registration refused: %s %s", r.status_code, r.text)
                 if r.status_code == 401 and self._refused():
@@ -306,9 +385,13 @@ class Agent:
     def apply(self, desired: HostDesired) -> ApplyReport:
         report = self.dataplane.apply(desired)
         with self._lock:
+            saved = self.applied_revision != desired.revision or self.desired != desired
             self.desired = desired
             self.report = report
             self.applied_revision = desired.revision
+        if saved or not (self.config.state_dir / SAVED_DOC).exists():
+            self._save()
+        self._write_view(desired, report)
         if report.changes or report.errors:
             log.info(
                 "applied revision %d: %d changes, %d errors %s",
@@ -329,8 +412,11 @@ class Agent:
         last_apply = self._clock()
         backoff = 0.2
         while not self._stop.is_set():
+            self._progress = self._clock()
             failing = bool(self.report and self.report.errors)
             wait = 1.0 if failing else min(LONG_POLL_TIMEOUT, self.config.resync_interval)
+            if not self._confirmed:
+                wait = 0.0  # a resumed document: the first answer confirms it, at once
             try:
                 doc = self._fetch_desired(self.applied_revision, wait)
                 backoff = 0.2
@@ -347,6 +433,12 @@ class Agent:
                 continue
             if self._stop.is_set():
                 break
+            if not self._confirmed:
+                # The control plane answered from our revision: the document resumed from
+                # disk (or the delta on top of it) is now confirmed; apply it once (a no-op
+                # on a host that carries it: nothing is recreated).
+                self._confirmed = True
+                doc = doc or self.desired
             if doc is None:
                 due = self._clock() - last_apply >= self.config.resync_interval
                 if self.desired is None or not (due or failing):
@@ -374,6 +466,11 @@ class Agent:
         if not self.credentials():
             log.error("no usable credentials; stopping")
             return
+        # Ready for the service manager as soon as it runs: an agent that starts while the
+        # API is away is doing its job (the data plane forwards; it waits).
+        notify("READY=1")
+        watchdog = Watchdog(lambda: self._clock() - self._progress < HUNG_AFTER)
+        watchdog.start()
         self.register()
         threads = [
             threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True),
@@ -385,6 +482,8 @@ class Agent:
             self._stop.wait()
         finally:
             self._stop.set()
+            watchdog.stop()
+            notify("STOPPING=1")
             for t in threads:
                 t.join(timeout=2.0)
             if not any(t.is_alive() for t in threads):

@@ -64,6 +64,7 @@ class Fleet:
         self.on_ack: Callable[[str, int, float, str | None], None] | None = None
         # metrics
         self.documents_sent = 0
+        self.snapshots_sent = 0  # of which whole documents
         self.bytes_sent = 0
         self.compile_seconds = 0.0
         self.compiles = 0
@@ -176,11 +177,17 @@ class Fleet:
             log.warning("host %s reports a document digest that differs: sending it whole", host)
             return self._sent(self.engine.delta(host, 0))
         if current > after:
+            if digest is not None and digest == self.engine.digest(host):
+                # The agent holds this very document at an older revision: typically this
+                # server (re)started since, and its logs begin at its load, where a delta
+                # from before would be a snapshot. It needs the revision, not a resend.
+                return self._sent(Delta(host, current, False))
             return self._sent(self.engine.delta(host, after))
         return None
 
     def _sent(self, d: Delta) -> Delta:
         self.documents_sent += 1
+        self.snapshots_sent += d.snapshot
         return d
 
     def _drop_waiter(self, host: str, fut: asyncio.Future[None]) -> None:

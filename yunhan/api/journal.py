@@ -47,6 +47,8 @@ HOST_NOT_HEARTBEATING = "HostNotHeartbeating"
 INSTANCE_FAILED = "InstanceFailed"
 APPLY_ERROR = "ApplyError"
 SCHEDULING_REFUSED = "SchedulingRefused"
+AGENT_RESTARTED = "AgentRestarted"
+SERVER_RESTARTED = "ServerRestarted"
 
 
 class Journal:

@@ -22,11 +22,12 @@ import uvicorn
 from yunhan.api.app import create_app
 from yunhan.api.deps import MAX_LONG_POLL
 from yunhan.api.fastpath import AgentFastPath
-from yunhan.api.journal import FLUSH_INTERVAL
+from yunhan.api.journal import FLUSH_INTERVAL, SERVER_RESTARTED
 from yunhan.api.replicas import ReplicaBridge
 from yunhan.controller import Controller
 from yunhan.store import Store
 from yunhan.store.leader import Leader
+from yunhan.supervised import notify, restarted, watchdog_interval
 
 log = logging.getLogger("yunhan.server")
 
@@ -70,6 +71,11 @@ async def _main(
     )
     server = _Server(config)
     fleet = app.state.yunhan.fleet
+    if (again := restarted()) is not None:
+        st = app.state.yunhan
+        st.journal.notice(
+            st.admin_project_id, "server", SERVER_RESTARTED, again.sentence("the API server")
+        )
     controller = Controller(store, leases=lambda: fleet.leases, loads=app.state.yunhan.loads)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -87,7 +93,23 @@ async def _main(
 
     async def _stop_server() -> None:
         await stop.wait()
+        notify("STOPPING=1")
         server.should_exit = True
+
+    async def _service_manager() -> None:
+        # sd_notify (systemd Type=notify): ready once the socket listens; the watchdog is
+        # pinged from this event loop, so a loop that hangs stops pinging and is restarted.
+        while not server.started and not stop.is_set():
+            with suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.05)
+        if stop.is_set():
+            return
+        notify(f"READY=1\nSTATUS=serving on {host}:{port}")
+        interval = watchdog_interval()
+        while interval is not None and not stop.is_set():
+            notify("WATCHDOG=1")
+            with suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
 
     async def _serve() -> None:
         try:
@@ -137,6 +159,7 @@ async def _main(
         async with asyncio.TaskGroup() as tg:
             tg.create_task(_serve())
             tg.create_task(_stop_server())
+            tg.create_task(_service_manager())
             tg.create_task(_lead())
             # Heartbeats are leases in memory; they reach the database in one batch a tick.
             tg.create_task(

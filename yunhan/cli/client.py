@@ -24,6 +24,7 @@ from yunhan.errors import (
     NotFound,
     TimedOut,
     Unauthorized,
+    Unreachable,
     ValidationError,
     YunhanError,
 )
@@ -202,7 +203,7 @@ class Client:
                 self.endpoint, method, target, headers, body, timeout or self._timeout
             )
         except ConnectionError as exc:
-            raise YunhanError(
+            raise Unreachable(
                 f"cannot reach the Yunhan API at {self.endpoint} ({exc}); is a region up? "
                 "(`yunhan status`, `yunhan up --detach`)"
             ) from exc

@@ -54,12 +54,25 @@ def up(ctx: Ctx) -> None:
     what = f"starting region {spec.prefix}: API server and {len(spec.hosts)} agents"
     try:
         with Progress(what):
-            handle = region.up(spec, ctx["state_dir"], detach=ctx["detach"], timeout=ctx["timeout"])
+            handle = region.up(
+                spec,
+                ctx["state_dir"],
+                detach=ctx["detach"],
+                timeout=ctx["timeout"],
+                token=_admin_token(ctx["state_dir"]),
+            )
     except KeyboardInterrupt:
         warn("interrupted; everything started was removed")
         raise SystemExit(130) from None
     finally:
         signal.signal(signal.SIGTERM, old)
+    if handle.revived:
+        agents = "agents healthy" if handle.token else "agents running"
+        echo(
+            f"region {handle.prefix} revived: API {handle.endpoint}, {len(spec.hosts)} {agents}; "
+            "its resources and instances were kept"
+        )
+        return
     if handle.reused:
         # The region keeps no admin token: the config the first `up` wrote still holds it.
         echo(f"region {handle.prefix} is already up (API {handle.endpoint}); nothing to do")
@@ -90,13 +103,21 @@ def _supervise(handle: RegionHandle) -> None:
 
     signal.signal(signal.SIGINT, _set)
     signal.signal(signal.SIGTERM, _set)
-    reported: set[str] = set()
+    seen: dict[str, tuple[int, str]] = {}
     record_file = handle.state_dir / region.RECORD
     while not stop.wait(1.0):
-        for p in handle.dead():
-            if p.name not in reported:
-                reported.add(p.name)
-                warn(f"warning: {p.role} {p.name} exited; see {p.log}")
+        for p in handle.record.supervised():
+            now = (p.restarts, p.state)
+            if seen.setdefault(p.name, now) != now:
+                seen[p.name] = now
+                if p.state == "failed":
+                    warn(f"warning: {p.role} {p.name} {p.last_exit}: a crash loop, left down "
+                         f"(`yunhan up --detach` retries); see {p.log}")  # fmt: skip
+                elif p.state == "running":
+                    warn(f"{p.role} {p.name} {p.last_exit}; restarted ({p.restarts})")
+        if handle.popens["supervisor"].poll() is not None and "" not in seen:
+            seen[""] = (0, "")
+            warn("warning: the region's supervisor exited; `yunhan up --detach` revives it")
         if not record_file.exists():
             echo("the region was taken down (`yunhan down`)")
             config.forget_endpoint(handle.endpoint)
@@ -150,6 +171,12 @@ def _admin_token(state_dir: Path | None) -> str | None:
     return creds.token
 
 
+def lab_supervisor(ctx: Ctx) -> None:
+    from yunhan.lab import supervisor
+
+    supervisor.main(ctx["state_file"])
+
+
 def status(ctx: Ctx) -> None:
     from yunhan.lab import region
 
@@ -195,6 +222,13 @@ COMMANDS = (
         (STATE_DIR,),
     ),
     Cmd(
+        "lab-supervisor",
+        "Run a lab region's supervisor (started by `yunhan up`).",
+        lab_supervisor,
+        (Opt(("--state-file",), "state_file", "its state file", Path, required=True),),
+        hidden=True,
+    ),
+    Cmd(
         "status",
         "Show the lab region: processes, zones, hosts, agent health and revisions.",
         status,
@@ -220,7 +254,16 @@ def _print_status(st: RegionStatus, fmt: str) -> None:
     for row in hosts:
         row["agent_process"] = alive.get(row["name"])
     procs = [
-        {"role": p.role, "name": p.name, "pid": p.pid, "alive": ok, "log": p.log}
+        {
+            "role": p.role,
+            "name": p.name,
+            "pid": p.pid,
+            "alive": ok,
+            "state": p.state if ok or p.state != "running" else "dead",
+            "restarts": p.restarts,
+            "last_exit": p.last_exit or None,
+            "log": p.log,
+        }
         for p, ok in st.processes
     ]
     if fmt in ("json", "yaml"):
@@ -239,7 +282,13 @@ def _print_status(st: RegionStatus, fmt: str) -> None:
         return
     mode = "detached" if rec.detached else "foreground"
     echo(f"region {rec.prefix} ({mode}), API {rec.endpoint}, state {rec.state_dir}")
-    echo(views.table(("role", "name", "pid", "alive", "log"), procs))
+    echo(views.table(("role", "name", "pid", "state", "restarts", "last_exit", "log"), procs))
+    if any(p.role == "supervisor" and not ok for p, ok in st.processes):
+        echo("the region's supervisor is not running: nothing restarts a process that dies; "
+             "`yunhan up --detach` revives the region")  # fmt: skip
+    elif any(p.role not in ("up", "supervisor") and p.state == "failed" for p, _ in st.processes):
+        echo("a process is left down after a crash loop (see its log); "
+             "`yunhan up --detach` tries it again")  # fmt: skip
     if st.api_error:
         echo(f"API not answering: {st.api_error}")
         return

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from yunhan.cli import credentials, daemons, lab, resources, routing, secgroups, trace
+from yunhan.cli import credentials, daemons, lab, resources, routing, secgroups, trace, units
 from yunhan.cli.command import Group, Opt, run
 from yunhan.cli.hotpatch import HOTPATCH
 
@@ -47,6 +47,7 @@ ROOT = Group(
         *lab.COMMANDS,
         HOTPATCH,
         *daemons.COMMANDS,
+        *units.COMMANDS,
     ),
     params=(
         Opt(

@@ -16,7 +16,7 @@ from typing import Any
 from yunhan.cli import views
 from yunhan.cli.client import Client
 from yunhan.cli.command import Arg, Cmd, Ctx, Group, Opt, echo, warn
-from yunhan.errors import TimedOut, ValidationError, YunhanError
+from yunhan.errors import TimedOut, Unreachable, ValidationError, YunhanError
 
 DEFAULT_WAIT = 120.0
 SETTLED = ("running", "failed")
@@ -94,6 +94,34 @@ def _list(kind: str, ctx: Ctx, **params: Any) -> None:
     items = c.items(f"/v1/{COLLECTION[kind]}", **params)
     names = views.Names(c)
     views.print_list(kind, [views.ROWS[kind](i, names) for i in items], fmt(ctx))
+
+
+def instance_list(ctx: Ctx) -> None:
+    if not ctx["local"]:
+        _list("instance", ctx)
+        return
+    from yunhan import localview
+
+    if ctx["selector"]:
+        raise ValidationError("--local lists have no labels: drop -l/--selector")
+    dirs = _agent_dirs()
+    warn(f"from the state of {len(dirs)} agent(s) on this machine; the API was not asked")
+    rows = [
+        {
+            "id": i.get("id"),
+            "name": i.get("name"),
+            "vpc_id": i.get("vpc"),
+            "ip": i.get("ip"),
+            "host": i.get("host"),
+            "phase": i.get("phase"),
+            "message": i.get("message"),
+            "netns": i.get("netns"),
+            "uts": i.get("uts"),
+            "revision": i.get("revision"),
+        }
+        for i in sorted(localview.instances(dirs), key=lambda i: str(i.get("name")))
+    ]
+    views.print_list("instance", rows, fmt(ctx))
 
 
 def _show(kind: str) -> Cmd:
@@ -301,11 +329,40 @@ def exec_argv(res: dict[str, Any], command: list[str]) -> list[str]:
     return nsenter_argv(command, net=path, uts=uts if uts and os.path.exists(uts) else None)
 
 
+def _agent_dirs() -> list[Any]:
+    from yunhan import localview
+    from yunhan.lab.region import default_state_dir
+
+    return localview.agent_dirs(default_state_dir())
+
+
+def _local_instance(ref: str, exc: YunhanError) -> dict[str, Any]:
+    """Instance `ref` as this machine's agents wrote it down, in the API's shape; `exc` (why
+    the API was not asked) is raised again when no agent here carries it."""
+    from yunhan import localview
+
+    found = localview.find(_agent_dirs(), ref)
+    if len(found) != 1:
+        what = "no agent of this machine carries it" if not found else "several share the name"
+        raise type(exc)(f"{exc.message}; instance {ref}: {what}") from exc
+    inst = found[0]
+    warn(
+        f"warning: the API is away ({exc.message.split(';')[0]}); using what the agent of "
+        f"host {inst['host']} wrote down at revision {inst['revision']}"
+    )
+    status = {k: inst.get(k) for k in ("phase", "message", "netns", "uts", "host", "ip", "vpc")}
+    return {"id": inst["id"], "name": inst["name"], "spec": {}, "status": status}
+
+
 def instance_exec(ctx: Ctx) -> None:
     argv_in = list(ctx["command"] or [])
     if argv_in[:1] == ["--"]:
         argv_in = argv_in[1:]
-    res = ctx.client().get(f"/v1/instances/{ctx['ref']}")
+    try:
+        res = ctx.client().get(f"/v1/instances/{ctx['ref']}")
+    except (Unreachable, TimedOut) as exc:
+        # Headless: the instance runs on; its agent's state says where its namespaces are.
+        res = _local_instance(ctx["ref"], exc)
     argv = exec_argv(res, argv_in)
     ctx.close()
     try:
@@ -356,7 +413,13 @@ INSTANCE = Group(
                 *WRITE,
             ),
         ),
-        Cmd("list", "List the project's instances.", lambda ctx: _list("instance", ctx), LISTED),
+        Cmd(
+            "list",
+            "List the project's instances; with --local, those of this machine's agents, "
+            "from their own state (works while the API is away).",
+            instance_list,
+            (*LISTED, Opt(("--local",), "local", "read this machine's agents, not the API", bool)),
+        ),
         _show("instance"),
         _delete("instance", "Delete an instance (its process is stopped and its address freed)."),
         Cmd(

@@ -146,10 +146,38 @@ def in_sandbox(netns: str, rec: ProcRecord) -> bool:
         return False
 
 
+def _unrecorded(netns: str, argv: Sequence[str]) -> int | None:
+    """A process already running `argv` in `netns` that no record names: an agent killed
+    between starting it and writing its record left it. None when there is none."""
+    try:
+        target = os.stat(netns_path(netns)).st_ino
+    except OSError:
+        return None
+    want = b"\0".join(a.encode() for a in argv) + b"\0"
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{entry}/ns/net").st_ino != target:
+                continue
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if f.read() == want:
+                    return int(entry)
+        except OSError:
+            continue
+    return None
+
+
 def start(state_dir: Path, netns: str, argv: Sequence[str]) -> ProcRecord:
-    """Start `argv` detached inside the sandbox (own session) and record it."""
+    """Start `argv` detached inside the sandbox (own session) and record it; a process
+    that already runs `argv` there, unrecorded, is adopted instead of started twice."""
     log = state_dir / "proc" / f"{netns}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
+    orphan = _unrecorded(netns, argv)
+    if orphan is not None and (st := _start_time(orphan)) is not None:
+        rec = ProcRecord(orphan, st, tuple(argv))
+        _write_record(state_dir, netns, rec)
+        return rec
     try:
         with open(log, "ab") as out:
             # nsenter execs the command itself: the pid we record is the command's own.
@@ -164,10 +192,15 @@ def start(state_dir: Path, netns: str, argv: Sequence[str]) -> ProcRecord:
         raise DriverError(f"start in {netns}: {exc}", errno=exc.errno, netns=netns) from exc
     st = _start_time(p.pid)
     rec = ProcRecord(p.pid, st or 0, tuple(argv))
-    _record_path(state_dir, netns).write_text(
-        json.dumps({"pid": rec.pid, "start": rec.start, "argv": list(rec.argv)})
-    )
+    _write_record(state_dir, netns, rec)
     return rec
+
+
+def _write_record(state_dir: Path, netns: str, rec: ProcRecord) -> None:
+    path = _record_path(state_dir, netns)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"pid": rec.pid, "start": rec.start, "argv": list(rec.argv)}))
+    tmp.replace(path)  # a reader (or a restarted agent) never sees half a record
 
 
 def stop(state_dir: Path, netns: str, *, grace: float = 3.0) -> None:

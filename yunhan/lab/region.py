@@ -3,14 +3,17 @@
     up(spec, state_dir)   realise the topology, start the internet's echo server and the API
                           server, create the zones, start the agents (each announcing its
                           NAT gateways' public addresses to the core), wait until every
-                          agent is registered and healthy
+                          agent is registered and healthy (all under the region's supervisor)
     down(state_dir)       stop and remove all of it (idempotent; works after a half-failed up)
     status(state_dir)     the record, which lab processes live, zones and hosts from the API
     sweep()               remove what crashed regions left (prefix-owned, no live record)
 
 State dir layout (default $YUNHAN_HOME or /var/lib/yunhan), one region at a time:
 
-    region.json                 the record: prefix, spec, endpoint, processes (pid + start time)
+    region.json                 the record: prefix, spec, endpoint, the supervisor (pid + start
+                                time) and, while a foreground `up` runs, that `up`
+    <prefix>/supervisor.json    the supervisor's own record of the server and agents it runs:
+                                pids, restarts, how each last exited (yunhan.lab.supervisor)
     <prefix>/admin.token.sha256 the admin token's sha256 (the server needs no more)
     <prefix>/server/            the API server's data (SQLite)
     <prefix>/agents/<host>/     each agent's data; host.token (0600) is its own credential
@@ -20,6 +23,13 @@ memory of `up`, which hands it to the user's CLI config (~/.config/yunhan/config
 0600); each agent gets a one-time bootstrap token on its standard input and exchanges it
 for a token valid only for its own host's agent endpoints (docs/credentials.md).
     logs/<prefix>/*.log         one log per process; kept after a failed `up` for diagnosis
+
+Supervision: `up` starts one supervisor per region (`yunhan lab-supervisor`, its own
+session), hands it the server and then each agent, and waits until they are healthy. The
+supervisor restarts whichever dies, with backoff and a crash-loop limit. `up` on a region
+whose processes died revives it in place (same region, same store, same instances): it
+starts a new supervisor, which adopts what still runs and starts the rest, or tells a live
+one to retry what it gave up. Only `down` removes a region.
 
 The record is written before anything is built, so `down` always knows what to remove. A
 second index, /run/yunhan/regions/<prefix>.json (tmpfs, gone at reboot like the namespaces),
@@ -37,6 +47,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -49,7 +60,15 @@ from typing import TYPE_CHECKING, Any
 from yunhan.errors import Conflict, TimedOut, YunhanError
 from yunhan.lab import cleanup, topology
 from yunhan.lab.cleanup import REGION_ENV, RUN_DIR, Removed
-from yunhan.lab.spec import ECHO_PORT, REGION_PREFIX_RE, RegionSpec
+from yunhan.lab.spec import ECHO_PORT, REGION_PREFIX_RE, HostSpec, RegionSpec
+from yunhan.lab.supervisor import (
+    FAILED,
+    RUNNING,
+    Program,
+    RestartPolicy,
+    SupervisorState,
+    program_line,
+)
 from yunhan.nsexec import nsenter_argv
 from yunhan.polling import poll_until
 
@@ -81,11 +100,15 @@ def default_state_dir() -> Path:
 class ProcessRecord:
     """One lab process: what it is, how to find it again, where it logs."""
 
-    role: str  # "server" | "agent" | "echo" | "supervisor"
+    role: str  # "up" (a foreground `yunhan up`) | "supervisor" | "server" | "agent" | "echo"
     name: str
     pid: int
     started: int | None
     log: str = ""
+    # What the supervisor says of a server or an agent (yunhan.lab.supervisor).
+    state: str = RUNNING
+    restarts: int = 0
+    last_exit: str = ""
 
     def alive(self) -> bool:
         return cleanup.same_process(self.pid, self.started)
@@ -119,9 +142,25 @@ class RegionRecord:
     def token_hash_file(self) -> Path:
         return self.data_dir / "admin.token.sha256"
 
+    @property
+    def supervisor_file(self) -> Path:
+        return self.data_dir / "supervisor.json"
+
+    def supervised(self) -> list[ProcessRecord]:
+        """The server and agents, as the region's supervisor last wrote them down."""
+        st = SupervisorState.load(self.supervisor_file)
+        return [
+            ProcessRecord(p.role, p.name, p.pid, p.started, p.log, p.state, p.restarts, p.last_exit)
+            for p in (st.programs if st else [])
+        ]
+
+    def every_process(self) -> list[ProcessRecord]:
+        """The record's own processes (supervisor, foreground `up`), then the supervised."""
+        return [*self.processes, *self.supervised()]
+
     def live(self) -> bool:
         """True while any of the region's processes (or the `up` supervising it) runs."""
-        return any(p.alive() for p in self.processes)
+        return any(p.alive() for p in self.every_process())
 
     def save(self) -> None:
         path = Path(self.state_dir) / RECORD
@@ -174,6 +213,7 @@ class RegionHandle:
     token: str
     popens: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     reused: bool = False  # True when `up --detach` found this region already up
+    revived: bool = False  # True when `up --detach` found it with dead processes, revived
 
     @property
     def prefix(self) -> str:
@@ -191,12 +231,6 @@ class RegionHandle:
     def spec(self) -> RegionSpec:
         return self.record.region_spec
 
-    def dead(self) -> list[ProcessRecord]:
-        """Lab processes that have exited (a foreground `up` reports them)."""
-        for p in self.popens.values():
-            p.poll()  # reap, so an exited child stops looking alive
-        return [p for p in self.record.processes if p.role != "supervisor" and not p.alive()]
-
     def down(self) -> Removed:
         return down(self.state_dir)
 
@@ -211,12 +245,14 @@ def _shape(spec: RegionSpec) -> tuple[int, tuple[int, ...], int]:
     return len(spec.zones), tuple(len(z.hosts) for z in spec.zones), spec.mtu
 
 
+def _wanted(spec: RegionSpec) -> set[tuple[str, str]]:
+    return {("server", "server"), ("echo", "echo")} | {("agent", h.name) for h in spec.hosts}
+
+
 def _whole(record: RegionRecord) -> bool:
     # Every process a finished `up` starts is there and alive (not a half-started region).
-    running = {(p.role, p.name) for p in record.processes if p.alive()}
-    wanted = {("server", "server"), ("echo", "echo")}
-    wanted |= {("agent", h.name) for h in record.region_spec.hosts}
-    return wanted <= running
+    running = {(p.role, p.name) for p in record.every_process() if p.alive()}
+    return ("supervisor", "supervisor") in running and _wanted(record.region_spec) <= running
 
 
 def _free_port() -> int:
@@ -235,42 +271,6 @@ def _tail(path: str, lines: int = 15) -> str:
     return "\n".join("    " + line for line in text[-lines:]) or "    (log is empty)"
 
 
-def _spawn(
-    record: RegionRecord,
-    role: str,
-    name: str,
-    args: list[str],
-    stdin: str | None = None,
-    *,
-    program: list[str] | None = None,
-) -> tuple[ProcessRecord, subprocess.Popen[bytes]]:
-    """Start `program` (default: the `yunhan` command) with `args`, logging to the region's
-    log dir, in a session of its own, and record it."""
-    record.log_dir.mkdir(parents=True, exist_ok=True)
-    log = record.log_dir / f"{name}.log"
-    env = dict(os.environ, **{REGION_ENV: record.prefix, "PYTHONUNBUFFERED": "1"})
-    with open(log, "ab") as out:
-        # A new session: Ctrl-C on the terminal reaches only `yunhan up`, which then stops
-        # agents before the server, in order; a detached region outlives its `up`.
-        popen = subprocess.Popen(
-            [*(_yunhan_argv() if program is None else program), *args],
-            stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    if stdin is not None and popen.stdin is not None:
-        # A secret for the child, through a pipe: never on disk, never in `ps`. Small
-        # enough for the pipe's buffer, so this does not wait for the child.
-        with popen.stdin:
-            popen.stdin.write(stdin.encode() + b"\n")
-    proc = ProcessRecord(role, name, popen.pid, cleanup.start_time(popen.pid), str(log))
-    record.processes.append(proc)
-    record.save()
-    return proc, popen
-
-
 def _yunhan_argv() -> list[str]:
     # The `yunhan` console script next to this interpreter, so that `ps` and `pgrep -f
     # "yunhan agent"` show what runs; `python -m yunhan.cli` when it is not installed.
@@ -280,14 +280,117 @@ def _yunhan_argv() -> list[str]:
     return [sys.executable, "-m", "yunhan.cli"]
 
 
-def _exited(proc: ProcessRecord, popen: subprocess.Popen[bytes]) -> LabError | None:
-    code = popen.poll()
-    if code is None:
-        return None
-    return LabError(
-        f"{proc.role} {proc.name} exited with code {code} during start-up; "
-        f"last lines of {proc.log}:\n{_tail(proc.log)}"
+def _server_argv(record: RegionRecord) -> list[str]:
+    listen = record.endpoint.removeprefix("http://")
+    return [*_yunhan_argv(),
+        "server", "--state-dir", str(record.data_dir / "server"),
+        "--listen", listen, "--admin-token-hash-file", str(record.token_hash_file),
+        "--public-pool", record.region_spec.public_pool,
+    ]  # fmt: skip
+
+
+def _echo_argv(record: RegionRecord) -> list[str]:
+    # nsenter execs the server itself inside the namespace: the recorded pid is the server's.
+    echo = [sys.executable, "-m", "yunhan.lab.echo", "--listen", f"0.0.0.0:{ECHO_PORT}"]
+    return nsenter_argv(echo, net=record.region_spec.internet_netns)
+
+
+def _agent_argv(record: RegionRecord, host: HostSpec) -> list[str]:
+    spec = record.region_spec
+    return [*_yunhan_argv(),
+        "agent", "--api", record.endpoint, "--token-file", "-",
+        "--host", host.name, "--zone", host.zone, "--underlay-ip", host.underlay_ip,
+        "--mtu", str(spec.mtu), "--host-netns", host.netns,
+        "--uplink-netns", spec.core_netns, "--uplink-via", host.underlay_ip,
+        "--prefix", host.agent_prefix,
+        "--state-dir", str(record.data_dir / "agents" / host.name),
+    ]  # fmt: skip
+
+
+def _program(
+    record: RegionRecord, role: str, name: str, argv: list[str], secret: str | None = None
+) -> str:
+    """The supervisor's line for a program; its log exists from now on (read on failure)."""
+    log = record.log_dir / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.touch()
+    return program_line(name, role, argv, log, secret)
+
+
+def _programs(record: RegionRecord) -> list[str]:
+    """Every program of the region, without secrets (what a new supervisor is given)."""
+    spec = record.region_spec
+    lines = [
+        _program(record, "echo", "echo", _echo_argv(record)),
+        _program(record, "server", "server", _server_argv(record)),
+    ]
+    lines += [_program(record, "agent", h.name, _agent_argv(record, h)) for h in spec.hosts]
+    return lines
+
+
+def _spawn_supervisor(
+    record: RegionRecord, policy: RestartPolicy | None
+) -> subprocess.Popen[bytes]:
+    """Start the region's supervisor in its own session; programs go to its stdin."""
+    record.log_dir.mkdir(parents=True, exist_ok=True)
+    if policy is not None or SupervisorState.load(record.supervisor_file) is None:
+        old = SupervisorState.load(record.supervisor_file) or SupervisorState()
+        old.policy = policy or old.policy
+        old.save(record.supervisor_file)
+    log = record.log_dir / "supervisor.log"
+    env = dict(os.environ, **{REGION_ENV: record.prefix, "PYTHONUNBUFFERED": "1"})
+    with open(log, "ab") as out:
+        # A new session: Ctrl-C on the terminal reaches only `yunhan up`, which then takes
+        # the region down in order; a detached region outlives its `up`.
+        popen = subprocess.Popen(
+            [*_yunhan_argv(), "lab-supervisor", "--state-file", str(record.supervisor_file)],
+            stdin=subprocess.PIPE,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    record.processes.append(
+        ProcessRecord(
+            "supervisor", "supervisor", popen.pid, cleanup.start_time(popen.pid), str(log)
+        )
     )
+    record.save()
+    return popen
+
+
+def _give(popen: subprocess.Popen[bytes], line: str) -> None:
+    # Secrets for the children go through this pipe: never on disk, never in `ps`.
+    assert popen.stdin is not None
+    try:
+        popen.stdin.write(line.encode())
+        popen.stdin.flush()
+    except OSError as exc:
+        raise LabError(f"the region's supervisor is gone ({exc})") from exc
+
+
+def _trouble(
+    record: RegionRecord,
+    popen: subprocess.Popen[bytes] | None,
+    names: set[str],
+    *,
+    strict: bool,
+) -> LabError | None:
+    """Why the programs `names` cannot come up: the supervisor exited, one of them is in a
+    crash loop or (`strict`, a fresh start) exited at all; None when nothing is wrong."""
+    if popen is not None and (code := popen.poll()) is not None:
+        log = str(record.log_dir / "supervisor.log")
+        return LabError(
+            f"the region's supervisor exited with code {code}; last lines of {log}:\n{_tail(log)}"
+        )
+    for p in record.supervised():
+        if p.name in names and (p.state == FAILED or (strict and p.last_exit)):
+            return LabError(
+                f"{p.role} {p.name} {p.last_exit} during start-up"
+                + (" (a crash loop: left down)" if p.state == FAILED else "")
+                + f"; last lines of {p.log}:\n{_tail(p.log)}"
+            )
+    return None
 
 
 def up(
@@ -296,37 +399,29 @@ def up(
     *,
     detach: bool = True,
     timeout: float = STARTUP_TIMEOUT,
+    policy: RestartPolicy | None = None,
+    token: str | None = None,
 ) -> RegionHandle:
     """Bring a region up and return once every agent is registered and healthy.
 
     `detach=True` marks the region as one that outlives this process (`yunhan up
-    --detach`); if a detached region of the same shape is already up in `state_dir`, its
-    handle is returned (`reused`) and nothing changes. With `detach=False` the caller owns
-    it and must call `down` (the handle is a context manager). Either way the server and
-    agents run in their own sessions. On any failure, including Ctrl-C, everything built so
-    far is removed (logs are kept) and the error names what failed.
+    --detach`). If a detached region of the same shape is recorded in `state_dir`, it is
+    kept: when all its processes run its handle is returned (`reused`) and nothing
+    changes; when some died it is revived (`revived`): the dead ones are started again
+    over the same store and agent state, every resource and instance kept, and `token`
+    (the admin's, when the caller has it) lets this wait for the agents' health too.
+    With `detach=False` the caller owns the region and must call `down` (the handle is a
+    context manager). `policy` is the supervisor's restart policy (default
+    `RestartPolicy()`). On any failure of a fresh start, including Ctrl-C, everything
+    built so far is removed (logs are kept) and the error names what failed; a failed
+    revival removes nothing.
     """
     state_dir = Path(state_dir or default_state_dir()).absolute()
     spec.validate()
     with _locked(state_dir):
         old = RegionRecord.load(state_dir)
         if old is not None:
-            if old.live():
-                if (
-                    detach
-                    and old.detached
-                    and _shape(old.region_spec) == _shape(spec)
-                    and _whole(old)
-                ):
-                    # `up --detach` is idempotent (setup.sh may run twice): same shape, same
-                    # region, nothing to do. Its admin token is where the first `up` put it
-                    # (the user's CLI config): it was never kept here.
-                    return RegionHandle(old, "", reused=True)
-                raise Conflict(
-                    f"region {old.prefix} is already up in {state_dir} "
-                    f"(endpoint {old.endpoint}); run `yunhan down` first"
-                )
-            _teardown(old.prefix, old)
+            return _again(old, spec, detach, timeout, policy, token)
         # Agents and cleanup find their namespaces by name under the prefix: a region whose
         # prefix is (or nests in) a live one's ("a" / "a-az1-h1-i"), in any state dir, would
         # have its namespaces taken for the other's (and removed).
@@ -354,13 +449,13 @@ def up(
         # The `up` itself counts as the region's process while it starts (so that a sweep
         # never takes a starting region for an orphan) and, in the foreground, for good.
         me = os.getpid()
-        record.processes.append(ProcessRecord("supervisor", "up", me, cleanup.start_time(me)))
+        record.processes.append(ProcessRecord("up", "up", me, cleanup.start_time(me)))
         record.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         record.save()
         try:
-            handle = _start(record, spec, port, timeout)
+            handle = _start(record, spec, timeout, policy)
             if detach:
-                record.processes = [p for p in record.processes if p.role != "supervisor"]
+                record.processes = [p for p in record.processes if p.role != "up"]
                 record.save()
             return handle
         except BaseException:
@@ -369,7 +464,112 @@ def up(
             raise
 
 
-def _start(record: RegionRecord, spec: RegionSpec, port: int, timeout: float) -> RegionHandle:
+def _again(
+    old: RegionRecord,
+    spec: RegionSpec,
+    detach: bool,
+    timeout: float,
+    policy: RestartPolicy | None,
+    token: str | None,
+) -> RegionHandle:
+    """`up` where a region is recorded: reuse it, revive it, or say why not."""
+    where = old.state_dir
+    foreground = any(p.role == "up" and p.alive() for p in old.processes)
+    if foreground or not detach:
+        raise Conflict(
+            f"region {old.prefix} is already up in {where} (endpoint {old.endpoint}"
+            + (", in the foreground of another `yunhan up`" if foreground else "")
+            + "); `yunhan up --detach` revives a region whose processes died, "
+            "run `yunhan down` first to start another"
+        )
+    if _shape(old.region_spec) != _shape(spec):
+        zones, hosts, mtu = _shape(old.region_spec)
+        raise Conflict(
+            f"region {old.prefix} is recorded in {where} with {zones} zones, hosts per zone "
+            f"{list(hosts)} and MTU {mtu}; `yunhan up --detach` with that shape revives it, "
+            "`yunhan down` removes it (and its instances) to start another"
+        )
+    if _whole(old):
+        # `up --detach` is idempotent (setup.sh may run twice): same shape, same region,
+        # nothing to do. Its admin token is where the first `up` put it (the user's CLI
+        # config): it was never kept here.
+        return RegionHandle(old, token or "", reused=True)
+    return _revive(old, timeout, policy, token)
+
+
+def _revive(
+    record: RegionRecord, timeout: float, policy: RestartPolicy | None, token: str | None
+) -> RegionHandle:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    # Namespaces vanish at a reboot (they live in /run): complete the topology; the agents
+    # rebuild what their documents say on top of it. On a live topology this changes nothing.
+    topology.realise(record.region_spec)
+    record.processes = [p for p in record.processes if p.role != "up"]  # a dead foreground up
+    _adopt_unsupervised(record)
+    record.detached = True
+    handle = RegionHandle(record, token or "", reused=True, revived=True)
+    sup = SupervisorState.load(record.supervisor_file)
+    popen: subprocess.Popen[bytes] | None = None
+    if sup is not None and sup.alive() and policy is None:
+        os.kill(sup.pid, signal.SIGHUP)  # retry now what waits or gave up
+    else:
+        if sup is not None and sup.alive():
+            cleanup.kill([sup.pid], grace=STOP_GRACE)  # a new policy: a new supervisor
+        record.processes = [p for p in record.processes if p.role != "supervisor"]
+        popen = _spawn_supervisor(record, policy)
+        handle.popens["supervisor"] = popen
+        for line in _programs(record):  # adopted when running, started when not
+            _give(popen, line)
+        assert popen.stdin is not None
+        popen.stdin.close()
+    record.save()
+    names = {n for _, n in _wanted(record.region_spec)}
+
+    def running() -> bool:
+        if err := _trouble(record, popen, names, strict=False):
+            raise err
+        alive = {(p.role, p.name) for p in record.supervised() if p.alive()}
+        return _wanted(record.region_spec) <= alive
+
+    if not poll_until(running, deadline - time.monotonic(), interval=0.1, max_interval=0.2):
+        down_ = sorted(n for r, n in _wanted(record.region_spec) - _running(record))
+        raise TimedOut(f"revived processes not running in time: {', '.join(down_)}")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with httpx.Client(base_url=record.endpoint, headers=headers, timeout=5.0) as api:
+        _wait_api(api, record, popen, deadline, strict=False)
+        if token:
+            agents = {h.name for h in record.region_spec.hosts}
+            _wait_agents(api, record, popen, agents, deadline, strict=False)
+    return handle
+
+
+def _adopt_unsupervised(record: RegionRecord) -> None:
+    """A region started before regions had supervisors lists its server and agents in its
+    record: hand them to the supervisor's file, so that the new supervisor adopts those
+    that run instead of starting second copies."""
+    legacy = [p for p in record.processes if p.role in ("server", "agent", "echo")]
+    if not legacy or record.supervisor_file.exists():
+        return
+    argv = {"server": _server_argv(record), "echo": _echo_argv(record)}
+    argv.update({h.name: _agent_argv(record, h) for h in record.region_spec.hosts})
+    now = time.time()
+    programs = [
+        Program(p.name, p.role, argv.get(p.name, []), p.log, p.pid, p.started, now, RUNNING)
+        for p in legacy
+    ]
+    SupervisorState(programs=programs).save(record.supervisor_file)
+    record.processes = [p for p in record.processes if p not in legacy]
+
+
+def _running(record: RegionRecord) -> set[tuple[str, str]]:
+    return {(p.role, p.name) for p in record.supervised() if p.alive()}
+
+
+def _start(
+    record: RegionRecord, spec: RegionSpec, timeout: float, policy: RestartPolicy | None
+) -> RegionHandle:
     import httpx
 
     deadline = time.monotonic() + timeout
@@ -377,22 +577,14 @@ def _start(record: RegionRecord, spec: RegionSpec, port: int, timeout: float) ->
     token = "yh_" + secrets.token_urlsafe(32)
     record.token_hash_file.write_text(hashlib.sha256(token.encode()).hexdigest() + "\n")
     handle = RegionHandle(record, token)
-    # nsenter execs the server itself inside the namespace: the recorded pid is the server's.
-    echo_argv = nsenter_argv([sys.executable, "-m", "yunhan.lab.echo"], net=spec.internet_netns)
-    echo, echo_popen = _spawn(
-        record, "echo", "echo", ["--listen", f"0.0.0.0:{ECHO_PORT}"], program=echo_argv
-    )
-    handle.popens["echo"] = echo_popen
-    server, popen = _spawn(record, "server", "server", [
-        "server", "--state-dir", str(record.data_dir / "server"),
-        "--listen", f"127.0.0.1:{port}", "--admin-token-hash-file", str(record.token_hash_file),
-        "--public-pool", spec.public_pool,
-    ])  # fmt: skip
-    handle.popens["server"] = popen
+    sup = _spawn_supervisor(record, policy)
+    handle.popens["supervisor"] = sup
+    _give(sup, _program(record, "echo", "echo", _echo_argv(record)))
+    _give(sup, _program(record, "server", "server", _server_argv(record)))
     with httpx.Client(
         base_url=record.endpoint, headers={"Authorization": f"Bearer {token}"}, timeout=5.0
     ) as api:
-        _wait_api(api, server, popen, deadline)
+        _wait_api(api, record, sup, deadline, strict=True)
         for zone in spec.zones:
             try:
                 r = api.post("/v1/zones", json={"name": zone.name, "underlay_cidr": zone.cidr})
@@ -400,21 +592,15 @@ def _start(record: RegionRecord, spec: RegionSpec, port: int, timeout: float) ->
                 raise LabError(f"creating zone {zone.name} failed: {exc}") from exc
             if r.status_code not in (200, 201, 409):
                 raise LabError(f"creating zone {zone.name} failed: HTTP {r.status_code} {r.text}")
-        agents = {}
         for host in spec.hosts:
+            # Each agent gets a one-time bootstrap token on its stdin, through the
+            # supervisor's (which keeps it in memory for a restart before the exchange).
             boot = _bootstrap_token(api, record.prefix, host.name)
-            proc, popen = _spawn(record, "agent", host.name, [
-                "agent", "--api", record.endpoint, "--token-file", "-",
-                "--host", host.name, "--zone", host.zone, "--underlay-ip", host.underlay_ip,
-                "--mtu", str(spec.mtu), "--host-netns", host.netns,
-                "--uplink-netns", spec.core_netns, "--uplink-via", host.underlay_ip,
-                "--prefix", host.agent_prefix,
-                "--state-dir", str(record.data_dir / "agents" / host.name),
-            ], stdin=boot)  # fmt: skip
-            handle.popens[host.name] = popen
-            agents[host.name] = (proc, popen)
-        _wait_agents(api, (server, handle.popens["server"]), agents, deadline)
-    if err := _exited(echo, echo_popen):
+            _give(sup, _program(record, "agent", host.name, _agent_argv(record, host), boot))
+        assert sup.stdin is not None
+        sup.stdin.close()
+        _wait_agents(api, record, sup, {h.name for h in spec.hosts}, deadline, strict=True)
+    if err := _trouble(record, sup, {"echo"}, strict=True):
         raise err
     return handle
 
@@ -436,20 +622,26 @@ def _bootstrap_token(api: httpx.Client, prefix: str, host: str) -> str:
 
 
 def _wait_api(
-    api: httpx.Client, proc: ProcessRecord, popen: subprocess.Popen[bytes], deadline: float
+    api: httpx.Client,
+    record: RegionRecord,
+    popen: subprocess.Popen[bytes] | None,
+    deadline: float,
+    *,
+    strict: bool,
 ) -> None:
     import httpx
 
     last = "no answer yet"
+    log = str(record.log_dir / "server.log")
 
     def answers() -> bool:
         nonlocal last
-        if err := _exited(proc, popen):
+        if err := _trouble(record, popen, {"server"}, strict=strict):
             raise err
         try:
             r = api.get("/v1/revision")
-            if r.status_code == 200:
-                return True
+            if r.status_code == 200 or (r.status_code == 401 and not strict):
+                return True  # (a revival without the admin token: it answers, that is all)
             last = f"HTTP {r.status_code} {r.text[:200]}"
         except httpx.TransportError as exc:
             last = str(exc) or type(exc).__name__
@@ -458,15 +650,18 @@ def _wait_api(
     if not poll_until(answers, deadline - time.monotonic(), interval=0.1, max_interval=0.1):
         raise TimedOut(
             f"the API server did not answer at {api.base_url} in time ({last}); "
-            f"last lines of {proc.log}:\n{_tail(proc.log)}"
+            f"last lines of {log}:\n{_tail(log)}"
         )
 
 
 def _wait_agents(
     api: httpx.Client,
-    server: tuple[ProcessRecord, subprocess.Popen[bytes]],
-    agents: dict[str, tuple[ProcessRecord, subprocess.Popen[bytes]]],
+    record: RegionRecord,
+    popen: subprocess.Popen[bytes] | None,
+    agents: set[str],
     deadline: float,
+    *,
+    strict: bool,
 ) -> None:
     import httpx
 
@@ -474,9 +669,8 @@ def _wait_agents(
 
     def registered() -> bool:
         nonlocal pending
-        for proc, popen in (server, *agents.values()):
-            if err := _exited(proc, popen):
-                raise err
+        if err := _trouble(record, popen, {"server", *agents}, strict=strict):
+            raise err
         try:
             r = api.get("/v1/hosts")
         except httpx.TransportError:
@@ -484,11 +678,15 @@ def _wait_agents(
         if r.status_code == 200:
             hosts = r.json()["items"]  # a lab has far fewer hosts than a page holds
             healthy = {h["name"] for h in hosts if (h.get("status") or {}).get("healthy")}
-            pending = sorted(set(agents) - healthy)
+            pending = sorted(agents - healthy)
         return not pending
 
     if not poll_until(registered, deadline - time.monotonic(), interval=0.2, max_interval=0.2):
-        logs = "\n".join(f"  {agents[n][0].log}:\n{_tail(agents[n][0].log, 5)}" for n in pending)
+        logs = "\n".join(
+            f"  {log}:\n{_tail(log, 5)}"
+            for n in pending
+            for log in [str(record.log_dir / f"{n}.log")]
+        )
         raise TimedOut(f"agents not registered and healthy in time: {', '.join(pending)}\n{logs}")
 
 
@@ -517,8 +715,14 @@ def _teardown(prefix: str, record: RegionRecord | None, *, keep_logs: bool = Fal
         # is deleted below anyway. All are gone before any namespace is touched, so no agent
         # rebuilds what we delete. A foreground `up` supervising the region is left alone:
         # it notices that its record is gone and exits (killing it could deadlock on the lock).
+        # The supervisor first, so that it restarts nothing of what follows; then what it
+        # ran, as its file says once it is gone (it writes every start down at once).
+        sups = [p.pid for p in record.processes if p.role == "supervisor" and p.alive()]
+        removed.processes += cleanup.kill(sups, grace=STOP_GRACE)
         alive = [
-            p.pid for p in record.processes if p.role in ("agent", "server", "echo") and p.alive()
+            p.pid
+            for p in record.every_process()
+            if p.role in ("agent", "server", "echo") and p.alive()
         ]
         removed.processes += cleanup.kill(alive, grace=STOP_GRACE)
     # Another registered region whose prefix extends ours ("<prefix>-b") shares every
@@ -633,7 +837,7 @@ def status(state_dir: Path | None = None, token: str | None = None) -> RegionSta
     record = RegionRecord.load(state_dir)
     if record is None:
         return None
-    st = RegionStatus(record, [(p, p.alive()) for p in record.processes])
+    st = RegionStatus(record, [(p, p.alive()) for p in record.every_process()])
     if not token:
         st.api_error = "no admin token (yunhan up wrote it to the CLI config)"
         return st

@@ -120,10 +120,18 @@ class InstanceCreate(_Create):
     )
 
 
+class AgentRestart(_Body):
+    """Why the agent registering now was restarted (its supervisor said so)."""
+
+    count: Int = Field(ge=1, le=2**31)
+    cause: str = Field(max_length=300)
+
+
 class HostRegister(_Body):
     zone: str
     underlay_ip: str
     mtu: Int = 1500
+    restart: AgentRestart | None = None
 
 
 class InstanceReport(_Body):

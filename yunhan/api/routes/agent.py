@@ -13,7 +13,7 @@ from pydantic.json_schema import SkipJsonSchema
 
 from yunhan.api.conventions import errors
 from yunhan.api.deps import MAX_REVISION, AgentDep, AppState, state_of
-from yunhan.api.journal import APPLY_ERROR, INSTANCE_FAILED
+from yunhan.api.journal import AGENT_RESTARTED, APPLY_ERROR, INSTANCE_FAILED
 from yunhan.api.models import Host
 from yunhan.api.views import host_view, resolve
 from yunhan.controller.status import reflect
@@ -64,6 +64,14 @@ def register_host(name: str, body: HostRegister, request: Request, _: AgentDep) 
                         instances=carried,
                     )
             host = tx.update(host, spec=spec)
+    if body.restart is not None:
+        st.journal.notice(
+            st.admin_project_id,
+            host.id,
+            AGENT_RESTARTED,
+            f"the agent of host {name} was restarted ({body.restart.count}): its previous run "
+            f"{body.restart.cause}; it adopted the host's data plane as it found it",
+        )
     return host_view(host, st.fleet.doc_revision(name), st.fleet.leases.get(name), st.clock())
 
 

@@ -97,6 +97,12 @@ def metrics(request: Request, c: CallerDep) -> Response:
         fleet.documents_sent,
     )
     metric(
+        "yunhan_snapshots_sent_total",
+        "counter",
+        "Of those answers, whole documents (an agent's first, or one too far behind).",
+        fleet.snapshots_sent,
+    )
+    metric(
         "yunhan_document_bytes_sent_total", "counter", "Bytes of those answers.", fleet.bytes_sent
     )
     metric(

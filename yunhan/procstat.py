@@ -14,6 +14,12 @@ from dataclasses import dataclass
 class ProcStat:
     state: str  # R, S, D, T (stopped), t (traced), Z (zombie), X (dead), ...
     start_time: int
+    flags: int = 0  # the kernel's PF_* flags of the task
+
+    @property
+    def exiting(self) -> bool:
+        """In do_exit (PF_EXITING), a zombie, or dead: it lets go of what it holds soon."""
+        return bool(self.flags & 0x4) or self.state in ("Z", "X")
 
     @property
     def alive(self) -> bool:
@@ -26,7 +32,7 @@ def parse(text: str) -> ProcStat:
     """Parse the content of a stat file."""
     # comm (field 2) may hold spaces and parentheses: the fields start after the last ')'.
     fields = text[text.rindex(")") + 2 :].split()
-    return ProcStat(state=fields[0], start_time=int(fields[19]))
+    return ProcStat(state=fields[0], start_time=int(fields[19]), flags=int(fields[6]))
 
 
 def read(pid: int, tid: int | None = None) -> ProcStat | None:

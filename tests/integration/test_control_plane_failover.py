@@ -308,7 +308,10 @@ def test_a_leader_whose_session_ends_is_deposed_and_one_leader_remains(
         wait_for(lambda: max(first.epochs() + second.epochs()) > epoch, 15, "a new leader")
         epochs = sorted(first.epochs() + second.epochs())
         assert epochs == [epoch, epoch + 1], (first.proc.tail(), second.proc.tail())
-        assert f"lost the controller's leadership (epoch {epoch})" in first.proc.text()
+        # The old leader notices its session is gone on its own next check, which may come
+        # after the new leader took over: wait for it rather than race it.
+        lost = f"lost the controller's leadership (epoch {epoch})"
+        wait_for(lambda: lost in first.proc.text(), 15, "the old leader to stand down")
         session = wait_for(lambda: _one_leader(pg_url), 10, "one leader session")
         assert f"epoch={epoch + 1}" in session, session
 

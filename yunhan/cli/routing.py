@@ -377,7 +377,7 @@ EIP = Group(
         Cmd("show", "Show one EIP.", eip_show, (EIP_REF, *SHOWN)),
         Cmd(
             "bind",
-            "Bind an EIP to an instance, e.g. `yunhan eip bind 198.18.100.5 web-1` (the "
+            "Bind an EIP to an instance, e.g. `yunhan eip bind 198.19.128.5 web-1` (the "
             "instance's subnet must be served by a NAT gateway).",
             eip_bind,
             (EIP_REF, Arg("instance", "the instance", complete="instance"), *WRITE),

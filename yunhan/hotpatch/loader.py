@@ -22,6 +22,7 @@ import itertools
 import os
 import platform
 import secrets
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,7 +89,7 @@ def preflight(pid: int) -> ProcStat:
             pid=pid,
         )
     for tid in procfs.threads(pid):
-        tracer = procfs.tracer_of(pid, tid)
+        tracer = _live_tracer(pid, tid)
         if tracer:
             raise HotpatchError(
                 f"thread {tid} of process {pid} is already traced by process {tracer} "
@@ -97,6 +98,29 @@ def preflight(pid: int) -> ProcStat:
                 tracer=tracer,
             )
     return st
+
+
+def _live_tracer(pid: int, tid: int, settle: float = 2.0) -> int:
+    """The tracer of `tid`, once a tracer that is exiting has let go of it.
+
+    A process that dies releases its file locks (exit_files) before the kernel detaches
+    its tracees (exit_notify -> exit_ptrace): the loader that held the journal lock and
+    was killed still shows as TracerPid for a moment after the lock is ours. Such a
+    tracer (exiting, a zombie, or gone) is waited for, up to `settle` seconds; a live one
+    is not.
+    """
+    deadline = time.monotonic() + settle
+    while True:
+        tracer = procfs.tracer_of(pid, tid)
+        if not tracer or time.monotonic() > deadline:
+            return tracer
+        try:
+            exiting = procfs.proc_state(tracer).exiting
+        except NotFound:
+            exiting = True
+        if not exiting:
+            return tracer
+        time.sleep(0.01)  # the kernel detaches within the tracer's exit; poll briefly
 
 
 @dataclass(frozen=True)

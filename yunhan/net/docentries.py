@@ -438,7 +438,7 @@ def _localise(nh: JsonObj | None, host: str, peers: Mapping[str, Peer]) -> NextH
     """The NextHop of an entry's next hop for `host`; None when it is not up."""
     if nh is None or not nh["up"]:
         return None
-    target = nh["type"] if nh["ref"] is None else f"{nh['type']}:{nh['ref']}"
+    target = _nh_target(nh)
     if nh["type"] == "blackhole":
         return NextHop(kind="blackhole", target=target)
     if nh["host"] == host:

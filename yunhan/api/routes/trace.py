@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
+from pydantic import Field
 
 from yunhan.api.auth import Caller
 from yunhan.api.conventions import Optional, errors
@@ -109,7 +110,9 @@ def get_trace(
     src: Annotated[str, Query(alias="from", description="the source instance (name or id)")],
     to: Annotated[str, Query(description="an instance (name or id), an IP address or an EIP")],
     proto: Annotated[Literal["tcp", "udp", "icmp"], Query()] = "icmp",
-    port: Annotated[int | Optional, Query(ge=1, le=65535, description="tcp/udp only")] = None,
+    port: Annotated[
+        Annotated[int, Field(ge=1, le=65535)] | Optional, Query(description="tcp/udp only")
+    ] = None,
 ) -> Any:
     """The model trace of one packet from instance `from` to `to`."""
     if proto in ("tcp", "udp") and port is None:

@@ -29,6 +29,7 @@ from sqlalchemy import create_engine, text
 
 from tests.integration.cplane import Api, ControlPlaneLab, Pinger, ping
 from tests.polling import wait_for
+from yunhan.controller.secgroups import ensure_default_group
 from yunhan.lab.spec import RegionSpec
 from yunhan.model import new_id
 from yunhan.store import Store
@@ -131,18 +132,28 @@ def _write_unplaced(url: str, subnet: dict[str, Any], zone_id: str, ip: str) -> 
     """An instance without a host, written to the store as a peer process would.
 
     The API refuses to create an instance in a zone that has no host (409), so this is the
-    only way to hand the controller pending work; placing it is the leader's alone.
+    only way to hand the controller pending work; placing it is the leader's alone. It
+    joins its VPC's default group, as the API would put it.
     """
     store = Store.connect(url)
     try:
         iid = new_id("instance")
         with store.transaction() as tx:
+            vpc = tx.get("vpc", subnet["spec"]["vpc"])
+            assert vpc is not None
+            group = ensure_default_group(tx, vpc)
             tx.create(
                 "instance",
                 iid,
                 subnet["project"],
                 "u",
-                {"subnet": subnet["id"], "zone": zone_id, "ip": ip, "command": None},
+                {
+                    "subnet": subnet["id"],
+                    "zone": zone_id,
+                    "ip": ip,
+                    "command": None,
+                    "security_groups": [group.id],
+                },
                 {
                     "ip": ip,
                     "mac": "fa:16:3e:00:00:c8",

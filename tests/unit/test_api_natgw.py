@@ -358,8 +358,13 @@ def test_repair_of_older_data(cloud: Cloud, net: dict[str, Any]) -> None:
     project = cloud.call("GET", "/v1/vpcs/prod", t)["project"]
     with cloud.store.transaction() as tx:  # what a version before route tables wrote
         v = tx.create("vpc", new_id("vpc"), project, "old", {"cidrs": ["10.7.0.0/16"]}, {"vni": 77})
-        tx.create("subnet", new_id("subnet"), project, "olds", {"vpc": v.id, "cidr": "10.7.1.0/24"},
-                  {"gateway": "10.7.1.1", "available": 253})  # fmt: skip
+        sn = tx.create("subnet", new_id("subnet"), project, "olds",
+                       {"vpc": v.id, "cidr": "10.7.1.0/24"},
+                       {"gateway": "10.7.1.1", "available": 253})  # fmt: skip
+        tx.create("instance", new_id("instance"), project, "oldi",  # before security groups
+                  {"subnet": sn.id, "zone": "z", "ip": None, "command": None},
+                  {"ip": "10.7.1.2", "mac": "fa:16:3e:00:07:02", "vpc": v.id, "host": None,
+                   "phase": "pending", "message": None, "netns": None, "uts": None})  # fmt: skip
     ctl = _controller(cloud)
     ctl.reconcile_once()
     tables = cloud.call("GET", "/v1/route-tables?vpc=old", t)["items"]
@@ -368,6 +373,10 @@ def test_repair_of_older_data(cloud: Cloud, net: dict[str, Any]) -> None:
     ]
     s = cloud.call("GET", "/v1/subnets/olds", t)
     assert s["status"]["index"] == 2 and s["spec"]["route_table"] == tables[0]["id"]
+    groups = cloud.call("GET", "/v1/security-groups?vpc=old", t)["items"]
+    assert [(g["name"], g["spec"]["default"]) for g in groups] == [("old-default", True)]
+    inst = cloud.call("GET", "/v1/instances/oldi", t)
+    assert inst["spec"]["security_groups"] == [groups[0]["id"]]
     rev = cloud.revision()
     ctl.reconcile_once()
     _controller(cloud).reconcile_once()

@@ -20,6 +20,7 @@ from yunhan.controller.engine import Engine
 from yunhan.controller.netcompile import (
     AclIn,
     EipIn,
+    FlowLogIn,
     GatewayIn,
     GroupIn,
     HostIn,
@@ -201,11 +202,20 @@ def _routing_in(model: dict[tuple[str, str], Resource]) -> RoutingIn:
             GroupIn(g.id, g.spec["vpc"], tuple(g.spec["rules"]))
             for g in of.get("security_group", [])
         ),
+        flowlogs=tuple(
+            FlowLogIn(f.id, f.spec["vpc"], f.spec["scope"], f.spec["target"], f.spec["filter"])
+            for f in of.get("flow_log", [])
+        ),
     )
 
 
 def sg(i: int, vpc_i: int, rules: list[dict[str, Any]]) -> Resource:
     return res("security_group", f"sg-{i}", f"sg{i}", {"vpc": f"vpc-{vpc_i}", "rules": rules}, {})
+
+
+def flowlog(i: int, vpc_i: int, scope: str, target: str, filt: str) -> Resource:
+    spec = {"vpc": f"vpc-{vpc_i}", "scope": scope, "target": target, "filter": filt}
+    return res("flow_log", f"fl-{i}", f"fl{i}", spec, {})
 
 
 def acl(i: int, vpc_i: int, rules: list[dict[str, Any]]) -> Resource:
@@ -447,7 +457,7 @@ def _op(draw: st.DrawFn) -> tuple[list[Resource], list[tuple[str, str]]]:
         st.sampled_from(
             [
                 *("host", "vpc", "subnet", "inst", "inst", "inst", "project"),
-                *("rtb", "route", "route", "policy", "natgw", "eip", "sg", "sg", "acl"),
+                *("rtb", "route", "route", "policy", "natgw", "eip", "sg", "sg", "acl", "fl"),
             ]
         )
     )
@@ -464,6 +474,17 @@ def _op(draw: st.DrawFn) -> tuple[list[Resource], list[tuple[str, str]]]:
             )
         )
         return [acl(i, draw(st.sampled_from([0, 0, 1])), rules)], []
+    if kind == "fl":
+        i = draw(st.integers(0, 2))
+        if deleting:
+            return [], [("flow_log", f"fl-{i}")]
+        scope, target = draw(
+            st.sampled_from(
+                [("vpc", "vpc-0"), ("subnet", "subnet-1"), ("instance", "inst-00000002")]
+            )
+        )
+        filt = draw(st.sampled_from(["ALL", "ACCEPT", "REJECT"]))
+        return [flowlog(i, draw(st.sampled_from([0, 0, 1])), scope, target, filt)], []
     if kind == "sg":
         i = draw(st.integers(0, 2))
         if deleting:

@@ -56,6 +56,7 @@ from typing import Any
 from yunhan.net.desired import NATGW_INNER_IP
 from yunhan.net.docentries import (
     ACL,
+    FLOWLOG,
     GATEWAY,
     GROUP,
     HOST_KEY,
@@ -69,6 +70,7 @@ from yunhan.net.docentries import (
     acl_entry,
     combine,
     entry_hash,
+    flowlog_entry,
     gateway_entry,
     group_entry,
     host_entry,
@@ -102,6 +104,7 @@ _KINDS = frozenset(
         "eip",
         "security_group",
         "network_acl",
+        "flow_log",
     }
 )
 
@@ -147,9 +150,13 @@ class _Instance:
 
 @dataclass(frozen=True, slots=True)
 class _Group:
+    """An object of a VPC whose entry depends on nothing else: a security group (its
+    rules; membership rides in member entries) or a flow log."""
+
     id: str
     vpc: str
-    entry: JsonObj  # its entry, built once per write of the group
+    entry: JsonObj  # its entry, built once per write of the object
+    sub: str = GROUP  # its entry kind: GROUP or FLOWLOG
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,6 +347,12 @@ _PARSERS: dict[str, Callable[[Resource], _Obj]] = {
     "eip": _eip,
     "security_group": _group,
     "network_acl": lambda r: _Acl(r.id, r.spec["vpc"], tuple(r.spec.get("rules", ()))),
+    "flow_log": lambda r: _Group(
+        r.id,
+        r.spec["vpc"],
+        flowlog_entry(r.id, r.spec["scope"], r.spec["target"], r.spec.get("filter", "ALL")),
+        FLOWLOG,
+    ),
 }
 
 
@@ -354,7 +367,8 @@ class _Dirty:
     instances: set[str] = field(default_factory=set)
     routing: set[str] = field(default_factory=set)  # VPCs whose routing entries to redo
     routes: set[tuple[str, str, str]] = field(default_factory=set)  # (vpc, ROUTE|POLICY, id)
-    groups: set[tuple[str, str]] = field(default_factory=set)  # (vpc, group id)
+    # (vpc, GROUP|FLOWLOG, id): security groups and flow logs
+    groups: set[tuple[str, str, str]] = field(default_factory=set)
     acls: set[tuple[str, str]] = field(default_factory=set)  # (vpc, acl id)
     everything: bool = False
 
@@ -497,7 +511,7 @@ class Engine:
         if kind == "eip":
             assert new is None or isinstance(new, _Eip)
             self._absorb_eip(rid, new, dirty)
-        elif kind == "security_group":
+        elif kind in ("security_group", "flow_log"):
             assert new is None or isinstance(new, _Group)
             self._absorb_group(rid, new, dirty)
         elif kind == "network_acl":
@@ -550,7 +564,7 @@ class Engine:
             self._vpcs[vid] = new
         dirty.vpcs.add(vid)
         dirty.routing.add(vid)
-        dirty.groups.update((vid, g) for g in self._groups_of_vpc.get(vid, ()))
+        dirty.groups.update((vid, self._groups[g].sub, g) for g in self._groups_of_vpc.get(vid, ()))
         dirty.acls.update((vid, a) for a in self._acls_of_vpc.get(vid, ()))
         if bool(old and old.vni) != bool(new and new.vni):
             for sid in self._subnets_of_vpc.get(vid, ()):
@@ -636,11 +650,11 @@ class Engine:
         old = self._groups.pop(gid, None)
         if old is not None:
             _discard(self._groups_of_vpc, old.vpc, gid)
-            dirty.groups.add((old.vpc, gid))
+            dirty.groups.add((old.vpc, old.sub, gid))
         if new is not None:
             self._groups[gid] = new
             _add(self._groups_of_vpc, new.vpc, gid)
-            dirty.groups.add((new.vpc, gid))
+            dirty.groups.add((new.vpc, new.sub, gid))
 
     def _absorb_acl(self, aid: str, new: _Acl | None, dirty: _Dirty) -> None:
         old = self._acls.pop(aid, None)
@@ -661,12 +675,13 @@ class Engine:
                 for k in entries
                 if parse_key(k)[1] == ACL
             },
-            groups={(g.vpc, gid) for gid, g in self._groups.items()}
+            groups={(g.vpc, g.sub, gid) for gid, g in self._groups.items()}
             | {
-                (vid, k.rsplit("/", 1)[1])
+                (vid, sub, oid)
                 for vid, entries in self._members.items()
                 for k in entries
-                if parse_key(k)[1] == GROUP
+                for _v, sub, oid in [parse_key(k)]
+                if sub in (GROUP, FLOWLOG) and oid is not None
             },
             hosts=set(self._host_by_name) | set(self._host_entry),
             vpcs=set(self._vpcs) | set(self._vpc_entry),
@@ -794,8 +809,8 @@ class Engine:
         for vid, sub, oid in dirty.routes:
             if vid not in redo:
                 self._settle_routing(vid, (sub, oid), changed_keys, count)
-        for vid, gid in dirty.groups:
-            self._settle_group(vid, gid, changed_keys)
+        for vid, sub, gid in dirty.groups:
+            self._settle_group(vid, sub, gid, changed_keys)
         for vid, aid in dirty.acls:
             self._settle_acl(vid, aid, changed_keys)
 
@@ -1045,13 +1060,19 @@ class Engine:
                 entries[key] = val
             changed_keys.setdefault(vid, set()).add(key)
 
-    def _settle_group(self, vid: str, gid: str, changed_keys: dict[str, set[str]]) -> None:
+    def _settle_group(
+        self, vid: str, sub: str, gid: str, changed_keys: dict[str, set[str]]
+    ) -> None:
         entries = self._members.get(vid)
         if entries is None:  # the VPC has no entry: nothing was published
             return
         g = self._groups.get(gid)
-        key = sub_key(vid, GROUP, gid)
-        val = g.entry if g is not None and g.vpc == vid and vid in self._vpc_entry else None
+        key = sub_key(vid, sub, gid)
+        val = (
+            g.entry
+            if g is not None and g.sub == sub and g.vpc == vid and vid in self._vpc_entry
+            else None
+        )
         old = entries.get(key)
         if old == val:
             return

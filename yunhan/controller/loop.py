@@ -83,7 +83,7 @@ class Controller:
             if placed:
                 log.info("placed %d pending instance(s)", placed)
             if fixed:
-                log.info("repaired %d object(s) (default route tables and groups, subnet indexes, instances' groups)", fixed)
+                log.info("repaired %d object(s) left by older versions", fixed)
             if moved:
                 log.info("wrote %d host condition(s) and NAT gateway placement(s)", moved)
         self.repaired = True

@@ -40,6 +40,7 @@ from yunhan.net.desired import (
     NATGW_INNER_IP,
     AclDesired,
     AclRuleDesired,
+    FlowLogDesired,
     HostDesired,
     InstanceDesired,
     NatGwDesired,
@@ -57,7 +58,7 @@ from yunhan.net.desired import (
     vtep_mac,
     vtep_nexthop,
 )
-from yunhan.net.docentries import acl_entry, group_entry
+from yunhan.net.docentries import acl_entry, flowlog_entry, group_entry
 from yunhan.net.naming import gateway_ifname, port_ifname
 
 
@@ -174,6 +175,18 @@ class AclIn:
 
 
 @dataclass(frozen=True)
+class FlowLogIn:
+    """A flow log: what it covers (scope "vpc", "subnet" or "instance", target that one's
+    id) and which records it keeps."""
+
+    id: str
+    vpc: str
+    scope: str
+    target: str
+    filter: str = "ALL"
+
+
+@dataclass(frozen=True)
 class RoutingIn:
     """The routing objects of a region (all optional: a region without them routes by the
     main table only)."""
@@ -185,6 +198,7 @@ class RoutingIn:
     eips: tuple[EipIn, ...] = ()
     groups: tuple[GroupIn, ...] = ()
     acls: tuple[AclIn, ...] = ()
+    flowlogs: tuple[FlowLogIn, ...] = ()
 
 
 def _net_key(cidr: str) -> tuple[int, int]:
@@ -539,6 +553,11 @@ def compile_hosts(
                     **routings[plan.vpc.id].fields(host.name),  # type: ignore[arg-type]
                     groups=groups[plan.vpc.id],
                     acls=acls[plan.vpc.id],
+                    flowlogs=tuple(
+                        FlowLogDesired(**flowlog_entry(f.id, f.scope, f.target, f.filter))
+                        for f in sorted(routing.flowlogs, key=lambda f: f.id)
+                        if f.vpc == plan.vpc.id
+                    ),
                 )
             )
             inst_docs.extend(

@@ -51,8 +51,8 @@ def repair(tx: Tx) -> int:
     for inst in tx.list("instance"):
         if "security_groups" in inst.spec:
             continue
-        sub = tx.get("subnet", inst.spec["subnet"])
-        owner = tx.get("vpc", sub.spec["vpc"]) if sub is not None else None
+        home = tx.get("subnet", inst.spec["subnet"])
+        owner = tx.get("vpc", home.spec["vpc"]) if home is not None else None
         if owner is None:
             continue
         group = ensure_default_group(tx, owner)

@@ -235,6 +235,19 @@ class AclDesired(_Frozen):
     subnets: tuple[str, ...] = ()
 
 
+FlowFilter = Literal["ALL", "ACCEPT", "REJECT"]
+
+
+class FlowLogDesired(_Frozen):
+    """A flow log of the VPC (docs/flowlogs.md): what it covers (the whole VPC, a subnet by
+    id, or an instance by id) and which records it keeps."""
+
+    id: str
+    scope: Literal["vpc", "subnet", "instance"]
+    target: str  # the VPC's, the subnet's or the instance's id
+    filter: FlowFilter = "ALL"
+
+
 class VpcDesired(_Frozen):
     id: str
     vni: int
@@ -250,6 +263,29 @@ class VpcDesired(_Frozen):
     natgws: tuple[NatGwDesired, ...] = ()  # by index
     groups: tuple[SecurityGroupDesired, ...] = ()  # by id
     acls: tuple[AclDesired, ...] = ()  # by id
+    flowlogs: tuple[FlowLogDesired, ...] = ()  # by id
+
+
+def port_flowlog(vpc: VpcDesired, port: Port) -> FlowFilter | None:
+    """Which records the flow logs of `vpc` keep of `port` (None: it is not logged). Flow
+    logs that cover it with different filters keep the union: ALL."""
+    if not vpc.flowlogs:
+        return None
+    addr = ipaddress.IPv4Address(port.ip)
+    subnets = {s.id for s in vpc.subnets if addr in ipaddress.IPv4Network(s.cidr)}
+    found: set[str] = set()
+    for f in vpc.flowlogs:
+        if (
+            f.scope == "vpc"
+            or (f.scope == "subnet" and f.target in subnets)
+            or (f.scope == "instance" and f.target == port.instance_id)
+        ):
+            found.add(f.filter)
+    if not found:
+        return None
+    if len(found) > 1:
+        return "ALL"
+    return found.pop()  # type: ignore[return-value]
 
 
 class InstanceDesired(_Frozen):

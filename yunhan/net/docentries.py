@@ -34,6 +34,8 @@ that an instance joining a group of 1,000 changes one member entry, not the grou
 Network ACLs: ``"vpc/<vpc id>/acl/<acl id>"`` -> ``{"id", "rules", "subnets"}``, rules by
 (direction, number), each ``{"number", "direction", "proto", "port_min", "port_max", "cidr",
 "action"}``, subnets the CIDRs of the subnets associated with it, sorted.
+Flow logs (docs/flowlogs.md): ``"vpc/<vpc id>/fl/<flow log id>"`` -> ``{"id", "scope",
+"target", "filter"}``; each host works out which of its ports they cover (`port_flowlog`).
 
 A next hop in an entry is resolved but says nothing of the reader: ``{"type", "ref", "ip",
 "host", "vtep_index", "underlay_ip", "port", "up"}``; `assemble` makes it local or remote
@@ -62,6 +64,7 @@ from yunhan.net.desired import (
     NATGW_INNER_IP,
     AclDesired,
     AclRuleDesired,
+    FlowLogDesired,
     HostDesired,
     InstanceDesired,
     NatGwDesired,
@@ -92,7 +95,8 @@ _VPC = "vpc/"
 # NAT gateways.
 MEMBER, SUBNET, TABLE, ROUTE, POLICY, GATEWAY = "m", "s", "t", "r", "p", "g"
 GROUP, ACL = "sg", "acl"  # security groups, network ACLs
-SUB_KINDS = frozenset({MEMBER, SUBNET, TABLE, ROUTE, POLICY, GATEWAY, GROUP, ACL})
+FLOWLOG = "fl"
+SUB_KINDS = frozenset({MEMBER, SUBNET, TABLE, ROUTE, POLICY, GATEWAY, GROUP, ACL, FLOWLOG})
 
 
 def vpc_key(vpc_id: str) -> str:
@@ -230,6 +234,11 @@ def acl_entry(id: str, rules: Iterable[JsonObj], subnets: Iterable[str]) -> Json
             }
         )
     return {"id": id, "rules": out, "subnets": sorted(set(subnets), key=net_key)}
+
+
+def flowlog_entry(id: str, scope: str, target: str, filter: str) -> JsonObj:
+    """A flow log; `target` the id of the VPC, subnet or instance it covers."""
+    return {"id": id, "scope": scope, "target": target, "filter": filter}
 
 
 def _rule_order(r: JsonObj) -> tuple[int, int, str]:
@@ -669,6 +678,10 @@ def assemble(entries: Mapping[str, JsonObj], host: str) -> HostDesired:
                     )
                     for a in sorted(kinds.get(ACL, ()), key=lambda a: str(a["id"]))
                 ),
+                flowlogs=tuple(
+                    FlowLogDesired(**f)
+                    for f in sorted(kinds.get(FLOWLOG, ()), key=lambda f: str(f["id"]))
+                ),
             )
         )
     return HostDesired(
@@ -723,6 +736,8 @@ def entries_of(doc: HostDesired) -> Entries:
                 "rules": [r.model_dump() for r in a.rules],
                 "subnets": list(a.subnets),
             }
+        for f in v.flowlogs:
+            out[sub_key(v.id, FLOWLOG, f.id)] = f.model_dump()
         for g in v.groups:
             out[sub_key(v.id, GROUP, g.id)] = {
                 "id": g.id,

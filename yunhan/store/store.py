@@ -96,6 +96,8 @@ INDEXES: dict[tuple[str, str], IndexFn] = {
     ("eip", "address"): lambda r: r.status.get("address"),
     ("security_group", "vpc"): lambda r: r.spec.get("vpc"),
     ("network_acl", "vpc"): lambda r: r.spec.get("vpc"),
+    ("flow_log", "vpc"): lambda r: r.spec.get("vpc"),
+    ("flow_log", "target"): lambda r: r.spec.get("target"),
     ("subnet", "acl"): lambda r: r.spec.get("acl"),
     # (table, dst, priority) of a route, (table, priority) of a policy: both unique, so a
     # table of thousands of routes checks a new one in constant time.

@@ -24,11 +24,13 @@ from yunhan.net.trace import (
     BLACKHOLE,
     LOOP,
     MARTIAN,
+    NETWORK_ACL,
     NO_MEMBER,
     NO_NATGW,
     NOT_ANNOUNCED,
     OUTSIDE,
     POLICY_DROP,
+    SECURITY_GROUP,
     UNREACHABLE,
     Directory,
     PublicAddress,
@@ -82,6 +84,9 @@ class World:
     eips: list[tuple[str, str]] = field(default_factory=list)
     forwards: list[tuple[str, int, str, int]] = field(default_factory=list)
     other: bool = False  # a second VPC: c1 on h3, served by its own gateway on h3
+    groups: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # id -> rules
+    sgs: dict[str, list[str]] = field(default_factory=dict)  # instance -> its groups
+    acls: dict[str, tuple[list[dict[str, Any]], list[str]]] = field(default_factory=dict)
 
     def route(self, rid: str, table: str, dst: str, nh: str, priority: int = 100) -> World:
         self.routes.append((rid, table, dst, priority, nh))
@@ -128,8 +133,14 @@ class World:
             out[de.member_key(VPC, iid)] = de.member_entry(
                 id=iid, name=f"n{iid[-4:]}", ip=ip, mac=f"02:00:00:00:{iid[-4:-2]}:{iid[-2:]}",
                 subnet_cidr=SUBNETS[sid][0], host=host, vtep_index=vtep, underlay_ip=underlay,
-                command=None, forwarder=iid in self.forwarders,
+                command=None, forwarder=iid in self.forwarders, sgs=self.sgs.get(iid, ()),
             )  # fmt: skip
+        for gid, rules in self.groups.items():
+            out[de.sub_key(VPC, de.GROUP, gid)] = de.group_entry(gid, rules)
+        for aid, (rules, subs) in self.acls.items():
+            out[de.sub_key(VPC, de.ACL, aid)] = de.acl_entry(
+                aid, rules, [SUBNETS[s][0] for s in subs]
+            )
         for rid, table, dst, prio, nh in self.routes:
             out[de.sub_key(VPC, de.ROUTE, rid)] = de.route_entry(
                 rid, table, dst, prio, self._nh(nh)
@@ -634,3 +645,71 @@ def test_a_tenant_trace_stops_at_another_projects_gateway() -> None:
     w2 = World(served={S2}, gateway_host="h3", forwards=[("tcp", 8080, IP[A1], 80)], other=True)
     t = trace(w2.docs(), "h3", C1, PUBLIC, "tcp", 8080, d)
     assert t.verdict == "internet" and {h.ref for h in t.hops} & {VPC, NGW} == set()
+
+
+SG_WEB, SG_CLIENT = "sg-0000e0b1", "sg-0000c11e"
+
+
+def _grouped() -> World:
+    """b1 admits tcp/80 from members of the client group (a1 is one), and all from its own
+    group; a1 may send anything but tcp/25."""
+    w = World()
+    w.groups = {
+        SG_WEB: [
+            {"id": "r-web", "direction": "ingress", "proto": "tcp", "port": [80, 80],
+             "peer": {"sg": SG_CLIENT}, "action": "allow", "priority": 100},
+            {"id": "r-out", "direction": "egress", "proto": "any",
+             "peer": {"cidr": "0.0.0.0/0"}, "action": "allow", "priority": 100},
+        ],
+        SG_CLIENT: [
+            {"id": "r-smtp", "direction": "egress", "proto": "tcp", "port": [25, 25],
+             "peer": {"cidr": "0.0.0.0/0"}, "action": "deny", "priority": 10},
+            {"id": "r-any", "direction": "egress", "proto": "any",
+             "peer": {"cidr": "0.0.0.0/0"}, "action": "allow", "priority": 100},
+        ],
+    }  # fmt: skip
+    w.sgs = {B1: [SG_WEB], A1: [SG_CLIENT]}
+    return w
+
+
+def test_security_groups_decide_where_they_are_enforced() -> None:
+    w = _grouped()
+    ok = w.trace(A1, IP[B1], "tcp", 80)
+    assert ok.verdict == "delivered" and ok.delivered_to == f"instance:{B1}"
+    # tcp/22 leaves a1's host (its egress allows it) and is refused on b1's, by b1's port
+    t = w.trace(A1, IP[B1], "tcp", 22)
+    assert (t.verdict, t.reason) == ("dropped", SECURITY_GROUP)
+    last = t.hops[-1]
+    assert (last.host, last.place, last.oif, last.dropped) == ("h2", "vpc", port_ifname(B1), True)
+    assert "no ingress rule allows it" in t.detail
+    # a deny of a1's own egress stops it on a1's host, naming the rule
+    t = w.trace(A1, IP[B1], "tcp", 25)
+    assert (t.reason, t.hops[-1].host, t.hops[-1].iif) == (SECURITY_GROUP, "h1", port_ifname(A1))
+    assert "egress rule r-smtp denies it" in t.detail
+    # an instance without groups is not filtered: a1 reaches b2 (no groups) on any port,
+    # while a1's group has no ingress rule, so nothing reaches a1
+    assert w.trace(A1, IP[B2], "tcp", 22).verdict == "delivered"
+    t = w.trace(B2, IP[A1], "tcp", 22)
+    assert (t.reason, t.hops[-1].oif) == (SECURITY_GROUP, port_ifname(A1))
+
+
+def test_a_network_acl_is_checked_before_the_groups() -> None:
+    w = _grouped()
+    w.acls = {
+        "acl-0000a0c1": (
+            [{"number": 10, "direction": "ingress", "proto": "tcp", "port": [80, 80],
+              "cidr": "10.2.1.0/24", "action": "deny"},
+             {"number": 100, "direction": "ingress", "proto": "any", "cidr": "0.0.0.0/0",
+              "action": "allow"},
+             {"number": 100, "direction": "egress", "proto": "any", "cidr": "0.0.0.0/0",
+              "action": "allow"}],
+            [S2],
+        )
+    }  # fmt: skip
+    t = w.trace(A1, IP[B1], "tcp", 80)
+    assert (t.verdict, t.reason) == ("dropped", NETWORK_ACL)
+    assert "ingress rule 10 denies it" in t.detail and t.hops[-1].host == "h2"
+    # inside its own subnet the ACL does not check: b2 -> b1 (both subnet 2) reaches the
+    # groups, which admit tcp/80 from the client group only
+    t = w.trace(B2, IP[B1], "tcp", 80)
+    assert t.reason == SECURITY_GROUP

@@ -23,7 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from yunhan.errors import DriverError
-from yunhan.net.desired import MARK_ROUTED, ROUTED_REALM, AclRuleDesired, SgRuleDesired
+from yunhan.net import sgeval
+from yunhan.net.desired import MARK_ROUTED, ROUTED_REALM
 from yunhan.net.naming import INSTANCE_IFNAME, VXLAN_IFNAME, Naming
 from yunhan.net.natgw import (
     GW_PUB_IFNAME,
@@ -675,67 +676,16 @@ def _decide(d: FakeDriver, ns: str, pkt: _Packet, iif: str, mark: int) -> KRoute
     return None if found is None or found.kind == "throw" else found
 
 
-def _sg_matches(
-    rule: SgRuleDesired, fw: Firewall, pkt: _Packet, peer: ipaddress.IPv4Address
-) -> bool:
-    if rule.proto != "any" and rule.proto != pkt.proto:
-        return False
-    if rule.port_min is not None and rule.proto in ("tcp", "udp"):
-        hi = rule.port_max if rule.port_max is not None else rule.port_min
-        if pkt.dport is None or not rule.port_min <= pkt.dport <= hi:
-            return False
-    if rule.group is not None:
-        members = dict(fw.groups).get(rule.group, ())
-        return str(peer) in members
-    if rule.cidr is not None:
-        return peer in ipaddress.IPv4Network(rule.cidr)
-    return True
-
-
-def _acl_matches(rule: AclRuleDesired, pkt: _Packet, peer: ipaddress.IPv4Address) -> bool:
-    if rule.proto != "any" and rule.proto != pkt.proto:
-        return False
-    if rule.port_min is not None and rule.proto in ("tcp", "udp"):
-        hi = rule.port_max if rule.port_max is not None else rule.port_min
-        if pkt.dport is None or not rule.port_min <= pkt.dport <= hi:
-            return False
-    return peer in ipaddress.IPv4Network(rule.cidr)
-
-
 def _firewall_verdict(
     d: FakeDriver, ns: str, iif: str, oif: str | None, pkt: _Packet
 ) -> str | None:
-    """Why the security groups of the VPC namespace drop a new flow forwarded from `iif`
-    to `oif` (None: they let it through), as `net.nftsg` evaluates it: the egress rules of
-    the port it comes from, then the ingress rules of the port it goes to; first match by
-    order decides, none matching drops."""
+    """Why the security groups and ACLs of the VPC namespace drop a new flow forwarded from
+    `iif` to `oif` (None: they let it through), as `net.sgeval` reads them."""
     fw = d.objs.get(("firewall", ns))
     if not isinstance(fw, Firewall):
         return None
-    # Network ACLs first (stateless: every packet; a subnet's own traffic is not checked).
-    acls = {a.ifname: a for a in fw.acls}
-    for dev, what, peer in ((iif, "egress", pkt.dst), (oif, "ingress", pkt.src)):
-        a = acls.get(dev or "")
-        if a is None or peer in ipaddress.IPv4Network(a.subnet):
-            continue
-        arules = a.egress if what == "egress" else a.ingress
-        match = next((r for r in arules if _acl_matches(r, pkt, peer)), None)
-        if match is None or match.action == "deny":
-            n = "no rule" if match is None else f"rule {match.number}"
-            return f"network ACL of {dev}: {what} {n} denies it"
-    ports = {p.ifname: p for p in fw.ports}
-    for dev, rules, peer, what in (
-        (iif, ports[iif].egress if iif in ports else None, pkt.dst, "egress"),
-        (oif, ports[oif].ingress if oif in ports else None, pkt.src, "ingress"),
-    ):
-        if rules is None:
-            continue
-        rule = next((r for r in rules if _sg_matches(r, fw, pkt, peer)), None)
-        if rule is None:
-            return f"security groups of {dev}: no {what} rule allows it"
-        if rule.action == "deny":
-            return f"security groups of {dev}: {what} rule {rule.id} denies it"
-    return None
+    refused = sgeval.verdict(fw, iif, oif, sgeval.Packet(pkt.src, pkt.dst, pkt.proto, pkt.dport))
+    return None if refused is None else refused.detail
 
 
 def _end(t: Trace, verdict: str, reason: str) -> Trace:

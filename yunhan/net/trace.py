@@ -27,6 +27,9 @@ The walk is the kernel's over what `net.state` compiles from the same documents
   (the model cannot see inside an instance: it takes one that receives another's packet
   for a forwarder with ip_forward on, and knows only the addresses the documents give it;
   `--live` shows where that does not hold);
+* security groups and network ACLs (net.sgeval, as the `ip yunhan_sg` table): a packet
+  forwarded in a VPC namespace is checked against the egress rules of the port it came
+  from and the ingress rules of the port it leaves by, as the first packet of a new flow;
 * a NAT gateway namespace: DNAT only for what comes from the internet side (an EIP, a
   forwarded port of its public address), SNAT on the way out (an instance's EIP before
   the served subnets' public address); the host namespace routes the gateways' public
@@ -40,6 +43,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from yunhan.net import sgeval
 from yunhan.net.desired import (
     MARK_ROUTED,
     MARK_SELECTOR_SHIFT,
@@ -57,6 +61,7 @@ from yunhan.net.desired import (
     VpcDesired,
 )
 from yunhan.net.naming import VXLAN_IFNAME
+from yunhan.net.state import compile_firewall
 
 Proto = Literal["tcp", "udp", "icmp"]
 Place = Literal["instance", "vpc", "natgw", "host", "internet"]
@@ -88,6 +93,8 @@ NOT_ANNOUNCED = "not-announced"  # a public address whose gateway runs nowhere
 LOOP = "loop"  # the packet comes back to where it was (or exceeds MAX_HOPS)
 MARTIAN = "martian-source"  # comes back into a gateway with the gateway's own address
 UNKNOWN_HOST = "unknown-host"  # a next hop on a host whose document the caller lacks
+SECURITY_GROUP = "security-group"  # a security group of the port it leaves or enters
+NETWORK_ACL = "network-acl"  # the network ACL of the port's subnet
 
 
 class TraceError(ValueError):
@@ -528,6 +535,14 @@ def _vpc_ns(w: _Walk, host: str, vpc: VpcDesired, iif: str, pkt: _Pkt, gbp: int)
         return
     r = decided.route
     assert r is not None
+    oif = VXLAN_IFNAME if r.via == "remote" else r.port
+    refused = sgeval.verdict(
+        compile_firewall("", vpc), iif, oif, sgeval.Packet(pkt.src, pkt.dst, pkt.proto, pkt.dport)
+    )
+    if refused is not None:
+        w.add(pkt, _replace(hop, oif=oif))
+        w.stop(refused.by, refused.detail + " (the first packet of a new flow)")
+        return
     if r.via == "remote":
         hop = _replace(hop, oif=VXLAN_IFNAME)
         w.add(pkt, hop)

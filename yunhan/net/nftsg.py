@@ -250,14 +250,17 @@ def _port_chains(
 def _reject_chains(
     ports: tuple[PortRules, ...], acls: tuple[AclPort, ...]
 ) -> list[tuple[str, list[tuple[str, list[dict[str, Any]]]]]]:
-    out = []
+    out: list[tuple[str, list[tuple[str, list[dict[str, Any]]]]]] = []
     for chain_prefixes, names in ((("xae_", "xai_"), [a.ifname for a in acls]),
                                   (("xe_", "xi_"), [p.ifname for p in ports])):  # fmt: skip
         for ifname in names:
             for prefix in chain_prefixes:
                 log_prefix = REJECT_CHAINS[prefix][0]
                 limit = {"limit": {"rate": LOG_RATE, "burst": LOG_BURST, "per": "second"}}
-                logged = [limit, {"log": {"prefix": log_prefix, "group": LOG_GROUP}}]
+                logged: list[dict[str, Any]] = [
+                    limit,
+                    {"log": {"prefix": log_prefix, "group": LOG_GROUP}},
+                ]
                 out.append((prefix + ifname, [("log", logged), ("drop", [{"drop": None}])]))
     return out
 

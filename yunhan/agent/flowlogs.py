@@ -115,6 +115,12 @@ class RecordQueue:
             return dict(self._skipped)
 
 
+def next_delay(delay: float, ok: bool, interval: float) -> float:
+    """The shipper's wait after a post: the interval after a success; doubled after each
+    failure, up to MAX_BACKOFF (a control plane that is down is not hammered)."""
+    return interval if ok else min(max(delay, interval) * 2, MAX_BACKOFF)
+
+
 CollectorFactory = Callable[[str, Mapping[str, LoggedPort]], Collector]
 
 
@@ -145,7 +151,7 @@ class FlowLogs:
         self._factory: CollectorFactory = factory or (
             lambda ns, ports: NamespaceCollector(ns, ports)
         )
-        self.queue = queue or RecordQueue()
+        self.queue = queue if queue is not None else RecordQueue()  # an empty one is falsy
         self._on_error = on_error
         self._lock = threading.Lock()
         self._collectors: dict[str, Collector] = {}
@@ -213,9 +219,7 @@ class FlowLogs:
         now = c.overruns
         if now > seen:
             log.warning("flow logs: %d NFLOG overruns in %s", now - seen, c.netns)
-            self.queue.skip(
-                Counter(p.instance for p in c.ports.values() if p.filter != "ACCEPT")
-            )
+            self.queue.skip(Counter(p.instance for p in c.ports.values() if p.filter != "ACCEPT"))
         self._overruns[c.netns] = now
 
     def ship_once(self) -> bool:
@@ -260,7 +264,7 @@ class FlowLogs:
                 ok = self.ship_once()
                 if ok and len(self.queue) < MAX_BATCH:
                     break
-            delay = self.interval if ok else min(max(delay, self.interval) * 2, MAX_BACKOFF)
+            delay = next_delay(delay, ok, self.interval)
 
     def start(self) -> None:
         with self._lock:

@@ -106,8 +106,7 @@ class Agent:
         an `httpx.MockTransport`); `clock` times the periodic resync."""
         if not config.flowlog_interval > 0:
             raise ValidationError(
-                f"flow log interval {config.flowlog_interval} must be a positive number of "
-                "seconds"
+                f"flow log interval {config.flowlog_interval} must be a positive number of seconds"
             )
         if not config.resync_interval > 0:  # also NaN
             # It bounds the long poll: 0 would poll and re-apply without pause.

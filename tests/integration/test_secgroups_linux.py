@@ -373,9 +373,9 @@ def test_every_drop_is_logged_rate_limited_by_its_ports_reject_chain(world: Worl
     ns = w.naming("h2").vpc_netns(VPC.vni)
     for chain, prefix in ((f"xi_{S1.port}", "yh sg i "), (f"xae_{D1.port}", "yh acl e ")):
         listing = netlab.nsexec(ns, "nft", "list", "chain", "ip", "yunhan_sg", chain).stdout
-        assert (
-            f'limit rate 20/second burst 40 packets log prefix "{prefix}" group 7' in listing
-        ), listing
+        assert f'limit rate 20/second burst 40 packets log prefix "{prefix}" group 7' in listing, (
+            listing
+        )
     # The port chains end in their reject chain, not in a bare drop.
     listing = netlab.nsexec(ns, "nft", "list", "chain", "ip", "yunhan_sg", f"i_{S1.port}").stdout
     assert f"goto xi_{S1.port}" in listing and "drop" not in listing

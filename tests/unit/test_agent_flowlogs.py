@@ -186,3 +186,19 @@ def test_the_shipper_backs_off_on_failure_and_returns_to_the_interval() -> None:
     for ok in (False, False, False, False, False, False, True):
         delays.append(next_delay(delays[-1], ok, 5.0))
     assert delays == [5.0, 10.0, 20.0, 40.0, MAX_BACKOFF, MAX_BACKOFF, MAX_BACKOFF, 5.0]
+
+
+def test_only_an_agent_on_the_kernel_collects(tmp_path: Any) -> None:
+    from yunhan.agent.dataplane import DataPlane
+    from yunhan.agent.main import Agent, AgentConfig
+
+    def agent(driver: str) -> Agent:
+        cfg = AgentConfig(api_url="http://cp", token="t", host_name="h1", zone="z",
+                          underlay_ip="198.18.0.1", mtu=1500, host_netns=None, prefix="t-",
+                          driver=driver, state_dir=tmp_path / driver)  # fmt: skip
+        dp = DataPlane(naming=NAMING, host_netns=None, driver=driver, state_dir=cfg.state_dir)
+        return Agent(cfg, dp, transport=httpx.MockTransport(_Server()))
+
+    assert agent("fake").flowlogs is None
+    fl = agent("linux").flowlogs
+    assert fl is not None and fl.interval == 5.0 and fl.namespaces == []

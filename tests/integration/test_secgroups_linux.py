@@ -364,3 +364,20 @@ def test_acls_are_stateless(world: World) -> None:
     w.apply(BASE_GROUPS, BASE_MEMBERS, acl(IN_ALL, OUT_ALL))
     assert w.answer(A1, D1, "tcp", 7000)
     w.apply(BASE_GROUPS, BASE_MEMBERS)
+
+
+@pytest.mark.parametrize("world", ["linux"], indirect=True)
+def test_every_drop_is_logged_rate_limited_by_its_ports_reject_chain(world: World) -> None:
+    w = world
+    w.apply(BASE_GROUPS, BASE_MEMBERS, acl(NO_SSH, IN_ALL, OUT_ALL))
+    ns = w.naming("h2").vpc_netns(VPC.vni)
+    for chain, prefix in ((f"xi_{S1.port}", "yh sg i "), (f"xae_{D1.port}", "yh acl e ")):
+        listing = netlab.nsexec(ns, "nft", "list", "chain", "ip", "yunhan_sg", chain).stdout
+        assert f'limit rate 20/second burst 40 packets log prefix "{prefix}" group 7' in listing, (
+            listing
+        )
+    # The port chains end in their reject chain, not in a bare drop.
+    listing = netlab.nsexec(ns, "nft", "list", "chain", "ip", "yunhan_sg", f"i_{S1.port}").stdout
+    assert f"goto xi_{S1.port}" in listing and "drop" not in listing
+    assert not w.answer(A1, S1, "tcp", 80)  # still dropped
+    w.apply(BASE_GROUPS, BASE_MEMBERS)

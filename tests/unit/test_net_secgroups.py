@@ -3,6 +3,7 @@ what the nft batch holds, reading it back, and member changes as element changes
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from yunhan.net import nftsg
@@ -104,3 +105,72 @@ def test_a_member_change_is_element_changes_and_keeps_the_generation() -> None:
     }  # fmt: skip
     assert nftsg.generation(old.zone, old.ports) == nftsg.generation(new.zone, new.ports)
     assert nftsg.members_batch(old.groups, ()) is None  # a set that goes: rewrite the table
+
+
+def _rules(batch: dict[str, Any], chain: str) -> list[tuple[str, Any]]:
+    return [
+        (c["add"]["rule"]["comment"], c["add"]["rule"]["expr"])
+        for c in batch["nftables"]
+        if "rule" in c.get("add", {}) and c["add"]["rule"]["chain"] == chain
+    ]
+
+
+def test_every_drop_goes_through_a_rate_limited_logging_chain_of_its_port() -> None:
+    fw = _firewall(_doc(acl=True))
+    batch = nftsg.table_batch(fw.zone, fw.groups, fw.ports, fw.acls)
+    # The deny rule and the end of each port chain go to that port's reject chain.
+    i_rules = _rules(batch, "i_p-1")
+    assert i_rules[0][1][-1] == {"goto": {"target": "xi_p-1"}}  # r-2, a deny
+    assert i_rules[-1] == ("end", [{"goto": {"target": "xi_p-1"}}])
+    assert _rules(batch, "e_p-1")[-1] == ("end", [{"goto": {"target": "xe_p-1"}}])
+    assert _rules(batch, "ai_p-2")[-1] == ("end", [{"goto": {"target": "xai_p-2"}}])
+    assert _rules(batch, "ae_p-2")[-1] == ("end", [{"goto": {"target": "xae_p-2"}}])
+    # No verdict anywhere drops without logging first.
+    drops = [
+        chain
+        for c in batch["nftables"]
+        if "rule" in c.get("add", {})
+        for chain, expr in [(c["add"]["rule"]["chain"], c["add"]["rule"]["expr"])]
+        if {"drop": None} in expr
+    ]
+    assert sorted(drops) == ["xae_p-2", "xai_p-2", "xe_p-1", "xi_p-1"]
+    # Each reject chain: one limiter of its own, logging to the group, then the drop.
+    for chain, (prefix, check, direction) in {
+        "xi_p-1": ("yh sg i ", "sg", "ingress"),
+        "xe_p-1": ("yh sg e ", "sg", "egress"),
+        "xai_p-2": ("yh acl i ", "acl", "ingress"),
+        "xae_p-2": ("yh acl e ", "acl", "egress"),
+    }.items():
+        assert _rules(batch, chain) == [
+            ("log", [
+                {"limit": {"rate": nftsg.LOG_RATE, "burst": nftsg.LOG_BURST, "per": "second"}},
+                {"log": {"prefix": prefix, "group": nftsg.LOG_GROUP}},
+            ]),
+            ("drop", [{"drop": None}]),
+        ]  # fmt: skip
+        assert nftsg.LOG_PREFIXES[prefix] == (check, direction)
+
+
+def test_a_reject_chain_changed_by_hand_reads_as_drift() -> None:
+    fw = _firewall(_doc(acl=True))
+    batch = nftsg.table_batch(fw.zone, fw.groups, fw.ports, fw.acls)
+    assert nftsg.parse(_as_listing(batch))[0] == fw.zone
+    for chain, change in (
+        ("xi_p-1", lambda e: e[0]["limit"].update(rate=1000)),  # a limit raised by hand
+        ("xae_p-2", lambda e: e.pop(0)),  # the limiter removed
+        ("xe_p-1", lambda e: e[1]["log"].update(group=9)),  # logged elsewhere
+    ):
+        listing = copy.deepcopy(_as_listing(batch))
+        for item in listing["nftables"]:
+            r = item.get("rule")
+            if r is not None and r["chain"] == chain and r["comment"] == "log":
+                change(r["expr"])
+        assert nftsg.parse(listing)[0] == nftsg.BROKEN_ZONE, chain
+    # A reject chain deleted by hand (with the rules that went to it) is drift too.
+    listing = _as_listing(batch)
+    listing["nftables"] = [
+        i for i in listing["nftables"]
+        if (i.get("chain") or i.get("rule") or {}).get("name", "") != "xi_p-1"
+        and (i.get("rule") or {}).get("chain") != "xi_p-1"
+    ]  # fmt: skip
+    assert nftsg.parse(listing)[0] == nftsg.BROKEN_ZONE

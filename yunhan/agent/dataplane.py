@@ -94,6 +94,7 @@ class DataPlane:
         self._full_at = -math.inf  # clock() of the last full observation
         self.host_netns = host_netns
         self.state_dir = state_dir
+        self.kind = driver  # "linux": a kernel (flow logs are collected from it)
         self.driver: Driver
         if driver == "linux":
             from yunhan.compute.netns_sandbox import NetnsSandbox

@@ -34,6 +34,7 @@ import httpx
 
 from yunhan import localview
 from yunhan.agent.dataplane import ApplyReport, DataPlane
+from yunhan.agent.flowlogs import FlowLogs
 from yunhan.errors import ValidationError
 from yunhan.net.desired import HostDesired
 from yunhan.net.docentries import Delta, assemble, digest
@@ -70,6 +71,8 @@ class AgentConfig:
     driver: str = "linux"
     state_dir: Path = field(default_factory=lambda: Path("/var/lib/yunhan/agent"))
     resync_interval: float = 30.0
+    # Seconds between two polls of the flow-log collectors, and between two shipments.
+    flowlog_interval: float = 5.0
     # Where the public addresses of this host's NAT gateways are announced (routed to
     # `uplink_via`, this host's underlay address): both or neither.
     uplink_netns: str | None = None
@@ -101,6 +104,10 @@ class Agent:
     ) -> None:
         """`transport` carries the HTTP calls (None: the network; tests pass the app's or
         an `httpx.MockTransport`); `clock` times the periodic resync."""
+        if not config.flowlog_interval > 0:
+            raise ValidationError(
+                f"flow log interval {config.flowlog_interval} must be a positive number of seconds"
+            )
         if not config.resync_interval > 0:  # also NaN
             # It bounds the long poll: 0 would poll and re-apply without pause.
             raise ValidationError(
@@ -136,6 +143,16 @@ class Agent:
         self._restart = restarted()  # said once, at the first registration
         self._progress = clock()  # the loops' last sign of life (the watchdog's check)
         self._view: list[dict[str, Any]] | None = None
+        # Flow logs are read from the kernel: the fake driver has none, so no collectors.
+        self.flowlogs: FlowLogs | None = None
+        if dataplane.kind == "linux":
+            self.flowlogs = FlowLogs(
+                naming=dataplane.naming,
+                client=self._client,
+                path=self._path,
+                interval=config.flowlog_interval,
+                on_error=self._failover,
+            )
         self._resume()
 
     # -- the document kept on disk --------------------------------------------------------
@@ -384,6 +401,9 @@ class Agent:
 
     def apply(self, desired: HostDesired) -> ApplyReport:
         report = self.dataplane.apply(desired)
+        if self.flowlogs is not None:
+            # After the apply: a new VPC namespace exists by now. Starts/stops threads only.
+            self.flowlogs.update(desired)
         with self._lock:
             saved = self.applied_revision != desired.revision or self.desired != desired
             self.desired = desired
@@ -478,12 +498,16 @@ class Agent:
         ]
         for t in threads:
             t.start()
+        if self.flowlogs is not None:
+            self.flowlogs.start()
         try:
             self._stop.wait()
         finally:
             self._stop.set()
             watchdog.stop()
             notify("STOPPING=1")
+            if self.flowlogs is not None:
+                self.flowlogs.stop()
             for t in threads:
                 t.join(timeout=2.0)
             if not any(t.is_alive() for t in threads):

@@ -110,6 +110,7 @@ def agent(ctx: Ctx) -> None:
             driver=ctx["driver"],
             state_dir=state_dir,
             resync_interval=ctx["resync_interval"],
+            flowlog_interval=ctx["flowlog_interval"],
         )
     )
 
@@ -207,6 +208,13 @@ COMMANDS = (
                 "seconds between full resyncs",
                 float,
                 30.0,
+            ),
+            Opt(
+                ("--flowlog-interval",),
+                "flowlog_interval",
+                "seconds between flow-log polls and shipments",
+                float,
+                5.0,
             ),
         ),
         hidden=True,

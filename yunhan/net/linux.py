@@ -56,6 +56,7 @@ from yunhan.net.natgw import (
     parse_nat,
 )
 from yunhan.net.state import (
+    CONNTRACK_ACCOUNTING,
     CONNTRACK_TIMEOUTS,
     HOST_SYSCTLS,
     INSTANCE_SYSCTLS,
@@ -461,7 +462,7 @@ class LinuxDriver:
                     if names.get(int(n["ifindex"])) == VXLAN_IFNAME and dst:
                         objs.append(Fdb(ns, VXLAN_IFNAME, n.get_attr("NDA_LLADDR"), dst))
         if role == "vpc":
-            paths = [*VPC_SYSCTLS, *CONNTRACK_TIMEOUTS]
+            paths = [*VPC_SYSCTLS, *CONNTRACK_TIMEOUTS, *CONNTRACK_ACCOUNTING]
             ports = [p[0] for p in veths.get(ns, [])]
             devsys = [s for p in ports for s in port_sysctls(ns, p)]
             values = nsutil.read_sysctls(ns, paths + [s.path for s in devsys], self._runner(ns))

@@ -13,7 +13,15 @@ Layout, rewritten whole in one atomic batch (no packet ever sees half a rule set
   jumps to that port's egress chain `e_<port>`, a packet to a filtered port to its ingress
   chain `i_<port>`; what comes back from both is stamped with the generation;
 * chains `e_<port>` and `i_<port>`: the port's rules (all its groups' rules merged, by
-  priority, deny first at a priority), allow = return, deny = drop, then drop.
+  priority, deny first at a priority), allow = return, deny = drop, then drop;
+* every drop (a deny rule, the final drop of a port chain, of an ACL chain) is a `goto` to
+  the port's reject chain of that check and direction (`xe_`/`xi_` for groups, `xae_`/`xai_`
+  for ACLs): its first rule logs the packet to NFLOG group LOG_GROUP under a prefix naming
+  the check and direction (LOG_PREFIXES; the flow-log collector reads it, docs/flowlogs.md)
+  with a rate limit of its own (LOG_RATE/s, burst LOG_BURST), its second drops. A limit is
+  per rule, so each port and direction has its own: a port flooded with denied packets
+  cannot take the log budget of the others. Over the limit a packet is still dropped, just
+  not logged.
 
 The generation is a hash of the rules. A rule change gives a new one, so the next packet of
 every established flow is checked again: a flow that the change forbids is cut at that
@@ -38,6 +46,20 @@ from yunhan.net.desired import AclRuleDesired, SgRuleDesired
 FAMILY = "ip"
 TABLE = "yunhan_sg"
 BROKEN_ZONE = -1
+
+# Rejected packets go to this NFLOG group, at most LOG_RATE per second and port and
+# direction (bursts up to LOG_BURST): one denied flood costs a bounded amount of logging.
+LOG_GROUP = 7
+LOG_RATE = 20
+LOG_BURST = 40
+# reject chain prefix -> (the NFLOG prefix, the check, the direction as the port sees it)
+REJECT_CHAINS: dict[str, tuple[str, str, str]] = {
+    "xe_": ("yh sg e ", "sg", "egress"),
+    "xi_": ("yh sg i ", "sg", "ingress"),
+    "xae_": ("yh acl e ", "acl", "egress"),
+    "xai_": ("yh acl i ", "acl", "ingress"),
+}
+LOG_PREFIXES = {prefix: (check, d) for prefix, check, d in REJECT_CHAINS.values()}
 
 
 @dataclass(frozen=True)
@@ -94,8 +116,9 @@ def _addr(cidr: str) -> Any:
     return {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
 
 
-def rule_expr(rule: SgRuleDesired, direction: str) -> list[dict[str, Any]]:
-    """The expressions of one rule in a port chain, as nft lists them back."""
+def rule_expr(rule: SgRuleDesired, direction: str, reject: str) -> list[dict[str, Any]]:
+    """The expressions of one rule in a port chain, as nft lists them back; a deny goes to
+    the chain `reject` (which logs, rate-limited, and drops)."""
     expr: list[dict[str, Any]] = []
     if rule.port_min is not None and rule.proto in ("tcp", "udp"):
         lo, hi = rule.port_min, rule.port_max if rule.port_max is not None else rule.port_min
@@ -109,11 +132,15 @@ def rule_expr(rule: SgRuleDesired, direction: str) -> list[dict[str, Any]]:
         expr.append(_match(addr, "==", f"@m_{rule.group}"))
     elif rule.cidr is not None and ipaddress.IPv4Network(rule.cidr).prefixlen > 0:
         expr.append(_match(addr, "==", _addr(rule.cidr)))
-    expr.append({"return": None} if rule.action == "allow" else {"drop": None})
+    expr.append({"return": None} if rule.action == "allow" else _goto(reject))
     return expr
 
 
-def acl_expr(rule: AclRuleDesired) -> list[dict[str, Any]]:
+def _goto(chain: str) -> dict[str, Any]:
+    return {"goto": {"target": chain}}
+
+
+def acl_expr(rule: AclRuleDesired, reject: str) -> list[dict[str, Any]]:
     """The expressions of one ACL rule, as nft lists them back."""
     return rule_expr(
         SgRuleDesired(
@@ -126,6 +153,7 @@ def acl_expr(rule: AclRuleDesired) -> list[dict[str, Any]]:
             action=rule.action,
         ),
         rule.direction,
+        reject,
     )
 
 
@@ -212,9 +240,28 @@ def _port_chains(
     out = []
     for p in ports:
         for prefix, direction, rules in (("e_", "egress", p.egress), ("i_", "ingress", p.ingress)):
-            body = [(_comment(r), rule_expr(r, direction)) for r in rules]
-            body.append(("end", [{"drop": None}]))
+            reject = "x" + prefix + p.ifname
+            body = [(_comment(r), rule_expr(r, direction, reject)) for r in rules]
+            body.append(("end", [_goto(reject)]))
             out.append((prefix + p.ifname, body))
+    return out
+
+
+def _reject_chains(
+    ports: tuple[PortRules, ...], acls: tuple[AclPort, ...]
+) -> list[tuple[str, list[tuple[str, list[dict[str, Any]]]]]]:
+    out: list[tuple[str, list[tuple[str, list[dict[str, Any]]]]]] = []
+    for chain_prefixes, names in ((("xae_", "xai_"), [a.ifname for a in acls]),
+                                  (("xe_", "xi_"), [p.ifname for p in ports])):  # fmt: skip
+        for ifname in names:
+            for prefix in chain_prefixes:
+                log_prefix = REJECT_CHAINS[prefix][0]
+                limit = {"limit": {"rate": LOG_RATE, "burst": LOG_BURST, "per": "second"}}
+                logged: list[dict[str, Any]] = [
+                    limit,
+                    {"log": {"prefix": log_prefix, "group": LOG_GROUP}},
+                ]
+                out.append((prefix + ifname, [("log", logged), ("drop", [{"drop": None}])]))
     return out
 
 
@@ -230,8 +277,9 @@ def _acl_chains(
             field = "daddr" if direction == "egress" else "saddr"
             inside = _match({"payload": {"protocol": "ip", "field": field}}, "==", _addr(a.subnet))
             body = [(f"subnet{_SEP}{a.subnet}", [inside, {"return": None}])]
-            body += [(_acl_comment(r), acl_expr(r)) for r in rules]
-            body.append(("end", [{"drop": None}]))
+            reject = "x" + prefix + a.ifname
+            body += [(_acl_comment(r), acl_expr(r, reject)) for r in rules]
+            body.append(("end", [_goto(reject)]))
             out.append((prefix + a.ifname, body))
     return out
 
@@ -263,7 +311,7 @@ def table_batch(
         ("fwd", "forward", 0),
     ):
         cmds.append({"add": {"chain": {**base, "name": name, "hook": hook, "prio": prio}}})
-    chains = _acl_chains(acls) + _port_chains(ports)
+    chains = _acl_chains(acls) + _port_chains(ports) + _reject_chains(ports, acls)
     for name, _body in chains:
         cmds.append({"add": {"chain": {"family": FAMILY, "table": TABLE, "name": name}}})
 

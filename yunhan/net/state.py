@@ -359,6 +359,16 @@ CONNTRACK_TIMEOUTS: Mapping[str, str] = {
     "net/netfilter/nf_conntrack_icmp_timeout": "30",
 }
 
+# Flow logs read packets, bytes and the start time of each flow from conntrack
+# (docs/flowlogs.md): the kernel counts them only when these are on when the flow is
+# created. Per network namespace (checked on 6.x: setting them in one VPC namespace leaves
+# the root and the others as they were), so only our VPC namespaces pay the few bytes per
+# flow. Set wherever conntrack runs in a VPC namespace: with a firewall, or a flow log.
+CONNTRACK_ACCOUNTING: Mapping[str, str] = {
+    "net/netfilter/nf_conntrack_acct": "1",
+    "net/netfilter/nf_conntrack_timestamp": "1",
+}
+
 INSTANCE_SYSCTLS: Mapping[str, str] = {
     "net/ipv6/conf/all/disable_ipv6": "1",
     "net/ipv6/conf/default/disable_ipv6": "1",
@@ -451,6 +461,8 @@ def compile_state(desired: HostDesired, naming: Naming, *, uplink: bool = False)
         if vpc.groups or vpc.acls:  # an older controller's document has none: no filter
             objs.append(compile_firewall(ns, vpc))
             objs.extend(Sysctl(ns, p, v) for p, v in CONNTRACK_TIMEOUTS.items())
+        if vpc.groups or vpc.acls or vpc.flowlogs:
+            objs.extend(Sysctl(ns, p, v) for p, v in CONNTRACK_ACCOUNTING.items())
         for ngw in vpc.natgws:
             if ngw.local:
                 objs.extend(natgw_objects(ngw, ns, vpc.cidrs, desired.instance_mtu, naming, uplink))

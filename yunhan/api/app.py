@@ -30,6 +30,7 @@ from yunhan.api.routes import (
     agent,
     audit,
     events,
+    flowlogs,
     infra,
     instances,
     metrics,
@@ -46,6 +47,7 @@ from yunhan.controller.scheduler import NoHost
 from yunhan.errors import YunhanError
 from yunhan.model import new_id
 from yunhan.store import Store
+from yunhan.store.flows import FlowRecords, Retention
 
 log = logging.getLogger("yunhan.api")
 
@@ -180,10 +182,12 @@ def create_app(
     max_long_poll: float = MAX_LONG_POLL,
     fleet: Fleet | None = None,
     public_pools: Sequence[str] = (),
+    flow_retention: Retention | None = None,
 ) -> FastAPI:
     """The API over `store`. `admin_token` (or only its sha256, `admin_token_hash`, so that
     the token itself need not be on the server's disk) grants the admin project; it is
-    never stored. `public_pools`: the CIDRs public addresses are allocated from."""
+    never stored. `public_pools`: the CIDRs public addresses are allocated from.
+    `flow_retention`: how long and how many flow log records are kept (docs/flowlogs.md)."""
     if (admin_token is None) == (admin_token_hash is None):
         raise ValueError("give create_app one of admin_token and admin_token_hash")
     admin_hash = token_hash(admin_token) if admin_token is not None else str(admin_token_hash)
@@ -204,6 +208,7 @@ def create_app(
         clock=clock,
         fleet=fleet,
         journal=Journal(store, fleet, clock, admin_project_id),
+        flows=FlowRecords(store.engine, clock, flow_retention),
         max_long_poll=max_long_poll,
         public_pools=list(public_pools),
     )
@@ -212,7 +217,7 @@ def create_app(
     _install_error_handlers(app)
     app.add_middleware(AuditMiddleware)
     modules = (projects, tokens, audit, events, infra, network, routing, natgw, secgroups,
-               acls, instances, agent, watch)  # fmt: skip
+               acls, flowlogs, instances, agent, watch)  # fmt: skip
     for module in modules:
         app.include_router(module.router)
     app.include_router(metrics.router)

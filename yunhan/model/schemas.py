@@ -285,6 +285,10 @@ class FlowLogCreate(_Create):
 
 MAX_FLOW_RECORDS = 5000  # per ingest request (docs/flowlogs.md)
 _U64 = 2**53 - 1  # exact in JSON
+# Bounds before the validator: nested in a union or a dict, bounds after it are published
+# as "ge"/"le" keys that JSON Schema does not know.
+_Port = Annotated[int, Field(ge=0, le=65535), BeforeValidator(_json_integer)]
+_Count = Annotated[int, Field(ge=0, le=_U64), BeforeValidator(_json_integer)]
 
 
 class FlowRecordIn(_Body):
@@ -295,8 +299,8 @@ class FlowRecordIn(_Body):
     flow_direction: Literal["ingress", "egress"]
     srcaddr: str = Field(max_length=45)
     dstaddr: str = Field(max_length=45)
-    srcport: Int | None = Field(None, ge=0, le=65535)
-    dstport: Int | None = Field(None, ge=0, le=65535)
+    srcport: _Port | None = None
+    dstport: _Port | None = None
     protocol: Int = Field(ge=0, le=255)
     packets: Int = Field(ge=0, le=_U64)
     bytes: Int = Field(ge=0, le=_U64)
@@ -309,9 +313,7 @@ class FlowBatch(_Body):
     records: list[FlowRecordIn] = Field(
         default_factory=list, description=f"at most {MAX_FLOW_RECORDS} (422 beyond)"
     )
-    skipped: dict[
-        Annotated[str, StringConstraints(max_length=64)], Annotated[Int, Field(ge=0, le=_U64)]
-    ] = Field(
+    skipped: dict[Annotated[str, StringConstraints(max_length=64)], _Count] = Field(
         default_factory=dict,
         description="records dropped by the agent since its last post, per instance id",
     )

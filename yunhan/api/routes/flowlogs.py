@@ -15,6 +15,7 @@ import ipaddress
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
+from pydantic import Field
 
 from yunhan.api.auth import Caller
 from yunhan.api.conventions import (
@@ -44,6 +45,9 @@ MAX_RECORDS = 10_000
 DEFAULT_WINDOW = 300
 MAX_WINDOW = 7 * 24 * 3600
 MAX_TOP = 1000
+# Constraints inside the optional type: on the union, FastAPI would publish them as keys
+# JSON Schema does not know ("ge", "le"), and clients would not see them.
+UnixTime = Annotated[float, Field(ge=0, le=1e11, allow_inf_nan=False)]
 _NAME_ROOM = 50  # of a default name's 63 characters, what the target's name may take
 
 
@@ -148,12 +152,10 @@ def query_records(
         Literal["ACCEPT", "REJECT"] | Optional, Query(description="only accepted or rejected")
     ] = None,
     since: Annotated[
-        float | Optional,
-        Query(ge=0, le=1e11, allow_inf_nan=False, description="start at or after (unix s)"),
+        UnixTime | Optional, Query(description="only records that started at or after (unix s)")
     ] = None,
     until: Annotated[
-        float | Optional,
-        Query(ge=0, le=1e11, allow_inf_nan=False, description="start before (unix s)"),
+        UnixTime | Optional, Query(description="only records that started before (unix s)")
     ] = None,
     limit: Annotated[
         int, Query(ge=1, le=MAX_RECORDS, description=f"records at most (max {MAX_RECORDS})")

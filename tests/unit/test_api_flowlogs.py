@@ -125,6 +125,18 @@ def test_bad_input_is_refused_and_writes_nothing(
     assert cloud.call("GET", "/v1/flow-logs", fl["t"])["items"] == []
 
 
+def test_query_paths_are_not_flow_log_names(cloud: Cloud, fl: dict[str, Any]) -> None:
+    t = fl["t"]
+    cloud.rejected("POST", "/v1/flow-logs", 422, "cannot name a flow log", t,
+                   json={"vpc": "prod", "name": "records"})  # fmt: skip
+    r = cloud.client.delete("/v1/flow-logs/top", headers=t)
+    assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"
+    r = cloud.client.options("/v1/flow-logs/records", headers=t)
+    assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"
+    r = cloud.client.options("/v1/flow-logs/fl-00000000", headers=t)
+    assert r.status_code == 405 and r.headers["allow"] == "DELETE, GET, HEAD"
+
+
 def test_same_target_and_filter_twice_is_409(cloud: Cloud, fl: dict[str, Any]) -> None:
     t = fl["t"]
     cloud.call("POST", "/v1/flow-logs", t, json={"subnet": "web"})

@@ -108,12 +108,18 @@ _HTTP_CODES = {
 def _allowed(req: Request) -> str:
     """The methods /openapi.json declares for this path (Starlette's 405 names only those
     of the first route that matched it, and one path may have several routes), with HEAD
-    wherever GET is (Starlette answers it)."""
+    wherever GET is (Starlette answers it). A concrete path is matched before a templated
+    one (OpenAPI's rule): /v1/flow-logs/records is not /v1/flow-logs/{ref}."""
     methods: set[str] = set()
+    best = -1
     for template, ops in req.app.openapi().get("paths", {}).items():
         pattern = re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template))
         if re.fullmatch(pattern, req.url.path):
-            methods |= {m.upper() for m in ops}
+            literal = sum(1 for part in template.split("/") if not part.startswith("{"))
+            if literal > best:
+                best, methods = literal, set()
+            if literal == best:
+                methods |= {m.upper() for m in ops}
     if "GET" in methods:
         methods.add("HEAD")
     return ", ".join(sorted(methods))

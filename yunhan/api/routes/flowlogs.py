@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from yunhan.api.auth import Caller
 from yunhan.api.conventions import (
@@ -48,6 +49,9 @@ MAX_TOP = 1000
 # Constraints inside the optional type: on the union, FastAPI would publish them as keys
 # JSON Schema does not know ("ge", "le"), and clients would not see them.
 UnixTime = Annotated[float, Field(ge=0, le=1e11, allow_inf_nan=False)]
+# Paths beside /flow-logs/{ref}: no flow log may take these names, and a method the
+# concrete path lacks is a 405 there, not a flow log named "records".
+_VIEWS = ("records", "top")
 _NAME_ROOM = 50  # of a default name's 63 characters, what the target's name may take
 
 
@@ -107,6 +111,12 @@ def create_flow_log(
                     flow_log=other.name,
                 )
         name = body.name or _default_name(tx, c.project.id, target, filt)
+        if name in _VIEWS:
+            raise ValidationError(
+                f"{name!r} cannot name a flow log (GET /v1/flow-logs/{name} is the {name} "
+                "query); choose another name",
+                name=name,
+            )
         if tx.by_name("flow_log", c.project.id, name) is not None:
             raise Conflict(f"a flow log named {name} already exists", name=name)
         fl = tx.create(
@@ -214,6 +224,8 @@ def get_flow_log(ref: str, request: Request, c: CallerDep) -> Any:
 @router.delete("/flow-logs/{ref}", response_model=FlowLog, responses=errors(404, 412))
 def delete_flow_log(ref: str, request: Request, c: CallerDep, if_match: IfMatch = None) -> Any:
     """Stop logging (records already stored stay until retention prunes them)."""
+    if ref in _VIEWS:
+        raise StarletteHTTPException(405)
     with state_of(request).store.transaction() as tx:
         fl = resolve(tx, "flow_log", c.project.id, ref)
         check_if_match(fl, if_match)

@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -146,7 +147,7 @@ def _populate(url: str) -> None:
                     {"priority": 10, "proto": "tcp", "port": "22", "action": "drop"},
                     who,
                 )
-                for i in range(3):
+                made = [
                     call(
                         "POST",
                         "/v1/instances",
@@ -158,6 +159,32 @@ def _populate(url: str) -> None:
                         },
                         who,
                     )
+                    for i in range(3)
+                ]
+                call("POST", "/v1/flow-logs", {"vpc": f"vpc{v}"}, who)
+                call(
+                    "POST", "/v1/flow-logs", {"instance": f"i{v}-0", "traffic_type": "REJECT"}, who
+                )
+                # Records for the queries to find, posted as the instances' hosts' agents.
+                for inst in made:
+                    record = {
+                        "instance": inst["id"],
+                        "interface": "p-0",
+                        "flow_direction": "ingress",
+                        "srcaddr": "10.9.9.9",
+                        "dstaddr": inst["status"]["ip"],
+                        "srcport": 40000,
+                        "dstport": 22,
+                        "protocol": 6,
+                        "packets": 3,
+                        "bytes": 180,
+                        "start": time.time() - 30,
+                        "end": time.time() - 29,
+                        "action": "ACCEPT",
+                    }
+                    host = inst["status"]["host"]
+                    r = api.post(f"/v1/agent/hosts/{host}/flows", json={"records": [record]})
+                    assert r.status_code == 204, r.text
 
 
 def test_openapi_conformance(server: str, tmp_path: Path) -> None:

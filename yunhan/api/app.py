@@ -30,6 +30,7 @@ from yunhan.api.routes import (
     agent,
     audit,
     events,
+    flowlogs,
     infra,
     instances,
     metrics,
@@ -46,6 +47,7 @@ from yunhan.controller.scheduler import NoHost
 from yunhan.errors import YunhanError
 from yunhan.model import new_id
 from yunhan.store import Store
+from yunhan.store.flows import FlowRecords, Retention
 
 log = logging.getLogger("yunhan.api")
 
@@ -106,12 +108,18 @@ _HTTP_CODES = {
 def _allowed(req: Request) -> str:
     """The methods /openapi.json declares for this path (Starlette's 405 names only those
     of the first route that matched it, and one path may have several routes), with HEAD
-    wherever GET is (Starlette answers it)."""
+    wherever GET is (Starlette answers it). A concrete path is matched before a templated
+    one (OpenAPI's rule): /v1/flow-logs/records is not /v1/flow-logs/{ref}."""
     methods: set[str] = set()
+    best = -1
     for template, ops in req.app.openapi().get("paths", {}).items():
         pattern = re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template))
         if re.fullmatch(pattern, req.url.path):
-            methods |= {m.upper() for m in ops}
+            literal = sum(1 for part in template.split("/") if not part.startswith("{"))
+            if literal > best:
+                best, methods = literal, set()
+            if literal == best:
+                methods |= {m.upper() for m in ops}
     if "GET" in methods:
         methods.add("HEAD")
     return ", ".join(sorted(methods))
@@ -180,10 +188,12 @@ def create_app(
     max_long_poll: float = MAX_LONG_POLL,
     fleet: Fleet | None = None,
     public_pools: Sequence[str] = (),
+    flow_retention: Retention | None = None,
 ) -> FastAPI:
     """The API over `store`. `admin_token` (or only its sha256, `admin_token_hash`, so that
     the token itself need not be on the server's disk) grants the admin project; it is
-    never stored. `public_pools`: the CIDRs public addresses are allocated from."""
+    never stored. `public_pools`: the CIDRs public addresses are allocated from.
+    `flow_retention`: how long and how many flow log records are kept (docs/flowlogs.md)."""
     if (admin_token is None) == (admin_token_hash is None):
         raise ValueError("give create_app one of admin_token and admin_token_hash")
     admin_hash = token_hash(admin_token) if admin_token is not None else str(admin_token_hash)
@@ -204,6 +214,7 @@ def create_app(
         clock=clock,
         fleet=fleet,
         journal=Journal(store, fleet, clock, admin_project_id),
+        flows=FlowRecords(store.engine, clock, flow_retention),
         max_long_poll=max_long_poll,
         public_pools=list(public_pools),
     )
@@ -212,7 +223,7 @@ def create_app(
     _install_error_handlers(app)
     app.add_middleware(AuditMiddleware)
     modules = (projects, tokens, audit, events, infra, network, routing, natgw, secgroups,
-               acls, instances, agent, watch)  # fmt: skip
+               acls, flowlogs, instances, agent, watch)  # fmt: skip
     for module in modules:
         app.include_router(module.router)
     app.include_router(metrics.router)

@@ -22,6 +22,7 @@ from yunhan.controller.ipam import AddressHints
 from yunhan.controller.loads import HostLoads
 from yunhan.errors import Forbidden, Unauthorized
 from yunhan.store import Store
+from yunhan.store.flows import FlowRecords
 
 MAX_LONG_POLL = 300.0
 # Revisions a request may name: JSON numbers are exact to 2^53 (JavaScript's, and the
@@ -37,6 +38,7 @@ class AppState:
     clock: Callable[[], float]
     fleet: Fleet
     journal: Journal
+    flows: FlowRecords
     max_long_poll: float = MAX_LONG_POLL
     ipam: AddressHints = field(default_factory=AddressHints)
     loads: HostLoads = field(default_factory=HostLoads)

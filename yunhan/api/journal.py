@@ -38,7 +38,9 @@ REQUEST_ID = "X-Request-Id"
 CALLER = "yunhan_caller"
 REFUSED = "yunhan_refused_token"
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-_BOOKKEEPING = re.compile(r"^/v1/agent/hosts/[^/]+/status$")
+# Agents' reports and flow records: every few seconds from every host, not changes anyone
+# audits (an audit record each would cost more than the report).
+_BOOKKEEPING = re.compile(r"^/v1/agent/hosts/[^/]+/(status|flows)$")
 _SANE_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _MAX_CAPTURE = 1 << 20
 

@@ -492,3 +492,73 @@ class NetworkAcl(_Envelope):
 
 class NetworkAclList(_Page):
     items: list[NetworkAcl]
+
+
+class FlowLogSpec(_Out):
+    vpc: str = Field(description="the VPC of the target (id)")
+    scope: Literal["vpc", "subnet", "instance"]
+    target: str = Field(description="the id of the VPC, subnet or instance logged")
+    filter: Literal["ALL", "ACCEPT", "REJECT"]
+
+
+class FlowLog(_Envelope):
+    kind: Literal["flow_log"]
+    spec: FlowLogSpec
+    status: Empty
+
+
+class FlowLogList(_Page):
+    items: list[FlowLog]
+
+
+class FlowRecordOut(_Out):
+    """One stored flow record (docs/flowlogs.md); for SKIPDATA, `packets` is the number of
+    records the agent dropped, and the traffic fields are null."""
+
+    id: int
+    project: str
+    vpc: str
+    subnet: str
+    instance: str
+    interface: str | None
+    host: str
+    flow_direction: Literal["ingress", "egress"] | None
+    srcaddr: str | None
+    dstaddr: str | None
+    srcport: int | None
+    dstport: int | None
+    protocol: int | None
+    packets: int
+    bytes: int
+    start: float = Field(description="unix seconds")
+    end: float = Field(description="unix seconds")
+    action: Literal["ACCEPT", "REJECT"] | None
+    log_status: Literal["OK", "SKIPDATA"]
+    received_at: float = Field(description="unix seconds, the server's clock")
+
+
+class FlowRecordPage(_Out):
+    items: list[FlowRecordOut] = Field(description="newest first (by start)")
+    more: bool = Field(description="more records matched than `limit`")
+
+
+class TopTalker(_Out):
+    """One key's totals; the fields of other keys are null (`by=pair`: srcaddr, dstaddr;
+    `instance`: instance; `port`: protocol, dstport)."""
+
+    srcaddr: str | None = None
+    dstaddr: str | None = None
+    instance: str | None = None
+    protocol: int | None = None
+    dstport: int | None = None
+    bytes: int
+    packets: int
+    flows: int = Field(description="records summed")
+
+
+class TopTalkers(_Out):
+    vpc: str
+    by: Literal["pair", "instance", "port"]
+    since: float = Field(description="unix seconds: the window's start")
+    until: float = Field(description="unix seconds: the window's end (now)")
+    items: list[TopTalker] = Field(description="most bytes first")

@@ -26,6 +26,7 @@ from yunhan.api.journal import FLUSH_INTERVAL, SERVER_RESTARTED
 from yunhan.api.replicas import ReplicaBridge
 from yunhan.controller import Controller
 from yunhan.store import Store
+from yunhan.store.flows import Retention
 from yunhan.store.leader import Leader
 from yunhan.supervised import notify, restarted, watchdog_interval
 
@@ -50,6 +51,7 @@ async def _main(
     admin_token_hash: str | None,
     max_long_poll: float = MAX_LONG_POLL,
     public_pools: Sequence[str] = (),
+    flow_retention: Retention | None = None,
 ) -> None:
     app = create_app(
         store,
@@ -57,6 +59,7 @@ async def _main(
         admin_token_hash=admin_token_hash,
         max_long_poll=max_long_poll,
         public_pools=public_pools,
+        flow_retention=flow_retention,
     )
     config = uvicorn.Config(
         AgentFastPath(app, app.state.yunhan),
@@ -217,6 +220,7 @@ def serve(
     database: str | None = None,
     max_long_poll: float = MAX_LONG_POLL,
     public_pools: Sequence[str] = (),
+    flow_retention: Retention | None = None,
 ) -> None:
     """Run the API and the controller until SIGTERM or SIGINT (blocking).
 
@@ -224,13 +228,25 @@ def serve(
     if needed); the admin project is created on first start and `admin_token` is its token
     for as long as this process runs (or the token whose sha256 is `admin_token_hash`).
     `max_long_poll` caps every long poll (seconds). `public_pools`: the CIDRs that elastic
-    IPs and NAT gateway addresses are allocated from (normalised here).
+    IPs and NAT gateway addresses are allocated from (normalised here). `flow_retention`: how
+    long and how many flow log records are kept.
     """
     pools = [str(ipaddress.IPv4Network(p, strict=False)) for p in public_pools]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     store = Store.connect(database) if database else Store.open(Path(state_dir))
     try:
-        asyncio.run(_main(store, host, port, admin_token, admin_token_hash, max_long_poll, pools))
+        asyncio.run(
+            _main(
+                store,
+                host,
+                port,
+                admin_token,
+                admin_token_hash,
+                max_long_poll,
+                pools,
+                flow_retention,
+            )
+        )
     finally:
         store.close()
     log.info("stopped")

@@ -11,9 +11,13 @@ import ipaddress
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from yunhan.cli.command import Cmd, Ctx, Opt
 from yunhan.errors import ValidationError
+
+if TYPE_CHECKING:
+    from yunhan.store.flows import Retention
 
 
 def _read_token(path: Path) -> str:
@@ -47,11 +51,21 @@ def _pools(values: list[str] | None) -> list[str]:
     return pools
 
 
+def _retention(age: str, rows: int) -> Retention:
+    from yunhan.cli.flowlogs import duration
+    from yunhan.store.flows import Retention
+
+    if rows < 1:
+        raise ValidationError(f"--flow-log-max-records wants a positive number, not {rows}")
+    return Retention(max_age=duration(age), max_rows=rows)
+
+
 def server(ctx: Ctx) -> None:
     from yunhan.api.server import serve
 
     host, port = _split_listen(ctx["listen"])
     pools = _pools(ctx["public_pool"])
+    retention = _retention(ctx["flow_log_retention"], ctx["flow_log_max_records"])
     state_dir: Path = ctx["state_dir"]
     state_dir.mkdir(parents=True, exist_ok=True)
     database = ctx["database"] or os.environ.get("YUNHAN_DATABASE") or None
@@ -70,6 +84,7 @@ def server(ctx: Ctx) -> None:
             database=database,
             max_long_poll=ctx["max_long_poll"],
             public_pools=pools,
+            flow_retention=retention,
         )
         return
     serve(
@@ -80,6 +95,7 @@ def server(ctx: Ctx) -> None:
         database=database,
         max_long_poll=ctx["max_long_poll"],
         public_pools=pools,
+        flow_retention=retention,
     )
 
 
@@ -151,6 +167,19 @@ COMMANDS = (
                 "behind proxies with short idle timeouts",
                 float,
                 300.0,
+            ),
+            Opt(
+                ("--flow-log-retention",),
+                "flow_log_retention",
+                "how long flow log records are kept (90s, 30m, 24h, 7d)",
+                default="24h",
+            ),
+            Opt(
+                ("--flow-log-max-records",),
+                "flow_log_max_records",
+                "flow log records kept at most (the oldest go first)",
+                int,
+                2_000_000,  # yunhan.store.flows.DEFAULT_MAX_ROWS (not imported: start time)
             ),
             Opt(
                 ("--public-pool",),

@@ -348,6 +348,23 @@ def acl_rule_row(rule: Row, names: Names) -> Row:
     }
 
 
+def flow_log_row(res: Row, names: Names) -> Row:
+    sp = _spec(res)
+    scope, target = sp.get("scope"), sp.get("target")
+    return {
+        "id": res["id"],
+        "name": res["name"],
+        "scope": scope,
+        "target": names.of(scope, target) if scope in ("vpc", "subnet", "instance") else target,
+        "target_id": target,
+        "traffic_type": sp.get("filter"),
+        "vpc": names.of("vpc", sp.get("vpc")),
+        "vpc_id": sp.get("vpc"),
+        "revision": res.get("revision"),
+        "created_at": res.get("created_at"),
+    }
+
+
 ROWS: dict[str, Callable[[Row, Names], Row]] = {
     "vpc": vpc_row,
     "subnet": subnet_row,
@@ -364,6 +381,7 @@ ROWS: dict[str, Callable[[Row, Names], Row]] = {
     "sg_rule": sg_rule_row,
     "network_acl": acl_row,
     "acl_rule": acl_rule_row,
+    "flow_log": flow_log_row,
     "table_entry": table_entry_row,
     "policy_entry": policy_entry_row,
 }
@@ -385,6 +403,10 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "sg_rule": ("id", "priority", "direction", "proto", "port", "peer", "action"),
     "network_acl": ("name", "id", "vpc", "rules"),
     "acl_rule": ("number", "direction", "proto", "port", "cidr", "action"),
+    "flow_log": ("name", "id", "scope", "target", "traffic_type", "vpc"),
+    "flow_record": ("time", "instance", "interface", "direction", "src", "dst", "protocol",
+                    "packets", "bytes", "action"),
+    "top_talker": ("talker", "bytes", "packets", "flows"),
     "table_entry": ("type", "dst", "priority", "next_hop", "state", "subnet", "host"),
     "policy_entry": ("priority", "src", "dst", "proto", "port", "action", "next_hop", "state"),
 }  # fmt: skip
@@ -415,6 +437,11 @@ WIDE: dict[str, tuple[str, ...]] = {
     "sg_rule": ("id", "priority", "direction", "proto", "port", "peer", "action"),
     "network_acl": ("name", "id", "vpc", "vpc_id", "rules", "revision", "created_at"),
     "acl_rule": ("number", "direction", "proto", "port", "cidr", "action"),
+    "flow_log": ("name", "id", "scope", "target", "target_id", "traffic_type", "vpc", "vpc_id",
+                 "revision", "created_at"),
+    "flow_record": ("time", "instance", "interface", "direction", "src", "dst", "protocol",
+                    "packets", "bytes", "action", "host", "end", "id"),
+    "top_talker": ("talker", "bytes", "packets", "flows"),
     "table_entry": ("type", "dst", "priority", "next_hop", "state", "subnet", "host", "id"),
     "policy_entry": ("priority", "src", "dst", "proto", "port", "action", "next_hop",
                      "state", "id"),

@@ -268,3 +268,52 @@ class AclRuleCreate(_Body):
     )
     cidr: str = Field(description="the other side: source (ingress) or destination (egress)")
     action: Literal["allow", "deny"]
+
+
+# -- flow logs (docs/flowlogs.md) -------------------------------------------------------
+
+TrafficType = Literal["ALL", "ACCEPT", "REJECT"]
+
+
+class FlowLogCreate(_Create):
+    name: Name | None = Field(None, description="default: derived from the target")
+    vpc: str | None = Field(None, description="log this VPC (name or id)")
+    subnet: str | None = Field(None, description="log this subnet (name or id)")
+    instance: str | None = Field(None, description="log this instance (name or id)")
+    traffic_type: TrafficType = Field("ALL", description="which records: ALL, ACCEPT or REJECT")
+
+
+MAX_FLOW_RECORDS = 5000  # per ingest request (docs/flowlogs.md)
+_U64 = 2**53 - 1  # exact in JSON
+# Bounds before the validator: nested in a union or a dict, bounds after it are published
+# as "ge"/"le" keys that JSON Schema does not know.
+_Port = Annotated[int, Field(ge=0, le=65535), BeforeValidator(_json_integer)]
+_Count = Annotated[int, Field(ge=0, le=_U64), BeforeValidator(_json_integer)]
+
+
+class FlowRecordIn(_Body):
+    """One direction of one flow on one instance's interface, in one aggregation window."""
+
+    instance: str = Field(max_length=64)
+    interface: str = Field(max_length=64)
+    flow_direction: Literal["ingress", "egress"]
+    srcaddr: str = Field(max_length=45)
+    dstaddr: str = Field(max_length=45)
+    srcport: _Port | None = None
+    dstport: _Port | None = None
+    protocol: Int = Field(ge=0, le=255)
+    packets: Int = Field(ge=0, le=_U64)
+    bytes: Int = Field(ge=0, le=_U64)
+    start: float = Field(ge=0, le=1e11, allow_inf_nan=False, description="unix seconds")
+    end: float = Field(ge=0, le=1e11, allow_inf_nan=False, description="unix seconds")
+    action: Literal["ACCEPT", "REJECT"]
+
+
+class FlowBatch(_Body):
+    records: list[FlowRecordIn] = Field(
+        default_factory=list, description=f"at most {MAX_FLOW_RECORDS} (422 beyond)"
+    )
+    skipped: dict[Annotated[str, StringConstraints(max_length=64)], _Count] = Field(
+        default_factory=dict,
+        description="records dropped by the agent since its last post, per instance id",
+    )

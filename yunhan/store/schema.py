@@ -141,6 +141,41 @@ liveness = Table(
     Column("error", Text, nullable=True),
 )
 
+# Flow log records (docs/flowlogs.md): what agents ship, enriched with the instance's
+# project, VPC and subnet when received. Not revisioned, not in the change log (a batch of
+# records every few seconds from every host is not a change of the model, and must wake no
+# watcher); pruned by age and by a row cap (store/flows.py). `action` is null for a
+# SKIPDATA record (records the agent had to drop; `packets` holds their count).
+flow_records = Table(
+    "flow_records",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("project", String(64), nullable=False),
+    Column("vpc", String(64), nullable=False),
+    Column("subnet", String(64), nullable=False),
+    Column("instance", String(64), nullable=False),
+    Column("interface", String(64), nullable=True),
+    Column("host", String(64), nullable=False),
+    Column("flow_direction", String(8), nullable=True),
+    Column("srcaddr", String(45), nullable=True),
+    Column("dstaddr", String(45), nullable=True),
+    Column("srcport", Integer, nullable=True),
+    Column("dstport", Integer, nullable=True),
+    Column("protocol", Integer, nullable=True),
+    Column("packets", BigInteger, nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Column("start", Float, nullable=False),
+    Column("end", Float, nullable=False),
+    Column("action", String(8), nullable=True),
+    Column("log_status", String(8), nullable=False),
+    Column("received_at", Float, nullable=False),
+    Index("ix_flow_records_vpc_start", "vpc", "start"),
+    Index("ix_flow_records_instance_start", "instance", "start"),
+    Index("ix_flow_records_project_start", "project", "start"),
+    Index("ix_flow_records_received_at", "received_at"),
+)  # fmt: skip
+
 # The change log (ARCHITECTURE §6): every committed write of a resource, in order. Each
 # API process keeps the model in memory and follows this log (after a NOTIFY on PostgreSQL,
 # or by polling), so any replica answers from memory at a known revision. `obj` is the
@@ -288,7 +323,38 @@ def _v5(conn: Connection) -> None:
     conn.execute(insert(meta), [{"key": "tokens_rev", "value": 0}])
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5]
+def _v6(conn: Connection) -> None:
+    # Flow log records (issue 10): their own table, outside the model and the change log.
+    m = MetaData()
+    Table("flow_records", m,
+          Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                 autoincrement=True),
+          Column("project", String(64), nullable=False),
+          Column("vpc", String(64), nullable=False),
+          Column("subnet", String(64), nullable=False),
+          Column("instance", String(64), nullable=False),
+          Column("interface", String(64), nullable=True),
+          Column("host", String(64), nullable=False),
+          Column("flow_direction", String(8), nullable=True),
+          Column("srcaddr", String(45), nullable=True),
+          Column("dstaddr", String(45), nullable=True),
+          Column("srcport", Integer, nullable=True),
+          Column("dstport", Integer, nullable=True),
+          Column("protocol", Integer, nullable=True),
+          Column("packets", BigInteger, nullable=False),
+          Column("bytes", BigInteger, nullable=False),
+          Column("start", Float, nullable=False),
+          Column("end", Float, nullable=False),
+          Column("action", String(8), nullable=True),
+          Column("log_status", String(8), nullable=False),
+          Column("received_at", Float, nullable=False),
+          Index("ix_flow_records_vpc_start", "vpc", "start"),
+          Index("ix_flow_records_instance_start", "instance", "start"),
+          Index("ix_flow_records_project_start", "project", "start"),
+          Index("ix_flow_records_received_at", "received_at")).create(conn)  # fmt: skip
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
 LATEST = len(MIGRATIONS)
 # PostgreSQL advisory lock keys are one 64-bit space per database: ours are "YH" + a tag.
 MIGRATE_LOCK_KEY = 0x5948_0000_0000_0001

@@ -214,6 +214,8 @@ def delete_instance(ref: str, request: Request, c: CallerDep, if_match: IfMatch 
         inst = resolve(tx, "instance", c.project.id, ref)
         check_if_match(inst, if_match)
         gone = tx.delete(inst)
+        for fl in tx.find("flow_log", "target", inst.id):  # flow logs go with their target
+            tx.delete(fl)
         release_public(tx, inst)
         sub = tx.get("subnet", inst.spec["subnet"])
         if sub is not None:

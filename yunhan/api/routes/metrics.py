@@ -111,6 +111,31 @@ def metrics(request: Request, c: CallerDep) -> Response:
         "Agents' document long polls waiting now.",
         fleet.long_polls,
     )
+    flows = st.flows
+    metric(
+        "yunhan_flow_records_received_total",
+        "counter",
+        "Flow log records posted by agents.",
+        flows.received,
+    )
+    metric(
+        "yunhan_flow_records_discarded_total",
+        "counter",
+        "Of those, records discarded: not of an instance on the posting host.",
+        flows.discarded,
+    )
+    metric(
+        "yunhan_flow_records_skipped_total",
+        "counter",
+        "Records agents reported dropped (stored as SKIPDATA records).",
+        flows.skipped,
+    )
+    metric(
+        "yunhan_flow_records_pruned_total",
+        "counter",
+        "Flow log records pruned by age or by the row cap.",
+        flows.pruned,
+    )
     metric("yunhan_hosts", "gauge", "Hosts with a desired document.", len(fleet.engine.hosts()))
     if c.admin:
         name = "yunhan_host_apply_lag_revisions"

@@ -173,6 +173,8 @@ def delete_vpc(ref: str, request: Request, c: CallerDep, if_match: IfMatch = Non
             tx.delete(table)
         for group in tx.find("security_group", "vpc", vpc.id):  # only the default is left
             tx.delete(group)
+        for fl in tx.find("flow_log", "vpc", vpc.id):  # flow logs go with their target
+            tx.delete(fl)
         gone = tx.delete(vpc)
     return gone.envelope()
 
@@ -286,6 +288,8 @@ def delete_subnet(ref: str, request: Request, c: CallerDep, if_match: IfMatch = 
             if sub.id in g.spec.get("subnets", ()):
                 kept = [s for s in g.spec["subnets"] if s != sub.id]
                 tx.update(g, spec={**g.spec, "subnets": kept})
+        for fl in tx.find("flow_log", "target", sub.id):  # flow logs go with their target
+            tx.delete(fl)
         gone = tx.delete(sub)
     return gone.envelope()
 

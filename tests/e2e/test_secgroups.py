@@ -1,7 +1,8 @@
 """End to end: security groups made through the CLI on a lab region, checked by real traffic
 (issue 10): an nmap scan that finds exactly the allowed ports open, TCP connects allowed
 and refused, a group peer admitting a new member at once, stateful replies, an established
-stream cut when its allow rule goes, and every bad input refused with a clear error."""
+stream cut when its allow rule goes, every bad input refused with a clear error, and the
+VPC's flow log showing those accepted flows and refused attempts with exact counters."""
 
 from __future__ import annotations
 
@@ -87,6 +88,7 @@ def net(region: Region) -> dict[str, Any]:
     run = region.run
     run("vpc", "create", "prod", "--cidr", "10.0.0.0/16")
     run("subnet", "create", "web", "--vpc", "prod", "--cidr", "10.0.1.0/24")
+    run("flowlog", "enable", "--vpc", "prod")
     run("sg", "create", "cli", "--vpc", "prod")
     run("sg", "rule", "add", "cli", "--direction", "egress", "--peer", "0.0.0.0/0")
     run("sg", "create", "srv", "--vpc", "prod")
@@ -95,6 +97,7 @@ def net(region: Region) -> dict[str, Any]:
         ("--direction", "ingress", "--proto", "tcp", "--port", "22", "--peer", "10.0.0.0/8"),
         ("--direction", "ingress", "--proto", "tcp", "--port", "7000", "--peer", "sg:cli"),
         ("--direction", "ingress", "--proto", "tcp", "--port", "9000", "--peer", "sg:cli"),
+        ("--direction", "ingress", "--proto", "udp", "--port", "7001", "--peer", "sg:cli"),
         ("--direction", "ingress", "--proto", "tcp", "--port", "8000-8999", "--peer",
          "0.0.0.0/0", "--action", "deny", "--priority", "10"),
         ("--direction", "ingress", "--proto", "tcp", "--port", "8080", "--peer", "0.0.0.0/0"),
@@ -215,3 +218,68 @@ def test_bad_inputs_are_refused_and_change_nothing(region: Region, net: dict[str
         region.run("sg", "delete", "srv")
     assert "still used by instance(s) s1" in e.value.stderr
     assert region.json("sg", "show", "srv") == before
+
+
+UDP_COUNT, UDP_SIZE, UDP_SPORT = 37, 200, 40123  # c1 -> s1:7001, admitted, nobody listens
+
+
+def _records(region: Region, *args: str) -> list[dict[str, Any]]:
+    out = region.json(
+        "flowlog", "query", "--vpc", "prod", "--since", "30m", "--limit", "10000", *args
+    )
+    assert isinstance(out, list)
+    return out
+
+
+def _totals(recs: list[dict[str, Any]]) -> tuple[int, int]:
+    return sum(r["packets"] for r in recs), sum(r["bytes"] for r in recs)
+
+
+def test_flow_logs_show_the_accepted_flows_and_rejected_attempts(
+    region: Region, net: dict[str, Any]
+) -> None:
+    ips = net["ips"]
+    s1, c1 = ips["s1"], ips["c1"]
+    # Exact counters: datagrams of a known size, one flow in one direction.
+    send = (
+        "import socket\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        f"s.bind(('0.0.0.0', {UDP_SPORT}))\n"
+        f"for _ in range({UDP_COUNT}):\n"
+        f"    s.sendto(b'u' * {UDP_SIZE}, ({s1!r}, 7001))\n"
+    )
+    assert region.exec("c1", sys.executable, "-c", send).returncode == 0
+    assert not connects(region, "c1", s1, 80)
+    want = (UDP_COUNT, UDP_COUNT * (UDP_SIZE + 28))  # IP and UDP headers: 28 bytes
+
+    def udp(instance: str) -> list[dict[str, Any]]:
+        recs = _records(region, "--instance", instance, "--action", "ACCEPT")
+        return [r for r in recs if (r["srcport"], r["dstport"]) == (UDP_SPORT, 7001)]
+
+    # Records come within a few collection intervals; a flow's windows add up.
+    wait_for(lambda: _totals(udp("s1")) == want, 60, "the UDP flow's records at s1")
+    got = udp("s1")
+    assert {(r["srcaddr"], r["dstaddr"], r["protocol"], r["direction"]) for r in got} == {
+        (c1, s1, "udp", "ingress")
+    }
+    # c1's host logged the same flow on c1's interface, as egress, with the same counters.
+    wait_for(lambda: _totals(udp("c1")) == want, 60, "the UDP flow's records at c1")
+    assert {r["direction"] for r in udp("c1")} == {"egress"}
+
+    # The refused connects of the tests above: REJECT at s1, never for an allowed port.
+    def rejected() -> set[int]:
+        recs = _records(region, "--instance", "s1", "--action", "REJECT")
+        return {r["dstport"] for r in recs if r["srcaddr"] == c1}
+
+    wait_for(lambda: {80, 8080} <= rejected(), 60, "REJECT records of ports 80 and 8080")
+    assert not rejected() & {22, 7000, 7001}  # 9000: refused after its rule went (above)
+    # The accepted TCP flows of those tests, at s1.
+    accepted = {
+        (r["srcaddr"], r["dstport"], r["protocol"])
+        for r in _records(region, "--instance", "s1", "--action", "ACCEPT")
+    }
+    assert {(c1, 22, "tcp"), (c1, 7000, "tcp"), (c1, 9000, "tcp")} <= accepted
+    # Top talkers by bytes: c1 -> s1 (scans, streams, datagrams) leads the VPC.
+    top = region.json("flowlog", "top", "--vpc", "prod", "--window", "30m")
+    assert (top[0]["srcaddr"], top[0]["dstaddr"]) == (c1, s1)
+    assert top == sorted(top, key=lambda t: -t["bytes"])

@@ -40,9 +40,11 @@ from yunhan.api.routes import (
     secgroups,
     tokens,
     trace,
+    vips,
     watch,
 )
 from yunhan.controller.scheduler import NoHost
+from yunhan.controller.vips import Damping
 from yunhan.errors import YunhanError
 from yunhan.model import new_id
 from yunhan.store import Store
@@ -180,6 +182,7 @@ def create_app(
     max_long_poll: float = MAX_LONG_POLL,
     fleet: Fleet | None = None,
     public_pools: Sequence[str] = (),
+    vip_damping: Damping | None = None,
 ) -> FastAPI:
     """The API over `store`. `admin_token` (or only its sha256, `admin_token_hash`, so that
     the token itself need not be on the server's disk) grants the admin project; it is
@@ -206,13 +209,14 @@ def create_app(
         journal=Journal(store, fleet, clock, admin_project_id),
         max_long_poll=max_long_poll,
         public_pools=list(public_pools),
+        vip_damping=vip_damping or Damping(),
     )
     loads = app.state.yunhan.loads
     store.subscribe(loads.apply, load=loads.load)
     _install_error_handlers(app)
     app.add_middleware(AuditMiddleware)
     modules = (projects, tokens, audit, events, infra, network, routing, natgw, secgroups,
-               acls, instances, agent, watch)  # fmt: skip
+               acls, instances, vips, agent, watch)  # fmt: skip
     for module in modules:
         app.include_router(module.router)
     app.include_router(metrics.router)

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from yunhan.cli import credentials, daemons, lab, resources, routing, secgroups, trace, units
+from yunhan.cli import credentials, daemons, lab, resources, routing, secgroups, trace, units, vips
 from yunhan.cli.command import Group, Opt, run
 from yunhan.cli.hotpatch import HOTPATCH
 
@@ -42,6 +42,7 @@ ROOT = Group(
         *_RESOURCES,
         *routing.COMMANDS,
         *secgroups.COMMANDS,
+        *vips.COMMANDS,
         *trace.COMMANDS,
         *credentials.COMMANDS,
         *lab.COMMANDS,

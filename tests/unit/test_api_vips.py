@@ -33,9 +33,7 @@ def _route(cloud: Cloud, host: str, dst: str) -> Route | None:
     return found[0] if found else None
 
 
-def _claim(
-    cloud: Cloud, host: str, ip: str, vpc: str, inst: str, epoch: int
-) -> dict[str, Any]:
+def _claim(cloud: Cloud, host: str, ip: str, vpc: str, inst: str, epoch: int) -> dict[str, Any]:
     body = {"claims": [{"vip_ip": ip, "vpc": vpc, "instance": inst, "epoch_seen": epoch}]}
     res = cloud.call("POST", f"/v1/agent/hosts/{host}/vip-claims", json=body)["results"]
     assert len(res) == 1
@@ -74,8 +72,8 @@ def test_create_takes_the_next_free_address_and_shares_the_subnet_with_instances
     # the next instance skips the VIP's address, and neither may take the other's
     d = cloud.call("POST", "/v1/instances", t, json={"name": "d", "subnet": "web", "zone": "az1"})
     assert d["status"]["ip"] == "10.0.1.6"
-    cloud.rejected("POST", "/v1/instances", 409, "10.0.1.5 is already used by VIP v", t,
-                   json={"name": "e", "subnet": "web", "zone": "az1", "ip": "10.0.1.5"})  # fmt: skip
+    e = {"name": "e", "subnet": "web", "zone": "az1", "ip": "10.0.1.5"}
+    cloud.rejected("POST", "/v1/instances", 409, "10.0.1.5 is already used by VIP v", t, json=e)
     cloud.rejected("POST", "/v1/vips", 409, "10.0.1.2 is already used by instance a", t,
                    json={"name": "w", "subnet": "web", "ip": "10.0.1.2"})  # fmt: skip
     w = cloud.call("POST", "/v1/vips", t, json={"name": "w", "subnet": "web", "ip": "10.0.1.99"})
@@ -98,7 +96,9 @@ def test_bad_input_is_refused_and_changes_nothing(cloud: Cloud, vn: dict[str, An
     cloud.rejected("POST", "/v1/vips", 404, "no instance 'nope'", t,
                    json={**body, "allowed": ["nope"]})  # fmt: skip
     cloud.call("POST", "/v1/vpcs", t, json={"name": "other", "cidrs": ["10.9.0.0/16"]})
-    cloud.call("POST", "/v1/subnets", t, json={"name": "far", "vpc": "other", "cidr": "10.9.1.0/24"})
+    cloud.call(
+        "POST", "/v1/subnets", t, json={"name": "far", "vpc": "other", "cidr": "10.9.1.0/24"}
+    )
     cloud.call("POST", "/v1/instances", t, json={"name": "x", "subnet": "far", "zone": "az1"})
     cloud.rejected("POST", "/v1/vips", 422, "instance x is not in the VPC of VIP w", t,
                    json={**body, "allowed": ["a", "x"]})  # fmt: skip
@@ -205,9 +205,7 @@ def test_claims_win_with_a_current_epoch_and_lose_when_stale(
     assert 'yunhan_vip_claims_total{result="not_allowed"} 1' in text
     assert 'yunhan_vip_claims_total{result="won"} 2' in text
     # only the host's own token, or the admin's
-    r = cloud.client.post(
-        "/v1/agent/hosts/h1/vip-claims", headers=t, json={"claims": []}
-    )
+    r = cloud.client.post("/v1/agent/hosts/h1/vip-claims", headers=t, json={"claims": []})
     assert r.status_code == 403
 
 

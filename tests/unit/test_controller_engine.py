@@ -9,7 +9,6 @@ applies the engine's delta on top of what it held gets the engine's snapshot.
 from __future__ import annotations
 
 import ipaddress
-
 import random
 from dataclasses import dataclass, field
 from typing import Any

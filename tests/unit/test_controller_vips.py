@@ -7,7 +7,14 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from yunhan.controller.vips import Damping, Holder, change_holder, decide_claim, initial_status, settle
+from yunhan.controller.vips import (
+    Damping,
+    Holder,
+    change_holder,
+    decide_claim,
+    initial_status,
+    settle,
+)
 
 NO_DAMPING = Damping(changes=10_000, window=1.0)
 

@@ -28,7 +28,8 @@ Names = Callable[[str], list[str]]  # resource kind -> the names the caller may 
 _COLLECTION = {"vpc": "vpcs", "subnet": "subnets", "instance": "instances", "zone": "zones",
                "host": "hosts", "project": "projects", "route_table": "route-tables",
                "natgw": "natgws", "eip": "eips",
-               "security_group": "security-groups", "network_acl": "acls", "vip": "vips"}  # fmt: skip
+               "security_group": "security-groups", "network_acl": "acls",
+               "vip": "vips"}  # fmt: skip
 
 _SCRIPTS = {
     "bash": """\

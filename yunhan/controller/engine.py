@@ -377,9 +377,7 @@ _PARSERS: dict[str, Callable[[Resource], _Obj]] = {
         flowlog_entry(r.id, r.spec["scope"], r.spec["target"], r.spec.get("filter", "ALL")),
         FLOWLOG,
     ),
-    "vip": lambda r: _Vip(
-        r.id, r.spec["vpc"], r.spec["ip"], r.status.get("delivered_to") or None
-    ),
+    "vip": lambda r: _Vip(r.id, r.spec["vpc"], r.spec["ip"], r.status.get("delivered_to") or None),
 }
 
 

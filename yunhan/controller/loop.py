@@ -5,8 +5,8 @@ them from the change log (`controller.engine`, a view that needs no leader). Wha
 here writes to the model, so exactly one process runs it at a time (`store.leader`):
 placing instances that have no host yet (`placement.place_pending`), judging hosts by
 their leases and placing NAT gateways (`natgw`), settling VIPs whose flap damping has
-run its course (`vips.settle_damped`; VIPs are never moved for a lost host), and repairing what older versions left
-(`repair`: default route tables, subnet indexes).
+run its course (`vips.settle_damped`; VIPs are never moved for a lost host), and
+repairing what older versions left (`repair`: default route tables, subnet indexes).
 A pass that finds nothing to do writes nothing. Leases age without any write, so the loop
 also wakes every `TICK` seconds, not only when the revision moves.
 """

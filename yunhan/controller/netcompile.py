@@ -231,8 +231,9 @@ def _plan_vpc(
     hosts: dict[str, list[tuple[InstanceIn, SubnetIn]]],
     forwarders: set[str],
 ) -> _VpcPlan:
-    blocks = [(_net_key(c), "", Route(dst=c, kind="unreachable")) for c in vpc.cidrs]
-    placed_at: list[tuple[tuple[int, int], str, tuple[str, Route, Route]]] = []
+    keyed: list[tuple[tuple[int, int], str, Route | tuple[str, Route, Route]]] = [
+        (_net_key(c), "", Route(dst=c, kind="unreachable")) for c in vpc.cidrs
+    ]
     ports: dict[str, Port] = {}
     for host_name, placed in hosts.items():
         for inst, sub in placed:
@@ -254,9 +255,9 @@ def _plan_vpc(
                 local = Route(dst=f"{a}/32", kind="local", port=ifname)
                 remote = Route(dst=f"{a}/32", kind="remote", peer=host_name)
                 key = (int(ipaddress.IPv4Address(a)), 32)
-                placed_at.append((key, inst.id, (host_name, local, remote)))
-    ordered = sorted([*blocks, *placed_at], key=lambda e: (e[0], e[1]))
-    entries = [(key, what) for key, _id, what in ordered]
+                keyed.append((key, inst.id, (host_name, local, remote)))
+    keyed.sort(key=lambda e: (e[0], e[1]))
+    entries = [(key, what) for key, _id, what in keyed]
     gateways = tuple(
         f"{ipaddress.IPv4Network(s.cidr).network_address + 1}/"
         f"{ipaddress.IPv4Network(s.cidr).prefixlen}"

@@ -222,14 +222,10 @@ def apply_claim(
     allowed = inst is not None and inst.id in vip.spec.get("allowed", ())
     on_host = inst is not None and inst.status.get("host") == host
     claimant = holder_of(inst) if inst is not None else Holder(instance, None, None)
-    outcome, change = decide_claim(
-        vip.status, allowed, on_host, epoch_seen, claimant, now, damping
-    )
+    outcome, change = decide_claim(vip.status, allowed, on_host, epoch_seen, claimant, now, damping)
     if change is not None:
         vip = tx.update(vip, status=change.status)
-    return ClaimResult(
-        vip_ip, vpc, instance, outcome, vip, change is not None and change.damped
-    )
+    return ClaimResult(vip_ip, vpc, instance, outcome, vip, change is not None and change.damped)
 
 
 def release_instance(tx: Tx, inst: Resource, now: float, damping: Damping, cause: str) -> int:

@@ -189,9 +189,7 @@ def _agent_fields(status: dict[str, Any]) -> dict[str, Any]:
     return {k: status.get(k) for k in ("phase", "message", "netns", "uts") if k in status}
 
 
-@router.post(
-    "/hosts/{name}/vip-claims", response_model=VipClaimResults, responses=errors(403, 404)
-)
+@router.post("/hosts/{name}/vip-claims", response_model=VipClaimResults, responses=errors(403, 404))
 async def report_vip_claims(
     name: str, body: VipClaims, request: Request, _: AgentDep
 ) -> dict[str, Any]:

@@ -8,6 +8,7 @@ applies the engine's delta on top of what it held gets the engine's snapshot.
 
 from __future__ import annotations
 
+import ipaddress
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -257,6 +258,29 @@ def inst(
     return res("instance", f"inst-{i:08x}", f"i{i}", spec, status)
 
 
+def vip(i: int, vpc_i: int, ip: str, to_i: int | None) -> Resource:
+    """A VIP delivered to instance `to_i` (status.delivered_to; None: to nobody)."""
+    to = None if to_i is None else f"inst-{to_i:08x}"
+    spec = {"subnet": "subnet-0", "vpc": f"vpc-{vpc_i}", "ip": ip, "allowed": []}
+    return res("vip", f"vip-{i}", f"vip{i}", spec, {"holder": to, "delivered_to": to})
+
+
+def _vips_of(model: dict[tuple[str, str], Resource], i: Resource) -> tuple[str, ...]:
+    """The addresses of the VIPs delivered to instance `i` (of its own VPC), sorted."""
+    sub = model.get(("subnet", i.spec["subnet"]))
+    vpc_id = sub.spec["vpc"] if sub is not None else None
+    return tuple(
+        sorted(
+            (
+                v.spec["ip"]
+                for (k, _), v in model.items()
+                if k == "vip" and v.status.get("delivered_to") == i.id and v.spec["vpc"] == vpc_id
+            ),
+            key=ipaddress.IPv4Address,
+        )
+    )
+
+
 def reference(model: dict[tuple[str, str], Resource]) -> dict[str, HostDesired]:
     """compile_hosts of the model, its inputs read as the controller loop reads them."""
     of = {k: [r for (kk, _), r in model.items() if kk == k] for k in ("host", "vpc", "subnet")}
@@ -297,6 +321,7 @@ def reference(model: dict[tuple[str, str], Resource]) -> dict[str, HostDesired]:
                 i.status.get("mac"),
                 i.status.get("host"),
                 tuple(i.spec["command"]) if i.spec.get("command") else None,
+                allowed_ips=_vips_of(model, i),
                 sgs=tuple(i.spec.get("security_groups") or ()),
             )
             for (k, _), i in model.items()
@@ -458,10 +483,19 @@ def _op(draw: st.DrawFn) -> tuple[list[Resource], list[tuple[str, str]]]:
             [
                 *("host", "vpc", "subnet", "inst", "inst", "inst", "project"),
                 *("rtb", "route", "route", "policy", "natgw", "eip", "sg", "sg", "acl", "fl"),
+                *("vip", "vip"),
             ]
         )
     )
     deleting = draw(st.integers(0, 5)) == 0
+    if kind == "vip":
+        i = draw(st.integers(0, 2))
+        if deleting:
+            return [], [("vip", f"vip-{i}")]
+        # 10.0.1.6 is also a route's `vip:` next hop; 10.0.1.5 is an instance's own address
+        ip = draw(st.sampled_from(["10.0.1.6", "10.0.1.200", "10.0.2.50", "10.0.1.5"]))
+        to = draw(st.sampled_from([0, 1, 2, 3, 5, None]))
+        return [vip(i, draw(st.sampled_from([0, 0, 1])), ip, to)], []
     if kind == "acl":
         i = draw(st.integers(0, 1))
         if deleting:
@@ -576,6 +610,7 @@ def _seeded() -> list[tuple[list[Resource], list[tuple[str, str]]]]:
             ],
             [],
         ),
+        ([vip(0, 0, "10.0.1.200", 0)], []),
     ]
 
 
@@ -861,3 +896,24 @@ def test_a_nat_gateway_makes_its_host_carry_the_vpc_and_serves_its_subnets() -> 
     region.write([natgw(0, 0, 9, "h0", [0])])
     assert region.engine.snapshot("h1") == {"host": region.engine.snapshot("h1")["host"]}
     assert assemble(region.engine.snapshot("h0"), "h0").vpcs[0].natgws[0].local
+
+
+def test_a_vip_move_changes_the_two_holders_member_entries_and_nothing_else() -> None:
+    region = _three_hosts()  # vip-0 (10.0.1.200) is delivered to inst-0 on h0
+    e = region.engine
+    key0, key1 = "vpc/vpc-0/m/inst-00000000", "vpc/vpc-0/m/inst-00000001"
+    assert e.snapshot("h1")[key0]["allowed_ips"] == ["10.0.1.200"]
+    held = {h: e.doc_revision(h) for h in e.hosts()}
+    got = region.write([vip(0, 0, "10.0.1.200", 1)])  # to inst-1 on h1
+    assert got == {"h0", "h1"}  # every host carrying vpc-0
+    for h in got:
+        d = e.delta(h, held[h])  # type: ignore[arg-type]
+        assert not d.snapshot and not d.removed and sorted(d.entries) == [key0, key1]
+    assert e.snapshot("h0")[key1]["allowed_ips"] == ["10.0.1.200"]
+    assert e.snapshot("h0")[key0]["allowed_ips"] == []
+    routes = {r.dst: r for v in assemble(e.snapshot("h0"), "h0").vpcs for r in v.routes}
+    assert (routes["10.0.1.200/32"].kind, routes["10.0.1.200/32"].peer) == ("remote", "h1")
+    routes = {r.dst: r for v in assemble(e.snapshot("h1"), "h1").vpcs for r in v.routes}
+    assert (routes["10.0.1.200/32"].kind, routes["10.0.1.200/32"].port) == ("local", "p-00000001")
+    # a VIP write that does not change where it is delivered (a new epoch, say) wakes nobody
+    assert region.write([vip(0, 0, "10.0.1.200", 1)]) == frozenset()

@@ -23,7 +23,8 @@ def _region(rng: random.Random) -> tuple[list[Any], ...]:
         for s in range(rng.randint(1, 3)):
             sid = f"subnet-{v:04x}{s:04x}"
             subnets.append(SubnetIn(sid, f"vpc-{v:08x}", f"10.0.{s}.0/24"))
-            for n in range(rng.randint(0, 5)):  # one address per member: IPAM's rule
+            # one address per member (IPAM's rule), and a VIP is delivered to one member
+            for n in range(rng.randint(0, 5)):
                 insts.append(
                     InstanceIn(
                         f"inst-{v:02x}{s:02x}{n:04x}",
@@ -33,7 +34,7 @@ def _region(rng: random.Random) -> tuple[list[Any], ...]:
                         f"fa:16:3e:{v:02x}:{s:02x}:{n:02x}",
                         rng.choice([*(h.name for h in hosts), None]),
                         rng.choice([None, ("sleep", "1d")]),
-                        rng.choice([(), ("10.0.9.9",)]),
+                        rng.choice([(), (f"10.0.{s}.{n + 100}",)]),
                     )
                 )
     return hosts, vpcs, subnets, insts

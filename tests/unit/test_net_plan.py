@@ -15,6 +15,7 @@ from yunhan.net.state import (
     Address,
     Filter,
     KRoute,
+    Neigh,
     Netns,
     Op,
     Process,
@@ -112,7 +113,7 @@ def test_removed_vpc_deletes_the_namespace_only() -> None:
     }
 
 
-def test_changed_allowed_ips_replaces_only_the_filter() -> None:
+def test_a_vip_delivered_to_a_port_changes_its_filter_route_and_neighbour_only() -> None:
     base = compile_state(docs()["h1"], NAMING)
     insts = [
         WInstance(i.id, i.host, i.vpc, i.ip, allowed_ips=("10.1.2.100", "10.1.2.101"))
@@ -121,7 +122,11 @@ def test_changed_allowed_ips_replaces_only_the_filter() -> None:
         for i in INSTS
     ]
     ops = plan(compile_state(docs(insts)["h1"], NAMING), base)
-    assert [(op.action, type(op.obj)) for op in ops] == [("replace", Filter)]
+    got = sorted((op.action, type(op.obj).__name__) for op in ops)
+    assert got == [("create", "KRoute"), ("create", "Neigh"), ("replace", "Filter")]
+    route = next(op.obj for op in ops if isinstance(op.obj, KRoute))
+    neigh = next(op.obj for op in ops if isinstance(op.obj, Neigh))
+    assert (route.dst, route.kind, neigh.ip) == ("10.1.2.101/32", "local", "10.1.2.101")
 
 
 def test_recreated_port_rewrites_its_filter() -> None:

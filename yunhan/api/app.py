@@ -41,9 +41,11 @@ from yunhan.api.routes import (
     secgroups,
     tokens,
     trace,
+    vips,
     watch,
 )
 from yunhan.controller.scheduler import NoHost
+from yunhan.controller.vips import Damping
 from yunhan.errors import YunhanError
 from yunhan.model import new_id
 from yunhan.store import Store
@@ -189,6 +191,7 @@ def create_app(
     fleet: Fleet | None = None,
     public_pools: Sequence[str] = (),
     flow_retention: Retention | None = None,
+    vip_damping: Damping | None = None,
 ) -> FastAPI:
     """The API over `store`. `admin_token` (or only its sha256, `admin_token_hash`, so that
     the token itself need not be on the server's disk) grants the admin project; it is
@@ -217,13 +220,14 @@ def create_app(
         flows=FlowRecords(store.engine, clock, flow_retention),
         max_long_poll=max_long_poll,
         public_pools=list(public_pools),
+        vip_damping=vip_damping or Damping(),
     )
     loads = app.state.yunhan.loads
     store.subscribe(loads.apply, load=loads.load)
     _install_error_handlers(app)
     app.add_middleware(AuditMiddleware)
     modules = (projects, tokens, audit, events, infra, network, routing, natgw, secgroups,
-               acls, flowlogs, instances, agent, watch)  # fmt: skip
+               acls, flowlogs, instances, vips, agent, watch)  # fmt: skip
     for module in modules:
         app.include_router(module.router)
     app.include_router(metrics.router)

@@ -20,6 +20,7 @@ from yunhan.api.fleet import Fleet
 from yunhan.api.journal import CALLER, REFUSED, Journal
 from yunhan.controller.ipam import AddressHints
 from yunhan.controller.loads import HostLoads
+from yunhan.controller.vips import OUTCOMES, Damping
 from yunhan.errors import Forbidden, Unauthorized
 from yunhan.store import Store
 from yunhan.store.flows import FlowRecords
@@ -45,6 +46,9 @@ class AppState:
     # Where elastic IPs and NAT gateway addresses come from (`--public-pool`, validated
     # CIDRs; the lab passes its own): empty, no public address can be allocated.
     public_pools: list[str] = field(default_factory=list)
+    # VIP flap damping (docs/vips.md) and the claims this process decided, by outcome.
+    vip_damping: Damping = field(default_factory=Damping)
+    vip_claims: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
 
 
 def state_of(request: Request) -> AppState:

@@ -562,3 +562,59 @@ class TopTalkers(_Out):
     since: float = Field(description="unix seconds: the window's start")
     until: float = Field(description="unix seconds: the window's end (now)")
     items: list[TopTalker] = Field(description="most bytes first")
+
+
+# -- VIPs (docs/vips.md) ---------------------------------------------------------------------
+
+
+class VipSpec(_Out):
+    subnet: str
+    vpc: str
+    ip: str
+    allowed: list[str] = Field(description="ids of the instances that may hold it")
+
+
+class VipChange(_Out):
+    at: str
+    from_: str | None = Field(alias="from", description="the previous holder (instance id)")
+    to: str | None = Field(description="the new holder (instance id); null: nobody")
+    cause: str = Field(description="claim, move, disallowed, instance deleted")
+    epoch: int
+
+
+class VipStatus(_Out):
+    holder: str | None = Field(description="the instance holding it (id); null: nobody")
+    holder_zone: str | None
+    holder_host: str | None
+    epoch: int = Field(description="bumped by every change of holder; fences stale claims")
+    delivered_to: str | None = Field(
+        description="the instance the data plane delivers it to: the holder, except while "
+        "a flap is damped"
+    )
+    history: list[VipChange] = Field(description="the last 20 changes of holder")
+    recent_changes: list[float]
+    damped_since: str | None
+
+
+class Vip(_Envelope):
+    kind: Literal["vip"]
+    spec: VipSpec
+    status: VipStatus
+
+
+class VipList(_Page):
+    items: list[Vip]
+
+
+class VipClaimResult(_Out):
+    vip_ip: str
+    vpc: str
+    instance: str
+    result: Literal["won", "held", "stale", "not_allowed", "not_here", "unknown"]
+    vip: str | None = Field(description="the VIP's id (null: no VIP at that address)")
+    holder: str | None
+    epoch: int = Field(description="the VIP's epoch after the claim (the one to claim with)")
+
+
+class VipClaimResults(_Out):
+    results: list[VipClaimResult]

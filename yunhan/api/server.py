@@ -79,7 +79,12 @@ async def _main(
         st.journal.notice(
             st.admin_project_id, "server", SERVER_RESTARTED, again.sentence("the API server")
         )
-    controller = Controller(store, leases=lambda: fleet.leases, loads=app.state.yunhan.loads)
+    controller = Controller(
+        store,
+        leases=lambda: fleet.leases,
+        loads=app.state.yunhan.loads,
+        vip_damping=app.state.yunhan.vip_damping,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 

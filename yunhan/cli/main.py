@@ -27,6 +27,7 @@ from yunhan.cli import (
     secgroups,
     trace,
     units,
+    vips,
 )
 from yunhan.cli.command import Group, Opt, run
 from yunhan.cli.hotpatch import HOTPATCH
@@ -53,6 +54,7 @@ ROOT = Group(
         *routing.COMMANDS,
         *secgroups.COMMANDS,
         *flowlogs.COMMANDS,
+        *vips.COMMANDS,
         *trace.COMMANDS,
         *credentials.COMMANDS,
         *lab.COMMANDS,

@@ -30,7 +30,8 @@ class Names:
     _PATHS = {"vpc": "/v1/vpcs", "subnet": "/v1/subnets", "zone": "/v1/zones",
               "instance": "/v1/instances", "natgw": "/v1/natgws",
               "route_table": "/v1/route-tables",
-              "security_group": "/v1/security-groups", "network_acl": "/v1/acls"}  # fmt: skip
+              "security_group": "/v1/security-groups", "network_acl": "/v1/acls",
+              "vip": "/v1/vips"}  # fmt: skip
 
     def __init__(self, client: Client | None) -> None:
         self._client = client
@@ -365,6 +366,37 @@ def flow_log_row(res: Row, names: Names) -> Row:
     }
 
 
+def vip_row(res: Row, names: Names) -> Row:
+    """A VIP; `history` as objects (from, to: instance names), `show` prints them as lines."""
+    sp, st = _spec(res), _status(res)
+    return {
+        "id": res["id"],
+        "name": res["name"],
+        "vpc": names.of("vpc", sp.get("vpc")),
+        "subnet": names.of("subnet", sp.get("subnet")),
+        "ip": sp.get("ip"),
+        "allowed": [names.of("instance", i) for i in sp.get("allowed") or []],
+        "holder": names.of("instance", st.get("holder")),
+        "holder_zone": names.of("zone", st.get("holder_zone")),
+        "holder_host": st.get("holder_host"),
+        "epoch": st.get("epoch"),
+        "delivered_to": names.of("instance", st.get("delivered_to")),
+        "damped_since": st.get("damped_since"),
+        "history": [
+            {
+                "at": h.get("at"),
+                "from": names.of("instance", h.get("from")),
+                "to": names.of("instance", h.get("to")),
+                "cause": h.get("cause"),
+                "epoch": h.get("epoch"),
+            }
+            for h in st.get("history") or []
+        ],
+        "revision": res.get("revision"),
+        "created_at": res.get("created_at"),
+    }
+
+
 ROWS: dict[str, Callable[[Row, Names], Row]] = {
     "vpc": vpc_row,
     "subnet": subnet_row,
@@ -384,6 +416,7 @@ ROWS: dict[str, Callable[[Row, Names], Row]] = {
     "flow_log": flow_log_row,
     "table_entry": table_entry_row,
     "policy_entry": policy_entry_row,
+    "vip": vip_row,
 }
 
 COLUMNS: dict[str, tuple[str, ...]] = {
@@ -409,6 +442,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "top_talker": ("talker", "bytes", "packets", "flows"),
     "table_entry": ("type", "dst", "priority", "next_hop", "state", "subnet", "host"),
     "policy_entry": ("priority", "src", "dst", "proto", "port", "action", "next_hop", "state"),
+    "vip": ("name", "id", "subnet", "ip", "holder", "holder_host", "epoch", "allowed"),
 }  # fmt: skip
 
 # `-o wide`: the table's columns and what a person chasing a problem wants next to them.
@@ -445,6 +479,8 @@ WIDE: dict[str, tuple[str, ...]] = {
     "table_entry": ("type", "dst", "priority", "next_hop", "state", "subnet", "host", "id"),
     "policy_entry": ("priority", "src", "dst", "proto", "port", "action", "next_hop",
                      "state", "id"),
+    "vip": ("name", "id", "vpc", "subnet", "ip", "holder", "holder_zone", "holder_host",
+            "epoch", "delivered_to", "damped_since", "allowed", "revision", "created_at"),
 }  # fmt: skip
 
 FORMATS = ("table", "wide", "json", "yaml")

@@ -49,6 +49,7 @@ Not thread-safe: one task feeds and reads it (the API's event loop).
 from __future__ import annotations
 
 import bisect
+import ipaddress
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,6 +106,7 @@ _KINDS = frozenset(
         "security_group",
         "network_acl",
         "flow_log",
+        "vip",
     }
 )
 
@@ -146,6 +148,17 @@ class _Instance:
     host: str | None
     command: tuple[str, ...] | None
     sgs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _Vip:
+    """A VIP as the data plane sees it: its address rides in the `allowed_ips` of the
+    member it is delivered to (`status.delivered_to`), nowhere else."""
+
+    id: str
+    vpc: str
+    ip: str
+    to: str | None  # instance id
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +235,18 @@ class _Eip:
 
 
 _Obj = (
-    _Host | _Vpc | _Subnet | _Instance | _Table | _Route | _Policy | _Gateway | _Eip | _Group | _Acl
+    _Host
+    | _Vpc
+    | _Subnet
+    | _Instance
+    | _Table
+    | _Route
+    | _Policy
+    | _Gateway
+    | _Eip
+    | _Group
+    | _Acl
+    | _Vip
 )
 
 
@@ -353,6 +377,7 @@ _PARSERS: dict[str, Callable[[Resource], _Obj]] = {
         flowlog_entry(r.id, r.spec["scope"], r.spec["target"], r.spec.get("filter", "ALL")),
         FLOWLOG,
     ),
+    "vip": lambda r: _Vip(r.id, r.spec["vpc"], r.spec["ip"], r.status.get("delivered_to") or None),
 }
 
 
@@ -418,6 +443,8 @@ class Engine:
         self._eips: dict[str, _Eip] = {}
         self._groups: dict[str, _Group] = {}
         self._groups_of_vpc: dict[str, set[str]] = {}  # even of VPCs not (yet) known
+        self._vips: dict[str, _Vip] = {}
+        self._vips_of_inst: dict[str, set[str]] = {}  # instance id -> VIPs delivered to it
         self._acls: dict[str, _Acl] = {}
         self._acls_of_vpc: dict[str, set[str]] = {}  # even of VPCs not (yet) known
         # vpc id -> (kind, id) of its tables, routes, policies, gateways (even unknown VPCs)
@@ -517,6 +544,9 @@ class Engine:
         elif kind == "network_acl":
             assert new is None or isinstance(new, _Acl)
             self._absorb_acl(rid, new, dirty)
+        elif kind == "vip":
+            assert new is None or isinstance(new, _Vip)
+            self._absorb_vip(rid, new, dirty)
         elif kind in ("route_table", "route", "policy_route", "natgw"):
             assert new is None or isinstance(new, _Table | _Route | _Policy | _Gateway)
             self._absorb_routing(kind, rid, new, dirty)
@@ -656,6 +686,19 @@ class Engine:
             _add(self._groups_of_vpc, new.vpc, gid)
             dirty.groups.add((new.vpc, new.sub, gid))
 
+    def _absorb_vip(self, vid: str, new: _Vip | None, dirty: _Dirty) -> None:
+        # Only the members it leaves and reaches change (their allowed_ips); routes to
+        # `vip:IP` follow from those members like any member change.
+        old = self._vips.pop(vid, None)
+        if old is not None and old.to:
+            _discard(self._vips_of_inst, old.to, vid)
+            dirty.instances.add(old.to)
+        if new is not None:
+            self._vips[vid] = new
+            if new.to:
+                _add(self._vips_of_inst, new.to, vid)
+                dirty.instances.add(new.to)
+
     def _absorb_acl(self, aid: str, new: _Acl | None, dirty: _Dirty) -> None:
         old = self._acls.pop(aid, None)
         if old is not None:
@@ -712,6 +755,14 @@ class Engine:
             command=i.command,
             forwarder=i.id in self._targets,
             sgs=i.sgs,
+            allowed_ips=sorted(
+                (
+                    self._vips[x].ip
+                    for x in self._vips_of_inst.get(iid, ())
+                    if self._vips[x].vpc == v.id
+                ),
+                key=ipaddress.IPv4Address,
+            ),
         )
 
     def _settle(self, rev: int, dirty: _Dirty, record: bool = True) -> frozenset[str]:

@@ -4,8 +4,9 @@ Host documents are not the controller's to write any more: every API process com
 them from the change log (`controller.engine`, a view that needs no leader). What is left
 here writes to the model, so exactly one process runs it at a time (`store.leader`):
 placing instances that have no host yet (`placement.place_pending`), judging hosts by
-their leases and placing NAT gateways (`natgw`), and repairing what older versions left
-(`repair`: default route tables, subnet indexes).
+their leases and placing NAT gateways (`natgw`), settling VIPs whose flap damping has
+run its course (`vips.settle_damped`; VIPs are never moved for a lost host), and
+repairing what older versions left (`repair`: default route tables, subnet indexes).
 A pass that finds nothing to do writes nothing. Leases age without any write, so the loop
 also wakes every `TICK` seconds, not only when the revision moves.
 """
@@ -19,7 +20,7 @@ from collections.abc import Callable, Mapping
 from contextlib import suppress
 from typing import Any
 
-from yunhan.controller import natgw
+from yunhan.controller import natgw, vips
 from yunhan.controller.loads import HostLoads
 from yunhan.controller.placement import place_pending
 from yunhan.controller.repair import needs_repair, repair
@@ -41,11 +42,13 @@ class Controller:
         clock: Callable[[], float] = time.time,
         leases: Leases = dict,
         loads: HostLoads | None = None,
+        vip_damping: vips.Damping | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
         self.leases = leases
         self.loads = loads
+        self.vip_damping = vip_damping or vips.Damping()
         self.epoch: int | None = None  # the leader epoch that fences our writes
         self.started: float | None = None  # when this controller began its passes
         self.repaired = False  # repair runs once per term as leader (upgrades)
@@ -62,6 +65,8 @@ class Controller:
                 return False
             if not self.repaired:
                 return False
+            if vips.damped_due(r, now, self.vip_damping):
+                return False
             return not natgw.decide(r, self.leases(), now, self._judge_lost(now))[0]
 
     def reconcile_once(self) -> int:
@@ -73,12 +78,15 @@ class Controller:
             unplaced = r.count_of("instance", "unplaced", "yes")
             broken = not self.repaired and needs_repair(r)
             gateways = natgw.decide(r, leases, now, judge)[0]
+            settling = vips.damped_due(r, now, self.vip_damping)
             seen = r.revision
-        if unplaced or broken or gateways:
+        if unplaced or broken or gateways or settling:
             with self.store.transaction(fence=self.epoch) as tx:
                 placed = place_pending(tx, leases, now, self.loads) if unplaced else 0
                 fixed = repair(tx) if broken else 0
                 moved = natgw.apply(tx, natgw.decide(tx, leases, now, judge)[0])
+                settled = vips.settle_damped(tx, now, self.vip_damping)
+                tx.add_notices(settled)
                 seen = tx.next_revision if tx.wrote else tx.revision
             if placed:
                 log.info("placed %d pending instance(s)", placed)
@@ -86,6 +94,8 @@ class Controller:
                 log.info("repaired %d object(s) left by older versions", fixed)
             if moved:
                 log.info("wrote %d host condition(s) and NAT gateway placement(s)", moved)
+            if settled:
+                log.info("%d damped VIP(s) settled on their latest holder", len(settled))
         self.repaired = True
         return seen
 

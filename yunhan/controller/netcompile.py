@@ -6,7 +6,8 @@ instances)` returns `{host name: HostDesired}` and touches nothing. The rules:
 * a host carries a VPC iff one of its instances is in it;
 * per VPC carried: ports of the host's instances (ifname from `port_ifname`), peers = the
   other hosts carrying the VPC, routes = local /32 (kind local), remote /32 (kind remote,
-  peer = host name), every VPC block unreachable (nothing leaks to a default route);
+  peer = host name), the same for every address in an instance's `allowed_ips` (the VIPs
+  delivered to it), every VPC block unreachable (nothing leaks to a default route);
   gateways = every subnet gateway of the VPC as "ip/prefixlen";
 * every list is sorted, so equal inputs give byte-identical documents and an unchanged
   document can be recognised by comparing its JSON.
@@ -216,12 +217,11 @@ class _VpcPlan:
 
     vpc: VpcIn
     gateways: tuple[str, ...]
-    # Route order of docs: by (address, prefixlen). Each entry is a block route (same on
-    # every host) or an instance (local on its host, remote elsewhere).
-    entries: list[tuple[tuple[int, int], Route | InstanceIn]]
+    # Route order of docs: by (address, prefixlen), then instance id. Each entry is a block
+    # route (same on every host) or an address of an instance, its own or a VIP delivered
+    # to it: (its host, the route there, the route everywhere else).
+    entries: list[tuple[tuple[int, int], Route | tuple[str, Route, Route]]]
     hosts: dict[str, list[tuple[InstanceIn, SubnetIn]]]
-    local: dict[str, Route]
-    remote: dict[str, Route]
     ports: dict[str, Port]
 
 
@@ -231,11 +231,9 @@ def _plan_vpc(
     hosts: dict[str, list[tuple[InstanceIn, SubnetIn]]],
     forwarders: set[str],
 ) -> _VpcPlan:
-    entries: list[tuple[tuple[int, int], Route | InstanceIn]] = [
-        (_net_key(c), Route(dst=c, kind="unreachable")) for c in vpc.cidrs
+    keyed: list[tuple[tuple[int, int], str, Route | tuple[str, Route, Route]]] = [
+        (_net_key(c), "", Route(dst=c, kind="unreachable")) for c in vpc.cidrs
     ]
-    local: dict[str, Route] = {}
-    remote: dict[str, Route] = {}
     ports: dict[str, Port] = {}
     for host_name, placed in hosts.items():
         for inst, sub in placed:
@@ -253,16 +251,19 @@ def _plan_vpc(
                 forwarder=inst.id in forwarders,
                 sgs=tuple(sorted(set(inst.sgs))),
             )
-            local[inst.id] = Route(dst=f"{inst.ip}/32", kind="local", port=ifname)
-            remote[inst.id] = Route(dst=f"{inst.ip}/32", kind="remote", peer=host_name)
-            entries.append(((int(ipaddress.IPv4Address(inst.ip)), 32), inst))
-    entries.sort(key=lambda e: (e[0], e[1].id if isinstance(e[1], InstanceIn) else ""))
+            for a in (inst.ip, *(a for a in inst.allowed_ips if a != inst.ip)):
+                local = Route(dst=f"{a}/32", kind="local", port=ifname)
+                remote = Route(dst=f"{a}/32", kind="remote", peer=host_name)
+                key = (int(ipaddress.IPv4Address(a)), 32)
+                keyed.append((key, inst.id, (host_name, local, remote)))
+    keyed.sort(key=lambda e: (e[0], e[1]))
+    entries = [(key, what) for key, _id, what in keyed]
     gateways = tuple(
         f"{ipaddress.IPv4Network(s.cidr).network_address + 1}/"
         f"{ipaddress.IPv4Network(s.cidr).prefixlen}"
         for s in sorted(subnets, key=lambda s: _net_key(s.cidr))
     )
-    return _VpcPlan(vpc, gateways, entries, hosts, local, remote, ports)
+    return _VpcPlan(vpc, gateways, entries, hosts, ports)
 
 
 @dataclass
@@ -534,9 +535,7 @@ def compile_hosts(
         for plan in vpcs_of_host.get(host.name, ()):
             mine = plan.hosts[host.name]
             routes = tuple(
-                what
-                if isinstance(what, Route)
-                else (plan.local if what.host == host.name else plan.remote)[what.id]
+                what if isinstance(what, Route) else what[1] if what[0] == host.name else what[2]
                 for _key, what in plan.entries
             )
             vpc_docs.append(

@@ -27,6 +27,7 @@ KIND_PREFIX: dict[str, str] = {
     "security_group": "sg",
     "network_acl": "acl",
     "flow_log": "fl",
+    "vip": "vip",
 }
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _ID_RE = re.compile(r"^([a-z]+)-([0-9a-f]{8})$")

@@ -181,7 +181,8 @@ def capacity(cidr: str) -> int:
 def validate_fixed_ip(subnet: str, cidr: str, ip: str, used: Mapping[str, str]) -> str:
     """A requested address: inside the subnet, not reserved, not held by another instance.
 
-    `used` maps address -> the name of the instance holding it.
+    `used` maps address -> the name of the instance holding it, or what else holds it
+    when that is not an instance ("VIP web-vip": names have no spaces).
     """
     addr = parse_ip(ip, "requested IP")
     net = IPv4Network(cidr)
@@ -200,8 +201,9 @@ def validate_fixed_ip(subnet: str, cidr: str, ip: str, used: Mapping[str, str]) 
         )
     holder = used.get(str(addr))
     if holder is not None:
+        who = holder if " " in holder else f"instance {holder}"
         raise Conflict(
-            f"requested IP {addr} is already used by instance {holder} in subnet {subnet}",
+            f"requested IP {addr} is already used by {who} in subnet {subnet}",
             field="ip",
             value=ip,
             holder=holder,

@@ -147,6 +147,39 @@ class HostStatusReport(_Body):
     instances: dict[str, InstanceReport] = Field(default_factory=dict)
 
 
+# -- VIPs (docs/vips.md) -------------------------------------------------------------------
+
+MAX_VIP_ALLOWED = 64  # instances that may hold one VIP
+MAX_VIP_CLAIMS = 1000  # claims in one report of an agent
+
+
+class VipCreate(_Create):
+    name: Name
+    subnet: str = Field(description="the subnet (name or id) the address is taken from")
+    ip: str | None = Field(None, description="the address; absent: the lowest free one")
+    allowed: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_VIP_ALLOWED,
+        description="instances (names or ids) of the VIP's VPC that may hold it",
+    )
+
+
+class VipInstance(_Body):
+    instance: str = Field(description="the instance (name or id)")
+
+
+class VipClaim(_Body):
+    vip_ip: str = Field(description="the VIP's address, as the instance announced it")
+    vpc: str = Field(description="the VPC's id")
+    instance: str = Field(description="the id of the instance that announced it")
+    epoch_seen: Int = Field(ge=0, le=2**53 - 1, description="the VIP's epoch the agent knew")
+    at: float | None = Field(None, description="when the agent saw it (unix seconds)")
+
+
+class VipClaims(_Body):
+    claims: list[VipClaim] = Field(max_length=MAX_VIP_CLAIMS)
+
+
 # -- PATCH (JSON merge patch, RFC 7396) -------------------------------------------------
 # A member absent leaves the field as it is; a label set to null removes that label;
 # "labels": null removes them all. What is not named here cannot change (400 naming it).

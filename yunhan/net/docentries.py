@@ -13,7 +13,10 @@ Keys and values (plain JSON, lists sorted as stated):
   by their subnet likewise.
 * ``"vpc/<vpc id>/m/<instance id>"`` -> one member of the VPC, wherever it runs:
   ``{"id", "name", "ip", "mac", "prefixlen", "gateway", "host", "vtep_index",
-  "underlay_ip", "command", "allowed_ips"}``.
+  "underlay_ip", "command", "allowed_ips"}``. `allowed_ips` are the VIPs delivered to the
+  member (docs/vips.md): its port lets them through as sources, and each gets a /32 route
+  like the member's own address (local on its host, remote elsewhere), so that moving a VIP
+  changes two member entries and nothing else.
 
 Distributed routing (issue 8, docs/routing.md), one entry per object of the VPC:
 
@@ -641,6 +644,11 @@ def assemble(entries: Mapping[str, JsonObj], host: str) -> HostDesired:
                     )
                 )
                 keyed.append((addr, mid, Route(dst=f"{ip}/32", kind="local", port=ifname)))
+                keyed.extend(
+                    (net_key(f"{a}/32"), mid, Route(dst=f"{a}/32", kind="local", port=ifname))
+                    for a in m["allowed_ips"]
+                    if a != ip
+                )
                 cmd = m["command"]
                 inst_docs.append(
                     InstanceDesired(
@@ -654,6 +662,11 @@ def assemble(entries: Mapping[str, JsonObj], host: str) -> HostDesired:
                 )
             else:
                 keyed.append((addr, mid, Route(dst=f"{ip}/32", kind="remote", peer=m["host"])))
+                keyed.extend(
+                    (net_key(f"{a}/32"), mid, Route(dst=f"{a}/32", kind="remote", peer=m["host"]))
+                    for a in m["allowed_ips"]
+                    if a != ip
+                )
                 _add_peer(peers, host, m["host"], m["vtep_index"], m["underlay_ip"])
         for g in kinds.get(GATEWAY, ()):
             if g["host"] is not None and g["vtep_index"]:

@@ -437,6 +437,10 @@ def compile_state(desired: HostDesired, naming: Naming, *, uplink: bool = False)
             objs.extend(port_sysctls(ns, port.ifname))
             objs.append(LinkUp(ns, port.ifname))
             objs.append(Neigh(ns, port.ifname, port.ip, port.mac))
+            # A VIP delivered to this port gets the port's MAC as a permanent neighbour too:
+            # the host never ARPs for it, so a move re-points route and neighbour in one
+            # apply and nothing waits for an ARP cache to expire (docs/vips.md).
+            objs.extend(Neigh(ns, port.ifname, a, port.mac) for a in port.allowed_ips)
             ips = tuple(sorted({port.ip, *port.allowed_ips}, key=ipaddress.IPv4Address))
             objs.append(Filter(ns, port.ifname, port.mac, ips, port.forwarder))
             if peer_ns is not None:

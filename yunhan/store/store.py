@@ -99,6 +99,14 @@ INDEXES: dict[tuple[str, str], IndexFn] = {
     ("flow_log", "vpc"): lambda r: r.spec.get("vpc"),
     ("flow_log", "target"): lambda r: r.spec.get("target"),
     ("subnet", "acl"): lambda r: r.spec.get("acl"),
+    # VIPs: their address shares the subnet's address space with instances ("addr", the
+    # instance index's key form); claims name a VIP by (VPC, address); the leader settles
+    # the damped ones.
+    ("vip", "addr"): lambda r: f"{r.spec.get('subnet')}|{r.spec.get('ip')}",
+    ("vip", "subnet"): lambda r: r.spec.get("subnet"),
+    ("vip", "vpc"): lambda r: r.spec.get("vpc"),
+    ("vip", "vpc_ip"): lambda r: f"{r.spec.get('vpc')}|{r.spec.get('ip')}",
+    ("vip", "damped"): lambda r: "yes" if r.status.get("damped_since") else None,
     # (table, dst, priority) of a route, (table, priority) of a policy: both unique, so a
     # table of thousands of routes checks a new one in constant time.
     ("route", "slot"): lambda r: (

@@ -14,12 +14,13 @@ from pydantic.json_schema import SkipJsonSchema
 from yunhan.api.conventions import errors
 from yunhan.api.deps import MAX_REVISION, AgentDep, AppState, state_of
 from yunhan.api.journal import AGENT_RESTARTED, APPLY_ERROR, INSTANCE_FAILED
-from yunhan.api.models import Host
+from yunhan.api.models import Host, VipClaimResults
 from yunhan.api.views import host_view, resolve
 from yunhan.controller.status import reflect
+from yunhan.controller.vips import CLAIM_REFUSED, FLAPPING, ClaimResult, apply_claim
 from yunhan.errors import Conflict, NotFound
 from yunhan.model import new_id, parse_ip, validate_mtu, validate_name
-from yunhan.model.schemas import HostRegister, HostStatusReport
+from yunhan.model.schemas import HostRegister, HostStatusReport, VipClaims
 
 router = APIRouter(prefix="/v1/agent", tags=["agent"])
 
@@ -186,3 +187,55 @@ async def _write_phases(st: AppState, host: str, changes: list[tuple[str, Any]])
 
 def _agent_fields(status: dict[str, Any]) -> dict[str, Any]:
     return {k: status.get(k) for k in ("phase", "message", "netns", "uts") if k in status}
+
+
+@router.post("/hosts/{name}/vip-claims", response_model=VipClaimResults, responses=errors(403, 404))
+async def report_vip_claims(
+    name: str, body: VipClaims, request: Request, _: AgentDep
+) -> dict[str, Any]:
+    """Claims of VIPs the host's agent saw its instances announce (docs/vips.md), decided
+    in order, in one write: a claim by an allowed instance on this host whose `epoch_seen`
+    is not older than the VIP's epoch wins (a new epoch); a stale one loses; one by an
+    instance that is not allowed changes nothing and is noticed. Each result carries the
+    VIP's epoch after it, the one the agent should claim with next."""
+    st = state_of(request)
+    with st.store.read() as r:
+        if r.by_name("host", st.admin_project_id, name) is None:
+            raise NotFound(f"host {name} is not registered; PUT /v1/agent/hosts/{name} first")
+
+    def write() -> list[ClaimResult]:
+        now = st.clock()
+        with st.store.transaction() as tx:
+            return [
+                apply_claim(
+                    tx, name, c.vip_ip, c.vpc, c.instance, c.epoch_seen, now, st.vip_damping
+                )
+                for c in body.claims
+            ]
+
+    results = await asyncio.to_thread(write) if body.claims else []
+    for res in results:
+        st.vip_claims[res.result] += 1
+        vip = res.vip
+        if vip is None:
+            continue
+        if res.result == "not_allowed":
+            st.journal.notice(
+                vip.project,
+                vip.id,
+                CLAIM_REFUSED,
+                f"instance {res.instance} on host {name} announced VIP {vip.name} "
+                f"({vip.spec['ip']}) but is not allowed to hold it; ignored, and its port "
+                "drops packets from that address",
+            )
+        if res.began_damping:
+            st.journal.notice(
+                vip.project,
+                vip.id,
+                FLAPPING,
+                f"VIP {vip.name} ({vip.spec['ip']}) changed holder more than "
+                f"{st.vip_damping.changes} times in {st.vip_damping.window:g} s: hosts keep "
+                f"delivering it to {vip.status.get('delivered_to') or 'nobody'} until it has "
+                f"been quiet for {st.vip_damping.window:g} s, then to the latest holder",
+            )
+    return {"results": [res.view() for res in results]}

@@ -13,7 +13,7 @@ from yunhan.store import Reader
 
 router = APIRouter(prefix="/v1", tags=["events"])
 
-_KINDS = ("instance", "host", "zone", "vpc", "subnet", "natgw", "route_table", "eip")
+_KINDS = ("instance", "host", "zone", "vpc", "subnet", "natgw", "route_table", "eip", "vip")
 
 
 def _object_ids(r: Reader, ref: str, projects: list[str]) -> set[str]:

@@ -27,6 +27,7 @@ from yunhan.api.views import resolve
 from yunhan.controller.ipam import allocate_ip, allocate_mac
 from yunhan.controller.placement import choose
 from yunhan.controller.tables import release_public
+from yunhan.controller.vips import release_instance
 from yunhan.model import new_id, validate_name
 from yunhan.model.schemas import InstanceCreate, LabelsPatch
 from yunhan.store import Reader, Resource
@@ -68,7 +69,7 @@ def _create(
         # the instance is written once, with its host; a zone without hosts refuses it.
         host = choose(tx, zone.id, st.fleet.leases, st.clock(), st.loads)
         ip = allocate_ip(
-            sub.name, sub.spec["cidr"], _AddressesInUse(tx, sub.id), body.ip, st.ipam.start(sub.id)
+            sub.name, sub.spec["cidr"], AddressesInUse(tx, sub.id), body.ip, st.ipam.start(sub.id)
         )
         mac = allocate_mac(_MacsInUse(tx))
         vpc = tx.get("vpc", sub.spec["vpc"])
@@ -105,8 +106,9 @@ def _create(
         return idem.keep(tx, c, 201, inst.envelope())
 
 
-class _AddressesInUse(Mapping[str, str]):
-    """A subnet's addresses in use (address -> instance name), through the store's index."""
+class AddressesInUse(Mapping[str, str]):
+    """A subnet's addresses in use (address -> instance name, or "VIP <name>"), through the
+    store's indexes: instances and VIPs share a subnet's addresses, never one address."""
 
     def __init__(self, r: Reader, subnet_id: str) -> None:
         self._r = r
@@ -114,15 +116,21 @@ class _AddressesInUse(Mapping[str, str]):
 
     def __getitem__(self, ip: str) -> str:
         found = self._r.find("instance", "addr", f"{self._subnet}|{ip}")
-        if not found:
-            raise KeyError(ip)
-        return found[0].name
+        if found:
+            return found[0].name
+        vips = self._r.find("vip", "addr", f"{self._subnet}|{ip}")
+        if vips:
+            return f"VIP {vips[0].name}"
+        raise KeyError(ip)
 
     def __iter__(self) -> Iterator[str]:
-        return (i.status["ip"] for i in self._r.find("instance", "subnet", self._subnet))
+        yield from (i.status["ip"] for i in self._r.find("instance", "subnet", self._subnet))
+        yield from (v.spec["ip"] for v in self._r.find("vip", "subnet", self._subnet))
 
     def __len__(self) -> int:
-        return self._r.count_of("instance", "subnet", self._subnet)
+        return self._r.count_of("instance", "subnet", self._subnet) + self._r.count_of(
+            "vip", "subnet", self._subnet
+        )
 
 
 class _MacsInUse:
@@ -217,6 +225,8 @@ def delete_instance(ref: str, request: Request, c: CallerDep, if_match: IfMatch 
         for fl in tx.find("flow_log", "target", inst.id):  # flow logs go with their target
             tx.delete(fl)
         release_public(tx, inst)
+        st = state_of(request)
+        release_instance(tx, inst, st.clock(), st.vip_damping, "instance deleted")
         sub = tx.get("subnet", inst.spec["subnet"])
         if sub is not None:
             refresh_available(tx, sub)

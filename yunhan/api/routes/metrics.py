@@ -137,6 +137,14 @@ def metrics(request: Request, c: CallerDep) -> Response:
         flows.pruned,
     )
     metric("yunhan_hosts", "gauge", "Hosts with a desired document.", len(fleet.engine.hosts()))
+    name = "yunhan_vip_claims_total"
+    out.extend(
+        [
+            f"# HELP {name} VIP claims reported by agents, by outcome (docs/vips.md).",
+            f"# TYPE {name} counter",
+            *(_line(name, n, {"result": k}) for k, n in sorted(st.vip_claims.items())),
+        ]
+    )
     if c.admin:
         name = "yunhan_host_apply_lag_revisions"
         out += [

@@ -284,6 +284,12 @@ def delete_subnet(ref: str, request: Request, c: CallerDep, if_match: IfMatch = 
                 f"subnet {sub.name} still has instance(s) {', '.join(users)}; delete them first",
                 instances=users,
             )
+        vips = sorted(v.name for v in tx.find("vip", "subnet", sub.id))
+        if vips:
+            raise Conflict(
+                f"subnet {sub.name} still has VIP(s) {', '.join(vips)}; delete them first",
+                vips=vips,
+            )
         for g in tx.find("natgw", "vpc", sub.spec["vpc"]):  # it serves the subnet no more
             if sub.id in g.spec.get("subnets", ()):
                 kept = [s for s in g.spec["subnets"] if s != sub.id]
@@ -296,5 +302,5 @@ def delete_subnet(ref: str, request: Request, c: CallerDep, if_match: IfMatch = 
 
 def refresh_available(tx: Tx, sub: Resource) -> Resource:
     """Recount a subnet's free addresses (called in the transaction that changed them)."""
-    used = tx.count_of("instance", "subnet", sub.id)
+    used = tx.count_of("instance", "subnet", sub.id) + tx.count_of("vip", "subnet", sub.id)
     return tx.update(sub, status={**sub.status, "available": available(sub.spec["cidr"], used)})

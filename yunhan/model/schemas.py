@@ -77,6 +77,16 @@ def _json_integer(v: object) -> object:
 Int = Annotated[int, BeforeValidator(_json_integer)]
 
 
+def _json_number(v: object) -> object:
+    # JSON Schema's number: not `true` nor "1.5", which pydantic's lax mode would take.
+    if isinstance(v, bool | str):
+        raise ValueError("must be a number")
+    return v
+
+
+Number = Annotated[float, BeforeValidator(_json_number)]
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -173,7 +183,7 @@ class VipClaim(_Body):
     vpc: str = Field(description="the VPC's id")
     instance: str = Field(description="the id of the instance that announced it")
     epoch_seen: Int = Field(ge=0, le=2**53 - 1, description="the VIP's epoch the agent knew")
-    at: float | None = Field(None, description="when the agent saw it (unix seconds)")
+    at: Number | None = Field(None, description="when the agent saw it (unix seconds)")
 
 
 class VipClaims(_Body):
@@ -337,8 +347,8 @@ class FlowRecordIn(_Body):
     protocol: Int = Field(ge=0, le=255)
     packets: Int = Field(ge=0, le=_U64)
     bytes: Int = Field(ge=0, le=_U64)
-    start: float = Field(ge=0, le=1e11, allow_inf_nan=False, description="unix seconds")
-    end: float = Field(ge=0, le=1e11, allow_inf_nan=False, description="unix seconds")
+    start: Number = Field(ge=0, le=1e11, allow_inf_nan=False, description="unix seconds")
+    end: Number = Field(ge=0, le=1e11, allow_inf_nan=False, description="unix seconds")
     action: Literal["ACCEPT", "REJECT"]
 
 

@@ -37,7 +37,7 @@ def test_vip_lifecycle(ha: Region) -> None:
     ]
     assert {"holder", "holder_zone", "holder_host", "epoch", "history"} <= set(shown)
     text = r.ok("vip", "show", "db-vip").stdout
-    assert "->db2 (move, epoch 1)" in text
+    assert "- -> db2 (move, epoch 1)" in text
     r.ok("vip", "allow", "db-vip", "app")
     r.ok("vip", "move", "db-vip", "app")
     shown = r.cli("vip", "disallow", "db-vip", "app", "--json").json()

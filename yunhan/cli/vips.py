@@ -23,7 +23,7 @@ def _print_vip(ctx: Ctx, c: Client, res: dict[str, Any]) -> None:
     f = fmt(ctx)
     if f not in ("json", "yaml"):
         row["history"] = [
-            f"{h['at']} {h['from'] or '-'}->{h['to'] or '-'} ({h['cause']}, epoch {h['epoch']})"
+            f"{h['at']} {h['from'] or '-'} -> {h['to'] or '-'} ({h['cause']}, epoch {h['epoch']})"
             for h in row["history"]
         ]
     views.print_one("vip", row, f)

@@ -174,3 +174,29 @@ def test_a_reject_chain_changed_by_hand_reads_as_drift() -> None:
         and (i.get("rule") or {}).get("chain") != "xi_p-1"
     ]  # fmt: skip
     assert nftsg.parse(listing)[0] == nftsg.BROKEN_ZONE
+
+
+def test_cidr_peers_live_in_interval_sets_named_by_what_they_hold() -> None:
+    doc = _doc(acl=True)
+    fw = _firewall(doc)
+    batch = nftsg.table_batch(fw.zone, fw.groups, fw.ports, fw.acls)
+    sets = {c["add"]["set"]["name"]: c["add"]["set"] for c in batch["nftables"]
+            if "set" in c.get("add", {})}  # fmt: skip
+    # DENY's 10.0.9.0/24 is one interval set; 0.0.0.0/0 (OUT, the ACL's rule) needs none.
+    name = nftsg.cidr_set("10.0.9.0/24")
+    assert name == "c_0a000900_24"
+    assert sets[name]["flags"] == ["interval"]
+    assert sets[name]["elem"] == [{"prefix": {"addr": "10.0.9.0", "len": 24}}]
+    assert sorted(n for n in sets if n.startswith("c_")) == [name]
+    deny = [e for _t, e in _rules(batch, "i_p-1") if {"goto": {"target": "xi_p-1"}} in e]
+    assert any(m.get("match", {}).get("right") == "@" + name for e in deny for m in e)
+    # read back as written; an element changed by hand, or the set gone, is drift
+    assert nftsg.parse(_as_listing(batch)) == (fw.zone, fw.groups, fw.ports, fw.acls)
+    listing = _as_listing(batch)
+    for item in listing["nftables"]:
+        if item.get("set", {}).get("name") == name:
+            item["set"] = {**item["set"], "elem": [{"prefix": {"addr": "10.0.0.0", "len": 16}}]}
+    assert nftsg.parse(listing)[0] == nftsg.BROKEN_ZONE
+    listing = _as_listing(batch)
+    listing["nftables"] = [i for i in listing["nftables"] if i.get("set", {}).get("name") != name]
+    assert nftsg.parse(listing)[0] == nftsg.BROKEN_ZONE

@@ -12,6 +12,8 @@ Layout, rewritten whole in one atomic batch (no packet ever sees half a rule set
   under this rule set (ct mark == generation) pass; then a packet from a filtered port
   jumps to that port's egress chain `e_<port>`, a packet to a filtered port to its ingress
   chain `i_<port>`; what comes back from both is stamped with the generation;
+* one interval set `c_<network hex>_<prefix length>` per CIDR peer the rules match (of
+  groups and ACLs alike), named by what it holds, shared by every rule with that peer;
 * chains `e_<port>` and `i_<port>`: the port's rules (all its groups' rules merged, by
   priority, deny first at a priority), allow = return, deny = drop, then drop;
 * every drop (a deny rule, the final drop of a port chain, of an ACL chain) is a `goto` to
@@ -116,6 +118,20 @@ def _addr(cidr: str) -> Any:
     return {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
 
 
+def cidr_set(cidr: str) -> str:
+    """The interval set holding a CIDR peer, named by the CIDR: rules with the same peer
+    share it, and the name says what it holds."""
+    net = ipaddress.IPv4Network(cidr)
+    return f"c_{int(net.network_address):08x}_{net.prefixlen}"
+
+
+def _peer_cidr(cidr: str | None) -> str | None:
+    """A CIDR that needs matching (0.0.0.0/0 matches everything: no match at all)."""
+    if cidr is None or ipaddress.IPv4Network(cidr).prefixlen == 0:
+        return None
+    return str(ipaddress.IPv4Network(cidr))
+
+
 def rule_expr(rule: SgRuleDesired, direction: str, reject: str) -> list[dict[str, Any]]:
     """The expressions of one rule in a port chain, as nft lists them back; a deny goes to
     the chain `reject` (which logs, rate-limited, and drops)."""
@@ -130,8 +146,8 @@ def rule_expr(rule: SgRuleDesired, direction: str, reject: str) -> list[dict[str
     addr = {"payload": {"protocol": "ip", "field": field}}
     if rule.group is not None:
         expr.append(_match(addr, "==", f"@m_{rule.group}"))
-    elif rule.cidr is not None and ipaddress.IPv4Network(rule.cidr).prefixlen > 0:
-        expr.append(_match(addr, "==", _addr(rule.cidr)))
+    elif (cidr := _peer_cidr(rule.cidr)) is not None:
+        expr.append(_match(addr, "==", "@" + cidr_set(cidr)))
     expr.append({"return": None} if rule.action == "allow" else _goto(reject))
     return expr
 
@@ -304,6 +320,21 @@ def table_batch(
         if members:
             s["elem"] = list(members)
         cmds.append({"add": {"set": s}})
+    for cidr in _cidrs(ports, acls):
+        cmds.append(
+            {
+                "add": {
+                    "set": {
+                        "family": FAMILY,
+                        "table": TABLE,
+                        "name": cidr_set(cidr),
+                        "type": "ipv4_addr",
+                        "flags": ["interval"],
+                        "elem": [_addr(cidr)],
+                    }
+                }
+            }
+        )
     base = {"family": FAMILY, "table": TABLE, "type": "filter", "policy": "accept"}
     for name, hook, prio in (
         ("zone_pre", "prerouting", -300),
@@ -337,6 +368,26 @@ def table_batch(
         for tag, expr in body:
             cmds.append(rule(name, tag, expr))
     return {"nftables": cmds}
+
+
+def _cidrs(ports: tuple[PortRules, ...], acls: tuple[AclPort, ...]) -> list[str]:
+    """The CIDR peers the rules match, each once, in address order."""
+    found: set[str] = set()
+    for p in ports:
+        for r in (*p.ingress, *p.egress):
+            if r.group is None and (c := _peer_cidr(r.cidr)) is not None:
+                found.add(c)
+    for a in acls:
+        for ar in (*a.ingress, *a.egress):
+            if (c := _peer_cidr(ar.cidr)) is not None:
+                found.add(c)
+    return sorted(
+        found,
+        key=lambda c: (
+            ipaddress.IPv4Network(c).network_address.packed
+            + bytes([ipaddress.IPv4Network(c).prefixlen])
+        ),
+    )
 
 
 def members_batch(old: Groups, new: Groups) -> dict[str, Any] | None:
@@ -424,7 +475,11 @@ def parse(listing: dict[str, Any]) -> Parsed:
             want_rules.setdefault(add["chain"]["name"], [])
         elif "rule" in add:
             want_rules[add["rule"]["chain"]].append((add["rule"]["comment"], add["rule"]["expr"]))
-    if set(chains) != set(want_chains) or len(sets) != len(groups):
+    want_cidrs = {cidr_set(c): [str(_addr(c))] for c in _cidrs(port_t, acl_t)}
+    have_cidrs = {n: v for n, v in sets.items() if n.startswith("c_")}
+    if set(chains) != set(want_chains) or len(sets) != len(groups) + len(have_cidrs):
+        return broken
+    if have_cidrs != want_cidrs:
         return broken
     for name, c in want_chains.items():
         have = chains[name]

@@ -14,8 +14,10 @@ measures, in one run:
   rules        one host applying a group of --rules rules and a member set of --members
                addresses: the nft transaction of the `ip yunhan_sg` table (`net.nftsg`)
                in a scratch namespace, median of 5.
+  flow log     the same throughput through the big group with the VPC's flow log on
+               (conntrack listed every 5 s, records shipped), against it off.
 
-Ends with `RESULT sg_vs_none=… member_apply_ms=… rules_apply_ms=…`. Run as root:
+Ends with `RESULT sg_vs_none=… member_apply_ms=… rules_apply_ms=… flowlog_vs_sg=…`. Run as root:
 `python bench/secgroups.py`. Everything it creates carries its own prefix and is removed
 at the end, even on failure.
 """
@@ -143,24 +145,31 @@ def main() -> int:
         srv = ["ip", "netns", "exec", str(inst["s1"]["status"]["netns"])]
         cli = ["ip", "netns", "exec", str(inst["c1"]["status"]["netns"])]
         s1_ip = str(inst["s1"]["status"]["ip"])
-        res: dict[str, list[float]] = {"none": [], "sg": []}
+        res: dict[str, list[float]] = {"none": [], "sg": [], "log": []}
         for r in range(args.rounds):
-            for mode, group in (("none", "open"), ("sg", "big")):
+            for mode, group in (("none", "open"), ("sg", "big"), ("log", "big")):
                 api.call("PUT", "/v1/instances/s1/security-groups",
                          json={"security_groups": [group]})  # fmt: skip
+                if mode == "log":  # the same path, with the VPC's flow log collecting
+                    api.call("POST", "/v1/flow-logs", json={"name": "fl", "vpc": "v"})
                 api.converge(api.revision())
                 res[mode].append(iperf(srv, cli, s1_ip, args.seconds))
-            print(f"round {r + 1}: none={res['none'][-1]:.2f} sg={res['sg'][-1]:.2f}")
+                if mode == "log":
+                    api.call("DELETE", "/v1/flow-logs/fl")
+                    api.converge(api.revision())
+            print(f"round {r + 1}: " + " ".join(f"{k}={v[-1]:.2f}" for k, v in res.items()))
         med = {k: statistics.median(v) for k, v in res.items()}
         out["sg_vs_none"] = med["sg"] / med["none"]
+        out["flowlog_vs_sg"] = med["log"] / med["sg"]
         print(f"cross-zone Gbit/s medians: open group {med['none']:.2f}, {args.rules} rules and "
-              f"{args.members} members {med['sg']:.2f}: ratio {out['sg_vs_none']:.3f}")  # fmt: skip
+              f"{args.members} members {med['sg']:.2f}: ratio {out['sg_vs_none']:.3f}; "
+              f"flow log on {med['log']:.2f}: ratio {out['flowlog_vs_sg']:.3f}")  # fmt: skip
     finally:
         if handle is not None:
             handle.down()
         shutil.rmtree(state, ignore_errors=True)
-    keys = ("sg_vs_none", "member_apply_ms", "rules_apply_ms")
-    fmt = {k: 3 if k == "sg_vs_none" else 1 for k in keys}
+    keys = ("sg_vs_none", "member_apply_ms", "rules_apply_ms", "flowlog_vs_sg")
+    fmt = {k: 3 if k.endswith(("_none", "_sg")) else 1 for k in keys}
     print("RESULT " + " ".join(f"{k}={out.get(k, float('nan')):.{fmt[k]}f}" for k in keys))
     return 0
 

@@ -245,3 +245,16 @@ def test_a_collector_that_cannot_list_logs_and_carries_on() -> None:
     recs, _ = c.poll()
     assert sorted(r.packets for r in recs) == [2, 3]
     assert c.poll() == ([], {})  # nothing moved
+
+
+def test_a_flow_to_a_vip_is_its_holders() -> None:
+    holder = fc.LoggedPort("inst-9", "p-9", "10.0.1.9", "ALL", extra=("10.0.1.6",))
+    recs = fc.AcceptTracker().poll(
+        fc.parse_conntrack_xml(_xml(_80(3, 164, 2, 112))),
+        START_80 + 1,
+        fc.by_address({"p-9": holder}),
+    )
+    assert {(r.interface, r.flow_direction, r.dstaddr, r.packets) for r in recs} == {
+        ("p-9", "ingress", "10.0.1.6", 3),
+        ("p-9", "egress", "10.0.1.5", 2),
+    }

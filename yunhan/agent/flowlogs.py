@@ -57,7 +57,7 @@ def logged_ports(desired: HostDesired, naming: Naming) -> dict[str, dict[str, Lo
         for p in vpc.ports:
             f = port_flowlog(vpc, p)
             if f is not None:
-                ports[p.ifname] = LoggedPort(p.instance_id, p.ifname, p.ip, f)
+                ports[p.ifname] = LoggedPort(p.instance_id, p.ifname, p.ip, f, p.allowed_ips)
         if ports:
             out[naming.vpc_netns(vpc.vni)] = ports
     return out

@@ -70,6 +70,13 @@ class LoggedPort:
     ifname: str
     ip: str
     filter: FlowFilter
+    # the other addresses it holds (VIPs delivered to it): their flows are its flows too
+    extra: tuple[str, ...] = ()
+
+
+def by_address(ports: Mapping[str, LoggedPort]) -> dict[str, LoggedPort]:
+    """The ports by every address they hold."""
+    return {ip: p for p in ports.values() for ip in (p.ip, *p.extra)}
 
 
 @dataclass(frozen=True)
@@ -560,7 +567,7 @@ class NamespaceCollector:
         self._nflog = nflog
         self._links = links
         self._ports: Mapping[str, LoggedPort] = dict(ports)
-        self._by_ip = {p.ip: p for p in ports.values()}
+        self._by_ip = by_address(ports)
         self._ifnames: dict[int, str] = {}
         self._links_at = -1e18
         self.tracker = AcceptTracker()
@@ -572,7 +579,7 @@ class NamespaceCollector:
 
     def set_ports(self, ports: Mapping[str, LoggedPort]) -> None:
         self._ports = dict(ports)
-        self._by_ip = {p.ip: p for p in ports.values()}
+        self._by_ip = by_address(ports)
 
     @property
     def ports(self) -> Mapping[str, LoggedPort]:

@@ -20,6 +20,7 @@ from yunhan.controller.netcompile import (
     RoutingIn,
     SubnetIn,
     TableIn,
+    VipIn,
     VpcIn,
     compile_hosts,
 )
@@ -95,6 +96,7 @@ def documents(
     gateways: Iterable[WGateway] = (),
     *,
     routed: bool = False,
+    vips: Iterable[VipIn] = (),
 ) -> dict[str, HostDesired]:
     """One document per host (an empty one for a host that carries nothing).
 
@@ -102,6 +104,8 @@ def documents(
     one of its VPC that holds its address. `routed`: every VPC has its default route table
     (index 1) and its subnets selector indexes (1, 2, ... in order), so that the documents
     carry distributed routing (subnets served by a gateway route to it by default).
+    `vips`: the VIPs every host carrying their VPC knows (where each is delivered is an
+    instance's `allowed_ips`).
     """
     gateways = list(gateways)
     vpcs = list(vpcs)
@@ -126,6 +130,7 @@ def documents(
             for g in gateways
             for inst, addr in g.eips
         ),
+        vips=tuple(vips),
     )
     subnets = [
         SubnetIn(id=f"{v.id}/{cidr}", vpc=v.id, cidr=cidr, index=n if routed else None)

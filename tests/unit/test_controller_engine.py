@@ -32,6 +32,7 @@ from yunhan.controller.netcompile import (
     RoutingIn,
     SubnetIn,
     TableIn,
+    VipIn,
     VpcIn,
     compile_hosts,
 )
@@ -207,6 +208,16 @@ def _routing_in(model: dict[tuple[str, str], Resource]) -> RoutingIn:
             FlowLogIn(f.id, f.spec["vpc"], f.spec["scope"], f.spec["target"], f.spec["filter"])
             for f in of.get("flow_log", [])
         ),
+        vips=tuple(
+            VipIn(
+                v.id,
+                v.spec["vpc"],
+                v.spec["ip"],
+                tuple(v.spec["allowed"]),
+                int(v.status.get("epoch", 0)),
+            )
+            for v in of.get("vip", [])
+        ),
     )
 
 
@@ -258,11 +269,20 @@ def inst(
     return res("instance", f"inst-{i:08x}", f"i{i}", spec, status)
 
 
-def vip(i: int, vpc_i: int, ip: str, to_i: int | None) -> Resource:
-    """A VIP delivered to instance `to_i` (status.delivered_to; None: to nobody)."""
+def vip(
+    i: int, vpc_i: int, ip: str, to_i: int | None, allowed: tuple[int, ...] = (), epoch: int = 0
+) -> Resource:
+    """A VIP delivered to instance `to_i` (status.delivered_to; None: to nobody), which
+    instances `allowed` may hold, at `epoch`."""
     to = None if to_i is None else f"inst-{to_i:08x}"
-    spec = {"subnet": "subnet-0", "vpc": f"vpc-{vpc_i}", "ip": ip, "allowed": []}
-    return res("vip", f"vip-{i}", f"vip{i}", spec, {"holder": to, "delivered_to": to})
+    spec = {
+        "subnet": "subnet-0",
+        "vpc": f"vpc-{vpc_i}",
+        "ip": ip,
+        "allowed": [f"inst-{a:08x}" for a in allowed],
+    }
+    status = {"holder": to, "delivered_to": to, "epoch": epoch}
+    return res("vip", f"vip-{i}", f"vip{i}", spec, status)
 
 
 def _vips_of(model: dict[tuple[str, str], Resource], i: Resource) -> tuple[str, ...]:
@@ -495,7 +515,9 @@ def _op(draw: st.DrawFn) -> tuple[list[Resource], list[tuple[str, str]]]:
         # 10.0.1.6 is also a route's `vip:` next hop; 10.0.1.5 is an instance's own address
         ip = draw(st.sampled_from(["10.0.1.6", "10.0.1.200", "10.0.2.50", "10.0.1.5"]))
         to = draw(st.sampled_from([0, 1, 2, 3, 5, None]))
-        return [vip(i, draw(st.sampled_from([0, 0, 1])), ip, to)], []
+        allowed = tuple(draw(st.sets(st.sampled_from([0, 1, 2, 5]), max_size=3)))
+        epoch = draw(st.integers(0, 3))
+        return [vip(i, draw(st.sampled_from([0, 0, 1])), ip, to, allowed, epoch)], []
     if kind == "acl":
         i = draw(st.integers(0, 1))
         if deleting:
@@ -675,7 +697,14 @@ def test_entries_have_the_protocol_shapes() -> None:
         "vpc/vpc-0/s/subnet-2",
         "vpc/vpc-0/t/rtb-0",
         "vpc/vpc-0/t/rtb-1",
+        "vpc/vpc-0/vip/vip-0",
     ]
+    assert snap["vpc/vpc-0/vip/vip-0"] == {
+        "id": "vip-0",
+        "ip": "10.0.1.200",
+        "allowed": [],
+        "epoch": 0,
+    }
     assert snap["vpc/vpc-0/s/subnet-2"] == {
         "id": "subnet-2",
         "cidr": "10.1.0.0/16",
@@ -915,5 +944,27 @@ def test_a_vip_move_changes_the_two_holders_member_entries_and_nothing_else() ->
     assert (routes["10.0.1.200/32"].kind, routes["10.0.1.200/32"].peer) == ("remote", "h1")
     routes = {r.dst: r for v in assemble(e.snapshot("h1"), "h1").vpcs for r in v.routes}
     assert (routes["10.0.1.200/32"].kind, routes["10.0.1.200/32"].port) == ("local", "p-00000001")
-    # a VIP write that does not change where it is delivered (a new epoch, say) wakes nobody
+    # a VIP write that changes nothing a host knows of it wakes nobody
     assert region.write([vip(0, 0, "10.0.1.200", 1)]) == frozenset()
+
+
+def test_a_claim_won_changes_the_vips_own_entry_on_every_carrier() -> None:
+    """What an agent needs to follow gratuitous ARP: the VIP's address, who may hold it and
+    its epoch, on every host carrying the VPC; a new epoch (a claim won while damped, the
+    holder unchanged) is one entry per host and no member entry."""
+    region = _three_hosts()
+    e = region.engine
+    region.write([vip(0, 0, "10.0.1.200", 0, allowed=(0, 1), epoch=3)])
+    held = {h: e.doc_revision(h) for h in e.hosts()}
+    got = region.write([vip(0, 0, "10.0.1.200", 0, allowed=(0, 1), epoch=4)])
+    key = "vpc/vpc-0/vip/vip-0"
+    assert got == {"h0", "h1"}
+    for h in got:
+        d = e.delta(h, held[h])  # type: ignore[arg-type]
+        assert not d.snapshot and not d.removed and sorted(d.entries) == [key]
+        (v,) = assemble(e.snapshot(h), h).vpcs[0].vips
+        assert (v.ip, v.allowed, v.epoch) == (
+            "10.0.1.200",
+            ("inst-00000000", "inst-00000001"),
+            4,
+        )

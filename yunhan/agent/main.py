@@ -35,6 +35,7 @@ import httpx
 from yunhan import localview
 from yunhan.agent.dataplane import ApplyReport, DataPlane
 from yunhan.agent.flowlogs import FlowLogs
+from yunhan.agent.vipclaims import VipClaims
 from yunhan.errors import ValidationError
 from yunhan.net.desired import HostDesired
 from yunhan.net.docentries import Delta, assemble, digest
@@ -117,6 +118,8 @@ class Agent:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
+        # One apply at a time: the watch loop's, and the re-pointing of a VIP claimed here.
+        self._apply_lock = threading.Lock()
         # Several endpoints (comma-separated) are replicas of one control plane: the agent
         # talks to one and moves to the next when it cannot be reached.
         self._endpoints = [u.strip().rstrip("/") for u in config.api_url.split(",") if u.strip()]
@@ -151,6 +154,16 @@ class Agent:
                 client=self._client,
                 path=self._path,
                 interval=config.flowlog_interval,
+                on_error=self._failover,
+            )
+        # VIP claims follow gratuitous ARP seen by the kernel: likewise linux only.
+        self.vips: VipClaims | None = None
+        if dataplane.kind == "linux":
+            self.vips = VipClaims(
+                naming=dataplane.naming,
+                client=self._client,
+                path=self._path,
+                repoint=self._repoint,
                 on_error=self._failover,
             )
         self._resume()
@@ -400,15 +413,21 @@ class Agent:
     # -- the loops -----------------------------------------------------------------------
 
     def apply(self, desired: HostDesired) -> ApplyReport:
-        report = self.dataplane.apply(desired)
+        with self._apply_lock:
+            # The controller's document, with the VIPs claimed here that it has not decided
+            # on yet re-pointed ahead of it (agent.vipclaims).
+            applied = desired if self.vips is None else self.vips.overlay(desired)
+            report = self.dataplane.apply(applied)
+            if self.vips is not None:
+                self.vips.update(applied)
+            with self._lock:  # still under the apply lock: a re-pointing starts from it
+                saved = self.applied_revision != desired.revision or self.desired != desired
+                self.desired = desired
+                self.report = report
+                self.applied_revision = desired.revision
         if self.flowlogs is not None:
             # After the apply: a new VPC namespace exists by now. Starts/stops threads only.
             self.flowlogs.update(desired)
-        with self._lock:
-            saved = self.applied_revision != desired.revision or self.desired != desired
-            self.desired = desired
-            self.report = report
-            self.applied_revision = desired.revision
         if saved or not (self.config.state_dir / SAVED_DOC).exists():
             self._save()
         self._write_view(desired, report)
@@ -421,6 +440,21 @@ class Agent:
                 report.errors[:3],
             )
         return report
+
+    def _repoint(self) -> None:
+        """Apply the last document again with the VIP head starts as they now stand (an
+        instance here announced a VIP, or a claim came back lost)."""
+        with self._apply_lock:
+            desired = self.desired
+            if desired is None or not self._confirmed or self._stop.is_set():
+                return  # nothing confirmed to re-point from
+            assert self.vips is not None
+            applied = self.vips.overlay(desired)
+            report = self.dataplane.apply(applied)
+            self.vips.update(applied)
+            with self._lock:
+                self.report = report
+        log.info("re-pointed VIPs %s: %d changes", self.vips.heads, report.changes)
 
     def _heartbeat_loop(self) -> None:
         while not self._stop.wait(HEARTBEAT_INTERVAL):
@@ -500,6 +534,8 @@ class Agent:
             t.start()
         if self.flowlogs is not None:
             self.flowlogs.start()
+        if self.vips is not None:
+            self.vips.start()
         try:
             self._stop.wait()
         finally:
@@ -508,6 +544,8 @@ class Agent:
             notify("STOPPING=1")
             if self.flowlogs is not None:
                 self.flowlogs.stop()
+            if self.vips is not None:
+                self.vips.stop()
             for t in threads:
                 t.join(timeout=2.0)
             if not any(t.is_alive() for t in threads):

@@ -65,6 +65,7 @@ from yunhan.net.docentries import (
     ROUTE,
     SUBNET,
     TABLE,
+    VIP,
     Delta,
     Entries,
     JsonObj,
@@ -84,6 +85,7 @@ from yunhan.net.docentries import (
     sub_key,
     subnet_entry,
     table_entry,
+    vip_entry,
     vpc_entry,
     vpc_key,
 )
@@ -153,12 +155,15 @@ class _Instance:
 @dataclass(frozen=True, slots=True)
 class _Vip:
     """A VIP as the data plane sees it: its address rides in the `allowed_ips` of the
-    member it is delivered to (`status.delivered_to`), nowhere else."""
+    member it is delivered to (`status.delivered_to`); its own entry (address, allowed
+    instances, epoch: what an agent needs to follow claims) is kept as a `_Group` of kind
+    VIP, which depends on nothing else either."""
 
     id: str
     vpc: str
     ip: str
     to: str | None  # instance id
+    entry: JsonObj
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +174,7 @@ class _Group:
     id: str
     vpc: str
     entry: JsonObj  # its entry, built once per write of the object
-    sub: str = GROUP  # its entry kind: GROUP or FLOWLOG
+    sub: str = GROUP  # its entry kind: GROUP, FLOWLOG or VIP
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,7 +382,13 @@ _PARSERS: dict[str, Callable[[Resource], _Obj]] = {
         flowlog_entry(r.id, r.spec["scope"], r.spec["target"], r.spec.get("filter", "ALL")),
         FLOWLOG,
     ),
-    "vip": lambda r: _Vip(r.id, r.spec["vpc"], r.spec["ip"], r.status.get("delivered_to") or None),
+    "vip": lambda r: _Vip(
+        r.id,
+        r.spec["vpc"],
+        r.spec["ip"],
+        r.status.get("delivered_to") or None,
+        vip_entry(r.id, r.spec["ip"], r.spec.get("allowed", ()), r.status.get("epoch", 0)),
+    ),
 }
 
 
@@ -392,7 +403,7 @@ class _Dirty:
     instances: set[str] = field(default_factory=set)
     routing: set[str] = field(default_factory=set)  # VPCs whose routing entries to redo
     routes: set[tuple[str, str, str]] = field(default_factory=set)  # (vpc, ROUTE|POLICY, id)
-    # (vpc, GROUP|FLOWLOG, id): security groups and flow logs
+    # (vpc, GROUP|FLOWLOG|VIP, id): security groups, flow logs and VIPs' own entries
     groups: set[tuple[str, str, str]] = field(default_factory=set)
     acls: set[tuple[str, str]] = field(default_factory=set)  # (vpc, acl id)
     everything: bool = False
@@ -689,6 +700,7 @@ class Engine:
     def _absorb_vip(self, vid: str, new: _Vip | None, dirty: _Dirty) -> None:
         # Only the members it leaves and reaches change (their allowed_ips); routes to
         # `vip:IP` follow from those members like any member change.
+        # Its own entry (allowed, epoch) changes on every claim won: one entry per host.
         old = self._vips.pop(vid, None)
         if old is not None and old.to:
             _discard(self._vips_of_inst, old.to, vid)
@@ -698,6 +710,9 @@ class Engine:
             if new.to:
                 _add(self._vips_of_inst, new.to, vid)
                 dirty.instances.add(new.to)
+        self._absorb_group(
+            vid, None if new is None else _Group(vid, new.vpc, new.entry, VIP), dirty
+        )
 
     def _absorb_acl(self, aid: str, new: _Acl | None, dirty: _Dirty) -> None:
         old = self._acls.pop(aid, None)
@@ -724,7 +739,7 @@ class Engine:
                 for vid, entries in self._members.items()
                 for k in entries
                 for _v, sub, oid in [parse_key(k)]
-                if sub in (GROUP, FLOWLOG) and oid is not None
+                if sub in (GROUP, FLOWLOG, VIP) and oid is not None
             },
             hosts=set(self._host_by_name) | set(self._host_entry),
             vpcs=set(self._vpcs) | set(self._vpc_entry),

@@ -23,7 +23,9 @@ Distributed routing (issue 8, docs/routing.md), per VPC carried, resolved for ea
   VIP address is held by a member (its address or an allowed one; first by id), or they
   are blackholes;
 * policy routes with an index; NAT gateways with an index, their rules on the host they
-  run on; instances that some route or policy sends to are forwarders.
+  run on; instances that some route or policy sends to are forwarders;
+* every VIP of the VPC (address, allowed instances, epoch), for the agents to follow the
+  claims of gratuitous ARP (docs/vips.md).
 
 Documents carry `revision=0`; the store revision is stamped on when one is served.
 Every registered host gets a document, an empty one when it carries nothing, so that its
@@ -55,11 +57,12 @@ from yunhan.net.desired import (
     SgRuleDesired,
     SubnetDesired,
     TableRoute,
+    VipDesired,
     VpcDesired,
     vtep_mac,
     vtep_nexthop,
 )
-from yunhan.net.docentries import acl_entry, flowlog_entry, group_entry
+from yunhan.net.docentries import acl_entry, flowlog_entry, group_entry, vip_entry
 from yunhan.net.naming import gateway_ifname, port_ifname
 
 
@@ -188,6 +191,19 @@ class FlowLogIn:
 
 
 @dataclass(frozen=True)
+class VipIn:
+    """A VIP as every host carrying its VPC knows it (docs/vips.md): address, the ids of
+    the instances allowed to hold it, its epoch. Where it is delivered is the holder's
+    `InstanceIn.allowed_ips`."""
+
+    id: str
+    vpc: str
+    ip: str
+    allowed: tuple[str, ...] = ()
+    epoch: int = 0
+
+
+@dataclass(frozen=True)
 class RoutingIn:
     """The routing objects of a region (all optional: a region without them routes by the
     main table only)."""
@@ -200,6 +216,7 @@ class RoutingIn:
     groups: tuple[GroupIn, ...] = ()
     acls: tuple[AclIn, ...] = ()
     flowlogs: tuple[FlowLogIn, ...] = ()
+    vips: tuple[VipIn, ...] = ()
 
 
 def _net_key(cidr: str) -> tuple[int, int]:
@@ -556,6 +573,11 @@ def compile_hosts(
                         FlowLogDesired(**flowlog_entry(f.id, f.scope, f.target, f.filter))
                         for f in sorted(routing.flowlogs, key=lambda f: f.id)
                         if f.vpc == plan.vpc.id
+                    ),
+                    vips=tuple(
+                        VipDesired(**vip_entry(x.id, x.ip, x.allowed, x.epoch))
+                        for x in sorted(routing.vips, key=lambda x: x.id)
+                        if x.vpc == plan.vpc.id
                     ),
                 )
             )

@@ -248,6 +248,17 @@ class FlowLogDesired(_Frozen):
     filter: FlowFilter = "ALL"
 
 
+class VipDesired(_Frozen):
+    """A VIP of the VPC (docs/vips.md) as every host carrying the VPC knows it: its address,
+    the instances allowed to hold it (ids, sorted) and its epoch, the fencing token the
+    agent claims with. Where it is delivered rides in the holder's `Port.allowed_ips`."""
+
+    id: str
+    ip: str
+    allowed: tuple[str, ...] = ()
+    epoch: int = 0
+
+
 class VpcDesired(_Frozen):
     id: str
     vni: int
@@ -264,6 +275,7 @@ class VpcDesired(_Frozen):
     groups: tuple[SecurityGroupDesired, ...] = ()  # by id
     acls: tuple[AclDesired, ...] = ()  # by id
     flowlogs: tuple[FlowLogDesired, ...] = ()  # by id
+    vips: tuple[VipDesired, ...] = ()  # by id
 
 
 def port_flowlog(vpc: VpcDesired, port: Port) -> FlowFilter | None:

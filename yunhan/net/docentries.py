@@ -39,6 +39,10 @@ Network ACLs: ``"vpc/<vpc id>/acl/<acl id>"`` -> ``{"id", "rules", "subnets"}``,
 "action"}``, subnets the CIDRs of the subnets associated with it, sorted.
 Flow logs (docs/flowlogs.md): ``"vpc/<vpc id>/fl/<flow log id>"`` -> ``{"id", "scope",
 "target", "filter"}``; each host works out which of its ports they cover (`port_flowlog`).
+VIPs (docs/vips.md): ``"vpc/<vpc id>/vip/<vip id>"`` -> ``{"id", "ip", "allowed", "epoch"}``,
+allowed the ids of the instances that may hold it, sorted: what an agent needs to tell a
+gratuitous ARP that claims the VIP from one it must ignore, and the epoch to claim with.
+Where the VIP is delivered is not here but in its holder's member entry (`allowed_ips`).
 
 A next hop in an entry is resolved but says nothing of the reader: ``{"type", "ref", "ip",
 "host", "vtep_index", "underlay_ip", "port", "up"}``; `assemble` makes it local or remote
@@ -81,6 +85,7 @@ from yunhan.net.desired import (
     SgRuleDesired,
     SubnetDesired,
     TableRoute,
+    VipDesired,
     VpcDesired,
     vtep_mac,
     vtep_nexthop,
@@ -99,7 +104,8 @@ _VPC = "vpc/"
 MEMBER, SUBNET, TABLE, ROUTE, POLICY, GATEWAY = "m", "s", "t", "r", "p", "g"
 GROUP, ACL = "sg", "acl"  # security groups, network ACLs
 FLOWLOG = "fl"
-SUB_KINDS = frozenset({MEMBER, SUBNET, TABLE, ROUTE, POLICY, GATEWAY, GROUP, ACL, FLOWLOG})
+VIP = "vip"
+SUB_KINDS = frozenset({MEMBER, SUBNET, TABLE, ROUTE, POLICY, GATEWAY, GROUP, ACL, FLOWLOG, VIP})
 
 
 def vpc_key(vpc_id: str) -> str:
@@ -242,6 +248,12 @@ def acl_entry(id: str, rules: Iterable[JsonObj], subnets: Iterable[str]) -> Json
 def flowlog_entry(id: str, scope: str, target: str, filter: str) -> JsonObj:
     """A flow log; `target` the id of the VPC, subnet or instance it covers."""
     return {"id": id, "scope": scope, "target": target, "filter": filter}
+
+
+def vip_entry(id: str, ip: str, allowed: Iterable[str], epoch: int) -> JsonObj:
+    """A VIP: its address, the ids of the instances allowed to hold it (any order), its
+    epoch."""
+    return {"id": id, "ip": ip, "allowed": sorted(set(allowed)), "epoch": int(epoch)}
 
 
 def _rule_order(r: JsonObj) -> tuple[int, int, str]:
@@ -695,6 +707,12 @@ def assemble(entries: Mapping[str, JsonObj], host: str) -> HostDesired:
                     FlowLogDesired(**f)
                     for f in sorted(kinds.get(FLOWLOG, ()), key=lambda f: str(f["id"]))
                 ),
+                vips=tuple(
+                    VipDesired(
+                        id=x["id"], ip=x["ip"], allowed=tuple(x["allowed"]), epoch=x["epoch"]
+                    )
+                    for x in sorted(kinds.get(VIP, ()), key=lambda x: str(x["id"]))
+                ),
             )
         )
     return HostDesired(
@@ -751,6 +769,8 @@ def entries_of(doc: HostDesired) -> Entries:
             }
         for f in v.flowlogs:
             out[sub_key(v.id, FLOWLOG, f.id)] = f.model_dump()
+        for x in v.vips:
+            out[sub_key(v.id, VIP, x.id)] = vip_entry(x.id, x.ip, x.allowed, x.epoch)
         for g in v.groups:
             out[sub_key(v.id, GROUP, g.id)] = {
                 "id": g.id,

@@ -133,20 +133,25 @@ def _show(kind: str) -> Cmd:
     return Cmd("show", f"Show one {label}.", run, (ref(kind), *SHOWN))
 
 
+def report_deleted(ctx: Ctx, c: Client, kind: str, res: dict[str, Any] | None, what: str) -> None:
+    """After a delete: wait for it if asked, then the resource as it was (json, yaml) or
+    "deleted <what> <name> (<id>)"."""
+    if ctx["wait"]:
+        # A delete answers with the resource carrying the delete's own revision.
+        wait_applied(c, (res or {}).get("revision"), ctx["timeout"])
+    if res is None:
+        return
+    f = fmt(ctx)
+    if f in ("json", "yaml"):
+        show(kind, c, res, f)
+    else:
+        echo(f"deleted {what} {res.get('name')} ({res.get('id')})")
+
+
 def _delete(kind: str, help_: str) -> Cmd:
     def run(ctx: Ctx) -> None:
         c = ctx.client()
-        res = c.delete(f"/v1/{COLLECTION[kind]}/{ctx['ref']}")
-        if ctx["wait"]:
-            # A delete answers with the resource carrying the delete's own revision.
-            wait_applied(c, (res or {}).get("revision"), ctx["timeout"])
-        if res is None:
-            return
-        f = fmt(ctx)
-        if f in ("json", "yaml"):
-            show(kind, c, res, f)
-        else:
-            echo(f"deleted {kind} {res.get('name')} ({res.get('id')})")
+        report_deleted(ctx, c, kind, c.delete(f"/v1/{COLLECTION[kind]}/{ctx['ref']}"), kind)
 
     return Cmd("delete", help_, run, (ref(kind), *WRITE))
 

@@ -14,7 +14,18 @@ from typing import Any
 from yunhan.cli import views
 from yunhan.cli.client import Client
 from yunhan.cli.command import Arg, Cmd, Ctx, Group, Opt, echo
-from yunhan.cli.resources import LABEL, LISTED, SHOWN, WRITE, fmt, labels, ref, show, wait_applied
+from yunhan.cli.resources import (
+    LABEL,
+    LISTED,
+    SHOWN,
+    WRITE,
+    fmt,
+    labels,
+    ref,
+    report_deleted,
+    show,
+    wait_applied,
+)
 
 PATH = "/v1/security-groups"
 
@@ -64,14 +75,7 @@ def sg_show(ctx: Ctx) -> None:
 
 def sg_delete(ctx: Ctx) -> None:
     c = ctx.client()
-    res = c.delete(f"{PATH}/{ctx['ref']}")
-    if ctx["wait"]:
-        wait_applied(c, (res or {}).get("revision"), ctx["timeout"])
-    if res is not None:
-        if fmt(ctx) in ("json", "yaml"):
-            show("security_group", c, res, fmt(ctx))
-        else:
-            echo(f"deleted security group {res.get('name')} ({res.get('id')})")
+    report_deleted(ctx, c, "security_group", c.delete(f"{PATH}/{ctx['ref']}"), "security group")
 
 
 def rule_add(ctx: Ctx) -> None:

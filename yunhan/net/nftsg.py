@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from yunhan.net.desired import AclRuleDesired, SgRuleDesired
+from yunhan.net.docentries import net_key
 
 FAMILY = "ip"
 TABLE = "yunhan_sg"
@@ -381,13 +382,7 @@ def _cidrs(ports: tuple[PortRules, ...], acls: tuple[AclPort, ...]) -> list[str]
         for ar in (*a.ingress, *a.egress):
             if (c := _peer_cidr(ar.cidr)) is not None:
                 found.add(c)
-    return sorted(
-        found,
-        key=lambda c: (
-            ipaddress.IPv4Network(c).network_address.packed
-            + bytes([ipaddress.IPv4Network(c).prefixlen])
-        ),
-    )
+    return sorted(found, key=net_key)
 
 
 def members_batch(old: Groups, new: Groups) -> dict[str, Any] | None:

@@ -288,3 +288,33 @@ def test_instance_mtu_leaves_room_for_vxlan(region: Region, net: dict[str, dict[
         "w1", "ping", "-c", "1", "-W", "2", "-M", "do", "-s", "1423", net["w2"]["ip"]
     )
     assert over.returncode != 0
+
+
+def test_migration_across_zones_keeps_the_address_and_ends_the_old_processes(
+    region: Region, net: dict[str, dict[str, str]]
+) -> None:
+    before = region.instance("w4")
+    assert before["zone"] == "az1" and tcp_hello(region, "w2", before["ip"]) == "w4"
+    # A process started by `instance exec` (not the instance's command) is ended with it.
+    left = region.exec("w4", "sh", "-c", "sleep 300 >/dev/null 2>&1 & echo $!")
+    pid = int(left.stdout.strip())
+    old_netns = before["netns"]
+    region.run("instance", "migrate", "w4", "--zone", "az2", "--wait")
+    st = region.instance("w4")
+    assert (st["ip"], st["mac"], st["phase"]) == (before["ip"], before["mac"], "running")
+    assert st["zone"] == "az2" and st["netns"] != old_netns
+    assert st["host"] != before["host"] and st["host"].startswith("az2")
+    assert [(m["from_host"], m["to_host"]) for m in st["migrations"]] == [
+        (before["host"], st["host"])
+    ]
+    gone = procstat.read(pid)
+    assert gone is None or not gone.alive, "a process of the old instance outlived its move"
+    assert old_netns not in netns_names()
+    # Nobody changed anything: w1 (az1) and w2 (az2) reach it again at the same address,
+    # and a TCP client that connects again is answered by its command, started anew.
+    wait_for(lambda: region.ping("w1", before["ip"], count=1), 10, "w4 answers after its move")
+    assert tcp_hello(region, "w1", before["ip"]) == "w4"
+    assert tcp_hello(region, "w2", before["ip"]) == "w4"
+    refused = region.run("instance", "migrate", "w4", "--zone", "az2", "--host", st["host"],
+                         check=False)  # fmt: skip
+    assert refused.returncode != 0 and "already runs on host" in refused.stderr

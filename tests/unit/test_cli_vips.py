@@ -55,3 +55,29 @@ def test_vip_errors_are_one_line(ha: Region) -> None:
     assert bad.code != 0 and "already used by VIP db-vip" in bad.stderr
     bad = r.cli("vip", "create", "other", "--subnet", "db", "--ip", "10.0.9.9")
     assert bad.code != 0 and "not inside subnet db" in bad.stderr
+
+
+def test_server_flap_damping_flags() -> None:
+    from yunhan.cli.daemons import _damping
+    from yunhan.controller.vips import Damping
+    from yunhan.errors import ValidationError
+
+    assert _damping(3, "30s") == Damping(3, 30.0)
+    assert _damping(5, "2m") == Damping(5, 120.0)
+    with pytest.raises(ValidationError, match="changes >= 1"):
+        _damping(0, "30s")
+
+
+def test_instance_migrate_as_written_keeps_the_vip_and_its_address(ha: Region) -> None:
+    r = ha
+    r.ok("vip", "create", "db-vip", "--subnet", "db", "--allow", "db1", "--allow", "db2")
+    r.ok("vip", "move", "db-vip", "db1")
+    before = r.cli("instance", "show", "db1", "--json").json()
+    after = r.cli("instance", "migrate", "db1", "--zone", "az2", "--json").json()
+    assert (after["zone"], after["ip"], after["mac"]) == ("az2", before["ip"], before["mac"])
+    assert after["host"] != before["host"]
+    assert [m["to_zone"] for m in after["migrations"]] == ["az2"]
+    v = r.cli("vip", "show", "db-vip", "--json").json()
+    assert (v["holder"], v["holder_host"]) == ("db1", after["host"])
+    bad = r.cli("instance", "migrate", "db1", "--zone", "az9")
+    assert bad.code != 0 and "no zone 'az9'" in bad.stderr

@@ -121,6 +121,14 @@ class InstanceSpec(_Out):
     )
 
 
+class Migration(_Out):
+    at: str
+    from_host: str | None
+    to_host: str
+    from_zone: str
+    to_zone: str
+
+
 class InstanceStatus(_Out):
     ip: str
     mac: str
@@ -130,6 +138,9 @@ class InstanceStatus(_Out):
     message: str | None = None
     netns: str | None = None
     uts: str | None = None
+    migrations: list[Migration] = Field(
+        default_factory=list, description="its last moves between hosts, oldest first"
+    )
 
 
 class Instance(_Envelope):

@@ -25,6 +25,7 @@ from yunhan.api.fastpath import AgentFastPath
 from yunhan.api.journal import FLUSH_INTERVAL, SERVER_RESTARTED
 from yunhan.api.replicas import ReplicaBridge
 from yunhan.controller import Controller
+from yunhan.controller.vips import Damping
 from yunhan.store import Store
 from yunhan.store.flows import Retention
 from yunhan.store.leader import Leader
@@ -52,6 +53,7 @@ async def _main(
     max_long_poll: float = MAX_LONG_POLL,
     public_pools: Sequence[str] = (),
     flow_retention: Retention | None = None,
+    vip_damping: Damping | None = None,
 ) -> None:
     app = create_app(
         store,
@@ -60,6 +62,7 @@ async def _main(
         max_long_poll=max_long_poll,
         public_pools=public_pools,
         flow_retention=flow_retention,
+        vip_damping=vip_damping,
     )
     config = uvicorn.Config(
         AgentFastPath(app, app.state.yunhan),
@@ -226,6 +229,7 @@ def serve(
     max_long_poll: float = MAX_LONG_POLL,
     public_pools: Sequence[str] = (),
     flow_retention: Retention | None = None,
+    vip_damping: Damping | None = None,
 ) -> None:
     """Run the API and the controller until SIGTERM or SIGINT (blocking).
 
@@ -234,7 +238,8 @@ def serve(
     for as long as this process runs (or the token whose sha256 is `admin_token_hash`).
     `max_long_poll` caps every long poll (seconds). `public_pools`: the CIDRs that elastic
     IPs and NAT gateway addresses are allocated from (normalised here). `flow_retention`: how
-    long and how many flow log records are kept.
+    long and how many flow log records are kept. `vip_damping`: how many holder changes
+    within how long damp a flapping VIP (docs/vips.md).
     """
     pools = [str(ipaddress.IPv4Network(p, strict=False)) for p in public_pools]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -250,6 +255,7 @@ def serve(
                 max_long_poll,
                 pools,
                 flow_retention,
+                vip_damping,
             )
         )
     finally:

@@ -17,6 +17,7 @@ from yunhan.cli.command import Cmd, Ctx, Opt
 from yunhan.errors import ValidationError
 
 if TYPE_CHECKING:
+    from yunhan.controller.vips import Damping
     from yunhan.store.flows import Retention
 
 
@@ -60,12 +61,23 @@ def _retention(age: str, rows: int) -> Retention:
     return Retention(max_age=duration(age), max_rows=rows)
 
 
+def _damping(changes: int, window: str) -> Damping:
+    from yunhan.cli.flowlogs import duration
+    from yunhan.controller.vips import Damping
+
+    try:
+        return Damping(changes, duration(window))
+    except ValueError as exc:
+        raise ValidationError(f"--vip-flap-changes/--vip-flap-window: {exc}") from exc
+
+
 def server(ctx: Ctx) -> None:
     from yunhan.api.server import serve
 
     host, port = _split_listen(ctx["listen"])
     pools = _pools(ctx["public_pool"])
     retention = _retention(ctx["flow_log_retention"], ctx["flow_log_max_records"])
+    damping = _damping(ctx["vip_flap_changes"], ctx["vip_flap_window"])
     state_dir: Path = ctx["state_dir"]
     state_dir.mkdir(parents=True, exist_ok=True)
     database = ctx["database"] or os.environ.get("YUNHAN_DATABASE") or None
@@ -85,6 +97,7 @@ def server(ctx: Ctx) -> None:
             max_long_poll=ctx["max_long_poll"],
             public_pools=pools,
             flow_retention=retention,
+            vip_damping=damping,
         )
         return
     serve(
@@ -96,6 +109,7 @@ def server(ctx: Ctx) -> None:
         max_long_poll=ctx["max_long_poll"],
         public_pools=pools,
         flow_retention=retention,
+        vip_damping=damping,
     )
 
 
@@ -180,6 +194,20 @@ COMMANDS = (
                 "flow log records kept at most (the oldest go first)",
                 int,
                 2_000_000,  # yunhan.store.flows.DEFAULT_MAX_ROWS (not imported: start time)
+            ),
+            Opt(
+                ("--vip-flap-changes",),
+                "vip_flap_changes",
+                "a VIP whose holder changes more often than this within --vip-flap-window "
+                "is damped (docs/vips.md)",
+                int,
+                3,
+            ),
+            Opt(
+                ("--vip-flap-window",),
+                "vip_flap_window",
+                "the window of --vip-flap-changes, and the quiet time that settles a damped VIP",
+                default="30s",
             ),
             Opt(
                 ("--public-pool",),

@@ -281,6 +281,19 @@ def instance_create(ctx: Ctx) -> None:
     show("instance", c, res, fmt(ctx))
 
 
+def instance_migrate(ctx: Ctx) -> None:
+    body: dict[str, Any] = {"zone": ctx["zone"]}
+    if ctx["host"] is not None:
+        body["host"] = ctx["host"]
+    c = ctx.client()
+    res = c.post(f"/v1/instances/{ctx['ref']}/migrate", body)
+    if ctx["wait"]:
+        deadline = time.monotonic() + ctx["timeout"]
+        wait_applied(c, res.get("revision"), ctx["timeout"])
+        res = _wait_settled(c, res, deadline)
+    show("instance", c, res, fmt(ctx))
+
+
 def _wait_settled(c: Client, res: dict[str, Any], deadline: float) -> dict[str, Any]:
     # Converged means the network is in place; the phase is what the agent reported on the
     # instance's process, which arrives with the agent's status right after.
@@ -426,6 +439,25 @@ INSTANCE = Group(
             (*LISTED, Opt(("--local",), "local", "read this machine's agents, not the API", bool)),
         ),
         _show("instance"),
+        Cmd(
+            "migrate",
+            "Move an instance to a host of another zone (or another host of its zone), "
+            "keeping its address, MAC, labels, groups and VIP permissions. Its old host stops "
+            "it and the new one starts its command again: processes and TCP connections do "
+            "not survive (docs/instances.md). With --wait, return once it runs there.",
+            instance_migrate,
+            (
+                ref("instance"),
+                Opt(("--zone",), "zone", "the zone to move to", required=True, complete="zone"),
+                Opt(
+                    ("--host",),
+                    "host",
+                    "a host of that zone (default: the scheduler's)",
+                    complete="host",
+                ),
+                *WRITE,
+            ),
+        ),
         _delete("instance", "Delete an instance (its process is stopped and its address freed)."),
         Cmd(
             "exec",

@@ -108,6 +108,7 @@ def instance_row(res: Row, names: Names) -> Row:
         "security_groups": [names.of("security_group", g) for g in sp.get("security_groups") or []],
         "netns": st.get("netns"),
         "uts": st.get("uts"),
+        "migrations": st.get("migrations") or [],
         "revision": res.get("revision"),
         "created_at": res.get("created_at"),
     }

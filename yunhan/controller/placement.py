@@ -51,15 +51,17 @@ def choose(
     leases: Mapping[str, Heartbeat],
     now: float,
     loads: HostLoads | None = None,
+    *,
+    exclude: str | None = None,
 ) -> str:
-    """The host of zone `zone_id` for a new instance (healthy first, then least loaded).
+    """The host of zone `zone_id` for a new instance (healthy first, then least loaded),
+    never `exclude` (the host a migrating instance leaves).
 
-    Raises Conflict naming the zone when the zone has no host.
+    Raises Conflict naming the zone when the zone has no host (but `exclude`).
     """
     zone = r.get("zone", zone_id)
-    return schedule(
-        zone_id, zone.name if zone else zone_id, candidates(r, leases, now, zone_id, loads)
-    )
+    hosts = [h for h in candidates(r, leases, now, zone_id, loads) if h.name != exclude]
+    return schedule(zone_id, zone.name if zone else zone_id, hosts)
 
 
 def place(

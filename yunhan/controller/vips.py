@@ -245,6 +245,22 @@ def release_instance(tx: Tx, inst: Resource, now: float, damping: Damping, cause
     return n
 
 
+def follow_instance(tx: Tx, inst: Resource) -> int:
+    """The VIPs `inst` holds name its new zone and host (it was migrated). The holder is the
+    same instance, so the epoch stays: no claim made before the move becomes stale by it, and
+    the data plane follows the instance's member entry. The number of VIPs written."""
+    n = 0
+    for vip in tx.find("vip", "vpc", inst.status.get("vpc") or ""):
+        st = vip.status
+        if st.get("holder") != inst.id:
+            continue
+        h = holder_of(inst)
+        if (st.get("holder_zone"), st.get("holder_host")) != (h.zone, h.host):
+            tx.update(vip, status={**st, "holder_zone": h.zone, "holder_host": h.host})
+            n += 1
+    return n
+
+
 def settle_damped(tx: Tx, now: float, damping: Damping) -> list[Notice]:
     """The leader's pass: deliver every damped VIP that has been quiet for a window to its
     latest holder. Notices of the VIPs settled."""

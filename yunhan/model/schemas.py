@@ -130,6 +130,13 @@ class InstanceCreate(_Create):
     )
 
 
+class InstanceMigrate(_Body):
+    """Where an instance moves: a zone (name or id) and, optionally, one of its hosts."""
+
+    zone: str
+    host: str | None = Field(None, description="a host of that zone (default: the scheduler's)")
+
+
 class AgentRestart(_Body):
     """Why the agent registering now was restarted (its supervisor said so)."""
 

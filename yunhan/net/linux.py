@@ -880,6 +880,8 @@ class LinuxDriver:
         match o:
             case Netns():
                 self._drop_sock(o.name)
+                if o.role == "instance":
+                    nsutil.end_all(o.name)
                 try:
                     netns.remove(o.name)
                 except OSError as exc:

@@ -19,12 +19,14 @@ import ctypes.util
 import errno as _errno
 import os
 import queue
+import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 from yunhan.nsexec import NETNS_DIR, netns_path
+from yunhan.polling import poll_until
 
 __all__ = ["NETNS_DIR", "netns_path"]
 
@@ -301,3 +303,42 @@ def write_sysctls(
         run(body)
     else:
         run_in(body, net=net)
+
+
+def pids_in(netns: str) -> list[int]:
+    """Every process whose network namespace is `netns` (as `ip netns pids` finds them)."""
+    try:
+        target = os.stat(netns_path(netns)).st_ino
+    except OSError:
+        return []
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            if os.stat(f"/proc/{entry}/ns/net").st_ino == target:
+                found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+def end_all(netns: str, *, grace: float = 2.0) -> int:
+    """End every process left inside `netns` before it is deleted (TERM, then KILL after
+    `grace` seconds); how many there were.
+
+    Deleting an instance ends all of it, as deleting a machine would: not only its recorded
+    command but whatever `instance exec` started there and left running (a daemon such as
+    keepalived). Left alive, they would hold the deleted namespace and its memory forever,
+    and a daemon would go on doing its job (announcing a VIP) from nowhere.
+    """
+    pids = pids_in(netns)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    if pids and not poll_until(lambda: not pids_in(netns), grace, interval=0.02):
+        for pid in pids_in(netns):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        poll_until(lambda: not pids_in(netns), grace, interval=0.02)
+    return len(pids)

@@ -26,10 +26,12 @@ from yunhan.api.routes.secgroups import groups_for
 from yunhan.api.views import resolve
 from yunhan.controller.ipam import allocate_ip, allocate_mac
 from yunhan.controller.placement import choose
+from yunhan.controller.scheduler import NoHost, host_healthy
 from yunhan.controller.tables import release_public
-from yunhan.controller.vips import release_instance
+from yunhan.controller.vips import follow_instance, iso, release_instance
+from yunhan.errors import Conflict
 from yunhan.model import new_id, validate_name
-from yunhan.model.schemas import InstanceCreate, LabelsPatch
+from yunhan.model.schemas import InstanceCreate, InstanceMigrate, LabelsPatch
 from yunhan.store import Reader, Resource
 
 router = APIRouter(prefix="/v1", tags=["instances"])
@@ -96,6 +98,7 @@ def _create(
                 "message": None,
                 "netns": None,
                 "uts": None,
+                "migrations": [],
             },
             labels=body.labels,
         )
@@ -141,6 +144,89 @@ class _MacsInUse:
 
     def __contains__(self, mac: object) -> bool:
         return isinstance(mac, str) and self._r.count_of("instance", "mac", mac) > 0
+
+
+MIGRATIONS = 10  # moves kept in status.migrations
+INSTANCE_MIGRATED = "InstanceMigrated"
+
+
+@router.post(
+    "/instances/{ref}/migrate", response_model=Instance, responses=errors(404, 409, 412, 422)
+)
+def migrate_instance(
+    ref: str, body: InstanceMigrate, request: Request, c: CallerDep, if_match: IfMatch = None
+) -> Any:
+    """Move the instance to a host of `zone` (another zone, or another host of its own),
+    keeping its id, name, address, MAC, labels, groups and VIP permissions; a VIP it holds
+    goes with it. The old host stops it and the new one starts it (its command again): a
+    cold move, its processes and connections do not survive it (docs/instances.md)."""
+    st = state_of(request)
+    with st.store.transaction() as tx:
+        inst = resolve(tx, "instance", c.project.id, ref)
+        check_if_match(inst, if_match)
+        zone = resolve(tx, "zone", st.admin_project_id, body.zone)
+        old_host = inst.status.get("host")
+        now = st.clock()
+        if body.host is not None:
+            host = resolve(tx, "host", st.admin_project_id, body.host)
+            if host.spec.get("zone") != zone.id:
+                raise Conflict(
+                    f"host {host.name} is not in zone {zone.name}", host=host.name, zone=zone.name
+                )
+            if host.name == old_host:
+                raise Conflict(
+                    f"instance {inst.name} already runs on host {host.name}", host=host.name
+                )
+            if not host_healthy(st.fleet.leases.get(host.name), now):
+                raise Conflict(
+                    f"host {host.name} is not heartbeating; choose another host of zone "
+                    f"{zone.name}, or none to let the scheduler choose",
+                    host=host.name,
+                )
+            new_host = host.name
+        else:
+            try:
+                new_host = choose(tx, zone.id, st.fleet.leases, now, st.loads, exclude=old_host)
+            except NoHost as exc:
+                raise Conflict(
+                    f"zone {zone.name} has no host other than {old_host} to move instance "
+                    f"{inst.name} to"
+                    if old_host and _zone_has_hosts(tx, zone.id)
+                    else exc.message,
+                    zone=zone.name,
+                ) from exc
+        old_zone = tx.get("zone", inst.spec["zone"])
+        move = {
+            "at": iso(now),
+            "from_host": old_host,
+            "to_host": new_host,
+            "from_zone": old_zone.name if old_zone is not None else inst.spec["zone"],
+            "to_zone": zone.name,
+        }
+        status = {
+            **inst.status,
+            "host": new_host,
+            "phase": "scheduled",
+            "message": f"migrating from host {old_host or 'none'}",
+            "netns": None,
+            "uts": None,
+            "migrations": [*inst.status.get("migrations", ()), move][-MIGRATIONS:],
+        }
+        moved = tx.update(inst, spec={**inst.spec, "zone": zone.id}, status=status)
+        follow_instance(tx, moved)
+    st.journal.notice(
+        c.project.id,
+        inst.id,
+        INSTANCE_MIGRATED,
+        f"instance {inst.name} migrated from host {old_host or 'none'} ({move['from_zone']}) "
+        f"to host {new_host} ({zone.name})",
+    )
+    return moved.envelope()
+
+
+def _zone_has_hosts(r: Reader, zone_id: str) -> bool:
+    """Has the zone any host at all?"""
+    return r.count_of("host", "zone", zone_id) > 0
 
 
 Phase = Literal["pending", "scheduled", "running", "failed"]

@@ -131,6 +131,8 @@ class FakeControlPlane:
             result = "stale"
         elif c["instance"] == self.holder:
             result = "held"
+        elif c.get("how") == "traffic" and self.holder is not None:
+            result = "taken"
         else:
             result = "won"
             self.holder, self.epoch = c["instance"], self.epoch + 1
@@ -254,3 +256,35 @@ def test_an_instance_not_allowed_is_reported_and_followed_by_nobody(world: World
     assert [(c["instance"], c["vip_ip"]) for c in w.api.claims[before:]] == [(C.id, VIP)]
     assert w.agent.vips.heads == {}
     assert w.who(C, VIP) == R.id
+
+
+SEND_FROM = (
+    "import socket, sys\n"
+    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+    "s.bind((sys.argv[1], 0))\n"
+    "for _ in range(5):\n"
+    "    s.sendto(b'hello', (sys.argv[2], 9))\n"
+)
+
+
+def test_a_standby_sending_from_the_vip_is_reported_and_the_holder_s_traffic_is_not(
+    world: World,
+) -> None:
+    """The socket filter on the real kernel: b sending from the VIP (no announcement) is
+    seen and claimed as traffic, which the control plane refuses while r holds it; r's own
+    replies from the VIP, arriving over the overlay, are no news."""
+    w = world
+    assert w.agent.vips is not None
+    before = len(w.api.claims)
+    assert w.who(C, VIP) == R.id  # r answers from the VIP, over the overlay: no claim
+    netlab.ip(w.ns(B), "addr", "add", f"{VIP}/32", "dev", "lo")
+    try:
+        p = netlab.nsexec(w.ns(B), sys.executable, "-c", SEND_FROM, VIP, C.ip)
+        assert p.returncode == 0, p.stderr
+        wait_for(lambda: len(w.api.claims) > before, 10.0, "b's traffic claim to be reported")
+        got = [(c["instance"], c["how"]) for c in w.api.claims[before:]]
+        assert got == [(B.id, "traffic")]  # once (deduplicated), and nothing of r
+        assert w.agent.vips.heads == {}  # no head start for traffic
+        assert w.who(C, VIP) == R.id  # taken: r keeps it
+    finally:
+        netlab.ip(w.ns(B), "addr", "del", f"{VIP}/32", "dev", "lo")

@@ -25,7 +25,7 @@ from yunhan.agent.vipclaims import (
     next_delay,
 )
 from yunhan.controller.netcompile import VipIn
-from yunhan.net.arpwatch import ARP_REPLY, ARP_REQUEST, Arp
+from yunhan.net.arpwatch import ARP_REPLY, ARP_REQUEST, Arp, Sent
 from yunhan.net.desired import HostDesired, VipDesired
 from yunhan.net.naming import Naming, port_ifname
 
@@ -94,6 +94,8 @@ class FakeApi:
             result = "stale"
         elif v["holder"] == c["instance"]:
             result = "held"
+        elif c.get("how") == "traffic" and v["holder"] is not None:
+            result = "taken"
         else:
             result = "won"
             v["holder"], v["epoch"] = c["instance"], v["epoch"] + 1
@@ -167,7 +169,16 @@ def test_an_allowed_announcement_repoints_at_once_and_is_claimed_once() -> None:
         assert claims.announce(NETNS, port_ifname(B.id), garp(B, op=op)) == "duplicate"
     assert claims.flush_once()
     assert api.posts == [
-        [{"vip_ip": VIP, "vpc": VPC.id, "instance": B.id, "epoch_seen": 4, "at": 1000.0}]
+        [
+            {
+                "vip_ip": VIP,
+                "vpc": VPC.id,
+                "instance": B.id,
+                "epoch_seen": 4,
+                "at": 1000.0,
+                "how": "garp",
+            }
+        ]
     ]
     assert claims.epoch("vip-1") == 5  # the result's epoch is the agent's new one
     assert claims.announce(NETNS, port_ifname(B.id), garp(B)) == "duplicate"
@@ -297,12 +308,17 @@ def test_the_threads_read_announcements_repoint_and_report() -> None:
     api = FakeApi()
     frames = [(port_ifname(B.id), garp(B)), (port_ifname(B.id), garp(B))]
     opened: list[str] = []
+    watched: list[tuple[str, dict[str, tuple[str, ...]]]] = []
 
     class Source:
         def __init__(self, netns: str) -> None:
             opened.append(netns)
+            self.netns = netns
 
-        def receive(self, timeout: float) -> list[tuple[str, Arp]]:
+        def watch(self, sources: dict[str, tuple[str, ...]]) -> None:
+            watched.append((self.netns, dict(sources)))
+
+        def receive(self, timeout: float) -> list[tuple[str, Arp | Sent]]:
             out = list(frames)
             frames.clear()
             if not out:
@@ -324,9 +340,54 @@ def test_the_threads_read_announcements_repoint_and_report() -> None:
     try:
         wait_for(lambda: api.posts, what="a claim posted")
         assert opened == [NETNS]
+        # the reader told its socket which VIP sources are news: VIP from anywhere but the
+        # overlay and its holder's port (remote here), VIP2 (held by nobody) likewise
+        assert watched[0] == (NETNS, {VIP: ("vxlan0",)})
         assert order[0] == "repoint" and api.posts[0][0]["instance"] == B.id
         assert len(api.posts) == 1 and len(api.posts[0]) == 1
         claims.update(HostDesired(host="h2", underlay_ip="198.18.1.12", vtep_index=2))
         assert claims.namespaces == []
     finally:
         claims.stop()
+
+
+# -- an instance sending from a VIP ------------------------------------------------------
+
+
+def test_sending_from_a_vip_is_claimed_as_traffic_without_a_head_start() -> None:
+    """A packet from the VIP is a weaker sign than an announcement: claimed as `traffic`,
+    which the control plane grants only while nobody holds the VIP; no head start."""
+    api = FakeApi()
+    claims, repoints = make(api)
+    claims.update(doc(vip2=True))
+    port_b = port_ifname(B.id)
+    # VIP is held by r (on h1): b sending from it is claimed, and taken is the answer
+    assert claims.announce(NETNS, port_b, Sent(VIP, B.mac_or_default())) == "claimed"
+    assert claims.announce(NETNS, port_b, Sent(VIP, B.mac_or_default())) == "duplicate"
+    assert claims.heads == {}
+    assert claims.flush_once()
+    assert [(c["instance"], c["how"]) for c in api.posts[0]] == [(B.id, "traffic")]
+    assert api.vips[VIP]["holder"] == R.id  # taken: r keeps it
+    assert claims.announce(NETNS, port_b, Sent(VIP, B.mac_or_default())) == "duplicate"
+    # ... but an announcement by b is claimed (its own mark) and re-points at once
+    assert claims.announce(NETNS, port_b, garp(B)) == "repointed"
+    # VIP2 is held by nobody: b sending from it wins it
+    assert claims.announce(NETNS, port_b, Sent(VIP2, B.mac_or_default())) == "claimed"
+    assert claims.flush_once()
+    assert api.vips[VIP2]["holder"] == B.id and api.vips[VIP]["holder"] == B.id
+    # the holder's own traffic is no news; a stranger sending from it is refused
+    holder_doc = doc(epoch=5, holder=B)
+    claims.update(holder_doc)
+    assert claims.announce(NETNS, port_b, Sent(VIP, B.mac_or_default())) == "duplicate"
+    assert claims.announce(NETNS, port_ifname(C.id), Sent(VIP, C.mac_or_default())) == (
+        "not_allowed"
+    )
+    assert repoints == []
+
+
+def test_the_sources_watched_exclude_the_holder_s_port() -> None:
+    claims, _ = make(FakeApi())
+    claims.update(doc(epoch=5, holder=B, vip2=True))
+    with claims._lock:  # what each reader tells its socket
+        sources = dict(claims._sources)
+    assert sources == {NETNS: {VIP: ("vxlan0", port_ifname(B.id)), VIP2: ("vxlan0",)}}

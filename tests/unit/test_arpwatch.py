@@ -1,8 +1,9 @@
 """ARP frames: parse and encode round-trip, and what is not an IPv4-over-Ethernet ARP is
-refused (None), never an exception."""
+refused (None), never an exception; the socket filters, run by a small interpreter."""
 
 from __future__ import annotations
 
+import ipaddress
 import struct
 
 import pytest
@@ -12,9 +13,17 @@ from yunhan.net.arpwatch import (
     ARP_REPLY,
     ARP_REQUEST,
     ETH_P_ARP,
+    MAX_WATCHED,
+    PACKET_OUTGOING,
+    SKF_AD_IFINDEX,
+    SKF_AD_OFF,
+    SKF_AD_PKTTYPE,
     Arp,
+    Sent,
     encode_arp,
     parse_arp,
+    parse_sent,
+    watch_program,
 )
 
 # A gratuitous ARP request as keepalived sends it (captured shape): broadcast, sender and
@@ -78,3 +87,60 @@ def test_the_socket_filter_keeps_arp_and_nothing_else() -> None:
     assert run(arp) >= len(arp)
     assert run(arp[:12] + b"\x08\x00" + arp[14:]) == 0
     assert ETH_P_ARP == 0x0806
+
+
+def _ipv4(src: str, dst: str = "10.0.0.9", mac: str = "02:00:00:00:00:01") -> bytes:
+    eth = bytes.fromhex("ffffffffffff") + bytes.fromhex(mac.replace(":", "")) + b"\x08\x00"
+    ip = bytes([0x45, 0]) + (28).to_bytes(2, "big") + bytes(4) + bytes([64, 1, 0, 0])
+    ip += ipaddress.IPv4Address(src).packed + ipaddress.IPv4Address(dst).packed
+    return eth + ip + bytes(8)
+
+
+def _run(program: tuple[tuple[int, int, int, int], ...], frame: bytes, ifindex: int,
+         pkttype: int = 0) -> int:  # fmt: skip
+    """A tiny interpreter of the instructions `watch_program` uses, with the two pieces of
+    ancillary data it loads."""
+    anc = {(SKF_AD_OFF + SKF_AD_IFINDEX) & 0xFFFFFFFF: ifindex,
+           (SKF_AD_OFF + SKF_AD_PKTTYPE) & 0xFFFFFFFF: pkttype}  # fmt: skip
+    pc, acc = 0, 0
+    while True:
+        code, jt, jf, k = program[pc]
+        if code == 0x28:  # ldh [k]
+            acc = struct.unpack_from("!H", frame, k)[0]
+        elif code == 0x20:  # ld [k]: a packet word, or ancillary data
+            acc = anc[k] if k in anc else struct.unpack_from("!I", frame, k)[0]
+        elif code == 0x15:  # jeq #k
+            pc += 1 + (jt if acc == k else jf)
+            continue
+        else:
+            assert code == 0x06
+            return k
+        pc += 1
+
+
+def test_the_watch_filter_keeps_arp_and_news_of_vip_sources_only() -> None:
+    prog = watch_program([("10.0.1.100", [3, 7]), ("10.0.1.101", [3])])
+    arp = encode_arp(Arp(ARP_REQUEST, "02:00:00:00:00:01", "10.0.1.100", "00:00:00:00:00:00",
+                         "10.0.1.100"))  # fmt: skip
+    assert _run(prog, arp, ifindex=3) == 64  # ARP from anywhere
+    assert _run(prog, _ipv4("10.0.1.100"), ifindex=5) == 64  # a standby's port: news
+    assert _run(prog, _ipv4("10.0.1.100"), ifindex=7) == 0  # the holder's port
+    assert _run(prog, _ipv4("10.0.1.100"), ifindex=3) == 0  # the overlay
+    assert _run(prog, _ipv4("10.0.1.101"), ifindex=7) == 64
+    assert _run(prog, _ipv4("10.0.1.101"), ifindex=5, pkttype=PACKET_OUTGOING) == 0
+    assert _run(prog, _ipv4("10.0.1.50"), ifindex=5) == 0  # not a VIP
+    assert _run(prog, arp[:12] + b"\x86\xdd" + arp[14:], ifindex=5) == 0  # IPv6
+    assert all(0 <= jt < 256 and 0 <= jf < 256 for _c, jt, jf, _k in prog)
+    many = watch_program([(f"10.0.2.{i}", [1, 2]) for i in range(200)])
+    assert len(many) == 8 + MAX_WATCHED * 8 + 1  # the rest is left to ARP only
+    assert _run(watch_program([]), _ipv4("10.0.1.100"), ifindex=5) == 0
+
+
+def test_an_ipv4_frame_gives_its_source() -> None:
+    assert parse_sent(_ipv4("10.0.1.100", mac="02:aa:00:00:00:01")) == Sent(
+        "10.0.1.100", "02:aa:00:00:00:01"
+    )
+    arp = encode_arp(Arp(ARP_REQUEST, "02:00:00:00:00:01", "10.0.0.1", "00:00:00:00:00:00",
+                         "10.0.0.1"))  # fmt: skip
+    assert parse_sent(arp) is None
+    assert parse_sent(_ipv4("10.0.1.100")[:30]) is None

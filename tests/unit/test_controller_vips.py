@@ -100,3 +100,23 @@ def test_damping_keeps_delivery_until_a_quiet_window() -> None:
         ch = change_holder(s, Holder("ab"[n % 2], None, None), t + 11 * n, "claim", d)
         assert not ch.damped
         s = ch.status
+
+
+def test_a_traffic_claim_wins_only_while_nobody_holds_the_vip() -> None:
+    """An instance sending from the VIP without announcing it: it gets an unheld VIP, but
+    never takes it from a holder (an old holder's stray packets after a failover)."""
+    s = initial_status()
+
+    def traffic(status: dict[str, Any], who: str, seen: int) -> tuple[str, Any]:
+        return decide_claim(status, True, True, seen, Holder(who, "az", "h"), 0.0, NO_DAMPING,
+                            "traffic")  # fmt: skip
+
+    outcome, ch = traffic(s, "a", 0)
+    assert outcome == "won" and ch.status["holder"] == "a"
+    assert ch.status["history"][-1]["cause"] == "traffic"
+    s = ch.status
+    assert traffic(s, "b", 1) == ("taken", None)  # a holds it
+    assert traffic(s, "a", 1) == ("held", None)
+    assert traffic(s, "b", 0) == ("stale", None)
+    _, ch = _claim(s, "b", 1)  # b announces it: b takes over
+    assert traffic(ch.status, "a", 2) == ("taken", None)  # a's last packets do not take it back

@@ -39,15 +39,15 @@ import ipaddress
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import httpx
 
-from yunhan.net.arpwatch import Arp, ArpError, ArpSocket
+from yunhan.net.arpwatch import Arp, ArpError, ArpSocket, Sent
 from yunhan.net.desired import HostDesired, Route, VipDesired, VpcDesired
-from yunhan.net.naming import Naming
+from yunhan.net.naming import VXLAN_IFNAME, Naming
 
 log = logging.getLogger("yunhan.agent.vipclaims")
 
@@ -58,6 +58,7 @@ MAX_BACKOFF = 30.0
 READ_TIMEOUT = 0.5
 
 Seen = Literal["not_a_port", "not_a_vip", "duplicate", "not_allowed", "claimed", "repointed"]
+How = Literal["garp", "traffic"]
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class Claim:
     epoch_seen: int
     at: float
     allowed: bool
+    how: How = "garp"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -78,6 +80,7 @@ class Claim:
             "instance": self.instance,
             "epoch_seen": self.epoch_seen,
             "at": self.at,
+            "how": self.how,
         }
 
 
@@ -131,7 +134,8 @@ def _net_key(cidr: str) -> tuple[int, int]:
 
 
 class ArpSource(Protocol):
-    def receive(self, timeout: float) -> list[tuple[str, Arp]]: ...
+    def watch(self, sources: Mapping[str, Sequence[str]]) -> None: ...
+    def receive(self, timeout: float) -> list[tuple[str, Arp | Sent]]: ...
     def close(self) -> None: ...
 
 
@@ -173,10 +177,12 @@ class VipClaims:
         self._vips: dict[tuple[str, str], VipDesired] = {}  # (vpc, ip)
         self._ports: dict[str, dict[str, tuple[str, str]]] = {}  # netns -> ifname -> (vpc, inst)
         self._delivered: dict[tuple[str, str], str] = {}  # (vpc, ip) -> local instance
+        # netns -> VIP address -> the interfaces whose packets from it are no news
+        self._sources: dict[str, dict[str, tuple[str, ...]]] = {}
         self._epochs: dict[str, int] = {}  # VIP id -> the newest epoch known
-        self._marks: dict[tuple[str, str, str], int] = {}  # (vpc, ip, instance) -> epoch
+        self._marks: dict[tuple[str, str, str, How], int] = {}  # (vpc, ip, inst, how) -> epoch
         self._heads: dict[tuple[str, str], _Head] = {}
-        self._pending: dict[tuple[str, str, str], Claim] = {}
+        self._pending: dict[tuple[str, str, How, str], Claim] = {}
         self._repoint_due = False
         self._readers: dict[str, tuple[threading.Thread, threading.Event]] = {}
         self._running = False
@@ -240,20 +246,28 @@ class VipClaims:
             vips: dict[tuple[str, str], VipDesired] = {}
             ports: dict[str, dict[str, tuple[str, str]]] = {}
             delivered: dict[tuple[str, str], str] = {}
+            sources: dict[str, dict[str, tuple[str, ...]]] = {}
             for v in applied.vpcs:
                 if not v.vips or not v.ports:
                     continue
+                ns = self.naming.vpc_netns(v.vni)
                 vips.update(((v.id, x.ip), x) for x in v.vips)
-                ports[self.naming.vpc_netns(v.vni)] = {
-                    p.ifname: (v.id, p.instance_id) for p in v.ports
-                }
+                ports[ns] = {p.ifname: (v.id, p.instance_id) for p in v.ports}
+                holder_port = {a: p.ifname for p in v.ports for a in p.allowed_ips}
                 for p in v.ports:
                     delivered.update(((v.id, a), p.instance_id) for a in p.allowed_ips)
+                sources[ns] = {
+                    x.ip: (VXLAN_IFNAME, holder_port[x.ip])
+                    if x.ip in holder_port
+                    else (VXLAN_IFNAME,)
+                    for x in v.vips
+                }
         except Exception:  # a document we cannot read must not stop the apply loop
             log.exception("vip claims: cannot read the document's VIPs")
             return
         with self._lock:
             self._vips, self._ports, self._delivered = vips, ports, delivered
+            self._sources = sources
             for x in vips.values():
                 self._epochs[x.id] = max(self._epochs.get(x.id, 0), x.epoch)
             ids = {x.id for x in vips.values()}
@@ -278,31 +292,42 @@ class VipClaims:
 
     # -- announcements -----------------------------------------------------------------
 
-    def announce(self, netns: str, ifname: str, arp: Arp, now: float | None = None) -> Seen:
-        """An ARP packet received on `ifname` in `netns`: what the agent makes of it."""
+    def announce(self, netns: str, ifname: str, arp: Arp | Sent, now: float | None = None) -> Seen:
+        """An ARP packet (or an IPv4 packet from a VIP) received on `ifname` in `netns`:
+        what the agent makes of it.
+
+        A packet sent from a VIP is a weaker sign than an announcement: it is claimed as
+        `traffic`, which the control plane grants only while nobody holds the VIP (an old
+        holder's stray packets must not take it back), so it gets no head start here.
+        """
         at = self._clock() if now is None else now
+        how: How = "garp" if isinstance(arp, Arp) else "traffic"
+        ip = arp.sender_ip if isinstance(arp, Arp) else arp.src_ip
         with self._lock:
             who = self._ports.get(netns, {}).get(ifname)
             if who is None:
                 return "not_a_port"
             vpc_id, inst = who
-            vip = self._vips.get((vpc_id, arp.sender_ip))
+            vip = self._vips.get((vpc_id, ip))
             if vip is None:
                 return "not_a_vip"
+            if how == "traffic" and self._delivered.get((vpc_id, vip.ip)) == inst:
+                return "duplicate"  # the holder's own traffic (the filter lets none through)
             epoch = max(self._epochs.get(vip.id, 0), vip.epoch)
-            mark = (vpc_id, vip.ip, inst)
+            mark = (vpc_id, vip.ip, inst, how)
             if self._marks.get(mark) == epoch:
                 return "duplicate"
             self._marks[mark] = epoch
             allowed = inst in vip.allowed
-            self._queue(Claim(vip.ip, vpc_id, inst, epoch, at, allowed))
+            self._queue(Claim(vip.ip, vpc_id, inst, epoch, at, allowed, how))
             seen: Seen = "claimed" if allowed else "not_allowed"
-            if allowed and self._delivered.get((vpc_id, vip.ip)) != inst:
+            if allowed and how == "garp" and self._delivered.get((vpc_id, vip.ip)) != inst:
                 self._heads[(vpc_id, vip.ip)] = _Head(inst, epoch)
                 self._delivered[(vpc_id, vip.ip)] = inst
                 self._repoint_due = True
                 seen = "repointed"
-        log.info("vip claims: %s announced %s (epoch %d): %s", inst, vip.ip, epoch, seen)
+        log.info("vip claims: %s %s %s (epoch %d): %s", inst,
+                 "announced" if how == "garp" else "sends from", vip.ip, epoch, seen)  # fmt: skip
         self._wake.set()
         return seen
 
@@ -310,7 +335,7 @@ class VipClaims:
         # Under the lock. The latest announcement of a VIP by an allowed instance replaces
         # the one before (a batch with both would make the later one stale); refused ones
         # are kept per instance (the control plane counts each).
-        key = (claim.vpc, claim.vip_ip, "" if claim.allowed else claim.instance)
+        key = (claim.vpc, claim.vip_ip, claim.how, "" if claim.allowed else claim.instance)
         self._pending.pop(key, None)
         self._pending[key] = claim
         while len(self._pending) > MAX_PENDING:
@@ -356,7 +381,7 @@ class VipClaims:
         return True
 
     def _done(
-        self, batch: list[tuple[tuple[str, str, str], Claim]], results: list[dict[str, Any]]
+        self, batch: list[tuple[tuple[str, str, How, str], Claim]], results: list[dict[str, Any]]
     ) -> bool:
         """Forget the claims posted and learn from their results; True when a head start
         was dropped (the agent must apply the controller's document again)."""
@@ -379,7 +404,7 @@ class VipClaims:
                     result,
                     epoch,
                 )
-                mark = (claim.vpc, claim.vip_ip, claim.instance)
+                mark = (claim.vpc, claim.vip_ip, claim.instance, claim.how)
                 if self._marks.get(mark) == claim.epoch_seen:
                     if result == "stale":
                         del self._marks[mark]  # the next announcement claims at the new epoch
@@ -401,12 +426,14 @@ class VipClaims:
 
     def _read_loop(self, netns: str, stop: threading.Event) -> None:
         sock: ArpSource | None = None
+        watched: dict[str, tuple[str, ...]] | None = None
         backoff = 0.2
         try:
             while not stop.is_set() and not self._stop.is_set():
                 if sock is None:
                     try:
                         sock = self._source(netns)
+                        watched = None  # a new socket keeps ARP only until it is told
                         backoff = 0.2
                     except ArpError as exc:  # the namespace is not there (yet)
                         log.warning("vip claims: %s; retrying in %.1f s", exc, backoff)
@@ -414,6 +441,11 @@ class VipClaims:
                         backoff = min(backoff * 2, 10.0)
                         continue
                 try:
+                    with self._lock:
+                        want = self._sources.get(netns, {})
+                    if want != watched:
+                        sock.watch(want)
+                        watched = want
                     frames = sock.receive(READ_TIMEOUT)
                 except ArpError as exc:
                     log.warning("vip claims: %s; reopening", exc)

@@ -34,8 +34,11 @@ FLAPPING = "VipFlapping"
 SETTLED = "VipSettled"
 CLAIM_REFUSED = "VipClaimRefused"
 
-Outcome = Literal["won", "held", "stale", "not_allowed", "not_here", "unknown"]
-OUTCOMES: tuple[Outcome, ...] = ("won", "held", "stale", "not_allowed", "not_here", "unknown")
+Outcome = Literal["won", "held", "stale", "taken", "not_allowed", "not_here", "unknown"]
+OUTCOMES: tuple[Outcome, ...] = (
+    "won", "held", "stale", "taken", "not_allowed", "not_here", "unknown",
+)  # fmt: skip
+How = Literal["garp", "traffic"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,11 +144,15 @@ def decide_claim(
     claimant: Holder,
     now: float,
     damping: Damping,
+    how: How = "garp",
 ) -> tuple[Outcome, Change | None]:
     """The outcome of one claim, and the change it makes (None: nothing to write).
 
     `allowed`: the claimant is in the VIP's allowed list; `on_host`: it runs on the host
-    that reports the claim. Stale claims lose even when the claimant is allowed.
+    that reports the claim. Stale claims lose even when the claimant is allowed. A claim
+    by `traffic` (the instance sent from the VIP, without announcing it) wins only while
+    nobody holds the VIP: an old holder's last packets after a failover must not take
+    the address back, so taking over from a holder needs an announcement (or a move).
     """
     if not allowed:
         return "not_allowed", None
@@ -155,6 +162,10 @@ def decide_claim(
         return "stale", None
     if status.get("holder") == claimant.instance:
         return "held", None
+    if how == "traffic":
+        if status.get("holder") is not None:
+            return "taken", None
+        return "won", change_holder(status, claimant, now, "traffic", damping)
     return "won", change_holder(status, claimant, now, "claim", damping)
 
 
@@ -212,6 +223,7 @@ def apply_claim(
     epoch_seen: int,
     now: float,
     damping: Damping,
+    how: How = "garp",
 ) -> ClaimResult:
     """Decide one claim reported by `host`'s agent and write what it changes."""
     found = tx.find("vip", "vpc_ip", f"{vpc}|{vip_ip}")
@@ -222,7 +234,9 @@ def apply_claim(
     allowed = inst is not None and inst.id in vip.spec.get("allowed", ())
     on_host = inst is not None and inst.status.get("host") == host
     claimant = holder_of(inst) if inst is not None else Holder(instance, None, None)
-    outcome, change = decide_claim(vip.status, allowed, on_host, epoch_seen, claimant, now, damping)
+    outcome, change = decide_claim(
+        vip.status, allowed, on_host, epoch_seen, claimant, now, damping, how
+    )
     if change is not None:
         vip = tx.update(vip, status=change.status)
     return ClaimResult(vip_ip, vpc, instance, outcome, vip, change is not None and change.damped)

@@ -191,6 +191,11 @@ class VipClaim(_Body):
     instance: str = Field(description="the id of the instance that announced it")
     epoch_seen: Int = Field(ge=0, le=2**53 - 1, description="the VIP's epoch the agent knew")
     at: Number | None = Field(None, description="when the agent saw it (unix seconds)")
+    how: Literal["garp", "traffic"] = Field(
+        "garp",
+        description="garp: the instance announced it; traffic: it sent from it (granted "
+        "only while nobody holds the VIP)",
+    )
 
 
 class VipClaims(_Body):

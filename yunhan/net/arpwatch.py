@@ -8,6 +8,13 @@ interface there. The caller keeps the frames of the instance ports it knows and 
 rest (the VXLAN device, gateway ports, and what the namespace sends itself: the proxy ARP
 answers of the host side).
 
+The socket also sees an instance **sending from a VIP** (an IPv4 packet whose source is
+the VIP), the sign of an instance that took the address without announcing it: `watch`
+makes the kernel keep, besides ARP, the IPv4 packets whose source is one of the VIPs given,
+except those received on the interfaces given for it (the port the VIP is delivered to, and
+the VXLAN device: the holder's own traffic, local or remote, is no news) and those the
+namespace sends. Everything else stays in the kernel, so the holder's traffic costs nothing.
+
 Why ETH_P_ALL with a filter, not an ETH_P_ARP socket: the port's anti-spoofing chain
 (`net.nft`, netdev ingress) drops ARP whose sender address the port may not use, and the
 announcement of a standby that takes a VIP is exactly such ARP until the VIP is delivered
@@ -23,6 +30,7 @@ import array
 import ipaddress
 import socket
 import struct
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from yunhan.net import nsutil
@@ -43,6 +51,68 @@ ARP_ONLY = (
     (0x06, 0, 0, 64),  # ret #64
     (0x06, 0, 0, 0),  # ret #0
 )
+
+
+SKF_AD_OFF = -0x1000  # linux/filter.h: ancillary data, loaded at negative offsets
+SKF_AD_PKTTYPE = 4
+SKF_AD_IFINDEX = 8
+ETH_P_IP = 0x0800
+MAX_WATCHED = 64  # VIP sources per namespace the filter checks (the rest: ARP only)
+Insn = tuple[int, int, int, int]
+
+
+def _ld_abs(k: int) -> Insn:
+    return (0x20, 0, 0, k & 0xFFFFFFFF)  # ld [k] (a word; k < 0: ancillary data)
+
+
+def watch_program(sources: Sequence[tuple[str, Sequence[int]]]) -> tuple[Insn, ...]:
+    """A classic BPF program keeping ARP, and IPv4 packets whose source is one of the
+    addresses of `sources` received on an interface other than the ifindexes given with it
+    (and not sent by this namespace). At most MAX_WATCHED addresses are checked.
+
+    Every jump stays inside its address's block (offsets are 8 bits): each block reloads
+    the source address, and ends with its own return.
+    """
+    prog: list[Insn] = [
+        (0x28, 0, 0, 12),  # ldh [12]: the ethertype
+        (0x15, 0, 1, ETH_P_ARP),  # jeq ARP, next, +1
+        (0x06, 0, 0, 64),  # ret #64
+        (0x15, 1, 0, ETH_P_IP),  # jeq IPv4, +1, next
+        (0x06, 0, 0, 0),  # ret #0
+        _ld_abs(SKF_AD_OFF + SKF_AD_PKTTYPE),
+        (0x15, 0, 1, PACKET_OUTGOING),  # jeq outgoing, next, +1
+        (0x06, 0, 0, 0),  # ret #0
+    ]
+    for ip, excluded in list(sources)[:MAX_WATCHED]:
+        block: list[Insn] = [_ld_abs(SKF_AD_OFF + SKF_AD_IFINDEX)]
+        for ifindex in excluded:
+            block += [(0x15, 0, 1, ifindex), (0x06, 0, 0, 0)]  # jeq ifindex, next, +1; ret #0
+        block.append((0x06, 0, 0, 64))  # ret #64
+        prog += [
+            _ld_abs(26),  # ld [26]: the IPv4 source address
+            (0x15, 0, len(block), int(ipaddress.IPv4Address(ip))),  # jeq src, next, skip block
+            *block,
+        ]
+    prog.append((0x06, 0, 0, 0))
+    return tuple(prog)
+
+
+@dataclass(frozen=True)
+class Sent:
+    """An IPv4 packet an instance sent from `src_ip` (the frame's source MAC `src_mac`)."""
+
+    src_ip: str
+    src_mac: str
+
+
+def parse_sent(frame: bytes) -> Sent | None:
+    """The source of the IPv4 packet an Ethernet frame carries; None for anything else."""
+    if len(frame) < _ETH.size + 20:
+        return None
+    _dst, src, ethertype = _ETH.unpack_from(frame)
+    if ethertype != ETH_P_IP or frame[_ETH.size] >> 4 != 4:
+        return None
+    return Sent(str(ipaddress.IPv4Address(frame[26:30])), _mac(src))
 
 
 class ArpError(Exception):
@@ -138,20 +208,43 @@ class ArpSocket:
         # What was queued before the filter was attached is parsed and dropped by
         # `receive` like anything that is not ARP.
 
-    def receive(self, timeout: float) -> list[tuple[str, Arp]]:
-        """(interface name, ARP) of what arrived within `timeout` seconds, what this
-        namespace sent left out; [] when nothing did. Raises ArpError."""
+    def watch(self, sources: Mapping[str, Sequence[str]]) -> None:
+        """Keep, besides ARP, IPv4 packets from the addresses of `sources` (VIP address ->
+        the interface names whose packets from it are no news); replaces the last call's.
+        Interfaces not there (yet) are left out. Raises ArpError."""
+
+        def resolve() -> tuple[Insn, ...]:
+            watched = []
+            for ip, names in sources.items():
+                excluded = []
+                for name in names:
+                    try:
+                        excluded.append(socket.if_nametoindex(name))
+                    except OSError:
+                        continue
+                watched.append((ip, excluded))
+            return watch_program(watched)
+
+        try:
+            program = nsutil.run_in(resolve, net=self.netns)
+            _attach(self._sock, program)
+        except OSError as exc:
+            raise ArpError(f"ARP socket in {self.netns}: {exc}") from exc
+
+    def receive(self, timeout: float) -> list[tuple[str, Arp | Sent]]:
+        """(interface name, ARP or IPv4 source) of what arrived within `timeout` seconds,
+        what this namespace sent left out; [] when nothing did. Raises ArpError."""
         self._sock.settimeout(timeout)
-        out: list[tuple[str, Arp]] = []
+        out: list[tuple[str, Arp | Sent]] = []
         try:
             data, addr = self._sock.recvfrom(256)
             while True:
                 # The name is resolved by the kernel through the socket (SIOCGIFNAME on
                 # its fd), so in the socket's namespace, not the reading thread's.
                 ifname, _proto, pkttype = addr[0], addr[1], addr[2]
-                arp = parse_arp(data)
-                if arp is not None and pkttype != PACKET_OUTGOING:
-                    out.append((ifname, arp))
+                seen = parse_arp(data) or parse_sent(data)
+                if seen is not None and pkttype != PACKET_OUTGOING:
+                    out.append((ifname, seen))
                 self._sock.settimeout(0.0)  # drain what is queued, then return
                 data, addr = self._sock.recvfrom(256)
         except (TimeoutError, BlockingIOError):

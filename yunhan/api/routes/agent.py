@@ -208,13 +208,21 @@ async def report_vip_claims(
         with st.store.transaction() as tx:
             return [
                 apply_claim(
-                    tx, name, c.vip_ip, c.vpc, c.instance, c.epoch_seen, now, st.vip_damping
+                    tx,
+                    name,
+                    c.vip_ip,
+                    c.vpc,
+                    c.instance,
+                    c.epoch_seen,
+                    now,
+                    st.vip_damping,
+                    c.how,
                 )
                 for c in body.claims
             ]
 
     results = await asyncio.to_thread(write) if body.claims else []
-    for res in results:
+    for claim, res in zip(body.claims, results, strict=True):
         st.vip_claims[res.result] += 1
         vip = res.vip
         if vip is None:
@@ -224,7 +232,8 @@ async def report_vip_claims(
                 vip.project,
                 vip.id,
                 CLAIM_REFUSED,
-                f"instance {res.instance} on host {name} announced VIP {vip.name} "
+                f"instance {res.instance} on host {name} "
+                f"{'announced' if claim.how == 'garp' else 'sent packets from'} VIP {vip.name} "
                 f"({vip.spec['ip']}) but is not allowed to hold it; ignored, and its port "
                 "drops packets from that address",
             )

@@ -658,6 +658,16 @@ class Patches:
         with self._lock:
             return dict(self._rollouts)
 
+    @property
+    def exec_checks(self) -> int:
+        """Exec'ed pids still waiting for a check."""
+        with self._lock:
+            return len(self._exec_checks)
+
+    @property
+    def running(self) -> bool:
+        return any(t.is_alive() for t in self._threads)
+
     def exec_seen(self, pid: int) -> None:
         """A process exec'ed (the connector): check it over the next second."""
         now = self._clock()

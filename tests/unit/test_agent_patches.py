@@ -33,6 +33,7 @@ from yunhan.agent.patches import (
     BUSY_TRIES,
     EXEC_CHECKS,
     MAX_BACKOFF,
+    MAX_REPORTS,
     Patches,
     ProcInfo,
     Reports,
@@ -594,6 +595,13 @@ def test_batches_are_at_most_max_rows_and_a_patch_is_split_only_when_alone() -> 
     assert [b["patch"] for b in first] == ["hp-1"]  # hp-2 does not fit whole: next post
     q.done(first)
     assert [len(b["processes"]) for b in q.batch(max_rows=2)] == [2]  # alone: split
+    many = Reports()
+    for i in range(MAX_REPORTS + 5):
+        many.put(f"hp-{i}", "applying", message="x" * 5000)
+    sent = many.batch()
+    assert len(sent) == MAX_REPORTS and len(sent[0]["message"]) == 1000  # the server's bounds
+    many.done(sent)
+    assert len(many) == 5
 
 
 def test_a_failed_post_is_retried_and_nothing_is_lost(

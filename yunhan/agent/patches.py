@@ -75,6 +75,8 @@ HEALTH_TICK = 0.5  # seconds between two looks at the processes in their health 
 BATCH_DELAY = 0.2  # seconds to gather results in one report
 MAX_PENDING = 10_000  # process rows waiting to be reported
 MAX_BATCH = 1000  # process rows per post
+MAX_REPORTS = 100  # patches per post (the server's bound)
+MAX_REASON = 1000  # characters of a reason reported (the server's bound)
 MAX_BACKOFF = 30.0
 CONNECTOR_RETRY = 30.0  # seconds before trying the connector again after it failed
 
@@ -353,6 +355,7 @@ class Reports:
         rows: Iterable[dict[str, Any]] = (),
         message: str | None = None,
     ) -> None:
+        message = message[:MAX_REASON] if message else None  # the server's bound
         with self._lock:
             p = self._pending.get(patch)
             if p is None:
@@ -391,7 +394,7 @@ class Reports:
                 if p.message:
                     body["message"] = p.message
                 out.append(body)
-                if room <= 0:
+                if room <= 0 or len(out) >= MAX_REPORTS:
                     break
         return out
 
@@ -440,13 +443,13 @@ class _Target:
         row: dict[str, Any] = {
             "pid": self.pid,
             "start": self.start,
-            "comm": self.comm,
+            "comm": self.comm[:64],
             "instance": self.instance,
             "result": self.result,
             "at": self.at,
         }
         if self.reason:
-            row["reason"] = self.reason
+            row["reason"] = self.reason[:MAX_REASON]
         return row
 
 

@@ -84,12 +84,13 @@ def cc(*argv: str | Path) -> None:
 
 
 class Service:
-    """A service started detached (`setsid -f`: its parent exits at once), spoken to over
-    the pipes it inherited."""
+    """A service started detached (`setsid -f`: its parent exits at once), in network
+    namespace `netns` if given, spoken to over the pipes it inherited."""
 
-    def __init__(self, binary: Path) -> None:
+    def __init__(self, binary: Path, netns: str | None = None) -> None:
+        enter = [] if netns is None else ["nsenter", f"--net=/run/netns/{netns}"]
         self.p = subprocess.Popen(
-            ["setsid", "-f", str(binary)],
+            [*enter, "setsid", "-f", str(binary)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -274,3 +275,73 @@ def test_a_library_patch_reaches_every_process_new_ones_included_and_rolls_back(
     finally:
         worker.stop()
     assert not worker.running
+
+
+@pytest.fixture
+def namespaces(run_prefix: str) -> Iterator[list[str]]:
+    """Named network namespaces created by the test (deleted after its processes)."""
+    made: list[str] = []
+
+    def add(name: str) -> str:
+        subprocess.run(["ip", "netns", "add", name], check=True)
+        made.append(name)
+        return name
+
+    names: list[str] = []
+    try:
+        host = f"{run_prefix}-fp-host"
+        names = [
+            add(host),
+            add(f"{run_prefix}-fp-h1-i-0000f001"),  # this agent's instance
+            add(f"{run_prefix}-fp-h2-i-0000f002"),  # another agent's instance
+        ]
+        yield names
+    finally:
+        for name in made:
+            subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def test_in_the_lab_an_agent_patches_its_host_and_instance_namespaces_only(
+    built: tuple[Path, Path, Path],
+    services: list[Service],
+    namespaces: list[str],
+    run_prefix: str,
+    tmp_path: Path,
+) -> None:
+    """The scope against the kernel: `--host-netns` takes the host namespace and the
+    namespaces named like this agent's instances; another agent's instance and the
+    machine's own namespace keep the old code."""
+    svc, _lib, yhp = built
+    host_ns, mine_ns, theirs_ns = namespaces
+    manifest = hotpatch.read_manifest(str(yhp))
+    api = FakeControlPlane(yhp.read_bytes(), manifest.patch_id, manifest.build_id)
+    on_host, in_mine, in_theirs, outside = (
+        Service(svc, host_ns),
+        Service(svc, mine_ns),
+        Service(svc, theirs_ns),
+        Service(svc),
+    )
+    services.extend([on_host, in_mine, in_theirs, outside])
+    worker = Patches(
+        naming=Naming(f"{run_prefix}-fp-h1-"),
+        client=httpx.Client(transport=httpx.MockTransport(api.handle)),
+        api=lambda tail: f"http://api{tail}",
+        host_name="h1",
+        host_netns=host_ns,
+        cache_dir=tmp_path / "cache",
+        interval=0.2,
+        instances=lambda: ["inst-0000f001"],
+        processes=LinuxProcesses(journal_dir=tmp_path / "journal"),
+        connector=None,
+    )
+    worker.start()
+    try:
+        wait_for(lambda: api.state() == "applied", 30.0, "the patch applied")
+    finally:
+        worker.stop()
+    assert [s.ask(3) for s in services] == [3000, 3000, old_value(3), old_value(3)]
+    with api.lock:
+        rows = {p["pid"]: p for r in api.reports for p in r["processes"]}
+    assert sorted(rows) == sorted([on_host.pid, in_mine.pid])
+    assert rows[in_mine.pid]["instance"] == "inst-0000f001"
+    assert rows[on_host.pid]["instance"] is None

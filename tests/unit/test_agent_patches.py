@@ -738,3 +738,24 @@ def test_the_subscription_message_layout() -> None:
 def test_scope_dataclass_is_plain_data() -> None:
     s = Scope(everything=False, namespaces={1: None})
     assert s.admits(1) and not s.admits(2) and not s.in_instance(1)
+
+
+def test_only_an_agent_on_the_kernel_patches(tmp_path: Path) -> None:
+    from yunhan.agent.dataplane import DataPlane
+    from yunhan.agent.main import Agent, AgentConfig
+    from yunhan.errors import ValidationError
+
+    def agent(driver: str, interval: float = 2.0) -> Agent:
+        cfg = AgentConfig(api_url="http://cp/", token="t", host_name="h1", zone="z",
+                          underlay_ip="198.18.0.1", mtu=1500, host_netns="t-h1-host",
+                          prefix="t-h1-", driver=driver, state_dir=tmp_path / driver,
+                          patch_interval=interval)  # fmt: skip
+        dp = DataPlane(naming=NAMING, host_netns=None, driver=driver, state_dir=cfg.state_dir)
+        return Agent(cfg, dp, transport=httpx.MockTransport(lambda r: httpx.Response(404)))
+
+    assert agent("fake").patches is None
+    w = agent("linux", 0.5).patches
+    assert w is not None and w.interval == 0.5 and w.host_netns == "t-h1-host"
+    assert w.cache_dir == tmp_path / "linux" / "patches"
+    with pytest.raises(ValidationError, match="patch interval"):
+        agent("fake", 0.0)

@@ -35,6 +35,7 @@ import httpx
 from yunhan import localview
 from yunhan.agent.dataplane import ApplyReport, DataPlane
 from yunhan.agent.flowlogs import FlowLogs
+from yunhan.agent.patches import Patches
 from yunhan.agent.vipclaims import VipClaims
 from yunhan.errors import ValidationError
 from yunhan.net.desired import HostDesired
@@ -74,6 +75,8 @@ class AgentConfig:
     resync_interval: float = 30.0
     # Seconds between two polls of the flow-log collectors, and between two shipments.
     flowlog_interval: float = 5.0
+    # Seconds between two polls of the hot patches assigned to this host (agent.patches).
+    patch_interval: float = 2.0
     # Where the public addresses of this host's NAT gateways are announced (routed to
     # `uplink_via`, this host's underlay address): both or neither.
     uplink_netns: str | None = None
@@ -108,6 +111,10 @@ class Agent:
         if not config.flowlog_interval > 0:
             raise ValidationError(
                 f"flow log interval {config.flowlog_interval} must be a positive number of seconds"
+            )
+        if not config.patch_interval > 0:
+            raise ValidationError(
+                f"patch interval {config.patch_interval} must be a positive number of seconds"
             )
         if not config.resync_interval > 0:  # also NaN
             # It bounds the long poll: 0 would poll and re-apply without pause.
@@ -166,7 +173,27 @@ class Agent:
                 repoint=self._repoint,
                 on_error=self._failover,
             )
+        # Fleet hot patches: real processes, so likewise linux only.
+        self.patches: Patches | None = None
+        if dataplane.kind == "linux":
+            self.patches = Patches(
+                naming=dataplane.naming,
+                client=self._client,
+                api=self._api,
+                host_name=config.host_name,
+                host_netns=config.host_netns,
+                cache_dir=config.state_dir / "patches",
+                interval=config.patch_interval,
+                instances=self._instance_ids,
+                on_error=self._failover,
+            )
         self._resume()
+
+    def _instance_ids(self) -> list[str]:
+        """The instances of the document applied last (their namespaces are this host's)."""
+        with self._lock:
+            desired = self.desired
+        return [] if desired is None else [i.id for i in desired.instances]
 
     # -- the document kept on disk --------------------------------------------------------
 
@@ -287,6 +314,10 @@ class Agent:
 
     def _path(self, tail: str) -> str:
         return f"{self._endpoints[self._endpoint]}/v1/agent/hosts/{self.config.host_name}{tail}"
+
+    def _api(self, tail: str) -> str:
+        """The URL of API path `tail` ("/v1/...") on the current endpoint."""
+        return f"{self._endpoints[self._endpoint]}{tail}"
 
     def _failover(self, exc: Exception) -> None:
         """The endpoint could not be reached: use the next replica for the next call.
@@ -536,6 +567,8 @@ class Agent:
             self.flowlogs.start()
         if self.vips is not None:
             self.vips.start()
+        if self.patches is not None:
+            self.patches.start()
         try:
             self._stop.wait()
         finally:
@@ -546,6 +579,8 @@ class Agent:
                 self.flowlogs.stop()
             if self.vips is not None:
                 self.vips.stop()
+            if self.patches is not None:
+                self.patches.stop()  # waits for an engine call in flight
             for t in threads:
                 t.join(timeout=2.0)
             if not any(t.is_alive() for t in threads):

@@ -141,6 +141,7 @@ def agent(ctx: Ctx) -> None:
             state_dir=state_dir,
             resync_interval=ctx["resync_interval"],
             flowlog_interval=ctx["flowlog_interval"],
+            patch_interval=ctx["patch_interval"],
         )
     )
 
@@ -272,6 +273,13 @@ COMMANDS = (
                 "seconds between flow-log polls and shipments",
                 float,
                 5.0,
+            ),
+            Opt(
+                ("--patch-interval",),
+                "patch_interval",
+                "seconds between two polls of the hot patches assigned to this host",
+                float,
+                2.0,
             ),
         ),
         hidden=True,

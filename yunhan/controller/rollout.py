@@ -206,7 +206,9 @@ def decide(status: Mapping[str, Any], policy: Policy, now: float) -> Step:
         if failed:
             return _finish(new, "failed", f"rollback failed on host(s) {', '.join(failed)}", now)
         if all(v["state"] == "rolled_back" for v in asked.values()):
-            return _finish(new, "rolled_back", f"rolled back on {len(asked)} host(s)", now)
+            why = str(new.get("message") or "").removeprefix("rolling back: ")
+            done = f"rolled back on {len(asked)} host(s)" + (f" ({why})" if why else "")
+            return _finish(new, "rolled_back", done, now)
         return Step(new)
     if phase not in ("canary", "rolling", "paused"):
         return Step(new)

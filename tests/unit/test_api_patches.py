@@ -86,7 +86,7 @@ def test_create_show_list_file_and_admin_only(cloud: Cloud, fleet: Cloud, yhp: Y
     assert st["phase"] == "canary" and st["finished_at"] is None
     assert st["hosts"]["h1"] == {
         "want": "apply", "state": "waiting", "applied": 0, "refused": 0, "died": 0, "busy": 0,
-        "rolled_back": 0, "applied_at": None, "reported_at": None,
+        "rolled_back": 0, "applied_at": None, "reported_at": None, "message": None,
     }  # fmt: skip
     assert {h: v["want"] for h, v in st["hosts"].items()} == {
         "h1": "apply", "h2": None, "h3": None, "h4": None,
@@ -229,7 +229,7 @@ def test_a_death_while_rolling_rolls_back_everywhere_it_went(
     _report(cloud, "h3", pid, "failed")  # could not fetch the file
     cloud.reconcile()
     st = _status(cloud, "fix")
-    assert st["phase"] == "rolling_back" and "host h3 could not fetch" in st["message"]
+    assert st["phase"] == "rolling_back" and "host h3 failed: it could not fetch" in st["message"]
     assert _want(cloud, "fix") == {"h1": "rollback", "h2": "rollback", "h3": "rollback",
                                    "h4": None}  # fmt: skip
     for h in ("h1", "h2"):

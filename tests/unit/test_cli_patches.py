@@ -43,7 +43,10 @@ class PatchAgents:
                      "result": "applied" if apply else "rolled_back", "at": time.time()}
                     for pid in (4242, 4243)
                 ] if state != "failed" else []  # fmt: skip
-                body = {"reports": [{"patch": p["id"], "state": state, "processes": procs}]}
+                rep = {"patch": p["id"], "state": state, "processes": procs}
+                if state == "failed":
+                    rep["message"] = "the patch file's sha256 is not its digest"
+                body = {"reports": [rep]}
                 self.reg.api("POST", f"/v1/agent/hosts/{h}/patch-reports", json=body)
         self.controller.reconcile_once()
 
@@ -99,7 +102,7 @@ def test_wait_fails_unless_the_rollout_got_there(
                 "--wait")  # fmt: skip
     assert bad.code != 0
     assert "patch fix is rolled_back, not done" in bad.stderr
-    assert "host az1-h1 could not fetch" in bad.stderr
+    assert "host az1-h1 failed: the patch file's sha256 is not its digest" in bad.stderr
     shown = r.cli("patch", "show", "fix", "--json").json()
     assert shown["status"]["hosts"]["az2-h1"]["want"] is None  # the canary stopped it
 

@@ -668,6 +668,7 @@ class PatchHost(PatchCounts):
     state: HostPatchState = Field(description="what the host's agent last said")
     applied_at: str | None = Field(description="when its state became applied")
     reported_at: str | None
+    message: str | None = Field(None, description="the agent's reason, when it failed")
 
 
 class PatchStatus(_Out):

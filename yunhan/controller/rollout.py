@@ -115,6 +115,7 @@ def _host_entry(want: str | None) -> dict[str, Any]:
         **dict.fromkeys(COUNTERS, 0),
         "applied_at": None,
         "reported_at": None,
+        "message": None,
     }
 
 
@@ -161,7 +162,8 @@ def _trouble(status: Mapping[str, Any]) -> str | None:
         if v["died"] > died_ok.get(h, 0):
             return f"{v['died']} patched process(es) died on host {h} within the health window"
         if v["state"] == "failed" and h not in (ok.get("failed") or ()):
-            return f"host {h} could not fetch, verify or read the patch file"
+            why = v.get("message") or "it could not fetch, verify or read the patch file"
+            return f"host {h} failed: {why}"
     return None
 
 
@@ -255,16 +257,23 @@ def decide(status: Mapping[str, Any], policy: Policy, now: float) -> Step:
 
 
 def take_report(
-    status: Mapping[str, Any], host: str, state: str, results: Mapping[str, int], now: float
+    status: Mapping[str, Any],
+    host: str,
+    state: str,
+    results: Mapping[str, int],
+    now: float,
+    message: str | None = None,
 ) -> Step:
-    """The status after host `host` reports `state` and its processes' `results` (counts
-    per result of every process it reported for this patch, from the rows)."""
+    """The status after host `host` reports `state` (and why, `message`, when it failed)
+    and its processes' `results` (counts per result of every process it reported for this
+    patch, from the rows)."""
     new = _copy(status)
     v = new["hosts"][host]
     prev = v["state"]
     for c in COUNTERS:
         v[c] = int(results.get(c, 0))
     v["state"] = state
+    v["message"] = message if state == "failed" else None
     v["reported_at"] = iso(now)
     if state == "applied" and prev != "applied":
         v["applied_at"] = iso(now)
@@ -278,7 +287,8 @@ def take_report(
                 (PATCH_ROLLED_BACK, f"rolled back in {v['rolled_back']} process(es) on {host}")
             )
         elif state == "failed":
-            events.append((PATCH_FAILED, f"failed on host {host} (its processes say why)"))
+            why = message or "its processes say why"
+            events.append((PATCH_FAILED, f"failed on host {host}: {why}"))
     return Step(new, events)
 
 

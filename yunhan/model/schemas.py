@@ -427,6 +427,7 @@ class PatchProcessReport(_Body):
 class PatchReport(_Body):
     patch: str = Field(max_length=64, description="the patch's id")
     state: PatchState
+    message: str | None = Field(None, max_length=1000, description="why, when state is failed")
     processes: list[PatchProcessReport] = Field(
         default_factory=list, max_length=MAX_PATCH_PROCESSES
     )

@@ -420,7 +420,9 @@ async def report_patches(name: str, body: PatchReports, request: Request, _: Age
                 p = tx.get("patch", rep.patch)
                 if p is None or name not in p.status["hosts"]:
                     continue
-                step = rollout.take_report(p.status, name, rep.state, results[rep.patch], now)
+                step = rollout.take_report(
+                    p.status, name, rep.state, results[rep.patch], now, rep.message
+                )
                 out.append((tx.update(p, status=step.status), step.events))
         return out
 

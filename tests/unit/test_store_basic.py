@@ -248,7 +248,7 @@ def test_migration_v5_to_v6_adds_flow_records(store_url: str) -> None:
         conn.execute(text("UPDATE meta SET value = 1 WHERE key = 'revision'"))
         assert "flow_records" not in inspect(conn).get_table_names()
     with engine.begin() as conn:
-        assert s.migrate(conn) == s.LATEST == 6
+        assert s.migrate(conn, target=6) == 6
         cols = {c["name"] for c in inspect(conn).get_columns("flow_records")}
         assert set(s.flow_records.c.keys()) == cols
         indexes = {tuple(i["column_names"]) for i in inspect(conn).get_indexes("flow_records")}

@@ -36,6 +36,7 @@ from yunhan.api.routes import (
     metrics,
     natgw,
     network,
+    patches,
     projects,
     routing,
     secgroups,
@@ -50,6 +51,7 @@ from yunhan.errors import YunhanError
 from yunhan.model import new_id
 from yunhan.store import Store
 from yunhan.store.flows import FlowRecords, Retention
+from yunhan.store.patches import PatchRows
 
 log = logging.getLogger("yunhan.api")
 
@@ -218,6 +220,7 @@ def create_app(
         fleet=fleet,
         journal=Journal(store, fleet, clock, admin_project_id),
         flows=FlowRecords(store.engine, clock, flow_retention),
+        patches=PatchRows(store.engine),
         max_long_poll=max_long_poll,
         public_pools=list(public_pools),
         vip_damping=vip_damping or Damping(),
@@ -227,7 +230,7 @@ def create_app(
     _install_error_handlers(app)
     app.add_middleware(AuditMiddleware)
     modules = (projects, tokens, audit, events, infra, network, routing, natgw, secgroups,
-               acls, flowlogs, instances, vips, agent, watch)  # fmt: skip
+               acls, flowlogs, instances, vips, patches, agent, watch)  # fmt: skip
     for module in modules:
         app.include_router(module.router)
     app.include_router(metrics.router)

@@ -24,6 +24,7 @@ from yunhan.controller.vips import OUTCOMES, Damping
 from yunhan.errors import Forbidden, Unauthorized
 from yunhan.store import Store
 from yunhan.store.flows import FlowRecords
+from yunhan.store.patches import PatchRows
 
 MAX_LONG_POLL = 300.0
 # Revisions a request may name: JSON numbers are exact to 2^53 (JavaScript's, and the
@@ -40,6 +41,7 @@ class AppState:
     fleet: Fleet
     journal: Journal
     flows: FlowRecords
+    patches: PatchRows
     max_long_poll: float = MAX_LONG_POLL
     ipam: AddressHints = field(default_factory=AddressHints)
     loads: HostLoads = field(default_factory=HostLoads)

@@ -629,3 +629,98 @@ class VipClaimResult(_Out):
 
 class VipClaimResults(_Out):
     results: list[VipClaimResult]
+
+
+# -- fleet hot patches (docs/fleetpatch.md) -----------------------------------------------------
+
+PatchPhase = Literal["canary", "rolling", "paused", "done", "rolling_back", "rolled_back", "failed"]
+HostPatchState = Literal["waiting", "applying", "applied", "failed", "rolling_back", "rolled_back"]
+
+
+class PatchSpec(_Out):
+    digest: str = Field(description="sha256 (hex) of the .yhp file")
+    size: int
+    patch_id: str = Field(description="the manifest's patch id")
+    build_id: str = Field(description="the GNU build-id of the object it patches")
+    target: str = Field(description="that object's name (soname or file name)")
+    functions: list[str] = Field(description="the functions it replaces (old symbols)")
+    zone: str | None = Field(description="only hosts of this zone (id)")
+    hosts: list[str] = Field(description="only these hosts (empty: all)")
+    labels: dict[str, str] = Field(description="only hosts with all these labels")
+    canary: int
+    max_parallel: int
+    health_window: int = Field(description="seconds")
+    auto_rollback: bool
+
+
+class PatchCounts(_Out):
+    applied: int
+    refused: int
+    died: int
+    busy: int
+    rolled_back: int
+
+
+class PatchHost(PatchCounts):
+    want: Literal["apply", "rollback"] | None = Field(
+        description="what the host's agent is asked to do (null: nothing yet)"
+    )
+    state: HostPatchState = Field(description="what the host's agent last said")
+    applied_at: str | None = Field(description="when its state became applied")
+    reported_at: str | None
+    message: str | None = Field(None, description="the agent's reason, when it failed")
+
+
+class PatchStatus(_Out):
+    phase: PatchPhase
+    message: str
+    targets: list[str] = Field(description="the hosts chosen at create, in rollout order")
+    canary_hosts: list[str]
+    started_at: str
+    finished_at: str | None
+    hosts: dict[str, PatchHost]
+    counts: PatchCounts = Field(description="processes per result, over every host")
+
+
+class FleetPatch(_Envelope):
+    kind: Literal["patch"]
+    spec: PatchSpec
+    status: PatchStatus
+
+
+class FleetPatchList(_Page):
+    items: list[FleetPatch]
+
+
+class PatchProcess(_Out):
+    host: str
+    pid: int
+    start: int = Field(description="the process's start time (clock ticks since boot)")
+    comm: str
+    instance: str | None
+    result: Literal["applied", "refused", "busy", "died", "rolled_back", "rollback_failed"]
+    reason: str | None
+    at: float = Field(description="when the agent saw it (unix seconds)")
+
+
+class FleetPatchDetail(FleetPatch):
+    processes: list[PatchProcess] = Field(description="at most 1000, newest report first")
+
+
+class PatchProcesses(_Out):
+    items: list[PatchProcess] = Field(description="newest report first")
+    more: bool = Field(description="more rows than `limit` matched")
+
+
+class AgentPatch(_Out):
+    id: str
+    name: str
+    digest: str
+    patch_id: str
+    build_id: str
+    want: Literal["apply", "rollback"]
+    health_window: int
+
+
+class AgentPatches(_Out):
+    patches: list[AgentPatch]

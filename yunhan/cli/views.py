@@ -444,6 +444,11 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "table_entry": ("type", "dst", "priority", "next_hop", "state", "subnet", "host"),
     "policy_entry": ("priority", "src", "dst", "proto", "port", "action", "next_hop", "state"),
     "vip": ("name", "id", "subnet", "ip", "holder", "holder_host", "epoch", "allowed"),
+    "patch": ("name", "phase", "target", "functions", "hosts", "applied", "refused", "died",
+              "busy", "rolled_back"),
+    "patch_host": ("host", "canary", "want", "state", "applied", "refused", "died", "busy",
+                   "rolled_back", "applied_at"),
+    "patch_process": ("pid", "command", "host", "instance", "result", "time"),
 }  # fmt: skip
 
 # `-o wide`: the table's columns and what a person chasing a problem wants next to them.
@@ -482,6 +487,12 @@ WIDE: dict[str, tuple[str, ...]] = {
                      "state", "id"),
     "vip": ("name", "id", "vpc", "subnet", "ip", "holder", "holder_zone", "holder_host",
             "epoch", "delivered_to", "damped_since", "allowed", "revision", "created_at"),
+    "patch": ("name", "id", "phase", "target", "functions", "hosts", "applied", "refused",
+              "died", "busy", "rolled_back", "message", "patch_id", "build_id", "digest",
+              "canary_hosts", "started_at", "finished_at", "revision"),
+    "patch_host": ("host", "canary", "want", "state", "applied", "refused", "died", "busy",
+                   "rolled_back", "applied_at", "reported_at"),
+    "patch_process": ("pid", "command", "host", "instance", "result", "reason", "time"),
 }  # fmt: skip
 
 FORMATS = ("table", "wide", "json", "yaml")

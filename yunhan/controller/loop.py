@@ -5,8 +5,10 @@ them from the change log (`controller.engine`, a view that needs no leader). Wha
 here writes to the model, so exactly one process runs it at a time (`store.leader`):
 placing instances that have no host yet (`placement.place_pending`), judging hosts by
 their leases and placing NAT gateways (`natgw`), settling VIPs whose flap damping has
-run its course (`vips.settle_damped`; VIPs are never moved for a lost host), and
-repairing what older versions left (`repair`: default route tables, subnet indexes).
+run its course (`vips.settle_damped`; VIPs are never moved for a lost host),
+repairing what older versions left (`repair`: default route tables, subnet indexes),
+and taking fleet patch rollouts a step (`rollout.advance`: canary, health windows, rolling
+back).
 A pass that finds nothing to do writes nothing. Leases age without any write, so the loop
 also wakes every `TICK` seconds, not only when the revision moves.
 """
@@ -20,7 +22,7 @@ from collections.abc import Callable, Mapping
 from contextlib import suppress
 from typing import Any
 
-from yunhan.controller import natgw, vips
+from yunhan.controller import natgw, rollout, vips
 from yunhan.controller.loads import HostLoads
 from yunhan.controller.placement import place_pending
 from yunhan.controller.repair import needs_repair, repair
@@ -67,6 +69,8 @@ class Controller:
                 return False
             if vips.damped_due(r, now, self.vip_damping):
                 return False
+            if rollout.due(r, now):
+                return False
             return not natgw.decide(r, self.leases(), now, self._judge_lost(now))[0]
 
     def reconcile_once(self) -> int:
@@ -79,14 +83,17 @@ class Controller:
             broken = not self.repaired and needs_repair(r)
             gateways = natgw.decide(r, leases, now, judge)[0]
             settling = vips.damped_due(r, now, self.vip_damping)
+            rolling = rollout.due(r, now)
             seen = r.revision
-        if unplaced or broken or gateways or settling:
+        if unplaced or broken or gateways or settling or rolling:
             with self.store.transaction(fence=self.epoch) as tx:
                 placed = place_pending(tx, leases, now, self.loads) if unplaced else 0
                 fixed = repair(tx) if broken else 0
                 moved = natgw.apply(tx, natgw.decide(tx, leases, now, judge)[0])
                 settled = vips.settle_damped(tx, now, self.vip_damping)
                 tx.add_notices(settled)
+                stepped = rollout.advance(tx, now)
+                tx.add_notices(stepped)
                 seen = tx.next_revision if tx.wrote else tx.revision
             if placed:
                 log.info("placed %d pending instance(s)", placed)
@@ -96,6 +103,8 @@ class Controller:
                 log.info("wrote %d host condition(s) and NAT gateway placement(s)", moved)
             if settled:
                 log.info("%d damped VIP(s) settled on their latest holder", len(settled))
+            if stepped:
+                log.info("%d fleet patch rollout step(s): %s", len(stepped), stepped[0].message)
         self.repaired = True
         return seen
 

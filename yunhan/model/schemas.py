@@ -372,3 +372,66 @@ class FlowBatch(_Body):
         default_factory=dict,
         description="records dropped by the agent since its last post, per instance id",
     )
+
+
+# -- fleet hot patches (docs/fleetpatch.md) ---------------------------------------------------
+
+MAX_PATCH_BYTES = 16 << 20  # a .yhp uploaded at most (the base64 text is 4/3 of it)
+MAX_HEALTH_WINDOW = 3600
+MAX_PATCH_REPORTS = 100  # patches in one report of an agent
+MAX_PATCH_PROCESSES = 5000  # processes in one patch's report
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+PatchState = Literal["applying", "applied", "failed", "rolling_back", "rolled_back"]
+ProcessResult = Literal["applied", "refused", "busy", "died", "rolled_back", "rollback_failed"]
+
+
+class PatchCreate(_Body):
+    """A fleet patch: the .yhp (`yunhan hotpatch build`) and where and how it rolls out.
+    `labels` selects hosts (the patch itself carries none)."""
+
+    name: Name
+    content: str = Field(
+        max_length=(MAX_PATCH_BYTES + 2) // 3 * 4, description="the .yhp file, base64"
+    )
+    digest: Sha256 = Field(description="sha256 (hex) of the file, as the client computed it")
+    zone: str | None = Field(None, description="only hosts of this zone (name or id)")
+    hosts: list[Name] = Field(
+        default_factory=list, max_length=10_000, description="only these hosts (empty: all)"
+    )
+    labels: Labels = Field(
+        default_factory=dict, description="only hosts with all these labels (key: value)"
+    )
+    canary: Int = Field(1, ge=0, le=10_000, description="hosts patched first, alone")
+    max_parallel: Int = Field(1, ge=1, le=10_000, description="hosts patched at once after")
+    health_window: Int = Field(
+        30,
+        ge=0,
+        le=MAX_HEALTH_WINDOW,
+        description="seconds a patched host must stay healthy before the next step",
+    )
+    auto_rollback: bool = Field(
+        True, description="a process that dies in the health window rolls everything back"
+    )
+
+
+class PatchProcessReport(_Body):
+    pid: Int = Field(ge=1, le=2**31 - 1)
+    start: Int = Field(ge=0, le=2**53 - 1, description="its start time (clock ticks since boot)")
+    comm: str = Field(max_length=64)
+    instance: str | None = Field(None, max_length=64, description="its instance's id, if any")
+    result: ProcessResult
+    reason: str | None = Field(None, max_length=1000)
+    at: Number = Field(ge=0, le=1e11, allow_inf_nan=False, description="unix seconds")
+
+
+class PatchReport(_Body):
+    patch: str = Field(max_length=64, description="the patch's id")
+    state: PatchState
+    message: str | None = Field(None, max_length=1000, description="why, when state is failed")
+    processes: list[PatchProcessReport] = Field(
+        default_factory=list, max_length=MAX_PATCH_PROCESSES
+    )
+
+
+class PatchReports(_Body):
+    reports: list[PatchReport] = Field(max_length=MAX_PATCH_REPORTS)

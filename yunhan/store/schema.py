@@ -20,6 +20,7 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     String,
@@ -175,6 +176,34 @@ flow_records = Table(
     Index("ix_flow_records_project_start", "project", "start"),
     Index("ix_flow_records_received_at", "received_at"),
 )  # fmt: skip
+
+# Fleet hot patches (docs/fleetpatch.md): the uploaded .yhp files by content (sha256), served
+# to agents, and what agents report of each process a patch touched. Not resources: a
+# report moves no revision by its rows (the patch's status carries the counters).
+patch_files = Table(
+    "patch_files",
+    metadata,
+    Column("digest", String(64), primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("content", LargeBinary, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+patch_targets = Table(
+    "patch_targets",
+    metadata,
+    Column("patch", String(64), nullable=False),
+    Column("host", String(64), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("start", BigInteger, nullable=False),  # the process's start time (clock ticks)
+    Column("comm", String(64), nullable=False),
+    Column("instance", String(64), nullable=True),
+    Column("result", String(16), nullable=False),
+    Column("reason", Text, nullable=True),
+    Column("at", Float, nullable=False),
+    PrimaryKeyConstraint("patch", "host", "pid", "start"),
+    Index("ix_patch_targets_patch_at", "patch", "at"),
+)
 
 # The change log (ARCHITECTURE §6): every committed write of a resource, in order. Each
 # API process keeps the model in memory and follows this log (after a NOTIFY on PostgreSQL,
@@ -354,7 +383,29 @@ def _v6(conn: Connection) -> None:
           Index("ix_flow_records_received_at", "received_at")).create(conn)  # fmt: skip
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
+def _v7(conn: Connection) -> None:
+    # Fleet hot patching (issue 13): patch files by digest, per-process results.
+    m = MetaData()
+    Table("patch_files", m,
+          Column("digest", String(64), primary_key=True),
+          Column("size", BigInteger, nullable=False),
+          Column("content", LargeBinary, nullable=False),
+          Column("created_at", Float, nullable=False)).create(conn)  # fmt: skip
+    Table("patch_targets", m,
+          Column("patch", String(64), nullable=False),
+          Column("host", String(64), nullable=False),
+          Column("pid", Integer, nullable=False),
+          Column("start", BigInteger, nullable=False),
+          Column("comm", String(64), nullable=False),
+          Column("instance", String(64), nullable=True),
+          Column("result", String(16), nullable=False),
+          Column("reason", Text, nullable=True),
+          Column("at", Float, nullable=False),
+          PrimaryKeyConstraint("patch", "host", "pid", "start"),
+          Index("ix_patch_targets_patch_at", "patch", "at")).create(conn)  # fmt: skip
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]
 LATEST = len(MIGRATIONS)
 # PostgreSQL advisory lock keys are one 64-bit space per database: ours are "YH" + a tag.
 MIGRATE_LOCK_KEY = 0x5948_0000_0000_0001

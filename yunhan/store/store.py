@@ -107,6 +107,10 @@ INDEXES: dict[tuple[str, str], IndexFn] = {
     ("vip", "vpc"): lambda r: r.spec.get("vpc"),
     ("vip", "vpc_ip"): lambda r: f"{r.spec.get('vpc')}|{r.spec.get('ip')}",
     ("vip", "damped"): lambda r: "yes" if r.status.get("damped_since") else None,
+    # Fleet patches whose rollout the leader still drives (controller.rollout).
+    ("patch", "active"): lambda r: (
+        "yes" if r.status.get("phase") in ("canary", "rolling", "paused", "rolling_back") else None
+    ),
     # (table, dst, priority) of a route, (table, priority) of a policy: both unique, so a
     # table of thousands of routes checks a new one in constant time.
     ("route", "slot"): lambda r: (
@@ -529,10 +533,12 @@ class _Write:
     audit: list[AuditEntry] = field(default_factory=list)
     notices: list[Notice] = field(default_factory=list)
     answers: list[Answer] = field(default_factory=list)
+    rows: list[Callable[[Connection], None]] = field(default_factory=list)  # side tables
 
     @property
     def side(self) -> bool:
-        """Bookkeeping that moves no revision (tokens, leases, audit, notices, answers)."""
+        """Bookkeeping that moves no revision (tokens, leases, audit, notices, answers,
+        rows of side tables)."""
         return bool(
             self.tokens
             or self.revoked
@@ -540,6 +546,7 @@ class _Write:
             or self.audit
             or self.notices
             or self.answers
+            or self.rows
         )
 
 
@@ -691,6 +698,13 @@ class Tx(Reader):
     def add_notices(self, notices: Iterable[Notice]) -> None:
         """Record notices; folded into existing ones of the same (project, object, reason)."""
         self._w.notices.extend(notices)
+
+    def write_rows(self, fn: Callable[[Connection], None]) -> None:
+        """Run `fn(conn)` in the database transaction that commits this one: rows of a
+        side table (patch files, per-process results: `store.patches`) that must be
+        written with this transaction's resources or not at all. They move no revision
+        and are not in the change log; `fn` must only write (the model does not see it)."""
+        self._w.rows.append(fn)
 
     def set_liveness(self, lv: Liveness) -> None:
         """Persist what an agent last said (bookkeeping: the revision does not move)."""
@@ -1088,6 +1102,8 @@ class Store:
                 notices.extend(w.notices)
                 for a in w.answers:
                     _write_answer(conn, a)
+                for fn in w.rows:
+                    fn(conn)
             if leases:
                 self._write_leases(conn, list(leases.values()))
             if audit:

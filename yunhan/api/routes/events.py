@@ -13,7 +13,9 @@ from yunhan.store import Reader
 
 router = APIRouter(prefix="/v1", tags=["events"])
 
-_KINDS = ("instance", "host", "zone", "vpc", "subnet", "natgw", "route_table", "eip", "vip")
+_KINDS = (
+    "instance", "host", "zone", "vpc", "subnet", "natgw", "route_table", "eip", "vip", "patch",
+)  # fmt: skip
 
 
 def _object_ids(r: Reader, ref: str, projects: list[str]) -> set[str]:
@@ -41,7 +43,8 @@ def list_events(
     if for_:
         with st.store.read() as r:
             ids = _object_ids(r, for_, [c.project.id, st.admin_project_id])
-        notices = [n for n in notices if n["object"] in ids]
+        # A fleet patch's events of one host or process name "<patch>/<host>[/<pid>]".
+        notices = [n for n in notices if n["object"].split("/", 1)[0] in ids]
     items = [
         {**n, "first_time": iso(n["first_at"]), "last_time": iso(n["last_at"])} for n in notices
     ]

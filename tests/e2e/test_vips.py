@@ -91,13 +91,14 @@ PROBE = (
 )
 
 # Gratuitous ARP for an address, from eth0's MAC, three times (as keepalived announces).
+# The MAC comes from the socket (SIOCGIFHWADDR): /sys shows the machine's own interfaces.
 GARP = (
-    "import socket, struct, sys\n"
+    "import fcntl, socket, struct, sys\n"
     "ip = socket.inet_aton(sys.argv[1])\n"
-    "mac = bytes.fromhex(open('/sys/class/net/eth0/address').read().strip().replace(':', ''))\n"
-    "arp = struct.pack('!HHBBH', 1, 0x0800, 6, 4, 1) + mac + ip + bytes(6) + ip\n"
     "s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n"
     "s.bind(('eth0', 0))\n"
+    "mac = fcntl.ioctl(s.fileno(), 0x8927, struct.pack('256s', b'eth0'))[18:24]\n"
+    "arp = struct.pack('!HHBBH', 1, 0x0800, 6, 4, 1) + mac + ip + bytes(6) + ip\n"
     "for _ in range(3):\n"
     "    s.send(b'\\xff' * 6 + mac + b'\\x08\\x06' + arp)\n"
 )

@@ -5,7 +5,8 @@ It answers on every address the instance has (so on a VIP once it holds it), nam
 (the instance's hostname, its UTS namespace's):
 
 * TCP port 7000: one line, the hostname, then it closes;
-* UDP port 7001: each datagram comes back prefixed with the hostname and a space.
+* UDP port 7001: each datagram comes back prefixed with the hostname and a space, from
+  the address it was sent to.
 
 And it runs keepalived (from Debian's package) with RUNDIR/TAG.conf when told, by signal,
 so that the caller decides when VRRP starts and how it ends:
@@ -28,12 +29,15 @@ import contextlib
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
 TCP_PORT, UDP_PORT = 7000, 7001
+IP_PKTINFO = 8  # linux/in.h (not in the socket module of Python 3.11)
+_PKTINFO = struct.Struct("=i4s4s")  # struct in_pktinfo
 
 
 def _tcp(sock: socket.socket, name: bytes) -> None:
@@ -45,10 +49,20 @@ def _tcp(sock: socket.socket, name: bytes) -> None:
 
 
 def _udp(sock: socket.socket, name: bytes) -> None:
+    # From the address the datagram was sent to, as a TCP answer would be: a socket bound
+    # to 0.0.0.0 otherwise answers a VIP's datagram from the instance's own address.
+    sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
     while True:
-        data, peer = sock.recvfrom(2048)
+        data, anc, _flags, peer = sock.recvmsg(2048, socket.CMSG_SPACE(_PKTINFO.size))
+        dst = next(
+            (_PKTINFO.unpack(d)[2] for lvl, typ, d in anc
+             if (lvl, typ) == (socket.IPPROTO_IP, IP_PKTINFO)),
+            bytes(4),
+        )  # fmt: skip
+        # struct in_pktinfo: ifindex, spec_dst (the source to use), addr (ignored on send)
+        info = _PKTINFO.pack(0, dst, bytes(4))
         with contextlib.suppress(OSError):
-            sock.sendto(name + b" " + data, peer)
+            sock.sendmsg([name + b" " + data], [(socket.IPPROTO_IP, IP_PKTINFO, info)], 0, peer)
 
 
 SIGNALS = {signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP, signal.SIGTERM, signal.SIGINT}

@@ -366,6 +366,12 @@ def test_move_by_the_api_without_keepalived(lab: Lab) -> None:
         assert lab.answer("cl", vm) == name
         vip = lab.vip("vm")
         assert (vip["holder"], vip["holder_zone"]) == (name, zone)
+    # ka1 kept the address. Sending from it, its kernel asks for the neighbour with the VIP
+    # as the sender: an ordinary ARP request, no announcement, and the VIP stays with ka2
+    # (the ping gets no answer: its 1 s wait is time for a wrong claim to win).
+    lab.region.exec("ka1", "ip", "neigh", "flush", "dev", "eth0", check=True)
+    lab.region.exec("ka1", "ping", "-c", "1", "-W", "1", "-I", vm, lab.ips["cl"])
+    assert lab.answer("cl", vm) == "ka2"
     assert [(h["to"], h["cause"]) for h in lab.vip("vm")["history"]] == [
         ("ka1", "move"),
         ("ka2", "move"),

@@ -195,6 +195,31 @@ def test_what_is_not_a_vip_or_not_a_port_is_ignored() -> None:
     assert claims.pending == [] and claims.heads == {}
 
 
+def test_an_ordinary_request_from_the_vip_is_traffic_not_an_announcement() -> None:
+    # An instance that still has the address (the VIP moved away from it, its keepalived
+    # killed) resolves a neighbour with the VIP as sender whenever it sends from it: taken
+    # for an announcement, it took the VIP back from the holder (e2e test_vips). It is
+    # sending from the VIP: a traffic claim, no head start, `taken` while r holds it.
+    api = FakeApi()
+    claims, repoints = make(api)
+    claims.update(doc())
+    port_b = port_ifname(B.id)
+    for op, seen in ((ARP_REQUEST, "claimed"), (ARP_REPLY, "duplicate")):
+        arp = Arp(op, B.mac_or_default(), VIP, "00:00:00:00:00:00", R.ip)
+        assert claims.announce(NETNS, port_b, arp) == seen
+    assert claims.heads == {} and repoints == []
+    assert claims.flush_once()
+    assert [(c["instance"], c["how"]) for c in api.posts[0]] == [(B.id, "traffic")]
+    assert api.vips[VIP]["holder"] == R.id
+    # the holder's own neighbour requests are no news
+    claims.update(doc(holder=B))
+    arp = Arp(ARP_REQUEST, B.mac_or_default(), VIP, "00:00:00:00:00:00", R.ip)
+    assert claims.announce(NETNS, port_b, arp) == "duplicate"
+    # announcing it for real is an announcement, as usual
+    claims.update(doc())
+    assert claims.announce(NETNS, port_b, garp(B)) == "repointed"
+
+
 def test_a_refused_instance_is_reported_and_changes_nothing_here() -> None:
     api = FakeApi()
     claims, repoints = make(api)

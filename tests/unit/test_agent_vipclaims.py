@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,7 @@ import httpx
 from tests.polling import wait_for
 from tests.worlds import WHost, WInstance, WVpc, documents
 from yunhan.agent.vipclaims import (
+    BATCH_DELAY,
     MAX_BACKOFF,
     VipClaims,
     head_start,
@@ -416,3 +418,42 @@ def test_the_sources_watched_exclude_the_holder_s_port() -> None:
     with claims._lock:  # what each reader tells its socket
         sources = dict(claims._sources)
     assert sources == {NETNS: {VIP: ("vxlan0", port_ifname(B.id)), VIP2: ("vxlan0",)}}
+
+
+def test_the_batch_delay_counts_from_the_announcement_not_after_the_head_start() -> None:
+    """A slow head start (an apply that reads the whole host) overlaps the batch delay: the
+    claim is posted as soon as the head start is done, not BATCH_DELAY after it."""
+    api = FakeApi()
+    at: dict[str, float] = {}
+
+    class Quiet:
+        def __init__(self, netns: str) -> None:
+            pass
+
+        def watch(self, sources: dict[str, tuple[str, ...]]) -> None:
+            pass
+
+        def receive(self, timeout: float) -> list[tuple[str, Arp | Sent]]:
+            threading.Event().wait(min(timeout, 0.05))
+            return []
+
+        def close(self) -> None:
+            pass
+
+    def repoint() -> None:
+        time.sleep(3 * BATCH_DELAY)  # the apply's own time, not a wait for a condition
+        at["repointed"] = time.monotonic()
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        at.setdefault("posted", time.monotonic())
+        return api.handle(request)
+
+    claims, _ = make(api, handle, repoint, source=Quiet)
+    claims.update(doc())
+    claims.start()
+    try:
+        assert claims.announce(NETNS, port_ifname(B.id), garp(B)) == "repointed"
+        wait_for(lambda: api.posts, what="the claim posted")
+        assert at["posted"] - at["repointed"] < BATCH_DELAY
+    finally:
+        claims.stop()

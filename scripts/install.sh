@@ -8,7 +8,8 @@ top=$(pwd)
 
 need_apt=()
 # systemd-analyze: the tests verify the units `yunhan install-units` writes (offline).
-for bin in ip:iproute2 nft:nftables iperf3:iperf3 ping:iputils-ping gcc:gcc unshare:util-linux nsenter:util-linux systemd-analyze:systemd curl:curl nmap:nmap conntrack:conntrack; do
+# keepalived: tests/e2e/test_vips.py and bench/vip_failover.py run it inside instances.
+for bin in ip:iproute2 nft:nftables iperf3:iperf3 ping:iputils-ping gcc:gcc unshare:util-linux nsenter:util-linux systemd-analyze:systemd curl:curl nmap:nmap conntrack:conntrack keepalived:keepalived; do
   command -v "${bin%%:*}" >/dev/null 2>&1 || need_apt+=("${bin##*:}")
 done
 [ -e /usr/lib/x86_64-linux-gnu/libnftables.so.1 ] || [ -e /usr/lib/aarch64-linux-gnu/libnftables.so.1 ] || need_apt+=(libnftables1)
@@ -25,6 +26,16 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  if [[ " ${need_apt[*]} " == *" keepalived "* ]]; then
+    # Only instances run keepalived, each with its own configuration: the package's system
+    # service (enabled, and started where policy allows) must neither run nor come back at
+    # boot. Without systemd as PID 1, `--now` fails: disable offline, stop by the init script.
+    systemctl disable --now keepalived >/dev/null 2>&1 \
+      || systemctl disable keepalived >/dev/null 2>&1 || true
+    if [ -x /etc/init.d/keepalived ]; then
+      /etc/init.d/keepalived stop >/dev/null 2>&1 || true
+    fi
+  fi
 fi
 
 py=${PYTHON:-python3}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,7 @@ import httpx
 from tests.polling import wait_for
 from tests.worlds import WHost, WInstance, WVpc, documents
 from yunhan.agent.vipclaims import (
+    BATCH_DELAY,
     MAX_BACKOFF,
     VipClaims,
     head_start,
@@ -193,6 +195,31 @@ def test_what_is_not_a_vip_or_not_a_port_is_ignored() -> None:
     assert claims.announce(NETNS, "vxlan0", garp(B)) == "not_a_port"
     assert claims.announce("t-h2-v999", port_ifname(B.id), garp(B)) == "not_a_port"
     assert claims.pending == [] and claims.heads == {}
+
+
+def test_an_ordinary_request_from_the_vip_is_traffic_not_an_announcement() -> None:
+    # An instance that still has the address (the VIP moved away from it, its keepalived
+    # killed) resolves a neighbour with the VIP as sender whenever it sends from it: taken
+    # for an announcement, it took the VIP back from the holder (e2e test_vips). It is
+    # sending from the VIP: a traffic claim, no head start, `taken` while r holds it.
+    api = FakeApi()
+    claims, repoints = make(api)
+    claims.update(doc())
+    port_b = port_ifname(B.id)
+    for op, seen in ((ARP_REQUEST, "claimed"), (ARP_REPLY, "duplicate")):
+        arp = Arp(op, B.mac_or_default(), VIP, "00:00:00:00:00:00", R.ip)
+        assert claims.announce(NETNS, port_b, arp) == seen
+    assert claims.heads == {} and repoints == []
+    assert claims.flush_once()
+    assert [(c["instance"], c["how"]) for c in api.posts[0]] == [(B.id, "traffic")]
+    assert api.vips[VIP]["holder"] == R.id
+    # the holder's own neighbour requests are no news
+    claims.update(doc(holder=B))
+    arp = Arp(ARP_REQUEST, B.mac_or_default(), VIP, "00:00:00:00:00:00", R.ip)
+    assert claims.announce(NETNS, port_b, arp) == "duplicate"
+    # announcing it for real is an announcement, as usual
+    claims.update(doc())
+    assert claims.announce(NETNS, port_b, garp(B)) == "repointed"
 
 
 def test_a_refused_instance_is_reported_and_changes_nothing_here() -> None:
@@ -391,3 +418,42 @@ def test_the_sources_watched_exclude_the_holder_s_port() -> None:
     with claims._lock:  # what each reader tells its socket
         sources = dict(claims._sources)
     assert sources == {NETNS: {VIP: ("vxlan0", port_ifname(B.id)), VIP2: ("vxlan0",)}}
+
+
+def test_the_batch_delay_counts_from_the_announcement_not_after_the_head_start() -> None:
+    """A slow head start (an apply that reads the whole host) overlaps the batch delay: the
+    claim is posted as soon as the head start is done, not BATCH_DELAY after it."""
+    api = FakeApi()
+    at: dict[str, float] = {}
+
+    class Quiet:
+        def __init__(self, netns: str) -> None:
+            pass
+
+        def watch(self, sources: dict[str, tuple[str, ...]]) -> None:
+            pass
+
+        def receive(self, timeout: float) -> list[tuple[str, Arp | Sent]]:
+            threading.Event().wait(min(timeout, 0.05))
+            return []
+
+        def close(self) -> None:
+            pass
+
+    def repoint() -> None:
+        time.sleep(3 * BATCH_DELAY)  # the apply's own time, not a wait for a condition
+        at["repointed"] = time.monotonic()
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        at.setdefault("posted", time.monotonic())
+        return api.handle(request)
+
+    claims, _ = make(api, handle, repoint, source=Quiet)
+    claims.update(doc())
+    claims.start()
+    try:
+        assert claims.announce(NETNS, port_ifname(B.id), garp(B)) == "repointed"
+        wait_for(lambda: api.posts, what="the claim posted")
+        assert at["posted"] - at["repointed"] < BATCH_DELAY
+    finally:
+        claims.stop()

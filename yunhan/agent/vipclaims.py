@@ -2,7 +2,11 @@
 instance ports becomes a local head start and a claim reported to the control plane.
 
 An instance that takes a VIP (keepalived becoming master) announces it with gratuitous ARP:
-an ARP request or reply whose sender address is the VIP. The applied document says which
+an ARP request or reply whose sender and target addresses are both the VIP. An ordinary
+request with the VIP as its sender is no announcement: the kernel of an instance that
+still has the address (a keepalived killed, a VIP moved away by the API) sends one to
+resolve a neighbour whenever it sends from it; it counts as sending from the VIP (a
+`traffic` claim, below), which must not take the VIP back. The applied document says which
 addresses are VIPs of each VPC, which instances may hold each and its epoch
 (`VpcDesired.vips`). When an allowed instance of this host announces one:
 
@@ -298,10 +302,12 @@ class VipClaims:
 
         A packet sent from a VIP is a weaker sign than an announcement: it is claimed as
         `traffic`, which the control plane grants only while nobody holds the VIP (an old
-        holder's stray packets must not take it back), so it gets no head start here.
+        holder's stray packets must not take it back), so it gets no head start here. So
+        is an ARP packet from the VIP that is not gratuitous: a kernel resolving a
+        neighbour to send from the address.
         """
         at = self._clock() if now is None else now
-        how: How = "garp" if isinstance(arp, Arp) else "traffic"
+        how: How = "garp" if isinstance(arp, Arp) and arp.gratuitous else "traffic"
         ip = arp.sender_ip if isinstance(arp, Arp) else arp.src_ip
         with self._lock:
             who = self._ports.get(netns, {}).get(ifname)
@@ -469,6 +475,7 @@ class VipClaims:
             if timeout > 0:
                 self._wake.wait(timeout)  # an announcement wakes it: re-point at once
             self._wake.clear()
+            woke = time.monotonic()
             if self._stop.is_set():
                 break
             with self._lock:
@@ -484,7 +491,10 @@ class VipClaims:
                 next_post = None
                 continue
             if next_post is None:
-                next_post = now + BATCH_DELAY  # gather what is announced with it
+                # Gather what is announced with it, counting from the announcement: the head
+                # start's apply (tens of ms, more when it reads the whole host) overlaps the
+                # wait instead of adding to it.
+                next_post = woke + BATCH_DELAY
                 continue
             if now < next_post:
                 continue

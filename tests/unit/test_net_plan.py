@@ -371,7 +371,11 @@ def test_a_host_whose_document_keeps_changing_is_still_read_in_full() -> None:
     for step, t in (([*INSTS, EXTRA], 10.0), (INSTS, 31.0)):
         clock.now = t
         assert dp.apply(docs(step)["h1"]).errors == []
-    assert dp.plan(docs()["h1"]) == []  # the apply at 31 s read the host: repaired
+    # The change at 31 s was planned from memory (it never waits for a read), and a full
+    # read is due: the agent follows it with one, which repairs the drift.
+    assert dp.full_due and dp.plan(docs()["h1"]) != []
+    assert dp.apply(docs()["h1"], full=True).errors == []
+    assert not dp.full_due and dp.plan(docs()["h1"]) == []
 
 
 def test_an_op_planned_from_memory_that_fails_starts_again_from_observation() -> None:

@@ -44,8 +44,8 @@ if TYPE_CHECKING:
     from yunhan.net.fake import FakeFabric
 
 MAX_PASSES = 4
-# How old the last full observation may be before an apply reads the whole host again,
-# whatever the document (the agent's resync interval, 30 s, is the default).
+# How old the last full observation may be before the agent follows an apply with a full
+# one, whatever the document (the agent's resync interval, 30 s, is the default).
 FULL_OBSERVE_EVERY = 30.0
 
 log = logging.getLogger("yunhan.agent.dataplane")
@@ -132,23 +132,25 @@ class DataPlane:
         finally:
             self.driver.close()
 
-    def apply(self, desired: HostDesired) -> ApplyReport:
+    @property
+    def full_due(self) -> bool:
+        """Is the last full read of the host older than `full_every` seconds? The agent
+        then follows the apply it just made with a full one (`apply(…, full=True)`)."""
+        return self._clock() - self._full_at >= self.full_every
+
+    def apply(self, desired: HostDesired, *, full: bool = False) -> ApplyReport:
         """Make the host carry `desired`; idempotent. Returns changes made and errors.
 
         A document that differs from the last one applied is planned against what the
         last clean apply left (no observation: most of an apply's time, most of a new
         instance's wait). The kernel is read in full, and drift repaired, when the same
-        document is applied again (the agent's periodic resync), when the last full
-        read is older than `full_every` seconds (so that a host that never stops
-        receiving changes is still checked), after any error, and whenever an op
-        planned from memory is refused: then the whole apply starts again from a full
-        observation.
+        document is applied again (the agent's periodic resync), when `full` is asked
+        (the agent asks right after an apply once `full_due`: so that a host that never
+        stops receiving changes is still checked, without a change ever waiting for the
+        read), after any error, and whenever an op planned from memory is refused: then
+        the whole apply starts again from a full observation.
         """
-        full = (
-            self._have is None
-            or desired == self._desired
-            or self._clock() - self._full_at >= self.full_every
-        )
+        full = full or self._have is None or desired == self._desired
         report = self._apply(desired, None if full else self._have)
         if not full and report.errors:
             again = self._apply(desired, None)

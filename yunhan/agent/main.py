@@ -443,12 +443,13 @@ class Agent:
 
     # -- the loops -----------------------------------------------------------------------
 
-    def apply(self, desired: HostDesired) -> ApplyReport:
+    def apply(self, desired: HostDesired, *, full: bool = False) -> ApplyReport:
+        """Apply `desired` (`full`: reading the whole host, see DataPlane.apply)."""
         with self._apply_lock:
             # The controller's document, with the VIPs claimed here that it has not decided
             # on yet re-pointed ahead of it (agent.vipclaims).
             applied = desired if self.vips is None else self.vips.overlay(desired)
-            report = self.dataplane.apply(applied)
+            report = self.dataplane.apply(applied, full=full)
             if self.vips is not None:
                 self.vips.update(applied)
             with self._lock:  # still under the apply lock: a re-pointing starts from it
@@ -531,6 +532,10 @@ class Agent:
                 doc = self.desired
             try:
                 self.apply(doc)
+                if self.dataplane.full_due:
+                    # After the change, not before it: a change (a VIP's head start, a new
+                    # instance) never waits for a read of the whole host.
+                    self.apply(doc, full=True)
             except Exception as exc:  # one bad pass must not end the loop
                 log.exception("apply of revision %d failed", doc.revision)
                 with self._lock:

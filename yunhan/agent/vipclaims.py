@@ -57,7 +57,7 @@ log = logging.getLogger("yunhan.agent.vipclaims")
 
 MAX_PENDING = 1000  # claims waiting (yunhan.model.schemas.MAX_VIP_CLAIMS per post)
 MAX_BATCH = 1000
-BATCH_DELAY = 0.05  # seconds to gather the announcements of several VIPs in one post
+BATCH_DELAY = 0.01  # seconds to gather the announcements of several VIPs in one post
 MAX_BACKOFF = 30.0
 READ_TIMEOUT = 0.5
 

@@ -370,7 +370,9 @@ def test_the_threads_read_announcements_repoint_and_report() -> None:
         # the reader told its socket which VIP sources are news: VIP from anywhere but the
         # overlay and its holder's port (remote here), VIP2 (held by nobody) likewise
         assert watched[0] == (NETNS, {VIP: ("vxlan0",)})
-        assert order[0] == "repoint" and api.posts[0][0]["instance"] == B.id
+        # both happen, side by side (the claim does not wait for the head start)
+        wait_for(lambda: "repoint" in order, what="the head start")
+        assert api.posts[0][0]["instance"] == B.id
         assert len(api.posts) == 1 and len(api.posts[0]) == 1
         claims.update(HostDesired(host="h2", underlay_ip="198.18.1.12", vtep_index=2))
         assert claims.namespaces == []

@@ -33,8 +33,8 @@ per refused instance and VIP, MAX_PENDING in all, the oldest dropped beyond; the
 in batches after BATCH_DELAY and, on failure, retried with a backoff doubling up to
 MAX_BACKOFF. They are never dropped for age: the epoch fences a late one.
 
-Threads: one ARP reader per VPC namespace that has VIPs and ports here, and one worker that
-re-points and posts.
+Threads: one ARP reader per VPC namespace that has VIPs and ports here, one worker that
+posts, and one that re-points (side by side: the claim never waits for the head start).
 """
 
 from __future__ import annotations
@@ -192,6 +192,8 @@ class VipClaims:
         self._running = False
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._repoint_wake = threading.Event()
+        self._repointer: threading.Thread | None = None
         self._worker: threading.Thread | None = None
         self.dropped = 0  # claims dropped for room, since start
         self.refused = 0  # claims the server refused for good (422)
@@ -335,6 +337,8 @@ class VipClaims:
         log.info("vip claims: %s %s %s (epoch %d): %s", inst,
                  "announced" if how == "garp" else "sends from", vip.ip, epoch, seen)  # fmt: skip
         self._wake.set()
+        if seen == "repointed":
+            self._repoint_wake.set()
         return seen
 
     def _queue(self, claim: Claim) -> None:
@@ -479,21 +483,15 @@ class VipClaims:
             if self._stop.is_set():
                 break
             with self._lock:
-                due, self._repoint_due = self._repoint_due, False
                 waiting = bool(self._pending)
-            if due:
-                try:
-                    self._repoint()  # first: the head start does not wait for the answer
-                except Exception:
-                    log.exception("vip claims: re-pointing failed")
             now = time.monotonic()
             if not waiting:
                 next_post = None
                 continue
             if next_post is None:
-                # Gather what is announced with it, counting from the announcement: the head
-                # start's apply (tens of ms, more when it reads the whole host) overlaps the
-                # wait instead of adding to it.
+                # Gather what is announced with it, counting from the announcement; the head
+                # start is applied meanwhile by the re-pointer thread (tens of ms): the claim
+                # never waits for it.
                 next_post = woke + BATCH_DELAY
                 continue
             if now < next_post:
@@ -506,6 +504,22 @@ class VipClaims:
             delay = next_delay(delay, ok)
             next_post = time.monotonic() + max(delay, BATCH_DELAY)
 
+    def _repoint_loop(self) -> None:
+        # Its own thread: the head start (an apply of the host's document) and the claim's
+        # post run side by side, so the controller hears of the claim as early as it can.
+        while not self._stop.is_set():
+            self._repoint_wake.wait(1.0)
+            self._repoint_wake.clear()
+            if self._stop.is_set():
+                break
+            with self._lock:
+                due, self._repoint_due = self._repoint_due, False
+            if due:
+                try:
+                    self._repoint()
+                except Exception:
+                    log.exception("vip claims: re-pointing failed")
+
     def start(self) -> None:
         with self._lock:
             if self._running:
@@ -515,11 +529,15 @@ class VipClaims:
             self._worker = threading.Thread(target=self._work_loop, name="vip-claims")
             self._worker.daemon = True
             self._worker.start()
+            self._repointer = threading.Thread(target=self._repoint_loop, name="vip-repoint")
+            self._repointer.daemon = True
+            self._repointer.start()
 
     def stop(self) -> None:
         """Stop every thread; claims still pending are not reported."""
         self._stop.set()
         self._wake.set()
+        self._repoint_wake.set()
         with self._lock:
             self._running = False
             readers = list(self._readers.values())
@@ -530,3 +548,5 @@ class VipClaims:
             t.join(timeout=READ_TIMEOUT + 2.0)
         if self._worker is not None:
             self._worker.join(timeout=5.0)
+        if self._repointer is not None:
+            self._repointer.join(timeout=5.0)

@@ -81,3 +81,10 @@ def test_instance_migrate_as_written_keeps_the_vip_and_its_address(ha: Region) -
     assert (v["holder"], v["holder_host"]) == ("db1", after["host"])
     bad = r.cli("instance", "migrate", "db1", "--zone", "az9")
     assert bad.code != 0 and "no zone 'az9'" in bad.stderr
+
+
+def test_instance_show_prints_a_move_per_line(ha: Region) -> None:
+    ha.ok("instance", "migrate", "db1", "--zone", "az2")
+    out = ha.ok("instance", "show", "db1").stdout
+    line = next(x for x in out.splitlines() if x.startswith("migrations"))
+    assert "(az1) -> " in line and line.endswith("(az2)") and "{" not in line

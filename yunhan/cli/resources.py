@@ -67,7 +67,15 @@ def wait_applied(c: Client, revision: int | None, timeout: float) -> None:
 
 
 def show(kind: str, c: Client | None, res: dict[str, Any], fmt_: str) -> None:
-    views.print_one(kind, views.ROWS[kind](res, views.Names(c)), fmt_)
+    row = views.ROWS[kind](res, views.Names(c))
+    if kind == "instance" and fmt_ not in ("json", "yaml"):
+        # For people, a move per line; scripts get the objects.
+        row["migrations"] = [
+            f"{m.get('at')} {m.get('from_host') or '-'} ({m.get('from_zone')}) -> "
+            f"{m.get('to_host')} ({m.get('to_zone')})"
+            for m in row.get("migrations") or []
+        ]
+    views.print_one(kind, row, fmt_)
 
 
 def _after_write(ctx: Ctx, kind: str, c: Client, res: dict[str, Any]) -> None:

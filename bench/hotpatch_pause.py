@@ -2,13 +2,18 @@
 
 Builds the test service (tests/integration/hotpatch/csrc/service.c) and, for targets of 1,
 16 and 64 threads (the TCP server thread plus 0, 15 and 63 workers calling the patched
-function in a loop), applies and rolls back one patch N times (default 100 each). The
-pause is the stop-the-world window the loader reports: from the first PTRACE_INTERRUPT to
-the last PTRACE_DETACH. It prints p50/p99 per target, then measures what a TCP client of
-the 16-thread target sees: request latency p50/p99 with no patching, and while the
-apply/rollback loop runs (the client is a separate process, so our GIL is not in its way).
+function in a loop), applies and rolls back one patch N times (default 100 each). A pause
+is one stop-the-world window: from the first PTRACE_INTERRUPT to the last PTRACE_DETACH.
+Every stop counts, including the attempts that found the function active and let the
+process run again, not only the one that wrote. After each apply a request must see the
+new behaviour (price(7) = 7000) and after each rollback the old one, or the bench fails.
+It prints p50/p99 of all stops per target and how many stops each operation took, then
+measures what a TCP client of the 16-thread target sees: request latency p50/p99 with no
+patching, and while the apply/rollback loop runs (the client is a separate process, so our
+GIL is not in its way).
 
-Ends with `RESULT pause_p99_ms_1t=X pause_p99_ms_16t=X pause_p99_ms_64t=X`.
+Ends with `RESULT pause_p99_ms_1t=X pause_p99_ms_16t=X pause_p99_ms_64t=X`; a patch that
+did not take effect prints `FAIL ...` instead and exits with status 1.
 Run as root: `.venv/bin/python bench/hotpatch_pause.py [--rounds 100]`.
 Everything it starts is killed at the end, even on failure.
 """
@@ -18,14 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,16 +71,62 @@ def service(binary: Path, threads: int) -> Iterator[tuple[int, int]]:
         p.wait()
 
 
-def measure(pid: int, yhp: Path, journal: Path, rounds: int) -> dict[str, list[float]]:
+def ask(port: int, line: str) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(line.encode() + b"\n")
+        out = b""
+        while not out.endswith(b"\n"):
+            chunk = s.recv(64)
+            if not chunk:
+                break
+            out += chunk
+    return out.decode().strip()
+
+
+class NotApplied(Exception):
+    """An apply or rollback returned but the service does not behave accordingly."""
+
+
+@dataclass
+class Stops:
+    """Every stop of every apply and rollback, and how many stops each one took."""
+
+    apply: list[float] = field(default_factory=list)
+    rollback: list[float] = field(default_factory=list)
+    attempts: Counter[tuple[str, int]] = field(default_factory=Counter)
+
+    @property
+    def all(self) -> list[float]:
+        return self.apply + self.rollback
+
+    def attempts_line(self) -> str:
+        parts = []
+        for action in ("apply", "rollback"):
+            dist = sorted((n, c) for (a, n), c in self.attempts.items() if a == action)
+            parts.append(f"{action} " + " ".join(f"{n}:{c}" for n, c in dist))
+        return "stops per operation (stops:count) " + ", ".join(parts)
+
+
+def measure(pid: int, port: int, yhp: Path, journal: Path, rounds: int) -> Stops:
+    """Apply and roll back `rounds` times (after 3 warm-up rounds); after each one a
+    request must see the behaviour it installed, or the bench fails (NotApplied)."""
     retry = hotpatch.Retry(attempts=100, first_backoff=0.001, max_backoff=0.05)
-    out: dict[str, list[float]] = {"apply": [], "rollback": [], "attempts": []}
+    old, new = ask(port, "p 7"), str(7 * 1000)
+    if old == new:
+        raise NotApplied(f"the service already answers {new} to `p 7` before any patch")
+    out = Stops()
     for i in range(rounds + 3):
         a = hotpatch.apply(pid, yhp, journal_dir=journal, retry=retry)
+        if (got := ask(port, "p 7")) != new:
+            raise NotApplied(f"round {i}: after apply `p 7` answered {got}, expected {new}")
         r = hotpatch.rollback(pid, journal_dir=journal, retry=retry)
+        if (got := ask(port, "p 7")) != old:
+            raise NotApplied(f"round {i}: after rollback `p 7` answered {got}, expected {old}")
         if i >= 3:  # the first rounds warm the caches (ELF parsing, page faults)
-            out["apply"].append(a.pause_ms)
-            out["rollback"].append(r.pause_ms)
-            out["attempts"] += [a.attempts, r.attempts]
+            out.apply += a.pauses_ms
+            out.rollback += r.pauses_ms
+            out.attempts[("apply", a.attempts)] += 1
+            out.attempts[("rollback", r.attempts)] += 1
     return out
 
 
@@ -139,22 +191,23 @@ def main() -> None:
         hotpatch.build(src, binary, yhp)
         p99: dict[int, float] = {}
         for threads in (1, 16, 64):
-            with service(binary, threads) as (pid, _port):
-                m = measure(pid, yhp, d / f"journal{threads}", args.rounds)
-            both = m["apply"] + m["rollback"]
+            with service(binary, threads) as (pid, port):
+                m = measure(pid, port, yhp, d / f"journal{threads}", args.rounds)
+            both = m.all
             p99[threads] = pct(both, 99)
             print(
                 f"{threads:3d} threads: pause p50 {pct(both, 50):.3f} ms  p99 {p99[threads]:.3f} ms"
-                f"  max {max(both):.3f} ms  (apply p99 {pct(m['apply'], 99):.3f}, rollback p99 "
-                f"{pct(m['rollback'], 99):.3f}; n={len(both)}, attempts mean "
-                f"{statistics.mean(m['attempts']):.2f})",
+                f"  max {max(both):.3f} ms  (apply p99 {pct(m.apply, 99):.3f}, rollback p99 "
+                f"{pct(m.rollback, 99):.3f}; n={len(both)} stops of {args.rounds} applies and "
+                f"{args.rounds} rollbacks)",
                 flush=True,
             )
+            print(f"    {m.attempts_line()}", flush=True)
         with service(binary, 16) as (pid, port):
             with client(port) as idle:
                 time.sleep(3)
             with client(port) as busy:
-                measure(pid, yhp, d / "journal-client", args.rounds)
+                measure(pid, port, yhp, d / "journal-client", args.rounds)
         for name, res in (("without patching", idle), ("during patching", busy)):
             lat = res["lat"]
             assert isinstance(lat, list)
@@ -169,4 +222,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except NotApplied as exc:
+        print(f"FAIL {exc}", file=sys.stderr, flush=True)
+        sys.exit(1)

@@ -6,6 +6,8 @@ import struct
 
 import capstone
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from yunhan.errors import HotpatchError
 from yunhan.hotpatch.elf import ENDBR64, return_sites
@@ -109,3 +111,37 @@ def test_pc_saved_in_a_signal_frame_counts_as_active() -> None:
     (reason,) = find_active([view], [GUARD], restorer)
     assert "signal handler that interrupted f" in reason
     assert find_active([view], [GUARD], None) == []
+
+
+def _naive_returns(stack: bytes, sites: frozenset[int]) -> set[int]:
+    words = {struct.unpack_from("<Q", stack, i)[0] for i in range(0, len(stack) - 7, 8)}
+    return words & sites
+
+
+# Addresses made of the bytes stacks are full of (0x00, 0xff, 0x7f), which the fast search
+# does not look for, next to ordinary ones.
+_ADDRESSES = st.one_of(
+    st.integers(0, 2**64 - 1),
+    st.lists(st.sampled_from([0x00, 0xFF, 0x7F, 0x40, 0x55]), min_size=8, max_size=8).map(
+        lambda b: int.from_bytes(bytes(b), "little")
+    ),
+)
+
+
+@given(
+    sites=st.frozensets(_ADDRESSES, min_size=1, max_size=4),
+    noise=st.lists(st.sampled_from([0, 0xFF, 0x7F, 0x40, 0x55, 0x12]), max_size=64),
+    planted=st.lists(st.tuples(st.integers(0, 80), st.integers(0, 3)), max_size=4),
+)
+def test_return_sites_are_found_exactly_where_a_word_by_word_scan_finds_them(
+    sites: frozenset[int], noise: list[int], planted: list[tuple[int, int]]
+) -> None:
+    # Differential: the byte-search shortcut against decoding every aligned stack word.
+    stack = bytearray(noise) + bytearray(88)
+    ordered = sorted(sites)
+    for at, which in planted:  # aligned or not: only aligned slots count
+        stack[at : at + 8] = struct.pack("<Q", ordered[which % len(ordered)])
+    guards = [Guard(f"g{s:x}", ((1, 2),), frozenset({s})) for s in ordered]
+    reasons = find_active([ThreadView(3, 0, bytes(stack))], guards)
+    found = {s for s in ordered if any(f"(at {s:#x})" in r for r in reasons)}
+    assert found == _naive_returns(bytes(stack), sites)

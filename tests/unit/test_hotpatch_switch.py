@@ -34,6 +34,7 @@ class FakeProcess:
         self.scripts = scripts
         self.stops = 0
         self.running = True
+        self.pauses = [0.001 * (i + 1) for i in range(len(max(scripts, key=len)) + 8)]
         self.fail_write_at = fail_write_at
         self.short_write_at = short_write_at
 
@@ -61,8 +62,9 @@ class FakeProcess:
         ]
 
     def resume(self) -> float:
+        # Each stop lasts a different, known time: the switch must report every one.
         self.running = True
-        return 0.0001
+        return self.pauses[self.stops - 1]
 
     # Mem
     def read(self, addr: int, size: int) -> bytes:
@@ -86,12 +88,23 @@ def test_retries_while_active_then_writes_with_growing_backoff() -> None:
     inside, outside = 0x1004, 0x9000
     proc = FakeProcess([[inside, inside, outside], [outside]])
     slept: list[float] = []
-    pause, attempts = switch(
+    done = switch(
         proc, proc, [F], WRITES, Retry(attempts=5, first_backoff=0.001), sleep=slept.append
     )
-    assert attempts == 3 and slept == [0.001, 0.002] and pause > 0
+    assert done.attempts == 3 and slept == [0.001, 0.002]
     assert proc.read(0x1000, 5) == JUMP and proc.read(0x1040, 5) == JUMP
     assert proc.running
+
+
+def test_every_stop_counts_the_failed_attempts_too() -> None:
+    # Two stops find the function active and let the process run again; the third
+    # writes. All three stopped the process, so all three pauses are reported.
+    inside, outside = 0x1004, 0x9000
+    proc = FakeProcess([[outside], [inside, inside, outside]])
+    done = switch(proc, proc, [F], WRITES, Retry(attempts=5), sleep=lambda _: None)
+    assert done.pauses == (0.001, 0.002, 0.003) == tuple(proc.pauses[:3])
+    assert done.longest == 0.003 and done.total == pytest.approx(0.006)
+    assert proc.stops == done.attempts == 3
 
 
 def test_refused_after_the_bound_leaves_memory_and_threads_alone() -> None:
@@ -99,6 +112,13 @@ def test_refused_after_the_bound_leaves_memory_and_threads_alone() -> None:
     with pytest.raises(HotpatchError, match=r"stayed active after 3 attempts.*executing f"):
         switch(proc, proc, [F], WRITES, Retry(attempts=3), sleep=lambda _: None)
     assert proc.read(0x1000, 5) == ORIGINAL and proc.running and proc.stops == 3
+
+
+def test_a_refusal_says_how_long_the_process_was_stopped() -> None:
+    proc = FakeProcess([[0x1004]])
+    with pytest.raises(HotpatchError) as err:
+        switch(proc, proc, [F], WRITES, Retry(attempts=3), sleep=lambda _: None)
+    assert err.value.details["stopped_ms"] == pytest.approx(6.0)
 
 
 def test_bytes_changed_under_us_are_not_overwritten() -> None:

@@ -14,6 +14,7 @@ from yunhan.cli.command import Arg, Cmd, Ctx, Group, Opt, echo
 
 if TYPE_CHECKING:
     from yunhan.hotpatch.journal import PatchRecord
+    from yunhan.hotpatch.loader import Outcome
 
 JOURNAL = Opt(
     ("--journal-dir",),
@@ -40,6 +41,17 @@ def build(ctx: Ctx) -> None:
     echo(f"wrote {output} (target {m.target_name}, build-id {m.build_id})")
 
 
+def _pauses(out: Outcome) -> str:
+    if not out.attempts:
+        return "nothing to write, not stopped"
+    if out.attempts == 1:
+        return f"paused {out.pause_ms:.3f} ms, attempt 1"
+    return (
+        f"paused {out.pause_ms:.3f} ms at most, {out.stopped_ms:.3f} ms in all over "
+        f"{out.attempts} stops (attempt {out.attempts})"
+    )
+
+
 def apply(ctx: Ctx) -> None:
     from yunhan import hotpatch
 
@@ -52,7 +64,7 @@ def apply(ctx: Ctx) -> None:
     )
     for s in out.sites:
         echo(f"{out.patch_id}: {s.symbol} @ {s.write_addr:#x} -> {s.new_func:#x}")
-    echo(f"applied {out.patch_id} to {pid}: paused {out.pause_ms:.3f} ms, attempt {out.attempts}")
+    echo(f"applied {out.patch_id} to {pid}: {_pauses(out)}")
 
 
 def _record_row(r: PatchRecord) -> dict[str, object]:
@@ -93,7 +105,7 @@ def rollback(ctx: Ctx) -> None:
         retry=hotpatch.Retry(attempts=ctx["attempts"]),
         unload=ctx["unload"],
     )
-    echo(f"rolled back {out.patch_id} in {pid}: paused {out.pause_ms:.3f} ms")
+    echo(f"rolled back {out.patch_id} in {pid}: {_pauses(out)}")
 
 
 HOTPATCH = Group(

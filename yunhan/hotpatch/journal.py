@@ -81,8 +81,9 @@ class PatchRecord:
     memfd: int = -1
     sites: list[Site] = field(default_factory=list)
     applied_at: float = 0.0
-    pause_ms: float = 0.0
+    pause_ms: float = 0.0  # of the apply: its longest stop; every stop is in pauses_ms
     attempts: int = 0
+    pauses_ms: list[float] = field(default_factory=list)
 
 
 def checksum(hexbytes: str) -> str:

@@ -31,7 +31,7 @@ from yunhan.errors import Conflict, HotpatchError, NotFound, YunhanError
 from yunhan.hotpatch import elf, inject, journal, plan, procfs
 from yunhan.hotpatch.journal import PatchRecord, Site
 from yunhan.hotpatch.manifest import Manifest, read_manifest
-from yunhan.hotpatch.switch import Retry, switch
+from yunhan.hotpatch.switch import Retry, Switched, switch
 from yunhan.hotpatch.world import World
 from yunhan.procstat import ProcStat
 
@@ -45,14 +45,35 @@ DEFAULT_RETRY = Retry()
 
 @dataclass
 class Outcome:
-    """What an apply or rollback did, for the CLI and the benchmark."""
+    """What an apply or rollback did, for the CLI and the benchmark.
+
+    Each attempt of the switch stops the whole process, the ones that found a replaced
+    function active and let it run again included: `pauses_ms` has every stop in order,
+    `pause_ms` is the longest of them (what one request could wait at once) and
+    `stopped_ms` their sum. A rollback with nothing to write stops nothing (no pauses).
+    """
 
     pid: int
     patch_id: str
     action: str
-    pause_ms: float
-    attempts: int
+    pauses_ms: tuple[float, ...]
     sites: list[Site] = field(default_factory=list)
+
+    @property
+    def attempts(self) -> int:
+        return len(self.pauses_ms)
+
+    @property
+    def pause_ms(self) -> float:
+        return max(self.pauses_ms, default=0.0)
+
+    @property
+    def stopped_ms(self) -> float:
+        return sum(self.pauses_ms)
+
+
+def _ms(done: Switched) -> tuple[float, ...]:
+    return tuple(p * 1000 for p in done.pauses)
 
 
 # -- preflight ----------------------------------------------------------------------------
@@ -411,7 +432,7 @@ def _switch(
     guards: list[plan.Guard],
     writes: list[tuple[int, bytes, bytes]],
     retry: Retry,
-) -> tuple[float, int]:
+) -> Switched:
     try:
         return switch(
             lambda: World(pid, mem, maps),
@@ -502,7 +523,7 @@ def apply(
             ]
             maps = procfs.read_maps(pid)
             try:
-                pause, attempts = _switch(pid, mem, maps, guards, writes, retry)
+                done = _switch(pid, mem, maps, guards, writes, retry)
             except BaseException:
                 record.state = "failed"
                 jr.save()
@@ -515,10 +536,12 @@ def apply(
             raise
         record.state = "applied"
         record.applied_at = journal.now()
-        record.pause_ms = pause * 1000
-        record.attempts = attempts
+        pauses = _ms(done)
+        record.pauses_ms = list(pauses)
+        record.pause_ms = max(pauses)
+        record.attempts = len(pauses)
         jr.save()
-        return Outcome(pid, manifest.patch_id, "applied", pause * 1000, attempts, sites)
+        return Outcome(pid, manifest.patch_id, "applied", pauses, sites)
 
 
 def _plan_sites(
@@ -624,10 +647,10 @@ def rollback(
             # Unloading also needs no thread in any other code of the patch: a helper the
             # new function tail-called has no return address into the new function.
             guards.append(_patch_code_guard(mem, maps, record))
-        pause, attempts = 0.0, 0
+        pauses: tuple[float, ...] = ()
         if writes:
             try:
-                pause, attempts = _switch(pid, mem, maps, guards, writes, retry)
+                pauses = _ms(_switch(pid, mem, maps, guards, writes, retry))
             except BaseException:
                 record.state = prior
                 jr.save()
@@ -642,7 +665,7 @@ def rollback(
             record.handle = 0
         record.state = "rolled-back"
         jr.save()
-        return Outcome(pid, record.patch_id, "rolled-back", pause * 1000, attempts, record.sites)
+        return Outcome(pid, record.patch_id, "rolled-back", pauses, record.sites)
 
 
 @dataclass(frozen=True)

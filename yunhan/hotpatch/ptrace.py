@@ -150,18 +150,26 @@ class Stop:
         return not self.exited and self.event == 0
 
 
+def poll(tid: int) -> Stop | None:
+    """The next report about `tid` if there is one, without waiting."""
+    try:
+        got, status = os.waitpid(tid, WALL | os.WNOHANG)
+    except ChildProcessError:
+        return Stop(tid, exited=True)  # not (or no longer) our tracee: it is gone
+    if got != tid:
+        return None
+    if os.WIFSTOPPED(status):
+        return Stop(tid, exited=False, sig=os.WSTOPSIG(status), event=status >> 16)
+    return Stop(tid, exited=True)
+
+
 def wait(tid: int, deadline: float) -> Stop:
     """Wait for the next report about `tid`, polling so that a stuck thread cannot hang us."""
     spins = 0
     while True:
-        try:
-            got, status = os.waitpid(tid, WALL | os.WNOHANG)
-        except ChildProcessError:
-            return Stop(tid, exited=True)  # not (or no longer) our tracee: it is gone
-        if got == tid:
-            if os.WIFSTOPPED(status):
-                return Stop(tid, exited=False, sig=os.WSTOPSIG(status), event=status >> 16)
-            return Stop(tid, exited=True)
+        st = poll(tid)
+        if st is not None:
+            return st
         if time.monotonic() > deadline:
             raise HotpatchError(
                 f"thread {tid} did not stop in time (uninterruptible sleep?)", tid=tid

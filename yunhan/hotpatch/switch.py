@@ -35,6 +35,31 @@ class Mem(Protocol):
 
 
 @dataclass(frozen=True)
+class Switched:
+    """What a successful switch cost the target: one pause per stop, in order.
+
+    Every attempt stops the whole process, including those that found a guarded function
+    active and let it run again; the last stop is the one that wrote.
+    """
+
+    pauses: tuple[float, ...]  # seconds each stop lasted, first interrupt to last resume
+
+    @property
+    def attempts(self) -> int:
+        return len(self.pauses)
+
+    @property
+    def longest(self) -> float:
+        """The longest single stop: the most any request of the target waited at once."""
+        return max(self.pauses, default=0.0)
+
+    @property
+    def total(self) -> float:
+        """All the time the process spent stopped for this switch."""
+        return sum(self.pauses)
+
+
+@dataclass(frozen=True)
 class Retry:
     """How long the switch waits for replaced functions to become inactive."""
 
@@ -52,16 +77,17 @@ def switch(
     *,
     restorer: int | None = None,
     sleep: Callable[[float], None] = time.sleep,
-) -> tuple[float, int]:
+) -> Switched:
     """Write (addr, expected, new) triples while no guarded function is active.
 
-    Returns (pause seconds of the successful attempt, attempts). While stopped, the bytes
+    Returns the pause of every stop, the failed attempts' included. While stopped, the bytes
     at each address are first compared with `expected` (a concurrent writer is caught and
     nothing is written); a failure halfway puts back what was already written before any
     thread runs again. Between attempts the process runs for a growing backoff.
     """
     backoff = retry.first_backoff
     reasons: list[str] = []
+    pauses: list[float] = []
     for attempt in range(1, retry.attempts + 1):
         with halt() as world:
             world.stop()
@@ -86,7 +112,10 @@ def switch(
                         with contextlib.suppress(HotpatchError):
                             mem.write(addr, expected)
                     raise
-                return world.resume(), attempt
+                pauses.append(world.resume())
+                return Switched(tuple(pauses))
+            # Resumed here rather than by __exit__, to keep this stop's pause.
+            pauses.append(world.resume())
         if attempt < retry.attempts:
             sleep(backoff)
             backoff = min(backoff * 2, retry.max_backoff)
@@ -94,4 +123,5 @@ def switch(
         f"patched functions stayed active after {retry.attempts} attempts: "
         + "; ".join(sorted(set(reasons))[:5]),
         reasons=reasons,
+        stopped_ms=round(sum(pauses) * 1000, 3),
     )

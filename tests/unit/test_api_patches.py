@@ -378,3 +378,17 @@ def test_agent_endpoints_host_token_reports_and_ignored_hosts(
     assert "process 10 (svc) on host h1 stayed busy" in text
     cloud.rejected("POST", "/v1/agent/hosts/h9/patch-reports", 404, "not registered",
                    json={"reports": []})  # fmt: skip
+
+
+def test_agents_get_stacked_patches_oldest_first(cloud: Cloud, fleet: Cloud, yhp: Yhps) -> None:
+    """An agent applies a process started later the patches in the order it gets them:
+    the patch stacked on another must come after it, whatever the names."""
+    first = cloud.call("POST", "/v1/patches", json=yhp.price.body("zz-first", hosts=["h1"],
+                                                                  health_window=0))  # fmt: skip
+    _apply(cloud, first["id"], ("h1",))
+    cloud.reconcile()
+    assert _status(cloud, "zz-first")["phase"] == "done"
+    cloud.clock.advance(0.5)
+    cloud.call("POST", "/v1/patches", json=yhp.price.body("aa-second", hosts=["h1"]))
+    got = cloud.call("GET", "/v1/agent/hosts/h1/patches")["patches"]
+    assert [p["name"] for p in got] == ["zz-first", "aa-second"]

@@ -324,13 +324,18 @@ def delete_patch(ref: str, request: Request, c: AdminDep, if_match: IfMatch = No
 
 @router.get("/agent/hosts/{name}/patches", response_model=AgentPatches, responses=errors(403, 404))
 def agent_patches(name: str, request: Request, _: AgentDep) -> Any:
-    """Every patch host `name` is asked to apply or roll back (polled by its agent)."""
+    """Every patch host `name` is asked to apply or roll back (polled by its agent), oldest
+    first: patches of one function stack in creation order, and an agent applies them to a
+    process started later in the order it is given (by name, a newer patch created under
+    an earlier name would end up beneath the one it stacks on)."""
     st = state_of(request)
     with st.store.read() as r:
         if r.by_name("host", st.admin_project_id, name) is None:
             raise NotFound(f"host {name} is not registered; PUT /v1/agent/hosts/{name} first")
         out = []
-        for p in r.list("patch", st.admin_project_id):
+        patches = r.list("patch", st.admin_project_id)
+        # created_at is to the second; started_at (set at create) to the millisecond.
+        for p in sorted(patches, key=lambda p: (p.created_at, p.status.get("started_at") or "")):
             want = (p.status["hosts"].get(name) or {}).get("want")
             if want is None:
                 continue

@@ -15,6 +15,7 @@ class ProcStat:
     state: str  # R, S, D, T (stopped), t (traced), Z (zombie), X (dead), ...
     start_time: int
     flags: int = 0  # the kernel's PF_* flags of the task
+    ppid: int = 0
 
     @property
     def exiting(self) -> bool:
@@ -32,7 +33,9 @@ def parse(text: str) -> ProcStat:
     """Parse the content of a stat file."""
     # comm (field 2) may hold spaces and parentheses: the fields start after the last ')'.
     fields = text[text.rindex(")") + 2 :].split()
-    return ProcStat(state=fields[0], start_time=int(fields[19]), flags=int(fields[6]))
+    return ProcStat(
+        state=fields[0], start_time=int(fields[19]), flags=int(fields[6]), ppid=int(fields[1])
+    )
 
 
 def read(pid: int, tid: int | None = None) -> ProcStat | None:

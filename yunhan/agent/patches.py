@@ -275,6 +275,8 @@ class LinuxProcesses:
 
     def carries(self, pid: int, start: int, patch_id: str) -> float | None:
         try:
+            # A fork of a patched process runs the patch without a record of its own.
+            hotpatch.inherit(pid, journal_dir=self._root)
             jr = journal.load(self._root, pid, start)
         except HotpatchError:
             return None

@@ -17,6 +17,7 @@ A refusal or failure after step 2 unloads the patch again, so the target is left
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
 import itertools
 import os
@@ -27,6 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from yunhan import procstat
 from yunhan.errors import Conflict, HotpatchError, NotFound, YunhanError
 from yunhan.hotpatch import elf, inject, journal, plan, procfs
 from yunhan.hotpatch.journal import PatchRecord, Site
@@ -448,6 +450,53 @@ def _switch(
 
 # -- public operations --------------------------------------------------------------------
 
+_MAX_FORK_DEPTH = 8
+
+
+def inherit(pid: int, *, journal_dir: Path | None = None, _depth: int = 0) -> int:
+    """Give a forked process the record of the patches it inherited; how many it got.
+
+    A child forked from a patched process is a copy of its memory: it runs the patches
+    (jumps, trampoline page, the loaded patch code) without a record of its own, so it
+    could neither be rolled back nor told apart from a function someone else hooked. When
+    `pid` has no record, its parent's applied patches are copied to it if, and only if,
+    the child's bytes at every site are the parent's jumps (a child forked before the
+    patch, or one that exec'd, does not carry them and gets nothing). The parent is
+    looked at first the same way (a fork of a fork), a few levels up at most.
+    """
+    root = journal_dir or journal.default_dir()
+    st = procstat.read(pid)
+    if st is None or st.ppid <= 1 or _depth > _MAX_FORK_DEPTH:
+        return 0
+    if journal.load(root, pid, st.start_time).patches:
+        return 0  # a record of its own: not ours to touch
+    parent_st = procstat.read(st.ppid)
+    if parent_st is None or parent_st.start_time > st.start_time:
+        return 0  # the parent is gone (its pid may name a younger process now)
+    inherit(st.ppid, journal_dir=root, _depth=_depth + 1)
+    parent = journal.load(root, st.ppid, parent_st.start_time)
+    stack = parent.stack
+    if not stack or any(p.state != "applied" for p in stack):
+        return 0  # nothing applied, or an operation in flight there: ask again later
+    tops = {site.write_addr: site for p in stack for site in p.sites}  # the last wins
+    try:
+        with journal.locked(root, pid), procfs.Memory(pid) as mem:
+            now = procstat.read(pid)
+            if now is None or now.start_time != st.start_time:
+                return 0
+            for site in tops.values():
+                jump = bytes.fromhex(site.new)
+                if mem.read(site.write_addr, len(jump)) != jump:
+                    return 0
+            mine = journal.load(root, pid, st.start_time)
+            if mine.patches:
+                return 0
+            mine.patches = [copy.deepcopy(p) for p in stack]
+            mine.save()
+    except (HotpatchError, NotFound, OSError):
+        return 0  # it exited, or its memory cannot be read: nothing inherited
+    return len(stack)
+
 
 @contextlib.contextmanager
 def _opened(pid: int) -> Iterator[tuple[ProcStat, procfs.Memory]]:
@@ -480,6 +529,7 @@ def apply(
         yhp = f.read()
     if len(manifest.replacements) > _MAX_SLOTS:
         raise HotpatchError(f"a patch may replace at most {_MAX_SLOTS} functions")
+    inherit(pid, journal_dir=root)
     with journal.locked(root, pid), _opened(pid) as (st, mem):
         jr = journal.load(root, pid, st.start_time)
         for p in jr.stack:
@@ -612,6 +662,7 @@ def rollback(
     `unload`, the patch's code, memfd and trampoline page are released afterwards.
     """
     root = journal_dir or journal.default_dir()
+    inherit(pid, journal_dir=root)
     with journal.locked(root, pid), _opened(pid) as (st, mem):
         jr = journal.load(root, pid, st.start_time)
         stack = jr.stack

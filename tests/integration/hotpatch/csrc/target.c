@@ -9,6 +9,8 @@
  *   h     hold() calls so far     hold() never returns: a thread sleeps inside it
  *   s     start a thread spinning in victim(), then interrupt it with a signal whose
  *         handler never returns: victim() is active only through the signal frame
+ *   f     fork: prints the child's pid; the child (a copy of this memory, patches
+ *         included) sleeps until killed
  *
  * With argument "single" there is no holder thread: the main thread is the only one, so it
  * is the one the loader borrows while it is blocked in read(2).
@@ -115,6 +117,16 @@ int main(int argc, char **argv) {
             usleep(20000); /* let it spin inside victim() */
             pthread_kill(v, SIGUSR1);
             printf("ok\n");
+            break;
+        }
+        case 'f': {
+            fflush(stdout);
+            pid_t child = fork();
+            if (child == 0) {
+                close(0);
+                for (;;) pause();
+            }
+            printf("%d\n", (int)child);
             break;
         }
         default: printf("?\n");

@@ -190,6 +190,8 @@ class FakeApi:
         self.serve: bytes | None = None  # other bytes to serve for the digest
         self.reports: list[dict[str, Any]] = []
         self.fetches = 0
+        self.polls: list[dict[str, str]] = []  # the query of each poll
+        self.etag = ""  # given with the list (a control plane with the long poll)
         self.fail: list[int | Exception] = []  # answers to give report posts, first
         self.lock = threading.Lock()
 
@@ -201,7 +203,11 @@ class FakeApi:
         path = request.url.path
         with self.lock:
             if path == "/v1/agent/hosts/h1/patches":
-                return httpx.Response(200, json={"patches": [self.assignment()]})
+                self.polls.append(dict(request.url.params))
+                body: dict[str, Any] = {"patches": [self.assignment()]}
+                if self.etag:
+                    body["etag"] = self.etag
+                return httpx.Response(200, json=body)
             if path.startswith("/v1/agent/patches/"):
                 self.fetches += 1
                 data = self.files.get(path.rsplit("/", 1)[1])
@@ -759,3 +765,17 @@ def test_only_an_agent_on_the_kernel_patches(tmp_path: Path) -> None:
     assert w.cache_dir == tmp_path / "linux" / "patches"
     with pytest.raises(ValidationError, match="patch interval"):
         agent("fake", 0.0)
+
+
+def test_the_poll_is_a_long_poll_once_the_control_plane_gives_an_etag(tmp_path: Path) -> None:
+    clock = Clock()
+    api = FakeApi(make_yhp())
+    p = make(api, FakeMachine(clock), clock, tmp_path)
+    assert p.poll_once(20.0)  # no etag known yet: a plain poll
+    assert api.polls[-1] == {}
+    assert p.poll_once(20.0)  # an old control plane gives none: still plain
+    assert api.polls[-1] == {}
+    api.etag = "e1"
+    assert p.poll_once(20.0)
+    assert p.poll_once(20.0)  # now it waits for a change of the list it has
+    assert api.polls[-1] == {"etag": "e1", "timeout": "20.0"}

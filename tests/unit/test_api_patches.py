@@ -392,3 +392,35 @@ def test_agents_get_stacked_patches_oldest_first(cloud: Cloud, fleet: Cloud, yhp
     cloud.call("POST", "/v1/patches", json=yhp.price.body("aa-second", hosts=["h1"]))
     got = cloud.call("GET", "/v1/agent/hosts/h1/patches")["patches"]
     assert [p["name"] for p in got] == ["zz-first", "aa-second"]
+
+
+def test_the_agents_poll_waits_for_a_change_of_its_list(
+    cloud: Cloud, fleet: Cloud, yhp: Yhps
+) -> None:
+    """A long poll: with the etag of the list it has, an agent's call answers when its
+    host's list changes (a patch asks it to apply), or after the timeout, unchanged."""
+    import threading
+    import time
+
+    first = cloud.call("GET", "/v1/agent/hosts/h1/patches")
+    assert first["patches"] == [] and first["etag"]
+    t0 = time.monotonic()
+    same = cloud.call("GET", "/v1/agent/hosts/h1/patches",
+                      params={"etag": first["etag"], "timeout": 0.3})  # fmt: skip
+    assert same == first and time.monotonic() - t0 >= 0.3
+    # a change elsewhere (a host's labels) wakes the poll but does not answer it
+    maker = threading.Timer(
+        0.2,
+        lambda: (
+            cloud.call("PATCH", "/v1/hosts/h2", json={"labels": {"tier": "db"}}),
+            cloud.call("POST", "/v1/patches", json=yhp.price.body("mine", hosts=["h1"])),
+        ),
+    )
+    maker.start()
+    try:
+        got = cloud.call("GET", "/v1/agent/hosts/h1/patches",
+                         params={"etag": first["etag"], "timeout": 20})  # fmt: skip
+    finally:
+        maker.join()
+    assert [p["name"] for p in got["patches"]] == ["mine"] and got["etag"] != first["etag"]
+    assert time.monotonic() - t0 < 10  # answered by the change, not by the timeout

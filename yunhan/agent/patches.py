@@ -63,7 +63,9 @@ from yunhan.nsexec import NETNS_DIR, netns_path
 
 log = logging.getLogger("yunhan.agent.patches")
 
-DEFAULT_INTERVAL = 2.0
+DEFAULT_INTERVAL = 2.0  # seconds between polls when the control plane has no long poll
+LONG_POLL = 20.0  # seconds a poll of this host's patches may wait for a change
+MIN_POLL_GAP = 0.2  # seconds between two polls, at least (a list that keeps changing)
 RESCAN_INTERVAL = 10.0  # seconds between two full /proc scans per patch being applied
 EXEC_CHECKS = (0.05, 0.3, 1.0)  # seconds after an exec at which its pid is checked
 MAX_EXEC_CHECKS = 4096  # pids waiting for a check; more: a full rescan instead
@@ -512,6 +514,7 @@ class Patches:
             raise ValueError(f"patch interval {interval} must be a positive number of seconds")
         self.naming = naming
         self.interval = interval
+        self._etag = ""  # of the last list of assignments (the long poll's token)
         self.host_name = host_name
         self.host_netns = host_netns
         self.cache_dir = cache_dir
@@ -541,19 +544,34 @@ class Patches:
     def _url(self, tail: str) -> str:
         return self._api(tail)
 
-    def poll_once(self) -> bool:
+    def poll_once(self, wait: float = 0.0) -> bool:
         """Fetch the assignments; fetch and check the files of new ones. False when the
-        control plane could not be asked (the rollouts go on as they were)."""
+        control plane could not be asked (the rollouts go on as they were).
+
+        With `wait`, a long poll: the control plane answers when the list differs from the
+        one this agent has (its etag), or after `wait` seconds."""
+        params: dict[str, str | float] = {}
+        if wait > 0 and self._etag:
+            params = {"etag": self._etag, "timeout": wait}
         try:
-            r = self._client.get(self._url(f"/v1/agent/hosts/{self.host_name}/patches"))
+            r = self._client.get(
+                self._url(f"/v1/agent/hosts/{self.host_name}/patches"),
+                params=params,
+                timeout=httpx.Timeout(10.0, read=wait + 10.0),
+            )
             r.raise_for_status()
-            assignments = [Assignment.from_json(d) for d in r.json()["patches"]]
+            body = r.json()
+            assignments = [Assignment.from_json(d) for d in body["patches"]]
+            etag = str(body.get("etag") or "")
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
             self.failures += 1
             log.warning("patches: cannot get this host's patches: %s", exc)
             if self._on_error is not None and isinstance(exc, httpx.HTTPError):
                 self._on_error(exc)
             return False
+        if self._stop.is_set():
+            return True  # a long poll answered after stop(): nothing to act on
+        self._etag = etag
         with self._lock:
             known = dict(self._rollouts)
         fresh: dict[str, _Rollout] = {}
@@ -881,9 +899,13 @@ class Patches:
     # -- threads ---------------------------------------------------------------------
 
     def _poll_loop(self) -> None:
+        # A long poll when the control plane gives an etag (it answers as soon as this
+        # host's list changes); every `interval` seconds otherwise, and after a failure.
         while not self._stop.is_set():
-            self.poll_once()
-            self._stop.wait(self.interval)
+            started = time.monotonic()
+            ok = self.poll_once(LONG_POLL if self._etag else 0.0)
+            if not ok or not self._etag or time.monotonic() - started < MIN_POLL_GAP:
+                self._stop.wait(self.interval if not ok or not self._etag else MIN_POLL_GAP)
 
     def _patch_loop(self) -> None:
         while not self._stop.is_set():
@@ -946,7 +968,10 @@ class Patches:
             loops.append((self._connector_loop, "proc-events"))
         for target, name in loops:
             t = threading.Thread(target=target, name=name, daemon=True)
-            self._threads.append(t)
+            if target != self._poll_loop:
+                # The poller may sit in a long poll: `stop` does not wait for it (it acts on
+                # nothing once stopped, and a daemon thread ends with the process).
+                self._threads.append(t)
             t.start()
 
     def stop(self, timeout: float = 30.0) -> None:

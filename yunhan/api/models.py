@@ -724,3 +724,6 @@ class AgentPatch(_Out):
 
 class AgentPatches(_Out):
     patches: list[AgentPatch]
+    etag: str = Field(
+        "", description="names this list: given back as ?etag=, the call waits until it changes"
+    )

@@ -16,6 +16,7 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import json
 import os
 import tempfile
 from collections import Counter
@@ -323,12 +324,36 @@ def delete_patch(ref: str, request: Request, c: AdminDep, if_match: IfMatch = No
 
 
 @router.get("/agent/hosts/{name}/patches", response_model=AgentPatches, responses=errors(403, 404))
-def agent_patches(name: str, request: Request, _: AgentDep) -> Any:
-    """Every patch host `name` is asked to apply or roll back (polled by its agent), oldest
-    first: patches of one function stack in creation order, and an agent applies them to a
-    process started later in the order it is given (by name, a newer patch created under
-    an earlier name would end up beneath the one it stacks on)."""
+async def agent_patches(
+    name: str,
+    request: Request,
+    _: AgentDep,
+    etag: Annotated[
+        str | Optional, Query(description="the etag of the list the agent has: wait for another")
+    ] = None,
+    timeout: Annotated[float, Query(ge=0, description="seconds to wait at most (long poll)")] = 0,
+) -> Any:
+    """Every patch host `name` is asked to apply or roll back, oldest first: patches of one
+    function stack in creation order, and an agent applies them to a process started later
+    in the order it is given (by name, a newer patch created under an earlier name would
+    end up beneath the one it stacks on).
+
+    A long poll: given the `etag` of the list it has, the call answers when the list
+    differs, or after `timeout` seconds (capped like every long poll) with the same list.
+    The list is read again only when the store's revision moves.
+    """
     st = state_of(request)
+    deadline = asyncio.get_running_loop().time() + min(timeout, st.max_long_poll)
+    while True:
+        body, seen = await asyncio.to_thread(_assignments, st, name)
+        left = deadline - asyncio.get_running_loop().time()
+        if etag is None or body["etag"] != etag or left <= 0:
+            return body
+        if await st.store.wait_revision_async(seen, left) is None:
+            return body  # timed out, or the server is stopping: the same list
+
+
+def _assignments(st: AppState, name: str) -> tuple[dict[str, Any], int]:
     with st.store.read() as r:
         if r.by_name("host", st.admin_project_id, name) is None:
             raise NotFound(f"host {name} is not registered; PUT /v1/agent/hosts/{name} first")
@@ -350,7 +375,8 @@ def agent_patches(name: str, request: Request, _: AgentDep) -> Any:
                     "health_window": p.spec["health_window"],
                 }
             )
-    return {"patches": out}
+        tag = hashlib.sha256(json.dumps(out, sort_keys=True).encode()).hexdigest()[:16]
+        return {"patches": out, "etag": tag}, r.revision
 
 
 async def _host_or_admin(request: Request) -> Caller:

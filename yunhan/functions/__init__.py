@@ -1,0 +1,25 @@
+"""Serverless functions on one host: a zygote that forks sandboxed workers (issue 11).
+
+The public face: `FunctionRuntime` (runtime.py) and the plain data it takes and returns.
+"""
+
+from yunhan.functions.runtime import (
+    Deployment,
+    FunctionRuntime,
+    Invocation,
+    Worker,
+    WorkerExit,
+    WorkerGone,
+)
+from yunhan.functions.spec import FunctionSpec, UidRange
+
+__all__ = [
+    "Deployment",
+    "FunctionRuntime",
+    "FunctionSpec",
+    "Invocation",
+    "UidRange",
+    "Worker",
+    "WorkerExit",
+    "WorkerGone",
+]

@@ -109,6 +109,8 @@ def install(source: Path, dest: Path, gid: int, spec: FunctionSpec) -> None:
         tmp.rename(dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            dest.parent.rmdir()  # a function's first version, refused: no trace of it
         raise
 
 

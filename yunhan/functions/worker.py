@@ -98,7 +98,7 @@ def _place_fds(channel: int, log: int) -> None:
     sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
 
 
-def _sandbox(setup: Setup, channel: int, log: int, netns: int, zygote: int) -> None:
+def _enter(setup: Setup, channel: int, log: int, netns: int) -> None:
     os.setsid()  # its own session: no terminal signal of the zygote's group reaches it
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
@@ -112,6 +112,9 @@ def _sandbox(setup: Setup, channel: int, log: int, netns: int, zygote: int) -> N
     else:
         nsutil.setns_fd(netns, CLONE_NEWNET, "function netns")
     _place_fds(channel, log)
+
+
+def _become(setup: Setup, zygote: int) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     os.setgroups([])
     os.setresgid(setup.gid, setup.gid, setup.gid)
@@ -195,17 +198,24 @@ def serve(sock: socket.socket, setup: Setup, handler: Callable[..., Any]) -> Non
         sock.sendall(_answer(req, setup, handler))
 
 
+def _refuse(setup: Setup, exc: BaseException, channel: int, log: int) -> NoReturn:
+    os.write(log, f"worker {setup.worker_id}: sandbox: {exc}\n".encode())
+    framing.send(socket.socket(fileno=channel), {"ready": False, "stage": "sandbox", **_error(exc)})
+    os._exit(70)
+
+
 def run(setup: Setup, channel: int, log: int, netns: int, zygote: int) -> NoReturn:
     """The child's whole life: sandbox, import, ready message, serve; never returns."""
     code = 0
     try:
         try:
-            _sandbox(setup, channel, log, netns, zygote)
+            _enter(setup, channel, log, netns)
         except BaseException as exc:
-            os.write(log, f"worker {setup.worker_id}: sandbox: {exc}\n".encode())
-            sock = socket.socket(fileno=os.dup(channel))
-            framing.send(sock, {"ready": False, "stage": "sandbox", **_error(exc)})
-            os._exit(70)
+            _refuse(setup, exc, os.dup(channel), log)
+        try:
+            _become(setup, zygote)
+        except BaseException as exc:
+            _refuse(setup, exc, CHANNEL_FD, 2)
         sock = socket.socket(fileno=CHANNEL_FD)
         try:
             handler = _load(setup)

@@ -28,8 +28,8 @@ def encode(msg: Any) -> bytes:
 
 
 class Decoder:
-    """Bytes in, whole messages out: `feed` queues every message completed so far and
-    `pop` hands them out in order."""
+    """Bytes in, whole messages out: `feed` queues every message completed so far, `len`
+    counts them and `pop` hands them out in order."""
 
     def __init__(self) -> None:
         self._buf = bytearray()
@@ -50,9 +50,10 @@ class Decoder:
             except ValueError as exc:
                 raise FrameError(f"frame is not JSON: {exc}") from exc
 
-    def pop(self) -> Any | None:
-        """The oldest whole message, or None when none is complete yet."""
-        return self._ready.popleft() if self._ready else None
+    def pop(self) -> Any:
+        """The oldest whole message (which may be null); IndexError when none is ready,
+        so check `len` first."""
+        return self._ready.popleft()
 
     def __len__(self) -> int:
         return len(self._ready)

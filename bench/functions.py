@@ -69,12 +69,15 @@ def main() -> None:
 
         cold: list[float] = []
         spawn_only: list[float] = []
+        phases: dict[str, list[float]] = {}
         for i in range(args.cold):
             t0 = time.perf_counter()
             w = rt.spawn(dep)
             inv = rt.invoke(w, i)
             cold.append((time.perf_counter() - t0) * 1000)
             spawn_only.append(w.cold_start_ms)
+            for k, v in w.cold_start_phases.items():
+                phases.setdefault(k, []).append(v)
             assert inv.ok and inv.result["n"] == i, inv
             rt.stop_worker(w)
 
@@ -112,6 +115,10 @@ def main() -> None:
         f"cold start ({args.cold}, spawn + first invoke): p50 {pct(cold, 50):.1f} ms, "
         f"p99 {pct(cold, 99):.1f} ms, max {max(cold):.1f} ms; "
         f"spawn alone p50 {pct(spawn_only, 50):.1f} ms"
+    )
+    print(
+        "  spawn phases p50/p99 ms: "
+        + ", ".join(f"{k} {pct(v, 50):.2f}/{pct(v, 99):.2f}" for k, v in phases.items())
     )
     print(
         f"warm invoke ({args.warm}, round trip): p50 {pct(warm, 50):.3f} ms, "

@@ -109,6 +109,9 @@ class Worker:
     _decoder: framing.Decoder = field(default_factory=framing.Decoder, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     exit: WorkerExit | None = None
+    # Where the cold start went, in ms: "fork" (request to the child running), "sandbox"
+    # (cgroups, netns, fds, uid), "import" (the user's module), "ready" (back to us).
+    cold_start_phases: dict[str, float] = field(default_factory=dict)
 
     @property
     def alive(self) -> bool:
@@ -305,7 +308,16 @@ class FunctionRuntime:
             )
             err.details["traceback"] = ready.get("traceback")
             raise err
-        w.cold_start_ms = (time.monotonic_ns() - t0) / 1e6
+        t1 = time.monotonic_ns()
+        w.cold_start_ms = (t1 - t0) / 1e6
+        marks = ready.get("marks", {})
+        if {"forked", "sandboxed", "imported"} <= marks.keys():
+            w.cold_start_phases = {
+                "fork": (marks["forked"] - t0) / 1e6,
+                "sandbox": (marks["sandboxed"] - marks["forked"]) / 1e6,
+                "import": (marks["imported"] - marks["sandboxed"]) / 1e6,
+                "ready": (t1 - marks["imported"]) / 1e6,
+            }
         return w
 
     def invoke(

@@ -207,6 +207,7 @@ def _refuse(setup: Setup, exc: BaseException, channel: int, log: int) -> NoRetur
 def run(setup: Setup, channel: int, log: int, netns: int, zygote: int) -> NoReturn:
     """The child's whole life: sandbox, import, ready message, serve; never returns."""
     code = 0
+    marks = {"forked": time.monotonic_ns()}
     try:
         try:
             _enter(setup, channel, log, netns)
@@ -216,6 +217,7 @@ def run(setup: Setup, channel: int, log: int, netns: int, zygote: int) -> NoRetu
             _become(setup, zygote)
         except BaseException as exc:
             _refuse(setup, exc, CHANNEL_FD, 2)
+        marks["sandboxed"] = time.monotonic_ns()
         sock = socket.socket(fileno=CHANNEL_FD)
         try:
             handler = _load(setup)
@@ -224,7 +226,8 @@ def run(setup: Setup, channel: int, log: int, netns: int, zygote: int) -> NoRetu
             print(f"init error: {msg}\n{traceback.format_exc()}", file=sys.stderr, end="")
             framing.send(sock, {"ready": False, "stage": "import", **_error(exc), "error": msg})
             os._exit(1)
-        framing.send(sock, {"ready": True})
+        marks["imported"] = time.monotonic_ns()
+        framing.send(sock, {"ready": True, "marks": marks})
         serve(sock, setup, handler)
     except BaseException:
         code = 1

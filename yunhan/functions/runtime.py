@@ -20,6 +20,7 @@ A worker that times out, runs out of memory or dies is gone after that invocatio
 from __future__ import annotations
 
 import contextlib
+import grp
 import itertools
 import os
 import pwd
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from yunhan.errors import ValidationError, YunhanError
+from yunhan.errors import DriverError, FunctionRuntimeError, ValidationError, WorkerGone
 from yunhan.functions import deploy, framing
 from yunhan.functions.cgroups import CgroupLayout, Limits, WorkerCgroup
 from yunhan.functions.spec import (
@@ -45,15 +46,8 @@ from yunhan.functions.spec import (
     validate,
 )
 from yunhan.functions.worker import Setup
-from yunhan.functions.zygote_client import Exit, ZygoteClient, ZygoteError
+from yunhan.functions.zygote_client import Exit, ZygoteClient
 from yunhan.nsexec import netns_path
-
-
-class WorkerGone(YunhanError):
-    """The worker asked for has exited (or was stopped): spawn another."""
-
-    code = "worker_gone"
-    http_status = 409
 
 
 @dataclass(frozen=True)
@@ -229,16 +223,13 @@ class FunctionRuntime:
         would, before the version is accepted.
         """
         validate(spec, host_memory_mb=self.host_memory_mb)
-        reserved = {p.pw_uid for p in pwd.getpwall()}
+        reserved = {p.pw_uid for p in pwd.getpwall()} | {g.gr_gid for g in grp.getgrall()}
         uid = choose_uid(spec.name, deploy.deployed_gids(self.state_dir), reserved, self.uids)
         dest = deploy.code_dir(self.state_dir, spec)
         deploy.install(source, dest, uid, spec)
         dep = Deployment(spec, dest, uid)
         try:
             self.stop_worker(self.spawn(dep))
-        except ValidationError:
-            deploy.remove(dest)
-            raise
         except BaseException:
             deploy.remove(dest)
             raise
@@ -281,6 +272,10 @@ class FunctionRuntime:
                 own_netns=netns is None,
             )
             pid = self._zygote.spawn(setup.to_json(), fds, netns=netns is not None)
+        except OSError as exc:
+            mine.close()
+            cg.remove()
+            raise DriverError(f"{spec.key}: spawn: {exc}", errno=exc.errno, netns=netns) from exc
         except BaseException:
             mine.close()
             cg.remove()
@@ -298,7 +293,7 @@ class FunctionRuntime:
         except (TimeoutError, framing.FrameError, OSError) as exc:
             gone = self._kill_and_retire(w)
             why = "did not start in time" if isinstance(exc, TimeoutError) else "exited"
-            raise ZygoteError(
+            raise FunctionRuntimeError(
                 f"{spec.key}: the worker {why} ({gone.describe(spec.memory_mb)})", worker=wid
             ) from exc
         if not ready.get("ready"):

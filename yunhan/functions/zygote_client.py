@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import yunhan
-from yunhan.errors import YunhanError
+from yunhan.errors import FunctionRuntimeError
 from yunhan.functions.zygote import MAX_RECORD
 
 ZYGOTE_ENV_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -28,11 +28,6 @@ ZYGOTE_ENV_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Not `-m yunhan.functions.zygote`: runpy would import the package (and the zygote module,
 # through it) before running the module again as __main__.
 _MAIN = "import sys; from yunhan.functions.zygote import main; main(sys.argv)"
-
-
-class ZygoteError(YunhanError):
-    code = "function_runtime"
-    http_status = 500
 
 
 @dataclass(frozen=True)
@@ -109,7 +104,7 @@ class ZygoteClient:
     def request(self, msg: dict[str, Any], fds: list[int], timeout: float) -> dict[str, Any]:
         """Send one request (with descriptors) and wait for its reply."""
         if self._sock is None or self._closed:
-            raise ZygoteError("the function zygote is not running")
+            raise FunctionRuntimeError("the function zygote is not running")
         with self._send_lock:
             self._next += 1
             req = self._next
@@ -121,7 +116,7 @@ class ZygoteClient:
             while req not in self._replies:
                 left = deadline - time.monotonic()
                 if self._closed or left <= 0:
-                    raise ZygoteError(
+                    raise FunctionRuntimeError(
                         "the function zygote "
                         + ("exited" if self._closed else f"did not answer in {timeout:g} s"),
                         zygote_pid=self.pid,
@@ -129,7 +124,7 @@ class ZygoteClient:
                 self._cond.wait(left)
             reply = self._replies.pop(req)
         if "error" in reply:
-            raise ZygoteError(f"zygote: {reply['error']}", zygote_pid=self.pid)
+            raise FunctionRuntimeError(f"zygote: {reply['error']}", zygote_pid=self.pid)
         return reply
 
     def spawn(self, setup: dict[str, Any], fds: list[int], *, netns: bool) -> int:

@@ -3,6 +3,7 @@ the worker groups go, read from /proc texts."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,22 @@ def test_a_missing_controller_is_a_clear_error() -> None:
     without_pids = "\n".join(line for line in MOUNTINFO.splitlines() if "pids" not in line)
     with pytest.raises(DriverError, match="not mounted: pids"):
         CgroupLayout.parse(without_pids, PROC_CGROUP)
+
+
+def test_a_dir_under_a_closed_parent_is_not_reachable_by_others() -> None:
+    from yunhan.functions.worker import reachable_by_others
+
+    # Not pytest's tmp_path: /tmp/pytest-of-<user> is closed (0700) itself.
+    with tempfile.TemporaryDirectory() as d:
+        root = Path(d)
+        root.chmod(0o755)
+        lib = root / "home" / "lib"
+        lib.mkdir(parents=True)
+        lib.chmod(0o755)
+        (root / "home").chmod(0o755)
+        assert reachable_by_others(str(lib))
+        (root / "home").chmod(0o700)  # as /root is, with a pyenv build under it
+        assert not reachable_by_others(str(lib))
+        (root / "home").chmod(0o755)
+        lib.chmod(0o750)
+        assert not reachable_by_others(str(lib))

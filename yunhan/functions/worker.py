@@ -29,7 +29,7 @@ from yunhan.net import nsutil
 PR_SET_PDEATHSIG = 1
 PR_SET_NO_NEW_PRIVS = 38
 CLONE_NEWNET = nsutil.CLONE_NEWNET
-CHANNEL_FD = 3  # 0: /dev/null, 1 and 2: the function's log, 3: the runtime's socket
+CHANNEL_FD = 3  # 0: /dev/null, 1 and 2: the log, 3: the runtime's socket, 4...: imports
 WORKER_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 _SIOCGIFFLAGS = 0x8913
@@ -84,21 +84,48 @@ def _lo_up() -> None:
         fcntl.ioctl(s, _SIOCSIFFLAGS, _IFREQ.pack(b"lo", flags | 1))  # IFF_UP
 
 
-def _place_fds(channel: int, log: int) -> None:
-    """0 = /dev/null, 1 = 2 = log, 3 = channel; every other inherited descriptor (the
-    zygote's control socket, other workers' pidfds) is closed."""
+def _place_fds(channel: int, log: int, imports: tuple[int, ...]) -> None:
+    """0 = /dev/null, 1 = 2 = log, 3 = channel, 4... = the import dirs' descriptors;
+    every other inherited descriptor (the zygote's control socket, other workers' pidfds)
+    is closed."""
     null = os.open(os.devnull, os.O_RDWR)
-    srcs = [null, log, log, channel]
+    srcs = [null, log, log, channel, *imports]
     floor = max(*srcs, CHANNEL_FD) + 1
     high = [fcntl.fcntl(fd, fcntl.F_DUPFD, floor) for fd in srcs]
     for target, fd in enumerate(high):
         os.dup2(fd, target, inheritable=False)
-    os.closerange(CHANNEL_FD + 1, os.sysconf("SC_OPEN_MAX"))
+    os.closerange(len(srcs), os.sysconf("SC_OPEN_MAX"))
     sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
     sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
 
 
-def _enter(setup: Setup, channel: int, log: int, netns: int) -> None:
+def reachable_by_others(path: str) -> bool:
+    """Could a user that is neither owner nor group list `path` and walk down to it?"""
+    p = os.path.abspath(path)
+    try:
+        if os.stat(p).st_mode & 0o005 != 0o005:
+            return False
+        while p != "/":
+            p = os.path.dirname(p)
+            if not os.stat(p).st_mode & 0o001:
+                return False
+    except OSError:
+        return False
+    return True
+
+
+def import_dirs(path: list[str]) -> list[str]:
+    """The interpreter's own import directories (stdlib, lib-dynload, site-packages) that
+    a function's uid could not reach by name, such as a pyenv build under /root (0700).
+    The zygote opens each once, as root; workers keep those descriptors and import
+    through /proc/self/fd/N, which resolves to the directory without walking its
+    parents (the kernel lets a task use its own fds even when it is not dumpable)."""
+    return [
+        p for p in path if _stdlib_or_site(p) and os.path.isdir(p) and not reachable_by_others(p)
+    ]
+
+
+def _enter(setup: Setup, channel: int, log: int, netns: int, imports: Mapping[str, int]) -> None:
     os.setsid()  # its own session: no terminal signal of the zygote's group reaches it
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
@@ -111,10 +138,10 @@ def _enter(setup: Setup, channel: int, log: int, netns: int) -> None:
         _lo_up()
     else:
         nsutil.setns_fd(netns, CLONE_NEWNET, "function netns")
-    _place_fds(channel, log)
+    _place_fds(channel, log, tuple(imports.values()))
 
 
-def _become(setup: Setup, zygote: int) -> None:
+def _become(setup: Setup, zygote: int, imports: Mapping[str, int]) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     os.setgroups([])
     os.setresgid(setup.gid, setup.gid, setup.gid)
@@ -132,7 +159,8 @@ def _become(setup: Setup, zygote: int) -> None:
     os.environ["YUNHAN_FUNCTION"] = setup.function
     os.environ["YUNHAN_FUNCTION_VERSION"] = str(setup.version)
     sys.dont_write_bytecode = True  # the code dir is read-only; deploy compiled it
-    sys.path[:] = [setup.code_dir, *(p for p in sys.path if _stdlib_or_site(p))]
+    by_fd = {p: f"/proc/self/fd/{CHANNEL_FD + 1 + i}" for i, p in enumerate(imports)}
+    sys.path[:] = [setup.code_dir, *(by_fd.get(p, p) for p in sys.path if _stdlib_or_site(p))]
     importlib.invalidate_caches()
 
 
@@ -204,17 +232,26 @@ def _refuse(setup: Setup, exc: BaseException, channel: int, log: int) -> NoRetur
     os._exit(70)
 
 
-def run(setup: Setup, channel: int, log: int, netns: int, zygote: int) -> NoReturn:
-    """The child's whole life: sandbox, import, ready message, serve; never returns."""
+def run(
+    setup: Setup,
+    channel: int,
+    log: int,
+    netns: int,
+    zygote: int,
+    imports: Mapping[str, int],
+) -> NoReturn:
+    """The child's whole life: sandbox, import, ready message, serve; never returns.
+    `imports` maps import directories the function's uid cannot reach by name to the
+    zygote's descriptors of them (see `import_dirs`)."""
     code = 0
     marks = {"forked": time.monotonic_ns()}
     try:
         try:
-            _enter(setup, channel, log, netns)
+            _enter(setup, channel, log, netns, imports)
         except BaseException as exc:
             _refuse(setup, exc, os.dup(channel), log)
         try:
-            _become(setup, zygote)
+            _become(setup, zygote, imports)
         except BaseException as exc:
             _refuse(setup, exc, CHANNEL_FD, 2)
         marks["sandboxed"] = time.monotonic_ns()

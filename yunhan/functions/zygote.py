@@ -76,8 +76,9 @@ def _send(sock: socket.socket, msg: dict[str, Any]) -> None:
 
 
 class Zygote:
-    def __init__(self, control: socket.socket) -> None:
+    def __init__(self, control: socket.socket, imports: dict[str, int]) -> None:
         self.control = control
+        self.imports = imports
         self.sel = selectors.DefaultSelector()
         self.children: dict[int, int] = {}  # pid -> pidfd
         self.sel.register(control, selectors.EVENT_READ, None)
@@ -93,7 +94,7 @@ class Zygote:
         me = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker: never comes back here
-            worker.run(setup, channel, log, netns, me)
+            worker.run(setup, channel, log, netns, me, self.imports)
         pidfd = os.pidfd_open(pid)
         self.children[pid] = pidfd
         self.sel.register(pidfd, selectors.EVENT_READ, pid)
@@ -156,8 +157,9 @@ def main(argv: list[str]) -> None:
     control.set_inheritable(False)
     for name in PRELOAD:
         __import__(name)
+    imports = {p: os.open(p, os.O_RDONLY | os.O_DIRECTORY) for p in worker.import_dirs(sys.path)}
     gc.freeze()  # objects made so far stay out of GC passes: fewer copied pages per fork
-    z = Zygote(control)
+    z = Zygote(control, imports)
     try:
         z.serve()
     except (ConnectionError, OSError):

@@ -357,6 +357,31 @@ def test_killing_the_owner_takes_the_zygote_and_its_workers_along(
     assert not layout.groups(prefix)
 
 
+def test_a_zygote_killed_outright_takes_its_workers_along(
+    tmp_path: Path, uniq: Callable[[str], str]
+) -> None:
+    prefix = uniq("zkill")
+    state = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
+    rt = FunctionRuntime(state, prefix)
+    rt.start()
+    try:
+        dep = rt.deploy(
+            FunctionSpec("zk", 1, "main.handler"), _source(tmp_path, "z", HANDLERS["echo"])
+        )
+        w = rt.spawn(dep)
+        assert rt.zygote_pid is not None
+        os.kill(rt.zygote_pid, signal.SIGKILL)
+        # The parent death signal, set after the uid switch (which clears it), fires.
+        assert poll_until(lambda: procstat.read(w.pid) is None, 5.0)
+        assert poll_until(lambda: not rt.zygote_alive, 5.0)
+        inv = rt.invoke(w, 1)
+        assert not inv.ok and inv.worker_exited
+    finally:
+        rt.stop()
+        shutil.rmtree(state)
+    assert not rt.layout.groups(prefix)
+
+
 def test_stop_leaves_no_process_cgroup_or_temp_dir(
     tmp_path: Path, uniq: Callable[[str], str]
 ) -> None:

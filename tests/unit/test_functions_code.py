@@ -76,3 +76,12 @@ def test_a_dir_under_a_closed_parent_is_not_reachable_by_others() -> None:
         (root / "home").chmod(0o755)
         lib.chmod(0o750)
         assert not reachable_by_others(str(lib))
+
+
+def test_a_runtime_finds_its_own_groups_and_no_one_elses(tmp_path: Path) -> None:
+    layout = CgroupLayout({c: tmp_path / c for c in ("memory", "cpu", "pids")})
+    for name in ("a-1", "a-12", "a-x", "ab-1", "a-1-2"):
+        (tmp_path / "memory" / name).mkdir(parents=True)
+    (tmp_path / "pids" / "a-7").mkdir(parents=True)
+    assert [g.name for g in layout.groups("a")] == ["a-1", "a-12", "a-7"]
+    assert [g.name for g in layout.groups("a-1")] == ["a-1-2"]

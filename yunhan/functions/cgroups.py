@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import signal
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -83,12 +84,14 @@ class CgroupLayout:
         return WorkerCgroup(name, {c: base / name for c, base in self.bases.items()})
 
     def groups(self, prefix: str) -> list[WorkerCgroup]:
-        """Every worker group whose name starts with `prefix` (in any controller)."""
+        """Every worker group of runtime `prefix` (named `<prefix>-<n>`), in any
+        controller. Exact: the groups of prefix "a-1" are not those of prefix "a"."""
         names: set[str] = set()
         for base in self.bases.values():
             with contextlib.suppress(FileNotFoundError):
                 names.update(p.name for p in base.iterdir() if p.is_dir())
-        return [self.group(n) for n in sorted(names) if n.startswith(prefix)]
+        own = re.compile(re.escape(prefix) + r"-\d+")
+        return [self.group(n) for n in sorted(names) if own.fullmatch(n)]
 
 
 def _write(path: Path, value: str) -> None:

@@ -197,12 +197,18 @@ class FunctionRuntime:
 
     def sweep(self) -> None:
         """Remove every cgroup of this prefix (killing what is in it)."""
-        for g in self.layout.groups(f"{self.prefix}-"):
+        for g in self.layout.groups(self.prefix):
             g.remove()
 
     @property
     def zygote_pid(self) -> int | None:
         return self._zygote.pid
+
+    @property
+    def zygote_alive(self) -> bool:
+        """False once the zygote has exited: its workers went with it (parent death
+        signal) and no spawn can succeed; the agent stops and starts the runtime."""
+        return self._zygote.alive
 
     def workers(self) -> list[Worker]:
         return [w for w in self._workers.values() if w.alive]

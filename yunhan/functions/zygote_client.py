@@ -51,6 +51,11 @@ class ZygoteClient:
         self._reader: threading.Thread | None = None
 
     @property
+    def alive(self) -> bool:
+        with self._cond:
+            return self._sock is not None and not self._closed
+
+    @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 

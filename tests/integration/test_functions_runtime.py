@@ -13,6 +13,7 @@ import sys
 import tempfile
 import textwrap
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -293,6 +294,20 @@ def test_deploy_refuses_bad_code_whole(
         rt.deploy(spec, src)
     assert says in exc.value.message
     assert not (rt.state_dir / "code" / name).exists()  # nothing kept
+
+
+def test_two_workers_serve_threads_at_once_one_invocation_each_at_a_time(
+    rt: FunctionRuntime, make: Callable[..., Deployment]
+) -> None:
+    dep = make("echo")
+    ws = [rt.spawn(dep), rt.spawn(dep)]
+    try:
+        with ThreadPoolExecutor(4) as pool:  # two threads per worker: they take turns
+            got = list(pool.map(lambda i: rt.invoke(ws[i % 2], i), range(200)))
+        assert [g.result["echo"] for g in got] == list(range(200))
+    finally:
+        for w in ws:
+            rt.stop_worker(w)
 
 
 def test_the_zygote_is_single_threaded_and_workers_keep_no_inherited_fds(

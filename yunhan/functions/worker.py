@@ -8,6 +8,7 @@ must never return into the zygote's loop (`run` ends in `os._exit`).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import importlib
 import os
@@ -173,7 +174,7 @@ def _load(setup: Setup) -> Callable[..., Any]:
     try:
         mod = importlib.import_module(module)
     except ModuleNotFoundError as exc:
-        if exc.name and module.startswith(exc.name):
+        if exc.name == module or module.startswith(f"{exc.name}."):
             raise LookupError(f"handler module {module!r} not found in the code") from exc
         raise
     fn = getattr(mod, func, None)
@@ -206,6 +207,9 @@ def _answer(req: Mapping[str, Any], setup: Setup, handler: Callable[..., Any]) -
         ns = time.monotonic_ns() - t0
         out.update(ok=True, result=result)
     out.update(duration_ms=ns / 1e6, billed_ms=billed_ms(ns))
+    with contextlib.suppress(Exception):  # a handler may have replaced or closed them
+        sys.stdout.flush()
+        sys.stderr.flush()
     try:
         return framing.encode(out)
     except (TypeError, ValueError, framing.FrameError) as exc:

@@ -216,6 +216,7 @@ def test_a_handler_beyond_its_memory_is_oom_killed_and_reported(
     assert inv.error == "out of memory (limit 64 MB)"
     assert inv.worker_exited and not w.alive
     assert w.exit is not None and w.exit.oom and w.exit.signal == signal.SIGKILL
+    assert (64 << 20) - (8 << 20) <= w.exit.max_memory_bytes <= 64 << 20
     assert "out of memory" in rt.log_path(dep.spec.name).read_text()
     # The next invocation gets a new worker, which works (until it eats too much again).
     w2 = rt.spawn(dep)

@@ -162,13 +162,8 @@ class WorkerCgroup:
                 return int(value)
         return 0
 
-    def memory_failcnt(self) -> int:
-        try:
-            return int((self.paths["memory"] / "memory.failcnt").read_text())
-        except FileNotFoundError:
-            return 0
-
     def max_usage_bytes(self) -> int:
+        """The most memory the group has held (memory.max_usage_in_bytes)."""
         try:
             return int((self.paths["memory"] / "memory.max_usage_in_bytes").read_text())
         except FileNotFoundError:

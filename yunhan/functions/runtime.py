@@ -64,6 +64,7 @@ class WorkerExit:
     code: int | None
     signal: int | None
     oom: bool  # the memory cgroup's OOM killer killed it
+    max_memory_bytes: int = 0  # the most its cgroup held (Lambda's "Max Memory Used")
 
     def describe(self, memory_mb: int) -> str:
         if self.oom:
@@ -405,7 +406,12 @@ class FunctionRuntime:
 
     def _retire(self, w: Worker, how: Exit) -> WorkerExit:
         if w.exit is None:
-            w.exit = WorkerExit(how.code, how.signal, oom=w.cgroup.oom_kills() > 0)
+            w.exit = WorkerExit(
+                how.code,
+                how.signal,
+                oom=w.cgroup.oom_kills() > 0,
+                max_memory_bytes=w.cgroup.max_usage_bytes(),
+            )
         with contextlib.suppress(OSError):
             w._sock.close()
         w.cgroup.remove()

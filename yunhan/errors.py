@@ -13,6 +13,8 @@
     ├── TimedOut                a wait did not converge in time           (HTTP 504)
     ├── DriverError             the kernel (netlink, nftables) refused; keeps errno
     ├── HotpatchError           the loader refused or failed; target left as it was
+    ├── FunctionRuntimeError    the function zygote is gone or a worker would not start
+    ├── WorkerGone              the function worker asked for has exited  (HTTP 409)
     └── PgServerError           a throwaway PostgreSQL cluster would not start or stop
 
 The API turns each into one JSON shape: {"error": {"code", "message", "details"}}.
@@ -113,6 +115,18 @@ class DriverError(YunhanError):
 class HotpatchError(YunhanError):
     code = "hotpatch"
     http_status = 500
+
+
+class FunctionRuntimeError(YunhanError):
+    code = "function_runtime"
+    http_status = 500
+
+
+class WorkerGone(YunhanError):
+    """The function worker asked for has exited (timeout, OOM, stopped): spawn another."""
+
+    code = "worker_gone"
+    http_status = 409
 
 
 class PgServerError(YunhanError):

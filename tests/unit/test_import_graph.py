@@ -136,3 +136,17 @@ def test_no_import_cycles() -> None:
     # package -> module edges out.
     graph = {m: {d for d in deps if not _under(d, m)} for m, deps in _graph().items()}
     assert _cycles(graph) == []
+
+
+def test_the_function_runtime_is_host_side_and_imports_only_leaves() -> None:
+    """The worker harness runs in forks of the zygote: what it imports is preloaded into
+    every worker, so the package stays off the API, store, controller and network code."""
+    allowed = ("yunhan.functions", "yunhan.errors", "yunhan.polling", "yunhan.nsexec")
+    bad = [
+        (m, d)
+        for m, deps in _graph().items()
+        if _under(m, "yunhan.functions")
+        for d in deps
+        if not _under(d, *allowed) and d != "yunhan.net.nsutil" and d != "yunhan"
+    ]
+    assert bad == []

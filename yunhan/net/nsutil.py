@@ -53,9 +53,18 @@ def _check(rc: int, what: str) -> None:
 def setns(path: str | Path, nstype: int) -> None:
     fd = os.open(str(path), os.O_RDONLY | os.O_CLOEXEC)
     try:
-        _check(_libc.setns(fd, nstype), f"setns {path}")
+        setns_fd(fd, nstype, str(path))
     finally:
         os.close(fd)
+
+
+def setns_fd(fd: int, nstype: int, what: str = "") -> None:
+    """setns(2) on a namespace file already open (a function worker is handed one)."""
+    _check(_libc.setns(fd, nstype), f"setns {what or fd}")
+
+
+def prctl(option: int, arg: int) -> None:
+    _check(_libc.prctl(option, arg, 0, 0, 0), f"prctl {option}")
 
 
 def unshare(flags: int) -> None:

@@ -281,12 +281,7 @@ def instance_create(ctx: Ctx) -> None:
     if ctx["sg"]:
         body["security_groups"] = list(ctx["sg"])
     c = ctx.client()
-    res = c.post("/v1/instances", body)
-    if ctx["wait"]:
-        deadline = time.monotonic() + ctx["timeout"]
-        wait_applied(c, res.get("revision"), ctx["timeout"])
-        res = _wait_settled(c, res, deadline)
-    show("instance", c, res, fmt(ctx))
+    _instance_written(ctx, c, c.post("/v1/instances", body))
 
 
 def instance_migrate(ctx: Ctx) -> None:
@@ -294,7 +289,12 @@ def instance_migrate(ctx: Ctx) -> None:
     if ctx["host"] is not None:
         body["host"] = ctx["host"]
     c = ctx.client()
-    res = c.post(f"/v1/instances/{ctx['ref']}/migrate", body)
+    _instance_written(ctx, c, c.post(f"/v1/instances/{ctx['ref']}/migrate", body))
+
+
+def _instance_written(ctx: Ctx, c: Client, res: dict[str, Any]) -> None:
+    """With --wait: every host applied it, and the instance runs (or failed) where it is
+    placed now; then the instance."""
     if ctx["wait"]:
         deadline = time.monotonic() + ctx["timeout"]
         wait_applied(c, res.get("revision"), ctx["timeout"])

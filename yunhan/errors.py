@@ -129,6 +129,13 @@ class WorkerGone(YunhanError):
     http_status = 409
 
 
+class Throttled(YunhanError):
+    """Too many requests held for a function's workers already: try again later."""
+
+    code = "throttled"
+    http_status = 429
+
+
 class PgServerError(YunhanError):
     code = "pgserver"
     http_status = 500

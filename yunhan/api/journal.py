@@ -36,11 +36,15 @@ MAX_PENDING = 100_000  # records kept while the database cannot be written; olde
 REQUEST_ID = "X-Request-Id"
 # Attributes of `request.state` (scope["state"]) set by the auth dependencies (api.deps).
 CALLER = "yunhan_caller"
+REQUEST = "yunhan_request_id"  # the request's id, as returned in X-Request-Id
 REFUSED = "yunhan_refused_token"
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # Agents' reports and flow records: every few seconds from every host, not changes anyone
 # audits (an audit record each would cost more than the report).
 _BOOKKEEPING = re.compile(r"^/v1/agent/hosts/[^/]+/(status|flows)$")
+# Function invocations are the data plane (a function called thousands of times a second),
+# metered in usage records; deploying and changing functions is audited like any write.
+_DATA_PLANE = re.compile(r"^(/fn/.*|/v1/functions/[^/]+/invoke|/v1/ai/[^/]+)$")
 _SANE_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _MAX_CAPTURE = 1 << 20
 
@@ -169,6 +173,7 @@ class AuditMiddleware:
             return
         rid = _request_id(scope)
         state = scope.setdefault("state", {})
+        state[REQUEST] = rid
         method = scope["method"]
         status = 0
         chunks: list[bytes] = []
@@ -190,7 +195,12 @@ class AuditMiddleware:
         path = scope["path"]
         if status in (401, 403):
             result = "unauthorized" if status == 401 else "forbidden"
-        elif method in WRITES and 200 <= status < 400 and not _BOOKKEEPING.match(path):
+        elif (
+            method in WRITES
+            and 200 <= status < 400
+            and not _BOOKKEEPING.match(path)
+            and not _DATA_PLANE.match(path)
+        ):
             result = "accepted"
         else:
             return

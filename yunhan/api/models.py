@@ -727,3 +727,24 @@ class AgentPatches(_Out):
     etag: str = Field(
         "", description="names this list: given back as ?etag=, the call waits until it changes"
     )
+
+
+# -- function invocations (yunhan.api.routes.invoke) --------------------------------------
+
+
+class FunctionInvocation(_Out):
+    request_id: str = Field(description="also the X-Request-Id of the response")
+    version: int = Field(description="the version that ran (traffic split)")
+    ok: bool = Field(description="false when the handler raised, timed out or ran out of memory")
+    result: Any = Field(None, description="the handler's return value (when ok)")
+    error: str | None = Field(None, description="what went wrong (when not ok)")
+    traceback: str | None = Field(None, description="the handler's traceback, when it raised")
+    duration_ms: float = Field(description="the handler's run time, measured in the worker")
+    billed_duration_ms: int = Field(description="the duration rounded up to 1 ms")
+    memory_mb: int
+    cold_start: bool = Field(description="a worker was started for this request")
+
+
+class FunctionLogs(_Out):
+    function: str
+    lines: list[str] = Field(description="host by host, each line prefixed by its host")

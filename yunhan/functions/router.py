@@ -99,13 +99,13 @@ class Result:
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "requestId": self.request_id,
+            "request_id": self.request_id,
             "version": self.version,
             "ok": self.ok,
-            "durationMs": round(self.duration_ms, 3),
-            "billedDurationMs": self.billed_ms,
-            "memoryMb": self.memory_mb,
-            "coldStart": self.cold_start,
+            "duration_ms": round(self.duration_ms, 3),
+            "billed_duration_ms": self.billed_ms,
+            "memory_mb": self.memory_mb,
+            "cold_start": self.cold_start,
         }
         if self.ok:
             out["result"] = self.result

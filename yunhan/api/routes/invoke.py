@@ -1,0 +1,133 @@
+"""Calling functions: the API's invoke, the HTTP gateway, and their logs.
+
+`POST /v1/functions/{ref}/invoke` answers with an envelope (request id, version, durations,
+the result or the error), always 200 once the function ran, like Lambda's Invoke: a
+handler's exception is the function's error, not the API's. `POST /fn/<project>/<name>`
+is the gateway a web client calls: the handler's result is the body, the figures are
+headers, and a handler's failure is a 502 (a timeout 504). Both run on the server's
+router (yunhan.functions.router) and are metered; neither is an audited write (they are
+the data plane: docs/functions.md).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Query, Request
+from fastapi.responses import JSONResponse
+
+from yunhan.api.auth import Caller
+from yunhan.api.conventions import errors
+from yunhan.api.deps import AppState, CallerDep, state_of
+from yunhan.api.journal import REQUEST
+from yunhan.api.models import FunctionInvocation, FunctionLogs
+from yunhan.api.views import resolve
+from yunhan.errors import Forbidden, NotFound, Unreachable
+from yunhan.functions.router import Result
+from yunhan.api.functions import Functions
+from yunhan.store import Resource
+
+router = APIRouter(tags=["functions"])
+
+Event = Annotated[Any, Body(description="the event handed to the handler (any JSON)")]
+
+
+def _functions(st: AppState) -> Functions:
+    if st.functions is None:
+        raise Unreachable("this server runs no function router (started with --no-functions)")
+    return st.functions
+
+
+def _request_id(request: Request) -> str | None:
+    rid = getattr(request.state, REQUEST, None)
+    return rid if isinstance(rid, str) else None
+
+
+def _function(st: AppState, project: str, ref: str) -> Resource:
+    with st.store.read() as r:
+        return resolve(r, "function", project, ref)
+
+
+@router.post(
+    "/v1/functions/{ref}/invoke",
+    response_model=FunctionInvocation,
+    responses=errors(404, 429, 503, 504),
+)
+def invoke(
+    ref: str,
+    request: Request,
+    c: CallerDep,
+    event: Event = None,
+    version: Annotated[
+        int | None,
+        Query(ge=1, description="run this version, whatever the traffic split (a qualifier)"),
+    ] = None,
+) -> dict[str, Any]:
+    """Run the function once on `event`; the answer carries its result or error."""
+    st = state_of(request)
+    fn = _function(st, c.project.id, ref)
+    return _functions(st).invoke(fn, event, _request_id(request), version=version).to_json()
+
+
+def _gateway_project(st: AppState, c: Caller, ref: str) -> str:
+    """The project of /fn/<project>/...: the caller's own (by name or id), or any for the
+    admin."""
+    if ref in (c.project.id, c.project.name):
+        return c.project.id
+    if not c.admin:
+        raise Forbidden(f"this token belongs to project {c.project.name}, not {ref!r}")
+    with st.store.read() as r:
+        p = r.get("project", ref) or r.by_name("project", "", ref)
+    if p is None:
+        raise NotFound(f"no project {ref!r}")
+    return p.id
+
+
+def _headers(res: Result) -> dict[str, str]:
+    return {
+        "X-Yunhan-Function-Version": str(res.version),
+        "X-Yunhan-Duration-Ms": f"{res.duration_ms:.3f}",
+        "X-Yunhan-Billed-Duration-Ms": str(res.billed_ms),
+        "X-Yunhan-Cold-Start": "true" if res.cold_start else "false",
+    }
+
+
+@router.post(
+    "/fn/{project}/{name}",
+    responses=errors(403, 404, 429, 502, 503, 504),
+    summary="Call a function through the HTTP gateway",
+)
+def gateway(project: str, name: str, request: Request, c: CallerDep, event: Event = None) -> Any:
+    """The handler's result is the body; request id, version and durations are headers."""
+    st = state_of(request)
+    fn = _function(st, _gateway_project(st, c, project), name)
+    res = _functions(st).invoke(fn, event, _request_id(request))
+    if res.ok:
+        return JSONResponse(res.result, headers=_headers(res))
+    timed_out = (res.error or "").startswith("timed out")
+    return JSONResponse(
+        {
+            "error": {
+                "code": "function_timeout" if timed_out else "function_error",
+                "message": res.error,
+                "details": {"traceback": res.traceback} if res.traceback else {},
+            }
+        },
+        status_code=504 if timed_out else 502,
+        headers=_headers(res),
+    )
+
+
+@router.get(
+    "/v1/functions/{ref}/logs", response_model=FunctionLogs, responses=errors(404, 503)
+)
+def logs(
+    ref: str,
+    request: Request,
+    c: CallerDep,
+    tail: Annotated[int, Query(ge=1, le=10_000, description="last lines per host")] = 100,
+) -> dict[str, Any]:
+    """What the function's workers printed, from every function host."""
+    st = state_of(request)
+    fn = _function(st, c.project.id, ref)
+    return {"function": fn.id, "lines": _functions(st).logs(fn.id, tail)}

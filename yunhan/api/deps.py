@@ -22,8 +22,10 @@ from yunhan.controller.ipam import AddressHints
 from yunhan.controller.loads import HostLoads
 from yunhan.controller.vips import OUTCOMES, Damping
 from yunhan.errors import Forbidden, Unauthorized
+from yunhan.functions.metering import Meter, PriceTable
 from yunhan.store import Store
 from yunhan.store.flows import FlowRecords
+from yunhan.store.functions import FunctionRows
 from yunhan.store.patches import PatchRows
 
 MAX_LONG_POLL = 300.0
@@ -42,6 +44,10 @@ class AppState:
     journal: Journal
     flows: FlowRecords
     patches: PatchRows
+    # Functions (docs/functions.md): their side tables, the meter every invocation is
+    # recorded into (`meter.record(...)`; started and stopped by the server), the prices.
+    functions: FunctionRows
+    meter: Meter
     max_long_poll: float = MAX_LONG_POLL
     ipam: AddressHints = field(default_factory=AddressHints)
     loads: HostLoads = field(default_factory=HostLoads)
@@ -51,6 +57,7 @@ class AppState:
     # VIP flap damping (docs/vips.md) and the claims this process decided, by outcome.
     vip_damping: Damping = field(default_factory=Damping)
     vip_claims: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
+    prices: PriceTable = field(default_factory=PriceTable)
 
 
 def state_of(request: Request) -> AppState:

@@ -129,7 +129,10 @@ def parse_prices(text: str, source: str = "the price file") -> PriceTable:
             raise ValidationError(f"{source}: {key} must be a number, not {value!r}") from exc
         if not math.isfinite(price) or price < 0:
             raise ValidationError(f"{source}: {key} must be a price of 0 or more, not {value!r}")
-        out = replace(out, **{_PRICE_KEYS[key]: price})
+        if key == "perRequest":
+            out = replace(out, per_request=price)
+        else:
+            out = replace(out, per_gb_second=price)
     return out
 
 

@@ -458,12 +458,19 @@ class FunctionScaling(_Body):
     """What is not per version; absent: unchanged (defaults on the first deploy)."""
 
     concurrency: Int | None = Field(
-        None, ge=1, le=MAX_SCALE, description="target in-flight requests per worker (1)"
+        default=None, ge=1, le=MAX_SCALE, description="target in-flight requests per worker (1)"
     )
-    minScale: Int | None = Field(None, ge=0, le=MAX_SCALE, description="workers kept warm (0)")
-    maxScale: Int | None = Field(None, ge=1, le=MAX_SCALE, description="workers at most (10)")
+    minScale: Int | None = Field(
+        default=None, ge=0, le=MAX_SCALE, description="workers kept warm (0)"
+    )
+    maxScale: Int | None = Field(
+        default=None, ge=1, le=MAX_SCALE, description="workers at most (10)"
+    )
     idleGraceS: Int | None = Field(
-        None, ge=0, le=MAX_IDLE_GRACE, description="seconds idle before scaling to zero (30)"
+        default=None,
+        ge=0,
+        le=MAX_IDLE_GRACE,
+        description="seconds idle before scaling to zero (30)",
     )
 
 
@@ -488,7 +495,7 @@ class FunctionSpecPatch(FunctionScaling):
     model_config = ConfigDict(extra="forbid")
 
     traffic: dict[Annotated[str, StringConstraints(pattern=r"^v?[0-9]{1,9}$")], Int] | None = Field(
-        None,
+        default=None,
         max_length=100,
         description='{"<version>": percent} summing to 100; null: all to the latest',
     )
@@ -497,4 +504,4 @@ class FunctionSpecPatch(FunctionScaling):
 class FunctionPatch(Patch):
     """The PATCH of a function: labels, traffic and scaling (a new version is a deploy)."""
 
-    spec: FunctionSpecPatch = Field(default_factory=FunctionSpecPatch)
+    spec: FunctionSpecPatch = Field(default_factory=lambda: FunctionSpecPatch())

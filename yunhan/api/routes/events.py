@@ -23,7 +23,7 @@ def _object_ids(r: Reader, ref: str, projects: list[str]) -> set[str]:
     """The ids `ref` may mean: itself, and resources of that name the caller can see.
     `KIND/NAME` (function/hello) looks at that kind only."""
     ids = {ref}
-    kinds = _KINDS
+    kinds: tuple[str, ...] = _KINDS
     kind, slash, name = ref.partition("/")
     if slash and kind in _KINDS:
         ids, kinds, ref = {name}, (kind,), name

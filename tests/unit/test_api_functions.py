@@ -15,6 +15,7 @@ import pytest
 from yunhan.functions.bundle import pack
 from yunhan.functions.metering import PriceTable
 from yunhan.store import schema as s
+from yunhan.store.functions import effective_traffic
 
 if TYPE_CHECKING:
     from cp_fixtures import Cloud
@@ -168,6 +169,9 @@ def test_traffic_patch_is_checked(cloud: Cloud, net: dict[str, Any]) -> None:
                    json={"spec": {"traffic": {"v1": 90, "v2": 10}, "minScale": 1}})  # fmt: skip
     assert f["spec"]["traffic"] == {"1": 90, "2": 10} and f["spec"]["minScale"] == 1
     assert f["status"]["traffic"] == {"1": 90, "2": 10}
+    with cloud.store.read() as r:
+        fn = r.get("function", f["id"])
+    assert fn is not None and effective_traffic(fn) == {1: 90, 2: 10}
     # A new version keeps the split (it gets no share until given one) ...
     v3 = cloud.call("POST", "/v1/functions", t, json=_body(memoryMb=512))
     assert v3["status"]["traffic"] == {"1": 90, "2": 10}

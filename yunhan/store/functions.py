@@ -19,6 +19,7 @@ from typing import Any, Literal
 from sqlalchemy import Connection, Engine, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from yunhan.functions.catalog import traffic_of
 from yunhan.functions.metering import UsageRow
 from yunhan.store import schema as s
 from yunhan.store.resource import Resource
@@ -30,6 +31,7 @@ __all__ = [
     "UsageTotal",
     "VersionRow",
     "drop_function",
+    "effective_traffic",
     "notice",
     "put_code",
     "put_version",
@@ -139,6 +141,12 @@ def notice(fn: Resource, reason: str, message: str, at: float) -> Notice:
     `Tx.add_notices`; outside a transaction use `AppState.journal.notice(fn.project,
     fn.id, reason, message)`."""
     return Notice(fn.project, fn.id, reason, message, at)
+
+
+def effective_traffic(fn: Resource) -> dict[int, int]:
+    """Where function `fn`'s requests go: version -> percent (summing to 100; only the
+    versions that get some; empty before its first version)."""
+    return traffic_of(fn.spec, int(fn.status.get("latestVersion", 0)))
 
 
 def _version(r: Any) -> VersionRow:

@@ -323,11 +323,13 @@ def test_a_function_in_a_vpc_subnet_reaches_an_instance_there(fn: Fn) -> None:
     url = f"http://{inst['status']['ip']}:8080/hostname"
     fn.deploy("inside", "fetch", "--vpc", "fnv", "--subnet", "fns")
     out = wait_for(
-        lambda: (o := fn.json("function", "invoke", "inside", "--data", json.dumps({"url": url})))
-        .get("result", {})
-        .get("status")
-        == 200
-        and o,
+        lambda: (
+            (o := fn.json("function", "invoke", "inside", "--data", json.dumps({"url": url})))
+            .get("result", {})
+            .get("status")
+            == 200
+            and o
+        ),
         60,
         "the VPC function reaching the instance",
     )

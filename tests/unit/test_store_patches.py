@@ -18,7 +18,7 @@ def test_migration_v6_to_v7_adds_the_patch_tables(store_url: str) -> None:
         assert s.migrate(conn, target=6) == 6
         assert "patch_files" not in inspect(conn).get_table_names()
     with engine.begin() as conn:
-        assert s.migrate(conn) == s.LATEST == 7
+        assert s.migrate(conn) == s.LATEST >= 7
         for table in (s.patch_files, s.patch_targets):
             cols = {c["name"] for c in inspect(conn).get_columns(table.name)}
             assert set(table.c.keys()) == cols

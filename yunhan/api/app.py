@@ -31,6 +31,7 @@ from yunhan.api.routes import (
     audit,
     events,
     flowlogs,
+    functions,
     infra,
     instances,
     metrics,
@@ -48,9 +49,11 @@ from yunhan.api.routes import (
 from yunhan.controller.scheduler import NoHost
 from yunhan.controller.vips import Damping
 from yunhan.errors import YunhanError
+from yunhan.functions.metering import Meter, PriceTable
 from yunhan.model import new_id
 from yunhan.store import Store
 from yunhan.store.flows import FlowRecords, Retention
+from yunhan.store.functions import FunctionRows
 from yunhan.store.patches import PatchRows
 
 log = logging.getLogger("yunhan.api")
@@ -194,11 +197,14 @@ def create_app(
     public_pools: Sequence[str] = (),
     flow_retention: Retention | None = None,
     vip_damping: Damping | None = None,
+    prices: PriceTable | None = None,
 ) -> FastAPI:
     """The API over `store`. `admin_token` (or only its sha256, `admin_token_hash`, so that
     the token itself need not be on the server's disk) grants the admin project; it is
     never stored. `public_pools`: the CIDRs public addresses are allocated from.
-    `flow_retention`: how long and how many flow log records are kept (docs/flowlogs.md)."""
+    `flow_retention`: how long and how many flow log records are kept (docs/flowlogs.md).
+    `prices`: what function usage costs (default: Lambda's). The app's `meter` is not
+    started here: the server starts it and stops it (a final flush) on shutdown."""
     if (admin_token is None) == (admin_token_hash is None):
         raise ValueError("give create_app one of admin_token and admin_token_hash")
     admin_hash = token_hash(admin_token) if admin_token is not None else str(admin_token_hash)
@@ -212,6 +218,7 @@ def create_app(
         redoc_url=None,
         dependencies=[Depends(reject_unknown_query)],
     )
+    fn_rows = FunctionRows(store.engine)
     app.state.yunhan = AppState(
         store=store,
         admin_hash=admin_hash,
@@ -221,6 +228,9 @@ def create_app(
         journal=Journal(store, fleet, clock, admin_project_id),
         flows=FlowRecords(store.engine, clock, flow_retention),
         patches=PatchRows(store.engine),
+        function_rows=fn_rows,
+        meter=Meter(fn_rows),
+        prices=prices or PriceTable(),
         max_long_poll=max_long_poll,
         public_pools=list(public_pools),
         vip_damping=vip_damping or Damping(),
@@ -230,7 +240,7 @@ def create_app(
     _install_error_handlers(app)
     app.add_middleware(AuditMiddleware)
     modules = (projects, tokens, audit, events, infra, network, routing, natgw, secgroups,
-               acls, flowlogs, instances, vips, patches, agent, watch)  # fmt: skip
+               acls, flowlogs, instances, vips, patches, functions, agent, watch)  # fmt: skip
     for module in modules:
         app.include_router(module.router)
     app.include_router(metrics.router)

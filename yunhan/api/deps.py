@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
@@ -22,9 +22,14 @@ from yunhan.controller.ipam import AddressHints
 from yunhan.controller.loads import HostLoads
 from yunhan.controller.vips import OUTCOMES, Damping
 from yunhan.errors import Forbidden, Unauthorized
+from yunhan.functions.metering import Meter, PriceTable
 from yunhan.store import Store
 from yunhan.store.flows import FlowRecords
+from yunhan.store.functions import FunctionRows
 from yunhan.store.patches import PatchRows
+
+if TYPE_CHECKING:
+    from yunhan.api.functions import Functions
 
 MAX_LONG_POLL = 300.0
 # Revisions a request may name: JSON numbers are exact to 2^53 (JavaScript's, and the
@@ -42,6 +47,10 @@ class AppState:
     journal: Journal
     flows: FlowRecords
     patches: PatchRows
+    # Functions (docs/functions.md): their side tables, the meter every invocation is
+    # recorded into (`meter.record(...)`; started and stopped by the server), the prices.
+    function_rows: FunctionRows
+    meter: Meter
     max_long_poll: float = MAX_LONG_POLL
     ipam: AddressHints = field(default_factory=AddressHints)
     loads: HostLoads = field(default_factory=HostLoads)
@@ -51,6 +60,10 @@ class AppState:
     # VIP flap damping (docs/vips.md) and the claims this process decided, by outcome.
     vip_damping: Damping = field(default_factory=Damping)
     vip_claims: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
+    prices: PriceTable = field(default_factory=PriceTable)
+    # The router that runs them (yunhan.api.functions), started by the server; None in
+    # an app without one (most unit tests), whose invocations then answer 503.
+    runner: Functions | None = None
 
 
 def state_of(request: Request) -> AppState:

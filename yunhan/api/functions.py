@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,11 +21,12 @@ from yunhan.functions.autoscaler import (
     DEFAULT_STABLE_WINDOW,
     Policy,
 )
+from yunhan.functions.catalog import traffic_of
 from yunhan.functions.hostclient import HostClient
 from yunhan.functions.metering import Meter
 from yunhan.functions.router import HostSlot, Result, Router, Target
 from yunhan.store import Resource, Store
-from yunhan.store.functions import FunctionRows, VersionRow, traffic_of
+from yunhan.store.functions import FunctionRows, VersionRow
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +92,7 @@ class Functions:
             t.memory_mb,
             cold=res.cold_start,
             error=error,
+            at=time.time(),
         )
 
     def _version(self, function_id: str, version: int) -> VersionRow | None:
@@ -125,11 +128,11 @@ class Functions:
             return {
                 "name": fn.name,
                 "handler": row.handler,
-                "memoryMb": row.memory_mb,
-                "timeoutS": row.timeout_s,
+                "memory_mb": row.memory_mb,
+                "timeout_s": row.timeout_s,
                 "env": row.env,
                 "sha256": sha,
-                "tarGz": base64.b64encode(content).decode(),
+                "tar_gz": base64.b64encode(content).decode(),
             }
 
         return Target(

@@ -729,6 +729,93 @@ class AgentPatches(_Out):
     )
 
 
+# -- functions (docs/functions.md) -----------------------------------------------------------
+
+
+class FunctionSpecOut(_Out):
+    concurrency: int = Field(description="target in-flight requests per worker")
+    min_scale: int = Field(description="workers kept warm")
+    max_scale: int = Field(description="workers at most")
+    idle_grace_s: int = Field(description="seconds idle before scaling to zero")
+    traffic: dict[str, int] | None = Field(
+        description='{"<version>": percent} summing to 100; null: all to the latest'
+    )
+    vpc: str | None = Field(description="the VPC's id (null: an isolated network)")
+    subnet: str | None = Field(description="the subnet's id")
+
+
+class FunctionVersionSummary(_Out):
+    version: int
+    sha256: str = Field(description="sha256 of the source tar.gz")
+    handler: str
+    memory_mb: int
+    timeout_s: float
+    created: float = Field(description="unix seconds")
+
+
+class FunctionStatus(_Out):
+    # The router adds what it observes (workers per version): kept, not stripped.
+    model_config = ConfigDict(extra="allow")
+
+    latest_version: int
+    versions: list[FunctionVersionSummary] = Field(description="oldest first")
+    traffic: dict[str, int] = Field(
+        description="the effective split: version -> percent, only versions that get some"
+    )
+
+
+class Function(_Envelope):
+    kind: Literal["function"]
+    spec: FunctionSpecOut
+    status: FunctionStatus
+
+
+class FunctionList(_Page):
+    items: list[Function]
+
+
+class FunctionVersion(FunctionVersionSummary):
+    env: dict[str, str]
+
+
+class FunctionVersions(_Out):
+    function: str = Field(description="the function's id")
+    items: list[FunctionVersion] = Field(description="oldest first")
+
+
+class UsageItem(_Out):
+    project: str = Field(description="the project's id")
+    project_name: str | None = Field(description="the project's name (null: deleted since)")
+    function: str | None = Field(description="the function's id (by function)")
+    name: str | None = Field(description="the function's name (by function)")
+    day: str | None = Field(description="YYYY-MM-DD, UTC (by day)")
+    requests: int
+    errors: int
+    cold_starts: int
+    billed_ms: int
+    gb_seconds: float
+    cost: float
+
+
+class UsageTotals(_Out):
+    requests: int
+    errors: int
+    cold_starts: int
+    billed_ms: int
+    gb_seconds: float
+    cost: float
+
+
+class UsageReport(_Out):
+    by: Literal["function", "day"]
+    since: float | None
+    project: str | None = Field(description="the project's id (null: every project)")
+    currency: str
+    prices: dict[str, float | str] = Field(description="per_request, per_gb_second, currency")
+    items: list[UsageItem]
+    totals: UsageTotals
+
+
 # -- function invocations (yunhan.api.routes.invoke) --------------------------------------
 
 

@@ -26,6 +26,7 @@ from yunhan.api.journal import FLUSH_INTERVAL, SERVER_RESTARTED
 from yunhan.api.replicas import ReplicaBridge
 from yunhan.controller import Controller
 from yunhan.controller.vips import Damping
+from yunhan.functions.metering import PriceTable
 from yunhan.store import Store
 from yunhan.store.flows import Retention
 from yunhan.store.leader import Leader
@@ -54,6 +55,7 @@ async def _main(
     public_pools: Sequence[str] = (),
     flow_retention: Retention | None = None,
     vip_damping: Damping | None = None,
+    prices: PriceTable | None = None,
 ) -> None:
     app = create_app(
         store,
@@ -63,6 +65,7 @@ async def _main(
         public_pools=public_pools,
         flow_retention=flow_retention,
         vip_damping=vip_damping,
+        prices=prices,
     )
     config = uvicorn.Config(
         AgentFastPath(app, app.state.yunhan),
@@ -166,6 +169,8 @@ async def _main(
             except Exception:
                 log.exception("could not %s; retrying", what)
 
+    meter = app.state.yunhan.meter
+    meter.start()  # function usage, written every second; stopped (a last flush) below
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(_serve())
@@ -189,6 +194,10 @@ async def _main(
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        try:
+            await asyncio.to_thread(meter.stop)  # a restart loses no usage
+        except Exception:
+            log.exception("could not write the last function usage")
     try:
         app.state.yunhan.journal.flush()
     except Exception:
@@ -230,6 +239,7 @@ def serve(
     public_pools: Sequence[str] = (),
     flow_retention: Retention | None = None,
     vip_damping: Damping | None = None,
+    prices: PriceTable | None = None,
 ) -> None:
     """Run the API and the controller until SIGTERM or SIGINT (blocking).
 
@@ -239,7 +249,8 @@ def serve(
     `max_long_poll` caps every long poll (seconds). `public_pools`: the CIDRs that elastic
     IPs and NAT gateway addresses are allocated from (normalised here). `flow_retention`: how
     long and how many flow log records are kept. `vip_damping`: how many holder changes
-    within how long damp a flapping VIP (docs/vips.md).
+    within how long damp a flapping VIP (docs/vips.md). `prices`: what function usage
+    costs (`--price-file`; default Lambda's).
     """
     pools = [str(ipaddress.IPv4Network(p, strict=False)) for p in public_pools]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -256,6 +267,7 @@ def serve(
                 pools,
                 flow_retention,
                 vip_damping,
+                prices,
             )
         )
     finally:

@@ -29,7 +29,8 @@ _COLLECTION = {"vpc": "vpcs", "subnet": "subnets", "instance": "instances", "zon
                "host": "hosts", "project": "projects", "route_table": "route-tables",
                "natgw": "natgws", "eip": "eips",
                "security_group": "security-groups", "network_acl": "acls",
-               "flow_log": "flow-logs", "vip": "vips", "patch": "patches"}  # fmt: skip
+               "flow_log": "flow-logs", "vip": "vips", "patch": "patches",
+               "function": "functions"}  # fmt: skip
 
 _SCRIPTS = {
     "bash": """\

@@ -18,6 +18,7 @@ from yunhan.errors import ValidationError
 
 if TYPE_CHECKING:
     from yunhan.controller.vips import Damping
+    from yunhan.functions.metering import PriceTable
     from yunhan.store.flows import Retention
 
 
@@ -71,6 +72,12 @@ def _damping(changes: int, window: str) -> Damping:
         raise ValidationError(f"--vip-flap-changes/--vip-flap-window: {exc}") from exc
 
 
+def _prices(path: Path | None) -> PriceTable | None:
+    from yunhan.functions.metering import load_prices
+
+    return None if path is None else load_prices(path)
+
+
 def server(ctx: Ctx) -> None:
     from yunhan.api.server import serve
 
@@ -78,6 +85,7 @@ def server(ctx: Ctx) -> None:
     pools = _pools(ctx["public_pool"])
     retention = _retention(ctx["flow_log_retention"], ctx["flow_log_max_records"])
     damping = _damping(ctx["vip_flap_changes"], ctx["vip_flap_window"])
+    prices = _prices(ctx["price_file"])
     state_dir: Path = ctx["state_dir"]
     state_dir.mkdir(parents=True, exist_ok=True)
     database = ctx["database"] or os.environ.get("YUNHAN_DATABASE") or None
@@ -98,6 +106,7 @@ def server(ctx: Ctx) -> None:
             public_pools=pools,
             flow_retention=retention,
             vip_damping=damping,
+            prices=prices,
         )
         return
     serve(
@@ -110,6 +119,7 @@ def server(ctx: Ctx) -> None:
         public_pools=pools,
         flow_retention=retention,
         vip_damping=damping,
+        prices=prices,
     )
 
 
@@ -209,6 +219,13 @@ COMMANDS = (
                 "vip_flap_window",
                 "the window of --vip-flap-changes, and the quiet time that settles a damped VIP",
                 default="30s",
+            ),
+            Opt(
+                ("--price-file",),
+                "price_file",
+                "JSON or YAML price table of function usage: per_request, per_gb_second, "
+                "currency (default: AWS Lambda's, USD)",
+                Path,
             ),
             Opt(
                 ("--public-pool",),

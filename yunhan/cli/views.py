@@ -449,6 +449,12 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "patch_host": ("host", "canary", "want", "state", "applied", "refused", "died", "busy",
                    "rolled_back", "applied_at"),
     "patch_process": ("pid", "command", "host", "instance", "result", "time"),
+    "function": ("name", "id", "latest", "traffic", "handler", "memory_mb", "timeout_s",
+                 "min", "max"),
+    "function_version": ("version", "handler", "memory_mb", "timeout_s", "sha256", "created"),
+    "usage_function": ("project", "function", "requests", "errors", "cold_starts", "gb_s",
+                       "cost"),
+    "usage_day": ("project", "day", "requests", "errors", "cold_starts", "gb_s", "cost"),
 }  # fmt: skip
 
 # `-o wide`: the table's columns and what a person chasing a problem wants next to them.
@@ -493,6 +499,15 @@ WIDE: dict[str, tuple[str, ...]] = {
     "patch_host": ("host", "canary", "want", "state", "applied", "refused", "died", "busy",
                    "rolled_back", "applied_at", "reported_at"),
     "patch_process": ("pid", "command", "host", "instance", "result", "reason", "time"),
+    "function": ("name", "id", "latest", "traffic", "handler", "memory_mb", "timeout_s",
+                 "concurrency", "min", "max", "idle_grace_s", "vpc", "subnet", "revision",
+                 "created_at"),
+    "function_version": ("version", "handler", "memory_mb", "timeout_s", "sha256", "env",
+                         "created"),
+    "usage_function": ("project", "function", "id", "requests", "errors", "cold_starts",
+                       "billed_ms", "gb_s", "cost"),
+    "usage_day": ("project", "day", "requests", "errors", "cold_starts", "billed_ms", "gb_s",
+                  "cost"),
 }  # fmt: skip
 
 FORMATS = ("table", "wide", "json", "yaml")

@@ -29,6 +29,7 @@ KIND_PREFIX: dict[str, str] = {
     "flow_log": "fl",
     "vip": "vip",
     "patch": "hp",
+    "function": "fn",
 }
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _ID_RE = re.compile(r"^([a-z]+)-([0-9a-f]{8})$")

@@ -435,3 +435,73 @@ class PatchReport(_Body):
 
 class PatchReports(_Body):
     reports: list[PatchReport] = Field(max_length=MAX_PATCH_REPORTS)
+
+
+# -- functions (docs/functions.md) -----------------------------------------------------------
+# Memory, timeout and env are checked by the deploy (422 naming the rule and the host's
+# limit), not by the schema: their bounds depend on the hosts registered.
+
+MAX_FUNCTION_SOURCE = 50 << 20  # bytes of the tar.gz (yunhan.functions.bundle.MAX_PACKED)
+MAX_SCALE = 1000
+MAX_IDLE_GRACE = 86_400
+MAX_FUNCTION_ENV = 256
+
+
+class FunctionSource(_Body):
+    tar_gz: str = Field(
+        max_length=(MAX_FUNCTION_SOURCE + 2) // 3 * 4,
+        description="the source as a tar.gz, base64 (`yunhan function deploy --source`)",
+    )
+
+
+class FunctionScaling(_Body):
+    """What is not per version; absent: unchanged (defaults on the first deploy)."""
+
+    concurrency: Int | None = Field(
+        default=None, ge=1, le=MAX_SCALE, description="target in-flight requests per worker (1)"
+    )
+    min_scale: Int | None = Field(
+        default=None, ge=0, le=MAX_SCALE, description="workers kept warm (0)"
+    )
+    max_scale: Int | None = Field(
+        default=None, ge=1, le=MAX_SCALE, description="workers at most (10)"
+    )
+    idle_grace_s: Int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_IDLE_GRACE,
+        description="seconds idle before scaling to zero (30)",
+    )
+
+
+class FunctionCreate(FunctionScaling):
+    """A deploy: a new function with version 1, or the next version of the function of
+    that name, with this code and config."""
+
+    name: Name
+    labels: Labels | None = Field(None, description="its labels (absent: unchanged)")
+    handler: str = Field(max_length=255, description="module.func, e.g. main.handler")
+    source: FunctionSource
+    memory_mb: Int = Field(128, description="MB, 64 to the hosts' limit")
+    timeout_s: Number = Field(3.0, description="seconds, 1 to 900")
+    env: dict[str, Annotated[str, StringConstraints(max_length=32_768)]] = Field(
+        default_factory=dict, max_length=MAX_FUNCTION_ENV, description="environment variables"
+    )
+    vpc: str | None = Field(None, description="run in this VPC (name or id), with `subnet`")
+    subnet: str | None = Field(None, description="run in this subnet (name or id) of the VPC")
+
+
+class FunctionSpecPatch(FunctionScaling):
+    model_config = ConfigDict(extra="forbid")
+
+    traffic: dict[Annotated[str, StringConstraints(pattern=r"^v?[0-9]{1,9}$")], Int] | None = Field(
+        default=None,
+        max_length=100,
+        description='{"<version>": percent} summing to 100; null: all to the latest',
+    )
+
+
+class FunctionPatch(Patch):
+    """The PATCH of a function: labels, traffic and scaling (a new version is a deploy)."""
+
+    spec: FunctionSpecPatch = Field(default_factory=lambda: FunctionSpecPatch())

@@ -205,6 +205,49 @@ patch_targets = Table(
     Index("ix_patch_targets_patch_at", "patch", "at"),
 )
 
+# Functions (issue 11, docs/functions.md): code by sha256, immutable versions, and usage
+# metered per minute (upserted by adding; gb_ms is billed_ms x memory_mb).
+function_code = Table(
+    "function_code",
+    metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("content", LargeBinary, nullable=False),  # the source, a tar.gz
+    Column("size", BigInteger, nullable=False),
+    Column("created", Float, nullable=False),
+)
+
+function_versions = Table(
+    "function_versions",
+    metadata,
+    Column("function", String(64), nullable=False),  # the function's id
+    Column("version", Integer, nullable=False),
+    Column("code_sha256", String(64), nullable=False),
+    Column("handler", String(255), nullable=False),
+    Column("memory_mb", Integer, nullable=False),
+    Column("timeout_s", Float, nullable=False),
+    Column("env", Text, nullable=False),  # JSON: name -> value
+    Column("created", Float, nullable=False),
+    PrimaryKeyConstraint("function", "version"),
+)
+
+function_usage = Table(
+    "function_usage",
+    metadata,
+    Column("project", String(64), nullable=False),
+    Column("function", String(64), nullable=False),  # the function's id
+    Column("function_name", String(255), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("minute", BigInteger, nullable=False),  # unix time // 60
+    Column("requests", BigInteger, nullable=False),
+    Column("errors", BigInteger, nullable=False),
+    Column("cold_starts", BigInteger, nullable=False),
+    Column("billed_ms", BigInteger, nullable=False),
+    Column("gb_ms", BigInteger, nullable=False),  # billed_ms x memory_mb (MB-ms)
+    PrimaryKeyConstraint("project", "function", "version", "minute"),
+    Index("ix_function_usage_project_minute", "project", "minute"),
+    Index("ix_function_usage_minute", "minute"),
+)
+
 # The change log (ARCHITECTURE §6): every committed write of a resource, in order. Each
 # API process keeps the model in memory and follows this log (after a NOTIFY on PostgreSQL,
 # or by polling), so any replica answers from memory at a known revision. `obj` is the
@@ -405,7 +448,41 @@ def _v7(conn: Connection) -> None:
           Index("ix_patch_targets_patch_at", "patch", "at")).create(conn)  # fmt: skip
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]
+def _v8(conn: Connection) -> None:
+    # Functions (issue 11, slice 2): code by sha256, versions, usage per minute.
+    m = MetaData()
+    Table("function_code", m,
+          Column("sha256", String(64), primary_key=True),
+          Column("content", LargeBinary, nullable=False),
+          Column("size", BigInteger, nullable=False),
+          Column("created", Float, nullable=False)).create(conn)  # fmt: skip
+    Table("function_versions", m,
+          Column("function", String(64), nullable=False),
+          Column("version", Integer, nullable=False),
+          Column("code_sha256", String(64), nullable=False),
+          Column("handler", String(255), nullable=False),
+          Column("memory_mb", Integer, nullable=False),
+          Column("timeout_s", Float, nullable=False),
+          Column("env", Text, nullable=False),
+          Column("created", Float, nullable=False),
+          PrimaryKeyConstraint("function", "version")).create(conn)  # fmt: skip
+    Table("function_usage", m,
+          Column("project", String(64), nullable=False),
+          Column("function", String(64), nullable=False),
+          Column("function_name", String(255), nullable=False),
+          Column("version", Integer, nullable=False),
+          Column("minute", BigInteger, nullable=False),
+          Column("requests", BigInteger, nullable=False),
+          Column("errors", BigInteger, nullable=False),
+          Column("cold_starts", BigInteger, nullable=False),
+          Column("billed_ms", BigInteger, nullable=False),
+          Column("gb_ms", BigInteger, nullable=False),
+          PrimaryKeyConstraint("project", "function", "version", "minute"),
+          Index("ix_function_usage_project_minute", "project", "minute"),
+          Index("ix_function_usage_minute", "minute")).create(conn)  # fmt: skip
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8]
 LATEST = len(MIGRATIONS)
 # PostgreSQL advisory lock keys are one 64-bit space per database: ours are "YH" + a tag.
 MIGRATE_LOCK_KEY = 0x5948_0000_0000_0001

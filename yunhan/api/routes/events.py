@@ -15,13 +15,19 @@ router = APIRouter(prefix="/v1", tags=["events"])
 
 _KINDS = (
     "instance", "host", "zone", "vpc", "subnet", "natgw", "route_table", "eip", "vip", "patch",
+    "function",
 )  # fmt: skip
 
 
 def _object_ids(r: Reader, ref: str, projects: list[str]) -> set[str]:
-    """The ids `ref` may mean: itself, and resources of that name the caller can see."""
+    """The ids `ref` may mean: itself, and resources of that name the caller can see.
+    `KIND/NAME` (function/hello) looks at that kind only."""
     ids = {ref}
-    for kind in _KINDS:
+    kinds: tuple[str, ...] = _KINDS
+    kind, slash, name = ref.partition("/")
+    if slash and kind in _KINDS:
+        ids, kinds, ref = {name}, (kind,), name
+    for kind in kinds:
         for p in projects:
             res = r.by_name(kind, p, ref)
             if res is not None:

@@ -19,12 +19,12 @@ from fastapi.responses import JSONResponse
 from yunhan.api.auth import Caller
 from yunhan.api.conventions import errors
 from yunhan.api.deps import AppState, CallerDep, state_of
+from yunhan.api.functions import Functions
 from yunhan.api.journal import REQUEST
 from yunhan.api.models import FunctionInvocation, FunctionLogs
 from yunhan.api.views import resolve
 from yunhan.errors import Forbidden, NotFound, Unreachable
 from yunhan.functions.router import Result
-from yunhan.api.functions import Functions
 from yunhan.store import Resource
 
 router = APIRouter(tags=["functions"])
@@ -33,9 +33,9 @@ Event = Annotated[Any, Body(description="the event handed to the handler (any JS
 
 
 def _functions(st: AppState) -> Functions:
-    if st.functions is None:
-        raise Unreachable("this server runs no function router (started with --no-functions)")
-    return st.functions
+    if st.runner is None:
+        raise Unreachable("this server runs no function router")
+    return st.runner
 
 
 def _request_id(request: Request) -> str | None:
@@ -118,9 +118,7 @@ def gateway(project: str, name: str, request: Request, c: CallerDep, event: Even
     )
 
 
-@router.get(
-    "/v1/functions/{ref}/logs", response_model=FunctionLogs, responses=errors(404, 503)
-)
+@router.get("/v1/functions/{ref}/logs", response_model=FunctionLogs, responses=errors(404, 503))
 def logs(
     ref: str,
     request: Request,

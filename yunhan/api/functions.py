@@ -12,8 +12,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from yunhan.controller.scheduler import host_healthy
 from yunhan.errors import NotFound
 from yunhan.functions.autoscaler import (
     DEFAULT_IDLE_GRACE,
@@ -31,7 +32,25 @@ from yunhan.store.functions import FunctionRows, VersionRow
 log = logging.getLogger(__name__)
 
 RECONCILE_EVERY = 2.0  # seconds between looks at the store for deleted or min-scaled functions
+if TYPE_CHECKING:
+    from yunhan.api.deps import AppState
+
 Notify = Callable[[str, str, str, str], None]  # journal.notice
+
+
+def function_hosts(st: AppState) -> list[tuple[str, str, str, int]]:
+    """(name, endpoint, key, memory MB) of the hosts whose agent serves functions and
+    whose lease is current: a silent host gets no new worker."""
+    now = st.clock()
+    with st.store.read() as r:
+        hosts = r.list("host", st.admin_project_id)
+    out = []
+    for h in hosts:
+        fn = h.status.get("functions")
+        if not isinstance(fn, dict) or not host_healthy(st.fleet.leases.get(h.name), now):
+            continue
+        out.append((h.name, str(fn["endpoint"]), str(fn["key"]), int(fn["memory_mb"])))
+    return out
 
 
 class Functions:
@@ -55,6 +74,13 @@ class Functions:
         self._stopping = threading.Event()
         self._reconciler: threading.Thread | None = None
         self.router = Router(self._slots, emit=notify, meter=self._metered)
+
+    @classmethod
+    def of(cls, st: AppState) -> Functions:
+        """The router of a running API server: events through its journal."""
+        return cls(
+            st.store, st.function_rows, st.meter, st.journal.notice, lambda: function_hosts(st)
+        )
 
     def start(self) -> None:
         self.router.start()
@@ -111,12 +137,13 @@ class Functions:
             raise NotFound(f"function {fn.name} has no version {version}")
         spec = fn.spec
         concurrency = int(spec.get("concurrency") or 1)
+        window = float(spec.get("scale_window_s") or DEFAULT_STABLE_WINDOW)
         policy = Policy(
             target=float(concurrency),
             min_scale=int(spec.get("min_scale") or 0),
             max_scale=int(spec.get("max_scale") or 10),
-            stable_window=float(spec.get("stable_window_s") or DEFAULT_STABLE_WINDOW),
-            panic_window=float(spec.get("panic_window_s") or DEFAULT_PANIC_WINDOW),
+            stable_window=window,
+            panic_window=window * DEFAULT_PANIC_WINDOW / DEFAULT_STABLE_WINDOW,
             idle_grace=float(spec.get("idle_grace_s", DEFAULT_IDLE_GRACE)),
         )
         sha = row.code_sha256

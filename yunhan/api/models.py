@@ -737,6 +737,9 @@ class FunctionSpecOut(_Out):
     min_scale: int = Field(description="workers kept warm")
     max_scale: int = Field(description="workers at most")
     idle_grace_s: int = Field(description="seconds idle before scaling to zero")
+    scale_window_s: int = Field(
+        60, description="the scaler's stable window (s); its panic window is a tenth"
+    )
     traffic: dict[str, int] | None = Field(
         description='{"<version>": percent} summing to 100; null: all to the latest'
     )

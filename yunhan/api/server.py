@@ -22,6 +22,7 @@ import uvicorn
 from yunhan.api.app import create_app
 from yunhan.api.deps import MAX_LONG_POLL
 from yunhan.api.fastpath import AgentFastPath
+from yunhan.api.functions import Functions
 from yunhan.api.journal import FLUSH_INTERVAL, SERVER_RESTARTED
 from yunhan.api.replicas import ReplicaBridge
 from yunhan.controller import Controller
@@ -171,6 +172,8 @@ async def _main(
 
     meter = app.state.yunhan.meter
     meter.start()  # function usage, written every second; stopped (a last flush) below
+    runner = app.state.yunhan.runner = Functions.of(app.state.yunhan)
+    runner.start()  # the function router: its workers are retired below
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(_serve())
@@ -194,6 +197,10 @@ async def _main(
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        try:
+            await asyncio.to_thread(runner.stop)
+        except Exception:
+            log.exception("could not retire every function worker")
         try:
             await asyncio.to_thread(meter.stop)  # a restart loses no usage
         except Exception:

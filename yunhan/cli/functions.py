@@ -22,6 +22,7 @@ from yunhan.cli.resources import LABEL, LISTED, SHOWN, fmt, labels, ref
 from yunhan.errors import ValidationError
 
 PATH = "/v1/functions"
+INVOKE_TIMEOUT = 960.0  # the longest function timeout (900 s), a cold start, and slack
 
 
 def _iso(ts: float | None) -> str | None:
@@ -48,6 +49,7 @@ def function_row(res: dict[str, Any]) -> dict[str, Any]:
         "min": spec.get("min_scale"),
         "max": spec.get("max_scale"),
         "idle_grace_s": spec.get("idle_grace_s"),
+        "scale_window_s": spec.get("scale_window_s"),
         "vpc": spec.get("vpc"),
         "subnet": spec.get("subnet"),
         "versions": [v.get("version") for v in versions],
@@ -112,6 +114,7 @@ def function_deploy(ctx: Ctx) -> None:
         ("min", "min_scale"),
         ("max", "max_scale"),
         ("idle_grace", "idle_grace_s"),
+        ("scale_window", "scale_window_s"),
         ("vpc", "vpc"),
         ("subnet", "subnet"),
     ):
@@ -169,6 +172,63 @@ def function_traffic(ctx: Ctx) -> None:
         _print_function(ctx, res)
     else:
         echo(f"function {res['name']}: traffic {_split((res.get('status') or {}).get('traffic'))}")
+
+
+def event_of(data: str | None) -> Any:
+    """`--data JSON` or `--data @file` (a file of JSON; `@-` reads stdin); none: {}."""
+    import json
+    import sys
+
+    if data is None:
+        return {}
+    text = data
+    if data.startswith("@"):
+        name = data[1:]
+        try:
+            text = sys.stdin.read() if name == "-" else Path(name).read_text()
+        except OSError as exc:
+            raise ValidationError(f"--data {data}: {exc.strerror}", field="data") from exc
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ValidationError(f"--data is not JSON: {exc}", field="data") from exc
+
+
+def function_invoke(ctx: Ctx) -> None:
+    """The result on stdout; request id, version and durations on stderr (the whole
+    envelope with --json). Exit status 1 when the function failed."""
+    import json
+    import sys
+
+    event = event_of(ctx["data"])
+    path = f"{PATH}/{ctx['ref']}/invoke"
+    if ctx["version"] is not None:
+        path += f"?version={int(ctx['version'])}"
+    ans = ctx.client().request("POST", path, json=event, timeout=INVOKE_TIMEOUT)
+    f = fmt(ctx)
+    if f in ("json", "yaml"):
+        views.print_one("invocation", ans, f)
+    elif ans.get("ok"):
+        echo(json.dumps(ans.get("result"), indent=2, ensure_ascii=False))
+    if f not in ("json", "yaml"):
+        print(
+            f"request {ans['request_id']}  version {ans['version']}  "
+            f"duration {ans['duration_ms']:.2f} ms  billed {ans['billed_duration_ms']} ms  "
+            f"memory {ans['memory_mb']} MB" + ("  cold start" if ans.get("cold_start") else ""),
+            file=sys.stderr,
+        )
+        if not ans.get("ok"):
+            print(f"error: {ans.get('error')}", file=sys.stderr)
+            if ans.get("traceback"):
+                print(ans["traceback"].rstrip(), file=sys.stderr)
+    if not ans.get("ok"):
+        raise SystemExit(1)
+
+
+def function_logs(ctx: Ctx) -> None:
+    ans = ctx.client().get(f"{PATH}/{ctx['ref']}/logs", tail=ctx["tail"])
+    for line in ans.get("lines") or []:
+        echo(line)
 
 
 def usage(ctx: Ctx) -> None:
@@ -252,6 +312,13 @@ COMMANDS = (
                         int,
                     ),
                     Opt(
+                        ("--scale-window",),
+                        "scale_window",
+                        "the scaler's stable window in seconds (default 60, at least 6); "
+                        "its panic window is a tenth of it",
+                        int,
+                    ),
+                    Opt(
                         ("--env",),
                         "env",
                         "an environment variable KEY=VALUE (repeatable)",
@@ -298,6 +365,38 @@ COMMANDS = (
                     FUNCTION_REF,
                     Arg("split", "VERSION=PERCENT,… or latest", metavar="SPLIT"),
                     *SHOWN,
+                ),
+            ),
+            Cmd(
+                "invoke",
+                "Run a function once, e.g. `yunhan function invoke hello --data "
+                '\'{"name": "x"}\'`: the result on stdout, request id, version and '
+                "durations on stderr; exit status 1 when the function failed.",
+                function_invoke,
+                (
+                    FUNCTION_REF,
+                    Opt(
+                        ("--data",),
+                        "data",
+                        "the event: JSON, or @FILE of JSON (@- for stdin); default {}",
+                        metavar="JSON|@FILE",
+                    ),
+                    Opt(
+                        ("--version",),
+                        "version",
+                        "run this version, whatever the traffic split",
+                        int,
+                    ),
+                    *SHOWN,
+                ),
+            ),
+            Cmd(
+                "logs",
+                "What a function's workers printed (and their errors), from every host.",
+                function_logs,
+                (
+                    FUNCTION_REF,
+                    Opt(("--tail",), "tail", "the last N lines per host", int, 100),
                 ),
             ),
             Cmd(

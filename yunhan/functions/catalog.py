@@ -20,6 +20,7 @@ SCALING_DEFAULTS: dict[str, int] = {
     "min_scale": 0,
     "max_scale": 10,
     "idle_grace_s": 30,
+    "scale_window_s": 60,  # the scaler's stable window; its panic window is a tenth of it
 }
 MIN_TIMEOUT_S = 1.0
 MAX_TIMEOUT_S = 900.0

@@ -472,6 +472,12 @@ class FunctionScaling(_Body):
         le=MAX_IDLE_GRACE,
         description="seconds idle before scaling to zero (30)",
     )
+    scale_window_s: Int | None = Field(
+        default=None,
+        ge=6,
+        le=3600,
+        description="the scaler's stable window in seconds (60); the panic window is a tenth",
+    )
 
 
 class FunctionCreate(FunctionScaling):

@@ -154,6 +154,7 @@ class FunctionHost:
         self._stop = threading.Event()
         self._server: ThreadingHTTPServer | None = None
         self._threads: list[threading.Thread] = []
+        self._endpoint: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -164,6 +165,7 @@ class FunctionHost:
         except BaseException:
             self.runtime.stop()
             raise
+        self._endpoint = self._url(self._server)
         self._stop.clear()
         self._threads = [
             threading.Thread(target=self._server.serve_forever, name="fn-http", daemon=True),
@@ -175,10 +177,12 @@ class FunctionHost:
 
     def stop(self) -> None:
         """Stop serving, then stop every worker and the zygote (the runtime's stop)."""
+        if self._server is None:
+            return  # never started, or stopped already
         self._stop.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+        self._server.shutdown()
+        self._server.server_close()
+        self._server = None
         for t in self._threads:
             t.join(timeout=5.0)
         self._threads = []
@@ -195,9 +199,13 @@ class FunctionHost:
 
     @property
     def endpoint(self) -> str:
-        if self._server is None:
+        """The URL the router calls (fixed at start: it stays known after a stop)."""
+        if self._endpoint is None:
             raise FunctionRuntimeError("the function host is not started")
-        addr = self._server.server_address
+        return self._endpoint
+
+    def _url(self, server: ThreadingHTTPServer) -> str:
+        addr = server.server_address
         host, port = str(addr[0]), int(addr[1])
         shown = f"[{host}]" if ":" in host else host
         return f"http://{shown}:{port}"
@@ -296,7 +304,10 @@ class FunctionHost:
             stale = deploy.code_dir(self.runtime.state_dir, spec)
             if stale.exists():  # installed, but never recorded: a deploy cut short
                 deploy.remove(stale)
-            with tempfile.TemporaryDirectory(prefix="fn-src-") as tmp:
+            # Unpacked under the state dir: on its file system, and gone with it.
+            incoming = self.runtime.state_dir / "incoming"
+            incoming.mkdir(mode=0o700, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=incoming) as tmp:
                 unpack(code, Path(tmp))
                 dep = self.runtime.deploy(spec, Path(tmp))
             self._record(dep, sha, str(body.get("name") or ""))

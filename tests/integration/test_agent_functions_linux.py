@@ -22,7 +22,7 @@ import pytest
 
 from yunhan import procstat
 from yunhan.agent.functions import FunctionHost
-from yunhan.errors import Forbidden, ValidationError, WorkerGone
+from yunhan.errors import Forbidden, Unreachable, ValidationError, WorkerGone
 from yunhan.functions import FunctionRuntime
 from yunhan.functions.hostclient import HostClient, VersionMissing
 from yunhan.polling import poll_until
@@ -285,6 +285,8 @@ def test_stop_leaves_no_worker_cgroup_or_listener(
     assert not host.runtime.layout.groups(host.runtime.prefix)
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{endpoint}/workers", timeout=2.0)
+    with pytest.raises(Unreachable):  # nor on a connection kept alive from before
+        client.workers("router-a")
     started = time.monotonic()
     host.stop()  # again (the fixture's): harmless
     assert time.monotonic() - started < 5.0

@@ -37,6 +37,7 @@ import json
 import logging
 import re
 import secrets
+import socket
 import tarfile
 import tempfile
 import threading
@@ -152,7 +153,7 @@ class FunctionHost:
         self._held: dict[str, _Held] = {}
         self._deps: dict[tuple[str, int], tuple[Deployment, str]] = {}  # -> (dep, sha256)
         self._stop = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
+        self._server: _Server | None = None
         self._threads: list[threading.Thread] = []
         self._endpoint: str | None = None
 
@@ -182,6 +183,7 @@ class FunctionHost:
         self._stop.set()
         self._server.shutdown()
         self._server.server_close()
+        self._server.drop_connections()
         self._server = None
         for t in self._threads:
             t.join(timeout=5.0)
@@ -472,7 +474,28 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], host: FunctionHost) -> None:
         self.host = host
+        self._conns: set[socket.socket] = set()
+        self._conns_lock = threading.Lock()
         super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._conns_lock:
+            self._conns.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._conns_lock:
+            self._conns.discard(request)
+        super().shutdown_request(request)
+
+    def drop_connections(self) -> None:
+        """End every open connection: `shutdown` only stops accepting new ones, and a
+        keep-alive connection would go on being served by its thread."""
+        with self._conns_lock:
+            conns = list(self._conns)
+        for c in conns:
+            with contextlib.suppress(OSError):
+                c.shutdown(socket.SHUT_RDWR)
 
 
 _WORKER = re.compile(r"^/workers/([^/]+)$")
@@ -541,6 +564,10 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         query = parse_qs(url.query)
         try:
+            if host._stop.is_set():
+                self.close_connection = True
+                self._send(503, {"error": "the function host is stopping"})
+                return
             if not self.headers.get("Authorization"):
                 self.close_connection = True
                 self._send(401, {"error": "a bearer key is required"})
@@ -578,13 +605,12 @@ class _Handler(BaseHTTPRequestHandler):
             owners = query.get("owner")
             return 200, host.workers(owners[0] if owners else None)
         if method == "POST" and (m := _INVOKE.match(path)):
-            timeout = body.get("timeoutS")
+            timeout = None if body.get("timeoutS") is None else _num(body, "timeoutS", 0.0)
+            if timeout is not None and not 0 < timeout <= 900:
+                raise ValidationError("timeoutS: above 0 and at most 900", field="timeoutS")
             rid = body.get("requestId")
             return 200, host.invoke(
-                m.group(1),
-                body.get("event"),
-                str(rid) if rid is not None else None,
-                None if timeout is None else _num(body, "timeoutS", 0.0),
+                m.group(1), body.get("event"), str(rid) if rid is not None else None, timeout
             )
         if method == "DELETE" and (m := _WORKER.match(path)):
             return 200, host.stop_worker(m.group(1))

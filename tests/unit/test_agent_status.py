@@ -89,3 +89,60 @@ def test_a_resync_interval_that_would_spin_is_refused(tmp_path: Path, interval: 
 
     with pytest.raises(ValidationError, match="resync interval"):
         Agent(_config(tmp_path, interval), _dataplane(tmp_path))
+
+
+class _Functions:
+    """A stand-in function host: what the agent starts, reports and stops."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.calls: list[str] = []
+
+    def start(self) -> None:
+        self.calls.append("start")
+        if self.fail:
+            raise OSError("no cgroups here")
+
+    def stop(self) -> None:
+        self.calls.append("stop")
+
+    def report(self) -> dict[str, object]:
+        return {"endpoint": "http://127.0.0.1:4711", "key": "k", "memory_mb": 1024, "workers": 2}
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_the_status_report_carries_the_function_host_and_stop_stops_it(
+    tmp_path: Path, fail: bool
+) -> None:
+    bodies: list[dict[str, object]] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/status"):
+            bodies.append(json.loads(request.content))
+            return httpx.Response(204)
+        if request.url.path.endswith("/desired"):
+            return httpx.Response(204)
+        return httpx.Response(200, json={})
+
+    functions = _Functions(fail)
+    agent = Agent(
+        _config(tmp_path),
+        _dataplane(tmp_path),
+        transport=httpx.MockTransport(handle),
+        functions=functions,
+    )
+    agent.send_status()
+    assert "functions" not in bodies[-1]  # not started yet: nothing to offer
+    runner = threading.Thread(target=agent.run)
+    runner.start()
+    try:
+        wait_for(lambda: functions.calls == ["start"])
+        agent.send_status()
+        if fail:  # a host that cannot run functions still reports, without them
+            assert "functions" not in bodies[-1]
+        else:
+            assert bodies[-1]["functions"] == functions.report()
+    finally:
+        agent.stop()
+        runner.join(10)
+    assert functions.calls == (["start"] if fail else ["start", "stop"])

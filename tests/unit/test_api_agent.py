@@ -275,3 +275,46 @@ def test_metrics_show_the_control_plane_and_apply_lag_for_the_admin(
     tenant = cloud.client.get("/metrics", headers=net["t"]).text
     assert "yunhan_store_revision" in tenant and "host=" not in tenant
     assert cloud.client.get("/metrics").status_code == 401
+
+
+def test_a_hosts_function_host_is_kept_in_its_status_with_the_key_for_the_admin_only(
+    cloud: Cloud, net: dict[str, Any]
+) -> None:
+    from yunhan.api.function_hosts import FunctionHostInfo, function_hosts
+
+    fn = {"endpoint": "http://127.0.0.1:4711", "key": "k-secret", "memory_mb": 2048, "workers": 3}
+    body = {"applied_revision": 0, "instances": {}, "functions": fn}
+    cloud.call("POST", "/v1/agent/hosts/h1/status", json=body)
+    cloud.heartbeat("h2", 0)  # h2 runs no functions
+    admin = cloud.call("GET", "/v1/hosts/h1")["status"]["functions"]
+    assert admin == fn
+    tenant = cloud.call("GET", "/v1/hosts/h1", net["t"])["status"]["functions"]
+    assert tenant == {**fn, "key": None}  # every project reads hosts; the key is secret
+    listed = cloud.call("GET", "/v1/hosts", net["t"])["items"]
+    assert all(
+        h["status"]["functions"] is None or h["status"]["functions"]["key"] is None for h in listed
+    )
+    assert cloud.call("GET", "/v1/hosts/h2")["status"]["functions"] is None
+    # Kept in the store (endpoint, key, memory); the worker count changes without a write.
+    before = cloud.revision()
+    cloud.call(
+        "POST", "/v1/agent/hosts/h1/status", json={**body, "functions": {**fn, "workers": 5}}
+    )
+    assert cloud.revision() == before
+    assert cloud.call("GET", "/v1/hosts/h1")["status"]["functions"]["workers"] == 5
+    st = cloud.client.app.state.yunhan  # type: ignore[attr-defined]
+    with cloud.store.read() as r:
+        got = function_hosts(r, st.admin_project_id, st.fleet.leases, cloud.clock())
+    h1 = cloud.call("GET", "/v1/hosts/h1")
+    assert got == [FunctionHostInfo("h1", h1["spec"]["zone"], fn["endpoint"], "k-secret", 2048, 5)]
+    # A restarted agent has a new endpoint and key: written once.
+    new = {**fn, "endpoint": "http://127.0.0.1:4712", "key": "k-2"}
+    cloud.call("POST", "/v1/agent/hosts/h1/status", json={**body, "functions": new})
+    assert cloud.call("GET", "/v1/hosts/h1")["status"]["functions"]["key"] == "k-2"
+    # A host whose agent went quiet is not offered to the router.
+    cloud.clock.advance(16)
+    with cloud.store.read() as r:
+        assert function_hosts(r, st.admin_project_id, st.fleet.leases, cloud.clock()) == []
+    # Started with --no-functions: forgotten.
+    cloud.heartbeat("h1", 0)
+    assert cloud.call("GET", "/v1/hosts/h1")["status"]["functions"] is None

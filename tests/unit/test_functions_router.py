@@ -12,7 +12,8 @@ import pytest
 
 from yunhan.errors import Throttled, Unreachable
 from yunhan.functions.autoscaler import Policy
-from yunhan.functions.router import HostSlot, Result, Router, Target, VersionMissing
+from yunhan.functions.hostclient import VersionMissing
+from yunhan.functions.router import Code, HostSlot, Result, Router, Target
 
 
 class FakeHost:
@@ -28,8 +29,8 @@ class FakeHost:
         self.lock = threading.Lock()
         self.n = 0
 
-    def put_version(self, function: str, version: int, body: dict[str, Any]) -> None:
-        assert body["sha256"] == "abc"
+    def put_version(self, function: str, version: int, **code: Any) -> None:
+        assert code["sha256"] == "abc" and code["tar_gz"] == b"tgz"
         self.versions.add((function, version))
 
     def spawn(
@@ -58,7 +59,7 @@ class FakeHost:
             "error": "out of memory (limit 128 MB)" if exited else None,
             "duration_ms": 2.4,
             "billed_ms": 3,
-            "workerExited": exited,
+            "worker_exited": exited,
         }
 
     def stop(self, wid: str) -> None:
@@ -77,7 +78,7 @@ def target(version: int = 1, **kw: Any) -> Target:
         timeout_s=kw.pop("timeout_s", 3.0),
         concurrency=1,
         policy=policy,
-        code=lambda: {"sha256": "abc"},
+        code=lambda: Code("hello", "main.handler", 128, 3.0, {}, b"tgz", "abc"),
     )
 
 

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -81,6 +81,9 @@ class AgentConfig:
     # `uplink_via`, this host's underlay address): both or neither.
     uplink_netns: str | None = None
     uplink_via: str | None = None
+    # Where the function host (agent.functions) listens, HOST:PORT (port 0: any free one);
+    # None: this host runs no functions.
+    functions_listen: str | None = "127.0.0.1:0"
 
     @property
     def uplink(self) -> Uplink | None:
@@ -95,6 +98,16 @@ class AgentConfig:
         return Uplink(self.uplink_netns, via)
 
 
+class FunctionsService(Protocol):
+    """What the agent needs of its function host (agent.functions.FunctionHost)."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def report(self) -> dict[str, Any]: ...
+
+
 class Agent:
     """One host's agent. `run()` blocks until `stop()` (or SIGTERM/SIGINT through `run`)."""
 
@@ -105,9 +118,11 @@ class Agent:
         *,
         transport: httpx.BaseTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
+        functions: FunctionsService | None = None,
     ) -> None:
         """`transport` carries the HTTP calls (None: the network; tests pass the app's or
-        an `httpx.MockTransport`); `clock` times the periodic resync."""
+        an `httpx.MockTransport`); `clock` times the periodic resync; `functions` is the
+        function host, started and stopped with the agent (None: no functions here)."""
         if not config.flowlog_interval > 0:
             raise ValidationError(
                 f"flow log interval {config.flowlog_interval} must be a positive number of seconds"
@@ -187,6 +202,9 @@ class Agent:
                 instances=self._instance_ids,
                 on_error=self._failover,
             )
+        # The function host: started by `run`, reported in every status report once it runs.
+        self.functions = functions
+        self._functions_up = False
         self._resume()
 
     def _instance_ids(self) -> list[str]:
@@ -423,6 +441,10 @@ class Agent:
                     }
                     for iid, ir in report.instances.items()
                 }
+        if self._functions_up and self.functions is not None:
+            # Endpoint and key: the control plane keeps them (the admin's only) for the
+            # router, which calls this host's functions there.
+            body["functions"] = self.functions.report()
         return body
 
     def send_status(self) -> None:
@@ -561,6 +583,7 @@ class Agent:
         notify("READY=1")
         watchdog = Watchdog(lambda: self._clock() - self._progress < HUNG_AFTER)
         watchdog.start()
+        self._start_functions()
         self.register()
         threads = [
             threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True),
@@ -586,6 +609,7 @@ class Agent:
                 self.vips.stop()
             if self.patches is not None:
                 self.patches.stop()  # waits for an engine call in flight
+            self._stop_functions()
             for t in threads:
                 t.join(timeout=2.0)
             if not any(t.is_alive() for t in threads):
@@ -593,6 +617,29 @@ class Agent:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _start_functions(self) -> None:
+        """Start the function host. A host that cannot run functions (no cgroups, a state
+        dir others cannot traverse) still does its networking: the failure is logged and
+        the agent reports no `functions`, so the router places none here."""
+        if self.functions is None:
+            return
+        try:
+            self.functions.start()
+        except Exception:
+            log.exception("the function host did not start; this host runs no functions")
+            return
+        self._functions_up = True
+
+    def _stop_functions(self) -> None:
+        """Stop every worker and the zygote, and remove their cgroups."""
+        if self.functions is None or not self._functions_up:
+            return
+        self._functions_up = False
+        try:
+            self.functions.stop()
+        except Exception:
+            log.exception("stopping the function host failed")
 
 
 def _write_secret(path: Path, secret: str) -> None:
@@ -606,6 +653,22 @@ def _write_secret(path: Path, secret: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     tmp.replace(path)
+
+
+def _function_host(config: AgentConfig) -> FunctionsService | None:
+    """The function host of this agent: state under its state dir, names under its
+    prefix (so two agents of a lab never share workers or cgroups)."""
+    if config.functions_listen is None:
+        return None
+    from yunhan.agent.functions import FunctionHost
+    from yunhan.functions import FunctionRuntime
+
+    try:
+        runtime = FunctionRuntime(config.state_dir / "functions", f"{config.prefix}fn")
+        return FunctionHost(runtime, listen=config.functions_listen)
+    except Exception:
+        log.exception("no function host: this host runs no functions")
+        return None
 
 
 def run(config: AgentConfig) -> None:
@@ -622,7 +685,7 @@ def run(config: AgentConfig) -> None:
         state_dir=config.state_dir,
         uplink=config.uplink,
     )
-    agent = Agent(config, dataplane)
+    agent = Agent(config, dataplane, functions=_function_host(config))
 
     def _on_signal(signum: int, frame: object) -> None:
         agent.stop()

@@ -38,6 +38,9 @@ class Lease:
     heartbeat_at: float  # wall clock (the app's clock)
     error: str | None
     dirty: bool = True  # not yet persisted
+    # Workers its function host held at its last report (this replica's, in memory: the
+    # count changes too often to be written; endpoint and key are, in the host's status).
+    function_workers: int | None = None
 
 
 @dataclass(eq=False)

@@ -7,14 +7,13 @@ decisions become events on the function, and its invocations become usage record
 
 from __future__ import annotations
 
-import base64
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from yunhan.controller.scheduler import host_healthy
+from yunhan.api.function_hosts import FunctionHostInfo
 from yunhan.errors import NotFound
 from yunhan.functions.autoscaler import (
     DEFAULT_IDLE_GRACE,
@@ -25,32 +24,14 @@ from yunhan.functions.autoscaler import (
 from yunhan.functions.catalog import traffic_of
 from yunhan.functions.hostclient import HostClient
 from yunhan.functions.metering import Meter
-from yunhan.functions.router import HostSlot, Result, Router, Target
+from yunhan.functions.router import Code, HostSlot, Result, Router, Target
 from yunhan.store import Resource, Store
 from yunhan.store.functions import FunctionRows, VersionRow
 
 log = logging.getLogger(__name__)
 
 RECONCILE_EVERY = 2.0  # seconds between looks at the store for deleted or min-scaled functions
-if TYPE_CHECKING:
-    from yunhan.api.deps import AppState
-
 Notify = Callable[[str, str, str, str], None]  # journal.notice
-
-
-def function_hosts(st: AppState) -> list[tuple[str, str, str, int]]:
-    """(name, endpoint, key, memory MB) of the hosts whose agent serves functions and
-    whose lease is current: a silent host gets no new worker."""
-    now = st.clock()
-    with st.store.read() as r:
-        hosts = r.list("host", st.admin_project_id)
-    out = []
-    for h in hosts:
-        fn = h.status.get("functions")
-        if not isinstance(fn, dict) or not host_healthy(st.fleet.leases.get(h.name), now):
-            continue
-        out.append((h.name, str(fn["endpoint"]), str(fn["key"]), int(fn["memory_mb"])))
-    return out
 
 
 class Functions:
@@ -62,25 +43,18 @@ class Functions:
         rows: FunctionRows,
         meter: Meter,
         notify: Notify,
-        hosts: Callable[[], Sequence[tuple[str, str, str, int]]],
+        hosts: Callable[[], Sequence[FunctionHostInfo]],
     ) -> None:
         self.store = store
         self.rows = rows
         self.meter = meter
-        self._hosts = hosts  # (name, endpoint, key, memory MB) of healthy function hosts
+        self._hosts = hosts  # the healthy function hosts
         self._clients: dict[tuple[str, str], HostClient] = {}
         self._lock = threading.Lock()
         self._versions: dict[tuple[str, int], VersionRow] = {}
         self._stopping = threading.Event()
         self._reconciler: threading.Thread | None = None
         self.router = Router(self._slots, emit=notify, meter=self._metered)
-
-    @classmethod
-    def of(cls, st: AppState) -> Functions:
-        """The router of a running API server: events through its journal."""
-        return cls(
-            st.store, st.function_rows, st.meter, st.journal.notice, lambda: function_hosts(st)
-        )
 
     def start(self) -> None:
         self.router.start()
@@ -100,12 +74,12 @@ class Functions:
 
     def _slots(self) -> list[HostSlot]:
         out = []
-        for name, endpoint, key, memory_mb in self._hosts():
+        for h in self._hosts():
             with self._lock:
-                c = self._clients.get((endpoint, key))
+                c = self._clients.get((h.endpoint, h.key))
                 if c is None:
-                    c = self._clients[(endpoint, key)] = HostClient(endpoint, key)
-            out.append(HostSlot(name, memory_mb, c))
+                    c = self._clients[(h.endpoint, h.key)] = HostClient(h.endpoint, h.key)
+            out.append(HostSlot(h.host, h.memory_mb, c))
         return out
 
     def _metered(self, t: Target, res: Result, error: bool) -> None:
@@ -148,19 +122,11 @@ class Functions:
         )
         sha = row.code_sha256
 
-        def code() -> dict[str, Any]:
+        def code() -> Code:
             content = self.rows.code(sha)
             if content is None:
                 raise NotFound(f"the code of {fn.name} v{version} is gone from the store")
-            return {
-                "name": fn.name,
-                "handler": row.handler,
-                "memory_mb": row.memory_mb,
-                "timeout_s": row.timeout_s,
-                "env": row.env,
-                "sha256": sha,
-                "tar_gz": base64.b64encode(content).decode(),
-            }
+            return Code(fn.name, row.handler, row.memory_mb, row.timeout_s, row.env, content, sha)
 
         return Target(
             function=fn.id,

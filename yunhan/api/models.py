@@ -59,6 +59,15 @@ class HostSpec(_Out):
     mtu: int
 
 
+class HostFunctions(_Out):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    endpoint: str = Field(description="where the router calls this host's function host")
+    key: str | None = Field(None, description="its bearer key (shown to the admin only)")
+    memory_mb: int = Field(description="the most one function may have")
+    workers: int | None = Field(None, description="workers it held at its last report")
+
+
 class HostStatus(_Out):
     vtep_index: int | None
     desired_revision: int | None
@@ -69,6 +78,9 @@ class HostStatus(_Out):
         None, description="the controller's verdict on its lease (written on each change)"
     )
     error: str | None
+    functions: HostFunctions | None = Field(
+        None, description="its function host, when it runs functions"
+    )
 
 
 class Host(_Envelope):

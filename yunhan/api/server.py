@@ -20,8 +20,9 @@ from pathlib import Path
 import uvicorn
 
 from yunhan.api.app import create_app
-from yunhan.api.deps import MAX_LONG_POLL
+from yunhan.api.deps import MAX_LONG_POLL, AppState
 from yunhan.api.fastpath import AgentFastPath
+from yunhan.api.function_hosts import FunctionHostInfo, function_hosts
 from yunhan.api.functions import Functions
 from yunhan.api.journal import FLUSH_INTERVAL, SERVER_RESTARTED
 from yunhan.api.replicas import ReplicaBridge
@@ -172,7 +173,7 @@ async def _main(
 
     meter = app.state.yunhan.meter
     meter.start()  # function usage, written every second; stopped (a last flush) below
-    runner = app.state.yunhan.runner = Functions.of(app.state.yunhan)
+    runner = app.state.yunhan.runner = _function_runner(app.state.yunhan)
     runner.start()  # the function router: its workers are retired below
     try:
         async with asyncio.TaskGroup() as tg:
@@ -211,6 +212,16 @@ async def _main(
         log.exception("could not write the last audit records")
     if server.started is False and not server.should_exit:
         raise SystemExit(f"the API server could not start on {host}:{port}")
+
+
+def _function_runner(st: AppState) -> Functions:
+    """The router of this server: hosts from the fleet's leases, events in its journal."""
+
+    def hosts() -> list[FunctionHostInfo]:
+        with st.store.read() as r:
+            return function_hosts(r, st.admin_project_id, st.fleet.leases, st.clock())
+
+    return Functions(st.store, st.function_rows, st.meter, st.journal.notice, hosts)
 
 
 async def _run_while_leading(controller: Controller, leader: Leader, stop: asyncio.Event) -> bool:

@@ -67,5 +67,20 @@ def host_view(
         "healthy": host_healthy(lease, now),
         "condition": h.status.get("condition"),
         "error": (lease.error if admin else HIDDEN_ERROR) if lease and lease.error else None,
+        "functions": _functions_view(h, lease, admin),
     }
     return env
+
+
+def _functions_view(h: Resource, lease: Lease | None, admin: bool) -> dict[str, Any] | None:
+    """The host's function host. Its key lets whoever holds it run code on the host as
+    any function: the admin's only (every project may read hosts)."""
+    stored = h.status.get("functions")
+    if not isinstance(stored, dict):
+        return None
+    return {
+        "endpoint": stored.get("endpoint"),
+        "key": stored.get("key") if admin else None,
+        "memory_mb": stored.get("memory_mb"),
+        "workers": lease.function_workers if lease else None,
+    }

@@ -152,6 +152,7 @@ def agent(ctx: Ctx) -> None:
             resync_interval=ctx["resync_interval"],
             flowlog_interval=ctx["flowlog_interval"],
             patch_interval=ctx["patch_interval"],
+            functions_listen=None if ctx["no_functions"] else ctx["functions_listen"],
         )
     )
 
@@ -298,6 +299,13 @@ COMMANDS = (
                 float,
                 2.0,
             ),
+            Opt(
+                ("--functions-listen",),
+                "functions_listen",
+                "HOST:PORT of this host's function endpoint (port 0: any free one)",
+                default="127.0.0.1:0",
+            ),
+            Opt(("--no-functions",), "no_functions", "run no functions on this host", bool),
         ),
         hidden=True,
     ),

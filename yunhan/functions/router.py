@@ -23,13 +23,14 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from yunhan.errors import Conflict, NotFound, Throttled, TimedOut, Unreachable, YunhanError
 from yunhan.functions.autoscaler import Kpa, Policy
+from yunhan.functions.hostclient import VersionMissing
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +39,22 @@ DEFAULT_QUEUE = 100  # requests held per version before 429
 SPAWN_RETRIES = 2
 
 
-class VersionMissing(YunhanError):
-    """The host has no copy of that version yet (the router sends it, then spawns)."""
-
-
 class HostPort(Protocol):
     """A function host as the router sees it (yunhan.functions.hostclient.HostClient)."""
 
-    def put_version(self, function: str, version: int, body: dict[str, Any]) -> None: ...
+    def put_version(
+        self,
+        function: str,
+        version: int,
+        *,
+        name: str,
+        handler: str,
+        memory_mb: int,
+        timeout_s: float,
+        env: Mapping[str, str],
+        tar_gz: bytes,
+        sha256: str | None = None,
+    ) -> None: ...
 
     def spawn(
         self, function: str, version: int, owner: str, netns: str | None = None
@@ -53,7 +62,7 @@ class HostPort(Protocol):
 
     def invoke(self, wid: str, request_id: str, event: Any, timeout_s: float) -> dict[str, Any]: ...
 
-    def stop(self, wid: str) -> None: ...
+    def stop(self, wid: str) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,19 @@ class HostSlot:
     name: str
     memory_mb: int
     client: HostPort
+
+
+@dataclass(frozen=True)
+class Code:
+    """A version as a host deploys it."""
+
+    name: str
+    handler: str
+    memory_mb: int
+    timeout_s: float
+    env: Mapping[str, str]
+    tar_gz: bytes
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -77,7 +99,7 @@ class Target:
     timeout_s: float
     concurrency: int
     policy: Policy
-    code: Callable[[], dict[str, Any]]  # the body of put_version (read from the store lazily)
+    code: Callable[[], Code]  # what put_version sends (read from the store when needed)
     netns: str | None = None
 
 
@@ -393,9 +415,9 @@ class Router:
         gone = True
         try:
             raw = w.host.client.invoke(w.wid, rid, event, target.timeout_s)
-            gone = bool(raw.get("workerExited"))
+            gone = bool(raw.get("worker_exited"))
         except NotFound:
-            raw = {"ok": False, "error": "the worker vanished; retry", "durationMs": 0}
+            raw = {"ok": False, "error": "the worker vanished; retry"}
         except YunhanError as exc:
             raw = {"ok": False, "error": f"function host {w.host.name}: {exc.message}"}
         finally:
@@ -409,8 +431,8 @@ class Router:
             result=raw.get("result"),
             error=raw.get("error"),
             traceback=raw.get("traceback"),
-            duration_ms=float(raw.get("duration_ms", raw.get("durationMs", 0.0)) or 0.0),
-            billed_ms=int(raw.get("billed_ms", raw.get("billedMs", 0)) or 0),
+            duration_ms=float(raw.get("duration_ms") or 0.0),
+            billed_ms=int(raw.get("billed_ms") or 0),
             memory_mb=target.memory_mb,
             cold_start=cold,
             cold_start_ms=held_ms if cold else None,
@@ -463,7 +485,18 @@ class Router:
                     )
                     return _Worker(h, wid, target.memory_mb, time.monotonic())
                 except VersionMissing:
-                    h.client.put_version(target.function, target.version, target.code())
+                    c = target.code()
+                    h.client.put_version(
+                        target.function,
+                        target.version,
+                        name=c.name,
+                        handler=c.handler,
+                        memory_mb=c.memory_mb,
+                        timeout_s=c.timeout_s,
+                        env=c.env,
+                        tar_gz=c.tar_gz,
+                        sha256=c.sha256,
+                    )
             raise Unreachable(f"host {h.name} keeps losing version {target.version}")
         except BaseException:
             self._unplace(h.name, target.memory_mb)
@@ -491,4 +524,4 @@ class Router:
             log.exception("recording %s on function %s", reason, target.name)
 
 
-__all__ = ["HostSlot", "Result", "Router", "Target", "Throttled", "VersionMissing"]
+__all__ = ["Code", "HostSlot", "Result", "Router", "Target"]

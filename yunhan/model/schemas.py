@@ -158,10 +158,24 @@ class InstanceReport(_Body):
     uts: str | None = None
 
 
+class FunctionsReport(_Body):
+    """The host's function host (yunhan.agent.functions): where the router calls it, with
+    which key (secret: the admin's and the server's only), how much memory a function may
+    have there, and how many workers it holds now."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    endpoint: str = Field(min_length=1, max_length=300)
+    key: str = Field(min_length=1, max_length=200)
+    memory_mb: Int = Field(ge=0)
+    workers: Int = Field(0, ge=0)
+
+
 class HostStatusReport(_Body):
     applied_revision: Int = Field(ge=0, le=2**53 - 1)  # exact in JSON (api.deps.MAX_REVISION)
     error: str | None = None
     instances: dict[str, InstanceReport] = Field(default_factory=dict)
+    functions: FunctionsReport | None = None  # absent: this host runs no functions
 
 
 # -- VIPs (docs/vips.md) -------------------------------------------------------------------

@@ -20,7 +20,7 @@ from yunhan.controller.status import reflect
 from yunhan.controller.vips import CLAIM_REFUSED, FLAPPING, ClaimResult, apply_claim
 from yunhan.errors import Conflict, NotFound
 from yunhan.model import new_id, parse_ip, validate_mtu, validate_name
-from yunhan.model.schemas import HostRegister, HostStatusReport, VipClaims
+from yunhan.model.schemas import FunctionsReport, HostRegister, HostStatusReport, VipClaims
 
 router = APIRouter(prefix="/v1/agent", tags=["agent"])
 
@@ -170,8 +170,36 @@ async def status_report(st: AppState, name: str, body: HostStatusReport) -> None
         # it through their instances' phase and message.
         st.journal.notice(st.admin_project_id, host.id, APPLY_ERROR, f"host {name}: {body.error}")
     st.fleet.ack(name, body.applied_revision, body.error)
+    lease = st.fleet.leases.get(name)
+    if lease is not None:
+        lease.function_workers = body.functions.workers if body.functions else None
     if changes:
         await _write_phases(st, name, changes)
+    functions = stored_functions(body.functions)
+    if host.status.get("functions") != functions:
+        await _write_functions(st, name, functions)
+
+
+def stored_functions(report: FunctionsReport | None) -> dict[str, Any] | None:
+    """What the host's status keeps of its function host: what changes only when its
+    agent restarts (the worker count stays in memory, on the lease)."""
+    if report is None:
+        return None
+    return {"endpoint": report.endpoint, "key": report.key, "memory_mb": report.memory_mb}
+
+
+async def _write_functions(st: AppState, host: str, functions: dict[str, Any] | None) -> None:
+    def write() -> None:
+        with st.store.transaction() as tx:
+            h = tx.by_name("host", st.admin_project_id, host)
+            if h is None or h.status.get("functions") == functions:
+                return
+            status = {k: v for k, v in h.status.items() if k != "functions"}
+            if functions is not None:
+                status["functions"] = functions
+            tx.update(h, status=status)
+
+    await asyncio.to_thread(write)
 
 
 async def _write_phases(st: AppState, host: str, changes: list[tuple[str, Any]]) -> None:

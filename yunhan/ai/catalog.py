@@ -128,7 +128,10 @@ def _file_part(content_type: str, body: bytes) -> bytes:
     head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode()
     msg = BytesParser(policy=policy.HTTP).parsebytes(head + body)
     if not isinstance(msg, EmailMessage) or not msg.is_multipart():
-        raise ValidationError("malformed multipart/form-data body (no boundary?)", field="body")
+        raise ValidationError(
+            "malformed multipart/form-data body: no boundary, or no part delimited by it",
+            field="body",
+        )
     for part in msg.iter_parts():
         if part.get_param("name", header="content-disposition") == "file":
             data = part.get_payload(decode=True)

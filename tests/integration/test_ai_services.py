@@ -58,7 +58,9 @@ def workers(rt: FunctionRuntime, run_prefix: str) -> Iterator[dict[str, Worker]]
 
 def _worker(rt: FunctionRuntime, workers: dict[str, Worker], name: str) -> Worker:
     w = workers.get(name)
-    if w is None or not w.alive:
+    if w is not None and not w.alive:  # a failed test's worker: a new one, same version
+        w = workers[name] = rt.spawn(w.deployment, init_timeout=60.0)
+    if w is None:
         svc = service(name)
         spec = FunctionSpec(
             f"{rt.prefix}-{name}", 1, svc.handler, memory_mb=svc.memory_mb, timeout_s=svc.timeout_s

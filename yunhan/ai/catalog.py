@@ -56,6 +56,10 @@ SERVICES: dict[str, ServiceDef] = {
 
 def service(name: str) -> ServiceDef:
     """The service called `name`; ValidationError naming the known ones otherwise."""
+    return _lookup(name)
+
+
+def _lookup(name: str) -> ServiceDef:
     try:
         return SERVICES[name]
     except KeyError:
@@ -86,8 +90,8 @@ def is_wav(data: bytes) -> bool:
     return data[:4] == b"RIFF" and data[8:12] == b"WAVE"
 
 
-def event_from_upload(service_name: str, content_type: str, body: bytes) -> dict[str, Any]:
-    """The event for `service_name` from a request body.
+def event_from_upload(service: str, content_type: str, body: bytes) -> dict[str, Any]:
+    """The event for the service named `service` from a request body.
 
     * `application/json`: the object itself (it must carry the service's field);
     * `multipart/form-data` with a `file` part: its bytes, base64 in "image" (ocr, faces)
@@ -95,7 +99,7 @@ def event_from_upload(service_name: str, content_type: str, body: bytes) -> dict
       must be PNG, JPEG, BMP, TIFF or WebP, audio a WAV file.
 
     ValidationError with a sentence a person can act on for anything else."""
-    svc = service(service_name)
+    svc = _lookup(service)
     media = content_type.split(";", 1)[0].strip().lower()
     if media == "application/json":
         return _json_event(svc, body)

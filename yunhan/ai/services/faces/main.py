@@ -11,6 +11,12 @@ import binascii
 import os
 from typing import Any
 
+# Before numpy: OpenBLAS starts a thread per core when it loads, while a worker's cgroup
+# allows 64 tasks (pids.max) on a host of any size, and a worker serves one request at a
+# time (more workers scale). The function's env may still choose otherwise.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import cv2
 import numpy as np
 
@@ -43,7 +49,7 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
     """Boxes of the frontal faces found, in pixels, largest first. `minSize` (pixels,
     default 30) skips smaller faces."""
     gray = cv2.equalizeHist(_image(event))
-    side = int(event.get("minSize", 30))
+    side = max(1, int(event.get("minSize", 30)))
     found = _CASCADE.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(side, side))
     faces = [{"x": int(x), "y": int(y), "w": int(w), "h": int(h)} for x, y, w, h in found]
     faces.sort(key=lambda f: f["w"] * f["h"], reverse=True)

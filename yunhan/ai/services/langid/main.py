@@ -12,7 +12,14 @@ check). The first invocation pays it instead, within the service's timeout.
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
+
+# Before numpy: OpenBLAS starts a thread per core when it loads, while a worker's cgroup
+# allows 64 tasks (pids.max) on a host of any size, and a worker serves one request at a
+# time (more workers scale). The function's env may still choose otherwise.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from langid.langid import LanguageIdentifier, model
 

@@ -10,14 +10,22 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 from typing import Any
+
+# Before numpy: OpenBLAS starts a thread per core when it loads, while a worker's cgroup
+# allows 64 tasks (pids.max) on a host of any size, and a worker serves one request at a
+# time (more workers scale). The function's env may still choose otherwise.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import cv2
 import numpy as np
 from rapidocr_onnxruntime import RapidOCR
 
-# One intra-op thread: a worker's CPU share is a fraction of a core (shares follow memory),
-# and more threads than that only contend; concurrency comes from more workers.
+# One thread (onnxruntime's and OpenCV's pools): a worker's CPU share is a fraction of a
+# core (shares follow memory); concurrency comes from more workers (docs/ai.md measures).
+cv2.setNumThreads(1)
 _ENGINE = RapidOCR(intra_op_num_threads=1, inter_op_num_threads=1)
 
 

@@ -10,8 +10,15 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import os
 import wave
 from typing import Any
+
+# Before numpy: OpenBLAS starts a thread per core when it loads, while a worker's cgroup
+# allows 64 tasks (pids.max) on a host of any size, and a worker serves one request at a
+# time (more workers scale). The function's env may still choose otherwise.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
 from pocketsphinx import Decoder

@@ -22,6 +22,12 @@ for d in /usr/lib/postgresql/*/bin; do
 done
 getent passwd postgres >/dev/null 2>&1 || have_pg=no
 [ "$have_pg" = yes ] || need_apt+=(postgresql)
+# The AI services (extra `ai`): opencv-python's cv2 links libGL and glib's libgthread;
+# the tests synthesise speech with espeak-ng and render Chinese with WenQuanYi Zen Hei.
+for pkg in libgl1 libglib2.0-0 espeak-ng fonts-wqy-zenhei; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
+    || need_apt+=("$pkg")
+done
 if [ ${#need_apt[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
@@ -42,9 +48,9 @@ py=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$py" -m venv .venv
 fi
-if ! .venv/bin/python -c 'import yunhan, fastapi, pyroute2, pytest' >/dev/null 2>&1 \
+if ! .venv/bin/python -c 'import yunhan, fastapi, pyroute2, pytest, cv2, rapidocr_onnxruntime, pocketsphinx' >/dev/null 2>&1 \
    || [ pyproject.toml -nt .venv/.installed ]; then
-  if ! .venv/bin/pip install -q --disable-pip-version-check -e ".[dev]" >.venv/pip.log 2>&1; then
+  if ! .venv/bin/pip install -q --disable-pip-version-check -e ".[dev,ai]" >.venv/pip.log 2>&1; then
     grep -v "WARNING: Location" .venv/pip.log >&2
     echo "install.sh: pip install failed (log: .venv/pip.log)" >&2
     exit 1

@@ -150,3 +150,54 @@ def test_the_function_runtime_is_host_side_and_imports_only_leaves() -> None:
         if not _under(d, *allowed) and d != "yunhan.net.nsutil" and d != "yunhan"
     ]
     assert bad == []
+
+
+# The AI services' model libraries: only their function code (yunhan/ai/services/*) may
+# import them, since those modules run in workers; the server, the CLI and the agent never
+# load onnxruntime or OpenCV (hundreds of MB, seconds of import).
+_MODEL_LIBRARIES = {
+    "cv2",
+    "numpy",
+    "onnxruntime",
+    "rapidocr_onnxruntime",
+    "langid",
+    "vaderSentiment",
+    "pocketsphinx",
+    "PIL",
+    "skimage",
+}
+
+
+def _top_level_imports(path: Path) -> set[str]:
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            out.add(node.module.split(".")[0])
+    return out
+
+
+def test_only_the_ai_services_function_code_imports_model_libraries() -> None:
+    services = ROOT / "ai" / "services"
+    bad = [
+        (_module(p), sorted(_top_level_imports(p) & _MODEL_LIBRARIES))
+        for p in ROOT.rglob("*.py")
+        if not p.is_relative_to(services) and _top_level_imports(p) & _MODEL_LIBRARIES
+    ]
+    assert bad == []
+
+
+def test_ai_service_code_is_self_contained_and_nothing_imports_it() -> None:
+    """Each service directory is deployed alone as a function's code: it cannot import
+    Yunhan (not on a worker's path), and Yunhan must not import it (model libraries)."""
+    graph = _graph()
+    assert not [m for m, deps in graph.items() if _under(m, "yunhan.ai.services") and deps]
+    assert not [
+        (m, d)
+        for m, deps in graph.items()
+        if not _under(m, "yunhan.ai.services")
+        for d in deps
+        if _under(d, "yunhan.ai.services")
+    ]
+    assert graph["yunhan.ai.catalog"] == {"yunhan.errors"}

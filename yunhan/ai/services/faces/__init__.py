@@ -1,0 +1,1 @@
+"""The faces service's function code (deployed as a directory; handler `main.handler`)."""

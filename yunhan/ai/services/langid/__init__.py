@@ -1,0 +1,1 @@
+"""The langid service's function code (deployed as a directory; handler `main.handler`)."""

@@ -28,12 +28,14 @@ from yunhan.api.journal import CALLER, SCHEDULING_REFUSED, AuditMiddleware, Jour
 from yunhan.api.routes import (
     acls,
     agent,
+    ai,
     audit,
     events,
     flowlogs,
     functions,
     infra,
     instances,
+    invoke,
     metrics,
     natgw,
     network,
@@ -240,7 +242,8 @@ def create_app(
     _install_error_handlers(app)
     app.add_middleware(AuditMiddleware)
     modules = (projects, tokens, audit, events, infra, network, routing, natgw, secgroups,
-               acls, flowlogs, instances, vips, patches, functions, agent, watch)  # fmt: skip
+               acls, flowlogs, instances, vips, patches, functions, invoke, ai, agent,
+               watch)  # fmt: skip
     for module in modules:
         app.include_router(module.router)
     app.include_router(metrics.router)

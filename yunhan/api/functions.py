@@ -149,6 +149,13 @@ class Functions:
             version = self.router.choose(traffic_of(fn.spec, latest))
         return self.router.invoke(self.target(fn, version), event, request_id)
 
+    def drop(self, function_id: str) -> None:
+        """A deleted function: its workers go now."""
+        self.router.drop(function_id)
+        with self._lock:
+            for key in [k for k in self._versions if k[0] == function_id]:
+                del self._versions[key]
+
     def _reconcile_loop(self) -> None:
         while not self._stopping.wait(RECONCILE_EVERY):
             try:
@@ -163,10 +170,7 @@ class Functions:
         with self.store.read() as r:
             live = {f.id: f for f in r.list("function")}
         for fid in {k[0] for k in self.router.workers()} - set(live):
-            self.router.drop(fid)
-            with self._lock:
-                for key in [k for k in self._versions if k[0] == fid]:
-                    del self._versions[key]
+            self.drop(fid)
         for fn in live.values():
             if int(fn.spec.get("min_scale") or 0) <= 0:
                 continue

@@ -850,3 +850,19 @@ class FunctionInvocation(_Out):
 class FunctionLogs(_Out):
     function: str
     lines: list[str] = Field(description="host by host, each line prefixed by its host")
+
+
+# -- AI services (yunhan.api.routes.ai) ----------------------------------------------------
+
+
+class AiService(_Out):
+    name: str
+    input: Literal["text", "image", "audio"] = Field(description="what its event carries")
+    memory_mb: int
+    timeout_s: float
+    enabled: bool = Field(description="deployed in this project as function ai-<name>")
+    function: str | None = Field(description="that function's id, when enabled")
+
+
+class AiServices(_Out):
+    items: list[AiService]

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from yunhan.cli import (
+    ai,
     credentials,
     daemons,
     flowlogs,
@@ -59,6 +60,7 @@ ROOT = Group(
         *vips.COMMANDS,
         *patches.COMMANDS,
         *functions.COMMANDS,
+        *ai.COMMANDS,
         *trace.COMMANDS,
         *credentials.COMMANDS,
         *lab.COMMANDS,

@@ -283,7 +283,9 @@ def delete_function(ref: str, request: Request, c: CallerDep, if_match: IfMatch 
         check_if_match(fn, if_match)
         gone = tx.delete(fn)
         tx.write_rows(drop_function(fn.id))
-        return gone.envelope()
+    if st.runner is not None:  # other replicas' routers notice on their next look
+        st.runner.drop(fn.id)
+    return gone.envelope()
 
 
 # -- usage ---------------------------------------------------------------------------------

@@ -99,9 +99,7 @@ COMMANDS = (
         "Built-in AI services (ocr, langid, sentiment, faces, speech), run as functions of "
         "your project: scaled and metered like any other (docs/ai.md)",
         (
-            Cmd(
-                "list", "List the services and which this project has enabled.", ai_list, SHOWN
-            ),  # fmt: skip
+            Cmd("list", "List the services and which this project has enabled.", ai_list, SHOWN),
             Cmd(
                 "enable",
                 "Deploy a service as this project's function ai-SERVICE.",

@@ -171,7 +171,8 @@ def test_workers_of_two_functions_cannot_read_each_others_code_or_environment(
                 "read": {
                     "b_code": str(b.code_dir / "main.py"),
                     "b_environ": f"/proc/{wb.pid}/environ",
-                    "own_code": str(a.code_dir / "main.py"),
+                    "own_code": "main.py",  # its working directory is its code
+                    "own_code_by_host_path": str(a.code_dir / "main.py"),
                 }
             },
         )
@@ -182,6 +183,9 @@ def test_workers_of_two_functions_cannot_read_each_others_code_or_environment(
         assert r["b_code"] == "PermissionError"
         assert r["b_environ"] == "PermissionError"
         assert r["own_code"] == "read"
+        # The host's directories above the code are closed to workers: their own code is
+        # reached only through the descriptor their working directory is.
+        assert r["own_code_by_host_path"] == "PermissionError"
         assert r["write_own_code"] == "PermissionError"  # read-only to its own function
         # A fresh network namespace of its own, with nothing but lo.
         assert r["links"] == ["lo"]
@@ -408,9 +412,8 @@ def test_stop_leaves_no_process_cgroup_or_temp_dir(
     tmp_path: Path, uniq: Callable[[str], str]
 ) -> None:
     prefix = uniq("clean")
-    with pytest.raises(ValidationError, match="closed to other users"):
-        FunctionRuntime(tmp_path / "state", prefix).start()
-    state = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
+    state = tmp_path / "closed" / "state"  # under directories closed to the workers' uids
+    state.parent.mkdir(mode=0o700)
     rt = FunctionRuntime(state, prefix)
     rt.start()
     try:
@@ -418,6 +421,7 @@ def test_stop_leaves_no_process_cgroup_or_temp_dir(
             FunctionSpec("clean", 1, "main.handler"), _source(tmp_path, "c", HANDLERS["echo"])
         )
         workers = [rt.spawn(dep) for _ in range(3)]
+        assert rt.invoke(workers[0], {"x": 1}).ok  # its code reached through a descriptor
         zygote = rt.zygote_pid
         assert len(rt.layout.groups(prefix)) == 3
     finally:

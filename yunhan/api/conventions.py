@@ -41,6 +41,10 @@ _WHY = {
     409: "conflicts with what exists (a name taken, a resource still in use)",
     412: "If-Match: the resource's revision is not the one given; nothing was written",
     422: "well formed, but refused by a rule the schema cannot state; nothing was written",
+    429: "too many requests already waiting (a function's held requests); retry later",
+    502: "the function failed: its error and traceback (the gateway)",
+    503: "nothing can serve it now (no function host, the router not running)",
+    504: "no answer in time (a function's timeout)",
 }
 
 

@@ -126,17 +126,6 @@ def host_memory_mb(layout: CgroupLayout) -> int:
     return min(total_kb // 1024, limit // (1 << 20))
 
 
-def _check_reachable(state_dir: Path) -> None:
-    for p in state_dir.resolve().parents:
-        if not p.stat().st_mode & 0o001:
-            raise ValidationError(
-                f"state dir {state_dir}: {p} is closed to other users (mode "
-                f"{p.stat().st_mode & 0o777:o}), so function workers could not reach "
-                "their code; choose a state dir under directories others may traverse",
-                field="state_dir",
-            )
-
-
 class FunctionRuntime:
     """Zygote, code, workers and their cgroups on one host, under one name prefix.
 
@@ -171,11 +160,12 @@ class FunctionRuntime:
         """Sweep what a crashed runtime of this prefix left, then start the zygote."""
         self.sweep()
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        _check_reachable(self.state_dir)
-        # Workers run as other users: they must be able to walk down to their code.
-        self.state_dir.chmod(0o711)
+        # Workers run as other users and reach their code through a descriptor the
+        # worker opens before it drops root (yunhan.functions.worker), not by name: the
+        # directories above stay closed to them.
+        self.state_dir.chmod(0o700)
         (self.state_dir / "code").mkdir(exist_ok=True)
-        (self.state_dir / "code").chmod(0o711)
+        (self.state_dir / "code").chmod(0o700)
         (self.state_dir / "logs").mkdir(exist_ok=True)
         (self.state_dir / "logs").chmod(0o700)
         self._zygote.start()

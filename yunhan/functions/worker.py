@@ -85,12 +85,12 @@ def _lo_up() -> None:
         fcntl.ioctl(s, _SIOCSIFFLAGS, _IFREQ.pack(b"lo", flags | 1))  # IFF_UP
 
 
-def _place_fds(channel: int, log: int, imports: tuple[int, ...]) -> None:
-    """0 = /dev/null, 1 = 2 = log, 3 = channel, 4... = the import dirs' descriptors;
-    every other inherited descriptor (the zygote's control socket, other workers' pidfds)
-    is closed."""
+def _place_fds(channel: int, log: int, imports: tuple[int, ...], code: int) -> None:
+    """0 = /dev/null, 1 = 2 = log, 3 = channel, 4... = the import dirs' descriptors, then
+    the code dir's; every other inherited descriptor (the zygote's control socket, other
+    workers' pidfds) is closed."""
     null = os.open(os.devnull, os.O_RDWR)
-    srcs = [null, log, log, channel, *imports]
+    srcs = [null, log, log, channel, *imports, code]
     floor = max(*srcs, CHANNEL_FD) + 1
     high = [fcntl.fcntl(fd, fcntl.F_DUPFD, floor) for fd in srcs]
     for target, fd in enumerate(high):
@@ -139,7 +139,10 @@ def _enter(setup: Setup, channel: int, log: int, netns: int, imports: Mapping[st
         _lo_up()
     else:
         nsutil.setns_fd(netns, CLONE_NEWNET, "function netns")
-    _place_fds(channel, log, tuple(imports.values()))
+    # The code dir is opened here, as root: the worker reaches it through this descriptor
+    # (/proc/self/fd/N), so no directory above it need be open to other users.
+    code = os.open(setup.code_dir, os.O_RDONLY | os.O_DIRECTORY)
+    _place_fds(channel, log, tuple(imports.values()), code)
 
 
 def _become(setup: Setup, zygote: int, imports: Mapping[str, int]) -> None:
@@ -154,14 +157,15 @@ def _become(setup: Setup, zygote: int, imports: Mapping[str, int]) -> None:
     nsutil.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != zygote:
         os._exit(0)
-    os.chdir(setup.code_dir)  # as the function's user: proves it may read its code
+    code_dir = f"/proc/self/fd/{CHANNEL_FD + 1 + len(imports)}"
+    os.chdir(code_dir)  # as the function's user: proves it may read its code
     os.environ.clear()
-    os.environ.update({"PATH": WORKER_PATH, "LANG": "C.UTF-8", "HOME": setup.code_dir, **setup.env})
+    os.environ.update({"PATH": WORKER_PATH, "LANG": "C.UTF-8", "HOME": code_dir, **setup.env})
     os.environ["YUNHAN_FUNCTION"] = setup.function
     os.environ["YUNHAN_FUNCTION_VERSION"] = str(setup.version)
     sys.dont_write_bytecode = True  # the code dir is read-only; deploy compiled it
     by_fd = {p: f"/proc/self/fd/{CHANNEL_FD + 1 + i}" for i, p in enumerate(imports)}
-    sys.path[:] = [setup.code_dir, *(by_fd.get(p, p) for p in sys.path if _stdlib_or_site(p))]
+    sys.path[:] = [code_dir, *(by_fd.get(p, p) for p in sys.path if _stdlib_or_site(p))]
     importlib.invalidate_caches()
 
 

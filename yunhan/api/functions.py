@@ -14,7 +14,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from yunhan.api.function_hosts import FunctionHostInfo
-from yunhan.errors import NotFound
+from yunhan.api.function_ports import port_of
+from yunhan.errors import NotFound, Unreachable
 from yunhan.functions.autoscaler import (
     DEFAULT_IDLE_GRACE,
     DEFAULT_PANIC_WINDOW,
@@ -25,11 +26,13 @@ from yunhan.functions.catalog import traffic_of
 from yunhan.functions.hostclient import HostClient
 from yunhan.functions.metering import Meter
 from yunhan.functions.router import Code, HostSlot, Result, Router, Target
+from yunhan.nsexec import netns_path
 from yunhan.store import Resource, Store
 from yunhan.store.functions import FunctionRows, VersionRow
 
 log = logging.getLogger(__name__)
 
+PORT_TTL = 2.0  # seconds a function's port (namespace, host) is taken as read
 RECONCILE_EVERY = 2.0  # seconds between looks at the store for deleted or min-scaled functions
 Notify = Callable[[str, str, str, str], None]  # journal.notice
 
@@ -52,6 +55,7 @@ class Functions:
         self._clients: dict[tuple[str, str], HostClient] = {}
         self._lock = threading.Lock()
         self._versions: dict[tuple[str, int], VersionRow] = {}
+        self._ports: dict[str, tuple[str, str, float]] = {}  # function -> netns, host, when
         self._stopping = threading.Event()
         self._reconciler: threading.Thread | None = None
         self.router = Router(self._slots, emit=notify, meter=self._metered)
@@ -128,6 +132,7 @@ class Functions:
                 raise NotFound(f"the code of {fn.name} v{version} is gone from the store")
             return Code(fn.name, row.handler, row.memory_mb, row.timeout_s, row.env, content, sha)
 
+        netns, host = self._port(fn)
         return Target(
             function=fn.id,
             name=fn.name,
@@ -138,7 +143,29 @@ class Functions:
             concurrency=concurrency,
             policy=policy,
             code=code,
+            netns=netns,
+            host=host,
         )
+
+    def _port(self, fn: Resource) -> tuple[str | None, str | None]:
+        """Where a function in a subnet runs: its port's namespace and host."""
+        if not fn.spec.get("subnet"):
+            return None, None
+        with self.store.read() as r:
+            port = port_of(r, fn)
+        if port is None:
+            raise Unreachable(
+                f"function {fn.name} has no network port in its subnet (deploy it again)"
+            )
+        ns, host, phase = (port.status.get(k) for k in ("netns", "host", "phase"))
+        if phase != "running" or not ns or not host:
+            raise Unreachable(
+                f"function {fn.name}'s network port {port.name} is {phase}, not running yet; "
+                "retry in a moment"
+            )
+        with self._lock:
+            self._ports[fn.id] = (str(netns_path(ns)), str(host), now)
+        return str(netns_path(ns)), str(host)
 
     def invoke(
         self, fn: Resource, event: Any, request_id: str | None = None, version: int | None = None

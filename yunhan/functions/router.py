@@ -100,7 +100,8 @@ class Target:
     concurrency: int
     policy: Policy
     code: Callable[[], Code]  # what put_version sends (read from the store when needed)
-    netns: str | None = None
+    netns: str | None = None  # the network namespace workers join (None: one of their own)
+    host: str | None = None  # the host workers must run on (where that namespace is)
 
 
 @dataclass(frozen=True)
@@ -457,6 +458,13 @@ class Router:
 
     def _place(self, target: Target) -> HostSlot:
         hosts = list(self._hosts())
+        if target.host is not None:
+            hosts = [h for h in hosts if h.name == target.host]
+            if not hosts:
+                raise Unreachable(
+                    f"host {target.host}, where function {target.name}'s network port is, "
+                    "runs no function host or is not healthy"
+                )
         if not hosts:
             raise Unreachable("no function host is registered and healthy")
         with self._lock:

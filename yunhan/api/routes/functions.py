@@ -32,6 +32,7 @@ from yunhan.api.conventions import (
     patched_labels,
 )
 from yunhan.api.deps import AppState, CallerDep, state_of
+from yunhan.api.function_ports import drop_port, ensure_port
 from yunhan.api.models import Function, FunctionList, FunctionVersions, UsageReport
 from yunhan.api.views import resolve
 from yunhan.errors import Forbidden, ValidationError
@@ -205,7 +206,9 @@ def deploy_function(
                 )
             ]
         )
-        return idem.keep(tx, c, 201, fn.envelope())
+        answer = idem.keep(tx, c, 201, fn.envelope())
+    ensure_port(request, c, fn)  # a function in a subnet gets its port there
+    return answer
 
 
 @router.get("/functions", response_model=FunctionList, responses=errors(422))
@@ -285,6 +288,7 @@ def delete_function(ref: str, request: Request, c: CallerDep, if_match: IfMatch 
         tx.write_rows(drop_function(fn.id))
     if st.runner is not None:  # other replicas' routers notice on their next look
         st.runner.drop(fn.id)
+    drop_port(request, c, fn)
     return gone.envelope()
 
 

@@ -151,6 +151,11 @@ class Functions:
         """Where a function in a subnet runs: its port's namespace and host."""
         if not fn.spec.get("subnet"):
             return None, None
+        now = time.monotonic()
+        with self._lock:
+            known = self._ports.get(fn.id)
+        if known is not None and now - known[2] < PORT_TTL:
+            return known[0], known[1]
         with self.store.read() as r:
             port = port_of(r, fn)
         if port is None:

@@ -54,6 +54,18 @@ HANDLERS = {
                 out["write_own_code"] = type(exc).__name__
             return out
     """,
+    "stdlib": """
+        def handler(event, context):
+            # Submodules of packages the zygote preloaded (urllib for urllib.parse, json,
+            # logging), and a package it did not: each found by the worker's own uid.
+            import email.mime.text
+            import json.tool
+            import logging.handlers
+            import urllib.request
+
+            mods = (urllib.request, json.tool, logging.handlers, email.mime.text)
+            return [m.__name__ for m in mods]
+    """,
     "hog": """
         def handler(event, context):
             hold = []
@@ -155,6 +167,18 @@ def test_cold_start_imports_only_user_code_then_warm_invokes_reuse_it(
     assert procstat.read(w.pid) is None
     with pytest.raises(WorkerGone):
         rt.invoke(w, 1)
+
+
+def test_a_handler_imports_submodules_of_preloaded_stdlib_packages(
+    rt: FunctionRuntime, make: Callable[..., Deployment]
+) -> None:
+    w = rt.spawn(make("stdlib"))
+    try:
+        inv = rt.invoke(w, {})
+        assert inv.ok, inv.traceback
+        assert inv.result == ["urllib.request", "json.tool", "logging.handlers", "email.mime.text"]
+    finally:
+        rt.stop_worker(w)
 
 
 def test_workers_of_two_functions_cannot_read_each_others_code_or_environment(

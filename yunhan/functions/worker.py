@@ -166,7 +166,26 @@ def _become(setup: Setup, zygote: int, imports: Mapping[str, int]) -> None:
     sys.dont_write_bytecode = True  # the code dir is read-only; deploy compiled it
     by_fd = {p: f"/proc/self/fd/{CHANNEL_FD + 1 + i}" for i, p in enumerate(imports)}
     sys.path[:] = [code_dir, *(by_fd.get(p, p) for p in sys.path if _stdlib_or_site(p))]
+    _repath_packages(by_fd)
     importlib.invalidate_caches()
+
+
+def _repath_packages(by_fd: Mapping[str, str]) -> None:
+    """Packages the zygote preloaded (urllib for urllib.parse, json, logging …) search
+    their submodules in their own `__path__`, named by the path the zygote saw: point it
+    through the same descriptors, or `import urllib.request` fails in a worker whose uid
+    cannot walk that path."""
+    if not by_fd:
+        return
+    dirs = sorted(by_fd, key=len, reverse=True)
+    for mod in list(sys.modules.values()):
+        paths = getattr(mod, "__path__", None)
+        if not isinstance(paths, list):
+            continue
+        for i, p in enumerate(paths):
+            base = next((d for d in dirs if p == d or p.startswith(d + os.sep)), None)
+            if base is not None:
+                paths[i] = by_fd[base] + p[len(base) :]
 
 
 def _stdlib_or_site(p: str) -> bool:

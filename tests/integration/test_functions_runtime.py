@@ -195,6 +195,7 @@ def test_workers_of_two_functions_cannot_read_each_others_code_or_environment(
                 "read": {
                     "b_code": str(b.code_dir / "main.py"),
                     "b_environ": f"/proc/{wb.pid}/environ",
+                    "b_code_via_proc": f"/proc/{wb.pid}/cwd/main.py",  # its cwd is its code
                     "own_code": "main.py",  # its working directory is its code
                     "own_code_by_host_path": str(a.code_dir / "main.py"),
                 }
@@ -206,6 +207,7 @@ def test_workers_of_two_functions_cannot_read_each_others_code_or_environment(
         assert r["env"] == "a-secret"
         assert r["b_code"] == "PermissionError"
         assert r["b_environ"] == "PermissionError"
+        assert r["b_code_via_proc"] == "PermissionError"
         assert r["own_code"] == "read"
         # The host's directories above the code are closed to workers: their own code is
         # reached only through the descriptor their working directory is.

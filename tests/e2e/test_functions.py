@@ -353,3 +353,39 @@ def test_delete_retires_the_workers_and_the_port(fn: Fn) -> None:
     wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 10, "hello's worker to end")
     fn.cli("function", "delete", "inside")
     assert "fn-inside" not in {i["name"] for i in fn.json("instance", "list")}
+
+
+def test_ai_services_are_enabled_called_and_metered_as_functions(fn: Fn) -> None:
+    from tests.aiinputs import png
+
+    fn.cli("ai", "enable", "ocr")
+    fn.cli("ai", "enable", "langid")
+    listed = {s["name"]: s["enabled"] for s in fn.json("ai", "list")}
+    assert listed["ocr"] and listed["langid"] and not listed["speech"]
+    image = fn.src / "text.png"
+    image.write_bytes(png(["你好世界", "Hello World"]))
+    with httpx.Client(timeout=120) as c:  # a multipart upload, as curl -F file=@… sends
+        resp = c.post(
+            f"{fn.endpoint}/v1/ai/ocr",
+            files={"file": ("text.png", image.read_bytes(), "image/png")},
+            headers={"Authorization": f"Bearer {fn.token}"},
+        )
+        assert resp.status_code == 200, resp.text
+        lines = [ln["text"] for ln in resp.json()["result"]["lines"]]
+        assert any("你好" in t for t in lines) and any("Hello" in t for t in lines), lines
+        bad = c.post(
+            f"{fn.endpoint}/v1/ai/ocr",
+            files={"file": ("notes.txt", b"not an image", "text/plain")},
+            headers={"Authorization": f"Bearer {fn.token}"},
+        )
+        assert bad.status_code == 422 and "not an image" in bad.text
+    out = json.loads(
+        fn.cli(
+            "ai", "call", "langid", "--text", "Ceci est une phrase en français.", "--json"
+        ).stdout  # fmt: skip
+    )
+    assert out["result"]["language"] == "fr"
+    p = fn.cli("ai", "call", "nosuch", "--text", "x", check=False)
+    assert p.returncode != 0 and "ocr" in p.stderr  # names the services there are
+    rows = fn.json("usage", "--by", "function")["items"]
+    assert {"ai-ocr", "ai-langid"} <= {r["name"] for r in rows}

@@ -11,7 +11,6 @@ peak memory (their memory cgroup) and latencies are printed: `pytest -s` shows t
 from __future__ import annotations
 
 import base64
-import glob
 import io
 import shutil
 import subprocess
@@ -23,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from tests.aiinputs import png as _png
 from yunhan.ai import SERVICES, service
 from yunhan.functions import FunctionRuntime, FunctionSpec, Invocation, Worker
 
@@ -85,37 +85,6 @@ def _ok(inv: Invocation) -> Any:
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-def _cjk_font() -> str:
-    """A font with Chinese glyphs from Debian's packages (scripts/install.sh installs
-    fonts-wqy-zenhei): fontconfig's answer, else the usual places."""
-    found: list[str] = []
-    if shutil.which("fc-list"):
-        out = subprocess.run(
-            ["fc-list", ":lang=zh", "file"], capture_output=True, text=True, check=False
-        ).stdout
-        found = sorted(line.split(":")[0].strip() for line in out.splitlines() if line.strip())
-    found += sorted(
-        glob.glob("/usr/share/fonts/**/*wqy*.tt[cf]", recursive=True)
-        + glob.glob("/usr/share/fonts/**/Noto*CJK*.tt[cf]", recursive=True)
-    )
-    if not found:
-        pytest.fail("no CJK font: run scripts/install.sh (it installs fonts-wqy-zenhei)")
-    return found[0]
-
-
-def _png(lines: list[str]) -> bytes:
-    from PIL import Image, ImageDraw, ImageFont
-
-    font = ImageFont.truetype(_cjk_font(), 40)
-    img = Image.new("RGB", (640, 80 * len(lines) + 40), "white")
-    draw = ImageDraw.Draw(img)
-    for i, line in enumerate(lines):
-        draw.text((30, 30 + 80 * i), line, font=font, fill="black")
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return buf.getvalue()
 
 
 def test_every_service_ships_its_source_and_fits_its_worker() -> None:

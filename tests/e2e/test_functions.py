@@ -379,11 +379,8 @@ def test_ai_services_are_enabled_called_and_metered_as_functions(fn: Fn) -> None
             headers={"Authorization": f"Bearer {fn.token}"},
         )
         assert bad.status_code == 422 and "not an image" in bad.text
-    out = json.loads(
-        fn.cli(
-            "ai", "call", "langid", "--text", "Ceci est une phrase en français.", "--json"
-        ).stdout  # fmt: skip
-    )
+    sentence = "Ceci est une phrase en français."
+    out = json.loads(fn.cli("ai", "call", "langid", "--text", sentence, "--json").stdout)
     assert out["result"]["language"] == "fr"
     p = fn.cli("ai", "call", "nosuch", "--text", "x", check=False)
     assert p.returncode != 0 and "ocr" in p.stderr  # names the services there are

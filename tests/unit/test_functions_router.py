@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from yunhan.errors import Throttled, Unreachable
+from yunhan.errors import Throttled, Unreachable, WorkerGone
 from yunhan.functions.autoscaler import Policy
 from yunhan.functions.hostclient import VersionMissing
 from yunhan.functions.router import Code, HostSlot, Result, Router, Target
@@ -26,6 +26,7 @@ class FakeHost:
         self.gate = threading.Event()
         self.gate.set()
         self.exit_next = False
+        self.vanished: set[str] = set()
         self.lock = threading.Lock()
         self.n = 0
 
@@ -47,6 +48,8 @@ class FakeHost:
         return wid, 1.0
 
     def invoke(self, wid: str, request_id: str, event: Any, timeout_s: float) -> dict[str, Any]:
+        if wid in self.vanished:
+            raise WorkerGone(f"no worker {wid}")
         self.gate.wait(5)
         exited = self.exit_next
         self.exit_next = False
@@ -135,6 +138,17 @@ def test_a_worker_that_exits_is_replaced_and_the_error_is_metered(rig: Any) -> N
     assert r.metered[-1][1] is True
     again = r.router.invoke(target(), {})
     assert again.ok and again.cold_start and again.result["worker"] == "h1-w2"
+
+
+def test_a_worker_gone_before_it_ran_the_request_is_replaced_and_the_request_runs(
+    rig: Any,
+) -> None:
+    r = rig()
+    r.router.invoke(target(), {})
+    r.hosts[0].vanished.add("h1-w1")  # its host reaped or lost it meanwhile
+    res = r.router.invoke(target(), {"again": True})
+    assert res.ok and res.result == {"echo": {"again": True}, "worker": "h1-w2"}
+    assert len(r.metered) == 2  # the lost attempt is not billed
 
 
 def test_no_host_fails_fast_with_the_reason(rig: Any) -> None:

@@ -24,6 +24,7 @@ from yunhan.api.deps import MAX_LONG_POLL, AppState
 from yunhan.api.fastpath import AgentFastPath
 from yunhan.api.function_hosts import FunctionHostInfo, function_hosts
 from yunhan.api.functions import Functions
+from yunhan.api.gatewayfast import GatewayFastPath
 from yunhan.api.journal import FLUSH_INTERVAL, SERVER_RESTARTED
 from yunhan.api.replicas import ReplicaBridge
 from yunhan.controller import Controller
@@ -70,7 +71,7 @@ async def _main(
         prices=prices,
     )
     config = uvicorn.Config(
-        AgentFastPath(app, app.state.yunhan),
+        GatewayFastPath(AgentFastPath(app, app.state.yunhan), app.state.yunhan),
         host=host,
         port=port,
         log_level="info",

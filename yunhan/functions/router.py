@@ -28,7 +28,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from yunhan.errors import Conflict, NotFound, Throttled, TimedOut, Unreachable, YunhanError
+from yunhan.errors import (
+    Conflict,
+    NotFound,
+    Throttled,
+    TimedOut,
+    Unreachable,
+    WorkerGone,
+    YunhanError,
+)
 from yunhan.functions.autoscaler import Kpa, Policy
 from yunhan.functions.hostclient import VersionMissing
 
@@ -411,20 +419,27 @@ class Router:
         rid = request_id or uuid.uuid4().hex
         pool = self.pool(target)
         deadline = time.monotonic() + max(target.timeout_s, 10.0)
-        w, held_ms = pool.acquire(deadline)
-        cold = not w.used
-        gone = True
-        try:
-            raw = w.host.client.invoke(w.wid, rid, event, target.timeout_s)
-            gone = bool(raw.get("worker_exited"))
-        except NotFound:
-            raw = {"ok": False, "error": "the worker vanished; retry"}
-        except YunhanError as exc:
-            raw = {"ok": False, "error": f"function host {w.host.name}: {exc.message}"}
-        finally:
-            pool.release(w, gone)
-        if gone:
-            self._forget(w)
+        for attempt in range(2):
+            w, held_ms = pool.acquire(deadline)
+            cold = not w.used
+            gone = True
+            retry = False
+            try:
+                raw = w.host.client.invoke(w.wid, rid, event, target.timeout_s)
+                gone = bool(raw.get("worker_exited"))
+            except (WorkerGone, NotFound):
+                # Gone before it ran this (its host restarted, or reaped it): never ran,
+                # so another worker may run it.
+                raw = {"ok": False, "error": "the worker had gone before it ran this; retry"}
+                retry = attempt == 0
+            except YunhanError as exc:
+                raw = {"ok": False, "error": f"function host {w.host.name}: {exc.message}"}
+            finally:
+                pool.release(w, gone)
+            if gone:
+                self._forget(w)
+            if not retry:
+                break
         res = Result(
             request_id=rid,
             version=target.version,

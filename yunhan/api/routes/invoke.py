@@ -101,21 +101,22 @@ def gateway(project: str, name: str, request: Request, c: CallerDep, event: Even
     """The handler's result is the body; request id, version and durations are headers."""
     st = state_of(request)
     fn = _function(st, _gateway_project(st, c, project), name)
-    res = _functions(st).invoke(fn, event, _request_id(request))
+    status, content, headers = answer(_functions(st).invoke(fn, event, _request_id(request)))
+    return JSONResponse(content, status_code=status, headers=headers)
+
+
+def answer(res: Result) -> tuple[int, Any, dict[str, str]]:
+    """The gateway's answer to one invocation (also `gatewayfast`'s): the handler's
+    result, or its failure as an error (502, a timeout 504), with the figures as headers."""
     if res.ok:
-        return JSONResponse(res.result, headers=_headers(res))
+        return 200, res.result, _headers(res)
     timed_out = (res.error or "").startswith("timed out")
-    return JSONResponse(
-        {
-            "error": {
-                "code": "function_timeout" if timed_out else "function_error",
-                "message": res.error,
-                "details": {"traceback": res.traceback} if res.traceback else {},
-            }
-        },
-        status_code=504 if timed_out else 502,
-        headers=_headers(res),
-    )
+    err = {
+        "code": "function_timeout" if timed_out else "function_error",
+        "message": res.error,
+        "details": {"traceback": res.traceback} if res.traceback else {},
+    }
+    return (504 if timed_out else 502), {"error": err}, _headers(res)
 
 
 @router.get("/v1/functions/{ref}/logs", response_model=FunctionLogs, responses=errors(404, 503))

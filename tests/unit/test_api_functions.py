@@ -67,6 +67,7 @@ def test_deploy_makes_v1_then_v2_with_the_config_snapshot(
     v1 = cloud.call("POST", "/v1/functions", t, json=_body(env={"A": "1"}))
     assert v1["id"].startswith("fn-") and v1["kind"] == "function"
     assert v1["spec"] == {"concurrency": 1, "min_scale": 0, "max_scale": 10, "idle_grace_s": 30,
+                          "scale_window_s": 60,
                           "traffic": None, "vpc": None, "subnet": None}  # fmt: skip
     assert (v1["status"]["latest_version"], v1["status"]["traffic"]) == (1, {"1": 100})
     (src := tmp_path / "src").mkdir()

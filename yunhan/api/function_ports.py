@@ -17,20 +17,11 @@ from fastapi import Request
 from yunhan.api.auth import Caller
 from yunhan.api.conventions import Idempotency
 from yunhan.api.deps import state_of
+from yunhan.api.functions import PORT_LABEL, port_of
 from yunhan.api.routes.instances import _create, _zone_has_hosts, delete_instance
 from yunhan.errors import Conflict
 from yunhan.model.schemas import InstanceCreate
-from yunhan.store import Reader, Resource
-
-PORT_LABEL = "yunhan.io/function"
-
-
-def port_of(r: Reader, fn: Resource) -> Resource | None:
-    """The function's port instance, if it has one."""
-    for inst in r.list("instance", fn.project):
-        if inst.labels.get(PORT_LABEL) == fn.id:
-            return inst
-    return None
+from yunhan.store import Resource
 
 
 def port_name(fn_name: str) -> str:

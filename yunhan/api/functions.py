@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from yunhan.api.function_hosts import FunctionHostInfo
-from yunhan.api.function_ports import port_of
 from yunhan.errors import NotFound, Unreachable
 from yunhan.functions.autoscaler import (
     DEFAULT_IDLE_GRACE,
@@ -27,7 +26,7 @@ from yunhan.functions.hostclient import HostClient
 from yunhan.functions.metering import Meter
 from yunhan.functions.router import Code, HostSlot, Result, Router, Target
 from yunhan.nsexec import netns_path
-from yunhan.store import Resource, Store
+from yunhan.store import Reader, Resource, Store
 from yunhan.store.functions import FunctionRows, VersionRow
 
 log = logging.getLogger(__name__)
@@ -35,6 +34,17 @@ log = logging.getLogger(__name__)
 PORT_TTL = 2.0  # seconds a function's port (namespace, host) is taken as read
 RECONCILE_EVERY = 2.0  # seconds between looks at the store for deleted or min-scaled functions
 Notify = Callable[[str, str, str, str], None]  # journal.notice
+
+
+PORT_LABEL = "yunhan.io/function"
+
+
+def port_of(r: Reader, fn: Resource) -> Resource | None:
+    """The function's port instance, if it has one."""
+    for inst in r.list("instance", fn.project):
+        if inst.labels.get(PORT_LABEL) == fn.id:
+            return inst
+    return None
 
 
 class Functions:

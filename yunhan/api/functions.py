@@ -8,6 +8,7 @@ decisions become events on the function, and its invocations become usage record
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -24,7 +25,7 @@ from yunhan.functions.autoscaler import (
 from yunhan.functions.catalog import traffic_of
 from yunhan.functions.hostclient import HostClient
 from yunhan.functions.metering import Meter
-from yunhan.functions.router import Code, HostSlot, Result, Router, Target
+from yunhan.functions.router import DEFAULT_QUEUE, Code, HostSlot, Result, Router, Target
 from yunhan.nsexec import netns_path
 from yunhan.store import Reader, Resource, Store
 from yunhan.store.functions import FunctionRows, VersionRow
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 PORT_TTL = 2.0  # seconds a function's port (namespace, host) is taken as read
 RECONCILE_EVERY = 2.0  # seconds between looks at the store for deleted or min-scaled functions
 Notify = Callable[[str, str, str, str], None]  # journal.notice
+ClientFactory = Callable[[str, str], HostClient]  # (endpoint, key) -> a host's client
 
 
 PORT_LABEL = "yunhan.io/function"
@@ -57,18 +59,26 @@ class Functions:
         meter: Meter,
         notify: Notify,
         hosts: Callable[[], Sequence[FunctionHostInfo]],
+        *,
+        client_factory: ClientFactory = HostClient,
+        queue: int = DEFAULT_QUEUE,
+        rng: random.Random | None = None,
     ) -> None:
+        """`client_factory` makes each host's client (tests give one over an in-memory
+        transport); `queue` and `rng` go to the router (requests held per version, the
+        traffic split's dice)."""
         self.store = store
         self.rows = rows
         self.meter = meter
         self._hosts = hosts  # the healthy function hosts
+        self._client_factory = client_factory
         self._clients: dict[tuple[str, str], HostClient] = {}
         self._lock = threading.Lock()
         self._versions: dict[tuple[str, int], VersionRow] = {}
         self._ports: dict[str, tuple[str, str, float]] = {}  # function -> netns, host, when
         self._stopping = threading.Event()
         self._reconciler: threading.Thread | None = None
-        self.router = Router(self._slots, emit=notify, meter=self._metered)
+        self.router = Router(self._slots, emit=notify, meter=self._metered, queue=queue, rng=rng)
 
     def start(self) -> None:
         self.router.start()
@@ -92,7 +102,7 @@ class Functions:
             with self._lock:
                 c = self._clients.get((h.endpoint, h.key))
                 if c is None:
-                    c = self._clients[(h.endpoint, h.key)] = HostClient(h.endpoint, h.key)
+                    c = self._clients[(h.endpoint, h.key)] = self._client_factory(h.endpoint, h.key)
             out.append(HostSlot(h.host, h.memory_mb, c))
         return out
 

@@ -264,6 +264,12 @@ def run(root: Group, argv: Sequence[str], *, transport: Transport | None = None)
         sys.stdout.flush()
         sys.stderr.write(f"error: {exc.message}\n")
         return 1
+    except SystemExit as exc:  # a command's own status (`function invoke` of a failing one)
+        sys.stdout.flush()
+        if exc.code is None or isinstance(exc.code, int):
+            return int(exc.code or 0)
+        sys.stderr.write(f"{exc.code}\n")
+        return 1
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130

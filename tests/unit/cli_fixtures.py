@@ -51,6 +51,30 @@ class AppTransport:
         pass
 
 
+class CountingTransport:
+    """A transport that notes each request (method, path) before passing it on: a test
+    sees that a refused command sent nothing."""
+
+    def __init__(self, inner: AppTransport) -> None:
+        self.inner = inner
+        self.sent: list[tuple[str, str]] = []
+
+    def __call__(
+        self,
+        base: str,
+        method: str,
+        target: str,
+        headers: dict[str, str],
+        body: bytes | None,
+        timeout: float,
+    ) -> Reply:
+        self.sent.append((method, target))
+        return self.inner(base, method, target, headers, body, timeout)
+
+    def close(self) -> None:
+        pass
+
+
 @dataclass
 class Run:
     code: int
@@ -68,7 +92,7 @@ class Region:
 
     http: TestClient
     capsys: pytest.CaptureFixture[str]
-    transport: AppTransport
+    transport: AppTransport | CountingTransport
     hosts: list[str] = field(default_factory=list)
     # Hosts whose agent acknowledges nothing, and hosts that report an apply error.
     silent: set[str] = field(default_factory=set)

@@ -122,7 +122,9 @@ class FakeFunctionHost:
             except BaseException as exc:
                 out["ok"] = False
                 out["error"] = f"{type(exc).__name__}: {exc}"
-                out["traceback"] = "".join(traceback.format_exception(exc))
+                tb = exc.__traceback__  # without this frame, as the worker leaves out its own
+                tb = tb.tb_next if tb is not None and tb.tb_next is not None else tb
+                out["traceback"] = "".join(traceback.format_exception(type(exc), exc, tb))
 
         t0 = time.monotonic()
         t = threading.Thread(target=run, daemon=True)

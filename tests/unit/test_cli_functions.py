@@ -4,10 +4,13 @@ people, JSON for scripts, one-line errors."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cli_fixtures import Region, region
+from fn_fixtures import FakeFunctionHost, functions_on
 
 from yunhan.functions.metering import PriceTable, parse_prices
 
@@ -117,3 +120,90 @@ def test_price_file_json_and_yaml(tmp_path: Path) -> None:
         parse_prices('{"per_request": -1}')
     with pytest.raises(ValidationError, match="cannot read the price file"):
         _prices(tmp_path / "missing.json")
+
+
+BOOM = "def handler(event, context):\n    raise KeyError(event['missing'])\n"
+
+
+@pytest.fixture
+def host(region: Region) -> Iterator[FakeFunctionHost]:
+    """The server's real router, on one in-memory function host (fn_fixtures)."""
+    h = FakeFunctionHost("az1-h1")
+    fns = functions_on(region.http.app.state.yunhan, [h])  # type: ignore[attr-defined]
+    yield h
+    fns.stop()
+
+
+def test_invoke_with_data_a_file_a_version_and_json(
+    region: Region, host: FakeFunctionHost, tmp_path: Path
+) -> None:
+    r = region
+    (tmp_path / "hello.py").write_text(HELLO)
+    r.ok("function", "deploy", "hello", "--source", str(tmp_path / "hello.py"),
+         "--handler", "hello.handler")  # fmt: skip
+    run = r.ok("function", "invoke", "hello", "--data", '{"name": "x", "n": [1, 2]}')
+    assert json.loads(run.stdout) == {"name": "x", "n": [1, 2]}
+    (note,) = run.stderr.splitlines()
+    assert note.startswith("request ") and "version 1" in note and "memory 128 MB" in note
+    assert "billed " in note and note.endswith("cold start")
+    (tmp_path / "event.json").write_text('["from", "a", "file"]')
+    run = r.ok("function", "invoke", "hello", "--data", f"@{tmp_path / 'event.json'}")
+    assert json.loads(run.stdout) == ["from", "a", "file"] and "cold start" not in run.stderr
+    assert json.loads(r.ok("function", "invoke", "hello").stdout) == {}  # no --data: {}
+    # A second version; --version runs the first.
+    (tmp_path / "hello.py").write_text("def handler(event, context):\n    return 'v2'\n")
+    r.ok("function", "deploy", "hello", "--source", str(tmp_path / "hello.py"),
+         "--handler", "hello.handler")  # fmt: skip
+    assert json.loads(r.ok("function", "invoke", "hello").stdout) == "v2"
+    run = r.ok("function", "invoke", "hello", "--version", "1", "--data", "7")
+    assert json.loads(run.stdout) == 7 and "version 1" in run.stderr
+    ans = r.cli("function", "invoke", "hello", "--json").json()
+    assert (ans["ok"], ans["version"], ans["result"]) == (True, 2, "v2")
+    assert set(ans) >= {"request_id", "duration_ms", "billed_duration_ms", "memory_mb",
+                        "cold_start"}  # fmt: skip
+    assert [e[2] for e in host.events] == [{"name": "x", "n": [1, 2]}, ["from", "a", "file"],
+                                           {}, {}, 7, {}]  # fmt: skip
+    # Bad --data is refused before any request; so is an unknown version by the API.
+    for data, message in (("{nope", "--data is not JSON"),
+                          (f"@{tmp_path / 'missing.json'}", "No such file")):  # fmt: skip
+        run = r.cli("function", "invoke", "hello", "--data", data)
+        assert run.code == 1 and message in run.stderr and run.stdout == ""
+    run = r.cli("function", "invoke", "hello", "--version", "9")
+    assert run.code == 1 and "has no version 9" in run.stderr
+    assert len(host.events) == 6
+
+
+def test_a_failing_function_exits_1_with_its_error_and_traceback(
+    region: Region, host: FakeFunctionHost, tmp_path: Path
+) -> None:
+    r = region
+    (tmp_path / "boom.py").write_text(BOOM)
+    r.ok("function", "deploy", "boom", "--source", str(tmp_path / "boom.py"),
+         "--handler", "boom.handler")  # fmt: skip
+    run = r.cli("function", "invoke", "boom", "--data", "{}")
+    assert run.code == 1 and run.stdout == ""
+    lines = run.stderr.splitlines()
+    assert lines[0].startswith("request ") and "version 1" in lines[0]
+    assert lines[1] == "error: KeyError: 'missing'"
+    assert lines[2:4] == ["Traceback (most recent call last):",
+                          '  File "boom.py", line 2, in handler']  # fmt: skip
+    run = r.cli("function", "invoke", "boom", "--json")
+    assert run.code == 1
+    ans = json.loads(run.stdout)
+    assert ans["ok"] is False and ans["error"] == "KeyError: 'missing'" and ans["traceback"]
+
+
+def test_logs_with_tail(region: Region, host: FakeFunctionHost, tmp_path: Path) -> None:
+    r = region
+    (tmp_path / "hello.py").write_text(HELLO)
+    f = r.cli("function", "deploy", "hello", "--source", str(tmp_path / "hello.py"),
+              "--handler", "hello.handler", "--json").json()  # fmt: skip
+    rids = [r.cli("function", "invoke", "hello", "--json").json()["request_id"] for _ in range(3)]
+    assert r.ok("function", "logs", "hello").stdout.splitlines() == [
+        f"[az1-h1] START {rid} v1" for rid in rids
+    ]
+    assert (
+        r.ok("function", "logs", f["id"], "--tail", "1").stdout == f"[az1-h1] START {rids[2]} v1\n"
+    )
+    run = r.cli("function", "logs", "nope")
+    assert run.code == 1 and "no function 'nope'" in run.stderr

@@ -468,28 +468,28 @@ class FunctionSource(_Body):
     )
 
 
+# Bounds before the validator, as _Port's: on `Int | None` they would be published as
+# "ge"/"le" keys that JSON Schema does not know (and clients would not see them).
+_Concurrency = Annotated[int, Field(ge=1, le=MAX_SCALE), BeforeValidator(_json_integer)]
+_MinScale = Annotated[int, Field(ge=0, le=MAX_SCALE), BeforeValidator(_json_integer)]
+_MaxScale = Annotated[int, Field(ge=1, le=MAX_SCALE), BeforeValidator(_json_integer)]
+_IdleGrace = Annotated[int, Field(ge=0, le=MAX_IDLE_GRACE), BeforeValidator(_json_integer)]
+_ScaleWindow = Annotated[int, Field(ge=6, le=3600), BeforeValidator(_json_integer)]
+
+
 class FunctionScaling(_Body):
     """What is not per version; absent: unchanged (defaults on the first deploy)."""
 
-    concurrency: Int | None = Field(
-        default=None, ge=1, le=MAX_SCALE, description="target in-flight requests per worker (1)"
+    concurrency: _Concurrency | None = Field(
+        default=None, description="target in-flight requests per worker (1)"
     )
-    min_scale: Int | None = Field(
-        default=None, ge=0, le=MAX_SCALE, description="workers kept warm (0)"
+    min_scale: _MinScale | None = Field(default=None, description="workers kept warm (0)")
+    max_scale: _MaxScale | None = Field(default=None, description="workers at most (10)")
+    idle_grace_s: _IdleGrace | None = Field(
+        default=None, description="seconds idle before scaling to zero (30)"
     )
-    max_scale: Int | None = Field(
-        default=None, ge=1, le=MAX_SCALE, description="workers at most (10)"
-    )
-    idle_grace_s: Int | None = Field(
+    scale_window_s: _ScaleWindow | None = Field(
         default=None,
-        ge=0,
-        le=MAX_IDLE_GRACE,
-        description="seconds idle before scaling to zero (30)",
-    )
-    scale_window_s: Int | None = Field(
-        default=None,
-        ge=6,
-        le=3600,
         description="the scaler's stable window in seconds (60); the panic window is a tenth",
     )
 

@@ -41,7 +41,7 @@ def _source(svc: catalog.ServiceDef) -> tuple[str, str]:
     return base64.b64encode(content).decode(), hashlib.sha256(content).hexdigest()
 
 
-@router.get("/services", response_model=AiServices)
+@router.get("/services", response_model=AiServices, responses=errors())
 def list_services(request: Request, c: CallerDep) -> dict[str, Any]:
     """Every built-in service, and whether this project has enabled it."""
     st = state_of(request)
@@ -98,7 +98,7 @@ def enable(
     return deploy_function(body, request, c, idem)
 
 
-@router.delete("/services/{service}", response_model=Function, responses=errors(404))
+@router.delete("/services/{service}", response_model=Function, responses=errors(404, 422))
 def disable(service: str, request: Request, c: CallerDep) -> Any:
     """Remove the service's function from this project (its usage is kept)."""
     catalog.service(service)

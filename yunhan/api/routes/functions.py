@@ -18,6 +18,7 @@ import os
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
+from pydantic import Field
 
 from yunhan.api.auth import Caller
 from yunhan.api.conventions import (
@@ -316,7 +317,8 @@ def get_usage(
         str | Optional, Query(description="this project's (name or id); admin only for others")
     ] = None,
     since: Annotated[
-        float | Optional, Query(ge=0, le=2**40, description="from this unix time on")
+        Annotated[float, Field(ge=0, le=2**40)] | Optional,
+        Query(description="from this unix time on"),
     ] = None,
     by: Annotated[Literal["function", "day"], Query(description="group by")] = "function",
 ) -> Any:

@@ -157,8 +157,14 @@ def _resource(body: bytes, path_params: dict[str, Any]) -> str | None:
 
 
 def request_id(scope: Scope) -> str:
-    """The request's id: a sane X-Request-Id it came with, else a new one."""
-    return _request_id(scope)
+    """The request's id: a sane X-Request-Id it came with, else a new one; the same on
+    every call for one request (kept in its scope's state), so that the id a function
+    ran under is the one its answer carries."""
+    state = scope.setdefault("state", {})
+    rid = state.get(REQUEST)
+    if not isinstance(rid, str):
+        rid = state[REQUEST] = _request_id(scope)
+    return rid
 
 
 class AuditMiddleware:

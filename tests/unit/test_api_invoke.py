@@ -16,9 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 from fn_fixtures import FakeFunctionHost, functions_on
 
 from yunhan.api.functions import Functions
+from yunhan.api.gatewayfast import GatewayFastPath
 from yunhan.functions.bundle import pack
 from yunhan.store import schema as s
 
@@ -164,6 +166,59 @@ def test_the_gateway_answers_the_result_or_the_failure(
                    json={})  # fmt: skip
     cloud.rejected("POST", "/v1/functions/hello/invoke", 404, "no function 'hello'", other,
                    json={})  # fmt: skip
+
+
+RID = "def handler(event, context):\n    return context.request_id\n"
+
+
+def test_the_servers_gateway_fast_path_answers_as_the_route(
+    cloud: Cloud, tenant: dict[str, str], fns: Functions, h1: FakeFunctionHost, tmp_path: Path
+) -> None:
+    """The server wraps the app in GatewayFastPath (api.server): valid gateway calls are
+    answered beside the framework, the same as the route does; the rest go to the app."""
+    st = cloud.client.app.state.yunhan  # type: ignore[attr-defined]
+    fast = GatewayFastPath(cloud.client.app, st)
+    client = TestClient(fast)
+    try:
+        deploy(cloud, tenant, tmp_path, "rid", RID)
+        deploy(cloud, tenant, tmp_path, "boom", BOOM)
+        for c in (cloud.client, client):  # the route, then the fast path
+            r = c.post("/fn/tenant/rid", json={}, headers=tenant)
+            assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+            # The id the function ran under is the one the caller is given.
+            assert r.json() == r.headers["X-Request-Id"]
+            assert r.headers["X-Yunhan-Function-Version"] == "1"
+            r = c.post("/fn/tenant/rid", json={}, headers={**tenant, "X-Request-Id": "mine-1"})
+            assert r.json() == "mine-1" == r.headers["X-Request-Id"]
+            r = c.post("/fn/tenant/boom", json=1, headers=tenant)
+            assert r.status_code == 502 and r.json()["error"]["code"] == "function_error"
+        assert fast.served == 3
+        # Refusals and unknown names are the app's answers (and its audit records).
+        other = cloud.project("other")
+        assert client.post("/fn/tenant/rid", json={}, headers=other).status_code == 403
+        assert client.post("/fn/tenant/nope", json={}, headers=tenant).status_code == 404
+        assert client.post("/fn/tenant/rid", content=b"{", headers=tenant).status_code == 400
+        assert fast.served == 3
+    finally:
+        fast.close()
+
+
+@pytest.mark.parametrize("content_type", [None, "application/x-www-form-urlencoded", "text/plain"])
+def test_a_body_not_sent_as_json_is_read_as_json(
+    cloud: Cloud, tenant: dict[str, str], fns: Functions, content_type: str | None, tmp_path: Path
+) -> None:
+    """`curl -d '{"name": "x"}' URL` sends the body form-urlencoded: the event is its JSON
+    all the same (as the gateway's fast path reads it), and a body that is not JSON is a
+    400, not the server's error."""
+    deploy(cloud, tenant, tmp_path, "hello", HELLO)
+    h = {**tenant, **({"Content-Type": content_type} if content_type else {})}
+    r = cloud.client.post("/fn/tenant/hello", content=b'{"name": "curl"}', headers=h)
+    assert r.status_code == 200 and r.json() == {"hello": "curl"}
+    r = cloud.client.post("/v1/functions/hello/invoke", content=b'{"name": "d"}', headers=h)
+    assert r.status_code == 200 and r.json()["result"] == {"hello": "d"}
+    for path in ("/fn/tenant/hello", "/v1/functions/hello/invoke"):
+        err = cloud.rejected("POST", path, 400, "", h, content=b"{nope")
+        assert err["code"] == "bad_request" and "JSON" in err["message"]
 
 
 def test_a_full_queue_is_429(cloud: Cloud, tenant: dict[str, str], h1: FakeFunctionHost,

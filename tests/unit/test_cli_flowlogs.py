@@ -71,7 +71,10 @@ def test_enable_list_show_disable(prod: Region) -> None:
     assert r.ok("flowlog", "list").stdout.strip() == "no flow_logs"
 
 
-def test_errors_are_one_line(prod: Region) -> None:
+def test_errors_are_one_line(prod: Region, monkeypatch: pytest.MonkeyPatch) -> None:
+    # argparse wraps its usage line to the terminal: without one (pytest-xdist's workers,
+    # CI) that is 80 columns; give the width of a usual terminal.
+    monkeypatch.setenv("COLUMNS", "120")
     r = prod
     bad = r.cli("flowlog", "enable")
     assert bad.code != 0 and "exactly one of --vpc, --subnet and --instance" in bad.stderr

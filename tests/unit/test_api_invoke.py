@@ -337,3 +337,62 @@ def test_deleting_a_function_stops_its_workers(
     assert len(h1.workers) == 1
     cloud.rejected("POST", "/v1/functions/hello/invoke", 404, "no function 'hello'", tenant,
                    json={})  # fmt: skip
+
+
+def test_reconcile_warms_min_scale_and_drops_what_another_replica_deleted(
+    cloud: Cloud, tenant: dict[str, str], fns: Functions, h1: FakeFunctionHost, tmp_path: Path
+) -> None:
+    warm = deploy(cloud, tenant, tmp_path, "warm", HELLO, min_scale=2)
+    gone = deploy(cloud, tenant, tmp_path, "gone", HELLO)
+    cloud.call("POST", "/v1/functions/gone/invoke", tenant, json={})
+    fns.reconcile()  # a pool for warm's version, though nobody called it
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        fns.router.tick()
+        if fns.router.workers().get((warm["id"], 1)) == 2:
+            break
+        time.sleep(0.05)
+    assert fns.router.workers()[(warm["id"], 1)] == 2
+    # Another replica deletes `gone`: the store no longer has it, this router was not told.
+    st = cloud.client.app.state.yunhan  # type: ignore[attr-defined]
+    with st.store.transaction() as tx:
+        tx.delete(tx.get("function", gone["id"]))
+    fns.reconcile()
+    assert (gone["id"], 1) not in fns.router.workers()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not any(s[1] == gone["id"] for s in h1.stopped):
+        time.sleep(0.01)
+    assert [s for s in h1.stopped if s[1] == gone["id"]]
+
+
+def test_a_function_in_a_subnet_runs_in_its_port_on_the_ports_host(
+    cloud: Cloud, tenant: dict[str, str], fns: Functions, h1: FakeFunctionHost, tmp_path: Path
+) -> None:
+    cloud.call("POST", "/v1/vpcs", tenant, json={"name": "v", "cidrs": ["10.0.0.0/16"]})
+    cloud.call("POST", "/v1/subnets", tenant, json={"name": "s", "vpc": "v", "cidr": "10.0.1.0/24"})
+    body = {"name": "inside", "handler": "main.handler", "vpc": "v", "subnet": "s",
+            "source": {"tar_gz": _src(tmp_path, HELLO)}}  # fmt: skip
+    before = cloud.revision()  # no zone has a host: refused whole, nothing written
+    cloud.rejected("POST", "/v1/functions", 409, "no zone has a host", tenant, json=body)
+    assert cloud.revision() == before
+    cloud.zone("az1", "198.18.1.0/24")
+    cloud.host("h1", "az1", "198.18.1.11")
+    fn = deploy(cloud, tenant, tmp_path, "inside", HELLO, vpc="v", subnet="s")
+    ports = [i for i in cloud.call("GET", "/v1/instances", tenant)["items"]
+             if i["labels"].get("yunhan.io/function") == fn["id"]]  # fmt: skip
+    assert [p["name"] for p in ports] == ["fn-inside"]
+    assert ports[0]["spec"]["subnet"] == fn["spec"]["subnet"]
+    # Not running yet: a clear 503, nothing started.
+    cloud.rejected("POST", "/v1/functions/inside/invoke", 503, "not running yet", tenant,
+                   json={})  # fmt: skip
+    st = cloud.client.app.state.yunhan  # type: ignore[attr-defined]
+    with st.store.transaction() as tx:  # as its agent would report it
+        port = tx.get("instance", ports[0]["id"])
+        tx.update(port, status={**port.status, "phase": "running", "netns": "ns-port",
+                                "host": "h1"})  # fmt: skip
+    cloud.call("POST", "/v1/functions/inside/invoke", tenant, json={})
+    (spawn,) = [w for w in h1.workers.values() if w["function"] == fn["id"]]
+    assert spawn["netns"] == "/run/netns/ns-port"
+    cloud.call("DELETE", "/v1/functions/inside", tenant)
+    names = [i["name"] for i in cloud.call("GET", "/v1/instances", tenant)["items"]]
+    assert "fn-inside" not in names

@@ -28,6 +28,20 @@ def port_name(fn_name: str) -> str:
     return f"fn-{fn_name}"[:63].rstrip("-")
 
 
+def check_port(request: Request, subnet: str | None) -> None:
+    """Refuse a deploy into a subnet no zone could place its port in, before anything is
+    written (409, as an instance there would be)."""
+    if subnet is None:
+        return
+    st = state_of(request)
+    with st.store.read() as r:
+        if not any(_zone_has_hosts(r, z.id) for z in r.list("zone", st.admin_project_id)):
+            raise Conflict(
+                "no zone has a host for the function's port in its subnet: a function in a "
+                "VPC runs in a port (an instance) there"
+            )
+
+
 def ensure_port(request: Request, c: Caller, fn: Resource) -> None:
     """Give a function in a subnet its port (a new subnet: a new port, the old one goes)."""
     st = state_of(request)

@@ -33,7 +33,7 @@ from yunhan.api.conventions import (
     patched_labels,
 )
 from yunhan.api.deps import AppState, CallerDep, state_of
-from yunhan.api.function_ports import drop_port, ensure_port
+from yunhan.api.function_ports import check_port, drop_port, ensure_port
 from yunhan.api.models import Function, FunctionList, FunctionVersions, UsageReport
 from yunhan.api.views import resolve
 from yunhan.errors import Forbidden, ValidationError
@@ -156,6 +156,10 @@ def deploy_function(
             field="timeout",
         )
     check_bundle(content, body.handler)
+    if body.subnet is not None:
+        with st.store.read() as r:
+            subnet = resolve(r, "subnet", c.project.id, body.subnet).id
+        check_port(request, subnet)
     sha = hashlib.sha256(content).hexdigest()
     now = st.clock()
     with st.store.transaction() as tx:

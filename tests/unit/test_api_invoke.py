@@ -92,6 +92,8 @@ def test_invoke_answers_the_envelope_cold_then_warm(
     assert list(h1.versions) == [(fn["id"], 1)]
     assert [w["owner"] for w in h1.workers.values()] == [fns.router.owner]
     assert h1.events == [("hello", 1, {"name": "x"}), ("hello", 1, {"name": "y"})]
+    shown = cloud.call("GET", "/v1/functions/hello", tenant)
+    assert shown["status"]["workers"] == {"1": 1}  # the router's, live
     # No body: the event is null, which the handler sees as such.
     r = cloud.client.post("/v1/functions/hello/invoke", headers=tenant)
     assert r.status_code == 200 and r.json()["ok"] is False

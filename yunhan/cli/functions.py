@@ -42,6 +42,7 @@ def function_row(res: dict[str, Any]) -> dict[str, Any]:
         "id": res.get("id"),
         "latest": st.get("latest_version"),
         "traffic": _split(st.get("traffic")),
+        "workers": ", ".join(f"v{v}={n}" for v, n in (st.get("workers") or {}).items()) or None,
         "handler": latest.get("handler"),
         "memory_mb": latest.get("memory_mb"),
         "timeout_s": latest.get("timeout_s"),

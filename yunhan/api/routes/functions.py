@@ -224,8 +224,15 @@ def list_functions(request: Request, c: CallerDep, page: PageDep) -> Any:
 
 @router.get("/functions/{ref}", response_model=Function, responses=errors(404))
 def get_function(ref: str, request: Request, c: CallerDep) -> Any:
-    with state_of(request).store.read() as r:
-        return resolve(r, "function", c.project.id, ref).envelope()
+    """The function; `status.workers` is what this server's router runs now, per version
+    (live, not stored: it changes with every scaling step)."""
+    st = state_of(request)
+    with st.store.read() as r:
+        env = resolve(r, "function", c.project.id, ref).envelope()
+    if st.runner is not None:
+        live = st.runner.router.workers()
+        env["status"]["workers"] = {str(v): n for (f, v), n in live.items() if f == env["id"]}
+    return env
 
 
 @router.get("/functions/{ref}/versions", response_model=FunctionVersions, responses=errors(404))

@@ -56,10 +56,7 @@ class AgentFastPath:
     def _caller(self, scope: Scope, name: str) -> Caller | None:
         """The caller if it may use host `name`'s agent endpoints and the host is
         registered; None for anything the app should answer (and audit) itself."""
-        header = None
-        for k, v in scope.get("headers", ()):
-            if k == b"authorization":
-                header = v.decode("latin-1")
+        header = authorization(scope)
         st = self.st
         try:
             with st.store.read() as r:
@@ -109,6 +106,15 @@ class AgentFastPath:
         self.served += 1
         await status_report(self.st, name, report)
         await _respond(scope, send, 204, b"", {})
+
+
+def authorization(scope: Scope) -> str | None:
+    """The request's Authorization header, as `auth.authenticate` takes it."""
+    header = None
+    for k, v in scope.get("headers", ()):
+        if k == b"authorization":
+            header = v.decode("latin-1")
+    return header
 
 
 def _query(scope: Scope) -> dict[str, str] | None:

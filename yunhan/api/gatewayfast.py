@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from yunhan.api.auth import authenticate
 from yunhan.api.deps import AppState
-from yunhan.api.fastpath import _read_body, _replayer, _respond
+from yunhan.api.fastpath import _read_body, _replayer, _respond, authorization
 from yunhan.api.journal import request_id
 from yunhan.api.routes.invoke import answer
 from yunhan.api.views import resolve
@@ -78,10 +78,7 @@ class GatewayFastPath:
     def _function(self, scope: Scope, project: str, name: str) -> Resource | None:
         """The function if the caller may call it (its own project's, or the admin);
         None for anything the app should answer itself."""
-        header = None
-        for k, v in scope.get("headers", ()):
-            if k == b"authorization":
-                header = v.decode("latin-1")
+        header = authorization(scope)
         st = self.st
         try:
             with st.store.read() as r:

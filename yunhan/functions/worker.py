@@ -167,6 +167,12 @@ def _become(setup: Setup, zygote: int, imports: Mapping[str, int]) -> None:
     by_fd = {p: f"/proc/self/fd/{CHANNEL_FD + 1 + i}" for i, p in enumerate(imports)}
     sys.path[:] = [code_dir, *(by_fd.get(p, p) for p in sys.path if _stdlib_or_site(p))]
     _repath_packages(by_fd)
+    # Tracebacks name files as the user knows them: the code's relative to its root, the
+    # interpreter's by their real path, not through our descriptors.
+    _SHOWN[:] = [
+        (f'File "{code_dir}/', 'File "'),
+        *((f'"{v}/', f'"{k}/') for k, v in by_fd.items()),
+    ]
     importlib.invalidate_caches()
 
 
@@ -208,11 +214,16 @@ def _load(setup: Setup) -> Callable[..., Any]:
     return fn  # type: ignore[no-any-return]
 
 
+_SHOWN: list[tuple[str, str]] = []  # (path through a descriptor, path shown), set in _become
+
+
 def _error(exc: BaseException, *, skip_frames: int = 0) -> dict[str, Any]:
     tb = exc.__traceback__
     for _ in range(skip_frames):  # the harness's own frames tell the user nothing
         tb = tb.tb_next if tb is not None and tb.tb_next is not None else tb
     text = "".join(traceback.format_exception(type(exc), exc, tb))
+    for ours, shown in _SHOWN:
+        text = text.replace(ours, shown)
     return {"error": f"{type(exc).__name__}: {exc}", "traceback": text}
 
 

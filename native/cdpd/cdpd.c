@@ -46,6 +46,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -241,7 +242,10 @@ static int recover(void) {
         if (flush) {
             if (len || h.off) { why = "flush marker with a range"; break; }
         } else {
-            if (!len || len % BLK || h.off % BLK || h.off + len > cfg.size) { why = "bad range"; break; }
+            if (!len || len % BLK || h.off % BLK || h.off > cfg.size || len > cfg.size - h.off) {
+                why = "bad range";
+                break;
+            }
             if (!zero) {
                 if (len > MAX_DATA || h.dpos >> 48 || h.dpos % BLK || h.dpos + len > dsize) {
                     why = "data not in the data log";
@@ -586,6 +590,13 @@ int main(int argc, char **argv) {
     if (rc) return rc;
     bfd = open_in("base.img", (cfg.journal ? O_RDONLY : O_RDWR) | O_DIRECT);
     if (bfd < 0) goto fail;
+    /* One server per volume: a second one (a stale process, a double start) would interleave
+     * its records with ours. The lock goes with the process, also on SIGKILL. */
+    if (flock(bfd, LOCK_EX | LOCK_NB)) {
+        logmsg("%s/base.img is locked: %s", cfg.dir,
+               errno == EWOULDBLOCK ? "another yunhan-cdpd serves this volume" : strerror(errno));
+        goto fail;
+    }
     if (cfg.journal) {
         dfd = open_in("data.00000", O_RDWR | O_CREAT | O_DIRECT);
         hfd = open_in("journal.00000", O_RDWR | O_CREAT);

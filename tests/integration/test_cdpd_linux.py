@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pytest
 
+from yunhan.errors import VolumeError
 from yunhan.polling import poll_until
 from yunhan.volume import cdpd as cd
 from yunhan.volume import journal as j
@@ -271,3 +272,19 @@ def test_a_loop_device_carries_ext4_on_cdpd(
         assert c.stop() == 0
         assert j.materialise(c.directory, j.index_at(c.directory, SIZE)) == served
         assert any(r.kind is j.Kind.ZERO for r in j.scan_volume(c.directory, SIZE).records)
+
+
+def test_a_second_cdpd_on_a_served_volume_is_refused_and_leaves_nothing(
+    volume: Callable[..., cd.Cdpd], tmp_path: Path, uniq: Callable[[str], str]
+) -> None:
+    c = volume()
+    other = cd.Cdpd(c.directory, tmp_path / "other", size=SIZE, name=uniq("cdpd"))
+    with pytest.raises(VolumeError, match="another yunhan-cdpd serves this volume"):
+        other.start()
+    assert not other.alive()
+    assert cd.mount_source(other.mount) is None
+    # Nor can anything start on a mount point that is in use.
+    same = cd.Cdpd(c.directory, c.mount, size=SIZE, name=uniq("cdpd"))
+    with pytest.raises(VolumeError, match="already a mount point"):
+        same.start()
+    assert c.volume_file.stat().st_size == SIZE  # the first one still serves

@@ -119,11 +119,12 @@ def mount_source(mount: str | os.PathLike[str]) -> str | None:
     return found  # the last one is the one on top
 
 
-def unmount(mount: str | os.PathLike[str]) -> None:
-    """Lazily unmount `mount` (also a dead FUSE mount); nothing mounted there is done."""
+def unmount(mount: str | os.PathLike[str], source: str | None = None) -> None:
+    """Lazily unmount `mount` (also a dead FUSE mount), every layer mounted there, or only
+    while the top one's source is `source`; nothing (of that source) mounted there is done."""
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     path = os.fsencode(os.path.abspath(mount))
-    while mount_source(mount) is not None:
+    while (found := mount_source(mount)) is not None and source in (None, found):
         if libc.umount2(path, _MNT_DETACH) != 0:
             err = ctypes.get_errno()
             if err in (errno.EINVAL, errno.ENOENT):  # not a mount point (any more)
@@ -248,7 +249,7 @@ class Cdpd:
             except subprocess.TimeoutExpired:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
-        unmount(self.mount)
+        unmount(self.mount, self.fsname)  # ours only: never what another process mounted there
         return proc.returncode if proc is not None else None
 
     def __enter__(self) -> Cdpd:

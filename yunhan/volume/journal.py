@@ -383,10 +383,17 @@ def _start_index(directory: Path, volume_size: int, headers: bytes, t_ns: int | 
     return Index(volume_size)
 
 
-def index_at(directory: str | os.PathLike[str], volume_size: int, t_ns: int | None = None) -> Index:
+def index_at(
+    directory: str | os.PathLike[str],
+    volume_size: int,
+    t_ns: int | None = None,
+    *,
+    verify_data: bool = False,
+) -> Index:
     """The index of the volume as it was at time `t_ns` (None: now, every valid record):
     base plus the longest seq prefix of records timed <= t_ns. Starts from the newest
-    usable checkpoint at or before t_ns and replays the headers after it."""
+    usable checkpoint at or before t_ns and replays the headers after it. `verify_data`
+    also checks the data crc of the records replayed (as cdpd's recovery does; slow)."""
     d = Path(directory)
     headers = read_headers(d)
     index = _start_index(d, volume_size, headers, t_ns)
@@ -398,6 +405,7 @@ def index_at(directory: str | os.PathLike[str], volume_size: int, t_ns: int | No
         first_seq=index.seq + 1,
         prev_t_ns=index.t_ns,
         upto_t_ns=t_ns,
+        data_ok=_data_checker(d) if verify_data else None,
     )
     for rec in s.records:
         index.apply(rec)

@@ -106,16 +106,19 @@ def _unescape(field: str) -> str:
     return "".join(out)
 
 
-def mount_source(mount: str | os.PathLike[str]) -> str | None:
-    """The source ("yunhan-cdpd:<name>" for ours) of what is mounted at `mount`, or None."""
+def mount_source(mount: str | os.PathLike[str], mountinfo: str | None = None) -> str | None:
+    """The source ("yunhan-cdpd:<name>" for ours) of what is mounted at `mount`, or None;
+    read from /proc/self/mountinfo unless its text is given."""
+    if mountinfo is None:
+        with open("/proc/self/mountinfo") as f:
+            mountinfo = f.read()
     target = os.path.abspath(mount)
     found = None
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            fields = left.split()
-            if len(fields) >= 5 and _unescape(fields[4]) == target:
-                found = right.split()[1] if len(right.split()) > 1 else ""
+    for line in mountinfo.splitlines():
+        left, _, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if len(fields) >= 5 and _unescape(fields[4]) == target:
+            found = tail[1] if len(tail) > 1 else ""
     return found  # the last one is the one on top
 
 

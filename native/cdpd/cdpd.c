@@ -2,6 +2,7 @@
  *
  *   yunhan-cdpd --dir VOLDIR --mount MNT --size BYTES [--mode journal|plain]
  *               [--durability strict|flush] [--name NAME] [--threads N]
+ *               [--checkpoint-every RECORDS]
  *
  * Serves the volume as one file, MNT/vol, on a FUSE mount (libfuse3, multithreaded),
  * meant to be looped by a loop device with 4 KiB sectors (or used with aligned O_DIRECT).
@@ -22,6 +23,8 @@
  *                 header in the kernel: survives SIGKILL; a power cut keeps what the last
  *                 FLUSH covered (a disk with a write cache). For the bench's comparison.
  *
+ * Checkpoints (ck.<seq>, journal.py's format) are written by a thread every RECORDS records
+ * once they are durable, and at a clean stop; a restart replays only what follows the newest.
  * Start: the journal is recovered first (headers in seq order up to the first one whose
  * magic, crc, seq, time, range or data crc32c does not check; the header log is cut there),
  * then the mount. A write that failed to reach the journal, or an fdatasync that failed,
@@ -35,6 +38,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
+#include <dirent.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -80,7 +84,8 @@ static struct {
     const char *dir, *mnt, *name;
     uint64_t size;
     int journal, strict, threads;
-} cfg = {.strict = 1, .journal = 1, .threads = 16, .name = "volume"};
+    uint64_t ck_every;
+} cfg = {.strict = 1, .journal = 1, .threads = 16, .name = "volume", .ck_every = 20000};
 
 static int bfd = -1, dfd = -1, hfd = -1;
 static int64_t *idx; /* journal mode: per block, a data position or IDX_BASE / IDX_ZERO */
@@ -90,6 +95,9 @@ static uint64_t seq, durable, last_t; /* under mu */
 static off_t hend;                     /* under mu: where the next header goes */
 static int syncing, failed;            /* under mu: a thread is in fdatasync; the volume failed */
 static _Atomic uint64_t dend;          /* next free data position */
+static pthread_cond_t ck_cv = PTHREAD_COND_INITIALIZER;
+static int ck_want, ck_stop;  /* under mu: the checkpoint thread is asked to write / to end */
+static uint64_t ck_last_seq; /* under mu: seq of the last checkpoint written or loaded */
 static atomic_ulong n_writes, n_reads, n_flushes, n_syncs, n_zero, n_bytes;
 
 static void logmsg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -193,6 +201,10 @@ static int append_locked(struct hdr *h) {
     hend += (off_t)sizeof *h;
     seq = h->seq;
     last_t = h->t_ns;
+    if (cfg.ck_every && seq - ck_last_seq >= cfg.ck_every && !ck_want) {
+        ck_want = 1;
+        pthread_cond_signal(&ck_cv);
+    }
     uint32_t len = h->lenf & LENGTH_MASK;
     if (!(h->lenf & FLAG_FLUSH)) {
         uint64_t b0 = h->off / BLK;
@@ -236,8 +248,136 @@ static int journal_sync(void) {
     return rc;
 }
 
-/* Replay the header log into the index: every record that checks, in seq order; cut the
- * header log after the last one (the tail after it was never acknowledged). */
+/* ---- checkpoints ------------------------------------------------------------------------
+ * ck.<seq, 20 digits>: journal.py's format. A 40-byte head (magic "YHCK", crc32 of the rest
+ * of the head and of the index, seq, t_ns, header-log position after record seq, number of
+ * blocks) then the index (int64 per block). Written to a temporary name, synced, renamed,
+ * directory synced; only once every record it covers is durable. Recovery starts from the
+ * newest one whose last record is still in the header log, so that a restart replays (and
+ * crc-checks) only the records after it. */
+
+struct __attribute__((packed)) ckhead {
+    char magic[4];
+    uint32_t crc;
+    uint64_t seq, t_ns, hpos, nblocks;
+};
+_Static_assert(sizeof(struct ckhead) == 40, "a checkpoint head is 40 bytes");
+
+static uint32_t ck_crc(const struct ckhead *c, const int64_t *blocks) {
+    uLong crc = crc32(0, (const Bytef *)&c->seq, sizeof *c - 8);
+    return (uint32_t)crc32_z(crc, (const Bytef *)blocks, c->nblocks * sizeof *blocks);
+}
+
+static int sync_dir(void) {
+    int fd = open(cfg.dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return -errno;
+    int rc = fsync(fd) ? -errno : 0;
+    close(fd);
+    return rc;
+}
+
+static int write_checkpoint(const int64_t *blocks, uint64_t s, uint64_t t, uint64_t hp) {
+    char path[PATH_MAX], tmp[PATH_MAX];
+    snprintf(path, sizeof path, "%s/ck.%020" PRIu64, cfg.dir, s);
+    snprintf(tmp, sizeof tmp, "%s/.ck.%020" PRIu64 ".tmp", cfg.dir, s);
+    struct ckhead c = {.magic = {'Y', 'H', 'C', 'K'}, .seq = s, .t_ns = t, .hpos = hp, .nblocks = cfg.size / BLK};
+    c.crc = ck_crc(&c, blocks);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) return -errno;
+    int rc = pwrite_all(fd, &c, sizeof c, 0);
+    if (!rc) rc = pwrite_all(fd, blocks, c.nblocks * sizeof *blocks, sizeof c);
+    if (!rc && fdatasync(fd)) rc = -errno;
+    close(fd);
+    if (!rc && rename(tmp, path)) rc = -errno;
+    if (rc) unlink(tmp);
+    else rc = sync_dir();
+    return rc;
+}
+
+/* Snapshot the index at the current seq, wait until that seq is durable, write it. mu held on
+ * entry and exit. */
+static void checkpoint_locked(int64_t *copy) {
+    uint64_t s = seq, t = last_t, hp = (uint64_t)hend;
+    if (s == ck_last_seq) return;
+    memcpy(copy, idx, cfg.size / BLK * sizeof *copy);
+    if (wait_durable_locked(s)) return; /* the volume failed; it said so */
+    ck_last_seq = s;
+    pthread_mutex_unlock(&mu);
+    int rc = write_checkpoint(copy, s, t, hp);
+    pthread_mutex_lock(&mu);
+    if (rc) logmsg("checkpoint at seq %" PRIu64 " not written: %s", s, strerror(-rc));
+}
+
+static void *checkpointer(void *arg) {
+    int64_t *copy = arg;
+    pthread_mutex_lock(&mu);
+    for (;;) {
+        while (!ck_want && !ck_stop) pthread_cond_wait(&ck_cv, &mu);
+        if (ck_stop) break;
+        ck_want = 0;
+        checkpoint_locked(copy);
+    }
+    pthread_mutex_unlock(&mu);
+    return NULL;
+}
+
+static int ck_name_cmp(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? 1 : x > y ? -1 : 0; /* newest first */
+}
+
+/* Load the newest usable checkpoint into idx/seq/last_t; its header-log position in *pos.
+ * None usable: *pos = 0 and nothing changes. */
+static void load_checkpoint(off_t *pos, uint64_t dsize) {
+    *pos = 0;
+    DIR *dir = opendir(cfg.dir);
+    if (!dir) return;
+    uint64_t seqs[64];
+    size_t n = 0;
+    struct dirent *e;
+    while ((e = readdir(dir))) {
+        char *end;
+        if (strncmp(e->d_name, "ck.", 3) || !e->d_name[3]) continue;
+        uint64_t v = strtoull(e->d_name + 3, &end, 10);
+        if (*end) continue;
+        if (n < sizeof seqs / sizeof *seqs) seqs[n++] = v;
+        else {
+            qsort(seqs, n, sizeof *seqs, ck_name_cmp); /* keep the newest 64 */
+            if (v > seqs[n - 1]) seqs[n - 1] = v;
+        }
+    }
+    closedir(dir);
+    qsort(seqs, n, sizeof *seqs, ck_name_cmp);
+    for (size_t i = 0; i < n; i++) {
+        char path[PATH_MAX];
+        snprintf(path, sizeof path, "%s/ck.%020" PRIu64, cfg.dir, seqs[i]);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) continue;
+        struct ckhead c;
+        struct hdr h;
+        int ok = !pread_all(fd, &c, sizeof c, 0) && !memcmp(c.magic, "YHCK", 4) &&
+                 c.nblocks == cfg.size / BLK && c.seq == seqs[i] && c.hpos >= sizeof h &&
+                 !pread_all(fd, idx, c.nblocks * sizeof *idx, sizeof c) && ck_crc(&c, idx) == c.crc;
+        close(fd);
+        /* its last record must still be this journal's (not cut by a crash and rewritten) */
+        ok = ok && !pread_all(hfd, &h, sizeof h, (off_t)(c.hpos - sizeof h)) && h.magic == MAGIC &&
+             h.hcrc == header_crc(&h) && h.seq == c.seq && h.t_ns == c.t_ns;
+        /* and every block it maps must be in the data log (not cut since) */
+        for (uint64_t b = 0; ok && b < c.nblocks; b++) ok = idx[b] < (int64_t)dsize - (int64_t)BLK + 1;
+        if (ok) {
+            seq = ck_last_seq = c.seq;
+            last_t = c.t_ns;
+            *pos = (off_t)c.hpos;
+            return;
+        }
+        logmsg("checkpoint %s not usable; trying an older one", path);
+    }
+    for (uint64_t b = 0; b < cfg.size / BLK; b++) idx[b] = IDX_BASE; /* a failed load wrote it */
+}
+
+/* Replay the header log into the index from the newest usable checkpoint: every record that
+ * checks, in seq order; cut the header log after the last one (the tail after it was never
+ * acknowledged). */
 static int recover(void) {
     struct stat st;
     if (fstat(dfd, &st)) return -errno;
@@ -245,8 +385,9 @@ static int recover(void) {
     char *buf = NULL;
     if (posix_memalign((void **)&buf, BLK, MAX_DATA)) return -ENOMEM;
     struct hdr h;
-    off_t pos = 0;
-    uint64_t nrec = 0;
+    off_t pos;
+    load_checkpoint(&pos, dsize);
+    uint64_t nrec = 0, from = seq;
     const char *why = "end of the header log";
     for (;;) {
         ssize_t r = pread(hfd, &h, sizeof h, pos);
@@ -297,7 +438,8 @@ static int recover(void) {
     /* New data goes after everything in the data log (holes of writes that never got a
      * header are simply not reused). */
     dend = (dsize + BLK - 1) / BLK * BLK;
-    logmsg("recovered %" PRIu64 " records, seq %" PRIu64 ", stopped at: %s", nrec, seq, why);
+    logmsg("recovered seq %" PRIu64 ": checkpoint at %" PRIu64 " + %" PRIu64 " records, stopped at: %s",
+           seq, from, nrec, why);
     return 0;
 }
 
@@ -546,7 +688,8 @@ static int open_in(const char *name, int flags) {
 static void usage(FILE *f) {
     fprintf(f,
             "usage: yunhan-cdpd --dir VOLDIR --mount MNT --size BYTES [--mode journal|plain]\n"
-            "                   [--durability strict|flush] [--name NAME] [--threads N]\n");
+            "                   [--durability strict|flush] [--name NAME] [--threads N]\n"
+            "                   [--checkpoint-every RECORDS (20000; 0: only at a clean stop)]\n");
 }
 
 static int parse_args(int argc, char **argv) {
@@ -555,6 +698,7 @@ static int parse_args(int argc, char **argv) {
         {"size", required_argument, 0, 's'},    {"mode", required_argument, 0, 'M'},
         {"durability", required_argument, 0, 'D'}, {"name", required_argument, 0, 'n'},
         {"threads", required_argument, 0, 't'}, {"help", no_argument, 0, 'h'},
+        {"checkpoint-every", required_argument, 0, 'c'},
         {0, 0, 0, 0},
     };
     int c;
@@ -586,6 +730,14 @@ static int parse_args(int argc, char **argv) {
             cfg.threads = atoi(optarg);
             if (cfg.threads < 1 || cfg.threads > 256) {
                 fprintf(stderr, "yunhan-cdpd: --threads %s: 1 to 256\n", optarg);
+                return 2;
+            }
+            break;
+        case 'c':
+            errno = 0;
+            cfg.ck_every = strtoull(optarg, &end, 10);
+            if (errno || *end || !*optarg) {
+                fprintf(stderr, "yunhan-cdpd: --checkpoint-every %s: a number of records\n", optarg);
                 return 2;
             }
             break;
@@ -662,6 +814,14 @@ int main(int argc, char **argv) {
     }
     logmsg("serving %s/vol: %" PRIu64 " bytes, mode %s%s", cfg.mnt, cfg.size,
            cfg.journal ? "journal" : "plain", cfg.journal ? (cfg.strict ? ", strict" : ", flush") : "");
+    int64_t *ck_copy = NULL;
+    pthread_t ck_thread;
+    int ck_running = 0;
+    if (cfg.journal) {
+        ck_copy = malloc(cfg.size / BLK * sizeof *ck_copy);
+        if (ck_copy && !pthread_create(&ck_thread, NULL, checkpointer, ck_copy)) ck_running = 1;
+        else logmsg("no checkpoint thread (no memory?): restarts will replay the whole journal");
+    }
     struct fuse_loop_config *lc = fuse_loop_cfg_create();
     if (!lc) {
         logmsg("no memory for the loop configuration");
@@ -672,8 +832,21 @@ int main(int argc, char **argv) {
         rc = fuse_session_loop_mt(se, lc);
         fuse_loop_cfg_destroy(lc);
     }
+    if (ck_running) {
+        pthread_mutex_lock(&mu);
+        ck_stop = 1;
+        pthread_cond_signal(&ck_cv);
+        pthread_mutex_unlock(&mu);
+        pthread_join(ck_thread, NULL);
+    }
     int sync_rc = cfg.journal ? journal_sync() : (fdatasync(bfd) ? -errno : 0);
     if (sync_rc) logmsg("final sync failed: %s", strerror(-sync_rc));
+    if (cfg.journal && !sync_rc && ck_copy) { /* a restart after a clean stop replays nothing */
+        pthread_mutex_lock(&mu);
+        checkpoint_locked(ck_copy);
+        pthread_mutex_unlock(&mu);
+    }
+    free(ck_copy);
     fuse_session_unmount(se);
     fuse_remove_signal_handlers(se);
     fuse_session_destroy(se);

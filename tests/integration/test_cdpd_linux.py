@@ -362,9 +362,11 @@ def test_cdpd_and_journal_py_agree_on_where_a_damaged_journal_ends(
             assert c.stop() == 0, c.log_tail()
             assert served == expect, label
             assert (d / j.header_file()).stat().st_size == expect_scan.end, label
-            # cdpd cut the header log at the end of what it kept: the next case starts from
-            # the damage _damaged_journals makes next, on the pristine header log.
+            # cdpd cut the header log at the end of what it kept and left a checkpoint at its
+            # clean stop: the next case starts from the pristine header log, no checkpoint.
             (d / j.header_file()).write_bytes(pristine[j.header_file()])
+            for _, ck in j.checkpoints(d):
+                ck.unlink()
     finally:
         c.stop()
 
@@ -428,3 +430,51 @@ def test_sigkill_under_ext4_keeps_every_fsynced_record(
     assert acked >= 200
     assert records[:acked] == list(range(1, acked + 1))
     assert len(records) <= acked + 1  # at most the record in flight at the kill
+
+
+def test_cdpd_checkpoints_are_journal_py_checkpoints_and_restarts_replay_only_after_them(
+    tmp_path: Path, uniq: Callable[[str], str]
+) -> None:
+    """cdpd checkpoints every 50 records: each one, read by journal.py, is the index
+    journal.py computes at its time; a restart after SIGKILL starts from the newest and
+    serves the same volume as a restart with no checkpoint at all (incremental equals full);
+    a clean stop leaves a checkpoint at its last record, so the next start replays nothing."""
+    rnd = random.Random(8)
+    name = uniq("cdpd")
+    d = cd.create_volume(tmp_path / name / "vol", SIZE)
+    c = cd.Cdpd(d, tmp_path / name / "mnt", size=SIZE, name=name, checkpoint_every=50)
+    try:
+        c.start()
+        fd = os.open(c.volume_file, os.O_WRONLY | os.O_DIRECT)
+        try:
+            for _ in range(230):
+                b = rnd.randrange(64)
+                os.pwritev(fd, [_aligned(rnd.randbytes(BLK))], b * BLK)
+        finally:
+            os.close(fd)
+        assert poll_until(lambda: len(j.checkpoints(d)) >= 4, 10)
+        c.kill()
+        for seq, path in j.checkpoints(d):
+            ck = j.read_checkpoint(path, SIZE)
+            assert ck.seq == seq
+            full = j.index_at(d, SIZE, ck.t_ns)
+            assert (full.seq, full.hpos, full.blocks) == (ck.seq, ck.hpos, ck.blocks)
+        newest = j.checkpoints(d)[-1][0]
+        c.stop()
+        c.start()
+        assert f"checkpoint at {newest} + {230 - newest} records" in c.log_tail(2)
+        served = c.volume_file.read_bytes()
+        assert c.stop() == 0
+        assert j.checkpoints(d)[-1][0] == 230  # the clean stop's
+        for _, path in j.checkpoints(d):
+            path.unlink()
+        c.start()
+        assert "checkpoint at 0 + 230 records" in c.log_tail(2)
+        assert c.volume_file.read_bytes() == served
+        assert c.stop() == 0
+        c.start()
+        assert "checkpoint at 230 + 0 records" in c.log_tail(2)
+        assert c.volume_file.read_bytes() == served
+    finally:
+        c.stop()
+    assert j.materialise(d, j.index_at(d, SIZE)) == served

@@ -262,3 +262,14 @@ def test_an_empty_volume_directory_reads_as_its_base(tmp_path: Path) -> None:
     with pytest.raises(j.JournalError):
         j.Index(SIZE + 1)
     assert os.listdir(d) == [j.BASE_FILE]
+
+
+def test_a_checkpoint_mapping_data_no_longer_in_the_data_log_is_not_used(tmp_path: Path) -> None:
+    d, _ = _volume(tmp_path)
+    _small_journal(d)
+    j.write_checkpoint(d, j.index_at(d, SIZE))
+    df = d / j.data_file()
+    df.write_bytes(df.read_bytes()[: 3 * BLK])  # record 5's data (the 4th block) is gone
+    ix = j.index_at(d, SIZE)
+    assert ix.seq == 4  # a scan from the start, ending before record 5
+    assert j.materialise(d, ix)[BLK : 2 * BLK] == bytes(BLK)

@@ -151,6 +151,7 @@ class Cdpd:
         durability: Durability = "strict",
         binary: Path | None = None,
         log: str | os.PathLike[str] | None = None,
+        checkpoint_every: int | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.mount = Path(mount)
@@ -160,6 +161,7 @@ class Cdpd:
         self.durability: Durability = durability
         self.binary = binary
         self.log = Path(log) if log is not None else self.directory / LOG_FILE
+        self.checkpoint_every = checkpoint_every  # records between checkpoints; None: cdpd's
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -202,6 +204,8 @@ class Cdpd:
             *("--size", str(self.size), "--name", self.name),
             *("--mode", self.mode, "--durability", self.durability),
         ]
+        if self.checkpoint_every is not None:
+            argv += ["--checkpoint-every", str(self.checkpoint_every)]
         with open(self.log, "ab") as log:
             # A session of its own: a ^C or a signal to the caller's group does not reach it.
             self._proc = subprocess.Popen(

@@ -5,7 +5,8 @@ A protected volume is a directory:
     base.img        the image the journal starts from (raw; never written while protected)
     data.00000      data log: the bytes of each write, 4 KiB aligned, written O_DIRECT
     journal.00000   header log: one 48-byte header per record, in seq order
-    ck.<seq>        checkpoints: the index as of a seq (written by `write_checkpoint`)
+    ck.<seq>        checkpoints: the index as of a seq (cdpd writes them; so does
+                    `write_checkpoint`)
 
 Header, little endian (the C writer `native/cdpd/cdpd.c` packs the same struct):
 
@@ -367,13 +368,15 @@ def checkpoints(directory: str | os.PathLike[str]) -> list[tuple[int, Path]]:
 
 def _start_index(directory: Path, volume_size: int, headers: bytes, t_ns: int | None) -> Index:
     # The newest checkpoint at or before t_ns whose last record is still in this header log
-    # (same seq, same time at the same place); damaged or stale ones are skipped.
+    # (same seq, same time at the same place) and whose data is in the data log; damaged or
+    # stale ones are skipped.
+    data_end = _data_size(directory)(0)
     for _, path in reversed(checkpoints(directory)):
         try:
             ck = read_checkpoint(path, volume_size)
         except JournalError:
             continue
-        if t_ns is not None and ck.t_ns > t_ns:
+        if (t_ns is not None and ck.t_ns > t_ns) or max(ck.blocks) + BLOCK > data_end:
             continue
         if ck.seq == 0:
             return ck

@@ -25,6 +25,8 @@
  *
  * Checkpoints (ck.<seq>, journal.py's format) are written by a thread every RECORDS records
  * once they are durable, and at a clean stop; a restart replays only what follows the newest.
+ * Control: an abstract unix socket @yunhan-cdpd:<name> answers "stats" and "checkpoint" with
+ * one JSON line (yunhan.volume.cdpd.control).
  * Start: the journal is recovered first (headers in seq order up to the first one whose
  * magic, crc, seq, time, range or data crc32c does not check; the header log is cut there),
  * then the mount. A write that failed to reach the journal, or an fdatasync that failed,
@@ -46,11 +48,14 @@
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -443,6 +448,85 @@ static int recover(void) {
     return 0;
 }
 
+/* ---- control socket ---------------------------------------------------------------------
+ * Abstract unix socket "@yunhan-cdpd:<name>" (no path to clean up, gone with the process),
+ * one command line per connection, one JSON line back; peers must be root or our user.
+ *   stats       counters, seq, durable seq, the last checkpoint, space of the logs
+ *   checkpoint  write a checkpoint now (once everything up to now is durable)
+ */
+
+static int ctl_fd = -1;
+
+static void ctl_reply_stats(int fd) {
+    struct stat ds = {0}, hs = {0};
+    if (cfg.journal) {
+        fstat(dfd, &ds);
+        fstat(hfd, &hs);
+    }
+    pthread_mutex_lock(&mu);
+    uint64_t s = seq, d = durable, t = last_t, ck = ck_last_seq;
+    int f = failed;
+    pthread_mutex_unlock(&mu);
+    dprintf(fd,
+            "{\"name\": \"%s\", \"mode\": \"%s\", \"durability\": \"%s\", \"size\": %" PRIu64
+            ", \"seq\": %" PRIu64 ", \"durable_seq\": %" PRIu64 ", \"last_t_ns\": %" PRIu64
+            ", \"checkpoint_seq\": %" PRIu64 ", \"failed\": %s, \"writes\": %lu, \"reads\": %lu"
+            ", \"bytes\": %lu, \"flushes\": %lu, \"zero\": %lu, \"syncs\": %lu"
+            ", \"data_bytes\": %lld, \"header_bytes\": %lld}\n",
+            cfg.name, cfg.journal ? "journal" : "plain", cfg.strict ? "strict" : "flush", cfg.size, s, d,
+            t, ck, f ? "true" : "false", n_writes, n_reads, n_bytes, n_flushes, n_zero, n_syncs,
+            (long long)ds.st_blocks * 512, (long long)hs.st_blocks * 512);
+}
+
+static void *control(void *arg) {
+    int64_t *copy = arg;
+    for (;;) {
+        int c = accept4(ctl_fd, NULL, NULL, SOCK_CLOEXEC);
+        if (c < 0) {
+            if (errno == EINTR || errno == ECONNABORTED) continue;
+            break; /* shut down at stop */
+        }
+        struct ucred cr;
+        socklen_t len = sizeof cr;
+        char line[64] = {0};
+        struct timeval tv = {.tv_sec = 5};
+        setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        if (getsockopt(c, SOL_SOCKET, SO_PEERCRED, &cr, &len) || (cr.uid != 0 && cr.uid != getuid())) {
+            dprintf(c, "{\"error\": \"not allowed\"}\n");
+        } else if (recv(c, line, sizeof line - 1, 0) <= 0) {
+            /* nothing asked */
+        } else if (!strncmp(line, "stats", 5)) {
+            ctl_reply_stats(c);
+        } else if (!strncmp(line, "checkpoint", 10) && cfg.journal && copy) {
+            pthread_mutex_lock(&mu);
+            checkpoint_locked(copy);
+            uint64_t ck = ck_last_seq;
+            pthread_mutex_unlock(&mu);
+            dprintf(c, "{\"checkpoint_seq\": %" PRIu64 "}\n", ck);
+        } else {
+            dprintf(c, "{\"error\": \"unknown command; stats or checkpoint\"}\n");
+        }
+        close(c);
+    }
+    return NULL;
+}
+
+static int control_open(void) {
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    int n = snprintf(a.sun_path + 1, sizeof a.sun_path - 1, "yunhan-cdpd:%s", cfg.name);
+    if (n < 0 || (size_t)n >= sizeof a.sun_path - 1) return -ENAMETOOLONG;
+    ctl_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (ctl_fd < 0) return -errno;
+    if (bind(ctl_fd, (struct sockaddr *)&a, (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)n)) ||
+        listen(ctl_fd, 8)) {
+        int e = errno;
+        close(ctl_fd);
+        ctl_fd = -1;
+        return -e;
+    }
+    return 0;
+}
+
 /* ---- FUSE operations -------------------------------------------------------------------- */
 
 static void fill_attr(fuse_ino_t ino, struct stat *st) {
@@ -822,6 +906,15 @@ int main(int argc, char **argv) {
         if (ck_copy && !pthread_create(&ck_thread, NULL, checkpointer, ck_copy)) ck_running = 1;
         else logmsg("no checkpoint thread (no memory?): restarts will replay the whole journal");
     }
+    /* The control socket gets a buffer of its own: a checkpoint it writes may overlap one
+     * of the checkpoint thread (both copy under mu, then write unlocked). */
+    int64_t *ctl_copy = cfg.journal ? malloc(cfg.size / BLK * sizeof *ctl_copy) : NULL;
+    pthread_t ctl_thread;
+    int ctl_running = 0;
+    rc = control_open();
+    if (rc) logmsg("no control socket @yunhan-cdpd:%s: %s", cfg.name, strerror(-rc));
+    else if (!pthread_create(&ctl_thread, NULL, control, ctl_copy)) ctl_running = 1;
+    rc = 0;
     struct fuse_loop_config *lc = fuse_loop_cfg_create();
     if (!lc) {
         logmsg("no memory for the loop configuration");
@@ -832,6 +925,12 @@ int main(int argc, char **argv) {
         rc = fuse_session_loop_mt(se, lc);
         fuse_loop_cfg_destroy(lc);
     }
+    if (ctl_running) {
+        shutdown(ctl_fd, SHUT_RDWR); /* accept() returns EINVAL */
+        pthread_join(ctl_thread, NULL);
+    }
+    if (ctl_fd >= 0) close(ctl_fd);
+    free(ctl_copy);
     if (ck_running) {
         pthread_mutex_lock(&mu);
         ck_stop = 1;

@@ -134,11 +134,17 @@ def test_concurrent_writes_share_fdatasyncs(volume: Callable[..., cd.Cdpd]) -> N
     c = volume()
     with _loop(c.volume_file) as dev:
         subprocess.run([sys.executable, "-c", WRITER, dev, "4", "128"], check=True, timeout=60)
+    st = c.stats()  # the control socket
+    assert (st.name, st.mode, st.durability, st.size) == (c.name, "journal", "strict", SIZE)
+    assert st.writes == 4 * 128
+    assert st.seq == st.writes + st.flushes  # a record each, flush markers included
+    assert st.durable_seq == st.seq and not st.failed
+    assert st.syncs < st.seq  # group commit: some fdatasyncs covered several records
+    assert st.data_bytes >= 4 * 128 * BLK and st.header_bytes >= st.seq * j.HEADER_SIZE
+    assert c.checkpoint() == st.seq
+    assert poll_until(lambda: j.checkpoints(c.directory), 5)
     assert c.stop() == 0
-    st = _stats(c)
-    assert st["writes"] == 4 * 128
-    assert st["seq"] == st["writes"] + st["flushes"]  # a record each, flush markers included
-    assert st["syncs"] < st["seq"]  # group commit: some fdatasyncs covered several records
+    assert _stats(c)["seq"] == st.seq  # the same counters in the log at the stop
 
 
 @pytest.mark.parametrize(
@@ -158,10 +164,15 @@ def test_a_kill_or_stop_mid_stream_loses_no_acknowledged_write(
             [sys.executable, "-c", WRITER, dev, str(threads), str(stride)],
             stdout=subprocess.PIPE,
         )
+        watchdog = threading.Timer(30, writer.kill)
+        watchdog.start()
         try:
-            # Kill cdpd mid-stream: once a few hundred records are acknowledged.
+            # Kill cdpd mid-stream: once a few hundred records are acknowledged. The rest of
+            # the acknowledgements are read from the same buffered stream, to its end (the
+            # writer ends once every thread's write failed).
             assert writer.stdout is not None
-            for line in writer.stdout:
+            lines = iter(writer.stdout)
+            for line in lines:
                 acks.append(line.decode())
                 if len(acks) >= 400:
                     break
@@ -169,9 +180,10 @@ def test_a_kill_or_stop_mid_stream_loses_no_acknowledged_write(
                 c.kill()
             else:
                 assert c.stop() == 0, c.log_tail()
-            rest, _ = writer.communicate(timeout=20)
-            acks += rest.decode().splitlines()
+            acks += [line.decode() for line in lines]
+            writer.wait()
         finally:
+            watchdog.cancel()
             if writer.poll() is None:
                 writer.kill()
                 writer.wait()
@@ -410,16 +422,20 @@ def test_sigkill_under_ext4_keeps_every_fsynced_record(
             w = subprocess.Popen(
                 [sys.executable, "-c", writer_src, str(fs / "records")], stdout=subprocess.PIPE
             )
+            watchdog = threading.Timer(30, w.kill)
+            watchdog.start()
             try:
                 assert w.stdout is not None
-                for line in w.stdout:
+                lines = iter(w.stdout)
+                for line in lines:
                     acked = int(line)
                     if acked >= 200:
                         break
                 c.kill()
-                rest, _ = w.communicate(timeout=20)
-                acked = max([acked, *(int(x) for x in rest.split())])
+                acked = max([acked, *(int(line) for line in lines)])
+                w.wait()
             finally:
+                watchdog.cancel()
                 if w.poll() is None:
                     w.kill()
                     w.wait()

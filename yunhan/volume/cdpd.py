@@ -16,9 +16,12 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import json
 import os
 import signal
+import socket
 import subprocess
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Literal
 
@@ -137,6 +140,57 @@ def unmount(mount: str | os.PathLike[str], source: str | None = None) -> None:
             )
 
 
+@dataclass(frozen=True)
+class Stats:
+    """What cdpd's control socket answers to `stats`: its counters since start, the journal
+    position (`seq` appended, `durable_seq` fdatasynced, `checkpoint_seq` the newest
+    checkpoint), whether the volume failed (an I/O error on the journal: every write is
+    refused), and the space its logs take on disk."""
+
+    name: str
+    mode: str
+    durability: str
+    size: int
+    seq: int
+    durable_seq: int
+    last_t_ns: int
+    checkpoint_seq: int
+    failed: bool
+    writes: int
+    reads: int
+    bytes: int
+    flushes: int
+    zero: int
+    syncs: int
+    data_bytes: int
+    header_bytes: int
+
+
+def control(name: str, command: str, timeout: float = 10.0) -> dict[str, object]:
+    """Send one command ("stats", "checkpoint") to the cdpd serving `name` and return its
+    JSON answer (an abstract unix socket, @yunhan-cdpd:<name>)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect("\0" + FSNAME_PREFIX + name)
+            s.sendall(command.encode() + b"\n")
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError as exc:
+        raise VolumeError(
+            f"cannot reach the control socket of cdpd {name}: {exc.strerror or exc}",
+            errno=exc.errno,
+        ) from exc
+    answer = json.loads(data or b"{}")
+    if not isinstance(answer, dict) or "error" in answer:
+        raise VolumeError(f"cdpd {name} refused {command!r}: {answer}")
+    return answer
+
+
 class Cdpd:
     """One yunhan-cdpd process serving `directory` (see create_volume) at `mount`/vol."""
 
@@ -230,6 +284,16 @@ class Cdpd:
             self.stop()
             raise
         return self
+
+    def stats(self) -> Stats:
+        answer = control(self.name, "stats")
+        return Stats(**{f.name: answer[f.name] for f in fields(Stats)})  # type: ignore[arg-type]
+
+    def checkpoint(self) -> int:
+        """Ask for a checkpoint now; returns its seq (written once that seq is durable)."""
+        seq = control(self.name, "checkpoint")["checkpoint_seq"]
+        assert isinstance(seq, int)
+        return seq
 
     def mount_ok(self) -> bool:
         return mount_source(self.mount) == self.fsname

@@ -368,7 +368,7 @@ static void load_checkpoint(off_t *pos, uint64_t dsize) {
         ok = ok && !pread_all(hfd, &h, sizeof h, (off_t)(c.hpos - sizeof h)) && h.magic == MAGIC &&
              h.hcrc == header_crc(&h) && h.seq == c.seq && h.t_ns == c.t_ns;
         /* and every block it maps must be in the data log (not cut since) */
-        for (uint64_t b = 0; ok && b < c.nblocks; b++) ok = idx[b] < (int64_t)dsize - (int64_t)BLK + 1;
+        for (uint64_t b = 0; ok && b < c.nblocks; b++) ok = idx[b] < 0 || (uint64_t)idx[b] + BLK <= dsize;
         if (ok) {
             seq = ck_last_seq = c.seq;
             last_t = c.t_ns;

@@ -273,3 +273,22 @@ def test_a_checkpoint_mapping_data_no_longer_in_the_data_log_is_not_used(tmp_pat
     ix = j.index_at(d, SIZE)
     assert ix.seq == 4  # a scan from the start, ending before record 5
     assert j.materialise(d, ix)[BLK : 2 * BLK] == bytes(BLK)
+
+
+def test_a_checkpoint_of_zero_records_only_is_used_with_an_empty_data_log(tmp_path: Path) -> None:
+    d, base = _volume(tmp_path)
+    with j.Writer(d, SIZE) as w:
+        w.zero(0, SIZE, 10)
+        w.flush(11)
+    ck = j.write_checkpoint(d, j.index_at(d, SIZE))
+    # Damage record 1: a scan from the start would now keep nothing, so zeros prove the
+    # checkpoint (which checks only its own last record) was used.
+    hf = d / j.header_file()
+    raw = bytearray(hf.read_bytes())
+    raw[9] ^= 1
+    hf.write_bytes(bytes(raw))
+    ix = j.index_at(d, SIZE)
+    assert (ix.seq, ix.hpos) == (2, 2 * j.HEADER_SIZE)
+    assert j.materialise(d, ix) == bytes(SIZE)
+    ck.write_bytes(b"garbage")
+    assert j.materialise(d, j.index_at(d, SIZE)) == base

@@ -376,7 +376,9 @@ def _start_index(directory: Path, volume_size: int, headers: bytes, t_ns: int | 
             ck = read_checkpoint(path, volume_size)
         except JournalError:
             continue
-        if (t_ns is not None and ck.t_ns > t_ns) or max(ck.blocks) + BLOCK > data_end:
+        if t_ns is not None and ck.t_ns > t_ns:
+            continue
+        if max(ck.blocks) >= 0 and max(ck.blocks) + BLOCK > data_end:
             continue
         if ck.seq == 0:
             return ck

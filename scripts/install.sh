@@ -10,7 +10,9 @@ need_apt=()
 # systemd-analyze: the tests verify the units `yunhan install-units` writes (offline).
 # keepalived: tests/e2e/test_vips.py and bench/vip_failover.py run it inside instances.
 # wrk: load for the function autoscaler (tests/e2e/test_functions.py, bench/functions.py).
-for bin in ip:iproute2 nft:nftables iperf3:iperf3 ping:iputils-ping gcc:gcc unshare:util-linux nsenter:util-linux systemd-analyze:systemd curl:curl nmap:nmap conntrack:conntrack keepalived:keepalived wrk:wrk; do
+# make, pkg-config, fuse3 (fusermount3) and the libfuse3/zlib headers: yunhan-cdpd, the storage
+# process of volumes (native/cdpd), built below; losetup and mkfs.ext4 put filesystems on them.
+for bin in ip:iproute2 nft:nftables iperf3:iperf3 ping:iputils-ping gcc:gcc unshare:util-linux nsenter:util-linux systemd-analyze:systemd curl:curl nmap:nmap conntrack:conntrack keepalived:keepalived wrk:wrk make:make pkg-config:pkg-config fusermount3:fuse3 losetup:mount mkfs.ext4:e2fsprogs; do
   command -v "${bin%%:*}" >/dev/null 2>&1 || need_apt+=("${bin##*:}")
 done
 [ -e /usr/lib/x86_64-linux-gnu/libnftables.so.1 ] || [ -e /usr/lib/aarch64-linux-gnu/libnftables.so.1 ] || need_apt+=(libnftables1)
@@ -25,7 +27,8 @@ getent passwd postgres >/dev/null 2>&1 || have_pg=no
 [ "$have_pg" = yes ] || need_apt+=(postgresql)
 # The AI services (extra `ai`): opencv-python's cv2 links libGL and glib's libgthread;
 # the tests synthesise speech with espeak-ng and render Chinese with WenQuanYi Zen Hei.
-for pkg in libgl1 libglib2.0-0 espeak-ng fonts-wqy-zenhei; do
+# libfuse3-dev and zlib1g-dev: the headers yunhan-cdpd is built with.
+for pkg in libgl1 libglib2.0-0 espeak-ng fonts-wqy-zenhei libfuse3-dev zlib1g-dev; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
     || need_apt+=("$pkg")
 done
@@ -59,3 +62,5 @@ if ! .venv/bin/python -c 'import yunhan, fastapi, pyroute2, pytest, cv2, rapidoc
   touch .venv/.installed
 fi
 ln -sf "$top/.venv/bin/yunhan" /usr/local/bin/yunhan
+# yunhan-cdpd (yunhan.volume.cdpd finds it in native/cdpd; make rebuilds only when cdpd.c changed).
+make -s -C native/cdpd yunhan-cdpd

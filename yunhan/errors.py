@@ -15,7 +15,8 @@
     ├── HotpatchError           the loader refused or failed; target left as it was
     ├── FunctionRuntimeError    the function zygote is gone or a worker would not start
     ├── WorkerGone              the function worker asked for has exited  (HTTP 409)
-    └── PgServerError           a throwaway PostgreSQL cluster would not start or stop
+    ├── PgServerError           a throwaway PostgreSQL cluster would not start or stop
+    └── VolumeError             the storage process of a volume would not build, start or stop
 
 The API turns each into one JSON shape: {"error": {"code", "message", "details"}}.
 Drivers translate errno and library errors into these with `raise X(...) from exc`.
@@ -138,4 +139,12 @@ class Throttled(YunhanError):
 
 class PgServerError(YunhanError):
     code = "pgserver"
+    http_status = 500
+
+
+class VolumeError(YunhanError):
+    """The storage process of a volume (yunhan-cdpd) would not build, start or stop; the
+    details keep the volume name, the exit code and the end of its log."""
+
+    code = "volume"
     http_status = 500

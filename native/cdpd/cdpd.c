@@ -1,0 +1,959 @@
+/* yunhan-cdpd: the storage process of one volume (spec 12 §4, §5, §7).
+ *
+ *   yunhan-cdpd --dir VOLDIR --mount MNT --size BYTES [--mode journal|plain]
+ *               [--durability strict|flush] [--name NAME] [--threads N]
+ *               [--checkpoint-every RECORDS]
+ *
+ * Serves the volume as one file, MNT/vol, on a FUSE mount (libfuse3, multithreaded),
+ * meant to be looped by a loop device with 4 KiB sectors (or used with aligned O_DIRECT).
+ *
+ * --mode plain    writes go in place to VOLDIR/base.img (O_DIRECT); a FLUSH (FUSE fsync)
+ *                 is an fdatasync of it. The unprotected volume.
+ * --mode journal  base.img is only read; every write is journaled as yunhan/volume/journal.py
+ *                 describes: its data O_DIRECT into data.00000 at a reserved 4 KiB-aligned
+ *                 position (writes in parallel), then, under one lock, its 48-byte header
+ *                 with the next seq and the time appended to journal.00000. Reads come from
+ *                 base + journal through an in-memory index (8 bytes per 4 KiB block).
+ *                 A FLUSH appends a flush marker and returns once both logs are fdatasynced.
+ *                 Discards and write-zeroes (FUSE fallocate) become ZERO records.
+ * --durability strict (default)  a write is answered only once an fdatasync of the data log
+ *                 and then the header log covers it; concurrent writes share one fdatasync
+ *                 pair (group commit). Survives SIGKILL of this process and power loss.
+ * --durability flush  a write is answered once its data is in the device (O_DIRECT) and its
+ *                 header in the kernel: survives SIGKILL; a power cut keeps what the last
+ *                 FLUSH covered (a disk with a write cache). For the bench's comparison.
+ *
+ * Checkpoints (ck.<seq>, journal.py's format) are written by a thread every RECORDS records
+ * once they are durable, and at a clean stop; a restart replays only what follows the newest.
+ * Control: an abstract unix socket @yunhan-cdpd:<name> answers "stats" and "checkpoint" with
+ * one JSON line (yunhan.volume.cdpd.control).
+ * Start: the journal is recovered first (headers in seq order up to the first one whose
+ * magic, crc, seq, time, range or data crc32c does not check; the header log is cut there),
+ * then the mount. A write that failed to reach the journal, or an fdatasync that failed,
+ * leaves the volume failed: every later write and flush gets EIO (a failed fdatasync may
+ * have dropped dirty pages; retrying it would lie). SIGTERM/SIGINT/SIGHUP: stop serving,
+ * sync the journal, unmount, print the counters on stderr, exit 0.
+ * Exit codes: 0 clean stop, 1 failure (the reason on stderr), 2 bad usage.
+ */
+#define FUSE_USE_VERSION 312
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <fuse_lowlevel.h>
+#include <dirent.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <nmmintrin.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "the journal is little endian; this build packs headers in host order"
+#endif
+
+#define BLK 4096u
+#define MAGIC 0x59484A31u
+#define MAX_DATA (1u << 20)
+#define FLAG_FLUSH (1u << 31)
+#define FLAG_ZERO (1u << 30)
+#define LENGTH_MASK ((1u << 30) - 1)
+#define MAX_ZERO (LENGTH_MASK & ~(BLK - 1))
+#define IDX_BASE (-1)
+#define IDX_ZERO (-2)
+#define VOL_INO 2
+#define ATTR_TIMEOUT 3600.0
+
+struct __attribute__((packed)) hdr {
+    uint32_t magic, hcrc;
+    uint64_t seq, t_ns, off;
+    uint32_t lenf, dcrc;
+    uint64_t dpos;
+};
+_Static_assert(sizeof(struct hdr) == 48, "a header is 48 bytes");
+
+static struct {
+    const char *dir, *mnt, *name;
+    uint64_t size;
+    int journal, strict, threads;
+    uint64_t ck_every;
+} cfg = {.strict = 1, .journal = 1, .threads = 16, .name = "volume", .ck_every = 20000};
+
+static int bfd = -1, dfd = -1, hfd = -1;
+static int64_t *idx; /* journal mode: per block, a data position or IDX_BASE / IDX_ZERO */
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
+static uint64_t seq, durable, last_t; /* under mu */
+static off_t hend;                     /* under mu: where the next header goes */
+static int syncing, failed;            /* under mu: a thread is in fdatasync; the volume failed */
+static _Atomic uint64_t dend;          /* next free data position */
+static pthread_cond_t ck_cv = PTHREAD_COND_INITIALIZER;
+static int ck_want, ck_stop;  /* under mu: the checkpoint thread is asked to write / to end */
+static uint64_t ck_last_seq; /* under mu: seq of the last checkpoint written or loaded */
+static atomic_ulong n_writes, n_reads, n_flushes, n_syncs, n_zero, n_bytes;
+
+static void logmsg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void logmsg(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "yunhan-cdpd[%s]: ", cfg.name);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+/* crc32c (Castagnoli) of the data: SSE4.2 when the CPU has it (~10x zlib's crc32, which the
+ * spike measured as a real cost at 1 MiB writes), else a table. */
+__attribute__((target("sse4.2"))) static uint32_t crc32c_hw(const void *p, size_t n) {
+    const unsigned char *b = p;
+    uint64_t c = 0xFFFFFFFFu;
+    for (; n >= 8; n -= 8, b += 8) {
+        uint64_t v;
+        memcpy(&v, b, 8);
+        c = _mm_crc32_u64(c, v);
+    }
+    for (; n; n--, b++) c = _mm_crc32_u8((uint32_t)c, *b);
+    return (uint32_t)c ^ 0xFFFFFFFFu;
+}
+
+static uint32_t crc32c_table[256];
+
+static uint32_t crc32c_sw(const void *p, size_t n) {
+    const unsigned char *b = p;
+    uint32_t c = 0xFFFFFFFFu;
+    for (; n; n--, b++) c = crc32c_table[(c ^ *b) & 0xFF] ^ (c >> 8);
+    return c ^ 0xFFFFFFFFu;
+}
+
+static uint32_t (*crc32c)(const void *, size_t) = crc32c_hw;
+
+/* YUNHAN_CDPD_SOFT_CRC=1 forces the table (tests hold both paths to the same journal). */
+static void crc32c_init(void) {
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++) c = c & 1 ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+        crc32c_table[i] = c;
+    }
+    const char *soft = getenv("YUNHAN_CDPD_SOFT_CRC");
+    if ((soft && *soft && strcmp(soft, "0")) || !__builtin_cpu_supports("sse4.2")) crc32c = crc32c_sw;
+}
+
+static uint32_t header_crc(const struct hdr *h) {
+    return (uint32_t)crc32(0, (const Bytef *)&h->seq, sizeof *h - 8);
+}
+
+static uint64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Whole-buffer pread/pwrite: 0, or -errno (EIO for an unexpected end of file). */
+static int pread_all(int fd, void *buf, size_t n, off_t off) {
+    char *p = buf;
+    while (n) {
+        ssize_t r = pread(fd, p, n, off);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) return -errno;
+        if (r == 0) return -EIO;
+        p += r, n -= (size_t)r, off += r;
+    }
+    return 0;
+}
+
+static int pwrite_all(int fd, const void *buf, size_t n, off_t off) {
+    const char *p = buf;
+    while (n) {
+        ssize_t r = pwrite(fd, p, n, off);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) return -errno;
+        if (r == 0) return -EIO;
+        p += r, n -= (size_t)r, off += r;
+    }
+    return 0;
+}
+
+/* ---- journal ---------------------------------------------------------------------------- */
+
+/* Append a header (seq and time taken here) and update the index. mu held. -errno on failure,
+ * after which the volume is failed. */
+static int append_locked(struct hdr *h) {
+    if (failed) return -EIO;
+    h->magic = MAGIC;
+    h->seq = seq + 1;
+    uint64_t t = now_ns();
+    h->t_ns = t > last_t ? t : last_t + 1; /* strictly increasing, even if the clock steps back */
+    h->hcrc = header_crc(h);
+    int rc = pwrite_all(hfd, h, sizeof *h, hend);
+    if (rc) {
+        failed = 1;
+        logmsg("append to the header log failed: %s; the volume is failed", strerror(-rc));
+        return rc;
+    }
+    hend += (off_t)sizeof *h;
+    seq = h->seq;
+    last_t = h->t_ns;
+    if (cfg.ck_every && seq - ck_last_seq >= cfg.ck_every && !ck_want) {
+        ck_want = 1;
+        pthread_cond_signal(&ck_cv);
+    }
+    uint32_t len = h->lenf & LENGTH_MASK;
+    if (!(h->lenf & FLAG_FLUSH)) {
+        uint64_t b0 = h->off / BLK;
+        for (uint32_t i = 0; i < len / BLK; i++)
+            idx[b0 + i] = (h->lenf & FLAG_ZERO) ? IDX_ZERO : (int64_t)(h->dpos + (uint64_t)i * BLK);
+    }
+    return 0;
+}
+
+/* Return once an fdatasync of both logs covers record `upto` (group commit: one thread syncs
+ * for every record appended so far, the others wait for it). mu held. */
+static int wait_durable_locked(uint64_t upto) {
+    while (durable < upto) {
+        if (failed) return -EIO;
+        if (syncing) {
+            pthread_cond_wait(&cv, &mu);
+            continue;
+        }
+        syncing = 1;
+        uint64_t target = seq; /* every record up to seq is in the kernel: its data before it */
+        pthread_mutex_unlock(&mu);
+        int rc = fdatasync(dfd) ? -errno : (fdatasync(hfd) ? -errno : 0);
+        n_syncs++;
+        pthread_mutex_lock(&mu);
+        syncing = 0;
+        if (rc) {
+            failed = 1;
+            logmsg("fdatasync of the journal failed: %s; the volume is failed", strerror(-rc));
+        } else if (target > durable) {
+            durable = target;
+        }
+        pthread_cond_broadcast(&cv);
+    }
+    return 0;
+}
+
+static int journal_sync(void) {
+    pthread_mutex_lock(&mu);
+    int rc = wait_durable_locked(seq);
+    pthread_mutex_unlock(&mu);
+    return rc;
+}
+
+/* ---- checkpoints ------------------------------------------------------------------------
+ * ck.<seq, 20 digits>: journal.py's format. A 40-byte head (magic "YHCK", crc32 of the rest
+ * of the head and of the index, seq, t_ns, header-log position after record seq, number of
+ * blocks) then the index (int64 per block). Written to a temporary name, synced, renamed,
+ * directory synced; only once every record it covers is durable. Recovery starts from the
+ * newest one whose last record is still in the header log, so that a restart replays (and
+ * crc-checks) only the records after it. */
+
+struct __attribute__((packed)) ckhead {
+    char magic[4];
+    uint32_t crc;
+    uint64_t seq, t_ns, hpos, nblocks;
+};
+_Static_assert(sizeof(struct ckhead) == 40, "a checkpoint head is 40 bytes");
+
+static uint32_t ck_crc(const struct ckhead *c, const int64_t *blocks) {
+    uLong crc = crc32(0, (const Bytef *)&c->seq, sizeof *c - 8);
+    return (uint32_t)crc32_z(crc, (const Bytef *)blocks, c->nblocks * sizeof *blocks);
+}
+
+static int sync_dir(void) {
+    int fd = open(cfg.dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return -errno;
+    int rc = fsync(fd) ? -errno : 0;
+    close(fd);
+    return rc;
+}
+
+static int write_checkpoint(const int64_t *blocks, uint64_t s, uint64_t t, uint64_t hp) {
+    char path[PATH_MAX], tmp[PATH_MAX];
+    snprintf(path, sizeof path, "%s/ck.%020" PRIu64, cfg.dir, s);
+    snprintf(tmp, sizeof tmp, "%s/.ck.%020" PRIu64 ".tmp", cfg.dir, s);
+    struct ckhead c = {.magic = {'Y', 'H', 'C', 'K'}, .seq = s, .t_ns = t, .hpos = hp, .nblocks = cfg.size / BLK};
+    c.crc = ck_crc(&c, blocks);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) return -errno;
+    int rc = pwrite_all(fd, &c, sizeof c, 0);
+    if (!rc) rc = pwrite_all(fd, blocks, c.nblocks * sizeof *blocks, sizeof c);
+    if (!rc && fdatasync(fd)) rc = -errno;
+    close(fd);
+    if (!rc && rename(tmp, path)) rc = -errno;
+    if (rc) unlink(tmp);
+    else rc = sync_dir();
+    return rc;
+}
+
+/* Snapshot the index at the current seq, wait until that seq is durable, write it. mu held on
+ * entry and exit. */
+static void checkpoint_locked(int64_t *copy) {
+    uint64_t s = seq, t = last_t, hp = (uint64_t)hend;
+    if (s == ck_last_seq) return;
+    memcpy(copy, idx, cfg.size / BLK * sizeof *copy);
+    if (wait_durable_locked(s)) return; /* the volume failed; it said so */
+    ck_last_seq = s;
+    pthread_mutex_unlock(&mu);
+    int rc = write_checkpoint(copy, s, t, hp);
+    pthread_mutex_lock(&mu);
+    if (rc) logmsg("checkpoint at seq %" PRIu64 " not written: %s", s, strerror(-rc));
+}
+
+static void *checkpointer(void *arg) {
+    int64_t *copy = arg;
+    pthread_mutex_lock(&mu);
+    for (;;) {
+        while (!ck_want && !ck_stop) pthread_cond_wait(&ck_cv, &mu);
+        if (ck_stop) break;
+        ck_want = 0;
+        checkpoint_locked(copy);
+    }
+    pthread_mutex_unlock(&mu);
+    return NULL;
+}
+
+static int ck_name_cmp(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? 1 : x > y ? -1 : 0; /* newest first */
+}
+
+/* Load the newest usable checkpoint into idx/seq/last_t; its header-log position in *pos.
+ * None usable: *pos = 0 and nothing changes. */
+static void load_checkpoint(off_t *pos, uint64_t dsize) {
+    *pos = 0;
+    DIR *dir = opendir(cfg.dir);
+    if (!dir) return;
+    uint64_t seqs[64];
+    size_t n = 0;
+    struct dirent *e;
+    while ((e = readdir(dir))) {
+        char *end;
+        if (strncmp(e->d_name, "ck.", 3) || !e->d_name[3]) continue;
+        uint64_t v = strtoull(e->d_name + 3, &end, 10);
+        if (*end) continue;
+        if (n < sizeof seqs / sizeof *seqs) seqs[n++] = v;
+        else {
+            qsort(seqs, n, sizeof *seqs, ck_name_cmp); /* keep the newest 64 */
+            if (v > seqs[n - 1]) seqs[n - 1] = v;
+        }
+    }
+    closedir(dir);
+    qsort(seqs, n, sizeof *seqs, ck_name_cmp);
+    for (size_t i = 0; i < n; i++) {
+        char path[PATH_MAX];
+        snprintf(path, sizeof path, "%s/ck.%020" PRIu64, cfg.dir, seqs[i]);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) continue;
+        struct ckhead c;
+        struct hdr h;
+        int ok = !pread_all(fd, &c, sizeof c, 0) && !memcmp(c.magic, "YHCK", 4) &&
+                 c.nblocks == cfg.size / BLK && c.seq == seqs[i] && c.hpos >= sizeof h &&
+                 !pread_all(fd, idx, c.nblocks * sizeof *idx, sizeof c) && ck_crc(&c, idx) == c.crc;
+        close(fd);
+        /* its last record must still be this journal's (not cut by a crash and rewritten) */
+        ok = ok && !pread_all(hfd, &h, sizeof h, (off_t)(c.hpos - sizeof h)) && h.magic == MAGIC &&
+             h.hcrc == header_crc(&h) && h.seq == c.seq && h.t_ns == c.t_ns;
+        /* and every block it maps must be in the data log (not cut since) */
+        for (uint64_t b = 0; ok && b < c.nblocks; b++) ok = idx[b] < 0 || (uint64_t)idx[b] + BLK <= dsize;
+        if (ok) {
+            seq = ck_last_seq = c.seq;
+            last_t = c.t_ns;
+            *pos = (off_t)c.hpos;
+            return;
+        }
+        logmsg("checkpoint %s not usable; trying an older one", path);
+    }
+    for (uint64_t b = 0; b < cfg.size / BLK; b++) idx[b] = IDX_BASE; /* a failed load wrote it */
+}
+
+/* Replay the header log into the index from the newest usable checkpoint: every record that
+ * checks, in seq order; cut the header log after the last one (the tail after it was never
+ * acknowledged). */
+static int recover(void) {
+    struct stat st;
+    if (fstat(dfd, &st)) return -errno;
+    uint64_t dsize = (uint64_t)st.st_size;
+    char *buf = NULL;
+    if (posix_memalign((void **)&buf, BLK, MAX_DATA)) return -ENOMEM;
+    struct hdr h;
+    off_t pos;
+    load_checkpoint(&pos, dsize);
+    uint64_t nrec = 0, from = seq;
+    const char *why = "end of the header log";
+    for (;;) {
+        ssize_t r = pread(hfd, &h, sizeof h, pos);
+        if (r < 0) {
+            int e = errno;
+            free(buf);
+            return -e;
+        }
+        if (r < (ssize_t)sizeof h) {
+            if (r > 0) why = "partial header";
+            break;
+        }
+        uint32_t len = h.lenf & LENGTH_MASK;
+        int flush = !!(h.lenf & FLAG_FLUSH), zero = !!(h.lenf & FLAG_ZERO);
+        if (h.magic != MAGIC || h.hcrc != header_crc(&h) || (flush && zero)) { why = "bad header"; break; }
+        if (h.seq != seq + 1 || h.t_ns < last_t) { why = "seq or time out of order"; break; }
+        if (flush) {
+            if (len || h.off) { why = "flush marker with a range"; break; }
+        } else {
+            if (!len || len % BLK || h.off % BLK || h.off > cfg.size || len > cfg.size - h.off) {
+                why = "bad range";
+                break;
+            }
+            if (!zero) {
+                if (len > MAX_DATA || h.dpos >> 48 || h.dpos % BLK || h.dpos + len > dsize) {
+                    why = "data not in the data log";
+                    break;
+                }
+                if (pread_all(dfd, buf, len, (off_t)h.dpos) || crc32c(buf, len) != h.dcrc) {
+                    why = "data crc";
+                    break;
+                }
+            }
+        }
+        uint64_t b0 = h.off / BLK;
+        if (!flush)
+            for (uint32_t i = 0; i < len / BLK; i++)
+                idx[b0 + i] = zero ? IDX_ZERO : (int64_t)(h.dpos + (uint64_t)i * BLK);
+        seq = h.seq;
+        last_t = h.t_ns;
+        pos += (off_t)sizeof h;
+        nrec++;
+    }
+    free(buf);
+    if (ftruncate(hfd, pos) || fdatasync(hfd)) return -errno;
+    hend = pos;
+    durable = seq;
+    /* New data goes after everything in the data log (holes of writes that never got a
+     * header are simply not reused). */
+    dend = (dsize + BLK - 1) / BLK * BLK;
+    logmsg("recovered seq %" PRIu64 ": checkpoint at %" PRIu64 " + %" PRIu64 " records, stopped at: %s",
+           seq, from, nrec, why);
+    return 0;
+}
+
+/* ---- control socket ---------------------------------------------------------------------
+ * Abstract unix socket "@yunhan-cdpd:<name>" (no path to clean up, gone with the process),
+ * one command line per connection, one JSON line back; peers must be root or our user.
+ *   stats       counters, seq, durable seq, the last checkpoint, space of the logs
+ *   checkpoint  write a checkpoint now (once everything up to now is durable)
+ */
+
+static int ctl_fd = -1;
+
+static void ctl_reply_stats(int fd) {
+    struct stat ds = {0}, hs = {0};
+    if (cfg.journal) {
+        fstat(dfd, &ds);
+        fstat(hfd, &hs);
+    }
+    pthread_mutex_lock(&mu);
+    uint64_t s = seq, d = durable, t = last_t, ck = ck_last_seq;
+    int f = failed;
+    pthread_mutex_unlock(&mu);
+    dprintf(fd,
+            "{\"name\": \"%s\", \"mode\": \"%s\", \"durability\": \"%s\", \"size\": %" PRIu64
+            ", \"seq\": %" PRIu64 ", \"durable_seq\": %" PRIu64 ", \"last_t_ns\": %" PRIu64
+            ", \"checkpoint_seq\": %" PRIu64 ", \"failed\": %s, \"writes\": %lu, \"reads\": %lu"
+            ", \"bytes\": %lu, \"flushes\": %lu, \"zero\": %lu, \"syncs\": %lu"
+            ", \"data_bytes\": %lld, \"header_bytes\": %lld}\n",
+            cfg.name, cfg.journal ? "journal" : "plain", cfg.strict ? "strict" : "flush", cfg.size, s, d,
+            t, ck, f ? "true" : "false", n_writes, n_reads, n_bytes, n_flushes, n_zero, n_syncs,
+            (long long)ds.st_blocks * 512, (long long)hs.st_blocks * 512);
+}
+
+static void *control(void *arg) {
+    int64_t *copy = arg;
+    for (;;) {
+        int c = accept4(ctl_fd, NULL, NULL, SOCK_CLOEXEC);
+        if (c < 0) {
+            if (errno == EINTR || errno == ECONNABORTED) continue;
+            break; /* shut down at stop */
+        }
+        struct ucred cr;
+        socklen_t len = sizeof cr;
+        char line[64] = {0};
+        struct timeval tv = {.tv_sec = 5};
+        setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        if (getsockopt(c, SOL_SOCKET, SO_PEERCRED, &cr, &len) || (cr.uid != 0 && cr.uid != getuid())) {
+            dprintf(c, "{\"error\": \"not allowed\"}\n");
+        } else if (recv(c, line, sizeof line - 1, 0) <= 0) {
+            /* nothing asked */
+        } else if (!strncmp(line, "stats", 5)) {
+            ctl_reply_stats(c);
+        } else if (!strncmp(line, "checkpoint", 10) && cfg.journal && copy) {
+            pthread_mutex_lock(&mu);
+            checkpoint_locked(copy);
+            uint64_t ck = ck_last_seq;
+            pthread_mutex_unlock(&mu);
+            dprintf(c, "{\"checkpoint_seq\": %" PRIu64 "}\n", ck);
+        } else {
+            dprintf(c, "{\"error\": \"unknown command; stats or checkpoint\"}\n");
+        }
+        close(c);
+    }
+    return NULL;
+}
+
+static int control_open(void) {
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    int n = snprintf(a.sun_path + 1, sizeof a.sun_path - 1, "yunhan-cdpd:%s", cfg.name);
+    if (n < 0 || (size_t)n >= sizeof a.sun_path - 1) return -ENAMETOOLONG;
+    ctl_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (ctl_fd < 0) return -errno;
+    if (bind(ctl_fd, (struct sockaddr *)&a, (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)n)) ||
+        listen(ctl_fd, 8)) {
+        int e = errno;
+        close(ctl_fd);
+        ctl_fd = -1;
+        return -e;
+    }
+    return 0;
+}
+
+/* ---- FUSE operations -------------------------------------------------------------------- */
+
+static void fill_attr(fuse_ino_t ino, struct stat *st) {
+    memset(st, 0, sizeof *st);
+    st->st_ino = ino;
+    st->st_uid = getuid();
+    st->st_gid = getgid();
+    if (ino == FUSE_ROOT_ID) {
+        st->st_mode = S_IFDIR | 0755;
+        st->st_nlink = 2;
+    } else {
+        st->st_mode = S_IFREG | 0600;
+        st->st_nlink = 1;
+        st->st_size = (off_t)cfg.size;
+        st->st_blocks = (blkcnt_t)(cfg.size / 512);
+    }
+    st->st_blksize = BLK;
+}
+
+static void op_init(void *ud, struct fuse_conn_info *conn) {
+    (void)ud;
+    conn->max_write = MAX_DATA;
+    conn->max_readahead = MAX_DATA;
+    conn->want &= ~(unsigned)FUSE_CAP_WRITEBACK_CACHE; /* every write reaches us */
+}
+
+static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
+    if (parent != FUSE_ROOT_ID || strcmp(name, "vol")) {
+        fuse_reply_err(req, ENOENT);
+        return;
+    }
+    struct fuse_entry_param e = {.ino = VOL_INO, .attr_timeout = ATTR_TIMEOUT, .entry_timeout = ATTR_TIMEOUT};
+    fill_attr(VOL_INO, &e.attr);
+    fuse_reply_entry(req, &e);
+}
+
+static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+    (void)fi;
+    if (ino != FUSE_ROOT_ID && ino != VOL_INO) {
+        fuse_reply_err(req, ENOENT);
+        return;
+    }
+    struct stat st;
+    fill_attr(ino, &st);
+    fuse_reply_attr(req, &st, ATTR_TIMEOUT);
+}
+
+static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+    if (ino != VOL_INO) {
+        fuse_reply_err(req, EISDIR);
+        return;
+    }
+    fuse_reply_open(req, fi);
+}
+
+/* Read [b0, b0+nb) blocks into buf (aligned). */
+static int read_blocks(char *buf, uint64_t b0, size_t nb) {
+    if (!cfg.journal) {
+        ssize_t r = pread(bfd, buf, nb * BLK, (off_t)(b0 * BLK));
+        if (r < 0) return -errno;
+        if ((size_t)r < nb * BLK) memset(buf + r, 0, nb * BLK - (size_t)r); /* short base */
+        return 0;
+    }
+    int64_t *pos = malloc(nb * sizeof *pos);
+    if (!pos) return -ENOMEM;
+    pthread_mutex_lock(&mu);
+    memcpy(pos, idx + b0, nb * sizeof *pos);
+    pthread_mutex_unlock(&mu);
+    int rc = 0;
+    for (size_t i = 0; i < nb && !rc;) {
+        size_t k = 1;
+        if (pos[i] < 0)
+            while (i + k < nb && pos[i + k] == pos[i]) k++;
+        else
+            while (i + k < nb && pos[i + k] == pos[i] + (int64_t)(k * BLK)) k++;
+        char *dst = buf + i * BLK;
+        if (pos[i] == IDX_ZERO) {
+            memset(dst, 0, k * BLK);
+        } else if (pos[i] == IDX_BASE) {
+            ssize_t r = pread(bfd, dst, k * BLK, (off_t)((b0 + i) * BLK));
+            if (r < 0) rc = -errno;
+            else if ((size_t)r < k * BLK) memset(dst + r, 0, k * BLK - (size_t)r);
+        } else {
+            rc = pread_all(dfd, dst, k * BLK, (off_t)pos[i]);
+        }
+        i += k;
+    }
+    free(pos);
+    return rc;
+}
+
+static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
+    (void)ino, (void)fi;
+    n_reads++;
+    if (off < 0 || (uint64_t)off >= cfg.size || !size) {
+        fuse_reply_buf(req, NULL, 0);
+        return;
+    }
+    if (size > cfg.size - (uint64_t)off) size = cfg.size - (uint64_t)off;
+    uint64_t b0 = (uint64_t)off / BLK, b1 = ((uint64_t)off + size + BLK - 1) / BLK;
+    char *buf = NULL;
+    if (posix_memalign((void **)&buf, BLK, (b1 - b0) * BLK)) {
+        fuse_reply_err(req, ENOMEM);
+        return;
+    }
+    int rc = read_blocks(buf, b0, b1 - b0);
+    if (rc) fuse_reply_err(req, -rc);
+    else fuse_reply_buf(req, buf + (uint64_t)off % BLK, size);
+    free(buf);
+}
+
+static int check_range(uint64_t off, uint64_t size) {
+    if (off % BLK || size % BLK) return -EINVAL; /* a loop device with 4 KiB sectors never does this */
+    if (off > cfg.size || size > cfg.size - off) return -ENOSPC;
+    return 0;
+}
+
+static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
+                     struct fuse_file_info *fi) {
+    (void)ino, (void)fi;
+    n_writes++;
+    int rc = off < 0 ? -EINVAL : check_range((uint64_t)off, size);
+    if (!rc && size > MAX_DATA) rc = -EINVAL;
+    void *a = NULL;
+    if (!rc && posix_memalign(&a, BLK, size ? size : BLK)) rc = -ENOMEM;
+    if (rc) {
+        fuse_reply_err(req, -rc);
+        return;
+    }
+    memcpy(a, buf, size); /* O_DIRECT needs an aligned buffer; FUSE's is not */
+    if (!cfg.journal) {
+        rc = pwrite_all(bfd, a, size, off);
+        free(a);
+        if (rc) fuse_reply_err(req, -rc);
+        else {
+            n_bytes += size;
+            fuse_reply_write(req, size);
+        }
+        return;
+    }
+    struct hdr h = {.off = (uint64_t)off, .lenf = (uint32_t)size, .dcrc = crc32c(a, size)};
+    h.dpos = atomic_fetch_add(&dend, size);
+    if (h.dpos >> 48) rc = -ENOSPC;
+    else rc = pwrite_all(dfd, a, size, (off_t)h.dpos); /* O_DIRECT: in the device when it returns */
+    free(a);
+    if (rc) {
+        /* the data never got a header: nothing to undo, the write is refused */
+        logmsg("write to the data log failed: %s", strerror(-rc));
+        fuse_reply_err(req, -rc);
+        return;
+    }
+    pthread_mutex_lock(&mu);
+    rc = append_locked(&h);
+    if (!rc && cfg.strict) rc = wait_durable_locked(h.seq);
+    pthread_mutex_unlock(&mu);
+    if (rc) fuse_reply_err(req, -rc);
+    else {
+        n_bytes += size;
+        fuse_reply_write(req, size);
+    }
+}
+
+static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi) {
+    (void)ino, (void)datasync, (void)fi;
+    n_flushes++;
+    int rc = 0;
+    if (!cfg.journal) {
+        rc = fdatasync(bfd) ? -errno : 0;
+        n_syncs++;
+    } else {
+        struct hdr h = {.lenf = FLAG_FLUSH};
+        pthread_mutex_lock(&mu);
+        rc = append_locked(&h);
+        if (!rc) rc = wait_durable_locked(h.seq);
+        pthread_mutex_unlock(&mu);
+    }
+    fuse_reply_err(req, -rc);
+}
+
+static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+    (void)ino, (void)fi;
+    fuse_reply_err(req, 0); /* close(2); durability is FSYNC's job */
+}
+
+/* BLKDISCARD / write-zeroes through loop: PUNCH_HOLE or ZERO_RANGE, always KEEP_SIZE. */
+static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t length,
+                         struct fuse_file_info *fi) {
+    (void)ino, (void)fi;
+    const int zeroing = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE;
+    if (!(mode & zeroing) || (mode & ~(zeroing | FALLOC_FL_KEEP_SIZE))) {
+        fuse_reply_err(req, EOPNOTSUPP); /* the volume has a fixed size; allocation is ours */
+        return;
+    }
+    int rc = off < 0 || length < 0 ? -EINVAL : check_range((uint64_t)off, (uint64_t)length);
+    if (rc) {
+        fuse_reply_err(req, -rc);
+        return;
+    }
+    n_zero++;
+    if (!cfg.journal) {
+        rc = fallocate(bfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, length) ? -errno : 0;
+        fuse_reply_err(req, -rc);
+        return;
+    }
+    pthread_mutex_lock(&mu);
+    uint64_t o = (uint64_t)off, left = (uint64_t)length, last = 0;
+    while (left && !rc) {
+        uint32_t n = left > MAX_ZERO ? MAX_ZERO : (uint32_t)left;
+        struct hdr h = {.off = o, .lenf = n | FLAG_ZERO};
+        rc = append_locked(&h);
+        last = h.seq, o += n, left -= n;
+    }
+    if (!rc && cfg.strict) rc = wait_durable_locked(last);
+    pthread_mutex_unlock(&mu);
+    fuse_reply_err(req, -rc);
+}
+
+static const struct fuse_lowlevel_ops ops = {
+    .init = op_init,
+    .lookup = op_lookup,
+    .getattr = op_getattr,
+    .open = op_open,
+    .read = op_read,
+    .write = op_write,
+    .fsync = op_fsync,
+    .flush = op_flush,
+    .fallocate = op_fallocate,
+};
+
+/* ---- start and stop --------------------------------------------------------------------- */
+
+static int open_in(const char *name, int flags) {
+    char path[PATH_MAX];
+    if ((size_t)snprintf(path, sizeof path, "%s/%s", cfg.dir, name) >= sizeof path) {
+        logmsg("%s/%s: path too long", cfg.dir, name);
+        return -1;
+    }
+    int fd = open(path, flags | O_CLOEXEC, 0600);
+    if (fd < 0) logmsg("cannot open %s: %s", path, strerror(errno));
+    return fd;
+}
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: yunhan-cdpd --dir VOLDIR --mount MNT --size BYTES [--mode journal|plain]\n"
+            "                   [--durability strict|flush] [--name NAME] [--threads N]\n"
+            "                   [--checkpoint-every RECORDS (20000; 0: only at a clean stop)]\n");
+}
+
+static int parse_args(int argc, char **argv) {
+    static const struct option opts[] = {
+        {"dir", required_argument, 0, 'd'},     {"mount", required_argument, 0, 'm'},
+        {"size", required_argument, 0, 's'},    {"mode", required_argument, 0, 'M'},
+        {"durability", required_argument, 0, 'D'}, {"name", required_argument, 0, 'n'},
+        {"threads", required_argument, 0, 't'}, {"help", no_argument, 0, 'h'},
+        {"checkpoint-every", required_argument, 0, 'c'},
+        {0, 0, 0, 0},
+    };
+    int c;
+    char *end;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'd': cfg.dir = optarg; break;
+        case 'm': cfg.mnt = optarg; break;
+        case 'n': cfg.name = optarg; break;
+        case 's':
+            errno = 0;
+            cfg.size = strtoull(optarg, &end, 10);
+            if (errno || *end || !cfg.size || cfg.size % BLK) {
+                fprintf(stderr, "yunhan-cdpd: --size %s: a positive multiple of 4096 bytes\n", optarg);
+                return 2;
+            }
+            break;
+        case 'M':
+            if (!strcmp(optarg, "journal")) cfg.journal = 1;
+            else if (!strcmp(optarg, "plain")) cfg.journal = 0;
+            else { fprintf(stderr, "yunhan-cdpd: --mode %s: journal or plain\n", optarg); return 2; }
+            break;
+        case 'D':
+            if (!strcmp(optarg, "strict")) cfg.strict = 1;
+            else if (!strcmp(optarg, "flush")) cfg.strict = 0;
+            else { fprintf(stderr, "yunhan-cdpd: --durability %s: strict or flush\n", optarg); return 2; }
+            break;
+        case 't':
+            cfg.threads = atoi(optarg);
+            if (cfg.threads < 1 || cfg.threads > 256) {
+                fprintf(stderr, "yunhan-cdpd: --threads %s: 1 to 256\n", optarg);
+                return 2;
+            }
+            break;
+        case 'c':
+            errno = 0;
+            cfg.ck_every = strtoull(optarg, &end, 10);
+            if (errno || *end || !*optarg) {
+                fprintf(stderr, "yunhan-cdpd: --checkpoint-every %s: a number of records\n", optarg);
+                return 2;
+            }
+            break;
+        case 'h': usage(stdout); exit(0);
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind != argc || !cfg.dir || !cfg.mnt || !cfg.size) {
+        usage(stderr);
+        return 2;
+    }
+    return 0;
+}
+
+static void close_all(void) {
+    if (bfd >= 0) close(bfd);
+    if (dfd >= 0) close(dfd);
+    if (hfd >= 0) close(hfd);
+    bfd = dfd = hfd = -1;
+    free(idx);
+    idx = NULL;
+}
+
+int main(int argc, char **argv) {
+    int rc = parse_args(argc, argv);
+    if (rc) return rc;
+    crc32c_init();
+    bfd = open_in("base.img", (cfg.journal ? O_RDONLY : O_RDWR) | O_DIRECT);
+    if (bfd < 0) goto fail;
+    /* One server per volume: a second one (a stale process, a double start) would interleave
+     * its records with ours. The lock goes with the process, also on SIGKILL. */
+    if (flock(bfd, LOCK_EX | LOCK_NB)) {
+        logmsg("%s/base.img is locked: %s", cfg.dir,
+               errno == EWOULDBLOCK ? "another yunhan-cdpd serves this volume" : strerror(errno));
+        goto fail;
+    }
+    if (cfg.journal) {
+        dfd = open_in("data.00000", O_RDWR | O_CREAT | O_DIRECT);
+        hfd = open_in("journal.00000", O_RDWR | O_CREAT);
+        if (dfd < 0 || hfd < 0) goto fail;
+        idx = malloc(cfg.size / BLK * sizeof *idx);
+        if (!idx) {
+            logmsg("no memory for the index of %" PRIu64 " blocks", cfg.size / BLK);
+            goto fail;
+        }
+        for (uint64_t i = 0; i < cfg.size / BLK; i++) idx[i] = IDX_BASE;
+        rc = recover();
+        if (rc) {
+            logmsg("journal recovery failed: %s", strerror(-rc));
+            goto fail;
+        }
+    }
+
+    char fsname[256];
+    snprintf(fsname, sizeof fsname, "-ofsname=yunhan-cdpd:%s,subtype=yunhan-cdpd", cfg.name);
+    char *fargv[] = {argv[0], fsname, NULL};
+    struct fuse_args args = FUSE_ARGS_INIT(2, fargv);
+    struct fuse_session *se = fuse_session_new(&args, &ops, sizeof ops, NULL);
+    fuse_opt_free_args(&args);
+    if (!se) {
+        logmsg("cannot create the FUSE session");
+        goto fail;
+    }
+    if (fuse_set_signal_handlers(se)) {
+        logmsg("cannot install signal handlers");
+        fuse_session_destroy(se);
+        goto fail;
+    }
+    if (fuse_session_mount(se, cfg.mnt)) {
+        logmsg("cannot mount on %s (is it an existing directory, and not a dead mount?)", cfg.mnt);
+        fuse_remove_signal_handlers(se);
+        fuse_session_destroy(se);
+        goto fail;
+    }
+    logmsg("serving %s/vol: %" PRIu64 " bytes, mode %s%s", cfg.mnt, cfg.size,
+           cfg.journal ? "journal" : "plain", cfg.journal ? (cfg.strict ? ", strict" : ", flush") : "");
+    int64_t *ck_copy = NULL;
+    pthread_t ck_thread;
+    int ck_running = 0;
+    if (cfg.journal) {
+        ck_copy = malloc(cfg.size / BLK * sizeof *ck_copy);
+        if (ck_copy && !pthread_create(&ck_thread, NULL, checkpointer, ck_copy)) ck_running = 1;
+        else logmsg("no checkpoint thread (no memory?): restarts will replay the whole journal");
+    }
+    /* The control socket gets a buffer of its own: a checkpoint it writes may overlap one
+     * of the checkpoint thread (both copy under mu, then write unlocked). */
+    int64_t *ctl_copy = cfg.journal ? malloc(cfg.size / BLK * sizeof *ctl_copy) : NULL;
+    pthread_t ctl_thread;
+    int ctl_running = 0;
+    rc = control_open();
+    if (rc) logmsg("no control socket @yunhan-cdpd:%s: %s", cfg.name, strerror(-rc));
+    else if (!pthread_create(&ctl_thread, NULL, control, ctl_copy)) ctl_running = 1;
+    rc = 0;
+    struct fuse_loop_config *lc = fuse_loop_cfg_create();
+    if (!lc) {
+        logmsg("no memory for the loop configuration");
+        rc = -1;
+    } else {
+        fuse_loop_cfg_set_max_threads(lc, (unsigned)cfg.threads);
+        fuse_loop_cfg_set_idle_threads(lc, (unsigned)cfg.threads);
+        rc = fuse_session_loop_mt(se, lc);
+        fuse_loop_cfg_destroy(lc);
+    }
+    if (ctl_running) {
+        shutdown(ctl_fd, SHUT_RDWR); /* accept() returns EINVAL */
+        pthread_join(ctl_thread, NULL);
+    }
+    if (ctl_fd >= 0) close(ctl_fd);
+    free(ctl_copy);
+    if (ck_running) {
+        pthread_mutex_lock(&mu);
+        ck_stop = 1;
+        pthread_cond_signal(&ck_cv);
+        pthread_mutex_unlock(&mu);
+        pthread_join(ck_thread, NULL);
+    }
+    int sync_rc = cfg.journal ? journal_sync() : (fdatasync(bfd) ? -errno : 0);
+    if (sync_rc) logmsg("final sync failed: %s", strerror(-sync_rc));
+    if (cfg.journal && !sync_rc && ck_copy) { /* a restart after a clean stop replays nothing */
+        pthread_mutex_lock(&mu);
+        checkpoint_locked(ck_copy);
+        pthread_mutex_unlock(&mu);
+    }
+    free(ck_copy);
+    fuse_session_unmount(se);
+    fuse_remove_signal_handlers(se);
+    fuse_session_destroy(se);
+    logmsg("stopped: writes=%lu reads=%lu bytes=%lu flushes=%lu zero=%lu syncs=%lu seq=%" PRIu64,
+           n_writes, n_reads, n_bytes, n_flushes, n_zero, n_syncs, seq);
+    close_all();
+    return rc < 0 || sync_rc ? 1 : 0;
+fail:
+    close_all();
+    return 1;
+}

@@ -140,3 +140,30 @@ def test_help_and_list_import_nothing_heavy() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.splitlines()[-1] == "[]", out.stdout
+
+
+def test_output_cut_short_by_its_reader_ends_quietly() -> None:
+    # `yunhan … | head -1`: the reader goes away mid-output (more than a pipe holds);
+    # no traceback, SIGPIPE's exit status.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from yunhan.cli import main\n"
+        "def rows():\n"
+        "    for _ in range(1_000_000):\n"
+        "        print('row', flush=True)  # as the CLI writes: line by line, as it goes\n"
+        "    return 0\n"
+        "main.main = rows\n"
+        "main.app()\n"
+    )
+    p = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert p.stdout is not None and p.stderr is not None
+    assert p.stdout.readline() == b"row\n"
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(30) == 141, err
+    assert "Traceback" not in err

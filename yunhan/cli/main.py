@@ -95,5 +95,13 @@ def main(argv: Sequence[str] | None = None, *, transport: Transport | None = Non
 
 
 def app() -> None:
-    """The console script."""
-    sys.exit(main())
+    """The console script. Output cut short by its reader (`yunhan status | head -3`)
+    ends it quietly, as other Unix tools do, not with a traceback."""
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python flushes stdout again at exit: point it at /dev/null so that fails not.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)  # 128 + SIGPIPE, as a shell reports a tool killed by it
+    sys.exit(code)

@@ -14,7 +14,6 @@ import base64
 import io
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 import pytest
 
 from tests.aiinputs import png as _png
+from tests.fnruntime import running
 from yunhan.ai import SERVICES, service
 from yunhan.functions import FunctionRuntime, FunctionSpec, Invocation, Worker
 
@@ -31,15 +31,8 @@ pytestmark = pytest.mark.root
 
 @pytest.fixture(scope="module")
 def rt(run_prefix: str) -> Iterator[FunctionRuntime]:
-    state = Path(tempfile.mkdtemp(prefix=f"{run_prefix}-ai-"))
-    runtime = FunctionRuntime(state, f"{run_prefix}ai")
-    try:
-        runtime.start()
+    with running(run_prefix, "ai") as runtime:
         yield runtime
-    finally:
-        runtime.stop()
-        shutil.rmtree(state, ignore_errors=True)
-    assert not runtime.layout.groups(runtime.prefix)
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fnruntime import running
 from yunhan import procstat
 from yunhan.errors import ValidationError
 from yunhan.functions import Deployment, FunctionRuntime, FunctionSpec, WorkerGone
@@ -96,15 +97,8 @@ HANDLERS = {
 
 @pytest.fixture(scope="module")
 def rt(run_prefix: str) -> Iterator[FunctionRuntime]:
-    state = Path(tempfile.mkdtemp(prefix=f"{run_prefix}-fn-"))
-    runtime = FunctionRuntime(state, f"{run_prefix}fn")
-    try:
-        runtime.start()
+    with running(run_prefix, "fn") as runtime:
         yield runtime
-    finally:
-        runtime.stop()
-        shutil.rmtree(state, ignore_errors=True)
-    assert not runtime.layout.groups(runtime.prefix)
 
 
 def _gone(pid: int) -> bool:

@@ -4,6 +4,6 @@ its function code, deployed and run like any user's function. Nothing here impor
 model library: only the workers do.
 """
 
-from yunhan.ai.catalog import SERVICES, ServiceDef, event_from_upload, service
+from yunhan.ai.catalog import SERVICES, ServiceDef, event_from_file, event_from_upload, service
 
-__all__ = ["SERVICES", "ServiceDef", "event_from_upload", "service"]
+__all__ = ["SERVICES", "ServiceDef", "event_from_file", "event_from_upload", "service"]

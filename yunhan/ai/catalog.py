@@ -141,15 +141,19 @@ def _file_part(content_type: str, body: bytes) -> bytes:
             data = part.get_payload(decode=True)
             if not isinstance(data, bytes):
                 break
-            if len(data) > MAX_UPLOAD:
-                raise ValidationError(
-                    f"file of {len(data)} bytes: at most {MAX_UPLOAD}", field="file"
-                )
             return data
     raise ValidationError("the multipart/form-data body has no part named 'file'", field="file")
 
 
+def event_from_file(service: str, data: bytes) -> dict[str, Any]:
+    """The event for the service named `service` from a file's bytes (`yunhan ai call
+    --file`; a multipart upload's `file` part), checked as `event_from_upload` does."""
+    return _file_event(_lookup(service), data)
+
+
 def _file_event(svc: ServiceDef, data: bytes) -> dict[str, Any]:
+    if len(data) > MAX_UPLOAD:
+        raise ValidationError(f"file of {len(data)} bytes: at most {MAX_UPLOAD}", field="file")
     if svc.field == "text":
         try:
             return {"text": data.decode("utf-8")}

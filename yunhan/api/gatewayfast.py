@@ -24,7 +24,7 @@ from yunhan.api.auth import authenticate
 from yunhan.api.deps import AppState
 from yunhan.api.fastpath import _read_body, _replayer, _respond, authorization
 from yunhan.api.journal import request_id
-from yunhan.api.routes.invoke import answer
+from yunhan.api.routes.invoke import answer, gateway_project
 from yunhan.api.views import resolve
 from yunhan.errors import YunhanError
 from yunhan.store import Resource
@@ -85,20 +85,12 @@ class GatewayFastPath:
                 c = authenticate(r, header, st.admin_hash, st.admin_project_id, st.clock())
                 if c.kind in ("host", "bootstrap"):
                     return None
-                if project in (c.project.id, c.project.name):
-                    pid = c.project.id
-                elif c.admin:
-                    p = r.get("project", project) or r.by_name("project", "", project)
-                    if p is None:
-                        return None
-                    pid = p.id
-                else:
-                    return None
-                return resolve(r, "function", pid, name)
+                return resolve(r, "function", gateway_project(r, c, project), name)
         except YunhanError:
             return None
 
     def close(self) -> None:
+        """End the pool's threads (an app wrapped for a while, as the tests do)."""
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 

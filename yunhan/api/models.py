@@ -798,20 +798,6 @@ class FunctionVersions(_Out):
     items: list[FunctionVersion] = Field(description="oldest first")
 
 
-class UsageItem(_Out):
-    project: str = Field(description="the project's id")
-    project_name: str | None = Field(description="the project's name (null: deleted since)")
-    function: str | None = Field(description="the function's id (by function)")
-    name: str | None = Field(description="the function's name (by function)")
-    day: str | None = Field(description="YYYY-MM-DD, UTC (by day)")
-    requests: int
-    errors: int
-    cold_starts: int
-    billed_ms: int
-    gb_seconds: float
-    cost: float
-
-
 class UsageTotals(_Out):
     requests: int
     errors: int
@@ -819,6 +805,14 @@ class UsageTotals(_Out):
     billed_ms: int
     gb_seconds: float
     cost: float
+
+
+class UsageItem(UsageTotals):
+    project: str = Field(description="the project's id")
+    project_name: str | None = Field(description="the project's name (null: deleted since)")
+    function: str | None = Field(description="the function's id (by function)")
+    name: str | None = Field(description="the function's name (by function)")
+    day: str | None = Field(description="YYYY-MM-DD, UTC (by day)")
 
 
 class UsageReport(_Out):

@@ -70,17 +70,7 @@ def call_event(service: str, file: str | None, text: str | None, data: str | Non
         content = Path(file).read_bytes()
     except OSError as exc:
         raise ValidationError(f"--file {file}: {exc.strerror}", field="file") from exc
-    return catalog.event_from_upload(
-        service, "multipart/form-data; boundary=x", _multipart(content)
-    )
-
-
-def _multipart(content: bytes) -> bytes:
-    """One `file` part: checked by the same code the API runs (catalog.event_from_upload)."""
-    return (
-        b'--x\r\nContent-Disposition: form-data; name="file"; filename="f"\r\n'
-        b"Content-Type: application/octet-stream\r\n\r\n" + content + b"\r\n--x--\r\n"
-    )
+    return catalog.event_from_file(service, content)  # checked as the API checks uploads
 
 
 def ai_call(ctx: Ctx) -> None:

@@ -85,7 +85,7 @@ class PriceTable:
         }
 
 
-_PRICE_KEYS = {k: k for k in ("per_request", "per_gb_second", "currency")}
+_PRICE_KEYS = ("per_request", "per_gb_second", "currency")
 
 
 def _flat_yaml(text: str, source: str) -> dict[str, object]:

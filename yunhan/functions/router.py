@@ -202,7 +202,6 @@ class _Pool:
         self.kpa = Kpa(target.policy)
         self.want = 0
         self.spawn_error: str | None = None
-        self.touched = now
 
     # -- the request path ------------------------------------------------------------
 
@@ -215,7 +214,6 @@ class _Pool:
         not)."""
         arrived = time.monotonic()
         with self.cond:
-            self.touched = arrived
             self.gauge.add(1, self.r.clock())
             w = self._free()
             if w is not None:

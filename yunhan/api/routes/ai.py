@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -35,8 +36,6 @@ def function_name(service: str) -> str:
 
 def _source(svc: catalog.ServiceDef) -> tuple[str, str]:
     """The service's code as a deploy takes it (base64 tar.gz), and its sha256."""
-    import hashlib
-
     content = pack(svc.source_dir)
     return base64.b64encode(content).decode(), hashlib.sha256(content).hexdigest()
 

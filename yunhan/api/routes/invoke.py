@@ -26,7 +26,7 @@ from yunhan.api.models import FunctionInvocation, FunctionLogs
 from yunhan.api.views import resolve
 from yunhan.errors import BadRequest, Forbidden, NotFound, Unreachable
 from yunhan.functions.router import Result
-from yunhan.store import Resource
+from yunhan.store import Reader, Resource
 
 router = APIRouter(tags=["functions"])
 
@@ -83,15 +83,14 @@ def invoke(
     return res.to_json()
 
 
-def _gateway_project(st: AppState, c: Caller, ref: str) -> str:
+def gateway_project(r: Reader, c: Caller, ref: str) -> str:
     """The project of /fn/<project>/...: the caller's own (by name or id), or any for the
-    admin."""
+    admin (also the fast path's rule, `gatewayfast`)."""
     if ref in (c.project.id, c.project.name):
         return c.project.id
     if not c.admin:
         raise Forbidden(f"this token belongs to project {c.project.name}, not {ref!r}")
-    with st.store.read() as r:
-        p = r.get("project", ref) or r.by_name("project", "", ref)
+    p = r.get("project", ref) or r.by_name("project", "", ref)
     if p is None:
         raise NotFound(f"no project {ref!r}")
     return p.id
@@ -114,7 +113,8 @@ def _headers(res: Result) -> dict[str, str]:
 def gateway(project: str, name: str, request: Request, c: CallerDep, event: Event = None) -> Any:
     """The handler's result is the body; request id, version and durations are headers."""
     st = state_of(request)
-    fn = _function(st, _gateway_project(st, c, project), name)
+    with st.store.read() as r:
+        fn = resolve(r, "function", gateway_project(r, c, project), name)
     res = _functions(st).invoke(fn, _event(event), _request_id(request))
     status, content, headers = answer(res)
     return JSONResponse(content, status_code=status, headers=headers)

@@ -1,0 +1,475 @@
+"""The volumes of this host: their storage processes, block devices and mounts (issue 12).
+
+For each `volume/<id>` entry of the host document the agent makes the disk real:
+
+* its directory in the zone's volume pool (`--volume-dir`; the lab gives each zone one,
+  shared by the zone's hosts as a SAN would be) exists: a new ext4 disk, a clone of another
+  volume at a second (`VolumeDir.clone_from`), or, on a restore, a new generation;
+* a yunhan-cdpd serves it while it is attached, protected or still copying from a parent:
+  in `journal` mode when protected (every write journaled before it is acknowledged),
+  `plain` otherwise. cdpd runs in a session of its own and outlives the agent: a restarted
+  agent adopts it by its pid file, and a crashed agent leaves the disks serving;
+* attached: a loop device (4 KiB sectors, direct I/O) on cdpd's file, mounted at the
+  attachment's path inside the instance's private mount namespace only. The loop device is
+  released (`losetup -d`) as soon as it is mounted, so the kernel frees it when the mount
+  goes, whoever ends it;
+* detached: unmounted (which flushes) and, when nothing else needs it, cdpd stopped.
+
+A storage process that dies (SIGKILL, a crash) is seen by the monitor within a second:
+the dead mount inside the instance is dropped, cdpd restarts (recovering its journal: every
+acknowledged write is there) and the disk is mounted again. The writer inside sees I/O
+errors for the writes in flight, as after a power cut of the disk, and nothing it was told
+was written is lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from yunhan import procstat
+from yunhan.errors import VolumeError
+from yunhan.nsexec import mnt_path
+from yunhan.polling import poll_until
+from yunhan.volume import cdpd as cdpd_mod
+
+log = logging.getLogger(__name__)
+
+MONITOR_INTERVAL = 1.0
+PID_FILE = "cdpd.pid"
+ATTACHED_FILE = "attached.json"
+RESTORED_FILE = "restored.json"
+
+
+class Attach(Protocol):
+    instance: str
+    netns: str
+    path: str
+
+
+class Desired(Protocol):
+    """What the document says of one volume (net.desired.VolumeDesired)."""
+
+    id: str
+    name: str
+    size: int
+
+    @property
+    def tiers(self) -> tuple[tuple[int, int], ...] | None: ...
+
+    @property
+    def attach(self) -> Attach | None: ...
+
+    @property
+    def restore_to_ns(self) -> int | None: ...
+
+    @property
+    def restore_serial(self) -> int: ...
+
+    @property
+    def source_volume(self) -> str | None: ...
+
+    @property
+    def source_at_ns(self) -> int | None: ...
+
+
+@dataclass
+class Report:
+    phase: str = "available"
+    message: str | None = None
+    device: str | None = None
+    mounted: bool = False
+    used_bytes: int = 0
+    journal_bytes: int = 0
+    base_bytes: int = 0
+    timeline: list[dict[str, int]] = field(default_factory=list)
+    restored_serial: int = 0
+    fill: float = 1.0
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _run(argv: Sequence[str], timeout: float = 60.0) -> str:
+    p = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False)
+    if p.returncode != 0:
+        raise VolumeError(f"{' '.join(argv[:3])}…: {(p.stderr or p.stdout).strip()}")
+    return p.stdout
+
+
+def _in_mnt(mnt: Path, argv: Sequence[str], timeout: float = 60.0) -> str:
+    return _run(["nsenter", f"--mount={mnt}", "--", *argv], timeout)
+
+
+def _mounted_in(mnt: Path, path: str) -> str | None:
+    """The source mounted at `path` inside mount namespace `mnt` (None: nothing)."""
+    out = _in_mnt(mnt, ["cat", "/proc/self/mountinfo"])
+    return cdpd_mod.mount_source(path, out)
+
+
+def _loop_of(file: Path) -> str | None:
+    out = subprocess.run(
+        ["losetup", "-j", str(file), "-O", "NAME", "-n"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    ).stdout.split()
+    return out[0] if out else None
+
+
+def _loop_attach(file: Path) -> str:
+    return _run(
+        ["losetup", "-f", "--show", "--direct-io=on", "--sector-size", "4096", str(file)]
+    ).strip()
+
+
+def _alive(pid: int, start: int) -> bool:
+    st = procstat.read(pid)
+    return st is not None and st.state != "Z" and st.start_time == start
+
+
+class VolumeManager:
+    """This host's volumes. `apply` follows each new document; the monitor thread repairs a
+    dead storage process between documents. Both hold `_lock`: one change at a time."""
+
+    def __init__(
+        self,
+        pool: Path,
+        state_dir: Path,
+        prefix: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        binary: Path | None = None,
+    ) -> None:
+        self.pool = pool
+        self.run_dir = state_dir / "volumes"
+        self.prefix = prefix
+        self.clock = clock
+        self.binary = binary
+        self._desired: dict[str, Desired] = {}
+        self._reports: dict[str, Report] = {}
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._monitor, name="volumes", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop watching; every disk keeps serving (the storage outlives the agent)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+
+    def teardown(self) -> None:
+        """Unmount, release and stop everything this manager serves (the host is going)."""
+        with self._lock:
+            for vid in list(self._served_ids()):
+                self._retire(vid)
+
+    def _monitor(self) -> None:
+        while not self._stop.wait(MONITOR_INTERVAL):
+            try:
+                with self._lock:
+                    for vid, v in list(self._desired.items()):
+                        if self._needs_repair(vid):
+                            log.warning("storage of volume %s is down; restarting it", vid)
+                            self._converge(v)
+            except Exception:
+                log.exception("volume monitor pass failed")
+
+    # -- the document ----------------------------------------------------------------------
+
+    def apply(self, volumes: Sequence[Desired], deleted: Sequence[str] = ()) -> list[str]:
+        """Converge every volume of the document; those gone from it stop being served here
+        (they moved to another host, or were deleted: `deleted` ids also lose their data).
+        Returns the errors (each also in its volume's report)."""
+        errors: list[str] = []
+        with self._lock:
+            self._desired = {v.id: v for v in volumes}
+            for vid in self._served_ids() - set(self._desired):
+                try:
+                    self._retire(vid)
+                except Exception as exc:
+                    errors.append(f"volume {vid}: {exc}")
+                self._reports.pop(vid, None)
+            for vid in deleted:
+                with contextlib.suppress(FileNotFoundError):
+                    shutil.rmtree(self.pool / vid)
+            for v in volumes:
+                try:
+                    self._converge(v)
+                except Exception as exc:
+                    log.warning("volume %s: %s", v.id, exc)
+                    rep = self._reports.setdefault(v.id, Report())
+                    rep.phase, rep.message = "error", str(exc)
+                    errors.append(f"volume {v.name}: {exc}")
+        return errors
+
+    def report(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return {vid: r.to_json() for vid, r in self._reports.items()}
+
+    # -- one volume ------------------------------------------------------------------------
+
+    def _vdir(self, vid: str) -> Any:
+        from yunhan.volume.volumedir import VolumeDir
+
+        return VolumeDir(self.pool, vid)
+
+    def _run_dir(self, vid: str) -> Path:
+        d = self.run_dir / vid
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def _served_ids(self) -> set[str]:
+        if not self.run_dir.is_dir():
+            return set()
+        return {p.name for p in self.run_dir.iterdir() if p.is_dir()}
+
+    def _converge(self, v: Desired) -> None:
+        vd = self._vdir(v.id)
+        rep = self._reports.setdefault(v.id, Report())
+        if not vd.exists():
+            if v.source_volume is not None and v.source_at_ns is not None:
+                vd.clone_from(self._vdir(v.source_volume), v.source_at_ns)
+            else:
+                vd.create(v.size)
+        restored = self._restored(v.id)
+        if v.restore_to_ns is not None and v.restore_serial > restored:
+            rep.phase = "restoring"
+            self._unmount(v.id)
+            self._stop_cdpd(v.id)
+            vd.restore_to(v.restore_to_ns)
+            self._set_restored(v.id, v.restore_serial)
+            restored = v.restore_serial
+        rep.restored_serial = restored
+        if v.size > vd.size():
+            self._grow(v, vd)
+        mode = "journal" if v.tiers else "plain"
+        filling = vd.filling()
+        want_served = v.attach is not None or v.tiers is not None or filling
+        served = self._served(v.id)
+        gen = str(vd.current())
+        if served is not None and (
+            served.get("mode") != mode or served.get("dir") != gen or served.get("size") != v.size
+        ):
+            self._unmount(v.id)
+            self._stop_cdpd(v.id)
+            served = None
+        if want_served and served is None:
+            self._start_cdpd(v.id, gen, v.size, mode)
+        if v.attach is not None:
+            rep.device = self._mount(v.id, v.attach)
+            rep.mounted, rep.phase = True, "attached"
+        else:
+            self._unmount(v.id)
+            rep.device, rep.mounted, rep.phase = None, False, "available"
+            if not want_served:
+                self._stop_cdpd(v.id)
+        rep.message = None
+        self._measure(v, vd, rep)
+
+    def _measure(self, v: Desired, vd: Any, rep: Report) -> None:
+        space = vd.space()
+        rep.base_bytes, rep.journal_bytes = space.base_bytes, space.journal_bytes
+        rep.used_bytes = space.base_bytes + space.journal_bytes
+        rep.fill = vd.fill_progress()
+        if v.tiers:
+            from yunhan.volume import tiers as tiers_mod
+
+            now = int(self.clock() * 1e9)
+            rep.timeline = tiers_mod.timeline(vd.current(), list(v.tiers), now)
+        else:
+            rep.timeline = []
+
+    # -- restore bookkeeping (in the pool: it moves with the volume) ------------------------
+
+    def _restored(self, vid: str) -> int:
+        try:
+            return int(json.loads((self.pool / vid / RESTORED_FILE).read_text())["serial"])
+        except (FileNotFoundError, ValueError, KeyError):
+            return 0
+
+    def _set_restored(self, vid: str, serial: int) -> None:
+        path = self.pool / vid / RESTORED_FILE
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({"serial": serial}))
+        tmp.replace(path)
+
+    # -- the storage process ---------------------------------------------------------------
+
+    def _name(self, vid: str) -> str:
+        return f"{self.prefix}{vid}"
+
+    def _mount_dir(self, vid: str) -> Path:
+        return self._run_dir(vid) / "mnt"
+
+    def _served(self, vid: str) -> dict[str, Any] | None:
+        """The record of this volume's running cdpd (None: none runs, or it died)."""
+        path = self.run_dir / vid / PID_FILE
+        try:
+            rec: dict[str, Any] = json.loads(path.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        if not _alive(rec["pid"], rec["start"]):
+            return None
+        if cdpd_mod.mount_source(self._mount_dir(vid)) != cdpd_mod.FSNAME_PREFIX + self._name(vid):
+            return None
+        return rec
+
+    def _needs_repair(self, vid: str) -> bool:
+        path = self.run_dir / vid / PID_FILE
+        return path.exists() and self._served(vid) is None
+
+    def _start_cdpd(self, vid: str, gen: str, size: int, mode: str) -> None:
+        mount = self._mount_dir(vid)
+        self._stop_cdpd(vid)  # whatever a dead one left: its mount, its loop, its pid file
+        d = cdpd_mod.Cdpd(
+            gen,
+            mount,
+            size=size,
+            name=self._name(vid),
+            mode="journal" if mode == "journal" else "plain",
+            binary=self.binary,
+            log=self._run_dir(vid) / "cdpd.log",
+        )
+        # Another host may still be letting go of it (a move): cdpd refuses a directory
+        # whose lock is held, so try for a while.
+        deadline = time.monotonic() + 15.0
+        while True:
+            try:
+                d.start()
+                break
+            except VolumeError as exc:
+                if "lock" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        pid = d.pid
+        assert pid is not None
+        st = procstat.read(pid)
+        rec = {
+            "pid": pid,
+            "start": st.start_time if st else 0,
+            "mode": mode,
+            "dir": gen,
+            "size": size,
+        }
+        path = self._run_dir(vid) / PID_FILE
+        tmp = path.with_name(PID_FILE + ".tmp")
+        tmp.write_text(json.dumps(rec))
+        tmp.replace(path)
+
+    def _stop_cdpd(self, vid: str) -> None:
+        path = self.run_dir / vid / PID_FILE
+        try:
+            rec = json.loads(path.read_text())
+        except (FileNotFoundError, ValueError):
+            rec = None
+        if rec is not None and _alive(rec["pid"], rec["start"]):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(rec["pid"], signal.SIGTERM)
+            if not poll_until(lambda: not _alive(rec["pid"], rec["start"]), 15.0, interval=0.05):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(rec["pid"], signal.SIGKILL)
+                poll_until(lambda: not _alive(rec["pid"], rec["start"]), 5.0, interval=0.05)
+        mount = self.run_dir / vid / "mnt"
+        cdpd_mod.unmount(mount, cdpd_mod.FSNAME_PREFIX + self._name(vid))
+        path.unlink(missing_ok=True)
+
+    # -- the block device inside the instance ----------------------------------------------
+
+    def _attached(self, vid: str) -> dict[str, str] | None:
+        try:
+            rec: dict[str, str] = json.loads((self.run_dir / vid / ATTACHED_FILE).read_text())
+            return rec
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def _mount(self, vid: str, a: Attach) -> str:
+        """Mount the disk at `a.path` in the instance's mount namespace; returns the device."""
+        mnt = mnt_path(a.netns)
+        if not mnt.exists():
+            raise VolumeError(f"instance {a.instance} has no mount namespace yet")
+        prev = self._attached(vid)
+        if prev is not None and (prev["netns"], prev["path"]) != (a.netns, a.path):
+            self._unmount(vid)
+            prev = None
+        file = self._mount_dir(vid) / "vol"
+        source = _mounted_in(mnt, a.path)
+        if prev is not None and source is not None and source == prev.get("device"):
+            if _loop_of(file) == source:
+                return source  # mounted, on a device backed by the running storage
+            # Its storage restarted: the device reads a dead file. Drop that mount (the
+            # kernel frees the device once no file is open on it) and mount afresh.
+            with contextlib.suppress(VolumeError):
+                _in_mnt(mnt, ["umount", "-l", a.path])
+        elif source is not None:
+            raise VolumeError(f"instance {a.instance} already has {source} mounted at {a.path}")
+        dev = _loop_attach(file)
+        try:
+            _in_mnt(mnt, ["mkdir", "-p", a.path])
+            _in_mnt(mnt, ["mount", "-t", "ext4", dev, a.path])
+        finally:
+            # Released now, freed by the kernel when the mount goes (autoclear).
+            with contextlib.suppress(VolumeError):
+                _run(["losetup", "-d", dev])
+        rec = {"instance": a.instance, "netns": a.netns, "path": a.path, "device": dev}
+        path = self._run_dir(vid) / ATTACHED_FILE
+        path.write_text(json.dumps(rec))
+        return dev
+
+    def _unmount(self, vid: str) -> None:
+        """Unmount (flushing) from whichever instance has it; busy is an error to retry."""
+        prev = self._attached(vid)
+        if prev is None:
+            return
+        mnt = mnt_path(prev["netns"])
+        if mnt.exists():
+            source = _mounted_in(mnt, prev["path"])
+            if source is not None and source == prev.get("device"):
+                try:
+                    _in_mnt(mnt, ["umount", prev["path"]])
+                except VolumeError as exc:
+                    if self._served(vid) is not None:
+                        raise VolumeError(
+                            f"cannot unmount {prev['path']} in instance {prev['instance']}: "
+                            f"{exc} (a process there holds files open?)"
+                        ) from exc
+                    _in_mnt(mnt, ["umount", "-l", prev["path"]])  # its storage is gone
+        (self.run_dir / vid / ATTACHED_FILE).unlink(missing_ok=True)
+
+    def _grow(self, v: Desired, vd: Any) -> None:
+        """A detached disk grows: the image first, then its filesystem through a loop device
+        on a cdpd that serves the new size."""
+        self._unmount(v.id)
+        self._stop_cdpd(v.id)
+        vd.grow(v.size)
+        self._start_cdpd(v.id, str(vd.current()), v.size, "journal" if v.tiers else "plain")
+        dev = _loop_attach(self._mount_dir(v.id) / "vol")
+        try:
+            subprocess.run(["e2fsck", "-f", "-p", dev], capture_output=True, timeout=300)
+            _run(["resize2fs", dev], timeout=300)
+        finally:
+            with contextlib.suppress(VolumeError):
+                _run(["losetup", "-d", dev])
+
+    def _retire(self, vid: str) -> None:
+        self._unmount(vid)
+        self._stop_cdpd(vid)
+        shutil.rmtree(self.run_dir / vid, ignore_errors=True)

@@ -187,9 +187,15 @@ class VolumeManager:
             try:
                 with self._lock:
                     for vid, v in list(self._desired.items()):
+                        rep = self._reports.get(vid)
                         if self._needs_repair(vid):
                             log.warning("storage of volume %s is down; restarting it", vid)
+                        elif rep is None or rep.phase != "error":
+                            continue
+                        try:
                             self._converge(v)
+                        except Exception as exc:
+                            self._failed(v, exc)
             except Exception:
                 log.exception("volume monitor pass failed")
 
@@ -202,24 +208,33 @@ class VolumeManager:
         errors: list[str] = []
         with self._lock:
             self._desired = {v.id: v for v in volumes}
-            for vid in self._served_ids() - set(self._desired):
+            for vid in self._served_ids() - set(self._desired) - set(deleted):
                 try:
                     self._retire(vid)
                 except Exception as exc:
                     errors.append(f"volume {vid}: {exc}")
                 self._reports.pop(vid, None)
             for vid in deleted:
-                with contextlib.suppress(FileNotFoundError):
-                    shutil.rmtree(self.pool / vid)
+                # Deleted (never attached: the API refuses that): its data goes, then the
+                # report says so and the control plane forgets it.
+                try:
+                    self._retire(vid)
+                    shutil.rmtree(self.pool / vid, ignore_errors=True)
+                    self._reports[vid] = Report(phase="deleted")
+                except Exception as exc:
+                    errors.append(f"volume {vid}: {exc}")
             for v in volumes:
                 try:
                     self._converge(v)
                 except Exception as exc:
-                    log.warning("volume %s: %s", v.id, exc)
-                    rep = self._reports.setdefault(v.id, Report())
-                    rep.phase, rep.message = "error", str(exc)
-                    errors.append(f"volume {v.name}: {exc}")
+                    errors.append(f"volume {v.name}: {self._failed(v, exc)}")
         return errors
+
+    def _failed(self, v: Desired, exc: Exception) -> str:
+        log.warning("volume %s: %s", v.id, exc)
+        rep = self._reports.setdefault(v.id, Report())
+        rep.phase, rep.message = "error", str(exc)
+        return str(exc)
 
     def report(self) -> dict[str, dict[str, Any]]:
         with self._lock:

@@ -153,12 +153,13 @@ def written(lab: Lab) -> dict[str, Any]:
           "--tiers", TIERS, "--wait")  # fmt: skip
     r.run("volume", "attach", "data", "w1", "--path", "/data", "--wait")
     vid = lab.volume("data")["id"]
-    proc = subprocess.Popen(
-        [r.bin, "instance", "exec", "w1", "--", "python3", "-", "/data/log", str(WRITE_S),
-         str(RATE)],
-        stdin=open(WRITER), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=r.env,
-    )  # fmt: skip
+    with open(WRITER) as script:
+        proc = subprocess.Popen(
+            [r.bin, "instance", "exec", "w1", "--", "python3", "-", "/data/log",
+             str(WRITE_S), str(RATE)],
+            stdin=script, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=r.env,
+        )  # fmt: skip
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout or []), daemon=True)
     reader.start()

@@ -12,6 +12,7 @@ record that failed is written again. Runs for SECONDS at up to RATE records per 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -35,10 +36,8 @@ def main() -> int:
             out.write(f"err {i} {exc.errno} {time.time_ns()}\n")
             out.flush()
             if fd >= 0:
-                try:
+                with contextlib.suppress(OSError):
                     os.close(fd)
-                except OSError:
-                    pass
             fd = -1
             time.sleep(0.2)
             continue

@@ -13,10 +13,11 @@ A protected volume is a directory:
 
 Segments. The journal is the concatenation, in the order of `segments`, of its segments'
 header logs. cdpd appends to the last one and starts a new one (k+1 after the highest
-number in use) on its "rotate" command or when the data log passes --segment-bytes; the
-segment before is durable before the first record of the new one is written, so only the
-last segment can have a torn tail. `segments` is text, replaced atomically (temporary name,
-fdatasync, rename, directory fsync):
+live number; compacted segments are numbered down from 65535) on its "rotate" command or
+when the data log passes --segment-bytes; the segment before is durable before the first
+record of the new one is written, so only the last segment can have a torn tail.
+`segments` is text, replaced atomically (temporary name, fdatasync, rename, directory
+fsync):
 
     YHSEG1 <base_seq> <base_t_ns>
     <k> live|compacted
@@ -644,7 +645,9 @@ class Writer:
         """Seal the current segment (synced) and go on in a new one; returns its number."""
         self.sync()
         layout = read_layout(self.directory)
-        number = max(layout.numbers) + 1
+        number = max(s.number for s in layout.segments if not s.compacted) + 1
+        if number in layout.numbers or number >> 16:
+            raise JournalError(f"{self.directory}: no segment number left")
         os.close(self._h)
         os.close(self._d)
         self._h = os.open(self.directory / header_file(number), os.O_RDWR | os.O_CREAT, 0o600)

@@ -114,6 +114,7 @@ static atomic_ulong n_writes, n_reads, n_flushes, n_syncs, n_zero, n_bytes;
 #define SEG_OFF(p) ((uint64_t)(p) & ((1ull << SEG_SHIFT) - 1))
 #define SEG_NUM(p) ((uint64_t)(p) >> SEG_SHIFT)
 #define MAX_SEGS 4096
+#define MAX_SEG_NUM (1u << 15) /* an index entry is an int64: negative ones mean base or zero */
 static struct {
     uint32_t n;
     uint32_t num[MAX_SEGS];
@@ -279,7 +280,7 @@ static int journal_sync(void) {
  * The `segments` file lists the journal's segments in order (journal.py's docstring); without
  * it the journal is segment 0 alone, as before segments, and it is first written at the first
  * rotation. A rotation starts segment max+1 (of the live ones: compacted segments are numbered
- * down from 65535) once every record appended is durable and nobody
+ * down from 32767) once every record appended is durable and nobody
  * is between reserving data and appending its header, so only the last segment can have a torn
  * tail; the new segment is listed (the file replaced atomically) before its first record. */
 
@@ -318,7 +319,7 @@ static int layout_read(void) {
     char kind[16];
     lay.n = 0;
     while (ok && lay.n < MAX_SEGS && fscanf(f, "%u %15s\n", &num, kind) == 2) {
-        ok = num < (1u << 16) && (!strcmp(kind, "live") || !strcmp(kind, "compacted")) &&
+        ok = num < MAX_SEG_NUM && (!strcmp(kind, "live") || !strcmp(kind, "compacted")) &&
              seg_index(num) < 0;
         lay.num[lay.n] = num;
         lay.compacted[lay.n++] = !strcmp(kind, "compacted");
@@ -361,11 +362,11 @@ static int64_t rotate(uint64_t from) {
     }
     if (failed) rc = -EIO;
     if (rc || (from != UINT64_MAX && from != cur)) goto out;
-    uint64_t n = 0; /* live segments count up from 0, compacted ones down from 65535 */
+    uint64_t n = 0; /* live segments count up from 0, compacted ones down from 32767 */
     for (uint32_t i = 0; i < lay.n; i++)
         if (!lay.compacted[i] && lay.num[i] + 1u > n) n = lay.num[i] + 1u;
-    if (seg_index(n) >= 0) n = 1u << 16; /* they met */
-    if (n >> 16 || lay.n >= MAX_SEGS) {
+    if (seg_index(n) >= 0) n = MAX_SEG_NUM; /* they met */
+    if (n >= MAX_SEG_NUM || lay.n >= MAX_SEGS) {
         rc = -ENOSPC;
         goto out;
     }

@@ -13,7 +13,8 @@ A protected volume is a directory:
 
 Segments. The journal is the concatenation, in the order of `segments`, of its segments'
 header logs. cdpd appends to the last one and starts a new one (k+1 after the highest
-live number; compacted segments are numbered down from 65535) on its "rotate" command or
+live number; compacted segments are numbered down from 32767: an index entry is a signed
+64-bit position, so segment numbers have 15 bits) on its "rotate" command or
 when the data log passes --segment-bytes; the segment before is durable before the first
 record of the new one is written, so only the last segment can have a torn tail.
 `segments` is text, replaced atomically (temporary name, fdatasync, rename, directory
@@ -86,6 +87,7 @@ FLAG_ZERO = 1 << 30
 LENGTH_MASK = (1 << 30) - 1
 MAX_ZERO = LENGTH_MASK & ~(BLOCK - 1)  # the largest ZERO record; writers split longer ranges
 SEGMENT_SHIFT = 48
+MAX_SEGMENT = 1 << 15  # positions are signed 64-bit index entries: 15 bits of segment
 
 # Index entries: a data position (>= 0), or one of these.
 BASE = -1  # the block reads from base.img
@@ -159,7 +161,7 @@ def parse_layout(text: str) -> Layout:
     segs = []
     for line in lines[1:-1]:
         num, _, kind = line.partition(" ")
-        if not num.isdigit() or int(num) >> 16 or kind not in ("live", "compacted"):
+        if not num.isdigit() or int(num) >= MAX_SEGMENT or kind not in ("live", "compacted"):
             raise JournalError(f"segments: bad line {line!r}")
         segs.append(Segment(int(num), kind == "compacted"))
     if not segs or len({s.number for s in segs}) != len(segs):
@@ -646,7 +648,7 @@ class Writer:
         self.sync()
         layout = read_layout(self.directory)
         number = max(s.number for s in layout.segments if not s.compacted) + 1
-        if number in layout.numbers or number >> 16:
+        if number in layout.numbers or number >= MAX_SEGMENT:
             raise JournalError(f"{self.directory}: no segment number left")
         os.close(self._h)
         os.close(self._d)

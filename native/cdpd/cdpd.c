@@ -623,12 +623,137 @@ static int recover(void) {
     return 0;
 }
 
+/* ---- remap: compaction's switch ----------------------------------------------------------
+ * "remap" reads VOLDIR/remap (yunhan/volume/compact.py writes it, synced): the first
+ * `nremoved` listed segments give way to compacted segment `newseg` (or to nothing) and to
+ * base.img (already written), and every index entry into them moves to its new position or
+ * to base (the map: sorted pairs old -> new, new = IDX_BASE for folded data). Writes and reads
+ * are held off meanwhile (rot_lock): a read copies positions and reads them under its read
+ * lock, so none uses a position in a segment whose data log is then closed. Nothing changes
+ * unless every entry is in the map and the new segment list is durable. */
+
+struct __attribute__((packed)) rmhead {
+    char magic[4];
+    uint32_t nremoved, newseg, pad;
+    uint64_t base_seq, base_t, npairs, hlast_old, hlast_new;
+};
+
+static int rm_cmp(const void *key, const void *elem) {
+    int64_t a = *(const int64_t *)key, b = *(const int64_t *)elem;
+    return a < b ? -1 : a > b;
+}
+
+/* The new current segment list's first number, or -1 with `err` set. */
+static int64_t remap(char *err, size_t errlen) {
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/remap", cfg.dir);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st)) {
+        snprintf(err, errlen, "cannot read the remap file: %s", strerror(errno));
+        if (fd >= 0) close(fd);
+        return -1;
+    }
+    char *raw = malloc((size_t)st.st_size + 1);
+    int rc = raw ? pread_all(fd, raw, (size_t)st.st_size, 0) : -ENOMEM;
+    close(fd);
+    struct rmhead h;
+    size_t rlen = 0;
+    if (!rc && (size_t)st.st_size >= sizeof h) {
+        memcpy(&h, raw, sizeof h);
+        rlen = ((size_t)h.nremoved * 4 + 7) / 8 * 8;
+    }
+    if (rc || (size_t)st.st_size < sizeof h || memcmp(h.magic, "YHRM", 4) || h.nremoved > MAX_SEGS ||
+        h.npairs > (uint64_t)st.st_size || (size_t)st.st_size != sizeof h + rlen + h.npairs * 16) {
+        snprintf(err, errlen, "the remap file is damaged");
+        free(raw);
+        return -1;
+    }
+    const uint32_t *removed = (const uint32_t *)(raw + sizeof h);
+    const int64_t *pairs = (const int64_t *)(raw + sizeof h + rlen);
+    int nd = -1;
+    int64_t out = -1;
+    uint8_t *gone = calloc(1u << 16, 1);
+    pthread_rwlock_wrlock(&rot_lock);
+    pthread_mutex_lock(&mu);
+    if (!gone || h.nremoved >= lay.n) {
+        snprintf(err, errlen, "the segment appended to cannot be compacted");
+        goto out;
+    }
+    for (uint32_t i = 0; i < h.nremoved; i++) {
+        if (removed[i] != lay.num[i]) {
+            snprintf(err, errlen, "segment %u is not listed %u-th", removed[i], i + 1);
+            goto out;
+        }
+        gone[removed[i]] = 1;
+    }
+    struct stat ns = {0};
+    if (h.newseg != 0xFFFFFFFFu) {
+        if (h.newseg >= MAX_SEG_NUM || (seg_index(h.newseg) >= 0 && !gone[h.newseg])) {
+            snprintf(err, errlen, "segment %u is in use", h.newseg);
+            goto out;
+        }
+        nd = seg_open("data", h.newseg, O_RDWR | O_DIRECT);
+        if (nd < 0 || fstat(nd, &ns)) {
+            snprintf(err, errlen, "cannot open data.%05u", h.newseg);
+            goto out;
+        }
+    }
+    for (uint64_t b = 0; b < cfg.size / BLK; b++) {
+        if (idx[b] >= 0 && gone[SEG_NUM(idx[b])] &&
+            !bsearch(&idx[b], pairs, h.npairs, 16, rm_cmp)) {
+            snprintf(err, errlen, "block %" PRIu64 " (at %" PRIx64 ") is not in the map", b, (uint64_t)idx[b]);
+            goto out;
+        }
+    }
+    uint32_t keep = lay.n - h.nremoved, first = h.newseg != 0xFFFFFFFFu;
+    uint32_t onum[MAX_SEGS];
+    uint8_t ocomp[MAX_SEGS];
+    uint32_t on = lay.n;
+    uint64_t obs = lay.base_seq, obt = lay.base_t;
+    memcpy(onum, lay.num, sizeof onum);
+    memcpy(ocomp, lay.compacted, sizeof ocomp);
+    memmove(lay.num + first, onum + h.nremoved, keep * sizeof *lay.num);
+    memmove(lay.compacted + first, ocomp + h.nremoved, keep);
+    if (first) lay.num[0] = h.newseg, lay.compacted[0] = 1;
+    lay.n = keep + first, lay.base_seq = h.base_seq, lay.base_t = h.base_t;
+    rc = layout_write();
+    if (rc) {
+        memcpy(lay.num, onum, sizeof onum);
+        memcpy(lay.compacted, ocomp, sizeof ocomp);
+        lay.n = on, lay.base_seq = obs, lay.base_t = obt;
+        snprintf(err, errlen, "cannot write the segment list: %s", strerror(-rc));
+        goto out;
+    }
+    for (uint64_t b = 0; b < cfg.size / BLK; b++)
+        if (idx[b] >= 0 && gone[SEG_NUM(idx[b])])
+            idx[b] = ((const int64_t *)bsearch(&idx[b], pairs, h.npairs, 16, rm_cmp))[1];
+    if (hlast == h.hlast_old) hlast = h.hlast_new;
+    for (uint32_t i = 0; i < h.nremoved; i++) {
+        close(seg_dfd[removed[i]]);
+        seg_dfd[removed[i]] = -1, seg_dsize[removed[i]] = 0;
+    }
+    if (first) seg_dfd[h.newseg] = nd, seg_dsize[h.newseg] = (uint64_t)ns.st_size, nd = -1;
+    ck_last_seq = 0; /* the next checkpoint is written even with no new record */
+    out = first ? (int64_t)h.newseg : (int64_t)lay.num[0];
+    logmsg("remapped: %u segments compacted into %s, base at seq %" PRIu64, h.nremoved,
+           first ? "one" : "base.img", h.base_seq);
+out:
+    pthread_mutex_unlock(&mu);
+    pthread_rwlock_unlock(&rot_lock);
+    if (nd >= 0) close(nd);
+    free(gone);
+    free(raw);
+    return out;
+}
+
 /* ---- control socket ---------------------------------------------------------------------
  * Abstract unix socket "@yunhan-cdpd:<name>" (no path to clean up, gone with the process),
  * one command line per connection, one JSON line back; peers must be root or our user.
  *   stats       counters, seq, durable seq, the last checkpoint, space of the logs
  *   checkpoint  write a checkpoint now (once everything up to now is durable)
  *   rotate      go on in a new segment: {"segment": <its number>}; the ones before are sealed
+ *   remap       switch to the compacted segments described by VOLDIR/remap (see remap())
  */
 
 static int ctl_fd = -1;
@@ -687,8 +812,17 @@ static void *control(void *arg) {
             int64_t n = rotate(UINT64_MAX);
             if (n < 0) dprintf(c, "{\"error\": \"rotate: %s\"}\n", strerror((int)-n));
             else dprintf(c, "{\"segment\": %" PRId64 "}\n", n);
+        } else if (!strncmp(line, "remap", 5) && cfg.journal) {
+            char err[256];
+            int64_t n = remap(err, sizeof err);
+            if (n < 0) {
+                logmsg("remap refused: %s", err);
+                dprintf(c, "{\"error\": \"remap: %s\"}\n", err);
+            } else {
+                dprintf(c, "{\"segment\": %" PRId64 "}\n", n);
+            }
         } else {
-            dprintf(c, "{\"error\": \"unknown command; stats, checkpoint or rotate\"}\n");
+            dprintf(c, "{\"error\": \"unknown command; stats, checkpoint, rotate or remap\"}\n");
         }
         close(c);
     }
@@ -776,6 +910,7 @@ static int read_blocks(char *buf, uint64_t b0, size_t nb) {
     }
     int64_t *pos = malloc(nb * sizeof *pos);
     if (!pos) return -ENOMEM;
+    pthread_rwlock_rdlock(&rot_lock); /* positions stay valid until read (remap) */
     pthread_mutex_lock(&mu);
     memcpy(pos, idx + b0, nb * sizeof *pos);
     pthread_mutex_unlock(&mu);
@@ -798,6 +933,7 @@ static int read_blocks(char *buf, uint64_t b0, size_t nb) {
         }
         i += k;
     }
+    pthread_rwlock_unlock(&rot_lock);
     free(pos);
     return rc;
 }

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import fcntl
 import os
 import struct
 from array import array
@@ -38,6 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from yunhan.volume import cdpd as cd
 from yunhan.volume import journal as j
 from yunhan.volume import tiers as tr
 
@@ -294,19 +296,33 @@ def compact(
     """Compact the sealed segments of `directory` whose records are older than the first
     tier's window at `now_ns`, keeping every point `tiers` promise (module docstring).
     `live`: the name of the cdpd serving the directory (the switch goes through its
-    "remap"); None: nothing serves it."""
-    from yunhan.volume import cdpd as cd  # the control client; cdpd does not import us
-
+    "remap"); None: nothing may serve it (base.img is locked meanwhile, as cdpd locks it;
+    a served volume is a JournalError)."""
     d = Path(directory)
     if held := holds(d):
         return Result(skipped=f"held by {', '.join(held)}")
+    if live is not None:
+        return _compact(d, volume_size, tiers, now_ns, live)
+    fd = os.open(d / j.BASE_FILE, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise j.JournalError(f"{d} is served by a cdpd: compact it through its remap") from exc
+        return _compact(d, volume_size, tiers, now_ns, None)
+    finally:
+        os.close(fd)
+
+
+def _compact(d: Path, volume_size: int, tiers: tr.Tiers, now_ns: int, live: str | None) -> Result:
     layout = j.read_layout(d)
     cutoff = now_ns - tiers[0][0] * tr.NS
     count, records = _sealed_prefix(d, layout, volume_size, cutoff)
     if count == 0 or not records:
         return Result(skipped="no sealed segment older than the first tier")
     removed = layout.numbers[:count]
-    pts = tr.points(tiers, layout.base_t_ns, now_ns)
+    # the promise starts where the journal does (as the timeline shows it), not before
+    pts = tr.points(tiers, j.journal_start(d, now_ns), now_ns)
     p = plan(records, pts, layout.base_seq, layout.base_t_ns)
     if not p.fold and len(p.keep) == len(records) and count == 1 and layout.segments[0].compacted:
         return Result(skipped="nothing to drop")

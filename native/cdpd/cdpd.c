@@ -689,7 +689,7 @@ static int64_t remap(char *err, size_t errlen) {
     }
     struct stat ns = {0};
     if (h.newseg != 0xFFFFFFFFu) {
-        if (h.newseg >= MAX_SEG_NUM || (seg_index(h.newseg) >= 0 && !gone[h.newseg])) {
+        if (h.newseg >= MAX_SEG_NUM || seg_index(h.newseg) >= 0) {
             snprintf(err, errlen, "segment %u is in use", h.newseg);
             goto out;
         }

@@ -110,8 +110,15 @@ def test_compaction_waits_for_holds_and_for_the_first_tier(tmp_path: Path) -> No
     (tmp_path / c.HOLDS_DIR / "vol9").write_text("")
     assert c.compact(tmp_path, SIZE, TIERS, now).skipped == "held by vol9"
     (tmp_path / c.HOLDS_DIR / "vol9").unlink()
-    # as of 1001 s nothing sealed is older than the first tier
+    # as of 1003 s nothing sealed is older than the first tier
     assert c.compact(tmp_path, SIZE, TIERS, 1003 * NS).skipped is not None
+    # an empty last segment is never due; one that starts at 1046 s is once that is older
+    # than the first tier's 4 s
+    assert not c.rotation_due(tmp_path, TIERS, 2000 * NS)
+    with j.Writer(tmp_path, SIZE) as w:
+        w.flush(1046 * NS)
+    assert not c.rotation_due(tmp_path, TIERS, 1050 * NS)
+    assert c.rotation_due(tmp_path, TIERS, 1050 * NS + 1)
 
 
 def test_a_plan_keeps_the_last_write_per_block_before_each_point() -> None:

@@ -25,6 +25,15 @@ The switch, and why no read sees wrong data:
 5. the old segment files are removed.
 A crash before 3 leaves the old journal in charge (the new files are unlisted leftovers,
 overwritten by the next run); after 3 the new one.
+
+The `remap` file, little endian: magic "YHRM", u32 number of removed segments, u32 the new
+segment (0xFFFFFFFF: none, all folded), u32 0, u64 base_seq, u64 base_t_ns, u64 number of
+pairs, u64 / u64 the header position after the last compacted record, old / new; then the
+removed segment numbers (u32 each, the first ones listed, padded to 8 bytes); then the
+pairs (i64 old data position of a block, i64 its new position or -1 for base.img), sorted.
+
+On schedule (the agent): `rotation_due` says when to ask cdpd to "rotate" (the segment
+appended to holds records older than the first tier's window), then `compact`.
 """
 
 from __future__ import annotations
@@ -129,6 +138,15 @@ class Result:
     bytes_before: int = 0
     bytes_after: int = 0
     skipped: str | None = None
+
+
+def rotation_due(directory: str | os.PathLike[str], tiers: tr.Tiers, now_ns: int) -> bool:
+    """Whether the segment appended to starts with a record older than the first tier's
+    window: sealed now, it can be compacted as soon as its last record ages out too."""
+    d = Path(directory)
+    last = j.read_layout(d).segments[-1].number
+    first = j.decode(j.read_headers(d, last)[: j.HEADER_SIZE])
+    return first is not None and first.t_ns < now_ns - tiers[0][0] * tr.NS
 
 
 def holds(directory: str | os.PathLike[str]) -> list[str]:

@@ -2,7 +2,7 @@
  *
  *   yunhan-cdpd --dir VOLDIR --mount MNT --size BYTES [--mode journal|plain]
  *               [--durability strict|flush] [--name NAME] [--threads N]
- *               [--checkpoint-every RECORDS]
+ *               [--checkpoint-every RECORDS] [--segment-bytes BYTES]
  *
  * Serves the volume as one file, MNT/vol, on a FUSE mount (libfuse3, multithreaded),
  * meant to be looped by a loop device with 4 KiB sectors (or used with aligned O_DIRECT).
@@ -10,9 +10,11 @@
  * --mode plain    writes go in place to VOLDIR/base.img (O_DIRECT); a FLUSH (FUSE fsync)
  *                 is an fdatasync of it. The unprotected volume.
  * --mode journal  base.img is only read; every write is journaled as yunhan/volume/journal.py
- *                 describes: its data O_DIRECT into data.00000 at a reserved 4 KiB-aligned
- *                 position (writes in parallel), then, under one lock, its 48-byte header
- *                 with the next seq and the time appended to journal.00000. Reads come from
+ *                 describes: its data O_DIRECT into the current segment's data.<k> at a
+ *                 reserved 4 KiB-aligned position (writes in parallel), then, under one lock,
+ *                 its 48-byte header with the next seq and the time appended to journal.<k>.
+ *                 A new segment starts when the data log passes --segment-bytes (256 MiB; 0:
+ *                 never) or on the control command "rotate". Reads come from
  *                 base + journal through an in-memory index (8 bytes per 4 KiB block).
  *                 A FLUSH appends a flush marker and returns once both logs are fdatasynced.
  *                 Discards and write-zeroes (FUSE fallocate) become ZERO records.
@@ -25,8 +27,8 @@
  *
  * Checkpoints (ck.<seq>, journal.py's format) are written by a thread every RECORDS records
  * once they are durable, and at a clean stop; a restart replays only what follows the newest.
- * Control: an abstract unix socket @yunhan-cdpd:<name> answers "stats" and "checkpoint" with
- * one JSON line (yunhan.volume.cdpd.control).
+ * Control: an abstract unix socket @yunhan-cdpd:<name> answers "stats", "checkpoint" and
+ * "rotate" with one JSON line (yunhan.volume.cdpd.control).
  * Start: the journal is recovered first (headers in seq order up to the first one whose
  * magic, crc, seq, time, range or data crc32c does not check; the header log is cut there),
  * then the mount. A write that failed to reach the journal, or an fdatasync that failed,
@@ -89,8 +91,9 @@ static struct {
     const char *dir, *mnt, *name;
     uint64_t size;
     int journal, strict, threads;
-    uint64_t ck_every;
-} cfg = {.strict = 1, .journal = 1, .threads = 16, .name = "volume", .ck_every = 20000};
+    uint64_t ck_every, seg_bytes;
+} cfg = {.strict = 1, .journal = 1, .threads = 16, .name = "volume", .ck_every = 20000,
+         .seg_bytes = 256ull << 20};
 
 static int bfd = -1, dfd = -1, hfd = -1;
 static int64_t *idx; /* journal mode: per block, a data position or IDX_BASE / IDX_ZERO */
@@ -104,6 +107,24 @@ static pthread_cond_t ck_cv = PTHREAD_COND_INITIALIZER;
 static int ck_want, ck_stop;  /* under mu: the checkpoint thread is asked to write / to end */
 static uint64_t ck_last_seq; /* under mu: seq of the last checkpoint written or loaded */
 static atomic_ulong n_writes, n_reads, n_flushes, n_syncs, n_zero, n_bytes;
+
+/* Segments (journal.py's docstring): dfd/hfd are the current segment's logs, `cur` its number;
+ * every data log of the journal stays open in seg_dfd for reads. */
+#define SEG_SHIFT 48
+#define SEG_OFF(p) ((uint64_t)(p) & ((1ull << SEG_SHIFT) - 1))
+#define SEG_NUM(p) ((uint64_t)(p) >> SEG_SHIFT)
+#define MAX_SEGS 4096
+#define MAX_SEG_NUM (1u << 15) /* an index entry is an int64: negative ones mean base or zero */
+static struct {
+    uint32_t n;
+    uint32_t num[MAX_SEGS];
+    uint8_t compacted[MAX_SEGS];
+    uint64_t base_seq, base_t;
+} lay = {.n = 1};
+static int seg_dfd[1 << 16];        /* by segment number: its data log, or -1 */
+static uint64_t cur;                /* under mu (and rot_lock): the segment appended to */
+static uint64_t hlast;              /* under mu: header position after the last record */
+static pthread_rwlock_t rot_lock = PTHREAD_RWLOCK_INITIALIZER; /* writers: read; rotation: write */
 
 static void logmsg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void logmsg(const char *fmt, ...) {
@@ -204,6 +225,7 @@ static int append_locked(struct hdr *h) {
         return rc;
     }
     hend += (off_t)sizeof *h;
+    hlast = cur << SEG_SHIFT | (uint64_t)hend;
     seq = h->seq;
     last_t = h->t_ns;
     if (cfg.ck_every && seq - ck_last_seq >= cfg.ck_every && !ck_want) {
@@ -226,6 +248,7 @@ static int append_locked(struct hdr *h) {
 static pthread_mutex_t ds_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t ds_cv = PTHREAD_COND_INITIALIZER;
 static uint64_t ds_asked, ds_done; /* under ds_mu: requests made, requests answered */
+static int ds_fd = -1;             /* under ds_mu: the data log the request is for */
 static int ds_rc, ds_ok;          /* under ds_mu: the first error; the thread runs */
 static pthread_once_t ds_once = PTHREAD_ONCE_INIT;
 
@@ -235,8 +258,9 @@ static void *data_syncer(void *arg) {
     for (;;) {
         while (ds_done == ds_asked) pthread_cond_wait(&ds_cv, &ds_mu);
         uint64_t n = ds_asked;
+        int fd = ds_fd;
         pthread_mutex_unlock(&ds_mu);
-        int rc = fdatasync(dfd) ? -errno : 0;
+        int rc = fdatasync(fd) ? -errno : 0;
         pthread_mutex_lock(&ds_mu);
         if (rc && !ds_rc) ds_rc = rc;
         ds_done = n;
@@ -253,15 +277,17 @@ static void data_syncer_start(void) {
     }
 }
 
-/* fdatasync of both logs, in parallel when the syncer thread could be started. */
-static int sync_logs(void) {
+/* fdatasync of data log `sd` and header log `sh`, in parallel when the syncer thread could
+ * be started. One caller at a time (the group commit's leader). */
+static int sync_logs(int sd, int sh) {
     pthread_once(&ds_once, data_syncer_start);
-    if (!ds_ok) return fdatasync(dfd) ? -errno : (fdatasync(hfd) ? -errno : 0);
+    if (!ds_ok) return fdatasync(sd) ? -errno : (fdatasync(sh) ? -errno : 0);
     pthread_mutex_lock(&ds_mu);
     uint64_t mine = ++ds_asked;
+    ds_fd = sd;
     pthread_cond_broadcast(&ds_cv);
     pthread_mutex_unlock(&ds_mu);
-    int rc = fdatasync(hfd) ? -errno : 0;
+    int rc = fdatasync(sh) ? -errno : 0;
     pthread_mutex_lock(&ds_mu);
     while (ds_done < mine) pthread_cond_wait(&ds_cv, &ds_mu);
     if (!rc) rc = ds_rc;
@@ -280,8 +306,9 @@ static int wait_durable_locked(uint64_t upto) {
         }
         syncing = 1;
         uint64_t target = seq; /* every record up to seq is in the kernel: its data before it */
+        int sd = dfd, sh = hfd; /* rotation changes them only while nobody syncs */
         pthread_mutex_unlock(&mu);
-        int rc = sync_logs();
+        int rc = sync_logs(sd, sh);
         n_syncs++;
         pthread_mutex_lock(&mu);
         syncing = 0;
@@ -300,6 +327,122 @@ static int journal_sync(void) {
     pthread_mutex_lock(&mu);
     int rc = wait_durable_locked(seq);
     pthread_mutex_unlock(&mu);
+    return rc;
+}
+
+/* ---- segments ---------------------------------------------------------------------------
+ * The `segments` file lists the journal's segments in order (journal.py's docstring); without
+ * it the journal is segment 0 alone, as before segments, and it is first written at the first
+ * rotation. A rotation starts segment max+1 (of the live ones: compacted segments are numbered
+ * down from 32767) once every record appended is durable and nobody
+ * is between reserving data and appending its header, so only the last segment can have a torn
+ * tail; the new segment is listed (the file replaced atomically) before its first record. */
+
+static uint64_t seg_dsize[1 << 16]; /* at recovery: each listed segment's data log size */
+
+static int open_in(const char *name, int flags);
+static int sync_dir(void);
+
+static int seg_index(uint64_t n) {
+    for (uint32_t i = 0; i < lay.n; i++)
+        if (lay.num[i] == n) return (int)i;
+    return -1;
+}
+
+static int seg_open(const char *kind, uint64_t n, int flags) {
+    char name[32];
+    snprintf(name, sizeof name, "%s.%05" PRIu64, kind, n);
+    return open_in(name, flags);
+}
+
+/* Read `segments` into lay: 0, or -errno after saying why. */
+static int layout_read(void) {
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/segments", cfg.dir);
+    FILE *f = fopen(path, "re");
+    if (!f) {
+        if (errno != ENOENT) {
+            logmsg("cannot read %s: %s", path, strerror(errno));
+            return -errno;
+        }
+        lay.n = 1, lay.num[0] = 0, lay.compacted[0] = 0, lay.base_seq = lay.base_t = 0;
+        return 0;
+    }
+    int ok = fscanf(f, "YHSEG1 %" SCNu64 " %" SCNu64 "\n", &lay.base_seq, &lay.base_t) == 2;
+    unsigned num;
+    char kind[16];
+    lay.n = 0;
+    while (ok && lay.n < MAX_SEGS && fscanf(f, "%u %15s\n", &num, kind) == 2) {
+        ok = num < MAX_SEG_NUM && (!strcmp(kind, "live") || !strcmp(kind, "compacted")) &&
+             seg_index(num) < 0;
+        lay.num[lay.n] = num;
+        lay.compacted[lay.n++] = !strcmp(kind, "compacted");
+    }
+    ok = ok && lay.n > 0 && feof(f);
+    fclose(f);
+    if (!ok) {
+        logmsg("%s is not a segment list", path);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static int layout_write(void) {
+    char path[PATH_MAX], tmp[PATH_MAX];
+    snprintf(path, sizeof path, "%s/segments", cfg.dir);
+    snprintf(tmp, sizeof tmp, "%s/.segments.tmp", cfg.dir);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) return -errno;
+    int rc = dprintf(fd, "YHSEG1 %" PRIu64 " %" PRIu64 "\n", lay.base_seq, lay.base_t) < 0 ? -EIO : 0;
+    for (uint32_t i = 0; !rc && i < lay.n; i++)
+        if (dprintf(fd, "%u %s\n", lay.num[i], lay.compacted[i] ? "compacted" : "live") < 0) rc = -EIO;
+    if (!rc && fdatasync(fd)) rc = -errno;
+    close(fd);
+    if (!rc && rename(tmp, path)) rc = -errno;
+    if (rc) unlink(tmp);
+    else rc = sync_dir();
+    return rc;
+}
+
+/* Go on in a new segment (see above); only while the current one is still `from` (UINT64_MAX:
+ * any). The current segment number after, or -errno. */
+static int64_t rotate(uint64_t from) {
+    pthread_rwlock_wrlock(&rot_lock);
+    pthread_mutex_lock(&mu);
+    int64_t rc = 0;
+    while (!rc && !failed && (durable < seq || syncing)) {
+        if (syncing) pthread_cond_wait(&cv, &mu);
+        else rc = wait_durable_locked(seq);
+    }
+    if (failed) rc = -EIO;
+    if (rc || (from != UINT64_MAX && from != cur)) goto out;
+    uint64_t n = 0; /* live segments count up from 0, compacted ones down from 32767 */
+    for (uint32_t i = 0; i < lay.n; i++)
+        if (!lay.compacted[i] && lay.num[i] + 1u > n) n = lay.num[i] + 1u;
+    if (seg_index(n) >= 0) n = MAX_SEG_NUM; /* they met */
+    if (n >= MAX_SEG_NUM || lay.n >= MAX_SEGS) {
+        rc = -ENOSPC;
+        goto out;
+    }
+    int nd = seg_open("data", n, O_RDWR | O_CREAT | O_TRUNC | O_DIRECT);
+    int nh = seg_open("journal", n, O_RDWR | O_CREAT | O_TRUNC);
+    lay.num[lay.n] = (uint32_t)n, lay.compacted[lay.n++] = 0;
+    rc = nd < 0 || nh < 0 ? -EIO : layout_write();
+    if (rc) {
+        lay.n--;
+        if (nd >= 0) close(nd);
+        if (nh >= 0) close(nh);
+        logmsg("cannot start segment %05" PRIu64 ": %s", n, strerror((int)-rc));
+        goto out;
+    }
+    seg_dfd[n] = nd;
+    close(hfd);
+    dfd = nd, hfd = nh, cur = n, hend = 0;
+    dend = 0;
+out:
+    if (!rc) rc = (int64_t)cur;
+    pthread_mutex_unlock(&mu);
+    pthread_rwlock_unlock(&rot_lock);
     return rc;
 }
 
@@ -352,7 +495,7 @@ static int write_checkpoint(const int64_t *blocks, uint64_t s, uint64_t t, uint6
 /* Snapshot the index at the current seq, wait until that seq is durable, write it. mu held on
  * entry and exit. */
 static void checkpoint_locked(int64_t *copy) {
-    uint64_t s = seq, t = last_t, hp = (uint64_t)hend;
+    uint64_t s = seq, t = last_t, hp = hlast;
     if (s == ck_last_seq) return;
     memcpy(copy, idx, cfg.size / BLK * sizeof *copy);
     if (wait_durable_locked(s)) return; /* the volume failed; it said so */
@@ -383,8 +526,8 @@ static int ck_name_cmp(const void *a, const void *b) {
 
 /* Load the newest usable checkpoint into idx/seq/last_t; its header-log position in *pos.
  * None usable: *pos = 0 and nothing changes. */
-static void load_checkpoint(off_t *pos, uint64_t dsize) {
-    *pos = 0;
+static void load_checkpoint(uint64_t *pos) {
+    *pos = (uint64_t)lay.num[0] << SEG_SHIFT;
     DIR *dir = opendir(cfg.dir);
     if (!dir) return;
     uint64_t seqs[64];
@@ -415,14 +558,18 @@ static void load_checkpoint(off_t *pos, uint64_t dsize) {
                  !pread_all(fd, idx, c.nblocks * sizeof *idx, sizeof c) && ck_crc(&c, idx) == c.crc;
         close(fd);
         /* its last record must still be this journal's (not cut by a crash and rewritten) */
-        ok = ok && !pread_all(hfd, &h, sizeof h, (off_t)(c.hpos - sizeof h)) && h.magic == MAGIC &&
-             h.hcrc == header_crc(&h) && h.seq == c.seq && h.t_ns == c.t_ns;
-        /* and every block it maps must be in the data log (not cut since) */
-        for (uint64_t b = 0; ok && b < c.nblocks; b++) ok = idx[b] < 0 || (uint64_t)idx[b] + BLK <= dsize;
+        int sfd = ok && seg_index(SEG_NUM(c.hpos)) >= 0 && SEG_OFF(c.hpos) >= sizeof h
+                      ? seg_open("journal", SEG_NUM(c.hpos), O_RDONLY) : -1;
+        ok = ok && sfd >= 0 && !pread_all(sfd, &h, sizeof h, (off_t)(SEG_OFF(c.hpos) - sizeof h)) &&
+             h.magic == MAGIC && h.hcrc == header_crc(&h) && h.seq == c.seq && h.t_ns == c.t_ns;
+        if (sfd >= 0) close(sfd);
+        /* and every block it maps must be in a listed data log (not cut since) */
+        for (uint64_t b = 0; ok && b < c.nblocks; b++)
+            ok = idx[b] < 0 || SEG_OFF(idx[b]) + BLK <= seg_dsize[SEG_NUM(idx[b])];
         if (ok) {
             seq = ck_last_seq = c.seq;
             last_t = c.t_ns;
-            *pos = (off_t)c.hpos;
+            *pos = c.hpos;
             return;
         }
         logmsg("checkpoint %s not usable; trying an older one", path);
@@ -430,72 +577,228 @@ static void load_checkpoint(off_t *pos, uint64_t dsize) {
     for (uint64_t b = 0; b < cfg.size / BLK; b++) idx[b] = IDX_BASE; /* a failed load wrote it */
 }
 
-/* Replay the header log into the index from the newest usable checkpoint: every record that
- * checks, in seq order; cut the header log after the last one (the tail after it was never
- * acknowledged). */
+/* Replay the header logs into the index from the newest usable checkpoint: every record that
+ * checks, in seq order, segment after segment; cut the last segment's header log after the
+ * last one (the tail after it was never acknowledged). A listed segment before the last that
+ * ends early is damage, not a torn tail: refuse to start rather than drop what follows. */
 static int recover(void) {
-    struct stat st;
-    if (fstat(dfd, &st)) return -errno;
-    uint64_t dsize = (uint64_t)st.st_size;
     char *buf = NULL;
     if (posix_memalign((void **)&buf, BLK, MAX_DATA)) return -ENOMEM;
     struct hdr h;
-    off_t pos;
-    load_checkpoint(&pos, dsize);
+    uint64_t start;
+    seq = lay.base_seq, last_t = lay.base_t;
+    load_checkpoint(&start);
+    hlast = start;
     uint64_t nrec = 0, from = seq;
     const char *why = "end of the header log";
-    for (;;) {
-        ssize_t r = pread(hfd, &h, sizeof h, pos);
-        if (r < 0) {
-            int e = errno;
-            free(buf);
-            return -e;
-        }
-        if (r < (ssize_t)sizeof h) {
-            if (r > 0) why = "partial header";
+    int rc = 0;
+    for (int i = seg_index(SEG_NUM(start)); i >= 0 && i < (int)lay.n; i++) {
+        uint64_t n = lay.num[i];
+        int last = i == (int)lay.n - 1, fd = seg_open("journal", n, O_RDWR | (last ? O_CREAT : 0));
+        if (fd < 0) {
+            rc = -ENOENT;
             break;
         }
-        uint32_t len = h.lenf & LENGTH_MASK;
-        int flush = !!(h.lenf & FLAG_FLUSH), zero = !!(h.lenf & FLAG_ZERO);
-        if (h.magic != MAGIC || h.hcrc != header_crc(&h) || (flush && zero)) { why = "bad header"; break; }
-        if (h.seq != seq + 1 || h.t_ns < last_t) { why = "seq or time out of order"; break; }
-        if (flush) {
-            if (len || h.off) { why = "flush marker with a range"; break; }
-        } else {
-            if (!len || len % BLK || h.off % BLK || h.off > cfg.size || len > cfg.size - h.off) {
-                why = "bad range";
+        off_t pos = n == SEG_NUM(start) ? (off_t)SEG_OFF(start) : 0;
+        int early = 1;
+        for (;;) {
+            ssize_t r = pread(fd, &h, sizeof h, pos);
+            if (r < 0) {
+                rc = -errno;
                 break;
             }
-            if (!zero) {
-                if (len > MAX_DATA || h.dpos >> 48 || h.dpos % BLK || h.dpos + len > dsize) {
-                    why = "data not in the data log";
+            if (r < (ssize_t)sizeof h) {
+                if (r > 0) why = "partial header";
+                else early = 0;
+                break;
+            }
+            uint32_t len = h.lenf & LENGTH_MASK;
+            int flush = !!(h.lenf & FLAG_FLUSH), zero = !!(h.lenf & FLAG_ZERO);
+            if (h.magic != MAGIC || h.hcrc != header_crc(&h) || (flush && zero)) { why = "bad header"; break; }
+            if ((lay.compacted[i] ? h.seq <= seq : h.seq != seq + 1) || h.t_ns < last_t) {
+                why = "seq or time out of order";
+                break;
+            }
+            if (flush) {
+                if (len || h.off) { why = "flush marker with a range"; break; }
+            } else {
+                if (!len || len % BLK || h.off % BLK || h.off > cfg.size || len > cfg.size - h.off) {
+                    why = "bad range";
                     break;
                 }
-                if (pread_all(dfd, buf, len, (off_t)h.dpos) || crc32c(buf, len) != h.dcrc) {
-                    why = "data crc";
-                    break;
+                if (!zero) {
+                    uint64_t ds = SEG_NUM(h.dpos), dp = SEG_OFF(h.dpos);
+                    if (len > MAX_DATA || seg_index(ds) < 0 || dp % BLK || dp + len > seg_dsize[ds]) {
+                        why = "data not in the data log";
+                        break;
+                    }
+                    if (pread_all(seg_dfd[ds], buf, len, (off_t)dp) || crc32c(buf, len) != h.dcrc) {
+                        why = "data crc";
+                        break;
+                    }
                 }
             }
+            uint64_t b0 = h.off / BLK;
+            if (!flush)
+                for (uint32_t k = 0; k < len / BLK; k++)
+                    idx[b0 + k] = zero ? IDX_ZERO : (int64_t)(h.dpos + (uint64_t)k * BLK);
+            seq = h.seq;
+            last_t = h.t_ns;
+            pos += (off_t)sizeof h;
+            hlast = n << SEG_SHIFT | (uint64_t)pos;
+            nrec++;
         }
-        uint64_t b0 = h.off / BLK;
-        if (!flush)
-            for (uint32_t i = 0; i < len / BLK; i++)
-                idx[b0 + i] = zero ? IDX_ZERO : (int64_t)(h.dpos + (uint64_t)i * BLK);
-        seq = h.seq;
-        last_t = h.t_ns;
-        pos += (off_t)sizeof h;
-        nrec++;
+        if (!last) {
+            close(fd);
+            if (!rc && early) {
+                logmsg("segment %05" PRIu64 " ends early (%s at seq %" PRIu64 ") but is not the last: "
+                       "the journal is damaged", n, why, seq + 1);
+                rc = -EIO;
+            }
+            if (rc) break;
+            continue;
+        }
+        if (!rc && (ftruncate(fd, pos) || fdatasync(fd))) rc = -errno;
+        if (rc) {
+            close(fd);
+            break;
+        }
+        hfd = fd, dfd = seg_dfd[n], cur = n, hend = pos;
+        /* New data goes after everything in the data log (holes of writes that never got a
+         * header are simply not reused). */
+        dend = (seg_dsize[n] + BLK - 1) / BLK * BLK;
     }
     free(buf);
-    if (ftruncate(hfd, pos) || fdatasync(hfd)) return -errno;
-    hend = pos;
+    if (rc) return rc;
+    if (hfd < 0) return -EIO; /* the checkpoint's segment is not listed: cannot happen */
     durable = seq;
-    /* New data goes after everything in the data log (holes of writes that never got a
-     * header are simply not reused). */
-    dend = (dsize + BLK - 1) / BLK * BLK;
     logmsg("recovered seq %" PRIu64 ": checkpoint at %" PRIu64 " + %" PRIu64 " records, stopped at: %s",
            seq, from, nrec, why);
     return 0;
+}
+
+/* ---- remap: compaction's switch ----------------------------------------------------------
+ * "remap" reads VOLDIR/remap (yunhan/volume/compact.py writes it, synced): the first
+ * `nremoved` listed segments give way to compacted segment `newseg` (or to nothing) and to
+ * base.img (already written), and every index entry into them moves to its new position or
+ * to base (the map: sorted pairs old -> new, new = IDX_BASE for folded data). Writes and reads
+ * are held off meanwhile (rot_lock): a read copies positions and reads them under its read
+ * lock, so none uses a position in a segment whose data log is then closed. Nothing changes
+ * unless every entry is in the map and the new segment list is durable. */
+
+struct __attribute__((packed)) rmhead {
+    char magic[4];
+    uint32_t nremoved, newseg, pad;
+    uint64_t base_seq, base_t, npairs, hlast_old, hlast_new;
+};
+
+static int rm_cmp(const void *key, const void *elem) {
+    int64_t a = *(const int64_t *)key, b = *(const int64_t *)elem;
+    return a < b ? -1 : a > b;
+}
+
+/* The new current segment list's first number, or -1 with `err` set. */
+static int64_t remap(char *err, size_t errlen) {
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/remap", cfg.dir);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st)) {
+        snprintf(err, errlen, "cannot read the remap file: %s", strerror(errno));
+        if (fd >= 0) close(fd);
+        return -1;
+    }
+    char *raw = malloc((size_t)st.st_size + 1);
+    int rc = raw ? pread_all(fd, raw, (size_t)st.st_size, 0) : -ENOMEM;
+    close(fd);
+    struct rmhead h;
+    size_t rlen = 0;
+    if (!rc && (size_t)st.st_size >= sizeof h) {
+        memcpy(&h, raw, sizeof h);
+        rlen = ((size_t)h.nremoved * 4 + 7) / 8 * 8;
+    }
+    if (rc || (size_t)st.st_size < sizeof h || memcmp(h.magic, "YHRM", 4) || h.nremoved > MAX_SEGS ||
+        h.npairs > (uint64_t)st.st_size || (size_t)st.st_size != sizeof h + rlen + h.npairs * 16) {
+        snprintf(err, errlen, "the remap file is damaged");
+        free(raw);
+        return -1;
+    }
+    const uint32_t *removed = (const uint32_t *)(raw + sizeof h);
+    const int64_t *pairs = (const int64_t *)(raw + sizeof h + rlen);
+    int nd = -1;
+    int64_t out = -1;
+    uint8_t *gone = calloc(1u << 16, 1);
+    pthread_rwlock_wrlock(&rot_lock);
+    pthread_mutex_lock(&mu);
+    if (!gone || h.nremoved >= lay.n) {
+        snprintf(err, errlen, "the segment appended to cannot be compacted");
+        goto out;
+    }
+    for (uint32_t i = 0; i < h.nremoved; i++) {
+        if (removed[i] != lay.num[i]) {
+            snprintf(err, errlen, "segment %u is not listed %u-th", removed[i], i + 1);
+            goto out;
+        }
+        gone[removed[i]] = 1;
+    }
+    struct stat ns = {0};
+    if (h.newseg != 0xFFFFFFFFu) {
+        if (h.newseg >= MAX_SEG_NUM || seg_index(h.newseg) >= 0) {
+            snprintf(err, errlen, "segment %u is in use", h.newseg);
+            goto out;
+        }
+        nd = seg_open("data", h.newseg, O_RDWR | O_DIRECT);
+        if (nd < 0 || fstat(nd, &ns)) {
+            snprintf(err, errlen, "cannot open data.%05u", h.newseg);
+            goto out;
+        }
+    }
+    for (uint64_t b = 0; b < cfg.size / BLK; b++) {
+        if (idx[b] >= 0 && gone[SEG_NUM(idx[b])] &&
+            !bsearch(&idx[b], pairs, h.npairs, 16, rm_cmp)) {
+            snprintf(err, errlen, "block %" PRIu64 " (at %" PRIx64 ") is not in the map", b, (uint64_t)idx[b]);
+            goto out;
+        }
+    }
+    uint32_t keep = lay.n - h.nremoved, first = h.newseg != 0xFFFFFFFFu;
+    uint32_t onum[MAX_SEGS];
+    uint8_t ocomp[MAX_SEGS];
+    uint32_t on = lay.n;
+    uint64_t obs = lay.base_seq, obt = lay.base_t;
+    memcpy(onum, lay.num, sizeof onum);
+    memcpy(ocomp, lay.compacted, sizeof ocomp);
+    memmove(lay.num + first, onum + h.nremoved, keep * sizeof *lay.num);
+    memmove(lay.compacted + first, ocomp + h.nremoved, keep);
+    if (first) lay.num[0] = h.newseg, lay.compacted[0] = 1;
+    lay.n = keep + first, lay.base_seq = h.base_seq, lay.base_t = h.base_t;
+    rc = layout_write();
+    if (rc) {
+        memcpy(lay.num, onum, sizeof onum);
+        memcpy(lay.compacted, ocomp, sizeof ocomp);
+        lay.n = on, lay.base_seq = obs, lay.base_t = obt;
+        snprintf(err, errlen, "cannot write the segment list: %s", strerror(-rc));
+        goto out;
+    }
+    for (uint64_t b = 0; b < cfg.size / BLK; b++)
+        if (idx[b] >= 0 && gone[SEG_NUM(idx[b])])
+            idx[b] = ((const int64_t *)bsearch(&idx[b], pairs, h.npairs, 16, rm_cmp))[1];
+    if (hlast == h.hlast_old) hlast = h.hlast_new;
+    for (uint32_t i = 0; i < h.nremoved; i++) {
+        close(seg_dfd[removed[i]]);
+        seg_dfd[removed[i]] = -1, seg_dsize[removed[i]] = 0;
+    }
+    if (first) seg_dfd[h.newseg] = nd, seg_dsize[h.newseg] = (uint64_t)ns.st_size, nd = -1;
+    ck_last_seq = 0; /* the next checkpoint is written even with no new record */
+    out = first ? (int64_t)h.newseg : (int64_t)lay.num[0];
+    logmsg("remapped: %u segments compacted into %s, base at seq %" PRIu64, h.nremoved,
+           first ? "one" : "base.img", h.base_seq);
+out:
+    pthread_mutex_unlock(&mu);
+    pthread_rwlock_unlock(&rot_lock);
+    if (nd >= 0) close(nd);
+    free(gone);
+    free(raw);
+    return out;
 }
 
 /* ---- control socket ---------------------------------------------------------------------
@@ -503,29 +806,35 @@ static int recover(void) {
  * one command line per connection, one JSON line back; peers must be root or our user.
  *   stats       counters, seq, durable seq, the last checkpoint, space of the logs
  *   checkpoint  write a checkpoint now (once everything up to now is durable)
+ *   rotate      go on in a new segment: {"segment": <its number>}; the ones before are sealed
+ *   remap       switch to the compacted segments described by VOLDIR/remap (see remap())
  */
 
 static int ctl_fd = -1;
 
 static void ctl_reply_stats(int fd) {
-    struct stat ds = {0}, hs = {0};
-    if (cfg.journal) {
-        fstat(dfd, &ds);
-        fstat(hfd, &hs);
-    }
+    long long dbytes = 0, hbytes = 0;
     pthread_mutex_lock(&mu);
-    uint64_t s = seq, d = durable, t = last_t, ck = ck_last_seq;
+    uint64_t s = seq, d = durable, t = last_t, ck = ck_last_seq, sg = cur;
     int f = failed;
+    for (uint32_t i = 0; cfg.journal && i < lay.n; i++) { /* every segment's logs */
+        struct stat ds = {0}, hs = {0};
+        char name[PATH_MAX];
+        snprintf(name, sizeof name, "%s/journal.%05u", cfg.dir, lay.num[i]);
+        fstat(seg_dfd[lay.num[i]], &ds);
+        stat(name, &hs);
+        dbytes += (long long)ds.st_blocks * 512, hbytes += (long long)hs.st_blocks * 512;
+    }
     pthread_mutex_unlock(&mu);
     dprintf(fd,
             "{\"name\": \"%s\", \"mode\": \"%s\", \"durability\": \"%s\", \"size\": %" PRIu64
             ", \"seq\": %" PRIu64 ", \"durable_seq\": %" PRIu64 ", \"last_t_ns\": %" PRIu64
             ", \"checkpoint_seq\": %" PRIu64 ", \"failed\": %s, \"writes\": %lu, \"reads\": %lu"
             ", \"bytes\": %lu, \"flushes\": %lu, \"zero\": %lu, \"syncs\": %lu"
-            ", \"data_bytes\": %lld, \"header_bytes\": %lld}\n",
+            ", \"data_bytes\": %lld, \"header_bytes\": %lld, \"segment\": %" PRIu64 "}\n",
             cfg.name, cfg.journal ? "journal" : "plain", cfg.strict ? "strict" : "flush", cfg.size, s, d,
             t, ck, f ? "true" : "false", n_writes, n_reads, n_bytes, n_flushes, n_zero, n_syncs,
-            (long long)ds.st_blocks * 512, (long long)hs.st_blocks * 512);
+            dbytes, hbytes, sg);
 }
 
 static void *control(void *arg) {
@@ -553,8 +862,21 @@ static void *control(void *arg) {
             uint64_t ck = ck_last_seq;
             pthread_mutex_unlock(&mu);
             dprintf(c, "{\"checkpoint_seq\": %" PRIu64 "}\n", ck);
+        } else if (!strncmp(line, "rotate", 6) && cfg.journal) {
+            int64_t n = rotate(UINT64_MAX);
+            if (n < 0) dprintf(c, "{\"error\": \"rotate: %s\"}\n", strerror((int)-n));
+            else dprintf(c, "{\"segment\": %" PRId64 "}\n", n);
+        } else if (!strncmp(line, "remap", 5) && cfg.journal) {
+            char err[256];
+            int64_t n = remap(err, sizeof err);
+            if (n < 0) {
+                logmsg("remap refused: %s", err);
+                dprintf(c, "{\"error\": \"remap: %s\"}\n", err);
+            } else {
+                dprintf(c, "{\"segment\": %" PRId64 "}\n", n);
+            }
         } else {
-            dprintf(c, "{\"error\": \"unknown command; stats or checkpoint\"}\n");
+            dprintf(c, "{\"error\": \"unknown command; stats, checkpoint, rotate or remap\"}\n");
         }
         close(c);
     }
@@ -642,6 +964,7 @@ static int read_blocks(char *buf, uint64_t b0, size_t nb) {
     }
     int64_t *pos = malloc(nb * sizeof *pos);
     if (!pos) return -ENOMEM;
+    pthread_rwlock_rdlock(&rot_lock); /* positions stay valid until read (remap) */
     pthread_mutex_lock(&mu);
     memcpy(pos, idx + b0, nb * sizeof *pos);
     pthread_mutex_unlock(&mu);
@@ -660,10 +983,11 @@ static int read_blocks(char *buf, uint64_t b0, size_t nb) {
             if (r < 0) rc = -errno;
             else if ((size_t)r < k * BLK) memset(dst + r, 0, k * BLK - (size_t)r);
         } else {
-            rc = pread_all(dfd, dst, k * BLK, (off_t)pos[i]);
+            rc = pread_all(seg_dfd[SEG_NUM(pos[i])], dst, k * BLK, (off_t)SEG_OFF(pos[i]));
         }
         i += k;
     }
+    pthread_rwlock_unlock(&rot_lock);
     free(pos);
     return rc;
 }
@@ -718,11 +1042,14 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
         return;
     }
     struct hdr h = {.off = (uint64_t)off, .lenf = (uint32_t)size, .dcrc = crc32c(a, size)};
-    h.dpos = atomic_fetch_add(&dend, size);
-    if (h.dpos >> 48) rc = -ENOSPC;
-    else rc = pwrite_all(dfd, a, size, (off_t)h.dpos); /* O_DIRECT: in the device when it returns */
+    pthread_rwlock_rdlock(&rot_lock); /* the segment stays the same until the header is in */
+    uint64_t dp = atomic_fetch_add(&dend, size);
+    h.dpos = cur << SEG_SHIFT | dp;
+    if (SEG_NUM(dp)) rc = -ENOSPC;
+    else rc = pwrite_all(dfd, a, size, (off_t)dp); /* O_DIRECT: in the device when it returns */
     free(a);
     if (rc) {
+        pthread_rwlock_unlock(&rot_lock);
         /* the data never got a header: nothing to undo, the write is refused */
         logmsg("write to the data log failed: %s", strerror(-rc));
         fuse_reply_err(req, -rc);
@@ -730,6 +1057,7 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
     }
     pthread_mutex_lock(&mu);
     rc = append_locked(&h);
+    pthread_rwlock_unlock(&rot_lock);
     if (!rc && cfg.strict) rc = wait_durable_locked(h.seq);
     pthread_mutex_unlock(&mu);
     if (rc) fuse_reply_err(req, -rc);
@@ -737,6 +1065,7 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
         n_bytes += size;
         fuse_reply_write(req, size);
     }
+    if (!rc && cfg.seg_bytes && dp + size >= cfg.seg_bytes && dp < cfg.seg_bytes) rotate(SEG_NUM(h.dpos));
 }
 
 static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi) {
@@ -823,7 +1152,8 @@ static void usage(FILE *f) {
     fprintf(f,
             "usage: yunhan-cdpd --dir VOLDIR --mount MNT --size BYTES [--mode journal|plain]\n"
             "                   [--durability strict|flush] [--name NAME] [--threads N]\n"
-            "                   [--checkpoint-every RECORDS (20000; 0: only at a clean stop)]\n");
+            "                   [--checkpoint-every RECORDS (20000; 0: only at a clean stop)]\n"
+            "                   [--segment-bytes BYTES (256 MiB; 0: rotate only when asked)]\n");
 }
 
 static int parse_args(int argc, char **argv) {
@@ -833,6 +1163,7 @@ static int parse_args(int argc, char **argv) {
         {"durability", required_argument, 0, 'D'}, {"name", required_argument, 0, 'n'},
         {"threads", required_argument, 0, 't'}, {"help", no_argument, 0, 'h'},
         {"checkpoint-every", required_argument, 0, 'c'},
+        {"segment-bytes", required_argument, 0, 'S'},
         {0, 0, 0, 0},
     };
     int c;
@@ -875,6 +1206,14 @@ static int parse_args(int argc, char **argv) {
                 return 2;
             }
             break;
+        case 'S':
+            errno = 0;
+            cfg.seg_bytes = strtoull(optarg, &end, 10);
+            if (errno || *end || !*optarg) {
+                fprintf(stderr, "yunhan-cdpd: --segment-bytes %s: a number of bytes (0: never)\n", optarg);
+                return 2;
+            }
+            break;
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); return 2;
         }
@@ -886,9 +1225,24 @@ static int parse_args(int argc, char **argv) {
     return 0;
 }
 
+/* Read `segments` and open every listed data log (the last one created if missing). */
+static int open_segments(void) {
+    for (size_t i = 0; i < sizeof seg_dfd / sizeof *seg_dfd; i++) seg_dfd[i] = -1;
+    if (layout_read()) return -1;
+    for (uint32_t i = 0; i < lay.n; i++) {
+        int fd = seg_open("data", lay.num[i], O_RDWR | O_DIRECT | (i == lay.n - 1 ? O_CREAT : 0));
+        struct stat st;
+        if (fd < 0 || fstat(fd, &st)) return -1;
+        seg_dfd[lay.num[i]] = fd;
+        seg_dsize[lay.num[i]] = (uint64_t)st.st_size;
+    }
+    return 0;
+}
+
 static void close_all(void) {
     if (bfd >= 0) close(bfd);
-    if (dfd >= 0) close(dfd);
+    for (size_t i = 0; i < sizeof seg_dfd / sizeof *seg_dfd; i++)
+        if (seg_dfd[i] >= 0) close(seg_dfd[i]), seg_dfd[i] = -1;
     if (hfd >= 0) close(hfd);
     bfd = dfd = hfd = -1;
     free(idx);
@@ -898,6 +1252,10 @@ static void close_all(void) {
 int main(int argc, char **argv) {
     int rc = parse_args(argc, argv);
     if (rc) return rc;
+    pthread_rwlockattr_t ra; /* a rotation must not wait behind a steady stream of writes */
+    pthread_rwlockattr_init(&ra);
+    pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&rot_lock, &ra);
     crc32c_init();
     bfd = open_in("base.img", (cfg.journal ? O_RDONLY : O_RDWR) | O_DIRECT);
     if (bfd < 0) goto fail;
@@ -909,9 +1267,7 @@ int main(int argc, char **argv) {
         goto fail;
     }
     if (cfg.journal) {
-        dfd = open_in("data.00000", O_RDWR | O_CREAT | O_DIRECT);
-        hfd = open_in("journal.00000", O_RDWR | O_CREAT);
-        if (dfd < 0 || hfd < 0) goto fail;
+        if (open_segments()) goto fail;
         idx = malloc(cfg.size / BLK * sizeof *idx);
         if (!idx) {
             logmsg("no memory for the index of %" PRIu64 " blocks", cfg.size / BLK);

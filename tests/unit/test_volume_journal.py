@@ -292,3 +292,54 @@ def test_a_checkpoint_of_zero_records_only_is_used_with_an_empty_data_log(tmp_pa
     assert j.materialise(d, ix) == bytes(SIZE)
     ck.write_bytes(b"garbage")
     assert j.materialise(d, j.index_at(d, SIZE)) == base
+
+
+def test_a_journal_in_several_segments_reads_as_one_and_checkpoints_point_into_them(
+    tmp_path: Path,
+) -> None:
+    d, base = _volume(tmp_path)
+    rng = random.Random(5)
+    ops: list[tuple[str, int, bytes | int]] = []
+    with j.Writer(d, SIZE) as w:
+        for i in range(30):
+            off = rng.randrange(16) * BLK
+            data = rng.randbytes(BLK)
+            w.write(off, data, 100 + i)
+            ops.append(("w", off, data))
+            if i % 10 == 9:
+                w.sync()
+                if i == 19:
+                    j.write_checkpoint(d, j.index_at(d, SIZE))
+                w.rotate()
+    assert j.read_layout(d).numbers == (0, 1, 2, 3)
+    s = j.scan_volume(d, SIZE, verify_data=True)
+    assert [r.seq for r in s.records] == list(range(1, 31))
+    assert {j.split_dpos(r.dpos)[0] for r in s.records} == {0, 1, 2}
+    for i in range(31):
+        assert j.materialise(d, j.index_at(d, SIZE, 99 + i)) == _model(base, ops[:i])
+    ck = j.read_checkpoint(j.checkpoints(d)[-1][1], SIZE)
+    assert j.split_dpos(ck.hpos) == (1, 10 * j.HEADER_SIZE)
+    # reopening goes on in the last segment; a hole in seq across segments ends the journal
+    with j.Writer(d, SIZE) as w:
+        assert w.segment == 3
+        w.write(0, b"z" * BLK, 200)
+    (d / j.header_file(1)).write_bytes((d / j.header_file(1)).read_bytes()[: -j.HEADER_SIZE])
+    s = j.scan_volume(d, SIZE)
+    assert s.last_seq == 19 and "seq 21 where 20" in s.stop
+    with pytest.raises(j.JournalError, match="not the last"):
+        j.Writer(d, SIZE)
+
+
+def test_a_compacted_segment_may_skip_seqs_a_live_one_may_not(tmp_path: Path) -> None:
+    d, _ = _volume(tmp_path)
+    recs = [
+        j.Record(3, 10, j.Kind.ZERO, 0, BLK, 0, 0, 0),
+        j.Record(7, 20, j.Kind.ZERO, BLK, BLK, 0, 0, j.HEADER_SIZE),
+    ]
+    (d / j.header_file(5)).write_bytes(b"".join(r.encode() for r in recs))
+    (d / j.header_file(6)).write_bytes(j.Record(8, 30, j.Kind.FLUSH).encode())
+    j.write_layout(d, j.Layout((j.Segment(5, compacted=True), j.Segment(6)), 2, 5))
+    assert [r.seq for r in j.scan_volume(d, SIZE).records] == [3, 7, 8]
+    assert j.index_at(d, SIZE, 20).blocks[:3].tolist() == [j.ZEROED, j.ZEROED, j.BASE]
+    j.write_layout(d, j.Layout((j.Segment(5), j.Segment(6)), 2, 5))
+    assert j.scan_volume(d, SIZE).stop == "seq 7 where 4 was expected"

@@ -144,8 +144,9 @@ def unmount(mount: str | os.PathLike[str], source: str | None = None) -> None:
 class Stats:
     """What cdpd's control socket answers to `stats`: its counters since start, the journal
     position (`seq` appended, `durable_seq` fdatasynced, `checkpoint_seq` the newest
-    checkpoint), whether the volume failed (an I/O error on the journal: every write is
-    refused), and the space its logs take on disk."""
+    checkpoint, `segment` the one appended to), whether the volume failed (an I/O error on
+    the journal: every write is refused), and the space its logs take on disk (every
+    segment)."""
 
     name: str
     mode: str
@@ -164,10 +165,11 @@ class Stats:
     syncs: int
     data_bytes: int
     header_bytes: int
+    segment: int
 
 
 def control(name: str, command: str, timeout: float = 10.0) -> dict[str, object]:
-    """Send one command ("stats", "checkpoint") to the cdpd serving `name` and return its
+    """Send one command ("stats", "checkpoint", "rotate") to the cdpd serving `name` and return its
     JSON answer (an abstract unix socket, @yunhan-cdpd:<name>)."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
@@ -206,6 +208,7 @@ class Cdpd:
         binary: Path | None = None,
         log: str | os.PathLike[str] | None = None,
         checkpoint_every: int | None = None,
+        segment_bytes: int | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.mount = Path(mount)
@@ -216,6 +219,7 @@ class Cdpd:
         self.binary = binary
         self.log = Path(log) if log is not None else self.directory / LOG_FILE
         self.checkpoint_every = checkpoint_every  # records between checkpoints; None: cdpd's
+        self.segment_bytes = segment_bytes  # data log size that starts a segment; None: cdpd's
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -260,6 +264,8 @@ class Cdpd:
         ]
         if self.checkpoint_every is not None:
             argv += ["--checkpoint-every", str(self.checkpoint_every)]
+        if self.segment_bytes is not None:
+            argv += ["--segment-bytes", str(self.segment_bytes)]
         with open(self.log, "ab") as log:
             # A session of its own: a ^C or a signal to the caller's group does not reach it.
             self._proc = subprocess.Popen(
@@ -294,6 +300,13 @@ class Cdpd:
         seq = control(self.name, "checkpoint")["checkpoint_seq"]
         assert isinstance(seq, int)
         return seq
+
+    def rotate(self) -> int:
+        """Seal the current segment (once everything in it is durable) and go on in a new
+        one; returns the new segment's number. Compaction works on sealed segments."""
+        segment = control(self.name, "rotate")["segment"]
+        assert isinstance(segment, int)
+        return segment
 
     def mount_ok(self) -> bool:
         return mount_source(self.mount) == self.fsname

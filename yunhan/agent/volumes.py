@@ -47,6 +47,9 @@ from yunhan.volume import cdpd as cdpd_mod
 log = logging.getLogger(__name__)
 
 MONITOR_INTERVAL = 1.0
+# How often a protected volume's journal is looked at for compaction (a rotation when its
+# live segment's first record left the first tier, then the sealed segments compacted).
+COMPACT_INTERVAL = 30.0
 PID_FILE = "cdpd.pid"
 ATTACHED_FILE = "attached.json"
 RESTORED_FILE = "restored.json"
@@ -152,12 +155,15 @@ class VolumeManager:
         *,
         clock: Callable[[], float] = time.time,
         binary: Path | None = None,
+        compact_interval: float = COMPACT_INTERVAL,
     ) -> None:
         self.pool = pool
         self.run_dir = state_dir / "volumes"
         self.prefix = prefix
         self.clock = clock
         self.binary = binary
+        self.compact_interval = compact_interval
+        self._compacted: dict[str, float] = {}  # volume id -> monotonic time of the last look
         self._desired: dict[str, Desired] = {}
         self._reports: dict[str, Report] = {}
         self._lock = threading.RLock()
@@ -196,6 +202,8 @@ class VolumeManager:
                             self._converge(v)
                         except Exception as exc:
                             self._failed(v, exc)
+                    for v in list(self._desired.values()):
+                        self._maybe_compact(v)
             except Exception:
                 log.exception("volume monitor pass failed")
 
@@ -287,6 +295,11 @@ class VolumeManager:
             self._unmount(v.id)
             self._stop_cdpd(v.id)
             served = None
+        if served is None and mode == "plain" and not filling:
+            from yunhan.volume import fold
+
+            if fold.journal_files(Path(gen)):
+                fold.fold_all(gen, v.size)  # unprotected: plain mode writes base.img in place
         if want_served and served is None:
             self._start_cdpd(v.id, gen, v.size, mode)
         if v.attach is not None:
@@ -301,17 +314,51 @@ class VolumeManager:
         self._measure(v, vd, rep)
 
     def _measure(self, v: Desired, vd: Any, rep: Report) -> None:
-        space = vd.space()
-        rep.base_bytes, rep.journal_bytes = space.base_bytes, space.journal_bytes
-        rep.used_bytes = space.base_bytes + space.journal_bytes
+        from yunhan.volume import journal
+        from yunhan.volume import tiers as tiers_mod
+
+        gen = vd.current()
+        space = journal.space_used(gen)
+        rep.base_bytes = space.base_bytes
+        rep.journal_bytes = space.journal_bytes + space.checkpoint_bytes
+        rep.used_bytes = rep.base_bytes + rep.journal_bytes
         rep.fill = vd.fill_progress()
         if v.tiers:
-            from yunhan.volume import tiers as tiers_mod
-
             now = int(self.clock() * 1e9)
-            rep.timeline = tiers_mod.timeline(vd.current(), list(v.tiers), now)
+            rep.timeline = [r.as_dict() for r in tiers_mod.timeline(gen, tuple(v.tiers), now)]
         else:
             rep.timeline = []
+
+    def _maybe_compact(self, v: Desired) -> None:
+        """On schedule: seal the live segment once it holds records older than the first
+        tier, then fold and thin the sealed ones into the coarser tiers (volume.compact)."""
+        if not v.tiers:
+            return
+        now = time.monotonic()
+        if now - self._compacted.get(v.id, 0.0) < self.compact_interval:
+            return
+        self._compacted[v.id] = now
+        served = self._served(v.id)
+        if served is None or served.get("mode") != "journal":
+            return
+        from yunhan.volume import compact
+
+        gen, tiers, now_ns = Path(served["dir"]), tuple(v.tiers), int(self.clock() * 1e9)
+        try:
+            if compact.rotation_due(gen, tiers, now_ns):
+                cdpd_mod.control(self._name(v.id), "rotate")
+            res = compact.compact(gen, v.size, tiers, now_ns, live=self._name(v.id))
+        except Exception as exc:
+            log.warning("compaction of volume %s failed: %s", v.id, exc)
+            return
+        if res.skipped is None:
+            log.info(
+                "volume %s compacted: %d records kept, %d folded, journal %d -> %d bytes",
+                v.id, res.kept, res.folded, res.bytes_before, res.bytes_after,
+            )  # fmt: skip
+            rep = self._reports.get(v.id)
+            if rep is not None:
+                self._measure(v, self._vdir(v.id), rep)
 
     # -- restore bookkeeping (in the pool: it moves with the volume) ------------------------
 

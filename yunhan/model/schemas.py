@@ -582,7 +582,7 @@ class VolumeCreate(_Create):
 class VolumeSpecPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    size: Int | None = Field(None, description="the new size (bytes): larger only")
+    size: Int | None = None  # the new size (bytes): larger only
 
 
 class VolumePatch(Patch):

@@ -97,19 +97,19 @@ def parse_tiers(value: str | Sequence[Mapping[str, Any]]) -> list[Tier]:
             tiers.append((_duration(keep, "keep"), _duration(every, "every")))
     else:
         for t in value:
-            keep, every = t.get("keep_s"), t.get("every_s")
+            k, e = t.get("keep_s"), t.get("every_s")
             if (
-                not isinstance(keep, int)
-                or not isinstance(every, int)
-                or isinstance(keep, bool)
-                or isinstance(every, bool)
-                or keep < 1
-                or every < 1
+                not isinstance(k, int)
+                or not isinstance(e, int)
+                or isinstance(k, bool)
+                or isinstance(e, bool)
+                or k < 1
+                or e < 1
             ):
                 raise ValidationError(
                     "each tier needs positive whole keep_s and every_s", field="tiers", value=t
                 )
-            tiers.append((keep, every))
+            tiers.append((k, e))
     if not tiers:
         raise ValidationError("tiers are empty: give at least one", field="tiers")
     for (k0, e0), (k1, e1) in itertools.pairwise(tiers):
@@ -125,10 +125,10 @@ def parse_tiers(value: str | Sequence[Mapping[str, Any]]) -> list[Tier]:
                 f"every {format_duration(e0)}",
                 field="tiers",
             )
-    for keep, every in tiers:
-        if keep % every:
+    for k, e in tiers:
+        if k % e:
             raise ValidationError(
-                f"tier {format_duration(keep)}:{format_duration(every)}: the interval must "
+                f"tier {format_duration(k)}:{format_duration(e)}: the interval must "
                 "divide the time kept",
                 field="tiers",
             )

@@ -122,13 +122,11 @@ def settle(
     for key in ("device", "mounted", "restored_serial"):
         if key in report:
             new[key] = report[key]
-    significant = {k: v for k, v in new.items() if k not in (*VOLATILE, "reported_at")}
-    before = {k: v for k, v in status.items() if k not in (*VOLATILE, "reported_at")}
+    volatile = {k: report[k] for k in VOLATILE if k in report}
+    moved = any(status.get(k) != v for k, v in volatile.items())
     stale = now - float(status.get("reported_at") or 0.0) >= REFRESH_S
-    if significant != before or stale or any(k not in status for k in VOLATILE):
-        for key in VOLATILE:
-            if key in report:
-                new[key] = report[key]
+    if new != status or (moved and stale):
+        new.update(volatile)
         new["reported_at"] = now
     return new
 

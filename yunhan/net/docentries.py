@@ -677,8 +677,9 @@ def assemble(entries: Mapping[str, JsonObj], host: str) -> HostDesired:
     """The `HostDesired` (revision 0) these entries describe for `host`.
 
     Equal, field for field, to what `controller.netcompile.compile_hosts` gives for the same
-    model. ValueError when the entries are not a document of `host` (no or another "host"
-    entry, an entry without its VPC, an unknown key).
+    model, plus the volumes the host serves (which the network compiler does not know).
+    ValueError when the entries are not a document of `host` (no or another "host" entry,
+    an entry without its VPC, an unknown key).
     """
     h = entries.get(HOST_KEY)
     if h is None or h["host"] != host:

@@ -133,3 +133,22 @@ def test_times_parse_as_iso_unix_or_relative() -> None:
     assert parse_time_ns("1767323045") == 1767323045 * NS
     assert parse_time_ns("-90s", now=1000.0) == 910 * NS
     assert parse_time_ns("-5m", now=1000.0) == 700 * NS
+
+
+def test_the_agent_takes_its_volume_pool_and_dir() -> None:
+    from pathlib import Path
+
+    from yunhan.cli.command import build_parser
+    from yunhan.cli.daemons import COMMANDS
+
+    (agent,) = [c for c in COMMANDS if c.name == "agent"]
+    base = ["--api", "http://x", "--token-file", "t", "--host", "h", "--zone", "z",
+            "--underlay-ip", "198.18.0.1"]  # fmt: skip
+    got = vars(build_parser(agent, "yunhan agent").parse_args(base))
+    assert (got["volume_pool"], got["volume_dir"]) == (100 * GIB, Path("/var/lib/yunhan/volumes"))
+    got = vars(
+        build_parser(agent, "yunhan agent").parse_args(
+            [*base, "--volume-pool", "2T", "--volume-dir", "/srv/pool"]
+        )
+    )
+    assert (got["volume_pool"], got["volume_dir"]) == (2 << 40, Path("/srv/pool"))

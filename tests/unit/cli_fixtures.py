@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,11 +121,18 @@ class Region:
         self.hosts.append(name)
         self.report(name, 0, {})  # a first heartbeat: the host is healthy
 
-    def report(self, host: str, applied: int, instances: dict[str, Any]) -> None:
+    def report(
+        self,
+        host: str,
+        applied: int,
+        instances: dict[str, Any],
+        volumes: dict[str, Any] | None = None,
+    ) -> None:
         body = {
             "applied_revision": applied,
             "error": "nft: boom" if host in self.failing else None,
             "instances": instances,
+            "volumes": volumes or {},
         }
         self.api("POST", f"/v1/agent/hosts/{host}/status", json=body)
 
@@ -146,11 +154,30 @@ class Region:
                 for key, value in doc["entries"].items()
                 if "/m/" in key and value.get("host") == host
             }
-            self.report(host, doc["revision"], {i: {"phase": "running"} for i in members})
+            volumes = {
+                key.split("/", 1)[1]: _volume_report(value)
+                for key, value in doc["entries"].items()
+                if key.startswith("volume/")
+            }
+            self.report(host, doc["revision"], {i: {"phase": "running"} for i in members}, volumes)
 
     def agents_loop(self) -> None:
         while not self.stop.wait(0.05):
             self.play_agents()
+
+
+def _volume_report(entry: dict[str, Any]) -> dict[str, Any]:
+    """What a volume's agent would say once it applied `entry`: attached or available, the
+    last restore done, and (protected) restore points every second of the last hour."""
+    now = time.time_ns()
+    timeline = [{"from_ns": now - 3600 * 10**9, "to_ns": now, "every_s": 1}]
+    return {
+        "phase": "attached" if entry["attach"] else "available",
+        "mounted": bool(entry["attach"]),
+        "restored_serial": (entry["restore"] or {}).get("serial", 0),
+        "timeline": timeline if entry["tiers"] else [],
+        "used_bytes": 4096,
+    }
 
 
 @pytest.fixture

@@ -49,7 +49,7 @@ def test_completion_of_commands_options_and_choices() -> None:
             words.append("")
         return completion.candidates(ROOT, words, len(words) - 1, names=lambda kind: [])
 
-    assert complete("yunhan v") == ["vpc", "vip"]
+    assert complete("yunhan v") == ["vpc", "vip", "volume"]
     assert "server" not in complete("yunhan ")  # hidden
     assert complete("yunhan vpc ") == ["create", "list", "show", "add-cidr", "remove-cidr",
                                        "delete"]  # fmt: skip

@@ -36,7 +36,7 @@ from yunhan.controller.netcompile import (
     VpcIn,
     compile_hosts,
 )
-from yunhan.net.desired import HostDesired
+from yunhan.net.desired import HostDesired, VolumeAttach, VolumeDesired
 from yunhan.net.docentries import (
     Delta,
     Entries,
@@ -261,8 +261,9 @@ def inst(
     host_name: str | None,
     command: list[str] | None = None,
     sgs: list[str] | None = None,
+    netns: str | None = None,
 ) -> Resource:
-    status = {"ip": ip, "mac": mac, "host": host_name, "phase": "running"}
+    status = {"ip": ip, "mac": mac, "host": host_name, "phase": "running", "netns": netns}
     spec: dict[str, Any] = {"subnet": f"subnet-{subnet_i}", "command": command, "zone": "az1"}
     if sgs is not None:
         spec["security_groups"] = sgs
@@ -285,6 +286,64 @@ def vip(
     return res("vip", f"vip-{i}", f"vip{i}", spec, status)
 
 
+def volume(
+    i: int,
+    host_name: str | None,
+    to_i: int | None = None,
+    *,
+    tiers: list[tuple[int, int]] | None = None,
+    size: int = 1 << 30,
+    restore: tuple[int, int] | None = None,
+    source: tuple[str, int] | None = None,
+) -> Resource:
+    """A volume served by `host_name` (status.host), attached to instance `to_i`."""
+    spec = {
+        "size": size,
+        "zone": "zone-1",
+        "tiers": None if tiers is None else [{"keep_s": k, "every_s": e} for k, e in tiers],
+        "attachment": None if to_i is None else {"instance": f"inst-{to_i:08x}", "path": "/data"},
+        "restore": None if restore is None else {"to_ns": restore[0], "serial": restore[1]},
+        "source": None if source is None else {"volume": source[0], "at_ns": source[1]},
+    }
+    status = {"phase": "available", "home": host_name, "host": host_name}
+    return res("volume", f"vol-{i}", f"vol{i}", spec, status)
+
+
+def _volumes_of(
+    model: dict[tuple[str, str], Resource], host_name: str
+) -> tuple[VolumeDesired, ...]:
+    """The volumes host `host_name` serves, as the contract describes them (docs/volumes.md)."""
+    out = []
+    for (k, _), v in model.items():
+        if k != "volume" or v.status.get("host") != host_name:
+            continue
+        att, rest, src, tiers = (
+            v.spec["attachment"], v.spec["restore"], v.spec["source"], v.spec["tiers"]
+        )  # fmt: skip
+        inst_r = model.get(("instance", att["instance"])) if att else None
+        out.append(
+            VolumeDesired(
+                id=v.id,
+                name=v.name,
+                size=v.spec["size"],
+                zone=v.spec["zone"],
+                tiers=None if tiers is None else tuple((t["keep_s"], t["every_s"]) for t in tiers),
+                attach=None
+                if att is None
+                else VolumeAttach(
+                    instance=att["instance"],
+                    netns=None if inst_r is None else inst_r.status.get("netns"),
+                    path=att["path"],
+                ),
+                restore_to_ns=None if rest is None else rest["to_ns"],
+                restore_serial=0 if rest is None else rest["serial"],
+                source_volume=None if src is None else src["volume"],
+                source_at_ns=None if src is None else src["at_ns"],
+            )
+        )
+    return tuple(sorted(out, key=lambda x: x.id))
+
+
 def _vips_of(model: dict[tuple[str, str], Resource], i: Resource) -> tuple[str, ...]:
     """The addresses of the VIPs delivered to instance `i` (of its own VPC), sorted."""
     sub = model.get(("subnet", i.spec["subnet"]))
@@ -302,7 +361,13 @@ def _vips_of(model: dict[tuple[str, str], Resource], i: Resource) -> tuple[str, 
 
 
 def reference(model: dict[tuple[str, str], Resource]) -> dict[str, HostDesired]:
-    """compile_hosts of the model, its inputs read as the controller loop reads them."""
+    """compile_hosts of the model, its inputs read as the controller loop reads them, plus
+    the volumes each host serves."""
+    docs = _networks(model)
+    return {h: d.model_copy(update={"volumes": _volumes_of(model, h)}) for h, d in docs.items()}
+
+
+def _networks(model: dict[tuple[str, str], Resource]) -> dict[str, HostDesired]:
     of = {k: [r for (kk, _), r in model.items() if kk == k] for k in ("host", "vpc", "subnet")}
     return compile_hosts(
         [
@@ -504,10 +569,28 @@ def _op(draw: st.DrawFn) -> tuple[list[Resource], list[tuple[str, str]]]:
                 *("host", "vpc", "subnet", "inst", "inst", "inst", "project"),
                 *("rtb", "route", "route", "policy", "natgw", "eip", "sg", "sg", "acl", "fl"),
                 *("vip", "vip"),
+                *("vol", "vol", "vol"),
             ]
         )
     )
     deleting = draw(st.integers(0, 5)) == 0
+    if kind == "vol":
+        # create, attach (to a placed, unplaced or missing instance), move host, detach,
+        # protect, restore, delete
+        i = draw(st.integers(0, 3))
+        if deleting:
+            return [], [("volume", f"vol-{i}")]
+        return [
+            volume(
+                i,
+                draw(st.sampled_from([*HOST_NAMES, None])),
+                draw(st.sampled_from([None, None, 0, 1, 2, 9])),
+                tiers=draw(st.sampled_from([None, [(43200, 1), (86400, 3600)], [(60, 1)]])),
+                size=draw(st.sampled_from([1 << 30, 10 << 30])),
+                restore=draw(st.sampled_from([None, (5 * 10**18, 1), (6 * 10**18, 2)])),
+                source=draw(st.sampled_from([None, ("vol-0", 7 * 10**18)])),
+            )
+        ], []
     if kind == "vip":
         i = draw(st.integers(0, 2))
         if deleting:
@@ -589,6 +672,7 @@ def _op(draw: st.DrawFn) -> tuple[list[Resource], list[tuple[str, str]]]:
                 draw(st.sampled_from([*HOST_NAMES, None])),
                 draw(st.sampled_from([None, [], ["sleep", "1d"]])),
                 draw(st.sampled_from([None, ["sg-0"], ["sg-0", "sg-1"], ["sg-2"], ["sg-9"]])),
+                draw(st.sampled_from([None, f"yh-i-{i:08x}", "other-ns"])),
             )
         ], []
     return [res("project", "proj-1", "p", {"n": draw(st.integers())}, {})], []
@@ -633,6 +717,7 @@ def _seeded() -> list[tuple[list[Resource], list[tuple[str, str]]]]:
             [],
         ),
         ([vip(0, 0, "10.0.1.200", 0)], []),
+        ([volume(0, "h0"), volume(1, "h1", 2, tiers=[(43200, 1)])], []),
     ]
 
 
@@ -690,6 +775,7 @@ def test_entries_have_the_protocol_shapes() -> None:
     snap = e.snapshot("h0")
     assert sorted(snap) == [
         "host",
+        "volume/vol-0",
         "vpc/vpc-0",
         "vpc/vpc-0/m/inst-00000000",
         "vpc/vpc-0/m/inst-00000001",
@@ -699,6 +785,22 @@ def test_entries_have_the_protocol_shapes() -> None:
         "vpc/vpc-0/t/rtb-1",
         "vpc/vpc-0/vip/vip-0",
     ]
+    assert snap["volume/vol-0"] == {
+        "id": "vol-0",
+        "name": "vol0",
+        "size": 1 << 30,
+        "zone": "zone-1",
+        "tiers": None,
+        "attach": None,
+        "restore": None,
+        "source": None,
+    }
+    assert e.snapshot("h1")["volume/vol-1"]["tiers"] == [{"keep_s": 43200, "every_s": 1}]
+    assert e.snapshot("h1")["volume/vol-1"]["attach"] == {
+        "instance": "inst-00000002",
+        "netns": None,
+        "path": "/data",
+    }
     assert snap["vpc/vpc-0/vip/vip-0"] == {
         "id": "vip-0",
         "ip": "10.0.1.200",
@@ -738,6 +840,56 @@ def test_entries_have_the_protocol_shapes() -> None:
         "command": None,
         "allowed_ips": [],
     }
+
+
+def test_a_volume_entry_lives_in_its_host_document_only() -> None:
+    region = _three_hosts()
+    e = region.engine
+    assert "volume/vol-0" in e.snapshot("h0")
+    assert all("volume/vol-0" not in e.snapshot(h) for h in ("h1", "h2"))
+
+
+def test_a_volume_attached_elsewhere_moves_documents_as_one_removal_and_one_entry() -> None:
+    region = _three_hosts()
+    e = region.engine
+    before = e.revision
+    assert region.write([volume(0, "h1", 1)]) == {"h0", "h1"}
+    assert e.delta("h0", before).removed == ("volume/vol-0",)
+    d = e.delta("h1", before)
+    assert (d.removed, sorted(d.entries)) == ((), ["volume/vol-0"])
+    assert d.entries["volume/vol-0"]["attach"]["instance"] == "inst-00000001"
+    # detached: back home; deleted: gone from there
+    assert region.write([volume(0, "h0")]) == {"h0", "h1"}
+    assert region.write([], [("volume", "vol-0")]) == {"h0"}
+    assert "volume/vol-0" not in e.snapshot("h0")
+
+
+def test_an_instance_reporting_its_netns_changes_its_volume_entry_only() -> None:
+    region = _three_hosts()
+    e = region.engine
+    before = e.revision
+    got = region.write([inst(2, 1, "10.0.1.5", "fa:16:3e:00:00:02", "h1", ["sleep", "1d"],
+                             netns="yh-i-00000002")])  # fmt: skip
+    assert got == {"h1"}
+    d = e.delta("h1", before)
+    assert (d.removed, sorted(d.entries)) == ((), ["volume/vol-1"])
+    assert d.entries["volume/vol-1"]["attach"]["netns"] == "yh-i-00000002"
+
+
+def test_a_volume_on_a_host_without_a_document_waits_for_its_registration() -> None:
+    region = _three_hosts()
+    assert region.write([volume(3, "h9")]) == frozenset()
+    got = region.write([host(9, name="h9")])
+    assert got == {"h9"}
+    assert "volume/vol-3" in region.engine.snapshot("h9")
+
+
+def test_a_restore_asked_changes_the_volume_entry() -> None:
+    region = _three_hosts()
+    before = region.revision
+    assert region.write([volume(0, "h0", restore=(10**18, 1))]) == {"h0"}
+    d = region.engine.delta("h0", before)
+    assert d.entries["volume/vol-0"]["restore"] == {"to_ns": 10**18, "serial": 1}
 
 
 def test_vpc_entries_are_shared_not_copied_per_host() -> None:

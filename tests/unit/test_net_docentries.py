@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from yunhan.controller.netcompile import HostIn, InstanceIn, SubnetIn, VpcIn, compile_hosts
+from yunhan.net.desired import VolumeAttach, VolumeDesired
 from yunhan.net.docentries import Delta, Entries, apply_delta, assemble, digest, entries_of
 
 
@@ -45,6 +46,42 @@ def test_entries_of_and_assemble_round_trip_on_compiled_documents() -> None:
     for _ in range(150):
         for name, doc in compile_hosts(*_region(rng)).items():
             assert assemble(entries_of(doc), name) == doc
+
+
+def test_volumes_round_trip_and_are_sorted_by_id() -> None:
+    rng = random.Random(12)
+    name, doc = next(iter(compile_hosts(*_region(rng)).items()))
+    vols = (
+        VolumeDesired(id="vol-2", name="b", size=1 << 30, zone="zone-1", tiers=None),
+        VolumeDesired(
+            id="vol-1",
+            name="a",
+            size=10 << 30,
+            zone="zone-1",
+            tiers=((43200, 1), (86400, 3600)),
+            attach=VolumeAttach(instance="inst-1", netns="yh-i-1", path="/data"),
+            restore_to_ns=5,
+            restore_serial=2,
+            source_volume="vol-9",
+            source_at_ns=7,
+        ),
+    )
+    with_vols = doc.model_copy(update={"volumes": vols})
+    entries = entries_of(with_vols)
+    assert entries["volume/vol-1"] == {
+        "id": "vol-1",
+        "name": "a",
+        "size": 10 << 30,
+        "zone": "zone-1",
+        "tiers": [{"keep_s": 43200, "every_s": 1}, {"keep_s": 86400, "every_s": 3600}],
+        "attach": {"instance": "inst-1", "netns": "yh-i-1", "path": "/data"},
+        "restore": {"to_ns": 5, "serial": 2},
+        "source": {"volume": "vol-9", "at_ns": 7},
+    }
+    got = assemble(entries, name)
+    assert [v.id for v in got.volumes] == ["vol-1", "vol-2"]
+    assert got == with_vols.model_copy(update={"volumes": (vols[1], vols[0])})
+    assert assemble(apply_delta(entries, ["volume/vol-2"], {}), name).volumes == (vols[1],)
 
 
 def test_apply_delta_removes_a_key_and_everything_under_it() -> None:

@@ -39,6 +39,7 @@ from yunhan.agent.patches import Patches
 from yunhan.agent.vipclaims import VipClaims
 from yunhan.agent.volumes import VolumeManager
 from yunhan.errors import ValidationError
+from yunhan.model.volumes import DEFAULT_POOL
 from yunhan.net.desired import HostDesired
 from yunhan.net.docentries import Delta, assemble, digest
 from yunhan.net.naming import Naming
@@ -85,6 +86,10 @@ class AgentConfig:
     # Where the function host (agent.functions) listens, HOST:PORT (port 0: any free one);
     # None: this host runs no functions.
     functions_listen: str | None = "127.0.0.1:0"
+    # Bytes of volume space this host offers (registered: placement counts it), and the
+    # directory of the zone's volume pool (docs/volumes.md).
+    volume_pool: int = DEFAULT_POOL
+    volume_dir: Path = field(default_factory=lambda: Path("/var/lib/yunhan/volumes"))
 
     @property
     def uplink(self) -> Uplink | None:
@@ -370,6 +375,7 @@ class Agent:
             "zone": self.config.zone,
             "underlay_ip": self.config.underlay_ip,
             "mtu": self.config.mtu,
+            "volume_pool": self.config.volume_pool,
         }
         if self._restart is not None:
             # The control plane makes it an event: why this agent had to start again.

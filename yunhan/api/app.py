@@ -46,6 +46,7 @@ from yunhan.api.routes import (
     tokens,
     trace,
     vips,
+    volumes,
     watch,
 )
 from yunhan.controller.scheduler import NoHost
@@ -242,8 +243,8 @@ def create_app(
     _install_error_handlers(app)
     app.add_middleware(AuditMiddleware)
     modules = (projects, tokens, audit, events, infra, network, routing, natgw, secgroups,
-               acls, flowlogs, instances, vips, patches, functions, invoke, ai, agent,
-               watch)  # fmt: skip
+               acls, flowlogs, instances, vips, volumes, patches, functions, invoke, ai,
+               agent, watch)  # fmt: skip
     for module in modules:
         app.include_router(module.router)
     app.include_router(metrics.router)

@@ -57,6 +57,7 @@ class HostSpec(_Out):
     zone: str
     underlay_ip: str
     mtu: int
+    volume_pool: int | None = Field(None, description="bytes of volume space (null: 100 GiB)")
 
 
 class HostFunctions(_Out):
@@ -860,3 +861,88 @@ class AiService(_Out):
 
 class AiServices(_Out):
     items: list[AiService]
+
+
+# -- volumes (docs/volumes.md) ---------------------------------------------------------------
+
+VolumePhase = Literal[
+    "creating", "available", "attaching", "attached", "detaching", "restoring", "error", "deleting"
+]
+
+
+class VolumeTier(_Out):
+    keep_s: int
+    every_s: int
+
+
+class VolumeAttachment(_Out):
+    instance: str = Field(description="the instance's id")
+    path: str
+
+
+class VolumeRestoreSpec(_Out):
+    to_ns: int
+    serial: int = Field(description="bumped by every restore asked for")
+
+
+class VolumeSource(_Out):
+    volume: str = Field(description="the volume it was cloned from (id)")
+    at_ns: int
+
+
+class VolumeSpec(_Out):
+    size: int = Field(description="bytes")
+    zone: str
+    tiers: list[VolumeTier] | None = Field(description="null: not protected")
+    attachment: VolumeAttachment | None
+    restore: VolumeRestoreSpec | None
+    source: VolumeSource | None
+
+
+class TimelineRangeOut(_Out):
+    from_ns: int
+    to_ns: int
+    every_s: int
+
+
+class VolumeStatus(_Out):
+    phase: VolumePhase
+    home: str | None = Field(description="the host chosen at create")
+    host: str | None = Field(description="the host whose agent serves it now")
+    message: str | None = None
+    error: str | None = None
+    device: str | None = None
+    mounted: bool = False
+    used_bytes: int = 0
+    journal_bytes: int = 0
+    base_bytes: int = 0
+    timeline: list[TimelineRangeOut] = Field(default_factory=list)
+    restored_serial: int = 0
+    fill: float = 0.0
+
+
+class Volume(_Envelope):
+    kind: Literal["volume"]
+    spec: VolumeSpec
+    status: VolumeStatus
+
+
+class VolumeList(_Page):
+    items: list[Volume]
+
+
+class TimelinePoint(_Out):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    from_: str = Field(alias="from")
+    to: str
+    every_s: int
+
+
+class VolumeTimeline(_Out):
+    tiers: list[VolumeTier] | None
+    points: list[TimelinePoint]
+    oldest: str | None
+    newest: str | None
+    journal_bytes: int
+    base_bytes: int

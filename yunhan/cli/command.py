@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -245,6 +246,22 @@ def resolve(root: Group, argv: Sequence[str]) -> tuple[Cmd | Group, str, list[st
     return node, prog, rest, values
 
 
+# "-90s", "-5m": a relative time given as an option's value. argparse takes a word that
+# starts with "-" and is not a plain negative number for an option, so `--to -90s` would be
+# refused; glued to its option (`--to=-90s`) it is a value. No option starts with "-<digit>".
+_RELATIVE = re.compile(r"^-[0-9]+[smhd]$")
+
+
+def _glue_relative(words: list[str]) -> list[str]:
+    out: list[str] = []
+    for w in words:
+        if _RELATIVE.match(w) and out and out[-1].startswith("--") and "=" not in out[-1]:
+            out[-1] = f"{out[-1]}={w}"
+        else:
+            out.append(w)
+    return out
+
+
 def run(root: Group, argv: Sequence[str], *, transport: Transport | None = None) -> int:
     """Parse `argv`, run the command, and turn a YunhanError into one line on stderr + 1."""
     try:
@@ -254,7 +271,7 @@ def run(root: Group, argv: Sequence[str], *, transport: Transport | None = None)
             # subcommand was due but missing, as click does).
             sys.stdout.write(_group_help(prog, node))
             return 0 if rest or node is root else 2
-        values.update(vars(build_parser(node, prog).parse_args(rest)))
+        values.update(vars(build_parser(node, prog).parse_args(_glue_relative(rest))))
     except SystemExit as exc:
         return int(exc.code or 0)
     ctx = Ctx(values, transport=transport)

@@ -30,7 +30,7 @@ _COLLECTION = {"vpc": "vpcs", "subnet": "subnets", "instance": "instances", "zon
                "natgw": "natgws", "eip": "eips",
                "security_group": "security-groups", "network_acl": "acls",
                "flow_log": "flow-logs", "vip": "vips", "patch": "patches",
-               "function": "functions"}  # fmt: skip
+               "function": "functions", "volume": "volumes"}  # fmt: skip
 
 _SCRIPTS = {
     "bash": """\

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from yunhan.cli.command import Cmd, Ctx, Opt
 from yunhan.errors import ValidationError
+from yunhan.model.volumes import parse_size
 
 if TYPE_CHECKING:
     from yunhan.controller.vips import Damping
@@ -153,6 +154,8 @@ def agent(ctx: Ctx) -> None:
             flowlog_interval=ctx["flowlog_interval"],
             patch_interval=ctx["patch_interval"],
             functions_listen=None if ctx["no_functions"] else ctx["functions_listen"],
+            volume_pool=ctx["volume_pool"],
+            volume_dir=ctx["volume_dir"],
         )
     )
 
@@ -260,6 +263,22 @@ COMMANDS = (
             Opt(("--zone",), "zone", "this host's zone (name or id)", required=True),
             Opt(("--underlay-ip",), "underlay_ip", "the VTEP address", required=True),
             Opt(("--mtu",), "mtu", "the underlay MTU", int, 1500),
+            Opt(
+                ("--volume-pool",),
+                "volume_pool",
+                "volume space this host offers (placement counts it), like 100G",
+                parse_size,
+                "100G",
+                metavar="SIZE",
+            ),
+            Opt(
+                ("--volume-dir",),
+                "volume_dir",
+                "where the volumes this host serves live (the zone's shared pool)",
+                Path,
+                Path("/var/lib/yunhan/volumes"),
+                metavar="PATH",
+            ),
             Opt(("--host-netns",), "host_netns", "program this namespace (lab)"),
             Opt(
                 ("--uplink-netns",),

@@ -31,6 +31,7 @@ from yunhan.cli import (
     trace,
     units,
     vips,
+    volumes,
 )
 from yunhan.cli.command import Group, Opt, run
 from yunhan.cli.hotpatch import HOTPATCH
@@ -58,6 +59,7 @@ ROOT = Group(
         *secgroups.COMMANDS,
         *flowlogs.COMMANDS,
         *vips.COMMANDS,
+        *volumes.COMMANDS,
         *patches.COMMANDS,
         *functions.COMMANDS,
         *ai.COMMANDS,

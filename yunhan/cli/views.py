@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from yunhan.cli import yamlout
 from yunhan.errors import ValidationError, YunhanError
+from yunhan.model.volumes import format_size, format_tiers
 
 if TYPE_CHECKING:
     from yunhan.cli.client import Client
@@ -31,7 +32,7 @@ class Names:
               "instance": "/v1/instances", "natgw": "/v1/natgws",
               "route_table": "/v1/route-tables",
               "security_group": "/v1/security-groups", "network_acl": "/v1/acls",
-              "vip": "/v1/vips"}  # fmt: skip
+              "vip": "/v1/vips", "volume": "/v1/volumes"}  # fmt: skip
 
     def __init__(self, client: Client | None) -> None:
         self._client = client
@@ -398,6 +399,35 @@ def vip_row(res: Row, names: Names) -> Row:
     }
 
 
+def volume_row(res: Row, names: Names) -> Row:
+    """A volume: sizes as people write them (10G), its attachment and protection."""
+    sp, st = _spec(res), _status(res)
+    att = sp.get("attachment") or {}
+    src = sp.get("source") or {}
+    return {
+        "id": res["id"],
+        "name": res["name"],
+        "zone": names.of("zone", sp.get("zone")),
+        "size": format_size(int(sp.get("size") or 0)),
+        "phase": st.get("phase"),
+        "host": st.get("host"),
+        "home": st.get("home"),
+        "instance": names.of("instance", att.get("instance")),
+        "path": att.get("path"),
+        "tiers": format_tiers(sp.get("tiers")),
+        "used": format_size(int(st.get("used_bytes") or 0)),
+        "journal": format_size(int(st.get("journal_bytes") or 0)),
+        "device": st.get("device"),
+        "mounted": st.get("mounted"),
+        "fill": st.get("fill"),
+        "restored_serial": st.get("restored_serial"),
+        "source": names.of("volume", src.get("volume")),
+        "error": st.get("error"),
+        "revision": res.get("revision"),
+        "created_at": res.get("created_at"),
+    }
+
+
 ROWS: dict[str, Callable[[Row, Names], Row]] = {
     "vpc": vpc_row,
     "subnet": subnet_row,
@@ -418,6 +448,7 @@ ROWS: dict[str, Callable[[Row, Names], Row]] = {
     "table_entry": table_entry_row,
     "policy_entry": policy_entry_row,
     "vip": vip_row,
+    "volume": volume_row,
 }
 
 COLUMNS: dict[str, tuple[str, ...]] = {
@@ -444,6 +475,9 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "table_entry": ("type", "dst", "priority", "next_hop", "state", "subnet", "host"),
     "policy_entry": ("priority", "src", "dst", "proto", "port", "action", "next_hop", "state"),
     "vip": ("name", "id", "subnet", "ip", "holder", "holder_host", "epoch", "allowed"),
+    "volume": ("name", "id", "zone", "size", "phase", "host", "instance", "path", "tiers",
+               "used"),
+    "volume_range": ("from", "to", "every"),
     "patch": ("name", "phase", "target", "functions", "hosts", "applied", "refused", "died",
               "busy", "rolled_back"),
     "patch_host": ("host", "canary", "want", "state", "applied", "refused", "died", "busy",
@@ -494,6 +528,10 @@ WIDE: dict[str, tuple[str, ...]] = {
                      "state", "id"),
     "vip": ("name", "id", "vpc", "subnet", "ip", "holder", "holder_zone", "holder_host",
             "epoch", "delivered_to", "damped_since", "allowed", "revision", "created_at"),
+    "volume": ("name", "id", "zone", "size", "phase", "host", "home", "instance", "path",
+               "tiers", "used", "journal", "device", "mounted", "fill", "source", "error",
+               "revision", "created_at"),
+    "volume_range": ("from", "to", "every"),
     "patch": ("name", "id", "phase", "target", "functions", "hosts", "applied", "refused",
               "died", "busy", "rolled_back", "message", "patch_id", "build_id", "digest",
               "canary_hosts", "started_at", "finished_at", "revision"),

@@ -39,6 +39,11 @@ Security groups (issue 10): each group is one entry under its VPC (its rules); m
 rides in the member entries ("sgs"), so a member joining a group changes its own entry
 only, and a rule written changes its group's entry only.
 
+Volumes (issue 12): one entry per volume, "volume/<id>", in the document of the host that
+serves it (its status.host) only, outside any VPC; per host a log of (revision, key) like a
+VPC's. An attached volume's entry names its instance's network namespace (as the instance's
+agent reported it), so an instance write recomputes the entries of its volumes.
+
 A change that the incremental rules do not cover (today: a host renamed under the same id)
 falls back to the full path: every derived value is recomputed from the engine's own model
 and compared, so deltas and `affected` stay exact, only slower.
@@ -86,6 +91,8 @@ from yunhan.net.docentries import (
     subnet_entry,
     table_entry,
     vip_entry,
+    volume_entry,
+    volume_key,
     vpc_entry,
     vpc_key,
 )
@@ -109,6 +116,7 @@ _KINDS = frozenset(
         "network_acl",
         "flow_log",
         "vip",
+        "volume",
     }
 )
 
@@ -150,6 +158,7 @@ class _Instance:
     host: str | None
     command: tuple[str, ...] | None
     sgs: tuple[str, ...] = ()
+    netns: str | None = None  # as its agent reported it (the volumes attached name it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +173,22 @@ class _Vip:
     ip: str
     to: str | None  # instance id
     entry: JsonObj
+
+
+@dataclass(frozen=True, slots=True)
+class _Volume:
+    """A volume: its entry but for the netns of the instance it is attached to."""
+
+    id: str
+    host: str | None  # the host serving it (status.host)
+    instance: str | None  # attached to
+    name: str
+    size: int
+    zone: str
+    tiers: tuple[tuple[int, int], ...] | None
+    path: str
+    restore: tuple[int, int] | None
+    source: tuple[str, int] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +277,7 @@ _Obj = (
     | _Group
     | _Acl
     | _Vip
+    | _Volume
 )
 
 
@@ -357,6 +383,26 @@ def _instance(r: Resource) -> _Instance:
         r.status.get("host"),
         tuple(cmd) if cmd else None,
         tuple(r.spec.get("security_groups") or ()),
+        r.status.get("netns") or None,
+    )
+
+
+def _volume(r: Resource) -> _Volume:
+    att = r.spec.get("attachment") or {}
+    rest = r.spec.get("restore")
+    src = r.spec.get("source")
+    tiers = r.spec.get("tiers")
+    return _Volume(
+        r.id,
+        r.status.get("host") or None,
+        att.get("instance") or None,
+        r.name,
+        int(r.spec["size"]),
+        str(r.spec["zone"]),
+        None if tiers is None else tuple((int(t["keep_s"]), int(t["every_s"])) for t in tiers),
+        str(att.get("path") or ""),
+        None if not rest else (int(rest["to_ns"]), int(rest["serial"])),
+        None if not src else (str(src["volume"]), int(src["at_ns"])),
     )
 
 
@@ -389,6 +435,7 @@ _PARSERS: dict[str, Callable[[Resource], _Obj]] = {
         r.status.get("delivered_to") or None,
         vip_entry(r.id, r.spec["ip"], r.spec.get("allowed", ()), r.status.get("epoch", 0)),
     ),
+    "volume": _volume,
 }
 
 
@@ -406,6 +453,7 @@ class _Dirty:
     # (vpc, GROUP|FLOWLOG|VIP, id): security groups, flow logs and VIPs' own entries
     groups: set[tuple[str, str, str]] = field(default_factory=set)
     acls: set[tuple[str, str]] = field(default_factory=set)  # (vpc, acl id)
+    volumes: set[str] = field(default_factory=set)
     everything: bool = False
 
 
@@ -462,6 +510,9 @@ class Engine:
         self._routing_of_vpc: dict[str, set[tuple[str, str]]] = {}
         self._eips_of_gateway: dict[str, set[str]] = {}
         self._targets: dict[str, int] = {}  # instance id -> routes/policies sending to it
+        self._volumes: dict[str, _Volume] = {}
+        self._vols_of_inst: dict[str, set[str]] = {}  # instance id -> volumes attached
+        self._vols_of_host: dict[str, set[str]] = {}  # host name -> volumes it serves
         # derived: entries
         self._host_entry: dict[str, JsonObj] = {}
         self._host_rev: dict[str, int] = {}
@@ -472,6 +523,8 @@ class Engine:
         self._member_of: dict[str, tuple[str, str]] = {}  # instance id -> (vpc id, key)
         self._carriers: dict[str, dict[str, int]] = {}  # vpc id -> host -> members on it
         self._vpcs_of_host: dict[str, set[str]] = {}
+        self._vol_entries: dict[str, Entries] = {}  # host -> its volume entries
+        self._vol_at: dict[str, str] = {}  # volume id -> the host whose document has it
         # derived: history
         self._doc_rev: dict[str, int] = {}
         self._host_floor: dict[str, int] = {}  # the host's document exists since
@@ -479,6 +532,7 @@ class Engine:
         self._vpc_floor: dict[str, int] = {}  # the VPC's entries exist since
         self._vpc_log: dict[str, list[tuple[int, str]]] = {}  # (rev, key changed)
         self._vpc_log_limit: dict[str, int] = {}  # compact when longer
+        self._vol_log: dict[str, list[tuple[int, str]]] = {}  # host -> (rev, volume key)
         self._affected: dict[int, frozenset[str]] = {}  # only revisions that changed docs
         self._digests: dict[str, tuple[int, str]] = {}
         # id(value) -> (value, key, entry_hash): the value is held so its id stays its own.
@@ -558,6 +612,9 @@ class Engine:
         elif kind == "vip":
             assert new is None or isinstance(new, _Vip)
             self._absorb_vip(rid, new, dirty)
+        elif kind == "volume":
+            assert new is None or isinstance(new, _Volume)
+            self._absorb_volume(rid, new, dirty)
         elif kind in ("route_table", "route", "policy_route", "natgw"):
             assert new is None or isinstance(new, _Table | _Route | _Policy | _Gateway)
             self._absorb_routing(kind, rid, new, dirty)
@@ -637,6 +694,22 @@ class Engine:
             if new.host:
                 _add(self._insts_of_host, new.host, iid)
         dirty.instances.add(iid)
+        dirty.volumes |= self._vols_of_inst.get(iid, set())
+
+    def _absorb_volume(self, vid: str, new: _Volume | None, dirty: _Dirty) -> None:
+        old = self._volumes.pop(vid, None)
+        if old is not None:
+            if old.instance:
+                _discard(self._vols_of_inst, old.instance, vid)
+            if old.host:
+                _discard(self._vols_of_host, old.host, vid)
+        if new is not None:
+            self._volumes[vid] = new
+            if new.instance:
+                _add(self._vols_of_inst, new.instance, vid)
+            if new.host:
+                _add(self._vols_of_host, new.host, vid)
+        dirty.volumes.add(vid)
 
     def _absorb_routing(
         self, kind: str, rid: str, new: _Table | _Route | _Policy | _Gateway | None, dirty: _Dirty
@@ -745,6 +818,7 @@ class Engine:
             vpcs=set(self._vpcs) | set(self._vpc_entry),
             instances=set(self._instances) | set(self._member_of),
             routing=set(self._vpcs) | set(self._vpc_entry) | set(self._routing),
+            volumes=set(self._volumes) | set(self._vol_at),
         )
 
     # -- recomputing what is dirty ------------------------------------------------------
@@ -806,6 +880,10 @@ class Engine:
                 self._vpcs_of_host[name] = set()
                 self._host_log[name] = []
                 self._host_floor[name] = rev
+                self._vol_entries[name] = {}
+                self._vol_log[name] = []
+        for name in changed_hosts:  # a document appeared or went: the volumes it serves
+            dirty.volumes |= self._vols_of_host.get(name, set())
 
         changed_keys: dict[str, set[str]] = {}
         for vid in dirty.vpcs:
@@ -893,7 +971,7 @@ class Engine:
             if record:
                 self._host_log[host].append((rev, vid, after))
 
-        affected = changed_hosts | carriage_changed
+        affected = changed_hosts | carriage_changed | self._settle_volumes(rev, dirty, record)
         for vid, keys in changed_keys.items():
             if vid not in self._vpc_entry:  # the VPC is gone (its members went with it)
                 self._members.pop(vid, None)
@@ -913,6 +991,8 @@ class Engine:
         for name in changed_hosts:
             if name not in self._host_entry:  # the host went away: forget its history
                 self._vpcs_of_host.pop(name, None)
+                self._vol_entries.pop(name, None)
+                self._vol_log.pop(name, None)
                 self._host_log.pop(name, None)
                 self._host_floor.pop(name, None)
                 self._host_rev.pop(name, None)
@@ -922,6 +1002,50 @@ class Engine:
             if name in self._host_entry:
                 self._doc_rev[name] = rev
         return frozenset(affected)
+
+    # -- volume entries -----------------------------------------------------------------
+
+    def _volume_value(self, vid: str) -> tuple[str, JsonObj] | None:
+        """(host, entry) of a volume, when its host has a document."""
+        v = self._volumes.get(vid)
+        if v is None or v.host is None or v.host not in self._host_entry:
+            return None
+        attach = None
+        if v.instance is not None:
+            inst = self._instances.get(v.instance)
+            attach = (v.instance, None if inst is None else inst.netns, v.path)
+        return v.host, volume_entry(
+            v.id, v.name, v.size, v.zone, v.tiers, attach, v.restore, v.source
+        )
+
+    def _settle_volumes(self, rev: int, dirty: _Dirty, record: bool) -> set[str]:
+        """Recompute the dirty volumes' entries; the hosts whose documents changed."""
+        changed: set[str] = set()
+        for vid in dirty.volumes:
+            new = self._volume_value(vid)
+            key = volume_key(vid)
+            old_host = self._vol_at.get(vid)
+            if old_host is not None:
+                entries = self._vol_entries[old_host]
+                if new is not None and new[0] == old_host and new[1] == entries[key]:
+                    continue
+                del entries[key]
+                del self._vol_at[vid]
+                changed.add(old_host)
+                if record:
+                    self._vol_log[old_host].append((rev, key))
+            if new is not None:
+                host, value = new
+                self._vol_entries[host][key] = value
+                self._vol_at[vid] = host
+                changed.add(host)
+                if record and host != old_host:
+                    self._vol_log[host].append((rev, key))
+        for host in changed:
+            log = self._vol_log.get(host)
+            if log is not None and len(log) > 2 * len(self._vol_entries[host]) + 256:
+                self._vol_log[host] = _last_change_of_each(log)
+        return changed
 
     # -- routing entries ----------------------------------------------------------------
 
@@ -1194,6 +1318,9 @@ class Engine:
         for hlog in self._host_log.values():
             if hlog and hlog[0][0] <= horizon:
                 del hlog[: bisect.bisect_right(hlog, horizon, key=lambda e: e[0])]
+        for vlog in self._vol_log.values():
+            if vlog and vlog[0][0] <= horizon:
+                del vlog[: bisect.bisect_right(vlog, horizon, key=lambda e: e[0])]
         for rev in [r for r in self._affected if r <= horizon]:
             del self._affected[rev]
 
@@ -1223,6 +1350,7 @@ class Engine:
         for vid in sorted(self._vpcs_of_host[host]):
             out[vpc_key(vid)] = self._vpc_entry[vid]
             out.update(self._members[vid])
+        out.update(self._vol_entries[host])
         return out
 
     def digest(self, host: str) -> str:
@@ -1253,6 +1381,7 @@ class Engine:
         live = {id(v) for v in self._vpc_entry.values()}
         live.update(id(v) for members in self._members.values() for v in members.values())
         live.update(id(v) for v in self._host_entry.values())
+        live.update(id(v) for vols in self._vol_entries.values() for v in vols.values())
         self._entry_hashes = {i: h for i, h in self._entry_hashes.items() if i in live}
 
     def delta(self, host: str, after: int) -> Delta:
@@ -1294,6 +1423,12 @@ class Engine:
         for vid in now:
             if vid not in carried_then:
                 self._vpc_changes(vid, after, removed, put)
+        vlog, vols = self._vol_log[host], self._vol_entries[host]
+        for _rev, key in vlog[bisect.bisect_right(vlog, after, key=lambda e: e[0]) :]:
+            if key in vols:
+                put[key] = vols[key]
+            else:
+                removed.add(key)
         return Delta(host, d, False, tuple(sorted(removed)), put)
 
     def _whole_vpc(self, vid: str, put: Entries) -> None:
@@ -1317,3 +1452,16 @@ class Engine:
                 removed.add(key)
             else:
                 put[key] = value
+
+
+def _last_change_of_each(log: list[tuple[int, str]]) -> list[tuple[int, str]]:
+    """A (revision, key) log keeping the last change of each key only (a delta needs no
+    more)."""
+    seen: set[str] = set()
+    kept: list[tuple[int, str]] = []
+    for rev, key in reversed(log):
+        if key not in seen:
+            seen.add(key)
+            kept.append((rev, key))
+    kept.reverse()
+    return kept

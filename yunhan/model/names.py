@@ -30,6 +30,7 @@ KIND_PREFIX: dict[str, str] = {
     "vip": "vip",
     "patch": "hp",
     "function": "fn",
+    "volume": "vol",
 }
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _ID_RE = re.compile(r"^([a-z]+)-([0-9a-f]{8})$")

@@ -148,6 +148,9 @@ class HostRegister(_Body):
     zone: str
     underlay_ip: str
     mtu: Int = 1500
+    volume_pool: Int | None = Field(
+        None, ge=0, le=2**62, description="bytes of volume space (absent: 100 GiB)"
+    )
     restart: AgentRestart | None = None
 
 
@@ -171,10 +174,32 @@ class FunctionsReport(_Body):
     workers: Int = Field(0, ge=0)
 
 
+class TimelineRange(_Body):
+    from_ns: Int = Field(ge=0)
+    to_ns: Int = Field(ge=0)
+    every_s: Int = Field(ge=1)
+
+
+class VolumeReport(_Body):
+    """What a volume's agent says of it (docs/volumes.md, the agent contract)."""
+
+    phase: Literal["available", "attached", "error", "restoring"]
+    message: str | None = Field(None, max_length=2000)
+    device: str | None = Field(None, max_length=200)
+    mounted: bool = False
+    used_bytes: Int = Field(0, ge=0)
+    journal_bytes: Int = Field(0, ge=0)
+    base_bytes: Int = Field(0, ge=0)
+    timeline: list[TimelineRange] = Field(default_factory=list, max_length=10_000)
+    restored_serial: Int = Field(0, ge=0)
+    fill: Number = Field(1.0, ge=0, le=1)
+
+
 class HostStatusReport(_Body):
     applied_revision: Int = Field(ge=0, le=2**53 - 1)  # exact in JSON (api.deps.MAX_REVISION)
     error: str | None = None
     instances: dict[str, InstanceReport] = Field(default_factory=dict)
+    volumes: dict[str, VolumeReport] = Field(default_factory=dict)
     functions: FunctionsReport | None = None  # absent: this host runs no functions
 
 
@@ -525,3 +550,60 @@ class FunctionPatch(Patch):
     """The PATCH of a function: labels, traffic and scaling (a new version is a deploy)."""
 
     spec: FunctionSpecPatch = Field(default_factory=lambda: FunctionSpecPatch())
+
+
+# -- volumes (docs/volumes.md) ---------------------------------------------------------------
+
+MAX_TIERS = 16
+
+
+class TierIn(_Body):
+    keep_s: Int
+    every_s: Int
+
+
+Tiers = (
+    Annotated[str, StringConstraints(max_length=200)]
+    | Annotated[list[TierIn], Field(max_length=MAX_TIERS)]
+)
+# A time: ISO 8601 or unix seconds.
+TimeIn = Annotated[str, StringConstraints(max_length=64)] | Number
+
+
+class VolumeCreate(_Create):
+    name: Name
+    size: Int = Field(description="bytes: whole GiB, at least 1 GiB")
+    zone: str = Field(description="the zone (name or id)")
+    tiers: Tiers | None = Field(
+        None, description='protection tiers, "12h:1s,24h:1h,3d:1d" or a list; absent: none'
+    )
+
+
+class VolumeSpecPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    size: Int | None = None  # the new size (bytes): larger only
+
+
+class VolumePatch(Patch):
+    """The PATCH of a volume: its labels and its size (grow only, detached)."""
+
+    spec: VolumeSpecPatch = Field(default_factory=VolumeSpecPatch)
+
+
+class VolumeAttachIn(_Body):
+    instance: str = Field(description="the instance (name or id)")
+    path: str = Field("/data", max_length=200, description="where it is mounted inside")
+
+
+class VolumeProtect(_Body):
+    tiers: Tiers = "12h:1s,24h:1h,3d:1d"
+
+
+class VolumeRestore(_Body):
+    to: TimeIn = Field(description="ISO 8601 or unix seconds")
+
+
+class VolumeClone(_Create):
+    name: Name
+    at: TimeIn = Field(description="ISO 8601 or unix seconds")

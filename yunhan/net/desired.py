@@ -311,6 +311,32 @@ class InstanceDesired(_Frozen):
     command: tuple[str, ...] | None = None  # long-lived process to run inside, if any
 
 
+class VolumeAttach(_Frozen):
+    """Where an attached volume is mounted: inside the instance's mount namespace, the one
+    entered with its network namespace `netns` (None: the instance has not reported it)."""
+
+    instance: str
+    netns: str | None
+    path: str
+
+
+class VolumeDesired(_Frozen):
+    """A volume this host's agent serves (docs/volumes.md): it runs the volume's storage
+    process, journals when `tiers` is set, mounts it in the instance when attached, and
+    restores it in place when `restore_serial` exceeds the one it last did."""
+
+    id: str
+    name: str
+    size: int  # bytes
+    zone: str
+    tiers: tuple[tuple[int, int], ...] | None  # (keep_s, every_s), None: not protected
+    attach: VolumeAttach | None = None
+    restore_to_ns: int | None = None
+    restore_serial: int = 0
+    source_volume: str | None = None  # a clone's source (its journal is read until copied)
+    source_at_ns: int | None = None
+
+
 class HostDesired(_Frozen):
     """Everything one host must carry. `revision` is the store revision of this document."""
 
@@ -321,6 +347,7 @@ class HostDesired(_Frozen):
     underlay_mtu: int = 1500
     vpcs: tuple[VpcDesired, ...] = ()
     instances: tuple[InstanceDesired, ...] = ()
+    volumes: tuple[VolumeDesired, ...] = ()  # sorted by id
 
     @property
     def instance_mtu(self) -> int:

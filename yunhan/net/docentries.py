@@ -44,6 +44,12 @@ allowed the ids of the instances that may hold it, sorted: what an agent needs t
 gratuitous ARP that claims the VIP from one it must ignore, and the epoch to claim with.
 Where the VIP is delivered is not here but in its holder's member entry (`allowed_ips`).
 
+Volumes (docs/volumes.md): ``"volume/<volume id>"`` -> ``{"id", "name", "size", "zone",
+"tiers", "attach", "restore", "source"}`` in the document of the host that serves the
+volume now (its `status.host`) only; tiers null or [{"keep_s", "every_s"}] by keep, attach
+null or {"instance", "netns", "path"}, restore null or {"to_ns", "serial"}, source null or
+{"volume", "at_ns"}. A volume that moves host leaves one document and enters another.
+
 A next hop in an entry is resolved but says nothing of the reader: ``{"type", "ref", "ip",
 "host", "vtep_index", "underlay_ip", "port", "up"}``; `assemble` makes it local or remote
 for the host it builds, and picks the winner among routes of one prefix. A member that is
@@ -86,6 +92,8 @@ from yunhan.net.desired import (
     SubnetDesired,
     TableRoute,
     VipDesired,
+    VolumeAttach,
+    VolumeDesired,
     VpcDesired,
     vtep_mac,
     vtep_nexthop,
@@ -106,6 +114,71 @@ GROUP, ACL = "sg", "acl"  # security groups, network ACLs
 FLOWLOG = "fl"
 VIP = "vip"
 SUB_KINDS = frozenset({MEMBER, SUBNET, TABLE, ROUTE, POLICY, GATEWAY, GROUP, ACL, FLOWLOG, VIP})
+
+
+VOLUME = "volume/"
+
+
+def volume_key(volume_id: str) -> str:
+    return f"{VOLUME}{volume_id}"
+
+
+def volume_entry(
+    id: str,
+    name: str,
+    size: int,
+    zone: str,
+    tiers: Iterable[tuple[int, int]] | None,
+    attach: tuple[str, str | None, str] | None,
+    restore: tuple[int, int] | None,
+    source: tuple[str, int] | None,
+) -> JsonObj:
+    """A volume's entry; attach is (instance, netns, path), restore (to_ns, serial),
+    source (volume, at_ns)."""
+    return {
+        "id": id,
+        "name": name,
+        "size": size,
+        "zone": zone,
+        "tiers": None if tiers is None else [{"keep_s": k, "every_s": e} for k, e in tiers],
+        "attach": None
+        if attach is None
+        else {"instance": attach[0], "netns": attach[1], "path": attach[2]},
+        "restore": None if restore is None else {"to_ns": restore[0], "serial": restore[1]},
+        "source": None if source is None else {"volume": source[0], "at_ns": source[1]},
+    }
+
+
+def _volume_desired(v: JsonObj) -> VolumeDesired:
+    att, rest, src, tiers = v["attach"], v["restore"], v["source"], v["tiers"]
+    return VolumeDesired(
+        id=v["id"],
+        name=v["name"],
+        size=v["size"],
+        zone=v["zone"],
+        tiers=None if tiers is None else tuple((t["keep_s"], t["every_s"]) for t in tiers),
+        attach=None if att is None else VolumeAttach(**att),
+        restore_to_ns=None if rest is None else rest["to_ns"],
+        restore_serial=0 if rest is None else rest["serial"],
+        source_volume=None if src is None else src["volume"],
+        source_at_ns=None if src is None else src["at_ns"],
+    )
+
+
+def _volume_json(v: VolumeDesired) -> JsonObj:
+    a = v.attach
+    return volume_entry(
+        v.id,
+        v.name,
+        v.size,
+        v.zone,
+        v.tiers,
+        None if a is None else (a.instance, a.netns, a.path),
+        None if v.restore_to_ns is None else (v.restore_to_ns, v.restore_serial),
+        None
+        if v.source_volume is None or v.source_at_ns is None
+        else (v.source_volume, v.source_at_ns),
+    )
 
 
 def vpc_key(vpc_id: str) -> str:
@@ -604,16 +677,21 @@ def assemble(entries: Mapping[str, JsonObj], host: str) -> HostDesired:
     """The `HostDesired` (revision 0) these entries describe for `host`.
 
     Equal, field for field, to what `controller.netcompile.compile_hosts` gives for the same
-    model. ValueError when the entries are not a document of `host` (no or another "host"
-    entry, an entry without its VPC, an unknown key).
+    model, plus the volumes the host serves (which the network compiler does not know).
+    ValueError when the entries are not a document of `host` (no or another "host" entry,
+    an entry without its VPC, an unknown key).
     """
     h = entries.get(HOST_KEY)
     if h is None or h["host"] != host:
         raise ValueError(f"entries are not a document of host {host!r}")
     vpcs: dict[str, JsonObj] = {}
     subs: dict[str, dict[str, list[JsonObj]]] = {}
+    volumes: list[VolumeDesired] = []
     for key, value in entries.items():
         if key == HOST_KEY:
+            continue
+        if key.startswith(VOLUME):
+            volumes.append(_volume_desired(value))
             continue
         vpc_id, kind, _obj = parse_key(key)
         if kind is None:
@@ -722,6 +800,7 @@ def assemble(entries: Mapping[str, JsonObj], host: str) -> HostDesired:
         underlay_mtu=h["underlay_mtu"],
         vpcs=tuple(vpc_docs),
         instances=tuple(sorted(inst_docs, key=lambda i: i.id)),
+        volumes=tuple(sorted(volumes, key=lambda x: x.id)),
     )
 
 
@@ -738,6 +817,8 @@ def entries_of(doc: HostDesired) -> Entries:
         HOST_KEY: host_entry(doc.host, doc.underlay_ip, doc.vtep_index, doc.underlay_mtu)
     }
     insts = {i.id: i for i in doc.instances}
+    for vol in doc.volumes:
+        out[volume_key(vol.id)] = _volume_json(vol)
     for v in doc.vpcs:
         out[vpc_key(v.id)] = {
             "id": v.id,

@@ -107,6 +107,12 @@ INDEXES: dict[tuple[str, str], IndexFn] = {
     ("vip", "vpc"): lambda r: r.spec.get("vpc"),
     ("vip", "vpc_ip"): lambda r: f"{r.spec.get('vpc')}|{r.spec.get('ip')}",
     ("vip", "damped"): lambda r: "yes" if r.status.get("damped_since") else None,
+    # Volumes (docs/volumes.md): placement sums the sizes homed on a host; an instance's
+    # delete and migrate look for what is attached to it.
+    ("volume", "zone"): lambda r: r.spec.get("zone"),
+    ("volume", "home"): lambda r: r.status.get("home"),
+    ("volume", "host"): lambda r: r.status.get("host"),
+    ("volume", "instance"): lambda r: (r.spec.get("attachment") or {}).get("instance"),
     # Fleet patches whose rollout the leader still drives (controller.rollout).
     ("patch", "active"): lambda r: (
         "yes" if r.status.get("phase") in ("canary", "rolling", "paused", "rolling_back") else None

@@ -18,6 +18,7 @@ from yunhan.api.models import Host, VipClaimResults
 from yunhan.api.views import host_view, resolve
 from yunhan.controller.status import reflect
 from yunhan.controller.vips import CLAIM_REFUSED, FLAPPING, ClaimResult, apply_claim
+from yunhan.controller.volumes import settle
 from yunhan.errors import Conflict, NotFound
 from yunhan.model import new_id, parse_ip, validate_mtu, validate_name
 from yunhan.model.schemas import FunctionsReport, HostRegister, HostStatusReport, VipClaims
@@ -46,7 +47,9 @@ def register_host(name: str, body: HostRegister, request: Request, _: AgentDep) 
                     f"underlay IP {underlay_ip} is already registered by host {other.name}",
                     host=other.name,
                 )
-        spec = {"zone": zone.id, "underlay_ip": underlay_ip, "mtu": mtu}
+        spec: dict[str, Any] = {"zone": zone.id, "underlay_ip": underlay_ip, "mtu": mtu}
+        if body.volume_pool is not None:
+            spec["volume_pool"] = body.volume_pool
         host = tx.by_name("host", st.admin_project_id, name)
         if host is None:
             hosts = tx.list("host", st.admin_project_id)
@@ -164,6 +167,15 @@ async def status_report(st: AppState, name: str, body: HostStatusReport) -> None
                         f"instance {inst.name} failed to start on host {name}: "
                         f"{new.get('message') or 'no reason given'}",
                     )
+        now = st.clock()
+        vol_changes: list[tuple[str, dict[str, Any]]] = []
+        for vid, vreport in body.volumes.items():
+            vol = r.get("volume", vid)
+            if vol is None or vol.status.get("host") != name:
+                continue  # only the host that serves it now speaks for it
+            new = settle(vol.spec, vol.status, vreport.model_dump(), now)
+            if new != vol.status:
+                vol_changes.append((vid, new))
     lease = st.fleet.leases.get(name)
     if body.error and (lease is None or lease.error != body.error):
         # The text may name other projects' resources: the admin's only. Tenants learn of
@@ -175,6 +187,8 @@ async def status_report(st: AppState, name: str, body: HostStatusReport) -> None
         lease.function_workers = body.functions.workers if body.functions else None
     if changes:
         await _write_phases(st, name, changes)
+    if vol_changes:
+        await _write_volumes(st, name, vol_changes)
     functions = stored_functions(body.functions)
     if host.status.get("functions") != functions:
         await _write_functions(st, name, functions)
@@ -209,6 +223,19 @@ async def _write_phases(st: AppState, host: str, changes: list[tuple[str, Any]])
                 inst = tx.get("instance", iid)
                 if inst is not None and inst.status.get("host") == host:
                     tx.update(inst, status={**inst.status, **_agent_fields(status)})
+
+    await asyncio.to_thread(write)
+
+
+async def _write_volumes(st: AppState, host: str, changes: list[tuple[str, Any]]) -> None:
+    def write() -> None:
+        with st.store.transaction() as tx:
+            for vid, status in changes:
+                vol = tx.get("volume", vid)
+                # The API may have moved it meanwhile (attach, detach): then this report
+                # spoke of a state that is gone, and the next one says what is true.
+                if vol is not None and vol.status.get("host") == host:
+                    tx.update(vol, status=status)
 
     await asyncio.to_thread(write)
 

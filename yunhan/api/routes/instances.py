@@ -29,6 +29,7 @@ from yunhan.controller.placement import choose
 from yunhan.controller.scheduler import NoHost, host_healthy
 from yunhan.controller.tables import release_public
 from yunhan.controller.vips import follow_instance, iso, release_instance
+from yunhan.controller.volumes import VOLUME_DETACHED, detach_all
 from yunhan.errors import Conflict
 from yunhan.model import new_id, validate_name
 from yunhan.model.schemas import InstanceCreate, InstanceMigrate, LabelsPatch
@@ -165,6 +166,13 @@ def migrate_instance(
         inst = resolve(tx, "instance", c.project.id, ref)
         check_if_match(inst, if_match)
         zone = resolve(tx, "zone", st.admin_project_id, body.zone)
+        attached = sorted(v.name for v in tx.find("volume", "instance", inst.id))
+        if attached:
+            raise Conflict(
+                f"instance {inst.name} has volume(s) {', '.join(attached)} attached; detach "
+                "them first (a volume stays in its zone and host while attached)",
+                volumes=attached,
+            )
         old_host = inst.status.get("host")
         now = st.clock()
         if body.host is not None:
@@ -304,9 +312,11 @@ def patch_instance(
 
 @router.delete("/instances/{ref}", response_model=Instance, responses=errors(404, 412))
 def delete_instance(ref: str, request: Request, c: CallerDep, if_match: IfMatch = None) -> Any:
+    """Delete the instance; volumes attached to it are detached (they stay)."""
     with state_of(request).store.transaction() as tx:
         inst = resolve(tx, "instance", c.project.id, ref)
         check_if_match(inst, if_match)
+        detached = detach_all(tx, inst)
         gone = tx.delete(inst)
         for fl in tx.find("flow_log", "target", inst.id):  # flow logs go with their target
             tx.delete(fl)
@@ -316,6 +326,13 @@ def delete_instance(ref: str, request: Request, c: CallerDep, if_match: IfMatch 
         sub = tx.get("subnet", inst.spec["subnet"])
         if sub is not None:
             refresh_available(tx, sub)
+    for vol in detached:
+        state_of(request).journal.notice(
+            vol.project,
+            vol.id,
+            VOLUME_DETACHED,
+            f"volume {vol.name} detached: instance {inst.name} was deleted",
+        )
     if inst.status.get("ip"):
         state_of(request).ipam.freed(inst.spec["subnet"], inst.status["ip"])
     return gone.envelope()

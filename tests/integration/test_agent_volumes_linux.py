@@ -12,13 +12,13 @@ import os
 import signal
 import subprocess
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from yunhan.agent.volumes import VolumeManager
 from yunhan.compute import netns_sandbox
+from yunhan.net.desired import VolumeAttach, VolumeDesired
 from yunhan.net import nsutil
 from yunhan.nsexec import mnt_path
 from yunhan.polling import poll_until
@@ -29,25 +29,22 @@ pytestmark = pytest.mark.root
 GIB = 1 << 30
 
 
-@dataclass(frozen=True)
-class Attach:
-    instance: str
-    netns: str
-    path: str = "/data"
+def Vol(  # noqa: N802 - reads as the document's entry
+    id: str,
+    name: str,
+    *,
+    attach: VolumeAttach | None = None,
+    tiers: tuple[tuple[int, int], ...] | None = None,
+    delete: bool = False,
+    size: int = GIB,
+) -> VolumeDesired:
+    return VolumeDesired(
+        id=id, name=name, size=size, zone="az1", tiers=tiers, attach=attach, delete=delete
+    )
 
 
-@dataclass(frozen=True)
-class Vol:
-    id: str
-    name: str
-    size: int = GIB
-    zone: str = "az1"
-    tiers: tuple[tuple[int, int], ...] | None = None
-    attach: Attach | None = None
-    restore_to_ns: int | None = None
-    restore_serial: int = 0
-    source_volume: str | None = None
-    source_at_ns: int | None = None
+def Attach(instance: str, netns: str, path: str = "/data") -> VolumeAttach:  # noqa: N802
+    return VolumeAttach(instance=instance, netns=netns, path=path)
 
 
 @pytest.fixture
@@ -130,8 +127,9 @@ def test_a_volume_gone_from_the_document_stops_and_a_deleted_one_loses_its_data(
     assert sh(vm, "findmnt -n /data", check=False).returncode != 0
     assert cd.mount_source(mount) is None
     assert (manager.pool / vid).is_dir()
-    manager.apply([], deleted=[vid])
+    manager.apply([Vol(vid, "g", delete=True)])
     assert not (manager.pool / vid).exists()
+    assert manager.report()[vid]["phase"] == "deleted"
 
 
 def test_a_killed_storage_process_is_restarted_and_nothing_acknowledged_is_lost(

@@ -212,7 +212,10 @@ class Agent:
         self.volumes: VolumeManager | None = None
         if dataplane.kind == "linux" and config.volume_dir is not None:
             self.volumes = VolumeManager(
-                config.volume_dir, config.state_dir, f"{dataplane.naming.prefix}"
+                config.volume_dir,
+                config.state_dir,
+                dataplane.naming.prefix,
+                netns_of=dataplane.naming.instance_netns,
             )
         # The function host: started by `run`, reported in every status report once it runs.
         self.functions = functions
@@ -493,7 +496,7 @@ class Agent:
                 # After the data plane: an instance a volume attaches to exists by now. A
                 # volume's trouble is in its own report, not the host's: it is retried by
                 # the volume monitor, and the network is not held up by it.
-                self.volumes.apply(desired.volumes, desired.deleted_volumes)
+                self.volumes.apply(desired.volumes)
             with self._lock:  # still under the apply lock: a re-pointing starts from it
                 saved = self.applied_revision != desired.revision or self.desired != desired
                 self.desired = desired

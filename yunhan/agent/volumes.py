@@ -36,13 +36,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from yunhan import procstat
 from yunhan.errors import VolumeError
+from yunhan.net.desired import VolumeAttach, VolumeDesired
 from yunhan.nsexec import mnt_path
 from yunhan.polling import poll_until
 from yunhan.volume import cdpd as cdpd_mod
+from yunhan.volume.volumedir import VolumeDir
 
 log = logging.getLogger(__name__)
 
@@ -53,38 +55,6 @@ COMPACT_INTERVAL = 30.0
 PID_FILE = "cdpd.pid"
 ATTACHED_FILE = "attached.json"
 RESTORED_FILE = "restored.json"
-
-
-class Attach(Protocol):
-    instance: str
-    netns: str
-    path: str
-
-
-class Desired(Protocol):
-    """What the document says of one volume (net.desired.VolumeDesired)."""
-
-    id: str
-    name: str
-    size: int
-
-    @property
-    def tiers(self) -> tuple[tuple[int, int], ...] | None: ...
-
-    @property
-    def attach(self) -> Attach | None: ...
-
-    @property
-    def restore_to_ns(self) -> int | None: ...
-
-    @property
-    def restore_serial(self) -> int: ...
-
-    @property
-    def source_volume(self) -> str | None: ...
-
-    @property
-    def source_at_ns(self) -> int | None: ...
 
 
 @dataclass
@@ -156,6 +126,7 @@ class VolumeManager:
         clock: Callable[[], float] = time.time,
         binary: Path | None = None,
         compact_interval: float = COMPACT_INTERVAL,
+        netns_of: Callable[[str], str] | None = None,
     ) -> None:
         self.pool = pool
         self.run_dir = state_dir / "volumes"
@@ -163,8 +134,9 @@ class VolumeManager:
         self.clock = clock
         self.binary = binary
         self.compact_interval = compact_interval
+        self.netns_of = netns_of or (lambda iid: f"{prefix}i-{iid}")
         self._compacted: dict[str, float] = {}  # volume id -> monotonic time of the last look
-        self._desired: dict[str, Desired] = {}
+        self._desired: dict[str, VolumeDesired] = {}
         self._reports: dict[str, Report] = {}
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -209,36 +181,39 @@ class VolumeManager:
 
     # -- the document ----------------------------------------------------------------------
 
-    def apply(self, volumes: Sequence[Desired], deleted: Sequence[str] = ()) -> list[str]:
+    def apply(self, volumes: Sequence[VolumeDesired]) -> list[str]:
         """Converge every volume of the document; those gone from it stop being served here
-        (they moved to another host, or were deleted: `deleted` ids also lose their data).
-        Returns the errors (each also in its volume's report)."""
+        (they moved to another host). A deleted one (`delete`) loses its data, then its
+        report says "deleted" and the control plane forgets it. Returns the errors (each
+        also in its volume's report)."""
         errors: list[str] = []
         with self._lock:
-            self._desired = {v.id: v for v in volumes}
-            for vid in self._served_ids() - set(self._desired) - set(deleted):
+            live = [v for v in volumes if not v.delete]
+            deleted = [v for v in volumes if v.delete]
+            self._desired = {v.id: v for v in live}
+            gone = self._served_ids() - {v.id for v in volumes}
+            for vid in gone:
                 try:
                     self._retire(vid)
                 except Exception as exc:
                     errors.append(f"volume {vid}: {exc}")
+            for vid in set(self._reports) - {v.id for v in volumes}:
                 self._reports.pop(vid, None)
-            for vid in deleted:
-                # Deleted (never attached: the API refuses that): its data goes, then the
-                # report says so and the control plane forgets it.
+            for v in deleted:
                 try:
-                    self._retire(vid)
-                    shutil.rmtree(self.pool / vid, ignore_errors=True)
-                    self._reports[vid] = Report(phase="deleted")
+                    self._retire(v.id)
+                    self._vdir(v.id).delete()
+                    self._reports[v.id] = Report(phase="deleted")
                 except Exception as exc:
-                    errors.append(f"volume {vid}: {exc}")
-            for v in volumes:
+                    errors.append(f"volume {v.name}: {self._failed(v, exc)}")
+            for v in live:
                 try:
                     self._converge(v)
                 except Exception as exc:
                     errors.append(f"volume {v.name}: {self._failed(v, exc)}")
         return errors
 
-    def _failed(self, v: Desired, exc: Exception) -> str:
+    def _failed(self, v: VolumeDesired, exc: Exception) -> str:
         log.warning("volume %s: %s", v.id, exc)
         rep = self._reports.setdefault(v.id, Report())
         rep.phase, rep.message = "error", str(exc)
@@ -250,9 +225,7 @@ class VolumeManager:
 
     # -- one volume ------------------------------------------------------------------------
 
-    def _vdir(self, vid: str) -> Any:
-        from yunhan.volume.volumedir import VolumeDir
-
+    def _vdir(self, vid: str) -> VolumeDir:
         return VolumeDir(self.pool, vid)
 
     def _run_dir(self, vid: str) -> Path:
@@ -265,9 +238,13 @@ class VolumeManager:
             return set()
         return {p.name for p in self.run_dir.iterdir() if p.is_dir()}
 
-    def _converge(self, v: Desired) -> None:
+    def _converge(self, v: VolumeDesired) -> None:
         vd = self._vdir(v.id)
         rep = self._reports.setdefault(v.id, Report())
+        if v.source_volume is not None and not vd.exists():
+            # A clone reads its source until its copy is done: the source's old
+            # generations it holds stay, and are cleaned once released.
+            self._vdir(v.source_volume).cleanup()
         if not vd.exists():
             if v.source_volume is not None and v.source_at_ns is not None:
                 vd.clone_from(self._vdir(v.source_volume), v.source_at_ns)
@@ -282,10 +259,11 @@ class VolumeManager:
             self._set_restored(v.id, v.restore_serial)
             restored = v.restore_serial
         rep.restored_serial = restored
-        if v.size > vd.size():
+        if v.size > vd.meta().size:
             self._grow(v, vd)
+        vd.cleanup()  # generations a restore replaced, holds of clones done copying
         mode = "journal" if v.tiers else "plain"
-        filling = vd.filling()
+        filling = vd.parent() is not None
         want_served = v.attach is not None or v.tiers is not None or filling
         served = self._served(v.id)
         gen = str(vd.current())
@@ -303,7 +281,7 @@ class VolumeManager:
         if want_served and served is None:
             self._start_cdpd(v.id, gen, v.size, mode)
         if v.attach is not None:
-            rep.device = self._mount(v.id, v.attach)
+            rep.device = self._mount(v.id, v.attach.instance, self._netns(v.attach), v.attach.path)
             rep.mounted, rep.phase = True, "attached"
         else:
             self._unmount(v.id)
@@ -313,7 +291,7 @@ class VolumeManager:
         rep.message = None
         self._measure(v, vd, rep)
 
-    def _measure(self, v: Desired, vd: Any, rep: Report) -> None:
+    def _measure(self, v: VolumeDesired, vd: VolumeDir, rep: Report) -> None:
         from yunhan.volume import journal
         from yunhan.volume import tiers as tiers_mod
 
@@ -322,14 +300,14 @@ class VolumeManager:
         rep.base_bytes = space.base_bytes
         rep.journal_bytes = space.journal_bytes + space.checkpoint_bytes
         rep.used_bytes = rep.base_bytes + rep.journal_bytes
-        rep.fill = vd.fill_progress()
+        rep.fill = self._fill(v.id) if vd.parent() is not None else 1.0
         if v.tiers:
             now = int(self.clock() * 1e9)
             rep.timeline = [r.as_dict() for r in tiers_mod.timeline(gen, tuple(v.tiers), now)]
         else:
             rep.timeline = []
 
-    def _maybe_compact(self, v: Desired) -> None:
+    def _maybe_compact(self, v: VolumeDesired) -> None:
         """On schedule: seal the live segment once it holds records older than the first
         tier, then fold and thin the sealed ones into the coarser tiers (volume.compact)."""
         if not v.tiers:
@@ -463,35 +441,46 @@ class VolumeManager:
         except (FileNotFoundError, ValueError):
             return None
 
-    def _mount(self, vid: str, a: Attach) -> str:
-        """Mount the disk at `a.path` in the instance's mount namespace; returns the device."""
-        mnt = mnt_path(a.netns)
+    def _netns(self, a: VolumeAttach) -> str:
+        """The instance's network namespace: as its agent reported it, else (not reported
+        yet) the name this host gives it."""
+        return a.netns or self.netns_of(a.instance)
+
+    def _fill(self, vid: str) -> float:
+        try:
+            return float(cdpd_mod.control(self._name(vid), "stats", timeout=2.0)["fill"])  # type: ignore[arg-type]
+        except (VolumeError, OSError, KeyError, ValueError):
+            return 0.0
+
+    def _mount(self, vid: str, instance: str, netns: str, path: str) -> str:
+        """Mount the disk at `path` in the instance's mount namespace; returns the device."""
+        mnt = mnt_path(netns)
         if not mnt.exists():
-            raise VolumeError(f"instance {a.instance} has no mount namespace yet")
+            raise VolumeError(f"instance {instance} has no mount namespace yet")
         prev = self._attached(vid)
-        if prev is not None and (prev["netns"], prev["path"]) != (a.netns, a.path):
+        if prev is not None and (prev["netns"], prev["path"]) != (netns, path):
             self._unmount(vid)
             prev = None
         file = self._mount_dir(vid) / "vol"
-        source = _mounted_in(mnt, a.path)
+        source = _mounted_in(mnt, path)
         if prev is not None and source is not None and source == prev.get("device"):
             if _loop_of(file) == source:
                 return source  # mounted, on a device backed by the running storage
             # Its storage restarted: the device reads a dead file. Drop that mount (the
             # kernel frees the device once no file is open on it) and mount afresh.
             with contextlib.suppress(VolumeError):
-                _in_mnt(mnt, ["umount", "-l", a.path])
+                _in_mnt(mnt, ["umount", "-l", path])
         elif source is not None:
-            raise VolumeError(f"instance {a.instance} already has {source} mounted at {a.path}")
+            raise VolumeError(f"instance {instance} already has {source} mounted at {path}")
         dev = _loop_attach(file)
         try:
-            _in_mnt(mnt, ["mkdir", "-p", a.path])
-            _in_mnt(mnt, ["mount", "-t", "ext4", dev, a.path])
+            _in_mnt(mnt, ["mkdir", "-p", path])
+            _in_mnt(mnt, ["mount", "-t", "ext4", dev, path])
         finally:
             # Released now, freed by the kernel when the mount goes (autoclear).
             with contextlib.suppress(VolumeError):
                 _run(["losetup", "-d", dev])
-        rec = {"instance": a.instance, "netns": a.netns, "path": a.path, "device": dev}
+        rec = {"instance": instance, "netns": netns, "path": path, "device": dev}
         path = self._run_dir(vid) / ATTACHED_FILE
         path.write_text(json.dumps(rec))
         return dev
@@ -516,7 +505,7 @@ class VolumeManager:
                     _in_mnt(mnt, ["umount", "-l", prev["path"]])  # its storage is gone
         (self.run_dir / vid / ATTACHED_FILE).unlink(missing_ok=True)
 
-    def _grow(self, v: Desired, vd: Any) -> None:
+    def _grow(self, v: VolumeDesired, vd: VolumeDir) -> None:
         """A detached disk grows: the image first, then its filesystem through a loop device
         on a cdpd that serves the new size."""
         self._unmount(v.id)

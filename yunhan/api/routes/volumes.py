@@ -30,7 +30,7 @@ from yunhan.controller.volumes import (
     VOLUME_ATTACHED,
     VOLUME_CLONED,
     VOLUME_CREATED,
-    VOLUME_DELETED,
+    VOLUME_DELETING,
     VOLUME_DETACHED,
     VOLUME_PROTECTED,
     VOLUME_RESIZED,
@@ -62,7 +62,7 @@ from yunhan.model.volumes import (
     restorable,
     tiers_json,
 )
-from yunhan.store import Resource
+from yunhan.store import Resource, Tx
 
 router = APIRouter(prefix="/v1", tags=["volumes"])
 
@@ -77,6 +77,14 @@ def _tiers(value: Tiers | None) -> list[dict[str, int]] | None:
 
 def _initial_status(host: str) -> dict[str, Any]:
     return {"phase": "creating", "home": host, "host": host, "restored_serial": 0}
+
+
+def _volume(tx: Tx, project: str, ref: str) -> Resource:
+    """The volume `ref`, refused while it is being deleted (its data is going)."""
+    vol = resolve(tx, "volume", project, ref)
+    if vol.spec.get("deleting"):
+        raise Conflict(f"volume {vol.name} is being deleted", volume=vol.name)
+    return vol
 
 
 def _notice(st: AppState, vol: Resource, reason: str, message: str) -> None:
@@ -166,7 +174,7 @@ def patch_volume(
     host's free volume space)."""
     st = state_of(request)
     with st.store.transaction() as tx:
-        vol = resolve(tx, "volume", c.project.id, ref)
+        vol = _volume(tx, c.project.id, ref)
         check_if_match(vol, if_match)
         spec = vol.spec
         old = int(vol.spec["size"])
@@ -208,7 +216,8 @@ def patch_volume(
 
 @router.delete("/volumes/{ref}", response_model=Volume, responses=errors(404, 409, 412))
 def delete_volume(ref: str, request: Request, c: CallerDep, if_match: IfMatch = None) -> Any:
-    """Delete a detached volume and its data (its journal, its restore points)."""
+    """Delete a detached volume and its data (its journal, its restore points): phase
+    `deleting` until its host has removed the data, then gone."""
     st = state_of(request)
     with st.store.transaction() as tx:
         vol = resolve(tx, "volume", c.project.id, ref)
@@ -221,9 +230,17 @@ def delete_volume(ref: str, request: Request, c: CallerDep, if_match: IfMatch = 
                 f"{inst.name if inst else att['instance']}; detach it first",
                 volume=vol.name,
             )
-        gone = tx.delete(vol)
-    _notice(st, vol, VOLUME_DELETED, f"volume {vol.name} deleted")
-    return gone.envelope()
+        if vol.spec.get("deleting"):
+            return vol.envelope()  # asked again: it is on its way
+        # Its host removes its data first (the document says `delete`), then its report
+        # ends the resource (routes/agent.py): a volume never vanishes with its data left.
+        vol = tx.update(
+            vol,
+            spec={**vol.spec, "deleting": True},
+            status={**vol.status, "phase": "deleting"},
+        )
+    _notice(st, vol, VOLUME_DELETING, f"volume {vol.name} is being deleted")
+    return vol.envelope()
 
 
 def _check_path(path: str) -> str:
@@ -245,7 +262,7 @@ def attach_volume(ref: str, body: VolumeAttachIn, request: Request, c: CallerDep
     st = state_of(request)
     path = _check_path(body.path)
     with st.store.transaction() as tx:
-        vol = resolve(tx, "volume", c.project.id, ref)
+        vol = _volume(tx, c.project.id, ref)
         inst = resolve(tx, "instance", c.project.id, body.instance)
         att = vol.spec.get("attachment")
         if att:
@@ -299,7 +316,7 @@ def detach_volume(ref: str, request: Request, c: CallerDep) -> Any:
     """Flush, unmount and detach: the volume goes back to its home host."""
     st = state_of(request)
     with st.store.transaction() as tx:
-        vol = resolve(tx, "volume", c.project.id, ref)
+        vol = _volume(tx, c.project.id, ref)
         att = vol.spec.get("attachment")
         if not att:
             raise Conflict(f"volume {vol.name} is not attached", volume=vol.name)
@@ -323,7 +340,7 @@ def protect_volume(ref: str, body: VolumeProtect, request: Request, c: CallerDep
     st = state_of(request)
     tiers = _tiers(body.tiers)
     with st.store.transaction() as tx:
-        vol = resolve(tx, "volume", c.project.id, ref)
+        vol = _volume(tx, c.project.id, ref)
         if vol.spec.get("tiers") == tiers:
             return vol.envelope()
         new = tx.update(vol, spec={**vol.spec, "tiers": tiers})
@@ -336,7 +353,7 @@ def unprotect_volume(ref: str, request: Request, c: CallerDep) -> Any:
     """Stop journaling; the restore points kept so far are dropped."""
     st = state_of(request)
     with st.store.transaction() as tx:
-        vol = resolve(tx, "volume", c.project.id, ref)
+        vol = _volume(tx, c.project.id, ref)
         if vol.spec.get("tiers") is None:
             return vol.envelope()
         new = tx.update(vol, spec={**vol.spec, "tiers": None})
@@ -412,7 +429,7 @@ def restore_volume(ref: str, body: VolumeRestore, request: Request, c: CallerDep
     before it. Readable at once; the old data is copied in the background."""
     st = state_of(request)
     with st.store.transaction() as tx:
-        vol = resolve(tx, "volume", c.project.id, ref)
+        vol = _volume(tx, c.project.id, ref)
         if vol.spec.get("attachment"):
             raise Conflict(
                 f"volume {vol.name} is attached; detach it first, then restore it",
@@ -442,7 +459,7 @@ def clone_volume(
     with st.store.transaction() as tx:
         if (replay := idem.replay(tx, c)) is not None:
             return replay
-        src = resolve(tx, "volume", c.project.id, ref)
+        src = _volume(tx, c.project.id, ref)
         if tx.by_name("volume", c.project.id, name) is not None:
             raise Conflict(f"a volume named {name} already exists", name=name)
         t = _restore_point(src, body.at, st.clock())

@@ -18,8 +18,8 @@ import pytest
 
 from yunhan.agent.volumes import VolumeManager
 from yunhan.compute import netns_sandbox
-from yunhan.net.desired import VolumeAttach, VolumeDesired
 from yunhan.net import nsutil
+from yunhan.net.desired import VolumeAttach, VolumeDesired
 from yunhan.nsexec import mnt_path
 from yunhan.polling import poll_until
 from yunhan.volume import cdpd as cd
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.root
 GIB = 1 << 30
 
 
-def Vol(  # noqa: N802 - reads as the document's entry
+def Vol(
     id: str,
     name: str,
     *,
@@ -43,7 +43,7 @@ def Vol(  # noqa: N802 - reads as the document's entry
     )
 
 
-def Attach(instance: str, netns: str, path: str = "/data") -> VolumeAttach:  # noqa: N802
+def Attach(instance: str, netns: str, path: str = "/data") -> VolumeAttach:
     return VolumeAttach(instance=instance, netns=netns, path=path)
 
 

@@ -145,7 +145,9 @@ class Stats:
     """What cdpd's control socket answers to `stats`: its counters since start, the journal
     position (`seq` appended, `durable_seq` fdatasynced, `checkpoint_seq` the newest
     checkpoint), whether the volume failed (an I/O error on the journal: every write is
-    refused), and the space its logs take on disk."""
+    refused), the space its logs take on disk, and, for a clone or a restored generation,
+    whether it still reads from its parent (`parent`) and the fraction of its blocks that
+    its own base image holds (`fill`, 1.0 once the background copy is done)."""
 
     name: str
     mode: str
@@ -164,6 +166,8 @@ class Stats:
     syncs: int
     data_bytes: int
     header_bytes: int
+    parent: bool
+    fill: float
 
 
 def control(name: str, command: str, timeout: float = 10.0) -> dict[str, object]:
@@ -206,6 +210,7 @@ class Cdpd:
         binary: Path | None = None,
         log: str | os.PathLike[str] | None = None,
         checkpoint_every: int | None = None,
+        fill_rate: int | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.mount = Path(mount)
@@ -216,6 +221,7 @@ class Cdpd:
         self.binary = binary
         self.log = Path(log) if log is not None else self.directory / LOG_FILE
         self.checkpoint_every = checkpoint_every  # records between checkpoints; None: cdpd's
+        self.fill_rate = fill_rate  # bytes/s of the copy from a parent; None: unlimited
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -260,6 +266,8 @@ class Cdpd:
         ]
         if self.checkpoint_every is not None:
             argv += ["--checkpoint-every", str(self.checkpoint_every)]
+        if self.fill_rate is not None:
+            argv += ["--fill-rate", str(self.fill_rate)]
         with open(self.log, "ab") as log:
             # A session of its own: a ^C or a signal to the caller's group does not reach it.
             self._proc = subprocess.Popen(

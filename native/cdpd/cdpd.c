@@ -474,12 +474,13 @@ static struct {
     char dir[PATH_MAX - 64];
     uint64_t seq, size, nblocks; /* the parent's seq and size (nblocks of it) */
     int bfd, dfd, mfd;           /* parent base.img and data.00000 (read only); our fill.map */
+    int wfd;                     /* our base.img, buffered: the fill's writes (see parent_open) */
     int64_t *idx;                /* the parent's index at seq */
     uint8_t *have, *busy, *saved; /* per block of ours: base.img holds it; a plain write is in
                                    * flight on it; what fill.map says */
-    uint64_t nhave, rate;
+    uint64_t nhave, rate, copied, t0; /* copied: bytes the fill wrote since t0, its start */
     int stop, failed;
-} pv = {.bfd = -1, .dfd = -1, .mfd = -1};
+} pv = {.bfd = -1, .dfd = -1, .mfd = -1, .wfd = -1};
 static atomic_int pv_on;                                /* the parent view is served */
 static pthread_mutex_t fmu = PTHREAD_MUTEX_INITIALIZER; /* have, busy, saved, nhave, fill.map */
 static pthread_cond_t fill_cv = PTHREAD_COND_INITIALIZER; /* with fmu: wakes the fill to stop */
@@ -663,7 +664,14 @@ static int parent_open(void) {
         return -1;
     }
     pv.mfd = open_in("fill.map", O_RDWR | O_CREAT);
-    if (pv.mfd < 0) return -1;
+    /* The fill writes through the page cache, synced before each save of fill.map: the
+     * blocks it copies are scattered (journaled 4 KiB writes) and an O_DIRECT write into a
+     * hole allocates synchronously, one block at a time (a 4 GiB clone with 32 MiB of random
+     * writes: 0.75 s O_DIRECT, 0.11 s buffered). The kernel keeps the O_DIRECT reads and
+     * writes of bfd coherent with it: it writes back and drops the cached pages of their
+     * range first. */
+    pv.wfd = open_in("base.img", O_RDWR);
+    if (pv.mfd < 0 || pv.wfd < 0) return -1;
     struct stat st;
     if (!fstat(pv.mfd, &st) && (uint64_t)st.st_size == nbytes && !pread_all(pv.mfd, pv.saved, nbytes, 0))
         memcpy(pv.have, pv.saved, nbytes);
@@ -770,7 +778,7 @@ static int fill_save(uint8_t *snap) {
     pthread_mutex_lock(&fmu);
     memcpy(snap, pv.have, nbytes);
     pthread_mutex_unlock(&fmu);
-    if (fdatasync(bfd)) return -errno;
+    if (fdatasync(pv.wfd)) return -errno;
     pthread_mutex_lock(&fmu);
     for (uint64_t i = 0; i < nbytes; i++) pv.saved[i] |= snap[i];
     int rc = pwrite_all(pv.mfd, pv.saved, nbytes, 0);
@@ -796,7 +804,8 @@ static int parent_base_data(uint64_t b, off_t *data_at, off_t *hole_at) {
 }
 
 static void fill_finish(void) {
-    int rc = fdatasync(bfd) ? -errno : 0;
+    uint64_t t = now_ns() - pv.t0;
+    int rc = fdatasync(pv.wfd) ? -errno : 0;
     char path[PATH_MAX];
     snprintf(path, sizeof path, "%s/parent", cfg.dir);
     if (!rc && unlink(path)) rc = -errno;
@@ -816,12 +825,14 @@ static void fill_finish(void) {
     snprintf(path, sizeof path, "%s/fill.map", cfg.dir);
     unlink(path);
     sync_dir();
-    logmsg("fill done: the parent %s is no longer read", pv.dir);
+    logmsg("fill done in %.3f s (%" PRIu64 " bytes copied): the parent %s is no longer read", (double)t / 1e9,
+           pv.copied, pv.dir);
 }
 
 static void *filler(void *arg) {
     (void)arg;
     uint64_t nb = cfg.size / BLK, copied = 0, t0 = now_ns(), saved_at = t0;
+    pv.t0 = t0;
     char *buf = NULL;
     uint8_t *snap = malloc((nb + 7) / 8), need[FILL_CHUNK];
     if (!snap || posix_memalign((void **)&buf, BLK, FILL_CHUNK * BLK)) {
@@ -844,9 +855,12 @@ static void *filler(void *arg) {
                 else
                     need[i] = 2; /* zeros or a hole in the parent: our hole already reads so */
             }
-            if (want) {
+            if (want) { /* only the runs to copy: most of a chunk is often holes */
                 pthread_mutex_unlock(&fmu);
-                rc = parent_read(buf, b0, n); /* idx and the parent's files: only this thread */
+                for (size_t i = 0, k; i < n && !rc; i += k) {
+                    for (k = 1; i + k < n && (need[i + k] == 1) == (need[i] == 1); k++) {}
+                    if (need[i] == 1) rc = parent_read(buf + i * BLK, b0 + i, k); /* only this thread closes them */
+                }
                 pthread_mutex_lock(&fmu);
             }
             /* Under fmu: a plain write that started meanwhile is busy or held; skip it. */
@@ -859,7 +873,7 @@ static void *filler(void *arg) {
                 }
                 if (need[i] == 1) {
                     while (i + k < n && need[i + k] == 1 && !BIT(pv.have, b + k) && !BIT(pv.busy, b + k)) k++;
-                    rc = pwrite_all(bfd, buf + i * BLK, k * BLK, (off_t)(b * BLK));
+                    rc = pwrite_all(pv.wfd, buf + i * BLK, k * BLK, (off_t)(b * BLK));
                     copied += k * BLK;
                 }
                 for (size_t j = 0; j < k && !rc; j++) SETBIT(pv.have, b + j), pv.nhave++;
@@ -893,6 +907,7 @@ static void *filler(void *arg) {
         }
     }
     int done = pv.nhave >= nb && !rc;
+    pv.copied = copied;
     pthread_mutex_unlock(&fmu);
     if (rc) {
         pv.failed = 1;
@@ -909,7 +924,8 @@ static void parent_close(void) {
     if (pv.bfd >= 0) close(pv.bfd);
     if (pv.dfd >= 0) close(pv.dfd);
     if (pv.mfd >= 0) close(pv.mfd);
-    pv.bfd = pv.dfd = pv.mfd = -1;
+    if (pv.wfd >= 0) close(pv.wfd);
+    pv.bfd = pv.dfd = pv.mfd = pv.wfd = -1;
     free(pv.idx), free(pv.have), free(pv.busy), free(pv.saved);
     pv.idx = NULL, pv.have = pv.busy = pv.saved = NULL;
 }

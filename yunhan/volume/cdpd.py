@@ -274,7 +274,10 @@ class Cdpd:
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
             )
         try:
-            ready = poll_until(lambda: not self.alive() or self.mount_ok(), timeout)
+            # polled every 20 ms at most: a clone's time to readable is counted in ms
+            ready = poll_until(
+                lambda: not self.alive() or self.mount_ok(), timeout, max_interval=0.02
+            )
             if not self.alive():
                 raise VolumeError(
                     f"cdpd of {self.name} exited with {self._returncode()} before serving:\n"

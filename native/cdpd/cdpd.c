@@ -2,7 +2,7 @@
  *
  *   yunhan-cdpd --dir VOLDIR --mount MNT --size BYTES [--mode journal|plain]
  *               [--durability strict|flush] [--name NAME] [--threads N]
- *               [--checkpoint-every RECORDS]
+ *               [--checkpoint-every RECORDS] [--fill-rate BYTES_PER_S]
  *
  * Serves the volume as one file, MNT/vol, on a FUSE mount (libfuse3, multithreaded),
  * meant to be looped by a loop device with 4 KiB sectors (or used with aligned O_DIRECT).
@@ -22,6 +22,9 @@
  * --durability flush  a write is answered once its data is in the device (O_DIRECT) and its
  *                 header in the kernel: survives SIGKILL; a power cut keeps what the last
  *                 FLUSH covered (a disk with a write cache). For the bench's comparison.
+ *
+ * A clone or a restored generation (VOLDIR/parent) reads its parent's view at a seq until a
+ * thread has copied it into base.img: see "parent view and background fill" below.
  *
  * Checkpoints (ck.<seq>, journal.py's format) are written by a thread every RECORDS records
  * once they are durable, and at a clean stop; a restart replays only what follows the newest.

@@ -125,7 +125,9 @@ def _expected(src: VolumeDir, at_ns: int) -> bytes:
 
 def _clone_point(src: VolumeDir, parent: cd.Cdpd) -> int:
     rnd = random.Random(11)
-    _scribble(parent, rnd, 150)
+    _scribble(parent, rnd, 100)
+    parent.checkpoint()  # the clone's view starts from it and replays what follows
+    _scribble(parent, rnd, 50)
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     fd = os.open(parent.volume_file, os.O_WRONLY)
     try:  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE: a ZERO record
@@ -153,6 +155,7 @@ def test_a_clone_reads_the_source_as_it_was_at_once_and_after_the_copy(
     expected = _expected(src, at)
     assert first == expected
     assert ready_s < 5
+    assert "checkpoint at 100 + 51 records" in child.log_tail()
     _fill_done(child)
     assert _read_all(child) == expected
     assert not (g1 / PARENT_FILE).exists() and not (g1 / FILL_MAP).exists()

@@ -175,6 +175,15 @@ def test_deleting_a_generation_still_filling_gives_its_hold_back(tmp_path: Path)
     assert v.holds(1) == [] and v.generations() == [1]
 
 
+def test_deleting_a_clone_still_being_copied_releases_its_source(tmp_path: Path) -> None:
+    clock = Clock(0)
+    src = _protected(tmp_path, clock)
+    dst = VolumeDir(tmp_path, "copy", clock=clock)
+    dst.clone_from(src, 150 * S)
+    dst.delete()
+    assert not dst.path.exists() and src.holds(1) == []
+
+
 def test_grow_extends_the_base_and_refuses_to_shrink(tmp_path: Path) -> None:
     clock = Clock(0)
     v = _protected(tmp_path, clock)

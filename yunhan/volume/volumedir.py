@@ -342,7 +342,8 @@ class VolumeDir:
         return removed
 
     def delete(self) -> None:
-        """Remove the volume's directory; refused while a clone still reads from it."""
+        """Remove the volume's directory (it must not be served); refused while a clone
+        still reads from it."""
         if not self.path.exists():
             return
         self.cleanup()
@@ -353,9 +354,9 @@ class VolumeDir:
                 "delete it once their copy is done",
                 holds=held,
             )
-        tomb = self.pool / f".{self.volume_id}.deleted"
-        os.rename(self.path, tomb)
-        shutil.rmtree(tomb)
+        for n in self.generations():  # one still being copied gives its hold back
+            self._drop(self.generation_dir(n))
+        shutil.rmtree(self.path)
 
     # ----- helpers ---------------------------------------------------------------------
 

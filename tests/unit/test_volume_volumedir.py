@@ -161,6 +161,12 @@ def test_a_hold_whose_child_is_missing_is_kept_for_a_grace_period(tmp_path: Path
     assert src.cleanup() == []
     clock.now += HOLD_GRACE_NS
     assert src.cleanup() == [holds / "ghost.g1"]
+    scratch = tmp_path / ".vol9.123.tmp"  # a clone cut short by a crash
+    (scratch / "g1").mkdir(parents=True)
+    clock.now = scratch.stat().st_mtime_ns + 1
+    assert cleanup_pool(tmp_path, clock=clock) == []
+    clock.now += HOLD_GRACE_NS
+    assert cleanup_pool(tmp_path, clock=clock) == [scratch] and not scratch.exists()
 
 
 def test_deleting_a_generation_still_filling_gives_its_hold_back(tmp_path: Path) -> None:

@@ -16,6 +16,9 @@ removes `parent` (yunhan-cdpd's "parent view and background fill"). `cleanup()` 
 triggered: it releases the holds whose child no longer reads from them (its fill is done,
 or the child is gone) and deletes the generations that are neither current nor held.
 
+A generation with a `parent` is copied only while a cdpd serves it: the agent should keep
+one running for it (attached or not) until its stats say fill 1.0, then run `cleanup()`.
+
 Writers of one volume directory are the agent of the volume's host; the pool may be shared
 by the hosts of a zone, which is why every change is a rename of something complete and a
 hold whose child is not there (yet) is kept for a grace period.
@@ -435,4 +438,11 @@ def cleanup_pool(pool: str | os.PathLike[str], *, clock: Clock = time.time_ns) -
     for d in sorted(p.iterdir()):
         if d.is_dir() and not d.name.startswith(".") and (d / META_FILE).exists():
             removed += VolumeDir(p, d.name, clock=clock).cleanup()
+        elif (  # a create or clone cut short
+            d.name.startswith(".")
+            and d.name.endswith(".tmp")
+            and clock() - d.stat().st_mtime_ns > HOLD_GRACE_NS
+        ):
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
     return removed

@@ -15,6 +15,8 @@ import ctypes.util
 import mmap
 import os
 import random
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -243,3 +245,62 @@ def test_restore_in_place_makes_a_new_generation_and_drops_the_old(
     child.stop()
     again = start(g2, name=child.name)
     assert _read_all(again)[BLK:] == expected[BLK:]
+
+
+# Threads writing numbered records through a loop device (so that cdpd sees them
+# concurrently, as from a guest) onto the parent's data, while the copy runs.
+WRITER = r"""
+import mmap, os, sys, threading
+path, threads, stride, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+fd = os.open(path, os.O_WRONLY | os.O_DIRECT | os.O_DSYNC)
+def run(k):
+    buf = mmap.mmap(-1, 4096)
+    for i in range(n):
+        buf[:] = ((b"clone %02d %06d;" % (k, i)) * 300)[:4096]
+        os.pwritev(fd, [buf], (k * stride + i) * 4096)
+ts = [threading.Thread(target=run, args=(k,)) for k in range(threads)]
+for t in ts: t.start()
+for t in ts: t.join()
+"""
+
+
+@pytest.mark.parametrize("mode", ["journal", "plain"])
+def test_concurrent_writes_through_a_loop_device_race_the_copy_and_win(
+    tmp_path: Path, start: Start, uniq: Callable[[str], str], mode: cd.Mode
+) -> None:
+    src, parent = _source(tmp_path / "pool", start, uniq)
+    at = _clone_point(src, parent)
+    g1 = VolumeDir(tmp_path / "pool", uniq("yhclone-dst")).clone_from(src, at)
+    child = start(g1, mode=mode, fill_rate=8 << 20)
+    threads, stride, n = 4, (16 << 20) // BLK, 256  # onto the base data at 0, 16, 32, 48 MiB
+    dev = subprocess.run(
+        ["losetup", "--show", "-f", "--direct-io=on", "--sector-size", "4096", child.volume_file],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    try:
+        assert child.stats().fill < 1.0  # the writes start while the copy runs
+        subprocess.run(
+            [sys.executable, "-c", WRITER, dev, str(threads), str(stride), str(n)],
+            check=True,
+            timeout=60,
+        )
+    finally:
+        subprocess.run(["losetup", "-d", dev], check=False)
+        assert poll_until(
+            lambda: (
+                dev + ":"
+                not in subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+            ),
+            10,
+        )
+    expected = bytearray(_expected(src, at))
+    for k in range(threads):
+        for i in range(n):
+            off = (k * stride + i) * BLK
+            expected[off : off + BLK] = ((b"clone %02d %06d;" % (k, i)) * 300)[:BLK]
+    _fill_done(child)
+    assert _read_all(child) == expected
+    child.stop()
+    assert _read_all(start(g1, mode=mode, name=child.name)) == expected

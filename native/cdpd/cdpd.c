@@ -119,16 +119,18 @@ static atomic_ulong n_writes, n_reads, n_flushes, n_syncs, n_zero, n_bytes;
 #define SEG_NUM(p) ((uint64_t)(p) >> SEG_SHIFT)
 #define MAX_SEGS 4096
 #define MAX_SEG_NUM (1u << 15) /* an index entry is an int64: negative ones mean base or zero */
-static struct {
+struct layout { /* the `segments` file; also a parent's (parent view) */
     uint32_t n;
     uint32_t num[MAX_SEGS];
     uint8_t compacted[MAX_SEGS];
     uint64_t base_seq, base_t;
-} lay = {.n = 1};
+};
+static struct layout lay = {.n = 1};
 static int seg_dfd[1 << 16];        /* by segment number: its data log, or -1 */
 static uint64_t cur;                /* under mu (and rot_lock): the segment appended to */
 static uint64_t hlast;              /* under mu: header position after the last record */
 static pthread_rwlock_t rot_lock = PTHREAD_RWLOCK_INITIALIZER; /* writers: read; rotation: write */
+static atomic_int pv_on; /* the parent view is served (see "parent view and background fill") */
 
 static void logmsg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void logmsg(const char *fmt, ...) {
@@ -293,10 +295,14 @@ static uint64_t seg_dsize[1 << 16]; /* at recovery: each listed segment's data l
 static int open_in(const char *name, int flags);
 static int sync_dir(void);
 
-static int seg_index(uint64_t n) {
-    for (uint32_t i = 0; i < lay.n; i++)
-        if (lay.num[i] == n) return (int)i;
+static int layout_find(const struct layout *l, uint64_t n) {
+    for (uint32_t i = 0; i < l->n; i++)
+        if (l->num[i] == n) return (int)i;
     return -1;
+}
+
+static int seg_index(uint64_t n) {
+    return layout_find(&lay, n);
 }
 
 static int seg_open(const char *kind, uint64_t n, int flags) {
@@ -305,36 +311,40 @@ static int seg_open(const char *kind, uint64_t n, int flags) {
     return open_in(name, flags);
 }
 
-/* Read `segments` into lay: 0, or -errno after saying why. */
-static int layout_read(void) {
+/* Read DIR/segments into *l (absent: segment 0 alone): 0, or -errno after saying why. */
+static int layout_read_in(const char *dir, struct layout *l) {
     char path[PATH_MAX];
-    snprintf(path, sizeof path, "%s/segments", cfg.dir);
+    snprintf(path, sizeof path, "%s/segments", dir);
     FILE *f = fopen(path, "re");
     if (!f) {
         if (errno != ENOENT) {
             logmsg("cannot read %s: %s", path, strerror(errno));
             return -errno;
         }
-        lay.n = 1, lay.num[0] = 0, lay.compacted[0] = 0, lay.base_seq = lay.base_t = 0;
+        l->n = 1, l->num[0] = 0, l->compacted[0] = 0, l->base_seq = l->base_t = 0;
         return 0;
     }
-    int ok = fscanf(f, "YHSEG1 %" SCNu64 " %" SCNu64 "\n", &lay.base_seq, &lay.base_t) == 2;
+    int ok = fscanf(f, "YHSEG1 %" SCNu64 " %" SCNu64 "\n", &l->base_seq, &l->base_t) == 2;
     unsigned num;
     char kind[16];
-    lay.n = 0;
-    while (ok && lay.n < MAX_SEGS && fscanf(f, "%u %15s\n", &num, kind) == 2) {
+    l->n = 0;
+    while (ok && l->n < MAX_SEGS && fscanf(f, "%u %15s\n", &num, kind) == 2) {
         ok = num < MAX_SEG_NUM && (!strcmp(kind, "live") || !strcmp(kind, "compacted")) &&
-             seg_index(num) < 0;
-        lay.num[lay.n] = num;
-        lay.compacted[lay.n++] = !strcmp(kind, "compacted");
+             layout_find(l, num) < 0;
+        l->num[l->n] = num;
+        l->compacted[l->n++] = !strcmp(kind, "compacted");
     }
-    ok = ok && lay.n > 0 && feof(f);
+    ok = ok && l->n > 0 && feof(f);
     fclose(f);
     if (!ok) {
         logmsg("%s is not a segment list", path);
         return -EINVAL;
     }
     return 0;
+}
+
+static int layout_read(void) {
+    return layout_read_in(cfg.dir, &lay);
 }
 
 static int layout_write(void) {
@@ -634,7 +644,10 @@ static int recover(void) {
  * to base (the map: sorted pairs old -> new, new = IDX_BASE for folded data). Writes and reads
  * are held off meanwhile (rot_lock): a read copies positions and reads them under its read
  * lock, so none uses a position in a segment whose data log is then closed. Nothing changes
- * unless every entry is in the map and the new segment list is durable. */
+ * unless every entry is in the map and the new segment list is durable. Refused while the
+ * volume still fills from a parent: an entry moved to IDX_BASE would read the parent view
+ * for a block the fill has not copied (and the fill would copy over the folded data);
+ * compact.py skips such a volume, this is the backstop. */
 
 struct __attribute__((packed)) rmhead {
     char magic[4];
@@ -649,6 +662,10 @@ static int rm_cmp(const void *key, const void *elem) {
 
 /* The new current segment list's first number, or -1 with `err` set. */
 static int64_t remap(char *err, size_t errlen) {
+    if (atomic_load(&pv_on)) { /* it only ever goes from 1 to 0 */
+        snprintf(err, errlen, "the volume still fills from its parent: compact it once that is done");
+        return -1;
+    }
     char path[PATH_MAX];
     snprintf(path, sizeof path, "%s/remap", cfg.dir);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -754,10 +771,13 @@ out:
 /* ---- parent view and background fill (clone and restore in constant time) --------------
  * VOLDIR/parent, one JSON object {"dir": "<parent volume dir>", "seq": S, "size": BYTES},
  * makes this volume a child of the parent volume as it was after record S. At start the
- * parent's index as of S is built (its newest checkpoint with seq <= S, then its headers up
- * to S, checked as recovery checks ours); the parent's files are only ever opened read only
- * and read up to S (a running parent keeps appending after S; what is at or before S never
- * changes). A block that this volume's base.img does not hold yet reads from the parent view;
+ * parent's index as of S is built (its newest usable checkpoint with seq <= S, then its
+ * headers up to S through the segments its `segments` lists, checked as recovery checks
+ * ours); the parent's files are only ever opened read only and read up to S (a running
+ * parent keeps appending after S, also rotating into new segments; what is at or before S
+ * never changes: compaction leaves a held parent alone, see yunhan/volume/compact.py). Its
+ * data logs are opened as building the index needs them and stay open until the fill is
+ * done. A block that this volume's base.img does not hold yet reads from the parent view;
  * a thread copies the parent view into base.img (blocks the parent maps to zeros or to a hole
  * of its base stay holes) and records which blocks base.img holds in a bitmap (bit b of byte
  * b / 8, LSB first), VOLDIR/fill.map, saved every second after an fdatasync of base.img, so
@@ -776,15 +796,18 @@ out:
 static struct {
     char dir[PATH_MAX - 64];
     uint64_t seq, size, nblocks; /* the parent's seq and size (nblocks of it) */
-    int bfd, dfd, mfd;           /* parent base.img and data.00000 (read only); our fill.map */
+    int bfd, mfd;                /* parent base.img (read only); our fill.map */
     int wfd;                     /* our base.img, buffered: the fill's writes (see parent_open) */
+    struct layout lay;           /* the parent's `segments` */
+    int dfd[MAX_SEG_NUM];        /* by segment number: the parent's data log (read only), or -1 */
+    uint64_t dsize[MAX_SEG_NUM]; /* its size when opened (records up to seq are inside it) */
+    uint32_t opened[MAX_SEGS], nopened; /* the segments whose data log is open */
     int64_t *idx;                /* the parent's index at seq */
     uint8_t *have, *busy, *saved; /* per block of ours: base.img holds it; a plain write is in
                                    * flight on it; what fill.map says */
     uint64_t nhave, rate, copied, t0; /* copied: bytes the fill wrote since t0, its start */
     int stop, failed;
-} pv = {.bfd = -1, .dfd = -1, .mfd = -1, .wfd = -1};
-static atomic_int pv_on;                                /* the parent view is served */
+} pv = {.bfd = -1, .mfd = -1, .wfd = -1};
 static pthread_mutex_t fmu = PTHREAD_MUTEX_INITIALIZER; /* have, busy, saved, nhave, fill.map */
 static pthread_cond_t fill_cv = PTHREAD_COND_INITIALIZER; /* with fmu: wakes the fill to stop */
 static pthread_rwlock_t prw = PTHREAD_RWLOCK_INITIALIZER; /* readers of the parent's files */
@@ -842,11 +865,46 @@ static int open_parent(const char *name, int must) {
     return fd;
 }
 
-/* The parent's newest usable checkpoint with seq <= pv.seq into pv.idx; its seq, time and
- * header-log position, or all 0 (pv.idx all IDX_BASE). */
-static void parent_checkpoint(int hfd_p, uint64_t dsize, uint64_t *s, uint64_t *t, off_t *pos) {
-    *s = *t = 0;
-    *pos = 0;
+/* The parent's data log of segment n (listed in its `segments`), opened read only at its
+ * first use, its size taken then; -1 when it is not listed or cannot be opened (said why).
+ * Used only while the view is built (one thread): every segment its index maps is opened
+ * then, and parent_read finds them in pv.dfd. */
+static int parent_data(uint64_t n) {
+    if (n >= MAX_SEG_NUM) return -1;
+    if (pv.dfd[n] >= 0) return pv.dfd[n];
+    if (layout_find(&pv.lay, n) < 0) return -1;
+    char name[32];
+    snprintf(name, sizeof name, "data.%05" PRIu64, n);
+    int fd = open_parent(name, 1);
+    struct stat st;
+    if (fd < 0) return -1;
+    if (fstat(fd, &st)) {
+        close(fd);
+        return -1;
+    }
+    pv.dfd[n] = fd, pv.dsize[n] = (uint64_t)st.st_size;
+    pv.opened[pv.nopened++] = (uint32_t)n;
+    return fd;
+}
+
+static void parent_close_data(void) {
+    for (uint32_t i = 0; i < pv.nopened; i++) close(pv.dfd[pv.opened[i]]), pv.dfd[pv.opened[i]] = -1;
+    pv.nopened = 0;
+}
+
+static int parent_journal(uint64_t n) {
+    char name[32];
+    snprintf(name, sizeof name, "journal.%05" PRIu64, n);
+    return open_parent(name, 1);
+}
+
+/* The parent's newest usable checkpoint with seq <= pv.seq into pv.idx, under the rule
+ * load_checkpoint applies to ours (its last record still where it says, in a listed segment;
+ * every block it maps inside a listed data log); its seq, time and header position. None:
+ * the journal's start (`segments`' base, all IDX_BASE). */
+static void parent_checkpoint(uint64_t *s, uint64_t *t, uint64_t *pos) {
+    *s = pv.lay.base_seq, *t = pv.lay.base_t;
+    *pos = (uint64_t)pv.lay.num[0] << SEG_SHIFT;
     DIR *dir = opendir(pv.dir);
     uint64_t best[16];
     size_t n = 0;
@@ -872,66 +930,89 @@ static void parent_checkpoint(int hfd_p, uint64_t dsize, uint64_t *s, uint64_t *
         struct ckhead c;
         struct hdr h;
         int ok = !pread_all(fd, &c, sizeof c, 0) && !memcmp(c.magic, "YHCK", 4) && c.nblocks == pv.nblocks &&
-                 c.seq == best[i] && c.hpos >= sizeof h &&
+                 c.seq == best[i] && c.seq >= pv.lay.base_seq &&
                  !pread_all(fd, pv.idx, c.nblocks * sizeof *pv.idx, sizeof c) && ck_crc(&c, pv.idx) == c.crc;
         close(fd);
-        ok = ok && hfd_p >= 0 && !pread_all(hfd_p, &h, sizeof h, (off_t)(c.hpos - sizeof h)) &&
+        int hfd_p = ok && layout_find(&pv.lay, SEG_NUM(c.hpos)) >= 0 && SEG_OFF(c.hpos) >= sizeof h
+                        ? parent_journal(SEG_NUM(c.hpos)) : -1;
+        ok = ok && hfd_p >= 0 && !pread_all(hfd_p, &h, sizeof h, (off_t)(SEG_OFF(c.hpos) - sizeof h)) &&
              h.magic == MAGIC && h.hcrc == header_crc(&h) && h.seq == c.seq && h.t_ns == c.t_ns;
-        for (uint64_t b = 0; ok && b < c.nblocks; b++) ok = pv.idx[b] < 0 || (uint64_t)pv.idx[b] + BLK <= dsize;
+        if (hfd_p >= 0) close(hfd_p);
+        for (uint64_t b = 0; ok && b < c.nblocks; b++)
+            ok = pv.idx[b] < 0 ||
+                 (parent_data(SEG_NUM(pv.idx[b])) >= 0 && SEG_OFF(pv.idx[b]) + BLK <= pv.dsize[SEG_NUM(pv.idx[b])]);
         if (ok) {
-            *s = c.seq, *t = c.t_ns, *pos = (off_t)c.hpos;
+            *s = c.seq, *t = c.t_ns, *pos = c.hpos;
             return;
         }
+        logmsg("the parent's %s/%s is not usable; trying an older one", pv.dir, name);
     }
     for (uint64_t b = 0; b < pv.nblocks; b++) pv.idx[b] = IDX_BASE;
 }
 
-/* Build the parent's index at pv.seq: checkpoint, then its records up to pv.seq, each checked
- * as recover() checks ours (also the data crc). */
+/* Build the parent's index at pv.seq: its checkpoint, then its records up to pv.seq through
+ * its segments in the order of its `segments` (journal.py's rules: in a live segment each seq
+ * is the one before plus one, in a compacted one seqs only increase, so S may fall in a gap:
+ * the view is then the state after the last record before it), each record checked as
+ * recover() checks ours (also the data crc). */
 static int parent_index(void) {
-    int hfd_p = open_parent("journal.00000", 0);
-    if (hfd_p < 0 && errno != ENOENT) return -1;
-    struct stat st = {0};
-    if (pv.dfd >= 0 && fstat(pv.dfd, &st)) return -1;
-    uint64_t dsize = (uint64_t)st.st_size, s, t;
-    off_t pos;
     pv.idx = malloc(pv.nblocks * sizeof *pv.idx);
     char *buf = NULL;
     if (!pv.idx || posix_memalign((void **)&buf, BLK, MAX_DATA)) {
         logmsg("no memory for the parent's index");
-        if (hfd_p >= 0) close(hfd_p);
         return -1;
     }
-    parent_checkpoint(hfd_p, dsize, &s, &t, &pos);
+    uint64_t s, t, start, nrec = 0;
+    parent_checkpoint(&s, &t, &start);
     const char *why = NULL;
     uint64_t from = s;
-    while (s < pv.seq && !why) {
-        struct hdr h;
-        if (hfd_p < 0 || pread_all(hfd_p, &h, sizeof h, pos)) { why = "the header log ends"; break; }
-        uint32_t len = h.lenf & LENGTH_MASK;
-        int flush = !!(h.lenf & FLAG_FLUSH), zero = !!(h.lenf & FLAG_ZERO);
-        if (h.magic != MAGIC || h.hcrc != header_crc(&h) || (flush && zero)) why = "bad header";
-        else if (h.seq != s + 1 || h.t_ns < t) why = "seq or time out of order";
-        else if (flush) why = len || h.off ? "flush marker with a range" : NULL;
-        else if (!len || len % BLK || h.off % BLK || h.off > pv.size || len > pv.size - h.off) why = "bad range";
-        else if (!zero && (len > MAX_DATA || h.dpos >> 48 || h.dpos % BLK || h.dpos + len > dsize))
-            why = "data not in the data log";
-        else if (!zero && (pread_all(pv.dfd, buf, len, (off_t)h.dpos) || crc32c(buf, len) != h.dcrc))
-            why = "data crc";
-        if (why) break;
-        if (!flush)
-            for (uint32_t i = 0; i < len / BLK; i++)
-                pv.idx[h.off / BLK + i] = zero ? IDX_ZERO : (int64_t)(h.dpos + (uint64_t)i * BLK);
-        s = h.seq, t = h.t_ns, pos += (off_t)sizeof h;
+    int done = s >= pv.seq;
+    if (pv.seq < pv.lay.base_seq) why = "its journal now starts after it (compacted into its base.img)";
+    for (int i = layout_find(&pv.lay, SEG_NUM(start)); !why && !done && i >= 0 && i < (int)pv.lay.n; i++) {
+        uint64_t n = pv.lay.num[i];
+        int hfd_p = parent_journal(n);
+        if (hfd_p < 0) {
+            why = "a listed header log cannot be opened";
+            break;
+        }
+        off_t pos = n == SEG_NUM(start) ? (off_t)SEG_OFF(start) : 0;
+        while (!why && !done) {
+            struct hdr h;
+            ssize_t r = pread(hfd_p, &h, sizeof h, pos);
+            if (r == 0) break; /* this segment ends: the next one goes on */
+            if (r < (ssize_t)sizeof h) {
+                why = r < 0 ? "a header log cannot be read" : "partial header";
+                break;
+            }
+            uint32_t len = h.lenf & LENGTH_MASK;
+            int flush = !!(h.lenf & FLAG_FLUSH), zero = !!(h.lenf & FLAG_ZERO);
+            uint64_t ds = SEG_NUM(h.dpos), dp = SEG_OFF(h.dpos);
+            if (h.magic != MAGIC || h.hcrc != header_crc(&h) || (flush && zero)) why = "bad header";
+            else if ((pv.lay.compacted[i] ? h.seq <= s : h.seq != s + 1) || h.t_ns < t) why = "seq or time out of order";
+            else if (h.seq > pv.seq) done = 1; /* S is in a compacted segment's gap */
+            else if (flush) why = len || h.off ? "flush marker with a range" : NULL;
+            else if (!len || len % BLK || h.off % BLK || h.off > pv.size || len > pv.size - h.off) why = "bad range";
+            else if (!zero && (len > MAX_DATA || parent_data(ds) < 0 || dp % BLK || dp + len > pv.dsize[ds]))
+                why = "data not in the data log";
+            else if (!zero && (pread_all(pv.dfd[ds], buf, len, (off_t)dp) || crc32c(buf, len) != h.dcrc))
+                why = "data crc";
+            if (why || done) break;
+            if (!flush)
+                for (uint32_t k = 0; k < len / BLK; k++)
+                    pv.idx[h.off / BLK + k] = zero ? IDX_ZERO : (int64_t)(h.dpos + (uint64_t)k * BLK);
+            s = h.seq, t = h.t_ns, pos += (off_t)sizeof h, nrec++;
+            done = s == pv.seq;
+        }
+        close(hfd_p);
     }
     free(buf);
-    if (hfd_p >= 0) close(hfd_p);
+    if (!why && !done) why = "the header log ends";
     if (why) {
         logmsg("the parent %s does not reach seq %" PRIu64 ": %s after seq %" PRIu64, pv.dir, pv.seq, why, s);
         return -1;
     }
-    logmsg("parent view of %s at seq %" PRIu64 ": checkpoint at %" PRIu64 " + %" PRIu64 " records", pv.dir,
-           pv.seq, from, s - from);
+    logmsg("parent view of %s at seq %" PRIu64 ": checkpoint at %" PRIu64 " + %" PRIu64 " records, %u data logs",
+           pv.dir, pv.seq, from, nrec, pv.nopened);
     return 0;
 }
 
@@ -955,9 +1036,9 @@ static int parent_open(void) {
         return -1;
     }
     pv.nblocks = pv.size / BLK;
+    for (uint32_t i = 0; i < MAX_SEG_NUM; i++) pv.dfd[i] = -1;
     pv.bfd = open_parent("base.img", 1);
-    pv.dfd = open_parent("data.00000", 0);
-    if (pv.bfd < 0 || (pv.dfd < 0 && errno != ENOENT) || parent_index()) return -1;
+    if (pv.bfd < 0 || layout_read_in(pv.dir, &pv.lay) || parent_index()) return -1;
     uint64_t nb = cfg.size / BLK, nbytes = (nb + 7) / 8;
     pv.have = calloc(nbytes, 1);
     pv.busy = calloc(nbytes, 1);
@@ -1005,7 +1086,7 @@ static int parent_read(char *dst, uint64_t b, size_t n) {
             if ((size_t)r < k * BLK) memset(d + r, 0, k * BLK - (size_t)r);
         } else {
             while (i + k < n && x + k < pv.nblocks && pv.idx[x + k] == pv.idx[x] + (int64_t)(k * BLK)) k++;
-            int rc = pread_all(pv.dfd, d, k * BLK, (off_t)pv.idx[x]);
+            int rc = pread_all(pv.dfd[SEG_NUM(pv.idx[x])], d, k * BLK, (off_t)SEG_OFF(pv.idx[x]));
             if (rc) return rc;
         }
         i += k;
@@ -1122,8 +1203,8 @@ static void fill_finish(void) {
     pthread_mutex_unlock(&fmu);
     pthread_rwlock_wrlock(&prw); /* no reader is in the parent's files any more */
     close(pv.bfd);
-    if (pv.dfd >= 0) close(pv.dfd);
-    pv.bfd = pv.dfd = -1;
+    pv.bfd = -1;
+    parent_close_data();
     pthread_rwlock_unlock(&prw);
     snprintf(path, sizeof path, "%s/fill.map", cfg.dir);
     unlink(path);
@@ -1225,10 +1306,10 @@ static void *filler(void *arg) {
 
 static void parent_close(void) {
     if (pv.bfd >= 0) close(pv.bfd);
-    if (pv.dfd >= 0) close(pv.dfd);
+    parent_close_data();
     if (pv.mfd >= 0) close(pv.mfd);
     if (pv.wfd >= 0) close(pv.wfd);
-    pv.bfd = pv.dfd = pv.mfd = pv.wfd = -1;
+    pv.bfd = pv.mfd = pv.wfd = -1;
     free(pv.idx), free(pv.have), free(pv.busy), free(pv.saved);
     pv.idx = NULL, pv.have = pv.busy = pv.saved = NULL;
 }
@@ -1236,7 +1317,8 @@ static void parent_close(void) {
 /* ---- control socket ---------------------------------------------------------------------
  * Abstract unix socket "@yunhan-cdpd:<name>" (no path to clean up, gone with the process),
  * one command line per connection, one JSON line back; peers must be root or our user.
- *   stats       counters, seq, durable seq, the last checkpoint, space of the logs
+ *   stats       counters, seq, durable seq, the last checkpoint, the segment appended to,
+ *               space of the logs (every segment), parent and fill (the parent view)
  *   checkpoint  write a checkpoint now (once everything up to now is durable)
  *   rotate      go on in a new segment: {"segment": <its number>}; the ones before are sealed
  *   remap       switch to the compacted segments described by VOLDIR/remap (see remap())

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from yunhan.errors import VolumeError
+from yunhan.volume import compact
 from yunhan.volume import journal as j
+from yunhan.volume import tiers as tr
 from yunhan.volume.volumedir import (
     FILL_MAP,
     HOLD_GRACE_NS,
@@ -217,3 +219,36 @@ def test_usage_counts_allocated_bytes_of_every_generation(tmp_path: Path) -> Non
         os.fsync(f.fileno())
     assert v.usage().base_bytes >= 1 << 20
     assert v.usage().used_bytes == v.usage().base_bytes + v.usage().journal_bytes
+
+
+def test_a_clone_of_a_compacted_source_points_past_its_folded_start(tmp_path: Path) -> None:
+    """After compaction the source's journal starts at its folded point (segment 0 may be
+    gone): a clone before it is refused, one at a kept point reads what it read before,
+    and the clone's hold is what compaction sees (it then skips the source)."""
+    clock = Clock(100 * S)
+    src = VolumeDir(tmp_path, "src", clock=clock)
+    g = src.create(SIZE, fs=None)
+    with j.Writer(g, SIZE) as w:
+        for i in range(60):  # 1 s apart from 101 s, a segment every 20
+            w.write((i % 8) * j.BLOCK, bytes([i]) * j.BLOCK, (101 + i) * S)
+            if i % 20 == 19:
+                w.rotate()
+    now = 170 * S
+    tiers = tr.parse("4s:1s,12s:2s,30s:6s")
+    pts = [p for p in tr.points(tiers, j.journal_start(g, now), now) if p < 160 * S]
+    before = {p: j.materialise(g, j.index_at(g, SIZE, p)) for p in pts}
+    r = compact.compact(g, SIZE, tiers, now)
+    assert r.folded and 0 in r.replaced and not (g / j.header_file(0)).exists()
+    clock.now = now
+    base_t = j.read_layout(g).base_t_ns
+    with pytest.raises(VolumeError, match="compacted into its base"):
+        VolumeDir(tmp_path, "early", clock=clock).clone_from(src, base_t - 1)
+    at = pts[-1]
+    g1 = VolumeDir(tmp_path, "dst", clock=clock).clone_from(src, at)
+    ref = read_parent(g1)
+    assert ref is not None and ref.seq == j.index_at(g, SIZE, at).seq
+    assert j.materialise(g, j.index_at(g, SIZE, at)) == before[at]
+    assert compact.holds(g) == ["dst.g1"]
+    assert compact.compact(g, SIZE, tiers, now + 60 * S).skipped == "held by dst.g1"
+    # the child itself is not compacted while it fills (its base is still being copied)
+    assert compact.compact(g1, SIZE, tiers, now).skipped == "still filling from its parent"

@@ -36,12 +36,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from yunhan.errors import VolumeError
-from yunhan.volume import journal
+from yunhan.volume import compact, journal
 
 META_FILE = "meta.json"
-PARENT_FILE = "parent"
+PARENT_FILE = compact.PARENT_FILE
 FILL_MAP = "fill.map"
-HOLDS_DIR = "holds"
+HOLDS_DIR = compact.HOLDS_DIR  # what compaction checks
 _MKFS_EXT4 = ("mkfs.ext4", "-F", "-q", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard")
 HOLD_GRACE_NS = 300 * 10**9  # a hold whose child directory is missing: maybe being made
 
@@ -388,7 +388,11 @@ class VolumeDir:
                 f"volume {self.volume_id} is still being copied from its own source: "
                 "clone or restore it once that is done (fill 1.0)"
             )
-        if not (gen / journal.header_file(0)).exists():
+        # after a compaction the first segment may be another than 0
+        if (
+            not (gen / journal.SEGMENTS_FILE).exists()
+            and not (gen / journal.header_file(0)).exists()
+        ):
             raise VolumeError(f"volume {self.volume_id} is not protected: it has no journal")
         if at_ns > now:
             raise VolumeError(
@@ -400,6 +404,14 @@ class VolumeDir:
                 f"({_iso(meta.since_ns)})",
                 at_ns=at_ns,
                 since_ns=meta.since_ns,
+            )
+        base_t = journal.read_layout(gen).base_t_ns
+        if at_ns < base_t:
+            raise VolumeError(
+                f"{_iso(at_ns)} is before the start of volume {self.volume_id}'s journal "
+                f"({_iso(base_t)}: older records were compacted into its base)",
+                at_ns=at_ns,
+                since_ns=base_t,
             )
         seq = journal.index_at(gen, meta.size, at_ns).seq
         return ParentRef(gen, seq, meta.size)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from yunhan.agent.volumes import VolumeManager
+from yunhan.agent.volumes import VolumeManager, _loop_of, _mounted_in
 from yunhan.compute import netns_sandbox
 from yunhan.net import nsutil
 from yunhan.net.desired import VolumeAttach, VolumeDesired
@@ -145,10 +145,13 @@ def test_a_killed_storage_process_is_restarted_and_nothing_acknowledged_is_lost(
     os.kill(served["pid"], signal.SIGKILL)
 
     def back() -> bool:
+        # A new cdpd, and /data mounted from a device backed by its file (until then the
+        # old mount may still answer from its page cache, or nothing is mounted).
         s = manager._served(vid)
         if s is None or s["pid"] == served["pid"]:
             return False
-        return sh(vm, "cat /data/log", check=False).returncode == 0
+        source = _mounted_in(mnt_path(vm), "/data")
+        return source is not None and source == _loop_of(manager.run_dir / vid / "mnt" / "vol")
 
     assert poll_until(back, 20.0, interval=0.2), "the storage did not come back"
     lines = sh(vm, "cat /data/log").stdout.splitlines()

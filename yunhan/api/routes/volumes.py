@@ -363,10 +363,12 @@ def unprotect_volume(ref: str, request: Request, c: CallerDep) -> Any:
 
 @router.get("/volumes/{ref}/timeline", response_model=VolumeTimeline, responses=errors(404))
 def volume_timeline(ref: str, request: Request, c: CallerDep) -> Any:
-    """What the volume can be restored to, as its agent last reported it."""
-    with state_of(request).store.read() as r:
+    """What the volume can be restored to: as its agent last reported it, up to now while
+    its host is live (`live_timeline`)."""
+    st = state_of(request)
+    with st.store.read() as r:
         vol = resolve(r, "volume", c.project.id, ref)
-    ranges = sorted(vol.status.get("timeline") or (), key=lambda x: x["from_ns"])
+    ranges = sorted(live_timeline(st, vol, st.clock()), key=lambda x: x["from_ns"])
     return {
         "tiers": vol.spec.get("tiers"),
         "points": [
@@ -380,8 +382,24 @@ def volume_timeline(ref: str, request: Request, c: CallerDep) -> Any:
     }
 
 
-def _restore_point(vol: Resource, value: TimeIn, now: float) -> int:
-    """The time asked for, in ns, checked against the volume's reported timeline."""
+def live_timeline(st: AppState, vol: Resource, now: float) -> list[dict[str, int]]:
+    """The reported timeline, its finest range reaching up to now while the volume's host
+    is heartbeating and the volume is sound: its journal then holds every write
+    acknowledged up to now (a write is journaled before it is acknowledged), so any instant
+    since its last report is a restore point too; reports are refreshed only every few
+    seconds."""
+    ranges = sorted(vol.status.get("timeline") or (), key=lambda x: x["to_ns"])
+    if not ranges or vol.spec.get("tiers") is None or vol.status.get("phase") == "error":
+        return ranges
+    host = vol.status.get("host")
+    if host is None or not host_healthy(st.fleet.leases.get(host), now):
+        return ranges
+    last = ranges[-1]
+    return [*ranges[:-1], {**last, "to_ns": max(int(last["to_ns"]), round(now * NS))}]
+
+
+def _restore_point(st: AppState, vol: Resource, value: TimeIn, now: float) -> int:
+    """The time asked for, in ns, checked against the volume's timeline."""
     t = parse_time_ns(value)
     if t > round(now * NS):
         raise ValidationError(
@@ -394,7 +412,7 @@ def _restore_point(vol: Resource, value: TimeIn, now: float) -> int:
             f"(yunhan volume protect {vol.name})",
             volume=vol.name,
         )
-    timeline = vol.status.get("timeline") or []
+    timeline = live_timeline(st, vol, now)
     if not timeline:
         raise ValidationError(
             f"volume {vol.name} has no restore points reported yet; try again shortly",
@@ -435,7 +453,7 @@ def restore_volume(ref: str, body: VolumeRestore, request: Request, c: CallerDep
                 f"volume {vol.name} is attached; detach it first, then restore it",
                 volume=vol.name,
             )
-        t = _restore_point(vol, body.to, st.clock())
+        t = _restore_point(st, vol, body.to, st.clock())
         serial = int((vol.spec.get("restore") or {}).get("serial", 0)) + 1
         new = tx.update(
             vol,
@@ -462,7 +480,7 @@ def clone_volume(
         src = _volume(tx, c.project.id, ref)
         if tx.by_name("volume", c.project.id, name) is not None:
             raise Conflict(f"a volume named {name} already exists", name=name)
-        t = _restore_point(src, body.at, st.clock())
+        t = _restore_point(st, src, body.at, st.clock())
         host_name = src.status.get("host") or src.status["home"]
         host = tx.by_name("host", st.admin_project_id, host_name)
         if host is None or not host_healthy(st.fleet.leases.get(host_name), st.clock()):

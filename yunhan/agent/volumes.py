@@ -52,6 +52,8 @@ MONITOR_INTERVAL = 1.0
 # How often a protected volume's journal is looked at for compaction (a rotation when its
 # live segment's first record left the first tier, then the sealed segments compacted).
 COMPACT_INTERVAL = 30.0
+# How often the space, copy progress and timeline of the volumes are measured again.
+MEASURE_INTERVAL = 5.0
 PID_FILE = "cdpd.pid"
 ATTACHED_FILE = "attached.json"
 RESTORED_FILE = "restored.json"
@@ -136,6 +138,7 @@ class VolumeManager:
         self.compact_interval = compact_interval
         self.netns_of = netns_of or (lambda iid: f"{prefix}i-{iid}")
         self._compacted: dict[str, float] = {}  # volume id -> monotonic time of the last look
+        self._measured = 0.0
         self._desired: dict[str, VolumeDesired] = {}
         self._reports: dict[str, Report] = {}
         self._lock = threading.RLock()
@@ -176,6 +179,12 @@ class VolumeManager:
                             self._failed(v, exc)
                     for v in list(self._desired.values()):
                         self._maybe_compact(v)
+                    if time.monotonic() - self._measured >= MEASURE_INTERVAL:
+                        self._measured = time.monotonic()
+                        for v in list(self._desired.values()):
+                            rep = self._reports.get(v.id)
+                            if rep is not None and rep.phase != "error":
+                                self._measure(v, self._vdir(v.id), rep)
             except Exception:
                 log.exception("volume monitor pass failed")
 

@@ -233,7 +233,9 @@ def test_detached_and_attached_to_another_host_of_the_zone_it_keeps_the_data(
     r.run("volume", "detach", "data", "--wait")
     assert r.exec("w1", "findmnt", "/data").returncode != 0
     r.run("volume", "attach", "data", "w2", "--path", "/data", "--wait")
-    assert lab.volume("data")["status"]["host"] == lab.r.instance("w2")["status"]["host"]
+    hosts = {i["name"]: i["host"] for i in r.json("instance", "list")}
+    assert hosts["w1"] != hosts["w2"]
+    assert lab.volume("data")["status"]["host"] == hosts["w2"]
     assert set(written["log"]) <= lab.records("w2", "/data/log")
 
 

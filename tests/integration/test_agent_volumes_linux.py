@@ -92,7 +92,8 @@ def test_an_attached_volume_is_mounted_inside_its_instance_only(
     assert rep["phase"] == "attached" and rep["mounted"] and rep["device"].startswith("/dev/loop")
     sh(vm, "echo hello > /data/f && sync")
     assert sh(vm, "cat /data/f").stdout == "hello\n"
-    assert sh(vm, "findmnt -n -o FSTYPE /data").stdout.strip() == "ext4"
+    # the disk, on its read-only guard
+    assert sh(vm, "findmnt -n -o FSTYPE /data").stdout.split() == ["tmpfs", "ext4"]
     # The host (and every other instance) sees its own /data, not the volume.
     assert not Path("/data/f").exists() or Path("/data/f").read_text() != "hello\n"
     other = instances()
@@ -163,3 +164,20 @@ def test_an_instance_exec_enters_the_mount_namespace(instances: Callable[[], str
     assert mnt_path(vm).exists()
     inside = sh(vm, "readlink /proc/self/ns/mnt").stdout.strip()
     assert inside != os.readlink("/proc/self/ns/mnt")
+
+
+def test_while_the_disk_is_away_its_path_refuses_writes(
+    manager: VolumeManager, instances: Callable[[], str], uniq: Callable[[str], str]
+) -> None:
+    """The guard under a mounted disk: with the disk gone (as while its storage restarts),
+    a write to its path fails instead of landing on the host's disk beneath."""
+    vm = instances()
+    vid = "vol-" + uniq("r")[-8:]
+    manager.apply([Vol(vid, "r", attach=Attach("i1", vm))])
+    sh(vm, "umount -l /data")  # the disk goes; the guard shows
+    p = sh(vm, "echo lost > /data/f", check=False)
+    assert p.returncode != 0 and "Read-only" in p.stderr
+    manager.apply([Vol(vid, "r", attach=Attach("i1", vm))])  # the next pass mounts it again
+    sh(vm, "echo kept > /data/f")
+    manager.apply([Vol(vid, "r")])
+    assert sh(vm, "findmnt -n /data", check=False).returncode != 0  # disk and guard gone

@@ -57,6 +57,7 @@ MEASURE_INTERVAL = 5.0
 PID_FILE = "cdpd.pid"
 ATTACHED_FILE = "attached.json"
 RESTORED_FILE = "restored.json"
+GUARD = "yunhan-volume-guard"  # the source of the read-only tmpfs under a mounted disk
 
 
 @dataclass
@@ -462,7 +463,12 @@ class VolumeManager:
             return 0.0
 
     def _mount(self, vid: str, instance: str, netns: str, path: str) -> str:
-        """Mount the disk at `path` in the instance's mount namespace; returns the device."""
+        """Mount the disk at `path` in the instance's mount namespace; returns the device.
+
+        Under the disk lies a guard: an empty read-only tmpfs mounted at `path` first. While
+        the disk is replaced (its storage restarted), a program that reopens a file there
+        gets EROFS instead of writing to the directory beneath, on the host's own disk,
+        where whatever it was told was written would vanish under the new mount."""
         mnt = mnt_path(netns)
         if not mnt.exists():
             raise VolumeError(f"instance {instance} has no mount namespace yet")
@@ -476,42 +482,48 @@ class VolumeManager:
             if _loop_of(file) == source:
                 return source  # mounted, on a device backed by the running storage
             # Its storage restarted: the device reads a dead file. Drop that mount (the
-            # kernel frees the device once no file is open on it) and mount afresh.
+            # kernel frees the device once no file is open on it); the guard shows.
             with contextlib.suppress(VolumeError):
                 _in_mnt(mnt, ["umount", "-l", path])
-        elif source is not None:
+            source = _mounted_in(mnt, path)
+        if source is None:
+            _in_mnt(mnt, ["mkdir", "-p", path])
+            _in_mnt(mnt, ["mount", "-t", "tmpfs", "-o", "ro,size=4k,mode=0555", GUARD, path])
+        elif source != GUARD:
             raise VolumeError(f"instance {instance} already has {source} mounted at {path}")
         dev = _loop_attach(file)
         try:
-            _in_mnt(mnt, ["mkdir", "-p", path])
             _in_mnt(mnt, ["mount", "-t", "ext4", dev, path])
         finally:
             # Released now, freed by the kernel when the mount goes (autoclear).
             with contextlib.suppress(VolumeError):
                 _run(["losetup", "-d", dev])
         rec = {"instance": instance, "netns": netns, "path": path, "device": dev}
-        path = self._run_dir(vid) / ATTACHED_FILE
-        path.write_text(json.dumps(rec))
+        (self._run_dir(vid) / ATTACHED_FILE).write_text(json.dumps(rec))
         return dev
 
     def _unmount(self, vid: str) -> None:
-        """Unmount (flushing) from whichever instance has it; busy is an error to retry."""
+        """Unmount (flushing) from whichever instance has it, and its guard; busy is an
+        error to retry."""
         prev = self._attached(vid)
         if prev is None:
             return
         mnt = mnt_path(prev["netns"])
         if mnt.exists():
-            source = _mounted_in(mnt, prev["path"])
+            path = prev["path"]
+            source = _mounted_in(mnt, path)
             if source is not None and source == prev.get("device"):
                 try:
-                    _in_mnt(mnt, ["umount", prev["path"]])
+                    _in_mnt(mnt, ["umount", path])
                 except VolumeError as exc:
                     if self._served(vid) is not None:
                         raise VolumeError(
-                            f"cannot unmount {prev['path']} in instance {prev['instance']}: "
+                            f"cannot unmount {path} in instance {prev['instance']}: "
                             f"{exc} (a process there holds files open?)"
                         ) from exc
-                    _in_mnt(mnt, ["umount", "-l", prev["path"]])  # its storage is gone
+                    _in_mnt(mnt, ["umount", "-l", path])  # its storage is gone
+            if _mounted_in(mnt, path) == GUARD:
+                _in_mnt(mnt, ["umount", "-l", path])
         (self.run_dir / vid / ATTACHED_FILE).unlink(missing_ok=True)
 
     def _grow(self, v: VolumeDesired, vd: VolumeDir) -> None:

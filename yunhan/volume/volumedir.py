@@ -42,7 +42,12 @@ META_FILE = "meta.json"
 PARENT_FILE = compact.PARENT_FILE
 FILL_MAP = "fill.map"
 HOLDS_DIR = compact.HOLDS_DIR  # what compaction checks
-_MKFS_EXT4 = ("mkfs.ext4", "-F", "-q", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard")
+# 4 KiB blocks whatever the size: instances get the disk through a loop device of 4 KiB
+# sectors, which a filesystem of smaller blocks cannot be mounted from.
+_MKFS_EXT4 = (
+    "mkfs.ext4", "-F", "-q", "-b", "4096",
+    "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard",
+)  # fmt: skip
 HOLD_GRACE_NS = 300 * 10**9  # a hold whose child directory is missing: maybe being made
 
 Clock = Callable[[], int]

@@ -12,7 +12,8 @@ need_apt=()
 # wrk: load for the function autoscaler (tests/e2e/test_functions.py, bench/functions.py).
 # make, pkg-config, fuse3 (fusermount3) and the libfuse3/zlib headers: yunhan-cdpd, the storage
 # process of volumes (native/cdpd), built below; losetup and mkfs.ext4 put filesystems on them.
-for bin in ip:iproute2 nft:nftables iperf3:iperf3 ping:iputils-ping gcc:gcc unshare:util-linux nsenter:util-linux systemd-analyze:systemd curl:curl nmap:nmap conntrack:conntrack keepalived:keepalived wrk:wrk make:make pkg-config:pkg-config fusermount3:fuse3 losetup:mount mkfs.ext4:e2fsprogs; do
+# fio: bench/volumes.py measures protected volumes against unprotected ones with it.
+for bin in ip:iproute2 nft:nftables iperf3:iperf3 ping:iputils-ping gcc:gcc unshare:util-linux nsenter:util-linux systemd-analyze:systemd curl:curl nmap:nmap conntrack:conntrack keepalived:keepalived wrk:wrk make:make pkg-config:pkg-config fusermount3:fuse3 losetup:mount mkfs.ext4:e2fsprogs fio:fio; do
   command -v "${bin%%:*}" >/dev/null 2>&1 || need_apt+=("${bin##*:}")
 done
 [ -e /usr/lib/x86_64-linux-gnu/libnftables.so.1 ] || [ -e /usr/lib/aarch64-linux-gnu/libnftables.so.1 ] || need_apt+=(libnftables1)

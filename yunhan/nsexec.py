@@ -7,6 +7,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 NETNS_DIR = Path("/run/netns")  # where `ip netns` (and we) keep named network namespaces
+MNT_DIR = Path("/run/yunhan/mnt")  # instances' private mount namespaces, by netns name
+
+
+def mnt_path(netns: str | Path) -> Path:
+    """Where the private mount namespace of the instance in network namespace `netns` is
+    kept (a bind mount of its ns file; it may not exist yet)."""
+    return MNT_DIR / Path(netns).name
 
 
 def netns_path(name: str | Path) -> Path:
@@ -16,15 +23,26 @@ def netns_path(name: str | Path) -> Path:
 
 
 def nsenter_argv(
-    argv: Sequence[str], *, net: str | Path, uts: str | Path | None = None
+    argv: Sequence[str],
+    *,
+    net: str | Path,
+    uts: str | Path | None = None,
+    mnt: str | Path | None = None,
+    wd: str | Path | None = None,
 ) -> list[str]:
     """The command line that runs `argv` inside network namespace `net` (a name or a path)
-    and, if given, the UTS namespace file `uts` (the instance's hostname).
+    and, if given, the UTS namespace file `uts` (the instance's hostname) and the mount
+    namespace file `mnt` (the instance's volumes), in directory `wd`.
 
     nsenter without --fork execs the command itself once in the namespaces (network and
-    UTS apply at once), so the pid of the process started is the command's own.
+    UTS apply at once), so the pid of the process started is the command's own. Entering a
+    mount namespace resets the working directory to its root: `wd` keeps the caller's.
     """
     out = ["nsenter", f"--net={netns_path(net)}"]
     if uts is not None:
         out.append(f"--uts={uts}")
+    if mnt is not None:
+        out.append(f"--mount={mnt}")
+        if wd is not None:
+            out.append(f"--wd={wd}")
     return [*out, "--", *argv]

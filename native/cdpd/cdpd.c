@@ -3,6 +3,7 @@
  *   yunhan-cdpd --dir VOLDIR --mount MNT --size BYTES [--mode journal|plain]
  *               [--durability strict|flush] [--name NAME] [--threads N]
  *               [--checkpoint-every RECORDS] [--segment-bytes BYTES]
+ *               [--fill-rate BYTES_PER_S]
  *
  * Serves the volume as one file, MNT/vol, on a FUSE mount (libfuse3, multithreaded),
  * meant to be looped by a loop device with 4 KiB sectors (or used with aligned O_DIRECT).
@@ -24,6 +25,9 @@
  * --durability flush  a write is answered once its data is in the device (O_DIRECT) and its
  *                 header in the kernel: survives SIGKILL; a power cut keeps what the last
  *                 FLUSH covered (a disk with a write cache). For the bench's comparison.
+ *
+ * A clone or a restored generation (VOLDIR/parent) reads its parent's view at a seq until a
+ * thread has copied it into base.img: see "parent view and background fill" below.
  *
  * Checkpoints (ck.<seq>, journal.py's format) are written by a thread every RECORDS records
  * once they are durable, and at a clean stop; a restart replays only what follows the newest.
@@ -115,16 +119,18 @@ static atomic_ulong n_writes, n_reads, n_flushes, n_syncs, n_zero, n_bytes;
 #define SEG_NUM(p) ((uint64_t)(p) >> SEG_SHIFT)
 #define MAX_SEGS 4096
 #define MAX_SEG_NUM (1u << 15) /* an index entry is an int64: negative ones mean base or zero */
-static struct {
+struct layout { /* the `segments` file; also a parent's (parent view) */
     uint32_t n;
     uint32_t num[MAX_SEGS];
     uint8_t compacted[MAX_SEGS];
     uint64_t base_seq, base_t;
-} lay = {.n = 1};
+};
+static struct layout lay = {.n = 1};
 static int seg_dfd[1 << 16];        /* by segment number: its data log, or -1 */
 static uint64_t cur;                /* under mu (and rot_lock): the segment appended to */
 static uint64_t hlast;              /* under mu: header position after the last record */
 static pthread_rwlock_t rot_lock = PTHREAD_RWLOCK_INITIALIZER; /* writers: read; rotation: write */
+static atomic_int pv_on; /* the parent view is served (see "parent view and background fill") */
 
 static void logmsg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void logmsg(const char *fmt, ...) {
@@ -241,6 +247,60 @@ static int append_locked(struct hdr *h) {
     return 0;
 }
 
+/* The data log's fdatasync runs on a thread of its own, beside the leader's fdatasync of the
+ * header log. They need no order: a record whose header became durable before its data fails
+ * its crc32c at recovery and ends the journal there, and it was never acknowledged (that
+ * waits for both). So a commit costs one fdatasync's latency, not two in a row. */
+static pthread_mutex_t ds_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t ds_cv = PTHREAD_COND_INITIALIZER;
+static uint64_t ds_asked, ds_done; /* under ds_mu: requests made, requests answered */
+static int ds_fd = -1;             /* under ds_mu: the data log the request is for */
+static int ds_rc, ds_ok;          /* under ds_mu: the first error; the thread runs */
+static pthread_once_t ds_once = PTHREAD_ONCE_INIT;
+
+static void *data_syncer(void *arg) {
+    (void)arg;
+    pthread_mutex_lock(&ds_mu);
+    for (;;) {
+        while (ds_done == ds_asked) pthread_cond_wait(&ds_cv, &ds_mu);
+        uint64_t n = ds_asked;
+        int fd = ds_fd;
+        pthread_mutex_unlock(&ds_mu);
+        int rc = fdatasync(fd) ? -errno : 0;
+        pthread_mutex_lock(&ds_mu);
+        if (rc && !ds_rc) ds_rc = rc;
+        ds_done = n;
+        pthread_cond_broadcast(&ds_cv);
+    }
+    return NULL;
+}
+
+static void data_syncer_start(void) {
+    pthread_t t;
+    if (!pthread_create(&t, NULL, data_syncer, NULL)) {
+        pthread_detach(t); /* blocked on ds_cv when the process ends: nothing to join */
+        ds_ok = 1;
+    }
+}
+
+/* fdatasync of data log `sd` and header log `sh`, in parallel when the syncer thread could
+ * be started. One caller at a time (the group commit's leader). */
+static int sync_logs(int sd, int sh) {
+    pthread_once(&ds_once, data_syncer_start);
+    if (!ds_ok) return fdatasync(sd) ? -errno : (fdatasync(sh) ? -errno : 0);
+    pthread_mutex_lock(&ds_mu);
+    uint64_t mine = ++ds_asked;
+    ds_fd = sd;
+    pthread_cond_broadcast(&ds_cv);
+    pthread_mutex_unlock(&ds_mu);
+    int rc = fdatasync(sh) ? -errno : 0;
+    pthread_mutex_lock(&ds_mu);
+    while (ds_done < mine) pthread_cond_wait(&ds_cv, &ds_mu);
+    if (!rc) rc = ds_rc;
+    pthread_mutex_unlock(&ds_mu);
+    return rc;
+}
+
 /* Return once an fdatasync of both logs covers record `upto` (group commit: one thread syncs
  * for every record appended so far, the others wait for it). mu held. */
 static int wait_durable_locked(uint64_t upto) {
@@ -254,7 +314,7 @@ static int wait_durable_locked(uint64_t upto) {
         uint64_t target = seq; /* every record up to seq is in the kernel: its data before it */
         int sd = dfd, sh = hfd; /* rotation changes them only while nobody syncs */
         pthread_mutex_unlock(&mu);
-        int rc = fdatasync(sd) ? -errno : (fdatasync(sh) ? -errno : 0);
+        int rc = sync_logs(sd, sh);
         n_syncs++;
         pthread_mutex_lock(&mu);
         syncing = 0;
@@ -289,10 +349,14 @@ static uint64_t seg_dsize[1 << 16]; /* at recovery: each listed segment's data l
 static int open_in(const char *name, int flags);
 static int sync_dir(void);
 
-static int seg_index(uint64_t n) {
-    for (uint32_t i = 0; i < lay.n; i++)
-        if (lay.num[i] == n) return (int)i;
+static int layout_find(const struct layout *l, uint64_t n) {
+    for (uint32_t i = 0; i < l->n; i++)
+        if (l->num[i] == n) return (int)i;
     return -1;
+}
+
+static int seg_index(uint64_t n) {
+    return layout_find(&lay, n);
 }
 
 static int seg_open(const char *kind, uint64_t n, int flags) {
@@ -301,36 +365,40 @@ static int seg_open(const char *kind, uint64_t n, int flags) {
     return open_in(name, flags);
 }
 
-/* Read `segments` into lay: 0, or -errno after saying why. */
-static int layout_read(void) {
+/* Read DIR/segments into *l (absent: segment 0 alone): 0, or -errno after saying why. */
+static int layout_read_in(const char *dir, struct layout *l) {
     char path[PATH_MAX];
-    snprintf(path, sizeof path, "%s/segments", cfg.dir);
+    snprintf(path, sizeof path, "%s/segments", dir);
     FILE *f = fopen(path, "re");
     if (!f) {
         if (errno != ENOENT) {
             logmsg("cannot read %s: %s", path, strerror(errno));
             return -errno;
         }
-        lay.n = 1, lay.num[0] = 0, lay.compacted[0] = 0, lay.base_seq = lay.base_t = 0;
+        l->n = 1, l->num[0] = 0, l->compacted[0] = 0, l->base_seq = l->base_t = 0;
         return 0;
     }
-    int ok = fscanf(f, "YHSEG1 %" SCNu64 " %" SCNu64 "\n", &lay.base_seq, &lay.base_t) == 2;
+    int ok = fscanf(f, "YHSEG1 %" SCNu64 " %" SCNu64 "\n", &l->base_seq, &l->base_t) == 2;
     unsigned num;
     char kind[16];
-    lay.n = 0;
-    while (ok && lay.n < MAX_SEGS && fscanf(f, "%u %15s\n", &num, kind) == 2) {
+    l->n = 0;
+    while (ok && l->n < MAX_SEGS && fscanf(f, "%u %15s\n", &num, kind) == 2) {
         ok = num < MAX_SEG_NUM && (!strcmp(kind, "live") || !strcmp(kind, "compacted")) &&
-             seg_index(num) < 0;
-        lay.num[lay.n] = num;
-        lay.compacted[lay.n++] = !strcmp(kind, "compacted");
+             layout_find(l, num) < 0;
+        l->num[l->n] = num;
+        l->compacted[l->n++] = !strcmp(kind, "compacted");
     }
-    ok = ok && lay.n > 0 && feof(f);
+    ok = ok && l->n > 0 && feof(f);
     fclose(f);
     if (!ok) {
         logmsg("%s is not a segment list", path);
         return -EINVAL;
     }
     return 0;
+}
+
+static int layout_read(void) {
+    return layout_read_in(cfg.dir, &lay);
 }
 
 static int layout_write(void) {
@@ -630,7 +698,10 @@ static int recover(void) {
  * to base (the map: sorted pairs old -> new, new = IDX_BASE for folded data). Writes and reads
  * are held off meanwhile (rot_lock): a read copies positions and reads them under its read
  * lock, so none uses a position in a segment whose data log is then closed. Nothing changes
- * unless every entry is in the map and the new segment list is durable. */
+ * unless every entry is in the map and the new segment list is durable. Refused while the
+ * volume still fills from a parent: an entry moved to IDX_BASE would read the parent view
+ * for a block the fill has not copied (and the fill would copy over the folded data);
+ * compact.py skips such a volume, this is the backstop. */
 
 struct __attribute__((packed)) rmhead {
     char magic[4];
@@ -645,6 +716,10 @@ static int rm_cmp(const void *key, const void *elem) {
 
 /* The new current segment list's first number, or -1 with `err` set. */
 static int64_t remap(char *err, size_t errlen) {
+    if (atomic_load(&pv_on)) { /* it only ever goes from 1 to 0 */
+        snprintf(err, errlen, "the volume still fills from its parent: compact it once that is done");
+        return -1;
+    }
     char path[PATH_MAX];
     snprintf(path, sizeof path, "%s/remap", cfg.dir);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -747,10 +822,557 @@ out:
     return out;
 }
 
+/* ---- parent view and background fill (clone and restore in constant time) --------------
+ * VOLDIR/parent, one JSON object {"dir": "<parent volume dir>", "seq": S, "size": BYTES},
+ * makes this volume a child of the parent volume as it was after record S. At start the
+ * parent's index as of S is built (its newest usable checkpoint with seq <= S, then its
+ * headers up to S through the segments its `segments` lists, checked as recovery checks
+ * ours); the parent's files are only ever opened read only and read up to S (a running
+ * parent keeps appending after S, also rotating into new segments; what is at or before S
+ * never changes: compaction leaves a held parent alone, see yunhan/volume/compact.py). Its
+ * data logs are opened as building the index needs them and stay open until the fill is
+ * done. A block that this volume's base.img does not hold yet reads from the parent view;
+ * a thread copies the parent view into base.img (blocks the parent maps to zeros or to a hole
+ * of its base stay holes) and records which blocks base.img holds in a bitmap (bit b of byte
+ * b / 8, LSB first), VOLDIR/fill.map, saved every second after an fdatasync of base.img, so
+ * that a restart resumes. When every block is held: base.img is synced, parent then fill.map
+ * removed, the parent's files closed.
+ * --mode journal  base.img is the journal's start: the fill copies every block, also those
+ *                 the child has journaled since (a restore of the child to before them reads
+ *                 base.img).
+ * --mode plain    child writes go to base.img: the fill never copies over one. A child write
+ *                 marks its blocks busy (the fill keeps off) before its pwrite, and held after
+ *                 it, in memory and in fill.map (unsynced: that survives SIGKILL; a FLUSH
+ *                 syncs it) before it is answered. The fill writes under fmu and skips busy
+ *                 and held blocks.
+ * --fill-rate BYTES_PER_S limits the copy (0: as fast as it goes). */
+
+static struct {
+    char dir[PATH_MAX - 64];
+    uint64_t seq, size, nblocks; /* the parent's seq and size (nblocks of it) */
+    int bfd, mfd;                /* parent base.img (read only); our fill.map */
+    int wfd;                     /* our base.img, buffered: the fill's writes (see parent_open) */
+    struct layout lay;           /* the parent's `segments` */
+    int dfd[MAX_SEG_NUM];        /* by segment number: the parent's data log (read only), or -1 */
+    uint64_t dsize[MAX_SEG_NUM]; /* its size when opened (records up to seq are inside it) */
+    uint32_t opened[MAX_SEGS], nopened; /* the segments whose data log is open */
+    int64_t *idx;                /* the parent's index at seq */
+    uint8_t *have, *busy, *saved; /* per block of ours: base.img holds it; a plain write is in
+                                   * flight on it; what fill.map says */
+    uint64_t nhave, rate, copied, t0; /* copied: bytes the fill wrote since t0, its start */
+    int stop, failed;
+} pv = {.bfd = -1, .mfd = -1, .wfd = -1};
+static pthread_mutex_t fmu = PTHREAD_MUTEX_INITIALIZER; /* have, busy, saved, nhave, fill.map */
+static pthread_cond_t fill_cv = PTHREAD_COND_INITIALIZER; /* with fmu: wakes the fill to stop */
+static pthread_rwlock_t prw = PTHREAD_RWLOCK_INITIALIZER; /* readers of the parent's files */
+
+#define BIT(m, b) ((m)[(b) >> 3] & (1u << ((b) & 7)))
+#define SETBIT(m, b) ((m)[(b) >> 3] |= (uint8_t)(1u << ((b) & 7)))
+#define CLRBIT(m, b) ((m)[(b) >> 3] &= (uint8_t)~(1u << ((b) & 7)))
+#define FILL_CHUNK 256u /* blocks: 1 MiB */
+
+static int open_in(const char *name, int flags);
+
+static int parent_present(void) {
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/parent", cfg.dir);
+    return access(path, F_OK) == 0;
+}
+
+/* The value of "key" in a flat JSON object: a string without escapes, or a number. */
+static const char *json_value(const char *text, const char *key) {
+    char k[64];
+    snprintf(k, sizeof k, "\"%s\"", key);
+    const char *p = strstr(text, k);
+    if (!p) return NULL;
+    p += strlen(k);
+    while (*p == ' ' || *p == '\t' || *p == '\n') p++;
+    if (*p++ != ':') return NULL;
+    while (*p == ' ' || *p == '\t' || *p == '\n') p++;
+    return p;
+}
+
+static int json_u64(const char *text, const char *key, uint64_t *v) {
+    const char *p = json_value(text, key);
+    char *end;
+    if (!p || *p < '0' || *p > '9') return -1;
+    errno = 0;
+    *v = strtoull(p, &end, 10);
+    return errno ? -1 : 0;
+}
+
+static int json_str(const char *text, const char *key, char *out, size_t n) {
+    const char *p = json_value(text, key);
+    if (!p || *p++ != '"') return -1;
+    const char *end = strchr(p, '"');
+    if (!end || (size_t)(end - p) >= n || memchr(p, '\\', (size_t)(end - p))) return -1;
+    memcpy(out, p, (size_t)(end - p));
+    out[end - p] = 0;
+    return 0;
+}
+
+static int open_parent(const char *name, int must) {
+    char path[PATH_MAX + 64];
+    snprintf(path, sizeof path, "%s/%s", pv.dir, name);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 && (must || errno != ENOENT)) logmsg("cannot open the parent's %s: %s", path, strerror(errno));
+    return fd;
+}
+
+/* The parent's data log of segment n (listed in its `segments`), opened read only at its
+ * first use, its size taken then; -1 when it is not listed or cannot be opened (said why).
+ * Used only while the view is built (one thread): every segment its index maps is opened
+ * then, and parent_read finds them in pv.dfd. */
+static int parent_data(uint64_t n) {
+    if (n >= MAX_SEG_NUM) return -1;
+    if (pv.dfd[n] >= 0) return pv.dfd[n];
+    if (layout_find(&pv.lay, n) < 0) return -1;
+    char name[32];
+    snprintf(name, sizeof name, "data.%05" PRIu64, n);
+    int fd = open_parent(name, 1);
+    struct stat st;
+    if (fd < 0) return -1;
+    if (fstat(fd, &st)) {
+        close(fd);
+        return -1;
+    }
+    pv.dfd[n] = fd, pv.dsize[n] = (uint64_t)st.st_size;
+    pv.opened[pv.nopened++] = (uint32_t)n;
+    return fd;
+}
+
+static void parent_close_data(void) {
+    for (uint32_t i = 0; i < pv.nopened; i++) close(pv.dfd[pv.opened[i]]), pv.dfd[pv.opened[i]] = -1;
+    pv.nopened = 0;
+}
+
+static int parent_journal(uint64_t n) {
+    char name[32];
+    snprintf(name, sizeof name, "journal.%05" PRIu64, n);
+    return open_parent(name, 1);
+}
+
+/* The parent's newest usable checkpoint with seq <= pv.seq into pv.idx, under the rule
+ * load_checkpoint applies to ours (its last record still where it says, in a listed segment;
+ * every block it maps inside a listed data log); its seq, time and header position. None:
+ * the journal's start (`segments`' base, all IDX_BASE). */
+static void parent_checkpoint(uint64_t *s, uint64_t *t, uint64_t *pos) {
+    *s = pv.lay.base_seq, *t = pv.lay.base_t;
+    *pos = (uint64_t)pv.lay.num[0] << SEG_SHIFT;
+    DIR *dir = opendir(pv.dir);
+    uint64_t best[16];
+    size_t n = 0;
+    struct dirent *e;
+    while (dir && (e = readdir(dir))) {
+        char *end;
+        if (strncmp(e->d_name, "ck.", 3) || !e->d_name[3]) continue;
+        uint64_t v = strtoull(e->d_name + 3, &end, 10);
+        if (*end || v > pv.seq) continue;
+        if (n < sizeof best / sizeof *best) best[n++] = v;
+        else {
+            qsort(best, n, sizeof *best, ck_name_cmp);
+            if (v > best[n - 1]) best[n - 1] = v;
+        }
+    }
+    if (dir) closedir(dir);
+    qsort(best, n, sizeof *best, ck_name_cmp);
+    for (size_t i = 0; i < n; i++) {
+        char name[64];
+        snprintf(name, sizeof name, "ck.%020" PRIu64, best[i]);
+        int fd = open_parent(name, 0);
+        if (fd < 0) continue;
+        struct ckhead c;
+        struct hdr h;
+        int ok = !pread_all(fd, &c, sizeof c, 0) && !memcmp(c.magic, "YHCK", 4) && c.nblocks == pv.nblocks &&
+                 c.seq == best[i] && c.seq >= pv.lay.base_seq &&
+                 !pread_all(fd, pv.idx, c.nblocks * sizeof *pv.idx, sizeof c) && ck_crc(&c, pv.idx) == c.crc;
+        close(fd);
+        int hfd_p = ok && layout_find(&pv.lay, SEG_NUM(c.hpos)) >= 0 && SEG_OFF(c.hpos) >= sizeof h
+                        ? parent_journal(SEG_NUM(c.hpos)) : -1;
+        ok = ok && hfd_p >= 0 && !pread_all(hfd_p, &h, sizeof h, (off_t)(SEG_OFF(c.hpos) - sizeof h)) &&
+             h.magic == MAGIC && h.hcrc == header_crc(&h) && h.seq == c.seq && h.t_ns == c.t_ns;
+        if (hfd_p >= 0) close(hfd_p);
+        for (uint64_t b = 0; ok && b < c.nblocks; b++)
+            ok = pv.idx[b] < 0 ||
+                 (parent_data(SEG_NUM(pv.idx[b])) >= 0 && SEG_OFF(pv.idx[b]) + BLK <= pv.dsize[SEG_NUM(pv.idx[b])]);
+        if (ok) {
+            *s = c.seq, *t = c.t_ns, *pos = c.hpos;
+            return;
+        }
+        logmsg("the parent's %s/%s is not usable; trying an older one", pv.dir, name);
+    }
+    for (uint64_t b = 0; b < pv.nblocks; b++) pv.idx[b] = IDX_BASE;
+}
+
+/* Build the parent's index at pv.seq: its checkpoint, then its records up to pv.seq through
+ * its segments in the order of its `segments` (journal.py's rules: in a live segment each seq
+ * is the one before plus one, in a compacted one seqs only increase, so S may fall in a gap:
+ * the view is then the state after the last record before it), each record checked as
+ * recover() checks ours (also the data crc). */
+static int parent_index(void) {
+    pv.idx = malloc(pv.nblocks * sizeof *pv.idx);
+    char *buf = NULL;
+    if (!pv.idx || posix_memalign((void **)&buf, BLK, MAX_DATA)) {
+        logmsg("no memory for the parent's index");
+        return -1;
+    }
+    uint64_t s, t, start, nrec = 0;
+    parent_checkpoint(&s, &t, &start);
+    const char *why = NULL;
+    uint64_t from = s;
+    int done = s >= pv.seq;
+    if (pv.seq < pv.lay.base_seq) why = "its journal now starts after it (compacted into its base.img)";
+    for (int i = layout_find(&pv.lay, SEG_NUM(start)); !why && !done && i >= 0 && i < (int)pv.lay.n; i++) {
+        uint64_t n = pv.lay.num[i];
+        int hfd_p = parent_journal(n);
+        if (hfd_p < 0) {
+            why = "a listed header log cannot be opened";
+            break;
+        }
+        off_t pos = n == SEG_NUM(start) ? (off_t)SEG_OFF(start) : 0;
+        while (!why && !done) {
+            struct hdr h;
+            ssize_t r = pread(hfd_p, &h, sizeof h, pos);
+            if (r == 0) break; /* this segment ends: the next one goes on */
+            if (r < (ssize_t)sizeof h) {
+                why = r < 0 ? "a header log cannot be read" : "partial header";
+                break;
+            }
+            uint32_t len = h.lenf & LENGTH_MASK;
+            int flush = !!(h.lenf & FLAG_FLUSH), zero = !!(h.lenf & FLAG_ZERO);
+            uint64_t ds = SEG_NUM(h.dpos), dp = SEG_OFF(h.dpos);
+            if (h.magic != MAGIC || h.hcrc != header_crc(&h) || (flush && zero)) why = "bad header";
+            else if ((pv.lay.compacted[i] ? h.seq <= s : h.seq != s + 1) || h.t_ns < t) why = "seq or time out of order";
+            else if (h.seq > pv.seq) done = 1; /* S is in a compacted segment's gap */
+            else if (flush) why = len || h.off ? "flush marker with a range" : NULL;
+            else if (!len || len % BLK || h.off % BLK || h.off > pv.size || len > pv.size - h.off) why = "bad range";
+            else if (!zero && (len > MAX_DATA || parent_data(ds) < 0 || dp % BLK || dp + len > pv.dsize[ds]))
+                why = "data not in the data log";
+            else if (!zero && (pread_all(pv.dfd[ds], buf, len, (off_t)dp) || crc32c(buf, len) != h.dcrc))
+                why = "data crc";
+            if (why || done) break;
+            if (!flush)
+                for (uint32_t k = 0; k < len / BLK; k++)
+                    pv.idx[h.off / BLK + k] = zero ? IDX_ZERO : (int64_t)(h.dpos + (uint64_t)k * BLK);
+            s = h.seq, t = h.t_ns, pos += (off_t)sizeof h, nrec++;
+            done = s == pv.seq;
+        }
+        close(hfd_p);
+    }
+    free(buf);
+    if (!why && !done) why = "the header log ends";
+    if (why) {
+        logmsg("the parent %s does not reach seq %" PRIu64 ": %s after seq %" PRIu64, pv.dir, pv.seq, why, s);
+        return -1;
+    }
+    logmsg("parent view of %s at seq %" PRIu64 ": checkpoint at %" PRIu64 " + %" PRIu64 " records, %u data logs",
+           pv.dir, pv.seq, from, nrec, pv.nopened);
+    return 0;
+}
+
+/* Read VOLDIR/parent, open the parent's files, build its index and load fill.map.
+ * 0 without a parent file, or when the view is ready; -1 (said why) when it cannot be. */
+static int parent_open(void) {
+    char path[PATH_MAX], text[PATH_MAX + 256] = {0};
+    snprintf(path, sizeof path, "%s/parent", cfg.dir);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno == ENOENT) return 0;
+        logmsg("cannot open %s: %s", path, strerror(errno));
+        return -1;
+    }
+    ssize_t r = read(fd, text, sizeof text - 1);
+    close(fd);
+    if (r <= 0 || json_str(text, "dir", pv.dir, sizeof pv.dir) || json_u64(text, "seq", &pv.seq) ||
+        json_u64(text, "size", &pv.size) || !pv.size || pv.size % BLK || pv.size > cfg.size) {
+        logmsg("%s: not {\"dir\": DIR, \"seq\": SEQ, \"size\": BYTES} with a size of 4 KiB blocks up to ours",
+               path);
+        return -1;
+    }
+    pv.nblocks = pv.size / BLK;
+    for (uint32_t i = 0; i < MAX_SEG_NUM; i++) pv.dfd[i] = -1;
+    pv.bfd = open_parent("base.img", 1);
+    if (pv.bfd < 0 || layout_read_in(pv.dir, &pv.lay) || parent_index()) return -1;
+    uint64_t nb = cfg.size / BLK, nbytes = (nb + 7) / 8;
+    pv.have = calloc(nbytes, 1);
+    pv.busy = calloc(nbytes, 1);
+    pv.saved = calloc(nbytes, 1);
+    if (!pv.have || !pv.busy || !pv.saved) {
+        logmsg("no memory for the fill bitmaps");
+        return -1;
+    }
+    pv.mfd = open_in("fill.map", O_RDWR | O_CREAT);
+    /* The fill writes through the page cache, synced before each save of fill.map: the
+     * blocks it copies are scattered (journaled 4 KiB writes) and an O_DIRECT write into a
+     * hole allocates synchronously, one block at a time (a 4 GiB clone with 32 MiB of random
+     * writes: 0.75 s O_DIRECT, 0.11 s buffered). The kernel keeps the O_DIRECT reads and
+     * writes of bfd coherent with it: it writes back and drops the cached pages of their
+     * range first. */
+    pv.wfd = open_in("base.img", O_RDWR);
+    if (pv.mfd < 0 || pv.wfd < 0) return -1;
+    struct stat st;
+    if (!fstat(pv.mfd, &st) && (uint64_t)st.st_size == nbytes && !pread_all(pv.mfd, pv.saved, nbytes, 0))
+        memcpy(pv.have, pv.saved, nbytes);
+    else
+        memset(pv.saved, 0, nbytes); /* none yet, or of another size: start over */
+    if (nb % 8) pv.have[nbytes - 1] &= (uint8_t)((1u << (nb % 8)) - 1);
+    for (uint64_t i = 0; i < nbytes; i++) pv.nhave += (uint64_t)__builtin_popcount(pv.have[i]);
+    atomic_store(&pv_on, 1);
+    logmsg("filling from the parent: %" PRIu64 " of %" PRIu64 " blocks already held", pv.nhave, nb);
+    return 0;
+}
+
+/* Read blocks [b, b+n) of the parent view (zeros past the parent's size). */
+static int parent_read(char *dst, uint64_t b, size_t n) {
+    for (size_t i = 0; i < n;) {
+        uint64_t x = b + i;
+        size_t k = 1;
+        char *d = dst + i * BLK;
+        if (x >= pv.nblocks) {
+            k = n - i;
+            memset(d, 0, k * BLK);
+        } else if (pv.idx[x] == IDX_ZERO) {
+            memset(d, 0, BLK);
+        } else if (pv.idx[x] == IDX_BASE) {
+            while (i + k < n && x + k < pv.nblocks && pv.idx[x + k] == IDX_BASE) k++;
+            ssize_t r = pread(pv.bfd, d, k * BLK, (off_t)(x * BLK));
+            if (r < 0) return -errno;
+            if ((size_t)r < k * BLK) memset(d + r, 0, k * BLK - (size_t)r);
+        } else {
+            while (i + k < n && x + k < pv.nblocks && pv.idx[x + k] == pv.idx[x] + (int64_t)(k * BLK)) k++;
+            int rc = pread_all(pv.dfd[SEG_NUM(pv.idx[x])], d, k * BLK, (off_t)SEG_OFF(pv.idx[x]));
+            if (rc) return rc;
+        }
+        i += k;
+    }
+    return 0;
+}
+
+static int base_pread(char *dst, uint64_t b, size_t n) {
+    ssize_t r = pread(bfd, dst, n * BLK, (off_t)(b * BLK));
+    if (r < 0) return -errno;
+    if ((size_t)r < n * BLK) memset(dst + r, 0, n * BLK - (size_t)r); /* short base */
+    return 0;
+}
+
+/* Blocks [b, b+n) of what base.img stands for: base.img where it holds them, else the parent
+ * view. */
+static int base_read(char *dst, uint64_t b, size_t n) {
+    if (!atomic_load(&pv_on)) return base_pread(dst, b, n);
+    pthread_rwlock_rdlock(&prw);
+    uint8_t *held = malloc(n);
+    if (!held) {
+        pthread_rwlock_unlock(&prw);
+        return -ENOMEM;
+    }
+    pthread_mutex_lock(&fmu);
+    int on = atomic_load(&pv_on);
+    for (size_t i = 0; on && i < n; i++) held[i] = !!BIT(pv.have, b + i);
+    pthread_mutex_unlock(&fmu);
+    int rc = 0;
+    for (size_t i = 0; i < n && !rc;) {
+        size_t k = 1;
+        if (!on) k = n - i;
+        else
+            while (i + k < n && held[i + k] == held[i]) k++;
+        rc = !on || held[i] ? base_pread(dst + i * BLK, b + i, k) : parent_read(dst + i * BLK, b + i, k);
+        i += k;
+    }
+    free(held);
+    pthread_rwlock_unlock(&prw);
+    return rc;
+}
+
+/* --mode plain: a child write of [off, off+len) starts / has ended (ok: it reached base.img). */
+static void plain_write_begin(uint64_t off, uint64_t len) {
+    if (!atomic_load(&pv_on)) return;
+    pthread_mutex_lock(&fmu);
+    for (uint64_t b = off / BLK; b < (off + len) / BLK; b++) SETBIT(pv.busy, b);
+    pthread_mutex_unlock(&fmu);
+}
+
+static void plain_write_end(uint64_t off, uint64_t len, int ok) {
+    if (!atomic_load(&pv_on)) return;
+    pthread_mutex_lock(&fmu);
+    uint64_t b0 = off / BLK, b1 = (off + len) / BLK;
+    for (uint64_t b = b0; b < b1; b++) {
+        CLRBIT(pv.busy, b);
+        if (!ok) continue;
+        if (!BIT(pv.have, b)) pv.nhave++;
+        SETBIT(pv.have, b);
+        SETBIT(pv.saved, b);
+    }
+    if (ok && atomic_load(&pv_on) && b1 > b0) {
+        uint64_t y0 = b0 / 8, y1 = (b1 + 7) / 8;
+        int rc = pwrite_all(pv.mfd, pv.saved + y0, y1 - y0, (off_t)y0);
+        if (rc) logmsg("fill.map not updated: %s", strerror(-rc)); /* the fill then copies over it */
+    }
+    pthread_mutex_unlock(&fmu);
+}
+
+/* Save fill.map: only blocks whose copy an fdatasync of base.img covers. */
+static int fill_save(uint8_t *snap) {
+    uint64_t nbytes = (cfg.size / BLK + 7) / 8;
+    pthread_mutex_lock(&fmu);
+    memcpy(snap, pv.have, nbytes);
+    pthread_mutex_unlock(&fmu);
+    if (fdatasync(pv.wfd)) return -errno;
+    pthread_mutex_lock(&fmu);
+    for (uint64_t i = 0; i < nbytes; i++) pv.saved[i] |= snap[i];
+    int rc = pwrite_all(pv.mfd, pv.saved, nbytes, 0);
+    pthread_mutex_unlock(&fmu);
+    if (!rc && fdatasync(pv.mfd)) rc = -errno;
+    return rc;
+}
+
+/* Does the parent's base.img have data (not a hole) at block b? b only grows between calls. */
+static int parent_base_data(uint64_t b, off_t *data_at, off_t *hole_at) {
+    off_t off = (off_t)(b * BLK);
+    if (off >= *hole_at) {
+        *data_at = lseek(pv.bfd, off, SEEK_DATA);
+        if (*data_at < 0) {
+            if (errno == ENXIO) *data_at = *hole_at = INT64_MAX; /* nothing but holes after */
+            else *data_at = 0, *hole_at = INT64_MAX;             /* no SEEK_DATA: all data */
+        } else {
+            *hole_at = lseek(pv.bfd, *data_at, SEEK_HOLE);
+            if (*hole_at < 0) *hole_at = INT64_MAX;
+        }
+    }
+    return off >= *data_at && off < *hole_at;
+}
+
+static void fill_finish(void) {
+    uint64_t t = now_ns() - pv.t0;
+    int rc = fdatasync(pv.wfd) ? -errno : 0;
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/parent", cfg.dir);
+    if (!rc && unlink(path)) rc = -errno;
+    if (!rc) rc = sync_dir();
+    if (rc) {
+        logmsg("fill done but not recorded (%s): a restart fills again", strerror(-rc));
+        return;
+    }
+    pthread_mutex_lock(&fmu);
+    atomic_store(&pv_on, 0);
+    pthread_mutex_unlock(&fmu);
+    pthread_rwlock_wrlock(&prw); /* no reader is in the parent's files any more */
+    close(pv.bfd);
+    pv.bfd = -1;
+    parent_close_data();
+    pthread_rwlock_unlock(&prw);
+    snprintf(path, sizeof path, "%s/fill.map", cfg.dir);
+    unlink(path);
+    sync_dir();
+    logmsg("fill done in %.3f s (%" PRIu64 " bytes copied): the parent %s is no longer read", (double)t / 1e9,
+           pv.copied, pv.dir);
+}
+
+static void *filler(void *arg) {
+    (void)arg;
+    uint64_t nb = cfg.size / BLK, copied = 0, t0 = now_ns(), saved_at = t0;
+    pv.t0 = t0;
+    char *buf = NULL;
+    uint8_t *snap = malloc((nb + 7) / 8), need[FILL_CHUNK];
+    if (!snap || posix_memalign((void **)&buf, BLK, FILL_CHUNK * BLK)) {
+        logmsg("no memory for the fill");
+        free(snap);
+        return NULL;
+    }
+    int rc = 0;
+    pthread_mutex_lock(&fmu);
+    while (!pv.stop && !rc && pv.nhave < nb) {
+        off_t data_at = -1, hole_at = -1;
+        for (uint64_t b0 = 0; b0 < nb && !pv.stop && !rc; b0 += FILL_CHUNK) {
+            size_t n = nb - b0 < FILL_CHUNK ? (size_t)(nb - b0) : FILL_CHUNK, want = 0;
+            for (size_t i = 0; i < n; i++) {
+                uint64_t b = b0 + i;
+                need[i] = 0;
+                if (BIT(pv.have, b) || BIT(pv.busy, b)) continue;
+                if (b < pv.nblocks && (pv.idx[b] >= 0 || (pv.idx[b] == IDX_BASE && parent_base_data(b, &data_at, &hole_at))))
+                    need[i] = 1, want++;
+                else
+                    need[i] = 2; /* zeros or a hole in the parent: our hole already reads so */
+            }
+            if (want) { /* only the runs to copy: most of a chunk is often holes */
+                pthread_mutex_unlock(&fmu);
+                for (size_t i = 0, k; i < n && !rc; i += k) {
+                    for (k = 1; i + k < n && (need[i + k] == 1) == (need[i] == 1); k++) {}
+                    if (need[i] == 1) rc = parent_read(buf + i * BLK, b0 + i, k); /* only this thread closes them */
+                }
+                pthread_mutex_lock(&fmu);
+            }
+            /* Under fmu: a plain write that started meanwhile is busy or held; skip it. */
+            for (size_t i = 0; i < n && !rc;) {
+                size_t k = 1;
+                uint64_t b = b0 + i;
+                if (!need[i] || BIT(pv.have, b) || BIT(pv.busy, b)) {
+                    i++;
+                    continue;
+                }
+                if (need[i] == 1) {
+                    while (i + k < n && need[i + k] == 1 && !BIT(pv.have, b + k) && !BIT(pv.busy, b + k)) k++;
+                    rc = pwrite_all(pv.wfd, buf + i * BLK, k * BLK, (off_t)(b * BLK));
+                    copied += k * BLK;
+                }
+                for (size_t j = 0; j < k && !rc; j++) SETBIT(pv.have, b + j), pv.nhave++;
+                i += k;
+            }
+            uint64_t now = now_ns();
+            if (pv.rate && copied) { /* sleep until the copy is back under the rate */
+                uint64_t due = t0 + (uint64_t)((double)copied * 1e9 / (double)pv.rate);
+                if (due > now) {
+                    struct timespec ts;
+                    clock_gettime(CLOCK_REALTIME, &ts);
+                    uint64_t at = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec + (due - now);
+                    ts.tv_sec = (time_t)(at / 1000000000ull), ts.tv_nsec = (long)(at % 1000000000ull);
+                    while (!pv.stop && pthread_cond_timedwait(&fill_cv, &fmu, &ts) != ETIMEDOUT) {}
+                }
+            }
+            if (now - saved_at >= 1000000000ull) {
+                pthread_mutex_unlock(&fmu);
+                int src = fill_save(snap);
+                if (src) logmsg("fill.map not saved: %s", strerror(-src));
+                saved_at = now_ns();
+                pthread_mutex_lock(&fmu);
+            }
+        }
+        if (pv.nhave < nb && !pv.stop && !rc) { /* blocks busy with a plain write: again soon */
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += 10000000;
+            if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
+            pthread_cond_timedwait(&fill_cv, &fmu, &ts);
+        }
+    }
+    int done = pv.nhave >= nb && !rc;
+    pv.copied = copied;
+    pthread_mutex_unlock(&fmu);
+    if (rc) {
+        pv.failed = 1;
+        logmsg("the fill stopped: %s; reads still come from the parent", strerror(-rc));
+    }
+    if (done) fill_finish();
+    else if ((rc = fill_save(snap))) logmsg("fill.map not saved: %s", strerror(-rc));
+    free(snap);
+    free(buf);
+    return NULL;
+}
+
+static void parent_close(void) {
+    if (pv.bfd >= 0) close(pv.bfd);
+    parent_close_data();
+    if (pv.mfd >= 0) close(pv.mfd);
+    if (pv.wfd >= 0) close(pv.wfd);
+    pv.bfd = pv.mfd = pv.wfd = -1;
+    free(pv.idx), free(pv.have), free(pv.busy), free(pv.saved);
+    pv.idx = NULL, pv.have = pv.busy = pv.saved = NULL;
+}
+
 /* ---- control socket ---------------------------------------------------------------------
  * Abstract unix socket "@yunhan-cdpd:<name>" (no path to clean up, gone with the process),
  * one command line per connection, one JSON line back; peers must be root or our user.
- *   stats       counters, seq, durable seq, the last checkpoint, space of the logs
+ *   stats       counters, seq, durable seq, the last checkpoint, the segment appended to,
+ *               space of the logs (every segment), parent and fill (the parent view)
  *   checkpoint  write a checkpoint now (once everything up to now is durable)
  *   rotate      go on in a new segment: {"segment": <its number>}; the ones before are sealed
  *   remap       switch to the compacted segments described by VOLDIR/remap (see remap())
@@ -772,15 +1394,20 @@ static void ctl_reply_stats(int fd) {
         dbytes += (long long)ds.st_blocks * 512, hbytes += (long long)hs.st_blocks * 512;
     }
     pthread_mutex_unlock(&mu);
+    pthread_mutex_lock(&fmu);
+    int par = atomic_load(&pv_on);
+    double fill = par ? (double)pv.nhave / (double)(cfg.size / BLK) : 1.0;
+    pthread_mutex_unlock(&fmu);
     dprintf(fd,
             "{\"name\": \"%s\", \"mode\": \"%s\", \"durability\": \"%s\", \"size\": %" PRIu64
             ", \"seq\": %" PRIu64 ", \"durable_seq\": %" PRIu64 ", \"last_t_ns\": %" PRIu64
             ", \"checkpoint_seq\": %" PRIu64 ", \"failed\": %s, \"writes\": %lu, \"reads\": %lu"
             ", \"bytes\": %lu, \"flushes\": %lu, \"zero\": %lu, \"syncs\": %lu"
-            ", \"data_bytes\": %lld, \"header_bytes\": %lld, \"segment\": %" PRIu64 "}\n",
+            ", \"data_bytes\": %lld, \"header_bytes\": %lld, \"segment\": %" PRIu64
+            ", \"parent\": %s, \"fill\": %.6f}\n",
             cfg.name, cfg.journal ? "journal" : "plain", cfg.strict ? "strict" : "flush", cfg.size, s, d,
             t, ck, f ? "true" : "false", n_writes, n_reads, n_bytes, n_flushes, n_zero, n_syncs,
-            dbytes, hbytes, sg);
+            dbytes, hbytes, sg, par ? "true" : "false", fill);
 }
 
 static void *control(void *arg) {
@@ -902,12 +1529,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
 
 /* Read [b0, b0+nb) blocks into buf (aligned). */
 static int read_blocks(char *buf, uint64_t b0, size_t nb) {
-    if (!cfg.journal) {
-        ssize_t r = pread(bfd, buf, nb * BLK, (off_t)(b0 * BLK));
-        if (r < 0) return -errno;
-        if ((size_t)r < nb * BLK) memset(buf + r, 0, nb * BLK - (size_t)r); /* short base */
-        return 0;
-    }
+    if (!cfg.journal) return base_read(buf, b0, nb);
     int64_t *pos = malloc(nb * sizeof *pos);
     if (!pos) return -ENOMEM;
     pthread_rwlock_rdlock(&rot_lock); /* positions stay valid until read (remap) */
@@ -925,9 +1547,7 @@ static int read_blocks(char *buf, uint64_t b0, size_t nb) {
         if (pos[i] == IDX_ZERO) {
             memset(dst, 0, k * BLK);
         } else if (pos[i] == IDX_BASE) {
-            ssize_t r = pread(bfd, dst, k * BLK, (off_t)((b0 + i) * BLK));
-            if (r < 0) rc = -errno;
-            else if ((size_t)r < k * BLK) memset(dst + r, 0, k * BLK - (size_t)r);
+            rc = base_read(dst, b0 + i, k);
         } else {
             rc = pread_all(seg_dfd[SEG_NUM(pos[i])], dst, k * BLK, (off_t)SEG_OFF(pos[i]));
         }
@@ -978,7 +1598,9 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
     }
     memcpy(a, buf, size); /* O_DIRECT needs an aligned buffer; FUSE's is not */
     if (!cfg.journal) {
+        plain_write_begin((uint64_t)off, size);
         rc = pwrite_all(bfd, a, size, off);
+        plain_write_end((uint64_t)off, size, !rc);
         free(a);
         if (rc) fuse_reply_err(req, -rc);
         else {
@@ -1020,6 +1642,7 @@ static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_f
     int rc = 0;
     if (!cfg.journal) {
         rc = fdatasync(bfd) ? -errno : 0;
+        if (!rc && atomic_load(&pv_on) && fdatasync(pv.mfd)) rc = -errno; /* plain writes it marks */
         n_syncs++;
     } else {
         struct hdr h = {.lenf = FLAG_FLUSH};
@@ -1052,7 +1675,9 @@ static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, of
     }
     n_zero++;
     if (!cfg.journal) {
+        plain_write_begin((uint64_t)off, (uint64_t)length);
         rc = fallocate(bfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, length) ? -errno : 0;
+        plain_write_end((uint64_t)off, (uint64_t)length, !rc);
         fuse_reply_err(req, -rc);
         return;
     }
@@ -1099,7 +1724,8 @@ static void usage(FILE *f) {
             "usage: yunhan-cdpd --dir VOLDIR --mount MNT --size BYTES [--mode journal|plain]\n"
             "                   [--durability strict|flush] [--name NAME] [--threads N]\n"
             "                   [--checkpoint-every RECORDS (20000; 0: only at a clean stop)]\n"
-            "                   [--segment-bytes BYTES (256 MiB; 0: rotate only when asked)]\n");
+            "                   [--segment-bytes BYTES (256 MiB; 0: rotate only when asked)]\n"
+            "                   [--fill-rate BYTES_PER_S (0: unlimited; with VOLDIR/parent)]\n");
 }
 
 static int parse_args(int argc, char **argv) {
@@ -1110,6 +1736,7 @@ static int parse_args(int argc, char **argv) {
         {"threads", required_argument, 0, 't'}, {"help", no_argument, 0, 'h'},
         {"checkpoint-every", required_argument, 0, 'c'},
         {"segment-bytes", required_argument, 0, 'S'},
+        {"fill-rate", required_argument, 0, 'F'},
         {0, 0, 0, 0},
     };
     int c;
@@ -1160,6 +1787,14 @@ static int parse_args(int argc, char **argv) {
                 return 2;
             }
             break;
+        case 'F':
+            errno = 0;
+            pv.rate = strtoull(optarg, &end, 10);
+            if (errno || *end || !*optarg) {
+                fprintf(stderr, "yunhan-cdpd: --fill-rate %s: bytes per second\n", optarg);
+                return 2;
+            }
+            break;
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); return 2;
         }
@@ -1193,6 +1828,7 @@ static void close_all(void) {
     bfd = dfd = hfd = -1;
     free(idx);
     idx = NULL;
+    parent_close();
 }
 
 int main(int argc, char **argv) {
@@ -1203,7 +1839,8 @@ int main(int argc, char **argv) {
     pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
     pthread_rwlock_init(&rot_lock, &ra);
     crc32c_init();
-    bfd = open_in("base.img", (cfg.journal ? O_RDONLY : O_RDWR) | O_DIRECT);
+    /* the fill writes base.img, also in journal mode, while a parent file is there */
+    bfd = open_in("base.img", (cfg.journal && !parent_present() ? O_RDONLY : O_RDWR) | O_DIRECT);
     if (bfd < 0) goto fail;
     /* One server per volume: a second one (a stale process, a double start) would interleave
      * its records with ours. The lock goes with the process, also on SIGKILL. */
@@ -1226,6 +1863,7 @@ int main(int argc, char **argv) {
             goto fail;
         }
     }
+    if (parent_open()) goto fail;
 
     char fsname[256];
     snprintf(fsname, sizeof fsname, "-ofsname=yunhan-cdpd:%s,subtype=yunhan-cdpd", cfg.name);
@@ -1263,6 +1901,9 @@ int main(int argc, char **argv) {
     int64_t *ctl_copy = cfg.journal ? malloc(cfg.size / BLK * sizeof *ctl_copy) : NULL;
     pthread_t ctl_thread;
     int ctl_running = 0;
+    pthread_t fill_thread;
+    int fill_running = atomic_load(&pv_on) && !pthread_create(&fill_thread, NULL, filler, NULL);
+    if (atomic_load(&pv_on) && !fill_running) logmsg("no fill thread: reads keep coming from the parent");
     rc = control_open();
     if (rc) logmsg("no control socket @yunhan-cdpd:%s: %s", cfg.name, strerror(-rc));
     else if (!pthread_create(&ctl_thread, NULL, control, ctl_copy)) ctl_running = 1;
@@ -1283,6 +1924,13 @@ int main(int argc, char **argv) {
     }
     if (ctl_fd >= 0) close(ctl_fd);
     free(ctl_copy);
+    if (fill_running) { /* it saves fill.map on its way out */
+        pthread_mutex_lock(&fmu);
+        pv.stop = 1;
+        pthread_cond_signal(&fill_cv);
+        pthread_mutex_unlock(&fmu);
+        pthread_join(fill_thread, NULL);
+    }
     if (ck_running) {
         pthread_mutex_lock(&mu);
         ck_stop = 1;

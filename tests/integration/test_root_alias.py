@@ -82,5 +82,5 @@ def test_a_uts_file_bound_to_the_machines_uts_namespace_is_never_entered(
         assert nsutil.get_hostname(path) == "vm-0000a001"
         assert os.uname().nodename == before
     finally:
-        nsutil.remove_ns_file(path)
+        netns_sandbox.remove_uts(name)  # its mount namespace too
     assert os.uname().nodename == before

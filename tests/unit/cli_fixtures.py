@@ -168,9 +168,12 @@ class Region:
 
 def _volume_report(entry: dict[str, Any]) -> dict[str, Any]:
     """What a volume's agent would say once it applied `entry`: attached or available, the
-    last restore done, and (protected) restore points every second of the last hour."""
+    last restore done, and (protected) restore points every second of the last hour; or,
+    deleted, that its data is gone."""
     now = time.time_ns()
     timeline = [{"from_ns": now - 3600 * 10**9, "to_ns": now, "every_s": 1}]
+    if entry.get("delete"):
+        return {"phase": "deleted"}  # its data removed
     return {
         "phase": "attached" if entry["attach"] else "available",
         "mounted": bool(entry["attach"]),

@@ -415,8 +415,17 @@ def test_delete_of_an_attached_volume_is_refused_and_of_a_detached_one_frees_its
     cloud.call("POST", "/v1/volumes/d1/attach", t, json={"instance": "a"})
     cloud.rejected("DELETE", "/v1/volumes/d1", 409, "attached to instance a; detach it first", t)
     cloud.call("POST", "/v1/volumes/d1/detach", t)
-    gone = cloud.call("DELETE", "/v1/volumes/d1", t)
-    assert gone["id"] == v["id"]
+    going = cloud.call("DELETE", "/v1/volumes/d1", t)
+    assert going["id"] == v["id"] and going["status"]["phase"] == "deleting"
+    host = going["status"]["host"]
+    # its host is told to remove the data; until it says so the volume stays, refusing all
+    entry = _entries(cloud, host)[f"volume/{v['id']}"]
+    assert entry["delete"] is True
+    cloud.rejected("POST", "/v1/volumes/d1/attach", 409, "being deleted", t, json={"instance": "a"})
+    assert cloud.call("DELETE", "/v1/volumes/d1", t)["status"]["phase"] == "deleting"
+    _report(cloud, "h3" if host == "h1" else "h1", {v["id"]: _good("deleted")})
+    assert _vol(cloud, t, "d1")["status"]["phase"] == "deleting"  # another host's word: none
+    _report(cloud, host, {v["id"]: _good("deleted")})
     assert cloud.client.get("/v1/volumes/d1", headers=t).status_code == 404
     home = v["status"]["home"]
     assert all(f"volume/{v['id']}" not in _entries(cloud, h) for h in ("h1", "h3"))
@@ -715,13 +724,15 @@ def test_events_tell_the_volume_story(cloud: Cloud, vn: dict[str, Any]) -> None:
     cloud.call("POST", "/v1/volumes/d1/attach", t, json={"instance": "a"})
     cloud.call("POST", "/v1/volumes/d1/detach", t)
     cloud.call("POST", "/v1/volumes/d1/protect", t, json={})
-    cloud.call("DELETE", "/v1/volumes/d1", t)
+    going = cloud.call("DELETE", "/v1/volumes/d1", t)
+    _report(cloud, going["status"]["host"], {going["id"]: _good("deleted")})
     reasons = [e["reason"] for e in cloud.call("GET", "/v1/events", t)["items"]]
     for r in (
         "VolumeCreated",
         "VolumeAttached",
         "VolumeDetached",
         "VolumeProtected",
+        "VolumeDeleting",
         "VolumeDeleted",
     ):
         assert r in reasons

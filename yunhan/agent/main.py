@@ -37,6 +37,7 @@ from yunhan.agent.dataplane import ApplyReport, DataPlane
 from yunhan.agent.flowlogs import FlowLogs
 from yunhan.agent.patches import Patches
 from yunhan.agent.vipclaims import VipClaims
+from yunhan.agent.volumes import VolumeManager
 from yunhan.errors import ValidationError
 from yunhan.model.volumes import DEFAULT_POOL
 from yunhan.net.desired import HostDesired
@@ -206,6 +207,15 @@ class Agent:
                 interval=config.patch_interval,
                 instances=self._instance_ids,
                 on_error=self._failover,
+            )
+        # Volumes: real block devices and storage processes, so likewise linux only.
+        self.volumes: VolumeManager | None = None
+        if dataplane.kind == "linux" and config.volume_dir is not None:
+            self.volumes = VolumeManager(
+                config.volume_dir,
+                config.state_dir,
+                dataplane.naming.prefix,
+                netns_of=dataplane.naming.instance_netns,
             )
         # The function host: started by `run`, reported in every status report once it runs.
         self.functions = functions
@@ -447,6 +457,8 @@ class Agent:
                     }
                     for iid, ir in report.instances.items()
                 }
+        if self.volumes is not None:
+            body["volumes"] = self.volumes.report()
         if self._functions_up and self.functions is not None:
             # Endpoint and key: the control plane keeps them (the admin's only) for the
             # router, which calls this host's functions there.
@@ -480,6 +492,11 @@ class Agent:
             report = self.dataplane.apply(applied, full=full)
             if self.vips is not None:
                 self.vips.update(applied)
+            if self.volumes is not None:
+                # After the data plane: an instance a volume attaches to exists by now. A
+                # volume's trouble is in its own report, not the host's: it is retried by
+                # the volume monitor, and the network is not held up by it.
+                self.volumes.apply(desired.volumes)
             with self._lock:  # still under the apply lock: a re-pointing starts from it
                 saved = self.applied_revision != desired.revision or self.desired != desired
                 self.desired = desired
@@ -603,6 +620,8 @@ class Agent:
             self.vips.start()
         if self.patches is not None:
             self.patches.start()
+        if self.volumes is not None:
+            self.volumes.start()
         try:
             self._stop.wait()
         finally:
@@ -615,6 +634,8 @@ class Agent:
                 self.vips.stop()
             if self.patches is not None:
                 self.patches.stop()  # waits for an engine call in flight
+            if self.volumes is not None:
+                self.volumes.stop()  # the disks keep serving: storage outlives the agent
             self._stop_functions()
             for t in threads:
                 t.join(timeout=2.0)

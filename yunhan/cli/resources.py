@@ -343,7 +343,7 @@ def exec_argv(res: dict[str, Any], command: list[str]) -> list[str]:
     netns = st.get("netns")
     if not netns:
         raise ValidationError(f"instance {name} has no network namespace reported yet")
-    from yunhan.nsexec import netns_path, nsenter_argv
+    from yunhan.nsexec import mnt_path, netns_path, nsenter_argv
 
     path = netns_path(netns)  # agents report a named netns (ip netns) or a path
     if not path.exists():
@@ -352,7 +352,14 @@ def exec_argv(res: dict[str, Any], command: list[str]) -> list[str]:
             f"({path} is missing)"
         )
     uts = st.get("uts")
-    return nsenter_argv(command, net=path, uts=uts if uts and os.path.exists(uts) else None)
+    mnt = mnt_path(netns)  # the instance's own mounts (its volumes), when it has them
+    return nsenter_argv(
+        command,
+        net=path,
+        uts=uts if uts and os.path.exists(uts) else None,
+        mnt=mnt if mnt.exists() else None,
+        wd=os.getcwd(),
+    )
 
 
 def _agent_dirs() -> list[Any]:

@@ -18,7 +18,7 @@ from yunhan.cli import views
 from yunhan.cli.client import Client
 from yunhan.cli.command import Arg, Cmd, Ctx, Group, Opt, echo
 from yunhan.cli.resources import LABEL, LISTED, SHOWN, WRITE, fmt, labels, wait_applied
-from yunhan.errors import TimedOut, YunhanError
+from yunhan.errors import NotFound, TimedOut, YunhanError
 from yunhan.model.volumes import (
     DEFAULT_TIERS,
     format_size,
@@ -124,16 +124,38 @@ def volume_resize(ctx: Ctx) -> None:
     _written(ctx, c, c.request("PATCH", f"{PATH}/{ctx['ref']}", json=body))
 
 
+def wait_gone(c: Client, res: dict[str, Any], timeout: float) -> None:
+    """Until the volume's host has removed its data and the volume is gone."""
+    from yunhan.cli.progress import Progress
+
+    deadline = time.monotonic() + timeout
+    with Progress(f"waiting for volume {res['name']} to be deleted") as p:
+        while True:
+            try:
+                cur = c.get(f"{PATH}/{res['id']}")
+            except NotFound:
+                return
+            st = cur.get("status") or {}
+            if time.monotonic() > deadline:
+                raise TimedOut(
+                    f"volume {res['name']} is still {st.get('phase')} (host {st.get('host')})"
+                )
+            p.say(f"waiting for host {st.get('host')} to remove volume {res['name']}")
+            time.sleep(0.2)
+
+
 def volume_delete(ctx: Ctx) -> None:
     c = ctx.client()
     res = c.delete(f"{PATH}/{ctx['ref']}")
-    if ctx["wait"]:
-        wait_applied(c, (res or {}).get("revision"), ctx["timeout"])
+    if ctx["wait"] and res is not None:
+        wait_gone(c, res, ctx["timeout"])
     if res is not None:
         if fmt(ctx) in ("json", "yaml"):
             views.print_one("volume", res, fmt(ctx))
-        else:
+        elif ctx["wait"]:
             echo(f"deleted volume {res.get('name')}")
+        else:
+            echo(f"deleting volume {res.get('name')}")
 
 
 def volume_attach(ctx: Ctx) -> None:

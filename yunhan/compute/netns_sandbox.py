@@ -24,7 +24,7 @@ from pathlib import Path
 from yunhan import procstat
 from yunhan.errors import DriverError
 from yunhan.net import nsutil
-from yunhan.nsexec import netns_path, nsenter_argv
+from yunhan.nsexec import mnt_path, netns_path, nsenter_argv
 from yunhan.polling import poll_until
 
 
@@ -33,9 +33,13 @@ def uts_path(netns: str) -> Path:
 
 
 def ensure_uts(netns: str, hostname: str) -> None:
-    """The UTS namespace of `netns` exists and carries `hostname`."""
+    """The UTS namespace of `netns` exists and carries `hostname`, and so does the
+    instance's private mount namespace (where its volumes are mounted)."""
     path = uts_path(netns)
     try:
+        mnt = mnt_path(netns)
+        if not nsutil.is_mountpoint(mnt):
+            nsutil.create_mnt(mnt)
         if nsutil.is_mountpoint(path):
             try:
                 current: str | None = nsutil.get_hostname(path)
@@ -56,6 +60,9 @@ def ensure_uts(netns: str, hostname: str) -> None:
 
 def remove_uts(netns: str) -> None:
     try:
+        # Its volumes' mounts go with the namespace once nothing runs in it (the agent's
+        # volume manager unmounts them first, so their loop devices are released at once).
+        nsutil.remove_ns_file(mnt_path(netns))
         nsutil.remove_ns_file(uts_path(netns))
     except OSError as exc:
         raise DriverError(f"uts {netns}: {exc}", errno=exc.errno, netns=netns) from exc
@@ -70,8 +77,10 @@ def list_uts(prefix: str) -> dict[str, str]:
     for p in nsutil.UTS_DIR.iterdir():
         if not p.name.startswith(prefix):
             continue
-        if str(p) not in mounted:
-            out[p.name] = ""  # a stale file: reported so that it gets removed
+        if str(p) not in mounted or str(mnt_path(p.name)) not in mounted:
+            # A stale file, or an instance made before instances had a mount namespace:
+            # reported so that it gets made again.
+            out[p.name] = ""
             continue
         try:
             out[p.name] = nsutil.get_hostname(p)
@@ -81,8 +90,10 @@ def list_uts(prefix: str) -> dict[str, str]:
 
 
 def exec_argv(netns: str, uts: str | Path, argv: Sequence[str]) -> list[str]:
-    """The command line that runs `argv` inside the instance's network and UTS namespaces."""
-    return nsenter_argv(argv, net=netns, uts=uts)
+    """The command line that runs `argv` inside the instance's network, UTS and (when it has
+    one) mount namespaces."""
+    mnt = mnt_path(netns)
+    return nsenter_argv(argv, net=netns, uts=uts, mnt=mnt if mnt.exists() else None)
 
 
 def exec(

@@ -189,6 +189,7 @@ class _Volume:
     path: str
     restore: tuple[int, int] | None
     source: tuple[str, int] | None
+    delete: bool = False  # deleted: kept until its host reports its data gone
 
 
 @dataclass(frozen=True, slots=True)
@@ -403,6 +404,7 @@ def _volume(r: Resource) -> _Volume:
         str(att.get("path") or ""),
         None if not rest else (int(rest["to_ns"]), int(rest["serial"])),
         None if not src else (str(src["volume"]), int(src["at_ns"])),
+        bool(r.spec.get("deleting")),
     )
 
 
@@ -1015,7 +1017,7 @@ class Engine:
             inst = self._instances.get(v.instance)
             attach = (v.instance, None if inst is None else inst.netns, v.path)
         return v.host, volume_entry(
-            v.id, v.name, v.size, v.zone, v.tiers, attach, v.restore, v.source
+            v.id, v.name, v.size, v.zone, v.tiers, attach, v.restore, v.source, v.delete
         )
 
     def _settle_volumes(self, rev: int, dirty: _Dirty, record: bool) -> set[str]:

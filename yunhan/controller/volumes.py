@@ -20,6 +20,7 @@ from yunhan.store import Reader, Resource, Tx
 VOLUME_CREATED = "VolumeCreated"
 VOLUME_RESIZED = "VolumeResized"
 VOLUME_DELETED = "VolumeDeleted"
+VOLUME_DELETING = "VolumeDeleting"
 VOLUME_ATTACHED = "VolumeAttached"
 VOLUME_DETACHED = "VolumeDetached"
 VOLUME_PROTECTED = "VolumeProtected"
@@ -109,6 +110,8 @@ def settle(
     restore = spec.get("restore")
     pending = restore is not None and int(report.get("restored_serial", 0)) < restore["serial"]
     phase = report.get("phase")
+    if phase == "deleted":
+        return {**status, "phase": "deleted"}  # the route ends a deleting volume on this
     if phase == "error":
         new["phase"] = "error"
         new["error"] = report.get("message") or "the agent reported an error"

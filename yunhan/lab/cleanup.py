@@ -33,6 +33,7 @@ from yunhan.polling import poll_until
 REGION_ENV = "YUNHAN_REGION"
 RUN_DIR = Path("/run/yunhan")
 _MNT_DETACH = 2
+CDPD_FSNAME = "yunhan-cdpd:"  # yunhan.volume.cdpd.FSNAME_PREFIX (kept light: no import)
 
 
 @dataclass
@@ -282,6 +283,29 @@ def unmount_run_dir(prefix: str, spare: Iterable[str] = ()) -> list[str]:
     return done
 
 
+def unmount_storage(prefix: str, spare: Iterable[str] = ()) -> list[str]:
+    """Detach the FUSE mounts of the region's volume storage processes (source
+    "yunhan-cdpd:<agent prefix><volume id>"), also those a killed cdpd left dead."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    done = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        left, _, right = line.partition(" - ")
+        fields, tail = left.split(" "), right.split(" ")
+        source = tail[1] if len(tail) > 1 else ""
+        if len(fields) < 5 or not source.startswith(CDPD_FSNAME):
+            continue
+        name = source[len(CDPD_FSNAME) :]
+        if not owned_by(name, prefix, spare):
+            continue
+        point = _unescape(fields[4])
+        if libc.umount2(point.encode(), _MNT_DETACH) != 0:
+            err = ctypes.get_errno()
+            if err not in (errno.EINVAL, errno.ENOENT):
+                raise DriverError(f"umount {point}: {os.strerror(err)}", errno=err)
+        done.append(point)
+    return done
+
+
 def delete_netns(names: list[str]) -> None:
     """Delete named namespaces; already gone is fine."""
     if not names:
@@ -312,7 +336,11 @@ def remove_prefix(prefix: str, spare: Iterable[str] = ()) -> Removed:
     removed.processes += kill([*marked_pids(lambda r: r == prefix), *agent_pids(prefix, spare)])
     namespaces = [n for n in list_netns() if owned_by(n, prefix, spare)]
     removed.processes += kill(pids_in_netns(namespaces))
+    # Instances' mount namespaces go with the run dir (their volumes' mounts and loop
+    # devices with them), then the storage processes' own mounts (cdpd were killed above:
+    # they carry the region's mark).
     removed.mounts = unmount_run_dir(prefix, spare)
+    removed.mounts += unmount_storage(prefix, spare)
     delete_netns(namespaces)
     removed.namespaces = namespaces
     links = [link for link in root_links() if owned_by(link, prefix, spare)]

@@ -183,7 +183,7 @@ class TimelineRange(_Body):
 class VolumeReport(_Body):
     """What a volume's agent says of it (docs/volumes.md, the agent contract)."""
 
-    phase: Literal["available", "attached", "error", "restoring"]
+    phase: Literal["available", "attached", "error", "restoring", "deleted"]
     message: str | None = Field(None, max_length=2000)
     device: str | None = Field(None, max_length=200)
     mounted: bool = False

@@ -335,6 +335,7 @@ class VolumeDesired(_Frozen):
     restore_serial: int = 0
     source_volume: str | None = None  # a clone's source (its journal is read until copied)
     source_at_ns: int | None = None
+    delete: bool = False  # deleted: the agent removes its data and reports "deleted"
 
 
 class HostDesired(_Frozen):

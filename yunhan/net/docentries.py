@@ -132,10 +132,11 @@ def volume_entry(
     attach: tuple[str, str | None, str] | None,
     restore: tuple[int, int] | None,
     source: tuple[str, int] | None,
+    delete: bool = False,
 ) -> JsonObj:
     """A volume's entry; attach is (instance, netns, path), restore (to_ns, serial),
-    source (volume, at_ns)."""
-    return {
+    source (volume, at_ns); `delete`: its data is to go (the key is present only then)."""
+    out: JsonObj = {
         "id": id,
         "name": name,
         "size": size,
@@ -147,6 +148,9 @@ def volume_entry(
         "restore": None if restore is None else {"to_ns": restore[0], "serial": restore[1]},
         "source": None if source is None else {"volume": source[0], "at_ns": source[1]},
     }
+    if delete:
+        out["delete"] = True
+    return out
 
 
 def _volume_desired(v: JsonObj) -> VolumeDesired:
@@ -162,6 +166,7 @@ def _volume_desired(v: JsonObj) -> VolumeDesired:
         restore_serial=0 if rest is None else rest["serial"],
         source_volume=None if src is None else src["volume"],
         source_at_ns=None if src is None else src["at_ns"],
+        delete=bool(v.get("delete")),
     )
 
 
@@ -178,6 +183,7 @@ def _volume_json(v: VolumeDesired) -> JsonObj:
         None
         if v.source_volume is None or v.source_at_ns is None
         else (v.source_volume, v.source_at_ns),
+        v.delete,
     )
 
 

@@ -20,6 +20,7 @@ import errno as _errno
 import os
 import queue
 import signal
+import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -259,6 +260,31 @@ def create_uts(path: Path, hostname: str) -> None:
         mount("/proc/thread-self/ns/uts", str(path), MS_BIND)
 
     run_in(body)
+
+
+def create_mnt(path: Path) -> None:
+    """Create a persistent mount namespace at `path`: a copy of this one whose mounts from
+    now on stay inside it (propagation slave: the host's later mounts still show there).
+
+    unshare(CLONE_NEWNS) is refused to a thread of a threaded process (it would split the
+    filesystem context the threads share), so unshare(1) does it in a child of its own and
+    bind-mounts the namespace at `path` itself; `path`'s directory is a private mount so the
+    pin does not propagate into the namespace it pins.
+    """
+    ensure_private_dir(path.parent)
+    if not path.exists():
+        path.touch()
+    p = subprocess.run(
+        ["unshare", f"--mount={path}", "--propagation", "slave", "true"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+    if p.returncode != 0:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise OSError(_errno.EIO, f"unshare --mount={path}: {p.stderr.strip()}")
 
 
 def _set_hostname(name: str) -> None:

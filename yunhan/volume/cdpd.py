@@ -145,8 +145,10 @@ class Stats:
     """What cdpd's control socket answers to `stats`: its counters since start, the journal
     position (`seq` appended, `durable_seq` fdatasynced, `checkpoint_seq` the newest
     checkpoint, `segment` the one appended to), whether the volume failed (an I/O error on
-    the journal: every write is refused), and the space its logs take on disk (every
-    segment)."""
+    the journal: every write is refused), the space its logs take on disk (every segment),
+    and, for a clone or a restored generation, whether it still reads from its parent
+    (`parent`) and the fraction of its blocks that its own base image holds (`fill`, 1.0
+    once the background copy is done)."""
 
     name: str
     mode: str
@@ -166,6 +168,8 @@ class Stats:
     data_bytes: int
     header_bytes: int
     segment: int
+    parent: bool
+    fill: float
 
 
 def control(name: str, command: str, timeout: float = 10.0) -> dict[str, object]:
@@ -209,6 +213,7 @@ class Cdpd:
         log: str | os.PathLike[str] | None = None,
         checkpoint_every: int | None = None,
         segment_bytes: int | None = None,
+        fill_rate: int | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.mount = Path(mount)
@@ -220,6 +225,7 @@ class Cdpd:
         self.log = Path(log) if log is not None else self.directory / LOG_FILE
         self.checkpoint_every = checkpoint_every  # records between checkpoints; None: cdpd's
         self.segment_bytes = segment_bytes  # data log size that starts a segment; None: cdpd's
+        self.fill_rate = fill_rate  # bytes/s of the copy from a parent; None: unlimited
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -266,13 +272,18 @@ class Cdpd:
             argv += ["--checkpoint-every", str(self.checkpoint_every)]
         if self.segment_bytes is not None:
             argv += ["--segment-bytes", str(self.segment_bytes)]
+        if self.fill_rate is not None:
+            argv += ["--fill-rate", str(self.fill_rate)]
         with open(self.log, "ab") as log:
             # A session of its own: a ^C or a signal to the caller's group does not reach it.
             self._proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
             )
         try:
-            ready = poll_until(lambda: not self.alive() or self.mount_ok(), timeout)
+            # polled every 20 ms at most: a clone's time to readable is counted in ms
+            ready = poll_until(
+                lambda: not self.alive() or self.mount_ok(), timeout, max_interval=0.02
+            )
             if not self.alive():
                 raise VolumeError(
                     f"cdpd of {self.name} exited with {self._returncode()} before serving:\n"

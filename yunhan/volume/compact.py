@@ -7,8 +7,9 @@ the state at the end of the sealed range. `plan` (pure) picks, for each block, t
 write before each kept point and before the end; `compact` writes those records, with
 their original seq, time and range, into one new compacted segment, so that index_at(P)
 for every promised P reads exactly what it read before. Records older than every kept
-point are folded into base.img (not while a child holds this generation: holds/), so the
-journal's start (`segments`' base_seq/base_t_ns) moves up to the oldest promised point.
+point are folded into base.img (not while a child holds this generation: holds/, nor
+while this generation still fills from its parent: `parent`), so the journal's start
+(`segments`' base_seq/base_t_ns) moves up to the oldest promised point.
 
 The switch, and why no read sees wrong data:
 1. the compacted segment is written and synced (new files, not yet listed);
@@ -53,6 +54,7 @@ from yunhan.volume import journal as j
 from yunhan.volume import tiers as tr
 
 HOLDS_DIR = "holds"
+PARENT_FILE = "parent"  # cdpd's parent view: the generation still fills from its parent
 REMAP_FILE = "remap"
 _REMAP_HEAD = struct.Struct("<4sIIIQQQQQ")  # magic, nremoved, new seg, pad, base seq/t, pairs,
 # hlast old, hlast new
@@ -150,7 +152,8 @@ def rotation_due(directory: str | os.PathLike[str], tiers: tr.Tiers, now_ns: int
 
 
 def holds(directory: str | os.PathLike[str]) -> list[str]:
-    """The children holding this generation (the contract's holds/<child>)."""
+    """The children holding this generation (the contract's holds/<child>; yunhan.volume.
+    volumedir names them <child volume>.g<K>): every entry counts, also one being written."""
     try:
         return sorted(p.name for p in (Path(directory) / HOLDS_DIR).iterdir())
     except FileNotFoundError:
@@ -319,6 +322,11 @@ def compact(
     d = Path(directory)
     if held := holds(d):
         return Result(skipped=f"held by {', '.join(held)}")
+    if (d / PARENT_FILE).exists():
+        # Folded records would go into a base.img that the fill is still writing, and a
+        # block moved to base would read the parent view until copied (cdpd refuses the
+        # remap too). A fill takes seconds: the next pass compacts.
+        return Result(skipped="still filling from its parent")
     if live is not None:
         return _compact(d, volume_size, tiers, now_ns, live)
     fd = os.open(d / j.BASE_FILE, os.O_RDONLY)

@@ -375,11 +375,18 @@ class Index:
 
 
 def _data_size(directory: Path) -> Callable[[int], int]:
+    # Each segment's size is taken once, at its first use: callers read the headers first,
+    # and a writer writes a record's data before its header, so a size taken after the
+    # headers covers every record among them (a stat per record was most of index_at's time).
+    sizes: dict[int, int] = {}
+
     def size(segment: int) -> int:
-        try:
-            return os.stat(directory / data_file(segment)).st_size
-        except FileNotFoundError:
-            return 0
+        if segment not in sizes:
+            try:
+                sizes[segment] = os.stat(directory / data_file(segment)).st_size
+            except FileNotFoundError:
+                sizes[segment] = 0
+        return sizes[segment]
 
     return size
 

@@ -18,10 +18,11 @@ from yunhan.api.models import Host, VipClaimResults
 from yunhan.api.views import host_view, resolve
 from yunhan.controller.status import reflect
 from yunhan.controller.vips import CLAIM_REFUSED, FLAPPING, ClaimResult, apply_claim
-from yunhan.controller.volumes import settle
+from yunhan.controller.volumes import VOLUME_DELETED, settle
 from yunhan.errors import Conflict, NotFound
 from yunhan.model import new_id, parse_ip, validate_mtu, validate_name
 from yunhan.model.schemas import FunctionsReport, HostRegister, HostStatusReport, VipClaims
+from yunhan.store import Resource
 
 router = APIRouter(prefix="/v1/agent", tags=["agent"])
 
@@ -228,16 +229,24 @@ async def _write_phases(st: AppState, host: str, changes: list[tuple[str, Any]])
 
 
 async def _write_volumes(st: AppState, host: str, changes: list[tuple[str, Any]]) -> None:
-    def write() -> None:
+    def write() -> list[Resource]:
+        deleted = []
         with st.store.transaction() as tx:
             for vid, status in changes:
                 vol = tx.get("volume", vid)
                 # The API may have moved it meanwhile (attach, detach): then this report
                 # spoke of a state that is gone, and the next one says what is true.
-                if vol is not None and vol.status.get("host") == host:
+                if vol is None or vol.status.get("host") != host:
+                    continue
+                if vol.spec.get("deleting") and status.get("phase") == "deleted":
+                    tx.delete(vol)  # its host removed its data: now the resource goes
+                    deleted.append(vol)
+                else:
                     tx.update(vol, status=status)
+        return deleted
 
-    await asyncio.to_thread(write)
+    for vol in await asyncio.to_thread(write):
+        st.journal.notice(vol.project, vol.id, VOLUME_DELETED, f"volume {vol.name} deleted")
 
 
 def _agent_fields(status: dict[str, Any]) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from yunhan.controller.volumes import (
     VOLUME_ATTACHED,
     VOLUME_CLONED,
     VOLUME_CREATED,
-    VOLUME_DELETED,
+    VOLUME_DELETING,
     VOLUME_DETACHED,
     VOLUME_PROTECTED,
     VOLUME_RESIZED,
@@ -62,7 +62,7 @@ from yunhan.model.volumes import (
     restorable,
     tiers_json,
 )
-from yunhan.store import Resource
+from yunhan.store import Resource, Tx
 
 router = APIRouter(prefix="/v1", tags=["volumes"])
 
@@ -77,6 +77,14 @@ def _tiers(value: Tiers | None) -> list[dict[str, int]] | None:
 
 def _initial_status(host: str) -> dict[str, Any]:
     return {"phase": "creating", "home": host, "host": host, "restored_serial": 0}
+
+
+def _volume(tx: Tx, project: str, ref: str) -> Resource:
+    """The volume `ref`, refused while it is being deleted (its data is going)."""
+    vol = resolve(tx, "volume", project, ref)
+    if vol.spec.get("deleting"):
+        raise Conflict(f"volume {vol.name} is being deleted", volume=vol.name)
+    return vol
 
 
 def _notice(st: AppState, vol: Resource, reason: str, message: str) -> None:
@@ -166,7 +174,7 @@ def patch_volume(
     host's free volume space)."""
     st = state_of(request)
     with st.store.transaction() as tx:
-        vol = resolve(tx, "volume", c.project.id, ref)
+        vol = _volume(tx, c.project.id, ref)
         check_if_match(vol, if_match)
         spec = vol.spec
         old = int(vol.spec["size"])
@@ -208,7 +216,8 @@ def patch_volume(
 
 @router.delete("/volumes/{ref}", response_model=Volume, responses=errors(404, 409, 412))
 def delete_volume(ref: str, request: Request, c: CallerDep, if_match: IfMatch = None) -> Any:
-    """Delete a detached volume and its data (its journal, its restore points)."""
+    """Delete a detached volume and its data (its journal, its restore points): phase
+    `deleting` until its host has removed the data, then gone."""
     st = state_of(request)
     with st.store.transaction() as tx:
         vol = resolve(tx, "volume", c.project.id, ref)
@@ -221,9 +230,17 @@ def delete_volume(ref: str, request: Request, c: CallerDep, if_match: IfMatch = 
                 f"{inst.name if inst else att['instance']}; detach it first",
                 volume=vol.name,
             )
-        gone = tx.delete(vol)
-    _notice(st, vol, VOLUME_DELETED, f"volume {vol.name} deleted")
-    return gone.envelope()
+        if vol.spec.get("deleting"):
+            return vol.envelope()  # asked again: it is on its way
+        # Its host removes its data first (the document says `delete`), then its report
+        # ends the resource (routes/agent.py): a volume never vanishes with its data left.
+        vol = tx.update(
+            vol,
+            spec={**vol.spec, "deleting": True},
+            status={**vol.status, "phase": "deleting"},
+        )
+    _notice(st, vol, VOLUME_DELETING, f"volume {vol.name} is being deleted")
+    return vol.envelope()
 
 
 def _check_path(path: str) -> str:
@@ -245,7 +262,7 @@ def attach_volume(ref: str, body: VolumeAttachIn, request: Request, c: CallerDep
     st = state_of(request)
     path = _check_path(body.path)
     with st.store.transaction() as tx:
-        vol = resolve(tx, "volume", c.project.id, ref)
+        vol = _volume(tx, c.project.id, ref)
         inst = resolve(tx, "instance", c.project.id, body.instance)
         att = vol.spec.get("attachment")
         if att:
@@ -299,7 +316,7 @@ def detach_volume(ref: str, request: Request, c: CallerDep) -> Any:
     """Flush, unmount and detach: the volume goes back to its home host."""
     st = state_of(request)
     with st.store.transaction() as tx:
-        vol = resolve(tx, "volume", c.project.id, ref)
+        vol = _volume(tx, c.project.id, ref)
         att = vol.spec.get("attachment")
         if not att:
             raise Conflict(f"volume {vol.name} is not attached", volume=vol.name)
@@ -323,7 +340,7 @@ def protect_volume(ref: str, body: VolumeProtect, request: Request, c: CallerDep
     st = state_of(request)
     tiers = _tiers(body.tiers)
     with st.store.transaction() as tx:
-        vol = resolve(tx, "volume", c.project.id, ref)
+        vol = _volume(tx, c.project.id, ref)
         if vol.spec.get("tiers") == tiers:
             return vol.envelope()
         new = tx.update(vol, spec={**vol.spec, "tiers": tiers})
@@ -336,7 +353,7 @@ def unprotect_volume(ref: str, request: Request, c: CallerDep) -> Any:
     """Stop journaling; the restore points kept so far are dropped."""
     st = state_of(request)
     with st.store.transaction() as tx:
-        vol = resolve(tx, "volume", c.project.id, ref)
+        vol = _volume(tx, c.project.id, ref)
         if vol.spec.get("tiers") is None:
             return vol.envelope()
         new = tx.update(vol, spec={**vol.spec, "tiers": None})
@@ -346,10 +363,12 @@ def unprotect_volume(ref: str, request: Request, c: CallerDep) -> Any:
 
 @router.get("/volumes/{ref}/timeline", response_model=VolumeTimeline, responses=errors(404))
 def volume_timeline(ref: str, request: Request, c: CallerDep) -> Any:
-    """What the volume can be restored to, as its agent last reported it."""
-    with state_of(request).store.read() as r:
+    """What the volume can be restored to: as its agent last reported it, up to now while
+    its host is live (`live_timeline`)."""
+    st = state_of(request)
+    with st.store.read() as r:
         vol = resolve(r, "volume", c.project.id, ref)
-    ranges = sorted(vol.status.get("timeline") or (), key=lambda x: x["from_ns"])
+    ranges = sorted(live_timeline(st, vol, st.clock()), key=lambda x: x["from_ns"])
     return {
         "tiers": vol.spec.get("tiers"),
         "points": [
@@ -363,8 +382,24 @@ def volume_timeline(ref: str, request: Request, c: CallerDep) -> Any:
     }
 
 
-def _restore_point(vol: Resource, value: TimeIn, now: float) -> int:
-    """The time asked for, in ns, checked against the volume's reported timeline."""
+def live_timeline(st: AppState, vol: Resource, now: float) -> list[dict[str, int]]:
+    """The reported timeline, its finest range reaching up to now while the volume's host
+    is heartbeating and the volume is sound: its journal then holds every write
+    acknowledged up to now (a write is journaled before it is acknowledged), so any instant
+    since its last report is a restore point too; reports are refreshed only every few
+    seconds."""
+    ranges = sorted(vol.status.get("timeline") or (), key=lambda x: x["to_ns"])
+    if not ranges or vol.spec.get("tiers") is None or vol.status.get("phase") == "error":
+        return ranges
+    host = vol.status.get("host")
+    if host is None or not host_healthy(st.fleet.leases.get(host), now):
+        return ranges
+    last = ranges[-1]
+    return [*ranges[:-1], {**last, "to_ns": max(int(last["to_ns"]), round(now * NS))}]
+
+
+def _restore_point(st: AppState, vol: Resource, value: TimeIn, now: float) -> int:
+    """The time asked for, in ns, checked against the volume's timeline."""
     t = parse_time_ns(value)
     if t > round(now * NS):
         raise ValidationError(
@@ -377,7 +412,7 @@ def _restore_point(vol: Resource, value: TimeIn, now: float) -> int:
             f"(yunhan volume protect {vol.name})",
             volume=vol.name,
         )
-    timeline = vol.status.get("timeline") or []
+    timeline = live_timeline(st, vol, now)
     if not timeline:
         raise ValidationError(
             f"volume {vol.name} has no restore points reported yet; try again shortly",
@@ -412,13 +447,13 @@ def restore_volume(ref: str, body: VolumeRestore, request: Request, c: CallerDep
     before it. Readable at once; the old data is copied in the background."""
     st = state_of(request)
     with st.store.transaction() as tx:
-        vol = resolve(tx, "volume", c.project.id, ref)
+        vol = _volume(tx, c.project.id, ref)
         if vol.spec.get("attachment"):
             raise Conflict(
                 f"volume {vol.name} is attached; detach it first, then restore it",
                 volume=vol.name,
             )
-        t = _restore_point(vol, body.to, st.clock())
+        t = _restore_point(st, vol, body.to, st.clock())
         serial = int((vol.spec.get("restore") or {}).get("serial", 0)) + 1
         new = tx.update(
             vol,
@@ -442,10 +477,10 @@ def clone_volume(
     with st.store.transaction() as tx:
         if (replay := idem.replay(tx, c)) is not None:
             return replay
-        src = resolve(tx, "volume", c.project.id, ref)
+        src = _volume(tx, c.project.id, ref)
         if tx.by_name("volume", c.project.id, name) is not None:
             raise Conflict(f"a volume named {name} already exists", name=name)
-        t = _restore_point(src, body.at, st.clock())
+        t = _restore_point(st, src, body.at, st.clock())
         host_name = src.status.get("host") or src.status["home"]
         host = tx.by_name("host", st.admin_project_id, host_name)
         if host is None or not host_healthy(st.fleet.leases.get(host_name), st.clock()):

@@ -1584,6 +1584,29 @@ static int check_range(uint64_t off, uint64_t size) {
     return 0;
 }
 
+/* The data log is allocated ahead of its writes, PREALLOC at a time (fallocate: unwritten
+ * extents inside the file's size). An O_DIRECT write that extends a file takes the inode's
+ * lock exclusively, so writes appended one after another would run one at a time; inside the
+ * size they run side by side. Unwritten blocks read as zeros, so recovery, which checks each
+ * record's data crc, is unchanged; a restart appends after the allocated tail. */
+#define PREALLOC (64ull << 20)
+static pthread_mutex_t pa_mu = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t pa_seg = UINT64_MAX, pa_end; /* under pa_mu: the segment, its allocated end */
+
+static void prealloc_data(uint64_t seg, int fd, uint64_t need) {
+    pthread_mutex_lock(&pa_mu);
+    if (pa_seg != seg) {
+        struct stat st;
+        pa_seg = seg, pa_end = fstat(fd, &st) ? 0 : (uint64_t)st.st_size;
+    }
+    if (need + PREALLOC / 2 > pa_end) {
+        uint64_t to = (need + PREALLOC + PREALLOC - 1) / PREALLOC * PREALLOC;
+        if (!fallocate(fd, 0, (off_t)pa_end, (off_t)(to - pa_end))) pa_end = to;
+        else pa_end = need; /* no room, or no fallocate: writes extend the file themselves */
+    }
+    pthread_mutex_unlock(&pa_mu);
+}
+
 static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
                      struct fuse_file_info *fi) {
     (void)ino, (void)fi;
@@ -1614,7 +1637,10 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
     uint64_t dp = atomic_fetch_add(&dend, size);
     h.dpos = cur << SEG_SHIFT | dp;
     if (SEG_NUM(dp)) rc = -ENOSPC;
-    else rc = pwrite_all(dfd, a, size, (off_t)dp); /* O_DIRECT: in the device when it returns */
+    else {
+        prealloc_data(cur, dfd, dp + size);
+        rc = pwrite_all(dfd, a, size, (off_t)dp); /* O_DIRECT: in the device when it returns */
+    }
     free(a);
     if (rc) {
         pthread_rwlock_unlock(&rot_lock);

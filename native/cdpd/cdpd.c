@@ -1584,12 +1584,13 @@ static int check_range(uint64_t off, uint64_t size) {
     return 0;
 }
 
-/* The data log is allocated ahead of its writes, PREALLOC at a time (fallocate: unwritten
+/* The data log is allocated ahead of its writes, up to PREALLOC at a time (fallocate: unwritten
  * extents inside the file's size). An O_DIRECT write that extends a file takes the inode's
  * lock exclusively, so writes appended one after another would run one at a time; inside the
  * size they run side by side. Unwritten blocks read as zeros, so recovery, which checks each
  * record's data crc, is unchanged; a restart appends after the allocated tail. */
 #define PREALLOC (64ull << 20)
+#define PREALLOC_MIN (4ull << 20)
 static pthread_mutex_t pa_mu = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t pa_seg = UINT64_MAX, pa_end; /* under pa_mu: the segment, its allocated end */
 
@@ -1599,8 +1600,11 @@ static void prealloc_data(uint64_t seg, int fd, uint64_t need) {
         struct stat st;
         pa_seg = seg, pa_end = fstat(fd, &st) ? 0 : (uint64_t)st.st_size;
     }
-    if (need + PREALLOC / 2 > pa_end) {
-        uint64_t to = (need + PREALLOC + PREALLOC - 1) / PREALLOC * PREALLOC;
+    /* Ahead by as much as the log holds already, from 4 MiB up to PREALLOC: a quiet volume
+     * does not hold 64 MiB it may never use, a busy one soon gets the full step. */
+    uint64_t step = pa_end < PREALLOC_MIN ? PREALLOC_MIN : pa_end > PREALLOC ? PREALLOC : pa_end;
+    if (need + step / 2 > pa_end) {
+        uint64_t to = (need + step + step - 1) / step * step;
         if (!fallocate(fd, 0, (off_t)pa_end, (off_t)(to - pa_end))) pa_end = to;
         else pa_end = need; /* no room, or no fallocate: writes extend the file themselves */
     }

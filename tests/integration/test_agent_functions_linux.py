@@ -5,6 +5,7 @@ is left, even when its test failed."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import shutil
@@ -55,9 +56,14 @@ HANDLERS = {
 
 
 def _tar_gz(body: str) -> bytes:
+    """The same bytes for the same body: no time in the gzip header (mode "w:gz" writes the
+    current second there, and two puts of one version that straddled a second differed)."""
     data = textwrap.dedent(body).encode()
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+    with (
+        gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz,
+        tarfile.open(fileobj=gz, mode="w") as tar,
+    ):
         info = tarfile.TarInfo("main.py")
         info.size = len(data)
         tar.addfile(info, io.BytesIO(data))

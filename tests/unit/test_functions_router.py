@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -99,8 +100,22 @@ class Rig:
             **kw,
         )
 
-    def settle(self) -> None:
-        self.router._jobs.submit(lambda: None).result()
+    def settle(self, timeout: float = 10.0) -> None:
+        """Until every spawn and stop submitted so far is done. (A no-op job run to its end
+        is not enough: the router's pool runs jobs side by side, so a spawn submitted
+        before it may still be under way, which made the scaling test flaky in CI.)"""
+        jobs = self.router._jobs
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            jobs.submit(lambda: None).result()
+            with jobs._shutdown_lock:  # the executor's own count of idle threads
+                idle = jobs._work_queue.empty() and jobs._idle_semaphore._value >= len(
+                    jobs._threads
+                )
+            if idle:
+                return
+            time.sleep(0.01)
+        raise AssertionError("the router's jobs did not settle")
 
 
 @pytest.fixture

@@ -29,10 +29,14 @@ def test_an_unrecorded_process_is_adopted(uniq: Callable[[str], str], tmp_path: 
         # What a killed agent left: the process runs in the sandbox, no record names it.
         orphan = subprocess.Popen(["nsenter", f"--net={nsutil.netns_path(name)}", "--", *argv],
                                   start_new_session=True)  # fmt: skip
+        # In its namespace and exec'd: nsenter enters the namespace before it execs the
+        # command, and until then its command line is nsenter's own (a flake seen in CI).
         wait_for(
             lambda: (
                 os.stat(f"/proc/{orphan.pid}/ns/net").st_ino
                 == os.stat(nsutil.netns_path(name)).st_ino
+                and Path(f"/proc/{orphan.pid}/cmdline").read_bytes().split(b"\0")[:-1]
+                == [a.encode() for a in argv]
             ),
             5,
             "the process in its namespace",

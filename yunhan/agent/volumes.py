@@ -368,7 +368,9 @@ class VolumeManager:
         return f"{self.prefix}{vid}"
 
     def _mount_dir(self, vid: str) -> Path:
-        return self._run_dir(vid) / "mnt"
+        # No mkdir: `_served` asks about any volume, and a directory here means "served
+        # here" (`_served_ids`); Cdpd.start makes it when a cdpd is started.
+        return self.run_dir / vid / "mnt"
 
     def _served(self, vid: str) -> dict[str, Any] | None:
         """The record of this volume's running cdpd (None: none runs, or it died)."""
@@ -438,8 +440,7 @@ class VolumeManager:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(rec["pid"], signal.SIGKILL)
                 poll_until(lambda: not _alive(rec["pid"], rec["start"]), 5.0, interval=0.05)
-        mount = self.run_dir / vid / "mnt"
-        cdpd_mod.unmount(mount, cdpd_mod.FSNAME_PREFIX + self._name(vid))
+        cdpd_mod.unmount(self._mount_dir(vid), cdpd_mod.FSNAME_PREFIX + self._name(vid))
         path.unlink(missing_ok=True)
 
     # -- the block device inside the instance ----------------------------------------------

@@ -33,6 +33,7 @@ from yunhan.api.routes import (
     events,
     flowlogs,
     functions,
+    hybrid,
     infra,
     instances,
     invoke,
@@ -242,7 +243,7 @@ def create_app(
     store.subscribe(loads.apply, load=loads.load)
     _install_error_handlers(app)
     app.add_middleware(AuditMiddleware)
-    modules = (projects, tokens, audit, events, infra, network, routing, natgw, secgroups,
+    modules = (projects, tokens, audit, events, infra, network, routing, natgw, hybrid, secgroups,
                acls, flowlogs, instances, vips, volumes, patches, functions, invoke, ai,
                agent, watch)  # fmt: skip
     for module in modules:

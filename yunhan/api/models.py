@@ -110,6 +110,10 @@ class SubnetSpec(_Out):
     cidr: str
     route_table: str | None = Field(None, description="its route table (absent: the default)")
     acl: str | None = Field(None, description="its network ACL (absent: none, all passes)")
+    location: str | None = Field(None, description="absent: the cloud; `idc:SITE`: an IDC's")
+    serve: str | None = Field(
+        None, description="an IDC subnet: where it is served now, `idc` or `cloud`"
+    )
 
 
 class SubnetStatus(_Out):

@@ -59,6 +59,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from yunhan.model.hybrid import announced, served_in_idc
 from yunhan.net.desired import NATGW_INNER_IP
 from yunhan.net.docentries import (
     ACL,
@@ -66,6 +67,7 @@ from yunhan.net.docentries import (
     GATEWAY,
     GROUP,
     HOST_KEY,
+    HYBRID,
     POLICY,
     ROUTE,
     SUBNET,
@@ -81,6 +83,8 @@ from yunhan.net.docentries import (
     gateway_entry,
     group_entry,
     host_entry,
+    hybrid_entry,
+    hybrid_replica,
     member_entry,
     member_key,
     nexthop_entry,
@@ -111,6 +115,7 @@ _KINDS = frozenset(
         "route",
         "policy_route",
         "natgw",
+        "hybrid_gw",
         "eip",
         "security_group",
         "network_acl",
@@ -146,6 +151,8 @@ class _Subnet:
     index: int | None = None  # its selector; None: not given one yet (main table only)
     table: str | None = None  # its route table (None: the VPC's default)
     acl: str | None = None  # its network ACL
+    serve: str | None = None  # located in an IDC: where it is served ("idc" or "cloud")
+    site: str | None = None  # located in an IDC: the site's name
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +265,24 @@ class _Gateway:
 
 
 @dataclass(frozen=True, slots=True)
+class _Hybrid:
+    """A hybrid gateway: session parameters and replicas (index, host, line ip, established)."""
+
+    id: str
+    vpc: str
+    index: int | None
+    site: str
+    asn: int
+    peer_ip: str
+    peer_asn: int
+    md5_secret: str | None
+    bfd: bool
+    line_vni: int
+    line_vtep: str
+    replicas: tuple[tuple[int, str, str, bool], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class _Eip:
     id: str
     address: str
@@ -274,6 +299,7 @@ _Obj = (
     | _Route
     | _Policy
     | _Gateway
+    | _Hybrid
     | _Eip
     | _Group
     | _Acl
@@ -303,8 +329,38 @@ def _vpc(r: Resource) -> _Vpc:
 def _subnet(r: Resource) -> _Subnet:
     index = r.status.get("index")
     table = r.spec.get("route_table")
+    location = r.spec.get("location")
     return _Subnet(
-        r.id, r.spec["vpc"], r.spec["cidr"], int(index) if index else None, table, r.spec.get("acl")
+        r.id,
+        r.spec["vpc"],
+        r.spec["cidr"],
+        int(index) if index else None,
+        table,
+        r.spec.get("acl"),
+        str(r.spec.get("serve", "idc")) if location else None,
+        str(location).split(":", 1)[1] if location else None,
+    )
+
+
+def _hybrid(r: Resource) -> _Hybrid:
+    line = r.status.get("line") or {}
+    return _Hybrid(
+        r.id,
+        r.spec["vpc"],
+        _index(r),
+        str(r.status.get("site_name") or ""),
+        int(r.spec["asn"]),
+        str(r.spec["peer_ip"]),
+        int(r.spec["peer_asn"]),
+        r.spec.get("md5_secret") or None,
+        bool(r.spec.get("bfd", True)),
+        int(line.get("vni") or 0),
+        str(line.get("vtep") or ""),
+        tuple(
+            (int(x["index"]), str(x["host"]), str(x["line_ip"]), x.get("state") == "Established")
+            for x in r.status.get("replicas") or ()
+            if x.get("host") and x.get("state") != "unplaced"
+        ),
     )
 
 
@@ -421,6 +477,7 @@ _PARSERS: dict[str, Callable[[Resource], _Obj]] = {
     "route": _route,
     "policy_route": _policy,
     "natgw": _gateway,
+    "hybrid_gw": _hybrid,
     "eip": _eip,
     "security_group": _group,
     "network_acl": lambda r: _Acl(r.id, r.spec["vpc"], tuple(r.spec.get("rules", ()))),
@@ -501,6 +558,7 @@ class Engine:
         self._routes: dict[str, _Route] = {}
         self._policies: dict[str, _Policy] = {}
         self._gateways: dict[str, _Gateway] = {}
+        self._hybrids: dict[str, _Hybrid] = {}
         self._eips: dict[str, _Eip] = {}
         self._groups: dict[str, _Group] = {}
         self._groups_of_vpc: dict[str, set[str]] = {}  # even of VPCs not (yet) known
@@ -617,8 +675,8 @@ class Engine:
         elif kind == "volume":
             assert new is None or isinstance(new, _Volume)
             self._absorb_volume(rid, new, dirty)
-        elif kind in ("route_table", "route", "policy_route", "natgw"):
-            assert new is None or isinstance(new, _Table | _Route | _Policy | _Gateway)
+        elif kind in ("route_table", "route", "policy_route", "natgw", "hybrid_gw"):
+            assert new is None or isinstance(new, _Table | _Route | _Policy | _Gateway | _Hybrid)
             self._absorb_routing(kind, rid, new, dirty)
         elif kind == "host":
             assert new is None or isinstance(new, _Host)
@@ -657,6 +715,11 @@ class Engine:
                 dirty.routing |= self._vpcs_of_host.get(name, set())
                 # a gateway there may not carry its VPC yet (the host had no document)
                 dirty.routing |= {g.vpc for g in self._gateways.values() if g.host == name}
+                dirty.routing |= {
+                    g.vpc
+                    for g in self._hybrids.values()
+                    if any(rep[1] == name for rep in g.replicas)
+                }
 
     def _absorb_vpc(self, vid: str, new: _Vpc | None, dirty: _Dirty) -> None:
         old = self._vpcs.pop(vid, None)
@@ -714,13 +777,18 @@ class Engine:
         dirty.volumes.add(vid)
 
     def _absorb_routing(
-        self, kind: str, rid: str, new: _Table | _Route | _Policy | _Gateway | None, dirty: _Dirty
+        self,
+        kind: str,
+        rid: str,
+        new: _Table | _Route | _Policy | _Gateway | _Hybrid | None,
+        dirty: _Dirty,
     ) -> None:
         stores: dict[str, dict[str, Any]] = {
             "route_table": self._tables,
             "route": self._routes,
             "policy_route": self._policies,
             "natgw": self._gateways,
+            "hybrid_gw": self._hybrids,
         }
         store = stores[kind]
         old = store.pop(rid, None)
@@ -1171,6 +1239,43 @@ class Engine:
             forwards=forwards,
         )
 
+    def _hybrid_value(self, vid: str, g: _Hybrid) -> JsonObj | None:
+        v = self._vpcs.get(vid)
+        if g.index is None or v is None:
+            return None
+        pairs = [
+            (s.cidr, s.serve)
+            for sid in self._subnets_of_vpc.get(vid, ())
+            if (s := self._subnets[sid]).serve is not None
+        ]
+        mine = [(c, serve) for sid in self._subnets_of_vpc.get(vid, ())
+                if (s := self._subnets[sid]).site == g.site and s.serve is not None
+                for c, serve in [(s.cidr, s.serve)]]  # fmt: skip
+        replicas = []
+        for index, host, line_ip, established in g.replicas:
+            h = self._host_by_name.get(host)
+            if h is None or not h.vtep_index:
+                continue
+            replicas.append(
+                hybrid_replica(
+                    index, h.name, h.vtep_index, h.underlay_ip, line_ip, established and h.up
+                )
+            )
+        return hybrid_entry(
+            id=g.id,
+            index=g.index,
+            asn=g.asn,
+            peer_ip=g.peer_ip,
+            peer_asn=g.peer_asn,
+            md5_secret=g.md5_secret,
+            bfd=g.bfd,
+            line_vni=g.line_vni,
+            line_vtep=g.line_vtep,
+            replicas=replicas,
+            routes=served_in_idc(mine),
+            announce=announced(v.cidrs, pairs),
+        )
+
     def _routing_entries(self, vid: str) -> dict[str, JsonObj]:
         """Every routing entry of a VPC, from the model (the VPC has its entry)."""
         out: dict[str, JsonObj] = {}
@@ -1189,8 +1294,13 @@ class Engine:
             table = sub.table if sub.table in tables else (defaults[0] if defaults else None)
             if sub.index and table is not None:
                 out[sub_key(vid, SUBNET, sid)] = subnet_entry(
-                    sid, sub.cidr, sub.index, table, served.get(sid)
+                    sid, sub.cidr, sub.index, table, served.get(sid), sub.serve
                 )
+        for kind, oid in self._routing_of_vpc.get(vid, ()):
+            if kind == "hybrid_gw":
+                value = self._hybrid_value(vid, self._hybrids[oid])
+                if value is not None:
+                    out[sub_key(vid, HYBRID, oid)] = value
         for kind, oid in self._routing_of_vpc.get(vid, ()):
             if kind == "route":
                 value = self._route_value(vid, oid, tables)
@@ -1244,6 +1354,10 @@ class Engine:
                 for g, step in ((old, -1), (val, +1)):
                     if g is not None and g["host"] is not None:
                         count(vid, g["host"], step)
+            elif kind == HYBRID:
+                for g, step in ((old, -1), (val, +1)):
+                    for rep in g["replicas"] if g is not None else ():
+                        count(vid, rep["host"], step)
             if val is None:
                 del mine[key]
                 entries.pop(key, None)

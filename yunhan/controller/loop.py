@@ -22,12 +22,12 @@ from collections.abc import Callable, Mapping
 from contextlib import suppress
 from typing import Any
 
-from yunhan.controller import natgw, rollout, vips
+from yunhan.controller import hybrid, natgw, rollout, vips
 from yunhan.controller.loads import HostLoads
 from yunhan.controller.placement import place_pending
 from yunhan.controller.repair import needs_repair, repair
 from yunhan.controller.scheduler import Heartbeat
-from yunhan.store import Store
+from yunhan.store import Notice, Reader, Store
 
 log = logging.getLogger("yunhan.controller")
 
@@ -71,7 +71,17 @@ class Controller:
                 return False
             if rollout.due(r, now):
                 return False
-            return not natgw.decide(r, self.leases(), now, self._judge_lost(now))[0]
+            leases = self.leases()
+            judge = self._judge_lost(now)
+            if natgw.decide(r, leases, now, judge)[0]:
+                return False
+            return not self._replicas(r, leases, now, judge)[0]
+
+    def _replicas(
+        self, r: Reader, leases: Mapping[str, Heartbeat], now: float, judge: bool
+    ) -> tuple[dict[str, dict[str, Any]], list[Notice]]:
+        verdict = natgw.verdicts(r.list("host"), leases, now, judge)
+        return hybrid.decide(r, verdict, now)
 
     def reconcile_once(self) -> int:
         """One pass; returns the revision it saw."""
@@ -82,14 +92,16 @@ class Controller:
             unplaced = r.count_of("instance", "unplaced", "yes")
             broken = not self.repaired and needs_repair(r)
             gateways = natgw.decide(r, leases, now, judge)[0]
+            replicas = self._replicas(r, leases, now, judge)[0]
             settling = vips.damped_due(r, now, self.vip_damping)
             rolling = rollout.due(r, now)
             seen = r.revision
-        if unplaced or broken or gateways or settling or rolling:
+        if unplaced or broken or gateways or replicas or settling or rolling:
             with self.store.transaction(fence=self.epoch) as tx:
                 placed = place_pending(tx, leases, now, self.loads) if unplaced else 0
                 fixed = repair(tx) if broken else 0
                 moved = natgw.apply(tx, natgw.decide(tx, leases, now, judge)[0])
+                moved += hybrid.apply(tx, self._replicas(tx, leases, now, judge))
                 settled = vips.settle_damped(tx, now, self.vip_damping)
                 tx.add_notices(settled)
                 stepped = rollout.advance(tx, now)

@@ -37,14 +37,19 @@ from __future__ import annotations
 import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from yunhan.model.hybrid import announced
 from yunhan.net.desired import (
+    HYBRID_INNER_IP,
     NATGW_INNER_IP,
     AclDesired,
     AclRuleDesired,
     FlowLogDesired,
     HostDesired,
+    HybridGwDesired,
+    HybridReplicaDesired,
+    HybridRouteDesired,
     InstanceDesired,
     NatGwDesired,
     NextHop,
@@ -63,7 +68,7 @@ from yunhan.net.desired import (
     vtep_nexthop,
 )
 from yunhan.net.docentries import acl_entry, flowlog_entry, group_entry, vip_entry
-from yunhan.net.naming import gateway_ifname, port_ifname
+from yunhan.net.naming import gateway_ifname, hybrid_ifname, port_ifname
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,8 @@ class SubnetIn:
     index: int | None = None
     table: str | None = None  # route table id (None: the VPC's default)
     acl: str | None = None  # network ACL id
+    serve: str | None = None  # located in an IDC: served in "idc" or "cloud" now
+    site: str | None = None  # located in an IDC: the site's name
 
 
 @dataclass(frozen=True)
@@ -150,6 +157,25 @@ class GatewayIn:
     public_ip: str
     subnets: tuple[str, ...] = ()
     forwards: tuple[tuple[str, int, str, int], ...] = ()  # (proto, port, instance id, port)
+
+
+@dataclass(frozen=True)
+class HybridIn:
+    """A hybrid gateway: its session and its placed replicas (index, host, line address,
+    whether its agent reported the BGP session Established)."""
+
+    id: str
+    vpc: str
+    index: int | None
+    site: str
+    asn: int
+    peer_ip: str
+    peer_asn: int
+    md5_secret: str | None
+    bfd: bool
+    line_vni: int
+    line_vtep: str
+    replicas: tuple[tuple[int, str, str, bool], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -217,6 +243,7 @@ class RoutingIn:
     acls: tuple[AclIn, ...] = ()
     flowlogs: tuple[FlowLogIn, ...] = ()
     vips: tuple[VipIn, ...] = ()
+    hybrids: tuple[HybridIn, ...] = ()
 
 
 def _net_key(cidr: str) -> tuple[int, int]:
@@ -252,6 +279,7 @@ def _plan_vpc(
         (_net_key(c), "", Route(dst=c, kind="unreachable")) for c in vpc.cidrs
     ]
     ports: dict[str, Port] = {}
+    in_idc = {s.id for s in subnets if s.serve == "idc"}
     for host_name, placed in hosts.items():
         for inst, sub in placed:
             assert inst.ip is not None and inst.mac is not None
@@ -268,6 +296,8 @@ def _plan_vpc(
                 forwarder=inst.id in forwarders,
                 sgs=tuple(sorted(set(inst.sgs))),
             )
+            if sub.id in in_idc:
+                continue  # stands by: the addresses are the IDC's until a route switch
             for a in (inst.ip, *(a for a in inst.allowed_ips if a != inst.ip)):
                 local = Route(dst=f"{a}/32", kind="local", port=ifname)
                 remote = Route(dst=f"{a}/32", kind="remote", peer=host_name)
@@ -296,6 +326,8 @@ class _Routing:
     policies: list[PolicyIn]
     gateways: list[GatewayIn]  # by id
     eips: list[EipIn]
+    hybrids: list[HybridIn] = field(default_factory=list)  # by index
+    blocks: tuple[str, ...] = ()
 
     def target(self, nh: NhIn) -> tuple[str | None, str | None, str | None, bool]:
         """(host, ip, port, up) of a next hop; host None when it has no place."""
@@ -432,7 +464,50 @@ class _Routing:
             "tables": tables,
             "policies": policies,
             "natgws": tuple(natgws),
+            "hybrids": tuple(self._hybrid(g, here) for g in self.hybrids),
         }
+
+    def _hybrid(self, g: HybridIn, here: str) -> HybridGwDesired:
+        """The rules of docs/hybrid.md, written out again (the engine has its own)."""
+        ifname = hybrid_ifname(g.id)
+        target = f"hybrid_gw:{g.id}"
+        placed = [r for r in sorted(g.replicas) if r[1] in self.hosts]
+        up = [r for r in placed if r[3] and self.hosts[r[1]].up]
+        mine = [r for r in placed if r[1] == here]
+        nhs: tuple[NextHop, ...]
+        if any(r[1] == here for r in up):
+            nhs = (NextHop(kind="local", ip=HYBRID_INNER_IP, port=ifname, target=target),)
+        else:
+            nhs = tuple(
+                NextHop(kind="remote", ip=HYBRID_INNER_IP, peer=r[1], target=target) for r in up
+            )
+        located = [(s.cidr, s.serve) for s in self.subnets if s.serve is not None]
+        carried = sorted(
+            (s.cidr for s in self.subnets if s.site == g.site and s.serve == "idc"),
+            key=_net_key,
+        )
+        replica = None
+        if mine:
+            index, _h, line_ip, _up = mine[0]
+            replica = HybridReplicaDesired(
+                index=index,
+                line_vni=g.line_vni,
+                line_vtep=g.line_vtep,
+                line_ip=line_ip,
+                peer_ip=g.peer_ip,
+                peer_asn=g.peer_asn,
+                asn=g.asn,
+                md5_secret=g.md5_secret,
+                bfd=g.bfd,
+                announce=tuple(announced(self.blocks, located)),
+            )
+        return HybridGwDesired(
+            id=g.id,
+            index=g.index or 0,
+            ifname=ifname,
+            routes=tuple(HybridRouteDesired(dst=d, nexthops=nhs) for d in carried),
+            replica=replica,
+        )
 
 
 def _groups(
@@ -507,6 +582,13 @@ def compile_hosts(
     for g in gateways:
         if g.host in host_by_name:
             carried[g.vpc].setdefault(g.host, [])  # it carries the VPC, maybe without members
+    hybrids = sorted(
+        (g for g in routing.hybrids if g.index and g.vpc in vpc_by_id), key=lambda g: g.index or 0
+    )
+    for hg in hybrids:
+        for _i, rep_host, _ip, _up in hg.replicas:
+            if rep_host in host_by_name:
+                carried[hg.vpc].setdefault(rep_host, [])
     nhs: list[NhIn | None] = [*(r.nh for r in routing.routes), *(p.nh for p in routing.policies)]
     forwarders = {nh[1] for nh in nhs if nh is not None and nh[0] == "instance" and nh[1]}
 
@@ -525,6 +607,8 @@ def compile_hosts(
             policies=[p for p in routing.policies if p.vpc == vpc_id],
             gateways=[g for g in gateways if g.vpc == vpc_id],
             eips=list(routing.eips),
+            hybrids=[g for g in hybrids if g.vpc == vpc_id],
+            blocks=vpc_by_id[vpc_id].cidrs,
         )
         for vpc_id in plans
     }

@@ -31,6 +31,8 @@ KIND_PREFIX: dict[str, str] = {
     "patch": "hp",
     "function": "fn",
     "volume": "vol",
+    "idc_site": "idc",
+    "hybrid_gw": "hgw",
 }
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _ID_RE = re.compile(r"^([a-z]+)-([0-9a-f]{8})$")

@@ -117,6 +117,9 @@ class SubnetCreate(_Create):
     name: Name
     vpc: str
     cidr: str
+    location: str | None = Field(
+        None, description="`cloud` (default) or `idc:SITE`: its addresses are that IDC's"
+    )
 
 
 class InstanceCreate(_Create):

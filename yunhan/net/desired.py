@@ -185,6 +185,58 @@ class NatGwDesired(_Frozen):
     forwards: tuple[tuple[str, int, str, int], ...] = ()
 
 
+# -- hybrid cloud (issue 15; docs/hybrid.md) ---------------------------------------------
+#
+# A hybrid gateway joins a VPC to an IDC site over its dedicated line. It runs as replicas,
+# one per host. Each is a namespace between the VPC namespace of its host (a port
+# "h-<id>", like a NAT gateway's) and the line, an L2 segment carried to the site router by
+# VXLAN on its own UDP port. Every replica speaks BGP (FRR) with the site router: it
+# announces the VPC's cloud prefixes and learns the IDC's. Every host carrying the VPC
+# routes the IDC subnets served in the IDC to the replicas whose session is up, ECMP.
+
+HYBRID_INNER_IP = "100.64.1.1"  # a replica's address on its VPC side (never in a VPC)
+HYBRID_LINE_PORT = 8472  # UDP port of line VXLANs (not 4789: those devices are not GBP)
+HYBRID_LINE_IFNAME = "line0"  # a replica's (and the site router's) end of the line
+
+
+class HybridRouteDesired(_Frozen):
+    """A prefix this host sends to a hybrid gateway: an IDC subnet served in the IDC.
+    `nexthops`: one per replica whose BGP session is up, local (`via HYBRID_INNER_IP dev
+    h-<id> onlink`, only ever the one of this host: a host that runs a replica sends to it
+    alone) or remote (`via <peer nexthop> dev vxlan0 onlink`, delivered by the far host's
+    main table to its replica); several: ECMP. None up: the prefix is unreachable."""
+
+    dst: str
+    nexthops: tuple[NextHop, ...] = ()
+
+
+class HybridReplicaDesired(_Frozen):
+    """The replica of a hybrid gateway that runs on this host."""
+
+    index: int  # 1.., unique in its gateway
+    line_vni: int  # the line's VNI (HYBRID_LINE_PORT)
+    line_vtep: str  # underlay address of the line's far end (the site router)
+    line_ip: str  # this replica's address on the line, "198.19.33.11/24"
+    peer_ip: str  # the site router's address on the line
+    peer_asn: int
+    asn: int  # ours (the gateway's)
+    md5_secret: str | None = None  # TCP MD5 of the session
+    bfd: bool = True
+    # Prefixes announced to the IDC, sorted by (address, prefixlen); each is also routed
+    # from the replica into the VPC namespace (via vpc0).
+    announce: tuple[str, ...] = ()
+
+
+class HybridGwDesired(_Frozen):
+    """A hybrid gateway of the VPC as this host sees it."""
+
+    id: str
+    index: int  # 1..65535, unique in the VPC
+    ifname: str  # its port in the VPC namespace ("h-<short id>"), where a replica runs
+    routes: tuple[HybridRouteDesired, ...] = ()  # by (address, prefixlen)
+    replica: HybridReplicaDesired | None = None  # set on a host that runs one
+
+
 # -- security groups (issue 10; docs/secgroups.md) ----------------------------------------
 
 
@@ -276,6 +328,7 @@ class VpcDesired(_Frozen):
     acls: tuple[AclDesired, ...] = ()  # by id
     flowlogs: tuple[FlowLogDesired, ...] = ()  # by id
     vips: tuple[VipDesired, ...] = ()  # by id
+    hybrids: tuple[HybridGwDesired, ...] = ()  # by index
 
 
 def port_flowlog(vpc: VpcDesired, port: Port) -> FlowFilter | None:

@@ -74,11 +74,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from yunhan.net.desired import (
+    HYBRID_INNER_IP,
     NATGW_INNER_IP,
     AclDesired,
     AclRuleDesired,
     FlowLogDesired,
     HostDesired,
+    HybridGwDesired,
+    HybridReplicaDesired,
+    HybridRouteDesired,
     InstanceDesired,
     NatGwDesired,
     NextHop,
@@ -98,7 +102,7 @@ from yunhan.net.desired import (
     vtep_mac,
     vtep_nexthop,
 )
-from yunhan.net.naming import gateway_ifname, port_ifname
+from yunhan.net.naming import gateway_ifname, hybrid_ifname, port_ifname
 
 # Entry values are JSON objects whose shape the builders below fix; they travel as JSON and
 # the agent reads them as JSON, so a typed wrapper would only be converted back and forth.
@@ -113,7 +117,10 @@ MEMBER, SUBNET, TABLE, ROUTE, POLICY, GATEWAY = "m", "s", "t", "r", "p", "g"
 GROUP, ACL = "sg", "acl"  # security groups, network ACLs
 FLOWLOG = "fl"
 VIP = "vip"
-SUB_KINDS = frozenset({MEMBER, SUBNET, TABLE, ROUTE, POLICY, GATEWAY, GROUP, ACL, FLOWLOG, VIP})
+HYBRID = "h"  # hybrid gateways (issue 15)
+SUB_KINDS = frozenset(
+    {MEMBER, SUBNET, TABLE, ROUTE, POLICY, GATEWAY, GROUP, ACL, FLOWLOG, VIP, HYBRID}
+)
 
 
 VOLUME = "volume/"
@@ -357,8 +364,15 @@ def groups_of_vpc(
     )
 
 
-def subnet_entry(id: str, cidr: str, index: int, table: str, natgw: str | None) -> JsonObj:
-    return {"id": id, "cidr": cidr, "index": index, "table": table, "natgw": natgw}
+def subnet_entry(
+    id: str, cidr: str, index: int, table: str, natgw: str | None, serve: str | None = None
+) -> JsonObj:
+    """`serve`: for a subnet located in an IDC, where it is served now ("idc": its members
+    get no routes anywhere, the gateway's replicas carry the prefix; "cloud": as any)."""
+    out: JsonObj = {"id": id, "cidr": cidr, "index": index, "table": table, "natgw": natgw}
+    if serve is not None:
+        out["serve"] = serve
+    return out
 
 
 def table_entry(id: str, index: int, default: bool) -> JsonObj:
@@ -447,6 +461,94 @@ def gateway_entry(
         "eips": sorted([list(e) for e in eips]),
         "forwards": sorted([list(f) for f in forwards]),
     }
+
+
+def hybrid_entry(
+    *,
+    id: str,
+    index: int,
+    asn: int,
+    peer_ip: str,
+    peer_asn: int,
+    md5_secret: str | None,
+    bfd: bool,
+    line_vni: int,
+    line_vtep: str,
+    replicas: Iterable[JsonObj],
+    routes: Iterable[str],
+    announce: Iterable[str],
+) -> JsonObj:
+    """A hybrid gateway (docs/hybrid.md): its session parameters, its placed replicas
+    (`hybrid_replica`, by index), the IDC prefixes it carries and what it announces."""
+    return {
+        "id": id,
+        "index": index,
+        "asn": asn,
+        "peer_ip": peer_ip,
+        "peer_asn": peer_asn,
+        "md5_secret": md5_secret,
+        "bfd": bfd,
+        "line_vni": line_vni,
+        "line_vtep": line_vtep,
+        "replicas": sorted(replicas, key=lambda r: int(r["index"])),
+        "routes": sorted(routes, key=net_key),
+        "announce": sorted(announce, key=net_key),
+    }
+
+
+def hybrid_replica(
+    index: int, host: str, vtep_index: int, underlay_ip: str, line_ip: str, up: bool
+) -> JsonObj:
+    """`up`: its host is not lost and its agent reported the BGP session Established."""
+    return {
+        "index": index,
+        "host": host,
+        "vtep_index": vtep_index,
+        "underlay_ip": underlay_ip,
+        "line_ip": line_ip,
+        "up": up,
+    }
+
+
+def hybrid_desired(g: JsonObj, host: str, peers: Mapping[str, Peer]) -> HybridGwDesired:
+    """A hybrid gateway as `host` sees it: it sends the IDC prefixes to its own replica
+    when that one is up, to every up replica elsewhere (ECMP) otherwise."""
+    ifname = hybrid_ifname(g["id"])
+    target = f"hybrid_gw:{g['id']}"
+    reps = g["replicas"]
+    here = [r for r in reps if r["host"] == host]
+    if any(r["up"] for r in here):
+        nexthops: tuple[NextHop, ...] = (
+            NextHop(kind="local", ip=HYBRID_INNER_IP, port=ifname, target=target),
+        )
+    else:
+        nexthops = tuple(
+            NextHop(kind="remote", ip=HYBRID_INNER_IP, peer=r["host"], target=target)
+            for r in reps
+            if r["up"] and r["host"] in peers
+        )
+    replica = None
+    if here:
+        r = here[0]
+        replica = HybridReplicaDesired(
+            index=r["index"],
+            line_vni=g["line_vni"],
+            line_vtep=g["line_vtep"],
+            line_ip=r["line_ip"],
+            peer_ip=g["peer_ip"],
+            peer_asn=g["peer_asn"],
+            asn=g["asn"],
+            md5_secret=g["md5_secret"],
+            bfd=g["bfd"],
+            announce=tuple(g["announce"]),
+        )
+    return HybridGwDesired(
+        id=g["id"],
+        index=g["index"],
+        ifname=ifname,
+        routes=tuple(HybridRouteDesired(dst=d, nexthops=nexthops) for d in g["routes"]),
+        replica=replica,
+    )
 
 
 def entry_hash(key: str, value: JsonObj) -> int:
@@ -720,10 +822,18 @@ def assemble(entries: Mapping[str, JsonObj], host: str) -> HostDesired:
         ]
         ports: list[Port] = []
         peers: dict[str, Peer] = {}
+        standby = [
+            ipaddress.IPv4Network(sub["cidr"])
+            for sub in kinds.get(SUBNET, ())
+            if sub.get("serve") == "idc"
+        ]
 
         for m in ms:
             ip, mid = m["ip"], m["id"]
             addr = (int(ipaddress.IPv4Address(ip)), 32)
+            # A member of a subnet served in the IDC stands by: its addresses are the IDC's
+            # until a route switch, so no host routes them to it (its own neither).
+            routed = not any(ipaddress.IPv4Address(ip) in n for n in standby)
             if m["host"] == host:
                 ifname = port_ifname(mid)
                 ports.append(
@@ -739,12 +849,13 @@ def assemble(entries: Mapping[str, JsonObj], host: str) -> HostDesired:
                         sgs=tuple(m.get("sgs", ())),
                     )
                 )
-                keyed.append((addr, mid, Route(dst=f"{ip}/32", kind="local", port=ifname)))
-                keyed.extend(
-                    (net_key(f"{a}/32"), mid, Route(dst=f"{a}/32", kind="local", port=ifname))
-                    for a in m["allowed_ips"]
-                    if a != ip
-                )
+                if routed:
+                    keyed.append((addr, mid, Route(dst=f"{ip}/32", kind="local", port=ifname)))
+                    keyed.extend(
+                        (net_key(f"{a}/32"), mid, Route(dst=f"{a}/32", kind="local", port=ifname))
+                        for a in m["allowed_ips"]
+                        if a != ip
+                    )
                 cmd = m["command"]
                 inst_docs.append(
                     InstanceDesired(
@@ -757,16 +868,25 @@ def assemble(entries: Mapping[str, JsonObj], host: str) -> HostDesired:
                     )
                 )
             else:
-                keyed.append((addr, mid, Route(dst=f"{ip}/32", kind="remote", peer=m["host"])))
-                keyed.extend(
-                    (net_key(f"{a}/32"), mid, Route(dst=f"{a}/32", kind="remote", peer=m["host"]))
-                    for a in m["allowed_ips"]
-                    if a != ip
-                )
+                if routed:
+                    keyed.append((addr, mid, Route(dst=f"{ip}/32", kind="remote", peer=m["host"])))
+                    keyed.extend(
+                        (
+                            net_key(f"{a}/32"),
+                            mid,
+                            Route(dst=f"{a}/32", kind="remote", peer=m["host"]),
+                        )
+                        for a in m["allowed_ips"]
+                        if a != ip
+                    )
                 _add_peer(peers, host, m["host"], m["vtep_index"], m["underlay_ip"])
         for g in kinds.get(GATEWAY, ()):
             if g["host"] is not None and g["vtep_index"]:
                 _add_peer(peers, host, g["host"], g["vtep_index"], g["underlay_ip"])
+        hybrid_entries = sorted(kinds.get(HYBRID, ()), key=lambda g: int(g["index"]))
+        for g in hybrid_entries:
+            for r in g["replicas"]:
+                _add_peer(peers, host, r["host"], r["vtep_index"], r["underlay_ip"])
         keyed.sort(key=lambda e: (e[0], e[1]))
         vpc_docs.append(
             VpcDesired(
@@ -778,6 +898,7 @@ def assemble(entries: Mapping[str, JsonObj], host: str) -> HostDesired:
                 peers=tuple(peers[n] for n in sorted(peers)),
                 routes=tuple(r for _k, _i, r in keyed),
                 **_routing(vpc_id, host, kinds, peers),
+                hybrids=tuple(hybrid_desired(g, host, peers) for g in hybrid_entries),
                 groups=groups_of_vpc(kinds.get(GROUP, ()), ms),
                 acls=tuple(
                     AclDesired(

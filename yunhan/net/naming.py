@@ -24,6 +24,10 @@ class Naming:
         """The namespace of a NAT gateway running on this host."""
         return f"{self.prefix}g-{short_id(natgw_id)}"
 
+    def hybrid_netns(self, hybrid_gw_id: str) -> str:
+        """The namespace of a hybrid gateway's replica running on this host."""
+        return f"{self.prefix}h-{short_id(hybrid_gw_id)}"
+
     def owns(self, netns: str) -> bool:
         return netns.startswith(self.prefix)
 
@@ -49,3 +53,8 @@ def gateway_ifname(natgw_id: str) -> str:
 def natgw_host_ifname(natgw_id: str) -> str:
     """A NAT gateway's link in the host namespace (the public side)."""
     return f"n-{short_id(natgw_id)}"
+
+
+def hybrid_ifname(hybrid_gw_id: str) -> str:
+    """A hybrid gateway's port in the VPC namespace (where a replica of it runs)."""
+    return f"h-{short_id(hybrid_gw_id)}"

@@ -91,6 +91,7 @@ INDEXES: dict[tuple[str, str], IndexFn] = {
     ("policy_route", "target"): lambda r: (r.spec.get("next_hop") or {}).get("id"),
     ("natgw", "vpc"): lambda r: r.spec.get("vpc"),
     ("natgw", "host"): lambda r: r.status.get("host"),
+    ("hybrid_gw", "vpc"): lambda r: r.spec.get("vpc"),
     ("eip", "instance"): lambda r: r.status.get("instance"),
     ("eip", "natgw"): lambda r: r.status.get("natgw"),
     ("eip", "address"): lambda r: r.status.get("address"),

@@ -19,11 +19,12 @@ from yunhan.api.conventions import (
 )
 from yunhan.api.deps import CallerDep, state_of
 from yunhan.api.models import Subnet, SubnetList, Vpc, VpcList
+from yunhan.api.routes.hybrid import site_of_location
 from yunhan.api.views import resolve
 from yunhan.controller.ipam import available
 from yunhan.controller.secgroups import ensure_default_group
 from yunhan.controller.tables import default_table, ensure_default_table, take_index
-from yunhan.errors import Conflict
+from yunhan.errors import Conflict, ValidationError
 from yunhan.model import (
     capacity,
     check_block_removal,
@@ -34,6 +35,7 @@ from yunhan.model import (
     validate_vpc_block,
     validate_vpc_blocks,
 )
+from yunhan.model.hybrid import in_any, parse_location
 from yunhan.model.schemas import LabelsPatch, SubnetCreate, VpcCidrAdd, VpcCreate, VpcPatch
 from yunhan.store import Reader, Resource, Tx
 
@@ -219,6 +221,19 @@ def create_subnet(body: SubnetCreate, request: Request, c: CallerDep, idem: Idem
         others = {s.name: s.spec["cidr"] for s in _subnets_of(tx, vpc)}
         net = validate_subnet(vpc.name, vpc.spec["cidrs"], body.cidr, others)
         cidr = str(net)
+        spec: dict[str, Any] = {"vpc": vpc.id, "cidr": cidr}
+        site_name = parse_location(body.location)
+        if site_name is not None:
+            st = state_of(request)
+            site = site_of_location(tx, st.admin_project_id, site_name)
+            if not in_any(cidr, site.spec["cidrs"]):
+                raise ValidationError(
+                    f"{cidr} is not inside the ranges of IDC site {site.name} "
+                    f"({', '.join(site.spec['cidrs'])})",
+                    field="cidr",
+                    value=cidr,
+                )
+            spec.update(location=f"idc:{site.name}", serve="idc")
         table, vpc = ensure_default_table(tx, vpc)
         index, vpc = take_index(tx, vpc)
         sub = tx.create(
@@ -226,7 +241,7 @@ def create_subnet(body: SubnetCreate, request: Request, c: CallerDep, idem: Idem
             new_id("subnet"),
             c.project.id,
             name,
-            {"vpc": vpc.id, "cidr": cidr, "route_table": table.id},
+            {**spec, "route_table": table.id},
             {"gateway": gateway(cidr), "available": capacity(cidr), "index": index},
             labels=body.labels,
         )

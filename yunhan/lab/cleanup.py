@@ -5,7 +5,8 @@ namespaces, and the agents' VPC and instance namespaces below "<host netns>-"); 
 process running in one of those namespaces (instance commands); every process started for
 the region (server, agents), which carry YUNHAN_REGION=<prefix> in their environment, and
 any `yunhan agent --host-netns <prefix>-…` however it was started; the bind mounts under
-/run/yunhan whose path names the prefix (instances' UTS namespaces); and any root-namespace
+/run/yunhan whose path names the prefix (instances' UTS namespaces); FRR's directories
+/run/frr/<prefix>-… (an FRR instance is named after its namespace); and any root-namespace
 link named "<prefix>-…" (there should be none, but a crashed half-built veth would be one).
 
 Every function here is idempotent: removing what is already gone is success.
@@ -34,6 +35,7 @@ REGION_ENV = "YUNHAN_REGION"
 RUN_DIR = Path("/run/yunhan")
 _MNT_DETACH = 2
 CDPD_FSNAME = "yunhan-cdpd:"  # yunhan.volume.cdpd.FSNAME_PREFIX (kept light: no import)
+FRR_STATE_DIR = Path("/run/frr")  # yunhan.net.frr.FRR_STATE_DIR: <pathspace>/ of each instance
 
 
 @dataclass
@@ -306,6 +308,19 @@ def unmount_storage(prefix: str, spare: Iterable[str] = ()) -> list[str]:
     return done
 
 
+def remove_frr_dirs(prefix: str, spare: Iterable[str] = ()) -> list[str]:
+    """Remove FRR's directories (vty sockets) of the region's FRR instances: each is named
+    after the namespace it runs in (its pathspace), under /run/frr. Their daemons must be
+    gone (they run in the region's namespaces)."""
+    try:
+        dirs = [d for d in FRR_STATE_DIR.iterdir() if owned_by(d.name, prefix, spare)]
+    except FileNotFoundError:
+        return []
+    for d in dirs:
+        shutil.rmtree(d, ignore_errors=True)
+    return [str(d) for d in dirs]
+
+
 def delete_netns(names: list[str]) -> None:
     """Delete named namespaces; already gone is fine."""
     if not names:
@@ -343,6 +358,7 @@ def remove_prefix(prefix: str, spare: Iterable[str] = ()) -> Removed:
     removed.mounts += unmount_storage(prefix, spare)
     delete_netns(namespaces)
     removed.namespaces = namespaces
+    remove_frr_dirs(prefix, spare)  # (RUN_DIR/frr/<netns>, their config, went with the run dir)
     links = [link for link in root_links() if owned_by(link, prefix, spare)]
     for link in links:
         run(["ip", "link", "del", link], check=False)

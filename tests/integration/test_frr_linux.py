@@ -36,6 +36,7 @@ from yunhan.lab.cleanup import run
 from yunhan.lab.spec import ECHO_PORT, RegionSpec
 from yunhan.net import frr
 from yunhan.net.desired import HYBRID_LINE_IFNAME
+from yunhan.nsexec import NETNS_DIR
 
 pytestmark = pytest.mark.root
 
@@ -282,3 +283,45 @@ def test_start_refuses_a_bad_config_and_leaves_nothing(rig: Rig, tmp_path: Path)
     assert not frr.running(ns)
     assert frr._strays(ns) == []
     assert not (frr.RUN_ROOT / ns).exists() and not (frr.FRR_STATE_DIR / ns).exists()
+
+
+def test_reasons_a_user_can_act_on(uniq: Callable[[str], str]) -> None:
+    """Two namespaces on a veth, FRR on one side only at first: the reason says what is
+    wrong on the other side, from what the kernel and bgpd show."""
+    a, b = uniq("ra"), uniq("rb")
+    s = frr.Session("10.99.0.1", CLOUD_ASN, "10.99.0.2", 65001, None, False, ())
+    try:
+        for ns in (a, b):
+            run(["ip", "netns", "add", ns])
+        run(["ip", "-n", a, "link", "add", "v0", "type", "veth", "peer", "name", "v0",
+             "netns", b])  # fmt: skip
+        for ns, ip in ((a, "10.99.0.1/24"), (b, "10.99.0.2/24")):
+            run(["ip", "-n", ns, "-batch", "-"],
+                input=f"link set lo up\nlink set v0 up\naddr add {ip} dev v0\n")  # fmt: skip
+        frr.start(a, frr.render_session(s))
+
+        # Nothing listens on the peer: its kernel answers the SYN with a reset.
+        st = _status_when(a, lambda st: "refused" in st.reason, 15, "a refused connection")
+        assert st.state == "Active", st
+
+        # The peer's BGP, but configured for another AS than ours: it sends a NOTIFICATION.
+        peer = frr.Session("10.99.0.2", 65001, "10.99.0.1", 65099, None, False, ())
+        frr.start(b, frr.render_session(peer))
+        st = _status_when(a, lambda st: "NOTIFICATION" in st.reason, 15, "a NOTIFICATION")
+        assert "Bad Peer AS" in st.reason, st
+        print(f"\nrefused, then: {st.reason}")
+
+        # Configured right: up.
+        frr.apply_session(b, peer, replace(peer, peer_asn=CLOUD_ASN))
+        _status_when(a, lambda st: st.established, 15, "the session up")
+
+        # The peer gone from the line: nobody answers ARP for its address.
+        frr.stop(b)
+        run(["ip", "-n", b, "addr", "flush", "dev", "v0"])
+        run(["ip", "-n", a, "neigh", "flush", "dev", "v0"])
+        st = _status_when(a, lambda st: "ARP" in st.reason, 20, "no ARP answer")
+        print(f"peer gone: {st.reason}")
+    finally:
+        for ns in (a, b):
+            frr.stop(ns)
+        cleanup.delete_netns([n for n in (a, b) if (NETNS_DIR / n).exists()])

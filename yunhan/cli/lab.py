@@ -316,7 +316,7 @@ LAB = Group(
                             required=True,
                             metavar="CIDR",
                         ),
-                        Opt(("--servers",), "servers", "servers in the first range", int, 2),
+                        Opt(("--servers",), "servers", "servers in each range (from .10)", int, 2),
                         Opt(("--asn",), "asn", "the site router's AS number", int, 65001),
                         Opt(
                             ("--md5-secret-file",),

@@ -23,7 +23,7 @@ Shape of site n (1-based, the smallest index free in the region; "║" a veth pa
 * The router's BGP: AS `--asn` (65001), eBGP to any replica on the line, the LAN ranges
   announced (`network`), ECMP over up to 8 replicas, keepalive 3 s / hold 9 s, BFD, and the
   TCP MD5 secret of `--md5-secret-file` when given.
-* Servers sit on the bridge with addresses from .10 of the first range, the router as
+* Servers sit on the bridge with addresses from .10 of each range (--servers in each), the router as
   their default route, and answer HTTP on port 80 with the client address they saw.
 * MTUs: the line, the LAN and the servers use the region's MTU less the VXLAN overhead
   (50), the instances' MTU, so that nothing between an instance and a server fragments.
@@ -147,13 +147,15 @@ class SiteSpec:
             raise ValidationError(f"--servers must be between 0 and {MAX_SERVERS}, not {servers}")
         frr.check_asn(asn, "--asn")
         nets = _ranges(cidrs)
-        first = nets[0]
-        if servers and first.num_addresses < SERVER_OFFSET + servers + 1:
-            raise ValidationError(
-                f"{first} is too small for {servers} servers from .{SERVER_OFFSET} on"
-            )
+        for net in nets:
+            if servers and net.num_addresses < SERVER_OFFSET + servers + 1:
+                raise ValidationError(
+                    f"{net} is too small for {servers} servers from .{SERVER_OFFSET} on"
+                )
         netns = f"{region.prefix}-idc-{name}"
-        gw = str(first.network_address + 1)
+        # `servers` in every LAN: a client in one and servers in another (a cut-over moves
+        # one LAN's addresses while the others keep reaching them).
+        placed = [(net, k) for net in nets for k in range(1, servers + 1)]
         line = ipaddress.IPv4Network(f"198.19.{32 + index}.0/24")
         site = cls(
             name=name,
@@ -173,13 +175,13 @@ class SiteSpec:
             md5=md5,
             servers=tuple(
                 ServerSpec(
-                    name=f"s{k}",
-                    netns=f"{netns}-s{k}",
-                    ip=f"{first.network_address + SERVER_OFFSET + k - 1}/{first.prefixlen}",
-                    gateway=gw,
-                    port=f"s{k}",
+                    name=f"s{n}",
+                    netns=f"{netns}-s{n}",
+                    ip=f"{net.network_address + SERVER_OFFSET + k - 1}/{net.prefixlen}",
+                    gateway=str(net.network_address + 1),
+                    port=f"s{n}",
                 )
-                for k in range(1, servers + 1)
+                for n, (net, k) in enumerate(placed, start=1)
             ),
         )
         return site

@@ -325,3 +325,24 @@ def test_reasons_a_user_can_act_on(uniq: Callable[[str], str]) -> None:
         for ns in (a, b):
             frr.stop(ns)
         cleanup.delete_netns([n for n in (a, b) if (NETNS_DIR / n).exists()])
+
+
+def test_cleanup_finds_frr_whose_namespace_was_deleted(uniq: Callable[[str], str]) -> None:
+    """An FRR instance outlives `ip netns del` (its daemons hold the namespace); the lab's
+    cleanup still finds it by its pathspace and removes it with its directories."""
+    prefix = uniq("gone")
+    ns = f"{prefix}-x"
+    try:
+        run(["ip", "netns", "add", ns])
+        frr.start(ns, frr.render_session(frr.Session("10.0.0.1", 1, "10.0.0.2", 2, None, True, ())))
+        pids = sorted(frr._pids(ns).values())
+        run(["ip", "netns", "del", ns])
+        assert frr.running(ns) and sorted(cleanup.frr_pids(prefix)) == pids
+        assert cleanup.frr_pids(prefix, spare=[ns]) == []  # another live region's: spared
+        removed = cleanup.remove_prefix(prefix)
+        assert set(pids) <= set(removed.processes)
+        assert not frr.running(ns) and not (frr.FRR_STATE_DIR / ns).exists()
+        assert not (frr.RUN_ROOT / ns).exists()
+    finally:
+        frr.stop(ns)
+        cleanup.remove_prefix(prefix)

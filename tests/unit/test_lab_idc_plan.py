@@ -25,6 +25,8 @@ def test_site_plan() -> None:
     assert [(s.netns, s.ip, s.gateway, s.port) for s in site.servers] == [
         ("yh1234-idc-dc1-s1", "192.168.100.10/24", "192.168.100.1", "s1"),
         ("yh1234-idc-dc1-s2", "192.168.100.11/24", "192.168.100.1", "s2"),
+        ("yh1234-idc-dc1-s3", "192.168.101.10/24", "192.168.101.1", "s3"),
+        ("yh1234-idc-dc1-s4", "192.168.101.11/24", "192.168.101.1", "s4"),
     ]
     assert site.line_mtu == 1450 and site.asn == 65001
     assert site.api_body() == {

@@ -23,8 +23,8 @@ Shape of site n (1-based, the smallest index free in the region; "║" a veth pa
 * The router's BGP: AS `--asn` (65001), eBGP to any replica on the line, the LAN ranges
   announced (`network`), ECMP over up to 8 replicas, keepalive 3 s / hold 9 s, BFD, and the
   TCP MD5 secret of `--md5-secret-file` when given.
-* Servers sit on the bridge with addresses from .10 of each range (--servers in each), the router as
-  their default route, and answer HTTP on port 80 with the client address they saw.
+* Servers sit on the bridge with addresses from .10 of each range (--servers in each), the
+  router as their default route, and answer HTTP on port 80 with the client address they saw.
 * MTUs: the line, the LAN and the servers use the region's MTU less the VXLAN overhead
   (50), the instances' MTU, so that nothing between an instance and a server fragments.
 

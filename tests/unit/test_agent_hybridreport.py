@@ -41,6 +41,8 @@ class Rig:
         self.doc = doc
         self.now = 0.0
         self.states: dict[str, str] = {}
+        self.since: dict[str, float] = {}
+        self.heals = 0
         self.posts: list[dict[str, Any]] = []
         self.accept = True
         self.asked: list[tuple[str, str]] = []
@@ -51,13 +53,19 @@ class Rig:
             status_of=self.status,
             refresh=30.0,
             clock=lambda: self.now,
+            heal=self.heal,
         )
+
+    def heal(self) -> None:
+        self.heals += 1
 
     def status(self, ns: str, peer: str) -> dict[str, Any]:
         self.asked.append((ns, peer))
         if ns not in self.states:
             raise RuntimeError("vtysh: no such daemon")
-        return {"state": self.states[ns], "reason": ""}
+        state = self.states[ns]
+        reason = "bgpd is not running" if state == "down" else ""
+        return {"state": state, "reason": reason, "since": self.since.get(ns)}
 
     def post(self, body: dict[str, Any]) -> bool:
         self.posts.append(body)
@@ -75,7 +83,13 @@ def test_only_changes_are_posted_between_full_reports() -> None:
     rig.now = 2.0
     assert rig.r.once() == 1
     assert rig.posts[-1]["replicas"] == [
-        {"gateway": "hgw-0000000b", "index": 2, "state": "Established", "reason": ""}
+        {
+            "gateway": "hgw-0000000b",
+            "index": 2,
+            "state": "Established",
+            "reason": "",
+            "since": None,
+        }
     ]
     rig.now = 40.0
     assert rig.r.once() == 2  # due again: everything
@@ -95,3 +109,26 @@ def test_a_refused_post_is_retried_and_a_broken_reading_is_a_down_state() -> Non
 def test_a_host_without_replicas_posts_nothing() -> None:
     rig = Rig(None)
     assert rig.r.once() == 0 and rig.posts == []
+
+
+def test_an_up_since_that_wobbles_is_no_change_and_a_dead_frr_asks_for_a_heal() -> None:
+    rig = Rig(_doc("hgw-0000000a"))
+    rig.states = {"p-h-0000000a": "Established"}
+    rig.since = {"p-h-0000000a": 1000.0}
+    assert rig.r.once() == 1
+    rig.since["p-h-0000000a"] = 1001.0  # FRR's epoch moves by a second between reads
+    rig.now = 1.0
+    assert rig.r.once() == 0
+    rig.since["p-h-0000000a"] = 1500.0  # a new session
+    rig.now = 2.0
+    assert rig.r.once() == 1 and rig.posts[-1]["replicas"][0]["since"] == 1500.0
+    assert rig.heals == 0
+    rig.states["p-h-0000000a"] = "down"
+    rig.now = 3.0
+    rig.r.once()
+    rig.now = 4.0
+    rig.r.once()  # asked once per HEAL_EVERY, not at every round
+    assert rig.heals == 1
+    rig.now = 9.0
+    rig.r.once()
+    assert rig.heals == 2

@@ -49,11 +49,12 @@ def test_wide_shows_ids_revisions_and_times(region: Region) -> None:
     sub = region.cli("subnet", "show", "web", "--json").json()
     header, row = region.ok("subnet", "list", "-o", "wide").stdout.splitlines()
     assert header.split() == [
-        "NAME", "ID", "VPC", "VPC_ID", "CIDR", "GATEWAY", "AVAILABLE", "REVISION", "CREATED_AT",
+        "NAME", "ID", "VPC", "VPC_ID", "CIDR", "GATEWAY", "AVAILABLE", "LOCATION", "SERVED_IN",
+        "REVISION", "CREATED_AT",
     ]  # fmt: skip
     assert row.split() == [
         "web", sub["id"], "prod", sub["vpc_id"], "10.0.1.0/24", "10.0.1.1",
-        str(sub["available"]), str(sub["revision"]), sub["created_at"],
+        str(sub["available"]), "cloud", "cloud", str(sub["revision"]), sub["created_at"],
     ]  # fmt: skip
     narrow = region.ok("subnet", "list").stdout.splitlines()[0].split()
     assert "REVISION" not in narrow and "VPC_ID" not in narrow

@@ -29,6 +29,8 @@ INTERVAL = 0.3
 REFRESH = 30.0
 
 StatusOf = Callable[[str, str], dict[str, Any]]  # (netns, peer) -> the report's fields
+DEAD = "bgpd is not running"  # frr's reason for an instance whose daemons died
+HEAL_EVERY = 5.0  # seconds between two asks to rebuild a dead replica
 
 
 def frr_status(netns: str, peer: str) -> dict[str, Any]:
@@ -43,7 +45,11 @@ def frr_status(netns: str, peer: str) -> dict[str, Any]:
                 timeout=frr.STATUS_TIMEOUT,
             )
             routes = json.loads(out).get("advertisedRoutes", {})
-            announced = sorted(routes) if isinstance(routes, dict) else []
+            # Ours only (an empty AS path): FRR also lists what it learned from this peer,
+            # which the peer drops on its own AS in the path.
+            announced = sorted(
+                p for p, r in routes.items() if isinstance(r, dict) and not r.get("path")
+            )
         except (YunhanError, ValueError) as exc:
             log.debug("advertised routes of %s unknown: %s", netns, exc)
     return {
@@ -69,6 +75,7 @@ class HybridReporter:
         interval: float = INTERVAL,
         refresh: float = REFRESH,
         clock: Callable[[], float] = time.monotonic,
+        heal: Callable[[], None] | None = None,
     ) -> None:
         self.naming = naming
         self._desired = desired
@@ -77,6 +84,8 @@ class HybridReporter:
         self.interval = interval
         self.refresh = refresh
         self._clock = clock
+        self._heal = heal
+        self._healed_at = -HEAL_EVERY
         self._sent: dict[tuple[str, int], dict[str, Any]] = {}
         self._last_full = -refresh
         self._stop = threading.Event()
@@ -100,14 +109,36 @@ class HybridReporter:
         full = now - self._last_full >= self.refresh
         body = []
         seen: dict[tuple[str, int], dict[str, Any]] = {}
+        dead = False
         for gid, index, ns, peer in self.replicas():
             try:
                 fields = self._status_of(ns, peer)
             except Exception as exc:  # a broken reading is a state too, never a crash
                 fields = {"state": "down", "reason": f"cannot read its BGP session: {exc}"}
+            before = self._sent.get((gid, index))
+            if (
+                before is not None
+                and before.get("state") == fields.get("state") == "Established"
+                and before.get("since") is not None
+                and fields.get("since") is not None
+                and abs(float(before["since"]) - float(fields["since"])) <= 2
+            ):
+                # FRR's "up since" moves by a second between reads of one session: keep
+                # the first, or every round would be a change and a write.
+                fields = {**fields, "since": before["since"]}
+            if fields.get("reason") == DEAD:
+                dead = True
             seen[(gid, index)] = fields
-            if full or self._sent.get((gid, index)) != fields:
+            if full or before != fields:
                 body.append({"gateway": gid, "index": index, **fields})
+        if dead and self._heal is not None and now - self._healed_at >= HEAL_EVERY:
+            # A changed document is applied from memory, which still holds the FRR that
+            # died: ask for an apply that reads the host, which starts it again.
+            self._healed_at = now
+            try:
+                self._heal()
+            except Exception:
+                log.exception("rebuilding a dead hybrid replica failed")
         if body and not self._post({"replicas": body}):
             return 0  # not sent: tried again at the next round
         self._sent = seen

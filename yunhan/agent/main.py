@@ -221,7 +221,9 @@ class Agent:
         # Hybrid gateway replicas run FRR: their sessions are read from it, linux only.
         self.hybrid: HybridReporter | None = None
         if dataplane.kind == "linux":
-            self.hybrid = HybridReporter(dataplane.naming, self._applied, self._post_hybrid)
+            self.hybrid = HybridReporter(
+                dataplane.naming, self._applied, self._post_hybrid, heal=self._heal
+            )
         # The function host: started by `run`, reported in every status report once it runs.
         self.functions = functions
         self._functions_up = False
@@ -230,6 +232,13 @@ class Agent:
     def _applied(self) -> HostDesired | None:
         with self._lock:
             return self.desired
+
+    def _heal(self) -> None:
+        """Apply the last document again reading the whole host (a replica's FRR died)."""
+        with self._lock:
+            desired = self.desired
+        if desired is not None and self._confirmed and not self._stop.is_set():
+            self.apply(desired, full=True)
 
     def _post_hybrid(self, body: dict[str, Any]) -> bool:
         try:

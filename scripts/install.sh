@@ -13,7 +13,9 @@ need_apt=()
 # make, pkg-config, fuse3 (fusermount3) and the libfuse3/zlib headers: yunhan-cdpd, the storage
 # process of volumes (native/cdpd), built below; losetup and mkfs.ext4 put filesystems on them.
 # fio: bench/volumes.py measures protected volumes against unprotected ones with it.
-for bin in ip:iproute2 nft:nftables iperf3:iperf3 ping:iputils-ping gcc:gcc unshare:util-linux nsenter:util-linux systemd-analyze:systemd curl:curl nmap:nmap conntrack:conntrack keepalived:keepalived wrk:wrk make:make pkg-config:pkg-config fusermount3:fuse3 losetup:mount mkfs.ext4:e2fsprogs fio:fio; do
+# frr (vtysh, /usr/lib/frr/bgpd …): BGP of hybrid gateway replicas and of the lab's IDC sites,
+# one instance per namespace (yunhan.net.frr); its system service is not used.
+for bin in vtysh:frr ip:iproute2 nft:nftables iperf3:iperf3 ping:iputils-ping gcc:gcc unshare:util-linux nsenter:util-linux systemd-analyze:systemd curl:curl nmap:nmap conntrack:conntrack keepalived:keepalived wrk:wrk make:make pkg-config:pkg-config fusermount3:fuse3 losetup:mount mkfs.ext4:e2fsprogs fio:fio; do
   command -v "${bin%%:*}" >/dev/null 2>&1 || need_apt+=("${bin##*:}")
 done
 [ -e /usr/lib/x86_64-linux-gnu/libnftables.so.1 ] || [ -e /usr/lib/aarch64-linux-gnu/libnftables.so.1 ] || need_apt+=(libnftables1)
@@ -45,6 +47,14 @@ if [ ${#need_apt[@]} -gt 0 ]; then
       || systemctl disable keepalived >/dev/null 2>&1 || true
     if [ -x /etc/init.d/keepalived ]; then
       /etc/init.d/keepalived stop >/dev/null 2>&1 || true
+    fi
+  fi
+  if [[ " ${need_apt[*]} " == *" frr "* ]]; then
+    # The same for FRR: Yunhan starts its own daemons inside namespaces (`-N <netns>`, a
+    # config of its own); the system's (zebra in the root namespace) must not run.
+    systemctl disable --now frr >/dev/null 2>&1 || systemctl disable frr >/dev/null 2>&1 || true
+    if [ -x /etc/init.d/frr ]; then
+      /etc/init.d/frr stop >/dev/null 2>&1 || true
     fi
   fi
 fi

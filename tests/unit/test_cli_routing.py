@@ -74,7 +74,7 @@ def test_route_table_lifecycle(prod: Region) -> None:
         (("route", "add", "edge", "--dst", "10.0.0.0/16", "--next-hop", "blackhole"),
          "is a block of VPC prod"),
         (("route", "add", "edge", "--dst", "10.9.0.0/16", "--next-hop", "hybrid:dc"),
-         "hybrid-cloud gateway"),
+         "hybrid routes are not written by hand"),
         (("route", "add", "edge", "--dst", "10.0.1.0/28", "--next-hop", "instance:web-1"),
          "would loop"),
         (("policy-route", "add", "edge", "--priority", "5", "--proto", "icmp", "--port", "22",

@@ -28,7 +28,7 @@ def test_next_hops() -> None:
     for bad in ("", "instance:", "blackhole:x", "router:x", "vip:x"):
         with pytest.raises(ValidationError):
             parse_next_hop(bad)
-    with pytest.raises(ValidationError, match="hybrid-cloud gateway"):
+    with pytest.raises(ValidationError, match="hybrid routes are not written by hand"):
         parse_next_hop("hybrid:dc1")
 
 

@@ -35,6 +35,7 @@ import httpx
 from yunhan import localview
 from yunhan.agent.dataplane import ApplyReport, DataPlane
 from yunhan.agent.flowlogs import FlowLogs
+from yunhan.agent.hybridreport import HybridReporter
 from yunhan.agent.patches import Patches
 from yunhan.agent.vipclaims import VipClaims
 from yunhan.agent.volumes import VolumeManager
@@ -217,10 +218,30 @@ class Agent:
                 dataplane.naming.prefix,
                 netns_of=dataplane.naming.instance_netns,
             )
+        # Hybrid gateway replicas run FRR: their sessions are read from it, linux only.
+        self.hybrid: HybridReporter | None = None
+        if dataplane.kind == "linux":
+            self.hybrid = HybridReporter(dataplane.naming, self._applied, self._post_hybrid)
         # The function host: started by `run`, reported in every status report once it runs.
         self.functions = functions
         self._functions_up = False
         self._resume()
+
+    def _applied(self) -> HostDesired | None:
+        with self._lock:
+            return self.desired
+
+    def _post_hybrid(self, body: dict[str, Any]) -> bool:
+        try:
+            r = self._client.post(self._path("/hybrid"), json=body)
+        except httpx.HTTPError as exc:
+            log.warning("hybrid replica report failed: %s", exc)
+            self._failover(exc)
+            return False
+        if r.status_code >= 300:
+            log.warning("hybrid replica report refused: %s %s", r.status_code, r.text[:300])
+            return False
+        return True
 
     def _instance_ids(self) -> list[str]:
         """The instances of the document applied last (their namespaces are this host's)."""
@@ -622,6 +643,8 @@ class Agent:
             self.patches.start()
         if self.volumes is not None:
             self.volumes.start()
+        if self.hybrid is not None:
+            self.hybrid.start()
         try:
             self._stop.wait()
         finally:
@@ -636,6 +659,8 @@ class Agent:
                 self.patches.stop()  # waits for an engine call in flight
             if self.volumes is not None:
                 self.volumes.stop()  # the disks keep serving: storage outlives the agent
+            if self.hybrid is not None:
+                self.hybrid.stop()  # the replicas keep routing: FRR outlives the agent
             self._stop_functions()
             for t in threads:
                 t.join(timeout=2.0)

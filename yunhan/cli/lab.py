@@ -1,4 +1,5 @@
-"""`yunhan up|down|status|sweep`: the all-in-one lab region on this machine (yunhan.lab).
+"""`yunhan up|down|status|sweep`: the all-in-one lab region on this machine (yunhan.lab),
+and `yunhan lab idc add|remove|list`: simulated IDC sites of a running region.
 
 yunhan.lab.region (and what it imports) is loaded only when one of these commands runs.
 """
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from yunhan.cli import config, views
-from yunhan.cli.command import Cmd, Ctx, Opt, echo, warn
+from yunhan.cli.command import Arg, Cmd, Ctx, Group, Opt, echo, warn
 from yunhan.errors import Forbidden, ValidationError
 
 if TYPE_CHECKING:
@@ -192,6 +193,165 @@ def status(ctx: Ctx) -> None:
     _print_status(st, fmt)
 
 
+def _idc_token(ctx: Ctx) -> str:
+    token = (
+        ctx.args.get("token") or os.environ.get("YUNHAN_TOKEN") or _admin_token(ctx["state_dir"])
+    )
+    if not token:
+        raise Forbidden(
+            "no admin token for this region: `yunhan up` wrote it to the CLI config; "
+            "give it with --token or YUNHAN_TOKEN"
+        )
+    return str(token)
+
+
+def idc_add(ctx: Ctx) -> None:
+    from yunhan.cli.progress import Progress
+    from yunhan.lab import idc
+    from yunhan.net import frr
+
+    _need_root("lab idc add")
+    secret = None
+    if ctx["md5_secret_file"] is not None:
+        # From a file, never the command line (`ps`, shell history); its first line.
+        path = ctx["md5_secret_file"]
+        try:
+            lines = Path(path).read_text().strip().splitlines()
+        except OSError as exc:
+            raise ValidationError(f"--md5-secret-file {path}: {exc.strerror}") from exc
+        secret = lines[0].strip() if lines else ""
+        if not secret:
+            raise ValidationError(f"--md5-secret-file {path} is empty")
+        frr.check_secret(secret)
+    token = _idc_token(ctx)
+    with Progress(f"building IDC site {ctx['name']}"):
+        site = idc.add(
+            ctx["name"],
+            ctx["cidrs"],
+            token=token,
+            servers=ctx["servers"],
+            asn=ctx["asn"],
+            md5_secret=secret,
+            state_dir=ctx["state_dir"],
+        )
+    echo(site.render())
+    echo(
+        f"IDC site {site.name} is up and registered: replicas reach its router at "
+        f"{site.router_ip} (AS {site.asn}) on line {site.line_cidr}"
+    )
+
+
+def idc_remove(ctx: Ctx) -> None:
+    from yunhan.lab import idc
+
+    _need_root("lab idc remove")
+    site, warning = idc.remove(
+        ctx["name"], token=_idc_token(ctx), force=ctx["force"], state_dir=ctx["state_dir"]
+    )
+    if warning:
+        warn(f"warning: {warning}")
+    echo(f"IDC site {site.name} removed ({len(site.namespaces)} namespaces)")
+
+
+def idc_list(ctx: Ctx) -> None:
+    from yunhan.lab import idc
+
+    fmt = views.output_format(ctx["output"], ctx["as_json"])
+    rows = []
+    for rec, st in idc.list_sites(ctx["state_dir"]):
+        s = rec.spec
+        up = [x for x in st.sessions if x.established]
+        rows.append(
+            {
+                "name": s.name,
+                "asn": s.asn,
+                "cidrs": list(s.cidrs),
+                "router_ip": s.router_ip,
+                "line": f"{s.line_cidr} vni {s.line_vni:#x}",
+                "vtep": s.wan_ip,
+                "md5": s.md5,
+                "frr": "running" if st.frr_running else "down",
+                "sessions": f"{len(up)}/{len(st.sessions)} up",
+                "peers": [x.peer for x in up],
+                "servers": f"{st.servers_up}/{len(s.servers)}",
+                "md5_failures": st.md5_failures,
+                "netns": s.netns,
+            }
+        )
+    if fmt in ("json", "yaml"):
+        views.print_list("idc site", rows, fmt)
+        return
+    if not rows:
+        echo("no IDC sites (`yunhan lab idc add NAME --cidr CIDR`)")
+        return
+    cols: tuple[str, ...] = ("name", "asn", "cidrs", "router_ip", "line", "frr", "sessions")
+    cols += ("servers",)
+    if fmt == "wide":
+        cols = (*cols, "vtep", "md5", "md5_failures", "peers", "netns")
+    echo(views.table(cols, rows))
+
+
+LAB = Group(
+    "lab",
+    "Extras of the lab region on this machine: simulated IDC sites.",
+    (
+        Group(
+            "idc",
+            "Simulated IDC sites: a BGP router (FRR), servers and a dedicated line.\n\n"
+            "A site is part of the running region (`yunhan down` removes it) and is "
+            "registered with the control plane, so that subnets can be located in it and "
+            "hybrid gateways can join it.",
+            (
+                Cmd(
+                    "add",
+                    "Add an IDC site to the running lab region (again: complete it).",
+                    idc_add,
+                    (
+                        Arg("name", "site name (1-12 lowercase letters and digits)"),
+                        Opt(
+                            ("--cidr",),
+                            "cidrs",
+                            "a range of the site (repeat for more)",
+                            many=True,
+                            required=True,
+                            metavar="CIDR",
+                        ),
+                        Opt(("--servers",), "servers", "servers in each range (from .10)", int, 2),
+                        Opt(("--asn",), "asn", "the site router's AS number", int, 65001),
+                        Opt(
+                            ("--md5-secret-file",),
+                            "md5_secret_file",
+                            "TCP MD5 secret of the BGP sessions (first line of the file)",
+                            kind=Path,
+                        ),
+                        STATE_DIR,
+                    ),
+                ),
+                Cmd(
+                    "remove",
+                    "Remove an IDC site (refused while the control plane uses it).",
+                    idc_remove,
+                    (
+                        Arg("name", "site name"),
+                        Opt(("--force",), "force", "remove it from the lab even if in use", bool),
+                        STATE_DIR,
+                    ),
+                ),
+                Cmd(
+                    "list",
+                    "List the region's IDC sites: router, line, BGP sessions, servers.",
+                    idc_list,
+                    (
+                        STATE_DIR,
+                        Opt(("-o", "--output"), "output", "output format", choices=views.FORMATS),
+                        Opt(("--json",), "as_json", "print JSON (same as -o json)", bool),
+                    ),
+                ),
+            ),
+        ),
+    ),
+)
+
 COMMANDS = (
     Cmd(
         "up",
@@ -238,6 +398,7 @@ COMMANDS = (
             Opt(("--json",), "as_json", "print JSON (same as -o json)", bool),
         ),
     ),
+    LAB,
 )
 
 

@@ -23,6 +23,7 @@ from yunhan.cli import (
     daemons,
     flowlogs,
     functions,
+    hybrid,
     lab,
     patches,
     resources,
@@ -56,6 +57,7 @@ ROOT = Group(
     (
         *_RESOURCES,
         *routing.COMMANDS,
+        *hybrid.COMMANDS,
         *secgroups.COMMANDS,
         *flowlogs.COMMANDS,
         *vips.COMMANDS,

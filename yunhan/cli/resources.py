@@ -224,6 +224,8 @@ VPC = Group(
 def subnet_create(ctx: Ctx) -> None:
     c = ctx.client()
     body = {"name": ctx["name"], "vpc": ctx["vpc"], "cidr": ctx["cidr"], "labels": labels(ctx)}
+    if ctx["location"]:
+        body["location"] = ctx["location"]
     res = c.post("/v1/subnets", body)
     _after_write(ctx, "subnet", c, res)
 
@@ -240,6 +242,13 @@ SUBNET = Group(
                 Arg("name", "its name"),
                 Opt(("--vpc",), "vpc", "the VPC (name or id)", required=True, complete="vpc"),
                 Opt(("--cidr",), "cidr", "inside one of the VPC's blocks", required=True),
+                Opt(
+                    ("--location",),
+                    "location",
+                    "`cloud` (default) or `idc:SITE`: the addresses are that IDC's, reached "
+                    "through a hybrid gateway (docs/hybrid.md)",
+                    metavar="cloud|idc:SITE",
+                ),
                 LABEL,
                 *WRITE,
             ),

@@ -84,6 +84,8 @@ def subnet_row(res: Row, names: Names) -> Row:
         "available": st.get("available"),
         "route_table": names.of("route_table", _spec(res).get("route_table")),
         "acl": names.of("network_acl", _spec(res).get("acl")),
+        "location": _spec(res).get("location") or "cloud",
+        "served_in": _spec(res).get("serve") or "cloud",
         "revision": res.get("revision"),
         "created_at": res.get("created_at"),
     }
@@ -213,6 +215,68 @@ def policy_route_row(res: Row, names: Names) -> Row:
         "index": _status(res).get("index"),
         "revision": res.get("revision"),
         "created_at": res.get("created_at"),
+    }
+
+
+def idc_site_row(res: Row, names: Names) -> Row:
+    sp = _spec(res)
+    return {
+        "id": res["id"],
+        "name": res["name"],
+        "cidrs": sp.get("cidrs"),
+        "asn": sp.get("asn"),
+        "router_ip": sp.get("router_ip"),
+        "line": sp.get("line_cidr"),
+        "line_vni": sp.get("line_vni"),
+        "line_vtep": sp.get("line_vtep"),
+        "revision": res.get("revision"),
+        "created_at": res.get("created_at"),
+    }
+
+
+def _replica_line(r: Row) -> str:
+    bfd = f", bfd {r['bfd']}" if r.get("bfd") else ""
+    reason = f": {r['reason']}" if r.get("reason") and r.get("state") != "Established" else ""
+    return (
+        f"#{r.get('index')} {r.get('host')} {str(r.get('line_ip', '')).split('/')[0]} "
+        f"{r.get('state')}{bfd}{reason}"
+    )
+
+
+def hybrid_gw_row(res: Row, names: Names) -> Row:
+    sp, st = _spec(res), _status(res)
+    reps = st.get("replicas") or []
+    return {
+        "id": res["id"],
+        "name": res["name"],
+        "vpc": names.of("vpc", sp.get("vpc")),
+        "vpc_id": sp.get("vpc"),
+        "site": st.get("site_name"),
+        "peer": f"{sp.get('peer_ip')} AS{sp.get('peer_asn')}",
+        "asn": sp.get("asn"),
+        "md5": bool(sp.get("md5")),
+        "bfd": sp.get("bfd"),
+        "phase": st.get("phase"),
+        "want": sp.get("replicas"),
+        "up": sum(1 for r in reps if r.get("state") == "Established"),
+        "replicas": [_replica_line(r) for r in reps],
+        "history": [
+            f"{h.get('at')} replica {h.get('replica')} {h.get('from') or '-'} -> {h.get('to')}"
+            for h in st.get("history") or []
+        ],
+        "revision": res.get("revision"),
+        "created_at": res.get("created_at"),
+    }
+
+
+def hybrid_route_row(res: Row, names: Names) -> Row:
+    return {
+        "prefix": res.get("prefix"),
+        "origin": res.get("origin"),
+        "replica": res.get("replica") if res.get("replica") is not None else "-",
+        "nexthop": res.get("nexthop"),
+        "as_path": res.get("as_path") or "-",
+        "installed": "yes" if res.get("installed") else "no (outside the VPC's IDC subnets)",
     }
 
 
@@ -439,6 +503,9 @@ ROWS: dict[str, Callable[[Row, Names], Row]] = {
     "route": route_row,
     "policy_route": policy_route_row,
     "natgw": natgw_row,
+    "idc_site": idc_site_row,
+    "hybrid_gw": hybrid_gw_row,
+    "hybrid_route": hybrid_route_row,
     "eip": eip_row,
     "security_group": security_group_row,
     "sg_rule": sg_rule_row,
@@ -463,6 +530,9 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "policy_route": ("id", "table", "priority", "src", "dst", "proto", "port", "action",
                      "next_hop"),
     "natgw": ("name", "id", "vpc", "public_ip", "host", "phase", "subnets"),
+    "idc_site": ("name", "cidrs", "asn", "router_ip", "line"),
+    "hybrid_gw": ("name", "id", "vpc", "site", "peer", "phase", "want", "up"),
+    "hybrid_route": ("prefix", "origin", "replica", "nexthop", "as_path", "installed"),
     "eip": ("name", "address", "instance", "natgw"),
     "security_group": ("name", "id", "vpc", "default", "rules"),
     "sg_rule": ("id", "priority", "direction", "proto", "port", "peer", "action"),
@@ -495,8 +565,8 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 # `-o wide`: the table's columns and what a person chasing a problem wants next to them.
 WIDE: dict[str, tuple[str, ...]] = {
     "vpc": ("name", "id", "cidrs", "vni", "revision", "created_at"),
-    "subnet": ("name", "id", "vpc", "vpc_id", "cidr", "gateway", "available", "revision",
-               "created_at"),
+    "subnet": ("name", "id", "vpc", "vpc_id", "cidr", "gateway", "available", "location",
+               "served_in", "revision", "created_at"),
     "instance": ("name", "id", "subnet", "vpc", "zone", "ip", "mac", "host", "phase",
                  "message", "command", "security_groups", "revision", "created_at"),
     "zone": ("name", "id", "cidr", "revision", "created_at"),
@@ -510,6 +580,11 @@ WIDE: dict[str, tuple[str, ...]] = {
               "created_at"),
     "policy_route": ("id", "table", "table_id", "priority", "src", "dst", "proto", "port",
                      "action", "next_hop", "index", "revision", "created_at"),
+    "idc_site": ("name", "id", "cidrs", "asn", "router_ip", "line", "line_vni", "line_vtep",
+                 "revision", "created_at"),
+    "hybrid_gw": ("name", "id", "vpc", "site", "peer", "asn", "md5", "bfd", "phase", "want",
+                  "up", "replicas", "revision", "created_at"),
+    "hybrid_route": ("prefix", "origin", "replica", "nexthop", "as_path", "installed"),
     "natgw": ("name", "id", "vpc", "public_ip", "host", "phase", "subnets", "forwards",
               "moved_at", "index", "revision", "created_at"),
     "eip": ("name", "id", "address", "instance", "natgw", "revision", "created_at"),

@@ -218,11 +218,30 @@ def describe_table(r: Reader, admin_project: str, table: Resource) -> dict[str, 
         raise Conflict(f"route table {table.name} has lost its VPC {table.spec['vpc']}")
     subs = table_subnets(r, table)
     entries = [_entry("direct", block, "active") for block in vpc.spec["cidrs"]]
+    gws = r.find("hybrid_gw", "vpc", vpc.id)
     for s in r.find("subnet", "vpc", vpc.id):
+        in_idc = bool(s.spec.get("location")) and s.spec.get("serve", "idc") == "idc"
+        if in_idc:
+            # Served in the IDC: routed to the hybrid gateway of its site (docs/hybrid.md),
+            # active while one of its replicas has its BGP session up.
+            site = str(s.spec["location"]).split(":", 1)[1]
+            for hg in gws:
+                if hg.status.get("site_name") != site:
+                    continue
+                up = sum(
+                    1
+                    for x in hg.status.get("replicas") or []
+                    if x.get("state") == "Established"
+                    and not host_lost(r, admin_project, x.get("host"))
+                )
+                entries.append(_entry("hybrid", s.spec["cidr"], "active" if up else "unreachable",
+                                      next_hop=f"hybrid_gw:{hg.name}", subnet=s.name))  # fmt: skip
         for inst in r.find("instance", "subnet", s.id):
             host = inst.status.get("host")
             if inst.status.get("ip") and host:
                 state = "unreachable" if host_lost(r, admin_project, host) else "active"
+                if in_idc:
+                    state = "standby"  # its address is the IDC's until a route switch
                 entries.append(_entry("host", f"{inst.status['ip']}/32", state,
                                       next_hop=f"instance:{inst.name}", host=host))  # fmt: skip
     for s in subs:

@@ -5,8 +5,10 @@ namespaces, and the agents' VPC and instance namespaces below "<host netns>-"); 
 process running in one of those namespaces (instance commands); every process started for
 the region (server, agents), which carry YUNHAN_REGION=<prefix> in their environment, and
 any `yunhan agent --host-netns <prefix>-…` however it was started; the bind mounts under
-/run/yunhan whose path names the prefix (instances' UTS namespaces); and any root-namespace
-link named "<prefix>-…" (there should be none, but a crashed half-built veth would be one).
+/run/yunhan whose path names the prefix (instances' UTS namespaces); FRR's daemons and
+directories /run/frr/<prefix>-… (an FRR instance is named after its namespace, `-N`); and
+any root-namespace link named "<prefix>-…" (there should be none, but a crashed half-built
+veth would be one).
 
 Every function here is idempotent: removing what is already gone is success.
 """
@@ -34,6 +36,8 @@ REGION_ENV = "YUNHAN_REGION"
 RUN_DIR = Path("/run/yunhan")
 _MNT_DETACH = 2
 CDPD_FSNAME = "yunhan-cdpd:"  # yunhan.volume.cdpd.FSNAME_PREFIX (kept light: no import)
+FRR_STATE_DIR = Path("/run/frr")  # yunhan.net.frr.FRR_STATE_DIR: <pathspace>/ of each instance
+FRR_BIN = b"/usr/lib/frr/"  # yunhan.net.frr.FRR_BIN: where its daemons are
 
 
 @dataclass
@@ -203,6 +207,25 @@ def agent_pids(prefix: str, spare: Iterable[str] = ()) -> list[int]:
     return found
 
 
+def frr_pids(prefix: str, spare: Iterable[str] = ()) -> list[int]:
+    """FRR daemons of the region's FRR instances, found by their pathspace (`-N <netns>`),
+    also those whose namespace was deleted under them (then no name leads to them)."""
+    me = os.getpid()
+    found = []
+    for pid in _proc_pids():
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if pid == me or not argv[0].startswith(FRR_BIN) or b"-N" not in argv:
+            continue
+        i = argv.index(b"-N")
+        space = argv[i + 1].decode(errors="replace") if i + 1 < len(argv) else ""
+        if owned_by(space, prefix, spare):
+            found.append(pid)
+    return found
+
+
 def kill(pids: Iterable[int], grace: float = 5.0) -> list[int]:
     """SIGTERM, then SIGKILL after `grace` seconds; returns once every pid is gone."""
     pids = [p for p in set(pids) if p != os.getpid() and _alive(p)]
@@ -306,6 +329,19 @@ def unmount_storage(prefix: str, spare: Iterable[str] = ()) -> list[str]:
     return done
 
 
+def remove_frr_dirs(prefix: str, spare: Iterable[str] = ()) -> list[str]:
+    """Remove FRR's directories (vty sockets) of the region's FRR instances: each is named
+    after the namespace it runs in (its pathspace), under /run/frr. Their daemons must be
+    gone (they run in the region's namespaces)."""
+    try:
+        dirs = [d for d in FRR_STATE_DIR.iterdir() if owned_by(d.name, prefix, spare)]
+    except FileNotFoundError:
+        return []
+    for d in dirs:
+        shutil.rmtree(d, ignore_errors=True)
+    return [str(d) for d in dirs]
+
+
 def delete_netns(names: list[str]) -> None:
     """Delete named namespaces; already gone is fine."""
     if not names:
@@ -333,7 +369,9 @@ def remove_prefix(prefix: str, spare: Iterable[str] = ()) -> Removed:
     """
     removed = Removed()
     spare = [s for s in spare if s != prefix]
-    removed.processes += kill([*marked_pids(lambda r: r == prefix), *agent_pids(prefix, spare)])
+    removed.processes += kill(
+        [*marked_pids(lambda r: r == prefix), *agent_pids(prefix, spare), *frr_pids(prefix, spare)]
+    )
     namespaces = [n for n in list_netns() if owned_by(n, prefix, spare)]
     removed.processes += kill(pids_in_netns(namespaces))
     # Instances' mount namespaces go with the run dir (their volumes' mounts and loop
@@ -343,6 +381,7 @@ def remove_prefix(prefix: str, spare: Iterable[str] = ()) -> Removed:
     removed.mounts += unmount_storage(prefix, spare)
     delete_netns(namespaces)
     removed.namespaces = namespaces
+    remove_frr_dirs(prefix, spare)  # (RUN_DIR/frr/<netns>, their config, went with the run dir)
     links = [link for link in root_links() if owned_by(link, prefix, spare)]
     for link in links:
         run(["ip", "link", "del", link], check=False)

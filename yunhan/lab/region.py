@@ -202,6 +202,9 @@ def _locked(state_dir: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+locked = _locked  # public: `yunhan lab idc` (yunhan.lab.idc) changes a region under it too
+
+
 # -- up ------------------------------------------------------------------------------------
 
 

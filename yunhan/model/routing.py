@@ -19,7 +19,11 @@ from yunhan.model.network import parse_cidr, parse_ip
 IPv4Network = ipaddress.IPv4Network
 
 NEXT_HOP_FORMS = "instance:NAME, vip:IP, natgw:NAME or blackhole"
-HYBRID_REFUSED = "hybrid routes need the hybrid-cloud gateway, which this region does not have yet"
+HYBRID_REFUSED = (
+    "hybrid routes are not written by hand: declare the IDC's range as a subnet "
+    "(`yunhan subnet create NAME --vpc V --cidr CIDR --location idc:SITE`) and every table "
+    "routes it to the VPC's hybrid gateway to that site (docs/hybrid.md)"
+)
 PROTOS = ("tcp", "udp", "icmp", "any")
 ACTIONS = ("drop", "allow", "reroute")
 DEFAULT_PRIORITY = 100
@@ -35,8 +39,8 @@ MAX_EIPS_PER_GATEWAY = 64
 def parse_next_hop(text: object) -> tuple[str, str | None]:
     """`instance:NAME|vip:IP|natgw:NAME|blackhole` as (type, the name or address).
 
-    `hybrid…` is understood and refused: the model reserves the type, the region has no
-    hybrid-cloud gateway yet."""
+    `hybrid…` is understood and refused: hybrid routes are generated from the VPC's IDC
+    subnets (docs/hybrid.md)."""
     if not isinstance(text, str) or not text:
         raise ValidationError(
             f"next hop {text!r} is not one of {NEXT_HOP_FORMS}", field="next_hop", value=text

@@ -275,7 +275,9 @@ class VpcPatch(Patch):
 
 # -- distributed routing (docs/routing.md) ----------------------------------------------
 # Next hops are written as people write them: instance:NAME, vip:IP, natgw:NAME, blackhole.
-NEXT_HOP_DESCRIPTION = "instance:NAME|vip:IP|natgw:NAME|blackhole (hybrid: refused for now)"
+NEXT_HOP_DESCRIPTION = (
+    "instance:NAME|vip:IP|natgw:NAME|blackhole (hybrid routes are generated from IDC subnets)"
+)
 PORT_RANGE_PATTERN = r"^[0-9]{1,5}(-[0-9]{1,5})?$"
 
 

@@ -12,19 +12,24 @@ on it along (both ends for a veth), deletes of missing things are no-ops for the
 does a packet from instance X to address Y go?" by walking those objects the way the
 kernel would: instance routing and ARP (proxy ARP on ports, gateways on `lo`), the port's
 anti-spoof filter, longest-prefix match in the VPC namespace, the neighbour and FDB entry
-of a remote next hop, the receiving VTEP's MAC and VNI, and the delivery port.
+of a remote next hop, the receiving VTEP's MAC and VNI, and the delivery port. A packet
+routed to a hybrid gateway's replica leaves through its line toward the IDC (the fake has
+no BGP: a replica with its session object sends what it does not route into the VPC out
+of the line, standing for the routes that session learns). A multipath route takes one of
+its next hops by a hash of the flow, as the kernel does (not the kernel's hash).
 """
 
 from __future__ import annotations
 
 import errno
 import ipaddress
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from yunhan.errors import DriverError
 from yunhan.net import sgeval
-from yunhan.net.desired import MARK_ROUTED, ROUTED_REALM
+from yunhan.net.desired import HYBRID_LINE_IFNAME, MARK_ROUTED, ROUTED_REALM
 from yunhan.net.naming import INSTANCE_IFNAME, VXLAN_IFNAME, Naming
 from yunhan.net.natgw import (
     GW_PUB_IFNAME,
@@ -36,7 +41,9 @@ from yunhan.net.natgw import (
     VethPair,
 )
 from yunhan.net.state import (
+    ZERO_MAC,
     Address,
+    Bgp,
     Fdb,
     Filter,
     Firewall,
@@ -191,14 +198,14 @@ class FakeDriver:
                 vx = self.objs.get(("link", o.netns, o.ifname))
                 if isinstance(o, LinkUp) and isinstance(vx, Vxlan):
                     self._need_socket(vx)
-            case Rule() | Marks() | Firewall():
+            case Rule() | Marks() | Firewall() | Bgp():
                 if not self._has_ns(o.netns):
                     raise _fail(f"no namespace {o.netns}", errno.ENOENT, o.netns)
             case KRoute():
                 if not self._has_ns(o.netns):
                     raise _fail(f"no namespace {o.netns}", errno.ENOENT, o.netns)
-                if o.dev is not None:
-                    self._need_dev(o.netns, o.dev)
+                for dev in o.devs:
+                    self._need_dev(o.netns, dev)
                 if (
                     o.kind == "gateway"
                     and not o.onlink
@@ -251,16 +258,16 @@ class FakeDriver:
             if isinstance(o, Veth | VethPair) and o.peer_netns:
                 ends.add((o.peer_netns, o.peer_ifname))
             for k, x in list(self.objs.items()):
-                dev = getattr(x, "ifname", None) if not isinstance(x, KRoute | Sysctl) else x.dev
+                if isinstance(x, KRoute):
+                    devs: tuple[str | None, ...] = x.devs  # multipath: any of its devices
+                elif isinstance(x, Sysctl):
+                    devs = (x.dev,)
+                else:
+                    devs = (getattr(x, "ifname", None),)
                 if isinstance(x, Filter):
                     continue  # a netdev chain outlives its device and re-binds by name
-                if (
-                    not isinstance(x, Vxlan | Veth | VethPair)
-                    and (
-                        getattr(x, "netns", None),
-                        dev,
-                    )
-                    in ends
+                if not isinstance(x, Vxlan | Veth | VethPair) and any(
+                    (getattr(x, "netns", None), dev) in ends for dev in devs
                 ):
                     del self.objs[k]
 
@@ -403,6 +410,8 @@ class FakeFabric:
                 return _end(t, "unreachable", f"no route to {dst} in {ns}")
             if isinstance(r, str):
                 return _end(t, "dropped", f"{r} in {ns}")
+            if r.kind == "multipath":
+                r = _one_path(r, pkt)
             if r.kind not in ("unreachable", "blackhole"):
                 why = _firewall_verdict(d, ns, iif, r.dev, pkt)
                 if why:
@@ -411,6 +420,8 @@ class FakeFabric:
             if pair is not None and r.kind not in ("unreachable", "blackhole"):
                 if r.via is not None and ("neigh", ns, r.dev, r.via) not in d.objs:
                     return _end(t, "unreachable", f"no neighbour for {r.via} on {r.dev}")
+                if _role(d, pair.netns) == "hybrid":
+                    return self._out_line(t, d, pair, dst)
                 return self._out_through(t, d, pair, dst)
             if r.kind in ("unreachable", "blackhole"):
                 return _end(t, "unreachable", f"{r.kind} route {r.dst} in {ns}")
@@ -492,6 +503,40 @@ class FakeFabric:
                 d, ns, iif = d2, vx2.netns, VXLAN_IFNAME
                 continue
         return _end(t, "dropped", "TTL exceeded")
+
+    def _out_line(
+        self, t: Trace, d: FakeDriver, pair: VethPair, dst: ipaddress.IPv4Address
+    ) -> Trace:
+        """A packet the VPC namespace sends to a hybrid gateway's port: the replica
+        forwards it out of its line to the site router (delivered: to the IDC)."""
+        hy = pair.netns
+        if not _up(d, hy, pair.ifname) or not _up(d, pair.peer_netns, pair.peer_ifname):
+            return _end(t, "dropped", f"replica link {pair.ifname} down")
+        t.hops.append(f"{d.naming.prefix}:{hy}")
+        fwd = d.objs.get(("sysctl", hy, "net/ipv4/ip_forward"))
+        if not isinstance(fwd, Sysctl) or fwd.value != "1":
+            return _end(t, "dropped", f"{hy} does not forward")
+        r = _lookup(d, hy, dst)
+        if r is not None:
+            return _end(t, "dropped", f"{hy} routes {dst} by {r.kind} {r.dst}, not to the line")
+        if not isinstance(d.objs.get(("bgp", hy)), Bgp):
+            return _end(t, "unreachable", f"{hy} has no BGP session: nothing learned")
+        line = d.objs.get(("link", hy, HYBRID_LINE_IFNAME))
+        if not isinstance(line, Vxlan) or not _up(d, hy, HYBRID_LINE_IFNAME):
+            return _end(t, "dropped", f"{hy} has no line up")
+        on_line = [
+            a
+            for a in d.objs.values()
+            if isinstance(a, Address) and a.netns == hy and a.ifname == HYBRID_LINE_IFNAME
+        ]
+        if not on_line:
+            return _end(t, "dropped", f"{hy} has no address on its line")
+        fdb = d.objs.get(("fdb", hy, HYBRID_LINE_IFNAME, ZERO_MAC))
+        if not isinstance(fdb, Fdb):
+            return _end(t, "dropped", f"{hy}'s line has no FDB entry to the site router")
+        t.hops.append(f"{d.naming.prefix}:{hy}:{HYBRID_LINE_IFNAME}->{fdb.dst}")
+        t.to_netns = None
+        return _end(t, "delivered", f"to the IDC over the line (vni {line.vni})")
 
     def _out_through(
         self, t: Trace, d: FakeDriver, pair: VethPair, dst: ipaddress.IPv4Address
@@ -696,6 +741,21 @@ def _up(d: FakeDriver, ns: str | None, ifname: str) -> bool:
     return ("up", ns or "", ifname) in d.objs
 
 
+def _role(d: FakeDriver, ns: str) -> str:
+    n = d.objs.get(("netns", ns))
+    return n.role if isinstance(n, Netns) else ""
+
+
+def _one_path(r: KRoute, pkt: _Packet) -> KRoute:
+    """The next hop of multipath route `r` that a flow takes: chosen by a hash of its
+    addresses, protocol and port (policy 1 hashes L4), the same for every packet of it."""
+    flow = f"{pkt.src}>{pkt.dst}/{pkt.proto}/{pkt.dport}".encode()
+    via, dev = r.nexthops[zlib.crc32(flow) % len(r.nexthops)]
+    if dev == VXLAN_IFNAME:
+        return replace(r, kind="remote", dev=dev, via=via, nexthops=())
+    return replace(r, kind="gateway", dev=dev, via=via, onlink=True, nexthops=())
+
+
 def _gateway_port(d: FakeDriver, ns: str, dev: str | None) -> VethPair | None:
     """The gateway link whose far end is `dev` in `ns` (a VPC's g-… or the host's n-…)."""
     if dev is None:
@@ -754,4 +814,6 @@ def _answers_arp(d: FakeDriver, port: Veth, target: str) -> bool:
     if not isinstance(s, Sysctl) or s.value != "1":
         return False
     r = _lookup(d, port.netns, ip)
-    return r is not None and r.kind in ("local", "remote", "gateway") and r.dev != port.ifname
+    if r is None or r.kind not in ("local", "remote", "gateway", "multipath"):
+        return False
+    return port.ifname not in r.devs

@@ -3,12 +3,14 @@
 The agent stays in the root namespace and programs every namespace of its host through a
 netlink socket opened inside that namespace (see `_ipr`). What counts as ours:
 
-* namespaces named `<prefix>v<vni>` (VPC), `<prefix>i-<id>` (instance) and `<prefix>g-<id>`
-  (NAT gateway);
-* inside them: vxlan0, the veth ports, `lo`/`eth0` state, every IPv4 address except
-  127.0.0.1, permanent neighbours, vxlan FDB entries with a destination, routes and ip
-  rules whose rtnetlink protocol is RTPROT_YUNHAN, the `netdev yunhan` and `ip yunhan`
-  nft tables (VPC: port filters and routing marks; gateway: its NAT);
+* namespaces named `<prefix>v<vni>` (VPC), `<prefix>i-<id>` (instance), `<prefix>g-<id>`
+  (NAT gateway) and `<prefix>h-<id>` (hybrid gateway replica);
+* inside them: vxlan0, the veth ports (`p-`, and the gateways' `g-` and `h-`), `lo`/`eth0`
+  state, every IPv4 address except 127.0.0.1, permanent neighbours, vxlan FDB entries with
+  a destination, routes and ip rules whose rtnetlink protocol is RTPROT_YUNHAN, the
+  `netdev yunhan` and `ip yunhan` nft tables (VPC: port filters and routing marks;
+  gateway: its NAT); in a replica namespace `vpc0`, the line (`line0`, a VXLAN device)
+  and its FRR instance (`yunhan.net.frr`, pathspace = the namespace's name);
 * in the host namespace (`host_netns`, None: the agent's own): the gateways' veth ends
   `n-<id>` and what is on them (routes of RTPROT_YUNHAN, permanent neighbours), and
   net.ipv4.ip_forward;
@@ -36,8 +38,9 @@ from typing import Any
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
-from yunhan.errors import DriverError
-from yunhan.net import nft, nftroute, nftsg, nsutil
+from yunhan.errors import DriverError, ValidationError
+from yunhan.net import frr, nft, nftroute, nftsg, nsutil
+from yunhan.net.desired import HYBRID_LINE_IFNAME
 from yunhan.net.driver import Sandbox
 from yunhan.net.naming import INSTANCE_IFNAME, VXLAN_IFNAME, Naming
 from yunhan.net.natgw import (
@@ -59,11 +62,15 @@ from yunhan.net.state import (
     CONNTRACK_ACCOUNTING,
     CONNTRACK_TIMEOUTS,
     HOST_SYSCTLS,
+    HYBRID_SYSCTLS,
+    HYBRID_VPC_SYSCTLS,
     INSTANCE_SYSCTLS,
     NATGW_SYSCTLS,
     RTPROT_YUNHAN,
     VPC_SYSCTLS,
+    ZERO_MAC,
     Address,
+    Bgp,
     Fdb,
     Filter,
     Firewall,
@@ -139,18 +146,19 @@ def garp_frame(mac: str, ip: str) -> bytes:
     return b"\xff" * 6 + hw + struct.pack("!H", ETH_P_ARP) + arp
 
 
-def _pairs(near: list[_End], far: list[_End]) -> list[VethPair]:
+def _pairs(near: list[_End], far: list[_End], kind: str = "g") -> list[VethPair]:
     """The gateway links, from their gateway ends (`near`) and the VPC and host ends.
 
-    The other end of a gateway's vpc0 is "g-<id>" in some VPC namespace, of its pub0
-    "n-<id>" in the host namespace; interface indices are per namespace, so a candidate is
-    the one whose index is our peer index and whose peer index is ours, and whose name
-    carries our id. Not found: peer_netns None (never wanted, so the pair is re-made).
+    The other end of a gateway's vpc0 is "g-<id>" in some VPC namespace (a hybrid
+    gateway's, `kind` "h": "h-<id>"), of its pub0 "n-<id>" in the host namespace;
+    interface indices are per namespace, so a candidate is the one whose index is our peer
+    index and whose peer index is ours, and whose name carries our id. Not found:
+    peer_netns None (never wanted, so the pair is re-made).
     """
     out = []
     for ns, ifname, idx, peer, mac, mtu in near:
-        short = ns.rsplit("g-", 1)[-1]
-        want = f"g-{short}" if ifname == GW_VPC_IFNAME else f"n-{short}"
+        short = ns.rsplit(f"{kind}-", 1)[-1]
+        want = f"{kind}-{short}" if ifname == GW_VPC_IFNAME else f"n-{short}"
         match = next(
             (e for e in far if e[1] == want and e[2] == peer and e[3] == idx),
             None,
@@ -161,6 +169,21 @@ def _pairs(near: list[_End], far: list[_End]) -> list[VethPair]:
             pns, pname, _i, _p, pmac, pmtu = match
             out.append(VethPair(ns, ifname, mac, pns, pname, pmac, mtu if pmtu == mtu else -1))
     return out
+
+
+def _vxlan_of(ns: str, link: Any) -> Vxlan:
+    data = link.get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_DATA")
+    return Vxlan(
+        ns,
+        link.get_attr("IFLA_IFNAME"),
+        int(data.get_attr("IFLA_VXLAN_ID")),
+        str(data.get_attr("IFLA_VXLAN_LOCAL")),
+        link.get_attr("IFLA_ADDRESS"),
+        int(link.get_attr("IFLA_MTU")),
+        int(data.get_attr("IFLA_VXLAN_PORT")),
+        bool(data.get_attr("IFLA_VXLAN_LEARNING")),
+        bool(data.get_attr("IFLA_VXLAN_GBP")),
+    )
 
 
 class LinuxDriver:
@@ -181,6 +204,7 @@ class LinuxDriver:
         self._vpc_re = re.compile(re.escape(naming.prefix) + r"v\d+$")
         self._inst_re = re.compile(re.escape(naming.prefix) + r"i-[A-Za-z0-9]+$")
         self._gw_re = re.compile(re.escape(naming.prefix) + r"g-[A-Za-z0-9]+$")
+        self._hybrid_re = re.compile(re.escape(naming.prefix) + r"h-[A-Za-z0-9]+$")
         self._socks: dict[str | None, IPRoute] = {}
         # ns -> ifname -> (index, mac, kind): filled by observation, or by one dump on a
         # miss, and dropped whenever we add or remove a link there. Without it every op on
@@ -290,7 +314,7 @@ class LinuxDriver:
     # -- observation -----------------------------------------------------------------------
 
     def namespaces(self) -> dict[str, str]:
-        """Our namespaces that exist: name -> "vpc" | "instance"."""
+        """Our namespaces that exist: name -> "vpc" | "instance" | "natgw" | "hybrid"."""
         out: dict[str, str] = {}
         for name in netns.listnetns():
             if self._vpc_re.match(name):
@@ -299,6 +323,8 @@ class LinuxDriver:
                 out[name] = "instance"
             elif self._gw_re.match(name):
                 out[name] = "natgw"
+            elif self._hybrid_re.match(name):
+                out[name] = "hybrid"
         return out
 
     def observe(self) -> State:
@@ -309,11 +335,14 @@ class LinuxDriver:
         # (idx, peer idx) -> every instance eth0 with those: (ns, mac, mtu, link netnsid)
         eth0s: dict[tuple[int, int], list[tuple[str, str, int, int | None]]] = {}
         near: list[_End] = []  # gateway links, gateway ends
+        hnear: list[_End] = []  # hybrid gateway replicas' vpc0
         far: list[_End] = []  # gateway links, VPC and host ends
         for name, role in sorted(nss.items()):
             try:
                 if role == "natgw":
                     inner = self._observe_gw(name, near)
+                elif role == "hybrid":
+                    inner = self._observe_hybrid(name, hnear)
                 else:
                     inner = self._observe_ns(name, role, veths, eth0s, far)
             except DriverError as exc:
@@ -337,6 +366,7 @@ class LinuxDriver:
         gateways = any(role == "natgw" for role in nss.values())
         objs.extend(self._observe_host(far, gateways))
         objs.extend(_pairs(near, far))
+        objs.extend(_pairs(hnear, far, "h"))
         objs.extend(self._observe_uplink())
         # Listed by prefix, kept by exact name: "<p>i-…" of a longer prefix is not ours.
         for ns, host in self.sandbox.list_uts(self.naming.prefix).items():
@@ -401,23 +431,11 @@ class LinuxDriver:
                 mtu = int(link.get_attr("IFLA_MTU"))
                 mac = link.get_attr("IFLA_ADDRESS")
                 if role == "vpc" and kind == "vxlan" and ifname == VXLAN_IFNAME:
-                    data = info.get_attr("IFLA_INFO_DATA")
-                    objs.append(
-                        Vxlan(
-                            ns,
-                            ifname,
-                            int(data.get_attr("IFLA_VXLAN_ID")),
-                            str(data.get_attr("IFLA_VXLAN_LOCAL")),
-                            mac,
-                            mtu,
-                            int(data.get_attr("IFLA_VXLAN_PORT")),
-                            bool(data.get_attr("IFLA_VXLAN_LEARNING")),
-                            bool(data.get_attr("IFLA_VXLAN_GBP")),
-                        )
-                    )
+                    objs.append(_vxlan_of(ns, link))
                     managed.add(ifname)
-                elif role == "vpc" and kind == "veth" and ifname.startswith("g-"):
-                    # A NAT gateway's port: the VPC end of a pair observed from the gateway.
+                elif role == "vpc" and kind == "veth" and ifname.startswith(("g-", "h-")):
+                    # A NAT or hybrid gateway's port: the VPC end of a pair observed from
+                    # the gateway.
                     if far is not None:
                         peer = int(link.get_attr("IFLA_LINK") or 0)
                         far.append((ns, ifname, idx, peer, mac, mtu))
@@ -455,14 +473,9 @@ class LinuxDriver:
                         objs.append(
                             Neigh(ns, ndev, n.get_attr("NDA_DST"), n.get_attr("NDA_LLADDR"))
                         )
-                for n in ipr.get_neighbours(family=socket.AF_BRIDGE):
-                    # Only entries with a remote destination: the vxlan device also lists
-                    # its own MAC and the kernel's local entries.
-                    dst = n.get_attr("NDA_DST")
-                    if names.get(int(n["ifindex"])) == VXLAN_IFNAME and dst:
-                        objs.append(Fdb(ns, VXLAN_IFNAME, n.get_attr("NDA_LLADDR"), dst))
+                objs.extend(self._observe_fdb(ns, ipr, names, VXLAN_IFNAME))
         if role == "vpc":
-            paths = [*VPC_SYSCTLS, *CONNTRACK_TIMEOUTS, *CONNTRACK_ACCOUNTING]
+            paths = [*VPC_SYSCTLS, *CONNTRACK_TIMEOUTS, *CONNTRACK_ACCOUNTING, *HYBRID_VPC_SYSCTLS]
             ports = [p[0] for p in veths.get(ns, [])]
             devsys = [s for p in ports for s in port_sysctls(ns, p)]
             values = nsutil.read_sysctls(ns, paths + [s.path for s in devsys], self._runner(ns))
@@ -484,6 +497,19 @@ class LinuxDriver:
         rtype = int(r["type"])
         if rtype in _KIND_OF_RTN:
             return KRoute(ns, dst, _KIND_OF_RTN[rtype], table=table, metric=metric)  # type: ignore[arg-type]
+        multipath = r.get_attr("RTA_MULTIPATH")
+        if multipath:
+            # Read back as written: (via, dev) per next hop, sorted. A next hop that is not
+            # onlink, or on a device we cannot name, reads as one that was never wanted.
+            hops = sorted(
+                (
+                    str(nh.get_attr("RTA_GATEWAY")),
+                    names.get(int(nh["oif"]), "?")
+                    + ("" if int(nh["flags"]) & RTNH_F_ONLINK else " (not onlink)"),
+                )
+                for nh in multipath
+            )
+            return KRoute(ns, dst, "multipath", table=table, metric=metric, nexthops=tuple(hops))
         oif = r.get_attr("RTA_OIF")
         dev = names.get(int(oif)) if oif is not None else None
         via = r.get_attr("RTA_GATEWAY")
@@ -600,6 +626,8 @@ class LinuxDriver:
                 peer = int(link.get_attr("IFLA_LINK") or 0)
                 mac = str(link.get_attr("IFLA_ADDRESS") or "")
                 ends.append((ns, ifname, idx, peer, mac, int(link.get_attr("IFLA_MTU"))))
+            elif kind == "vxlan":
+                objs.append(_vxlan_of(ns, link))
             if int(link["flags"]) & IFF_UP:
                 objs.append(LinkUp(ns, ifname))
         return objs, names, managed
@@ -644,6 +672,43 @@ class LinuxDriver:
             if exc.errno != errno.ENOENT:
                 raise
         return objs
+
+    def _observe_hybrid(self, ns: str, near: list[_End]) -> list[Obj]:
+        """A hybrid gateway replica's namespace: vpc0's near end (paired up by `observe`),
+        the line, what is on both, sysctls, and its FRR instance."""
+        ipr = self._ipr(ns)
+        with _errors(f"observe {ns}", netns=ns):
+            objs, names, managed = self._observe_links(
+                ns,
+                ipr,
+                lambda n, k: (
+                    n == "lo"
+                    or (n == GW_VPC_IFNAME and k == "veth")
+                    or (n == HYBRID_LINE_IFNAME and k == "vxlan")
+                ),
+                near,
+            )
+            objs.extend(self._observe_on(ns, ipr, names, managed))
+            objs.extend(self._observe_fdb(ns, ipr, names, HYBRID_LINE_IFNAME))
+        values = nsutil.read_sysctls(ns, list(HYBRID_SYSCTLS), self._runner(ns))
+        objs.extend(Sysctl(ns, p, v) for p, v in values.items() if v is not None)
+        bgp = self._observe_bgp(ns)
+        if bgp is not None:
+            objs.append(bgp)
+        return objs
+
+    @staticmethod
+    def _observe_fdb(ns: str, ipr: IPRoute, names: dict[int, str], ifname: str) -> list[Fdb]:
+        """The FDB entries with a destination on `ifname` (the device also lists its own
+        MAC and the kernel's local entries). The all-zeros entry may hold several
+        destinations (each frame is sent to all): they read as one entry whose `dst`
+        lists them, which never equals a wanted one unless it is exactly that one."""
+        dsts: dict[str, list[str]] = {}
+        for n in ipr.get_neighbours(family=socket.AF_BRIDGE):
+            dst = n.get_attr("NDA_DST")
+            if names.get(int(n["ifindex"])) == ifname and dst:
+                dsts.setdefault(str(n.get_attr("NDA_LLADDR")), []).append(str(dst))
+        return [Fdb(ns, ifname, mac, ",".join(sorted(d))) for mac, d in dsts.items()]
 
     def _observe_host(self, far: list[_End], gateways: bool) -> list[Obj]:
         """The gateways' ends in the host namespace and what is on them, and ip_forward
@@ -745,8 +810,11 @@ class LinuxDriver:
                     state=NUD_PERMANENT,
                 )
             case Fdb():
+                # The kernel refuses NLM_F_REPLACE for the all-zeros (default) entry
+                # (EOPNOTSUPP: it is a list of destinations): append, which is a no-op for
+                # one already listed. A changed one is replaced by `_replace`.
                 self._ipr(o.netns).fdb(
-                    "replace",
+                    "append" if o.mac == ZERO_MAC else "replace",
                     ifindex=self._index(o.netns, o.ifname),
                     lladdr=o.mac,
                     dst=o.dst,
@@ -805,6 +873,8 @@ class LinuxDriver:
                 nft.run(o.netns, nat_batch(o), self._runner(o.netns))
             case Announce():
                 self._ipr(UPLINK_NETNS).route("replace", **self._announce_args(o))
+            case Bgp():
+                self._replace_bgp(None, o)
 
     def _replace(self, old: Obj, new: Obj) -> None:
         match new:
@@ -871,6 +941,13 @@ class LinuxDriver:
                     self._delete(old)
                     self._create(new)
                 # otherwise a role is only our reading of the name
+            case Fdb() if new.mac == ZERO_MAC:
+                # Appending would keep the old destination beside the new one.
+                self._delete(old)
+                self._create(new)
+            case Bgp():
+                assert isinstance(old, Bgp)
+                self._replace_bgp(old, new)
             case _:
                 # Sysctl, neighbours, FDB, routes: set / replace in place; the rest have
                 # no attribute outside their key.
@@ -880,7 +957,11 @@ class LinuxDriver:
         match o:
             case Netns():
                 self._drop_sock(o.name)
-                if o.role == "instance":
+                if o.role == "hybrid":
+                    # FRR first (its run dirs go with it): its daemons would otherwise
+                    # keep the namespace alive, still speaking BGP from nowhere.
+                    frr.stop(o.name)
+                if o.role in ("instance", "hybrid"):
                     nsutil.end_all(o.name)
                 try:
                     netns.remove(o.name)
@@ -912,12 +993,25 @@ class LinuxDriver:
                         "del", ifindex=self._index(o.netns, o.ifname), dst=o.ip
                     )
                 )
+            case Fdb() if o.mac == ZERO_MAC:
+                # Without a destination: the whole entry, every destination it lists.
+                _gone_ok(
+                    lambda: self._ipr(o.netns).fdb(
+                        "del", ifindex=self._index(o.netns, o.ifname), lladdr=o.mac
+                    )
+                )
             case Fdb():
                 _gone_ok(
                     lambda: self._ipr(o.netns).fdb(
                         "del", ifindex=self._index(o.netns, o.ifname), lladdr=o.mac, dst=o.dst
                     )
                 )
+            case KRoute() if o.kind == "multipath":
+                # By its key alone: a next hop's device may be gone already, and the route
+                # (table, dst, metric) is ours whatever its next hops.
+                dst, plen = o.dst.split("/")
+                key = {"dst": dst, "dst_len": int(plen), "table": o.table, "priority": o.metric}
+                _gone_ok(lambda: self._ipr(o.netns).route("del", proto=RTPROT_YUNHAN, **key))
             case KRoute():
                 _gone_ok(lambda: self._ipr(o.netns).route("del", **self._route_args(o)))
             case Filter():
@@ -934,6 +1028,8 @@ class LinuxDriver:
                 self.sandbox.remove_uts(o.netns)
             case Process():
                 self.sandbox.stop(o.netns)
+            case Bgp():
+                frr.stop(o.netns)
             case VethPair():
                 _gone_ok(
                     lambda: self._ipr(o.netns).link("del", index=self._index(o.netns, o.ifname))
@@ -944,6 +1040,36 @@ class LinuxDriver:
                 # With the gateway given, the kernel deletes the route only while it still
                 # points at us (ESRCH otherwise: another host announces it now).
                 _gone_ok(lambda: self._ipr(UPLINK_NETNS).route("del", **self._announce_args(o)))
+
+    @staticmethod
+    def _observe_bgp(ns: str) -> Bgp | None:
+        """The replica's FRR instance: whether its daemons all live, and the session last
+        applied to it, read from the config `frr` keeps in its run dir (None: no config
+        there, or one that holds no session). Not read back from bgpd (a vtysh run per
+        replica at every observation): a change made by hand through vtysh is not seen."""
+        running = frr.running(ns)
+        try:
+            config = frr.applied_config(ns)
+            session = None if config is None else frr.parse_session(config)
+        except (OSError, ValueError, ValidationError) as exc:  # unreadable: as if none
+            log.warning("reading the FRR config of %s: %s", ns, exc)
+            session = None
+        if not running and session is None:
+            return None
+        return Bgp(ns, session, running)
+
+    @staticmethod
+    def _replace_bgp(old: Bgp | None, new: Bgp) -> None:
+        """Start the replica's FRR with the whole session, or, while it runs, apply only
+        the difference (a change of what is announced must not reset the session: the
+        route switch relies on it)."""
+        assert new.session is not None, "a wanted Bgp has a session"
+        if old is not None and old.running:
+            # Started whole by frr itself if its daemons died since.
+            frr.apply_session(new.netns, old.session, new.session)
+        else:
+            # Not running: what is left of a dead instance is cleared first by `start`.
+            frr.start(new.netns, frr.render_session(new.session))
 
     def _announce_args(self, o: Announce) -> dict[str, Any]:
         assert self.uplink is not None
@@ -1036,6 +1162,15 @@ class LinuxDriver:
         }
         if o.kind in _RTN_OF_KIND:
             args["type"] = _RTN_OF_KIND[o.kind]
+            return args
+        if o.kind == "multipath":
+            # Every next hop onlink: link-local next hops (vxlan0) or a replica's address
+            # on its port, each resolved by its permanent neighbour.
+            args["family"] = socket.AF_INET  # pyroute2 does not infer it from the hops
+            args["multipath"] = [
+                {"gateway": via, "oif": self._index(o.netns, dev), "flags": RTNH_F_ONLINK}
+                for via, dev in o.nexthops
+            ]
             return args
         assert o.dev is not None
         args["oif"] = self._index(o.netns, o.dev)

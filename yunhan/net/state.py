@@ -21,6 +21,9 @@ from dataclasses import dataclass, field, replace
 from typing import Literal, TypeAlias
 
 from yunhan.net.desired import (
+    HYBRID_INNER_IP,
+    HYBRID_LINE_IFNAME,
+    HYBRID_LINE_PORT,
     MARK_ROUTED,
     MARK_SELECTOR_SHIFT,
     NAT_BASE,
@@ -31,6 +34,9 @@ from yunhan.net.desired import (
     TABLE_BASE,
     VXLAN_PORT,
     HostDesired,
+    HybridGwDesired,
+    HybridReplicaDesired,
+    HybridRouteDesired,
     NatGwDesired,
     NextHop,
     Peer,
@@ -38,11 +44,13 @@ from yunhan.net.desired import (
     VpcDesired,
     vtep_mac,
 )
+from yunhan.net.frr import Session
 from yunhan.net.naming import (
     INSTANCE_IFNAME,
     VXLAN_IFNAME,
     Naming,
     gateway_ifname,
+    hybrid_ifname,
     natgw_host_ifname,
 )
 from yunhan.net.natgw import (
@@ -69,7 +77,7 @@ class Netns:
     name: str
     # "stale": observed only, a file of ours under /run/netns that is not a namespace (a
     # crash between creating and bind-mounting it); never equal to a wanted one.
-    role: Literal["vpc", "instance", "natgw", "stale"]
+    role: Literal["vpc", "instance", "natgw", "hybrid", "stale"]
 
     @property
     def key(self) -> Key:
@@ -174,14 +182,16 @@ class Fdb:
         return ("fdb", self.netns, self.ifname, self.mac)
 
 
-RouteKind = Literal["local", "remote", "unreachable", "blackhole", "gateway", "throw"]
+RouteKind = Literal["local", "remote", "unreachable", "blackhole", "gateway", "throw", "multipath"]
 
 
 @dataclass(frozen=True)
 class KRoute:
     """A kernel route of ours. local: dev; remote: via onlink dev vxlan0; gateway: via dev
     (`onlink`: a next hop on a port, not in any subnet of the VPC namespace's own); throw:
-    the lookup of this table ends without a match and the next ip rule is tried."""
+    the lookup of this table ends without a match and the next ip rule is tried;
+    multipath: ECMP over `nexthops` (no `dev`, `via`), each `nexthop via <via> dev <dev>
+    onlink`, the kernel choosing one per flow (fib_multipath_hash_policy)."""
 
     netns: str
     dst: str
@@ -192,10 +202,18 @@ class KRoute:
     metric: int = 0
     onlink: bool = False  # gateway only (remote is always onlink)
     realm: int = 0  # RTA_FLOW: ROUTED_REALM on remote next hops of distributed routing
+    nexthops: tuple[tuple[str, str], ...] = ()  # multipath: (via, dev), sorted (as text)
 
     @property
     def key(self) -> Key:
         return ("route", self.netns, str(self.table), self.dst, str(self.metric))
+
+    @property
+    def devs(self) -> tuple[str, ...]:
+        """Every device the route leaves by (the kernel removes it with any of them)."""
+        if self.kind == "multipath":
+            return tuple(dev for _via, dev in self.nexthops)
+        return () if self.dev is None else (self.dev,)
 
 
 @dataclass(frozen=True)
@@ -301,6 +319,23 @@ class Process:
         return ("proc", self.netns)
 
 
+@dataclass(frozen=True)
+class Bgp:
+    """The FRR instance of a hybrid gateway replica (`yunhan.net.frr`), in its namespace:
+    our side of one eBGP session with the site router. Wanted: `session`, running.
+    Observed: the session last applied (None when unknown) and whether its daemons all
+    live. A changed session is applied as a difference (`frr.apply_session`): a change of
+    what is announced never resets the session nor restarts the namespace."""
+
+    netns: str
+    session: Session | None
+    running: bool = True
+
+    @property
+    def key(self) -> Key:
+        return ("bgp", self.netns)
+
+
 Obj: TypeAlias = (
     Netns
     | Sysctl
@@ -320,6 +355,7 @@ Obj: TypeAlias = (
     | Rule
     | Marks
     | Firewall
+    | Bgp
 )
 State: TypeAlias = dict[Key, Obj]
 
@@ -470,6 +506,18 @@ def compile_state(desired: HostDesired, naming: Naming, *, uplink: bool = False)
         for ngw in vpc.natgws:
             if ngw.local:
                 objs.extend(natgw_objects(ngw, ns, vpc.cidrs, desired.instance_mtu, naming, uplink))
+        if vpc.hybrids:
+            objs.extend(Sysctl(ns, p, v) for p, v in HYBRID_VPC_SYSCTLS.items())
+        for hgw in vpc.hybrids:
+            # Last: an IDC subnet's route takes the place of a generated one of the same
+            # prefix (the VPC block unreachable) in main.
+            objs.extend(_hybrid_route(ns, hgw, r, peers) for r in hgw.routes)
+            if hgw.replica is not None:
+                objs.extend(
+                    hybrid_objects(
+                        hgw, hgw.replica, ns, desired.underlay_ip, desired.instance_mtu, naming
+                    )
+                )
     return as_state(objs)
 
 
@@ -631,6 +679,115 @@ def _nexthop_route(ns: str, dst: str, nh: NextHop, table: int, peers: Mapping[st
     return KRoute(ns, dst, "unreachable", table=table)
 
 
+# -- hybrid gateways (docs/hybrid.md) -------------------------------------------------------
+
+# In a VPC namespace with hybrid gateways: ECMP over replicas hashes on the L4 ports too,
+# so that the flows of one pair of addresses (an instance and an IDC server) spread.
+HYBRID_VPC_SYSCTLS: Mapping[str, str] = {"net/ipv4/fib_multipath_hash_policy": "1"}
+HYBRID_SYSCTLS: Mapping[str, str] = {
+    "net/ipv4/ip_forward": "1",
+    # The replica forwards between vpc0 and the line; what comes back may take another
+    # replica (ECMP on both sides): never drop a packet for the way its source is routed.
+    "net/ipv4/conf/all/rp_filter": "0",
+    "net/ipv4/conf/default/rp_filter": "0",
+    "net/ipv6/conf/all/disable_ipv6": "1",
+    "net/ipv6/conf/default/disable_ipv6": "1",
+}
+ZERO_MAC = "00:00:00:00:00:00"  # the FDB entry a VXLAN sends unknown destinations by
+
+
+def _hybrid_route(
+    ns: str, gw: HybridGwDesired, r: HybridRouteDesired, peers: Mapping[str, Peer]
+) -> KRoute:
+    """The main-table route of an IDC prefix in VPC namespace `ns`: through this host's
+    replica (its port), or through vxlan0 to the hosts of others, ECMP when several. A
+    remote next hop has no realm: the far host delivers it by its main table, which sends
+    it to its own replica."""
+    dst = str(ipaddress.IPv4Network(r.dst, strict=False))
+    hops: set[tuple[str, str]] = set()
+    for nh in r.nexthops:
+        if nh.kind == "local":
+            hops.add((nh.ip or HYBRID_INNER_IP, nh.port or gw.ifname))
+        elif nh.kind == "remote" and (peer := peers.get(nh.peer or "")) is not None:
+            hops.add((peer.nexthop, VXLAN_IFNAME))
+    if not hops:
+        return KRoute(ns, dst, "unreachable")
+    if len(hops) == 1:
+        ((via, dev),) = hops
+        if dev == VXLAN_IFNAME:
+            return KRoute(ns, dst, "remote", dev, via)
+        return KRoute(ns, dst, "gateway", dev, via, onlink=True)
+    # Sorted as text: the order a driver reads them back in, whatever the kernel's.
+    return KRoute(ns, dst, "multipath", nexthops=tuple(sorted(hops)))
+
+
+def hybrid_line_mac(hybrid_gw_id: str, replica: int) -> str:
+    """The MAC of a replica's end of the line: the site router learns each replica by it,
+    so two replicas of one gateway never share one."""
+    return gw_mac(hybrid_gw_id, f"{HYBRID_LINE_IFNAME}/{replica}")
+
+
+def hybrid_objects(
+    gw: HybridGwDesired,
+    replica: HybridReplicaDesired,
+    vpc_ns: str,
+    underlay_ip: str,
+    mtu: int,
+    naming: Naming,
+) -> list[Obj]:
+    """The objects of the replica of `gw` that runs on this host: its namespace, its link
+    to the VPC namespace (like a NAT gateway's: HYBRID_INNER_IP behind the port, the VPC
+    namespace as NATGW_LINK_IP behind vpc0, permanent neighbours both ways), its end of
+    the line (a VXLAN device on HYBRID_LINE_PORT without GBP nor learning, every frame to
+    the site router's underlay address), the routes of what it announces back into the
+    VPC, and its BGP session."""
+    ns = naming.hybrid_netns(gw.id)
+    port = gw.ifname or hybrid_ifname(gw.id)
+    mac_port, mac_vpc0 = gw_mac(gw.id, "port"), gw_mac(gw.id, GW_VPC_IFNAME)
+    line = HYBRID_LINE_IFNAME
+    objs: list[Obj] = [
+        Netns(ns, "hybrid"),
+        LinkUp(ns, "lo"),
+        *(Sysctl(ns, p, v) for p, v in HYBRID_SYSCTLS.items()),
+        VethPair(ns, GW_VPC_IFNAME, mac_vpc0, vpc_ns, port, mac_port, mtu),
+        LinkUp(ns, GW_VPC_IFNAME),
+        LinkUp(vpc_ns, port),
+        Address(ns, GW_VPC_IFNAME, f"{HYBRID_INNER_IP}/32"),
+        Neigh(ns, GW_VPC_IFNAME, NATGW_LINK_IP, mac_port),
+        Neigh(vpc_ns, port, HYBRID_INNER_IP, mac_vpc0),
+        # Created against the host's underlay address, placed in the replica namespace
+        # (as vxlan0 is in a VPC namespace): its socket next to the underlay, its routing
+        # with the replica.
+        Vxlan(
+            ns,
+            line,
+            replica.line_vni,
+            underlay_ip,
+            hybrid_line_mac(gw.id, replica.index),
+            mtu,
+            port=HYBRID_LINE_PORT,
+            gbp=False,
+        ),
+        Fdb(ns, line, ZERO_MAC, replica.line_vtep),
+        Address(ns, line, str(ipaddress.IPv4Interface(replica.line_ip))),
+        LinkUp(ns, line),
+    ]
+    for prefix in replica.announce:
+        dst = str(ipaddress.IPv4Network(prefix, strict=False))
+        objs.append(KRoute(ns, dst, "gateway", GW_VPC_IFNAME, NATGW_LINK_IP, onlink=True))
+    session = Session(
+        router_id=str(ipaddress.IPv4Interface(replica.line_ip).ip),
+        asn=replica.asn,
+        peer_ip=replica.peer_ip,
+        peer_asn=replica.peer_asn,
+        md5_secret=replica.md5_secret,
+        bfd=replica.bfd,
+        announce=tuple(str(ipaddress.IPv4Network(p, strict=False)) for p in replica.announce),
+    )
+    objs.append(Bgp(ns, session))
+    return objs
+
+
 NATGW_SYSCTLS: Mapping[str, str] = {
     "net/ipv4/ip_forward": "1",
     "net/ipv6/conf/all/disable_ipv6": "1",
@@ -748,7 +905,10 @@ def _rank(o: Obj) -> int:
         # empty would send the first packets by main instead.
         case Rule():
             return 9
-        case Process():
+        # FRR starts once its namespace's links, addresses and routes are in place (bgpd
+        # binds to the line's address, `network` lines need their routes), and stops
+        # before any of them goes.
+        case Process() | Bgp():
             return 10
         # Announced last, withdrawn first: the uplink never routes to a gateway that is
         # not (or no longer) in place.
@@ -772,21 +932,31 @@ def _dev_of(o: Obj) -> str | None:
     return None
 
 
+def _devs_of(o: Obj) -> tuple[str, ...]:
+    """Every device `o` lives on or leaves by (a multipath route: each next hop's)."""
+    if isinstance(o, KRoute):
+        return o.devs
+    dev = _dev_of(o)
+    return () if dev is None else (dev,)
+
+
 @dataclass
 class _Doomed:
     netns: set[str] = field(default_factory=set)
     links: set[tuple[str, str]] = field(default_factory=set)
 
     def covers(self, o: Obj) -> bool:
-        # Namespace files and processes outlive a network namespace: never implied.
-        if isinstance(o, Netns | Uts | Process):
+        # Namespace files and processes (FRR's daemons too) outlive a network namespace:
+        # never implied.
+        if isinstance(o, Netns | Uts | Process | Bgp):
             return False
         if _ns_of(o) in self.netns:
             return True
         if isinstance(o, Filter):
             return False  # a netdev chain outlives its device (it re-binds by name)
-        dev = _dev_of(o)
-        return dev is not None and (_ns_of(o), dev) in self.links
+        # A route leaving by a device that goes is removed with it (a multipath route as
+        # a whole, when any of its devices is unregistered).
+        return any((_ns_of(o), dev) in self.links for dev in _devs_of(o))
 
 
 def plan(want: Mapping[Key, Obj], have: Mapping[Key, Obj]) -> list[Op]:
@@ -868,11 +1038,10 @@ def after(have: Mapping[Key, Obj], done: Iterable[Op]) -> State | None:
     done = list(done)
     touched: set[tuple[str, str]] = set()
     for o in have.values():
-        dev = _dev_of(o) if not isinstance(o, Vxlan | Veth) else o.ifname
-        if dev is not None:
-            touched.add((_ns_of(o), dev))
-            if isinstance(o, Veth | VethPair):
-                touched.update(_link_ends(o))
+        devs = _devs_of(o) if not isinstance(o, Vxlan | Veth) else (o.ifname,)
+        touched.update((_ns_of(o), dev) for dev in devs)
+        if isinstance(o, Veth | VethPair):
+            touched.update(_link_ends(o))
     doomed = _Doomed()
     for op in done:
         o = op.obj

@@ -41,6 +41,7 @@ from yunhan.model.hybrid import (
     validate_site,
 )
 from yunhan.model.schemas import Name, _Body, _Create
+from yunhan.net.frr import check_secret
 from yunhan.store import Reader, Resource
 
 router = APIRouter(prefix="/v1", tags=["hybrid"])
@@ -216,6 +217,8 @@ def create_gw(body: HybridGwCreate, request: Request, c: CallerDep, idem: Idempo
     name = validate_name("hybrid_gw", body.name)
     validate_asn(body.asn, "asn")
     validate_asn(body.peer_asn, "peer_asn")
+    if body.md5_secret is not None:
+        check_secret(body.md5_secret)  # what FRR takes as one word: refused here, not on hosts
     with st.store.transaction() as tx:
         if (replay := idem.replay(tx, c)) is not None:
             return replay

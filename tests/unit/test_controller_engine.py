@@ -25,6 +25,7 @@ from yunhan.controller.netcompile import (
     GatewayIn,
     GroupIn,
     HostIn,
+    HybridIn,
     InstanceIn,
     NhIn,
     PolicyIn,
@@ -43,6 +44,7 @@ from yunhan.net.docentries import (
     assemble,
     digest,
 )
+from yunhan.net.naming import hybrid_ifname
 from yunhan.store.resource import Event, Resource
 
 # -- a tiny store: resources by (kind, id), written one revision at a time ------------------
@@ -80,12 +82,20 @@ def subnet(
     index: int | None = None,
     table: str | None = None,
     acl: str | None = None,
+    location: str | None = None,
+    serve: str | None = None,
 ) -> Resource:
+    """`location` "idc:SITE": a subnet located in an IDC, served where `serve` says (absent:
+    "idc", as the API creates it)."""
     spec = {"vpc": f"vpc-{vpc_i}", "cidr": cidr}
     if table is not None:
         spec["route_table"] = table
     if acl is not None:
         spec["acl"] = acl
+    if location is not None:
+        spec["location"] = location
+    if serve is not None:
+        spec["serve"] = serve
     return res("subnet", f"subnet-{i}", f"s{i}", spec, {"index": index} if index else {})
 
 
@@ -126,6 +136,48 @@ def natgw(
     }
     status = {"index": index, "host": host_name, "public_ip": f"198.19.128.{i + 1}"}
     return res("natgw", f"ngw-{i}", f"g{i}", spec, status)
+
+
+def hybrid_gw(
+    i: int,
+    vpc_i: int,
+    index: int | None,
+    replicas: list[tuple[int, str | None, str]],
+    *,
+    site: str = "dc1",
+    md5: str | None = None,
+    bfd: bool = True,
+) -> Resource:
+    """A hybrid gateway to `site` with `replicas` (index, host, BGP state; the state
+    "unplaced" as the controller writes it for a replica without a host), as the API and
+    the controller write it (docs/hybrid.md)."""
+    spec = {
+        "vpc": f"vpc-{vpc_i}",
+        "site": f"idc-{site}",
+        "peer_ip": "198.19.33.1",
+        "peer_asn": 65001,
+        "asn": 64512,
+        "replicas": len(replicas),
+        "bfd": bfd,
+        "md5_secret": md5,
+    }
+    status = {
+        "index": index,
+        "site_name": site,
+        "line": {
+            "cidr": "198.19.33.0/24",
+            "vni": 0x700001,
+            "vtep": "198.19.16.1",
+            "router_ip": "198.19.33.1",
+        },
+        "phase": "active",
+        "replicas": [
+            {"index": n, "host": h, "line_ip": f"198.19.33.{10 + n}/24", "state": state}
+            for n, h, state in replicas
+        ],
+        "history": [],
+    }
+    return res("hybrid_gw", f"hgw-{i}", f"hg{i}", spec, status)
 
 
 def eip(i: int, instance_i: int | None, natgw_i: int | None) -> Resource:
@@ -217,6 +269,27 @@ def _routing_in(model: dict[tuple[str, str], Resource]) -> RoutingIn:
                 int(v.status.get("epoch", 0)),
             )
             for v in of.get("vip", [])
+        ),
+        hybrids=tuple(
+            HybridIn(
+                g.id,
+                g.spec["vpc"],
+                g.status.get("index"),
+                g.status.get("site_name") or "",
+                g.spec["asn"],
+                g.spec["peer_ip"],
+                g.spec["peer_asn"],
+                g.spec.get("md5_secret") or None,
+                g.spec.get("bfd", True),
+                g.status["line"]["vni"],
+                g.status["line"]["vtep"],
+                tuple(
+                    (x["index"], x["host"], x["line_ip"], x["state"] == "Established")
+                    for x in g.status["replicas"]
+                    if x.get("host") and x["state"] != "unplaced"
+                ),
+            )
+            for g in of.get("hybrid_gw", [])
         ),
     )
 
@@ -394,6 +467,8 @@ def _networks(model: dict[tuple[str, str], Resource]) -> dict[str, HostDesired]:
                 s.status.get("index"),
                 s.spec.get("route_table"),
                 s.spec.get("acl"),
+                s.spec.get("serve", "idc") if s.spec.get("location") else None,
+                s.spec["location"].split(":", 1)[1] if s.spec.get("location") else None,
             )
             for s in of["subnet"]
         ],
@@ -507,6 +582,51 @@ IPS = ["10.0.1.5", "10.0.1.6", "10.0.2.7", "10.1.0.8"]
 HOST_NAMES = ["h0", "h1", "h2", "h0b", "h-unknown"]
 
 
+# Subnets located in an IDC: one CIDR per subnet index (so that rewriting one with another
+# `serve` is a route switch), inside the VPC blocks or not, one overlapping another.
+IDC_CIDRS = ["10.0.2.0/24", "10.0.1.0/28", "192.168.100.0/24", "10.1.0.0/24"]
+REPLICA_STATES = [*("Established",) * 4, "Active", "pending", "unplaced"]
+REPLICA_HOSTS = [*HOST_NAMES[:3], *HOST_NAMES, None]  # mostly hosts of the seeded region
+
+
+def _hybrid_op(draw: st.DrawFn, kind: str, deleting: bool) -> Resource | tuple[str, str]:
+    if kind == "idcsub":  # (re)located, or switched between the IDC and the cloud
+        i = draw(st.integers(0, 3))
+        if deleting:
+            return ("subnet", f"subnet-{i}")
+        return subnet(
+            i,
+            draw(st.sampled_from([0, 0, 1])),
+            IDC_CIDRS[i],
+            draw(st.sampled_from([i + 1, i + 1, None])),
+            draw(st.sampled_from([None, None, "rtb-1", "rtb-9"])),
+            location=f"idc:{draw(st.sampled_from(['dc1', 'dc1', 'dc2']))}",
+            serve=draw(st.sampled_from(["idc", "cloud", None])),
+        )
+    # a hybrid gateway: created, scaled, its replicas moved, lost, (not) Established
+    i = draw(st.integers(0, 1))
+    if deleting:
+        return ("hybrid_gw", f"hgw-{i}")
+    indexes = draw(st.lists(st.integers(1, 4), max_size=3, unique=True))
+    replicas = [
+        (
+            n,
+            draw(st.sampled_from(REPLICA_HOSTS)),
+            draw(st.sampled_from(REPLICA_STATES)),
+        )
+        for n in indexes
+    ]
+    return hybrid_gw(
+        i,
+        draw(st.sampled_from([0, 0, 1])),
+        draw(st.sampled_from([40 + i, 40 + i, None])),
+        replicas,
+        site=draw(st.sampled_from(["dc1", "dc1", "dc2"])),
+        md5=draw(st.sampled_from([None, "s3cret"])),
+        bfd=draw(st.booleans()),
+    )
+
+
 DSTS = ["0.0.0.0/0", "192.168.9.0/24", "10.0.2.0/24", "10.0.2.0/24"]
 
 
@@ -570,6 +690,7 @@ def _op(draw: st.DrawFn) -> tuple[list[Resource], list[tuple[str, str]]]:
                 *("rtb", "route", "route", "policy", "natgw", "eip", "sg", "sg", "acl", "fl"),
                 *("vip", "vip"),
                 *("vol", "vol", "vol"),
+                *("idcsub", "idcsub", "hgw", "hgw", "hgw"),
             ]
         )
     )
@@ -632,6 +753,9 @@ def _op(draw: st.DrawFn) -> tuple[list[Resource], list[tuple[str, str]]]:
         return [sg(i, draw(st.sampled_from([0, 0, 1])), rules)], []
     if kind in ("rtb", "route", "policy", "natgw", "eip"):
         got = _routing_op(draw, kind, deleting)
+        return ([], [got]) if isinstance(got, tuple) else ([got], [])
+    if kind in ("idcsub", "hgw"):
+        got = _hybrid_op(draw, kind, deleting)
         return ([], [got]) if isinstance(got, tuple) else ([got], [])
     if kind == "host":
         i = draw(st.integers(0, 2))
@@ -1120,3 +1244,205 @@ def test_a_claim_won_changes_the_vips_own_entry_on_every_carrier() -> None:
             ("inst-00000000", "inst-00000001"),
             4,
         )
+
+
+# -- hybrid cloud, spelled out (docs/hybrid.md) -----------------------------------------------
+
+IDC_ANNOUNCED = [  # 10.0.0.0/16 without 10.0.2.0/24 (served in the IDC)
+    "10.0.0.0/23", "10.0.3.0/24", "10.0.4.0/22", "10.0.8.0/21",
+    "10.0.16.0/20", "10.0.32.0/19", "10.0.64.0/18", "10.0.128.0/17",
+]  # fmt: skip
+
+
+def _hybrid_region() -> Region:
+    """Three hosts; VPC 0 (10.0.0.0/16): web 10.0.1.0/24 in the cloud (i0 on h0), idc
+    10.0.2.0/24 located in site dc1 and served there (i1 on h1 stands by); hybrid gateway
+    hgw-0 to dc1 with replicas 1 on h1 and 2 on h2 (Established), 3 on h0 (Active)."""
+    region = Region(Engine())
+    region.write([host(0), host(1), host(2), vpc(0, 1, ["10.0.0.0/16"]), table(0, 0, 1, True)])
+    region.write(
+        [
+            subnet(0, 0, "10.0.1.0/24", 1),
+            subnet(1, 0, "10.0.2.0/24", 2, location="idc:dc1", serve="idc"),
+            inst(0, 0, "10.0.1.5", "fa:16:3e:00:00:00", "h0"),
+            inst(1, 1, "10.0.2.10", "fa:16:3e:00:00:01", "h1"),
+        ]
+    )
+    reps = [(1, "h1", "Established"), (2, "h2", "Established"), (3, "h0", "Active")]
+    region.write([hybrid_gw(0, 0, 40, reps, md5="s3cret")])
+    return region
+
+
+def _vpc0(region: Region, host_name: str) -> Any:
+    doc = assemble(region.engine.snapshot(host_name), host_name)
+    return next(v for v in doc.vpcs if v.id == "vpc-0")
+
+
+def _hops(region: Region, host_name: str) -> list[tuple[str, str | None, str | None]]:
+    (g,) = _vpc0(region, host_name).hybrids
+    (r,) = g.routes
+    assert r.dst == "10.0.2.0/24"
+    return [(nh.kind, nh.peer, nh.port) for nh in r.nexthops]
+
+
+def test_a_replica_host_carries_the_vpc_and_builds_its_replica() -> None:
+    region = Region(Engine())
+    region.write([host(0), host(1), vpc(0, 1, ["10.0.0.0/16"]), table(0, 0, 1, True)])
+    region.write(
+        [
+            subnet(0, 0, "10.0.1.0/24", 1),
+            subnet(1, 0, "10.0.2.0/24", 2, location="idc:dc1"),
+            inst(0, 0, "10.0.1.5", "fa:16:3e:00:00:00", "h0"),
+        ]
+    )
+    assert "vpc/vpc-0" not in region.engine.snapshot("h1")
+    got = region.write([hybrid_gw(0, 0, 40, [(1, "h1", "pending")], md5="s3cret", bfd=False)])
+    assert got == {"h0", "h1"}
+    v = _vpc0(region, "h1")
+    assert v.ports == () and [p.host for p in v.peers] == ["h0"]
+    (g,) = v.hybrids
+    assert (g.id, g.index, g.ifname) == ("hgw-0", 40, hybrid_ifname("hgw-0"))
+    rep = g.replica
+    assert rep is not None
+    assert (rep.index, rep.line_ip, rep.line_vni, rep.line_vtep) == (
+        1,
+        "198.19.33.11/24",
+        0x700001,
+        "198.19.16.1",
+    )
+    assert (rep.peer_ip, rep.peer_asn, rep.asn, rep.md5_secret, rep.bfd) == (
+        "198.19.33.1",
+        65001,
+        64512,
+        "s3cret",
+        False,
+    )
+    assert list(rep.announce) == IDC_ANNOUNCED
+    # h0 carries the gateway too (to send to it) and knows h1 as a peer; it runs none
+    (g0,) = _vpc0(region, "h0").hybrids
+    assert g0.replica is None and [p.host for p in _vpc0(region, "h0").peers] == ["h1"]
+    # Not established yet: no host sends to it
+    assert g0.routes[0].nexthops == () and g.routes[0].nexthops == ()
+    # The replica moves to another host: h1 carries the VPC no more
+    region.write([hybrid_gw(0, 0, 40, [(1, "h0", "pending")])])
+    assert "vpc/vpc-0" not in region.engine.snapshot("h1")
+    assert _vpc0(region, "h0").hybrids[0].replica is not None
+
+
+def test_hosts_send_to_their_own_replica_or_spread_over_the_established_ones() -> None:
+    region = _hybrid_region()
+    assert _hops(region, "h1") == [("local", None, hybrid_ifname("hgw-0"))]
+    assert _hops(region, "h2") == [("local", None, hybrid_ifname("hgw-0"))]
+    # h0's own replica is not Established: the two others, ECMP
+    assert _hops(region, "h0") == [("remote", "h1", None), ("remote", "h2", None)]
+    (g,) = _vpc0(region, "h0").hybrids
+    assert {nh.ip for nh in g.routes[0].nexthops} == {"100.64.1.1"}
+    assert {nh.target for nh in g.routes[0].nexthops} == {"hybrid_gw:hgw-0"}
+    # h2 is lost: its replica gets no traffic (until the controller moves it)
+    region.write([host(2, lost=True)])
+    assert _hops(region, "h0") == [("remote", "h1", None)]
+    assert _hops(region, "h1")[0][0] == "local"
+    # h0's replica comes up: h0 sends to it alone
+    region.write(
+        [hybrid_gw(0, 0, 40, [(1, "h1", "Established"), (2, "h2", "Established"),
+                              (3, "h0", "Established")])]
+    )  # fmt: skip
+    assert _hops(region, "h0") == [("local", None, hybrid_ifname("hgw-0"))]
+    # No session up anywhere: the prefix is unreachable on every host
+    region.write([host(2)])
+    region.write([hybrid_gw(0, 0, 40, [(1, "h1", "Active"), (2, "h2", "Idle"), (3, "h0", "down")])])
+    for h in ("h0", "h1", "h2"):
+        assert _hops(region, h) == []
+
+
+def test_an_unplaced_replica_is_no_next_hop_and_builds_nothing() -> None:
+    region = _hybrid_region()
+    region.write(
+        [hybrid_gw(0, 0, 40, [(1, "h1", "Established"), (2, "h2", "unplaced"),
+                              (3, "h0", "Active")])]
+    )  # fmt: skip
+    assert _hops(region, "h0") == [("remote", "h1", None)]
+    assert "vpc/vpc-0" not in region.engine.snapshot("h2")  # nothing else there
+
+
+def test_members_of_a_subnet_served_in_the_idc_have_no_routes_until_the_switch() -> None:
+    region = _hybrid_region()
+    e = region.engine
+    for h in ("h0", "h1", "h2"):
+        dsts = [r.dst for r in _vpc0(region, h).routes]
+        assert "10.0.2.10/32" not in dsts and "10.0.1.5/32" in dsts, h
+    # its port is built all the same (its instance runs; it takes over on the switch)
+    assert [p.ip for p in _vpc0(region, "h1").ports] == ["10.0.2.10"]
+    held = {h: e.doc_revision(h) for h in e.hosts()}
+    # the route switch: one subnet written
+    region.write([subnet(1, 0, "10.0.2.0/24", 2, location="idc:dc1", serve="cloud")])
+    for h in ("h0", "h1", "h2"):
+        d = e.delta(h, held[h])  # type: ignore[arg-type]
+        assert not d.snapshot and not d.removed
+        assert sorted(d.entries) == [
+            "vpc/vpc-0/h/hgw-0",
+            "vpc/vpc-0/m/inst-00000001",
+            "vpc/vpc-0/s/subnet-1",
+        ], h
+    routes = {r.dst: r for r in _vpc0(region, "h0").routes}
+    assert (routes["10.0.2.10/32"].kind, routes["10.0.2.10/32"].peer) == ("remote", "h1")
+    routes = {r.dst: r for r in _vpc0(region, "h1").routes}
+    assert routes["10.0.2.10/32"].kind == "local"
+    (g,) = _vpc0(region, "h0").hybrids
+    assert g.routes == ()  # nothing is carried to the IDC any more
+    # and back
+    region.write([subnet(1, 0, "10.0.2.0/24", 2, location="idc:dc1", serve="idc")])
+    assert "10.0.2.10/32" not in [r.dst for r in _vpc0(region, "h0").routes]
+    assert _hops(region, "h0") == [("remote", "h1", None), ("remote", "h2", None)]
+
+
+def test_replicas_announce_the_blocks_without_the_idc_and_halves_of_what_moved_in() -> None:
+    region = _hybrid_region()
+
+    def announce() -> list[str]:
+        rep = _vpc0(region, "h1").hybrids[0].replica
+        assert rep is not None
+        return list(rep.announce)
+
+    assert announce() == IDC_ANNOUNCED
+    # served in the cloud: the whole block, and the subnet's halves (longer than the IDC's
+    # own route for it, so the IDC router prefers them without anyone configuring it)
+    region.write([subnet(1, 0, "10.0.2.0/24", 2, location="idc:dc1", serve="cloud")])
+    assert announce() == ["10.0.0.0/16", "10.0.2.0/25", "10.0.2.128/25"]
+    # a subnet of another site served in its IDC is not announced to this one either, and
+    # this gateway does not carry it
+    region.write(
+        [
+            subnet(2, 0, "10.0.128.0/24", 3, location="idc:dc2"),
+            subnet(1, 0, "10.0.2.0/24", 2, location="idc:dc1", serve="idc"),
+        ]
+    )
+    got = announce()
+    assert "10.0.128.0/24" not in got and "10.0.128.0/17" not in got
+    assert "10.0.129.0/24" in got and "10.0.2.0/24" not in got
+    (g,) = _vpc0(region, "h1").hybrids
+    assert [r.dst for r in g.routes] == ["10.0.2.0/24"]
+    # a block added to the VPC is announced as soon as it exists
+    region.write([vpc(0, 1, ["10.0.0.0/16", "172.16.0.0/16"])])
+    assert announce()[-1] == "172.16.0.0/16"
+
+
+def test_the_md5_secret_and_replicas_travel_in_one_entry_per_gateway() -> None:
+    region = _hybrid_region()
+    entry = region.engine.snapshot("h0")["vpc/vpc-0/h/hgw-0"]
+    assert entry["md5_secret"] == "s3cret"
+    assert [(r["index"], r["host"], r["up"]) for r in entry["replicas"]] == [
+        (1, "h1", True),
+        (2, "h2", True),
+        (3, "h0", False),
+    ]
+    assert entry["routes"] == ["10.0.2.0/24"] and entry["announce"] == IDC_ANNOUNCED
+    # a report that changes one replica's state is one entry on every carrier
+    held = {h: region.engine.doc_revision(h) for h in region.engine.hosts()}
+    reps = [(1, "h1", "Established"), (2, "h2", "Established"), (3, "h0", "Established")]
+    assert region.write([hybrid_gw(0, 0, 40, reps, md5="s3cret")]) == {"h0", "h1", "h2"}
+    for h, rev in held.items():
+        d = region.engine.delta(h, rev)  # type: ignore[arg-type]
+        assert list(d.entries) == ["vpc/vpc-0/h/hgw-0"] and not d.removed
+    # the same again wakes nobody
+    assert region.write([hybrid_gw(0, 0, 40, reps, md5="s3cret")]) == frozenset()

@@ -914,6 +914,7 @@ class Engine:
             command=i.command,
             forwarder=i.id in self._targets,
             sgs=i.sgs,
+            standby=s.serve == "idc",
             allowed_ips=sorted(
                 (
                     self._vips[x].ip

@@ -7,8 +7,10 @@ adds what it sees of its BGP session (`api.routes.hybrid.report_replicas`).
 
 * Missing replicas are placed on the ready hosts without one, zones with fewer replicas of
   the gateway first, then the hosts with the fewest replicas of any gateway.
-* A replica whose host is lost is moved (same index, same line address: the site router
-  relearns the MAC from the new replica's first frame), its BGP fields reset.
+* A replica whose host is lost (or removed) is moved (same index, same line address: the
+  site router relearns the MAC from the new replica's first frame), its BGP fields reset,
+  to a zone the gateway's other replicas leave free if it can. With no host free it stays
+  `unplaced` (no host sends to it) until a host is free or its own comes back.
 * Extra replicas go highest index first; the others are untouched, so their flows stay.
 
 Level-triggered like `natgw`: a pass over a settled region writes nothing.
@@ -84,11 +86,17 @@ def plan(
                 return None
             return min(choices, key=lambda n: (zones[zone_of.get(n, "")], load[n], n))
 
-        # Replicas on lost hosts move (same index and line address).
+        # Replicas on lost hosts (or hosts removed from the region) move (same index and
+        # line address); one left unplaced comes back when its host does.
         for i, rep in enumerate(reps):
-            if verdict.get(rep["host"]) != "lost":
+            judged = verdict.get(rep["host"])
+            if rep["host"] in zone_of and judged != "lost":
+                if judged == "ready" and rep.get("state") == "unplaced":
+                    reps[i] = _fresh(rep["index"], rep["host"], rep["line_ip"])
+                    changed = True
                 continue
-            new = pick(reps)
+            # the zones of the others: the one it leaves counts for nothing
+            new = pick([r for j, r in enumerate(reps) if j != i])
             if new is None:
                 if rep.get("state") != "unplaced":
                     reps[i] = {**rep, "state": "unplaced", "reason": f"host {rep['host']} is lost"}

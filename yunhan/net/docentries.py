@@ -55,6 +55,11 @@ A next hop in an entry is resolved but says nothing of the reader: ``{"type", "r
 for the host it builds, and picks the winner among routes of one prefix. A member that is
 a next hop carries ``"forwarder": true`` (absent otherwise).
 
+Hybrid cloud (docs/hybrid.md): ``"vpc/<vpc id>/h/<gateway id>"`` -> `hybrid_entry`; a
+subnet entry of a subnet located in an IDC has ``"serve"`` ("idc" or "cloud"), and while it
+is "idc" each of its members carries ``"standby": true`` (absent otherwise): no host routes
+its addresses, the gateway's replicas carry the prefix.
+
 A document holds "host" and, per VPC the host carries, the VPC entry and all its members
 and routing entries; the host's own members become ports and instances, the others remote
 routes and peers. A host carries a VPC when one of its members or gateways is there.
@@ -266,8 +271,12 @@ def member_entry(
     allowed_ips: Iterable[str] = (),
     forwarder: bool = False,
     sgs: Iterable[str] = (),
+    standby: bool = False,
 ) -> JsonObj:
-    """One member: an instance placed on `host`, in a subnet (`subnet_cidr`) of the VPC."""
+    """One member: an instance placed on `host`, in a subnet (`subnet_cidr`) of the VPC.
+
+    `standby`: its subnet is located in an IDC and served there now; its addresses are the
+    IDC's until a route switch, so no host routes them to it (its own neither)."""
     gw, plen = gateway_of(subnet_cidr)
     out: JsonObj = {
         "id": id,
@@ -284,6 +293,8 @@ def member_entry(
     }
     if forwarder:
         out["forwarder"] = True
+    if standby:
+        out["standby"] = True
     groups = sorted(set(sgs))
     if groups:
         out["sgs"] = groups
@@ -367,8 +378,9 @@ def groups_of_vpc(
 def subnet_entry(
     id: str, cidr: str, index: int, table: str, natgw: str | None, serve: str | None = None
 ) -> JsonObj:
-    """`serve`: for a subnet located in an IDC, where it is served now ("idc": its members
-    get no routes anywhere, the gateway's replicas carry the prefix; "cloud": as any)."""
+    """`serve`: for a subnet located in an IDC, where it is served now ("idc": the
+    gateway's replicas carry the prefix, its members stand by (`member_entry`); "cloud": as
+    any)."""
     out: JsonObj = {"id": id, "cidr": cidr, "index": index, "table": table, "natgw": natgw}
     if serve is not None:
         out["serve"] = serve
@@ -822,18 +834,13 @@ def assemble(entries: Mapping[str, JsonObj], host: str) -> HostDesired:
         ]
         ports: list[Port] = []
         peers: dict[str, Peer] = {}
-        standby = [
-            ipaddress.IPv4Network(sub["cidr"])
-            for sub in kinds.get(SUBNET, ())
-            if sub.get("serve") == "idc"
-        ]
-
         for m in ms:
             ip, mid = m["ip"], m["id"]
             addr = (int(ipaddress.IPv4Address(ip)), 32)
             # A member of a subnet served in the IDC stands by: its addresses are the IDC's
-            # until a route switch, so no host routes them to it (its own neither).
-            routed = not any(ipaddress.IPv4Address(ip) in n for n in standby)
+            # until a route switch, so no host routes them to it (its own neither). It is
+            # its subnet's state, not its address's: the member entry says so.
+            routed = not m.get("standby")
             if m["host"] == host:
                 ifname = port_ifname(mid)
                 ports.append(

@@ -15,7 +15,7 @@ router = APIRouter(prefix="/v1", tags=["events"])
 
 _KINDS = (
     "instance", "host", "zone", "vpc", "subnet", "natgw", "route_table", "eip", "vip", "patch",
-    "function",
+    "function", "hybrid_gw",
 )  # fmt: skip
 
 

@@ -449,20 +449,26 @@ def switch(body: HybridSwitch, request: Request, c: CallerDep) -> Any:
             ]
             if before != body.to
             else [],
-            "announce_add": sorted(ann_after - ann_before),
-            "announce_withdraw": sorted(ann_before - ann_after),
+            "announce_add": sorted(ann_after - ann_before, key=_net_key),
+            "announce_withdraw": sorted(ann_before - ann_after, key=_net_key),
             "instances": insts if before != body.to else [],
         }
-        if body.dry_run or before == body.to:
-            return {"applied": False, "revision": tx.revision, "changes": changes}
-        if body.to == CLOUD and not gws:
+        # Refused before the dry run answers: a dry run says what the switch would do.
+        if body.to == CLOUD and before != body.to and not gws:
             raise Conflict(
                 f"VPC {vpc.name} has no hybrid gateway to site {site_name}: the IDC would not "
                 "learn that the prefix moved; create one first",
                 site=site_name,
             )
+        if body.dry_run or before == body.to:
+            return {"applied": False, "revision": tx.revision, "changes": changes}
         tx.update(sub, spec={**sub.spec, "serve": body.to})
     return {"applied": True, "revision": _revision_after(request), "changes": changes}
+
+
+def _net_key(cidr: str) -> tuple[int, int]:
+    n = ipaddress.IPv4Network(cidr)
+    return (int(n.network_address), n.prefixlen)
 
 
 def _revision_after(request: Request) -> int:

@@ -119,6 +119,7 @@ def patch_vpc(
 def _refuse_dependents(tx: Tx, vpc: Resource) -> None:
     for kind, what, cmd in (
         ("natgw", "NAT gateway", "natgw delete"),
+        ("hybrid_gw", "hybrid gateway", "hybrid-gw delete"),
         ("route_table", "route table", "route-table delete"),
         ("security_group", "security group", "sg delete"),
         ("network_acl", "network ACL", "acl delete"),

@@ -371,6 +371,12 @@ def realise(
             "net.ipv4.conf.default.rp_filter": "0",
             "net.ipv6.conf.all.disable_ipv6": "1",
             "net.ipv6.conf.default.disable_ipv6": "1",
+            # The LANs share one bridge: a router that sent ICMP redirects would teach a
+            # server of one LAN to reach the other directly, on the wire, bypassing its
+            # routes (and so a route switch: measured, the client kept the IDC server).
+            # A router's LAN interfaces run with `no ip redirects`, as real ones do.
+            "net.ipv4.conf.all.send_redirects": "0",
+            "net.ipv4.conf.default.send_redirects": "0",
         },
     )
 
@@ -404,6 +410,7 @@ def realise(
              "learning"])  # fmt: skip
     if LAN_IFNAME not in links:
         run(["ip", "-n", r, "link", "add", LAN_IFNAME, "type", "bridge"])
+    _sysctl(r, {f"net.ipv4.conf.{LAN_IFNAME}.send_redirects": "0"})  # a bridge made earlier
     _batch(
         r,
         [

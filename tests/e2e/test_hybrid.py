@@ -1,0 +1,332 @@
+"""End to end: a hybrid cloud in a lab region, through the CLI, with real BGP (FRR on both
+sides, MD5 and BFD) and real traffic.
+
+One region (2 zones x 2 hosts) and one IDC site `dc1` (two LANs, servers behind a router
+on a dedicated line) serve the module. VPC prod has a cloud subnet (instances a and b, one
+per zone) and two subnets located in the IDC: dc-a (192.168.100.0/24, stays in the IDC)
+and dc-b (192.168.101.0/24, switched to the cloud and back; instance c stands by in it
+with the address of an IDC server). What a user would see is asserted; gaps are measured
+and printed; nothing of the region is left after `down`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from region import CliError, Region, netns_names
+
+from tests.polling import poll_until, wait_for
+from yunhan.lab.cleanup import run
+
+pytestmark = pytest.mark.root
+
+HERE = Path(__file__).parent
+FLOW = str(HERE / "hybridflow.py")
+SECRET = "s3cret-line-key"
+LAN_A, LAN_B = "192.168.100.0/24", "192.168.101.0/24"
+SERVER = (
+    "import socket\n"
+    "s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+    "s.bind(('0.0.0.0', 80)); s.listen(16)\n"
+    "while True:\n"
+    "    c,_=s.accept(); c.recv(1024)\n"
+    "    b=socket.gethostname().encode()\n"
+    "    h=b'HTTP/1.0 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n' % len(b)\n"
+    "    c.sendall(h+b); c.close()\n"
+)
+
+
+@dataclass
+class Lab:
+    region: Region
+    prefix: str
+    home: Path
+
+    @property
+    def router(self) -> str:
+        return f"{self.prefix}-idc-dc1"
+
+    def servers(self) -> dict[str, str]:
+        """IDC server address -> its namespace."""
+        out: dict[str, str] = {}
+        for ns in sorted(netns_names()):
+            if ns.startswith(f"{self.router}-s"):
+                text = run(["ip", "-n", ns, "-4", "-o", "addr", "show"])
+                for addr in re.findall(r"inet (\d+\.\d+\.\d+\.\d+)/", text):
+                    if not addr.startswith("127."):
+                        out[addr] = ns
+        return out
+
+    def in_ns(self, ns: str, *cmd: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True, timeout=timeout
+        )
+
+    def ecmp_paths(self, prefix: str) -> int:
+        """How many next hops the IDC router's kernel has for `prefix`."""
+        out = run(["ip", "-n", self.router, "route", "show", prefix])
+        if not out.strip():
+            return 0
+        return max(1, out.count("nexthop via"))
+
+    def gw(self) -> dict[str, Any]:
+        data: dict[str, Any] = self.region.api(f"/v1/hybrid-gws/{self.gw_id}")
+        return data
+
+    gw_id: str = ""
+
+    def replica_ns(self, index: int) -> str:
+        """The namespace of replica `index` (its agent's prefix is "<region>-<host>-")."""
+        rep = next(r for r in self.gw()["status"]["replicas"] if r["index"] == index)
+        return f"{self.prefix}-{rep['host']}-h-{self.gw_id.rsplit('-', 1)[-1]}"
+
+
+def _gap(ping_out: str, interval: float) -> tuple[int, int, float]:
+    """(sent, received, the longest run of lost replies in seconds) from `ping` output."""
+    seqs = sorted({int(m) for m in re.findall(r"icmp_seq=(\d+)", ping_out)})
+    sent_m = re.search(r"(\d+) packets transmitted, (\d+) received", ping_out)
+    sent = int(sent_m.group(1)) if sent_m else 0
+    got = int(sent_m.group(2)) if sent_m else len(seqs)
+    worst, prev = 0, 0
+    for s in [*seqs, sent + 1]:
+        worst = max(worst, s - prev - 1)
+        prev = s
+    return sent, got, worst * interval
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    home = Path(tempfile.mkdtemp(prefix="yunhan-e2e-hybrid-"))
+    r = Region(home)
+    prefix = ""
+    try:
+        r.run("up", "--detach", "--zones", "2", "--hosts-per-zone", "2", timeout=300)
+        prefix = json.loads((r.state / "region.json").read_text())["prefix"]
+        secret = home / "secret"
+        secret.write_text(SECRET + "\n")
+        r.run("lab", "idc", "add", "dc1", "--cidr", LAN_A, "--cidr", LAN_B, "--servers", "1",
+              "--asn", "65001", "--md5-secret-file", str(secret), timeout=120)  # fmt: skip
+        server = home / "hostname80.py"
+        server.write_text(SERVER)
+        r.run("vpc", "create", "prod", "--cidr", "10.0.0.0/16", "--cidr", "192.168.100.0/23")
+        r.run("sg", "rule", "add", "prod-default", "--direction", "ingress", "--peer", "0.0.0.0/0")
+        r.run("subnet", "create", "web", "--vpc", "prod", "--cidr", "10.0.1.0/24")
+        r.run("subnet", "create", "dc-a", "--vpc", "prod", "--cidr", LAN_A, "--location", "idc:dc1")
+        r.run("subnet", "create", "dc-b", "--vpc", "prod", "--cidr", LAN_B, "--location", "idc:dc1")
+        for name, zone in (("a", "az1"), ("b", "az2")):
+            r.run("instance", "create", name, "--subnet", "web", "--zone", zone,
+                  "--command", f"{sys.executable} {FLOW} serve 9000", "--wait")  # fmt: skip
+        lab = Lab(r, prefix, home)
+        b_server = next(ip for ip in lab.servers() if ip.startswith("192.168.101."))
+        r.run("instance", "create", "c", "--subnet", "dc-b", "--zone", "az2", "--ip", b_server,
+              "--command", f"{sys.executable} {server}", "--wait")  # fmt: skip
+        gw = r.json("hybrid-gw", "create", "hgw", "--vpc", "prod", "--idc-peer", "198.19.33.1",
+                    "--peer-asn", "65001", "--replicas", "2", "--md5-secret-file", str(secret),
+                    "--wait", "--timeout", "90")  # fmt: skip
+        lab.gw_id = gw["id"]
+        for ip, ns in lab.servers().items():  # a TCP echo on every IDC server
+            subprocess.Popen(
+                ["ip", "netns", "exec", ns, sys.executable, FLOW, "serve", "9000"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            del ip
+        yield lab
+    finally:
+        r.run("down", check=False, timeout=300)
+        try:
+            leftovers = {n for n in netns_names() if prefix and n.startswith(f"{prefix}-")}
+            assert not leftovers, f"yunhan down left namespaces behind: {leftovers}"
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
+
+
+def test_instances_and_idc_servers_reach_each_other_through_two_replicas(lab: Lab) -> None:
+    a_ip = lab.region.instance("a")["ip"]
+    server_a = next(ip for ip in lab.servers() if ip.startswith("192.168.100."))
+    assert wait_for(lambda: lab.ecmp_paths("10.0.0.0/16") == 2, 30, "two ECMP paths at the IDC")
+    assert wait_for(lambda: lab.region.ping("a", server_a), 20, "a -> IDC server")
+    assert lab.region.ping("b", server_a)
+    ns = lab.servers()[server_a]
+    assert lab.in_ns(ns, "ping", "-c", "2", "-i", "0.2", "-W", "1", a_ip).returncode == 0
+    routes = lab.region.json("hybrid-gw", "routes", "hgw")
+    origins = {(r["prefix"], r["origin"]) for r in routes}
+    assert (LAN_A, "declared") in origins and (LAN_A, "learned") in origins
+    assert ("10.0.0.0/16", "announced") in origins
+    # No NAT: the IDC server (the lab's echo server) sees the instance's own address.
+    out = lab.region.exec("a", "curl", "-s", "--max-time", "3", f"http://{server_a}/")
+    assert a_ip in out.stdout
+
+
+def test_a_subnet_overlapping_another_and_a_wrong_secret_are_refused(lab: Lab) -> None:
+    with pytest.raises(CliError) as exc:
+        lab.region.run("subnet", "create", "dup", "--vpc", "prod", "--cidr", "192.168.100.0/25",
+                       "--location", "idc:dc1")  # fmt: skip
+    assert "overlaps" in exc.value.stderr
+    lab.region.run("vpc", "create", "other", "--cidr", "10.9.0.0/16")
+    lab.region.run("subnet", "create", "o", "--vpc", "other", "--cidr", "10.9.1.0/24")
+    lab.region.run("instance", "create", "o1", "--subnet", "o", "--zone", "az1", "--wait")
+    wrong = lab.home / "wrong"
+    wrong.write_text("not-the-secret\n")
+    lab.region.run("hybrid-gw", "create", "bad", "--vpc", "other", "--idc-peer",
+                   "198.19.33.1", "--peer-asn", "65001", "--replicas", "1",
+                   "--md5-secret-file", str(wrong))  # fmt: skip
+
+    def reason() -> str:
+        reps = lab.region.json("hybrid-gw", "show", "bad")["replicas"]
+        return reps[0] if reps and "pending" not in reps[0] else ""
+
+    seen = wait_for(lambda: "MD5" in reason() and reason(), 40, "the wrong secret's reason")
+    print(f"wrong secret: {seen}")
+    assert "Established" not in seen
+    time.sleep(5)  # hold time and then some: it stays down
+    assert "Established" not in reason()
+    assert lab.ecmp_paths("10.9.0.0/16") == 0  # the IDC learned nothing from it
+    lab.region.run("hybrid-gw", "delete", "bad", "--wait")
+    lab.region.run("instance", "delete", "o1", "--wait")
+
+
+def _stream(lab: Lab, dst: str, seconds: float) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            lab.region.bin,
+            "instance",
+            "exec",
+            "a",
+            "--",
+            sys.executable,
+            FLOW,
+            "stream",
+            dst,
+            "9000",
+            str(seconds),
+        ],
+        env=lab.region.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _ping(lab: Lab, dst: str, seconds: float, interval: float = 0.02) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            lab.region.bin,
+            "instance",
+            "exec",
+            "a",
+            "--",
+            "ping",
+            "-i",
+            str(interval),
+            "-W",
+            "1",
+            "-w",
+            str(seconds),
+            dst,
+        ],
+        env=lab.region.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_losing_a_replica_keeps_a_ping_and_a_tcp_stream(lab: Lab) -> None:
+    server_a = next(ip for ip in lab.servers() if ip.startswith("192.168.100."))
+    assert wait_for(lambda: lab.ecmp_paths("10.0.0.0/16") == 2, 30, "two paths")
+    ping = _ping(lab, server_a, 14)
+    stream = _stream(lab, server_a, 14)
+    time.sleep(4)
+    victim = lab.replica_ns(1)
+    # The replica dies: its FRR killed (the line is cut with it: nothing answers there).
+    pids = run(["ip", "netns", "pids", victim]).split()
+    run(["kill", "-9", *pids])
+    killed = time.monotonic()
+    assert wait_for(lambda: lab.ecmp_paths("10.0.0.0/16") == 1, 20, "the IDC drops the path")
+    idc_side = time.monotonic() - killed
+    p_out, _ = ping.communicate(timeout=60)
+    s_out, s_err = stream.communicate(timeout=60)
+    sent, got, gap = _gap(p_out, 0.02)
+    flow = json.loads(s_out.strip().splitlines()[-1])
+    print(
+        f"RESULT hybrid replica loss: ping {got}/{sent} answered, longest gap {gap:.2f} s; "
+        f"TCP stream {flow['lines']} lines, worst wait {flow['worst_gap_s']} s; the IDC "
+        f"router dropped the path {idc_side:.2f} s after the kill"
+    )
+    assert not flow["broke"], f"the TCP stream broke: {flow} {s_err}"
+    assert got > 0.5 * sent
+    # The agent brings the replica back, and the IDC gets its second path again.
+    assert wait_for(lambda: lab.ecmp_paths("10.0.0.0/16") == 2, 60, "the replica back")
+
+
+def test_a_third_replica_takes_new_flows(lab: Lab) -> None:
+    lab.region.run("hybrid-gw", "scale", "hgw", "--replicas", "3", "--wait", "--timeout", "90")
+    assert wait_for(lambda: lab.ecmp_paths("10.0.0.0/16") == 3, 30, "three ECMP paths")
+    third = lab.replica_ns(3)
+
+    def packets() -> int:
+        out = run(["ip", "-n", third, "-s", "-j", "link", "show", "line0"])
+        return int(json.loads(out)[0]["stats64"]["tx"]["packets"])
+
+    before = packets()
+    server_a = next(ip for ip in lab.servers() if ip.startswith("192.168.100."))
+    # New flows (new source ports) from a: some must go through the third replica.
+    for _ in range(24):
+        lab.region.exec("a", sys.executable, FLOW, "stream", server_a, "9000", "0.05")
+    assert packets() > before, "no new flow went through the third replica"
+
+
+def test_route_switch_to_the_cloud_and_back(lab: Lab) -> None:
+    server_a = next(ip for ip in lab.servers() if ip.startswith("192.168.100."))
+    server_b = next(ip for ip in lab.servers() if ip.startswith("192.168.101."))
+    client = lab.servers()[server_a]  # a client in the IDC, on the other LAN
+
+    def who() -> str:
+        p = lab.in_ns(client, "curl", "-s", "--max-time", "2", f"http://{server_b}/")
+        return p.stdout.strip()
+
+    before = wait_for(who, 20, "the IDC server answering")
+    assert "client" in before  # the lab's echo server of the IDC, not the instance
+    dry = lab.region.run("hybrid", "switch", LAN_B, "--to", "cloud", "--dry-run").stdout
+    assert "would switch" in dry and "192.168.101.0/25" in dry
+    assert wait_for(who, 5, "still the IDC") == before  # a dry run changes nothing
+    ping = subprocess.Popen(
+        ["ip", "netns", "exec", client, "ping", "-i", "0.02", "-W", "1", "-w", "12", server_b],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(2)
+    out = lab.region.run("hybrid", "switch", LAN_B, "--to", "cloud").stdout
+    print(out.strip())
+    assert "switched" in out
+    if not poll_until(lambda: who() == "c", 10):
+        routes = run(["ip", "-n", lab.router, "route"])
+        routes += run(["ip", "netns", "exec", lab.router, "ip", "route", "get", server_b,
+                       "from", server_a, "iif", "lan0"])  # fmt: skip
+        for ns in sorted(netns_names()):
+            if ns.startswith(lab.prefix) and ("-h-" in ns or ns.endswith("-v1")):
+                routes += f"== {ns}\n" + run(["ip", "-n", ns, "route"])
+        gw = lab.region.run("hybrid-gw", "show", "hgw").stdout
+        raise AssertionError(f"not the cloud instance: {who()!r}\n{routes}\n{gw}")
+    time.sleep(3)
+    back = lab.region.run("hybrid", "switch", LAN_B, "--to", "idc").stdout
+    print(back.strip())
+    p_out, _ = ping.communicate(timeout=60)
+    sent, got, gap = _gap(p_out, 0.02)
+    print(
+        f"RESULT hybrid route switch: the IDC client's ping {got}/{sent}, longest gap {gap:.2f} s"
+    )
+    assert wait_for(lambda: "client" in who(), 10, "the IDC server again")
+    assert got > 0.5 * sent

@@ -319,7 +319,8 @@ def test_a_lost_host_moves_its_replica(cloud: Cloud, hy: dict[str, Any]) -> None
 
 
 def _report(cloud: Cloud, host: str, gw_id: str, index: int, **kw: Any) -> int:
-    rep = {"gateway": gw_id, "index": index, "state": "Established", **kw}
+    learned = [{"prefix": "192.168.100.0/24", "nexthop": "198.19.33.1", "as_path": "65001"}]
+    rep = {"gateway": gw_id, "index": index, "state": "Established", "learned": learned, **kw}
     body = cloud.call("POST", f"/v1/agent/hosts/{host}/hybrid", json={"replicas": [rep]})
     return int(body["changed"])
 

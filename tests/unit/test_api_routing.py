@@ -156,7 +156,11 @@ def test_association_moves_a_subnet(cloud: Cloud, rt: dict[str, Any]) -> None:
         ({"dst": "10.0.3.1/24", "next_hop": "blackhole"}, 422, "host bits set"),
         ({"dst": "nope", "next_hop": "blackhole"}, 422, "not an IPv4 CIDR"),
         ({"dst": "10.8.0.0/16", "next_hop": "router"}, 422, "not one of instance:NAME"),
-        ({"dst": "10.8.0.0/16", "next_hop": "hybrid:dc1"}, 422, "hybrid routes are not written by hand"),
+        (
+            {"dst": "10.8.0.0/16", "next_hop": "hybrid:dc1"},
+            422,
+            "hybrid routes are not written by hand",
+        ),
         ({"dst": "10.8.0.0/16", "next_hop": "vip:10.7.0.5"}, 422, "is not inside VPC prod"),
         ({"dst": "10.8.0.0/16", "next_hop": "vip:10.0.0.300"}, 422, "not an IPv4 address"),
         ({"dst": "10.8.0.0/16", "next_hop": "instance:ghost"}, 404, "no instance 'ghost'"),

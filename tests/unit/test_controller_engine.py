@@ -37,6 +37,7 @@ from yunhan.controller.netcompile import (
     VpcIn,
     compile_hosts,
 )
+from yunhan.model.hybrid import replica_up
 from yunhan.net.desired import HostDesired, VolumeAttach, VolumeDesired
 from yunhan.net.docentries import (
     Delta,
@@ -172,7 +173,18 @@ def hybrid_gw(
         },
         "phase": "active",
         "replicas": [
-            {"index": n, "host": h, "line_ip": f"198.19.33.{10 + n}/24", "state": state}
+            {
+                "index": n,
+                "host": h,
+                "line_ip": f"198.19.33.{10 + n}/24",
+                "state": state,
+                # an up session has learned the IDC's routes (model.hybrid.replica_up)
+                "learned": [
+                    {"prefix": "192.168.100.0/24", "nexthop": "198.19.33.1", "as_path": "65001"}
+                ]
+                if state == "Established"
+                else [],
+            }
             for n, h, state in replicas
         ],
         "history": [],
@@ -284,7 +296,7 @@ def _routing_in(model: dict[tuple[str, str], Resource]) -> RoutingIn:
                 g.status["line"]["vni"],
                 g.status["line"]["vtep"],
                 tuple(
-                    (x["index"], x["host"], x["line_ip"], x["state"] == "Established")
+                    (x["index"], x["host"], x["line_ip"], replica_up(x))
                     for x in g.status["replicas"]
                     if x.get("host") and x["state"] != "unplaced"
                 ),

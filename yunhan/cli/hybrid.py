@@ -30,6 +30,7 @@ from yunhan.cli.resources import (
     wait_applied,
 )
 from yunhan.errors import TimedOut, ValidationError
+from yunhan.model.hybrid import replica_up
 
 
 def _list(path: str, kind: str, ctx: Ctx, **params: Any) -> None:
@@ -57,12 +58,13 @@ def _secret(path: str | None) -> str | None:
 
 
 def _wait_sessions(c: Client, gw: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """Until every wanted replica has its BGP session Established (or the timeout)."""
+    """Until every wanted replica is up: its BGP session Established and the IDC's routes
+    learned (or the timeout)."""
     deadline = time.monotonic() + timeout
     while True:
         reps = gw["status"].get("replicas") or []
         want = int(gw["spec"].get("replicas", 0))
-        up = [r for r in reps if r.get("state") == "Established"]
+        up = [r for r in reps if replica_up(r)]
         if len(up) >= want:
             return gw
         if time.monotonic() >= deadline:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from yunhan.cli import yamlout
 from yunhan.errors import ValidationError, YunhanError
+from yunhan.model.hybrid import replica_up
 from yunhan.model.volumes import format_size, format_tiers
 
 if TYPE_CHECKING:
@@ -258,7 +259,7 @@ def hybrid_gw_row(res: Row, names: Names) -> Row:
         "bfd": sp.get("bfd"),
         "phase": st.get("phase"),
         "want": sp.get("replicas"),
-        "up": sum(1 for r in reps if r.get("state") == "Established"),
+        "up": sum(1 for r in reps if replica_up(r)),
         "replicas": [_replica_line(r) for r in reps],
         "history": [
             f"{h.get('at')} replica {h.get('replica')} {h.get('from') or '-'} -> {h.get('to')}"

@@ -59,7 +59,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from yunhan.model.hybrid import announced, served_in_idc
+from yunhan.model.hybrid import announced, replica_up, served_in_idc
 from yunhan.net.desired import NATGW_INNER_IP
 from yunhan.net.docentries import (
     ACL,
@@ -357,7 +357,7 @@ def _hybrid(r: Resource) -> _Hybrid:
         int(line.get("vni") or 0),
         str(line.get("vtep") or ""),
         tuple(
-            (int(x["index"]), str(x["host"]), str(x["line_ip"]), x.get("state") == "Established")
+            (int(x["index"]), str(x["host"]), str(x["line_ip"]), replica_up(x))
             for x in r.status.get("replicas") or ()
             if x.get("host") and x.get("state") != "unplaced"
         ),

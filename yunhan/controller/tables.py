@@ -16,6 +16,7 @@ from typing import Any
 
 from yunhan.errors import Conflict
 from yunhan.model import new_id
+from yunhan.model.hybrid import replica_up
 from yunhan.model.routing import MAX_INDEX, next_hop_text, pool_addresses
 from yunhan.store import Reader, Resource, Tx
 
@@ -231,8 +232,7 @@ def describe_table(r: Reader, admin_project: str, table: Resource) -> dict[str, 
                 up = sum(
                     1
                     for x in hg.status.get("replicas") or []
-                    if x.get("state") == "Established"
-                    and not host_lost(r, admin_project, x.get("host"))
+                    if replica_up(x) and not host_lost(r, admin_project, x.get("host"))
                 )
                 entries.append(_entry("hybrid", s.spec["cidr"], "active" if up else "unreachable",
                                       next_hop=f"hybrid_gw:{hg.name}", subnet=s.name))  # fmt: skip

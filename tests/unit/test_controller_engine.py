@@ -1386,16 +1386,19 @@ def test_members_of_a_subnet_served_in_the_idc_have_no_routes_until_the_switch()
     # its port is built all the same (its instance runs; it takes over on the switch)
     assert [p.ip for p in _vpc0(region, "h1").ports] == ["10.0.2.10"]
     held = {h: e.doc_revision(h) for h in e.hosts()}
+    assert "10.0.2.1/24" not in _vpc0(region, "h0").gateways  # the IDC's router holds it
     # the route switch: one subnet written
     region.write([subnet(1, 0, "10.0.2.0/24", 2, location="idc:dc1", serve="cloud")])
     for h in ("h0", "h1", "h2"):
         d = e.delta(h, held[h])  # type: ignore[arg-type]
         assert not d.snapshot and not d.removed
         assert sorted(d.entries) == [
+            "vpc/vpc-0",  # the subnet's gateway joins the VPC namespaces' `lo`
             "vpc/vpc-0/h/hgw-0",
             "vpc/vpc-0/m/inst-00000001",
             "vpc/vpc-0/s/subnet-1",
         ], h
+    assert "10.0.2.1/24" in _vpc0(region, "h0").gateways
     routes = {r.dst: r for r in _vpc0(region, "h0").routes}
     assert (routes["10.0.2.10/32"].kind, routes["10.0.2.10/32"].peer) == ("remote", "h1")
     routes = {r.dst: r for r in _vpc0(region, "h1").routes}

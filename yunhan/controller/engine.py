@@ -964,7 +964,13 @@ class Engine:
                     vid,
                     v.vni,
                     v.cidrs,
-                    (self._subnets[s].cidr for s in self._subnets_of_vpc.get(vid, ())),
+                    # An IDC subnet served in the IDC has its gateway there (the site
+                    # router's LAN address): no VPC namespace may answer for it.
+                    (
+                        sn.cidr
+                        for s in self._subnets_of_vpc.get(vid, ())
+                        if (sn := self._subnets[s]).serve != "idc"
+                    ),
                 )
                 if v is not None and v.vni
                 else None

@@ -309,6 +309,7 @@ def _plan_vpc(
         f"{ipaddress.IPv4Network(s.cidr).network_address + 1}/"
         f"{ipaddress.IPv4Network(s.cidr).prefixlen}"
         for s in sorted(subnets, key=lambda s: _net_key(s.cidr))
+        if s.serve != "idc"  # its gateway is the IDC's (the site router's LAN address)
     )
     return _VpcPlan(vpc, gateways, entries, hosts, ports)
 

@@ -110,12 +110,12 @@ def _gw_view(g: Resource) -> dict[str, Any]:
 # -- IDC sites ---------------------------------------------------------------------------
 
 
-@router.put("/idc-sites/{name}", responses=errors(403, 409, 422))
-def put_site(name: str, body: IdcSitePut, request: Request, response: Response, c: AdminDep) -> Any:
-    """Register (201) or update (200) an IDC site. Its ranges may not shrink under a subnet
-    located in it."""
+@router.put("/idc-sites/{ref}", responses=errors(403, 409, 422))
+def put_site(ref: str, body: IdcSitePut, request: Request, response: Response, c: AdminDep) -> Any:
+    """Register (201) or update (200) the IDC site named `ref` (one path, one parameter
+    name, for all its methods). Its ranges may not shrink under a subnet located in it."""
     st = state_of(request)
-    name = validate_name("idc_site", name)
+    name = validate_name("idc_site", ref)
     validate_asn(body.asn, "asn")
     cidrs, router_ip, line, vtep = validate_site(
         body.cidrs, body.router_ip, body.line_cidr, body.line_vni, body.line_vtep

@@ -198,13 +198,13 @@ def test_a_subnet_overlapping_another_and_a_wrong_secret_are_refused(lab: Lab) -
     lab.region.run("instance", "delete", "o1", "--wait")
 
 
-def _stream(lab: Lab, dst: str, seconds: float) -> subprocess.Popen[str]:
+def _stream(lab: Lab, dst: str, seconds: float, src: str = "a") -> subprocess.Popen[str]:
     return subprocess.Popen(
         [
             lab.region.bin,
             "instance",
             "exec",
-            "a",
+            src,
             "--",
             sys.executable,
             FLOW,
@@ -276,21 +276,42 @@ def test_losing_a_replica_keeps_a_ping_and_a_tcp_stream(lab: Lab) -> None:
     assert wait_for(lambda: lab.ecmp_paths("10.0.0.0/16") == 2, 60, "the replica back")
 
 
-def test_a_third_replica_takes_new_flows(lab: Lab) -> None:
+def test_scaling_out_takes_new_flows_and_in_drops_no_established_one(lab: Lab) -> None:
+    server_a = next(ip for ip in lab.servers() if ip.startswith("192.168.100."))
+    stream = _stream(lab, server_a, 45, src="b")  # established before the scale-out
+    time.sleep(2)
     lab.region.run("hybrid-gw", "scale", "hgw", "--replicas", "3", "--wait", "--timeout", "90")
     assert wait_for(lambda: lab.ecmp_paths("10.0.0.0/16") == 3, 30, "three ECMP paths")
+    # d runs on the host without a replica: a host with its own replica sends to it alone,
+    # the others spread their flows over every replica.
+    placed = {r["host"] for r in lab.gw()["status"]["replicas"]}
+    (free,) = {h["name"] for h in lab.region.api("/v1/hosts")["items"]} - placed
+    lab.region.run("instance", "create", "d", "--subnet", "web", "--zone", free.split("-")[0],
+                   "--wait")  # fmt: skip
+    if lab.region.instance("d")["host"] != free:
+        lab.region.run("instance", "migrate", "d", "--zone", free.split("-")[0], "--host", free,
+                       "--wait")  # fmt: skip
     third = lab.replica_ns(3)
 
-    def packets() -> int:
-        out = run(["ip", "-n", third, "-s", "-j", "link", "show", "line0"])
-        return int(json.loads(out)[0]["stats64"]["tx"]["packets"])
+    def from_vpc() -> int:
+        # What the third replica received from the VPC: data only (BGP and BFD are on line0).
+        out = run(["ip", "-n", third, "-s", "-j", "link", "show", "vpc0"])
+        return int(json.loads(out)[0]["stats64"]["rx"]["packets"])
 
-    before = packets()
-    server_a = next(ip for ip in lab.servers() if ip.startswith("192.168.100."))
-    # New flows (new source ports) from a: some must go through the third replica.
-    for _ in range(24):
-        lab.region.exec("a", sys.executable, FLOW, "stream", server_a, "9000", "0.05")
-    assert packets() > before, "no new flow went through the third replica"
+    before = from_vpc()
+    for _ in range(24):  # new flows (new source ports) from d
+        lab.region.exec("d", sys.executable, FLOW, "stream", server_a, "9000", "0.05")
+    took = from_vpc() - before
+    assert took > 10, f"the third replica took {took} packets of 24 new flows"
+    # Scaling in: the highest replica goes; flows on the others carry on.
+    lab.region.run("hybrid-gw", "scale", "hgw", "--replicas", "2", "--wait", "--timeout", "90")
+    assert wait_for(lambda: lab.ecmp_paths("10.0.0.0/16") == 2, 30, "two paths again")
+    out, err = stream.communicate(timeout=90)
+    flow = json.loads(out.strip().splitlines()[-1])
+    print(f"RESULT hybrid scale 2 -> 3 -> 2: the third took {took} packets of 24 new flows; "
+          f"a stream across both scalings: {flow}")  # fmt: skip
+    assert not flow["broke"], f"a stream broke while scaling: {flow} {err}"
+    lab.region.run("instance", "delete", "d", "--wait")
 
 
 def test_route_switch_to_the_cloud_and_back(lab: Lab) -> None:

@@ -85,6 +85,9 @@ def _json_number(v: object) -> object:
 
 
 Number = Annotated[float, BeforeValidator(_json_number)]
+# JSON Schema's boolean: `true`/`false` only, not 0, 1 or "yes" (pydantic's lax mode takes
+# them: a schema-violating request would be accepted).
+Bool = Annotated[bool, Field(strict=True)]
 
 
 class _Body(BaseModel):
@@ -189,7 +192,7 @@ class VolumeReport(_Body):
     phase: Literal["available", "attached", "error", "restoring", "deleted"]
     message: str | None = Field(None, max_length=2000)
     device: str | None = Field(None, max_length=200)
-    mounted: bool = False
+    mounted: Bool = False
     used_bytes: Int = Field(0, ge=0)
     journal_bytes: Int = Field(0, ge=0)
     base_bytes: Int = Field(0, ge=0)
@@ -453,7 +456,7 @@ class PatchCreate(_Body):
         le=MAX_HEALTH_WINDOW,
         description="seconds a patched host must stay healthy before the next step",
     )
-    auto_rollback: bool = Field(
+    auto_rollback: Bool = Field(
         True, description="a process that dies in the health window rolls everything back"
     )
 

@@ -40,7 +40,7 @@ from yunhan.model.hybrid import (
     validate_asn,
     validate_site,
 )
-from yunhan.model.schemas import Name, _Body, _Create
+from yunhan.model.schemas import Bool, Int, Name, Number, _Body, _Create
 from yunhan.net.frr import check_secret
 from yunhan.store import Reader, Resource
 
@@ -51,10 +51,10 @@ NameFilter = Annotated[str | Optional, Query(description="only the one with this
 
 class IdcSitePut(_Body):
     cidrs: list[str] = Field(min_length=1, description="the ranges the site holds")
-    asn: int = Field(description="the site router's AS number")
+    asn: Int = Field(description="the site router's AS number")
     router_ip: str = Field(description="the site router's address on the line")
     line_cidr: str = Field(description="the line's subnet (the router and the replicas)")
-    line_vni: int = Field(description="the line's VXLAN VNI (UDP 8472)")
+    line_vni: Int = Field(description="the line's VXLAN VNI (UDP 8472)")
     line_vtep: str = Field(description="the underlay address of the line's far end")
 
 
@@ -62,29 +62,29 @@ class HybridGwCreate(_Create):
     name: Name
     vpc: str
     idc_peer: str = Field(description="the IDC router's address on the line (selects the site)")
-    peer_asn: int
-    asn: int = Field(DEFAULT_ASN, description="ours, announced to the IDC")
-    replicas: int = Field(2, ge=1, le=MAX_REPLICAS)
+    peer_asn: Int
+    asn: Int = Field(DEFAULT_ASN, description="ours, announced to the IDC")
+    replicas: Int = Field(2, ge=1, le=MAX_REPLICAS)
     md5_secret: str | None = Field(None, min_length=1, max_length=80)
-    bfd: bool = True
+    bfd: Bool = True
 
 
 class HybridGwScale(_Body):
-    replicas: int = Field(ge=1, le=MAX_REPLICAS)
+    replicas: Int = Field(ge=1, le=MAX_REPLICAS)
 
 
 class HybridSwitch(_Body):
     prefix: str
     to: str = Field(pattern="^(cloud|idc)$")
-    dry_run: bool = False
+    dry_run: Bool = False
 
 
 class ReplicaReport(_Body):
     gateway: str
-    index: int
+    index: Int
     state: str = Field(description="the BGP state: Established, Active, Connect, Idle, down")
     reason: str = ""
-    since: float | None = None
+    since: Number | None = None
     bfd: str | None = None
     learned: list[dict[str, Any]] = Field(default_factory=list)
     announced: list[str] = Field(default_factory=list)

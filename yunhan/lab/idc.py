@@ -320,10 +320,15 @@ def _links(ns: str) -> dict[str, dict[str, Any]]:
 
 def _veth(ns_a: str, name_a: str, ns_b: str, name_b: str, mtu: int) -> None:
     # Both ends are created in place: no site link ever exists in the root namespace.
-    if name_a in _links(ns_a):
+    # Only a whole pair counts: a lone end is a pair whose other namespace was deleted
+    # and which the kernel has not reaped yet (netns cleanup is asynchronous; measured,
+    # a site re-added at once found its predecessor's core end and had no line).
+    a, b = name_a in _links(ns_a), name_b in _links(ns_b)
+    if a and b:
         return
-    if name_b in _links(ns_b):
-        run(["ip", "-n", ns_b, "link", "del", name_b])
+    for ns, name, present in ((ns_a, name_a, a), (ns_b, name_b, b)):
+        if present:
+            run(["ip", "-n", ns, "link", "del", name])
     run(["ip", "-n", ns_a, "link", "add", name_a, "mtu", str(mtu), "type", "veth",
          "peer", "name", name_b, "mtu", str(mtu), "netns", ns_b])  # fmt: skip
 
@@ -499,6 +504,10 @@ def teardown(site: SiteSpec) -> list[str]:
     namespaces (the physical line's veth, and so the core's route, go with the router's).
     Idempotent; returns the namespaces removed."""
     frr.stop(site.netns)
+    # The core's end is deleted now rather than with the router's namespace, whose
+    # cleanup the kernel finishes later: the next site may take this index at once.
+    if site.core_netns in cleanup.list_netns() and site.core_port in _links(site.core_netns):
+        run(["ip", "-n", site.core_netns, "link", "del", site.core_port])
     names = [n for n in site.namespaces if (NETNS_DIR / n).exists()]
     cleanup.kill(cleanup.pids_in_netns(names), grace=3.0)
     cleanup.delete_netns(names)

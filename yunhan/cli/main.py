@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from yunhan.cli import (
     ai,
+    check,
     credentials,
     daemons,
     flowlogs,
@@ -66,6 +67,7 @@ ROOT = Group(
         *functions.COMMANDS,
         *ai.COMMANDS,
         *trace.COMMANDS,
+        *check.COMMANDS,
         *credentials.COMMANDS,
         *lab.COMMANDS,
         HOTPATCH,

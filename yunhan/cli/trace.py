@@ -38,26 +38,37 @@ def trace(ctx: Ctx) -> None:
         raise YunhanError("the live probe disagrees with the model (see above)")
 
 
-def _live(
-    ans: dict[str, Any], endpoint: str, state_dir: str | None
-) -> tuple[dict[str, Any], list[str]]:
+def lab_record(endpoint: str, state_dir: str | None, what: str = "--live") -> Any:
+    """The lab region recorded on this machine, when it is the one at `endpoint` (its
+    namespaces are here to enter); LiveError otherwise."""
     from yunhan.lab.region import RegionRecord, default_state_dir
-    from yunhan.net.naming import Naming
-    from yunhan.net.trace import Trace
-    from yunhan.net.tracelive import LiveError, Watch, agree, internet_of, lab_from_record, run
+    from yunhan.net.tracelive import LiveError
 
     where = Path(state_dir) if state_dir else default_state_dir()
     try:
         record = RegionRecord.load(where)
     except (YunhanError, OSError, ValueError) as exc:
-        raise LiveError(f"--live needs the lab region on this machine: {exc}") from exc
+        raise LiveError(f"{what} needs the lab region on this machine: {exc}") from exc
     if record is None or record.endpoint.rstrip("/") != endpoint.rstrip("/"):
         raise LiveError(
-            f"--live needs the namespaces of the region at {endpoint} on this machine, and "
+            f"{what} needs the namespaces of the region at {endpoint} on this machine, and "
             f"the lab region recorded in {where} is "
             + ("none" if record is None else f"{record.prefix} at {record.endpoint}")
-            + " (the model trace needs no --live)"
         )
+    return record
+
+
+def _live(
+    ans: dict[str, Any], endpoint: str, state_dir: str | None
+) -> tuple[dict[str, Any], list[str]]:
+    from yunhan.net.naming import Naming
+    from yunhan.net.trace import Trace
+    from yunhan.net.tracelive import LiveError, Watch, agree, internet_of, lab_from_record, run
+
+    try:
+        record = lab_record(endpoint, state_dir)
+    except LiveError as exc:
+        raise LiveError(f"{exc} (the model trace needs no --live)") from exc
     lab = lab_from_record(record)
     model = Trace.from_json(ans)
     extra = []

@@ -170,6 +170,46 @@ def test_instances_and_idc_servers_reach_each_other_through_two_replicas(lab: La
     assert a_ip in out.stdout
 
 
+def _ping_truth(r: dict[str, Any]) -> bool:
+    """The ground truth of one matrix pair: a plain ping from the same namespace."""
+    bind = ["-I", r["src_ip"]] if r["src_kind"] == "replica" else []
+    argv = ["ip", "netns", "exec", r["src_netns"], "ping", "-c", "2", "-i", "0.2", "-W", "1"]
+    return subprocess.run([*argv, *bind, r["dst_ip"]], capture_output=True).returncode == 0
+
+
+def test_the_connectivity_matrix_matches_ping_and_names_the_blocking_rule(lab: Lab) -> None:
+    a_ip = lab.region.instance("a")["ip"]
+    lab.region.run("sg", "rule", "add", "prod-default", "--direction", "ingress", "--proto",
+                   "icmp", "--peer", f"{a_ip}/32", "--action", "deny", "--priority", "10",
+                   "--wait")  # fmt: skip
+    group = lab.region.json("sg", "show", "prod-default")
+    rule = next(r for r in group["rules"] if r["action"] == "deny")
+    try:
+        p = lab.region.run("check", "connectivity", "--vpc", "prod", "--json", check=False)
+        assert p.returncode == 1, p.stderr  # a pair is not reached
+        m = json.loads(p.stdout)
+        kinds = {r["src_kind"] for r in m["results"]}
+        assert kinds == {"instance", "idc-server", "replica"}
+        pairs = {(r["src"], r["dst"]): r for r in m["results"]}
+        print(f"matrix: {m['pairs']} pairs in {m['seconds']} s, {m['reached']} reached")
+        # Every pair agrees with a plain ping from the same place.
+        wrong = [k for k, r in pairs.items() if r["reached"] != _ping_truth(r)]
+        assert not wrong, wrong
+        # a -> b is the one pair dropped, by the deny rule, named with where it acted.
+        assert [k for k, r in pairs.items() if not r["reached"]] == [("a", "b")]
+        why = pairs[("a", "b")]["why"]
+        assert why["reason"] == "security-group" and rule["id"] in why["rule"] + why["detail"]
+        assert "drop" in why["live"]  # the live trace saw the real probe dropped
+        assert pairs[("b", "a")]["reached"]  # the rule is b's ingress only
+        for idx in (1, 2):  # each replica's line reaches the IDC servers, and back
+            assert any(r["reached"] for k, r in pairs.items() if k[0] == f"gw:hgw/{idx}")
+            assert any(r["reached"] for k, r in pairs.items() if k[1] == f"gw:hgw/{idx}")
+    finally:
+        lab.region.run("sg", "rule", "delete", "prod-default", rule["id"], "--wait")
+    m = lab.region.json("check", "connectivity", "--vpc", "prod")
+    assert m["reached"] == m["pairs"] and m["not_as_expected"] == 0
+
+
 def test_a_subnet_overlapping_another_and_a_wrong_secret_are_refused(lab: Lab) -> None:
     with pytest.raises(CliError) as exc:
         lab.region.run("subnet", "create", "dup", "--vpc", "prod", "--cidr", "192.168.100.0/25",

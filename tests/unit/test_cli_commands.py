@@ -8,6 +8,7 @@ import pytest
 import yaml
 from cli_fixtures import Region, region
 
+from tests.polling import wait_for
 from yunhan.cli.client import Client, HttpTransport
 from yunhan.errors import YunhanError
 
@@ -63,6 +64,12 @@ def test_wide_shows_ids_revisions_and_times(region: Region) -> None:
 def test_yaml_is_the_json_rows(region: Region) -> None:
     region.ok("vpc", "create", "prod", "--cidr", "10.0.0.0/16")
     region.ok("subnet", "create", "web", "--vpc", "prod", "--cidr", "10.0.1.0/24")
+
+    def settled() -> bool:  # the agents' thread acknowledges: applied_revision moves
+        hosts = region.cli("host", "list", "--json").json()
+        return all(h["applied_revision"] == h["desired_revision"] for h in hosts)
+
+    assert wait_for(settled, 10, "the agents apply the writes")
     for args in (("vpc", "list"), ("subnet", "list"), ("subnet", "show", "web"),
                  ("zone", "list"), ("host", "list")):  # fmt: skip
         as_json = region.cli(*args, "--json").json()

@@ -84,7 +84,10 @@ class Result:
         return {
             "src": self.pair.src.name,
             "dst": self.pair.dst.name,
-            "src_ip": self.pair.src.ip,
+            "src_kind": self.pair.src.kind,
+            "src_netns": self.pair.src.netns,
+            "src_ip": self.pair.src.bind or self.pair.src.ip,
+            "dst_kind": self.pair.dst.kind,
             "dst_ip": self.pair.dst.ip,
             "expect": self.pair.expect,
             "reached": self.reached,

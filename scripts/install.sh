@@ -15,7 +15,9 @@ need_apt=()
 # fio: bench/volumes.py measures protected volumes against unprotected ones with it.
 # frr (vtysh, /usr/lib/frr/bgpd …): BGP of hybrid gateway replicas and of the lab's IDC sites,
 # one instance per namespace (yunhan.net.frr); its system service is not used.
-for bin in vtysh:frr ip:iproute2 nft:nftables iperf3:iperf3 ping:iputils-ping gcc:gcc unshare:util-linux nsenter:util-linux systemd-analyze:systemd curl:curl nmap:nmap conntrack:conntrack keepalived:keepalived wrk:wrk make:make pkg-config:pkg-config fusermount3:fuse3 losetup:mount mkfs.ext4:e2fsprogs fio:fio; do
+# netconfd, netconf-subsystem and sshd: the NETCONF switch of each lab IDC site
+# (yunhan.lab.netconfsw), inside the site router's namespace; the system's sshd is not used.
+for bin in /usr/sbin/netconfd:netconfd /usr/sbin/sshd:openssh-server vtysh:frr ip:iproute2 nft:nftables iperf3:iperf3 ping:iputils-ping gcc:gcc unshare:util-linux nsenter:util-linux systemd-analyze:systemd curl:curl nmap:nmap conntrack:conntrack keepalived:keepalived wrk:wrk make:make pkg-config:pkg-config fusermount3:fuse3 losetup:mount mkfs.ext4:e2fsprogs fio:fio; do
   command -v "${bin%%:*}" >/dev/null 2>&1 || need_apt+=("${bin##*:}")
 done
 [ -e /usr/lib/x86_64-linux-gnu/libnftables.so.1 ] || [ -e /usr/lib/aarch64-linux-gnu/libnftables.so.1 ] || need_apt+=(libnftables1)
@@ -47,6 +49,14 @@ if [ ${#need_apt[@]} -gt 0 ]; then
       || systemctl disable keepalived >/dev/null 2>&1 || true
     if [ -x /etc/init.d/keepalived ]; then
       /etc/init.d/keepalived stop >/dev/null 2>&1 || true
+    fi
+  fi
+  if [[ " ${need_apt[*]} " == *" openssh-server "* ]]; then
+    # Installed here for the lab's switches only: the package's service (sshd on port 22 of
+    # the machine) must not start nor come back. A machine that had sshd before is untouched.
+    systemctl disable --now ssh >/dev/null 2>&1 || systemctl disable ssh >/dev/null 2>&1 || true
+    if [ -x /etc/init.d/ssh ]; then
+      /etc/init.d/ssh stop >/dev/null 2>&1 || true
     fi
   fi
   if [[ " ${need_apt[*]} " == *" frr "* ]]; then

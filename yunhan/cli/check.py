@@ -78,9 +78,14 @@ def endpoints(c: Any, record: Any, vpc: str | None = None) -> list[Endpoint]:
             ip = ipaddress.IPv4Interface(s.ip).ip
             if ip in net and s.netns in have:
                 name = f"idc:{site.name}/{s.name}"
-                out.append(Endpoint(name, "idc-server", str(ip), s.netns, None, sspec["vpc"]))
+                out.append(
+                    Endpoint(
+                        name, "idc-server", str(ip), s.netns, None, sspec["vpc"], site=site.name
+                    )
+                )
     for g in c.items("/v1/hybrid-gws"):
         gvpc = (g.get("spec") or {}).get("vpc", "")
+        gsite = str((g.get("status") or {}).get("site_name") or "")
         if vpc and gvpc != vpc:
             continue
         for rep in (g.get("status") or {}).get("replicas") or []:
@@ -91,7 +96,7 @@ def endpoints(c: Any, record: Any, vpc: str | None = None) -> list[Endpoint]:
             if ns in have:
                 line = _plain_ip(line_ip)
                 name = f"gw:{g['name']}/{rep['index']}"
-                out.append(Endpoint(name, "replica", line, ns, line, gvpc, host))
+                out.append(Endpoint(name, "replica", line, ns, line, gvpc, host, site=gsite))
     return out
 
 
@@ -245,14 +250,14 @@ CHECK = Group(
                 Opt(
                     ("--timeout",),
                     "timeout",
-                    "seconds to wait for answers after the last retry (default 1.5)",
+                    "seconds to wait for answers after the last retry",
                     float,
                     default=1.5,
                 ),
                 Opt(
                     ("--live-max",),
                     "live_max",
-                    "explain at most this many failed pairs with a live trace (default 8)",
+                    "explain at most this many failed pairs with a live trace",
                     int,
                     default=8,
                 ),

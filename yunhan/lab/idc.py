@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from yunhan.errors import Conflict, NotFound, ValidationError
-from yunhan.lab import cleanup
+from yunhan.lab import cleanup, netconfsw
 from yunhan.lab.cleanup import REGION_ENV, run
 from yunhan.lab.spec import ECHO_PORT, UNDERLAY, RegionSpec
 from yunhan.net import frr
@@ -356,10 +356,12 @@ def realise(
     *,
     log_dir: Path,
     region: str,
+    data_dir: Path | None = None,
 ) -> list[EchoProcess]:
-    """Create (or complete) the site: namespaces, links, addresses, routes, FRR and the
-    servers' echo processes (`echoes`: those recorded, kept when alive). Returns the echo
-    processes now running. Idempotent; the core namespace must exist."""
+    """Create (or complete) the site: namespaces, links, addresses, routes, FRR, the
+    NETCONF switch (given the region's `data_dir`) and the servers' echo processes
+    (`echoes`: those recorded, kept when alive). Returns the echo processes now running.
+    Idempotent; the core namespace must exist."""
     have = set(cleanup.list_netns())
     if site.core_netns not in have:
         raise NotFound(f"the region's core namespace {site.core_netns} does not exist")
@@ -449,6 +451,8 @@ def realise(
     if frr.running(r) and frr.applied_config(r) != config:
         frr.stop(r)  # another secret (or plan) than what runs: start it again whole
     frr.start(r, config)
+    if data_dir is not None:
+        netconfsw.start(site, data_dir, region)
     return _echoes(site, list(echoes), log_dir, region)
 
 
@@ -499,11 +503,13 @@ def _wait_listening(site: SiteSpec, e: EchoProcess) -> None:
         raise LabError(f"the echo server of {e.server} is not listening after {ECHO_TIMEOUT:g} s")
 
 
-def teardown(site: SiteSpec) -> list[str]:
-    """Remove the site: FRR (and its directories), every process in its namespaces, the
-    namespaces (the physical line's veth, and so the core's route, go with the router's).
-    Idempotent; returns the namespaces removed."""
+def teardown(site: SiteSpec, data_dir: Path | None = None) -> list[str]:
+    """Remove the site: FRR (and its directories), the NETCONF switch (its files too,
+    given the region's `data_dir`), every process in its namespaces, the namespaces (the
+    physical line's veth, and so the core's route, go with the router's). Idempotent;
+    returns the namespaces removed."""
     frr.stop(site.netns)
+    netconfsw.stop(site, data_dir)
     # The core's end is deleted now rather than with the router's namespace, whose
     # cleanup the kernel finishes later: the next site may take this index at once.
     if site.core_netns in cleanup.list_netns() and site.core_port in _links(site.core_netns):
@@ -687,7 +693,12 @@ def add(
             _save(record, sites)  # before building: `down` and `remove` know of it
             try:
                 rec.echoes = realise(
-                    site, md5_secret, rec.echoes, log_dir=record.log_dir, region=record.prefix
+                    site,
+                    md5_secret,
+                    rec.echoes,
+                    log_dir=record.log_dir,
+                    region=record.prefix,
+                    data_dir=record.data_dir,
                 )
                 _save(record, sites)
                 r = api.put(f"/v1/idc-sites/{name}", json=site.api_body())
@@ -695,7 +706,7 @@ def add(
                     raise _api_error(f"registering IDC site {name}", r)
             except BaseException:
                 if old is None:
-                    teardown(site)
+                    teardown(site, record.data_dir)
                     del sites[name]
                     _save(record, sites)
                 raise
@@ -725,7 +736,7 @@ def remove(
             )
         elif r.status_code not in (200, 204, 404):
             raise _api_error(f"removing IDC site {name}", r)
-        teardown(site)
+        teardown(site, record.data_dir)
         del sites[name]
         _save(record, sites)
     return site, warning

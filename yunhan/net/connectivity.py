@@ -42,6 +42,7 @@ class Endpoint:
     vpc: str = ""
     host: str = ""
     ref: str = ""  # the instance's id (model traces start there)
+    site: str = ""  # an IDC server's site, the site a replica's line goes to
 
     @property
     def idc_side(self) -> bool:

@@ -89,7 +89,7 @@ def paths(site: SiteSpec, data_dir: Path) -> SwitchPaths:
 
 
 def available() -> str:
-    """"" when netconfd, netconf-subsystem and sshd are installed, else what is missing."""
+    """ "" when netconfd, netconf-subsystem and sshd are installed, else what is missing."""
     missing = [p for p in (NETCONFD, SUBSYSTEM, SSHD) if not os.access(p, os.X_OK)]
     return ", ".join(missing)
 

@@ -713,3 +713,51 @@ def test_a_network_acl_is_checked_before_the_groups() -> None:
     # groups, which admit tcp/80 from the client group only
     t = w.trace(B2, IP[B1], "tcp", 80)
     assert t.reason == SECURITY_GROUP
+
+
+HGW = "hgw-0000h001"
+IDC_NET, IDC_SERVER = "10.2.9.0/24", "10.2.9.10"
+
+
+def _with_hybrid(w: World, up: tuple[bool, bool]) -> dict[str, HostDesired]:
+    """The world's documents with a hybrid gateway whose replicas run on h2 and h3 (up as
+    given), carrying IDC subnet 10.2.9.0/24 (inside the VPC's block)."""
+    replicas = [
+        de.hybrid_replica(i + 1, h, HOSTS[h][1], HOSTS[h][0], f"198.19.33.{11 + i}/24", u)
+        for i, (h, u) in enumerate(zip(("h2", "h3"), up, strict=True))
+    ]
+    entry = de.hybrid_entry(
+        id=HGW, index=1, asn=64512, peer_ip="198.19.33.1", peer_asn=65001, md5_secret=None,
+        bfd=True, line_vni=0x700001, line_vtep="198.19.16.1", replicas=replicas,
+        routes=[IDC_NET], announce=[BLOCK],
+    )  # fmt: skip
+    vpc = {**w.entries(), de.sub_key(VPC, de.HYBRID, HGW): entry}
+    return {
+        host: de.assemble({de.HOST_KEY: de.host_entry(host, u, v, 1500), **vpc}, host)
+        for host, (u, v) in HOSTS.items()
+    }
+
+
+def test_an_idc_address_goes_to_the_hybrid_gateways_replicas() -> None:
+    w = World()
+    docs = _with_hybrid(w, (True, True))
+    # From h1 (no replica): to a host of a replica; there, out by the replica's port.
+    t = trace(docs, "h1", A1, IDC_SERVER, "icmp", None, w.directory())
+    assert t.verdict == "delivered" and t.delivered_to == f"idc:{HGW}"
+    assert path(t) == ["h1:instance:c001", "h1:vpc:t001", "h2:vpc:t001"]
+    first = t.hops[1]
+    assert first.route is not None and first.route.target == f"hybrid:{HGW}"
+    assert first.route.dst == IDC_NET and first.route.via == "remote"
+    assert "ECMP over the replicas on h2, h3" in first.note
+    assert t.hops[2].oif.startswith("h-")
+    # From h2, which runs one: its own replica.
+    t = trace(docs, "h2", B1, IDC_SERVER, "icmp", None, w.directory())
+    assert t.delivered_to == f"idc:{HGW}" and path(t) == ["h2:instance:c002", "h2:vpc:t001"]
+    assert t.hops[1].route is not None and t.hops[1].route.via == "local"
+    # No replica up: the prefix is unreachable, said so.
+    down = _with_hybrid(w, (False, False))
+    t = trace(down, "h1", A1, IDC_SERVER, "icmp", None, w.directory())
+    assert t.verdict == "dropped" and t.reason == UNREACHABLE
+    assert "no replica of hybrid gateway" in t.detail
+    # A cloud address beside it is untouched.
+    assert trace(docs, "h1", A1, IP[B1]).delivered_to == f"instance:{B1}"

@@ -162,6 +162,12 @@ def explain(c: Any, record: Any, pair: Pair, *, live: bool) -> Explanation:
         rule=rule_of(str(ans.get("detail") or "")),
         detail=str(ans.get("detail") or ""),
     )
+    if ans.get("verdict") == "delivered":
+        why.reason = "beyond-the-model"
+        why.detail = (
+            f"the model delivers it ({ans.get('detail') or ans.get('delivered_to')}): what "
+            "drops it is outside what Yunhan configures (an IDC device, the far end itself)"
+        )
     if not live:
         return why
     lab = lab_from_record(record)

@@ -247,25 +247,31 @@ def push(ctx: Ctx) -> None:
     apply_config(ctx, new, {"action": "push", "file": str(ctx["config"])}, what="netconf push")
 
 
+def rollback_target(entries: list[dict[str, Any]], to: int | None) -> tuple[int, dict[str, Any]]:
+    """The journal entry to restore and its configuration: `to` (0 is the empty
+    configuration), or by default the newest confirmed configuration other than the one
+    confirmed last. NotFound for an entry the journal does not have."""
+    if to is None:
+        confirmed = [e for e in entries if e.get("outcome") == "confirmed"]
+        if not confirmed:
+            return 0, {}
+        earlier = [e for e in confirmed if e["digest"] != confirmed[-1]["digest"]]
+        to = earlier[-1]["n"] if earlier else 0
+    if to == 0:
+        return 0, {}
+    entry = next((e for e in entries if e["n"] == to), None)
+    if entry is None:
+        raise NotFound(f"no journal entry #{to} (the journal has 1 to {len(entries)}; 0 is empty)")
+    return to, dict(entry["config"])
+
+
 def rollback(ctx: Ctx) -> None:
     from yunhan.net import switchcfg
 
     _, _, site, p = _site(ctx, "netconf rollback")
-    entries = journal(p)
-    to = ctx["to"]
-    if to is None:
-        confirmed = [e for e in entries if e.get("outcome") == "confirmed"]
-        current = confirmed[-1]["digest"] if confirmed else switchcfg.SwitchConfig().digest()
-        earlier = [e for e in confirmed if e["digest"] != current]
-        to = earlier[-1]["n"] if earlier else 0
-    if to == 0:
-        target = switchcfg.SwitchConfig()
-    else:
-        entry = next((e for e in entries if e["n"] == to), None)
-        if entry is None:
-            raise NotFound(f"IDC site {site.name} has no journal entry #{to} (1 to {len(entries)})")
-        target = switchcfg.parse(entry["config"])
+    to, config = rollback_target(journal(p), ctx["to"])
     echo(f"rolling back IDC site {site.name} to #{to}")
+    target = switchcfg.parse(config)
     apply_config(ctx, target, {"action": "rollback", "to": to}, what="netconf rollback")
 
 

@@ -52,6 +52,8 @@ from yunhan.net.desired import (
     POLICY_BASE,
     TABLE_BASE,
     HostDesired,
+    HybridGwDesired,
+    HybridRouteDesired,
     NatGwDesired,
     NextHop,
     PolicyDesired,
@@ -719,9 +721,60 @@ def _routed(policy: PolicyMatch | None, route: RouteUsed, rid: str) -> _Decision
     return _Decision(route, policy)
 
 
+def _hybrid_lookup(
+    vpc: VpcDesired, ip: ipaddress.IPv4Address
+) -> tuple[HybridGwDesired, HybridRouteDesired] | None:
+    """The longest IDC prefix (served in the IDC) of main that holds `ip`, and its gateway."""
+    best = None
+    for g in vpc.hybrids:
+        for r in g.routes:
+            n = _net(r.dst)
+            if ip in n and (best is None or n.prefixlen > _net(best[1].dst).prefixlen):
+                best = (g, r)
+    return best
+
+
+def _from_hybrid(
+    vpc: VpcDesired,
+    pkt: _Pkt,
+    kind: Literal["direct", "host"],
+    g: HybridGwDesired,
+    r: HybridRouteDesired,
+) -> _Decision:
+    """Main's route of an IDC prefix: this host's replica, else the hosts of the others
+    (ECMP; the model names the first, the kernel hashes the flow), else unreachable."""
+    target = f"hybrid:{g.id}"
+    local = next((n for n in r.nexthops if n.kind == "local"), None)
+    peers = {p.host for p in vpc.peers}
+    remote = [n for n in r.nexthops if n.kind == "remote" and n.peer in peers]
+    note = f"served in the IDC through hybrid gateway {g.id}"
+    if local is not None:
+        port = local.port or g.ifname
+        route = RouteUsed(kind, r.dst, MAIN_TABLE, target=target, via="local", port=port)
+        return _Decision(route, note=f"{note}: its replica on this host")
+    if remote:
+        hosts = ", ".join(sorted(str(n.peer) for n in remote))
+        route = RouteUsed(
+            kind, r.dst, MAIN_TABLE, target=target, via="remote", peer=str(remote[0].peer)
+        )
+        ecmp = f"ECMP over the replicas on {hosts}" if len(remote) > 1 else f"on {hosts}"
+        return _Decision(route, note=f"{note}: {ecmp}")
+    route = RouteUsed(kind, r.dst, MAIN_TABLE, target=target, via="unreachable")
+    return _Decision(
+        route,
+        drop=UNREACHABLE,
+        detail=f"{r.dst} is served in the IDC, and no replica of hybrid gateway {g.id} has "
+        "its BGP session up (with routes learned): unreachable",
+    )
+
+
 def _from_main(vpc: VpcDesired, pkt: _Pkt, kind: Literal["direct", "host"]) -> _Decision:
-    """Main's answer: a member's /32 (local port or remote host), a block unreachable."""
+    """Main's answer: a member's /32 (local port or remote host), an IDC prefix (a hybrid
+    gateway's replicas), a block unreachable."""
     r = _main_lookup(vpc, pkt.dst)
+    h = _hybrid_lookup(vpc, pkt.dst)
+    if h is not None and (r is None or _net(h[1].dst).prefixlen >= _net(r.dst).prefixlen):
+        return _from_hybrid(vpc, pkt, kind, *h)
     if r is None:
         return _Decision()
     block = _in_blocks(vpc, pkt.dst)
@@ -754,6 +807,14 @@ def _to_port(w: _Walk, host: str, vpc: VpcDesired, ifname: str, pkt: _Pkt) -> No
             w.deliver(f"instance:{port.instance_id}", f"delivered to {port.instance_id} on {host}")
             return
         _from_instance(w, host, vpc, port, pkt, forwarded=True)
+        return
+    hg = next((h for h in vpc.hybrids if h.replica is not None and h.ifname == ifname), None)
+    if hg is not None:
+        w.deliver(
+            f"idc:{hg.id}",
+            f"sent to the IDC by the replica of hybrid gateway {hg.id} on {host} (its "
+            "line and the IDC beyond are not in the model)",
+        )
         return
     g = next((g for g in vpc.natgws if g.local and g.ifname == ifname), None)
     if g is None:

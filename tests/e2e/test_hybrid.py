@@ -210,6 +210,65 @@ def test_the_connectivity_matrix_matches_ping_and_names_the_blocking_rule(lab: L
     assert m["reached"] == m["pairs"] and m["not_as_expected"] == 0
 
 
+def _switch_routes(lab: Lab) -> str:
+    return run(["ip", "-n", lab.router, "route", "show", "proto", "187"]).strip()
+
+
+def test_a_netconf_push_that_breaks_connectivity_rolls_back_and_a_good_one_is_confirmed(
+    lab: Lab,
+) -> None:
+    # Bad: the IDC router blackholes the VPC (metric 10 beats BGP's 20): the servers can
+    # no longer answer the instances. The switch must roll it back by itself.
+    bad = lab.home / "bad.yaml"
+    bad.write_text("routes:\n  - {prefix: 10.0.0.0/16, blackhole: true}\n")
+    t0 = time.monotonic()
+    p = lab.region.run("netconf", "push", "dc1", "--config", str(bad), "--confirm-timeout",
+                       "8", check=False, timeout=120)  # fmt: skip
+    took = time.monotonic() - t0
+    print(p.stdout, p.stderr)
+    assert p.returncode == 1, p.stderr
+    assert "+ route 10.0.0.0/16 blackhole metric 10" in p.stdout
+    assert "LOST a -> idc:dc1/s1" in p.stdout  # the check that failed, named
+    assert "rolled back by the switch" in p.stderr and "matrix is green again" in p.stderr
+    (entry,) = lab.region.json("netconf", "log", "dc1")
+    assert entry["outcome"] == "rolled-back" and entry["diff"] == [
+        "+ route 10.0.0.0/16 blackhole metric 10"
+    ]
+    print(f"bad push: rolled back {entry['rollback_s']} s after the commit (timeout 8 s)")
+    assert 8 <= entry["rollback_s"] <= 8 + 3 and took < 60
+    assert _switch_routes(lab) == ""
+    assert lab.region.json("check", "connectivity", "--vpc", "prod")["not_as_expected"] == 0
+    # Good: a route the checks do not mind, and an ACL rule for a range nobody uses.
+    good = lab.home / "good.yaml"
+    good.write_text(
+        "routes:\n  - {prefix: 10.77.0.0/16, blackhole: true, metric: 5}\n"
+        "acl:\n  - {seq: 10, source: 10.66.0.0/16, protocol: tcp, action: deny}\n"
+    )
+    p = lab.region.run("netconf", "push", "dc1", "--config", str(good), "--confirm-timeout",
+                       "30", timeout=120)  # fmt: skip
+    assert "confirmed #2" in p.stdout, p.stdout
+    time.sleep(1)
+    shown = lab.region.json("netconf", "show", "dc1")
+    assert shown["running"]["routes"] == [
+        {"prefix": "10.77.0.0/16", "metric": 5, "blackhole": True}
+    ]
+    assert shown["applied"]["digest"] == shown["digest"]
+    assert _switch_routes(lab) == "blackhole 10.77.0.0/16 metric 5"
+    # A bad file changes nothing: refused before anything is sent.
+    typo = lab.home / "typo.yaml"
+    typo.write_text("routes:\n  - {prefix: 10.77.0.0/33, blackhole: true}\n")
+    p = lab.region.run("netconf", "push", "dc1", "--config", str(typo), check=False)
+    assert p.returncode != 0 and "routes[0].prefix" in p.stderr
+    assert len(lab.region.json("netconf", "log", "dc1")) == 2
+    # Rollback: to what ran before the good push (empty), checked like a push.
+    p = lab.region.run("netconf", "rollback", "dc1", timeout=120)
+    assert "to #0" in p.stdout and "confirmed #3" in p.stdout, p.stdout
+    assert _switch_routes(lab) == ""
+    assert [e["action"] for e in lab.region.json("netconf", "log", "dc1")] == [
+        "push", "push", "rollback"
+    ]  # fmt: skip
+
+
 def test_a_subnet_overlapping_another_and_a_wrong_secret_are_refused(lab: Lab) -> None:
     with pytest.raises(CliError) as exc:
         lab.region.run("subnet", "create", "dup", "--vpc", "prod", "--cidr", "192.168.100.0/25",

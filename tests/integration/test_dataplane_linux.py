@@ -500,6 +500,12 @@ def test_a_stale_namespace_file_does_not_stop_the_host(linux: World) -> None:
     vpc_a = h1.vpc_netns(100)
     try:
         netlab.sh("ip", "netns", "del", wanted)
+        # The kernel tears a deleted namespace down later, and with it the veth ends in
+        # it take their peers (the instances' eth0): a crash left the file long ago, so
+        # the apply below starts once they are gone (a CI run under load applied first
+        # and found an eth0 that vanished under its routes).
+        inst = h1.instance_netns("inst-0000b001")
+        wait_for(lambda: "eth0" not in netlab.ip(inst, "-br", "link"), 10, "the old eth0 reaped")
         stale.touch()
         nsexec.netns_path(wanted).touch()
         netlab.ip(vpc_a, "route", "del", "10.1.1.11/32")

@@ -174,6 +174,12 @@ class Client:
         self._transport: Transport = transport or HttpTransport()
         self._timeout = timeout
 
+    @property
+    def token(self) -> str:
+        """The bearer token (a lab helper acting for the caller, such as a dual-write
+        consumer, is handed it)."""
+        return self._token
+
     def close(self) -> None:
         self._transport.close()
 

@@ -17,7 +17,8 @@ need_apt=()
 # one instance per namespace (yunhan.net.frr); its system service is not used.
 # netconfd, netconf-subsystem and sshd: the NETCONF switch of each lab IDC site
 # (yunhan.lab.netconfsw), inside the site router's namespace; the system's sshd is not used.
-for bin in /usr/sbin/netconfd:netconfd /usr/sbin/sshd:openssh-server vtysh:frr ip:iproute2 nft:nftables iperf3:iperf3 ping:iputils-ping gcc:gcc unshare:util-linux nsenter:util-linux systemd-analyze:systemd curl:curl nmap:nmap conntrack:conntrack keepalived:keepalived wrk:wrk make:make pkg-config:pkg-config fusermount3:fuse3 losetup:mount mkfs.ext4:e2fsprogs fio:fio; do
+# nats-server: the queue of dual write (yunhan.lab.dualwrite), one per lab region on loopback.
+for bin in /usr/sbin/nats-server:nats-server /usr/sbin/netconfd:netconfd /usr/sbin/sshd:openssh-server vtysh:frr ip:iproute2 nft:nftables iperf3:iperf3 ping:iputils-ping gcc:gcc unshare:util-linux nsenter:util-linux systemd-analyze:systemd curl:curl nmap:nmap conntrack:conntrack keepalived:keepalived wrk:wrk make:make pkg-config:pkg-config fusermount3:fuse3 losetup:mount mkfs.ext4:e2fsprogs fio:fio; do
   command -v "${bin%%:*}" >/dev/null 2>&1 || need_apt+=("${bin##*:}")
 done
 [ -e /usr/lib/x86_64-linux-gnu/libnftables.so.1 ] || [ -e /usr/lib/aarch64-linux-gnu/libnftables.so.1 ] || need_apt+=(libnftables1)
@@ -57,6 +58,12 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     systemctl disable --now ssh >/dev/null 2>&1 || systemctl disable ssh >/dev/null 2>&1 || true
     if [ -x /etc/init.d/ssh ]; then
       /etc/init.d/ssh stop >/dev/null 2>&1 || true
+    fi
+  fi
+  if [[ " ${need_apt[*]} " == *" nats-server "* ]]; then
+    systemctl disable --now nats-server >/dev/null 2>&1 || systemctl disable nats-server >/dev/null 2>&1 || true
+    if [ -x /etc/init.d/nats-server ]; then
+      /etc/init.d/nats-server stop >/dev/null 2>&1 || true
     fi
   fi
   if [[ " ${need_apt[*]} " == *" frr "* ]]; then

@@ -11,12 +11,17 @@ and printed; nothing of the region is left after `down`.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -267,6 +272,129 @@ def test_a_netconf_push_that_breaks_connectivity_rolls_back_and_a_good_one_is_co
     assert [e["action"] for e in lab.region.json("netconf", "log", "dc1")] == [
         "push", "push", "rollback"
     ]  # fmt: skip
+
+
+def _changes(n: int, seed: int = 7) -> list[dict[str, Any]]:
+    """`n` changes to dc-a's migration: blackhole /28s of its upper half (no server there)
+    and ACL rules from 172.16/12 (no instance there), put or deleted at random."""
+    rng = random.Random(seed)
+    out: list[dict[str, Any]] = []
+    for i in range(n):
+        op = rng.choice(("put", "put", "delete"))
+        if i % 2:
+            out.append(
+                {
+                    "kind": "route",
+                    "op": op,
+                    "prefix": f"192.168.100.{128 + 16 * rng.randrange(8)}/28",
+                }
+            )
+        else:
+            out.append({"kind": "acl", "op": op, "seq": rng.randrange(1, 41),
+                        "peer": f"172.16.{rng.randrange(256)}.0/24",
+                        "protocol": rng.choice(("any", "icmp", "tcp", "udp")),
+                        "action": rng.choice(("permit", "deny"))})  # fmt: skip
+    return out
+
+
+def test_dual_write_survives_a_killed_consumer_and_queue_and_reconcile_repairs(
+    lab: Lab,
+) -> None:
+    from yunhan.lab import dualwrite as ldw
+    from yunhan.lab.region import RegionRecord
+    from yunhan.net import dualwrite as dw
+
+    r = lab.region
+    r.run("route-table", "create", "mig", "--vpc", "prod")
+    r.run("acl", "create", "mig-acl", "--vpc", "prod")
+    start = ("migrate", "start", "m1", "--prefix", LAN_A, "--site", "dc1", "--vpc", "prod",
+             "--route-table", "mig", "--acl", "mig-acl")  # fmt: skip
+    r.run(*start)
+    record = RegionRecord.load(r.state)
+    assert record is not None
+    data = record.data_dir
+    m = ldw.load(data, "m1")
+    changes = [dw.parse_change(LAN_A, c) for c in _changes(500)]
+    expected: dw.Items = {}
+    for ch in changes:
+        expected = dw.apply_to(expected, ch)
+
+    async def produce() -> None:
+        url = ldw.nats_url(data)
+        for i, ch in enumerate(changes):
+            await ldw.publish(url, m, [ch])
+            if i == 150:  # the consumer dies mid-stream, and comes back 100 changes later
+                pid = ldw.daemon_pid(data, "m1")
+                assert pid is not None
+                os.kill(pid, signal.SIGKILL)
+            if i == 250:
+                await asyncio.to_thread(r.run, *start)
+            if i == 320:  # the queue dies, and comes back a second later
+                pid = ldw.nats_pid(data)
+                assert pid is not None
+                os.kill(pid, signal.SIGKILL)
+                asyncio.get_running_loop().call_later(
+                    1.0, lambda: threading.Thread(target=r.run, args=start).start()
+                )
+            await asyncio.sleep(0.004)
+
+    t0 = time.monotonic()
+    asyncio.run(produce())
+
+    def caught_up() -> bool:
+        st = json.loads(ldw.status_file(data, "m1").read_text())
+        return all(st["sides"][s]["position"] == 500 for s in dw.SIDES)
+
+    assert wait_for(caught_up, 60, "both sides at the last change")
+    print(f"dual write: 500 changes through two kills in {time.monotonic() - t0:.1f} s")
+    # Nothing lost, nothing applied twice or out of order: each side is the changes' result.
+    sides = ldw.make_sides(m, record, json.loads(
+        (r.home / ".config" / "yunhan" / "config.json").read_text())["token"])  # fmt: skip
+    try:
+        assert sides["yunhan"].items() == expected
+        assert sides["idc"].items() == expected
+    finally:
+        sides["idc"].close()
+    rec = r.json("migrate", "reconcile")
+    assert rec["differences"] == []
+    # A difference made by hand on the switch is found, then repaired from the truth.
+    gone = next(k for k in sorted(expected) if k[0] == "route")
+    _switch_delete_route(lab, gone[1])
+    p = r.run("migrate", "reconcile", check=False)
+    assert p.returncode == 1 and f"missing on idc: route {gone[1]}" in p.stdout, p.stdout
+    p = r.run("migrate", "reconcile", "--repair")
+    assert "repaired idc: 0 differences now" in p.stdout
+    assert r.json("migrate", "reconcile")["differences"] == []
+    # Leave the lab as it was: every key deleted through the same path, then the window closed.
+    undo = lab.home / "undo.jsonl"
+    undo.write_text("".join(
+        json.dumps({"kind": k, "op": "delete", **({"prefix": key} if k == "route" else
+                    {"seq": int(key)})}) + "\n" for k, key in expected))  # fmt: skip
+    r.run("migrate", "apply", "--changes", str(undo), "--wait")
+    r.run("migrate", "stop")
+    r.run("acl", "delete", "mig-acl")
+    r.run("route-table", "delete", "mig")
+
+
+def _switch_delete_route(lab: Lab, prefix: str) -> None:
+    """Delete one route on the IDC switch by hand, over NETCONF."""
+    from yunhan.lab import idc, netconfsw
+    from yunhan.lab.region import RegionRecord
+
+    record = RegionRecord.load(lab.region.state)
+    assert record is not None
+    site = idc.load_sites(record)["dc1"].spec
+    m = netconfsw.connect(site, netconfsw.paths(site, record.data_dir))
+    try:
+        xml = (
+            '<config xmlns="urn:ietf:params:xml:ns:netconf:base:1.0" '
+            'xmlns:nc="urn:ietf:params:xml:ns:netconf:base:1.0"><switch xmlns="urn:yunhan:switch">'
+            f'<route nc:operation="delete"><prefix>{prefix}</prefix></route></switch></config>'
+        )
+        m.edit_config(target="candidate", config=xml)
+        m.commit()
+    finally:
+        m.close_session()
 
 
 def test_a_subnet_overlapping_another_and_a_wrong_secret_are_refused(lab: Lab) -> None:

@@ -58,8 +58,6 @@ def start(ctx: Ctx) -> None:
     name = ctx["name"]
     if not name.replace("-", "").isalnum() or not name[:1].isalpha() or len(name) > 32:
         raise ValidationError("a migration's name is letters, digits and dashes (32 at most)")
-    if any(m.name == name for m in ldw.list_migrations(record.data_dir)):
-        raise ValidationError(f"migration {name} exists; `yunhan migrate stop --migration {name}`")
     if ctx["truth"] not in ("yunhan", "idc"):
         raise ValidationError("--truth is yunhan or idc")
     vpc = c.get(f"/v1/vpcs/{ctx['vpc']}")
@@ -85,6 +83,13 @@ def start(ctx: Ctx) -> None:
         name, prefix, ctx["site"], vpc["id"], table["id"], acl["id"], ctx["truth"],
         float(ctx["reconcile_every"]),
     )  # fmt: skip
+    old = next((x for x in ldw.list_migrations(record.data_dir) if x.name == name), None)
+    if old is not None and old != m:
+        raise ValidationError(
+            f"migration {name} exists with other settings; `yunhan migrate stop --migration "
+            f"{name}` first"
+        )
+    # The same command again completes it: the queue or the consumer restarted, if gone.
     url = ldw.ensure_nats(record.data_dir, record.prefix)
     asyncio.run(ldw.ensure_stream(url, m))
     ldw.save(record.data_dir, m)
@@ -294,7 +299,8 @@ MIGRATE = Group(
         Cmd(
             "start",
             "Open a migration window for an IDC subnet: changes to it are written through "
-            "the queue to the route table and network ACL given and to the site's switch.",
+            "the queue to the route table and network ACL given and to the site's switch. "
+            "The same command again restarts what is gone (the queue, the consumer).",
             start,
             (
                 Arg("name", "the migration's name"),

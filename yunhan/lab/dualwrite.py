@@ -35,21 +35,26 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from yunhan.errors import YunhanError
 from yunhan.lab import cleanup
 from yunhan.lab.cleanup import REGION_ENV
 from yunhan.net import dualwrite as dw
 from yunhan.net import switchcfg
 from yunhan.polling import poll_until
 
-NATS_SERVER = "/usr/bin/nats-server"
+NATS_SERVER = "/usr/sbin/nats-server"  # Debian's nats-server package
 ACK_WAIT = 5.0  # seconds before an unacknowledged batch is delivered again
 BATCH = 100
 DUP_WINDOW = 600.0  # seconds the server remembers message ids
 RECONCILE_EVERY = 30.0
+RECORD = ".migration.json"  # <data dir>/migrations/<name>.migration.json
 
 
-class DualWriteError(RuntimeError):
+class DualWriteError(YunhanError):
     """The queue or a migration cannot be used."""
+
+    code = "dual_write"
+    http_status = 409
 
 
 # -- the migration record --------------------------------------------------------------------
@@ -102,16 +107,18 @@ def list_migrations(data_dir: Path) -> list[Migration]:
     d = _dir(data_dir)
     if not d.is_dir():
         return []
-    return [Migration(**json.loads(f.read_text())) for f in sorted(d.glob("*.json"))]
+    return [Migration(**json.loads(f.read_text())) for f in sorted(d.glob(f"*{RECORD}"))]
 
 
 def save(data_dir: Path, m: Migration) -> None:
     _dir(data_dir).mkdir(parents=True, exist_ok=True)
-    (_dir(data_dir) / f"{m.name}.json").write_text(json.dumps(asdict(m)))
+    (_dir(data_dir) / f"{m.name}{RECORD}").write_text(json.dumps(asdict(m)))
 
 
 def forget(data_dir: Path, name: str) -> None:
-    (_dir(data_dir) / f"{name}.json").unlink(missing_ok=True)
+    for side in dw.SIDES:
+        _pos_file(data_dir, name, side).unlink(missing_ok=True)
+    (_dir(data_dir) / f"{name}{RECORD}").unlink(missing_ok=True)
     (_dir(data_dir) / f"{name}.status.json").unlink(missing_ok=True)
 
 
@@ -181,8 +188,12 @@ def stop_nats(data_dir: Path) -> None:
 async def _connect(url: str) -> Any:
     import nats
 
+    async def quiet(exc: Exception) -> None:
+        """The server away is expected (a restart): the caller retries and reports it."""
+
     return await nats.connect(
         servers=[url],
+        error_cb=quiet,
         connect_timeout=2,
         reconnect_time_wait=0.25,
         max_reconnect_attempts=-1,
@@ -537,24 +548,59 @@ class SideStats:
     batches: int = 0
     failed: list[str] = field(default_factory=list)  # refusals (the last 20)
     error: str = ""  # the last transient error ("" after a success)
+    position: int = 0  # the last stream sequence applied
+    resets: int = 0  # times the consumer was made again at the position (a gap)
 
 
-async def _consume(js: Any, m: Migration, side: Any, stats: SideStats, stop: asyncio.Event) -> None:
+def _pos_file(data_dir: Path, name: str, side: str) -> Path:
+    return _dir(data_dir) / f"{name}.{side}.applied"
+
+
+def _read_pos(path: Path) -> int:
+    try:
+        return int(path.read_text())
+    except (OSError, ValueError):
+        return 0
+
+
+def _write_pos(path: Path, seq: int) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(str(seq))
+    os.replace(tmp, path)
+
+
+async def _subscribe(js: Any, m: Migration, side: str, pos: int) -> Any:
+    """The side's durable consumer, made again to deliver from `pos` + 1 on."""
     from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+    with contextlib.suppress(Exception):  # none yet
+        await js.delete_consumer(m.stream, side)
     cfg = ConsumerConfig(
-        durable_name=side.name,
+        durable_name=side,
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=ACK_WAIT,
         max_deliver=-1,
-        deliver_policy=DeliverPolicy.ALL,
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+        opt_start_seq=pos + 1,
     )
+    return await js.pull_subscribe(m.subject, durable=side, stream=m.stream, config=cfg)
+
+
+async def _consume(
+    js: Any, m: Migration, side: Any, stats: SideStats, stop: asyncio.Event, pos_file: Path
+) -> None:
+    """Apply the stream to `side` strictly in order. The position (the last sequence
+    applied) is the side's own, written before the acknowledgement: a message at or below
+    it is a redelivery (acknowledged, skipped); one beyond the next expected is a gap (a
+    batch that failed, or was in flight when the consumer or the server died, comes back
+    only after ACK_WAIT, and newer ones may come first): the consumer is made again from
+    the position, so that nothing newer is ever applied before something older."""
+    pos = _read_pos(pos_file)
     sub = None
     while not stop.is_set():
         try:
             if sub is None:
-                sub = await js.pull_subscribe(m.subject, durable=side.name, stream=m.stream,
-                                              config=cfg)  # fmt: skip
+                sub = await _subscribe(js, m, side.name, pos)
             msgs = await sub.fetch(BATCH, timeout=1)
         except Exception as exc:  # a timeout (nothing to do), or the server away
             if "timeout" not in type(exc).__name__.lower():
@@ -562,20 +608,40 @@ async def _consume(js: Any, m: Migration, side: Any, stats: SideStats, stop: asy
                 sub = None
                 await asyncio.sleep(0.25)
             continue
-        changes = [dw.Change.from_json(json.loads(x.data)) for x in msgs]
-        try:
-            refused = await asyncio.to_thread(side.apply, changes)
-        except Exception as exc:  # transient: not acknowledged, delivered again
-            stats.error = f"{side.name}: {exc}"
-            await asyncio.sleep(0.5)
-            continue
+        run: list[tuple[int, Any]] = []
+        gap = False
         for x in msgs:
-            with contextlib.suppress(Exception):
-                await x.ack_sync(timeout=2)
-        stats.applied += len(msgs)
-        stats.batches += 1
-        stats.failed = (stats.failed + refused)[-20:]
-        stats.error = ""
+            seq = int(x.metadata.sequence.stream)
+            if seq <= pos:
+                with contextlib.suppress(Exception):
+                    await x.ack()
+                continue
+            if seq != (run[-1][0] if run else pos) + 1:
+                gap = True
+                break
+            run.append((seq, x))
+        if run:
+            changes = [dw.Change.from_json(json.loads(x.data)) for _, x in run]
+            try:
+                refused = await asyncio.to_thread(side.apply, changes)
+            except Exception as exc:  # transient: from the position again, later
+                stats.error = f"{side.name}: {exc}"
+                await asyncio.sleep(0.5)
+                refused, gap = None, True
+            if refused is not None:
+                pos = run[-1][0]
+                _write_pos(pos_file, pos)
+                for _, x in run:
+                    with contextlib.suppress(Exception):
+                        await x.ack()
+                stats.applied += len(run)
+                stats.batches += 1
+                stats.failed = (stats.failed + refused)[-20:]
+                stats.error = ""
+        stats.position = pos
+        if gap:
+            stats.resets += 1
+            sub = None
 
 
 async def serve(m: Migration, data_dir: Path, sides: dict[str, Any], url: str) -> None:
@@ -587,7 +653,10 @@ async def serve(m: Migration, data_dir: Path, sides: dict[str, Any], url: str) -
     js = nc.jetstream(timeout=5)
     stats = {name: SideStats() for name in sides}
     last: dict[str, Any] = {}
-    tasks = [asyncio.create_task(_consume(js, m, s, stats[n], stop)) for n, s in sides.items()]
+    tasks = [
+        asyncio.create_task(_consume(js, m, s, stats[n], stop, _pos_file(data_dir, m.name, n)))
+        for n, s in sides.items()
+    ]
 
     async def reconcile_loop() -> None:
         nonlocal last

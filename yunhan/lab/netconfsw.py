@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from yunhan.errors import YunhanError
 from yunhan.lab import cleanup
 from yunhan.lab.cleanup import REGION_ENV, run
 from yunhan.nsexec import nsenter_argv
@@ -51,8 +52,11 @@ SUBSYSTEM = "/usr/sbin/netconf-subsystem"
 SSHD = "/usr/sbin/sshd"
 
 
-class SwitchError(RuntimeError):
+class SwitchError(YunhanError):
     """The site's switch cannot be started or reached."""
+
+    code = "switch_unavailable"
+    http_status = 409
 
 
 @dataclass(frozen=True)

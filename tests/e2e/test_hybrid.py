@@ -267,7 +267,7 @@ def test_a_netconf_push_that_breaks_connectivity_rolls_back_and_a_good_one_is_co
     assert len(lab.region.json("netconf", "log", "dc1")) == 2
     # Rollback: to what ran before the good push (empty), checked like a push.
     p = lab.region.run("netconf", "rollback", "dc1", timeout=120)
-    assert "to #0" in p.stdout and "confirmed #3" in p.stdout, p.stdout
+    assert "to before #2" in p.stdout and "confirmed #3" in p.stdout, p.stdout
     assert _switch_routes(lab) == ""
     assert [e["action"] for e in lab.region.json("netconf", "log", "dc1")] == [
         "push", "push", "rollback"

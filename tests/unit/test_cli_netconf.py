@@ -14,26 +14,20 @@ A = {"routes": [{"prefix": "10.1.0.0/16", "blackhole": True}]}
 B = {"routes": [{"prefix": "10.2.0.0/16", "blackhole": True}]}
 
 
-def _e(n: int, outcome: str, digest: str, config: dict[str, Any]) -> dict[str, Any]:
-    return {"n": n, "outcome": outcome, "digest": digest, "config": config}
+def _e(n: int, outcome: str, config: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
+    return {"n": n, "outcome": outcome, "config": config, "previous_config": before}
 
 
-def test_a_rollback_restores_the_configuration_confirmed_before_the_current_one() -> None:
-    entries = [
-        _e(1, "confirmed", "a", A),
-        _e(2, "rolled-back", "x", {}),
-        _e(3, "confirmed", "b", B),
-    ]
-    assert rollback_target(entries, None) == (1, A)
-    assert rollback_target(entries, 3) == (3, B)
-    assert rollback_target(entries, 0) == (0, {})
-    assert rollback_target(entries[:1], None) == (0, {})  # one push: back to empty
-    assert rollback_target([], None) == (0, {})
-    # A push that re-confirmed what ran before counts once.
-    again = [*entries, _e(4, "confirmed", "b", B)]
-    assert rollback_target(again, None) == (1, A)
+def test_a_rollback_undoes_the_last_confirmed_change_or_restores_an_entry() -> None:
+    entries = [_e(1, "confirmed", A, {}), _e(2, "rolled-back", {}, A), _e(3, "confirmed", B, A)]
+    assert rollback_target(entries, None) == ("before #3", A)
+    assert rollback_target(entries[:1], None) == ("before #1", {})
+    assert rollback_target(entries, 3) == ("#3", B)
+    assert rollback_target(entries, 0) == ("#0", {})
     with pytest.raises(NotFound, match="no journal entry #9"):
         rollback_target(entries, 9)
+    with pytest.raises(NotFound, match="nothing to roll back"):
+        rollback_target(entries[1:2], None)
 
 
 def _m(reached: dict[tuple[str, str], bool]) -> Matrix:

@@ -165,15 +165,18 @@ def apply_config(
         m.lock("candidate")
         try:
             m.discard_changes()
+            # No <validate> first: commit validates anyway, and netconfd 2.13 commits an
+            # empty container after a validate of a candidate edited with operation
+            # "replace" (measured: the switch lost every route).
             m.edit_config(target="candidate", config=switchcfg.to_xml(new))
-            m.validate(source="candidate")
             t0 = time.monotonic()
             # A persist id: the confirmation names this commit, so a confirmation that
             # comes too late fails instead of committing the candidate again unchecked.
             m.commit(confirmed=True, timeout=str(int(timeout)), persist=persist)
         finally:
             m.unlock("candidate")
-        applied_s = netconfsw.wait_applied(p, new.digest(), timeout / 2)
+        applied = netconfsw.wait_applied(p, new.digest(), timeout / 2)
+        applied_s = None if applied is None else time.monotonic() - t0  # from the commit
         after = run_matrix(c, record, pairs, live=4) if pairs and applied_s is not None else None
         lost = regressions(before, after) if before is not None and after is not None else []
         entry: dict[str, Any] = {
@@ -182,6 +185,7 @@ def apply_config(
             "config": new.to_json(),
             "digest": new.digest(),
             "previous": old.digest(),
+            "previous_config": old.to_json(),
             "diff": changes,
             "confirm_timeout": timeout,
             "applied_s": None if applied_s is None else round(applied_s, 3),
@@ -213,8 +217,11 @@ def apply_config(
                         f"  {r.pair.src.name} -> {r.pair.dst.name}: dropped at {where} {r.why.rule}"
                     )
         echo(f"not confirmed: the switch rolls back by itself within {timeout:g} s")
-        # Nothing more is sent: netconfd runs its confirm timer only while idle.
-        back = netconfsw.wait_applied(p, old.digest(), timeout + ROLLBACK_GRACE)
+        # Nothing more is sent: netconfd runs its confirm timer only while idle. The old
+        # configuration counts as back only once the timeout has passed (a change the
+        # driver never applied leaves the old digest in place all along).
+        time.sleep(max(0.0, t0 + timeout - time.monotonic()))
+        back = netconfsw.wait_applied(p, old.digest(), ROLLBACK_GRACE)
     finally:
         with contextlib.suppress(Exception):  # the session may be gone with the switch
             m.close_session()
@@ -247,22 +254,23 @@ def push(ctx: Ctx) -> None:
     apply_config(ctx, new, {"action": "push", "file": str(ctx["config"])}, what="netconf push")
 
 
-def rollback_target(entries: list[dict[str, Any]], to: int | None) -> tuple[int, dict[str, Any]]:
-    """The journal entry to restore and its configuration: `to` (0 is the empty
-    configuration), or by default the newest confirmed configuration other than the one
-    confirmed last. NotFound for an entry the journal does not have."""
+def rollback_target(entries: list[dict[str, Any]], to: int | None) -> tuple[str, dict[str, Any]]:
+    """What a rollback restores, and how to name it: entry `to`'s configuration (0 is the
+    empty one), or by default what ran before the last confirmed change (its journaled
+    `previous_config`). NotFound for an entry the journal does not have, or nothing to
+    undo."""
     if to is None:
         confirmed = [e for e in entries if e.get("outcome") == "confirmed"]
         if not confirmed:
-            return 0, {}
-        earlier = [e for e in confirmed if e["digest"] != confirmed[-1]["digest"]]
-        to = earlier[-1]["n"] if earlier else 0
+            raise NotFound("nothing to roll back: the journal has no confirmed change")
+        last = confirmed[-1]
+        return f"before #{last['n']}", dict(last.get("previous_config") or {})
     if to == 0:
-        return 0, {}
+        return "#0", {}
     entry = next((e for e in entries if e["n"] == to), None)
     if entry is None:
         raise NotFound(f"no journal entry #{to} (the journal has 1 to {len(entries)}; 0 is empty)")
-    return to, dict(entry["config"])
+    return f"#{to}", dict(entry["config"])
 
 
 def rollback(ctx: Ctx) -> None:
@@ -270,7 +278,7 @@ def rollback(ctx: Ctx) -> None:
 
     _, _, site, p = _site(ctx, "netconf rollback")
     to, config = rollback_target(journal(p), ctx["to"])
-    echo(f"rolling back IDC site {site.name} to #{to}")
+    echo(f"rolling back IDC site {site.name} to {to}")
     target = switchcfg.parse(config)
     apply_config(ctx, target, {"action": "rollback", "to": to}, what="netconf rollback")
 
@@ -306,7 +314,7 @@ def log(ctx: Ctx) -> None:
     if not entries:
         echo(f"IDC site {site.name}: no pushes yet")
     for e in entries:
-        what = e["action"] + (f" to #{e['to']}" if e.get("action") == "rollback" else "")
+        what = e["action"] + (f" to {e['to']}" if e.get("action") == "rollback" else "")
         echo(f"#{e['n']} {e['at']} {what}: {e['outcome']}")
         for line in e.get("diff") or []:
             echo(f"    {line}")
@@ -346,8 +354,8 @@ NETCONF = Group(
         ),
         Cmd(
             "rollback",
-            "Restore an earlier journaled configuration (default: the one confirmed before "
-            "the current one; 0 is the empty configuration), pushed and checked like a push.",
+            "Restore an earlier configuration, pushed and checked like a push: by default "
+            "what ran before the last confirmed change; --to N, journal entry N's (0: empty).",
             rollback,
             (SITE, Opt(("--to",), "to", "the journal entry to restore", int), *GATED),
         ),

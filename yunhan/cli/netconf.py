@@ -177,7 +177,9 @@ def apply_config(
             m.unlock("candidate")
         applied = netconfsw.wait_applied(p, new.digest(), timeout / 2)
         applied_s = None if applied is None else time.monotonic() - t0  # from the commit
-        after = run_matrix(c, record, pairs, live=4) if pairs and applied_s is not None else None
+        # The gate explains by the model only: a live trace per lost pair would spend the
+        # confirm timeout (the e2e test's 8 lost pairs took longer than its 8 s).
+        after = run_matrix(c, record, pairs, live=0) if pairs and applied_s is not None else None
         lost = regressions(before, after) if before is not None and after is not None else []
         entry: dict[str, Any] = {
             **action,
@@ -205,7 +207,7 @@ def apply_config(
             return entry
         if applied_s is None:
             echo(f"the switch did not apply the change within {timeout / 2:g} s")
-        elif late:
+        elif late and not lost:
             echo(f"the checks took longer than the confirm timeout ({timeout:g} s)")
         for line in lost:
             echo(f"LOST {line}")

@@ -560,9 +560,10 @@ def test_route_switch_to_the_cloud_and_back(lab: Lab) -> None:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     time.sleep(2)
-    out = lab.region.run("hybrid", "switch", LAN_B, "--to", "cloud").stdout
+    out = lab.region.run("hybrid", "switch", LAN_B, "--to", "cloud", "--check").stdout
     print(out.strip())
     assert "switched" in out
+    assert "checked: the" in out and "LOST" not in out  # gated by the matrix, passed
     if not poll_until(lambda: who() == "c", 10):
         routes = run(["ip", "-n", lab.router, "route"])
         routes += run(["ip", "netns", "exec", lab.router, "ip", "route", "get", server_b,

@@ -149,8 +149,48 @@ def _advertised(c: Client, changes: dict[str, Any], deadline: float) -> float | 
     return None
 
 
+def _vpc_pairs(c: Client, record: Any, prefix: str) -> list[Any]:
+    """Every endpoint pair of the VPC that holds IDC subnet `prefix`, as they are now."""
+    import ipaddress
+
+    from yunhan.cli.check import endpoints
+    from yunhan.net.connectivity import default_pairs
+
+    net = str(ipaddress.IPv4Network(prefix, strict=False))
+    vpc = next(
+        (s["spec"]["vpc"] for s in c.items("/v1/subnets") if s["spec"].get("cidr") == net), None
+    )
+    if vpc is None:
+        return []
+    return default_pairs(endpoints(c, record, vpc))
+
+
+def _checked(c: Client, record: Any, prefix: str, before: Any) -> tuple[Any, list[str]]:
+    """The matrix after a switch, and the pairs reached before and not now (by address: a
+    switched server's address is now an instance's). Routing settles within a second or
+    two of the announcements, so a loss is confirmed by up to two more runs."""
+    from yunhan.cli.check import run_matrix
+    from yunhan.cli.netconf import regressions
+
+    for attempt in range(3):
+        after = run_matrix(c, record, _vpc_pairs(c, record, prefix), live=0)
+        lost = regressions(before, after)
+        if not lost or attempt == 2:
+            return after, lost
+        time.sleep(1.0)
+    raise AssertionError("unreachable")
+
+
 def switch(ctx: Ctx) -> None:
     c = ctx.client()
+    before = record = None
+    if ctx["check"] and not ctx["dry_run"]:
+        from yunhan.cli.check import run_matrix
+        from yunhan.cli.trace import lab_record
+
+        record = lab_record(c.endpoint, ctx["state_dir"], "hybrid switch --check")
+        pairs = _vpc_pairs(c, record, ctx["prefix"])
+        before = run_matrix(c, record, pairs, live=0) if pairs else None
     started = time.monotonic()
     res = c.post(
         "/v1/hybrid/switch",
@@ -180,28 +220,47 @@ def switch(ctx: Ctx) -> None:
     applied = time.monotonic() - started
     told = _advertised(c, ch, started + ctx["timeout"])
     total = time.monotonic() - started
+    check: dict[str, Any] | None = None
+    if before is not None:
+        after, lost = _checked(c, record, ctx["prefix"], before)
+        check = {
+            "reached_before": sum(r.reached for r in before.results),
+            "pairs_after": len(after.results),
+            "lost": lost,
+            "switched_back": bool(lost),
+        }
+        if lost:
+            back = c.post("/v1/hybrid/switch", {"prefix": ctx["prefix"], "to": ch["from"]})
+            wait_applied(c, back.get("revision"), ctx["timeout"])
     if f in ("json", "yaml"):
-        views.print_one(
-            "switch",
-            {
-                **res,
-                "applied_s": round(applied, 3),
-                "advertised_s": told,
-                "total_s": round(total, 3),
-            },
-            f,
+        body = {**res, "applied_s": round(applied, 3), "advertised_s": told,
+                "total_s": round(total, 3), "check": check}  # fmt: skip
+        views.print_one("switch", body, f)
+    else:
+        bgp = (
+            f"every replica advertising it to the IDC after {total:.2f} s"
+            if told is not None
+            else "the replicas did not report the new announcements in time"
         )
-        return
-    bgp = (
-        f"every replica advertising it to the IDC after {total:.2f} s"
-        if told is not None
-        else "the replicas did not report the new announcements in time"
-    )
-    echo(
-        f"switched {ch['prefix']} (subnet {ch['subnet']}) to the {ch['to']}: applied on "
-        f"{len(ch['hosts'])} host(s) and {len(ch['replicas'])} replica(s) in {applied:.2f} s, "
-        f"{bgp}"
-    )
+        echo(
+            f"switched {ch['prefix']} (subnet {ch['subnet']}) to the {ch['to']}: applied on "
+            f"{len(ch['hosts'])} host(s) and {len(ch['replicas'])} replica(s) in "
+            f"{applied:.2f} s, {bgp}"
+        )
+        if ctx["check"] and check is None:
+            echo("--check: no endpoint pairs to check in the VPC")
+        elif check is not None and not check["lost"]:
+            echo(
+                f"checked: the {check['reached_before']} pairs reached before are reached "
+                f"after ({check['pairs_after']} pairs now)"
+            )
+        for line in (check or {}).get("lost") or []:
+            echo(f"LOST {line}")
+    if check is not None and check["lost"]:
+        raise ValidationError(
+            f"{len(check['lost'])} pairs reached before the switch are not after it: "
+            f"switched {ch['prefix']} back to the {ch['from']}"
+        )
 
 
 IDC = Group(
@@ -310,7 +369,8 @@ HYBRID = Group(
             "Serve an IDC subnet's prefix in the cloud (its instances take the addresses "
             "over) or back in the IDC, e.g. `yunhan hybrid switch 192.168.101.0/24 --to "
             "cloud`. Returns when every host and replica applied it and the IDC was told; "
-            "prints how long that took. --dry-run lists what would change.",
+            "prints how long that took. --dry-run lists what would change; --check gates it on "
+            "the connectivity matrix and switches back when a pair is lost.",
             switch,
             (
                 ref("subnet")._replace(
@@ -318,6 +378,14 @@ HYBRID = Group(
                 ),
                 Opt(("--to",), "to", "where to serve it", required=True, choices=("cloud", "idc")),
                 Opt(("--dry-run",), "dry_run", "only list what would change", bool),
+                Opt(
+                    ("--check",),
+                    "check",
+                    "check connectivity before and after (the lab's matrix); switch back "
+                    "if a pair reached before is lost",
+                    bool,
+                ),
+                Opt(("--state-dir",), "state_dir", "--check: the lab region's state"),
                 TIMEOUT,
                 OUTPUT,
                 JSON,

@@ -587,7 +587,13 @@ async def _subscribe(js: Any, m: Migration, side: str, pos: int) -> Any:
 
 
 async def _consume(
-    js: Any, m: Migration, side: Any, stats: SideStats, stop: asyncio.Event, pos_file: Path
+    js: Any,
+    m: Migration,
+    side: Any,
+    stats: SideStats,
+    stop: asyncio.Event,
+    pos_file: Path,
+    moved: asyncio.Event,
 ) -> None:
     """Apply the stream to `side` strictly in order. The position (the last sequence
     applied) is the side's own, written before the acknowledgement: a message at or below
@@ -638,6 +644,7 @@ async def _consume(
                 stats.batches += 1
                 stats.failed = (stats.failed + refused)[-20:]
                 stats.error = ""
+                moved.set()  # the status file says so at once
         stats.position = pos
         if gap:
             stats.resets += 1
@@ -652,9 +659,12 @@ async def serve(m: Migration, data_dir: Path, sides: dict[str, Any], url: str) -
     nc = await _connect(url)
     js = nc.jetstream(timeout=5)
     stats = {name: SideStats() for name in sides}
+    moved = asyncio.Event()
     last: dict[str, Any] = {}
     tasks = [
-        asyncio.create_task(_consume(js, m, s, stats[n], stop, _pos_file(data_dir, m.name, n)))
+        asyncio.create_task(
+            _consume(js, m, s, stats[n], stop, _pos_file(data_dir, m.name, n), moved)
+        )
         for n, s in sides.items()
     ]
 
@@ -680,7 +690,8 @@ async def serve(m: Migration, data_dir: Path, sides: dict[str, Any], url: str) -
         tmp.write_text(json.dumps(state))
         os.replace(tmp, path)
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(stop.wait(), 0.2)
+            await asyncio.wait_for(moved.wait(), 0.2)
+        moved.clear()
     for t in tasks:
         t.cancel()
     with contextlib.suppress(Exception):

@@ -213,6 +213,10 @@ def _paced_lag(r: Region, home: Path) -> dict[str, float]:
         await asyncio.gather(produce(), watch())
 
     asyncio.run(both())
+    st = json.loads(ldw.status_file(data, "m1").read_text())
+    for side in dw.SIDES:
+        d = st["sides"][side]
+        print(f"  {side}: {d['batches']} batches, last applied in {d['apply_ms']} ms")
     lags = sorted((seen[s] - sent[s]) * 1000 for s in seen)
     print(f"paced lag: {len(lags)} changes, p50 {lags[len(lags) // 2]:.0f} ms, "
           f"p99 {lags[int(len(lags) * 0.99)]:.0f} ms")  # fmt: skip

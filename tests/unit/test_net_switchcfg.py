@@ -104,3 +104,19 @@ def test_the_kernel_plan_removes_stale_routes_and_rebuilds_the_acl_table() -> No
         'ip daddr 192.168.100.0/24 counter drop comment "acl 10"',
         'ip saddr 10.0.0.0/16 meta l4proto icmp counter accept comment "acl 20"',
     ]
+
+
+def test_a_delta_edits_only_what_changed() -> None:
+    old = switchcfg.parse(GOOD)
+    new = switchcfg.parse(
+        {
+            "routes": [{"prefix": "10.0.0.0/16", "next-hop": "198.19.33.11", "metric": 5}],
+            "acl": [{"seq": 10, "destination": "192.168.100.0/24", "action": "permit"}],
+        }
+    )
+    xml = switchcfg.delta_xml(old, new)
+    assert xml is not None
+    assert xml.count('operation="delete"') == 2  # route 10.9/16, acl 20
+    assert xml.count('operation="replace"') == 1  # acl 10 changed
+    assert "10.0.0.0/16" not in xml  # unchanged: not sent
+    assert switchcfg.delta_xml(old, old) is None

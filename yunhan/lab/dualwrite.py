@@ -468,11 +468,12 @@ class SwitchSide:
                         int(ch.key), v["peer"], self.m.prefix, v["protocol"], v["action"]
                     )
         new = switchcfg.SwitchConfig(tuple(sorted(routes.values())), tuple(sorted(acl.values())))
-        if new == cfg:
+        delta = switchcfg.delta_xml(cfg, new)
+        if delta is None:
             return []  # already so
         m = self._session()
         try:
-            m.edit_config(target="candidate", config=switchcfg.to_xml(new))
+            m.edit_config(target="candidate", config=delta)
             m.commit()
         except Exception as exc:
             with contextlib.suppress(Exception):
@@ -550,6 +551,7 @@ class SideStats:
     error: str = ""  # the last transient error ("" after a success)
     position: int = 0  # the last stream sequence applied
     resets: int = 0  # times the consumer was made again at the position (a gap)
+    apply_ms: float = 0.0  # how long the last batch took to apply
 
 
 def _pos_file(data_dir: Path, name: str, side: str) -> Path:
@@ -607,7 +609,12 @@ async def _consume(
         try:
             if sub is None:
                 sub = await _subscribe(js, m, side.name, pos)
-            msgs = await sub.fetch(BATCH, timeout=1)
+            # One message, waited for; then what else is there, without waiting: a fetch
+            # of a whole batch would linger until the batch is full or its timeout ends
+            # (measured: half a second of lag at 100 changes a second).
+            msgs = await sub.fetch(1, timeout=1)
+            with contextlib.suppress(Exception):
+                msgs += await sub.fetch(BATCH - 1, timeout=0.02)
         except Exception as exc:  # a timeout (nothing to do), or the server away
             if "timeout" not in type(exc).__name__.lower():
                 stats.error = f"queue: {exc!r}"
@@ -628,8 +635,10 @@ async def _consume(
             run.append((seq, x))
         if run:
             changes = [dw.Change.from_json(json.loads(x.data)) for _, x in run]
+            t0 = time.monotonic()
             try:
                 refused = await asyncio.to_thread(side.apply, changes)
+                stats.apply_ms = round((time.monotonic() - t0) * 1000, 1)
             except Exception as exc:  # transient: from the position again, later
                 stats.error = f"{side.name}: {exc}"
                 await asyncio.sleep(0.5)

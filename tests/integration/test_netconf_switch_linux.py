@@ -84,7 +84,7 @@ def test_an_unconfirmed_commit_is_rolled_back_by_the_switch(
         assert back is not None
         took = time.monotonic() - t0
         print(f"rolled back and applied {took:.2f} s after a commit with a 3 s timeout")
-        assert 3 <= took < 6
+        assert 3 <= took < 3 + 4  # the timer ticks once a second, when netconfd idles
         assert _routes(s.netns) == ""
         assert switchd.running_config(m) == switchcfg.SwitchConfig()
     finally:

@@ -32,7 +32,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from yunhan.errors import YunhanError
 from yunhan.lab import cleanup
@@ -40,8 +40,17 @@ from yunhan.lab.cleanup import REGION_ENV, run
 from yunhan.nsexec import nsenter_argv
 from yunhan.polling import poll_until
 
-if TYPE_CHECKING:
-    from yunhan.lab.idc import SiteSpec
+
+class SiteSpec(Protocol):
+    """What the switch needs of a site (yunhan.lab.idc.SiteSpec; not imported: idc starts
+    and stops the switch, so it imports this module)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def netns(self) -> str: ...
+
 
 RUN_ROOT = Path("/run/yunhan/netconf")
 PORT = 830

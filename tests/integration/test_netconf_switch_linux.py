@@ -84,7 +84,9 @@ def test_an_unconfirmed_commit_is_rolled_back_by_the_switch(
         assert back is not None
         took = time.monotonic() - t0
         print(f"rolled back and applied {took:.2f} s after a commit with a 3 s timeout")
-        assert 3 <= took < 3 + 4  # the timer ticks once a second, when netconfd idles
+        # netconfd keeps the deadline in whole seconds and its timer ticks once a second,
+        # when it idles: the rollback comes from a second early to a few seconds late.
+        assert 3 - 1 <= took < 3 + 4
         assert _routes(s.netns) == ""
         assert switchd.running_config(m) == switchcfg.SwitchConfig()
     finally:

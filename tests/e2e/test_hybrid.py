@@ -584,3 +584,156 @@ def test_route_switch_to_the_cloud_and_back(lab: Lab) -> None:
     )
     assert wait_for(lambda: "client" in who(), 10, "the IDC server again")
     assert got > 0.5 * sent
+
+
+def _sent_got(out: str) -> tuple[int, int]:
+    m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
+    assert m, out
+    return int(m.group(1)), int(m.group(2))
+
+
+def _counted(lab: Lab, prefix: str, since: float) -> dict[tuple[str, str], tuple[int, int]]:
+    """(point, direction) -> (packets, bytes) of `prefix` since `since`, as the CLI says."""
+    ans = lab.region.json("hybrid", "stats", "--prefix", prefix, "--since", f"{since:.3f}",
+                          "--window", "5s")  # fmt: skip
+    assert ans["switch"] == "read", ans["switch"]
+    return {
+        (s["point"], s["direction"]): (s["total_packets"], s["total_bytes"]) for s in ans["series"]
+    }
+
+
+def _settled(
+    lab: Lab, since: float, want: dict[str, dict[tuple[str, str], tuple[int, int]]]
+) -> dict[str, dict[tuple[str, str], tuple[int, int]]]:
+    """What is counted per prefix once it matches `want` within 1% (or after 20 s: the
+    caller's assertion then shows the difference)."""
+    got: dict[str, dict[tuple[str, str], tuple[int, int]]] = {}
+
+    def close() -> bool:
+        for prefix in want:
+            got[prefix] = _counted(lab, prefix, since)
+        return all(_within(got[p], w) for p, w in want.items())
+
+    poll_until(close, 20, interval=1.0)
+    return got
+
+
+def _within(
+    got: dict[tuple[str, str], tuple[int, int]], want: dict[tuple[str, str], tuple[int, int]]
+) -> bool:
+    for key in set(got) | set(want):
+        g, w = got.get(key, (0, 0)), want.get(key, (0, 0))
+        for a, b in zip(g, w, strict=True):
+            if abs(a - b) > 0.01 * b or (b == 0 and a != 0):
+                return False
+    return True
+
+
+def test_traffic_stats_follow_a_route_switch_and_sum_to_what_was_sent(lab: Lab) -> None:
+    server_a = next(ip for ip in lab.servers() if ip.startswith("192.168.100."))
+    server_b = next(ip for ip in lab.servers() if ip.startswith("192.168.101."))
+    client = lab.servers()[server_a]
+    dry = lab.region.json("hybrid", "switch", LAN_B, "--to", "idc", "--dry-run")
+    assert dry["changes"]["from"] == "idc"  # dc-b starts served in the IDC
+    time.sleep(3)  # what earlier tests sent is read and posted before `since`
+    # Before: dc-b is served in the IDC. An IDC client pings it (routed inside the IDC), and
+    # instance a pings an IDC server of dc-a (across the line, through the replicas).
+    t0 = time.time()
+    n1, n2 = 300, 200
+    ping_a = subprocess.Popen(
+        [lab.region.bin, "instance", "exec", "a", "--", "ping", "-q", "-i", "0.01", "-W", "1",
+         "-c", str(n1), "-s", "200", server_a],
+        env=lab.region.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    p2 = lab.in_ns(client, "ping", "-q", "-i", "0.01", "-W", "1", "-c", str(n2), "-s", "100",
+                   server_b)  # fmt: skip
+    out1, _ = ping_a.communicate(timeout=60)
+    s1, g1 = _sent_got(out1)
+    s2, g2 = _sent_got(p2.stdout)
+    assert g1 > 0.9 * s1 and g2 > 0.9 * s2, (out1, p2.stdout)
+    b1, b2 = 228, 128  # IP packet sizes: 20 + 8 + payload
+    before = _settled(
+        lab,
+        t0,
+        {
+            LAN_B: {("switch-local", "in"): (s2, s2 * b2), ("switch-local", "out"): (g2, g2 * b2)},
+            LAN_A: {
+                ("switch-line", "in"): (s1, s1 * b1),
+                ("switch-line", "out"): (g1, g1 * b1),
+                ("replica", "in"): (s1, s1 * b1),
+                ("replica", "out"): (g1, g1 * b1),
+                ("host", "in"): (s1, s1 * b1),
+                ("host", "out"): (g1, g1 * b1),
+                ("switch-local", "out"): (s2, s2 * b2),
+                ("switch-local", "in"): (g2, g2 * b2),
+            },
+        },
+    )
+    print(f"before the switch (pings {g1}/{s1} across the line, {g2}/{s2} inside the IDC):")
+    for prefix, counts in before.items():
+        print(f"  {prefix}: {sorted(counts.items())}")
+    assert before[LAN_B] and not any(p != "switch-local" for p, _ in before[LAN_B])
+    assert _within(before[LAN_B], {("switch-local", "in"): (s2, s2 * b2),
+                                   ("switch-local", "out"): (g2, g2 * b2)})  # fmt: skip
+    assert before[LAN_A][("replica", "in")] == before[LAN_A][("host", "in")]
+    # The switch: dc-b's addresses move to the cloud (instance c takes the server's).
+    lab.region.run("hybrid", "switch", LAN_B, "--to", "cloud")
+    try:
+        assert (
+            wait_for(
+                lambda: lab.in_ns(
+                    client, "curl", "-s", "--max-time", "2", f"http://{server_b}/"
+                ).stdout.strip(),
+                15,
+                "the cloud instance answering",
+            )
+            == "c"
+        )
+        time.sleep(3)  # the curl's packets are read and posted before `since`
+        t1 = time.time()
+        n3 = 250
+        p3 = lab.in_ns(client, "ping", "-q", "-i", "0.01", "-W", "1", "-c", str(n3), "-s",
+                       "300", server_b)  # fmt: skip
+        s3, g3 = _sent_got(p3.stdout)
+        assert g3 > 0.9 * s3, p3.stdout
+        b3 = 328
+        after = _settled(
+            lab,
+            t1,
+            {
+                LAN_B: {
+                    ("switch-line", "in"): (s3, s3 * b3),
+                    ("switch-line", "out"): (g3, g3 * b3),
+                    ("replica", "in"): (s3, s3 * b3),
+                    ("replica", "out"): (g3, g3 * b3),
+                    ("host", "in"): (s3, s3 * b3),
+                    ("host", "out"): (g3, g3 * b3),
+                },
+                LAN_A: {
+                    ("switch-line", "out"): (s3, s3 * b3),
+                    ("switch-line", "in"): (g3, g3 * b3),
+                    ("replica", "out"): (s3, s3 * b3),
+                    ("replica", "in"): (g3, g3 * b3),
+                    ("host", "out"): (s3, s3 * b3),
+                    ("host", "in"): (g3, g3 * b3),
+                },
+            },
+        )
+        print(f"after the switch (ping {g3}/{s3} from the IDC client to the cloud):")
+        for prefix, counts in after.items():
+            print(f"  {prefix}: {sorted(counts.items())}")
+        # dc-b's traffic moved: nothing routed inside the IDC any more, all of it across the
+        # line, the replicas and the host of instance c, each sum within 1% of what was sent.
+        assert ("switch-local", "in") not in after[LAN_B]
+        assert _within(after[LAN_B], {
+            ("switch-line", "in"): (s3, s3 * b3), ("switch-line", "out"): (g3, g3 * b3),
+            ("replica", "in"): (s3, s3 * b3), ("replica", "out"): (g3, g3 * b3),
+            ("host", "in"): (s3, s3 * b3), ("host", "out"): (g3, g3 * b3),
+        }), after[LAN_B]  # fmt: skip
+        table = lab.region.run("hybrid", "stats", "--since", f"{t0:.3f}", "--window", "2s").stdout
+        print(table)
+        rows = [ln for ln in table.splitlines() if ln.startswith(LAN_B)]
+        assert {ln.split()[1] for ln in rows} >= {"switch-local", "switch-line", "replica", "host"}
+        assert all(any(ch in ln for ch in "▁▂▃▄▅▆▇█") for ln in rows), table
+    finally:
+        lab.region.run("hybrid", "switch", LAN_B, "--to", "idc")

@@ -34,6 +34,7 @@ GOOD = switchcfg.parse({"routes": [{"prefix": "10.2.0.0/16", "blackhole": True, 
 class Site:
     name: str
     netns: str
+    cidrs: tuple[str, ...] = ("192.168.100.0/24",)
 
 
 @pytest.fixture
@@ -157,3 +158,21 @@ def test_the_data_plane_outlives_the_driver_and_the_server_keeps_its_configurati
     netconfsw.stop(s, None)  # type: ignore[arg-type]
     assert not netconfsw._procs(s.netns)
     assert not (netconfsw.RUN_ROOT / s.netns).exists()
+
+
+def test_the_switch_counts_its_ranges(site: tuple[Site, netconfsw.SwitchPaths]) -> None:
+    from yunhan.net import nft, nftstats
+
+    s, _p = site
+
+    def counted() -> set[nftstats.Key]:
+        try:
+            listing = nft.run(s.netns, f"list counters table ip {nftstats.TABLE}")
+        except Exception:
+            return set()
+        return set(nftstats.parse_counters(listing))
+
+    keys = wait_for(counted, 10, "the switch's counter table")
+    assert {(k.point, k.prefix, k.direction) for k in keys} == {
+        (pt, "192.168.100.0/24", d) for pt in ("line", "local") for d in ("in", "out")
+    }

@@ -37,6 +37,7 @@ from yunhan.agent.dataplane import ApplyReport, DataPlane
 from yunhan.agent.flowlogs import FlowLogs
 from yunhan.agent.hybridreport import HybridReporter
 from yunhan.agent.patches import Patches
+from yunhan.agent.trafficstats import TrafficReporter
 from yunhan.agent.vipclaims import VipClaims
 from yunhan.agent.volumes import VolumeManager
 from yunhan.errors import ValidationError
@@ -224,6 +225,16 @@ class Agent:
             self.hybrid = HybridReporter(
                 dataplane.naming, self._applied, self._post_hybrid, heal=self._heal
             )
+        # Hybrid traffic counters (nftables in the namespaces): linux only too.
+        self.traffic: TrafficReporter | None = None
+        if dataplane.kind == "linux":
+            self.traffic = TrafficReporter(
+                dataplane.naming,
+                config.host_name,
+                self._applied,
+                self._post_traffic,
+                state_file=config.state_dir / "traffic.json",
+            )
         # The function host: started by `run`, reported in every status report once it runs.
         self.functions = functions
         self._functions_up = False
@@ -250,6 +261,19 @@ class Agent:
         if r.status_code >= 300:
             log.warning("hybrid replica report refused: %s %s", r.status_code, r.text[:300])
             return False
+        return True
+
+    def _post_traffic(self, body: dict[str, Any]) -> bool:
+        try:
+            r = self._client.post(self._path("/traffic"), json=body)
+        except httpx.HTTPError as exc:
+            log.warning("traffic counter report failed: %s", exc)
+            self._failover(exc)
+            return False
+        if r.status_code >= 300:
+            log.warning("traffic counter report refused: %s %s", r.status_code, r.text[:300])
+            # A malformed batch would be refused forever and hold back every later one.
+            return r.status_code == 422
         return True
 
     def _instance_ids(self) -> list[str]:
@@ -654,6 +678,8 @@ class Agent:
             self.volumes.start()
         if self.hybrid is not None:
             self.hybrid.start()
+        if self.traffic is not None:
+            self.traffic.start()
         try:
             self._stop.wait()
         finally:
@@ -670,6 +696,8 @@ class Agent:
                 self.volumes.stop()  # the disks keep serving: storage outlives the agent
             if self.hybrid is not None:
                 self.hybrid.stop()  # the replicas keep routing: FRR outlives the agent
+            if self.traffic is not None:
+                self.traffic.stop()  # the counters keep counting: they are the kernel's
             self._stop_functions()
             for t in threads:
                 t.join(timeout=2.0)

@@ -34,6 +34,7 @@ from yunhan.api.routes import (
     flowlogs,
     functions,
     hybrid,
+    hybridstats,
     infra,
     instances,
     invoke,
@@ -59,6 +60,7 @@ from yunhan.store import Store
 from yunhan.store.flows import FlowRecords, Retention
 from yunhan.store.functions import FunctionRows
 from yunhan.store.patches import PatchRows
+from yunhan.store.traffic import TrafficSamples
 
 log = logging.getLogger("yunhan.api")
 
@@ -231,6 +233,7 @@ def create_app(
         fleet=fleet,
         journal=Journal(store, fleet, clock, admin_project_id),
         flows=FlowRecords(store.engine, clock, flow_retention),
+        traffic=TrafficSamples(store.engine, clock),
         patches=PatchRows(store.engine),
         function_rows=fn_rows,
         meter=Meter(fn_rows),
@@ -243,9 +246,9 @@ def create_app(
     store.subscribe(loads.apply, load=loads.load)
     _install_error_handlers(app)
     app.add_middleware(AuditMiddleware)
-    modules = (projects, tokens, audit, events, infra, network, routing, natgw, hybrid, secgroups,
-               acls, flowlogs, instances, vips, volumes, patches, functions, invoke, ai,
-               agent, watch)  # fmt: skip
+    modules = (projects, tokens, audit, events, infra, network, routing, natgw, hybrid,
+               hybridstats, secgroups, acls, flowlogs, instances, vips, volumes, patches,
+               functions, invoke, ai, agent, watch)  # fmt: skip
     for module in modules:
         app.include_router(module.router)
     app.include_router(metrics.router)

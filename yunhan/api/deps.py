@@ -27,6 +27,7 @@ from yunhan.store import Store
 from yunhan.store.flows import FlowRecords
 from yunhan.store.functions import FunctionRows
 from yunhan.store.patches import PatchRows
+from yunhan.store.traffic import TrafficSamples
 
 if TYPE_CHECKING:
     from yunhan.api.functions import Functions
@@ -46,6 +47,7 @@ class AppState:
     fleet: Fleet
     journal: Journal
     flows: FlowRecords
+    traffic: TrafficSamples  # hybrid traffic counters (docs/cutover.md)
     patches: PatchRows
     # Functions (docs/functions.md): their side tables, the meter every invocation is
     # recorded into (`meter.record(...)`; started and stopped by the server), the prices.

@@ -41,7 +41,7 @@ REFUSED = "yunhan_refused_token"
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # Agents' reports and flow records: every few seconds from every host, not changes anyone
 # audits (an audit record each would cost more than the report).
-_BOOKKEEPING = re.compile(r"^/v1/agent/hosts/[^/]+/(status|flows)$")
+_BOOKKEEPING = re.compile(r"^/v1/agent/hosts/[^/]+/(status|flows|traffic)$")
 # Function invocations are the data plane (a function called thousands of times a second),
 # metered in usage records; deploying and changing functions is audited like any write.
 _DATA_PLANE = re.compile(r"^(/fn/.*|/v1/functions/[^/]+/invoke|/v1/ai/[^/]+)$")

@@ -360,6 +360,13 @@ HYBRID_GW = Group(
     ),
 )
 
+
+def _stats(ctx: Ctx) -> None:
+    from yunhan.cli.hybridstats import stats
+
+    stats(ctx)
+
+
 HYBRID = Group(
     "hybrid",
     "The hybrid network: route switches between the IDC and the cloud",
@@ -391,7 +398,31 @@ HYBRID = Group(
                 JSON,
             ),
         ),
+        Cmd(
+            "stats",
+            "Traffic per IDC prefix and direction (in: to the prefix, out: from it), counted "
+            "at the IDC switch (routed inside the IDC, and across the line), the gateway "
+            "replicas and the hosts, with a sparkline per row: where the traffic went "
+            "before and after a cut-over, e.g. `yunhan hybrid stats --since 15m --window 10s`.",
+            _stats,
+            (
+                Opt(("--prefix",), "prefix", "only this IDC prefix", metavar="CIDR"),
+                Opt(("--vpc",), "vpc", "only this VPC's IDC prefixes", complete="vpc"),
+                Opt(
+                    ("--since",),
+                    "since",
+                    "from when: 15m (back from now, the default is 10m), epoch seconds, or "
+                    "an ISO time",
+                    metavar="T",
+                ),
+                Opt(("--window",), "window", "seconds per bin (10s, 1m, ...)", default="10s"),
+                Opt(("--state-dir",), "state_dir", "the lab region's state (the switch's side)"),
+                OUTPUT,
+                JSON,
+            ),
+        ),
     ),
 )
+
 
 COMMANDS: tuple[Cmd | Group, ...] = (IDC, HYBRID_GW, HYBRID)

@@ -1281,6 +1281,7 @@ class Engine:
             replicas=replicas,
             routes=served_in_idc(mine),
             announce=announced(v.cidrs, pairs),
+            prefixes=[c for c, _serve in mine],
         )
 
     def _routing_entries(self, vid: str) -> dict[str, JsonObj]:

@@ -508,6 +508,12 @@ class _Routing:
             ifname=ifname,
             routes=tuple(HybridRouteDesired(dst=d, nexthops=nhs) for d in carried),
             replica=replica,
+            prefixes=tuple(
+                sorted(
+                    (s.cidr for s in self.subnets if s.site == g.site and s.serve is not None),
+                    key=_net_key,
+                )
+            ),
         )
 
 

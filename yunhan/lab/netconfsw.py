@@ -51,6 +51,9 @@ class SiteSpec(Protocol):
     @property
     def netns(self) -> str: ...
 
+    @property
+    def cidrs(self) -> tuple[str, ...]: ...
+
 
 RUN_ROOT = Path("/run/yunhan/netconf")
 PORT = 830
@@ -88,6 +91,11 @@ class SwitchPaths:
     @property
     def host_key(self) -> Path:
         return self.home / "host_key"
+
+    @property
+    def traffic(self) -> Path:
+        """The switch's traffic counter history (switchd)."""
+        return self.run / "traffic.json"
 
     @property
     def journal(self) -> Path:
@@ -228,6 +236,7 @@ def start(site: SiteSpec, data_dir: Path, region: str) -> SwitchPaths:
             str(p.home / "host_key.pub"),
             "--state",
             str(p.applied),
+            *[a for c in site.cidrs for a in ("--count", c)],
         ]
         _spawn(argv, site.netns, p.home / "switchd.log", region)
         if not poll_until(p.applied.exists, START_TIMEOUT, interval=0.05):

@@ -20,7 +20,13 @@ long as it asks (measured: a 3 s confirm timeout rolled back after 4.2 s with a 
 
 If NETCONF is away, what was applied stays: the switch keeps forwarding.
 
-    python -m yunhan.lab.switchd --key FILE --hostkey FILE --state FILE
+It also keeps the switch's traffic counters (`yunhan hybrid stats`, docs/cutover.md): a
+`yunhan_hstats` table counts each of the site's ranges (`--count`) per direction, on the
+line and routed inside the IDC (yunhan.net.nftstats), and a thread reads it every
+COUNT_EVERY seconds and keeps what moved over the last HISTORY seconds in `traffic.json`
+beside the state file, as a switch keeps its counters' history for its management station.
+
+    python -m yunhan.lab.switchd --key FILE --hostkey FILE --state FILE [--count CIDR ...]
 """
 
 from __future__ import annotations
@@ -32,15 +38,18 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from yunhan.net import switchcfg
+from yunhan.net import nftstats, switchcfg
 
 RECHECK = 5.0  # seconds between reads without an event (drift, a missed notification)
 EVENTS = ("netconf-config-change", "netconf-confirmed-commit")
 PORT = 830
+COUNT_EVERY = 1.0  # seconds between two readings of the traffic counters
+HISTORY = 3600.0  # seconds of traffic samples kept
 
 
 def installed_routes() -> list[tuple[str, int]]:
@@ -157,14 +166,67 @@ def _wait_event(m: Any, timeout: float, stopped: Any) -> None:
             return
 
 
+def _nft(*args: str, stdin: str | None = None) -> str:
+    return subprocess.run(
+        ["nft", *args], input=stdin, capture_output=True, text=True, check=True
+    ).stdout
+
+
+def _counters() -> dict[nftstats.Key, nftstats.Reading]:
+    try:
+        out = _nft("-j", "list", "counters", "table", nftstats.FAMILY, nftstats.TABLE)
+    except subprocess.CalledProcessError:
+        return {}  # no table yet
+    return nftstats.parse_counters(json.loads(out or "{}"))
+
+
+def count(prefixes: list[str], path: Path, stopped: threading.Event) -> None:
+    """Keep the table counting `prefixes` and `path` holding what moved (samples of
+    [start, end, point, prefix, direction, packets, bytes]) over the last HISTORY s."""
+    samples: list[list[Any]] = []
+    if path.exists():
+        with contextlib.suppress(OSError, ValueError):
+            samples = list(json.loads(path.read_text()).get("samples", []))
+    readings = _counters()
+    if nftstats.prefixes_of(readings) != set(prefixes):
+        _nft("-f", "-", stdin=nftstats.script("switch", prefixes))
+        readings = _counters()
+    deltas = nftstats.Deltas(readings)
+    last = time.time()
+    while not stopped.wait(COUNT_EVERY):
+        now = time.time()
+        try:
+            moved = deltas.step(_counters())
+        except (subprocess.CalledProcessError, ValueError) as exc:
+            print(f"switchd: counters: {exc}", file=sys.stderr, flush=True)
+            continue
+        old = len(samples)
+        samples = [x for x in samples if x[1] >= now - HISTORY]
+        for k, (p, b) in sorted(moved.items()):
+            samples.append([last, now, k.point, k.prefix, k.direction, p, b])
+        last = now
+        if moved or len(samples) != old:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"prefixes": prefixes, "samples": samples}))
+            os.replace(tmp, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="yunhan.lab.switchd")
     ap.add_argument("--key", required=True, help="the SSH client key")
     ap.add_argument("--hostkey", required=True, help="the server's public host key file")
     ap.add_argument("--state", required=True, type=Path, help="where to write applied.json")
+    ap.add_argument("--count", action="append", default=[], help="a range to count traffic of")
     a = ap.parse_args(argv)
     hostkey_b64 = Path(a.hostkey).read_text().split()[1]
+    stopped = threading.Event()
+    if a.count:
+        traffic = a.state.with_name("traffic.json")
+        threading.Thread(
+            target=count, args=(a.count, traffic, stopped), name="counters", daemon=True
+        ).start()
     serve(a.key, hostkey_b64, a.state)
+    stopped.set()
     return 0
 
 

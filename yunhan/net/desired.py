@@ -235,6 +235,9 @@ class HybridGwDesired(_Frozen):
     ifname: str  # its port in the VPC namespace ("h-<short id>"), where a replica runs
     routes: tuple[HybridRouteDesired, ...] = ()  # by (address, prefixlen)
     replica: HybridReplicaDesired | None = None  # set on a host that runs one
+    # Every IDC subnet of the VPC in the gateway's site, wherever it is served, by
+    # (address, prefixlen): what hosts and replicas count traffic of (docs/cutover.md).
+    prefixes: tuple[str, ...] = ()
 
 
 # -- security groups (issue 10; docs/secgroups.md) ----------------------------------------

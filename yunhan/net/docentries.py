@@ -489,9 +489,11 @@ def hybrid_entry(
     replicas: Iterable[JsonObj],
     routes: Iterable[str],
     announce: Iterable[str],
+    prefixes: Iterable[str] = (),
 ) -> JsonObj:
     """A hybrid gateway (docs/hybrid.md): its session parameters, its placed replicas
-    (`hybrid_replica`, by index), the IDC prefixes it carries and what it announces."""
+    (`hybrid_replica`, by index), the IDC prefixes it carries, what it announces, and
+    every IDC subnet of its site in the VPC (counted by traffic statistics)."""
     return {
         "id": id,
         "index": index,
@@ -505,6 +507,7 @@ def hybrid_entry(
         "replicas": sorted(replicas, key=lambda r: int(r["index"])),
         "routes": sorted(routes, key=net_key),
         "announce": sorted(announce, key=net_key),
+        "prefixes": sorted(prefixes, key=net_key),
     }
 
 
@@ -560,6 +563,7 @@ def hybrid_desired(g: JsonObj, host: str, peers: Mapping[str, Peer]) -> HybridGw
         ifname=ifname,
         routes=tuple(HybridRouteDesired(dst=d, nexthops=nexthops) for d in g["routes"]),
         replica=replica,
+        prefixes=tuple(g.get("prefixes", ())),
     )
 
 

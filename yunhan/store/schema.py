@@ -230,6 +230,29 @@ function_versions = Table(
     PrimaryKeyConstraint("function", "version"),
 )
 
+# Hybrid traffic counters (issue 16; docs/cutover.md): what moved at one counting point for
+# one IDC prefix and direction between two readings, as agents post it. Not resources, like
+# flow records: an ingest moves no revision; pruned by age and by a row cap.
+traffic_samples = Table(
+    "traffic_samples",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("project", String(64), nullable=False),
+    Column("vpc", String(64), nullable=False),
+    Column("prefix", String(43), nullable=False),
+    Column("point", String(16), nullable=False),  # host, replica
+    Column("source", String(128), nullable=False),  # host name, or gateway id/replica index
+    Column("direction", String(4), nullable=False),  # in (to the prefix), out (from it)
+    Column("packets", BigInteger, nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Column("start", Float, nullable=False),
+    Column("end", Float, nullable=False),
+    Column("received_at", Float, nullable=False),
+    Index("ix_traffic_samples_vpc_end", "vpc", "end"),
+    Index("ix_traffic_samples_project_end", "project", "end"),
+)  # fmt: skip
+
 function_usage = Table(
     "function_usage",
     metadata,
@@ -482,7 +505,28 @@ def _v8(conn: Connection) -> None:
           Index("ix_function_usage_minute", "minute")).create(conn)  # fmt: skip
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8]
+def _v9(conn: Connection) -> None:
+    # Hybrid traffic statistics (issue 16): counter deltas per prefix, point and direction.
+    m = MetaData()
+    Table("traffic_samples", m,
+          Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                 autoincrement=True),
+          Column("project", String(64), nullable=False),
+          Column("vpc", String(64), nullable=False),
+          Column("prefix", String(43), nullable=False),
+          Column("point", String(16), nullable=False),
+          Column("source", String(128), nullable=False),
+          Column("direction", String(4), nullable=False),
+          Column("packets", BigInteger, nullable=False),
+          Column("bytes", BigInteger, nullable=False),
+          Column("start", Float, nullable=False),
+          Column("end", Float, nullable=False),
+          Column("received_at", Float, nullable=False),
+          Index("ix_traffic_samples_vpc_end", "vpc", "end"),
+          Index("ix_traffic_samples_project_end", "project", "end")).create(conn)  # fmt: skip
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9]
 LATEST = len(MIGRATIONS)
 # PostgreSQL advisory lock keys are one 64-bit space per database: ours are "YH" + a tag.
 MIGRATE_LOCK_KEY = 0x5948_0000_0000_0001

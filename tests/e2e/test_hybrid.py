@@ -662,8 +662,8 @@ def test_traffic_stats_follow_a_route_switch_and_sum_to_what_was_sent(lab: Lab) 
                 ("switch-line", "out"): (g1, g1 * b1),
                 ("replica", "in"): (s1, s1 * b1),
                 ("replica", "out"): (g1, g1 * b1),
-                ("host", "in"): (s1, s1 * b1),
-                ("host", "out"): (g1, g1 * b1),
+                ("host-sent", "in"): (s1, s1 * b1),  # by instance a
+                ("host-delivered", "out"): (g1, g1 * b1),  # the replies, to a
                 ("switch-local", "out"): (s2, s2 * b2),
                 ("switch-local", "in"): (g2, g2 * b2),
             },
@@ -675,7 +675,7 @@ def test_traffic_stats_follow_a_route_switch_and_sum_to_what_was_sent(lab: Lab) 
     assert before[LAN_B] and not any(p != "switch-local" for p, _ in before[LAN_B])
     assert _within(before[LAN_B], {("switch-local", "in"): (s2, s2 * b2),
                                    ("switch-local", "out"): (g2, g2 * b2)})  # fmt: skip
-    assert before[LAN_A][("replica", "in")] == before[LAN_A][("host", "in")]
+    assert before[LAN_A][("replica", "in")] == before[LAN_A][("host-sent", "in")]
     # The switch: dc-b's addresses move to the cloud (instance c takes the server's).
     lab.region.run("hybrid", "switch", LAN_B, "--to", "cloud")
     try:
@@ -706,16 +706,16 @@ def test_traffic_stats_follow_a_route_switch_and_sum_to_what_was_sent(lab: Lab) 
                     ("switch-line", "out"): (g3, g3 * b3),
                     ("replica", "in"): (s3, s3 * b3),
                     ("replica", "out"): (g3, g3 * b3),
-                    ("host", "in"): (s3, s3 * b3),
-                    ("host", "out"): (g3, g3 * b3),
+                    ("host-delivered", "in"): (s3, s3 * b3),  # to instance c
+                    ("host-sent", "out"): (g3, g3 * b3),  # its replies
                 },
                 LAN_A: {
                     ("switch-line", "out"): (s3, s3 * b3),
                     ("switch-line", "in"): (g3, g3 * b3),
                     ("replica", "out"): (s3, s3 * b3),
                     ("replica", "in"): (g3, g3 * b3),
-                    ("host", "out"): (s3, s3 * b3),
-                    ("host", "in"): (g3, g3 * b3),
+                    ("host-delivered", "out"): (s3, s3 * b3),
+                    ("host-sent", "in"): (g3, g3 * b3),
                 },
             },
         )
@@ -728,12 +728,17 @@ def test_traffic_stats_follow_a_route_switch_and_sum_to_what_was_sent(lab: Lab) 
         assert _within(after[LAN_B], {
             ("switch-line", "in"): (s3, s3 * b3), ("switch-line", "out"): (g3, g3 * b3),
             ("replica", "in"): (s3, s3 * b3), ("replica", "out"): (g3, g3 * b3),
-            ("host", "in"): (s3, s3 * b3), ("host", "out"): (g3, g3 * b3),
+            ("host-delivered", "in"): (s3, s3 * b3), ("host-sent", "out"): (g3, g3 * b3),
         }), after[LAN_B]  # fmt: skip
         table = lab.region.run("hybrid", "stats", "--since", f"{t0:.3f}", "--window", "2s").stdout
         print(table)
         rows = [ln for ln in table.splitlines() if ln.startswith(LAN_B)]
-        assert {ln.split()[1] for ln in rows} >= {"switch-local", "switch-line", "replica", "host"}
+        assert {ln.split()[1] for ln in rows} >= {
+            "switch-local",
+            "switch-line",
+            "replica",
+            "host-delivered",
+        }
         assert all(any(ch in ln for ch in "▁▂▃▄▅▆▇█") for ln in rows), table
     finally:
         lab.region.run("hybrid", "switch", LAN_B, "--to", "idc")

@@ -76,15 +76,15 @@ def test_a_host_counts_at_its_ports_and_not_what_a_filter_drops(site: dict[str, 
     nft.run(site["r"], nftstats.script("vpc", [B]))
     assert _ping(site, 30, 200) == (30, 30)
     assert _read(site["r"]) == {
-        Key("host", B, "in"): (30, 30 * 228),  # in from p-c1
-        Key("host", B, "out"): (30, 30 * 228),  # out to p-c1
+        Key("sent", B, "in"): (30, 30 * 228),  # in from p-c1
+        Key("delivered", B, "out"): (30, 30 * 228),  # out to p-c1
     }
     # a security group's drop (a filter at priority 0) comes before the count
     nft.run(site["r"], "add table ip sg\n"
             "add chain ip sg f { type filter hook forward priority 0; policy accept; }\n"
             "add rule ip sg f ip daddr 192.168.101.2 icmp type echo-request drop\n")  # fmt: skip
     assert _ping(site, 10, 200) == (10, 0)
-    assert _read(site["r"])[Key("host", B, "in")] == (30, 30 * 228)
+    assert _read(site["r"])[Key("sent", B, "in")] == (30, 30 * 228)
     # replacing the table with the same prefixes is what the agent never does; with none
     # it goes away
     nft.run(site["r"], nftstats.script("vpc", []))

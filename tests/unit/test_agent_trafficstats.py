@@ -110,22 +110,22 @@ def test_targets_are_the_vpc_namespace_and_the_local_replica() -> None:
 def test_posts_what_moved_and_keeps_what_it_could_not_post(tmp_path: Path) -> None:
     r = Rig(tmp_path, _doc((A, B)))
     assert r.round() == 0 and r.kernel.scripts == 2  # tables made, nothing moved
-    r.kernel.send(VPC_NS, "host_in_192_168_101_0_24", 10, 128)
+    r.kernel.send(VPC_NS, "sent_in_192_168_101_0_24", 10, 128)
     r.kernel.send(REP_NS, "replica_in_192_168_101_0_24", 10, 128)
     assert r.round() == 2
     (body,) = r.posts
     s = body["samples"][0]
     assert s["vpc"] == "vpc-1" and s["start"] == 1002.0 and s["end"] == 1004.0
     r.up = False  # the API away for two rounds: nothing lost, summed per key
-    r.kernel.send(VPC_NS, "host_in_192_168_101_0_24", 5, 128)
+    r.kernel.send(VPC_NS, "sent_in_192_168_101_0_24", 5, 128)
     assert r.round() == 0
-    r.kernel.send(VPC_NS, "host_in_192_168_101_0_24", 5, 128)
+    r.kernel.send(VPC_NS, "sent_in_192_168_101_0_24", 5, 128)
     assert r.round() == 0
     r.up = True
     assert r.round() == 1
     assert r.posts[-1]["samples"][0]["start"] == 1004.0  # the whole span, merged
     assert r.posted() == {
-        (B, "host", "h1", "in"): (20, 2560),
+        (B, "host-sent", "h1", "in"): (20, 2560),
         (B, "replica", "hgw-0000abcd/2", "in"): (10, 1280),
     }
     assert r.kernel.scripts == 2  # tables are replaced only when their prefixes change
@@ -134,16 +134,16 @@ def test_posts_what_moved_and_keeps_what_it_could_not_post(tmp_path: Path) -> No
 def test_a_restarted_agent_neither_loses_nor_doubles(tmp_path: Path) -> None:
     r = Rig(tmp_path, _doc((A,)))
     r.round()
-    r.kernel.send(VPC_NS, "host_out_192_168_100_0_24", 4, 100)
+    r.kernel.send(VPC_NS, "delivered_out_192_168_100_0_24", 4, 100)
     r.up = False
     r.round()  # read, not posted: kept in the state file
     assert json.loads(r.state.read_text())["pending"]
-    r.kernel.send(VPC_NS, "host_out_192_168_100_0_24", 6, 100)  # while the agent is down
+    r.kernel.send(VPC_NS, "delivered_out_192_168_100_0_24", 6, 100)  # while the agent is down
     r.up = True
     r.rep = r.make()
     r.round()
     r.round()
-    assert r.posted() == {(A, "host", "h1", "out"): (10, 1000)}
+    assert r.posted() == {(A, "host-delivered", "h1", "out"): (10, 1000)}
 
 
 def test_new_prefixes_replace_the_table_after_reading_it_and_gone_ones_remove_it(
@@ -151,11 +151,11 @@ def test_new_prefixes_replace_the_table_after_reading_it_and_gone_ones_remove_it
 ) -> None:
     r = Rig(tmp_path, _doc((A,)))
     r.round()
-    r.kernel.send(VPC_NS, "host_in_192_168_100_0_24", 3, 100)
+    r.kernel.send(VPC_NS, "sent_in_192_168_100_0_24", 3, 100)
     r.doc = _doc((A, B))
     r.round()
-    assert "host_in_192_168_101_0_24" in r.kernel.tables[VPC_NS]
-    assert r.posted() == {(A, "host", "h1", "in"): (3, 300)}  # read before the swap
+    assert "sent_in_192_168_101_0_24" in r.kernel.tables[VPC_NS]
+    assert r.posted() == {(A, "host-sent", "h1", "in"): (3, 300)}  # read before the swap
     r.doc = _doc(())
     r.round()
     assert r.kernel.tables == {}

@@ -35,7 +35,7 @@ def _sample(vpc: str, **kw: Any) -> dict[str, Any]:
     return {
         "vpc": vpc,
         "prefix": "10.0.101.0/24",
-        "point": "host",
+        "point": "host-sent",
         "source": "x",
         "direction": "in",
         "packets": 10,
@@ -106,8 +106,8 @@ def test_samples_are_binned_per_prefix_point_and_direction(
     )
     assert got["window"] == 10 and got["since"] == now - 30
     by = {(s["prefix"], s["point"], s["direction"]): s for s in got["series"]}
-    assert set(by) == {("10.0.101.0/24", "host", "in"), ("10.0.101.0/24", "replica", "out")}
-    host = by[("10.0.101.0/24", "host", "in")]
+    assert set(by) == {("10.0.101.0/24", "host-sent", "in"), ("10.0.101.0/24", "replica", "out")}
+    host = by[("10.0.101.0/24", "host-sent", "in")]
     assert host["packets"] == [15, 1, 0] and host["bytes"] == [1920, 128, 0]
     assert host["total_packets"] == 16 and host["sources"] == {"h1": {"packets": 16, "bytes": 2048}}
     rep = by[("10.0.101.0/24", "replica", "out")]

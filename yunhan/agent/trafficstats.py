@@ -157,7 +157,7 @@ class TrafficReporter:
         d = self._deltas.setdefault(ns, Deltas())
         start = self._read_at.get(ns, now)
         for key, (p, b) in d.step(now_readings).items():
-            point = "host" if t.kind == "vpc" else "replica"
+            point = f"host-{key.point}" if t.kind == "vpc" else "replica"
             pk = (t.vpc, key.prefix, point, t.source, key.direction)
             acc = self.pending.get(pk)
             if acc is None:

@@ -402,7 +402,8 @@ HYBRID = Group(
             "stats",
             "Traffic per IDC prefix and direction (in: to the prefix, out: from it), counted "
             "at the IDC switch (routed inside the IDC, and across the line), the gateway "
-            "replicas and the hosts, with a sparkline per row: where the traffic went "
+            "replicas and the hosts (sent by their instances, delivered to them), with a "
+            "sparkline per row: where the traffic went "
             "before and after a cut-over, e.g. `yunhan hybrid stats --since 15m --window 10s`.",
             _stats,
             (

@@ -24,7 +24,9 @@ from yunhan.model.trafficstats import bin_samples
 
 BARS = "▁▂▃▄▅▆▇█"
 MAX_COLUMNS = 60  # a sparkline wider than this merges neighbouring bins
-POINT_ORDER = {"switch-local": 0, "switch-line": 1, "replica": 2, "host": 3}
+# from the IDC to the cloud
+POINT_ORDER = {"switch-local": 0, "switch-line": 1, "replica": 2, "host-delivered": 3,
+               "host-sent": 4}  # fmt: skip
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 

@@ -6,8 +6,10 @@ instances that took the addresses over. To see that move (and to prove that noth
 lost on the way) the same packets are counted at every kind of place they cross, each
 counting only what it forwards:
 
-* `host`: a host's VPC namespace, packets that leave or enter one of its instances' ports
-  ("p-*"), so that a packet between two instances of one host counts once;
+* `sent` and `delivered`: a host's VPC namespace, packets that an instance of the host
+  sent (in from its port "p-*") and packets delivered to one (out to its port). A packet
+  between two instances counts once in each (at the sender's host, then at the
+  receiver's); one between an instance and the IDC in one of them only;
 * `replica`: a hybrid gateway replica's namespace, every packet it forwards (vpc0 <-> line);
 * `line` and `local`: the IDC switch (the site router): packets that cross the dedicated
   line, and packets it routes inside the IDC.
@@ -43,7 +45,7 @@ LINE = '"line0"'  # the dedicated line's device (desired.HYBRID_LINE_IFNAME)
 # For each kind: its points, each with the guards of a packet it counts (alternatives that
 # never both hold, so a packet counts once per point).
 _POINTS: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
-    "vpc": (("host", (f"iifname {PORTS}", f"iifname != {PORTS} oifname {PORTS}")),),
+    "vpc": (("sent", (f"iifname {PORTS}",)), ("delivered", (f"oifname {PORTS}",))),
     "replica": (("replica", ("",)),),
     "switch": (
         ("line", (f"iifname {LINE}", f"iifname != {LINE} oifname {LINE}")),

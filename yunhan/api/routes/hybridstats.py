@@ -35,7 +35,7 @@ DEFAULT_RANGE = 600.0  # seconds back from now when `since` is not given
 class TrafficSampleIn(_Body):
     vpc: str = Field(description="the VPC's id")
     prefix: str
-    point: Literal["host", "replica"]
+    point: Literal["host-sent", "host-delivered", "replica"]
     source: str = Field(min_length=1, max_length=128, description="host, or gateway/index")
     direction: Literal["in", "out"]
     packets: Int = Field(ge=0)
@@ -89,8 +89,9 @@ def hybrid_stats(
     until: Annotated[float | Optional, Query(description="epoch seconds (default: now)")] = None,
     window: Annotated[float, Query(gt=0, le=86_400, description="seconds per bin")] = 10.0,
 ) -> Any:
-    """Packets and bytes per IDC prefix, counting point (host, replica) and direction (in:
-    to the prefix, out: from it), in bins of `window` seconds, with each point's sources."""
+    """Packets and bytes per IDC prefix, counting point (host-sent, host-delivered,
+    replica) and direction (in: to the prefix, out: from it), in bins of `window` seconds,
+    with each point's sources."""
     st = state_of(request)
     now = st.clock()
     end = now if until is None else until

@@ -18,7 +18,7 @@ def test_a_counter_name_carries_its_key() -> None:
 
 
 @pytest.mark.parametrize(
-    ("kind", "points", "rules_per_prefix"),
+    ("kind", "points", "rules"),
     [
         ("vpc", ("sent", "delivered"), 4),
         ("replica", ("replica",), 2),
@@ -26,21 +26,37 @@ def test_a_counter_name_carries_its_key() -> None:
     ],
 )
 def test_each_kind_counts_its_points_once_per_packet(
-    kind: nftstats.Kind, points: tuple[str, ...], rules_per_prefix: int
+    kind: nftstats.Kind, points: tuple[str, ...], rules: int
 ) -> None:
     text = nftstats.script(kind, ["192.168.101.0/24", "192.168.100.0/24", "192.168.100.0/24"])
     assert text.startswith("table ip yunhan_hstats\ndelete table ip yunhan_hstats\n")
-    rules = [ln.strip() for ln in text.splitlines() if " counter name " in ln]
-    assert len(rules) == 2 * rules_per_prefix  # two prefixes, the duplicate dropped
-    # sorted by address: .100 before .101
-    assert rules[0].endswith("_192_168_100_0_24") and "ip daddr 192.168.100.0/24" in rules[0]
-    names = {ln.split()[1] for ln in text.splitlines() if ln.strip().startswith("counter ")}
+    lines = [ln.strip() for ln in text.splitlines() if " counter name " in ln]
+    assert len(lines) == rules  # one map lookup per point, guard and direction
+    # sorted by address, the duplicate dropped
+    p = points[0]
+    m = f'{{ 192.168.100.0/24 : "{p}_in_192_168_100_0_24", 192.168.101.0/24 : "{p}_in_'
+    assert any(m in ln and "ip daddr map" in ln for ln in lines)
+    names = {ln.split()[1] for ln in text.splitlines() if ln.strip().endswith("{ }")}
+    assert len(names) == 2 * 2 * len(points)
     assert {nftstats.parse_name(n).point for n in names} == set(points)  # type: ignore[union-attr]
     assert "priority 100" in text  # after the filters: a dropped packet is not carried
     if kind == "vpc":
-        assert 'oifname "p-*" ip daddr 192.168.100.0/24 counter name delivered_in_' in text
+        assert any(ln.startswith('oifname "p-*" counter name ip daddr map') for ln in lines)
     if kind == "switch":
-        assert 'iifname != "line0" oifname != "line0" ip saddr 192.168.101.0/24' in text
+        assert any(ln.startswith('iifname != "line0" oifname != "line0" counter name ip saddr')
+                   for ln in lines)  # fmt: skip
+
+
+def test_overlapping_prefixes_get_rules_of_their_own() -> None:
+    text = nftstats.script("replica", ["192.168.100.0/23", "192.168.100.0/24"])
+    lines = [ln.strip() for ln in text.splitlines() if " counter name " in ln]
+    assert lines == [
+        "ip daddr 192.168.100.0/23 counter name replica_in_192_168_100_0_23",
+        "ip daddr 192.168.100.0/24 counter name replica_in_192_168_100_0_24",
+        "ip saddr 192.168.100.0/23 counter name replica_out_192_168_100_0_23",
+        "ip saddr 192.168.100.0/24 counter name replica_out_192_168_100_0_24",
+    ]
+    assert nftstats.script("replica", ["10.0.0.0/24"], per_prefix_rules=True).count(" map ") == 0
 
 
 def test_no_prefix_removes_the_table() -> None:

@@ -94,9 +94,21 @@ def _sorted(prefixes: Iterable[str]) -> list[str]:
     return [str(n) for n in sorted(nets, key=lambda n: (int(n.network_address), n.prefixlen))]
 
 
-def script(kind: Kind, prefixes: Iterable[str]) -> str:
+def _overlap(nets: list[str]) -> bool:
+    parsed = [ipaddress.IPv4Network(n) for n in nets]
+    return any(a.overlaps(b) for i, a in enumerate(parsed) for b in parsed[i + 1 :])
+
+
+def script(kind: Kind, prefixes: Iterable[str], *, per_prefix_rules: bool = False) -> str:
     """The nft script that makes the table count `prefixes` (none: remove it). It creates
-    the table first, so that the delete never fails on a namespace without one."""
+    the table first, so that the delete never fails on a namespace without one.
+
+    One rule per point, guard and direction looks the address up in a map of prefix to
+    counter, so a packet costs the same few lookups however many prefixes are counted:
+    with 32 prefixes, forwarding kept 0.96 of its throughput this way and 0.73 with a rule
+    per prefix (bench/hybridstats.py, side by side). Prefixes that overlap cannot share
+    an interval map: then each gets its rules (as with `per_prefix_rules`).
+    """
     nets = _sorted(prefixes)
     out = [f"table {FAMILY} {TABLE}", f"delete table {FAMILY} {TABLE}"]
     if not nets:
@@ -106,14 +118,19 @@ def script(kind: Kind, prefixes: Iterable[str]) -> str:
     out.extend(f"  counter {counter_name(k)} {{ }}" for k in keys)
     out.append("  chain forward {")
     out.append(f"    type filter hook forward priority {PRIORITY}; policy accept;")
+    mapped = not per_prefix_rules and not _overlap(nets)
     for point, guards in _POINTS[kind]:
-        for p in nets:
-            for d in DIRECTIONS:
-                field = "daddr" if d == "in" else "saddr"
-                name = counter_name(Key(point, p, d))
-                for g in guards:
-                    rule = f"{g} ip {field} {p} counter name {name}".strip()
-                    out.append(f"    {rule}")
+        for d in DIRECTIONS:
+            field = "daddr" if d == "in" else "saddr"
+            for g in guards:
+                if mapped:
+                    pairs = ", ".join(f'{p} : "{counter_name(Key(point, p, d))}"' for p in nets)
+                    rule = f"{g} counter name ip {field} map {{ {pairs} }}"
+                    out.append(f"    {rule.strip()}")
+                    continue
+                for p in nets:
+                    rule = f"{g} ip {field} {p} counter name {counter_name(Key(point, p, d))}"
+                    out.append(f"    {rule.strip()}")
     out.append("  }")
     out.append("}")
     return "\n".join(out) + "\n"

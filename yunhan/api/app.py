@@ -29,6 +29,7 @@ from yunhan.api.routes import (
     acls,
     agent,
     ai,
+    apikeys,
     audit,
     events,
     flowlogs,
@@ -47,6 +48,7 @@ from yunhan.api.routes import (
     secgroups,
     tokens,
     trace,
+    ucloud,
     vips,
     volumes,
     watch,
@@ -57,6 +59,7 @@ from yunhan.errors import YunhanError
 from yunhan.functions.metering import Meter, PriceTable
 from yunhan.model import new_id
 from yunhan.store import Store
+from yunhan.store.apikeys import ApiKeys
 from yunhan.store.flows import FlowRecords, Retention
 from yunhan.store.functions import FunctionRows
 from yunhan.store.patches import PatchRows
@@ -234,6 +237,7 @@ def create_app(
         journal=Journal(store, fleet, clock, admin_project_id),
         flows=FlowRecords(store.engine, clock, flow_retention),
         traffic=TrafficSamples(store.engine, clock),
+        api_keys=ApiKeys(store.engine, clock),
         patches=PatchRows(store.engine),
         function_rows=fn_rows,
         meter=Meter(fn_rows),
@@ -248,7 +252,7 @@ def create_app(
     app.add_middleware(AuditMiddleware)
     modules = (projects, tokens, audit, events, infra, network, routing, natgw, hybrid,
                hybridstats, secgroups, acls, flowlogs, instances, vips, volumes, patches,
-               functions, invoke, ai, agent, watch)  # fmt: skip
+               functions, invoke, ai, agent, watch, apikeys, ucloud)  # fmt: skip
     for module in modules:
         app.include_router(module.router)
     app.include_router(metrics.router)

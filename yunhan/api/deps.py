@@ -9,6 +9,8 @@ dependencies of the API point one way: app -> routes -> deps.
 from __future__ import annotations
 
 import asyncio
+import hmac
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated
@@ -24,6 +26,7 @@ from yunhan.controller.vips import OUTCOMES, Damping
 from yunhan.errors import Forbidden, Unauthorized
 from yunhan.functions.metering import Meter, PriceTable
 from yunhan.store import Store
+from yunhan.store.apikeys import ApiKeys
 from yunhan.store.flows import FlowRecords
 from yunhan.store.functions import FunctionRows
 from yunhan.store.patches import PatchRows
@@ -47,6 +50,7 @@ class AppState:
     fleet: Fleet
     journal: Journal
     flows: FlowRecords
+    api_keys: ApiKeys  # key pairs of the UCloud-compatible Action API
     traffic: TrafficSamples  # hybrid traffic counters (docs/cutover.md)
     patches: PatchRows
     # Functions (docs/functions.md): their side tables, the meter every invocation is
@@ -62,6 +66,9 @@ class AppState:
     # VIP flap damping (docs/vips.md) and the claims this process decided, by outcome.
     vip_damping: Damping = field(default_factory=Damping)
     vip_claims: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
+    # The Action API (docs/ucloud-api.md) calls this API in-process on behalf of a key's
+    # project: such a call carries this secret, which never leaves the process.
+    internal_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     prices: PriceTable = field(default_factory=PriceTable)
     # The router that runs them (yunhan.api.functions), started by the server; None in
     # an app without one (most unit tests), whose invocations then answer 503.
@@ -78,6 +85,11 @@ async def identify(request: Request) -> Caller:
     request for the audit trail (`CALLER`, or the refused token's id under `REFUSED`)."""
     st = state_of(request)
     header = request.headers.get("authorization")
+    internal = request.headers.get(INTERNAL_HEADER)
+    if internal is not None:
+        c = _internal_caller(st, internal, request.headers.get(ACT_AS_HEADER, ""))
+        setattr(request.state, CALLER, c)
+        return c
     try:
         try:
             with st.store.read() as r:
@@ -94,6 +106,23 @@ async def identify(request: Request) -> Caller:
         raise
     setattr(request.state, CALLER, c)
     return c
+
+
+INTERNAL_HEADER = "x-yunhan-internal"
+ACT_AS_HEADER = "x-yunhan-act-as"  # "<project id> <key id>"
+
+
+def _internal_caller(st: AppState, secret: str, act_as: str) -> Caller:
+    """The project a verified Action API key acts for (its calls are audited under the
+    key's id). A wrong secret is refused like a wrong token: it came from outside."""
+    if not hmac.compare_digest(secret, st.internal_secret):
+        raise Unauthorized("not a valid in-process call")
+    project_id, _, key_id = act_as.partition(" ")
+    with st.store.read() as r:
+        project = r.get("project", project_id)
+    if project is None or not key_id:
+        raise Unauthorized("the key's project no longer exists")
+    return Caller(project=project, admin=False, token_id=key_id, kind="project")
 
 
 async def caller(request: Request) -> Caller:

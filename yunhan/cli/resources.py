@@ -545,6 +545,80 @@ def project_token(ctx: Ctx) -> None:
     echo(ctx.client().post(f"/v1/projects/{ctx['ref']}/tokens")["token"])
 
 
+def _key_project(ctx: Ctx) -> tuple[Any, str]:
+    c = ctx.client()
+    return c, ctx["project"] or c.get("/v1/whoami")["project"]["name"]
+
+
+def _when(t: float | None) -> str:
+    return "-" if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def keys_create(ctx: Ctx) -> None:
+    c, project = _key_project(ctx)
+    body = {"description": ctx["description"]} if ctx["description"] else {}
+    key = c.post(f"/v1/projects/{project}/keys", body)
+    f = fmt(ctx)
+    if f in ("json", "yaml"):
+        views.print_one("key", key, f)
+        return
+    echo(f"created key pair {key['id']} of project {project} (the private key is shown once)")
+    echo(f"public_key   {key['public_key']}")
+    echo(f"private_key  {key['private_key']}")
+    echo(f"project_id   {key['project']}")
+    echo(f"base_url     {c.endpoint.rstrip('/')}/ucloud   (UCloud's SDKs; docs/ucloud-api.md)")
+
+
+def keys_list(ctx: Ctx) -> None:
+    c, project = _key_project(ctx)
+    items = c.get(f"/v1/projects/{project}/keys")["items"]
+    f = fmt(ctx)
+    if f in ("json", "yaml"):
+        views.print_one("keys", {"items": items}, f)
+        return
+    rows = [["ID", "PUBLIC KEY", "CREATED", "REVOKED", "DESCRIPTION"]]
+    for k in items:
+        rows.append([k["id"], k["public_key"], _when(k["created_at"]), _when(k["revoked_at"]),
+                     k.get("description") or ""])  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+
+
+def keys_revoke(ctx: Ctx) -> None:
+    c, project = _key_project(ctx)
+    key = c.delete(f"/v1/projects/{project}/keys/{ctx['key']}")
+    echo(f"revoked key pair {key['id']} ({key['public_key']}): refused from its next request")
+
+
+KEY_PROJECT = Opt(("--project",), "project", "whose key pairs (default: your own project)",
+                  complete="project")  # fmt: skip
+KEYS = Group(
+    "keys",
+    "Key pairs of the UCloud-compatible Action API (POST /ucloud, docs/ucloud-api.md)",
+    (
+        Cmd(
+            "create",
+            "Make a key pair (public and private key) for UCloud's SDKs and tools; the private "
+            "key is printed once.",
+            keys_create,
+            (KEY_PROJECT, Opt(("--description",), "description", "what it is for"), *SHOWN),
+        ),
+        Cmd(
+            "list",
+            "List the key pairs (never their private keys).",
+            keys_list,
+            (KEY_PROJECT, OUTPUT, JSON),
+        ),
+        Cmd(
+            "revoke",
+            "Revoke a key pair: its next request is refused (RetCode 172).",
+            keys_revoke,
+            (Arg("key", "its id (key-…)"), KEY_PROJECT),
+        ),
+    ),
+)
+
 ZONE = Group(
     "zone",
     "Availability zones",
@@ -583,6 +657,7 @@ PROJECT = Group(
             (ref("project"),),
         ),
         Cmd("list", "List projects (admin only).", lambda ctx: _list("project", ctx), LISTED),
+        KEYS,
     ),
 )
 REVISION = Cmd(

@@ -253,6 +253,23 @@ traffic_samples = Table(
     Index("ix_traffic_samples_project_end", "project", "end"),
 )  # fmt: skip
 
+# Key pairs of the UCloud-compatible Action API (issue 17; docs/ucloud-api.md). The
+# private key is kept: UCloud's signature is a SHA-1 over the parameters and the private
+# key, so the server must hold it to check one (as UCloud does). Not resources: a key's
+# lifecycle is a token's (made, listed, revoked), and the request path reads one row.
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("public_key", String(64), primary_key=True),
+    Column("id", String(32), nullable=False, unique=True),  # "key-<8 hex>"
+    Column("project", String(64), nullable=False),
+    Column("private_key", String(128), nullable=False),
+    Column("description", Text, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("revoked_at", Float, nullable=True),
+    Index("ix_api_keys_project", "project"),
+)
+
 function_usage = Table(
     "function_usage",
     metadata,
@@ -526,7 +543,21 @@ def _v9(conn: Connection) -> None:
           Index("ix_traffic_samples_project_end", "project", "end")).create(conn)  # fmt: skip
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9]
+def _v10(conn: Connection) -> None:
+    # The UCloud-compatible Action API (issue 17): project key pairs.
+    m = MetaData()
+    Table("api_keys", m,
+          Column("public_key", String(64), primary_key=True),
+          Column("id", String(32), nullable=False, unique=True),
+          Column("project", String(64), nullable=False),
+          Column("private_key", String(128), nullable=False),
+          Column("description", Text, nullable=True),
+          Column("created_at", Float, nullable=False),
+          Column("revoked_at", Float, nullable=True),
+          Index("ix_api_keys_project", "project")).create(conn)  # fmt: skip
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10]
 LATEST = len(MIGRATIONS)
 # PostgreSQL advisory lock keys are one 64-bit space per database: ours are "YH" + a tag.
 MIGRATE_LOCK_KEY = 0x5948_0000_0000_0001

@@ -232,3 +232,137 @@ def test_key_pairs_are_the_projects_own(cloud: Cloud, net: dict[str, Any]) -> No
     cloud.rejected("GET", "/v1/projects/tenant/keys", 403, "own", other)
     cloud.rejected("POST", "/v1/projects/tenant/keys", 403, "own", other, json={})
     assert cloud.call("GET", "/v1/projects/tenant/keys", cloud.admin)["items"]
+
+
+def test_uhosts_vips_route_tables_nat_eips_and_firewalls_through_the_sdk(
+    cloud: Cloud, net: dict[str, Any], keys: dict[str, Any], endpoint: str
+) -> None:
+    st = cloud.client.app.state.yunhan  # type: ignore[attr-defined]
+    st.public_pools = ["198.19.200.0/24"]
+    c = _client(endpoint, keys)
+    vpc, uhost, unet = c.vpc(), c.uhost(), c.unet()
+    vid = wire.to_ucloud("vpc", net["vpc"]["id"])
+    sid = wire.to_ucloud("subnet", net["web"]["id"])
+    ids = {}
+    for name, zone in (("a", "az1"), ("b", "az2")):
+        made = uhost.create_uhost_instance(
+            {
+                "Zone": zone,
+                "VPCId": vid,
+                "SubnetId": sid,
+                "Name": name,
+                "ImageId": "any",
+                "LoginMode": "Password",
+                "Password": "c2VjcmV0",
+                "CPU": 1,
+                "Memory": 1024,
+            }
+        )
+        (ids[name],) = made["UHostIds"]
+        assert ids[name].startswith("uhost-") and made["IPs"][0].startswith("10.0.1.")
+    got = uhost.describe_uhost_instance({"UHostIds": [ids["a"], ids["b"]]})
+    assert got["TotalCount"] == 2
+    by = {h["Name"]: h for h in got["UHostSet"]}
+    assert by["a"]["Zone"] == "az1" and by["b"]["Zone"] == "az2"
+    assert by["a"]["State"] == "Initializing"  # no agent runs here: it stays scheduled
+    (ipset,) = by["a"]["IPSet"]
+    assert ipset["VPCId"] == vid and ipset["SubnetId"] == sid and ipset["Type"] == "Private"
+    rest = cloud.call("GET", "/v1/instances/a", net["t"])
+    assert (
+        rest["status"]["ip"] == ipset["IP"] and wire.to_ucloud("instance", rest["id"]) == ids["a"]
+    )
+    # stop and start have no counterpart: 161, naming what there is
+    with pytest.raises(exc.RetCodeException) as e:
+        uhost.stop_uhost_instance({"UHostId": ids["a"]})
+    assert e.value.code == 161 and "TerminateUHostInstance" in e.value.message
+    # a VIP
+    vip = vpc.allocate_vip({"VPCId": vid, "SubnetId": sid, "Name": "db"})
+    (v,) = vip["VIPSet"]
+    assert v["VIPId"].startswith("vip-") and vip["DataSet"] == [v["VIP"]]
+    assert vpc.describe_vip({"VPCId": vid})["DataSet"] == [v["VIP"]]
+    # a route table with a rule, associated with the subnet
+    rt = vpc.create_route_table({"VPCId": vid, "Name": "via-a"})["RouteTableId"]
+    vpc.modify_route_rule(
+        {
+            "RouteTableId": rt,
+            "RouteRule": [
+                f"|10.9.0.0/16|INSTANCE|{ids['a']}|0|to a|add",
+                f"|10.8.0.0/16|VIP|{v['VIPId']}|0|to the vip|add",
+            ],
+        }
+    )
+    vpc.associate_route_table({"RouteTableId": rt, "SubnetId": sid})
+    (table,) = vpc.describe_route_table({"RouteTableId": rt})["RouteTables"]
+    assert table["SubnetIds"] == [sid] and table["RouteTableType"] == 1
+    custom = {r["DstAddr"]: r for r in table["RouteRules"] if r["RuleType"] == 1}
+    assert custom["10.9.0.0/16"]["NexthopType"] == "INSTANCE"
+    assert custom["10.8.0.0/16"]["NexthopId"] == v["VIP"]
+    routes = cloud.call("GET", "/v1/route-tables/via-a/routes", net["t"])["routes"]
+    assert {r["dst"] for r in routes if r["type"] == "custom"} == {"10.9.0.0/16", "10.8.0.0/16"}
+    # a bad rule changes nothing: checked before anything is written
+    before = cloud.revision()
+    with pytest.raises(exc.RetCodeException) as e:
+        vpc.modify_route_rule(
+            {
+                "RouteTableId": rt,
+                "RouteRule": [
+                    f"{custom['10.9.0.0/16']['RouteRuleId']}|10.9.0.0/16|INSTANCE|{ids['a']}|0||delete",
+                    "|10.7.0.0/16|ULB|ulb-1|0||add",
+                ],
+            }
+        )
+    assert e.value.code == 231 and cloud.revision() == before
+    # an EIP and a NAT gateway for the subnet, then the EIP on a UHost
+    eip = unet.allocate_eip({"Bandwidth": 2, "OperatorName": "Bgp", "Name": "pub"})
+    (e1,) = eip["EIPSet"]
+    fw_required = "firewall-none"
+    ngw = vpc.create_natgw(
+        {
+            "NATGWName": "out",
+            "SubnetworkIds": [sid],
+            "EIPIds": [e1["EIPId"]],
+            "FirewallId": fw_required,
+            "VPCId": vid,
+        }
+    )["NATGWId"]
+    (gw,) = vpc.describe_natgw({"NATGWIds": [ngw]})["DataSet"]
+    assert [s["SubnetworkId"] for s in gw["SubnetSet"]] == [sid] and gw["VPCName"] == "prod"
+    unet.bind_eip({"EIPId": e1["EIPId"], "ResourceType": "uhost", "ResourceId": ids["b"]})
+    (desc,) = unet.describe_eip({"EIPIds": [e1["EIPId"]]})["EIPSet"]
+    assert desc["Status"] == "used" and desc["Resource"]["ResourceId"] == ids["b"]
+    # a firewall, granted to a
+    fw = unet.create_firewall(
+        {"Name": "web", "Rule": ["TCP|22|10.0.0.0/8|ACCEPT|HIGH", "ICMP||0.0.0.0/0|ACCEPT|LOW"]}
+    )["FWId"]
+    unet.grant_firewall({"FWId": fw, "ResourceType": "uhost", "ResourceId": ids["a"]})
+    (f,) = unet.describe_firewall({"FWId": fw})["DataSet"]
+    assert f["ResourceCount"] == 1
+    assert [(r["ProtocolType"], r["DstPort"], r["Priority"]) for r in f["Rule"]] == [
+        ("TCP", "22", "HIGH"),
+        ("ICMP", "", "LOW"),
+    ]
+    assert cloud.call("GET", "/v1/instances/a", net["t"])["spec"]["security_groups"] == [
+        wire.to_yunhan("security_group", fw)
+    ]
+    unet.update_firewall({"FWId": fw, "Rule": ["UDP|53|0.0.0.0/0|DROP|MEDIUM"]})
+    (f,) = unet.describe_firewall({"FWId": fw})["DataSet"]
+    assert [(r["ProtocolType"], r["RuleAction"]) for r in f["Rule"]] == [("UDP", "DROP")]
+    # and everything goes, in the order a user would tear it down
+    unet.un_bind_eip({"EIPId": e1["EIPId"], "ResourceType": "uhost", "ResourceId": ids["b"]})
+    unet.release_eip({"EIPId": e1["EIPId"]})
+    vpc.delete_natgw({"NATGWId": ngw})
+    vpc.release_vip({"VIPId": v["VIPId"]})
+    for h in ids.values():
+        uhost.terminate_uhost_instance({"UHostId": h})
+    unet.delete_firewall({"FWId": fw})
+    vpc.associate_route_table(
+        {
+            "RouteTableId": wire.to_ucloud("route_table", net["web"]["spec"]["route_table"]),
+            "SubnetId": sid,
+        }
+    )
+    vpc.delete_route_table({"RouteTableId": rt})
+    for kind in ("instances", "vips", "eips", "natgws"):
+        assert cloud.call("GET", f"/v1/{kind}", net["t"])["items"] == [], kind
+    tables = cloud.call("GET", "/v1/route-tables", net["t"])["items"]
+    assert [t["spec"]["default"] for t in tables] == [True]  # the VPC's own stays

@@ -85,9 +85,17 @@ def answer(action: str, code: int = OK, message: str = "", **fields: Any) -> dic
 
 # UCloud ID prefixes by Yunhan kind: the random part is kept, so either id names one
 # resource (a VPC is `uvnet-3fa9c2d1` there and `vpc-3fa9c2d1` here).
-PREFIXES = {"vpc": "uvnet", "subnet": "subnet", "instance": "uhost", "route_table": "rt",
-            "natgw": "natgw", "eip": "eip", "vip": "vip", "security_group": "firewall",
-            "volume": "bsm"}  # fmt: skip
+PREFIXES = {
+    "vpc": "uvnet",
+    "subnet": "subnet",
+    "instance": "uhost",
+    "route_table": "rt",
+    "natgw": "natgw",
+    "eip": "eip",
+    "vip": "vip",
+    "security_group": "firewall",
+    "volume": "bsm",
+}
 
 
 def to_ucloud(kind: str, yunhan_id: str) -> str:

@@ -162,8 +162,8 @@ def test_refusals_have_ucloud_codes_and_change_nothing(
     assert _raw(endpoint, {"Region": "lab"}, keys)["RetCode"] == 160
     unknown = _raw(endpoint, {**create, "Action": "CreateFoo"}, keys)
     assert unknown["RetCode"] == 161 and "CreateVPC" in unknown["Message"]
-    uhost = _raw(endpoint, {**create, "Action": "CreateUHostInstance"}, keys)
-    assert uhost["RetCode"] == 161 and "yunhan instance create" in uhost["Message"]
+    udisk = _raw(endpoint, {**create, "Action": "CreateUDisk"}, keys)
+    assert udisk["RetCode"] == 161 and "yunhan volume create" in udisk["Message"]
     assert _raw(endpoint, create, keys, sign=False)["RetCode"] == 170
     bad = _raw(endpoint, {**create, "Signature": "0" * 40}, keys, sign=False)
     assert bad["RetCode"] == 171 and bad["Action"] == "CreateVPCResponse"

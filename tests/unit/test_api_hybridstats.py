@@ -159,3 +159,23 @@ def test_bad_queries_and_samples_are_refused(cloud: Cloud, hy: dict[str, Any]) -
     )
     assert r.status_code == 400
     assert cloud.call("GET", "/v1/hybrid/stats", t, params={"since": now - 10})["series"] == []
+
+
+def test_samples_are_kept_bounded_by_age_and_rows(cloud: Cloud, hy: dict[str, Any]) -> None:
+    from yunhan.store.traffic import Query, Retention, Sample, TrafficSamples
+
+    rows = TrafficSamples(cloud.store.engine, cloud.clock, Retention(60, 3, every=0, batch=10))
+
+    def one(end: float) -> Sample:
+        return Sample(
+            "p", "v", "10.0.101.0/24", "replica", "g/1", "in", 1, 100, end - 1, end, cloud.clock()
+        )
+
+    rows.add([one(cloud.clock()) for _ in range(2)])
+    cloud.clock.advance(61)
+    rows.add([one(cloud.clock()) for _ in range(5)])  # the two aged go first
+    assert rows.pruned == 2
+    rows.add([])  # then the oldest beyond three rows
+    assert rows.pruned == 4
+    left = rows.rows(Query(since=0, until=cloud.clock() + 1, window=10))
+    assert len(left) == 3

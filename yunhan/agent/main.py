@@ -251,30 +251,25 @@ class Agent:
         if desired is not None and self._confirmed and not self._stop.is_set():
             self.apply(desired, full=True)
 
-    def _post_hybrid(self, body: dict[str, Any]) -> bool:
+    def _post_report(self, tail: str, what: str, body: dict[str, Any], drop: int = 0) -> bool:
+        """POST a report; False (try again later) unless it landed, or was refused with
+        `drop`, a refusal that would repeat forever and hold back every later report."""
         try:
-            r = self._client.post(self._path("/hybrid"), json=body)
+            r = self._client.post(self._path(tail), json=body)
         except httpx.HTTPError as exc:
-            log.warning("hybrid replica report failed: %s", exc)
+            log.warning("%s report failed: %s", what, exc)
             self._failover(exc)
             return False
         if r.status_code >= 300:
-            log.warning("hybrid replica report refused: %s %s", r.status_code, r.text[:300])
-            return False
+            log.warning("%s report refused: %s %s", what, r.status_code, r.text[:300])
+            return r.status_code == drop
         return True
 
+    def _post_hybrid(self, body: dict[str, Any]) -> bool:
+        return self._post_report("/hybrid", "hybrid replica", body)
+
     def _post_traffic(self, body: dict[str, Any]) -> bool:
-        try:
-            r = self._client.post(self._path("/traffic"), json=body)
-        except httpx.HTTPError as exc:
-            log.warning("traffic counter report failed: %s", exc)
-            self._failover(exc)
-            return False
-        if r.status_code >= 300:
-            log.warning("traffic counter report refused: %s %s", r.status_code, r.text[:300])
-            # A malformed batch would be refused forever and hold back every later one.
-            return r.status_code == 422
-        return True
+        return self._post_report("/traffic", "traffic counter", body, drop=422)
 
     def _instance_ids(self) -> list[str]:
         """The instances of the document applied last (their namespaces are this host's)."""

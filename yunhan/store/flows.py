@@ -19,7 +19,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Engine, delete, desc, func, insert, select
+from sqlalchemy import Connection, Engine, Table, delete, desc, func, insert, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from yunhan.store import schema as s
@@ -39,6 +39,35 @@ class Retention:
     max_rows: int = DEFAULT_MAX_ROWS
     every: float = 60.0  # seconds between two prune runs (of one process)
     batch: int = 100_000  # rows deleted at most per rule per run
+
+
+def prune_rows(
+    conn: Connection, t: Table, now: float, max_age: float, max_rows: int, batch: int
+) -> int:
+    """Delete rows of `t` (an `id` that grows with receipt, a `received_at`) received more
+    than `max_age` seconds ago, then the oldest beyond `max_rows`, at most `batch` per
+    rule; returns how many went. Oldest first by id: a bounded run takes the oldest rows,
+    and one range delete by the primary key removes them."""
+    gone = 0
+    aged = (
+        select(t.c.id)
+        .where(t.c.received_at < now - max_age)
+        .order_by(t.c.id)
+        .limit(batch)
+        .subquery()
+    )
+    cut = conn.execute(select(func.max(aged.c.id))).scalar()
+    if cut is not None:
+        horizon = t.c.received_at < now - max_age
+        gone += conn.execute(delete(t).where(t.c.id <= cut, horizon)).rowcount or 0
+    excess = int(conn.execute(select(func.count()).select_from(t)).scalar_one()) - max_rows
+    if excess > 0:
+        cut = conn.execute(
+            select(t.c.id).order_by(t.c.id).offset(min(excess, batch) - 1).limit(1)
+        ).scalar()
+        if cut is not None:
+            gone += conn.execute(delete(t).where(t.c.id <= cut)).rowcount or 0
+    return gone
 
 
 @dataclass(frozen=True)
@@ -131,30 +160,8 @@ class FlowRecords:
         return n
 
     def _prune(self, conn: Connection, now: float) -> int:
-        t = s.flow_records
         ret = self.retention
-        # Oldest first by id (ids grow with receipt): a bounded run takes the oldest rows,
-        # and one range delete by the primary key removes them.
-        gone = 0
-        aged = (
-            select(t.c.id)
-            .where(t.c.received_at < now - ret.max_age)
-            .order_by(t.c.id)
-            .limit(ret.batch)
-            .subquery()
-        )
-        cut = conn.execute(select(func.max(aged.c.id))).scalar()
-        if cut is not None:
-            horizon = t.c.received_at < now - ret.max_age
-            gone += conn.execute(delete(t).where(t.c.id <= cut, horizon)).rowcount or 0
-        excess = int(conn.execute(select(func.count()).select_from(t)).scalar_one()) - ret.max_rows
-        if excess > 0:
-            cut = conn.execute(
-                select(t.c.id).order_by(t.c.id).offset(min(excess, ret.batch) - 1).limit(1)
-            ).scalar()
-            if cut is not None:
-                gone += conn.execute(delete(t).where(t.c.id <= cut)).rowcount or 0
-        return gone
+        return prune_rows(conn, s.flow_records, now, ret.max_age, ret.max_rows, ret.batch)
 
     def count(self) -> int:
         """Records kept (all projects)."""

@@ -18,11 +18,12 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, func, insert, select
+from sqlalchemy import Connection, Engine, insert, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from yunhan.model.trafficstats import Series, bin_samples
 from yunhan.store import schema as s
+from yunhan.store.flows import prune_rows
 
 
 @dataclass(frozen=True)
@@ -92,28 +93,8 @@ class TrafficSamples:
                 conn.execute(insert(s.traffic_samples), [asdict(x) for x in samples])
 
     def _prune(self, conn: Connection, now: float) -> int:
-        t = s.traffic_samples
         ret = self.retention
-        gone = 0
-        aged = (
-            select(t.c.id)
-            .where(t.c.received_at < now - ret.max_age)
-            .order_by(t.c.id)
-            .limit(ret.batch)
-            .subquery()
-        )
-        cut = conn.execute(select(func.max(aged.c.id))).scalar()
-        if cut is not None:
-            horizon = t.c.received_at < now - ret.max_age
-            gone += conn.execute(delete(t).where(t.c.id <= cut, horizon)).rowcount or 0
-        excess = int(conn.execute(select(func.count()).select_from(t)).scalar_one()) - ret.max_rows
-        if excess > 0:
-            cut = conn.execute(
-                select(t.c.id).order_by(t.c.id).offset(min(excess, ret.batch) - 1).limit(1)
-            ).scalar()
-            if cut is not None:
-                gone += conn.execute(delete(t).where(t.c.id <= cut)).rowcount or 0
-        return gone
+        return prune_rows(conn, s.traffic_samples, now, ret.max_age, ret.max_rows, ret.batch)
 
     def rows(self, q: Query) -> list[dict[str, Any]]:
         t = s.traffic_samples

@@ -11,6 +11,7 @@ import logging
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -166,3 +167,73 @@ def test_the_official_sdk_builds_a_network_runs_uhosts_and_tears_it_all_down(
     vpc.delete_vpc({"VPCId": vid})
     assert shop.json("vpc", "list") == [] and shop.json("instance", "list") == []
     assert vpc.describe_vpc({})["TotalCount"] == 0
+
+
+def test_udisks_with_data_ark_clone_and_restore_to_a_second(shop: Shop) -> None:
+    vpc, uhost, udisk = shop.sdk.vpc(), shop.sdk.uhost(), shop.sdk.udisk()
+    vid = vpc.create_vpc({"Name": "store", "Network": ["10.30.0.0/16"]})["VPCId"]
+    sid = vpc.create_subnet({"VPCId": vid, "Subnet": "10.30.1.0"})["SubnetId"]
+    hosts = {}
+    for name in ("w", "r"):
+        (hosts[name],) = uhost.create_uhost_instance(
+            {
+                "Zone": "az1",
+                "VPCId": vid,
+                "SubnetId": sid,
+                "Name": name,
+                "ImageId": "any",
+                "LoginMode": "Password",
+                "Password": "eA==",
+            }
+        )["UHostIds"]
+
+    def state(disk: str) -> str:
+        found = udisk.describe_udisk({"UDiskId": disk})["DataSet"]
+        assert len(found) == 1, (disk, udisk.describe_udisk({})["DataSet"])
+        return str(found[0]["Status"])
+
+    (data,) = udisk.create_udisk({"Name": "data", "Size": 1, "Zone": "az1", "UDataArkMode": "Yes"})[
+        "UDiskId"
+    ]
+    assert data.startswith("bsm-")
+    wait_for(lambda: state(data) == "Available", 60, "the UDisk available")
+    (d,) = udisk.describe_udisk({"UDiskId": data})["DataSet"]
+    assert d["Size"] == 1 and d["UDataArkMode"] == "Yes" and d["Zone"] == "az1"
+    shown = shop.json("volume", "show", "data")
+    assert shown["spec"]["size"] == 1 << 30 and shown["spec"]["tiers"], shown
+    out = udisk.attach_udisk({"UDiskId": data, "UHostId": hosts["w"], "Zone": "az1"})
+    assert out["DeviceName"] == "/data"
+    wait_for(lambda: state(data) == "InUse", 60, "the UDisk in use")
+    shop.cli("instance", "exec", "w", "--", "sh", "-c", "echo one > /data/f && sync")
+    time.sleep(1.5)
+    point = int(time.time())
+    time.sleep(1.5)
+    shop.cli("instance", "exec", "w", "--", "sh", "-c", "echo two > /data/f && sync")
+    # a clone as the disk was at `point`, read from another UHost
+    (past,) = udisk.clone_udisk_udataark(
+        {"UDiskId": data, "SnapshotTime": point, "Name": "past", "Zone": "az1"}
+    )["UDiskId"]
+    wait_for(lambda: state(past) == "Available", 60, "the clone available")
+    udisk.attach_udisk({"UDiskId": past, "UHostId": hosts["r"], "Zone": "az1"})
+    wait_for(lambda: state(past) == "InUse", 60, "the clone in use")
+    read = shop.cli("instance", "exec", "r", "--", "cat", "/data/f").stdout
+    assert read == "one\n"
+    # the disk itself restored in place, once detached
+    udisk.detach_udisk({"UDiskId": data, "UHostId": hosts["w"], "Zone": "az1"})
+    wait_for(lambda: state(data) == "Available", 60, "the UDisk detached")
+    udisk.restore_udisk({"UDiskId": data, "SnapshotTime": point, "Zone": "az1"})
+    wait_for(lambda: state(data) == "Available", 120, "the restore done")
+    udisk.attach_udisk({"UDiskId": data, "UHostId": hosts["w"], "Zone": "az1"})
+    wait_for(lambda: state(data) == "InUse", 60, "the UDisk in use again")
+    assert shop.cli("instance", "exec", "w", "--", "cat", "/data/f").stdout == "one\n"
+    # teardown
+    for disk in (data, past):
+        udisk.detach_udisk({"UDiskId": disk, "Zone": "az1"})
+    for disk in (data, past):
+        wait_for(lambda disk=disk: state(disk) == "Available", 60, "detached")
+        udisk.delete_udisk({"UDiskId": disk, "Zone": "az1"})
+    for h in hosts.values():
+        uhost.terminate_uhost_instance({"UHostId": h})
+    vpc.delete_subnet({"SubnetId": sid})
+    vpc.delete_vpc({"VPCId": vid})
+    wait_for(lambda: udisk.describe_udisk({})["TotalCount"] == 0, 60, "the UDisks gone")

@@ -162,8 +162,8 @@ def test_refusals_have_ucloud_codes_and_change_nothing(
     assert _raw(endpoint, {"Region": "lab"}, keys)["RetCode"] == 160
     unknown = _raw(endpoint, {**create, "Action": "CreateFoo"}, keys)
     assert unknown["RetCode"] == 161 and "CreateVPC" in unknown["Message"]
-    udisk = _raw(endpoint, {**create, "Action": "CreateUDisk"}, keys)
-    assert udisk["RetCode"] == 161 and "yunhan volume create" in udisk["Message"]
+    snap = _raw(endpoint, {**create, "Action": "CreateUDiskSnapshot"}, keys)
+    assert snap["RetCode"] == 161 and "points in time" in snap["Message"]
     assert _raw(endpoint, create, keys, sign=False)["RetCode"] == 170
     bad = _raw(endpoint, {**create, "Signature": "0" * 40}, keys, sign=False)
     assert bad["RetCode"] == 171 and bad["Action"] == "CreateVPCResponse"
@@ -366,3 +366,21 @@ def test_uhosts_vips_route_tables_nat_eips_and_firewalls_through_the_sdk(
         assert cloud.call("GET", f"/v1/{kind}", net["t"])["items"] == [], kind
     tables = cloud.call("GET", "/v1/route-tables", net["t"])["items"]
     assert [t["spec"]["default"] for t in tables] == [True]  # the VPC's own stays
+
+
+def test_udisk_actions_reach_volumes_and_refuse_what_has_no_counterpart(
+    cloud: Cloud, net: dict[str, Any], keys: dict[str, Any], endpoint: str
+) -> None:
+    udisk = _client(endpoint, keys).udisk()
+    before = cloud.revision()
+    with pytest.raises(exc.RetCodeException) as e:
+        udisk.restore_udisk({"UDiskId": "bsm-00000000", "Zone": "az1", "SnapshotId": "s-1"})
+    assert e.value.code == 231 and "SnapshotTime" in e.value.message
+    with pytest.raises(exc.RetCodeException) as e:
+        udisk.create_udisk({"Name": "Data Disk", "Size": 1, "Zone": "az1"})
+    assert e.value.code == 231  # Yunhan's name rule, with its message
+    with pytest.raises(exc.RetCodeException) as e:
+        udisk.delete_udisk({"UDiskId": "bsm-00000000", "Zone": "az1"})
+    assert e.value.code == 233
+    assert cloud.revision() == before
+    assert udisk.describe_udisk({})["TotalCount"] == 0

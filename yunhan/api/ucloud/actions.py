@@ -8,7 +8,7 @@ can first; the docs say which actions are not one write.
 
 from __future__ import annotations
 
-from yunhan.api.ucloud import netres, uhost, vpc
+from yunhan.api.ucloud import netres, udisk, uhost, vpc
 from yunhan.api.ucloud.base import ActionError, Ctx, Handler
 
 __all__ = ["ACTIONS", "INSTEAD", "ActionError", "Ctx"]
@@ -46,6 +46,14 @@ ACTIONS: dict[str, Handler] = {
     "DescribeFirewall": netres.describe_firewall,
     "UpdateFirewall": netres.update_firewall,
     "DeleteFirewall": netres.delete_firewall,
+    "CreateUDisk": udisk.create_udisk,
+    "AttachUDisk": udisk.attach_udisk,
+    "DetachUDisk": udisk.detach_udisk,
+    "DescribeUDisk": udisk.describe_udisk,
+    "DeleteUDisk": udisk.delete_udisk,
+    "RestoreUDisk": udisk.restore_udisk,
+    "CloneUDisk": udisk.clone_udisk,
+    "CloneUDiskUDataArk": udisk.clone_udisk_udataark,
 }
 
 # Actions a UCloud user may try that Yunhan answers with what it offers instead.
@@ -54,9 +62,6 @@ INSTEAD: dict[str, str] = {
     "`yunhan instance migrate` to move one",
     "StartUHostInstance": "no stopped state for instances: CreateUHostInstance",
     "RebootUHostInstance": "no reboot: `yunhan instance migrate` restarts one elsewhere",
-    "CreateUDisk": "volumes: POST /v1/volumes (yunhan volume create)",
-    "AttachUDisk": "volumes: POST /v1/volumes/{ref}/attach (yunhan volume attach)",
-    "DetachUDisk": "volumes: POST /v1/volumes/{ref}/detach (yunhan volume detach)",
-    "DescribeUDisk": "volumes: GET /v1/volumes (yunhan volume list)",
-    "DeleteUDisk": "volumes: DELETE /v1/volumes/{ref} (yunhan volume delete)",
+    "CreateUDiskSnapshot": "no snapshots: Data Ark keeps points in time (RestoreUDisk and "
+    "CloneUDiskUDataArk with SnapshotTime; yunhan volume timeline)",
 }

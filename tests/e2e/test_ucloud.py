@@ -115,6 +115,25 @@ def test_the_official_sdk_builds_a_network_runs_uhosts_and_tears_it_all_down(
     # one pings the other, across the zones
     p = shop.cli("instance", "exec", "a", "--", "ping", "-c", "2", "-W", "2", b_ip, check=False)
     assert p.returncode == 0, p.stdout + p.stderr
+    # stopped, b runs nowhere and does not answer; started, it answers at the same address
+    assert uhost.stop_uhost_instance({"UHostId": ids["b"]})["UHostId"] == ids["b"]
+    shown = shop.json("instance", "show", "b")
+    assert shown["phase"] == "stopped" and shown["ip"] == b_ip, json.dumps(shown)
+    wait_for(
+        lambda: (
+            shop.cli(
+                "instance", "exec", "a", "--", "ping", "-c", "1", "-W", "1", b_ip, check=False
+            ).returncode
+            != 0
+        ),
+        30,
+        "b silent once stopped",
+    )
+    uhost.start_uhost_instance({"UHostId": ids["b"]})
+    back = wait_for(running, 60, "b running again")
+    assert back["b"]["IPSet"][0]["IP"] == b_ip and back["b"]["Zone"] == "az2"
+    p = shop.cli("instance", "exec", "a", "--", "ping", "-c", "2", "-W", "2", b_ip, check=False)
+    assert p.returncode == 0, p.stdout + p.stderr
     # a VIP, a route table with a rule, a NAT gateway with an EIP, a firewall
     (v,) = vpc.allocate_vip({"VPCId": vid, "SubnetId": sid, "Name": "db"})["VIPSet"]
     assert [x["ip"] for x in shop.json("vip", "list")] == [v["VIP"]]

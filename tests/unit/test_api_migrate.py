@@ -122,3 +122,32 @@ def test_bad_migrations_are_refused_and_change_nothing(cloud: Cloud, mn: dict[st
     # another project cannot move it (it does not see it)
     other = cloud.project("other")
     cloud.rejected("POST", path, 404, "a", other, json={"zone": "az2"})
+
+
+def test_a_stopped_instance_runs_nowhere_keeps_its_address_and_starts_in_its_zone(
+    cloud: Cloud, mn: dict[str, Any]
+) -> None:
+    t, a = mn["t"], mn["a"]
+    stopped = cloud.call("POST", "/v1/instances/a/stop", t)
+    st = stopped["status"]
+    assert (st["host"], st["phase"], st["ip"], st["mac"]) == (
+        None,
+        "stopped",
+        a["status"]["ip"],
+        a["status"]["mac"],
+    )
+    assert _peer_of(cloud, "h2", "10.0.1.2/32") is None  # no host routes to it any more
+    vip = cloud.call("GET", "/v1/vips/v", t)
+    assert vip["status"]["holder"] is None and a["id"] in vip["spec"]["allowed"]
+    cloud.controller.reconcile_once()  # not "pending": the controller leaves it stopped
+    assert cloud.call("GET", "/v1/instances/a", t)["status"]["host"] is None
+    rev = cloud.revision()
+    assert cloud.call("POST", "/v1/instances/a/stop", t)["revision"] == stopped["revision"]
+    assert cloud.revision() == rev  # stopping a stopped one writes nothing
+    started = cloud.call("POST", "/v1/instances/a/start", t)
+    assert started["status"]["host"] == "h1" and started["status"]["phase"] == "scheduled"
+    assert started["status"]["ip"] == a["status"]["ip"]
+    assert _peer_of(cloud, "h2", "10.0.1.2/32") == "h1"
+    cloud.rejected("POST", "/v1/instances/a/start", 409, "is not stopped", t)
+    reasons = [e["reason"] for e in cloud.call("GET", "/v1/events", t)["items"]]
+    assert "InstanceStopped" in reasons and "InstanceStarted" in reasons

@@ -718,6 +718,15 @@ def test_instance_migrate_is_refused_while_a_volume_is_attached(
     )
 
 
+def test_instance_stop_is_refused_while_a_volume_is_attached(
+    cloud: Cloud, vn: dict[str, Any]
+) -> None:
+    t = vn["t"]
+    _create(cloud, t)
+    cloud.call("POST", "/v1/volumes/d1/attach", t, json={"instance": "a"})
+    cloud.rejected("POST", "/v1/instances/a/stop", 409, "instance a has volume(s) d1 attached", t)
+
+
 def test_events_tell_the_volume_story(cloud: Cloud, vn: dict[str, Any]) -> None:
     t = vn["t"]
     _create(cloud, t)

@@ -271,10 +271,21 @@ def test_uhosts_vips_route_tables_nat_eips_and_firewalls_through_the_sdk(
     assert (
         rest["status"]["ip"] == ipset["IP"] and wire.to_ucloud("instance", rest["id"]) == ids["a"]
     )
-    # stop and start have no counterpart: 161, naming what there is
+    # stop: it runs nowhere and keeps its address; start: placed again in its zone
+    assert uhost.stop_uhost_instance({"UHostId": ids["a"]})["UHostId"] == ids["a"]
+    (h,) = uhost.describe_uhost_instance({"UHostIds": [ids["a"]]})["UHostSet"]
+    assert h["State"] == "Stopped" and h["IPSet"][0]["IP"] == ipset["IP"]
+    cloud.controller.reconcile_once()  # the controller places pending ones, not stopped ones
+    stopped = cloud.call("GET", "/v1/instances/a", net["t"])["status"]
+    assert stopped["host"] is None and stopped["phase"] == "stopped"
+    uhost.stop_uhost_instance({"UHostId": ids["a"]})  # again: nothing changes
+    uhost.start_uhost_instance({"UHostId": ids["a"]})
+    (h,) = uhost.describe_uhost_instance({"UHostIds": [ids["a"]]})["UHostSet"]
+    assert h["State"] == "Starting" and h["Zone"] == "az1"
+    assert cloud.call("GET", "/v1/instances/a", net["t"])["status"]["host"] == "h1"
     with pytest.raises(exc.RetCodeException) as e:
-        uhost.stop_uhost_instance({"UHostId": ids["a"]})
-    assert e.value.code == 161 and "TerminateUHostInstance" in e.value.message
+        uhost.start_uhost_instance({"UHostId": ids["a"]})
+    assert e.value.code == 234 and "not stopped" in e.value.message
     # a VIP
     vip = vpc.allocate_vip({"VPCId": vid, "SubnetId": sid, "Name": "db"})
     (v,) = vip["VIPSet"]

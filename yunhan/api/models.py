@@ -151,7 +151,7 @@ class InstanceStatus(_Out):
     mac: str
     vpc: str
     host: str | None
-    phase: Literal["pending", "scheduled", "running", "failed"]
+    phase: Literal["pending", "scheduled", "running", "failed", "stopped"]
     message: str | None = None
     netns: str | None = None
     uts: str | None = None

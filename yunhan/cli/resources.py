@@ -301,6 +301,19 @@ def instance_migrate(ctx: Ctx) -> None:
     _instance_written(ctx, c, c.post(f"/v1/instances/{ctx['ref']}/migrate", body))
 
 
+def instance_stop(ctx: Ctx) -> None:
+    c = ctx.client()
+    res = c.post(f"/v1/instances/{ctx['ref']}/stop")
+    if ctx["wait"]:
+        wait_applied(c, res.get("revision"), ctx["timeout"])
+    show("instance", c, res, fmt(ctx))
+
+
+def instance_start(ctx: Ctx) -> None:
+    c = ctx.client()
+    _instance_written(ctx, c, c.post(f"/v1/instances/{ctx['ref']}/start"))
+
+
 def _instance_written(ctx: Ctx, c: Client, res: dict[str, Any]) -> None:
     """With --wait: every host applied it, and the instance runs (or failed) where it is
     placed now; then the instance."""
@@ -463,6 +476,21 @@ INSTANCE = Group(
             (*LISTED, Opt(("--local",), "local", "read this machine's agents, not the API", bool)),
         ),
         _show("instance"),
+        Cmd(
+            "stop",
+            "Stop an instance: its processes end and it runs nowhere, keeping its address, "
+            "MAC, zone, groups and VIP permissions (refused while volumes are attached). "
+            "With --wait, return once its host has removed it.",
+            instance_stop,
+            (ref("instance"), *WRITE),
+        ),
+        Cmd(
+            "start",
+            "Start a stopped instance on a host of its zone (its command runs again, at the "
+            "same address). With --wait, return once it runs.",
+            instance_start,
+            (ref("instance"), *WRITE),
+        ),
         Cmd(
             "migrate",
             "Move an instance to a host of another zone (or another host of its zone), "

@@ -259,6 +259,20 @@ def release_instance(tx: Tx, inst: Resource, now: float, damping: Damping, cause
     return n
 
 
+def unhold_instance(tx: Tx, inst: Resource, now: float, damping: Damping, cause: str) -> int:
+    """A VIP `inst` holds (or is delivered to) is left unheld, for another allowed instance
+    to claim; `inst` stays allowed (it was stopped, and may hold it again once started).
+    The number of VIPs written."""
+    n = 0
+    for vip in tx.find("vip", "vpc", inst.status.get("vpc") or ""):
+        st = vip.status
+        if st.get("holder") == inst.id or st.get("delivered_to") == inst.id:
+            st = change_holder(st, None, now, cause, damping, force=True).status
+            tx.update(vip, status=st)
+            n += 1
+    return n
+
+
 def follow_instance(tx: Tx, inst: Resource) -> int:
     """The VIPs `inst` holds name its new zone and host (it was migrated). The holder is the
     same instance, so the epoch stays: no claim made before the move becomes stale by it, and

@@ -78,7 +78,10 @@ INDEXES: dict[tuple[str, str], IndexFn] = {
     ("instance", "addr"): lambda r: (
         f"{r.spec.get('subnet')}|{r.status['ip']}" if r.status.get("ip") else None
     ),
-    ("instance", "unplaced"): lambda r: None if r.status.get("host") else "yes",
+    # waiting for a host: not placed, and not stopped (a stopped one waits for a start)
+    ("instance", "unplaced"): lambda r: (
+        None if r.status.get("host") or r.status.get("phase") == "stopped" else "yes"
+    ),
     ("subnet", "vpc"): lambda r: r.spec.get("vpc"),
     ("host", "underlay_ip"): lambda r: r.spec.get("underlay_ip"),
     ("host", "zone"): lambda r: r.spec.get("zone"),

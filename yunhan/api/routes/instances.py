@@ -28,7 +28,7 @@ from yunhan.controller.ipam import allocate_ip, allocate_mac
 from yunhan.controller.placement import choose
 from yunhan.controller.scheduler import NoHost, host_healthy
 from yunhan.controller.tables import release_public
-from yunhan.controller.vips import follow_instance, iso, release_instance
+from yunhan.controller.vips import follow_instance, iso, release_instance, unhold_instance
 from yunhan.controller.volumes import VOLUME_DETACHED, detach_all
 from yunhan.errors import Conflict
 from yunhan.model import new_id, validate_name
@@ -232,12 +232,86 @@ def migrate_instance(
     return moved.envelope()
 
 
+INSTANCE_STOPPED = "InstanceStopped"
+INSTANCE_STARTED = "InstanceStarted"
+
+
+@router.post("/instances/{ref}/stop", response_model=Instance, responses=errors(404, 409, 412))
+def stop_instance(ref: str, request: Request, c: CallerDep, if_match: IfMatch = None) -> Any:
+    """Stop the instance: its host ends its processes and removes its namespace, and it
+    runs nowhere until started. It keeps its id, name, zone, address, MAC, groups, labels
+    and VIP permissions (a VIP it holds is left for another allowed instance to claim).
+    Refused while volumes are attached (they are mounted in it). Stopping a stopped
+    instance changes nothing."""
+    st = state_of(request)
+    with st.store.transaction() as tx:
+        inst = resolve(tx, "instance", c.project.id, ref)
+        check_if_match(inst, if_match)
+        if inst.status.get("phase") == "stopped":
+            return inst.envelope()
+        attached = sorted(v.name for v in tx.find("volume", "instance", inst.id))
+        if attached:
+            raise Conflict(
+                f"instance {inst.name} has volume(s) {', '.join(attached)} attached; detach "
+                "them first",
+                volumes=attached,
+            )
+        old_host = inst.status.get("host")
+        status = {
+            **inst.status,
+            "host": None,
+            "phase": "stopped",
+            "message": f"stopped (was on host {old_host or 'none'})",
+            "netns": None,
+            "uts": None,
+        }
+        stopped = tx.update(inst, status=status)
+        unhold_instance(tx, stopped, st.clock(), st.vip_damping, "instance stopped")
+    st.journal.notice(
+        c.project.id,
+        inst.id,
+        INSTANCE_STOPPED,
+        f"instance {inst.name} stopped on host {old_host or 'none'}",
+    )
+    return stopped.envelope()
+
+
+@router.post("/instances/{ref}/start", response_model=Instance, responses=errors(404, 409, 412))
+def start_instance(ref: str, request: Request, c: CallerDep, if_match: IfMatch = None) -> Any:
+    """Start a stopped instance on a host of its zone that the scheduler chooses: its
+    command runs again from the start, at the same address."""
+    st = state_of(request)
+    with st.store.transaction() as tx:
+        inst = resolve(tx, "instance", c.project.id, ref)
+        check_if_match(inst, if_match)
+        phase = inst.status.get("phase")
+        if phase != "stopped":
+            raise Conflict(f"instance {inst.name} is not stopped (it is {phase})", phase=phase)
+        try:
+            host = choose(tx, inst.spec["zone"], st.fleet.leases, st.clock(), st.loads)
+        except NoHost as exc:
+            raise Conflict(exc.message) from exc
+        status = {
+            **inst.status,
+            "host": host,
+            "phase": "scheduled",
+            "message": "starting",
+            "netns": None,
+            "uts": None,
+        }
+        started = tx.update(inst, status=status)
+    st.journal.notice(
+        c.project.id, inst.id, INSTANCE_STARTED, f"instance {inst.name} started on host {host}"
+    )
+    return started.envelope()
+
+
 def _zone_has_hosts(r: Reader, zone_id: str) -> bool:
     """Has the zone any host at all?"""
     return r.count_of("host", "zone", zone_id) > 0
 
 
-Phase = Literal["pending", "scheduled", "running", "failed"]
+Phase = Literal["pending", "scheduled", "running", "failed", "stopped"]
 
 
 @router.get("/instances", response_model=InstanceList, responses=errors(404, 422))

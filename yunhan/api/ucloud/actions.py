@@ -24,6 +24,8 @@ ACTIONS: dict[str, Handler] = {
     "CreateUHostInstance": uhost.create_uhost,
     "DescribeUHostInstance": uhost.describe_uhost,
     "TerminateUHostInstance": uhost.terminate_uhost,
+    "StopUHostInstance": uhost.stop_uhost,
+    "StartUHostInstance": uhost.start_uhost,
     "AllocateVIP": netres.allocate_vip,
     "DescribeVIP": netres.describe_vip,
     "ReleaseVIP": netres.release_vip,
@@ -58,10 +60,8 @@ ACTIONS: dict[str, Handler] = {
 
 # Actions a UCloud user may try that Yunhan answers with what it offers instead.
 INSTEAD: dict[str, str] = {
-    "StopUHostInstance": "no stopped state for instances: TerminateUHostInstance, or "
-    "`yunhan instance migrate` to move one",
-    "StartUHostInstance": "no stopped state for instances: CreateUHostInstance",
-    "RebootUHostInstance": "no reboot: `yunhan instance migrate` restarts one elsewhere",
+    "RebootUHostInstance": "no reboot: StopUHostInstance then StartUHostInstance "
+    "(yunhan instance stop, start)",
     "CreateUDiskSnapshot": "no snapshots: Data Ark keeps points in time (RestoreUDisk and "
     "CloneUDiskUDataArk with SnapshotTime; yunhan volume timeline)",
 }

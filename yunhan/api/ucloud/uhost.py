@@ -2,8 +2,9 @@
 
 A Yunhan instance is a namespace sandbox on a host, not a VM from an image: `ImageId`,
 `LoginMode`, `Password`, `CPU`, `Memory` and disks are accepted (the SDK requires some of
-them) and not used. An instance has no stopped state, so Stop and Start answer 161 with
-what Yunhan offers instead.
+them) and not used. Stop and Start are Yunhan's instance stop and start: a stopped
+instance runs nowhere and keeps its address; started, it runs its command again on a host
+of its zone.
 """
 
 from __future__ import annotations
@@ -14,7 +15,13 @@ from typing import Any
 from yunhan.api.ucloud import wire
 from yunhan.api.ucloud.base import ActionError, Ctx, all_items, epoch, paginate
 
-STATES = {"running": "Running", "failed": "Install Fail", "scheduled": "Initializing"}
+STATES = {
+    "running": "Running",
+    "failed": "Install Fail",
+    "scheduled": "Initializing",
+    "stopped": "Stopped",
+    "pending": "Initializing",
+}
 
 
 async def _zones(ctx: Ctx) -> dict[str, str]:
@@ -65,7 +72,9 @@ def _uhost(i: dict[str, Any], zones: dict[str, str]) -> dict[str, Any]:
         "UHostId": wire.to_ucloud("instance", i["id"]),
         "Name": i["name"],
         "Zone": zones.get(i["spec"]["zone"], i["spec"]["zone"]),
-        "State": STATES.get(st.get("phase", ""), "Initializing"),
+        "State": "Starting"
+        if st.get("phase") == "scheduled" and st.get("message") == "starting"
+        else STATES.get(st.get("phase", ""), "Initializing"),
         "IPSet": [
             {
                 "Type": "Private",
@@ -110,3 +119,15 @@ async def terminate_uhost(ctx: Ctx) -> dict[str, Any]:
     ref = ctx.need("UHostId")
     await ctx.call("DELETE", f"/v1/instances/{wire.to_yunhan('instance', ref)}")
     return {"UHostId": ref, "InRecycle": "No"}
+
+
+async def stop_uhost(ctx: Ctx) -> dict[str, Any]:
+    ref = ctx.need("UHostId")
+    await ctx.call("POST", f"/v1/instances/{wire.to_yunhan('instance', ref)}/stop")
+    return {"UHostId": ref, "UhostId": ref}
+
+
+async def start_uhost(ctx: Ctx) -> dict[str, Any]:
+    ref = ctx.need("UHostId")
+    await ctx.call("POST", f"/v1/instances/{wire.to_yunhan('instance', ref)}/start")
+    return {"UHostId": ref, "UhostId": ref}

@@ -4,6 +4,7 @@ and the host document tells every host which prefixes to count."""
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -158,6 +159,25 @@ def test_bad_queries_and_samples_are_refused(cloud: Cloud, hy: dict[str, Any]) -
         json={"samples": [_sample(hy["vpc"]["id"], packets=-1)]},
     )
     assert r.status_code == 400
+    for bad in ({"prefix": "10.0.101.0/33"}, {"packets": 2**70}):
+        r = cloud.client.post(
+            "/v1/agent/hosts/h1/traffic",
+            headers=cloud.admin,
+            json={"samples": [_sample(hy["vpc"]["id"], **bad)]},
+        )
+        assert r.status_code == 400, (bad, r.text)
+    inf = json.dumps({"samples": [_sample(hy["vpc"]["id"])]}).replace(
+        '"end": 1.0', '"end": Infinity'
+    )
+    r = cloud.client.post(
+        "/v1/agent/hosts/h1/traffic",
+        headers={**cloud.admin, "Content-Type": "application/json"},
+        content=inf,
+    )
+    assert r.status_code == 400, r.text
+    for q in ({"since": "nan"}, {"until": "inf"}, {"window": 1e-300}):
+        r = cloud.client.get("/v1/hybrid/stats", headers=t, params=q)
+        assert r.status_code in (400, 422), (q, r.text)
     assert cloud.call("GET", "/v1/hybrid/stats", t, params={"since": now - 10})["series"] == []
 
 

@@ -14,7 +14,7 @@ import ipaddress
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from yunhan.api.conventions import Optional, errors
 from yunhan.api.deps import AgentDep, CallerDep, state_of
@@ -32,16 +32,26 @@ MAX_BINS = 2_000  # per series of one answer
 DEFAULT_RANGE = 600.0  # seconds back from now when `since` is not given
 
 
+COUNT_MAX = 2**62  # a count the database's 64-bit integers hold, summed over a range too
+
+
+def _cidr(v: str) -> str:
+    try:
+        return str(ipaddress.IPv4Network(v, strict=False))
+    except ValueError as exc:
+        raise ValueError(f"not an IPv4 prefix: {exc}") from exc
+
+
 class TrafficSampleIn(_Body):
-    vpc: str = Field(description="the VPC's id")
-    prefix: str
+    vpc: str = Field(max_length=64, description="the VPC's id")
+    prefix: Annotated[str, AfterValidator(_cidr)] = Field(max_length=43)
     point: Literal["host-sent", "host-delivered", "replica"]
     source: str = Field(min_length=1, max_length=128, description="host, or gateway/index")
     direction: Literal["in", "out"]
-    packets: Int = Field(ge=0)
-    bytes: Int = Field(ge=0)
-    start: Number
-    end: Number
+    packets: Int = Field(ge=0, le=COUNT_MAX)
+    bytes: Int = Field(ge=0, le=COUNT_MAX)
+    start: Number = Field(allow_inf_nan=False)
+    end: Number = Field(allow_inf_nan=False)
 
 
 class TrafficSamples(_Body):
@@ -64,7 +74,7 @@ def post_traffic(name: str, body: TrafficSamples, request: Request, _: AgentDep)
                 Sample(
                     project=vpc.project,
                     vpc=vpc.id,
-                    prefix=str(ipaddress.IPv4Network(x.prefix, strict=False)),
+                    prefix=x.prefix,
                     point=x.point,
                     source=x.source if x.point == "replica" else name,
                     direction=x.direction,
@@ -85,9 +95,11 @@ def hybrid_stats(
     c: CallerDep,
     vpc: Annotated[str | Optional, Query(description="the VPC (name or id)")] = None,
     prefix: Annotated[str | Optional, Query(description="one IDC prefix")] = None,
-    since: Annotated[float | Optional, Query(description="epoch seconds")] = None,
-    until: Annotated[float | Optional, Query(description="epoch seconds (default: now)")] = None,
-    window: Annotated[float, Query(gt=0, le=86_400, description="seconds per bin")] = 10.0,
+    since: Annotated[float | Optional, Query(ge=0, le=1e11, description="epoch seconds")] = None,
+    until: Annotated[
+        float | Optional, Query(ge=0, le=1e11, description="epoch seconds (default: now)")
+    ] = None,
+    window: Annotated[float, Query(ge=0.1, le=86_400, description="seconds per bin")] = 10.0,
 ) -> Any:
     """Packets and bytes per IDC prefix, counting point (host-sent, host-delivered,
     replica) and direction (in: to the prefix, out: from it), in bins of `window` seconds,

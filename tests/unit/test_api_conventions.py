@@ -391,3 +391,26 @@ def test_openapi_declares_bearer_auth_and_no_default_422(cloud: Cloud) -> None:
     get_vpc = doc["paths"]["/v1/vpcs/{ref}"]["get"]["responses"]
     assert set(get_vpc) == {"200", "400", "401", "404"}
     assert get_vpc["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/Vpc")
+
+
+def test_openapi_bounds_are_json_schema_keywords(cloud: Cloud) -> None:
+    """pydantic writes a bound on a union member with a validator as "ge"/"le", which JSON
+    Schema does not know: clients then send what the server refuses (schemathesis did, for
+    an agent's volume_pool). Every bound must be minimum/maximum."""
+    doc = cloud.client.get("/openapi.json").json()
+    found: list[str] = []
+
+    def walk(path: str, node: Any) -> None:
+        if isinstance(node, dict):
+            if "type" in node and {"ge", "le", "gt", "lt"} & set(node):
+                found.append(path)
+            for k, v in node.items():
+                walk(f"{path}/{k}", v)
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(f"{path}/{i}", v)
+
+    walk("", doc)
+    assert found == []
+    pool = doc["components"]["schemas"]["HostRegister"]["properties"]["volume_pool"]
+    assert pool["anyOf"][0]["minimum"] == 0

@@ -159,7 +159,13 @@ def test_bad_queries_and_samples_are_refused(cloud: Cloud, hy: dict[str, Any]) -
         json={"samples": [_sample(hy["vpc"]["id"], packets=-1)]},
     )
     assert r.status_code == 400
-    for bad in ({"prefix": "10.0.101.0/33"}, {"packets": 2**70}):
+    r = cloud.client.post(
+        "/v1/agent/hosts/h1/traffic",
+        headers=cloud.admin,
+        json={"samples": [_sample(hy["vpc"]["id"]), _sample(hy["vpc"]["id"], prefix="10.0.1/33")]},
+    )
+    assert r.status_code == 422 and "samples.1.prefix" in r.text  # and the good one not kept
+    for bad in ({"packets": 2**70},):
         r = cloud.client.post(
             "/v1/agent/hosts/h1/traffic",
             headers=cloud.admin,

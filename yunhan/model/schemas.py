@@ -154,8 +154,12 @@ class HostRegister(_Body):
     zone: str
     underlay_ip: str
     mtu: Int = 1500
-    volume_pool: Int | None = Field(
-        None, ge=0, le=2**62, description="bytes of volume space (absent: 100 GiB)"
+    # (the bounds before the validator, inside the union: otherwise pydantic writes them
+    # into the JSON schema as "ge"/"le", which are no JSON Schema keywords, and clients
+    # such as schemathesis rightly send what the server then refuses). At most 2**53: a
+    # JSON client holds integers as doubles, so 2**62 + 95 looked equal to a bound of 2**62.
+    volume_pool: Annotated[int, Field(ge=0, le=2**53), BeforeValidator(_json_integer)] | None = (
+        Field(None, description="bytes of volume space (absent: 100 GiB)")
     )
     restart: AgentRestart | None = None
 

@@ -176,13 +176,10 @@ class TrafficReporter:
         for ns, t in want.items():
             try:
                 readings = self._read(ns)
+                self._account(ns, t, readings, now)  # (before a swap: what moved up to it)
                 if nftstats.prefixes_of(readings) != set(t.prefixes):
-                    self._account(ns, t, readings, now)  # what moved up to the swap
                     self._nft(ns, nftstats.script(t.kind, t.prefixes))
-                    readings = self._read(ns)
-                    self._deltas[ns] = Deltas(readings)
-                else:
-                    self._account(ns, t, readings, now)
+                    self._deltas[ns] = Deltas(self._read(ns))
                 self._kinds[ns] = t.kind
             except DriverError as exc:
                 # A namespace being made or removed: counted next round, or gone with it.

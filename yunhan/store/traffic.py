@@ -23,15 +23,10 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from yunhan.model.trafficstats import Series, bin_samples
 from yunhan.store import schema as s
-from yunhan.store.flows import prune_rows
+from yunhan.store.flows import Retention, prune_rows
 
-
-@dataclass(frozen=True)
-class Retention:
-    max_age: float = 7 * 24 * 3600.0  # seconds after receipt: a cut-over week
-    max_rows: int = 2_000_000
-    every: float = 60.0
-    batch: int = 100_000
+# Flow records' retention rules, with a cut-over's week of samples by default.
+DEFAULT_RETENTION = Retention(max_age=7 * 24 * 3600.0, max_rows=2_000_000)
 
 
 @dataclass(frozen=True)
@@ -70,10 +65,9 @@ class TrafficSamples:
     ) -> None:
         self.engine = engine
         self.clock = clock
-        self.retention = retention or Retention()
+        self.retention = retention or DEFAULT_RETENTION
         self._lock = threading.Lock()
         self._last_prune: float | None = None
-        self.received = 0
         self.pruned = 0
 
     def add(self, samples: Sequence[Sample]) -> None:
@@ -82,7 +76,6 @@ class TrafficSamples:
             due = self._last_prune is None or now - self._last_prune >= self.retention.every
             if due:
                 self._last_prune = now
-            self.received += len(samples)
         if not samples and not due:
             return
         conn: Connection

@@ -90,9 +90,6 @@ async def create_route_table(ctx: Ctx) -> dict[str, Any]:
     return {"RouteTableId": wire.to_ucloud("route_table", table["id"])}
 
 
-_NEXTHOP_TYPES = {"instance": "instance", "vip": "vip", "natgw": "natgw"}
-
-
 async def _rules(ctx: Ctx, table: dict[str, Any]) -> list[dict[str, Any]]:
     routes = await ctx.call("GET", f"/v1/route-tables/{table['id']}/routes")
     out = []

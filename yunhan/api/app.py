@@ -31,6 +31,7 @@ from yunhan.api.routes import (
     ai,
     apikeys,
     audit,
+    console,
     events,
     flowlogs,
     functions,
@@ -47,6 +48,7 @@ from yunhan.api.routes import (
     routing,
     secgroups,
     tokens,
+    topology,
     trace,
     ucloud,
     vips,
@@ -257,6 +259,8 @@ def create_app(
         app.include_router(module.router)
     app.include_router(metrics.router)
     app.include_router(trace.router)
+    app.include_router(topology.router)
+    app.include_router(console.router)
     _exact_openapi(app)
     return app
 

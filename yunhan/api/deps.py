@@ -23,7 +23,7 @@ from yunhan.api.journal import CALLER, REFUSED, Journal
 from yunhan.controller.ipam import AddressHints
 from yunhan.controller.loads import HostLoads
 from yunhan.controller.vips import OUTCOMES, Damping
-from yunhan.errors import Forbidden, Unauthorized
+from yunhan.errors import Forbidden, NotFound, Unauthorized
 from yunhan.functions.metering import Meter, PriceTable
 from yunhan.store import Store
 from yunhan.store.apikeys import ApiKeys
@@ -85,6 +85,9 @@ async def identify(request: Request) -> Caller:
     request for the audit trail (`CALLER`, or the refused token's id under `REFUSED`)."""
     st = state_of(request)
     header = request.headers.get("authorization")
+    if header is None and (cookie := request.cookies.get(SESSION_COOKIE)):
+        _check_csrf(request, cookie)
+        header = f"Bearer {cookie}"
     internal = request.headers.get(INTERNAL_HEADER)
     if internal is not None:
         c = _internal_caller(st, internal, request.headers.get(ACT_AS_HEADER, ""))
@@ -104,8 +107,46 @@ async def identify(request: Request) -> Caller:
     except Unauthorized as exc:
         setattr(request.state, REFUSED, exc.details.get("token_id"))
         raise
+    if c.admin and (project := request.headers.get(PROJECT_HEADER)):
+        c = _admin_in(st, c, project)
     setattr(request.state, CALLER, c)
     return c
+
+
+# The console (docs/console.md) signs in by putting the token in an HttpOnly, SameSite=Strict
+# cookie; a request carrying it (and no Authorization header) that writes must also send the
+# CSRF token, which is derived from the session's token: a page of another origin can make
+# the browser send the cookie but can neither read the cookie nor GET /console/session.
+SESSION_COOKIE = "yunhan_session"
+CSRF_HEADER = "x-csrf-token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# The admin acts in another project by naming it (the console's project switch): the
+# request is then the admin's, scoped as that project's own would be.
+PROJECT_HEADER = "x-yunhan-project"
+
+
+def csrf_token(session_token: str) -> str:
+    """The CSRF token of a console session: fixed for its token, unguessable without it."""
+    return hmac.new(session_token.encode(), b"yunhan-console-csrf", "sha256").hexdigest()
+
+
+def _check_csrf(request: Request, cookie: str) -> None:
+    if request.method in SAFE_METHODS:
+        return
+    sent = request.headers.get(CSRF_HEADER, "")
+    if not hmac.compare_digest(sent.encode(), csrf_token(cookie).encode()):
+        raise Forbidden(
+            "a write with the console's session cookie needs its CSRF token in the "
+            "X-CSRF-Token header (GET /console/session answers it); none or a wrong one was sent"
+        )
+
+
+def _admin_in(st: AppState, c: Caller, ref: str) -> Caller:
+    with st.store.read() as r:
+        project = r.get("project", ref) or r.by_name("project", "", ref)
+    if project is None:
+        raise NotFound(f"no project {ref!r} ({PROJECT_HEADER} header)", kind="project", ref=ref)
+    return Caller(project=project, admin=True, token_id=c.token_id, kind=c.kind)
 
 
 INTERNAL_HEADER = "x-yunhan-internal"

@@ -83,6 +83,7 @@ def up(ctx: Ctx) -> None:
         f"region {handle.prefix} is up: API {handle.endpoint}, "
         f"{len(spec.hosts)} agents healthy; admin credentials in {path}"
     )
+    echo(f"web console: {handle.endpoint}/console (sign in with a token; docs/console.md)")
     if ctx["detach"]:
         echo("`yunhan status` shows it, `yunhan down` removes it")
         return

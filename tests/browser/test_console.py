@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -285,6 +286,177 @@ def test_sessions_are_per_project_and_writes_need_the_csrf_token(
     admin.goto(f"{lab.base}/console#/k/vpcs")
     expect(admin.locator('#list tbody tr[data-name="web"]')).to_have_count(1)
     _shot(admin, "11-admin-as-alpha")
+
+
+def test_security_group_rules_and_a_volume_s_timeline_through_the_forms(
+    lab: Lab, browser: Browser
+) -> None:
+    page = _page(browser, lab, "alpha")
+    _create(page, lab, "security-groups", {"name": "ssh", "vpc": "web"})
+    expect(page.locator("h1")).to_have_text("Security group ssh")
+    page.locator('button[data-action="rules"]').click()
+    form = page.locator("form#action-rules")
+    form.locator("[name=direction]").select_option("ingress")
+    form.locator("[name=proto]").select_option("tcp")
+    form.locator("[name=port]").fill("22")
+    form.locator("[name=peer]").fill("10.0.0.0/8")
+    form.locator("button[type=submit]").click()
+    expect(page.locator("#rules tbody tr")).to_have_count(1)
+    expect(page.locator("#rules")).to_contain_text("10.0.0.0/8")
+    (group,) = [g for g in _items(lab, "alpha", "security-groups") if g["name"] == "ssh"]
+    (rule,) = group["spec"]["rules"]
+    assert rule["direction"] == "ingress" and "10.0.0.0/8" in json.dumps(rule["peer"])
+    _shot(page, "13-security-group")
+    page.locator("#rules button.danger").click()
+    expect(page.locator("#main")).to_contain_text("Rules")
+    expect(page.locator("#rules")).to_have_count(0)
+    (group,) = [g for g in _items(lab, "alpha", "security-groups") if g["name"] == "ssh"]
+    assert group["spec"]["rules"] == []
+    # A protected volume: its page shows the timeline of restore points.
+    _create(page, lab, "volumes", {"name": "data", "size": str(1 << 30), "zone": "az1",
+                                   "tiers": "12h:1s"})  # fmt: skip
+    expect(page.locator("h1")).to_have_text("Volume data")
+    expect(page.locator("#main")).to_contain_text("Timeline and restore points")
+    expect(page.locator("#main")).to_contain_text("every 1 s for 43200 s")
+    _shot(page, "14-volume-timeline")
+    assert not page.errors  # type: ignore[attr-defined]
+
+
+HELLO = """
+def handler(event, context):
+    return {"hello": (event or {}).get("name", "world")}
+"""
+
+
+def test_a_function_s_page_shows_its_invocations_cold_starts_and_gb_seconds(
+    lab: Lab, browser: Browser, tmp_path: Path
+) -> None:
+    src = tmp_path / "hello.py"
+    src.write_text(HELLO)
+    lab.cli("alpha", "function", "deploy", "hello", "--source", str(src),
+            "--handler", "hello.handler")  # fmt: skip
+    for _ in range(3):
+        lab.cli("alpha", "function", "invoke", "hello", "--data", '{"name": "x"}')
+
+    def metered() -> dict[str, Any] | None:
+        usage = lab.api("alpha", "GET", "/v1/usage?by=function").json()
+        row = next((u for u in usage["items"] if u["name"] == "hello"), None)
+        return row if row is not None and row["requests"] == 3 else None
+
+    row = wait_for(metered, 30, "the 3 invocations metered")
+    page = _page(browser, lab, "alpha")
+    page.goto(f"{lab.base}/console#/k/functions/hello")
+    metrics = page.locator("#fn-metrics")
+    expect(metrics).to_contain_text("invocations3")
+    expect(metrics).to_contain_text(f"cold starts{row['cold_starts']}")
+    assert row["cold_starts"] >= 1
+    expect(metrics).to_contain_text(f"GB-s{row['gb_seconds']:.3f}")
+    _shot(page, "15-function-metrics")
+
+
+def test_lists_page_filter_by_label_and_edit_labels(lab: Lab, browser: Browser) -> None:
+    lab.tokens["gamma"] = lab.region.json("project", "create", "gamma")["token"]
+    for i in range(23):
+        body = {"name": f"v{i:02d}", "cidrs": [f"10.{i}.0.0/16"],
+                "labels": {"tier": "a" if i % 5 == 0 else "b"}}  # fmt: skip
+        assert lab.api("gamma", "POST", "/v1/vpcs", body).status_code == 201
+    page = _page(browser, lab, "gamma")
+    page.goto(f"{lab.base}/console#/k/vpcs")
+    rows = page.locator("#list tbody tr")
+    expect(rows).to_have_count(20)
+    page.click("text=Next page")
+    expect(rows).to_have_count(3)
+    expect(page.locator('#list tbody tr[data-name="v22"]')).to_have_count(1)
+    page.click("text=Previous page")
+    expect(rows).to_have_count(20)
+    page.fill("form[role=search] [name=label]", "tier=a")
+    page.click("form[role=search] button[type=submit]")
+    expect(rows).to_have_count(5)
+    _shot(page, "16-list-filtered")
+    page.goto(f"{lab.base}/console#/k/vpcs/v05/edit")
+    labels = page.locator("form#edit-vpcs [name=labels]")
+    expect(labels).to_have_value("tier=a")
+    labels.fill("env=prod")
+    page.click("form#edit-vpcs button[type=submit]")
+    expect(page.locator("h1")).to_have_text("VPC v05")
+    expect(page.locator("#main")).to_contain_text("env=prod")
+    got = lab.api("gamma", "GET", "/v1/vpcs/v05").json()
+    assert got["labels"] == {"env": "prod"}  # tier removed, env added: one merge patch
+
+
+def test_the_map_shows_nat_and_hybrid_gateways_eips_and_an_idc_site(
+    lab: Lab, browser: Browser
+) -> None:
+    lab.region.run("lab", "idc", "add", "dc1", "--cidr", "192.168.100.0/24", "--servers", "1",
+                   "--asn", "65001", timeout=120)  # fmt: skip
+    page = _page(browser, lab, "alpha")
+    page.goto(f"{lab.base}/console#/k/vpcs/web")
+    for action, fields in (("cidrs", {"cidr": "192.168.100.0/24"}),):
+        page.locator(f'button[data-action="{action}"]').click()
+        form = page.locator(f"form#action-{action}")
+        for name, value in fields.items():
+            form.locator(f"[name={name}]").fill(value)
+        form.locator("button[type=submit]").click()
+        expect(page.locator("#action-result [role=status]")).to_be_visible()
+    _create(page, lab, "subnets", {"name": "dca", "vpc": "web", "cidr": "192.168.100.0/24",
+                                   "location": "idc:dc1"})  # fmt: skip
+    expect(page.locator("h1")).to_have_text("Subnet dca")
+    _create(page, lab, "natgws", {"name": "nat", "vpc": "web", "subnets": "back"})
+    expect(page.locator("h1")).to_have_text("NAT gateway nat")
+    _create(page, lab, "eips", {"name": "e1"})
+    expect(page.locator("h1")).to_have_text("EIP e1")
+    page.locator('button[data-action="bind"]').click()
+    page.locator("form#action-bind [name=instance]").fill("b1")
+    page.locator("form#action-bind button[type=submit]").click()
+    expect(page.locator("#action-result [role=status]")).to_be_visible()
+    address = lab.api("alpha", "GET", "/v1/eips/e1").json()["status"]["address"]
+    lab.cli("alpha", "hybrid-gw", "create", "hgw", "--vpc", "web", "--idc-peer", "198.19.33.1",
+            "--peer-asn", "65001", "--replicas", "2", "--wait", "--timeout", "90")  # fmt: skip
+    page.goto(f"{lab.base}/console#/topology")
+    expect(page.locator(".zone-head.idc")).to_have_text("IDC dc1")
+    expect(page.locator('[data-site="dc1"]')).to_contain_text("192.168.100.0/24")
+    expect(page.locator('[data-subnet="dca"]')).to_contain_text("IDC dc1")
+    expect(page.locator('#map [data-natgw="nat"]')).to_have_count(1)
+    expect(page.locator('#map [data-hybrid-gw="hgw"]')).to_have_count(2)
+    replica_hosts = page.locator('#map section.host:has([data-hybrid-gw="hgw"])')
+    expect(replica_hosts).to_have_count(2)
+    expect(_chip(page, "b1")).to_contain_text(f"EIP {address}")
+    _shot(page, "17-topology-gateways")
+
+
+def test_a_fleet_patch_s_rollout_shows_host_by_host(
+    lab: Lab, browser: Browser, tmp_path: Path
+) -> None:
+    sys.path.insert(0, str(Path(__file__).parents[1] / "e2e"))
+    import fleetsvc
+
+    svc, lib = fleetsvc.build(tmp_path)
+    r = lab.region
+    r.run("vpc", "create", "ops", "--cidr", "10.50.0.0/16")
+    r.run("subnet", "create", "svc", "--vpc", "ops", "--cidr", "10.50.1.0/24")
+    r.run("instance", "create", "s1", "--subnet", "svc", "--zone", "az1",
+          "--command", f"{svc} 7100", "--wait")  # fmt: skip
+    host = r.json("instance", "show", "s1")["host"]
+    src = tmp_path / "fix.c"
+    src.write_text(fleetsvc.PATCH_V1)
+    yhp = tmp_path / "fix.yhp"
+    r.run("hotpatch", "build", str(src), "--target", str(lib), "-o", str(yhp))
+    r.run("patch", "create", "fix", "--file", str(yhp), "--canary", "1", "--health-window", "1",
+          "--wait", timeout=240)  # fmt: skip
+    status = r.json("patch", "show", "fix")["status"]
+    page = _page(browser, lab, None)
+    page.goto(f"{lab.base}/console#/k/patches/fix")
+    rows = page.locator("#rollout tbody tr")
+    expect(rows).to_have_count(len(status["hosts"]))
+    row = page.locator(f'#rollout tbody tr[data-host="{host}"]')
+    expect(row.locator('td[data-label="state"]')).to_have_text("applied")
+    expect(row.locator('td[data-label="applied"]')).to_have_text("1")
+    done = sum(h["state"] in ("applied", "rolled_back") for h in status["hosts"].values())
+    pct = round(100 * done / len(status["hosts"]))
+    expect(page.locator('[role=progressbar][aria-label="Hosts done"]')).to_have_attribute(
+        "aria-valuenow", str(pct)
+    )
+    _shot(page, "18-fleet-patch")
 
 
 PAGES = ("topology", "k/instances", "k/subnets/new", "k/route-tables/edge", "k/vpcs/web")

@@ -373,6 +373,7 @@ function drawTopology() {
   const zoneIndex = Object.fromEntries(zones.map((z, i) => [z.id, i]));
   for (const z of zones) zoneIndex[z.name] = zoneIndex[z.id];
   const sites = [...t.idc_sites].sort((a, b) => a.name.localeCompare(b.name));
+  const siteName = Object.fromEntries(sites.map((s) => [s.id, s.name]));
   const ncols = Math.max(zones.length + sites.length, 1);
   const vpcColor = Object.fromEntries(t.vpcs.map((v, i) => [v.id, PALETTE[i % PALETTE.length]]));
   const vpcName = Object.fromEntries(t.vpcs.map((v) => [v.id, v.name]));
@@ -464,7 +465,7 @@ function drawTopology() {
         for (const rep of gw.status.replicas || []) {
           if (rep.host !== host.name && rep.host !== host.id) continue;
           chips.push(h("a", { class: "chip gw", href: `#/k/hybrid-gws/${encodeURIComponent(gw.name)}`, dataset: { id: gw.id, hybridGw: gw.name } },
-            `Hybrid ${gw.name} #${rep.index ?? ""}`, h("small", {}, `${rep.state || rep.bgp || ""} · ${gw.spec.site || ""}`)));
+            `Hybrid ${gw.name} #${rep.index ?? ""}`, h("small", {}, `${rep.state || rep.bgp || ""} · ${siteName[gw.spec.site] || gw.spec.site || ""}`)));
         }
       }
       const lost = host.status.healthy === false;
@@ -738,11 +739,10 @@ async function detailPage(kind, ref) {
     h("dt", {}, "created"), h("dd", {}, when(o.created_at)),
     h("dt", {}, "revision"), h("dd", {}, o.revision ?? "—"),
     h("dt", {}, "labels"), h("dd", {}, labelsView(o.labels)));
-  const sections = [title, actions, msg, forms, overview,
+  const extra = h("div");
+  const sections = [title, actions, msg, forms, overview, extra,
     h("h2", {}, "Spec"), kv(o.spec || {}, names),
     h("h2", {}, "Status"), kv(o.status || {}, names)];
-  const extra = h("div");
-  sections.push(extra);
   const events = h("section", { "aria-labelledby": "events-title" }, h("h2", { id: "events-title" }, "Events"));
   sections.push(events);
   show(...sections);
@@ -760,8 +760,15 @@ function kv(obj, names) {
   return h("dl", { class: "kv" }, entries.flatMap(([k, v]) => [
     h("dt", {}, k),
     h("dd", {}, v && typeof v === "object" && !(Array.isArray(v) && v.every((x) => typeof x !== "object"))
-      ? h("pre", {}, JSON.stringify(v, null, 2)) : pretty(v, names)),
+      ? nested(v) : pretty(v, names)),
   ]));
+}
+
+// Nested values fold away: the page's own sections (routes, rollout, timeline) show them.
+function nested(v) {
+  const n = Array.isArray(v) ? `${v.length} item(s)` : `${Object.keys(v).length} field(s)`;
+  const pre = h("pre", {}, JSON.stringify(v, null, 2));
+  return Object.keys(v).length > 3 ? h("details", {}, h("summary", {}, n), pre) : pre;
 }
 
 async function loadEvents(kind, o, section) {
@@ -807,17 +814,28 @@ async function kindExtras(kind, o, root, msg) {
 
 function subTable(rows, cols, deletePath, msg, id) {
   if (!rows || !rows.length) return h("p", { class: "muted" }, "None.");
-  cols = cols || [...new Set(rows.flatMap((r) => Object.keys(r)))].filter((k) => typeof rows[0][k] !== "object" || Array.isArray(rows[0][k]));
+  cols = cols || [...new Set(rows.flatMap((r) => Object.keys(r)))];
   const names = nameIndex();
   return h("div", { class: "table-wrap" }, h("table", { class: "responsive", id },
     h("thead", {}, h("tr", {}, cols.map((c) => h("th", { scope: "col" }, c)), h("th", { scope: "col" }, h("span", { class: "sr-only" }, "Actions")))),
     h("tbody", {}, rows.map((r) => {
       const path = deletePath(r);
-      return h("tr", {}, cols.map((c) => h("td", { "data-label": c }, pretty(r[c], names))),
+      return h("tr", {}, cols.map((c) => h("td", { "data-label": c }, cell(c, r[c], names))),
         h("td", {}, path ? h("button", { type: "button", class: "danger", "aria-label": `Delete ${cols.map((c) => r[c]).filter((x) => x !== null && x !== undefined).slice(0, 3).join(" ")}`, onclick: async () => {
           try { await api("DELETE", path); await route(); } catch (err) { msg.replaceChildren(errorBox(err)); }
         } }, "Delete") : ""));
     }))));
+}
+
+// A sub-resource's field as the CLI writes it: a port range "22" or "1000-2000", a peer
+// "cidr:10.0.0.0/8" or "sg:web" (names for ids).
+function cell(key, v, names) {
+  if (key === "port" && Array.isArray(v) && v.length === 2) return v[0] === v[1] ? String(v[0]) : `${v[0]}-${v[1]}`;
+  if (v && typeof v === "object" && !Array.isArray(v)) {
+    return Object.entries(v).filter(([, x]) => x !== null && x !== undefined)
+      .map(([k, x]) => `${k}:${names[x] || (typeof x === "object" ? JSON.stringify(x) : x)}`).join(" ") || "—";
+  }
+  return pretty(v, names);
 }
 
 function timeline(tl) {
@@ -941,7 +959,9 @@ function unwrap(prop) {
     const kinds = p.anyOf.map(resolveSchema);
     optional = kinds.some((k) => k.type === "null");
     const real = kinds.filter((k) => k.type !== "null");
-    p = { ...(real.length === 1 ? real[0] : { type: "json" }), description: p.description || prop.description, default: p.default, title: p.title };
+    // One of several forms: the text one if there is one (a list can be written as text).
+    const pick = real.length === 1 ? real[0] : real.find((k) => k.type === "string") || { type: "json" };
+    p = { ...pick, description: p.description || prop.description, default: p.default, title: p.title };
   }
   return { p, optional };
 }
@@ -980,7 +1000,7 @@ function schemaForm(schema, submitText, id, onSubmit, msg, initial = {}) {
         if (!items.length) return undefined;
         return itemType === "integer" ? items.map(Number) : items;
       };
-    } else if (type === "object" && p.additionalProperties && resolveSchema(p.additionalProperties).type === "string") {
+    } else if (type === "object" && p.additionalProperties && unwrap(p.additionalProperties).p.type === "string") {
       input = h("textarea", { id: fid, name, rows: 2, placeholder: "key=value, one per line" });
       if (init && typeof init === "object") input.value = Object.entries(init).map(([k, v]) => `${k}=${v}`).join("\n");
       read = () => {

@@ -286,6 +286,15 @@ def test_sessions_are_per_project_and_writes_need_the_csrf_token(
     admin.goto(f"{lab.base}/console#/k/vpcs")
     expect(admin.locator('#list tbody tr[data-name="web"]')).to_have_count(1)
     _shot(admin, "11-admin-as-alpha")
+    # A project made in the console: its first token is shown once, and it signs in.
+    admin.select_option("#act-as", "")
+    _create(admin, lab, "projects", {"name": "delta"})
+    expect(admin.locator("h1")).to_have_text("Project delta")
+    secret = admin.locator("#secret code").first
+    expect(secret).to_contain_text("yh_")
+    lab.tokens["delta"] = secret.inner_text()
+    delta = _page(browser, lab, "delta")
+    expect(delta.locator("#who")).to_contain_text("project delta")
 
 
 def test_security_group_rules_and_a_volume_s_timeline_through_the_forms(

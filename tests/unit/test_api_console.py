@@ -156,3 +156,19 @@ def test_topology_waits_for_a_change_and_answers_it(cloud: Cloud, net: dict[str,
     assert {s["name"] for s in answer["body"]["subnets"]} == {"web", "db"}
     assert answer["body"]["revision"] > rev
     cloud.rejected("GET", "/v1/topology?after=-1", 400, "after", net["t"])
+
+
+def test_topology_carries_no_secret(cloud: Cloud, net: dict[str, Any]) -> None:
+    from test_api_hybrid import SECRET, SITE, _gw
+
+    cloud.call("PUT", "/v1/idc-sites/dc1", json=SITE)
+    _gw(cloud, net["t"], md5_secret=SECRET)
+    fn = {"endpoint": "http://198.18.1.11:9100", "key": "fn-key-secret", "memory_mb": 512}
+    cloud.call("POST", "/v1/agent/hosts/h1/status",
+               json={"applied_revision": 0, "instances": {}, "functions": fn})  # fmt: skip
+    for headers in (net["t"], cloud.admin):
+        text = cloud.client.get("/v1/topology", headers=headers).text
+        assert SECRET not in text and "md5_secret" not in text
+    # The host's function key is the admin's to see (as in GET /v1/hosts), no tenant's.
+    assert "fn-key-secret" in cloud.client.get("/v1/topology", headers=cloud.admin).text
+    assert "fn-key-secret" not in cloud.client.get("/v1/topology", headers=net["t"]).text

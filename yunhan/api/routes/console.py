@@ -9,6 +9,7 @@ of the Authorization header, and requires the CSRF token on every write made wit
 
 from __future__ import annotations
 
+from contextlib import suppress
 from importlib import resources
 from typing import Annotated, Any
 
@@ -93,7 +94,10 @@ async def session(request: Request) -> Response:
 @router.delete("/console/session")
 async def sign_out(request: Request) -> Response:
     if request.cookies.get(SESSION_COOKIE):
-        await identify(request)  # a write: the CSRF token is checked
+        # A write, so the CSRF token is checked; a token revoked or expired since is no
+        # reason to keep its cookie.
+        with suppress(Unauthorized):
+            await identify(request)
     resp = Response(status_code=204)
     resp.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
     return resp

@@ -16,6 +16,8 @@ const state = {
   openapi: null,
   topo: null,
   watch: null, // AbortController of the live topology poll
+  gen: 0, // bumped by every page drawn: a watch of an older page stops
+  flash: null, // secrets an answer shows once (a new token, a private key): shown next page
   traceResult: null,
   pick: [], // instance ids picked on the map for a trace
 };
@@ -188,6 +190,7 @@ async function loadSession() {
 
 function signInPage(message) {
   stopWatch();
+  state.gen += 1;
   $("#nav").hidden = true;
   $("#who").replaceChildren();
   const input = h("input", { id: "token", name: "token", type: "password", autocomplete: "off", required: true });
@@ -212,8 +215,8 @@ function signInPage(message) {
       state.actAs = "";
       sessionStorage.removeItem("yunhan.project");
       input.value = "";
-      location.hash = "#/topology";
-      await route();
+      if (location.hash === "#/topology") await route();
+      else location.hash = "#/topology"; // hashchange draws it: one run, one watch
     } catch (e) {
       err.append(errorBox(e));
     }
@@ -242,6 +245,10 @@ function chrome(current) {
   const who = $("#who");
   const s = state.session;
   const parts = [h("span", {}, s.admin ? "admin" : `project ${s.project.name}`)];
+  if (s.admin && state.actAs && !(s.projects || []).some((p) => p.name === state.actAs)) {
+    state.actAs = ""; // a project deleted since it was chosen
+    sessionStorage.removeItem("yunhan.project");
+  }
   if (s.admin) {
     const sel = h("select", { id: "act-as", "aria-label": "Project the pages show" },
       h("option", { value: "" }, "admin project"),
@@ -273,6 +280,7 @@ async function route() {
 
 async function draw() {
   stopWatch();
+  state.gen += 1;
   if (!state.session) await loadSession();
   if (!state.session) return signInPage();
   // The map needs no schema: only lists and forms wait for /openapi.json.
@@ -329,20 +337,33 @@ async function topologyPage() {
     wrap,
     panel,
   );
+  const gen = state.gen;
   state.topo = await api("GET", "/v1/topology");
+  if (gen !== state.gen) return; // the user went elsewhere meanwhile
   drawTopology();
-  watchTopology();
+  watchTopology(gen);
 }
 
-async function watchTopology() {
+// The long poll: one at a time per page. It stops when the page is left or replaced, backs
+// off on errors (1 s doubling to 30 s), and stops on a refusal that retrying cannot cure.
+async function watchTopology(gen) {
+  stopWatch();
   const ctl = new AbortController();
   state.watch = ctl;
-  const badge = () => $("#live-state");
-  while (!ctl.signal.aborted) {
+  const current = () => state.watch === ctl && state.gen === gen && !ctl.signal.aborted;
+  const badge = (text, on) => {
+    const b = $("#live-state");
+    if (b) { b.textContent = text; b.classList.toggle("on", on); }
+  };
+  let backoff = 1000;
+  while (current()) {
+    const started = performance.now();
     try {
-      if (badge()) { badge().textContent = "live"; badge().classList.add("on"); }
+      badge("live", true);
       const t = await api("GET", `/v1/topology?after=${state.topo.revision}&timeout=25`, undefined, { signal: ctl.signal });
-      if (t && !ctl.signal.aborted) {
+      if (!current()) return;
+      backoff = 1000;
+      if (t) {
         const before = holders(state.topo);
         state.topo = t;
         drawTopology();
@@ -350,14 +371,25 @@ async function watchTopology() {
         for (const [vip, holder] of Object.entries(after)) {
           if (before[vip] !== holder) announce(`VIP ${vip} is now held by ${holder || "nobody"}`);
         }
+      } else if (performance.now() - started < 500) {
+        await sleep(1000); // a server that does not wait: do not spin
       }
     } catch (err) {
-      if (ctl.signal.aborted) return;
+      if (!current()) return;
       if (err.status === 401) return signInPage(err);
-      if (badge()) { badge().textContent = "reconnecting…"; badge().classList.remove("on"); }
-      await new Promise((r) => setTimeout(r, 1000));
+      if (err.status >= 400 && err.status < 500) {
+        badge(`stopped: ${err.message}`, false);
+        return;
+      }
+      badge("reconnecting…", false);
+      await sleep(backoff);
+      backoff = Math.min(backoff * 2, 30000);
     }
   }
+}
+
+function sleep(ms) {
+  return new Promise((r) => setTimeout(r, ms));
 }
 
 function holders(t) {
@@ -709,7 +741,7 @@ function pretty(v, names) {
 
 async function detailPage(kind, ref) {
   if (!state.topo) state.topo = await api("GET", "/v1/topology").catch(() => null);
-  const o = await api("GET", `/v1/${kind.path}/${encodeURIComponent(ref)}`);
+  const o = await getOne(kind, ref);
   const names = nameIndex();
   const title = h("h1", {}, `${singular(kind)} ${o.name || o.id}`);
   const msg = h("div", { id: "action-result" });
@@ -740,7 +772,7 @@ async function detailPage(kind, ref) {
     h("dt", {}, "revision"), h("dd", {}, o.revision ?? "—"),
     h("dt", {}, "labels"), h("dd", {}, labelsView(o.labels)));
   const extra = h("div");
-  const sections = [title, actions, msg, forms, overview, extra,
+  const sections = [title, flashBox(), actions, msg, forms, overview, extra,
     h("h2", {}, "Spec"), kv(o.spec || {}, names),
     h("h2", {}, "Status"), kv(o.status || {}, names)];
   const events = h("section", { "aria-labelledby": "events-title" }, h("h2", { id: "events-title" }, "Events"));
@@ -750,6 +782,15 @@ async function detailPage(kind, ref) {
     kindExtras(kind, o, extra, msg).catch((err) => extra.append(errorBox(err))),
     loadEvents(kind, o, events),
   ]);
+}
+
+// One object: its own GET, or (a kind with none, as projects) its list filtered by name.
+async function getOne(kind, ref) {
+  if (operation("get", `/v1/${kind.path}/{ref}`)) return api("GET", `/v1/${kind.path}/${encodeURIComponent(ref)}`);
+  const page = await api("GET", `/v1/${kind.path}?name=${encodeURIComponent(ref)}`);
+  const found = (page.items || []).find((o) => o.name === ref || o.id === ref);
+  if (!found) throw new ApiError(404, { error: { message: `no ${singular(kind).toLowerCase()} '${ref}'` } });
+  return found;
 }
 
 function label(s) { return s.replace(/-/g, " ").replace(/^./, (c) => c.toUpperCase()); }
@@ -913,7 +954,9 @@ function createPage(kind) {
       } else {
         made = await api("POST", `/v1/${kind.path}`, body);
       }
-      location.hash = `#/k/${kind.path}/${encodeURIComponent(made.name || made.id)}`;
+      keepSecrets(made);
+      const obj = made.project && typeof made.project === "object" ? made.project : made;
+      location.hash = `#/k/${kind.path}/${encodeURIComponent(obj.name || obj.id)}`;
     }, msg);
   show(h("h1", { id: `create-${kind.path}-title` }, `Create ${singular(kind).toLowerCase()}`), h("p", {}, h("a", { href: `#/k/${kind.path}` }, `Back to ${kind.title}`)), form);
   form.setAttribute("aria-labelledby", `create-${kind.path}-title`);
@@ -921,10 +964,14 @@ function createPage(kind) {
 }
 
 async function editPage(kind, ref) {
-  const o = await api("GET", `/v1/${kind.path}/${encodeURIComponent(ref)}`);
+  const o = await getOne(kind, ref);
   const op = operation("patch", `/v1/${kind.path}/{ref}`);
   const schema = bodySchema(op) || { properties: { labels: { type: "object", additionalProperties: { type: "string" } } } };
+  // The patch's own shape: its top-level fields, and its `spec` limited to what it takes.
+  const specSchema = schema.properties && schema.properties.spec ? unwrap(schema.properties.spec).p : null;
+  const specKeys = specSchema && specSchema.properties ? Object.keys(specSchema.properties) : [];
   const initial = { ...o.spec, labels: o.labels };
+  if (specSchema) initial.spec = Object.fromEntries(specKeys.filter((k) => k in (o.spec || {})).map((k) => [k, o.spec[k]]));
   const msg = h("div", { id: "form-result" });
   const form = schemaForm({ ...schema, required: [] }, "Save", `edit-${kind.path}`, async (body) => {
     // A JSON merge patch: labels removed from the text are sent as null (deleted).
@@ -944,12 +991,31 @@ function actionForm(kind, ref, path, op, action, msg) {
   const schema = bodySchema(op);
   const run = async (body) => {
     const res = await api("POST", path.replace("{ref}", encodeURIComponent(ref)), schema ? body : undefined);
+    keepSecrets(res);
     await route();
     $("#action-result")?.replaceChildren(h("div", { class: "notice", role: "status" }, `${label(action)}: done${res && res.name ? ` (${res.name})` : ""}`));
   };
   const form = schemaForm(schema || { properties: {} }, label(action), `action-${action}`, run, msg);
   form.setAttribute("aria-label", label(action));
   return form;
+}
+
+// Fields an answer holds once and the API never shows again.
+const SECRETS = ["token", "private_key", "public_key", "key"];
+
+function keepSecrets(answer) {
+  if (!answer || typeof answer !== "object") return;
+  const shown = SECRETS.filter((k) => typeof answer[k] === "string");
+  state.flash = shown.length ? Object.fromEntries(shown.map((k) => [k, answer[k]])) : null;
+}
+
+function flashBox() {
+  if (!state.flash) return null;
+  const box = h("div", { class: "notice", role: "status", id: "secret" },
+    h("strong", {}, "Copy these now: they are not shown again."),
+    h("dl", { class: "kv" }, Object.entries(state.flash).flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, h("code", {}, v))])));
+  state.flash = null;
+  return box;
 }
 
 function unwrap(prop) {
@@ -996,7 +1062,7 @@ function schemaForm(schema, submitText, id, onSubmit, msg, initial = {}) {
       if (Array.isArray(init)) input.value = init.join("\n");
       const itemType = resolveSchema(p.items).type;
       read = () => {
-        const items = input.value.split(/\n|,/).map((x) => x.trim()).filter(Boolean);
+        const items = input.value.split("\n").map((x) => x.trim()).filter(Boolean);
         if (!items.length) return undefined;
         return itemType === "integer" ? items.map(Number) : items;
       };

@@ -20,7 +20,9 @@ need_apt=()
 # nats-server: the queue of dual write (yunhan.lab.dualwrite), one per lab region on loopback.
 # chromium: tests/browser and bench/console.py drive Debian's browser with Playwright (no
 # browser download: Playwright is pointed at /usr/bin/chromium).
-for bin in /usr/bin/chromium:chromium /usr/sbin/nats-server:nats-server /usr/sbin/netconfd:netconfd /usr/sbin/sshd:openssh-server vtysh:frr ip:iproute2 nft:nftables iperf3:iperf3 ping:iputils-ping gcc:gcc unshare:util-linux nsenter:util-linux systemd-analyze:systemd curl:curl nmap:nmap conntrack:conntrack keepalived:keepalived wrk:wrk make:make pkg-config:pkg-config fusermount3:fuse3 losetup:mount mkfs.ext4:e2fsprogs fio:fio; do
+# ethtool and perf (linux-perf): bench/eastwest.py toggles offloads on the lab's devices and
+# profiles where each path's cycles go.
+for bin in ethtool:ethtool perf:linux-perf /usr/bin/chromium:chromium /usr/sbin/nats-server:nats-server /usr/sbin/netconfd:netconfd /usr/sbin/sshd:openssh-server vtysh:frr ip:iproute2 nft:nftables iperf3:iperf3 ping:iputils-ping gcc:gcc unshare:util-linux nsenter:util-linux systemd-analyze:systemd curl:curl nmap:nmap conntrack:conntrack keepalived:keepalived wrk:wrk make:make pkg-config:pkg-config fusermount3:fuse3 losetup:mount mkfs.ext4:e2fsprogs fio:fio; do
   command -v "${bin%%:*}" >/dev/null 2>&1 || need_apt+=("${bin##*:}")
 done
 [ -e /usr/lib/x86_64-linux-gnu/libnftables.so.1 ] || [ -e /usr/lib/aarch64-linux-gnu/libnftables.so.1 ] || need_apt+=(libnftables1)

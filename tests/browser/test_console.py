@@ -321,12 +321,35 @@ def test_security_group_rules_and_a_volume_s_timeline_through_the_forms(
     expect(page.locator("#rules")).to_have_count(0)
     (group,) = [g for g in _items(lab, "alpha", "security-groups") if g["name"] == "ssh"]
     assert group["spec"]["rules"] == []
+    # Deleted from its page (the browser asks first).
+    page.once("dialog", lambda d: d.accept())
+    page.locator("#main .actions button.danger", has_text="Delete").click()
+    expect(page.locator("h1")).to_have_text("Security groups")
+    assert "ssh" not in {g["name"] for g in _items(lab, "alpha", "security-groups")}
     # A protected volume: its page shows the timeline of restore points.
     _create(page, lab, "volumes", {"name": "data", "size": str(1 << 30), "zone": "az1",
                                    "tiers": "12h:1s"})  # fmt: skip
     expect(page.locator("h1")).to_have_text("Volume data")
     expect(page.locator("#main")).to_contain_text("Timeline and restore points")
     expect(page.locator("#main")).to_contain_text("every 1 s for 43200 s")
+    # Attached through its action form, written in the instance: restore points appear.
+    page.locator('button[data-action="attach"]').click()
+    form = page.locator("form#action-attach")
+    form.locator("[name=instance]").fill("a1")
+    form.locator("[name=path]").fill("/data")
+    form.locator("button[type=submit]").click()
+    expect(page.locator("#action-result [role=status]")).to_be_visible()
+    wait_for(
+        lambda: lab.api("alpha", "GET", "/v1/volumes/data").json()["status"]["mounted"], 60,
+        "the volume mounted",
+    )  # fmt: skip
+    lab.cli("alpha", "instance", "exec", "a1", "--", "sh", "-c", "echo hello > /data/x && sync")
+    wait_for(
+        lambda: lab.api("alpha", "GET", "/v1/volumes/data/timeline").json()["points"], 60,
+        "restore points",
+    )  # fmt: skip
+    page.reload()
+    expect(page.locator("#timeline li").first).to_contain_text("every 1 s")
     _shot(page, "14-volume-timeline")
     assert not page.errors  # type: ignore[attr-defined]
 

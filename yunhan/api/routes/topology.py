@@ -33,6 +33,7 @@ _OWNED = {
     "hybrid_gws": "hybrid_gw",
     "route_tables": "route_table",
     "routes": "route",  # their next hops: instances that are appliances
+    "security_groups": "security_group",  # names for the ids instances carry
 }
 
 

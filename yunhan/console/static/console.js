@@ -155,7 +155,7 @@ function errorBox(err) {
 
 function show(...nodes) {
   const main = $("#main");
-  main.replaceChildren(...nodes);
+  main.replaceChildren(...nodes.filter((n) => n !== null && n !== undefined));
 }
 
 function labelsView(labels) {
@@ -711,11 +711,11 @@ function listTable(kind, items) {
   const cols = ["name", ...specKeys, ...statusKeys.map((k) => `status.${k}`), "labels"];
   const table = h("table", { class: "responsive", id: "list" },
     h("caption", { class: "sr-only" }, kind.title),
-    h("thead", {}, h("tr", {}, cols.map((c) => h("th", { scope: "col" }, c.replace("status.", ""))))),
+    h("thead", {}, h("tr", {}, cols.map((c) => h("th", { scope: "col" }, c.replace("status.", "").replace(/_/g, " "))))),
     h("tbody", {}, items.map((o) => h("tr", { dataset: { name: o.name || o.id } },
       h("td", { "data-label": "name" }, h("a", { href: `#/k/${kind.path}/${encodeURIComponent(o.name || o.id)}` }, o.name || o.id)),
-      specKeys.map((k) => h("td", { "data-label": k }, pretty(o.spec[k], names))),
-      statusKeys.map((k) => h("td", { "data-label": k }, pretty(o.status[k], names))),
+      specKeys.map((k) => h("td", { "data-label": k.replace(/_/g, " ") }, pretty(o.spec[k], names))),
+      statusKeys.map((k) => h("td", { "data-label": k.replace(/_/g, " ") }, pretty(o.status[k], names))),
       h("td", { "data-label": "labels" }, labelsView(o.labels)),
     ))));
   return h("div", { class: "table-wrap" }, table);
@@ -725,7 +725,7 @@ function nameIndex() {
   const t = state.topo;
   const names = {};
   if (!t) return names;
-  for (const key of ["zones", "vpcs", "subnets", "instances", "vips", "natgws", "eips", "hybrid_gws", "route_tables", "idc_sites"]) {
+  for (const key of ["zones", "vpcs", "subnets", "instances", "vips", "natgws", "eips", "hybrid_gws", "route_tables", "idc_sites", "security_groups"]) {
     for (const o of t[key] || []) names[o.id] = o.name;
   }
   return names;
@@ -829,6 +829,8 @@ async function kindExtras(kind, o, root, msg) {
   const ref = encodeURIComponent(o.name || o.id);
   if (kind.path === "route-tables") {
     const rt = await api("GET", `/v1/route-tables/${ref}/routes`);
+    root.append(h("h2", {}, "Associated subnets"),
+      h("p", { id: "associations" }, rt.subnets.length ? rt.subnets.join(", ") : (rt.default ? "every subnet without a table of its own" : "none")));
     root.append(h("h2", {}, "Routes"), subTable(rt.routes, ["type", "dst", "next_hop", "priority", "state", "subnet", "host"],
       (r) => r.id && r.type === "custom" ? `/v1/routes/${encodeURIComponent(r.id)}` : null, msg, "routes"));
     root.append(h("h2", {}, "Policy routes"), subTable(rt.policies, ["priority", "src", "dst", "proto", "port", "action", "next_hop", "state"],

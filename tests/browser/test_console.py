@@ -26,6 +26,8 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from tests.e2e.region import Region, netns_names
 from tests.polling import wait_for
 
+pytestmark = pytest.mark.root
+
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(os.environ.get("YUNHAN_ARTIFACTS", Path(__file__).parents[2] / "artifacts"))
 SHOTS = ARTIFACTS / "console"

@@ -177,7 +177,7 @@ class Region:
         if hosts["az1-a"] != hosts["az1-b"] or hosts["az1-a"] == hosts["az2-a"]:
             raise RuntimeError(f"unexpected placement {hosts}")
 
-    def run(self, path: str, seconds: int, profile: bool = False) -> float:
+    def run(self, path: str, seconds: int, profile: Path | None = None) -> float:
         """One iperf3 measurement of `path` (Gbit/s)."""
         if path == "underlay":
             ns = (self.host_ns("az2-h1"), self.host_ns("az1-h1"))
@@ -314,7 +314,7 @@ def main() -> int:
                 for path in ("underlay", "cross_zone"):
                     data = Path(tempfile.mkdtemp(prefix="yunhan-perf-")) / "perf.data"
                     try:
-                        regions[0].run(path, args.seconds, profile=data)  # type: ignore[arg-type]
+                        regions[0].run(path, args.seconds, profile=data)
                         shares[path] = breakdown(data)
                     finally:
                         shutil.rmtree(data.parent, ignore_errors=True)

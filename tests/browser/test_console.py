@@ -119,6 +119,16 @@ def _create(page: Page, lab: Lab, kind: str, fields: dict[str, str]) -> None:
     form.locator("button[type=submit]").click()
 
 
+def _action(page: Page, action: str, fields: dict[str, str]) -> None:
+    """Open a detail page's action form, fill it, send it, and wait for its "done"."""
+    page.locator(f'button[data-action="{action}"]').click()
+    form = page.locator(f"form#action-{action}")
+    for name, value in fields.items():
+        form.locator(f"[name={name}]").fill(value)
+    form.locator("button[type=submit]").click()
+    expect(page.locator("#action-result [role=status]")).to_be_visible()
+
+
 def _chip(page: Page, name: str) -> Any:
     return page.locator(f'#map button.chip[data-instance="{name}"]')
 
@@ -210,16 +220,8 @@ def test_a_trace_is_drawn_hop_by_hop_through_an_appliance(lab: Lab, browser: Bro
     page = _page(browser, lab, "alpha")
     _create(page, lab, "route-tables", {"name": "edge", "vpc": "web"})
     expect(page.locator("h1")).to_have_text("Route table edge")
-    for action, fields in (
-        ("routes", {"dst": "10.1.2.0/24", "next_hop": "instance:fw", "priority": "10"}),
-        ("associations", {"subnet": "front"}),
-    ):
-        page.locator(f'button[data-action="{action}"]').click()
-        form = page.locator(f"form#action-{action}")
-        for name, value in fields.items():
-            form.locator(f"[name={name}]").fill(value)
-        form.locator("button[type=submit]").click()
-        expect(page.locator("#action-result [role=status]")).to_be_visible()
+    _action(page, "routes", {"dst": "10.1.2.0/24", "next_hop": "instance:fw", "priority": "10"})
+    _action(page, "associations", {"subnet": "front"})
     expect(page.locator("#routes")).to_contain_text("instance:fw")
     _shot(page, "08-route-table")
     page.goto(f"{lab.base}/console#/topology")
@@ -335,12 +337,7 @@ def test_security_group_rules_and_a_volume_s_timeline_through_the_forms(
     expect(page.locator("#main")).to_contain_text("Timeline and restore points")
     expect(page.locator("#main")).to_contain_text("every 1 s for 43200 s")
     # Attached through its action form, written in the instance: restore points appear.
-    page.locator('button[data-action="attach"]').click()
-    form = page.locator("form#action-attach")
-    form.locator("[name=instance]").fill("a1")
-    form.locator("[name=path]").fill("/data")
-    form.locator("button[type=submit]").click()
-    expect(page.locator("#action-result [role=status]")).to_be_visible()
+    _action(page, "attach", {"instance": "a1", "path": "/data"})
     wait_for(
         lambda: lab.api("alpha", "GET", "/v1/volumes/data").json()["status"]["mounted"], 60,
         "the volume mounted",
@@ -425,13 +422,7 @@ def test_the_map_shows_nat_and_hybrid_gateways_eips_and_an_idc_site(
                    "--asn", "65001", timeout=120)  # fmt: skip
     page = _page(browser, lab, "alpha")
     page.goto(f"{lab.base}/console#/k/vpcs/web")
-    for action, fields in (("cidrs", {"cidr": "192.168.100.0/24"}),):
-        page.locator(f'button[data-action="{action}"]').click()
-        form = page.locator(f"form#action-{action}")
-        for name, value in fields.items():
-            form.locator(f"[name={name}]").fill(value)
-        form.locator("button[type=submit]").click()
-        expect(page.locator("#action-result [role=status]")).to_be_visible()
+    _action(page, "cidrs", {"cidr": "192.168.100.0/24"})
     _create(page, lab, "subnets", {"name": "dca", "vpc": "web", "cidr": "192.168.100.0/24",
                                    "location": "idc:dc1"})  # fmt: skip
     expect(page.locator("h1")).to_have_text("Subnet dca")
@@ -439,10 +430,7 @@ def test_the_map_shows_nat_and_hybrid_gateways_eips_and_an_idc_site(
     expect(page.locator("h1")).to_have_text("NAT gateway nat")
     _create(page, lab, "eips", {"name": "e1"})
     expect(page.locator("h1")).to_have_text("EIP e1")
-    page.locator('button[data-action="bind"]').click()
-    page.locator("form#action-bind [name=instance]").fill("b1")
-    page.locator("form#action-bind button[type=submit]").click()
-    expect(page.locator("#action-result [role=status]")).to_be_visible()
+    _action(page, "bind", {"instance": "b1"})
     address = lab.api("alpha", "GET", "/v1/eips/e1").json()["status"]["address"]
     lab.cli("alpha", "hybrid-gw", "create", "hgw", "--vpc", "web", "--idc-peer", "198.19.33.1",
             "--peer-asn", "65001", "--replicas", "2", "--wait", "--timeout", "90")  # fmt: skip

@@ -19,6 +19,7 @@ from yunhan.api.conventions import errors
 from yunhan.api.deps import MAX_REVISION, AppState, CallerDep, state_of
 from yunhan.api.routes.hybrid import _gw_view
 from yunhan.api.routes.infra import _host
+from yunhan.store import Resource
 
 router = APIRouter(prefix="/v1", tags=["watch"])
 
@@ -80,13 +81,8 @@ def _answer(st: AppState, c: Caller) -> dict[str, Any]:
             "idc_sites": [s.envelope() for s in r.list("idc_site", st.admin_project_id)],
         }
         for key, kind in _OWNED.items():
-            view = _gw_view if kind == "hybrid_gw" else _envelope
+            view = _gw_view if kind == "hybrid_gw" else Resource.envelope
             body[key] = [view(o) for p in projects for o in r.list(kind, p)]
         body["projects"] = [{"id": p, "name": names.get(p, p)} for p in projects]
         body["revision"] = r.revision
     return body
-
-
-def _envelope(o: Any) -> dict[str, Any]:
-    env: dict[str, Any] = o.envelope()
-    return env

@@ -283,12 +283,11 @@ async function draw() {
   state.gen += 1;
   if (!state.session) await loadSession();
   if (!state.session) return signInPage();
-  // The map needs no schema: only lists and forms wait for /openapi.json.
-  if (location.hash.replace(/^#\/?/, "").split("?")[0] !== "topology" && location.hash.length > 2) await openapi();
   const path = location.hash.replace(/^#\/?/, "").split("?")[0];
   const parts = (path || "topology").split("/").map(decodeURIComponent);
   try {
     if (parts[0] === "topology") return await topologyPage();
+    await openapi(); // the map needs no schema: only lists and forms wait for it
     if (parts[0] === "k" && KIND[parts[1]]) {
       const kind = KIND[parts[1]];
       chrome(kind.path);
@@ -693,7 +692,7 @@ async function listPage(kind, cursor = null, history = []) {
 }
 
 function singular(kind) {
-  return kind.title.replace(/s$/, "").replace(/^VIP$/, "VIP").replace(/^Fleet patche$/, "Fleet patch");
+  return kind.title === "Fleet patches" ? "Fleet patch" : kind.title.replace(/s$/, "");
 }
 
 const STATUS_KEYS = ["phase", "state", "ip", "address", "public_ip", "host", "holder", "available", "message"];
@@ -1100,7 +1099,7 @@ function schemaForm(schema, submitText, id, onSubmit, msg, initial = {}) {
     const wrapper = h("div", { class: `field${type === "boolean" ? " check" : ""}` },
       h("label", { for: fid }, `${p.title || name}${required.has(name) ? " *" : ""}`), input,
       helpId ? h("span", { class: "help", id: helpId }, help.replace(/`/g, "")) : null);
-    if (REFERS[name] && type === "string" || REFERS[name] && type === "array") {
+    if (REFERS[name] && (type === "string" || type === "array")) {
       const dl = h("datalist", { id: `${fid}-names` });
       wrapper.append(dl);
       fillNames(dl, REFERS[name]);

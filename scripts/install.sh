@@ -22,7 +22,9 @@ need_apt=()
 # browser download: Playwright is pointed at /usr/bin/chromium).
 # ethtool and perf (linux-perf): bench/eastwest.py toggles offloads on the lab's devices and
 # profiles where each path's cycles go.
-for bin in ethtool:ethtool perf:linux-perf /usr/bin/chromium:chromium /usr/sbin/nats-server:nats-server /usr/sbin/netconfd:netconfd /usr/sbin/sshd:openssh-server vtysh:frr ip:iproute2 nft:nftables iperf3:iperf3 ping:iputils-ping gcc:gcc unshare:util-linux nsenter:util-linux systemd-analyze:systemd curl:curl nmap:nmap conntrack:conntrack keepalived:keepalived wrk:wrk make:make pkg-config:pkg-config fusermount3:fuse3 losetup:mount mkfs.ext4:e2fsprogs fio:fio; do
+# clang, libbpf-dev (bpf_helpers.h) and bpftool: the agents compile and load the tc-BPF fast
+# path (yunhan/net/bpf/fastpath.c, docs/datapath.md); without them they use the kernel path.
+for bin in clang:clang bpftool:bpftool ethtool:ethtool perf:linux-perf /usr/bin/chromium:chromium /usr/sbin/nats-server:nats-server /usr/sbin/netconfd:netconfd /usr/sbin/sshd:openssh-server vtysh:frr ip:iproute2 nft:nftables iperf3:iperf3 ping:iputils-ping gcc:gcc unshare:util-linux nsenter:util-linux systemd-analyze:systemd curl:curl nmap:nmap conntrack:conntrack keepalived:keepalived wrk:wrk make:make pkg-config:pkg-config fusermount3:fuse3 losetup:mount mkfs.ext4:e2fsprogs fio:fio; do
   command -v "${bin%%:*}" >/dev/null 2>&1 || need_apt+=("${bin##*:}")
 done
 [ -e /usr/lib/x86_64-linux-gnu/libnftables.so.1 ] || [ -e /usr/lib/aarch64-linux-gnu/libnftables.so.1 ] || need_apt+=(libnftables1)
@@ -38,7 +40,7 @@ getent passwd postgres >/dev/null 2>&1 || have_pg=no
 # The AI services (extra `ai`): opencv-python's cv2 links libGL and glib's libgthread;
 # the tests synthesise speech with espeak-ng and render Chinese with WenQuanYi Zen Hei.
 # libfuse3-dev and zlib1g-dev: the headers yunhan-cdpd is built with.
-for pkg in libgl1 libglib2.0-0 espeak-ng fonts-wqy-zenhei libfuse3-dev zlib1g-dev; do
+for pkg in libgl1 libglib2.0-0 espeak-ng fonts-wqy-zenhei libfuse3-dev zlib1g-dev libbpf-dev; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
     || need_apt+=("$pkg")
 done

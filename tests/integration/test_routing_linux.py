@@ -134,15 +134,23 @@ class World:
         return int(values[names.index("ForwDatagrams")])
 
 
-@pytest.fixture(scope="module", params=["fake", pytest.param("linux", marks=pytest.mark.root)])
+@pytest.fixture(
+    scope="module",
+    params=[
+        "fake",
+        pytest.param("linux", marks=pytest.mark.root),
+        # the same kernel with the tc-BPF fast path beside it (docs/datapath.md)
+        pytest.param("fast", marks=pytest.mark.root),
+    ],
+)
 def world(
     request: pytest.FixtureRequest, run_prefix: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[World]:
     driver = request.param
-    prefix = f"{run_prefix}r{driver[0]}"
+    prefix = f"{run_prefix}r{ {'fake': 'f', 'linux': 'l', 'fast': 'x'}[driver] }"
     state = tmp_path_factory.mktemp(f"rt-{driver}")
     zones = (("h1", "h2"),)
-    if driver == "linux":
+    if driver != "fake":
         if os.geteuid() != 0:
             pytest.fail("the linux driver needs root")
         try:
@@ -161,9 +169,10 @@ def world(
             h.name: DataPlane(
                 naming=w.naming(h.name),
                 host_netns=w.host_netns[h.name],
-                driver=driver,
+                driver="fake" if driver == "fake" else "linux",
                 state_dir=state / h.name,
                 fabric=w.fabric,
+                datapath="fast" if driver == "fast" else "kernel",
             )
             for h in hosts
         }
@@ -183,7 +192,7 @@ def world(
             for dp in w.dps.values():
                 dp.teardown()
         finally:
-            if driver == "linux":
+            if driver != "fake":
                 for d in state.glob("*/proc/*.json"):
                     netns_sandbox.stop(d.parent.parent, d.name.removesuffix(".json"), grace=0.5)
                 netlab.teardown(prefix)
@@ -192,7 +201,7 @@ def world(
                         if netlab.owned(p.name, prefix):
                             nsutil.remove_ns_file(p)
                 shutil.rmtree(state, ignore_errors=True)
-    if driver == "linux":
+    if driver != "fake":
         assert [n for n in netlab.list_netns() if netlab.owned(n, prefix)] == []
 
 
@@ -274,7 +283,7 @@ def test_an_older_document_without_routing_keeps_the_main_table_only(world: Worl
     world.apply(None)
     assert world.path(A1, B1.ip) == (B1.id, frozenset())
     assert world.answer(A1, OUTSIDE) is None
-    if world.driver == "linux":
+    if world.driver != "fake":
         vpc = world.naming("h1").vpc_netns(VPC.vni)
         assert "proto 89" not in netlab.ip(vpc, "rule")
         assert "table ip yunhan" not in netlab.nsexec(vpc, "nft", "list", "tables").stdout
@@ -282,7 +291,7 @@ def test_an_older_document_without_routing_keeps_the_main_table_only(world: Worl
     assert world.path(A1, B1.ip) == (B1.id, frozenset())
 
 
-@pytest.mark.parametrize("world", ["linux"], indirect=True)
+@pytest.mark.parametrize("world", ["linux", "fast"], indirect=True)
 def test_rules_and_marks_changed_by_hand_are_repaired_and_foreign_rules_kept(
     world: World,
 ) -> None:

@@ -160,11 +160,16 @@ class World:
         assert p.returncode == 0, p.stderr
 
 
-@pytest.fixture(scope="module")
-def world(run_prefix: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+@pytest.fixture(scope="module", params=["kernel", "fast"])
+def world(
+    request: pytest.FixtureRequest, run_prefix: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[World]:
+    """Both data paths: the kernel path alone, and with the tc-BPF fast path beside it
+    (docs/datapath.md; packets to a VIP always take the kernel path)."""
     if os.geteuid() != 0:
         pytest.fail("the linux driver needs root")
-    prefix = f"{run_prefix}vc"
+    datapath = request.param
+    prefix = f"{run_prefix}vc{datapath[0]}"
     state = tmp_path_factory.mktemp("vipclaims")
     dps: list[DataPlane] = []
     agent: Agent | None = None
@@ -175,12 +180,12 @@ def world(run_prefix: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         docs = _docs(hosts, R, 4)
         h1, h2 = u.hosts["h1"], u.hosts["h2"]
         dp1 = DataPlane(naming=Naming(h1.prefix), host_netns=h1.netns, driver="linux",
-                        state_dir=state / "h1")  # fmt: skip
+                        state_dir=state / "h1", datapath=datapath)  # fmt: skip
         dps.append(dp1)
         rep = dp1.apply(docs["h1"])
         assert rep.errors == [], rep.errors
         dp2 = DataPlane(naming=Naming(h2.prefix), host_netns=h2.netns, driver="linux",
-                        state_dir=state / "h2")  # fmt: skip
+                        state_dir=state / "h2", datapath=datapath)  # fmt: skip
         dps.append(dp2)
         api = FakeControlPlane(docs["h2"])
         config = AgentConfig(

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from yunhan.errors import DriverError
 from yunhan.net.desired import HostDesired
 from yunhan.net.driver import Driver, execute
+from yunhan.net.fastpath import Status as FastStatus
 from yunhan.net.naming import Naming
 from yunhan.net.natgw import Uplink, VethPair
 from yunhan.net.state import (
@@ -42,6 +43,14 @@ from yunhan.net.state import (
 
 if TYPE_CHECKING:
     from yunhan.net.fake import FakeFabric
+    from yunhan.net.fastpath import FastPath
+
+_KERNEL_REASONS = {
+    ("kernel", "linux"): "the agent runs with --datapath kernel",
+    ("fast", "linux"): "not applied yet",
+    ("kernel", "fake"): "the fake driver has one path",
+    ("fast", "fake"): "the fake driver has one path",
+}
 
 MAX_PASSES = 4
 # How old the last full observation may be before the agent follows an apply with a full
@@ -80,9 +89,12 @@ class DataPlane:
         full_every: float = FULL_OBSERVE_EVERY,
         clock: Callable[[], float] = time.monotonic,
         uplink: Uplink | None = None,
+        datapath: str = "kernel",
     ) -> None:
         """`uplink`: where to announce the public addresses of the NAT gateways this host
-        runs (None: nowhere; in the lab, the core namespace)."""
+        runs (None: nowhere; in the lab, the core namespace). `datapath`: "fast" adds the
+        tc-BPF fast path beside the kernel path where the host supports it (it falls back
+        by itself, and says why); "kernel" keeps (or puts) every packet on the kernel path."""
         self.naming = naming
         self.uplink = uplink
         self.full_every = full_every
@@ -113,6 +125,17 @@ class DataPlane:
             self.driver = self.fabric.host(naming, host_netns)
         else:
             raise ValueError(f"unknown data-plane driver {driver!r}")
+        if datapath not in ("fast", "kernel"):
+            raise ValueError(f"unknown datapath {datapath!r} (fast or kernel)")
+        self.datapath = datapath
+        self.fastpath: FastPath | None = None
+        if driver == "linux":
+            from yunhan.net.fastpath import FastPath
+            from yunhan.net.linux import LinuxDriver
+
+            assert isinstance(self.driver, LinuxDriver)
+            self.fastpath = FastPath(naming, self.driver)
+        self.datapath_status = FastStatus("kernel", _KERNEL_REASONS[datapath, driver])
 
     def compile(self, desired: HostDesired) -> State:
         """The objects `desired` calls for on this host."""
@@ -156,7 +179,25 @@ class DataPlane:
             again = self._apply(desired, None)
             again.changes += report.changes
             report = again
+        self._sync_fastpath(desired)
         return report
+
+    def _sync_fastpath(self, desired: HostDesired, *, reload: bool = False) -> None:
+        """The fast path follows the kernel path's apply (its maps name ports that now
+        exist); with datapath "kernel", whatever an earlier run left is detached."""
+        if self.fastpath is None:
+            return
+        try:
+            if self.datapath == "fast":
+                self.datapath_status = self.fastpath.sync(desired, reload=reload)
+            elif self.fastpath.loaded():
+                self.fastpath.disable(desired)
+        finally:
+            self.driver.close()
+
+    def reload_fastpath(self, desired: HostDesired) -> None:
+        """Load a new generation of the fast path's programs and swap it in (no gap)."""
+        self._sync_fastpath(desired, reload=True)
 
     def _apply(self, desired: HostDesired, remembered: State | None) -> ApplyReport:
         self._have = None  # set again only by an apply that ends clean
@@ -288,6 +329,8 @@ class DataPlane:
     def teardown(self) -> None:
         """Remove everything of this host's prefix (namespaces, UTS files, processes)."""
         self._have = self._desired = None
+        if self.fastpath is not None:
+            self.fastpath.disable()
         try:
             have = self.driver.observe()
             ops = plan({}, have)

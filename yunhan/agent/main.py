@@ -75,6 +75,7 @@ class AgentConfig:
     host_netns: str | None
     prefix: str
     driver: str = "linux"
+    datapath: str = "fast"  # "fast" | "kernel" (docs/datapath.md)
     state_dir: Path = field(default_factory=lambda: Path("/var/lib/yunhan/agent"))
     resync_interval: float = 30.0
     # Seconds between two polls of the flow-log collectors, and between two shipments.
@@ -506,6 +507,8 @@ class Agent:
                     }
                     for iid, ir in report.instances.items()
                 }
+        if self.dataplane.kind == "linux":
+            body["datapath"] = self.dataplane.datapath_status.as_dict()
         if self.volumes is not None:
             body["volumes"] = self.volumes.report()
         if self._functions_up and self.functions is not None:
@@ -768,6 +771,7 @@ def run(config: AgentConfig) -> None:
         driver=config.driver,
         state_dir=config.state_dir,
         uplink=config.uplink,
+        datapath=config.datapath,
     )
     agent = Agent(config, dataplane, functions=_function_host(config))
 

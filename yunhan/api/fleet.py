@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
+from typing import Any
 
 from yunhan.controller.engine import Engine
 from yunhan.controller.scheduler import host_healthy
@@ -41,6 +42,9 @@ class Lease:
     # Workers its function host held at its last report (this replica's, in memory: the
     # count changes too often to be written; endpoint and key are, in the host's status).
     function_workers: int | None = None
+    # Its data path (docs/datapath.md), as last reported: counters change with every
+    # packet, so this replica keeps it in memory like the worker count.
+    datapath: dict[str, Any] | None = None
 
 
 @dataclass(eq=False)

@@ -69,6 +69,17 @@ class HostFunctions(_Out):
     workers: int | None = Field(None, description="workers it held at its last report")
 
 
+class HostDatapath(_Out):
+    """docs/datapath.md. `instances`, `packets` and `errors` name every project's
+    instances: the admin's only (a tenant sees the mode and why)."""
+
+    mode: Literal["fast", "kernel"] | None = None
+    reason: str | None = None
+    instances: dict[str, str] | None = None
+    packets: dict[str, int] | None = None
+    errors: list[str] | None = None
+
+
 class HostStatus(_Out):
     vtep_index: int | None
     desired_revision: int | None
@@ -81,6 +92,9 @@ class HostStatus(_Out):
     error: str | None
     functions: HostFunctions | None = Field(
         None, description="its function host, when it runs functions"
+    )
+    datapath: HostDatapath | None = Field(
+        None, description="which data path it forwards with, as its agent last said"
     )
 
 

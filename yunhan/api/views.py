@@ -68,8 +68,20 @@ def host_view(
         "condition": h.status.get("condition"),
         "error": (lease.error if admin else HIDDEN_ERROR) if lease and lease.error else None,
         "functions": _functions_view(h, lease, admin),
+        "datapath": _datapath_view(lease, admin),
     }
     return env
+
+
+def _datapath_view(lease: Lease | None, admin: bool) -> dict[str, Any] | None:
+    """The host's data path. Per-instance paths and errors name every project's
+    instances: the admin's only; others see the mode and why."""
+    dp = lease.datapath if lease else None
+    if dp is None:
+        return None
+    if admin:
+        return dp
+    return {"mode": dp.get("mode"), "reason": dp.get("reason") if not dp.get("errors") else ""}
 
 
 def _functions_view(h: Resource, lease: Lease | None, admin: bool) -> dict[str, Any] | None:

@@ -149,6 +149,7 @@ def agent(ctx: Ctx) -> None:
             uplink_via=ctx["uplink_via"],
             prefix=ctx["prefix"],
             driver=ctx["driver"],
+            datapath=ctx["datapath"],
             state_dir=state_dir,
             resync_interval=ctx["resync_interval"],
             flowlog_interval=ctx["flowlog_interval"],
@@ -297,6 +298,14 @@ COMMANDS = (
             Opt(("--prefix",), "prefix", "name prefix of what we own", default="yh-"),
             Opt(("--state-dir",), "state_dir", "agent state", Path, Path("/var/lib/yunhan/agent")),
             Opt(("--driver",), "driver", "linux | fake", default="linux"),
+            Opt(
+                ("--datapath",),
+                "datapath",
+                "fast: the tc-BPF fast path beside the kernel path where this host supports "
+                "it (it falls back by itself, and says why); kernel: the kernel path only",
+                choices=("fast", "kernel"),
+                default="fast",
+            ),
             Opt(
                 ("--resync-interval",),
                 "resync_interval",

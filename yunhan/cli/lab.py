@@ -43,7 +43,9 @@ def up(ctx: Ctx) -> None:
     from yunhan.lab import region
     from yunhan.lab.spec import RegionSpec
 
-    spec = RegionSpec.build(ctx["prefix"], ctx["zones"], ctx["hosts_per_zone"], ctx["mtu"])
+    spec = RegionSpec.build(
+        ctx["prefix"], ctx["zones"], ctx["hosts_per_zone"], ctx["mtu"], ctx["datapath"]
+    )
     if ctx["dry_run"]:
         echo(spec.render())
         return
@@ -363,6 +365,14 @@ COMMANDS = (
             Opt(("--zones",), "zones", "availability zones", int, 2),
             Opt(("--hosts-per-zone",), "hosts_per_zone", "hosts per zone", int, 2),
             Opt(("--mtu",), "mtu", "underlay MTU", int, 1500),
+            Opt(
+                ("--datapath",),
+                "datapath",
+                "the agents' data path: fast (tc-BPF beside the kernel path, where the host "
+                "supports it) or kernel (docs/datapath.md)",
+                choices=("fast", "kernel"),
+                default="fast",
+            ),
             Opt(("--detach", "-d"), "detach", "return once ready; `yunhan down` stops it", bool),
             STATE_DIR,
             Opt(("--prefix",), "prefix", "region prefix (default yh + 4 hex)"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import sys
 import time
 from typing import Any
 
@@ -655,6 +656,51 @@ ZONE = Group(
         _show("zone"),
     ),
 )
+
+
+def host_datapath(ctx: Ctx) -> None:
+    """Which data path each host uses and why; with --host, also each instance's path."""
+    c = ctx.client()
+    hosts = [c.get(f"/v1/hosts/{ctx['host']}")] if ctx["host"] else list(c.items("/v1/hosts"))
+    names = views.Names(c)
+    rows, per_instance = [], []
+    for h in hosts:
+        dp = (h.get("status") or {}).get("datapath") or {}
+        packets = dp.get("packets") or {}
+        insts = dp.get("instances") or {}
+        fast = sorted(i for i, p in insts.items() if p == "fast")
+        rows.append({
+            "host": h.get("name"),
+            "zone": names.of("zone", (h.get("spec") or {}).get("zone")),
+            "datapath": dp.get("mode") or "unknown (no report from a fast-path-aware agent)",
+            "fast": len(fast),
+            "kernel": len(insts) - len(fast),
+            "fast_packets": sum(packets.get(k, 0) for k in ("local", "encap", "decap")),
+            "slow_packets": packets.get("slow", 0),
+            **{k: packets.get(k, 0) for k in ("local", "encap", "decap")},
+            "reason": dp.get("reason"),
+            "errors": dp.get("errors") or [],
+        })  # fmt: skip
+        for iid, path in sorted(insts.items()):
+            mode, _, why = path.partition(": ")
+            per_instance.append({
+                "instance": names.of("instance", iid) or iid, "id": iid,
+                "host": h.get("name"), "path": mode, "why": why,
+            })  # fmt: skip
+    out = fmt(ctx)
+    if out in ("json", "yaml"):  # the agents' reports as they are
+        objs = [
+            {"host": h.get("name"), **((h.get("status") or {}).get("datapath") or {})}
+            for h in hosts
+        ]
+        views.print_list("datapath", objs, out)
+        return
+    views.print_list("datapath", rows, out)
+    if ctx["host"] and per_instance:
+        sys.stdout.write("\n")
+        views.print_list("datapath instance", per_instance, out)
+
+
 HOST = Group(
     "host",
     "Hosts and their agents",
@@ -666,6 +712,18 @@ HOST = Group(
             LISTED,
         ),
         _show("host"),
+        Cmd(
+            "datapath",
+            "Show which data path each host forwards with (fast: tc-BPF beside the kernel "
+            "path; kernel) and why, with packet counts; with --host, each instance's path "
+            "and why it takes the kernel path (docs/datapath.md).",
+            host_datapath,
+            (
+                Opt(("--host",), "host", "this host only", metavar="HOST", complete="host"),
+                OUTPUT,
+                JSON,
+            ),
+        ),
     ),
 )
 PROJECT = Group(

@@ -520,6 +520,9 @@ ROWS: dict[str, Callable[[Row, Names], Row]] = {
 }
 
 COLUMNS: dict[str, tuple[str, ...]] = {
+    "datapath": ("host", "zone", "datapath", "fast", "kernel", "fast_packets",
+                 "slow_packets", "reason"),
+    "datapath instance": ("instance", "id", "path", "why"),
     "vpc": ("name", "id", "cidrs", "vni"),
     "subnet": ("name", "id", "vpc", "cidr", "gateway", "available"),
     "instance": ("name", "id", "subnet", "zone", "ip", "host", "phase"),
@@ -565,6 +568,9 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 
 # `-o wide`: the table's columns and what a person chasing a problem wants next to them.
 WIDE: dict[str, tuple[str, ...]] = {
+    "datapath": ("host", "zone", "datapath", "fast", "kernel", "local", "encap", "decap",
+                 "slow_packets", "reason", "errors"),
+    "datapath instance": ("instance", "id", "host", "path", "why"),
     "vpc": ("name", "id", "cidrs", "vni", "revision", "created_at"),
     "subnet": ("name", "id", "vpc", "vpc_id", "cidr", "gateway", "available", "location",
                "served_in", "revision", "created_at"),

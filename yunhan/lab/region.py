@@ -306,6 +306,7 @@ def _agent_argv(record: RegionRecord, host: HostSpec) -> list[str]:
         "--mtu", str(spec.mtu), "--host-netns", host.netns,
         "--uplink-netns", spec.core_netns, "--uplink-via", host.underlay_ip,
         "--prefix", host.agent_prefix,
+        "--datapath", spec.datapath,
         "--state-dir", str(record.data_dir / "agents" / host.name),
         # The zone's volume pool: shared by its hosts, as a zone's SAN would be.
         "--volume-dir", str(record.data_dir / "zones" / host.zone / "volumes"),

@@ -56,6 +56,9 @@ def new_prefix() -> str:
     return f"yh{secrets.token_hex(2)}"
 
 
+DATAPATHS = ("fast", "kernel")
+
+
 @dataclass(frozen=True)
 class HostSpec:
     """One lab host: a namespace with one routed link into the core (its "top of rack")."""
@@ -99,6 +102,9 @@ class RegionSpec:
     internet_gateway: str
     internet_ip: str
     public_pool: str = str(PUBLIC_POOL)
+    # The agents' data path (docs/datapath.md): "fast" adds the tc-BPF fast path where the
+    # host supports it; "kernel" keeps every packet on the kernel path.
+    datapath: str = "fast"
 
     @classmethod
     def build(
@@ -107,6 +113,7 @@ class RegionSpec:
         zones: int = 2,
         hosts_per_zone: int = 2,
         mtu: int = 1500,
+        datapath: str = "fast",
     ) -> RegionSpec:
         """Compute the full plan for `zones` x `hosts_per_zone`; raises ValidationError."""
         prefix = prefix or new_prefix()
@@ -148,6 +155,7 @@ class RegionSpec:
             internet_gateway=str(INTERNET_CIDR.network_address + 1),
             internet_ip=str(INTERNET_CIDR.network_address + 2),
             public_pool=str(PUBLIC_POOL),
+            datapath=datapath,
         )
         spec.validate()
         return spec
@@ -170,6 +178,8 @@ class RegionSpec:
     def validate(self) -> None:
         """Check that the plan is consistent: names, sizes, addresses; raises ValidationError."""
         _check_counts(self.prefix, len(self.zones), max(len(z.hosts) for z in self.zones), self.mtu)
+        if self.datapath not in DATAPATHS:
+            raise ValidationError(f"--datapath must be fast or kernel, not {self.datapath!r}")
         underlay = ipaddress.IPv4Network(self.underlay)
         seen_ips: set[str] = set()
         seen_ns: set[str] = set()
@@ -228,7 +238,7 @@ class RegionSpec:
         n_hosts = len(self.hosts)
         lines = [
             f"region {self.prefix}: {len(self.zones)} zones, {n_hosts} hosts, "
-            f"underlay {self.underlay} MTU {self.mtu}",
+            f"underlay {self.underlay} MTU {self.mtu}, {self.datapath} data path",
             f"  core      netns {self.core_netns} (routes between zones, ip_forward on)",
             f"  internet  netns {self.internet_netns} {self.internet_ip}/"
             f"{ipaddress.IPv4Network(self.internet_cidr).prefixlen} "

@@ -205,12 +205,26 @@ class VolumeReport(_Body):
     fill: Number = Field(1.0, ge=0, le=1)
 
 
+class DatapathReport(_Body):
+    """Which data path the host forwards with (docs/datapath.md): "fast" (tc-BPF beside
+    the kernel path) or "kernel", why, and per instance which path its packets take."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    mode: Literal["fast", "kernel"]
+    reason: str = Field("", max_length=2000)
+    instances: dict[str, str] = Field(default_factory=dict, max_length=100_000)
+    packets: dict[str, Int] = Field(default_factory=dict, max_length=16)
+    errors: list[str] = Field(default_factory=list, max_length=1000)
+
+
 class HostStatusReport(_Body):
     applied_revision: Int = Field(ge=0, le=2**53 - 1)  # exact in JSON (api.deps.MAX_REVISION)
     error: str | None = None
     instances: dict[str, InstanceReport] = Field(default_factory=dict)
     volumes: dict[str, VolumeReport] = Field(default_factory=dict)
     functions: FunctionsReport | None = None  # absent: this host runs no functions
+    datapath: DatapathReport | None = None  # absent: an agent from before the fast path
 
 
 # -- VIPs (docs/vips.md) -------------------------------------------------------------------

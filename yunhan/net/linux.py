@@ -268,6 +268,18 @@ class LinuxDriver:
             p.close()
         self._links.pop(ns, None)
 
+    def links(self, ns: str) -> dict[str, tuple[int, str]]:
+        """ifname -> (ifindex, MAC) of every link in `ns` (for the fast path's maps)."""
+        with _errors(f"list links in {ns}", netns=ns):
+            return {
+                link.get_attr("IFLA_IFNAME"): (int(link["index"]), link.get_attr("IFLA_ADDRESS"))
+                for link in self._ipr(ns).get_links()
+            }
+
+    def run_in(self, ns: str, fn: Callable[[], Any]) -> Any:
+        """Run `fn` on this apply's thread inside `ns` (bpf(2) resolves ifindexes there)."""
+        return self._runner(ns)(fn)
+
     def close(self) -> None:
         for w in self._workers.values():
             w.close()

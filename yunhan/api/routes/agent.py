@@ -186,6 +186,7 @@ async def status_report(st: AppState, name: str, body: HostStatusReport) -> None
     lease = st.fleet.leases.get(name)
     if lease is not None:
         lease.function_workers = body.functions.workers if body.functions else None
+        lease.datapath = body.datapath.model_dump() if body.datapath else None
     if changes:
         await _write_phases(st, name, changes)
     if vol_changes:

@@ -1,0 +1,162 @@
+// SPDX-License-Identifier: GPL-2.0
+// Yunhan's data-plane fast path (docs/datapath.md). Two tcx ingress programs per VPC
+// namespace, filled by the agent from the host document (yunhan/net/fastpath.py):
+//
+//   yh_from_port    on every instance port (the VPC side of its veth): a packet from the
+//                   instance whose source (port, address, MAC) is the instance's own and
+//                   whose destination the maps name is delivered straight to the peer of
+//                   the destination's port (same host) or encapsulated through vxlan0
+//                   (another host), as the VPC namespace's routing would;
+//   yh_from_tunnel  on vxlan0: a decapsulated packet for an eligible local port, not
+//                   flagged routed (GBP mark 0), goes straight into the instance.
+//
+// Anything else (ARP, a source the maps do not vouch for, a destination they do not name,
+// TTL <= 1, a routed mark) returns TCX_NEXT: the kernel path, with its port filters, route
+// tables, security groups, NAT and flow logs, decides it. The fast path never drops.
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/if_packet.h>
+#include <linux/ip.h>
+#include <linux/pkt_cls.h>
+#include <stddef.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define TCX_NEXT -1
+#define FROM_TUNNEL 0xffffffffu  /* dst key table of the tunnel's entries */
+
+struct src_key {
+	__u32 ifindex;  /* the instance's port in this namespace */
+	__u32 ip;       /* network order */
+};
+
+struct src_val {
+	__u8 mac[6];    /* the instance's MAC */
+	__u16 pad;
+	__u32 table;    /* its subnet's route table index (0: main only) */
+};
+
+struct dst_key {
+	__u32 table;    /* the sender's table, or FROM_TUNNEL */
+	__u32 ip;       /* network order */
+};
+
+struct dst_val {
+	__u32 oif;      /* local: the destination's port; remote: vxlan0 */
+	__u32 peer;     /* 1: redirect into the port's peer (the instance); 0: out of oif */
+	__u8 dmac[6];   /* local: the instance's MAC; remote: the far host's VTEP MAC */
+	__u8 smac[6];   /* local: the port's own MAC; remote: this host's VTEP MAC */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct src_key);
+	__type(value, struct src_val);
+} yh_src SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct dst_key);
+	__type(value, struct dst_val);
+} yh_dst SEC(".maps");
+
+/* packets: 0 delivered on this host, 1 encapsulated, 2 decapsulated and delivered,
+   3 handed to the kernel path */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 4);
+	__type(key, __u32);
+	__type(value, __u64);
+} yh_stats SEC(".maps");
+
+static __always_inline void count(__u32 i)
+{
+	__u64 *n = bpf_map_lookup_elem(&yh_stats, &i);
+	if (n)
+		*n += 1;
+}
+
+static __always_inline int same_mac(const __u8 *a, const __u8 *b)
+{
+	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4] &&
+	       a[5] == b[5];
+}
+
+static __always_inline int slow(void)
+{
+	count(3);
+	return TCX_NEXT;
+}
+
+#define IP_OFF sizeof(struct ethhdr)
+#define TTL_OFF (IP_OFF + offsetof(struct iphdr, ttl))
+#define CSUM_OFF (IP_OFF + offsetof(struct iphdr, check))
+
+/* The IPv4 header of a unicast frame for us with TTL > 1, or NULL. */
+static __always_inline struct iphdr *ipv4(struct __sk_buff *skb, struct ethhdr **eth)
+{
+	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+	struct ethhdr *e = data;
+	struct iphdr *ip = data + sizeof(*e);
+	if ((void *)(ip + 1) > end || e->h_proto != bpf_htons(ETH_P_IP))
+		return 0;
+	if (skb->pkt_type != PACKET_HOST || ip->version != 4 || ip->ttl <= 1)
+		return 0;
+	*eth = e;
+	return ip;
+}
+
+/* What routing in the VPC namespace does to the frame, then the jump past it. */
+static __always_inline int forward(struct __sk_buff *skb, struct dst_val *d, __u8 ttl, __u32 n)
+{
+	__u16 old = bpf_htons((__u16)ttl << 8), new = bpf_htons((__u16)(ttl - 1) << 8);
+	__u8 t = ttl - 1;
+	if (bpf_l3_csum_replace(skb, CSUM_OFF, old, new, 2) < 0 ||
+	    bpf_skb_store_bytes(skb, TTL_OFF, &t, 1, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, 0, d->dmac, 6, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, 6, d->smac, 6, 0) < 0)
+		return TC_ACT_SHOT;  /* half rewritten: not a frame the kernel path could take */
+	count(n);
+	if (d->peer)
+		return bpf_redirect_peer(d->oif, 0);
+	skb->mark = 0;  /* direct delivery: no GBP "routed" flag, as the kernel path sends it */
+	return bpf_redirect(d->oif, 0);
+}
+
+SEC("tc")
+int yh_from_port(struct __sk_buff *skb)
+{
+	struct ethhdr *eth;
+	struct iphdr *ip = ipv4(skb, &eth);
+	if (!ip)
+		return slow();
+	struct src_key sk = {.ifindex = skb->ifindex, .ip = ip->saddr};
+	struct src_val *s = bpf_map_lookup_elem(&yh_src, &sk);
+	if (!s || !same_mac(s->mac, eth->h_source))
+		return slow();
+	struct dst_key dk = {.table = s->table, .ip = ip->daddr};
+	struct dst_val *d = bpf_map_lookup_elem(&yh_dst, &dk);
+	if (!d)
+		return slow();
+	return forward(skb, d, ip->ttl, d->peer ? 0 : 1);
+}
+
+SEC("tc")
+int yh_from_tunnel(struct __sk_buff *skb)
+{
+	struct ethhdr *eth;
+	if (skb->mark != 0)
+		return slow();  /* flagged routed: the route tables decide it */
+	struct iphdr *ip = ipv4(skb, &eth);
+	if (!ip)
+		return slow();
+	struct dst_key dk = {.table = FROM_TUNNEL, .ip = ip->daddr};
+	struct dst_val *d = bpf_map_lookup_elem(&yh_dst, &dk);
+	if (!d || !d->peer)
+		return slow();
+	return forward(skb, d, ip->ttl, 2);
+}
+
+char _license[] SEC("license") = "GPL";

@@ -1,0 +1,495 @@
+"""The tc-BPF fast path beside the kernel path (docs/datapath.md).
+
+The kernel path (VPC namespace routing, nftables) is the reference and stays complete:
+the fast path only short-cuts packets whose fate it can decide exactly as the kernel path
+would, and hands every other packet to it (TCX_NEXT). What it short-cuts: instance to
+instance in one VPC, when
+
+* the source is exactly the instance (its port, its own address, its MAC): anything else
+  meets the port filter of the kernel path (anti-spoofing), VIP sources included;
+* the source port has no security group, network ACL or flow log, and is no route's next
+  hop (an appliance); its subnet's route table has no policy route, and no custom route
+  takes the destination (a custom route as long as the VPC block or longer wins over the
+  direct route in the kernel too);
+* the destination is an instance's own address (a VIP is not: its holder moves with the
+  agents' claims, which the kernel path follows), and, on this host, its port has no
+  security group, ACL or flow log either.
+
+The agent fills the maps from the host document after each apply. Programs and maps are
+pinned under BPFFS/<VPC namespace>/g<N>/, so a restarted agent adopts them (nothing is
+reloaded: no gap), and a reload loads generation N+1, fills it, attaches it after N and
+only then detaches N: packets meet one or the other, never neither.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import ipaddress
+import logging
+import os
+import shutil
+import socket
+import struct
+import subprocess
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from yunhan.errors import DriverError
+from yunhan.net import bpfsys
+from yunhan.net.desired import HostDesired, Port, VpcDesired, port_flowlog
+from yunhan.net.naming import VXLAN_IFNAME, Naming
+
+log = logging.getLogger("yunhan.net.fastpath")
+
+SOURCE = Path(__file__).parent / "bpf" / "fastpath.c"
+BPFFS = Path(os.environ.get("YUNHAN_BPFFS", "/run/yunhan/bpf"))
+CACHE = Path(os.environ.get("YUNHAN_BPF_CACHE", "/var/cache/yunhan/bpf"))
+PROG_PORT, PROG_TUNNEL = "yh_from_port", "yh_from_tunnel"
+FROM_TUNNEL = 0xFFFFFFFF
+STATS = ("local", "encap", "decap", "slow")  # yh_stats indexes, as fastpath.c counts
+
+SRC_KEY, SRC_VAL = 8, 12
+DST_KEY, DST_VAL = 8, 20
+
+
+class Kernel(Protocol):
+    """What the fast path needs of the linux driver."""
+
+    def links(self, ns: str) -> dict[str, tuple[int, str]]: ...
+
+    def run_in(self, ns: str, fn: Callable[[], Any]) -> Any: ...
+
+
+class Unsupported(Exception):
+    """This host cannot run the fast path; the message says why and what would fix it."""
+
+
+# -- what the document asks for (pure: tests/unit/test_net_fastpath.py) ------------------
+
+
+@dataclass(frozen=True)
+class Hop:
+    """Where a destination goes: into `port` (an instance port here) or to `peer_mac`
+    through vxlan0."""
+
+    port: str | None = None
+    mac: str = ""  # local: the instance's MAC; remote: the far host's VTEP MAC
+
+
+@dataclass
+class VpcPlan:
+    sources: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
+    """(port, source ip) -> (instance MAC, table index)"""
+    dests: dict[tuple[int, str], Hop] = field(default_factory=dict)
+    """(table index or FROM_TUNNEL, destination ip) -> hop"""
+    slow: dict[str, str] = field(default_factory=dict)
+    """instance id -> why its packets take the kernel path"""
+
+
+def slow_reason(vpc: VpcDesired, port: Port) -> str | None:
+    """Why a port's traffic must meet the kernel path (None: the fast path may take it)."""
+    if port.sgs:
+        return "security groups (conntrack and nftables)"
+    if port.forwarder:
+        return "a next hop of a route (an appliance forwards others' packets)"
+    if port_flowlog(vpc, port) is not None:
+        return "flow logs (read from conntrack)"
+    subnet = str(ipaddress.IPv4Network(f"{port.ip}/{port.prefixlen}", strict=False))
+    if any(subnet in a.subnets for a in vpc.acls):
+        return "a network ACL on its subnet"
+    return None
+
+
+def _table_of(vpc: VpcDesired, port: Port) -> tuple[int, str | None]:
+    """The route table index the port's packets are routed by (0: main only), or why
+    their routing needs the kernel."""
+    addr = ipaddress.IPv4Address(port.ip)
+    sub = next((s for s in vpc.subnets if addr in ipaddress.IPv4Network(s.cidr)), None)
+    if sub is None:
+        return 0, None
+    if any(p.table == sub.table for p in vpc.policies):
+        return sub.table, "policy routes in its subnet's route table"
+    return sub.table, None
+
+
+def _custom_takes(vpc: VpcDesired, table: int, ip: ipaddress.IPv4Address) -> bool:
+    """Does a custom route of `table` win over the direct route to `ip`? In the kernel the
+    table throws each VPC block to main unless a custom route is that block; the longest
+    prefix wins, so a custom route as long as the block holding `ip`, or longer, takes it."""
+    t = next((t for t in vpc.tables if t.index == table), None)
+    if t is None or not t.routes:
+        return False
+    block = max(
+        (n.prefixlen for c in vpc.cidrs if ip in (n := ipaddress.IPv4Network(c))), default=33
+    )
+    return any(
+        ip in (n := ipaddress.IPv4Network(r.dst, strict=False)) and n.prefixlen >= block
+        for r in t.routes
+    )
+
+
+def plan_vpc(desired: HostDesired, vpc: VpcDesired) -> VpcPlan:
+    out = VpcPlan()
+    peers = {p.host: p for p in vpc.peers}
+    vips = {v.ip for v in vpc.vips} | {ip for p in vpc.ports for ip in p.allowed_ips}
+    fast_local: dict[str, Port] = {}
+    tables: set[int] = set()
+    for p in vpc.ports:
+        why = slow_reason(vpc, p)
+        table, routing = _table_of(vpc, p)
+        if why is None:
+            fast_local[p.ifname] = p  # a destination here it may be, whatever its table
+        why = why or routing
+        if why is not None:
+            out.slow[p.instance_id] = why
+            continue
+        out.sources[(p.ifname, p.ip)] = (p.mac, table)
+        tables.add(table)
+    for r in vpc.routes:
+        if r.table != 254 or not r.dst.endswith("/32") or r.kind not in ("local", "remote"):
+            continue
+        ip = r.dst.removesuffix("/32")
+        if ip in vips:
+            continue
+        if r.kind == "local":
+            local = fast_local.get(r.port or "")
+            if local is None or local.ip != ip:
+                continue  # not an instance's own address, or its port needs the kernel
+            hop = Hop(port=local.ifname, mac=local.mac)
+            out.dests[(FROM_TUNNEL, ip)] = hop
+        else:
+            peer = peers.get(r.peer or "")
+            if peer is None:
+                continue
+            hop = Hop(mac=peer.mac)
+        addr = ipaddress.IPv4Address(ip)
+        for t in tables:
+            if not _custom_takes(vpc, t, addr):
+                out.dests[(t, ip)] = hop
+    return out
+
+
+# -- map encoding ---------------------------------------------------------------------------
+
+
+def _mac(m: str) -> bytes:
+    return bytes.fromhex(m.replace(":", ""))
+
+
+def _ip(a: str) -> bytes:
+    return socket.inet_aton(a)
+
+
+def encode(
+    p: VpcPlan, links: Mapping[str, tuple[int, str]]
+) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
+    """The yh_src and yh_dst entries of a plan, with the namespace's ifindexes and MACs.
+    A port not (yet) in the kernel gets no entry: its packets take the kernel path."""
+    src: dict[bytes, bytes] = {}
+    dst: dict[bytes, bytes] = {}
+    for (port, ip), (mac, table) in p.sources.items():
+        if port in links:
+            key = struct.pack("<I", links[port][0]) + _ip(ip)
+            src[key] = _mac(mac) + b"\0\0" + struct.pack("<I", table)
+    vx = links.get(VXLAN_IFNAME)
+    for (table, ip), hop in p.dests.items():
+        key = struct.pack("<I", table) + _ip(ip)
+        if hop.port is not None:
+            if hop.port not in links:
+                continue
+            idx, own = links[hop.port]
+            dst[key] = struct.pack("<II", idx, 1) + _mac(hop.mac) + _mac(own)
+        elif vx is not None:
+            dst[key] = struct.pack("<II", vx[0], 0) + _mac(hop.mac) + _mac(vx[1])
+    return src, dst
+
+
+# -- the host ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Status:
+    """What `yunhan host datapath` shows: which path the host uses and why."""
+
+    mode: str  # "fast" | "kernel"
+    reason: str
+    instances: dict[str, str] = field(default_factory=dict)  # id -> "fast" | kernel reason
+    packets: dict[str, int] = field(default_factory=dict)  # STATS -> sum over VPCs
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "reason": self.reason,
+            "instances": dict(sorted(self.instances.items())),
+            "packets": self.packets,
+            "errors": self.errors,
+        }
+
+
+def compile_object(cache: Path = CACHE) -> Path:
+    """The BPF object of SOURCE, compiled by clang once per source (cached by its hash)."""
+    text = SOURCE.read_bytes()
+    out = cache / f"fastpath-{hashlib.sha256(text).hexdigest()[:16]}.o"
+    if out.exists():
+        return out
+    clang = shutil.which("clang")
+    if clang is None:
+        raise Unsupported(
+            "clang is not installed (scripts/install.sh installs clang and libbpf-dev)"
+        )
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(f".{os.getpid()}.tmp")
+    arch = os.uname().machine
+    cmd = [clang, "-O2", "-g", "-target", "bpf", f"-I/usr/include/{arch}-linux-gnu"]
+    r = subprocess.run([*cmd, "-c", str(SOURCE), "-o", str(tmp)], capture_output=True, text=True)
+    if r.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise Unsupported(f"clang could not compile {SOURCE.name}: {r.stderr.strip()[-300:]}")
+    tmp.rename(out)
+    return out
+
+
+def ensure_bpffs(root: Path = BPFFS) -> None:
+    """A bpffs of our own at `root` (the machine's /sys/fs/bpf may not be mounted)."""
+    root.mkdir(parents=True, exist_ok=True)
+    if _is_bpffs(root):
+        return
+    r = subprocess.run(
+        ["mount", "-t", "bpf", "yunhan-bpf", str(root)], capture_output=True, text=True
+    )
+    if r.returncode != 0 or not _is_bpffs(root):
+        raise Unsupported(f"cannot mount a BPF filesystem at {root}: {r.stderr.strip()}")
+
+
+def _is_bpffs(p: Path) -> bool:
+    """Is a bpffs mounted right at `p` (the last mount there wins)?"""
+    kind = ""
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 3 and parts[1] == str(p):
+                kind = parts[2]
+    return kind == "bpf"
+
+
+class FastPath:
+    """The fast path of one host's VPC namespaces (linux driver only)."""
+
+    def __init__(self, naming: Naming, kernel: Kernel, root: Path = BPFFS) -> None:
+        self.naming = naming
+        self.kernel = kernel
+        self.root = root
+        self._obj: Path | None = None
+        self._unsupported: str | None = None
+
+    # -- loading -----------------------------------------------------------------------
+
+    def _object(self) -> Path:
+        if self._unsupported is not None:
+            raise Unsupported(self._unsupported)
+        try:
+            if self._obj is None:
+                if not hasattr(os, "geteuid") or os.geteuid() != 0:
+                    raise Unsupported("the agent is not root (bpf(2) needs CAP_BPF, CAP_NET_ADMIN)")
+                if shutil.which("bpftool") is None:
+                    raise Unsupported("bpftool is not installed (scripts/install.sh installs it)")
+                ensure_bpffs(self.root)
+                self._obj = compile_object()
+            return self._obj
+        except Unsupported as exc:
+            self._unsupported = str(exc)
+            raise
+
+    def _gens(self, ns: str) -> list[Path]:
+        d = self.root / ns
+        if not d.is_dir():
+            return []
+        gens = [g for g in d.iterdir() if g.name.startswith("g") and g.name[1:].isdigit()]
+        return sorted(gens, key=lambda g: int(g.name[1:]))
+
+    def _current(self, ns: str) -> Path | None:
+        for g in reversed(self._gens(ns)):
+            if all((g / n).exists() for n in (PROG_PORT, PROG_TUNNEL, "maps/yh_dst")):
+                return g
+        return None
+
+    def _load(self, ns: str) -> Path:
+        obj = self._object()
+        gens = self._gens(ns)
+        g = self.root / ns / f"g{int(gens[-1].name[1:]) + 1 if gens else 1}"
+        g.parent.mkdir(parents=True, exist_ok=True)
+        cmd = ["bpftool", "prog", "loadall", str(obj), str(g), "pinmaps", str(g / "maps")]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            _remove_tree(g)
+            msg = (r.stderr or r.stdout).strip().splitlines()
+            raise Unsupported(
+                f"the kernel refused the fast path's programs: {msg[-1] if msg else r.returncode}"
+            )
+        return g
+
+    # -- the host ----------------------------------------------------------------------
+
+    def sync(self, desired: HostDesired, *, reload: bool = False) -> Status:
+        """Fill, load and attach what `desired` calls for; detach and unpin what it no
+        longer does. Never raises: a failure sends the VPC (or the host) to the kernel path."""
+        st = Status("fast", "")
+        try:
+            self._object()
+        except Unsupported as exc:
+            self.disable(desired)
+            return Status(
+                "kernel",
+                str(exc),
+                {i.id: "kernel: this host has no fast path" for i in desired.instances},
+            )
+        wanted = {self.naming.vpc_netns(v.vni) for v in desired.vpcs}
+        for vpc in desired.vpcs:
+            ns = self.naming.vpc_netns(vpc.vni)
+            p = plan_vpc(desired, vpc)
+            try:
+                self._sync_vpc(ns, vpc, p, reload)
+            except (OSError, Unsupported, DriverError) as exc:
+                st.errors.append(f"{vpc.id}: {exc}")
+                self._detach_ns(ns, keep=None)
+                for port in vpc.ports:
+                    st.instances[port.instance_id] = f"kernel: the fast path failed here: {exc}"
+                continue
+            for port in vpc.ports:
+                why = p.slow.get(port.instance_id)
+                st.instances[port.instance_id] = "fast" if why is None else f"kernel: {why}"
+            for k, v in self._packets(ns).items():
+                st.packets[k] = st.packets.get(k, 0) + v
+        for d in self._ours():
+            if d.name not in wanted:
+                _remove_tree(d)  # its namespace is gone (or going): so are its attachments
+        if st.errors:
+            st.reason = "some VPCs fell back to the kernel path: " + "; ".join(st.errors)
+        else:
+            st.reason = "tcx programs on every instance port and vxlan0 (per instance: below)"
+        return st
+
+    def _sync_vpc(self, ns: str, vpc: VpcDesired, p: VpcPlan, reload: bool) -> None:
+        links = self.kernel.links(ns)
+        if VXLAN_IFNAME not in links:
+            raise Unsupported(f"{ns} has no {VXLAN_IFNAME} yet")
+        cur = self._current(ns)
+        gen = self._load(ns) if cur is None or reload else cur
+        src, dst = encode(p, links)
+        _fill(gen / "maps" / "yh_src", SRC_KEY, SRC_VAL, src)
+        _fill(gen / "maps" / "yh_dst", DST_KEY, DST_VAL, dst)
+        ports = [port.ifname for port in vpc.ports if port.ifname in links]
+        fds = {n: bpfsys.obj_get(str(gen / n)) for n in (PROG_PORT, PROG_TUNNEL)}
+        try:
+            keep = {bpfsys.prog_id(fd) for fd in fds.values()}
+            targets = [(links[VXLAN_IFNAME][0], fds[PROG_TUNNEL])]
+            targets += [(links[n][0], fds[PROG_PORT]) for n in ports]
+            self.kernel.run_in(ns, lambda: _attach_all(targets, keep))
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+        for old in self._gens(ns):
+            if old != gen:
+                _remove_tree(old)
+
+    def _detach_ns(self, ns: str, keep: set[int] | None) -> None:
+        try:
+            links = self.kernel.links(ns)
+            self.kernel.run_in(
+                ns, lambda: _detach_all([i for i, _m in links.values()], keep or set())
+            )
+        except (OSError, DriverError) as exc:  # the namespace is gone: so are its attachments
+            log.debug("detach in %s: %s", ns, exc)
+        _remove_tree(self.root / ns)
+
+    def disable(self, desired: HostDesired | None = None) -> None:
+        """Send every packet of this host to the kernel path: detach and unpin all ours."""
+        names = {d.name for d in self._ours()}
+        if desired is not None:
+            names |= {self.naming.vpc_netns(v.vni) for v in desired.vpcs}
+        for ns in sorted(names):
+            if (Path("/run/netns") / ns).exists():
+                self._detach_ns(ns, keep=None)
+            else:
+                _remove_tree(self.root / ns)
+
+    def loaded(self) -> bool:
+        """Is anything of this host's fast path pinned (an earlier run's)?"""
+        return bool(self._ours())
+
+    def _ours(self) -> list[Path]:
+        if not self.root.is_dir():
+            return []
+        return [d for d in self.root.iterdir() if d.is_dir() and self.naming.owns(d.name)]
+
+    def _packets(self, ns: str) -> dict[str, int]:
+        g = self._current(ns)
+        if g is None:
+            return {}
+        with bpfsys.Map(str(g / "maps" / "yh_stats"), 4, 8, percpu=True) as m:
+            return {name: m.percpu_sum(struct.pack("<I", i)) for i, name in enumerate(STATS)}
+
+
+def _fill(path: Path, ksize: int, vsize: int, want: Mapping[bytes, bytes]) -> None:
+    """Make the map hold exactly `want`: update what differs, then delete the rest (a key
+    is never absent while it is wanted)."""
+    with bpfsys.Map(str(path), ksize, vsize) as m:
+        have = m.items()
+        for k, v in want.items():
+            if have.get(k) != v:
+                m.update(k, v)
+        for k in have.keys() - want.keys():
+            m.delete(k)
+
+
+def _attach_all(targets: Iterable[tuple[int, int]], keep: set[int]) -> None:
+    """On each (ifindex, program): attach it unless there, then detach any other of ours
+    (an older generation): packets meet the old one until the new one is in place."""
+    for ifindex, fd in targets:
+        ids = bpfsys.tcx_query(ifindex)
+        if not keep & set(ids):
+            bpfsys.tcx_attach(ifindex, fd)
+        _detach_ours(ifindex, keep)
+
+
+def _detach_all(ifindexes: Iterable[int], keep: set[int]) -> None:
+    for i in ifindexes:
+        with contextlib.suppress(OSError):
+            _detach_ours(i, keep)
+
+
+def _detach_ours(ifindex: int, keep: set[int]) -> None:
+    for pid in bpfsys.tcx_query(ifindex):
+        if pid in keep:
+            continue
+        try:
+            fd = bpfsys.prog_fd_by_id(pid)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                continue
+            raise
+        try:
+            if bpfsys.prog_name(fd) in (PROG_PORT, PROG_TUNNEL):
+                bpfsys.tcx_detach(ifindex, fd)
+        finally:
+            os.close(fd)
+
+
+def _remove_tree(d: Path) -> None:
+    """Unpin: bpffs files are removed one by one (no rmtree of a mount's contents races)."""
+    if not d.exists():
+        return
+    for root, dirs, files in os.walk(d, topdown=False):
+        for f in files:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(root, f))
+        for sub in dirs:
+            with contextlib.suppress(FileNotFoundError, OSError):
+                os.rmdir(os.path.join(root, sub))
+    with contextlib.suppress(FileNotFoundError, OSError):
+        os.rmdir(d)

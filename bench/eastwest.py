@@ -1,7 +1,9 @@
 """East-west TCP throughput: the overlay against the underlay it rides on, in one run.
 
-Brings up its own lab regions, one per underlay MTU of --mtus (default 1500 and 9000), each
-of 2 zones x 1 host (two instances of one zone share a host), with a VPC, one subnet and
+Brings up its own lab regions, one per underlay MTU of --mtus (default 1500 and 9000) and
+data path of --datapaths (default fast and kernel: the tc-BPF fast path beside the kernel
+path, and the kernel path alone; docs/datapath.md), each of 2 zones x 1 host (two
+instances of one zone share a host), with a VPC, one subnet and
 three instances (az1-a and az1-b on the az1 host, az2-a on the az2 host). It measures
 iperf3 TCP throughput of these paths, interleaved in rounds so that machine noise hits
 every path alike:
@@ -21,10 +23,12 @@ With --profile, one more run of underlay and of cross_zone under `perf record` (
 every CPU) gives where the cycles go per path, grouped (copies to and from user space,
 TCP, IP and routing, netfilter, VXLAN and UDP, device and softirq, idle, other).
 
-It prints the medians and the ratios per MTU and ends with one line `RESULT
-overlay_vs_underlay=R cross_zone_vs_veth=R same_host_vs_veth=R` for the first MTU, then
-the same keys suffixed with each other MTU (`overlay_vs_underlay_9000=…`) and each variant
-(`overlay_vs_underlay_gro=…`). Run as root, alone: `python bench/eastwest.py`. Everything it
+It prints the medians and the ratios per region and ends with one line `RESULT
+overlay_vs_underlay=R cross_zone_vs_veth=R same_host_vs_veth=R` for the first MTU and data
+path, then the same keys suffixed with each other MTU (`overlay_vs_underlay_9000=…`), data
+path (`…_kernel`) and each variant (`overlay_vs_underlay_gro=…`), and the fast path's gain
+over the kernel path per MTU (`fast_gain_cross_zone=…`, `fast_gain_same_host=…`).
+Run as root, alone: `python bench/eastwest.py`. Everything it
 creates carries its own prefix and is removed at the end, even on failure.
 """
 
@@ -44,6 +48,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 def sh(*argv: str, env: dict[str, str] | None = None, check: bool = True) -> str:
@@ -140,10 +145,12 @@ def iperf(
 class Region:
     """A lab region of this benchmark's own, driven through the `yunhan` CLI."""
 
-    def __init__(self, yunhan: str, home: Path, mtu: int) -> None:
+    def __init__(self, yunhan: str, home: Path, mtu: int, datapath: str) -> None:
         self.yunhan = yunhan
         self.home = home
         self.mtu = mtu
+        self.datapath = datapath
+        self.suffix = ""  # of its keys: "_<mtu>" unless the first MTU, "_<datapath>" likewise
         self.env = dict(os.environ, HOME=str(home), YUNHAN_HOME=str(home / "state"))
         self.env.pop("YUNHAN_ENDPOINT", None)
         self.env.pop("YUNHAN_TOKEN", None)
@@ -163,7 +170,8 @@ class Region:
         return f"{self.prefix}-{host}"
 
     def up(self) -> None:
-        self.cli("up", "--detach", "--zones", "2", "--hosts-per-zone", "1", "--mtu", str(self.mtu))
+        self.cli("up", "--detach", "--zones", "2", "--hosts-per-zone", "1", "--mtu", str(self.mtu),
+                 "--datapath", self.datapath)  # fmt: skip
         self.prefix = json.loads((self.home / "state" / "region.json").read_text())["prefix"]
         self.cli("vpc", "create", "bench", "--cidr", "10.77.0.0/16")
         self.cli("subnet", "create", "bench-a", "--vpc", "bench", "--cidr", "10.77.1.0/24")
@@ -173,9 +181,18 @@ class Region:
             )
             assert isinstance(inst, dict)
             self.ips[name] = str(inst["ip"])
-        hosts = {i["name"]: i["host"] for i in self.json("instance", "list")}  # type: ignore[union-attr]
+        listed: Any = self.json("instance", "list")
+        hosts = {i["name"]: i["host"] for i in listed}
         if hosts["az1-a"] != hosts["az1-b"] or hosts["az1-a"] == hosts["az2-a"]:
             raise RuntimeError(f"unexpected placement {hosts}")
+        deadline = time.monotonic() + 30
+        while True:  # the agents report their data path with their next status
+            dp: Any = self.json("host", "datapath")
+            if {d.get("mode") for d in dp} == {self.datapath}:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"asked for the {self.datapath} data path, the hosts say {dp}")
+            time.sleep(1)
 
     def run(self, path: str, seconds: int, profile: Path | None = None) -> float:
         """One iperf3 measurement of `path` (Gbit/s)."""
@@ -273,6 +290,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=4, help="iperf3 duration per measurement")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--mtus", default="1500,9000", help="underlay MTUs, one region each")
+    ap.add_argument("--datapaths", default="fast,kernel", help="data paths, one region each")
     ap.add_argument("--variant", action="append", default=[], help="gro (repeatable)")
     ap.add_argument("--profile", action="store_true", help="perf breakdown per path")
     args = ap.parse_args()
@@ -282,7 +300,16 @@ def main() -> int:
     yunhan = shutil.which("yunhan") or str(Path(sys.executable).with_name("yunhan"))
     prefix = f"b{secrets.token_hex(2)}"
     mtus = [int(m) for m in args.mtus.split(",")]
-    regions = [Region(yunhan, Path(tempfile.mkdtemp(prefix="yunhan-bench-")), m) for m in mtus]
+    paths = args.datapaths.split(",")
+    regions = [
+        Region(yunhan, Path(tempfile.mkdtemp(prefix="yunhan-bench-")), m, d)
+        for m in mtus
+        for d in paths
+    ]
+    for region in regions:
+        region.suffix = ("" if region.mtu == mtus[0] else f"_{region.mtu}") + (
+            "" if region.datapath == paths[0] else f"_{region.datapath}"
+        )
     results: dict[str, list[float]] = {}
     shares: dict[str, dict[str, float]] = {}
 
@@ -295,14 +322,14 @@ def main() -> int:
         with contextlib.ExitStack() as stack:
             veths = {m: stack.enter_context(veth_pair(f"{prefix}{m}", m - 50)) for m in mtus}
             for r in range(args.rounds):
+                for m in mtus:
+                    va, vb = veths[m]
+                    note("veth" + ("" if m == mtus[0] else f"_{m}"),
+                         iperf(["ip", "netns", "exec", vb], ["ip", "netns", "exec", va],
+                               "198.18.255.2", args.seconds))  # fmt: skip
                 for region in regions:
-                    va, vb = veths[region.mtu]
-                    sfx = "" if region is regions[0] else f"_{region.mtu}"
-                    note(f"veth{sfx}", iperf(["ip", "netns", "exec", vb],
-                                             ["ip", "netns", "exec", va], "198.18.255.2",
-                                             args.seconds))  # fmt: skip
                     for path in ("underlay", "cross_zone", "same_host"):
-                        note(f"{path}{sfx}", region.run(path, args.seconds))
+                        note(f"{path}{region.suffix}", region.run(path, args.seconds))
                 for v in args.variant:
                     with variant(regions[0], v):
                         for path in ("underlay", "cross_zone"):
@@ -328,14 +355,25 @@ def main() -> int:
         print(f"  {k:<20} {v:7.2f}   (all: {', '.join(f'{x:.2f}' for x in results[k])})")
     fields: list[str] = []
     for region in regions:
-        sfx = "" if region is regions[0] else f"_{region.mtu}"
+        sfx = region.suffix
+        vsfx = "" if region.mtu == mtus[0] else f"_{region.mtu}"
         ou = med[f"cross_zone{sfx}"] / med[f"underlay{sfx}"]
-        cz = med[f"cross_zone{sfx}"] / med[f"veth{sfx}"]
-        shr = med[f"same_host{sfx}"] / med[f"veth{sfx}"]
-        print(f"MTU {region.mtu} (instances {region.mtu - 50}): overlay/underlay = {ou:.3f}   "
-              f"cross_zone/veth = {cz:.3f}   same_host/veth = {shr:.3f}")  # fmt: skip
+        cz = med[f"cross_zone{sfx}"] / med[f"veth{vsfx}"]
+        shr = med[f"same_host{sfx}"] / med[f"veth{vsfx}"]
+        print(f"MTU {region.mtu} (instances {region.mtu - 50}), {region.datapath} path: "
+              f"overlay/underlay = {ou:.3f}   cross_zone/veth = {cz:.3f}   "
+              f"same_host/veth = {shr:.3f}")  # fmt: skip
         fields += [f"overlay_vs_underlay{sfx}={ou:.3f}", f"cross_zone_vs_veth{sfx}={cz:.3f}",
                    f"same_host_vs_veth{sfx}={shr:.3f}"]  # fmt: skip
+    if "fast" in paths and "kernel" in paths:
+        for m in mtus:
+            ms = "" if m == mtus[0] else f"_{m}"
+            f = next(r.suffix for r in regions if (r.mtu, r.datapath) == (m, "fast"))
+            k = next(r.suffix for r in regions if (r.mtu, r.datapath) == (m, "kernel"))
+            for path in ("cross_zone", "same_host"):
+                gain = med[f"{path}{f}"] / med[f"{path}{k}"]
+                print(f"MTU {m}: the fast path carries {path} at {gain:.3f}x the kernel path")
+                fields.append(f"fast_gain_{path}{ms}={gain:.3f}")
     for v in args.variant:
         ou = med[f"cross_zone_{v}"] / med[f"underlay_{v}"]
         gain = med[f"cross_zone_{v}"] / med["cross_zone"]

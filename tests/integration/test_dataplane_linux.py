@@ -742,3 +742,31 @@ def test_agent_restart_and_fast_path_reload_under_iperf3(world: World) -> None:
     bps = res["end"]["sum_received"]["bits_per_second"]
     print(f"\nrestart + reload under iperf3: {bps / 1e9:.2f} Gbit/s, longest gap "
           f"{longest * 100} ms ({longest} empty 0.1 s intervals of {len(per)})")  # fmt: skip
+
+
+@pytest.mark.parametrize("world", ["fast"], indirect=True)
+def test_a_host_without_bpftool_falls_back_to_the_kernel_path_by_itself(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil as _shutil
+
+    real_which = _shutil.which
+    monkeypatch.setattr(
+        fastpath.shutil, "which", lambda name: None if name == "bpftool" else real_which(name)
+    )
+    doc = world.docs()["h1"]
+    dp = world.dataplane("h1")  # an agent started on a host without bpftool
+    r = dp.apply(doc)
+    assert r.errors == []
+    st = dp.datapath_status
+    assert st.mode == "kernel" and "bpftool is not installed" in st.reason, st
+    assert set(st.instances.values()) == {"kernel: this host has no fast path"}
+    assert _fast_progs(world, "h1") == {}  # what the earlier agent left is detached, unpinned
+    for src, dst, want in MATRIX:
+        if src in ("inst-0000a001", "inst-0000a004", "inst-0000b001"):  # h1's instances
+            assert world.answer(src, dst) == want, (src, dst)
+    monkeypatch.undo()
+    world.dps["h1"] = world.dataplane("h1")
+    world.dps["h1"].apply(doc)
+    assert world.dps["h1"].datapath_status.mode == "fast"
+    assert _fast_progs(world, "h1") != {}

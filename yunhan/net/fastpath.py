@@ -29,11 +29,12 @@ import hashlib
 import ipaddress
 import logging
 import os
+import re
 import shutil
 import socket
 import struct
 import subprocess
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -50,6 +51,7 @@ BPFFS = Path(os.environ.get("YUNHAN_BPFFS", "/run/yunhan/bpf"))
 CACHE = Path(os.environ.get("YUNHAN_BPF_CACHE", "/var/cache/yunhan/bpf"))
 PROG_PORT, PROG_TUNNEL = "yh_from_port", "yh_from_tunnel"
 FROM_TUNNEL = 0xFFFFFFFF
+ENOTSUPP = 524  # the kernel's own "not supported" (no name in Python's errno)
 STATS = ("local", "encap", "decap", "slow")  # yh_stats indexes, as fastpath.c counts
 
 SRC_KEY, SRC_VAL = 8, 12
@@ -306,14 +308,19 @@ class FastPath:
             raise
 
     def _gens(self, ns: str) -> list[Path]:
+        """Its generations, oldest first: g<N>-<object hash>."""
         d = self.root / ns
         if not d.is_dir():
             return []
-        gens = [g for g in d.iterdir() if g.name.startswith("g") and g.name[1:].isdigit()]
-        return sorted(gens, key=lambda g: int(g.name[1:]))
+        gens = [g for g in d.iterdir() if _GEN.fullmatch(g.name)]
+        return sorted(gens, key=_gen_number)
 
-    def _current(self, ns: str) -> Path | None:
+    def _current(self, ns: str, obj: Path | None = None) -> Path | None:
+        """The newest complete generation (of object `obj`, if given: a generation of an
+        older object is replaced, as after an upgrade)."""
         for g in reversed(self._gens(ns)):
+            if obj is not None and not obj.stem.endswith(g.name.split("-", 1)[1]):
+                continue
             if all((g / n).exists() for n in (PROG_PORT, PROG_TUNNEL, "maps/yh_dst")):
                 return g
         return None
@@ -321,16 +328,19 @@ class FastPath:
     def _load(self, ns: str) -> Path:
         obj = self._object()
         gens = self._gens(ns)
-        g = self.root / ns / f"g{int(gens[-1].name[1:]) + 1 if gens else 1}"
+        n = _gen_number(gens[-1]) + 1 if gens else 1
+        g = self.root / ns / f"g{n}-{obj.stem.rsplit('-', 1)[1]}"
         g.parent.mkdir(parents=True, exist_ok=True)
         cmd = ["bpftool", "prog", "loadall", str(obj), str(g), "pinmaps", str(g / "maps")]
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
             _remove_tree(g)
             msg = (r.stderr or r.stdout).strip().splitlines()
-            raise Unsupported(
+            # The same object for every VPC: the whole host falls back, once, and says why.
+            self._unsupported = (
                 f"the kernel refused the fast path's programs: {msg[-1] if msg else r.returncode}"
             )
+            raise Unsupported(self._unsupported)
         return g
 
     # -- the host ----------------------------------------------------------------------
@@ -378,7 +388,7 @@ class FastPath:
         links = self.kernel.links(ns)
         if VXLAN_IFNAME not in links:
             raise Unsupported(f"{ns} has no {VXLAN_IFNAME} yet")
-        cur = self._current(ns)
+        cur = self._current(ns, self._object())
         gen = self._load(ns) if cur is None or reload else cur
         src, dst = encode(p, links)
         _fill(gen / "maps" / "yh_src", SRC_KEY, SRC_VAL, src)
@@ -389,7 +399,15 @@ class FastPath:
             keep = {bpfsys.prog_id(fd) for fd in fds.values()}
             targets = [(links[VXLAN_IFNAME][0], fds[PROG_TUNNEL])]
             targets += [(links[n][0], fds[PROG_PORT]) for n in ports]
-            self.kernel.run_in(ns, lambda: _attach_all(targets, keep))
+            try:
+                self.kernel.run_in(ns, lambda: _attach_all(targets, keep))
+            except OSError as exc:
+                if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP, ENOTSUPP):
+                    self._unsupported = (
+                        f"this kernel cannot attach tcx programs (Linux 6.6+): {exc}"
+                    )
+                    raise Unsupported(self._unsupported) from exc
+                raise
         finally:
             for fd in fds.values():
                 os.close(fd)
@@ -433,6 +451,42 @@ class FastPath:
             return {}
         with bpfsys.Map(str(g / "maps" / "yh_stats"), 4, 8, percpu=True) as m:
             return {name: m.percpu_sum(struct.pack("<I", i)) for i, name in enumerate(STATS)}
+
+
+_GEN = re.compile(r"g(\d+)-[0-9a-f]+")
+
+
+def _gen_number(g: Path) -> int:
+    m = _GEN.fullmatch(g.name)
+    return int(m.group(1)) if m else 0
+
+
+@contextlib.contextmanager
+def kernel_path_for(
+    namespaces: Iterable[str], pairs: Iterable[tuple[str, str]], root: Path = BPFFS
+) -> Iterator[None]:
+    """While the block runs, packets between these addresses (both ways) take the kernel
+    path in these VPC namespaces: `yunhan trace --live` watches its probe in the kernel
+    path's hooks, which the fast path would skip. Namespaces without a fast path are left
+    as they are."""
+    keys = {_ip(a) + _ip(b) for x, y in pairs for a, b in ((x, y), (y, x))}
+    maps: list[bpfsys.Map] = []
+    try:
+        for ns in namespaces:
+            d = root / ns
+            for gen in d.iterdir() if d.is_dir() else ():
+                path = gen / "maps" / "yh_kernel"
+                if path.exists():
+                    m = bpfsys.Map(str(path), 8, 4)
+                    maps.append(m)
+                    for k in keys:
+                        m.update(k, b"\1\0\0\0")
+        yield
+    finally:
+        for m in maps:
+            for k in keys:
+                m.delete(k)
+            m.close()
 
 
 def _fill(path: Path, ksize: int, vsize: int, want: Mapping[bytes, bytes]) -> None:

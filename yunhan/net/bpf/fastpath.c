@@ -62,6 +62,20 @@ struct {
 	__type(value, struct dst_val);
 } yh_dst SEC(".maps");
 
+/* Address pairs (source, destination) the kernel path must carry for now: `yunhan trace
+   --live` watches a probe in the kernel path's hooks (yunhan.net.fastpath.kernel_path_for). */
+struct pair {
+	__u32 src;
+	__u32 dst;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, struct pair);
+	__type(value, __u32);
+} yh_kernel SEC(".maps");
+
 /* packets: 0 delivered on this host, 1 encapsulated, 2 decapsulated and delivered,
    3 handed to the kernel path */
 struct {
@@ -94,7 +108,8 @@ static __always_inline int slow(void)
 #define TTL_OFF (IP_OFF + offsetof(struct iphdr, ttl))
 #define CSUM_OFF (IP_OFF + offsetof(struct iphdr, check))
 
-/* The IPv4 header of a unicast frame for us with TTL > 1, or NULL. */
+/* The IPv4 header of a unicast frame for us with TTL > 1, not pinned to the kernel path,
+   or NULL. */
 static __always_inline struct iphdr *ipv4(struct __sk_buff *skb, struct ethhdr **eth)
 {
 	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
@@ -103,6 +118,9 @@ static __always_inline struct iphdr *ipv4(struct __sk_buff *skb, struct ethhdr *
 	if ((void *)(ip + 1) > end || e->h_proto != bpf_htons(ETH_P_IP))
 		return 0;
 	if (skb->pkt_type != PACKET_HOST || ip->version != 4 || ip->ttl <= 1)
+		return 0;
+	struct pair p = {.src = ip->saddr, .dst = ip->daddr};
+	if (bpf_map_lookup_elem(&yh_kernel, &p))
 		return 0;
 	*eth = e;
 	return ip;

@@ -7,23 +7,28 @@ from __future__ import annotations
 import socket
 import struct
 
+from yunhan.net import nftsg
 from yunhan.net.desired import (
     AclDesired,
     FlowLogDesired,
     HostDesired,
+    HybridGwDesired,
     NextHop,
     Peer,
     PolicyDesired,
     Port,
     Route,
     RouteTableDesired,
+    SecurityGroupDesired,
+    SgRuleDesired,
     SubnetDesired,
     TableRoute,
     VipDesired,
     VpcDesired,
     vtep_mac,
 )
-from yunhan.net.fastpath import FROM_TUNNEL, Hop, encode, plan_vpc
+from yunhan.net.fastpath import FROM_TUNNEL, Hop, cfg_value, encode, plan_vpc
+from yunhan.net.state import compile_firewall
 
 
 def _port(n: int, ip: str, **kw: object) -> Port:
@@ -62,7 +67,8 @@ def test_instances_without_filters_are_taken_both_ways() -> None:
     vpc = _vpc()
     p = plan_vpc(_doc(vpc), vpc)
     assert p.slow == {}
-    assert p.sources == {(A.ifname, A.ip): (A.mac, 1), (B.ifname, B.ip): (B.mac, 2)}
+    assert p.sources == {(A.ifname, A.ip): (A.mac, 1, False), (B.ifname, B.ip): (B.mac, 2, False)}
+    assert p.firewall is None
     for t in (1, 2):
         assert p.dests[(t, A.ip)] == Hop(port=A.ifname, mac=A.mac)
         assert p.dests[(t, REMOTE)] == Hop(mac=PEER.mac)
@@ -70,9 +76,28 @@ def test_instances_without_filters_are_taken_both_ways() -> None:
     assert (FROM_TUNNEL, REMOTE) not in p.dests  # the tunnel delivers only to ports here
 
 
-def test_security_groups_acls_flow_logs_and_appliances_send_a_port_to_the_kernel() -> None:
+def test_a_port_with_security_groups_is_taken_for_the_flows_conntrack_let_through() -> None:
+    sg = SecurityGroupDesired(id="sg-1", rules=(SgRuleDesired(id="r1", direction="egress"),))
+    a = A.model_copy(update={"sgs": ("sg-1",)})
+    vpc = _vpc((a, B), groups=(sg,))
+    p = plan_vpc(_doc(vpc), vpc)
+    assert p.slow == {}
+    assert p.sources[(a.ifname, a.ip)] == (a.mac, 1, True)
+    assert p.sources[(B.ifname, B.ip)] == (B.mac, 2, False)
+    assert p.dests[(2, a.ip)] == Hop(port=a.ifname, mac=a.mac, ct=True)
+    assert p.dests[(FROM_TUNNEL, a.ip)] == Hop(port=a.ifname, mac=a.mac, ct=True)
+    # The zone and generation the `fwd` chain stamps flows with (yunhan.net.nftsg).
+    fw = compile_firewall("", vpc)
+    assert p.firewall == (fw.zone, nftsg.generation(fw.zone, fw.ports, fw.acls))
+    assert p.path_of(a.instance_id, True).startswith("fast: flows its security groups")
+    # A new rule: a new generation, so every flow is checked again by the kernel path.
+    sg2 = sg.model_copy(update={"rules": (*sg.rules, SgRuleDesired(id="r2", direction="ingress"))})
+    vpc2 = _vpc((a, B), groups=(sg2,))
+    assert plan_vpc(_doc(vpc2), vpc2).firewall != p.firewall
+
+
+def test_acls_flow_logs_and_appliances_send_a_port_to_the_kernel() -> None:
     cases = {
-        "security groups": _vpc((A.model_copy(update={"sgs": ("sg-1",)}), B)),
         "next hop": _vpc((A.model_copy(update={"forwarder": True}), B)),
         "network ACL": _vpc(acls=(AclDesired(id="acl-1", subnets=("10.1.1.0/24",)),)),
         "flow logs": _vpc(
@@ -150,8 +175,8 @@ def test_encode_uses_the_kernel_s_ifindexes_and_skips_ports_not_there_yet() -> N
     links = {A.ifname: (7, "02:aa:00:00:00:07"), "vxlan0": (3, vtep_mac(1))}
     src, dst = encode(p, links)
     ip = socket.inet_aton
-    assert src == {struct.pack("<I", 7) + ip(A.ip): bytes.fromhex("020000000001") + b"\0\0"
-                   + struct.pack("<I", 1)}  # fmt: skip
+    assert src == {struct.pack("<I", 7) + ip(A.ip): bytes.fromhex("020000000001")
+                   + struct.pack("<HI", 0, 1)}  # fmt: skip
     local = dst[struct.pack("<I", 2) + ip(A.ip)]
     assert local[:8] == struct.pack("<II", 7, 1)  # into the peer of ifindex 7
     assert local[8:14] == bytes.fromhex("020000000001")  # to the instance's MAC
@@ -161,3 +186,31 @@ def test_encode_uses_the_kernel_s_ifindexes_and_skips_ports_not_there_yet() -> N
     assert remote[8:14] == bytes.fromhex(PEER.mac.replace(":", ""))
     assert remote[14:] == bytes.fromhex(vtep_mac(1).replace(":", ""))
     assert not [k for k in dst if k.endswith(ip(B.ip))]  # B's port is not in the kernel yet
+
+
+def test_addresses_of_a_counted_idc_prefix_are_left_to_the_kernel_path() -> None:
+    # Instances that took over an IDC subnet's addresses: hosts count that traffic in nft.
+    gw = HybridGwDesired(id="hgw-1", index=1, ifname="h-1", prefixes=("10.1.2.0/24",))
+    vpc = _vpc(hybrids=(gw,))
+    p = plan_vpc(_doc(vpc), vpc)
+    assert "traffic statistics" in p.slow[B.instance_id] and A.instance_id not in p.slow
+    assert [k for k in p.dests if k[1] == B.ip] == []
+    assert p.dests[(1, A.ip)] == Hop(port=A.ifname, mac=A.mac)
+
+
+def test_encode_flags_ports_with_security_groups_and_cfg_carries_the_firewall() -> None:
+    sg = SecurityGroupDesired(id="sg-1")
+    a = A.model_copy(update={"sgs": ("sg-1",)})
+    vpc = _vpc((a, B), groups=(sg,))
+    p = plan_vpc(_doc(vpc), vpc)
+    links = {a.ifname: (7, "02:aa:00:00:00:07"), B.ifname: (8, "02:aa:00:00:00:08")}
+    src, dst = encode(p, links)
+    ip = socket.inet_aton
+    assert src[struct.pack("<I", 7) + ip(a.ip)][6:8] == struct.pack("<H", 1)  # NEEDS_CT
+    assert src[struct.pack("<I", 8) + ip(B.ip)][6:8] == struct.pack("<H", 0)
+    assert dst[struct.pack("<I", 2) + ip(a.ip)][4:8] == struct.pack("<I", 1 | 2)
+    assert dst[struct.pack("<I", 1) + ip(B.ip)][4:8] == struct.pack("<I", 1)
+    assert p.firewall is not None
+    zone, gen, tcp_ms, udp_ms = struct.unpack("<IIII", cfg_value(p.firewall))
+    assert (zone, gen) == p.firewall and tcp_ms == 3_600_000 and udp_ms == 120_000
+    assert struct.unpack("<IIII", cfg_value(None))[:2] == (0, 0)

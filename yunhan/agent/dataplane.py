@@ -136,10 +136,13 @@ class DataPlane:
             assert isinstance(self.driver, LinuxDriver)
             self.fastpath = FastPath(naming, self.driver)
         self.datapath_status = FastStatus("kernel", _KERNEL_REASONS[datapath, driver])
+        self.fastpath_on = self.fastpath is not None and datapath == "fast"
 
     def compile(self, desired: HostDesired) -> State:
         """The objects `desired` calls for on this host."""
-        return compile_state(desired, self.naming, uplink=self.uplink is not None)
+        return compile_state(
+            desired, self.naming, uplink=self.uplink is not None, fastpath=self.fastpath_on
+        )
 
     def observe(self) -> State:
         """Every object of ours that exists now (for tests, tools and the oracles)."""

@@ -13,7 +13,8 @@ instance in one VPC, when
   direct route in the kernel too);
 * the destination is an instance's own address (a VIP is not: its holder moves with the
   agents' claims, which the kernel path follows), and, on this host, its port has no
-  security group, ACL or flow log either.
+  security group, ACL or flow log either;
+* neither address is in an IDC prefix whose traffic the hosts count (docs/cutover.md).
 
 The agent fills the maps from the host document after each apply. Programs and maps are
 pinned under BPFFS/<VPC namespace>/g<N>/, so a restarted agent adopts them (nothing is
@@ -40,9 +41,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from yunhan.errors import DriverError
-from yunhan.net import bpfsys
+from yunhan.net import bpfsys, nftsg
 from yunhan.net.desired import HostDesired, Port, VpcDesired, port_flowlog
 from yunhan.net.naming import VXLAN_IFNAME, Naming
+from yunhan.net.state import CONNTRACK_TIMEOUTS, compile_firewall
 
 log = logging.getLogger("yunhan.net.fastpath")
 
@@ -51,6 +53,7 @@ BPFFS = Path(os.environ.get("YUNHAN_BPFFS", "/run/yunhan/bpf"))
 CACHE = Path(os.environ.get("YUNHAN_BPF_CACHE", "/var/cache/yunhan/bpf"))
 PROG_PORT, PROG_TUNNEL = "yh_from_port", "yh_from_tunnel"
 FROM_TUNNEL = 0xFFFFFFFF
+NEEDS_CT = 1  # fastpath.c: the flow must be one conntrack let through
 ENOTSUPP = 524  # the kernel's own "not supported" (no name in Python's errno)
 STATS = ("local", "encap", "decap", "slow")  # yh_stats indexes, as fastpath.c counts
 
@@ -80,22 +83,40 @@ class Hop:
 
     port: str | None = None
     mac: str = ""  # local: the instance's MAC; remote: the far host's VTEP MAC
+    ct: bool = False  # local: its port has security groups (conntrack must have let it in)
 
 
 @dataclass
 class VpcPlan:
-    sources: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
-    """(port, source ip) -> (instance MAC, table index)"""
+    sources: dict[tuple[str, str], tuple[str, int, bool]] = field(default_factory=dict)
+    """(port, source ip) -> (instance MAC, table index, has security groups)"""
     dests: dict[tuple[int, str], Hop] = field(default_factory=dict)
     """(table index or FROM_TUNNEL, destination ip) -> hop"""
     slow: dict[str, str] = field(default_factory=dict)
     """instance id -> why its packets take the kernel path"""
+    firewall: tuple[int, int] | None = None
+    """(conntrack zone, rule generation) of the VPC's security groups (yunhan.net.nftsg)"""
+
+    def path_of(self, instance_id: str, sgs: bool) -> str:
+        """What `yunhan host datapath` says of an instance's packets."""
+        why = self.slow.get(instance_id)
+        if why is not None:
+            return f"kernel: {why}"
+        if sgs:
+            return "fast: flows its security groups let through (new ones meet them first)"
+        return "fast"
+
+
+def _counted(vpc: VpcDesired) -> list[ipaddress.IPv4Network]:
+    """The IDC prefixes whose traffic hosts count (docs/cutover.md): in nftables."""
+    return [ipaddress.IPv4Network(p) for h in vpc.hybrids for p in h.prefixes]
 
 
 def slow_reason(vpc: VpcDesired, port: Port) -> str | None:
     """Why a port's traffic must meet the kernel path (None: the fast path may take it)."""
-    if port.sgs:
-        return "security groups (conntrack and nftables)"
+    addr = ipaddress.IPv4Address(port.ip)
+    if any(addr in n for n in _counted(vpc)):
+        return "traffic statistics of an IDC prefix (counted in nftables)"
     if port.forwarder:
         return "a next hop of a route (an appliance forwards others' packets)"
     if port_flowlog(vpc, port) is not None:
@@ -138,10 +159,16 @@ def plan_vpc(desired: HostDesired, vpc: VpcDesired) -> VpcPlan:
     out = VpcPlan()
     peers = {p.host: p for p in vpc.peers}
     vips = {v.ip for v in vpc.vips} | {ip for p in vpc.ports for ip in p.allowed_ips}
+    counted = _counted(vpc)
+    if vpc.groups or vpc.acls:  # as compile_state: the firewall exists
+        fw = compile_firewall("", vpc)
+        out.firewall = (fw.zone, nftsg.generation(fw.zone, fw.ports, fw.acls))
     fast_local: dict[str, Port] = {}
     tables: set[int] = set()
     for p in vpc.ports:
         why = slow_reason(vpc, p)
+        if p.sgs and out.firewall is None:
+            why = why or "security groups of a document without the VPC's groups"
         table, routing = _table_of(vpc, p)
         if why is None:
             fast_local[p.ifname] = p  # a destination here it may be, whatever its table
@@ -149,19 +176,19 @@ def plan_vpc(desired: HostDesired, vpc: VpcDesired) -> VpcPlan:
         if why is not None:
             out.slow[p.instance_id] = why
             continue
-        out.sources[(p.ifname, p.ip)] = (p.mac, table)
+        out.sources[(p.ifname, p.ip)] = (p.mac, table, bool(p.sgs))
         tables.add(table)
     for r in vpc.routes:
         if r.table != 254 or not r.dst.endswith("/32") or r.kind not in ("local", "remote"):
             continue
         ip = r.dst.removesuffix("/32")
-        if ip in vips:
+        if ip in vips or any(ipaddress.IPv4Address(ip) in n for n in counted):
             continue
         if r.kind == "local":
             local = fast_local.get(r.port or "")
             if local is None or local.ip != ip:
                 continue  # not an instance's own address, or its port needs the kernel
-            hop = Hop(port=local.ifname, mac=local.mac)
+            hop = Hop(port=local.ifname, mac=local.mac, ct=bool(local.sgs))
             out.dests[(FROM_TUNNEL, ip)] = hop
         else:
             peer = peers.get(r.peer or "")
@@ -193,10 +220,10 @@ def encode(
     A port not (yet) in the kernel gets no entry: its packets take the kernel path."""
     src: dict[bytes, bytes] = {}
     dst: dict[bytes, bytes] = {}
-    for (port, ip), (mac, table) in p.sources.items():
+    for (port, ip), (mac, table, ct) in p.sources.items():
         if port in links:
             key = struct.pack("<I", links[port][0]) + _ip(ip)
-            src[key] = _mac(mac) + b"\0\0" + struct.pack("<I", table)
+            src[key] = _mac(mac) + struct.pack("<HI", NEEDS_CT if ct else 0, table)
     vx = links.get(VXLAN_IFNAME)
     for (table, ip), hop in p.dests.items():
         key = struct.pack("<I", table) + _ip(ip)
@@ -204,10 +231,20 @@ def encode(
             if hop.port not in links:
                 continue
             idx, own = links[hop.port]
-            dst[key] = struct.pack("<II", idx, 1) + _mac(hop.mac) + _mac(own)
+            flags = 1 | (NEEDS_CT << 1 if hop.ct else 0)
+            dst[key] = struct.pack("<II", idx, flags) + _mac(hop.mac) + _mac(own)
         elif vx is not None:
             dst[key] = struct.pack("<II", vx[0], 0) + _mac(hop.mac) + _mac(vx[1])
     return src, dst
+
+
+def cfg_value(firewall: tuple[int, int] | None) -> bytes:
+    """yh_cfg: the firewall's zone and generation, and the timeouts conntrack gives
+    established TCP and UDP streams in a VPC namespace with one (state.CONNTRACK_TIMEOUTS)."""
+    zone, gen = firewall or (0, 0)
+    tcp = int(CONNTRACK_TIMEOUTS["net/netfilter/nf_conntrack_tcp_timeout_established"])
+    udp = int(CONNTRACK_TIMEOUTS["net/netfilter/nf_conntrack_udp_timeout_stream"])
+    return struct.pack("<IIII", zone, gen, tcp * 1000, udp * 1000)
 
 
 # -- the host ---------------------------------------------------------------------------------
@@ -371,8 +408,7 @@ class FastPath:
                     st.instances[port.instance_id] = f"kernel: the fast path failed here: {exc}"
                 continue
             for port in vpc.ports:
-                why = p.slow.get(port.instance_id)
-                st.instances[port.instance_id] = "fast" if why is None else f"kernel: {why}"
+                st.instances[port.instance_id] = p.path_of(port.instance_id, bool(port.sgs))
             for k, v in self._packets(ns).items():
                 st.packets[k] = st.packets.get(k, 0) + v
         for d in self._ours():
@@ -391,6 +427,7 @@ class FastPath:
         cur = self._current(ns, self._object())
         gen = self._load(ns) if cur is None or reload else cur
         src, dst = encode(p, links)
+        _fill(gen / "maps" / "yh_cfg", 4, 16, {b"\0\0\0\0": cfg_value(p.firewall)})
         _fill(gen / "maps" / "yh_src", SRC_KEY, SRC_VAL, src)
         _fill(gen / "maps" / "yh_dst", DST_KEY, DST_VAL, dst)
         ports = [port.ifname for port in vpc.ports if port.ifname in links]

@@ -61,6 +61,7 @@ from yunhan.net.natgw import (
 from yunhan.net.state import (
     CONNTRACK_ACCOUNTING,
     CONNTRACK_TIMEOUTS,
+    FASTPATH_VPC_SYSCTLS,
     HOST_SYSCTLS,
     HYBRID_SYSCTLS,
     HYBRID_VPC_SYSCTLS,
@@ -488,6 +489,7 @@ class LinuxDriver:
                 objs.extend(self._observe_fdb(ns, ipr, names, VXLAN_IFNAME))
         if role == "vpc":
             paths = [*VPC_SYSCTLS, *CONNTRACK_TIMEOUTS, *CONNTRACK_ACCOUNTING, *HYBRID_VPC_SYSCTLS]
+            paths += list(FASTPATH_VPC_SYSCTLS)
             ports = [p[0] for p in veths.get(ns, [])]
             devsys = [s for p in ports for s in port_sysctls(ns, p)]
             values = nsutil.read_sysctls(ns, paths + [s.path for s in devsys], self._runner(ns))

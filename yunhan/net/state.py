@@ -395,6 +395,13 @@ CONNTRACK_TIMEOUTS: Mapping[str, str] = {
     "net/netfilter/nf_conntrack_icmp_timeout": "30",
 }
 
+# With the fast path (docs/datapath.md), conntrack in a VPC namespace with a firewall no
+# longer sees the middle of the flows the fast path carries: its TCP window tracking would
+# then judge the segments that end them (FIN and RST, which always take the kernel path)
+# out of window, invalid, and the security groups would drop them. Liberal tracking takes
+# them, as it takes any segment outside the window it last saw (RSTs are still checked).
+FASTPATH_VPC_SYSCTLS: Mapping[str, str] = {"net/netfilter/nf_conntrack_tcp_be_liberal": "1"}
+
 # Flow logs read packets, bytes and the start time of each flow from conntrack
 # (docs/flowlogs.md): the kernel counts them only when these are on when the flow is
 # created. Per network namespace (checked on 6.x: setting them in one VPC namespace leaves
@@ -431,9 +438,12 @@ def uts_name(naming: Naming, instance_id: str) -> str:
     return naming.instance_netns(instance_id)
 
 
-def compile_state(desired: HostDesired, naming: Naming, *, uplink: bool = False) -> State:
+def compile_state(
+    desired: HostDesired, naming: Naming, *, uplink: bool = False, fastpath: bool = False
+) -> State:
     """Every kernel object `desired` calls for on this host (pure). `uplink`: the agent
-    announces its gateways' public addresses (see `natgw.Announce`)."""
+    announces its gateways' public addresses (see `natgw.Announce`). `fastpath`: the fast
+    path runs beside the kernel path (FASTPATH_VPC_SYSCTLS)."""
     objs: list[Obj] = []
     mtu = desired.instance_mtu
     inst_ns_of_port: dict[tuple[int, str], str] = {}
@@ -501,6 +511,8 @@ def compile_state(desired: HostDesired, naming: Naming, *, uplink: bool = False)
         if vpc.groups or vpc.acls:  # an older controller's document has none: no filter
             objs.append(compile_firewall(ns, vpc))
             objs.extend(Sysctl(ns, p, v) for p, v in CONNTRACK_TIMEOUTS.items())
+            if fastpath:
+                objs.extend(Sysctl(ns, p, v) for p, v in FASTPATH_VPC_SYSCTLS.items())
         if vpc.groups or vpc.acls or vpc.flowlogs:
             objs.extend(Sysctl(ns, p, v) for p, v in CONNTRACK_ACCOUNTING.items())
         for ngw in vpc.natgws:

@@ -10,20 +10,70 @@
 //   yh_from_tunnel  on vxlan0: a decapsulated packet for an eligible local port, not
 //                   flagged routed (GBP mark 0), goes straight into the instance.
 //
+// A port with security groups is taken only for flows its conntrack already let through
+// (bpf_skb_ct_lookup): a reply of an established flow, or an established flow stamped
+// with the current rule generation, as the `fwd` chain of yunhan.net.nftsg accepts them;
+// the fast path refreshes the entry's timeout as the kernel path would. SYN, FIN and RST
+// segments, ICMP and fragments always take the kernel path, so conntrack sees every flow
+// begin and end.
+//
 // Anything else (ARP, a source the maps do not vouch for, a destination they do not name,
 // TTL <= 1, a routed mark) returns TCX_NEXT: the kernel path, with its port filters, route
 // tables, security groups, NAT and flow logs, decides it. The fast path never drops.
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/if_packet.h>
+#include <linux/in.h>
 #include <linux/ip.h>
 #include <linux/pkt_cls.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
 #include <stddef.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
 #define TCX_NEXT -1
 #define FROM_TUNNEL 0xffffffffu  /* dst key table of the tunnel's entries */
+#define NEEDS_CT 1               /* src flags, dst peer bit 1: a port with security groups */
+#define IPS_SEEN_REPLY (1 << 1)
+#define IP_CT_DIR_REPLY 1
+
+/* The kernel's conntrack entry: only what we read, placed by CO-RE from the kernel's BTF. */
+struct nf_conn {
+	unsigned long status;
+	__u32 mark;
+} __attribute__((preserve_access_index));
+
+struct bpf_ct_opts {
+	__s32 netns_id;
+	__s32 error;
+	__u8 l4proto;
+	__u8 dir;
+	__u16 ct_zone_id;
+	__u8 ct_zone_dir;
+	__u8 reserved[3];
+};
+
+extern struct nf_conn *bpf_skb_ct_lookup(struct __sk_buff *, struct bpf_sock_tuple *, __u32,
+					 struct bpf_ct_opts *, __u32) __ksym;
+extern void bpf_ct_release(struct nf_conn *) __ksym;
+extern int bpf_ct_change_timeout(struct nf_conn *, __u32) __ksym;
+
+/* The VPC namespace's firewall: its conntrack zone, its rule generation (nftsg), and the
+   timeouts conntrack gives established TCP and UDP streams there (ms). gen 0: none. */
+struct cfg {
+	__u32 zone;
+	__u32 gen;
+	__u32 tcp_ms;
+	__u32 udp_ms;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct cfg);
+} yh_cfg SEC(".maps");
 
 struct src_key {
 	__u32 ifindex;  /* the instance's port in this namespace */
@@ -32,7 +82,7 @@ struct src_key {
 
 struct src_val {
 	__u8 mac[6];    /* the instance's MAC */
-	__u16 pad;
+	__u16 flags;    /* NEEDS_CT */
 	__u32 table;    /* its subnet's route table index (0: main only) */
 };
 
@@ -43,7 +93,8 @@ struct dst_key {
 
 struct dst_val {
 	__u32 oif;      /* local: the destination's port; remote: vxlan0 */
-	__u32 peer;     /* 1: redirect into the port's peer (the instance); 0: out of oif */
+	__u32 peer;     /* bit 0: redirect into the port's peer (the instance), else out of oif;
+			   bit 1: the destination's port has security groups (NEEDS_CT << 1) */
 	__u8 dmac[6];   /* local: the instance's MAC; remote: the far host's VTEP MAC */
 	__u8 smac[6];   /* local: the port's own MAC; remote: this host's VTEP MAC */
 };
@@ -126,6 +177,46 @@ static __always_inline struct iphdr *ipv4(struct __sk_buff *skb, struct ethhdr *
 	return ip;
 }
 
+/* Has conntrack (zone and generation of yh_cfg) already accepted this packet's flow, as
+   the security groups' `fwd` chain would? Refreshes the entry's timeout if so. */
+static __always_inline int ct_accepted(struct __sk_buff *skb, struct iphdr *ip)
+{
+	void *end = (void *)(long)skb->data_end;
+	struct bpf_sock_tuple t = {};
+	__u32 zero = 0, ms;
+	struct cfg *c = bpf_map_lookup_elem(&yh_cfg, &zero);
+	if (!c || !c->gen || ip->ihl != 5 || (ip->frag_off & bpf_htons(0x3fff)))
+		return 0;
+	if (ip->protocol == IPPROTO_TCP) {
+		struct tcphdr *th = (void *)(ip + 1);
+		if ((void *)(th + 1) > end || th->syn || th->fin || th->rst)
+			return 0;
+		t.ipv4.sport = th->source;
+		t.ipv4.dport = th->dest;
+		ms = c->tcp_ms;
+	} else if (ip->protocol == IPPROTO_UDP) {
+		struct udphdr *uh = (void *)(ip + 1);
+		if ((void *)(uh + 1) > end)
+			return 0;
+		t.ipv4.sport = uh->source;
+		t.ipv4.dport = uh->dest;
+		ms = c->udp_ms;
+	} else {
+		return 0;
+	}
+	t.ipv4.saddr = ip->saddr;
+	t.ipv4.daddr = ip->daddr;
+	struct bpf_ct_opts o = {.netns_id = -1, .l4proto = ip->protocol, .ct_zone_id = c->zone};
+	struct nf_conn *ct = bpf_skb_ct_lookup(skb, &t, sizeof(t.ipv4), &o, sizeof(o));
+	if (!ct)
+		return 0;
+	int ok = (ct->status & IPS_SEEN_REPLY) && (o.dir == IP_CT_DIR_REPLY || ct->mark == c->gen);
+	if (ok)
+		bpf_ct_change_timeout(ct, ms);
+	bpf_ct_release(ct);
+	return ok;
+}
+
 /* What routing in the VPC namespace does to the frame, then the jump past it. */
 static __always_inline int forward(struct __sk_buff *skb, struct dst_val *d, __u8 ttl, __u32 n)
 {
@@ -137,7 +228,7 @@ static __always_inline int forward(struct __sk_buff *skb, struct dst_val *d, __u
 	    bpf_skb_store_bytes(skb, 6, d->smac, 6, 0) < 0)
 		return TC_ACT_SHOT;  /* half rewritten: not a frame the kernel path could take */
 	count(n);
-	if (d->peer)
+	if (d->peer & 1)
 		return bpf_redirect_peer(d->oif, 0);
 	skb->mark = 0;  /* direct delivery: no GBP "routed" flag, as the kernel path sends it */
 	return bpf_redirect(d->oif, 0);
@@ -158,7 +249,9 @@ int yh_from_port(struct __sk_buff *skb)
 	struct dst_val *d = bpf_map_lookup_elem(&yh_dst, &dk);
 	if (!d)
 		return slow();
-	return forward(skb, d, ip->ttl, d->peer ? 0 : 1);
+	if (((s->flags & NEEDS_CT) || (d->peer & (NEEDS_CT << 1))) && !ct_accepted(skb, ip))
+		return slow();
+	return forward(skb, d, ip->ttl, (d->peer & 1) ? 0 : 1);
 }
 
 SEC("tc")
@@ -172,7 +265,9 @@ int yh_from_tunnel(struct __sk_buff *skb)
 		return slow();
 	struct dst_key dk = {.table = FROM_TUNNEL, .ip = ip->daddr};
 	struct dst_val *d = bpf_map_lookup_elem(&yh_dst, &dk);
-	if (!d || !d->peer)
+	if (!d || !(d->peer & 1))
+		return slow();
+	if ((d->peer & (NEEDS_CT << 1)) && !ct_accepted(skb, ip))
 		return slow();
 	return forward(skb, d, ip->ttl, 2);
 }

@@ -17,7 +17,7 @@ import math
 import pathlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from yunhan.errors import DriverError
@@ -197,6 +197,13 @@ class DataPlane:
                 self.fastpath.disable(desired)
         finally:
             self.driver.close()
+
+    def datapath_report(self) -> FastStatus:
+        """The data path as last applied, with the fast path's counters read now."""
+        st = self.datapath_status
+        if self.fastpath is None or st.mode != "fast":
+            return st
+        return replace(st, packets=self.fastpath.packets())
 
     def reload_fastpath(self, desired: HostDesired) -> None:
         """Load a new generation of the fast path's programs and swap it in (no gap)."""

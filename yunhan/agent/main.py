@@ -508,7 +508,7 @@ class Agent:
                     for iid, ir in report.instances.items()
                 }
         if self.dataplane.kind == "linux":
-            body["datapath"] = self.dataplane.datapath_status.as_dict()
+            body["datapath"] = self.dataplane.datapath_report().as_dict()
         if self.volumes is not None:
             body["volumes"] = self.volumes.report()
         if self._functions_up and self.functions is not None:

@@ -668,7 +668,7 @@ def host_datapath(ctx: Ctx) -> None:
         dp = (h.get("status") or {}).get("datapath") or {}
         packets = dp.get("packets") or {}
         insts = dp.get("instances") or {}
-        fast = sorted(i for i, p in insts.items() if p == "fast")
+        fast = sorted(i for i, p in insts.items() if p.partition(":")[0] == "fast")
         rows.append({
             "host": h.get("name"),
             "zone": names.of("zone", (h.get("spec") or {}).get("zone")),

@@ -27,7 +27,7 @@ from yunhan.net.desired import (
     VpcDesired,
     vtep_mac,
 )
-from yunhan.net.fastpath import FROM_TUNNEL, Hop, cfg_value, encode, plan_vpc
+from yunhan.net.fastpath import FROM_TUNNEL, Hop, cfg_value, counted_keys, encode, plan_vpc
 from yunhan.net.state import compile_firewall
 
 
@@ -196,6 +196,8 @@ def test_addresses_of_a_counted_idc_prefix_are_left_to_the_kernel_path() -> None
     assert "traffic statistics" in p.slow[B.instance_id] and A.instance_id not in p.slow
     assert [k for k in p.dests if k[1] == B.ip] == []
     assert p.dests[(1, A.ip)] == Hop(port=A.ifname, mac=A.mac)
+    # ... and a packet from the prefix (an IDC server, through the tunnel) too: yh_counted.
+    assert counted_keys(p) == {struct.pack("<I", 24) + socket.inet_aton("10.1.2.0"): b"\1\0\0\0"}
 
 
 def test_encode_flags_ports_with_security_groups_and_cfg_carries_the_firewall() -> None:

@@ -177,22 +177,29 @@ class DataPlane:
         the whole apply starts again from a full observation.
         """
         full = full or self._have is None or desired == self._desired
+        if self.fastpath is not None and self.datapath == "fast":
+            try:
+                self.fastpath.restrict(desired)  # nothing the new document forbids meanwhile
+            finally:
+                self.driver.close()
         report = self._apply(desired, None if full else self._have)
         if not full and report.errors:
             again = self._apply(desired, None)
             again.changes += report.changes
             report = again
-        self._sync_fastpath(desired)
+        self._sync_fastpath(desired, widen=not report.errors)
         return report
 
-    def _sync_fastpath(self, desired: HostDesired, *, reload: bool = False) -> None:
+    def _sync_fastpath(
+        self, desired: HostDesired, *, reload: bool = False, widen: bool = True
+    ) -> None:
         """The fast path follows the kernel path's apply (its maps name ports that now
         exist); with datapath "kernel", whatever an earlier run left is detached."""
         if self.fastpath is None:
             return
         try:
             if self.datapath == "fast":
-                self.datapath_status = self.fastpath.sync(desired, reload=reload)
+                self.datapath_status = self.fastpath.sync(desired, reload=reload, widen=widen)
             elif self.fastpath.loaded():
                 self.fastpath.disable(desired)
         finally:

@@ -53,10 +53,14 @@ BPFFS = Path(os.environ.get("YUNHAN_BPFFS", "/run/yunhan/bpf"))
 CACHE = Path(os.environ.get("YUNHAN_BPF_CACHE", "/var/cache/yunhan/bpf"))
 PROG_PORT, PROG_TUNNEL = "yh_from_port", "yh_from_tunnel"
 FROM_TUNNEL = 0xFFFFFFFF
+ZERO = b"\0\0\0\0"  # the key of an array map's only entry
+NETNS_DIR = Path("/run/netns")
 NEEDS_CT = 1  # fastpath.c: the flow must be one conntrack let through
 ENOTSUPP = 524  # the kernel's own "not supported" (no name in Python's errno)
 STATS = ("local", "encap", "decap", "slow")  # yh_stats indexes, as fastpath.c counts
 
+MAPS = ("yh_src", "yh_dst", "yh_cfg", "yh_kernel", "yh_counted", "yh_stats")
+PINS = (PROG_PORT, PROG_TUNNEL, *(f"maps/{m}" for m in MAPS))
 SRC_KEY, SRC_VAL = 8, 12
 DST_KEY, DST_VAL = 8, 20
 
@@ -94,6 +98,8 @@ class VpcPlan:
     """(table index or FROM_TUNNEL, destination ip) -> hop"""
     slow: dict[str, str] = field(default_factory=dict)
     """instance id -> why its packets take the kernel path"""
+    counted: tuple[str, ...] = ()
+    """IDC prefixes whose traffic is counted: packets from or to them take the kernel path"""
     firewall: tuple[int, int] | None = None
     """(conntrack zone, rule generation) of the VPC's security groups (yunhan.net.nftsg)"""
 
@@ -147,7 +153,7 @@ def _custom_takes(vpc: VpcDesired, table: int, ip: ipaddress.IPv4Address) -> boo
     if t is None or not t.routes:
         return False
     block = max(
-        (n.prefixlen for c in vpc.cidrs if ip in (n := ipaddress.IPv4Network(c))), default=33
+        (n.prefixlen for c in vpc.cidrs if ip in (n := ipaddress.IPv4Network(c))), default=0
     )
     return any(
         ip in (n := ipaddress.IPv4Network(r.dst, strict=False)) and n.prefixlen >= block
@@ -160,6 +166,7 @@ def plan_vpc(desired: HostDesired, vpc: VpcDesired) -> VpcPlan:
     peers = {p.host: p for p in vpc.peers}
     vips = {v.ip for v in vpc.vips} | {ip for p in vpc.ports for ip in p.allowed_ips}
     counted = _counted(vpc)
+    out.counted = tuple(sorted({str(n) for n in counted}))
     if vpc.groups or vpc.acls:  # as compile_state: the firewall exists
         fw = compile_firewall("", vpc)
         out.firewall = (fw.zone, nftsg.generation(fw.zone, fw.ports, fw.acls))
@@ -236,6 +243,15 @@ def encode(
         elif vx is not None:
             dst[key] = struct.pack("<II", vx[0], 0) + _mac(hop.mac) + _mac(vx[1])
     return src, dst
+
+
+def counted_keys(p: VpcPlan) -> dict[bytes, bytes]:
+    """yh_counted: an LPM trie key (prefix length, network address) per counted prefix."""
+    out = {}
+    for c in p.counted:
+        n = ipaddress.IPv4Network(c)
+        out[struct.pack("<I", n.prefixlen) + n.network_address.packed] = b"\1\0\0\0"
+    return out
 
 
 def cfg_value(firewall: tuple[int, int] | None) -> bytes:
@@ -358,7 +374,7 @@ class FastPath:
         for g in reversed(self._gens(ns)):
             if obj is not None and not obj.stem.endswith(g.name.split("-", 1)[1]):
                 continue
-            if all((g / n).exists() for n in (PROG_PORT, PROG_TUNNEL, "maps/yh_dst")):
+            if all((g / n).exists() for n in PINS):  # bpftool pins one by one: all, or none
                 return g
         return None
 
@@ -382,9 +398,35 @@ class FastPath:
 
     # -- the host ----------------------------------------------------------------------
 
-    def sync(self, desired: HostDesired, *, reload: bool = False) -> Status:
+    def restrict(self, desired: HostDesired) -> None:
+        """Before the kernel path applies `desired`: take out of the maps every entry it
+        drops or changes, and a firewall generation it changes, so that for the length of
+        the apply the fast path carries only what both the old and the new document allow
+        (a port gaining a security group meets it from its first new flow). Never raises."""
+        if self._unsupported is not None or self._obj is None:
+            return
+        for vpc in desired.vpcs:
+            ns = self.naming.vpc_netns(vpc.vni)
+            gen = self._current(ns, self._obj)
+            if gen is None:
+                continue
+            p = plan_vpc(desired, vpc)
+            try:
+                links = self.kernel.links(ns)
+                src, dst = encode(p, links)
+                _set_cfg(gen, cfg_value(p.firewall), widen=False)
+                _fill(gen / "maps" / "yh_src", SRC_KEY, SRC_VAL, src, widen=False)
+                _fill(gen / "maps" / "yh_dst", DST_KEY, DST_VAL, dst, widen=False)
+                _fill(gen / "maps" / "yh_counted", 8, 4, counted_keys(p))  # more: stricter
+            except (OSError, DriverError) as exc:
+                log.warning("fast path of %s: could not restrict before the apply: %s", ns, exc)
+                self._detach_ns(ns)
+
+    def sync(self, desired: HostDesired, *, reload: bool = False, widen: bool = True) -> Status:
         """Fill, load and attach what `desired` calls for; detach and unpin what it no
-        longer does. Never raises: a failure sends the VPC (or the host) to the kernel path."""
+        longer does. Never raises: a failure sends the VPC (or the host) to the kernel path.
+        `widen` False (the kernel path's apply had errors): entries are only removed, never
+        added, and no VPC gains a fast path: the kernel may not hold what `desired` says."""
         st = Status("fast", "")
         try:
             self._object()
@@ -400,39 +442,50 @@ class FastPath:
             ns = self.naming.vpc_netns(vpc.vni)
             p = plan_vpc(desired, vpc)
             try:
-                self._sync_vpc(ns, vpc, p, reload)
+                self._sync_vpc(ns, vpc, p, reload, widen)
             except (OSError, Unsupported, DriverError) as exc:
                 st.errors.append(f"{vpc.id}: {exc}")
-                self._detach_ns(ns, keep=None)
+                self._detach_ns(ns)
                 for port in vpc.ports:
                     st.instances[port.instance_id] = f"kernel: the fast path failed here: {exc}"
                 continue
             for port in vpc.ports:
                 st.instances[port.instance_id] = p.path_of(port.instance_id, bool(port.sgs))
-            for k, v in self._packets(ns).items():
-                st.packets[k] = st.packets.get(k, 0) + v
+        st.packets = self.packets()
         for d in self._ours():
             if d.name not in wanted:
-                _remove_tree(d)  # its namespace is gone (or going): so are its attachments
+                self._detach_ns(d.name)  # its VPC left this host: unpinned once detached
         if st.errors:
             st.reason = "some VPCs fell back to the kernel path: " + "; ".join(st.errors)
+        elif not widen:
+            st.reason = (
+                "the last apply had errors: the fast path carries only what the kernel path "
+                "surely holds (nothing new) until an apply succeeds"
+            )
         else:
             st.reason = "tcx programs on every instance port and vxlan0 (per instance: below)"
         return st
 
-    def _sync_vpc(self, ns: str, vpc: VpcDesired, p: VpcPlan, reload: bool) -> None:
+    def _sync_vpc(
+        self, ns: str, vpc: VpcDesired, p: VpcPlan, reload: bool, widen: bool = True
+    ) -> None:
         links = self.kernel.links(ns)
         if VXLAN_IFNAME not in links:
             raise Unsupported(f"{ns} has no {VXLAN_IFNAME} yet")
         cur = self._current(ns, self._object())
+        if not widen and (cur is None or reload):
+            return  # nothing new while the kernel path may not hold the document
         gen = self._load(ns) if cur is None or reload else cur
         src, dst = encode(p, links)
-        _fill(gen / "maps" / "yh_cfg", 4, 16, {b"\0\0\0\0": cfg_value(p.firewall)})
-        _fill(gen / "maps" / "yh_src", SRC_KEY, SRC_VAL, src)
-        _fill(gen / "maps" / "yh_dst", DST_KEY, DST_VAL, dst)
+        _fill(gen / "maps" / "yh_counted", 8, 4, counted_keys(p))
+        _set_cfg(gen, cfg_value(p.firewall), widen=widen)
+        _fill(gen / "maps" / "yh_src", SRC_KEY, SRC_VAL, src, widen=widen)
+        _fill(gen / "maps" / "yh_dst", DST_KEY, DST_VAL, dst, widen=widen)
         ports = [port.ifname for port in vpc.ports if port.ifname in links]
-        fds = {n: bpfsys.obj_get(str(gen / n)) for n in (PROG_PORT, PROG_TUNNEL)}
+        fds: dict[str, int] = {}
         try:
+            for n in (PROG_PORT, PROG_TUNNEL):
+                fds[n] = bpfsys.obj_get(str(gen / n))
             keep = {bpfsys.prog_id(fd) for fd in fds.values()}
             targets = [(links[VXLAN_IFNAME][0], fds[PROG_TUNNEL])]
             targets += [(links[n][0], fds[PROG_PORT]) for n in ports]
@@ -452,14 +505,18 @@ class FastPath:
             if old != gen:
                 _remove_tree(old)
 
-    def _detach_ns(self, ns: str, keep: set[int] | None) -> None:
-        try:
-            links = self.kernel.links(ns)
-            self.kernel.run_in(
-                ns, lambda: _detach_all([i for i, _m in links.values()], keep or set())
-            )
-        except (OSError, DriverError) as exc:  # the namespace is gone: so are its attachments
-            log.debug("detach in %s: %s", ns, exc)
+    def _detach_ns(self, ns: str) -> None:
+        """Detach our programs in `ns`, then unpin them. A namespace that is gone took its
+        attachments along; one whose programs could not be detached keeps its pins (so a
+        later pass finds them and tries again)."""
+        if (NETNS_DIR / ns).exists():
+            try:
+                links = self.kernel.links(ns)
+                self.kernel.run_in(ns, lambda: _detach_all([i for i, _m in links.values()]))
+            except (OSError, DriverError) as exc:
+                if (NETNS_DIR / ns).exists():
+                    log.warning("fast path of %s: could not detach, kept pinned: %s", ns, exc)
+                    return
         _remove_tree(self.root / ns)
 
     def disable(self, desired: HostDesired | None = None) -> None:
@@ -468,10 +525,7 @@ class FastPath:
         if desired is not None:
             names |= {self.naming.vpc_netns(v.vni) for v in desired.vpcs}
         for ns in sorted(names):
-            if (Path("/run/netns") / ns).exists():
-                self._detach_ns(ns, keep=None)
-            else:
-                _remove_tree(self.root / ns)
+            self._detach_ns(ns)
 
     def packets(self) -> dict[str, int]:
         """The counters now, summed over this host's VPC namespaces (cheap: map reads)."""
@@ -497,8 +551,11 @@ class FastPath:
         g = self._current(ns)
         if g is None:
             return {}
-        with bpfsys.Map(str(g / "maps" / "yh_stats"), 4, 8, percpu=True) as m:
-            return {name: m.percpu_sum(struct.pack("<I", i)) for i, name in enumerate(STATS)}
+        try:
+            with bpfsys.Map(str(g / "maps" / "yh_stats"), 4, 8, percpu=True) as m:
+                return {name: m.percpu_sum(struct.pack("<I", i)) for i, name in enumerate(STATS)}
+        except OSError:
+            return {}  # a generation being replaced: counted at the next report
 
 
 _GEN = re.compile(r"g(\d+)-[0-9a-f]+")
@@ -537,14 +594,28 @@ def kernel_path_for(
             m.close()
 
 
-def _fill(path: Path, ksize: int, vsize: int, want: Mapping[bytes, bytes]) -> None:
+def _set_cfg(gen: Path, want: bytes, *, widen: bool) -> None:
+    """yh_cfg (an array: its entry cannot be deleted). Not widening, a changed firewall is
+    written as none (generation 0): flows of ports with groups then take the kernel path."""
+    with bpfsys.Map(str(gen / "maps" / "yh_cfg"), 4, 16) as m:
+        if m.lookup(ZERO) != want:
+            m.update(ZERO, want if widen else cfg_value(None))
+
+
+def _fill(
+    path: Path, ksize: int, vsize: int, want: Mapping[bytes, bytes], *, widen: bool = True
+) -> None:
     """Make the map hold exactly `want`: update what differs, then delete the rest (a key
-    is never absent while it is wanted)."""
+    is never absent while it is wanted). `widen` False: only delete what is not wanted as
+    it is (a changed value goes too; the next widening pass writes it)."""
     with bpfsys.Map(str(path), ksize, vsize) as m:
         have = m.items()
         for k, v in want.items():
             if have.get(k) != v:
-                m.update(k, v)
+                if widen:
+                    m.update(k, v)
+                elif k in have:
+                    m.delete(k)
         for k in have.keys() - want.keys():
             m.delete(k)
 
@@ -559,10 +630,14 @@ def _attach_all(targets: Iterable[tuple[int, int]], keep: set[int]) -> None:
         _detach_ours(ifindex, keep)
 
 
-def _detach_all(ifindexes: Iterable[int], keep: set[int]) -> None:
+def _detach_all(ifindexes: Iterable[int]) -> None:
+    """Detach every program of ours; raises if one stays attached."""
     for i in ifindexes:
-        with contextlib.suppress(OSError):
-            _detach_ours(i, keep)
+        try:
+            _detach_ours(i, set())
+        except OSError as exc:
+            if exc.errno not in (errno.ENODEV, errno.ENOENT):  # the device went meanwhile
+                raise
 
 
 def _detach_ours(ifindex: int, keep: set[int]) -> None:

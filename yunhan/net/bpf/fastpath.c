@@ -35,7 +35,7 @@
 #define TCX_NEXT -1
 #define FROM_TUNNEL 0xffffffffu  /* dst key table of the tunnel's entries */
 #define NEEDS_CT 1               /* src flags, dst peer bit 1: a port with security groups */
-#define IPS_SEEN_REPLY (1 << 1)
+#define IPS_ASSURED (1 << 2)
 #define IP_CT_DIR_REPLY 1
 
 /* The kernel's conntrack entry: only what we read, placed by CO-RE from the kernel's BTF. */
@@ -127,6 +127,21 @@ struct {
 	__type(value, __u32);
 } yh_kernel SEC(".maps");
 
+/* The IDC prefixes whose traffic hosts count in nftables (docs/cutover.md): a packet from
+   or to one takes the kernel path, where it is counted. */
+struct lpm_v4 {
+	__u32 prefixlen;
+	__u32 addr;  /* network order */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1024);
+	__type(key, struct lpm_v4);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} yh_counted SEC(".maps");
+
 /* packets: 0 delivered on this host, 1 encapsulated, 2 decapsulated and delivered,
    3 handed to the kernel path */
 struct {
@@ -168,10 +183,16 @@ static __always_inline struct iphdr *ipv4(struct __sk_buff *skb, struct ethhdr *
 	struct iphdr *ip = data + sizeof(*e);
 	if ((void *)(ip + 1) > end || e->h_proto != bpf_htons(ETH_P_IP))
 		return 0;
-	if (skb->pkt_type != PACKET_HOST || ip->version != 4 || ip->ttl <= 1)
+	/* IP options (source routing, ...) and tagged frames are the kernel's to judge */
+	if (skb->pkt_type != PACKET_HOST || skb->vlan_present || ip->version != 4 ||
+	    ip->ihl != 5 || ip->ttl <= 1)
 		return 0;
 	struct pair p = {.src = ip->saddr, .dst = ip->daddr};
 	if (bpf_map_lookup_elem(&yh_kernel, &p))
+		return 0;
+	struct lpm_v4 from = {.prefixlen = 32, .addr = ip->saddr};
+	struct lpm_v4 to = {.prefixlen = 32, .addr = ip->daddr};
+	if (bpf_map_lookup_elem(&yh_counted, &from) || bpf_map_lookup_elem(&yh_counted, &to))
 		return 0;
 	*eth = e;
 	return ip;
@@ -210,7 +231,9 @@ static __always_inline int ct_accepted(struct __sk_buff *skb, struct iphdr *ip)
 	struct nf_conn *ct = bpf_skb_ct_lookup(skb, &t, sizeof(t.ipv4), &o, sizeof(o));
 	if (!ct)
 		return 0;
-	int ok = (ct->status & IPS_SEEN_REPLY) && (o.dir == IP_CT_DIR_REPLY || ct->mark == c->gen);
+	/* Assured: conntrack saw the handshake end (TCP) or the stream settle (UDP), so the
+	   kernel path keeps the entry as the flow it is. */
+	int ok = (ct->status & IPS_ASSURED) && (o.dir == IP_CT_DIR_REPLY || ct->mark == c->gen);
 	if (ok)
 		bpf_ct_change_timeout(ct, ms);
 	bpf_ct_release(ct);

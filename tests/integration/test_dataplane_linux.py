@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from tests.integration import netlab
+from tests.integration.columns import COLUMNS, KERNEL, TAG, dataplane_args
 from tests.polling import wait_for
 from tests.worlds import WHost, WInstance, WRouting, WVpc, documents, with_routing
 from yunhan import nsexec, procstat
@@ -88,19 +89,16 @@ class World:
         return DataPlane(
             naming=self.naming(host),
             host_netns=self.host_netns[host],
-            driver="fake" if self.driver == "fake" else "linux",
             state_dir=self.state / host,
             fabric=self.fabric,
-            datapath="fast" if self.driver == "fast" else "kernel",
+            **dataplane_args(self.driver),
         )
 
     def fast_packets(self) -> dict[str, int]:
-        """Packets the fast path counted on every host (what each apply last read)."""
+        """Packets the fast path counted on every host, read now."""
         total: dict[str, int] = {}
-        for h, d in self.docs().items():
-            if self.driver == "fast":
-                self.dps[h].apply(d)  # same document: a resync that re-reads the counters
-            for k, v in self.dps[h].datapath_status.packets.items():
+        for dp in self.dps.values():
+            for k, v in dp.datapath_report().packets.items():
                 total[k] = total.get(k, 0) + v
         return total
 
@@ -167,22 +165,12 @@ def _sweep(prefix: str, state: pathlib.Path) -> None:
                 nsutil.remove_ns_file(p)
 
 
-KERNEL = ("linux", "fast")  # worlds on real namespaces (the fast path is a kernel's too)
-
-
-@pytest.fixture(
-    scope="module",
-    params=[
-        "fake",
-        pytest.param("linux", marks=pytest.mark.root),
-        pytest.param("fast", marks=pytest.mark.root),
-    ],
-)
+@pytest.fixture(scope="module", params=COLUMNS)
 def world(
     request: pytest.FixtureRequest, run_prefix: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[World]:
     driver = request.param
-    prefix = f"{run_prefix}d{ {'fake': 'f', 'linux': 'l', 'fast': 'x'}[driver] }"
+    prefix = f"{run_prefix}d{TAG[driver]}"
     state = tmp_path_factory.mktemp(f"dp-{driver}")
     if driver in KERNEL:
         if os.geteuid() != 0:

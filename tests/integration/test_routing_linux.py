@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from tests.integration import netlab
+from tests.integration.columns import COLUMNS, TAG, dataplane_args
 from tests.worlds import WHost, WInstance, WPolicy, WRoute, WRouting, WVpc, documents, with_routing
 from yunhan.agent.dataplane import DataPlane
 from yunhan.compute import netns_sandbox
@@ -134,20 +135,12 @@ class World:
         return int(values[names.index("ForwDatagrams")])
 
 
-@pytest.fixture(
-    scope="module",
-    params=[
-        "fake",
-        pytest.param("linux", marks=pytest.mark.root),
-        # the same kernel with the tc-BPF fast path beside it (docs/datapath.md)
-        pytest.param("fast", marks=pytest.mark.root),
-    ],
-)
+@pytest.fixture(scope="module", params=COLUMNS)
 def world(
     request: pytest.FixtureRequest, run_prefix: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[World]:
     driver = request.param
-    prefix = f"{run_prefix}r{ {'fake': 'f', 'linux': 'l', 'fast': 'x'}[driver] }"
+    prefix = f"{run_prefix}r{TAG[driver]}"
     state = tmp_path_factory.mktemp(f"rt-{driver}")
     zones = (("h1", "h2"),)
     if driver != "fake":
@@ -169,10 +162,9 @@ def world(
             h.name: DataPlane(
                 naming=w.naming(h.name),
                 host_netns=w.host_netns[h.name],
-                driver="fake" if driver == "fake" else "linux",
                 state_dir=state / h.name,
                 fabric=w.fabric,
-                datapath="fast" if driver == "fast" else "kernel",
+                **dataplane_args(driver),
             )
             for h in hosts
         }

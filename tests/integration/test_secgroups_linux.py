@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from tests.integration import netlab
+from tests.integration.columns import COLUMNS, TAG, dataplane_args
 from tests.worlds import WHost, WInstance, WVpc, documents, with_groups
 from yunhan.agent.dataplane import DataPlane
 from yunhan.compute import netns_sandbox
@@ -166,20 +167,12 @@ NO_SSH = AclRuleDesired(number=10, direction="ingress", proto="tcp", port_min=22
                         cidr="10.3.1.0/24", action="deny")  # fmt: skip
 
 
-@pytest.fixture(
-    scope="module",
-    params=[
-        "fake",
-        pytest.param("linux", marks=pytest.mark.root),
-        # the same kernel with the tc-BPF fast path beside it (docs/datapath.md)
-        pytest.param("fast", marks=pytest.mark.root),
-    ],
-)
+@pytest.fixture(scope="module", params=COLUMNS)
 def world(
     request: pytest.FixtureRequest, run_prefix: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[World]:
     driver = request.param
-    prefix = f"{run_prefix}g{ {'fake': 'f', 'linux': 'l', 'fast': 'x'}[driver] }"
+    prefix = f"{run_prefix}g{TAG[driver]}"
     state = tmp_path_factory.mktemp(f"sg-{driver}")
     if driver != "fake":
         if os.geteuid() != 0:
@@ -200,10 +193,9 @@ def world(
             h.name: DataPlane(
                 naming=w.naming(h.name),
                 host_netns=w.host_netns[h.name],
-                driver="fake" if driver == "fake" else "linux",
                 state_dir=state / h.name,
                 fabric=w.fabric,
-                datapath="fast" if driver == "fast" else "kernel",
+                **dataplane_args(driver),
             )
             for h in hosts
         }
@@ -268,11 +260,11 @@ def test_a_group_peer_admits_a_new_member_at_once(world: World) -> None:
 
 
 def _fast_carried(w: World) -> int:
-    """Packets the fast path carried on every host, as their last apply read them."""
+    """Packets the fast path carried on every host, read now."""
     return sum(
         n
         for dp in w.dps.values()
-        for k, n in dp.datapath_status.packets.items()
+        for k, n in dp.datapath_report().packets.items()
         if k in ("local", "encap", "decap")
     )
 

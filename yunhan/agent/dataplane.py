@@ -45,12 +45,6 @@ if TYPE_CHECKING:
     from yunhan.net.fake import FakeFabric
     from yunhan.net.fastpath import FastPath
 
-_KERNEL_REASONS = {
-    ("kernel", "linux"): "the agent runs with --datapath kernel",
-    ("fast", "linux"): "not applied yet",
-    ("kernel", "fake"): "the fake driver has one path",
-    ("fast", "fake"): "the fake driver has one path",
-}
 
 MAX_PASSES = 4
 # How old the last full observation may be before the agent follows an apply with a full
@@ -127,7 +121,6 @@ class DataPlane:
             raise ValueError(f"unknown data-plane driver {driver!r}")
         if datapath not in ("fast", "kernel"):
             raise ValueError(f"unknown datapath {datapath!r} (fast or kernel)")
-        self.datapath = datapath
         self.fastpath: FastPath | None = None
         if driver == "linux":
             from yunhan.net.fastpath import FastPath
@@ -135,8 +128,13 @@ class DataPlane:
 
             assert isinstance(self.driver, LinuxDriver)
             self.fastpath = FastPath(naming, self.driver)
-        self.datapath_status = FastStatus("kernel", _KERNEL_REASONS[datapath, driver])
         self.fastpath_on = self.fastpath is not None and datapath == "fast"
+        self.datapath_status = FastStatus(
+            "kernel",
+            "not applied yet" if self.fastpath_on
+            else "the fake driver has one path" if driver == "fake"
+            else "the agent runs with --datapath kernel",
+        )  # fmt: skip
 
     def compile(self, desired: HostDesired) -> State:
         """The objects `desired` calls for on this host."""
@@ -177,7 +175,7 @@ class DataPlane:
         the whole apply starts again from a full observation.
         """
         full = full or self._have is None or desired == self._desired
-        if self.fastpath is not None and self.datapath == "fast":
+        if self.fastpath is not None and self.fastpath_on:
             try:
                 self.fastpath.restrict(desired)  # nothing the new document forbids meanwhile
             finally:
@@ -198,7 +196,7 @@ class DataPlane:
         if self.fastpath is None:
             return
         try:
-            if self.datapath == "fast":
+            if self.fastpath_on:
                 self.datapath_status = self.fastpath.sync(desired, reload=reload, widen=widen)
             elif self.fastpath.loaded():
                 self.fastpath.disable(desired)

@@ -61,7 +61,6 @@ class Map:
         self.fd = obj_get(path)
         self.key_size, self.value_size = key_size, value_size
         self.cpus = _possible_cpus() if percpu else 1
-        self.percpu = percpu
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -75,7 +74,7 @@ class Map:
         self.close()
 
     def _vsize(self) -> int:
-        return self.value_size * (self.cpus if self.percpu else 1)
+        return self.value_size * self.cpus
 
     def lookup(self, key: bytes) -> bytes | None:
         k = ctypes.create_string_buffer(key, self.key_size)

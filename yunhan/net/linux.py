@@ -272,10 +272,8 @@ class LinuxDriver:
     def links(self, ns: str) -> dict[str, tuple[int, str]]:
         """ifname -> (ifindex, MAC) of every link in `ns` (for the fast path's maps)."""
         with _errors(f"list links in {ns}", netns=ns):
-            return {
-                link.get_attr("IFLA_IFNAME"): (int(link["index"]), link.get_attr("IFLA_ADDRESS"))
-                for link in self._ipr(ns).get_links()
-            }
+            table = self._remember_links(ns, self._ipr(ns).get_links())
+        return {name: (index, mac) for name, (index, mac, _kind) in table.items()}
 
     def run_in(self, ns: str, fn: Callable[[], Any]) -> Any:
         """Run `fn` on this apply's thread inside `ns` (bpf(2) resolves ifindexes there)."""
